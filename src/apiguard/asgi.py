@@ -1,0 +1,122 @@
+"""Pure ASGI middleware for Starlette and FastAPI (no BaseHTTPMiddleware: nothing buffered).
+
+    app.add_middleware(GuardMiddleware, guard=guard)
+
+Websocket and lifespan scopes pass through (lifespan start-up also verifies the routes).
+Responses stream through untouched except for the RateLimit fields added to the start
+message; a refused request gets the refusal instead of the app's response.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from apiguard.decision import Decision
+from apiguard.engine import Refused, endpoint_rules
+from apiguard.guard import Guard
+from apiguard.request import _current
+from apiguard.responses import BlockResponse, block_response, ratelimit_fields
+
+log = logging.getLogger("apiguard")
+
+
+class GuardMiddleware:
+    """Checks every HTTP request against `guard`'s rules."""
+
+    def __init__(self, app: ASGIApp, guard: Guard) -> None:
+        if not isinstance(guard, Guard):
+            raise TypeError("GuardMiddleware needs guard=Guard(...)")
+        self.app = app
+        self.guard = guard
+        self.engine = guard.engine
+        self._headers = guard.config.ratelimit_headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "lifespan" and "app" in scope:
+                self.guard.verify(scope["app"])
+            await self.app(scope, receive, send)
+            return
+        root = scope.get("app")
+        if root is not None and root not in self.guard._verified:
+            self.guard.verify(root)
+        engine = self.engine
+        ctx = engine.begin(scope)
+        early = engine.early_ban(ctx)
+        if early is not None:
+            await self._refuse(send, early)
+            return
+        token = _current.set(ctx)
+        started = False
+        status: int | None = None
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started, status
+            if ctx.refused_sent:
+                return  # the app's own response to a refused request is dropped
+            if message["type"] == "http.response.start":
+                decision = ctx.decision
+                if not ctx.global_done or ctx.endpoint_done is not endpoint_rules(scope):
+                    try:
+                        decision = await engine.check_async(ctx, endpoint_rules(scope))
+                    except Refused as refused:
+                        decision = refused.decision
+                if decision is not None and decision.refused:
+                    # refused at a checkpoint whose exception the app swallowed, or now
+                    await self._refuse(send, decision)
+                    ctx.refused_sent = True
+                    return
+                started = True
+                status = message["status"]
+                if self._headers and ctx.verdicts:
+                    fields = ratelimit_fields([v for v in ctx.verdicts if v.enforced])
+                    if fields:
+                        message = dict(message)
+                        message["headers"] = [
+                            *message.get("headers", ()),
+                            *((k.encode("latin-1"), v.encode("latin-1")) for k, v in fields),
+                        ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, guarded_send)
+        except Refused as refused:
+            if started:
+                log.error("apiguard: a checkpoint refused a request after its response started")
+                raise
+            if not ctx.refused_sent:
+                await self._refuse(send, refused.decision)
+                ctx.refused_sent = True
+        except BaseException:
+            engine.finish(ctx, None)
+            raise
+        finally:
+            _current.reset(token)
+        engine.finish(ctx, None if ctx.refused_sent else status)
+
+    async def _refuse(self, send: Send, decision: Decision) -> None:
+        response = block_response(decision, self._headers)
+        if self.guard.on_block is not None:
+            response = self.guard.on_block(decision, response)
+            if not isinstance(response, BlockResponse):
+                raise TypeError("on_block must return a BlockResponse")
+        await send_block(send, response)
+
+
+async def send_block(send: Send, response: BlockResponse) -> None:
+    """Send a `BlockResponse` as a complete ASGI response."""
+    headers: list[tuple[bytes, bytes]] = [
+        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers
+    ]
+    headers.append((b"content-length", str(len(response.body)).encode()))
+    start: dict[str, Any] = {
+        "type": "http.response.start",
+        "status": response.status,
+        "headers": headers,
+    }
+    await send(start)
+    await send({"type": "http.response.body", "body": response.body})

@@ -1,0 +1,132 @@
+"""Configuration models. Every setting is validated at start-up; an error names the field."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from apiguard.rates import parse_rates
+
+Mode = Literal["monitor", "enforce"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_rate(value: str | None) -> str | None:
+    if value is not None:
+        parse_rates(value)  # raises ValueError with the offending text
+    return value
+
+
+class DefaultLimits(_Model):
+    """Global limits applied to every request, routed or not (404s count too).
+
+    `principal`: one budget per principal across the whole API.
+    `ip`: one budget per client IP (or IP network, see `ClientIPConfig`); keep it high,
+    because offices and mobile carriers put many people behind one address.
+    `route`: one budget per (principal, route template), so each endpoint has its own.
+    Each is a `limits` rate string, stackable ("100/minute;2000/day"), or None for off.
+    """
+
+    principal: str | None = "600/minute"
+    ip: str | None = "3000/minute"
+    route: str | None = None
+    mode: Mode | None = None
+
+    @field_validator("principal", "ip", "route")
+    @classmethod
+    def _rates(cls, value: str | None) -> str | None:
+        return _check_rate(value)
+
+
+class ClientIPConfig(_Model):
+    """How the client address is found. By default no proxy is trusted."""
+
+    trusted_proxies: tuple[str, ...] = ()
+    proxy_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
+    ipv4_prefix: int = Field(32, ge=8, le=32)
+    ipv6_prefix: int = Field(64, ge=16, le=128)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = (value,)
+        if not isinstance(value, list | tuple):
+            raise ValueError("expected a list of networks such as ['10.0.0.0/8']")
+        out: list[str] = []
+        for item in value:
+            try:
+                out.append(str(ipaddress.ip_network(str(item), strict=False)))
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an IP network: {exc}") from None
+        return tuple(out)
+
+
+class IdentityConfig(_Model):
+    """Where a principal comes from when the app did not call `identify()`."""
+
+    api_key_headers: tuple[str, ...] = ("x-api-key",)
+    bearer_tokens: bool = True
+
+    @field_validator("api_key_headers", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = (value,)
+        if not isinstance(value, list | tuple):
+            raise ValueError("expected a list of header names")
+        names = tuple(str(v).strip().lower() for v in value)
+        for name in names:
+            if not name or any(c in name for c in " :\r\n\t"):
+                raise ValueError(f"{name!r} is not a valid header name")
+        return names
+
+
+class BanConfig(_Model):
+    """AppSensor-style escalation: throttle, then ban for `base`, doubling up to `max`.
+
+    A principal whose requests are refused `after` times within `within` seconds is banned
+    (403) for `base` seconds; each further ban within `memory` seconds multiplies the
+    duration by `factor`, capped at `max`.
+    """
+
+    enabled: bool = True
+    after: int = Field(20, ge=1)
+    within: float = Field(60.0, gt=0)
+    base: float = Field(60.0, gt=0)
+    factor: float = Field(2.0, ge=1.0)
+    max: float = Field(86_400.0, gt=0)
+    memory: float = Field(86_400.0, gt=0)
+
+
+class StoreConfig(_Model):
+    """Bounds of the in-process store (every table is capped)."""
+
+    max_keys: int = Field(200_000, ge=100)
+    window_buckets: int = Field(10, ge=2, le=120)
+
+
+class GuardConfig(_Model):
+    """All of apiguard's settings. Build it in code, or from a dict / env via pydantic."""
+
+    mode: Mode = "enforce"
+    secret: SecretStr | None = None
+    limits: DefaultLimits = DefaultLimits()
+    client_ip: ClientIPConfig = ClientIPConfig()
+    identity: IdentityConfig = IdentityConfig()
+    bans: BanConfig = BanConfig()
+    store: StoreConfig = StoreConfig()
+    ratelimit_headers: bool = True
+    success_statuses: tuple[int, int] = (200, 399)
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 16:
+            raise ValueError("secret must be at least 16 bytes")
+        return value

@@ -1,0 +1,62 @@
+"""Typed outcomes of a check: what each rule found and what the request gets."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Action(str, enum.Enum):
+    """What apiguard does with a request, from mildest to strongest."""
+
+    ALLOW = "allow"
+    MONITOR = "monitor"  # a rule would have refused it; mode="monitor" let it through
+    THROTTLE = "throttle"  # 429: a limit is spent; retry after the window moves
+    BLOCK = "block"  # 403: the principal is banned for a while (escalating)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """One advertised quota policy (IETF RateLimit-Policy item)."""
+
+    name: str
+    quota: int
+    window: float
+
+
+@dataclass(slots=True)
+class Verdict:
+    """One rule's finding for one request."""
+
+    rule: str
+    policy: Policy
+    fits: bool
+    remaining: int
+    reset: float
+    retry_after: float
+    enforced: bool
+
+
+@dataclass(slots=True)
+class Decision:
+    """The request's outcome: the action, the deciding rule, and every finding."""
+
+    action: Action
+    rule: str | None = None
+    retry_after: float = 0.0
+    verdicts: list[Verdict] = field(default_factory=list)
+    ban_level: int = 0
+    new_ban: bool = False
+
+    @property
+    def refused(self) -> bool:
+        """True when the request must not reach (or leave) the handler."""
+        return self.action is Action.THROTTLE or self.action is Action.BLOCK
+
+    @property
+    def violated(self) -> list[str]:
+        """Names of the enforced policies that refused the request."""
+        return [v.policy.name for v in self.verdicts if not v.fits and v.enforced]
+
+
+ALLOWED = Decision(Action.ALLOW)

@@ -1,0 +1,285 @@
+"""The per-request pipeline: resolve, plan one batch, execute it, decide, observe.
+
+A request is checked once, at the first of these moments (the "checkpoint"):
+1. the app declares its principal with `identify()` (an auth dependency, a view);
+2. a handler decorated with `@guard.limit` / `@guard.flow` is entered;
+3. the response starts (undecorated handlers, 404/405, validation errors): the app's
+   response is replaced by the refusal before a byte of it leaves.
+Every rule that applies (global defaults and the served endpoint's declared rules) is
+planned into ONE store batch at that moment.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from apiguard.config import GuardConfig
+from apiguard.decision import ALLOWED, Action, Decision, Verdict
+from apiguard.request import ClientIPResolver, KeyedHasher, RequestContext
+from apiguard.rules import Charge, Rule
+from apiguard.store.base import Batch, BatchResult, Hit, Store
+from apiguard.telemetry import Telemetry
+
+log = logging.getLogger("apiguard")
+
+PrincipalResolver = Callable[[RequestContext], "str | None"]
+
+
+class Refused(Exception):
+    """Raised at a checkpoint that refuses the request; the adapter answers it."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(f"apiguard refused the request ({decision.action.value}: {decision.rule})")
+        self.decision = decision
+
+
+def endpoint_rules(scope: Mapping[str, Any]) -> tuple[Rule, ...]:
+    """Rules declared by decorators on the endpoint the router selected."""
+    rules = getattr(scope.get("endpoint"), "__apiguard_rules__", None)
+    return rules if isinstance(rules, tuple) else ()
+
+
+class Engine:
+    """Framework-neutral decisions; adapters call `begin`, the checkpoints and `finish`."""
+
+    def __init__(
+        self,
+        config: GuardConfig,
+        store: Store,
+        clock: Callable[[], float],
+        hasher: KeyedHasher,
+        telemetry: Telemetry,
+        global_rules: Sequence[Rule],
+        resolver: PrincipalResolver | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.hasher = hasher
+        self.telemetry = telemetry
+        self.global_rules: tuple[Rule, ...] = tuple(global_rules)
+        self.resolver = resolver
+        self.ip = ClientIPResolver(config.client_ip)
+        self.enforce_default = config.mode == "enforce"
+        self.bans = config.bans
+        self._key_headers = frozenset(h.encode("latin-1") for h in config.identity.api_key_headers)
+        self._bearer = config.identity.bearer_tokens
+        self._ok_low, self._ok_high = config.success_statuses
+
+    # -- request view ---------------------------------------------------------------
+    def begin(self, scope: Mapping[str, Any]) -> RequestContext:
+        """Build the request context from an ASGI-shaped scope (one pass over headers)."""
+        peer = scope.get("client")
+        peer_ip = peer[0] if peer else None
+        credential: bytes | None = None
+        forwarded: list[str] = []
+        walks = self.ip.walks
+        key_headers = self._key_headers
+        for name, value in scope.get("headers") or ():
+            if name in key_headers:
+                if credential is None and value:
+                    credential = value
+            elif name == b"authorization":
+                if self._bearer and credential is None and value[:7].lower() == b"bearer ":
+                    token = value[7:].strip()
+                    if token:
+                        credential = token
+            elif walks and name == self.ip.header:
+                forwarded.append(value.decode("latin-1"))
+        client = self.ip.resolve(peer_ip, forwarded) if walks else (peer_ip or "unknown")
+        grouped = self.ip.group(client)
+        return RequestContext(
+            self,
+            scope,
+            scope.get("method", "GET"),
+            scope.get("path", ""),
+            client,
+            self.hasher.ip(grouped),
+            self.hasher("k", credential) if credential is not None else None,
+        )
+
+    def early_ban(self, ctx: RequestContext) -> Decision | None:
+        """A block from the local ban table for the pre-routing principal (no store trip)."""
+        ban = self.store.active_ban(ctx.credential_key or ctx.ip_key, self.clock())
+        if ban is None:
+            return None
+        decision = Decision(Action.BLOCK, "ban", ban.until - self.clock(), ban_level=ban.level)
+        ctx.principal = ban.key
+        ctx.decision = decision
+        ctx.global_done = True
+        self.telemetry.record(ctx, decision)
+        return decision
+
+    # -- principal ------------------------------------------------------------------
+    def _principal(self, ctx: RequestContext) -> str:
+        if ctx.declared is not None:
+            return ctx.declared
+        if self.resolver is not None:
+            found = self.resolver(ctx)
+            if found is not None and str(found):
+                return self.hasher("c", str(found))
+        return ctx.credential_key or ctx.ip_key
+
+    def declare(self, ctx: RequestContext, user_id: str) -> None:
+        """`identify()`: record the app's principal and run the checkpoint now."""
+        ctx.declared = self.hasher("u", user_id)
+        if ctx.global_done:
+            return  # checked already (e.g. identify() inside a decorated handler)
+        ctx.principal = ctx.declared
+        if self.store.local:
+            self.check_sync(ctx, endpoint_rules(ctx.scope))
+        # remote stores: the next async checkpoint (decorated entry, response start) runs it
+
+    # -- checkpoints ----------------------------------------------------------------
+    def _plan(
+        self, ctx: RequestContext, rules: tuple[Rule, ...]
+    ) -> tuple[Batch, list[tuple[Rule, int, bool]]] | None:
+        todo_global = not ctx.global_done
+        todo_endpoint = bool(rules) and ctx.endpoint_done is not rules
+        if not todo_global and not todo_endpoint:
+            return None
+        if ctx.principal is None:
+            ctx.principal = self._principal(ctx)
+        hits: list[Hit] = []
+        owners: list[tuple[Rule, int, bool]] = []
+        default = self.enforce_default
+        if todo_global:
+            for rule in self.global_rules:
+                enforce = default if rule.mode is None else rule.mode == "enforce"
+                owners.append((rule, rule.plan(ctx, hits, enforce), enforce))
+            ctx.global_done = True
+        if todo_endpoint:
+            for rule in rules:
+                enforce = default if rule.mode is None else rule.mode == "enforce"
+                owners.append((rule, rule.plan(ctx, hits, enforce), enforce))
+            ctx.endpoint_done = rules
+        return Batch(hits, (ctx.principal,)), owners
+
+    def check_sync(self, ctx: RequestContext, rules: tuple[Rule, ...] = ()) -> Decision:
+        """Run the checkpoint from synchronous code; raise `Refused` when refused."""
+        planned = self._plan(ctx, rules)
+        if planned is None:
+            return ctx.decision or ALLOWED
+        batch, owners = planned
+        now = self.clock()
+        return self._conclude(ctx, batch, owners, self.store.execute(batch, now, self.bans), now)
+
+    async def check_async(self, ctx: RequestContext, rules: tuple[Rule, ...] = ()) -> Decision:
+        """Run the checkpoint from async code; raise `Refused` when refused."""
+        planned = self._plan(ctx, rules)
+        if planned is None:
+            return ctx.decision or ALLOWED
+        batch, owners = planned
+        now = self.clock()
+        result = await self.store.aexecute(batch, now, self.bans)
+        return self._conclude(ctx, batch, owners, result, now)
+
+    def decide_at_response(self, ctx: RequestContext) -> Decision | None:
+        """Plan-free part of the response-start checkpoint (already decided, or None)."""
+        if ctx.global_done and ctx.endpoint_done is endpoint_rules(ctx.scope):
+            return ctx.decision
+        return None
+
+    def _conclude(
+        self,
+        ctx: RequestContext,
+        batch: Batch,
+        owners: list[tuple[Rule, int, bool]],
+        result: BatchResult,
+        now: float,
+    ) -> Decision:
+        if not result.hits and result.ban is not None:  # an existing ban
+            decision = Decision(
+                Action.BLOCK, "ban", result.ban.until - now, ban_level=result.ban.level
+            )
+            return self._settle(ctx, decision)
+        verdicts: list[Verdict] = []
+        charges: list[Charge] = []
+        deciding: Verdict | None = None
+        monitored: Verdict | None = None
+        retry = 0.0
+        i = 0
+        for rule, count, enforce in owners:
+            for j in range(count):
+                hit = batch.hits[i]
+                res = result.hits[i]
+                i += 1
+                v = Verdict(
+                    rule.name,
+                    rule.policies[j],
+                    res.fits,
+                    res.remaining,
+                    res.reset,
+                    res.retry_after,
+                    enforce,
+                )
+                verdicts.append(v)
+                if not res.fits:
+                    if enforce:
+                        if deciding is None:
+                            deciding = v
+                        retry = max(retry, res.retry_after)
+                    elif monitored is None:
+                        monitored = v
+                elif rule.observes and result.admitted and hit.consume:
+                    charges.append(Charge(rule, hit, res))
+        if ctx.verdicts is None:
+            ctx.verdicts = verdicts
+        else:
+            ctx.verdicts.extend(verdicts)
+        if charges:
+            if ctx.charges is None:
+                ctx.charges = charges
+            else:
+                ctx.charges.extend(charges)
+        if result.new_ban and result.ban is not None:
+            decision = Decision(
+                Action.BLOCK,
+                deciding.rule if deciding else "ban",
+                result.ban.until - now,
+                verdicts,
+                result.ban.level,
+                True,
+            )
+        elif not result.admitted:
+            decision = Decision(
+                Action.THROTTLE, deciding.rule if deciding else None, retry, verdicts
+            )
+        elif monitored is not None:
+            decision = Decision(Action.MONITOR, monitored.rule, monitored.retry_after, verdicts)
+        else:
+            decision = Decision(Action.ALLOW, None, 0.0, verdicts)
+        return self._settle(ctx, decision)
+
+    def _settle(self, ctx: RequestContext, decision: Decision) -> Decision:
+        previous = ctx.decision
+        if previous is None or previous.action is Action.ALLOW or decision.refused:
+            ctx.decision = decision
+        self.telemetry.record(ctx, decision)
+        if decision.refused:
+            if decision.action is Action.BLOCK and decision.new_ban:
+                log.warning(
+                    "apiguard: principal %s banned for %.0fs (level %d) after rule %s",
+                    ctx.principal,
+                    decision.retry_after,
+                    decision.ban_level,
+                    decision.rule,
+                )
+            raise Refused(decision)
+        return decision
+
+    # -- after the response ---------------------------------------------------------
+    def finish(self, ctx: RequestContext, status: int | None) -> None:
+        """Let rules observe the outcome (status None: the handler raised)."""
+        charges = ctx.charges
+        if not charges:
+            return
+        ctx.charges = None
+        success = status is not None and self._ok_low <= status <= self._ok_high
+        for charge in charges:
+            try:
+                charge.rule.observe(charge, success, ctx)
+            except Exception:  # an observer must never break the response path
+                log.exception("apiguard: rule %s failed to observe a response", charge.rule.name)

@@ -1,0 +1,325 @@
+"""`Guard`: configuration, state, the engine, and the route decorators."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import os
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar
+
+from opentelemetry import metrics, trace
+from pydantic import ValidationError
+
+from apiguard.config import GuardConfig, Mode
+from apiguard.engine import Engine, PrincipalResolver
+from apiguard.request import KeyedHasher, current_request
+from apiguard.responses import BlockHook
+from apiguard.routes import walk_routes
+from apiguard.rules import Cost, FlowRule, Per, Rule, WindowRule
+from apiguard.store.base import Store
+from apiguard.store.memory import MemoryStore
+from apiguard.telemetry import Telemetry
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ConfigurationError(ValueError):
+    """apiguard is configured in a way that would not protect what it says it does."""
+
+
+def _config_from(config: GuardConfig | Mapping[str, Any] | None) -> GuardConfig:
+    if config is None:
+        return GuardConfig()
+    if isinstance(config, GuardConfig):
+        return config
+    try:
+        return GuardConfig.model_validate(dict(config))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid apiguard configuration: {problems}") from None
+
+
+class Guard:
+    """Protects one app (or several sharing state). See the README for the full tour.
+
+    `Guard()` keeps state in process. `clock` is any callable returning seconds (tests,
+    simulations); `store` replaces the state backend; `principal_resolver(ctx)` returns
+    the principal when the app does not call `identify()`; `on_block(decision, response)`
+    customises refusals.
+    """
+
+    def __init__(
+        self,
+        config: GuardConfig | Mapping[str, Any] | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
+        store: Store | None = None,
+        principal_resolver: PrincipalResolver | None = None,
+        on_block: BlockHook | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+    ) -> None:
+        self.config = _config_from(config)
+        if clock is not None and not callable(clock):
+            raise ConfigurationError("clock must be a callable returning seconds")
+        self.clock: Callable[[], float] = clock or time.monotonic
+        self.store: Store = store or MemoryStore(
+            self.config.store.max_keys, self.config.store.window_buckets
+        )
+        secret = (
+            self.config.secret.get_secret_value().encode() if self.config.secret else os.urandom(32)
+        )
+        self.hasher = KeyedHasher(secret)
+        self.on_block = on_block
+        self.telemetry = Telemetry(meter_provider, tracer_provider)
+        self._flows: dict[str, FlowRule] = {}
+        self._decorated: weakref.WeakValueDictionary[int, Callable[..., Any]] = (
+            weakref.WeakValueDictionary()
+        )
+        self._verified: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.engine = Engine(
+            self.config,
+            self.store,
+            self.clock,
+            self.hasher,
+            self.telemetry,
+            self._global_rules(),
+            principal_resolver,
+        )
+
+    def _global_rules(self) -> list[Rule]:
+        lim = self.config.limits
+        buckets = self.config.store.window_buckets
+        rules: list[Rule] = []
+        if lim.principal:
+            rules.append(
+                WindowRule(
+                    "per-principal",
+                    lim.principal,
+                    per="principal",
+                    mode=lim.mode,
+                    buckets=buckets,
+                    key="g.principal",
+                )
+            )
+        if lim.ip:
+            rules.append(
+                WindowRule("per-ip", lim.ip, per="ip", mode=lim.mode, buckets=buckets, key="g.ip")
+            )
+        if lim.route:
+            rules.append(
+                WindowRule(
+                    "per-route",
+                    lim.route,
+                    per="principal_route",
+                    mode=lim.mode,
+                    buckets=buckets,
+                    key="g.route",
+                )
+            )
+        return rules
+
+    # -- decorators -----------------------------------------------------------------
+    def limit(
+        self,
+        rate: str,
+        *,
+        per: Per = "principal",
+        cost: Cost = 1,
+        mode: Mode | None = None,
+        name: str | None = None,
+    ) -> Callable[[F], F]:
+        """Limit the decorated handler: `rate` per principal, ip, the route, or `per(ctx)`.
+
+        Put it directly above the function, below the framework's route decorator.
+        """
+
+        def decorate(fn: F) -> F:
+            label = name or f"limit:{getattr(fn, '__name__', 'handler')}"
+            try:
+                rule = WindowRule(
+                    label,
+                    rate,
+                    per=per,
+                    cost=cost,
+                    mode=mode,
+                    buckets=self.config.store.window_buckets,
+                )
+            except ValueError as exc:
+                raise ConfigurationError(f"@guard.limit on {_qualname(fn)}: {exc}") from None
+            return self._guard(fn, rule)
+
+        return decorate
+
+    def flow(
+        self,
+        name: str,
+        rate: str | None = None,
+        *,
+        per: Per = "principal",
+        count: Literal["attempt", "success"] = "attempt",
+        completes: bool = True,
+        mode: Mode | None = None,
+    ) -> Callable[[F], F]:
+        """Declare a sensitive business flow: `rate` completed flows per principal.
+
+        One `name` may span several routes; they share the budget. Steps declared with
+        `completes=False` only need budget left; the completing step charges it.
+        `count="success"` charges only responses with a success status.
+        """
+
+        def decorate(fn: F) -> F:
+            known = self._flows.get(name)
+            text = (
+                rate
+                if rate is not None
+                else (known.rates[0].text if known and len(known.rates) == 1 else None)
+            )
+            if known is not None and rate is None:
+                text = ";".join(r.text for r in known.rates)
+            if text is None:
+                raise ConfigurationError(
+                    f"@guard.flow({name!r}) on {_qualname(fn)}: the first declaration needs a rate"
+                )
+            try:
+                rule = FlowRule(
+                    name,
+                    text,
+                    per=per,
+                    count=count,
+                    completes=completes,
+                    mode=mode,
+                    buckets=self.config.store.window_buckets,
+                )
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"@guard.flow({name!r}) on {_qualname(fn)}: {exc}"
+                ) from None
+            if known is not None:
+                if known.specs != rule.specs or known.per != rule.per:
+                    raise ConfigurationError(
+                        f"flow {name!r} is declared with different rates or per= on "
+                        f"{_qualname(fn)}; every route of one flow must share them"
+                    )
+            else:
+                self._flows[name] = rule
+            return self._guard(fn, rule)
+
+        return decorate
+
+    def _guard(self, fn: F, rule: Rule) -> F:
+        if not callable(fn):
+            raise ConfigurationError(f"apiguard decorators apply to functions, not {fn!r}")
+        original = getattr(fn, "__apiguard_original__", fn)
+        rules: tuple[Rule, ...] = (*getattr(fn, "__apiguard_rules__", ()), rule)
+        wrapper = _wrap(original, rules, self)
+        self._decorated[id(original)] = wrapper
+        return wrapper  # type: ignore[return-value]
+
+    # -- start-up checks --------------------------------------------------------------
+    def verify(self, app: Any) -> None:
+        """Fail loudly if a decorated handler is routed without its checks.
+
+        The classic bug: `@guard.flow` written above `@app.post`, so the framework routed
+        the bare function and the limit would never run.
+        """
+        if app in self._verified:
+            return
+        problems: list[str] = []
+        for entry in walk_routes(app):
+            endpoint = entry.endpoint
+            if endpoint is None or hasattr(endpoint, "__apiguard_rules__"):
+                continue
+            if self._decorated.get(id(endpoint)) is not None:
+                problems.append(f"{entry.template} -> {_qualname(endpoint)}")
+        if problems:
+            raise ConfigurationError(
+                "apiguard decorators sit above the route decorator, so these routes serve the "
+                "undecorated function and their limits would never run: "
+                + ", ".join(problems)
+                + ". Put @guard.limit/@guard.flow directly above `def`, below @app.get/@app.post."
+            )
+        with contextlib.suppress(TypeError):  # not weak-referenceable: verify next time too
+            self._verified.add(app)
+
+    # -- helpers for apps -----------------------------------------------------------
+    def hash(self, kind: str, value: str) -> str:
+        """The keyed hash apiguard would store for `value` (never store the raw value)."""
+        return self.hasher(kind, value)
+
+
+def _qualname(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _missing_context(fn: Callable[..., Any]) -> RuntimeError:
+    return RuntimeError(
+        f"apiguard: {_qualname(fn)} was called outside a request guarded by apiguard, so its "
+        "limits cannot run. Install the middleware: "
+        "app.add_middleware(GuardMiddleware, guard=guard)."
+    )
+
+
+def _wrap(
+    original: Callable[..., Any], rules: tuple[Rule, ...], guard: Guard
+) -> Callable[..., Any]:
+    engine = guard.engine
+
+    if inspect.iscoroutinefunction(original):
+
+        @functools.wraps(original)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            ctx = current_request()
+            if ctx is None:
+                raise _missing_context(original)
+            if not ctx.global_done or ctx.endpoint_done is not rules:
+                await engine.check_async(ctx, rules)
+            return await original(*args, **kwargs)
+
+        wrapper: Callable[..., Any] = async_wrapper
+    elif inspect.isasyncgenfunction(original):
+
+        @functools.wraps(original)
+        async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
+            ctx = current_request()
+            if ctx is None:
+                raise _missing_context(original)
+            if not ctx.global_done or ctx.endpoint_done is not rules:
+                await engine.check_async(ctx, rules)
+            async for item in original(*args, **kwargs):
+                yield item
+
+        wrapper = agen_wrapper
+    elif inspect.isgeneratorfunction(original):
+
+        @functools.wraps(original)
+        def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+            ctx = current_request()
+            if ctx is None:
+                raise _missing_context(original)
+            if not ctx.global_done or ctx.endpoint_done is not rules:
+                engine.check_sync(ctx, rules)
+            yield from original(*args, **kwargs)
+
+        wrapper = gen_wrapper
+    else:
+
+        @functools.wraps(original)
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            ctx = current_request()
+            if ctx is None:
+                raise _missing_context(original)
+            if not ctx.global_done or ctx.endpoint_done is not rules:
+                engine.check_sync(ctx, rules)
+            return original(*args, **kwargs)
+
+        wrapper = sync_wrapper
+    wrapper.__apiguard_rules__ = rules  # type: ignore[attr-defined]
+    wrapper.__apiguard_original__ = original  # type: ignore[attr-defined]
+    return wrapper

@@ -1,0 +1,264 @@
+"""Per-request state, client-IP and principal resolution, and `identify()`.
+
+The adapter turns a request into a `RequestContext` once; everything else reads it. The
+context is reachable from anywhere in the request (an auth dependency, a view, a
+decorator) through a context variable, which is how `identify()` works without a
+`request` parameter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import warnings
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from apiguard.config import ClientIPConfig
+
+if TYPE_CHECKING:
+    from apiguard.decision import Decision, Verdict
+    from apiguard.engine import Engine
+    from apiguard.rules import Charge, Rule
+
+_IP_CACHE_MAX = 65_536
+
+
+class KeyedHasher:
+    """Keyed BLAKE2b: principals, keys and usernames are only ever kept as these hashes."""
+
+    __slots__ = ("_cache", "_secret")
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("the hashing secret must be at least 16 bytes")
+        self._secret = secret[:64]
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, kind: str, value: str | bytes) -> str:
+        """`kind:<hex>`; the kind is part of the hashed input (no cross-kind collisions)."""
+        data = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+        h = hashlib.blake2b(data, key=self._secret, digest_size=12, person=kind.encode()[:16])
+        return f"{kind}:{h.hexdigest()}"
+
+    def ip(self, address: str) -> str:
+        """Hash of a client address (or network), memoised in a bounded table."""
+        cached = self._cache.get(address)
+        if cached is None:
+            if len(self._cache) >= _IP_CACHE_MAX:
+                self._cache.clear()
+            cached = self._cache[address] = self("ip", address)
+        return cached
+
+
+class ClientIPResolver:
+    """Finds the client address: the peer, or walking proxy headers right to left.
+
+    Only hops added by trusted proxies are believed: starting from the TCP peer, while the
+    current hop is inside `trusted_proxies`, step one entry left in the header. The first
+    untrusted hop is the client. With no trusted proxy (the default) headers are ignored.
+    """
+
+    def __init__(self, config: ClientIPConfig) -> None:
+        self.header = config.proxy_header.encode("latin-1")
+        self._networks = [ipaddress.ip_network(n) for n in config.trusted_proxies]
+        self._v4 = config.ipv4_prefix
+        self._v6 = config.ipv6_prefix
+        self._trust_cache: dict[str, bool] = {}
+        self._group_cache: dict[str, str] = {}
+        self.walks = bool(self._networks)
+
+    def is_trusted(self, address: str) -> bool:
+        """Whether `address` lies in a trusted proxy network."""
+        hit = self._trust_cache.get(address)
+        if hit is None:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                hit = False
+            else:
+                ip = getattr(ip, "ipv4_mapped", None) or ip
+                hit = any(ip in net for net in self._networks)
+            if len(self._trust_cache) >= _IP_CACHE_MAX:
+                self._trust_cache.clear()
+            self._trust_cache[address] = hit
+        return hit
+
+    def resolve(self, peer: str | None, header_values: Iterable[str]) -> str:
+        """The client address for a peer and the raw proxy header values, in order."""
+        client = peer or "unknown"
+        if not self.walks or not self.is_trusted(client):
+            return client
+        hops = (
+            _parse_forwarded(header_values)
+            if self.header == b"forwarded"
+            else _parse_xff(header_values)
+        )
+        for hop in reversed(hops):
+            address = _normalise(hop)
+            if address is None:
+                break  # malformed entry from a trusted hop: keep the last trusted address
+            client = address
+            if not self.is_trusted(address):
+                break
+        return client
+
+    def group(self, address: str) -> str:
+        """The counting unit for an address: itself, or its /prefix network."""
+        if ":" not in address and self._v4 == 32:
+            return address
+        cached = self._group_cache.get(address)
+        if cached is not None:
+            return cached
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return address
+        mapped = getattr(ip, "ipv4_mapped", None)
+        if mapped is not None:
+            ip = mapped
+        prefix = self._v4 if ip.version == 4 else self._v6
+        full = 32 if ip.version == 4 else 128
+        grouped = str(ip) if prefix == full else str(ipaddress.ip_network(f"{ip}/{prefix}", False))
+        if len(self._group_cache) >= _IP_CACHE_MAX:
+            self._group_cache.clear()
+        self._group_cache[address] = grouped
+        return grouped
+
+
+def _parse_xff(values: Iterable[str]) -> list[str]:
+    return [part.strip() for value in values for part in value.split(",")]
+
+
+def _parse_forwarded(values: Iterable[str]) -> list[str]:
+    hops: list[str] = []
+    for value in values:
+        for element in value.split(","):
+            found = ""
+            for pair in element.split(";"):
+                name, _, val = pair.partition("=")
+                if name.strip().lower() == "for":
+                    found = val.strip().strip('"')
+            hops.append(found)
+    return hops
+
+
+def _normalise(hop: str) -> str | None:
+    """An address from a proxy hop ("1.2.3.4", "1.2.3.4:80", "[::1]:80"), else None."""
+    hop = hop.strip()
+    if hop.startswith("["):
+        end = hop.find("]")
+        hop = hop[1:end] if end > 0 else ""
+    elif hop.count(":") == 1:
+        hop = hop.partition(":")[0]
+    if not hop or len(hop) > 64:
+        return None
+    try:
+        return str(ipaddress.ip_address(hop))
+    except ValueError:
+        return None
+
+
+class RequestContext:
+    """Everything apiguard knows about one request, mutable as the request advances."""
+
+    __slots__ = (
+        "charges",
+        "client_ip",
+        "credential_key",
+        "decision",
+        "declared",
+        "endpoint_done",
+        "engine",
+        "global_done",
+        "ip_key",
+        "method",
+        "path",
+        "principal",
+        "refused_sent",
+        "scope",
+        "verdicts",
+    )
+
+    def __init__(
+        self,
+        engine: Engine,
+        scope: Mapping[str, Any],
+        method: str,
+        path: str,
+        client_ip: str,
+        ip_key: str,
+        credential_key: str | None,
+    ) -> None:
+        self.engine = engine
+        self.scope = scope
+        self.method = method
+        self.path = path
+        self.client_ip = client_ip
+        self.ip_key = ip_key
+        self.credential_key = credential_key
+        self.declared: str | None = None
+        self.principal: str | None = None
+        self.global_done = False
+        self.endpoint_done: tuple[Rule, ...] | None = None
+        self.decision: Decision | None = None
+        self.verdicts: list[Verdict] | None = None
+        self.charges: list[Charge] | None = None
+        self.refused_sent = False
+
+    # -- the public, read-only view handed to custom `per=` and resolver callables ----
+    @property
+    def route(self) -> str | None:
+        """The route template that served the request, mount prefixes included."""
+        from apiguard.routes import route_template
+
+        return route_template(self.scope)
+
+    @property
+    def path_params(self) -> dict[str, Any]:
+        """Path parameters the router extracted."""
+        params = self.scope.get("path_params")
+        return dict(params) if isinstance(params, dict) else {}
+
+    def header(self, name: str) -> str | None:
+        """First value of a request header (case-insensitive), decoded as latin-1."""
+        raw = name.lower().encode("latin-1")
+        for key, value in self.scope.get("headers") or ():
+            if key == raw:
+                return bytes(value).decode("latin-1")
+        return None
+
+
+_current: ContextVar[RequestContext | None] = ContextVar("apiguard_request", default=None)
+
+
+def current_request() -> RequestContext | None:
+    """The apiguard context of the request being handled, or None outside one."""
+    return _current.get()
+
+
+def identify(user_id: str | int) -> None:
+    """Declare the authenticated principal of the current request.
+
+    Call it where the app has verified who the caller is (an auth dependency, a login
+    view). Checks run at this moment, before the handler body, keyed on a keyed hash of
+    `user_id`; a refusal raises `apiguard.Refused`, which the middleware answers.
+    `None` means anonymous and is ignored; an empty id is an error (it would merge every
+    anonymous caller into one principal).
+    """
+    if user_id is None:
+        return
+    text = str(user_id)
+    if not text:
+        raise ValueError("identify() needs a non-empty user id")
+    ctx = _current.get()
+    if ctx is None:
+        warnings.warn(
+            "apiguard.identify() was called outside a request guarded by apiguard; "
+            "is GuardMiddleware installed?",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return
+    ctx.engine.declare(ctx, text)

@@ -1,0 +1,176 @@
+"""Rules are plugins: each adds hits to the request's batch and may observe the outcome.
+
+`WindowRule` (global defaults and `@guard.limit`) and `FlowRule` (`@guard.flow`) are the
+first plugins; detectors of later issues implement the same `Rule` interface.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from apiguard.config import Mode
+from apiguard.decision import Policy
+from apiguard.rates import Rate, parse_rates
+from apiguard.store.base import Hit, HitResult
+from apiguard.window import WindowSpec
+
+if TYPE_CHECKING:
+    from apiguard.request import RequestContext
+
+PerName = Literal["principal", "ip", "route", "principal_route"]
+Per = PerName | Callable[["RequestContext"], "str | None"]
+Cost = int | Callable[["RequestContext"], int]
+
+_ids = itertools.count(1)
+
+
+@dataclass(slots=True)
+class Charge:
+    """A hit that a rule wants to see again after the response (e.g. to refund it)."""
+
+    rule: Rule
+    hit: Hit
+    result: HitResult
+
+
+class Rule:
+    """Plugin interface. `plan` adds hits; `observe` sees the outcome of charged hits."""
+
+    name: str
+    mode: Mode | None
+    policies: tuple[Policy, ...] = ()
+    observes: bool = False
+
+    def plan(self, ctx: RequestContext, hits: list[Hit], enforce: bool) -> int:
+        """Append this rule's hits for `ctx`; return how many were added."""
+        raise NotImplementedError
+
+    def observe(self, charge: Charge, success: bool, ctx: RequestContext) -> None:
+        """Called after the response for each charge of a rule with `observes = True`."""
+
+
+def _validate_name(name: str) -> str:
+    if not name or len(name) > 64 or any(c in name for c in '"\\') or not name.isprintable():
+        raise ValueError(f"rule name {name!r}: 1-64 printable characters, no quotes or '\\'")
+    return name
+
+
+class WindowRule(Rule):
+    """`rates` per subject, where the subject is chosen by `per`."""
+
+    def __init__(
+        self,
+        name: str,
+        rates: str,
+        *,
+        per: Per = "principal",
+        cost: Cost = 1,
+        mode: Mode | None = None,
+        consume: bool = True,
+        buckets: int = 10,
+        key: str | None = None,
+    ) -> None:
+        self.name = _validate_name(name)
+        self.rates: tuple[Rate, ...] = parse_rates(rates)
+        if not callable(per) and per not in ("principal", "ip", "route", "principal_route"):
+            raise ValueError(
+                f"per={per!r}: use 'principal', 'ip', 'route', 'principal_route' or a callable"
+            )
+        if isinstance(cost, bool) or not (callable(cost) or (isinstance(cost, int) and cost >= 0)):
+            raise ValueError(f"cost={cost!r}: a non-negative integer or a callable")
+        if isinstance(cost, int):
+            too_big = [r.text for r in self.rates if cost > r.amount]
+            if too_big:
+                raise ValueError(f"cost={cost} exceeds the whole budget of {too_big}")
+        if mode not in (None, "monitor", "enforce"):
+            raise ValueError(f"mode={mode!r}: use 'monitor' or 'enforce'")
+        self.per = per
+        self.cost = cost
+        self.mode = mode
+        self.consume = consume
+        self.specs = tuple(WindowSpec(r.amount, r.window, buckets) for r in self.rates)
+        self.key = key or f"r{next(_ids)}"
+        self._prefixes = tuple(f"{self.key}.{i}|" for i in range(len(self.specs)))
+        many = len(self.rates) > 1
+        self.policies = tuple(
+            Policy(f"{self.name}.{r.label}" if many else self.name, r.amount, r.window)
+            for r in self.rates
+        )
+
+    def subject(self, ctx: RequestContext) -> tuple[str, str | None] | None:
+        """(bucket subject, strike subject) for this request, or None to skip the rule."""
+        per = self.per
+        if per == "principal":
+            p = ctx.principal or ctx.ip_key
+            return p, p
+        if per == "ip":
+            return ctx.ip_key, ctx.ip_key
+        if per == "route":
+            return "*", None
+        if per == "principal_route":
+            p = ctx.principal or ctx.ip_key
+            return f"{p}@{ctx.route or ctx.path}", p
+        value = per(ctx)
+        if value is None:
+            return None
+        return ctx.engine.hasher("c", str(value)), None
+
+    def plan(self, ctx: RequestContext, hits: list[Hit], enforce: bool) -> int:
+        """One hit per rate, keyed on this rule and the subject."""
+        found = self.subject(ctx)
+        if found is None:
+            return 0
+        subject, striker = found
+        cost = self.cost if isinstance(self.cost, int) else int(self.cost(ctx))
+        if cost < 0:
+            raise ValueError(f"rule {self.name!r}: cost callable returned {cost}")
+        for prefix, spec in zip(self._prefixes, self.specs, strict=True):
+            hits.append(Hit(prefix + subject, spec, cost, self.consume, enforce, striker))
+        return len(self.specs)
+
+
+class FlowRule(WindowRule):
+    """A sensitive business flow: `rates` completed flows per subject.
+
+    `count="attempt"` charges every call; `count="success"` reserves one unit before the
+    handler runs (so N concurrent calls at limit-1 admit one) and gives it back when the
+    response is not a success. A step with `completes=False` only requires budget to be
+    left and charges nothing, so a two-endpoint sign-up counts once per completed flow.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        rates: str,
+        *,
+        per: Per = "principal",
+        count: Literal["attempt", "success"] = "attempt",
+        completes: bool = True,
+        mode: Mode | None = None,
+        buckets: int = 10,
+    ) -> None:
+        if count not in ("attempt", "success"):
+            raise ValueError(f"count={count!r}: use 'attempt' or 'success'")
+        super().__init__(
+            name,
+            rates,
+            per=per,
+            cost=1,
+            mode=mode,
+            consume=completes,
+            buckets=buckets,
+            key=f"flow:{name}",
+        )
+        self.count = count
+        self.completes = completes
+        self.observes = count == "success" and completes
+
+    def observe(self, charge: Charge, success: bool, ctx: RequestContext) -> None:
+        """Refund the reservation of a flow that did not succeed."""
+        if not success and charge.hit.consume and charge.result.fits:
+            ctx.engine.store.refund(
+                charge.hit.key, charge.hit.spec, charge.result.bucket, charge.hit.cost
+            )

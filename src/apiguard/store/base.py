@@ -1,0 +1,95 @@
+"""The store contract: one batch of state operations per request (DESIGN principle 2).
+
+Rules and detectors never talk to a store; they add operations to a `Batch`. The engine
+runs the whole batch in one call (a dict walk in memory, one script on Redis) and hands
+each operation its result.
+
+Batch semantics (every store implements exactly these):
+1. If any key in `ban_keys` is banned, the batch is refused with that ban; nothing is
+   charged.
+2. Every `Hit` is evaluated against its window. If an *enforced* hit does not fit, the
+   batch is refused: nothing is charged, and one strike is recorded against the
+   `subject` of the first refused enforced hit that has one; enough strikes ban it.
+3. Otherwise the batch is admitted and every consuming hit that fits is charged
+   (a monitor-mode hit that does not fit is reported but not charged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from apiguard.config import BanConfig
+from apiguard.window import WindowSpec
+
+
+@dataclass(slots=True)
+class Hit:
+    """Charge `cost` to window `key` (or only test it when `consume` is False)."""
+
+    key: str
+    spec: WindowSpec
+    cost: int = 1
+    consume: bool = True
+    enforce: bool = True
+    subject: str | None = None
+
+
+@dataclass(slots=True)
+class HitResult:
+    """What one hit found: whether it fitted, what is left, and when capacity returns."""
+
+    fits: bool
+    remaining: int
+    reset: float
+    retry_after: float
+    bucket: int
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything one request needs from the store."""
+
+    hits: list[Hit] = field(default_factory=list)
+    ban_keys: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Ban:
+    """An active ban: until when (store clock) and at which escalation level."""
+
+    key: str
+    until: float
+    level: int
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """Per-hit results in batch order, the admission verdict, and any ban involved."""
+
+    admitted: bool
+    hits: list[HitResult]
+    ban: Ban | None = None
+    new_ban: bool = False
+
+
+class Store(Protocol):
+    """A state backend. `local` stores may be called from the event loop thread."""
+
+    local: bool
+
+    def execute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
+        """Run `batch` atomically (see the module docstring)."""
+        ...
+
+    async def aexecute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
+        """`execute` for async callers; remote stores must not block the loop."""
+        ...
+
+    def refund(self, key: str, spec: WindowSpec, bucket: int, cost: int) -> None:
+        """Give back a charge made in `bucket` (count="success" flows that failed)."""
+        ...
+
+    def active_ban(self, key: str, now: float) -> Ban | None:
+        """The ban on `key`, if one is active and known locally (no network trip)."""
+        ...

@@ -1,0 +1,136 @@
+"""The embedded in-process store: plain dict work under one lock, every table bounded."""
+
+from __future__ import annotations
+
+import threading
+
+from cachetools import LRUCache
+
+from apiguard.config import BanConfig
+from apiguard.store.base import Ban, Batch, BatchResult, HitResult
+from apiguard.window import BucketWindow, WindowSpec, refund, try_hit
+
+
+class _Strikes:
+    __slots__ = ("last_ban", "level", "window")
+
+    def __init__(self, buckets: int) -> None:
+        self.window = BucketWindow(buckets)
+        self.level = 0
+        self.last_ban = float("-inf")
+
+
+class MemoryStore:
+    """Windows, strikes and bans for one process.
+
+    Windows and strike records live in LRU caches of `max_keys` entries (cachetools): an
+    idle window is equivalent to an empty one, so the least recently used are dropped
+    first. Active bans are capped at `max_keys` too; expired bans are purged before any
+    live one is dropped.
+    """
+
+    local = True
+
+    def __init__(self, max_keys: int = 200_000, strike_buckets: int = 10) -> None:
+        self.max_keys = max_keys
+        self._windows: LRUCache[str, BucketWindow] = LRUCache(maxsize=max_keys)
+        self._strikes: LRUCache[str, _Strikes] = LRUCache(maxsize=max_keys)
+        self._bans: dict[str, Ban] = {}
+        self._strike_buckets = strike_buckets
+        self._lock = threading.Lock()
+
+    # -- the batch -------------------------------------------------------------------
+    def execute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
+        """Run `batch` atomically (semantics in `apiguard.store.base`)."""
+        with self._lock:
+            if self._bans:
+                for key in batch.ban_keys:
+                    ban = self._bans.get(key)
+                    if ban is not None:
+                        if ban.until > now:
+                            return BatchResult(False, [], ban)
+                        del self._bans[key]
+            windows = self._windows
+            results: list[HitResult] = []
+            refused_subject: str | None = None
+            refused = False
+            for hit in batch.hits:
+                w = windows.get(hit.key)
+                if w is None:
+                    w = BucketWindow(hit.spec.buckets)
+                    windows[hit.key] = w
+                fits = try_hit(w, hit.spec, now, hit.cost, consume=False)
+                if not fits and hit.enforce and not refused:
+                    refused = True
+                    refused_subject = hit.subject
+                results.append(HitResult(fits, hit.spec.limit - w.total, 0.0, 0.0, w.head))
+            if not refused:
+                for hit, res in zip(batch.hits, results, strict=True):
+                    if res.fits and hit.consume and hit.cost:
+                        w = windows[hit.key]
+                        w.counts[w.head % len(w.counts)] += hit.cost
+                        w.total += hit.cost
+                        res.remaining = hit.spec.limit - w.total
+            for hit, res in zip(batch.hits, results, strict=True):
+                w = windows[hit.key]
+                res.reset = w.next_release(hit.spec, now)
+                if not res.fits:
+                    res.retry_after = w.retry_after(hit.spec, now, hit.cost)
+                    res.remaining = max(0, res.remaining)
+            if not refused:
+                return BatchResult(True, results)
+            new_ban = None
+            if refused_subject is not None and bans.enabled:
+                new_ban = self._strike(refused_subject, now, bans)
+            return BatchResult(False, results, new_ban, new_ban is not None)
+
+    async def aexecute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
+        """Same as `execute`: in-process work never blocks on I/O."""
+        return self.execute(batch, now, bans)
+
+    # -- strikes and bans ------------------------------------------------------------
+    def _strike(self, subject: str, now: float, bans: BanConfig) -> Ban | None:
+        rec = self._strikes.get(subject)
+        if rec is None:
+            rec = _Strikes(self._strike_buckets)
+            self._strikes[subject] = rec
+        spec = WindowSpec(bans.after, bans.within, self._strike_buckets)
+        try_hit(rec.window, spec, now, 1, consume=True)
+        if rec.window.total < bans.after:
+            return None
+        rec.window = BucketWindow(self._strike_buckets)
+        rec.level = rec.level + 1 if now - rec.last_ban <= bans.memory else 1
+        rec.last_ban = now
+        duration = min(bans.base * bans.factor ** (rec.level - 1), bans.max)
+        ban = Ban(subject, now + duration, rec.level)
+        self._put_ban(ban, now)
+        return ban
+
+    def _put_ban(self, ban: Ban, now: float) -> None:
+        bans = self._bans
+        if len(bans) >= self.max_keys and ban.key not in bans:
+            for key in [k for k, b in bans.items() if b.until <= now]:
+                del bans[key]
+            if len(bans) >= self.max_keys:
+                del bans[min(bans, key=lambda k: bans[k].until)]
+        bans[ban.key] = ban
+
+    def active_ban(self, key: str, now: float) -> Ban | None:
+        """The ban on `key` if it is still running."""
+        if not self._bans:
+            return None
+        ban = self._bans.get(key)
+        if ban is None or ban.until <= now:
+            return None
+        return ban
+
+    def refund(self, key: str, spec: WindowSpec, bucket: int, cost: int) -> None:
+        """Give back `cost` charged to `key` in `bucket`."""
+        with self._lock:
+            w = self._windows.get(key)
+            if w is not None:
+                refund(w, bucket, cost)
+
+    # -- introspection (tests, report) -----------------------------------------------
+    def __len__(self) -> int:
+        return len(self._windows)

@@ -1,0 +1,64 @@
+"""OpenTelemetry through the API only: attributes on the active span, events, counters.
+
+apiguard never installs or replaces a provider. With no SDK configured the API hands out
+no-op objects and the cost is a context-variable read and a no-op counter call.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from opentelemetry import metrics, trace
+
+from apiguard import __version__
+from apiguard.decision import Action, Decision
+
+if TYPE_CHECKING:
+    from apiguard.request import RequestContext
+
+
+class Telemetry:
+    """Records every decision on the current span and in `apiguard.decisions`."""
+
+    def __init__(
+        self,
+        meter_provider: metrics.MeterProvider | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+    ) -> None:
+        provider = meter_provider or metrics.get_meter_provider()
+        meter = provider.get_meter("apiguard", __version__)
+        self.decisions = meter.create_counter(
+            "apiguard.decisions",
+            unit="{request}",
+            description="Requests checked by apiguard, by deciding rule and outcome.",
+        )
+        self.bans = meter.create_counter(
+            "apiguard.bans",
+            unit="{ban}",
+            description="Temporary bans started, by escalation level.",
+        )
+        self._tracer_provider = tracer_provider
+
+    def record(self, ctx: RequestContext, decision: Decision) -> None:
+        """Put the decision on the active span and count it."""
+        action = decision.action.value
+        rule = decision.rule or "none"
+        self.decisions.add(1, {"apiguard.rule": rule, "apiguard.decision": action})
+        if decision.new_ban:
+            self.bans.add(1, {"apiguard.ban.level": decision.ban_level})
+        span = trace.get_current_span()
+        if not span.is_recording():
+            return
+        span.set_attribute("apiguard.principal", ctx.principal or ctx.ip_key)
+        span.set_attribute("apiguard.decision", action)
+        span.set_attribute("apiguard.rule", rule)
+        if decision.action is not Action.ALLOW:
+            attributes: dict[str, str | int | float] = {
+                "apiguard.rule": rule,
+                "apiguard.decision": action,
+                "apiguard.principal": ctx.principal or ctx.ip_key,
+                "apiguard.retry_after": round(decision.retry_after, 3),
+            }
+            if decision.ban_level:
+                attributes["apiguard.ban.level"] = decision.ban_level
+            span.add_event("apiguard.detection", attributes)
