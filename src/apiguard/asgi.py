@@ -18,7 +18,7 @@ from apiguard.decision import Decision
 from apiguard.engine import Refused, endpoint_rules
 from apiguard.guard import Guard
 from apiguard.request import _current
-from apiguard.responses import BlockResponse, block_response, ratelimit_fields
+from apiguard.responses import BlockResponse, block_response, ratelimit_values
 
 log = logging.getLogger("apiguard")
 
@@ -33,17 +33,18 @@ class GuardMiddleware:
         self.guard = guard
         self.engine = guard.engine
         self._headers = guard.config.ratelimit_headers
+        self._verified_root: Any = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind != "http":
-            if kind == "lifespan" and "app" in scope:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan" and "app" in scope:
                 self.guard.verify(scope["app"])
             await self.app(scope, receive, send)
             return
         root = scope.get("app")
-        if root is not None and root not in self.guard._verified:
+        if root is not self._verified_root and root is not None:
             self.guard.verify(root)
+            self._verified_root = root
         engine = self.engine
         ctx = engine.begin(scope)
         early = engine.early_ban(ctx)
@@ -51,52 +52,57 @@ class GuardMiddleware:
             await self._refuse(send, early)
             return
         token = _current.set(ctx)
-        started = False
         status: int | None = None
+        local = engine.store.local
 
         async def guarded_send(message: Message) -> None:
-            nonlocal started, status
-            if ctx.refused_sent:
-                return  # the app's own response to a refused request is dropped
-            if message["type"] == "http.response.start":
+            nonlocal status
+            if status is None and message["type"] == "http.response.start":
+                rules = endpoint_rules(scope)
                 decision = ctx.decision
-                if not ctx.global_done or ctx.endpoint_done is not endpoint_rules(scope):
+                if not ctx.global_done or ctx.endpoint_done is not rules:
                     try:
-                        decision = await engine.check_async(ctx, endpoint_rules(scope))
+                        if local:
+                            decision = engine.check_sync(ctx, rules)
+                        else:
+                            decision = await engine.check_async(ctx, rules)
                     except Refused as refused:
                         decision = refused.decision
                 if decision is not None and decision.refused:
-                    # refused at a checkpoint whose exception the app swallowed, or now
-                    await self._refuse(send, decision)
+                    # refused now, or at a checkpoint whose exception the app swallowed
                     ctx.refused_sent = True
+                    status = 0
+                    await self._refuse(send, decision)
                     return
-                started = True
                 status = message["status"]
                 if self._headers and ctx.verdicts:
-                    fields = ratelimit_fields([v for v in ctx.verdicts if v.enforced])
-                    if fields:
-                        message = dict(message)
+                    values = ratelimit_values(ctx.verdicts)
+                    if values is not None:
                         message["headers"] = [
                             *message.get("headers", ()),
-                            *((k.encode("latin-1"), v.encode("latin-1")) for k, v in fields),
+                            (b"ratelimit-policy", values[0]),
+                            (b"ratelimit", values[1]),
                         ]
+            elif ctx.refused_sent:
+                return  # the app's own response to a refused request is dropped
             await send(message)
 
         try:
             await self.app(scope, receive, guarded_send)
         except Refused as refused:
-            if started:
+            if status is not None and not ctx.refused_sent:
                 log.error("apiguard: a checkpoint refused a request after its response started")
                 raise
             if not ctx.refused_sent:
-                await self._refuse(send, refused.decision)
                 ctx.refused_sent = True
+                await self._refuse(send, refused.decision)
         except BaseException:
             engine.finish(ctx, None)
             raise
         finally:
             _current.reset(token)
-        engine.finish(ctx, None if ctx.refused_sent else status)
+        if ctx.charges:
+            engine.finish(ctx, None if ctx.refused_sent else status)
 
     async def _refuse(self, send: Send, decision: Decision) -> None:
         response = block_response(decision, self._headers)

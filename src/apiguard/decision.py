@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 
@@ -22,6 +23,13 @@ class Policy:
     name: str
     quota: int
     window: float
+    item: str = field(init=False, repr=False, compare=False)
+    state_prefix: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        window = max(1, math.ceil(self.window))
+        object.__setattr__(self, "item", f'"{self.name}";q={self.quota};w={window}')
+        object.__setattr__(self, "state_prefix", f'"{self.name}";r=')
 
 
 @dataclass(slots=True)

@@ -60,9 +60,13 @@ class Engine:
         self.hasher = hasher
         self.telemetry = telemetry
         self.global_rules: tuple[Rule, ...] = tuple(global_rules)
+        self.enforce_default = config.mode == "enforce"
+        self._global_plan = tuple(
+            (r, self.enforce_default if r.mode is None else r.mode == "enforce")
+            for r in self.global_rules
+        )
         self.resolver = resolver
         self.ip = ClientIPResolver(config.client_ip)
-        self.enforce_default = config.mode == "enforce"
         self.bans = config.bans
         self._key_headers = frozenset(h.encode("latin-1") for h in config.identity.api_key_headers)
         self._bearer = config.identity.bearer_tokens
@@ -133,9 +137,7 @@ class Engine:
         # remote stores: the next async checkpoint (decorated entry, response start) runs it
 
     # -- checkpoints ----------------------------------------------------------------
-    def _plan(
-        self, ctx: RequestContext, rules: tuple[Rule, ...]
-    ) -> tuple[Batch, list[tuple[Rule, int, bool]]] | None:
+    def _plan(self, ctx: RequestContext, rules: tuple[Rule, ...]) -> Batch | None:
         todo_global = not ctx.global_done
         todo_endpoint = bool(rules) and ctx.endpoint_done is not rules
         if not todo_global and not todo_endpoint:
@@ -143,114 +145,95 @@ class Engine:
         if ctx.principal is None:
             ctx.principal = self._principal(ctx)
         hits: list[Hit] = []
-        owners: list[tuple[Rule, int, bool]] = []
-        default = self.enforce_default
         if todo_global:
-            for rule in self.global_rules:
-                enforce = default if rule.mode is None else rule.mode == "enforce"
-                owners.append((rule, rule.plan(ctx, hits, enforce), enforce))
+            for rule, enforce in self._global_plan:
+                rule.plan(ctx, hits, enforce)
             ctx.global_done = True
         if todo_endpoint:
+            default = self.enforce_default
             for rule in rules:
-                enforce = default if rule.mode is None else rule.mode == "enforce"
-                owners.append((rule, rule.plan(ctx, hits, enforce), enforce))
+                rule.plan(ctx, hits, default if rule.mode is None else rule.mode == "enforce")
             ctx.endpoint_done = rules
-        return Batch(hits, (ctx.principal,)), owners
+        return Batch(hits, (ctx.principal,))
 
     def check_sync(self, ctx: RequestContext, rules: tuple[Rule, ...] = ()) -> Decision:
         """Run the checkpoint from synchronous code; raise `Refused` when refused."""
-        planned = self._plan(ctx, rules)
-        if planned is None:
+        batch = self._plan(ctx, rules)
+        if batch is None:
             return ctx.decision or ALLOWED
-        batch, owners = planned
         now = self.clock()
-        return self._conclude(ctx, batch, owners, self.store.execute(batch, now, self.bans), now)
+        return self._conclude(ctx, batch, self.store.execute(batch, now, self.bans), now)
 
     async def check_async(self, ctx: RequestContext, rules: tuple[Rule, ...] = ()) -> Decision:
         """Run the checkpoint from async code; raise `Refused` when refused."""
-        planned = self._plan(ctx, rules)
-        if planned is None:
+        batch = self._plan(ctx, rules)
+        if batch is None:
             return ctx.decision or ALLOWED
-        batch, owners = planned
         now = self.clock()
-        result = await self.store.aexecute(batch, now, self.bans)
-        return self._conclude(ctx, batch, owners, result, now)
-
-    def decide_at_response(self, ctx: RequestContext) -> Decision | None:
-        """Plan-free part of the response-start checkpoint (already decided, or None)."""
-        if ctx.global_done and ctx.endpoint_done is endpoint_rules(ctx.scope):
-            return ctx.decision
-        return None
+        if self.store.local:  # in-process work: no need to suspend
+            result = self.store.execute(batch, now, self.bans)
+        else:
+            result = await self.store.aexecute(batch, now, self.bans)
+        return self._conclude(ctx, batch, result, now)
 
     def _conclude(
-        self,
-        ctx: RequestContext,
-        batch: Batch,
-        owners: list[tuple[Rule, int, bool]],
-        result: BatchResult,
-        now: float,
+        self, ctx: RequestContext, batch: Batch, result: BatchResult, now: float
     ) -> Decision:
-        if not result.hits and result.ban is not None:  # an existing ban
-            decision = Decision(
-                Action.BLOCK, "ban", result.ban.until - now, ban_level=result.ban.level
-            )
+        ban = result.ban
+        if not result.hits and ban is not None:  # an existing ban
+            decision = Decision(Action.BLOCK, "ban", ban.until - now, ban_level=ban.level)
             return self._settle(ctx, decision)
-        verdicts: list[Verdict] = []
-        charges: list[Charge] = []
+        verdicts = ctx.verdicts
+        if verdicts is None:
+            verdicts = ctx.verdicts = []
+        admitted = result.admitted
         deciding: Verdict | None = None
         monitored: Verdict | None = None
         retry = 0.0
-        i = 0
-        for rule, count, enforce in owners:
-            for j in range(count):
-                hit = batch.hits[i]
-                res = result.hits[i]
-                i += 1
-                v = Verdict(
-                    rule.name,
-                    rule.policies[j],
-                    res.fits,
-                    res.remaining,
-                    res.reset,
-                    res.retry_after,
-                    enforce,
-                )
-                verdicts.append(v)
-                if not res.fits:
-                    if enforce:
-                        if deciding is None:
-                            deciding = v
-                        retry = max(retry, res.retry_after)
-                    elif monitored is None:
-                        monitored = v
-                elif rule.observes and result.admitted and hit.consume:
-                    charges.append(Charge(rule, hit, res))
-        if ctx.verdicts is None:
-            ctx.verdicts = verdicts
-        else:
-            ctx.verdicts.extend(verdicts)
-        if charges:
-            if ctx.charges is None:
-                ctx.charges = charges
-            else:
-                ctx.charges.extend(charges)
-        if result.new_ban and result.ban is not None:
+        for hit, res in zip(batch.hits, result.hits, strict=True):
+            rule = hit.rule
+            v = Verdict(
+                rule.name,
+                hit.policy,
+                res.fits,
+                res.remaining,
+                res.reset,
+                res.retry_after,
+                hit.enforce,
+            )
+            verdicts.append(v)
+            if not res.fits:
+                if hit.enforce:
+                    if deciding is None:
+                        deciding = v
+                    if res.retry_after > retry:
+                        retry = res.retry_after
+                elif monitored is None:
+                    monitored = v
+            elif admitted and rule.observes and hit.consume:
+                if ctx.charges is None:
+                    ctx.charges = []
+                ctx.charges.append(Charge(rule, hit, res))
+        if admitted:
+            if monitored is None:
+                if ctx.decision is None:
+                    ctx.decision = ALLOWED
+                self.telemetry.record(ctx, ALLOWED)
+                return ALLOWED
+            decision = Decision(Action.MONITOR, monitored.rule, monitored.retry_after, verdicts)
+        elif result.new_ban and ban is not None:
             decision = Decision(
                 Action.BLOCK,
                 deciding.rule if deciding else "ban",
-                result.ban.until - now,
+                ban.until - now,
                 verdicts,
-                result.ban.level,
+                ban.level,
                 True,
             )
-        elif not result.admitted:
+        else:
             decision = Decision(
                 Action.THROTTLE, deciding.rule if deciding else None, retry, verdicts
             )
-        elif monitored is not None:
-            decision = Decision(Action.MONITOR, monitored.rule, monitored.retry_after, verdicts)
-        else:
-            decision = Decision(Action.ALLOW, None, 0.0, verdicts)
         return self._settle(ctx, decision)
 
     def _settle(self, ctx: RequestContext, decision: Decision) -> Decision:

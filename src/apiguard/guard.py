@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
 
-from opentelemetry import metrics, trace
+from opentelemetry import metrics
 from pydantic import ValidationError
 
 from apiguard.config import GuardConfig, Mode
@@ -63,7 +63,6 @@ class Guard:
         principal_resolver: PrincipalResolver | None = None,
         on_block: BlockHook | None = None,
         meter_provider: metrics.MeterProvider | None = None,
-        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self.config = _config_from(config)
         if clock is not None and not callable(clock):
@@ -77,7 +76,7 @@ class Guard:
         )
         self.hasher = KeyedHasher(secret)
         self.on_block = on_block
-        self.telemetry = Telemetry(meter_provider, tracer_provider)
+        self.telemetry = Telemetry(meter_provider)
         self._flows: dict[str, FlowRule] = {}
         self._decorated: weakref.WeakValueDictionary[int, Callable[..., Any]] = (
             weakref.WeakValueDictionary()

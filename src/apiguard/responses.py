@@ -34,16 +34,28 @@ def _seconds(value: float) -> int:
 
 def ratelimit_fields(verdicts: Sequence[Verdict]) -> list[tuple[str, str]]:
     """`RateLimit-Policy` and `RateLimit` header pairs for the enforced verdicts."""
+    found = ratelimit_values(verdicts)
+    if found is None:
+        return []
+    return [("ratelimit-policy", found[0].decode()), ("ratelimit", found[1].decode())]
+
+
+def ratelimit_values(verdicts: Sequence[Verdict]) -> tuple[bytes, bytes] | None:
+    """Encoded (`RateLimit-Policy`, `RateLimit`) values for the enforced verdicts."""
     policies: list[str] = []
     states: list[str] = []
     for v in verdicts:
-        p = v.policy
-        policies.append(f'"{p.name}";q={p.quota};w={_seconds(p.window)}')
-        t = v.retry_after if not v.fits else v.reset
-        states.append(f'"{p.name}";r={max(0, v.remaining)};t={_seconds(t)}')
+        if v.enforced:
+            p = v.policy
+            policies.append(p.item)
+            t = v.reset if v.fits else v.retry_after
+            seconds = int(t)
+            if seconds < t:
+                seconds += 1
+            states.append(f"{p.state_prefix}{v.remaining if v.remaining > 0 else 0};t={seconds}")
     if not policies:
-        return []
-    return [("ratelimit-policy", ", ".join(policies)), ("ratelimit", ", ".join(states))]
+        return None
+    return ", ".join(policies).encode("latin-1"), ", ".join(states).encode("latin-1")
 
 
 def block_response(decision: Decision, with_fields: bool = True) -> BlockResponse:
@@ -76,6 +88,6 @@ def block_response(decision: Decision, with_fields: bool = True) -> BlockRespons
         ("cache-control", "no-store"),
     ]
     if with_fields:
-        headers.extend(ratelimit_fields([v for v in decision.verdicts if v.enforced]))
+        headers.extend(ratelimit_fields(decision.verdicts))
     body = json.dumps(problem, separators=(",", ":")).encode()
     return BlockResponse(status, headers, body)

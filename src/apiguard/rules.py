@@ -94,6 +94,7 @@ class WindowRule(Rule):
         self.specs = tuple(WindowSpec(r.amount, r.window, buckets) for r in self.rates)
         self.key = key or f"r{next(_ids)}"
         self._prefixes = tuple(f"{self.key}.{i}|" for i in range(len(self.specs)))
+        self._single = len(self.specs) == 1
         many = len(self.rates) > 1
         self.policies = tuple(
             Policy(f"{self.name}.{r.label}" if many else self.name, r.amount, r.window)
@@ -120,15 +121,40 @@ class WindowRule(Rule):
 
     def plan(self, ctx: RequestContext, hits: list[Hit], enforce: bool) -> int:
         """One hit per rate, keyed on this rule and the subject."""
-        found = self.subject(ctx)
-        if found is None:
-            return 0
-        subject, striker = found
-        cost = self.cost if isinstance(self.cost, int) else int(self.cost(ctx))
-        if cost < 0:
-            raise ValueError(f"rule {self.name!r}: cost callable returned {cost}")
-        for prefix, spec in zip(self._prefixes, self.specs, strict=True):
-            hits.append(Hit(prefix + subject, spec, cost, self.consume, enforce, striker))
+        per = self.per
+        subject: str
+        striker: str | None
+        if per == "principal":
+            subject = striker = ctx.principal or ctx.ip_key
+        elif per == "ip":
+            subject = striker = ctx.ip_key
+        else:
+            found = self.subject(ctx)
+            if found is None:
+                return 0
+            subject, striker = found
+        cost = self.cost
+        if not isinstance(cost, int):
+            cost = cost(ctx)
+            if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
+                raise ValueError(f"rule {self.name!r}: cost callable returned {cost!r}")
+        consume = self.consume
+        if self._single:
+            hits.append(
+                Hit(
+                    self._prefixes[0] + subject,
+                    self.specs[0],
+                    cost,
+                    consume,
+                    enforce,
+                    striker,
+                    self,
+                    self.policies[0],
+                )
+            )
+            return 1
+        for prefix, spec, policy in zip(self._prefixes, self.specs, self.policies, strict=True):
+            hits.append(Hit(prefix + subject, spec, cost, consume, enforce, striker, self, policy))
         return len(self.specs)
 
 

@@ -20,11 +20,7 @@ if TYPE_CHECKING:
 class Telemetry:
     """Records every decision on the current span and in `apiguard.decisions`."""
 
-    def __init__(
-        self,
-        meter_provider: metrics.MeterProvider | None = None,
-        tracer_provider: trace.TracerProvider | None = None,
-    ) -> None:
+    def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
         provider = meter_provider or metrics.get_meter_provider()
         meter = provider.get_meter("apiguard", __version__)
         self.decisions = meter.create_counter(
@@ -37,21 +33,28 @@ class Telemetry:
             unit="{ban}",
             description="Temporary bans started, by escalation level.",
         )
-        self._tracer_provider = tracer_provider
+        self._attrs: dict[tuple[str, str], dict[str, str]] = {}
 
     def record(self, ctx: RequestContext, decision: Decision) -> None:
         """Put the decision on the active span and count it."""
         action = decision.action.value
         rule = decision.rule or "none"
-        self.decisions.add(1, {"apiguard.rule": rule, "apiguard.decision": action})
+        attrs = self._attrs.get((rule, action))
+        if attrs is None:
+            if len(self._attrs) > 4096:  # rule names are code-defined; bound anyway
+                self._attrs.clear()
+            attrs = self._attrs[(rule, action)] = {
+                "apiguard.rule": rule,
+                "apiguard.decision": action,
+            }
+        self.decisions.add(1, attrs)
         if decision.new_ban:
             self.bans.add(1, {"apiguard.ban.level": decision.ban_level})
         span = trace.get_current_span()
         if not span.is_recording():
             return
+        span.set_attributes(attrs)
         span.set_attribute("apiguard.principal", ctx.principal or ctx.ip_key)
-        span.set_attribute("apiguard.decision", action)
-        span.set_attribute("apiguard.rule", rule)
         if decision.action is not Action.ALLOW:
             attributes: dict[str, str | int | float] = {
                 "apiguard.rule": rule,

@@ -39,11 +39,12 @@ class WindowSpec:
 class BucketWindow:
     """Counters of one key: a ring of k+1 buckets, the newest bucket index, and the sum."""
 
-    __slots__ = ("counts", "head", "total")
+    __slots__ = ("counts", "head", "tail", "total")
 
     def __init__(self, buckets: int) -> None:
         self.counts = [0] * (buckets + 1)
         self.head = -(1 << 62)
+        self.tail = self.head  # no counted bucket is older than this index
         self.total = 0
 
     def advance(self, index: int) -> None:
@@ -90,10 +91,18 @@ class BucketWindow:
         counts = self.counts
         n = len(counts)
         k = n - 1
-        for j in range(self.head - k, self.head + 1):
+        for j in range(max(self.tail, self.head - k), self.head + 1):
             if counts[j % n]:
+                self.tail = j
                 return max(0.0, (j + k + 1) * spec.width - now)
         return 0.0  # pragma: no cover - total > 0 implies a non-empty bucket
+
+    def charge(self, cost: int) -> None:
+        """Add `cost` to the newest bucket (the caller has advanced and checked the fit)."""
+        if not self.total:
+            self.tail = self.head
+        self.counts[self.head % len(self.counts)] += cost
+        self.total += cost
 
 
 def bucket_index(spec: WindowSpec, now: float) -> int:
@@ -109,8 +118,7 @@ def try_hit(w: BucketWindow, spec: WindowSpec, now: float, cost: int, consume: b
     if w.total + cost > spec.limit:
         return False
     if consume and cost:
-        w.counts[w.head % len(w.counts)] += cost
-        w.total += cost
+        w.charge(cost)
     return True
 
 

@@ -17,7 +17,7 @@ Batch semantics (every store implements exactly these):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from apiguard.config import BanConfig
 from apiguard.window import WindowSpec
@@ -33,6 +33,8 @@ class Hit:
     consume: bool = True
     enforce: bool = True
     subject: str | None = None
+    rule: Any = None  # the planning rule (engine bookkeeping; stores ignore it)
+    policy: Any = None  # the advertised policy this hit counts against
 
 
 @dataclass(slots=True)

@@ -52,33 +52,53 @@ class MemoryStore:
                         del self._bans[key]
             windows = self._windows
             results: list[HitResult] = []
+            charged: list[tuple[BucketWindow, int]] = []
             refused_subject: str | None = None
             refused = False
             for hit in batch.hits:
+                spec = hit.spec
                 w = windows.get(hit.key)
                 if w is None:
-                    w = BucketWindow(hit.spec.buckets)
-                    windows[hit.key] = w
-                fits = try_hit(w, hit.spec, now, hit.cost, consume=False)
-                if not fits and hit.enforce and not refused:
-                    refused = True
-                    refused_subject = hit.subject
-                results.append(HitResult(fits, hit.spec.limit - w.total, 0.0, 0.0, w.head))
-            if not refused:
-                for hit, res in zip(batch.hits, results, strict=True):
-                    if res.fits and hit.consume and hit.cost:
-                        w = windows[hit.key]
-                        w.counts[w.head % len(w.counts)] += hit.cost
-                        w.total += hit.cost
-                        res.remaining = hit.spec.limit - w.total
-            for hit, res in zip(batch.hits, results, strict=True):
-                w = windows[hit.key]
-                res.reset = w.next_release(hit.spec, now)
-                if not res.fits:
-                    res.retry_after = w.retry_after(hit.spec, now, hit.cost)
-                    res.remaining = max(0, res.remaining)
+                    w = windows[hit.key] = BucketWindow(spec.buckets)
+                index = int(now // spec.width)
+                if index > w.head:
+                    w.advance(index)
+                cost = hit.cost
+                limit = spec.limit
+                if w.total + cost <= limit:
+                    if hit.consume and cost and not refused:
+                        w.charge(cost)  # optimistic: rolled back below if the batch is refused
+                        charged.append((w, cost))
+                    counts = w.counts
+                    n = len(counts)
+                    tail = w.tail
+                    if w.total and tail >= w.head - n + 1 and counts[tail % n]:
+                        reset = (tail + n) * spec.width - now
+                    else:
+                        reset = w.next_release(spec, now)
+                    results.append(HitResult(True, limit - w.total, reset, 0.0, w.head))
+                else:
+                    if hit.enforce and not refused:
+                        refused = True
+                        refused_subject = hit.subject
+                    remaining = limit - w.total
+                    results.append(
+                        HitResult(
+                            False,
+                            remaining if remaining > 0 else 0,
+                            w.next_release(spec, now),
+                            w.retry_after(spec, now, cost),
+                            w.head,
+                        )
+                    )
             if not refused:
                 return BatchResult(True, results)
+            for w, cost in charged:
+                w.counts[w.head % len(w.counts)] -= cost
+                w.total -= cost
+            for hit, res in zip(batch.hits, results, strict=True):
+                if res.fits:
+                    res.remaining = hit.spec.limit - windows[hit.key].total
             new_ban = None
             if refused_subject is not None and bans.enabled:
                 new_ban = self._strike(refused_subject, now, bans)
