@@ -5,6 +5,10 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from apiguard.store.base import Hit as Verdict
 
 
 class Action(str, enum.Enum):
@@ -33,26 +37,13 @@ class Policy:
 
 
 @dataclass(slots=True)
-class Verdict:
-    """One rule's finding for one request."""
-
-    rule: str
-    policy: Policy
-    fits: bool
-    remaining: int
-    reset: float
-    retry_after: float
-    enforced: bool
-
-
-@dataclass(slots=True)
 class Decision:
     """The request's outcome: the action, the deciding rule, and every finding."""
 
     action: Action
     rule: str | None = None
     retry_after: float = 0.0
-    verdicts: list[Verdict] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)  # the request's evaluated hits
     ban_level: int = 0
     new_ban: bool = False
 

@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from apiguard.config import GuardConfig
-from apiguard.decision import ALLOWED, Action, Decision, Verdict
+from apiguard.decision import ALLOWED, Action, Decision
 from apiguard.request import ClientIPResolver, KeyedHasher, RequestContext
-from apiguard.rules import Charge, Rule
+from apiguard.rules import Rule
 from apiguard.store.base import Batch, BatchResult, Hit, Store
 from apiguard.telemetry import Telemetry
 
@@ -183,48 +183,42 @@ class Engine:
         if not result.hits and ban is not None:  # an existing ban
             decision = Decision(Action.BLOCK, "ban", ban.until - now, ban_level=ban.level)
             return self._settle(ctx, decision)
+        hits = result.hits
         verdicts = ctx.verdicts
         if verdicts is None:
-            verdicts = ctx.verdicts = []
+            verdicts = ctx.verdicts = hits
+        else:
+            verdicts.extend(hits)
         admitted = result.admitted
-        deciding: Verdict | None = None
-        monitored: Verdict | None = None
+        deciding: Hit | None = None
+        monitored: Hit | None = None
         retry = 0.0
-        for hit, res in zip(batch.hits, result.hits, strict=True):
-            rule = hit.rule
-            v = Verdict(
-                rule.name,
-                hit.policy,
-                res.fits,
-                res.remaining,
-                res.reset,
-                res.retry_after,
-                hit.enforce,
-            )
-            verdicts.append(v)
-            if not res.fits:
+        for hit in hits:
+            if not hit.fits:
                 if hit.enforce:
                     if deciding is None:
-                        deciding = v
-                    if res.retry_after > retry:
-                        retry = res.retry_after
+                        deciding = hit
+                    if hit.retry_after > retry:
+                        retry = hit.retry_after
                 elif monitored is None:
-                    monitored = v
-            elif admitted and rule.observes and hit.consume:
+                    monitored = hit
+            elif admitted and hit.consume and hit.rule.observes:
                 if ctx.charges is None:
                     ctx.charges = []
-                ctx.charges.append(Charge(rule, hit, res))
+                ctx.charges.append(hit)
         if admitted:
             if monitored is None:
                 if ctx.decision is None:
                     ctx.decision = ALLOWED
                 self.telemetry.record(ctx, ALLOWED)
                 return ALLOWED
-            decision = Decision(Action.MONITOR, monitored.rule, monitored.retry_after, verdicts)
+            decision = Decision(
+                Action.MONITOR, monitored.rule.name, monitored.retry_after, verdicts
+            )
         elif result.new_ban and ban is not None:
             decision = Decision(
                 Action.BLOCK,
-                deciding.rule if deciding else "ban",
+                deciding.rule.name if deciding else "ban",
                 ban.until - now,
                 verdicts,
                 ban.level,
@@ -232,7 +226,7 @@ class Engine:
             )
         else:
             decision = Decision(
-                Action.THROTTLE, deciding.rule if deciding else None, retry, verdicts
+                Action.THROTTLE, deciding.rule.name if deciding else None, retry, verdicts
             )
         return self._settle(ctx, decision)
 
@@ -261,8 +255,8 @@ class Engine:
             return
         ctx.charges = None
         success = status is not None and self._ok_low <= status <= self._ok_high
-        for charge in charges:
+        for hit in charges:
             try:
-                charge.rule.observe(charge, success, ctx)
+                hit.rule.observe(hit, success, ctx)
             except Exception:  # an observer must never break the response path
-                log.exception("apiguard: rule %s failed to observe a response", charge.rule.name)
+                log.exception("apiguard: rule %s failed to observe a response", hit.rule_name)

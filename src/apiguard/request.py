@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 from apiguard.config import ClientIPConfig
 
 if TYPE_CHECKING:
-    from apiguard.decision import Decision, Verdict
+    from apiguard.decision import Decision
     from apiguard.engine import Engine
-    from apiguard.rules import Charge, Rule
+    from apiguard.rules import Rule
+    from apiguard.store.base import Hit
 
 _IP_CACHE_MAX = 65_536
 
@@ -203,8 +204,8 @@ class RequestContext:
         self.global_done = False
         self.endpoint_done: tuple[Rule, ...] | None = None
         self.decision: Decision | None = None
-        self.verdicts: list[Verdict] | None = None
-        self.charges: list[Charge] | None = None
+        self.verdicts: list[Hit] | None = None  # every evaluated hit, in order
+        self.charges: list[Hit] | None = None  # charged hits whose rules observe outcomes
         self.refused_sent = False
 
     # -- the public, read-only view handed to custom `per=` and resolver callables ----

@@ -11,7 +11,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from apiguard.decision import Action, Decision, Verdict
+from apiguard.decision import Action, Decision
+from apiguard.store.base import Hit as Verdict
 
 QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from apiguard.config import Mode
 from apiguard.decision import Policy
 from apiguard.rates import Rate, parse_rates
-from apiguard.store.base import Hit, HitResult
+from apiguard.store.base import Hit
 from apiguard.window import WindowSpec
 
 if TYPE_CHECKING:
@@ -27,17 +26,12 @@ Cost = int | Callable[["RequestContext"], int]
 _ids = itertools.count(1)
 
 
-@dataclass(slots=True)
-class Charge:
-    """A hit that a rule wants to see again after the response (e.g. to refund it)."""
-
-    rule: Rule
-    hit: Hit
-    result: HitResult
-
-
 class Rule:
-    """Plugin interface. `plan` adds hits; `observe` sees the outcome of charged hits."""
+    """Plugin interface. `plan` adds hits; `observe` sees the outcome of charged hits.
+
+    A rule with `observes = True` has `observe(hit, success, ctx)` called after the
+    response for each of its hits that was charged.
+    """
 
     name: str
     mode: Mode | None
@@ -48,8 +42,8 @@ class Rule:
         """Append this rule's hits for `ctx`; return how many were added."""
         raise NotImplementedError
 
-    def observe(self, charge: Charge, success: bool, ctx: RequestContext) -> None:
-        """Called after the response for each charge of a rule with `observes = True`."""
+    def observe(self, hit: Hit, success: bool, ctx: RequestContext) -> None:
+        """Called after the response for each charged hit of a rule with `observes = True`."""
 
 
 def _validate_name(name: str) -> str:
@@ -194,9 +188,7 @@ class FlowRule(WindowRule):
         self.completes = completes
         self.observes = count == "success" and completes
 
-    def observe(self, charge: Charge, success: bool, ctx: RequestContext) -> None:
+    def observe(self, hit: Hit, success: bool, ctx: RequestContext) -> None:
         """Refund the reservation of a flow that did not succeed."""
-        if not success and charge.hit.consume and charge.result.fits:
-            ctx.engine.store.refund(
-                charge.hit.key, charge.hit.spec, charge.result.bucket, charge.hit.cost
-            )
+        if not success and hit.consume and hit.fits:
+            ctx.engine.store.refund(hit.key, hit.spec, hit.bucket, hit.cost)

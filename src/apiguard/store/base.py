@@ -1,8 +1,9 @@
 """The store contract: one batch of state operations per request (DESIGN principle 2).
 
 Rules and detectors never talk to a store; they add operations to a `Batch`. The engine
-runs the whole batch in one call (a dict walk in memory, one script on Redis) and hands
-each operation its result.
+runs the whole batch in one call (a dict walk in memory, one script on Redis); the store
+writes each operation's outcome into the operation itself (its result fields), so a `Hit`
+is also the rule's verdict for the request.
 
 Batch semantics (every store implements exactly these):
 1. If any key in `ban_keys` is banned, the batch is refused with that ban; nothing is
@@ -25,7 +26,12 @@ from apiguard.window import WindowSpec
 
 @dataclass(slots=True)
 class Hit:
-    """Charge `cost` to window `key` (or only test it when `consume` is False)."""
+    """Charge `cost` to window `key` (or only test it when `consume` is False).
+
+    The store fills the result fields: `fits`, `remaining` (after this request),
+    `reset` (seconds until the oldest counted bucket leaves the window), `retry_after`
+    (seconds until a refused hit would fit) and `bucket` (the bucket charged, for refunds).
+    """
 
     key: str
     spec: WindowSpec
@@ -34,18 +40,25 @@ class Hit:
     enforce: bool = True
     subject: str | None = None
     rule: Any = None  # the planning rule (engine bookkeeping; stores ignore it)
-    policy: Any = None  # the advertised policy this hit counts against
+    policy: Any = None  # the advertised `Policy` this hit counts against
+    fits: bool = False
+    remaining: int = 0
+    reset: float = 0.0
+    retry_after: float = 0.0
+    bucket: int = 0
+
+    @property
+    def enforced(self) -> bool:
+        """Whether a failure of this hit refuses the request."""
+        return self.enforce
+
+    @property
+    def rule_name(self) -> str:
+        """Name of the rule that planned the hit."""
+        return str(getattr(self.rule, "name", "?"))
 
 
-@dataclass(slots=True)
-class HitResult:
-    """What one hit found: whether it fitted, what is left, and when capacity returns."""
-
-    fits: bool
-    remaining: int
-    reset: float
-    retry_after: float
-    bucket: int
+HitResult = Hit  # results are written into the hits themselves
 
 
 @dataclass(slots=True)
@@ -70,7 +83,7 @@ class BatchResult:
     """Per-hit results in batch order, the admission verdict, and any ban involved."""
 
     admitted: bool
-    hits: list[HitResult]
+    hits: list[Hit]
     ban: Ban | None = None
     new_ban: bool = False
 

@@ -7,7 +7,7 @@ import threading
 from cachetools import LRUCache
 
 from apiguard.config import BanConfig
-from apiguard.store.base import Ban, Batch, BatchResult, HitResult
+from apiguard.store.base import Ban, Batch, BatchResult
 from apiguard.window import BucketWindow, WindowSpec, refund, try_hit
 
 
@@ -51,11 +51,11 @@ class MemoryStore:
                             return BatchResult(False, [], ban)
                         del self._bans[key]
             windows = self._windows
-            results: list[HitResult] = []
+            hits = batch.hits
             charged: list[tuple[BucketWindow, int]] = []
             refused_subject: str | None = None
             refused = False
-            for hit in batch.hits:
+            for hit in hits:
                 spec = hit.spec
                 w = windows.get(hit.key)
                 if w is None:
@@ -65,7 +65,9 @@ class MemoryStore:
                     w.advance(index)
                 cost = hit.cost
                 limit = spec.limit
+                hit.bucket = w.head
                 if w.total + cost <= limit:
+                    hit.fits = True
                     if hit.consume and cost and not refused:
                         w.charge(cost)  # optimistic: rolled back below if the batch is refused
                         charged.append((w, cost))
@@ -73,36 +75,32 @@ class MemoryStore:
                     n = len(counts)
                     tail = w.tail
                     if w.total and tail >= w.head - n + 1 and counts[tail % n]:
-                        reset = (tail + n) * spec.width - now
+                        hit.reset = (tail + n) * spec.width - now
                     else:
-                        reset = w.next_release(spec, now)
-                    results.append(HitResult(True, limit - w.total, reset, 0.0, w.head))
+                        hit.reset = w.next_release(spec, now)
+                    hit.remaining = limit - w.total
+                    hit.retry_after = 0.0
                 else:
+                    hit.fits = False
                     if hit.enforce and not refused:
                         refused = True
                         refused_subject = hit.subject
                     remaining = limit - w.total
-                    results.append(
-                        HitResult(
-                            False,
-                            remaining if remaining > 0 else 0,
-                            w.next_release(spec, now),
-                            w.retry_after(spec, now, cost),
-                            w.head,
-                        )
-                    )
+                    hit.remaining = remaining if remaining > 0 else 0
+                    hit.reset = w.next_release(spec, now)
+                    hit.retry_after = w.retry_after(spec, now, cost)
             if not refused:
-                return BatchResult(True, results)
+                return BatchResult(True, hits)
             for w, cost in charged:
                 w.counts[w.head % len(w.counts)] -= cost
                 w.total -= cost
-            for hit, res in zip(batch.hits, results, strict=True):
-                if res.fits:
-                    res.remaining = hit.spec.limit - windows[hit.key].total
+            for hit in hits:
+                if hit.fits:
+                    hit.remaining = hit.spec.limit - windows[hit.key].total
             new_ban = None
             if refused_subject is not None and bans.enabled:
                 new_ban = self._strike(refused_subject, now, bans)
-            return BatchResult(False, results, new_ban, new_ban is not None)
+            return BatchResult(False, hits, new_ban, new_ban is not None)
 
     async def aexecute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
         """Same as `execute`: in-process work never blocks on I/O."""
