@@ -25,6 +25,8 @@ Cost = int | Callable[["RequestContext"], int]
 
 _ids = itertools.count(1)
 
+UNMATCHED = "<unmatched>"  # the route of requests no route matched: one bucket, not one per path
+
 
 class Rule:
     """Plugin interface. `plan` adds hits; `observe` sees the outcome of charged hits.
@@ -107,7 +109,7 @@ class WindowRule(Rule):
             return "*", None
         if per == "principal_route":
             p = ctx.principal or ctx.ip_key
-            return f"{p}@{ctx.route or ctx.path}", p
+            return f"{p}@{ctx.route or UNMATCHED}", p
         value = per(ctx)
         if value is None:
             return None
