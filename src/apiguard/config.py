@@ -28,7 +28,8 @@ class DefaultLimits(_Model):
     `principal`: one budget per principal across the whole API.
     `ip`: one budget per client IP (or IP network, see `ClientIPConfig`); keep it high,
     because offices and mobile carriers put many people behind one address.
-    `route`: one budget per (principal, route template), so each endpoint has its own.
+    `route`: one budget per (principal, method, route template), so each operation has its
+    own; requests no route matched share one bucket (never one per concrete path).
     Each is a `limits` rate string, stackable ("100/minute;2000/day"), or None for off.
     """
 

@@ -15,8 +15,8 @@ from opentelemetry import metrics
 from pydantic import ValidationError
 
 from apiguard.config import GuardConfig, Mode
-from apiguard.engine import Engine, PrincipalResolver
-from apiguard.request import KeyedHasher, current_request
+from apiguard.engine import Engine, PrincipalResolver, Refused
+from apiguard.request import KeyedHasher, RequestContext, current_request
 from apiguard.responses import BlockHook
 from apiguard.routes import walk_routes
 from apiguard.rules import Cost, FlowRule, Per, Rule, WindowRule
@@ -78,9 +78,9 @@ class Guard:
         self.on_block = on_block
         self.telemetry = Telemetry(meter_provider)
         self._flows: dict[str, FlowRule] = {}
-        self._decorated: weakref.WeakValueDictionary[int, Callable[..., Any]] = (
-            weakref.WeakValueDictionary()
-        )
+        # original function -> its guarded wrapper; strong references, so a wrapper that the
+        # framework never routed (decorator order) is still known when routes are verified
+        self._decorated: dict[Callable[..., Any], Callable[..., Any]] = {}
         self._verified: weakref.WeakSet[Any] = weakref.WeakSet()
         self.engine = Engine(
             self.config,
@@ -218,7 +218,7 @@ class Guard:
         original = getattr(fn, "__apiguard_original__", fn)
         rules: tuple[Rule, ...] = (*getattr(fn, "__apiguard_rules__", ()), rule)
         wrapper = _wrap(original, rules, self)
-        self._decorated[id(original)] = wrapper
+        self._decorated[original] = wrapper
         return wrapper  # type: ignore[return-value]
 
     # -- start-up checks --------------------------------------------------------------
@@ -235,7 +235,7 @@ class Guard:
             endpoint = entry.endpoint
             if endpoint is None or hasattr(endpoint, "__apiguard_rules__"):
                 continue
-            if self._decorated.get(id(endpoint)) is not None:
+            if _hashable(endpoint) and endpoint in self._decorated:
                 problems.append(f"{entry.template} -> {_qualname(endpoint)}")
         if problems:
             raise ConfigurationError(
@@ -253,6 +253,14 @@ class Guard:
         return self.hasher(kind, value)
 
 
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
 def _qualname(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
@@ -265,6 +273,28 @@ def _missing_context(fn: Callable[..., Any]) -> RuntimeError:
     )
 
 
+def _enter_sync(
+    engine: Engine, ctx: RequestContext | None, rules: tuple[Rule, ...], fn: Any
+) -> None:
+    if ctx is None:
+        raise _missing_context(fn)
+    if not ctx.global_done or ctx.endpoint_done is not rules:
+        engine.check_sync(ctx, rules)
+    elif ctx.decision is not None and ctx.decision.refused:
+        raise Refused(ctx.decision)  # refused at response start (streaming): never run the body
+
+
+async def _enter_async(
+    engine: Engine, ctx: RequestContext | None, rules: tuple[Rule, ...], fn: Any
+) -> None:
+    if ctx is None:
+        raise _missing_context(fn)
+    if not ctx.global_done or ctx.endpoint_done is not rules:
+        await engine.check_async(ctx, rules)
+    elif ctx.decision is not None and ctx.decision.refused:
+        raise Refused(ctx.decision)
+
+
 def _wrap(
     original: Callable[..., Any], rules: tuple[Rule, ...], guard: Guard
 ) -> Callable[..., Any]:
@@ -274,11 +304,7 @@ def _wrap(
 
         @functools.wraps(original)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            ctx = current_request()
-            if ctx is None:
-                raise _missing_context(original)
-            if not ctx.global_done or ctx.endpoint_done is not rules:
-                await engine.check_async(ctx, rules)
+            await _enter_async(engine, current_request(), rules, original)
             return await original(*args, **kwargs)
 
         wrapper: Callable[..., Any] = async_wrapper
@@ -286,11 +312,7 @@ def _wrap(
 
         @functools.wraps(original)
         async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
-            ctx = current_request()
-            if ctx is None:
-                raise _missing_context(original)
-            if not ctx.global_done or ctx.endpoint_done is not rules:
-                await engine.check_async(ctx, rules)
+            await _enter_async(engine, current_request(), rules, original)
             async for item in original(*args, **kwargs):
                 yield item
 
@@ -299,11 +321,7 @@ def _wrap(
 
         @functools.wraps(original)
         def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-            ctx = current_request()
-            if ctx is None:
-                raise _missing_context(original)
-            if not ctx.global_done or ctx.endpoint_done is not rules:
-                engine.check_sync(ctx, rules)
+            _enter_sync(engine, current_request(), rules, original)
             yield from original(*args, **kwargs)
 
         wrapper = gen_wrapper
@@ -311,11 +329,7 @@ def _wrap(
 
         @functools.wraps(original)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            ctx = current_request()
-            if ctx is None:
-                raise _missing_context(original)
-            if not ctx.global_done or ctx.endpoint_done is not rules:
-                engine.check_sync(ctx, rules)
+            _enter_sync(engine, current_request(), rules, original)
             return original(*args, **kwargs)
 
         wrapper = sync_wrapper

@@ -18,11 +18,27 @@ def _mount_prefix(scope: Mapping[str, Any]) -> str:
     return root[len(app_root) :] if root.startswith(app_root) else root
 
 
+def _served_by(route: Any, endpoint: Any) -> bool:
+    """Whether `route` (from the scope) is the route that selected `endpoint`."""
+    if endpoint is None:
+        return True
+    return getattr(route, "endpoint", None) is endpoint or getattr(route, "app", None) is endpoint
+
+
 def route_template(scope: Mapping[str, Any]) -> str | None:
-    """The template of the route being served ("/v1/users/{user_id}"), or None (no match)."""
+    """The template of the route being served ("/v1/users/{user_id}"), or None (no match).
+
+    Read from what the router recorded in the scope (`route`, FastAPI's effective route
+    context). Routers that record only the `endpoint` (FastAPI 0.165 for non-APIRoute
+    routes and mounts) are answered from a per-app index of endpoint -> template built by
+    walking the app once, never by matching the path against every route.
+    """
     route = scope.get("route")
-    if route is None:
-        return None
+    endpoint = scope.get("endpoint")
+    if route is None or not _served_by(route, endpoint):
+        if endpoint is None:
+            return None
+        return _index_template(scope, endpoint)
     fastapi_scope = scope.get("fastapi")
     effective = (
         fastapi_scope.get("effective_route_context") if isinstance(fastapi_scope, dict) else None
@@ -37,11 +53,89 @@ def route_template(scope: Mapping[str, Any]) -> str | None:
         return None
     prefix = _mount_prefix(scope)
     if _is_mount(route):
-        # the scope is already inside this opaque mount: drop its own part of the prefix
-        depth = fmt.removesuffix("/{path}").count("/")
-        if depth:
-            prefix = prefix.rsplit("/", depth)[0]
+        prefix = _strip_own_mount(prefix, fmt)
     return prefix + fmt
+
+
+def _strip_own_mount(prefix: str, fmt: str) -> str:
+    """The scope is already inside this mount: drop the mount's own part of the prefix."""
+    return _strip_depth(prefix, fmt.removesuffix("/{path}").count("/"))
+
+
+class _TemplateIndex:
+    """endpoint -> templates for one app, rebuilt when an unknown endpoint shows up."""
+
+    _MAX_MISSES = 1024
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.misses: set[int] = set()
+        self.by_endpoint: dict[int, tuple[tuple[str, int, Any], ...]] = {}
+        self.build()
+
+    def build(self) -> None:
+        from starlette.routing import compile_path
+
+        found: dict[int, list[tuple[str, int, Any]]] = {}
+        for entry in walk_routes(self.app):
+            if entry.endpoint is None:
+                continue
+            pattern = entry.template
+            if entry.kind == "mount":
+                inside = pattern.removesuffix("/{path}")
+                pattern = inside + "/{path:path}"
+            else:
+                inside = entry.prefix
+            regex = compile_path(pattern)[0]
+            found.setdefault(id(entry.endpoint), []).append(
+                (entry.template, inside.count("/"), regex)
+            )
+        self.by_endpoint = {k: tuple(v) for k, v in found.items()}
+
+    def lookup(self, endpoint: Any, route_path: str) -> tuple[str, int] | None:
+        key = id(endpoint)
+        candidates = self.by_endpoint.get(key)
+        if candidates is None and key not in self.misses:
+            self.build()
+            candidates = self.by_endpoint.get(key)
+            if candidates is None:
+                if len(self.misses) >= self._MAX_MISSES:
+                    self.misses.clear()
+                self.misses.add(key)
+        if not candidates:
+            return None
+        if len(candidates) > 1:  # one endpoint under several templates
+            for template, depth, regex in candidates:
+                if regex.match(route_path):
+                    return template, depth
+        return candidates[0][0], candidates[0][1]
+
+
+_indexes: dict[int, _TemplateIndex] = {}
+
+
+def _index_template(scope: Mapping[str, Any], endpoint: Any) -> str | None:
+    app = scope.get("app")
+    if app is None:
+        return None
+    index = _indexes.get(id(app))
+    if index is None or index.app is not app:
+        if len(_indexes) >= 256:
+            _indexes.clear()
+        index = _indexes[id(app)] = _TemplateIndex(app)
+    root = scope.get("root_path", "") or ""
+    path = scope.get("path", "") or ""
+    route_path = path[len(root) :] if root and path.startswith(root) else path
+    found = index.lookup(endpoint, route_path)
+    if found is None:
+        return None
+    template, depth = found
+    # the scope's prefix also holds the mounts inside `app` that the template already has
+    return _strip_depth(_mount_prefix(scope), depth) + template
+
+
+def _strip_depth(prefix: str, depth: int) -> str:
+    return prefix.rsplit("/", depth)[0] if depth else prefix
 
 
 def _is_mount(route: object) -> bool:
@@ -58,6 +152,7 @@ class RouteEntry:
     methods: frozenset[str]
     endpoint: Any
     kind: str  # "http", "websocket" or "mount" (an opaque mounted ASGI app)
+    prefix: str = ""  # the mount prefixes inside the walked app, before the route's own path
 
 
 def _expand(routes: Sequence[Any]) -> Iterator[Any]:
@@ -89,7 +184,7 @@ def walk_routes(app: Any, prefix: str = "", _depth: int = 0) -> Iterator[RouteEn
             if getattr(sub, "routes", None) is not None:
                 yield from walk_routes(sub, base, _depth + 1)
             else:
-                yield RouteEntry(prefix + fmt, frozenset(), sub, "mount")
+                yield RouteEntry(prefix + fmt, frozenset(), sub, "mount", prefix)
             continue
         kind = (
             "websocket"
@@ -97,4 +192,4 @@ def walk_routes(app: Any, prefix: str = "", _depth: int = 0) -> Iterator[RouteEn
             else "http"
         )
         methods = frozenset(getattr(item, "methods", None) or ())
-        yield RouteEntry(prefix + fmt, methods, getattr(item, "endpoint", None), kind)
+        yield RouteEntry(prefix + fmt, methods, getattr(item, "endpoint", None), kind, prefix)

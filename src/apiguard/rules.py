@@ -109,7 +109,7 @@ class WindowRule(Rule):
             return "*", None
         if per == "principal_route":
             p = ctx.principal or ctx.ip_key
-            return f"{p}@{ctx.route or UNMATCHED}", p
+            return f"{p}@{ctx.method} {ctx.route or UNMATCHED}", p
         value = per(ctx)
         if value is None:
             return None
