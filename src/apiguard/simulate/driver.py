@@ -1,0 +1,212 @@
+"""Drive an ASGI app in process: requests from any client address, on a simulated clock.
+
+The driver builds each HTTP scope itself and calls the app directly (no sockets, no
+client library), so every request can come from its own IP address and a simulated hour
+of traffic takes about a second. Traffic comes from *agents*: generators that yield the
+next `Step` (when, what, from where) and receive the `Response` to it, so they can react
+(log in, read a token, back off). `run_agents` interleaves them in time order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.types import ASGIApp, Message
+
+from apiguard.simulate.clock import FakeClock
+
+BLOCKED_STATUSES = frozenset({403, 429})  # apiguard's refusals (the demo shop never sends 403)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One HTTP request from `ip`; `path` may carry a query string after `?`."""
+
+    method: str
+    path: str
+    ip: str
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    port: int = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What the app answered."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body decoded as JSON (None when it is not JSON)."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+    def header(self, name: str) -> str | None:
+        """First value of a response header (case-insensitive)."""
+        raw = name.lower().encode("latin-1")
+        for key, value in self.headers:
+            if key.lower() == raw:
+                return value.decode("latin-1")
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """An agent's next request: sent at simulated time `at` (seconds from the start)."""
+
+    at: float
+    request: Request
+    kind: str = "browse"  # free-form label for reports ("redeem", "login", "typo", ...)
+
+
+Agent = Generator[Step, Response, None]
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """An agent and the labels its requests are recorded under."""
+
+    scenario: str
+    attack: bool
+    agent: Agent
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One request of the simulation and its outcome."""
+
+    at: float
+    scenario: str
+    attack: bool
+    kind: str
+    method: str
+    path: str
+    ip: str
+    status: int
+    actor: int = 0  # index of the actor that sent it
+    retry_after: float | None = None  # the Retry-After of the answer, in seconds
+
+    @property
+    def blocked(self) -> bool:
+        """Refused by apiguard: 429 (limit spent) or 403 (banned)."""
+        return self.status in BLOCKED_STATUSES
+
+
+class AsgiDriver:
+    """Sends `Request`s straight into an ASGI app."""
+
+    def __init__(self, app: ASGIApp, host: str = "shop.example") -> None:
+        self.app = app
+        self.host = host
+
+    async def send(self, request: Request) -> Response:
+        """Run one request through the app and collect the complete response."""
+        path, _, query = request.path.partition("?")
+        headers: list[tuple[bytes, bytes]] = [(b"host", self.host.encode("latin-1"))]
+        headers.extend(
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in request.headers
+        )
+        if request.body:
+            headers.append((b"content-length", str(len(request.body)).encode()))
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": request.method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode("latin-1"),
+            "query_string": query.encode("latin-1"),
+            "root_path": "",
+            "headers": headers,
+            "client": (request.ip, request.port),
+            "server": (self.host, 80),
+            "state": {},
+        }
+        done = asyncio.Event()
+        body_sent = False
+        status = 0
+        response_headers: tuple[tuple[bytes, bytes], ...] = ()
+        chunks: list[bytes] = []
+
+        async def receive() -> Message:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": request.body, "more_body": False}
+            await done.wait()  # the client stays connected until the response is complete
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            nonlocal status, response_headers
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                response_headers = tuple(message.get("headers", ()))
+            elif message["type"] == "http.response.body":
+                chunks.append(bytes(message.get("body", b"")))
+                if not message.get("more_body", False):
+                    done.set()
+
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            done.set()
+        return Response(status, response_headers, b"".join(chunks))
+
+
+async def run_agents(
+    driver: AsgiDriver, clock: FakeClock, actors: Sequence[Actor], *, origin: float | None = None
+) -> list[Record]:
+    """Interleave the actors' requests in simulated time order; record every outcome.
+
+    Step times are seconds after `origin` (the clock's reading at the call by default);
+    the clock is moved to each request's time before it is sent, and requests are sent
+    one at a time, so the run is deterministic for deterministic agents.
+    """
+    start = clock() if origin is None else origin
+    queue: list[tuple[float, int, int, Step]] = []
+    seq = 0
+    for index, actor in enumerate(actors):
+        first = next(actor.agent, None)
+        if first is not None:
+            heapq.heappush(queue, (first.at, seq, index, first))
+            seq += 1
+    records: list[Record] = []
+    while queue:
+        at, _, index, step = heapq.heappop(queue)
+        clock.advance_to(start + at)
+        now = clock() - start
+        response = await driver.send(step.request)
+        actor = actors[index]
+        req = step.request
+        retry = response.header("retry-after")
+        records.append(
+            Record(
+                now,
+                actor.scenario,
+                actor.attack,
+                step.kind,
+                req.method,
+                req.path,
+                req.ip,
+                response.status,
+                index,
+                float(retry) if retry is not None and retry.isdigit() else None,
+            )
+        )
+        try:
+            following = actor.agent.send(response)
+        except StopIteration:
+            continue
+        heapq.heappush(queue, (max(following.at, now), seq, index, following))
+        seq += 1
+    return records
