@@ -19,7 +19,7 @@ from apiguard.config import GuardConfig
 from apiguard.decision import ALLOWED, Action, Decision
 from apiguard.request import ClientIPResolver, KeyedHasher, RequestContext
 from apiguard.rules import Rule
-from apiguard.store.base import Batch, BatchResult, Hit, Store
+from apiguard.store.base import Ban, Batch, BatchResult, Hit, Store
 from apiguard.telemetry import Telemetry
 
 log = logging.getLogger("apiguard")
@@ -154,6 +154,9 @@ class Engine:
             for rule in rules:
                 rule.plan(ctx, hits, default if rule.mode is None else rule.mode == "enforce")
             ctx.endpoint_done = rules
+        credential = ctx.credential_key
+        if credential is not None and credential != ctx.principal:
+            return Batch(hits, (ctx.principal, credential))
         return Batch(hits, (ctx.principal,))
 
     def check_sync(self, ctx: RequestContext, rules: tuple[Rule, ...] = ()) -> Decision:
@@ -216,6 +219,11 @@ class Engine:
                 Action.MONITOR, monitored.rule.name, monitored.retry_after, verdicts
             )
         elif result.new_ban and ban is not None:
+            credential = ctx.credential_key
+            if credential is not None and credential != ban.key:
+                # the credential that carried the banned principal is banned with it, so the
+                # next request is refused before routing (and on routes without identify())
+                self.store.impose(Ban(credential, ban.until, ban.level), now)
             decision = Decision(
                 Action.BLOCK,
                 deciding.rule.name if deciding else "ban",

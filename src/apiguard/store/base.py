@@ -105,6 +105,10 @@ class Store(Protocol):
         """Give back a charge made in `bucket` (count="success" flows that failed)."""
         ...
 
+    def impose(self, ban: Ban, now: float) -> None:
+        """Record `ban` (e.g. on the credential that carried a banned principal)."""
+        ...
+
     def active_ban(self, key: str, now: float) -> Ban | None:
         """The ban on `key`, if one is active and known locally (no network trip)."""
         ...

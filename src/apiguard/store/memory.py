@@ -124,6 +124,13 @@ class MemoryStore:
         self._put_ban(ban, now)
         return ban
 
+    def impose(self, ban: Ban, now: float) -> None:
+        """Record `ban`, keeping a longer one already in place."""
+        with self._lock:
+            current = self._bans.get(ban.key)
+            if current is None or current.until < ban.until:
+                self._put_ban(ban, now)
+
     def _put_ban(self, ban: Ban, now: float) -> None:
         bans = self._bans
         if len(bans) >= self.max_keys and ban.key not in bans:
