@@ -92,8 +92,8 @@ class BanConfig(_Model):
     """AppSensor-style escalation: throttle, then ban for `base`, doubling up to `max`.
 
     A principal whose requests are refused `after` times within `within` seconds is banned
-    (403) for `base` seconds; each further ban within `memory` seconds multiplies the
-    duration by `factor`, capped at `max`.
+    (403) for `base` seconds; each further ban starting within `memory` seconds of the end
+    of the previous one multiplies the duration by `factor`, capped at `max`.
     """
 
     enabled: bool = True

@@ -15,6 +15,9 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from opentelemetry import trace
+from starlette.exceptions import HTTPException
+
 from apiguard.config import GuardConfig
 from apiguard.decision import ALLOWED, Action, Decision
 from apiguard.request import ClientIPResolver, KeyedHasher, RequestContext
@@ -27,11 +30,17 @@ log = logging.getLogger("apiguard")
 PrincipalResolver = Callable[[RequestContext], "str | None"]
 
 
-class Refused(Exception):
-    """Raised at a checkpoint that refuses the request; the adapter answers it."""
+class Refused(HTTPException):
+    """Raised at a checkpoint that refuses the request; the adapter answers it.
+
+    It is an HTTP exception (429, or 403 for bans), so frameworks and tracing treat it as a
+    client error, not a server fault. Whatever the app's own handler renders for it, the
+    middleware replaces with apiguard's answer before a byte leaves.
+    """
 
     def __init__(self, decision: Decision) -> None:
-        super().__init__(f"apiguard refused the request ({decision.action.value}: {decision.rule})")
+        status = 403 if decision.action is Action.BLOCK else 429
+        super().__init__(status, f"apiguard refused the request ({decision.rule})")
         self.decision = decision
 
 
@@ -102,6 +111,7 @@ class Engine:
             client,
             self.hasher.ip(grouped),
             self.hasher("k", credential) if credential is not None else None,
+            trace.get_current_span(),
         )
 
     def early_ban(self, ctx: RequestContext) -> Decision | None:

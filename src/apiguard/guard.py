@@ -15,6 +15,7 @@ from opentelemetry import metrics
 from pydantic import ValidationError
 
 from apiguard.config import GuardConfig, Mode
+from apiguard.decision import Decision
 from apiguard.engine import Engine, PrincipalResolver, Refused
 from apiguard.request import KeyedHasher, RequestContext, current_request
 from apiguard.responses import BlockHook
@@ -273,26 +274,33 @@ def _missing_context(fn: Callable[..., Any]) -> RuntimeError:
     )
 
 
+def _already_refused(ctx: RequestContext) -> Decision | None:
+    decision = ctx.decision
+    return decision if decision is not None and decision.refused else None
+
+
 def _enter_sync(
     engine: Engine, ctx: RequestContext | None, rules: tuple[Rule, ...], fn: Any
-) -> None:
+) -> Decision | None:
+    """Run the checkpoint if it has not run (raising `Refused`); else an earlier refusal."""
     if ctx is None:
         raise _missing_context(fn)
     if not ctx.global_done or ctx.endpoint_done is not rules:
         engine.check_sync(ctx, rules)
-    elif ctx.decision is not None and ctx.decision.refused:
-        raise Refused(ctx.decision)  # refused at response start (streaming): never run the body
+        return None
+    return _already_refused(ctx)
 
 
 async def _enter_async(
     engine: Engine, ctx: RequestContext | None, rules: tuple[Rule, ...], fn: Any
-) -> None:
+) -> Decision | None:
+    """`_enter_sync` for async handlers."""
     if ctx is None:
         raise _missing_context(fn)
     if not ctx.global_done or ctx.endpoint_done is not rules:
         await engine.check_async(ctx, rules)
-    elif ctx.decision is not None and ctx.decision.refused:
-        raise Refused(ctx.decision)
+        return None
+    return _already_refused(ctx)
 
 
 def _wrap(
@@ -304,7 +312,9 @@ def _wrap(
 
         @functools.wraps(original)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            await _enter_async(engine, current_request(), rules, original)
+            refused = await _enter_async(engine, current_request(), rules, original)
+            if refused is not None:
+                raise Refused(refused)
             return await original(*args, **kwargs)
 
         wrapper: Callable[..., Any] = async_wrapper
@@ -312,7 +322,8 @@ def _wrap(
 
         @functools.wraps(original)
         async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
-            await _enter_async(engine, current_request(), rules, original)
+            if await _enter_async(engine, current_request(), rules, original) is not None:
+                return  # refused when the response started: the body never runs
             async for item in original(*args, **kwargs):
                 yield item
 
@@ -321,7 +332,8 @@ def _wrap(
 
         @functools.wraps(original)
         def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-            _enter_sync(engine, current_request(), rules, original)
+            if _enter_sync(engine, current_request(), rules, original) is not None:
+                return  # refused when the response started: the body never runs
             yield from original(*args, **kwargs)
 
         wrapper = gen_wrapper
@@ -329,7 +341,9 @@ def _wrap(
 
         @functools.wraps(original)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            _enter_sync(engine, current_request(), rules, original)
+            refused = _enter_sync(engine, current_request(), rules, original)
+            if refused is not None:
+                raise Refused(refused)
             return original(*args, **kwargs)
 
         wrapper = sync_wrapper

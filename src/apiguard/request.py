@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry.trace import Span
+
 from apiguard.config import ClientIPConfig
 
 if TYPE_CHECKING:
@@ -179,6 +181,7 @@ class RequestContext:
         "principal",
         "refused_sent",
         "scope",
+        "span",
         "verdicts",
     )
 
@@ -191,6 +194,7 @@ class RequestContext:
         client_ip: str,
         ip_key: str,
         credential_key: str | None,
+        span: Span,
     ) -> None:
         self.engine = engine
         self.scope = scope
@@ -199,6 +203,7 @@ class RequestContext:
         self.client_ip = client_ip
         self.ip_key = ip_key
         self.credential_key = credential_key
+        self.span = span  # the server span active when the request entered apiguard
         self.declared: str | None = None
         self.principal: str | None = None
         self.global_done = False

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from opentelemetry import metrics, trace
+from opentelemetry import metrics
 
 from apiguard import __version__
 from apiguard.decision import Action, Decision
@@ -50,7 +50,7 @@ class Telemetry:
         self.decisions.add(1, attrs)
         if decision.new_ban:
             self.bans.add(1, {"apiguard.ban.level": decision.ban_level})
-        span = trace.get_current_span()
+        span = ctx.span
         if not span.is_recording():
             return
         span.set_attributes(attrs)

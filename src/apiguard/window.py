@@ -8,7 +8,9 @@ floor(t/b)-k .. floor(t/b), plus its own cost, stay within the limit L.
 Guarantee: for every interval [s, s + W) whatever the schedule, admitted cost <= L.
 Proof: let t be the last admission inside the interval; every other admission inside it
 lies in (t - W, t], hence in buckets counted when t was admitted, so their sum plus t's
-cost was <= L. Memory is k+1 integers per key whatever L is.
+cost was <= L. Memory is k+1 integers per key whatever L is. (Up to the rounding of clock
+values: where W/k is not exact in binary, two times closer than W by less than an ulp can
+land k+1 buckets apart; any interval shorter than W by more than that is exact.)
 
 Price for an honest client: an admitted request stays counted for between W and W + b
 (never less than the window, at most one bucket longer), so a client that spends its

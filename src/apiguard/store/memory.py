@@ -82,9 +82,10 @@ class MemoryStore:
                     hit.retry_after = 0.0
                 else:
                     hit.fits = False
-                    if hit.enforce and not refused:
+                    if hit.enforce:
                         refused = True
-                        refused_subject = hit.subject
+                        if refused_subject is None:
+                            refused_subject = hit.subject
                     remaining = limit - w.total
                     hit.remaining = remaining if remaining > 0 else 0
                     hit.reset = w.next_release(spec, now)
@@ -95,8 +96,10 @@ class MemoryStore:
                 w.counts[w.head % len(w.counts)] -= cost
                 w.total -= cost
             for hit in hits:
-                if hit.fits:
-                    hit.remaining = hit.spec.limit - windows[hit.key].total
+                if hit.fits and hit.consume and hit.cost:  # report the rolled-back state
+                    w = windows[hit.key]
+                    hit.remaining = hit.spec.limit - w.total
+                    hit.reset = w.next_release(hit.spec, now)
             new_ban = None
             if refused_subject is not None and bans.enabled:
                 new_ban = self._strike(refused_subject, now, bans)
@@ -117,9 +120,10 @@ class MemoryStore:
         if rec.window.total < bans.after:
             return None
         rec.window = BucketWindow(self._strike_buckets)
+        # escalation memory runs from the end of the previous ban
         rec.level = rec.level + 1 if now - rec.last_ban <= bans.memory else 1
-        rec.last_ban = now
         duration = min(bans.base * bans.factor ** (rec.level - 1), bans.max)
+        rec.last_ban = now + duration
         ban = Ban(subject, now + duration, rec.level)
         self._put_ban(ban, now)
         return ban
