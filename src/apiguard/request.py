@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.trace import Span
 
 from apiguard.config import ClientIPConfig
+from apiguard.routes import route_template
 
 if TYPE_CHECKING:
     from apiguard.decision import Decision
@@ -217,8 +218,6 @@ class RequestContext:
     @property
     def route(self) -> str | None:
         """The route template that served the request, mount prefixes included."""
-        from apiguard.routes import route_template
-
         return route_template(self.scope)
 
     @property

@@ -11,6 +11,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.routing import Host, Mount, WebSocketRoute, compile_path
+
 
 def _mount_prefix(scope: Mapping[str, Any]) -> str:
     root = scope.get("root_path", "") or ""
@@ -74,8 +76,6 @@ class _TemplateIndex:
         self.build()
 
     def build(self) -> None:
-        from starlette.routing import compile_path
-
         found: dict[int, list[tuple[str, int, Any]]] = {}
         for entry in walk_routes(self.app):
             if entry.endpoint is None:
@@ -139,8 +139,6 @@ def _strip_depth(prefix: str, depth: int) -> str:
 
 
 def _is_mount(route: object) -> bool:
-    from starlette.routing import Mount
-
     return isinstance(route, Mount)
 
 
@@ -166,8 +164,6 @@ def _expand(routes: Sequence[Any]) -> Iterator[Any]:
 
 def walk_routes(app: Any, prefix: str = "", _depth: int = 0) -> Iterator[RouteEntry]:
     """Every leaf route under `app`, nested routers, mounts and hosts included."""
-    from starlette.routing import Host, Mount, WebSocketRoute
-
     routes = getattr(app, "routes", None)
     if routes is None or _depth > 32:
         return
