@@ -125,6 +125,14 @@ class GuardConfig(_Model):
     ratelimit_headers: bool = True
     success_statuses: tuple[int, int] = (200, 399)
 
+    @field_validator("success_statuses")
+    @classmethod
+    def _statuses(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
+        if not 100 <= low <= high <= 599:
+            raise ValueError("expected (low, high) HTTP statuses with 100 <= low <= high <= 599")
+        return value
+
     @field_validator("secret")
     @classmethod
     def _secret_length(cls, value: SecretStr | None) -> SecretStr | None:

@@ -79,6 +79,7 @@ class Engine:
         self.bans = config.bans
         self._key_headers = frozenset(h.encode("latin-1") for h in config.identity.api_key_headers)
         self._bearer = config.identity.bearer_tokens
+        self._wanted_headers = self._key_headers | {b"authorization", self.ip.header}
         self._ok_low, self._ok_high = config.success_statuses
 
     # -- request view ---------------------------------------------------------------
@@ -90,7 +91,10 @@ class Engine:
         forwarded: list[str] = []
         walks = self.ip.walks
         key_headers = self._key_headers
+        wanted = self._wanted_headers
         for name, value in scope.get("headers") or ():
+            if name not in wanted:
+                continue
             if name in key_headers:
                 if credential is None and value:
                     credential = value
