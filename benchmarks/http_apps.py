@@ -1,0 +1,79 @@
+"""The apps `http.sh` serves with uvicorn: bare Starlette, apiguard (default policy), slowapi.
+
+Each is a Starlette app with 10 routes `/r{i}/items/{item_id}` whose async endpoints return
+a small PlainTextResponse. Limits are far above what a benchmark can reach: nothing is
+ever refused, so the numbers are pure overhead.
+
+    APIGUARD_BENCH_APP=apiguard uvicorn --app-dir benchmarks http_apps:app
+    uvicorn --app-dir benchmarks --factory http_apps:slowapi_app
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+
+from slowapi import Limiter, _rate_limit_exceeded_handler
+from slowapi.errors import RateLimitExceeded
+from slowapi.middleware import SlowAPIASGIMiddleware
+from slowapi.util import get_remote_address
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from apiguard import Guard
+from apiguard.asgi import GuardMiddleware
+
+ROUTES = int(os.environ.get("APIGUARD_BENCH_ROUTES", "10"))
+HIGH = "100000000/minute"
+
+
+def _endpoint(i: int) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    endpoint.__name__ = endpoint.__qualname__ = f"r{i}_item"
+    return endpoint
+
+
+def bare_app() -> Starlette:
+    """Plain Starlette, no rate limiting."""
+    return Starlette(
+        routes=[Route(f"/r{i}/items/{{item_id}}", _endpoint(i)) for i in range(ROUTES)]
+    )
+
+
+def apiguard_app() -> Starlette:
+    """apiguard's default policy (per-principal and per-IP rules), limits raised."""
+    app = bare_app()
+    guard = Guard({"limits": {"principal": HIGH, "ip": HIGH}})
+    app.add_middleware(GuardMiddleware, guard=guard)
+    return app
+
+
+def slowapi_app() -> Starlette:
+    """slowapi's ASGI middleware with a default limit per client address."""
+    app = bare_app()
+    limiter = Limiter(key_func=get_remote_address, default_limits=["1000000/minute"])
+    app.state.limiter = limiter
+    app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
+    app.add_middleware(SlowAPIASGIMiddleware)
+    return app
+
+
+APPS: dict[str, Callable[[], Starlette]] = {
+    "bare": bare_app,
+    "apiguard": apiguard_app,
+    "slowapi": slowapi_app,
+}
+
+
+def _selected() -> Starlette:
+    name = os.environ.get("APIGUARD_BENCH_APP", "bare")
+    if name not in APPS:
+        raise SystemExit(f"APIGUARD_BENCH_APP={name!r}: choose one of {', '.join(APPS)}")
+    return APPS[name]()
+
+
+app = _selected()

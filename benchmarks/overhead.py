@@ -1,0 +1,384 @@
+"""In-process overhead of apiguard against a bare app, a no-op middleware, limits and slowapi.
+
+Every variant is a Starlette app with N routes `/r{i}/items/{item_id}` (N = 10 and 200)
+whose async endpoints return a small PlainTextResponse. Requests are driven straight
+through the ASGI callable (no server, no HTTP client): a hand-built scope, a `receive`
+that returns one empty `http.request`, a `send` that discards. Requests hit a seeded mix
+of routes and path parameters, from a pool of distinct client addresses.
+
+Variants run round-robin (in a shuffled order each round) so machine noise hits them all
+alike; µs/req is the median over rounds of one batch's mean, and the ratio / added µs are
+medians of per-round comparisons with the bare app at the same route count. The CPU
+columns repeat the measurement with this thread's CPU time (time.thread_time_ns), which
+time slices lost to other processes on a shared machine do not inflate.
+Limits are set high enough that nothing is ever refused: this measures overhead only.
+Requests run one at a time, so costs that need concurrent requests or a real server (GC
+pressure from objects kept alive per keep-alive connection, header serialisation) show
+only in http.sh.
+
+    /work/venv/bin/python benchmarks/overhead.py            # full run (~1.5-2 min)
+    /work/venv/bin/python benchmarks/overhead.py --quick    # ~15 s
+    /work/venv/bin/python benchmarks/overhead.py --profile apiguard-default
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from limits import parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from slowapi import Limiter
+from slowapi.middleware import SlowAPIASGIMiddleware
+from slowapi.util import get_remote_address
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+import apiguard
+from apiguard import Guard
+from apiguard.asgi import GuardMiddleware
+
+HIGH = "100000000/minute"  # never reached: overhead, not refusals
+GUARD_CONFIG: dict[str, Any] = {"limits": {"principal": HIGH, "ip": HIGH}}
+SLOWAPI_LIMIT = "1000000/minute"
+FLOW_RATE = "1000000/minute"
+TEMPLATES = 4096  # distinct (route, item_id) scopes per route count
+
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+# -- the apps ---------------------------------------------------------------------------
+def make_endpoint(i: int) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    endpoint.__name__ = endpoint.__qualname__ = f"r{i}_item"
+    return endpoint
+
+
+def starlette_app(n_routes: int, wrap: Callable[[Any], Any] | None = None) -> Starlette:
+    endpoints = [make_endpoint(i) for i in range(n_routes)]
+    if wrap is not None:
+        endpoints = [wrap(ep) for ep in endpoints]
+    routes = [Route(f"/r{i}/items/{{item_id}}", ep) for i, ep in enumerate(endpoints)]
+    return Starlette(routes=routes)
+
+
+class Noop:
+    """The cheapest possible pure-ASGI middleware."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+class LimitsMiddleware:
+    """The "15-line middleware on `limits`" baseline: one moving window per client IP."""
+
+    def __init__(self, app: ASGIApp, rate: str = HIGH) -> None:
+        self.app = app
+        self.storage = MemoryStorage()
+        self.limiter = MovingWindowRateLimiter(self.storage)
+        self.item = parse(rate)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        client = scope.get("client")
+        if not self.limiter.hit(self.item, client[0] if client else "unknown"):
+            return await PlainTextResponse("Too Many Requests", 429)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def build(kind: str, n_routes: int) -> tuple[ASGIApp, Callable[[], bool]]:
+    """The app for `kind`, and a probe that says its limiter really counted requests."""
+    if kind == "bare":
+        return starlette_app(n_routes), lambda: True
+    if kind == "noop":
+        app = starlette_app(n_routes)
+        app.add_middleware(Noop)
+        return app, lambda: True
+    if kind == "limits-mw":
+        app = starlette_app(n_routes)
+        app.add_middleware(LimitsMiddleware)
+        mw = app.middleware_stack = app.build_middleware_stack()
+        while not isinstance(mw, LimitsMiddleware):
+            mw = mw.app
+        storage = mw.storage
+        return app, lambda: bool(storage.events)
+    if kind in ("apiguard-default", "apiguard-flow"):
+        guard = Guard(GUARD_CONFIG)
+        wrap = guard.flow("f", FLOW_RATE) if kind == "apiguard-flow" else None
+        app = starlette_app(n_routes, wrap)
+        app.add_middleware(GuardMiddleware, guard=guard)
+        return app, lambda: len(guard.store._windows) > 0
+    if kind == "slowapi":
+        limiter = Limiter(key_func=get_remote_address, default_limits=[SLOWAPI_LIMIT])
+        app = starlette_app(n_routes)
+        app.state.limiter = limiter
+        app.add_middleware(SlowAPIASGIMiddleware)
+        return app, lambda: bool(limiter._storage.storage)
+    raise ValueError(kind)
+
+
+# -- the requests -----------------------------------------------------------------------
+def scope_templates(n_routes: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(TEMPLATES):
+        path = f"/r{rng.randrange(n_routes)}/items/{rng.randrange(1, 100_000)}"
+        out.append(
+            {
+                "type": "http",
+                "asgi": {"version": "3.0", "spec_version": "2.3"},
+                "http_version": "1.1",
+                "method": "GET",
+                "scheme": "http",
+                "path": path,
+                "raw_path": path.encode(),
+                "root_path": "",
+                "query_string": b"",
+                "headers": [
+                    (b"host", b"bench.local"),
+                    (b"user-agent", b"overhead.py"),
+                    (b"accept", b"*/*"),
+                ],
+                "server": ("127.0.0.1", 8000),
+            }
+        )
+    return out
+
+
+def client_pool(n: int) -> list[tuple[str, int]]:
+    """`n` distinct IPv4 peers (10.x.y.z), shuffled."""
+    peers = [(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 40000 + i % 20000) for i in range(n)]
+    random.Random(n).shuffle(peers)
+    return peers
+
+
+def key_headers(n: int) -> list[tuple[bytes, bytes]]:
+    return [(b"x-api-key", f"key-{i:06d}-{i * 7919 % 1_000_003:07d}".encode()) for i in range(n)]
+
+
+BODY_MSG = {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def receive() -> dict[str, Any]:
+    return BODY_MSG
+
+
+async def discard(message: dict[str, Any]) -> None:
+    pass
+
+
+@dataclass
+class Variant:
+    label: str
+    kind: str
+    routes: int
+    principals: int
+    identity: str  # "ip": principal = client address; "key": x-api-key header
+    app: ASGIApp = field(init=False)
+    probe: Callable[[], bool] = field(init=False)
+    templates: list[dict[str, Any]] = field(init=False)
+    clients: list[tuple[str, int]] = field(init=False)
+    keys: list[tuple[bytes, bytes]] | None = field(init=False, default=None)
+    cursor: int = 0
+    samples: list[float] = field(default_factory=list)  # wall µs/req per round
+    cpu: list[float] = field(default_factory=list)  # this thread's CPU µs/req per round
+
+    def setup(self, templates: list[dict[str, Any]], pools: dict[int, Any]) -> None:
+        self.app, self.probe = build(self.kind, self.routes)
+        self.templates = templates
+        if self.identity == "key":
+            self.clients = pools[1000]
+            self.keys = key_headers(self.principals)
+        else:
+            self.clients = pools[self.principals]
+
+    async def run(self, n: int, send: Any = discard) -> tuple[float, float]:
+        """`n` requests; mean µs/request by the wall clock and by this thread's CPU time."""
+        app, templates, clients, keys = self.app, self.templates, self.clients, self.keys
+        nt, nc = len(templates), len(clients)
+        k = self.cursor
+        end = k + n
+        if keys is None:
+            c0 = time.thread_time_ns()
+            t0 = time.perf_counter_ns()
+            while k < end:
+                scope = templates[k % nt].copy()
+                scope["client"] = clients[k % nc]
+                await app(scope, receive, send)
+                k += 1
+            elapsed = time.perf_counter_ns() - t0
+            cpu = time.thread_time_ns() - c0
+        else:
+            nk = len(keys)
+            c0 = time.thread_time_ns()
+            t0 = time.perf_counter_ns()
+            while k < end:
+                scope = templates[k % nt].copy()
+                scope["client"] = clients[k % nc]
+                scope["headers"] = [*scope["headers"], keys[k % nk]]  # ~0.1 µs, not subtracted
+                await app(scope, receive, send)
+                k += 1
+            elapsed = time.perf_counter_ns() - t0
+            cpu = time.thread_time_ns() - c0
+        self.cursor = end
+        return elapsed / n / 1000, cpu / n / 1000
+
+    async def check(self, n: int = 200) -> None:
+        """Every response is the endpoint's 200 "ok" and the limiter really counted."""
+        seen: list[dict[str, Any]] = []
+
+        async def keep(message: dict[str, Any]) -> None:
+            seen.append(message)
+
+        await self.run(n, keep)
+        starts = [m for m in seen if m["type"] == "http.response.start"]
+        bodies = [m.get("body") for m in seen if m["type"] == "http.response.body"]
+        bad = [m["status"] for m in starts if m["status"] != 200]
+        if len(starts) != n or bad or any(b != b"ok" for b in bodies):
+            sys.exit(f"{self.label}: unexpected responses (statuses {bad[:5]})")
+        if self.kind.startswith("apiguard"):
+            names = {h[0] for h in starts[0]["headers"]}
+            if b"ratelimit" not in names:
+                sys.exit(f"{self.label}: no RateLimit header: apiguard did not check")
+        if not self.probe():
+            sys.exit(f"{self.label}: the limiter recorded nothing")
+
+
+def variants(scaling: tuple[int, ...]) -> list[Variant]:
+    out: list[Variant] = []
+    for routes in (10, 200):
+        for label, kind in (
+            ("bare Starlette", "bare"),
+            ("no-op ASGI middleware", "noop"),
+            ("15-line middleware on limits", "limits-mw"),
+            ("apiguard default", "apiguard-default"),
+            ("apiguard + @guard.flow", "apiguard-flow"),
+            ("slowapi ASGI middleware", "slowapi"),
+        ):
+            out.append(Variant(label, kind, routes, 1000, "ip"))
+    for n in scaling:
+        if n != 1000:
+            out.append(Variant("apiguard default", "apiguard-default", 10, n, "ip"))
+    for n in scaling:
+        out.append(Variant("apiguard default (x-api-key)", "apiguard-default", 10, n, "key"))
+    return out
+
+
+# -- driver ---------------------------------------------------------------------------
+async def measure(args: argparse.Namespace) -> list[Variant]:
+    scaling = (1000, 100_000)
+    vs = variants(scaling)
+    templates = {r: scope_templates(r, seed=r) for r in (10, 200)}
+    pools = {n: client_pool(n) for n in scaling}
+    for v in vs:
+        v.setup(templates[v.routes], pools)
+        await v.check()
+    # warm up: every principal seen once (steady state: keys already in the stores)
+    for v in vs:
+        await v.run(max(args.warmup, v.principals if v.identity == "ip" else 0))
+        if v.keys is not None:
+            await v.run(max(args.warmup, len(v.keys)))
+    # long-lived state (stores filled by the warm-up) out of the collector's way, so a
+    # variant with a big store does not slow the others' collections
+    gc.collect()
+    gc.freeze()
+    rng = random.Random(1)
+    order = list(vs)
+    for _ in range(args.rounds):
+        rng.shuffle(order)
+        for v in order:
+            wall, cpu = await v.run(args.batch)
+            v.samples.append(wall)
+            v.cpu.append(cpu)
+    for v in vs:
+        await v.check()  # still nothing refused after all the traffic
+    return vs
+
+
+def table(vs: list[Variant]) -> str:
+    """Medians over rounds; ratio and added µs are medians of per-round comparisons with
+    the bare app at the same route count (same round, so shared noise cancels)."""
+    bare = {v.routes: v for v in vs if v.kind == "bare"}
+    lines = [
+        "| variant | routes | principals | µs/req | ratio to bare | added µs "
+        "| IQR µs/req | CPU µs/req | CPU ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for v in vs:
+        b = bare[v.routes]
+        ratio = statistics.median(x / y for x, y in zip(v.samples, b.samples, strict=True))
+        added = statistics.median(x - y for x, y in zip(v.samples, b.samples, strict=True))
+        cpu_ratio = statistics.median(x / y for x, y in zip(v.cpu, b.cpu, strict=True))
+        q1, _, q3 = statistics.quantiles(v.samples, n=4)
+        who = f"{v.principals:,}" + (" keys" if v.identity == "key" else " IPs")
+        lines.append(
+            f"| {v.label} | {v.routes} | {who} | {statistics.median(v.samples):.1f} "
+            f"| {ratio:.2f}x | {added:+.1f} | {q1:.1f}-{q3:.1f} "
+            f"| {statistics.median(v.cpu):.1f} | {cpu_ratio:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+async def profile(kind: str, n: int) -> None:
+    import cProfile
+    import pstats
+
+    v = Variant(kind, kind, 10, 1000, "ip")
+    v.setup(scope_templates(10, seed=10), {1000: client_pool(1000)})
+    await v.check()
+    await v.run(5000)
+    prof = cProfile.Profile()
+    prof.enable()
+    await v.run(n)
+    prof.disable()
+    stats = pstats.Stats(prof).sort_stats("tottime")
+    print(f"{kind}, 10 routes, {n} requests under cProfile: top 15 by own time")
+    stats.print_stats(15)
+    print("the same, apiguard's own functions only")
+    stats.print_stats("apiguard", 15)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer, shorter repetitions (~15 s)")
+    ap.add_argument("--rounds", type=int, help="round-robin rounds (default 50, quick 12)")
+    ap.add_argument("--batch", type=int, help="requests per variant per round")
+    ap.add_argument("--profile", metavar="KIND", help="cProfile one variant at 10 routes")
+    args = ap.parse_args()
+    if args.profile:
+        asyncio.run(profile(args.profile, args.batch or 50_000))
+        return
+    args.rounds = args.rounds or (12 if args.quick else 50)
+    args.batch = args.batch or (500 if args.quick else 1500)
+    args.warmup = 500 if args.quick else 2000
+    started = time.perf_counter()
+    vs = asyncio.run(measure(args))
+    print(
+        f"apiguard overhead, in process: Python {sys.version.split()[0]}, nproc {os.cpu_count()}, "
+        f"{args.rounds} round-robin rounds x {args.batch} requests per variant, medians "
+        f"({time.perf_counter() - started:.0f} s); apiguard from "
+        f"{os.path.dirname(apiguard.__file__)}\n"
+    )
+    print(table(vs))
+
+
+if __name__ == "__main__":
+    main()
