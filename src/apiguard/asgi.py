@@ -87,8 +87,10 @@ class GuardMiddleware:
                 return  # the app's own response to a refused request is dropped
             await send(message)
 
+        failed = True
         try:
             await self.app(scope, receive, guarded_send)
+            failed = False
         except Refused as refused:
             if status is not None and not ctx.refused_sent:
                 log.error("apiguard: a checkpoint refused a request after its response started")
@@ -96,13 +98,14 @@ class GuardMiddleware:
             if not ctx.refused_sent:
                 ctx.refused_sent = True
                 await self._refuse(send, refused.decision)
-        except BaseException:
-            engine.finish(ctx, None)
-            raise
+            failed = False
         finally:
             _current.reset(token)
-        if ctx.charges:
-            engine.finish(ctx, None if ctx.refused_sent else status)
+            if ctx.charges:
+                engine.finish(ctx, None if failed or ctx.refused_sent else status)
+            # Servers copy the context (e.g. uvicorn's keep-alive timer): drop what this
+            # request holds so those copies keep an empty shell, not the request's objects.
+            ctx.release()
 
     async def _refuse(self, send: Send, decision: Decision) -> None:
         response = block_response(decision, self._headers)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.trace import Span
+from opentelemetry.trace import INVALID_SPAN, Span
 
 from apiguard.config import ClientIPConfig
 from apiguard.routes import route_template
@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from apiguard.rules import Rule
     from apiguard.store.base import Hit
 
-_IP_CACHE_MAX = 65_536
+_IP_CACHE_MAX = 131_072
+_EMPTY_SCOPE: Mapping[str, Any] = {}
 
 
 class KeyedHasher:
@@ -213,6 +214,14 @@ class RequestContext:
         self.verdicts: list[Hit] | None = None  # every evaluated hit, in order
         self.charges: list[Hit] | None = None  # charged hits whose rules observe outcomes
         self.refused_sent = False
+
+    def release(self) -> None:
+        """Drop per-request objects once the request is over (context copies outlive it)."""
+        self.scope = _EMPTY_SCOPE
+        self.verdicts = None
+        self.charges = None
+        self.decision = None
+        self.span = INVALID_SPAN
 
     # -- the public, read-only view handed to custom `per=` and resolver callables ----
     @property
