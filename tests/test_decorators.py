@@ -428,15 +428,21 @@ def test_multi_rate_policies_and_global_fields_together(make_guard, serve):
 
     client = serve(app, guard)
     ok = client.get("/lookup")
+    # an admitted response advertises the policy closest to its limit: 1 of 2 left
     policies, states = _fields(ok)
+    assert [(p["name"], p["q"], p["w"]) for p in policies] == [("limit:lookup.60s", "2", "60")]
+    assert [s["r"] for s in states] == ["1"]
+    client.get("/lookup")
+    refused = client.get("/lookup")
+    assert_quota_exceeded(refused, "limit:lookup.60s")
+    # a refusal lists every enforced policy with its state
+    policies, states = _fields(refused)
     assert [(p["name"], p["q"], p["w"]) for p in policies] == [
         ("per-principal", "100", "60"),
         ("limit:lookup.60s", "2", "60"),
         ("limit:lookup.3600s", "5", "3600"),
     ]
-    assert [s["r"] for s in states] == ["99", "1", "4"]
-    client.get("/lookup")
-    assert_quota_exceeded(client.get("/lookup"), "limit:lookup.60s")
+    assert [s["r"] for s in states] == ["98", "0", "3"]
 
 
 def test_ratelimit_headers_can_be_turned_off(make_guard, serve):

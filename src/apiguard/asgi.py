@@ -18,7 +18,7 @@ from apiguard.decision import Decision
 from apiguard.engine import Refused, endpoint_rules
 from apiguard.guard import Guard
 from apiguard.request import _current
-from apiguard.responses import BlockResponse, block_response, ratelimit_values
+from apiguard.responses import BlockResponse, block_response, tightest_ratelimit
 
 log = logging.getLogger("apiguard")
 
@@ -76,7 +76,7 @@ class GuardMiddleware:
                     return
                 status = message["status"]
                 if self._headers and ctx.verdicts:
-                    values = ratelimit_values(ctx.verdicts)
+                    values = tightest_ratelimit(ctx.verdicts)
                     if values is not None:
                         message["headers"] = [
                             *message.get("headers", ()),

@@ -34,29 +34,39 @@ def _seconds(value: float) -> int:
 
 
 def ratelimit_fields(verdicts: Sequence[Verdict]) -> list[tuple[str, str]]:
-    """`RateLimit-Policy` and `RateLimit` header pairs for the enforced verdicts."""
-    found = ratelimit_values(verdicts)
-    if found is None:
-        return []
-    return [("ratelimit-policy", found[0].decode()), ("ratelimit", found[1].decode())]
-
-
-def ratelimit_values(verdicts: Sequence[Verdict]) -> tuple[bytes, bytes] | None:
-    """Encoded (`RateLimit-Policy`, `RateLimit`) values for the enforced verdicts."""
+    """`RateLimit-Policy` and `RateLimit` header pairs for every enforced verdict."""
     policies: list[str] = []
     states: list[str] = []
     for v in verdicts:
         if v.enforced:
-            p = v.policy
-            policies.append(p.item)
-            t = v.reset if v.fits else v.retry_after
-            seconds = int(t)
-            if seconds < t:
-                seconds += 1
-            states.append(f"{p.state_prefix}{v.remaining if v.remaining > 0 else 0};t={seconds}")
+            policies.append(v.policy.item)
+            states.append(_state(v))
     if not policies:
+        return []
+    return [("ratelimit-policy", ", ".join(policies)), ("ratelimit", ", ".join(states))]
+
+
+def _state(v: Verdict) -> str:
+    t = v.reset if v.fits else v.retry_after
+    seconds = int(t)
+    if seconds < t:
+        seconds += 1
+    return f"{v.policy.state_prefix}{v.remaining if v.remaining > 0 else 0};t={seconds}"
+
+
+def tightest_ratelimit(verdicts: Sequence[Verdict]) -> tuple[bytes, bytes] | None:
+    """Encoded (`RateLimit-Policy`, `RateLimit`) for the enforced policy closest to its
+    limit (smallest remaining share of its quota): what an admitted response carries."""
+    best: Verdict | None = None
+    best_share = 2.0
+    for v in verdicts:
+        if v.enforced:
+            share = v.remaining / v.policy.quota
+            if share < best_share:
+                best, best_share = v, share
+    if best is None:
         return None
-    return ", ".join(policies).encode("latin-1"), ", ".join(states).encode("latin-1")
+    return best.policy.item_bytes, _state(best).encode("latin-1")
 
 
 def block_response(decision: Decision, with_fields: bool = True) -> BlockResponse:
