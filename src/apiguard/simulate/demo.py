@@ -106,8 +106,13 @@ def find_shop(path: str | Path | None = None) -> Path:
     if path is not None:
         candidates = [Path(path)]
     else:
-        checkout = Path(__file__).resolve().parents[3]  # src/apiguard/simulate/demo.py
-        candidates = [checkout / "examples" / "shop.py", Path.cwd() / "examples" / "shop.py"]
+        here = Path(__file__).resolve()
+        checkout = here.parents[3]  # src/apiguard/simulate/demo.py
+        candidates = [
+            checkout / "examples" / "shop.py",
+            here.parents[1] / "_examples" / "shop.py",  # a wheel ships a copy here
+            Path.cwd() / "examples" / "shop.py",
+        ]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
