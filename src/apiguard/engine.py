@@ -80,6 +80,8 @@ class Engine:
         self._key_headers = frozenset(h.encode("latin-1") for h in config.identity.api_key_headers)
         self._bearer = config.identity.bearer_tokens
         self._wanted_headers = self._key_headers | {b"authorization", self.ip.header}
+        if not self.ip.walks:  # watched only to warn once about a likely proxy set-up
+            self._wanted_headers |= {b"x-forwarded-for", b"forwarded"}
         self._ok_low, self._ok_high = config.success_statuses
 
     # -- request view ---------------------------------------------------------------
@@ -87,7 +89,8 @@ class Engine:
         """Build the request context from an ASGI-shaped scope (one pass over headers)."""
         peer = scope.get("client")
         peer_ip = peer[0] if peer else None
-        credential: bytes | None = None
+        api_key: bytes | None = None
+        bearer: bytes | None = None
         forwarded: list[str] = []
         walks = self.ip.walks
         key_headers = self._key_headers
@@ -96,15 +99,17 @@ class Engine:
             if name not in wanted:
                 continue
             if name in key_headers:
-                if credential is None and value:
-                    credential = value
+                if api_key is None:
+                    api_key = value.strip() or None
             elif name == b"authorization":
-                if self._bearer and credential is None and value[:7].lower() == b"bearer ":
-                    token = value[7:].strip()
-                    if token:
-                        credential = token
-            elif walks and name == self.ip.header:
-                forwarded.append(value.decode("latin-1"))
+                if self._bearer and bearer is None and value[:7].lower() == b"bearer ":
+                    bearer = value[7:].strip() or None
+            elif walks:
+                if name == self.ip.header:
+                    forwarded.append(value.decode("latin-1"))
+            else:
+                self._warn_untrusted_forwarding(name)
+        credential = api_key if api_key is not None else bearer
         client = self.ip.resolve(peer_ip, forwarded) if walks else (peer_ip or "unknown")
         grouped = self.ip.group(client)
         return RequestContext(
@@ -116,6 +121,16 @@ class Engine:
             self.hasher.ip(grouped),
             self.hasher("k", credential) if credential is not None else None,
             trace.get_current_span(),
+        )
+
+    def _warn_untrusted_forwarding(self, name: bytes) -> None:
+        self._wanted_headers = self._key_headers | {b"authorization"}
+        log.warning(
+            "apiguard: requests carry %s but no trusted_proxies are configured, so it is "
+            "ignored and the TCP peer is the client. Behind a proxy or load balancer every "
+            "client would share its address: set client_ip.trusted_proxies (and run uvicorn "
+            "with --no-proxy-headers, or it may already have rewritten the client address).",
+            name.decode("latin-1"),
         )
 
     def early_ban(self, ctx: RequestContext) -> Decision | None:
