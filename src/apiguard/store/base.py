@@ -41,11 +41,12 @@ class Hit:
     subject: str | None = None
     rule: Any = None  # the planning rule (engine bookkeeping; stores ignore it)
     policy: Any = None  # the advertised `Policy` this hit counts against
-    fits: bool = False
-    remaining: int = 0
-    reset: float = 0.0
-    retry_after: float = 0.0
-    bucket: int = 0
+    # result fields: set by the store for every hit it executes (unset before)
+    fits: bool = field(init=False)
+    remaining: int = field(init=False)
+    reset: float = field(init=False)
+    retry_after: float = field(init=False)
+    bucket: int = field(init=False)
 
     @property
     def enforced(self) -> bool:

@@ -52,47 +52,59 @@ class MemoryStore:
                         del self._bans[key]
             windows = self._windows
             hits = batch.hits
-            charged: list[tuple[BucketWindow, int]] = []
+            charged: list[tuple[BucketWindow, int]] | None = None
             refused_subject: str | None = None
             refused = False
             for hit in hits:
                 spec = hit.spec
-                w = windows.get(hit.key)
-                if w is None:
+                try:
+                    w = windows[hit.key]  # one LRU lookup (and touch) per hit
+                except KeyError:
                     w = windows[hit.key] = BucketWindow(spec.buckets)
                 index = int(now // spec.width)
                 if index > w.head:
                     w.advance(index)
+                head = w.head
+                total = w.total
                 cost = hit.cost
                 limit = spec.limit
-                hit.bucket = w.head
-                if w.total + cost <= limit:
+                hit.bucket = head
+                if total + cost <= limit:
                     hit.fits = True
-                    if hit.consume and cost and not refused:
-                        w.charge(cost)  # optimistic: rolled back below if the batch is refused
-                        charged.append((w, cost))
                     counts = w.counts
                     n = len(counts)
+                    if cost and hit.consume and not refused:
+                        # optimistic: rolled back below if a later hit refuses the batch
+                        if not total:
+                            w.tail = head
+                        counts[head % n] += cost
+                        total += cost
+                        w.total = total
+                        if charged is None:
+                            charged = []
+                        charged.append((w, cost))
+                    hit.remaining = limit - total
+                    hit.retry_after = 0.0
                     tail = w.tail
-                    if w.total and tail >= w.head - n + 1 and counts[tail % n]:
+                    if not total:
+                        hit.reset = 0.0
+                    elif tail > head - n and counts[tail % n]:
                         hit.reset = (tail + n) * spec.width - now
                     else:
                         hit.reset = w.next_release(spec, now)
-                    hit.remaining = limit - w.total
-                    hit.retry_after = 0.0
                 else:
                     hit.fits = False
                     if hit.enforce:
                         refused = True
                         if refused_subject is None:
                             refused_subject = hit.subject
-                    remaining = limit - w.total
+                    remaining = limit - total
                     hit.remaining = remaining if remaining > 0 else 0
                     hit.reset = w.next_release(spec, now)
                     hit.retry_after = w.retry_after(spec, now, cost)
             if not refused:
                 return BatchResult(True, hits)
-            for w, cost in charged:
+            for w, cost in charged or ():
                 w.counts[w.head % len(w.counts)] -= cost
                 w.total -= cost
             for hit in hits:
