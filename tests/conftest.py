@@ -10,6 +10,7 @@ from starlette.testclient import TestClient
 
 from apiguard import Guard
 from apiguard.asgi import GuardMiddleware
+from apiguard.simulate.clock import FakeClock
 
 QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
 IP_A = "203.0.113.7"
@@ -17,22 +18,9 @@ IP_B = "198.51.100.9"
 GUARD_KWARGS = ("principal_resolver", "on_block", "meter_provider")
 
 
-class FakeClock:
-    """A clock that only moves when a test says so."""
-
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1_000.0)
 
 
 @pytest.fixture

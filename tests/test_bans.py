@@ -7,14 +7,7 @@ from fastapi.testclient import TestClient
 
 from apiguard import Guard, identify
 from apiguard.asgi import GuardMiddleware
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from apiguard.simulate.clock import FakeClock
 
 
 def _app(guard: Guard, calls: list[str]) -> FastAPI:
@@ -39,7 +32,7 @@ def _app(guard: Guard, calls: list[str]) -> FastAPI:
 
 
 def test_ban_on_identified_user_covers_its_token_before_routing() -> None:
-    clock = Clock()
+    clock = FakeClock(1_000.0)
     guard = Guard(
         {"limits": {"principal": "5/minute", "ip": None}, "bans": {"after": 3, "base": 600}},
         clock=clock,
@@ -62,5 +55,5 @@ def test_ban_on_identified_user_covers_its_token_before_routing() -> None:
     assert client.get("/private", headers=bob).status_code == 200
     assert client.get("/public", headers=bob).status_code == 200
 
-    clock.now += 601
+    clock.advance(601)
     assert client.get("/private", headers=alice).status_code == 200

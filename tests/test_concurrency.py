@@ -24,6 +24,7 @@ from starlette.testclient import TestClient
 from apiguard import Guard
 from apiguard.asgi import GuardMiddleware
 from apiguard.config import BanConfig
+from apiguard.simulate.clock import FakeClock
 from apiguard.store.base import Batch, Hit
 from apiguard.store.memory import MemoryStore
 from apiguard.window import WindowSpec
@@ -32,14 +33,6 @@ N = 50
 LIMIT = 5
 ALICE = {"x-api-key": "alice-key"}
 BOB = {"x-api-key": "bob-key"}
-
-
-class Clock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def build(
@@ -56,7 +49,7 @@ def build(
     config = (
         {} if defaults else {"limits": {"principal": None, "ip": None}, "bans": {"enabled": False}}
     )
-    guard = Guard(config, clock=Clock())
+    guard = Guard(config, clock=FakeClock(1_000.0))
     app = FastAPI()
     app.add_middleware(GuardMiddleware, guard=guard)
     if sync:

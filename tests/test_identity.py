@@ -18,20 +18,13 @@ from starlette.testclient import TestClient
 import apiguard
 from apiguard import ConfigurationError, Guard, GuardConfig, current_request, identify
 from apiguard.asgi import GuardMiddleware
+from apiguard.simulate.clock import FakeClock
 
 SECRET = "s" * 32
 PEER = "203.0.113.7"
 PROXY = "10.0.0.1"
 TRUSTED = {"trusted_proxies": ["10.0.0.0/8"]}
 HASHED = re.compile(r"^(k|u|c|ip):[0-9a-f]{24}$")
-
-
-class Clock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def auth(x_user: str | None = Header(None)) -> None:
@@ -58,7 +51,7 @@ def make(
         config["client_ip"] = client_ip
     if identity is not None:
         config["identity"] = identity
-    guard = Guard(config, clock=Clock(), **guard_kw)
+    guard = Guard(config, clock=FakeClock(1_000.0), **guard_kw)
     app = app or FastAPI()
     app.add_middleware(GuardMiddleware, guard=guard)
 

@@ -25,18 +25,11 @@ from starlette.testclient import TestClient
 
 from apiguard import Guard, identify
 from apiguard.asgi import GuardMiddleware
+from apiguard.simulate.clock import FakeClock
 
 KEY = "sk_live_telemetry_KEY"
 USER = "alice@example.com"
 HASHED = re.compile(r"^(k|u|c|ip):[0-9a-f]{24}$")
-
-
-class Clock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Otel:
@@ -83,7 +76,7 @@ def build(
             "bans": bans or {"enabled": False},
             "secret": "t" * 32,
         },
-        clock=Clock(),
+        clock=FakeClock(1_000.0),
         meter_provider=otel.meter_provider,
     )
     app = FastAPI(
@@ -287,7 +280,7 @@ def test_no_global_provider_is_installed(otel):
 
 
 def test_works_without_any_sdk():
-    guard = Guard({"limits": {"principal": "1/minute", "ip": None}}, clock=Clock())
+    guard = Guard({"limits": {"principal": "1/minute", "ip": None}}, clock=FakeClock(1_000.0))
     app = FastAPI()
     app.add_middleware(GuardMiddleware, guard=guard)
 
