@@ -41,6 +41,10 @@ class GuardMiddleware:
                 self.guard.verify(scope["app"])
             await self.app(scope, receive, send)
             return
+        if scope.get("apiguard.guard") is self.guard:  # installed twice: count once
+            await self.app(scope, receive, send)
+            return
+        scope["apiguard.guard"] = self.guard
         root = scope.get("app")
         if root is not self._verified_root and root is not None:
             self.guard.verify(root)
@@ -87,10 +91,8 @@ class GuardMiddleware:
                 return  # the app's own response to a refused request is dropped
             await send(message)
 
-        failed = True
         try:
             await self.app(scope, receive, guarded_send)
-            failed = False
         except Refused as refused:
             if status is not None and not ctx.refused_sent:
                 log.error("apiguard: a checkpoint refused a request after its response started")
@@ -98,11 +100,13 @@ class GuardMiddleware:
             if not ctx.refused_sent:
                 ctx.refused_sent = True
                 await self._refuse(send, refused.decision)
-            failed = False
         finally:
             _current.reset(token)
             if ctx.charges:
-                engine.finish(ctx, None if failed or ctx.refused_sent else status)
+                # once a status went out, it is the outcome (a failing background task or a
+                # client gone after the response must not refund a delivered success)
+                started = status is not None and not ctx.refused_sent
+                engine.finish(ctx, status if started else None)
             # Servers copy the context (e.g. uvicorn's keep-alive timer): drop what this
             # request holds so those copies keep an empty shell, not the request's objects.
             ctx.release()

@@ -45,12 +45,17 @@ class DefaultLimits(_Model):
 
 
 class ClientIPConfig(_Model):
-    """How the client address is found. By default no proxy is trusted."""
+    """How the client address is found. By default no proxy is trusted.
+
+    `unix_socket_proxy`: the server listens on a unix socket behind a local proxy (uvicorn
+    `--uds` behind nginx), so requests have no peer address; trust that proxy's header.
+    """
 
     trusted_proxies: tuple[str, ...] = ()
     proxy_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
     ipv4_prefix: int = Field(32, ge=8, le=32)
     ipv6_prefix: int = Field(64, ge=16, le=128)
+    unix_socket_proxy: bool = False
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -69,10 +74,21 @@ class ClientIPConfig(_Model):
 
 
 class IdentityConfig(_Model):
-    """Where a principal comes from when the app did not call `identify()`."""
+    """Where a principal comes from when the app did not call `identify()`.
+
+    `new_credentials_per_ip`: how many distinct API keys / tokens that the app has not
+    vouched for (via `identify()` or the resolver) one IP may introduce per window; made-up
+    keys would otherwise each get a fresh budget. None turns the check off.
+    """
 
     api_key_headers: tuple[str, ...] = ("x-api-key",)
     bearer_tokens: bool = True
+    new_credentials_per_ip: str | None = "50/hour"
+
+    @field_validator("new_credentials_per_ip")
+    @classmethod
+    def _churn_rate(cls, value: str | None) -> str | None:
+        return _check_rate(value)
 
     @field_validator("api_key_headers", mode="before")
     @classmethod

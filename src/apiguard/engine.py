@@ -79,10 +79,11 @@ class Engine:
         self.bans = config.bans
         self._key_headers = frozenset(h.encode("latin-1") for h in config.identity.api_key_headers)
         self._bearer = config.identity.bearer_tokens
-        self._wanted_headers = self._key_headers | {b"authorization", self.ip.header}
+        self._wanted_headers = self._key_headers | {b"authorization", b"cookie", self.ip.header}
         if not self.ip.walks:  # watched only to warn once about a likely proxy set-up
             self._wanted_headers |= {b"x-forwarded-for", b"forwarded"}
         self._ok_low, self._ok_high = config.success_statuses
+        self._late_identify_warned: set[str] = set()
 
     # -- request view ---------------------------------------------------------------
     def begin(self, scope: Mapping[str, Any]) -> RequestContext:
@@ -92,6 +93,7 @@ class Engine:
         api_key: bytes | None = None
         bearer: bytes | None = None
         forwarded: list[str] = []
+        cookie = False
         walks = self.ip.walks
         key_headers = self._key_headers
         wanted = self._wanted_headers
@@ -104,6 +106,8 @@ class Engine:
             elif name == b"authorization":
                 if self._bearer and bearer is None and value[:7].lower() == b"bearer ":
                     bearer = value[7:].strip() or None
+            elif name == b"cookie":
+                cookie = True
             elif walks:
                 if name == self.ip.header:
                     forwarded.append(value.decode("latin-1"))
@@ -121,10 +125,11 @@ class Engine:
             self.hasher.ip(grouped),
             self.hasher("k", credential) if credential is not None else None,
             trace.get_current_span(),
+            cookie,
         )
 
     def _warn_untrusted_forwarding(self, name: bytes) -> None:
-        self._wanted_headers = self._key_headers | {b"authorization"}
+        self._wanted_headers = self._key_headers | {b"authorization", b"cookie"}
         log.warning(
             "apiguard: requests carry %s but no trusted_proxies are configured, so it is "
             "ignored and the TCP peer is the client. Behind a proxy or load balancer every "
@@ -133,9 +138,33 @@ class Engine:
             name.decode("latin-1"),
         )
 
+    def _warn_late_identify(self, ctx: RequestContext) -> None:
+        endpoint = ctx.scope.get("endpoint")
+        name = getattr(endpoint, "__qualname__", None) or repr(endpoint)
+        if name in self._late_identify_warned or len(self._late_identify_warned) > 1024:
+            return
+        self._late_identify_warned.add(name)
+        log.warning(
+            "apiguard: identify() was called in %s after this request had been checked "
+            "(keyed on the API key or IP); call it from an auth dependency or before the "
+            "decorated handler runs, or use Guard(principal_resolver=...)",
+            name,
+        )
+
     def early_ban(self, ctx: RequestContext) -> Decision | None:
-        """A block from the local ban table for the pre-routing principal (no store trip)."""
-        ban = self.store.active_ban(ctx.credential_key or ctx.ip_key, self.clock())
+        """A block from the local ban table before routing (no store trip).
+
+        Checked: the credential, if the request carries one; otherwise the IP, unless the
+        request carries a cookie (a session the app may vouch for with `identify()`: IP bans
+        must not lock out signed-in colleagues behind the same NAT). Anything not refused
+        here is checked again at the checkpoint, once the principal is known.
+        """
+        key = ctx.credential_key
+        if key is None:
+            if ctx.has_cookie:
+                return None
+            key = ctx.ip_key
+        ban = self.store.active_ban(key, self.clock())
         if ban is None:
             return None
         decision = Decision(Action.BLOCK, "ban", ban.until - self.clock(), ban_level=ban.level)
@@ -147,11 +176,14 @@ class Engine:
 
     # -- principal ------------------------------------------------------------------
     def _principal(self, ctx: RequestContext) -> str:
+        """The principal, and whether the app vouched for it (identify() or the resolver)."""
         if ctx.declared is not None:
+            ctx.vouched = True
             return ctx.declared
         if self.resolver is not None:
             found = self.resolver(ctx)
             if found is not None and str(found):
+                ctx.vouched = True
                 return self.hasher("c", str(found))
         return ctx.credential_key or ctx.ip_key
 
@@ -159,8 +191,11 @@ class Engine:
         """`identify()`: record the app's principal and run the checkpoint now."""
         ctx.declared = self.hasher("u", user_id)
         if ctx.global_done:
-            return  # checked already (e.g. identify() inside a decorated handler)
+            if ctx.principal != ctx.declared:
+                self._warn_late_identify(ctx)
+            return
         ctx.principal = ctx.declared
+        ctx.vouched = True
         if self.store.local:
             self.check_sync(ctx, endpoint_rules(ctx.scope))
         # remote stores: the next async checkpoint (decorated entry, response start) runs it
@@ -183,10 +218,16 @@ class Engine:
             for rule in rules:
                 rule.plan(ctx, hits, default if rule.mode is None else rule.mode == "enforce")
             ctx.endpoint_done = rules
+        principal = ctx.principal
         credential = ctx.credential_key
-        if credential is not None and credential != ctx.principal:
-            return Batch(hits, (ctx.principal, credential))
-        return Batch(hits, (ctx.principal,))
+        if ctx.vouched:
+            if credential is not None and credential != principal:
+                return Batch(hits, (principal, credential))
+            return Batch(hits, (principal,))
+        # not vouched for: a ban on the IP applies too, so a made-up key cannot escape it
+        if principal != ctx.ip_key:
+            return Batch(hits, (principal, ctx.ip_key))
+        return Batch(hits, (principal,))
 
     def check_sync(self, ctx: RequestContext, rules: tuple[Rule, ...] = ()) -> Decision:
         """Run the checkpoint from synchronous code; raise `Refused` when refused."""

@@ -20,7 +20,7 @@ from apiguard.engine import Engine, PrincipalResolver, Refused
 from apiguard.request import KeyedHasher, RequestContext, current_request
 from apiguard.responses import BlockHook
 from apiguard.routes import walk_routes
-from apiguard.rules import Cost, FlowRule, Per, Rule, WindowRule
+from apiguard.rules import Cost, CredentialChurnRule, FlowRule, Per, Rule, WindowRule
 from apiguard.store.base import Store
 from apiguard.store.memory import MemoryStore
 from apiguard.telemetry import Telemetry
@@ -112,6 +112,9 @@ class Guard:
             rules.append(
                 WindowRule("per-ip", lim.ip, per="ip", mode=lim.mode, buckets=buckets, key="g.ip")
             )
+        churn = self.config.identity.new_credentials_per_ip
+        if churn:
+            rules.append(CredentialChurnRule(churn, mode=lim.mode, buckets=buckets))
         if lim.route:
             rules.append(
                 WindowRule(
@@ -234,9 +237,13 @@ class Guard:
         problems: list[str] = []
         for entry in walk_routes(app):
             endpoint = entry.endpoint
-            if endpoint is None or hasattr(endpoint, "__apiguard_rules__"):
+            if endpoint is None or not _hashable(endpoint):
                 continue
-            if _hashable(endpoint) and endpoint in self._decorated:
+            original = getattr(endpoint, "__apiguard_original__", endpoint)
+            latest = self._decorated.get(original) if _hashable(original) else None
+            if latest is not None and latest is not endpoint:
+                # the bare function, or a wrapper that a later apiguard decorator (written
+                # above the route decorator) wrapped again without being routed
                 problems.append(f"{entry.template} -> {_qualname(endpoint)}")
         if problems:
             raise ConfigurationError(

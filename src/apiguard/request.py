@@ -72,7 +72,8 @@ class ClientIPResolver:
         self._v6 = config.ipv6_prefix
         self._trust_cache: dict[str, bool] = {}
         self._group_cache: dict[str, str] = {}
-        self.walks = bool(self._networks)
+        self._unix_proxy = config.unix_socket_proxy
+        self.walks = bool(self._networks) or self._unix_proxy
 
     def is_trusted(self, address: str) -> bool:
         """Whether `address` lies in a trusted proxy network."""
@@ -92,9 +93,12 @@ class ClientIPResolver:
 
     def resolve(self, peer: str | None, header_values: Iterable[str]) -> str:
         """The client address for a peer and the raw proxy header values, in order."""
-        client = peer or "unknown"
-        if not self.walks or not self.is_trusted(client):
-            return client
+        if peer is None and self._unix_proxy and self.walks:
+            client = "unknown"  # a unix-socket peer: the configured local proxy
+        else:
+            client = peer or "unknown"
+            if not self.walks or not self.is_trusted(client):
+                return client
         hops = (
             _parse_forwarded(header_values)
             if self.header == b"forwarded"
@@ -113,6 +117,8 @@ class ClientIPResolver:
         """The counting unit for an address: itself, or its /prefix network."""
         if ":" not in address and self._v4 == 32:
             return address
+        if "%" in address:
+            address = address.split("%", 1)[0]
         cached = self._group_cache.get(address)
         if cached is not None:
             return cached
@@ -157,6 +163,7 @@ def _normalise(hop: str) -> str | None:
         hop = hop[1:end] if end > 0 else ""
     elif hop.count(":") == 1:
         hop = hop.partition(":")[0]
+    hop = hop.split("%", 1)[0]  # an IPv6 zone id names a local interface, not a client
     if not hop or len(hop) > 64:
         return None
     try:
@@ -177,6 +184,7 @@ class RequestContext:
         "endpoint_done",
         "engine",
         "global_done",
+        "has_cookie",
         "ip_key",
         "method",
         "path",
@@ -185,6 +193,7 @@ class RequestContext:
         "scope",
         "span",
         "verdicts",
+        "vouched",
     )
 
     def __init__(
@@ -197,6 +206,7 @@ class RequestContext:
         ip_key: str,
         credential_key: str | None,
         span: Span,
+        has_cookie: bool = False,
     ) -> None:
         self.engine = engine
         self.scope = scope
@@ -206,6 +216,8 @@ class RequestContext:
         self.ip_key = ip_key
         self.credential_key = credential_key
         self.span = span  # the server span active when the request entered apiguard
+        self.has_cookie = has_cookie
+        self.vouched = False  # the app declared or resolved the principal
         self.declared: str | None = None
         self.principal: str | None = None
         self.global_done = False

@@ -98,7 +98,7 @@ def block_response(decision: Decision, with_fields: bool = True) -> BlockRespons
         ("retry-after", str(retry)),
         ("cache-control", "no-store"),
     ]
-    if with_fields:
+    if with_fields and decision.action is Action.THROTTLE:  # a ban is not a quota
         headers.extend(ratelimit_fields(decision.verdicts))
     body = json.dumps(problem, separators=(",", ":")).encode()
     return BlockResponse(status, headers, body)

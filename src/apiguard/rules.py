@@ -25,6 +25,9 @@ Cost = int | Callable[["RequestContext"], int]
 
 _ids = itertools.count(1)
 
+_KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "QUERY"}
+)
 UNMATCHED = "<unmatched>"  # the route of requests no route matched: one bucket, not one per path
 
 
@@ -49,8 +52,13 @@ class Rule:
 
 
 def _validate_name(name: str) -> str:
-    if not name or len(name) > 64 or any(c in name for c in '"\\') or not name.isprintable():
-        raise ValueError(f"rule name {name!r}: 1-64 printable characters, no quotes or '\\'")
+    if (
+        not name
+        or len(name) > 64
+        or any(c in name for c in '"\\')
+        or not all(" " <= c <= "~" for c in name)
+    ):
+        raise ValueError(f"rule name {name!r}: 1-64 printable ASCII characters, no quotes or '\\'")
     return name
 
 
@@ -109,7 +117,12 @@ class WindowRule(Rule):
             return "*", None
         if per == "principal_route":
             p = ctx.principal or ctx.ip_key
-            return f"{p}@{ctx.method} {ctx.route or UNMATCHED}", p
+            method = ctx.method
+            if method not in _KNOWN_METHODS:
+                method = "OTHER"  # client-chosen strings must not mint new buckets
+            elif method == "HEAD":
+                method = "GET"  # HEAD is a GET without the body
+            return f"{p}@{method} {ctx.route or UNMATCHED}", p
         value = per(ctx)
         if value is None:
             return None
@@ -194,3 +207,47 @@ class FlowRule(WindowRule):
         """Refund the reservation of a flow that did not succeed."""
         if not success and hit.consume and hit.fits:
             ctx.engine.store.refund(hit.key, hit.spec, hit.bucket, hit.cost)
+
+
+class CredentialChurnRule(Rule):
+    """New API keys / bearer tokens one IP may introduce, while the app has not vouched.
+
+    An API key or token the app never confirmed (no `identify()`, no resolver) is only a
+    string the client chose: one made up per request would be a fresh principal with a
+    fresh budget every time. Each IP may therefore introduce at most `rates` distinct
+    unvouched credentials per window (a credential counts once, the first time it is seen),
+    and the IP takes the strikes. Credentials the app vouched for never count.
+    """
+
+    def __init__(self, rates: str, *, mode: Mode | None = None, buckets: int = 10) -> None:
+        self.name = "new-credentials-per-ip"
+        self.mode = mode
+        self.rates = parse_rates(rates)
+        self.specs = tuple(WindowSpec(r.amount, r.window, buckets) for r in self.rates)
+        many = len(self.rates) > 1
+        self.policies = tuple(
+            Policy(f"{self.name}.{r.label}" if many else self.name, r.amount, r.window)
+            for r in self.rates
+        )
+
+    def plan(self, ctx: RequestContext, hits: list[Hit], enforce: bool) -> int:
+        """One distinct-counting hit per rate, for requests keyed on an unvouched credential."""
+        credential = ctx.credential_key
+        if credential is None or ctx.vouched or ctx.principal != credential:
+            return 0
+        ip = ctx.ip_key
+        for i, (spec, policy) in enumerate(zip(self.specs, self.policies, strict=True)):
+            hits.append(
+                Hit(
+                    f"g.newcred.{i}|{ip}",
+                    spec,
+                    1,
+                    True,
+                    enforce,
+                    ip,
+                    self,
+                    policy,
+                    f"seen.{i}|{ip}|{credential}",
+                )
+            )
+        return len(self.specs)

@@ -12,7 +12,9 @@ Batch semantics (every store implements exactly these):
    batch is refused: nothing is charged, and one strike is recorded against the
    `subject` of the first refused enforced hit that has one; enough strikes ban it.
 3. Otherwise the batch is admitted and every consuming hit that fits is charged
-   (a monitor-mode hit that does not fit is reported but not charged).
+   (a monitor-mode hit that does not fit is reported but not charged), and the `once`
+   markers of charged hits are remembered. A hit whose `once` marker is already
+   remembered costs nothing.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class Hit:
     subject: str | None = None
     rule: Any = None  # the planning rule (engine bookkeeping; stores ignore it)
     policy: Any = None  # the advertised `Policy` this hit counts against
+    # charge only the first time this marker is seen (distinct counting, e.g. new API
+    # keys per IP); a seen marker makes the hit free. Markers are bounded like windows.
+    once: str | None = None
     # result fields: set by the store for every hit it executes (unset before)
     fits: bool = field(init=False)
     remaining: int = field(init=False)

@@ -35,6 +35,7 @@ class MemoryStore:
         self.max_keys = max_keys
         self._windows: LRUCache[str, BucketWindow] = LRUCache(maxsize=max_keys)
         self._strikes: LRUCache[str, _Strikes] = LRUCache(maxsize=max_keys)
+        self._seen: LRUCache[str, bool] = LRUCache(maxsize=max_keys)
         self._bans: dict[str, Ban] = {}
         self._strike_buckets = strike_buckets
         self._lock = threading.Lock()
@@ -53,6 +54,7 @@ class MemoryStore:
             windows = self._windows
             hits = batch.hits
             charged: list[tuple[BucketWindow, int]] | None = None
+            marks: list[str] = []
             refused_subject: str | None = None
             refused = False
             for hit in hits:
@@ -67,6 +69,8 @@ class MemoryStore:
                 head = w.head
                 total = w.total
                 cost = hit.cost
+                if hit.once is not None and hit.once in self._seen:
+                    cost = 0
                 limit = spec.limit
                 hit.bucket = head
                 if total + cost <= limit:
@@ -83,6 +87,8 @@ class MemoryStore:
                         if charged is None:
                             charged = []
                         charged.append((w, cost))
+                        if hit.once is not None:
+                            marks.append(hit.once)
                     hit.remaining = limit - total
                     hit.retry_after = 0.0
                     tail = w.tail
@@ -103,6 +109,8 @@ class MemoryStore:
                     hit.reset = w.next_release(spec, now)
                     hit.retry_after = w.retry_after(spec, now, cost)
             if not refused:
+                for mark in marks:
+                    self._seen[mark] = True
                 return BatchResult(True, hits)
             for w, cost in charged or ():
                 w.counts[w.head % len(w.counts)] -= cost

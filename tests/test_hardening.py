@@ -1,0 +1,211 @@
+"""Regression tests for the review findings: made-up credentials, NAT bans, refunds after
+delivery, stacked decorator order, late identify(), unix sockets, double installation,
+client-chosen methods, ban responses, rule names, IPv6 zone ids."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from fastapi import BackgroundTasks, Depends, FastAPI, Header
+from fastapi.testclient import TestClient
+
+from apiguard import ConfigurationError, Guard, identify
+from apiguard.asgi import GuardMiddleware
+from apiguard.simulate.clock import FakeClock
+
+
+def _client(app: FastAPI, ip: str = "198.51.100.1") -> TestClient:
+    return TestClient(app, client=(ip, 5000))
+
+
+def _guarded(config: dict[str, Any]) -> tuple[Guard, FastAPI]:
+    guard = Guard(config, clock=FakeClock(1_000.0))
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+    return guard, app
+
+
+def test_made_up_api_keys_cannot_mint_fresh_budgets() -> None:
+    guard, app = _guarded(
+        {"limits": {"ip": None}, "identity": {"new_credentials_per_ip": "5/hour"}}
+    )
+    sent: list[int] = []
+
+    @app.post("/password-reset")
+    @guard.flow("password-reset", "3/hour")
+    async def reset() -> dict[str, bool]:
+        sent.append(1)
+        return {"ok": True}
+
+    client = _client(app)
+    statuses = [
+        client.post("/password-reset", headers={"x-api-key": f"fake-{i}"}).status_code
+        for i in range(30)
+    ]
+    assert statuses[:5] == [200] * 5  # five new keys per hour from this IP...
+    assert set(statuses[5:]) <= {429, 403} and 403 in statuses  # ...then refused, then banned
+    assert len(sent) == 5
+    # a key seen before is not new: a real client's repeat requests do not count again
+    other = _client(app, ip="203.0.113.9")
+    assert [
+        other.post("/password-reset", headers={"x-api-key": "real"}).status_code for _ in range(4)
+    ] == [200, 200, 200, 429]  # its own flow budget (3/hour), not the churn limit
+
+
+def test_banned_ip_cannot_escape_with_a_made_up_key() -> None:
+    _, app = _guarded(
+        {"limits": {"principal": "2/minute", "ip": None}, "bans": {"after": 2, "base": 600}}
+    )
+
+    @app.get("/x")
+    async def x() -> dict[str, bool]:
+        return {"ok": True}
+
+    client = _client(app)
+    statuses = [client.get("/x").status_code for _ in range(5)]
+    assert statuses == [200, 200, 429, 403, 403]
+    assert client.get("/x", headers={"x-api-key": "made-up"}).status_code == 403
+    assert client.get("/x", headers={"authorization": "Bearer made-up"}).status_code == 403
+
+
+def test_ip_ban_spares_signed_in_colleagues_behind_the_same_nat() -> None:
+    _, app = _guarded(
+        {"limits": {"principal": "2/minute", "ip": None}, "bans": {"after": 2, "base": 600}}
+    )
+
+    def session_user(cookie: str | None = Header(default=None)) -> str | None:
+        if cookie and cookie.startswith("session="):
+            user = cookie.removeprefix("session=")
+            identify(user)
+            return user
+        return None
+
+    @app.get("/me")
+    async def me(user: str | None = Depends(session_user)) -> dict[str, str | None]:
+        return {"user": user}
+
+    nat = _client(app, ip="192.0.2.10")
+    assert [nat.get("/me").status_code for _ in range(5)] == [200, 200, 429, 403, 403]
+    alice = nat.get("/me", headers={"cookie": "session=alice"})
+    assert alice.status_code == 200 and alice.json() == {"user": "alice"}
+    assert nat.get("/me").status_code == 403  # the anonymous abuser is still banned
+
+
+def test_delivered_success_is_not_refunded_when_a_background_task_fails() -> None:
+    guard, app = _guarded({"limits": {"principal": None, "ip": None}})
+
+    def fail() -> None:
+        raise RuntimeError("mailer down")
+
+    @app.post("/redeem")
+    @guard.flow("redeem", "3/hour", count="success")
+    async def redeem(tasks: BackgroundTasks) -> dict[str, bool]:
+        tasks.add_task(fail)
+        return {"ok": True}
+
+    client = TestClient(app, raise_server_exceptions=False)
+    assert [client.post("/redeem").status_code for _ in range(5)] == [200, 200, 200, 429, 429]
+
+
+def test_stacked_decorators_above_the_route_decorator_are_loud() -> None:
+    guard, app = _guarded({})
+
+    @guard.flow("redeem", "2/hour")
+    @app.post("/redeem")
+    @guard.limit("100/minute")
+    async def redeem() -> dict[str, bool]:
+        return {"ok": True}
+
+    with pytest.raises(ConfigurationError, match="/redeem"):
+        TestClient(app).post("/redeem")
+
+
+def test_identify_after_the_checkpoint_warns(caplog: pytest.LogCaptureFixture) -> None:
+    guard, app = _guarded({})
+
+    @app.post("/redeem")
+    @guard.flow("redeem", "2/hour")
+    async def redeem() -> dict[str, bool]:
+        identify("alice")  # too late: the decorated entry already checked on the IP
+        return {"ok": True}
+
+    with caplog.at_level(logging.WARNING, logger="apiguard"):
+        TestClient(app).post("/redeem")
+        TestClient(app).post("/redeem")
+    late = [r for r in caplog.records if "identify() was called" in r.getMessage()]
+    assert len(late) == 1 and "alice" not in late[0].getMessage()
+
+
+def test_unix_socket_proxy_header_is_walked_when_configured() -> None:
+    guard = Guard({"client_ip": {"unix_socket_proxy": True}})
+    scope = {
+        "type": "http",
+        "headers": [(b"x-forwarded-for", b"203.0.113.5")],
+        "client": None,
+    }
+    assert guard.engine.begin(scope).client_ip == "203.0.113.5"
+    plain = Guard().engine.begin(scope)
+    assert plain.client_ip == "unknown"  # without the option the header is not believed
+
+
+def test_same_guard_installed_twice_counts_once() -> None:
+    guard, app = _guarded({"limits": {"principal": None, "ip": None}})
+    app.add_middleware(GuardMiddleware, guard=guard)
+
+    @app.get("/x")
+    @guard.limit("4/minute")
+    async def x() -> dict[str, bool]:
+        return {"ok": True}
+
+    client = TestClient(app)
+    statuses = [client.get("/x").status_code for _ in range(6)]
+    assert statuses == [200, 200, 200, 200, 429, 429]
+    assert client.get("/x").headers["ratelimit"].count('"limit:x"') == 1
+
+
+def test_client_chosen_methods_do_not_mint_route_buckets() -> None:
+    _, app = _guarded({"limits": {"principal": None, "ip": None, "route": "3/minute"}})
+
+    @app.api_route("/thing", methods=["GET", "HEAD"])
+    async def thing() -> dict[str, bool]:
+        return {"ok": True}
+
+    client = TestClient(app)
+    odd = [client.request(f"X{i}", "/thing").status_code for i in range(5)]
+    assert odd == [405, 405, 405, 429, 429]  # every unknown method shares one bucket
+    head_get = [client.head("/thing").status_code, client.get("/thing").status_code]
+    head_get += [client.get("/thing").status_code, client.head("/thing").status_code]
+    assert head_get == [200, 200, 200, 429]  # HEAD counts with GET
+
+
+def test_ban_responses_carry_no_quota_fields() -> None:
+    _, app = _guarded(
+        {"limits": {"principal": "1/minute", "ip": None}, "bans": {"after": 1, "base": 30}}
+    )
+
+    @app.get("/x")
+    async def x() -> dict[str, bool]:
+        return {"ok": True}
+
+    client = TestClient(app)
+    client.get("/x")
+    banned = client.get("/x")
+    assert banned.status_code == 403 and banned.headers["retry-after"] == "30"
+    assert "ratelimit" not in banned.headers and "ratelimit-policy" not in banned.headers
+
+
+@pytest.mark.parametrize("name", ["café", "a\u200bb", "tab\there"])
+def test_rule_names_must_be_ascii_tokens(name: str) -> None:
+    with pytest.raises(ConfigurationError):
+        Guard().limit("1/minute", name=name)(lambda: None)
+
+
+def test_ipv6_zone_ids_are_one_client() -> None:
+    engine = Guard({"client_ip": {"ipv6_prefix": 128}}).engine
+    keys = {
+        engine.begin({"type": "http", "headers": [], "client": (addr, 1)}).ip_key
+        for addr in ("2001:db8::1%eth0", "2001:db8::1%eth1", "2001:db8::1")
+    }
+    assert len(keys) == 1
