@@ -48,6 +48,7 @@ class Decision:
     verdicts: list[Verdict] = field(default_factory=list)  # the request's evaluated hits
     ban_level: int = 0
     new_ban: bool = False
+    banned: str | None = None  # keyed hash of what the ban is on (principal, credential, IP)
 
     @property
     def refused(self) -> bool:

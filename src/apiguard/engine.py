@@ -167,7 +167,9 @@ class Engine:
         ban = self.store.active_ban(key, self.clock())
         if ban is None:
             return None
-        decision = Decision(Action.BLOCK, "ban", ban.until - self.clock(), ban_level=ban.level)
+        decision = Decision(
+            Action.BLOCK, "ban", ban.until - self.clock(), ban_level=ban.level, banned=ban.key
+        )
         ctx.principal = ban.key
         ctx.decision = decision
         ctx.global_done = True
@@ -254,7 +256,9 @@ class Engine:
     ) -> Decision:
         ban = result.ban
         if not result.hits and ban is not None:  # an existing ban
-            decision = Decision(Action.BLOCK, "ban", ban.until - now, ban_level=ban.level)
+            decision = Decision(
+                Action.BLOCK, "ban", ban.until - now, ban_level=ban.level, banned=ban.key
+            )
             return self._settle(ctx, decision)
         hits = result.hits
         verdicts = ctx.verdicts
@@ -301,6 +305,7 @@ class Engine:
                 verdicts,
                 ban.level,
                 True,
+                ban.key,
             )
         else:
             decision = Decision(
@@ -316,8 +321,8 @@ class Engine:
         if decision.refused:
             if decision.action is Action.BLOCK and decision.new_ban:
                 log.warning(
-                    "apiguard: principal %s banned for %.0fs (level %d) after rule %s",
-                    ctx.principal,
+                    "apiguard: %s banned for %.0fs (level %d) after rule %s",
+                    decision.banned or ctx.principal,
                     decision.retry_after,
                     decision.ban_level,
                     decision.rule,
