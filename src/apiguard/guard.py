@@ -179,12 +179,8 @@ class Guard:
 
         def decorate(fn: F) -> F:
             known = self._flows.get(name)
-            text = (
-                rate
-                if rate is not None
-                else (known.rates[0].text if known and len(known.rates) == 1 else None)
-            )
-            if known is not None and rate is None:
+            text = rate
+            if text is None and known is not None:  # a later step inherits the flow's rates
                 text = ";".join(r.text for r in known.rates)
             if text is None:
                 raise ConfigurationError(
