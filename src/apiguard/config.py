@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
-from typing import Literal
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -61,7 +65,7 @@ class ClientIPConfig(_Model):
     @classmethod
     def _networks(cls, value: object) -> tuple[str, ...]:
         if isinstance(value, str):
-            value = (value,)
+            value = tuple(v for v in (p.strip() for p in value.split(",")) if v)
         if not isinstance(value, list | tuple):
             raise ValueError("expected a list of networks such as ['10.0.0.0/8']")
         out: list[str] = []
@@ -94,7 +98,7 @@ class IdentityConfig(_Model):
     @classmethod
     def _lower(cls, value: object) -> tuple[str, ...]:
         if isinstance(value, str):
-            value = (value,)
+            value = tuple(p for p in value.split(","))
         if not isinstance(value, list | tuple):
             raise ValueError("expected a list of header names")
         names = tuple(str(v).strip().lower() for v in value)
@@ -129,7 +133,7 @@ class StoreConfig(_Model):
 
 
 class GuardConfig(_Model):
-    """All of apiguard's settings. Build it in code, or from a dict / env via pydantic."""
+    """All of apiguard's settings: in code, from a dict, a TOML file or the environment."""
 
     mode: Mode = "enforce"
     secret: SecretStr | None = None
@@ -140,6 +144,13 @@ class GuardConfig(_Model):
     store: StoreConfig = StoreConfig()
     ratelimit_headers: bool = True
     success_statuses: tuple[int, int] = (200, 399)
+
+    @field_validator("success_statuses", mode="before")
+    @classmethod
+    def _statuses_text(cls, value: object) -> object:
+        if isinstance(value, str):  # "200,399" from the environment
+            return tuple(p.strip() for p in value.split(","))
+        return value
 
     @field_validator("success_statuses")
     @classmethod
@@ -155,3 +166,43 @@ class GuardConfig(_Model):
         if value is not None and len(value.get_secret_value().encode()) < 16:
             raise ValueError("secret must be at least 16 bytes")
         return value
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str], table: str = "apiguard") -> GuardConfig:
+        """Load `[apiguard]` (or `table`; "" for the whole file) from a TOML file."""
+        try:  # tomllib from Python 3.11; the tomli package before
+            toml = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
+        except ModuleNotFoundError:
+            raise RuntimeError(
+                "reading TOML on Python 3.10 needs the tomli package (pip install tomli)"
+            ) from None
+        with open(path, "rb") as handle:
+            data: Any = toml.load(handle)
+        for part in table.split(".") if table else ():
+            if not isinstance(data, dict) or part not in data:
+                raise ValueError(f"{os.fspath(path)} has no [{table}] table")
+            data = data[part]
+        return cls.model_validate(data)
+
+    @classmethod
+    def from_env(
+        cls, prefix: str = "APIGUARD_", environ: Mapping[str, str] | None = None
+    ) -> GuardConfig:
+        """Load settings from variables such as `APIGUARD_MODE=monitor`,
+        `APIGUARD_LIMITS__PRINCIPAL=100/minute` (`__` nests) and
+        `APIGUARD_CLIENT_IP__TRUSTED_PROXIES=10.0.0.0/8,192.168.0.0/16` (commas list).
+        `none` or an empty value means None."""
+        env = os.environ if environ is None else environ
+        data: dict[str, Any] = {}
+        for name, raw in env.items():
+            if not name.upper().startswith(prefix.upper()):
+                continue
+            path = name[len(prefix) :].lower().split("__")
+            node = data
+            for part in path[:-1]:
+                child = node.setdefault(part, {})
+                if not isinstance(child, dict):
+                    raise ValueError(f"{name}: {part} is a value, not a section")
+                node = child
+            node[path[-1]] = None if raw.strip().lower() in ("", "none", "null") else raw
+        return cls.model_validate(data)
