@@ -64,7 +64,7 @@ def test_from_env_nests_lists_and_nones() -> None:
 
 
 def test_from_env_errors_name_the_setting() -> None:
-    with pytest.raises(ValidationError, match="limits.principal"):
+    with pytest.raises(ValidationError, match=r"limits\.principal"):
         GuardConfig.from_env(environ={"APIGUARD_LIMITS__PRINCIPAL": "lots"})
     with pytest.raises(ValidationError, match="trusted_proxies"):
         GuardConfig.from_env(environ={"APIGUARD_CLIENT_IP__TRUSTED_PROXIES": "10.0.0.0/8,nope"})
