@@ -209,3 +209,17 @@ def test_ipv6_zone_ids_are_one_client() -> None:
         for addr in ("2001:db8::1%eth0", "2001:db8::1%eth1", "2001:db8::1")
     }
     assert len(keys) == 1
+
+
+def test_decorator_order_checked_when_the_middleware_wraps_the_app() -> None:
+    guard = Guard()
+    api = FastAPI()
+
+    @guard.limit("1/minute")
+    @api.get("/wrong")
+    async def wrong() -> dict[str, bool]:
+        return {"ok": True}
+
+    app = GuardMiddleware(api, guard=guard)  # outermost, no add_middleware
+    with pytest.raises(ConfigurationError, match="/wrong"):
+        TestClient(app).get("/wrong")

@@ -37,16 +37,18 @@ class GuardMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            if scope["type"] == "lifespan" and "app" in scope:
-                self.guard.verify(scope["app"])
+            if scope["type"] == "lifespan":
+                self.guard.verify(scope.get("app") or self.app)
             await self.app(scope, receive, send)
             return
         if scope.get("apiguard.guard") is self.guard:  # installed twice: count once
             await self.app(scope, receive, send)
             return
         scope["apiguard.guard"] = self.guard
-        root = scope.get("app")
-        if root is not self._verified_root and root is not None:
+        # add_middleware: the framework put its app in the scope; GuardMiddleware(app, ...)
+        # wrapping the app from outside: the wrapped app is the one to verify
+        root = scope.get("app") or self.app
+        if root is not self._verified_root:
             self.guard.verify(root)
             self._verified_root = root
         engine = self.engine
