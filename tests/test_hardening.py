@@ -223,3 +223,17 @@ def test_decorator_order_checked_when_the_middleware_wraps_the_app() -> None:
     app = GuardMiddleware(api, guard=guard)  # outermost, no add_middleware
     with pytest.raises(ConfigurationError, match="/wrong"):
         TestClient(app).get("/wrong")
+
+
+def test_decorated_websocket_route_is_a_configuration_error() -> None:
+    guard = Guard()
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+
+    @app.websocket("/ws")
+    @guard.limit("1/minute")
+    async def ws(websocket: Any) -> None:
+        await websocket.accept()
+
+    with pytest.raises(ConfigurationError, match="websocket"), TestClient(app):
+        pass  # lifespan start-up verifies the routes

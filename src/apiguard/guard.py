@@ -231,10 +231,13 @@ class Guard:
         if app in self._verified:
             return
         problems: list[str] = []
+        sockets: list[str] = []
         for entry in walk_routes(app):
             endpoint = entry.endpoint
             if endpoint is None or not _hashable(endpoint):
                 continue
+            if entry.kind == "websocket" and hasattr(endpoint, "__apiguard_rules__"):
+                sockets.append(f"{entry.template} -> {_qualname(endpoint)}")
             original = getattr(endpoint, "__apiguard_original__", endpoint)
             latest = self._decorated.get(original) if _hashable(original) else None
             if latest is not None and latest is not endpoint:
@@ -247,6 +250,11 @@ class Guard:
                 "undecorated function and their limits would never run: "
                 + ", ".join(problems)
                 + ". Put @guard.limit/@guard.flow directly above `def`, below @app.get/@app.post."
+            )
+        if sockets:
+            raise ConfigurationError(
+                "apiguard limits apply to HTTP requests; websocket routes pass through, so "
+                "these decorators would never run: " + ", ".join(sockets)
             )
         with contextlib.suppress(TypeError):  # not weak-referenceable: verify next time too
             self._verified.add(app)
