@@ -87,7 +87,7 @@ class IdentityConfig(_Model):
 
     api_key_headers: tuple[str, ...] = ("x-api-key",)
     bearer_tokens: bool = True
-    new_credentials_per_ip: str | None = "50/hour"
+    new_credentials_per_ip: str | None = "100/hour"
 
     @field_validator("new_credentials_per_ip")
     @classmethod

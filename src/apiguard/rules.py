@@ -215,8 +215,10 @@ class CredentialChurnRule(Rule):
     An API key or token the app never confirmed (no `identify()`, no resolver) is only a
     string the client chose: one made up per request would be a fresh principal with a
     fresh budget every time. Each IP may therefore introduce at most `rates` distinct
-    unvouched credentials per window (a credential counts once, the first time it is seen),
-    and the IP takes the strikes. Credentials the app vouched for never count.
+    unvouched credentials per window (a credential counts once, the first time it is seen).
+    Past that, requests with new unvouched credentials are throttled (never banned: an
+    office NAT full of honest API-key users can trip it). Credentials the app vouched for
+    never count.
     """
 
     def __init__(self, rates: str, *, mode: Mode | None = None, buckets: int = 10) -> None:
@@ -244,7 +246,7 @@ class CredentialChurnRule(Rule):
                     1,
                     True,
                     enforce,
-                    ip,
+                    None,  # a heuristic: it throttles, it never earns the IP a ban
                     self,
                     policy,
                     f"seen.{i}|{ip}|{credential}",
