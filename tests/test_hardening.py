@@ -253,3 +253,19 @@ def test_office_nat_of_honest_api_key_users_is_not_throttled() -> None:
         for n in range(60)
     ]
     assert statuses == [200] * 180  # 60 keys, each counted once
+
+
+def test_identify_in_a_login_view_limited_per_ip_does_not_warn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    guard, app = _guarded({})
+
+    @app.post("/login")
+    @guard.limit("5/minute", per="ip")
+    async def login() -> dict[str, bool]:
+        identify("alice")  # after checking the password: the per-IP limit is unaffected
+        return {"ok": True}
+
+    with caplog.at_level(logging.WARNING, logger="apiguard"):
+        assert TestClient(app).post("/login").status_code == 200
+    assert not [r for r in caplog.records if "identify() was called" in r.getMessage()]

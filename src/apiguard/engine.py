@@ -30,6 +30,9 @@ log = logging.getLogger("apiguard")
 PrincipalResolver = Callable[[RequestContext], "str | None"]
 
 
+_BY_PRINCIPAL = ("principal", "principal_route")
+
+
 class Refused(HTTPException):
     """Raised at a checkpoint that refuses the request; the adapter answers it.
 
@@ -139,6 +142,11 @@ class Engine:
         )
 
     def _warn_late_identify(self, ctx: RequestContext) -> None:
+        # only where it matters: a rule of this endpoint is keyed on the principal (a login
+        # view limited per IP that identifies the user after checking the password is fine)
+        keyed = [r for r in endpoint_rules(ctx.scope) if getattr(r, "per", None) in _BY_PRINCIPAL]
+        if not keyed:
+            return
         endpoint = ctx.scope.get("endpoint")
         name = getattr(endpoint, "__qualname__", None) or repr(endpoint)
         if name in self._late_identify_warned or len(self._late_identify_warned) > 1024:
