@@ -269,3 +269,131 @@ def test_identify_in_a_login_view_limited_per_ip_does_not_warn(
     with caplog.at_level(logging.WARNING, logger="apiguard"):
         assert TestClient(app).post("/login").status_code == 200
     assert not [r for r in caplog.records if "identify() was called" in r.getMessage()]
+
+
+def test_verify_accepts_correct_apps_with_shared_or_wrapped_handlers() -> None:
+    import functools
+
+    guard, app = _guarded({})
+
+    async def h() -> dict[str, bool]:
+        return {"ok": True}
+
+    app.get("/a")(guard.limit("5/minute")(h))  # one function, two routes, two limits
+    app.get("/b")(guard.limit("50/minute")(h))
+    for path in ("/c", "/d"):  # a route loop
+        app.add_api_route(path, guard.flow(f"f{path}", "3/hour")(h), methods=["GET"])
+
+    def logged(fn: Any) -> Any:
+        @functools.wraps(fn)
+        async def inner(*args: Any, **kwargs: Any) -> Any:
+            return await fn(*args, **kwargs)
+
+        return inner
+
+    @app.get("/e")
+    @logged  # a decorator between the route decorator and apiguard's
+    @guard.limit("2/minute")
+    async def e() -> dict[str, bool]:
+        return {"ok": True}
+
+    client = TestClient(app)
+    for path in ("/a", "/b", "/c", "/d", "/e"):
+        assert client.get(path).status_code == 200, path
+    assert [client.get("/e").status_code for _ in range(2)] == [200, 429]
+
+
+def test_a_sub_app_guard_owns_its_rules() -> None:
+    outer_guard, inner_guard = Guard(), Guard()
+    outer = FastAPI()
+    outer.add_middleware(GuardMiddleware, guard=outer_guard)
+    sub = FastAPI()
+    sub.add_middleware(GuardMiddleware, guard=inner_guard)
+    redeemed: list[str] = []
+
+    def user(x_user: str = Header()) -> str:
+        identify(x_user)
+        return x_user
+
+    @sub.post("/redeem")
+    @inner_guard.flow("redeem", "3/hour", count="attempt")
+    async def redeem(u: str = Depends(user)) -> dict[str, str]:
+        redeemed.append(u)
+        return {"ok": u}
+
+    outer.mount("/sub", sub)
+    client = TestClient(outer)
+    statuses = [
+        client.post("/sub/redeem", headers={"x-user": u}).status_code
+        for u in ("alice", "alice", "bob", "bob", "alice", "alice")
+    ]
+    assert statuses == [200, 200, 200, 200, 200, 429]  # per user, not per IP
+    assert redeemed == ["alice", "alice", "bob", "bob", "alice"]
+
+
+def test_evicted_key_marks_give_their_count_back() -> None:
+    _, app = _guarded(
+        {
+            "limits": {"principal": None, "ip": None},
+            "identity": {"new_credentials_per_ip": "30/hour"},
+            "store": {"max_keys": 100},
+        }
+    )
+
+    @app.get("/data")
+    async def data() -> dict[str, bool]:
+        return {"ok": True}
+
+    office = _client(app, ip="192.0.2.50")
+    keys = [{"x-api-key": f"employee-{n}"} for n in range(20)]
+    assert [office.get("/data", headers=k).status_code for k in keys] == [200] * 20
+    for ip in range(20):  # others' junk keys push the office's marks out of the table
+        junk = _client(app, ip=f"203.0.113.{ip}")
+        for n in range(10):
+            junk.get("/data", headers={"x-api-key": f"junk-{ip}-{n}"})
+    assert [office.get("/data", headers=k).status_code for k in keys] == [200] * 20
+
+
+def test_an_ip_ban_earned_through_a_vouched_users_request_does_not_block_that_user() -> None:
+    _, app = _guarded(
+        {"limits": {"principal": None, "ip": "4/minute"}, "bans": {"after": 2, "base": 60}}
+    )
+
+    def user(authorization: str = Header()) -> str:
+        identify(authorization)
+        return authorization
+
+    @app.get("/me")
+    async def me(u: str = Depends(user)) -> dict[str, str]:
+        return {"u": u}
+
+    client = _client(app)
+    statuses = [
+        client.get("/me", headers={"authorization": f"Bearer tok-{i % 2}"}).status_code
+        for i in range(8)
+    ]
+    assert 403 not in statuses  # throttled by the per-IP limit, never banned with the IP
+    assert statuses[:4] == [200] * 4 and set(statuses[4:]) == {429}
+    assert client.get("/nothing").status_code == 403  # the IP ban holds for anonymous traffic
+
+
+def test_strict_ip_bans_refuse_before_routing_whatever_the_request_carries() -> None:
+    _, app = _guarded(
+        {
+            "limits": {"principal": "1/minute", "ip": None},
+            "bans": {"after": 1, "base": 60, "strict_ip": True},
+        }
+    )
+    runs: list[int] = []
+
+    @app.post("/work")
+    async def work() -> dict[str, bool]:
+        runs.append(1)
+        return {"ok": True}
+
+    client = _client(app)
+    assert [client.post("/work").status_code for _ in range(2)] == [200, 403]
+    runs.clear()
+    for headers in ({"cookie": "junk=1"}, {"x-api-key": "made-up"}):
+        assert client.post("/work", headers=headers).status_code == 403
+    assert runs == []  # refused before routing: the handler never ran

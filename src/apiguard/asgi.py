@@ -64,7 +64,7 @@ class GuardMiddleware:
         async def guarded_send(message: Message) -> None:
             nonlocal status
             if status is None and message["type"] == "http.response.start":
-                rules = endpoint_rules(scope)
+                rules = endpoint_rules(scope, engine)
                 decision = ctx.decision
                 if not ctx.global_done or ctx.endpoint_done is not rules:
                     try:

@@ -114,6 +114,11 @@ class BanConfig(_Model):
     A principal whose requests are refused `after` times within `within` seconds is banned
     (403) for `base` seconds; each further ban starting within `memory` seconds of the end
     of the previous one multiplies the duration by `factor`, capped at `max`.
+
+    `strict_ip`: refuse every request from a banned IP before routing, whatever cookie or
+    API key it carries. Off by default, so that people signed in behind the same NAT are
+    not banned with an anonymous abuser; then a banned IP that sends a cookie or a made-up
+    key is refused at the checkpoint instead (an undecorated handler runs first).
     """
 
     enabled: bool = True
@@ -123,6 +128,7 @@ class BanConfig(_Model):
     factor: float = Field(2.0, ge=1.0)
     max: float = Field(86_400.0, gt=0)
     memory: float = Field(86_400.0, gt=0)
+    strict_ip: bool = False
 
 
 class StoreConfig(_Model):

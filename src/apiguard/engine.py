@@ -47,9 +47,13 @@ class Refused(HTTPException):
         self.decision = decision
 
 
-def endpoint_rules(scope: Mapping[str, Any]) -> tuple[Rule, ...]:
-    """Rules declared by decorators on the endpoint the router selected."""
-    rules = getattr(scope.get("endpoint"), "__apiguard_rules__", None)
+def endpoint_rules(scope: Mapping[str, Any], engine: Engine) -> tuple[Rule, ...]:
+    """Rules declared with `engine`'s guard on the endpoint the router selected (another
+    guard's decorators, e.g. on a mounted sub-app, belong to that guard's middleware)."""
+    endpoint = scope.get("endpoint")
+    if getattr(endpoint, "__apiguard_engine__", None) is not engine:
+        return ()
+    rules = getattr(endpoint, "__apiguard_rules__", None)
     return rules if isinstance(rules, tuple) else ()
 
 
@@ -144,7 +148,9 @@ class Engine:
     def _warn_late_identify(self, ctx: RequestContext) -> None:
         # only where it matters: a rule of this endpoint is keyed on the principal (a login
         # view limited per IP that identifies the user after checking the password is fine)
-        keyed = [r for r in endpoint_rules(ctx.scope) if getattr(r, "per", None) in _BY_PRINCIPAL]
+        keyed = [
+            r for r in endpoint_rules(ctx.scope, self) if getattr(r, "per", None) in _BY_PRINCIPAL
+        ]
         if not keyed:
             return
         endpoint = ctx.scope.get("endpoint")
@@ -162,17 +168,20 @@ class Engine:
     def early_ban(self, ctx: RequestContext) -> Decision | None:
         """A block from the local ban table before routing (no store trip).
 
-        Checked: the credential, if the request carries one; otherwise the IP, unless the
-        request carries a cookie (a session the app may vouch for with `identify()`: IP bans
-        must not lock out signed-in colleagues behind the same NAT). Anything not refused
-        here is checked again at the checkpoint, once the principal is known.
+        Checked: the credential, if the request carries one; the IP, if the request carries
+        neither a credential nor a cookie (a session the app may vouch for with `identify()`:
+        IP bans must not lock out signed-in colleagues behind the same NAT), or always with
+        `bans.strict_ip`. Anything not refused here is checked again at the checkpoint,
+        once the principal is known.
         """
-        key = ctx.credential_key
-        if key is None:
-            if ctx.has_cookie:
-                return None
-            key = ctx.ip_key
-        ban = self.store.active_ban(key, self.clock())
+        now = self.clock()
+        ban = None
+        if ctx.credential_key is not None:
+            ban = self.store.active_ban(ctx.credential_key, now)
+        if ban is None and (
+            self.bans.strict_ip or (ctx.credential_key is None and not ctx.has_cookie)
+        ):
+            ban = self.store.active_ban(ctx.ip_key, now)
         if ban is None:
             return None
         decision = Decision(
@@ -207,7 +216,7 @@ class Engine:
         ctx.principal = ctx.declared
         ctx.vouched = True
         if self.store.local:
-            self.check_sync(ctx, endpoint_rules(ctx.scope))
+            self.check_sync(ctx, endpoint_rules(ctx.scope, self))
         # remote stores: the next async checkpoint (decorated entry, response start) runs it
 
     # -- checkpoints ----------------------------------------------------------------
@@ -275,6 +284,10 @@ class Engine:
         else:
             verdicts.extend(hits)
         admitted = result.admitted
+        if result.new_ban and ban is not None:
+            log.warning(
+                "apiguard: %s banned for %.0fs (level %d)", ban.key, ban.until - now, ban.level
+            )
         deciding: Hit | None = None
         monitored: Hit | None = None
         retry = 0.0
@@ -300,9 +313,9 @@ class Engine:
             decision = Decision(
                 Action.MONITOR, monitored.rule.name, monitored.retry_after, verdicts
             )
-        elif result.new_ban and ban is not None:
+        elif result.new_ban and ban is not None and ban.key in batch.ban_keys:
             credential = ctx.credential_key
-            if credential is not None and credential != ban.key:
+            if credential is not None and ban.key == ctx.principal != credential:
                 # the credential that carried the banned principal is banned with it, so the
                 # next request is refused before routing (and on routes without identify())
                 self.store.impose(Ban(credential, ban.until, ban.level), now)
@@ -319,6 +332,10 @@ class Engine:
             decision = Decision(
                 Action.THROTTLE, deciding.rule.name if deciding else None, retry, verdicts
             )
+            if result.new_ban and ban is not None:  # a ban on something else (e.g. the IP
+                decision.new_ban = True  # of a vouched user): reported, not applied here
+                decision.ban_level = ban.level
+                decision.banned = ban.key
         return self._settle(ctx, decision)
 
     def _settle(self, ctx: RequestContext, decision: Decision) -> Decision:
@@ -327,14 +344,6 @@ class Engine:
             ctx.decision = decision
         self.telemetry.record(ctx, decision)
         if decision.refused:
-            if decision.action is Action.BLOCK and decision.new_ban:
-                log.warning(
-                    "apiguard: %s banned for %.0fs (level %d) after rule %s",
-                    decision.banned or ctx.principal,
-                    decision.retry_after,
-                    decision.ban_level,
-                    decision.rule,
-                )
             raise Refused(decision)
         return decision
 

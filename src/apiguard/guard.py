@@ -81,7 +81,9 @@ class Guard:
         self._flows: dict[str, FlowRule] = {}
         # original function -> its guarded wrapper; strong references, so a wrapper that the
         # framework never routed (decorator order) is still known when routes are verified
-        self._decorated: dict[Callable[..., Any], Callable[..., Any]] = {}
+        # original function -> every guarded wrapper made of it; strong references, so a
+        # wrapper the framework never routed (decorator order) is still known at verify()
+        self._decorated: dict[Callable[..., Any], list[Callable[..., Any]]] = {}
         self._verified: weakref.WeakSet[Any] = weakref.WeakSet()
         self.engine = Engine(
             self.config,
@@ -218,7 +220,7 @@ class Guard:
         original = getattr(fn, "__apiguard_original__", fn)
         rules: tuple[Rule, ...] = (*getattr(fn, "__apiguard_rules__", ()), rule)
         wrapper = _wrap(original, rules, self)
-        self._decorated[original] = wrapper
+        self._decorated.setdefault(original, []).append(wrapper)
         return wrapper  # type: ignore[return-value]
 
     # -- start-up checks --------------------------------------------------------------
@@ -232,18 +234,32 @@ class Guard:
             return
         problems: list[str] = []
         sockets: list[str] = []
+        routed: set[int] = set()  # ids of apiguard wrappers some route reaches
+        served: dict[int, str] = {}  # id(original) -> a template serving it
         for entry in walk_routes(app):
-            endpoint = entry.endpoint
-            if endpoint is None or not _hashable(endpoint):
-                continue
-            if entry.kind == "websocket" and hasattr(endpoint, "__apiguard_rules__"):
-                sockets.append(f"{entry.template} -> {_qualname(endpoint)}")
-            original = getattr(endpoint, "__apiguard_original__", endpoint)
-            latest = self._decorated.get(original) if _hashable(original) else None
-            if latest is not None and latest is not endpoint:
-                # the bare function, or a wrapper that a later apiguard decorator (written
-                # above the route decorator) wrapped again without being routed
-                problems.append(f"{entry.template} -> {_qualname(endpoint)}")
+            chain = _unwrap_chain(entry.endpoint)
+            for obj in chain:
+                if getattr(obj, "__apiguard_guard__", None) is self:
+                    routed.add(id(obj))
+                    if entry.kind == "websocket":
+                        sockets.append(f"{entry.template} -> {_qualname(obj)}")
+                if _hashable(obj) and obj in self._decorated:
+                    served.setdefault(id(obj), entry.template)
+        for original, wrappers in self._decorated.items():
+            template = served.get(id(original))
+            if template is None:
+                continue  # not routed by this app
+            covered: set[int] = set()
+            for w in wrappers:
+                if id(w) in routed:
+                    covered.update(id(r) for r in getattr(w, "__apiguard_rules__", ()))
+            for w in wrappers:
+                missing = [r for r in getattr(w, "__apiguard_rules__", ()) if id(r) not in covered]
+                if id(w) not in routed and missing:
+                    # a wrapper nobody routes, with rules no routed wrapper applies: an
+                    # apiguard decorator written above the route decorator
+                    problems.append(f"{template} -> {_qualname(original)}")
+                    break
         if problems:
             raise ConfigurationError(
                 "apiguard decorators sit above the route decorator, so these routes serve the "
@@ -263,6 +279,16 @@ class Guard:
     def hash(self, kind: str, value: str) -> str:
         """The keyed hash apiguard would store for `value` (never store the raw value)."""
         return self.hasher(kind, value)
+
+
+def _unwrap_chain(endpoint: Any) -> list[Any]:
+    """The endpoint and what it wraps (`__wrapped__`, `functools.partial.func`), bounded."""
+    chain: list[Any] = []
+    obj = endpoint
+    while obj is not None and len(chain) < 32 and all(obj is not o for o in chain):
+        chain.append(obj)
+        obj = getattr(obj, "__wrapped__", None) or getattr(obj, "func", None)
+    return chain
 
 
 def _hashable(value: Any) -> bool:
@@ -360,4 +386,6 @@ def _wrap(
         wrapper = sync_wrapper
     wrapper.__apiguard_rules__ = rules  # type: ignore[attr-defined]
     wrapper.__apiguard_original__ = original  # type: ignore[attr-defined]
+    wrapper.__apiguard_guard__ = guard  # type: ignore[attr-defined]
+    wrapper.__apiguard_engine__ = guard.engine  # type: ignore[attr-defined]
     return wrapper

@@ -20,6 +20,26 @@ class _Strikes:
         self.last_ban = float("-inf")
 
 
+class _Markers(LRUCache[str, tuple[str, int]]):
+    """`once` markers -> (window key, bucket) of the unit they were charged.
+
+    When a marker is evicted its unit is given back, so a window never counts a marker
+    that is no longer remembered (the key would otherwise be counted twice when seen again).
+    """
+
+    def __init__(self, maxsize: int, windows: LRUCache[str, BucketWindow]) -> None:
+        super().__init__(maxsize=maxsize)
+        self._windows = windows
+
+    def popitem(self) -> tuple[str, tuple[str, int]]:
+        """Evict the least recently used marker and refund its unit."""
+        key, (window_key, bucket) = super().popitem()
+        w = self._windows.get(window_key)
+        if w is not None:
+            refund(w, bucket, 1)
+        return key, (window_key, bucket)
+
+
 class MemoryStore:
     """Windows, strikes and bans for one process.
 
@@ -35,7 +55,7 @@ class MemoryStore:
         self.max_keys = max_keys
         self._windows: LRUCache[str, BucketWindow] = LRUCache(maxsize=max_keys)
         self._strikes: LRUCache[str, _Strikes] = LRUCache(maxsize=max_keys)
-        self._seen: LRUCache[str, bool] = LRUCache(maxsize=max_keys)
+        self._seen = _Markers(max_keys, self._windows)
         self._bans: dict[str, Ban] = {}
         self._strike_buckets = strike_buckets
         self._lock = threading.Lock()
@@ -54,7 +74,7 @@ class MemoryStore:
             windows = self._windows
             hits = batch.hits
             charged: list[tuple[BucketWindow, int]] | None = None
-            marks: list[str] = []
+            marks: list[tuple[str, str, int]] = []
             refused_subject: str | None = None
             refused = False
             for hit in hits:
@@ -69,8 +89,8 @@ class MemoryStore:
                 head = w.head
                 total = w.total
                 cost = hit.cost
-                if hit.once is not None and hit.once in self._seen:
-                    cost = 0
+                if hit.once is not None and self._seen.get(hit.once) is not None:
+                    cost = 0  # seen before (and touched, so markers in use stay)
                 limit = spec.limit
                 hit.bucket = head
                 if total + cost <= limit:
@@ -88,7 +108,7 @@ class MemoryStore:
                             charged = []
                         charged.append((w, cost))
                         if hit.once is not None:
-                            marks.append(hit.once)
+                            marks.append((hit.once, hit.key, head))
                     hit.remaining = limit - total
                     hit.retry_after = 0.0
                     tail = w.tail
@@ -109,8 +129,8 @@ class MemoryStore:
                     hit.reset = w.next_release(spec, now)
                     hit.retry_after = w.retry_after(spec, now, cost)
             if not refused:
-                for mark in marks:
-                    self._seen[mark] = True
+                for mark, window_key, bucket in marks:
+                    self._seen[mark] = (window_key, bucket)
                 return BatchResult(True, hits)
             for w, cost in charged or ():
                 w.counts[w.head % len(w.counts)] -= cost
