@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apiguard.config import BanConfig
-from apiguard.store.base import Batch, BatchResult, Hit, HitResult
+from apiguard.store.base import Batch, BatchResult, Hit
 from apiguard.store.memory import MemoryStore
 from apiguard.window import BucketWindow, WindowSpec, refund, try_hit
 
@@ -47,8 +47,10 @@ def hit(
     key: str = "k",
     *,
     consume: bool = True,
-) -> HitResult:
-    """One single-hit batch; returns its HitResult (admitted == fits for one enforced hit)."""
+) -> Hit:
+    """One single-hit batch; returns its hit with the results filled in.
+
+    (admitted == fits for one enforced hit)"""
     result = store.execute(Batch([Hit(key, spec, cost, consume)]), now, NO_BANS)
     assert result.admitted == result.hits[0].fits
     return result.hits[0]

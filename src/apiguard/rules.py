@@ -51,6 +51,18 @@ class Rule:
         """Called after the response for each charged hit of a rule with `observes = True`."""
 
 
+def _windows(
+    name: str, rates: tuple[Rate, ...], buckets: int
+) -> tuple[tuple[WindowSpec, ...], tuple[Policy, ...]]:
+    """A window spec and an advertised policy per rate (policy "name.60s" when several)."""
+    many = len(rates) > 1
+    specs = tuple(WindowSpec(r.amount, r.window, buckets) for r in rates)
+    policies = tuple(
+        Policy(f"{name}.{r.label}" if many else name, r.amount, r.window) for r in rates
+    )
+    return specs, policies
+
+
 def _validate_name(name: str) -> str:
     if (
         not name
@@ -95,24 +107,14 @@ class WindowRule(Rule):
         self.cost = cost
         self.mode = mode
         self.consume = consume
-        self.specs = tuple(WindowSpec(r.amount, r.window, buckets) for r in self.rates)
+        self.specs, self.policies = _windows(self.name, self.rates, buckets)
         self.key = key or f"r{next(_ids)}"
         self._prefixes = tuple(f"{self.key}.{i}|" for i in range(len(self.specs)))
-        self._single = len(self.specs) == 1
-        many = len(self.rates) > 1
-        self.policies = tuple(
-            Policy(f"{self.name}.{r.label}" if many else self.name, r.amount, r.window)
-            for r in self.rates
-        )
 
-    def subject(self, ctx: RequestContext) -> tuple[str, str | None] | None:
-        """(bucket subject, strike subject) for this request, or None to skip the rule."""
+    def _subject(self, ctx: RequestContext) -> tuple[str, str | None] | None:
+        """(bucket subject, strike subject) for per= other than principal and ip (which
+        `plan` resolves inline), or None to skip the rule."""
         per = self.per
-        if per == "principal":
-            p = ctx.principal or ctx.ip_key
-            return p, p
-        if per == "ip":
-            return ctx.ip_key, ctx.ip_key
         if per == "route":
             return "*", None
         if per == "principal_route":
@@ -123,6 +125,8 @@ class WindowRule(Rule):
             elif method == "HEAD":
                 method = "GET"  # HEAD is a GET without the body
             return f"{p}@{method} {ctx.route or UNMATCHED}", p
+        if not callable(per):  # "principal" and "ip" never reach here
+            raise AssertionError(f"per={per!r} is resolved by plan()")
         value = per(ctx)
         if value is None:
             return None
@@ -138,7 +142,7 @@ class WindowRule(Rule):
         elif per == "ip":
             subject = striker = ctx.ip_key
         else:
-            found = self.subject(ctx)
+            found = self._subject(ctx)
             if found is None:
                 return 0
             subject, striker = found
@@ -148,20 +152,6 @@ class WindowRule(Rule):
             if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
                 raise ValueError(f"rule {self.name!r}: cost callable returned {cost!r}")
         consume = self.consume
-        if self._single:
-            hits.append(
-                Hit(
-                    self._prefixes[0] + subject,
-                    self.specs[0],
-                    cost,
-                    consume,
-                    enforce,
-                    striker,
-                    self,
-                    self.policies[0],
-                )
-            )
-            return 1
         for prefix, spec, policy in zip(self._prefixes, self.specs, self.policies, strict=True):
             hits.append(Hit(prefix + subject, spec, cost, consume, enforce, striker, self, policy))
         return len(self.specs)
@@ -225,12 +215,7 @@ class CredentialChurnRule(Rule):
         self.name = "new-credentials-per-ip"
         self.mode = mode
         self.rates = parse_rates(rates)
-        self.specs = tuple(WindowSpec(r.amount, r.window, buckets) for r in self.rates)
-        many = len(self.rates) > 1
-        self.policies = tuple(
-            Policy(f"{self.name}.{r.label}" if many else self.name, r.amount, r.window)
-            for r in self.rates
-        )
+        self.specs, self.policies = _windows(self.name, self.rates, buckets)
 
     def plan(self, ctx: RequestContext, hits: list[Hit], enforce: bool) -> int:
         """One distinct-counting hit per rate, for requests keyed on an unvouched credential."""

@@ -64,9 +64,6 @@ class Hit:
         return str(getattr(self.rule, "name", "?"))
 
 
-HitResult = Hit  # results are written into the hits themselves
-
-
 @dataclass(slots=True)
 class Batch:
     """Everything one request needs from the store."""
