@@ -15,10 +15,10 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from apiguard.decision import Decision
-from apiguard.engine import Refused, endpoint_rules
+from apiguard.engine import Refused
 from apiguard.guard import Guard
 from apiguard.request import _current
-from apiguard.responses import BlockResponse, block_response, tightest_ratelimit
+from apiguard.responses import BlockResponse, block_response
 
 log = logging.getLogger("apiguard")
 
@@ -53,10 +53,11 @@ class GuardMiddleware:
             self._verified_root = root
         engine = self.engine
         ctx = engine.begin(scope)
-        early = engine.early_ban(ctx)
-        if early is not None:
-            await self._refuse(send, early)
-            return
+        if engine.store.local_bans:
+            early = engine.early_ban(ctx)
+            if early is not None:
+                await self._refuse(send, early)
+                return
         token = _current.set(ctx)
         status: int | None = None
         local = engine.store.local
@@ -64,7 +65,7 @@ class GuardMiddleware:
         async def guarded_send(message: Message) -> None:
             nonlocal status
             if status is None and message["type"] == "http.response.start":
-                rules = endpoint_rules(scope, engine)
+                rules = engine.rules_of(scope)
                 decision = ctx.decision
                 if not ctx.global_done or ctx.endpoint_done is not rules:
                     try:
@@ -81,8 +82,8 @@ class GuardMiddleware:
                     await self._refuse(send, decision)
                     return
                 status = message["status"]
-                if self._headers and ctx.verdicts:
-                    values = tightest_ratelimit(ctx.verdicts)
+                if self._headers:
+                    values = engine.ratelimit_values(ctx)
                     if values is not None:
                         message["headers"] = [
                             *message.get("headers", ()),

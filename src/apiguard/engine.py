@@ -19,11 +19,13 @@ from opentelemetry import trace
 from starlette.exceptions import HTTPException
 
 from apiguard.config import GuardConfig
-from apiguard.decision import ALLOWED, Action, Decision
+from apiguard.decision import ALLOWED, Action, Decision, Policy
 from apiguard.request import ClientIPResolver, KeyedHasher, RequestContext
-from apiguard.rules import Rule
-from apiguard.store.base import Ban, Batch, BatchResult, Hit, Store
+from apiguard.responses import ratelimit_state, tightest_ratelimit
+from apiguard.rules import CredentialChurnRule, Rule, WindowRule
+from apiguard.store.base import AdmittingStore, Ban, Batch, BatchResult, Hit, Op, Store
 from apiguard.telemetry import Telemetry
+from apiguard.window import WindowSpec
 
 log = logging.getLogger("apiguard")
 
@@ -31,6 +33,14 @@ PrincipalResolver = Callable[[RequestContext], "str | None"]
 
 
 _BY_PRINCIPAL = ("principal", "principal_route")
+_IP_KEYS_MAX = 131_072
+_ENDPOINTS_MAX = 4096
+
+# Kinds of subject of a global rate on the fast admission path.
+_PRINCIPAL, _IP, _CHURN, _OTHER = range(4)
+# One rate of a global rule, compiled for the fast path:
+# (kind, window key prefix, spec, cost, rule, policy, enforce, `once` marker prefix)
+_FastRate = tuple[int, str, WindowSpec, int, Rule, Policy, bool, str]
 
 
 class Refused(HTTPException):
@@ -91,6 +101,35 @@ class Engine:
             self._wanted_headers |= {b"x-forwarded-for", b"forwarded"}
         self._ok_low, self._ok_high = config.success_statuses
         self._late_identify_warned: set[str] = set()
+        self._ip_keys: dict[str, str] = {}
+        # endpoint object -> its rules; strong references, so no id() is ever reused
+        self._rules_by_endpoint: dict[Any, tuple[Rule, ...]] = {}
+        self._fast = self._compile_fast()
+
+    def _compile_fast(self) -> tuple[_FastRate, ...] | None:
+        """The global rules as plain data for `_admit_globals`, or None when one of them
+        needs the general path (a custom rule, a cost callable, a store without `admit`)."""
+        if not isinstance(self.store, AdmittingStore):
+            return None
+        self._admit = self.store.admit
+        rates: list[_FastRate] = []
+        for rule, enforce in self._global_plan:
+            if type(rule) is WindowRule and isinstance(rule.cost, int) and rule.consume:
+                kind = {"principal": _PRINCIPAL, "ip": _IP}.get(str(rule.per), _OTHER)
+                if callable(rule.per):
+                    return None
+                for prefix, spec, policy in zip(
+                    rule.prefixes, rule.specs, rule.policies, strict=True
+                ):
+                    rates.append((kind, prefix, spec, rule.cost, rule, policy, enforce, ""))
+            elif type(rule) is CredentialChurnRule:
+                for prefix, marker, spec, policy in zip(
+                    rule.prefixes, rule.marker_prefixes, rule.specs, rule.policies, strict=True
+                ):
+                    rates.append((_CHURN, prefix, spec, 1, rule, policy, enforce, marker))
+            else:
+                return None
+        return tuple(rates)
 
     # -- request view ---------------------------------------------------------------
     def begin(self, scope: Mapping[str, Any]) -> RequestContext:
@@ -122,18 +161,44 @@ class Engine:
                 self._warn_untrusted_forwarding(name)
         credential = api_key if api_key is not None else bearer
         client = self.ip.resolve(peer_ip, forwarded) if walks else (peer_ip or "unknown")
-        grouped = self.ip.group(client)
+        ip_key = self._ip_keys.get(client)
+        if ip_key is None:
+            ip_key = self._ip_key(client)
         return RequestContext(
             self,
             scope,
             scope.get("method", "GET"),
             scope.get("path", ""),
             client,
-            self.hasher.ip(grouped),
+            ip_key,
             self.hasher("k", credential) if credential is not None else None,
             trace.get_current_span(),
             cookie,
         )
+
+    def _ip_key(self, client: str) -> str:
+        """The keyed hash of the client's counting unit (address or /prefix network),
+        remembered in a bounded table (one dict lookup per request once seen)."""
+        keys = self._ip_keys
+        if len(keys) >= _IP_KEYS_MAX:
+            keys.clear()
+        key = keys[client] = self.hasher.ip(self.ip.group(client))
+        return key
+
+    def rules_of(self, scope: Mapping[str, Any]) -> tuple[Rule, ...]:
+        """`endpoint_rules` through a bounded per-endpoint table (the middleware asks on
+        every request; most endpoints carry no rules, and a missed getattr is slow)."""
+        endpoint = scope.get("endpoint")
+        try:
+            rules = self._rules_by_endpoint.get(endpoint)
+        except TypeError:  # an unhashable endpoint object
+            return endpoint_rules(scope, self)
+        if rules is None:
+            rules = endpoint_rules(scope, self)
+            if len(self._rules_by_endpoint) >= _ENDPOINTS_MAX:
+                self._rules_by_endpoint.clear()
+            self._rules_by_endpoint[endpoint] = rules
+        return rules
 
     def _warn_untrusted_forwarding(self, name: bytes) -> None:
         self._wanted_headers = self._key_headers | {b"authorization", b"cookie"}
@@ -174,6 +239,8 @@ class Engine:
         `bans.strict_ip`. Anything not refused here is checked again at the checkpoint,
         once the principal is known.
         """
+        if not self.store.local_bans:
+            return None
         now = self.clock()
         ban = None
         if ctx.credential_key is not None:
@@ -237,19 +304,113 @@ class Engine:
             for rule in rules:
                 rule.plan(ctx, hits, default if rule.mode is None else rule.mode == "enforce")
             ctx.endpoint_done = rules
-        principal = ctx.principal
+        return Batch(hits, self._ban_keys(ctx))
+
+    @staticmethod
+    def _ban_keys(ctx: RequestContext) -> tuple[str, ...]:
+        """Whose bans refuse this request: the principal, and the credential that carried
+        a vouched principal, or the IP of a principal the app has not vouched for (so a
+        made-up key cannot escape an IP ban)."""
+        principal = ctx.principal or ctx.ip_key
         credential = ctx.credential_key
         if ctx.vouched:
             if credential is not None and credential != principal:
-                return Batch(hits, (principal, credential))
-            return Batch(hits, (principal,))
-        # not vouched for: a ban on the IP applies too, so a made-up key cannot escape it
+                return (principal, credential)
+            return (principal,)
         if principal != ctx.ip_key:
-            return Batch(hits, (principal, ctx.ip_key))
-        return Batch(hits, (principal,))
+            return (principal, ctx.ip_key)
+        return (principal,)
+
+    def _admit_globals(self, ctx: RequestContext, fast: tuple[_FastRate, ...]) -> bool:
+        """The common checkpoint (global rules only, all fit, no ban) in one `admit` call
+        with no per-hit objects. False: nothing was charged; run the general path, which
+        reports, refuses and strikes exactly as the store contract says."""
+        principal = ctx.principal
+        if principal is None:
+            principal = ctx.principal = self._principal(ctx)
+        ip = ctx.ip_key
+        credential = ctx.credential_key
+        churn = credential is not None and not ctx.vouched and principal == credential
+        if principal == ip:  # anonymous: the common case of _ban_keys
+            ban_keys: tuple[str, ...] = (ip,)
+        else:
+            ban_keys = self._ban_keys(ctx)
+        ops: list[Op] = []
+        for tag, (kind, prefix, spec, cost, rule, _, _, marker) in enumerate(fast):
+            if kind == _PRINCIPAL:
+                ops.append((prefix + principal, spec, cost, None, tag))
+            elif kind == _IP:
+                ops.append((prefix + ip, spec, cost, None, tag))
+            elif kind == _CHURN:
+                if churn:
+                    ops.append((prefix + ip, spec, 1, f"{marker}{ip}|{credential}", tag))
+            else:
+                found = rule.subject(ctx)  # type: ignore[attr-defined]
+                if found is not None:
+                    ops.append((prefix + found[0], spec, cost, None, tag))
+        results = self._admit(ops, ban_keys, self.clock())
+        if results is None:
+            return False
+        ctx.global_done = True
+        ctx.fast = (ops, results)
+        if ctx.decision is None:
+            ctx.decision = ALLOWED
+        self.telemetry.record(ctx, ALLOWED)
+        return True
+
+    def _fast_verdicts(self, ctx: RequestContext) -> list[Hit]:
+        """The fast path's results as the `Hit` verdicts the general path would have made."""
+        fast = self._fast
+        if ctx.fast is None or fast is None:
+            return []
+        verdicts: list[Hit] = []
+        for (key, spec, cost, once, tag), (remaining, reset, bucket) in zip(*ctx.fast, strict=True):
+            kind, _, _, _, rule, policy, enforce, _ = fast[tag]
+            striker = ctx.ip_key if kind == _IP else None if kind == _CHURN else ctx.principal
+            hit = Hit(key, spec, cost, True, enforce, striker, rule, policy, once)
+            hit.fits = True
+            hit.remaining = remaining
+            hit.reset = reset
+            hit.retry_after = 0.0
+            hit.bucket = bucket
+            verdicts.append(hit)
+        ctx.fast = None
+        return verdicts
+
+    def ratelimit_values(self, ctx: RequestContext) -> tuple[bytes, bytes] | None:
+        """Encoded `RateLimit-Policy` and `RateLimit` for an admitted response: the enforced
+        policy closest to its limit (smallest remaining share of its quota)."""
+        if ctx.verdicts:
+            return tightest_ratelimit(ctx.verdicts)
+        done = ctx.fast
+        fast = self._fast
+        if done is None or fast is None:
+            return None
+        ops, results = done
+        best = -1
+        best_share = 2.0
+        for i, (remaining, _, _) in enumerate(results):
+            op = ops[i]
+            if fast[op[4]][6]:  # enforced
+                share = remaining / op[1].limit
+                if share < best_share:
+                    best, best_share = i, share
+        if best < 0:
+            return None
+        policy = fast[ops[best][4]][5]
+        remaining, reset, _ = results[best]
+        return policy.item_bytes, ratelimit_state(policy, remaining, reset)
 
     def check_sync(self, ctx: RequestContext, rules: tuple[Rule, ...] = ()) -> Decision:
         """Run the checkpoint from synchronous code; raise `Refused` when refused."""
+        fast = self._fast
+        if (
+            fast is not None
+            and not rules
+            and not ctx.global_done
+            and self._admit_globals(ctx, fast)
+        ):
+            return ALLOWED
         batch = self._plan(ctx, rules)
         if batch is None:
             return ctx.decision or ALLOWED
@@ -258,6 +419,14 @@ class Engine:
 
     async def check_async(self, ctx: RequestContext, rules: tuple[Rule, ...] = ()) -> Decision:
         """Run the checkpoint from async code; raise `Refused` when refused."""
+        fast = self._fast
+        if (
+            fast is not None
+            and not rules
+            and not ctx.global_done
+            and self._admit_globals(ctx, fast)
+        ):
+            return ALLOWED
         batch = self._plan(ctx, rules)
         if batch is None:
             return ctx.decision or ALLOWED
@@ -280,7 +449,10 @@ class Engine:
         hits = result.hits
         verdicts = ctx.verdicts
         if verdicts is None:
-            verdicts = ctx.verdicts = hits
+            if ctx.fast is not None:  # global rules admitted earlier on the fast path
+                verdicts = ctx.verdicts = [*self._fast_verdicts(ctx), *hits]
+            else:
+                verdicts = ctx.verdicts = hits
         else:
             verdicts.extend(hits)
         admitted = result.admitted

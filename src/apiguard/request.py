@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from apiguard.decision import Decision
     from apiguard.engine import Engine
     from apiguard.rules import Rule
-    from apiguard.store.base import Hit
+    from apiguard.store.base import Hit, Op
 
 _IP_CACHE_MAX = 131_072
 _EMPTY_SCOPE: Mapping[str, Any] = {}
@@ -183,6 +183,7 @@ class RequestContext:
         "declared",
         "endpoint_done",
         "engine",
+        "fast",
         "global_done",
         "has_cookie",
         "ip_key",
@@ -225,6 +226,8 @@ class RequestContext:
         self.decision: Decision | None = None
         self.verdicts: list[Hit] | None = None  # every evaluated hit, in order
         self.charges: list[Hit] | None = None  # charged hits whose rules observe outcomes
+        # global rules admitted on the fast path: (ops, results) until made into verdicts
+        self.fast: tuple[list[Op], list[tuple[int, float, int]]] | None = None
         self.refused_sent = False
 
     def release(self) -> None:
@@ -232,6 +235,7 @@ class RequestContext:
         self.scope = _EMPTY_SCOPE
         self.verdicts = None
         self.charges = None
+        self.fast = None
         self.decision = None
         self.span = INVALID_SPAN
 

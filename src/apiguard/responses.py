@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from apiguard.decision import Action, Decision
+from apiguard.decision import Action, Decision, Policy
 from apiguard.store.base import Hit as Verdict
 
 QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
@@ -47,11 +47,22 @@ def ratelimit_fields(verdicts: Sequence[Verdict]) -> list[tuple[str, str]]:
 
 
 def _state(v: Verdict) -> str:
-    t = v.reset if v.fits else v.retry_after
+    return _state_text(v.policy, v.remaining, v.reset if v.fits else v.retry_after)
+
+
+def _state_text(policy: Policy, remaining: int, t: float) -> str:
     seconds = int(t)
     if seconds < t:
         seconds += 1
-    return f"{v.policy.state_prefix}{v.remaining if v.remaining > 0 else 0};t={seconds}"
+    return f"{policy.state_prefix}{remaining if remaining > 0 else 0};t={seconds}"
+
+
+def ratelimit_state(policy: Policy, remaining: int, t: float) -> bytes:
+    """The encoded `RateLimit` item of `policy` with `remaining` units, reset in `t` s."""
+    seconds = int(t)
+    if seconds < t:
+        seconds += 1
+    return policy.state_prefix_bytes + b"%d;t=%d" % (remaining if remaining > 0 else 0, seconds)
 
 
 def tightest_ratelimit(verdicts: Sequence[Verdict]) -> tuple[bytes, bytes] | None:

@@ -109,11 +109,11 @@ class WindowRule(Rule):
         self.consume = consume
         self.specs, self.policies = _windows(self.name, self.rates, buckets)
         self.key = key or f"r{next(_ids)}"
-        self._prefixes = tuple(f"{self.key}.{i}|" for i in range(len(self.specs)))
+        self.prefixes = tuple(f"{self.key}.{i}|" for i in range(len(self.specs)))
 
-    def _subject(self, ctx: RequestContext) -> tuple[str, str | None] | None:
+    def subject(self, ctx: RequestContext) -> tuple[str, str | None] | None:
         """(bucket subject, strike subject) for per= other than principal and ip (which
-        `plan` resolves inline), or None to skip the rule."""
+        the callers resolve inline), or None to skip the rule."""
         per = self.per
         if per == "route":
             return "*", None
@@ -126,7 +126,7 @@ class WindowRule(Rule):
                 method = "GET"  # HEAD is a GET without the body
             return f"{p}@{method} {ctx.route or UNMATCHED}", p
         if not callable(per):  # "principal" and "ip" never reach here
-            raise AssertionError(f"per={per!r} is resolved by plan()")
+            raise AssertionError(f"per={per!r} is resolved by the caller")
         value = per(ctx)
         if value is None:
             return None
@@ -142,7 +142,7 @@ class WindowRule(Rule):
         elif per == "ip":
             subject = striker = ctx.ip_key
         else:
-            found = self._subject(ctx)
+            found = self.subject(ctx)
             if found is None:
                 return 0
             subject, striker = found
@@ -152,10 +152,10 @@ class WindowRule(Rule):
             if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
                 raise ValueError(f"rule {self.name!r}: cost callable returned {cost!r}")
         consume = self.consume
-        if len(self._prefixes) == 1:  # the common case without zip(): ~0.2 µs a rule, measured
+        if len(self.prefixes) == 1:  # the common case without zip(): ~0.2 µs a rule, measured
             hits.append(
                 Hit(
-                    self._prefixes[0] + subject,
+                    self.prefixes[0] + subject,
                     self.specs[0],
                     cost,
                     consume,
@@ -166,7 +166,7 @@ class WindowRule(Rule):
                 )
             )
             return 1
-        for prefix, spec, policy in zip(self._prefixes, self.specs, self.policies, strict=True):
+        for prefix, spec, policy in zip(self.prefixes, self.specs, self.policies, strict=True):
             hits.append(Hit(prefix + subject, spec, cost, consume, enforce, striker, self, policy))
         return len(self.specs)
 
@@ -230,17 +230,27 @@ class CredentialChurnRule(Rule):
         self.mode = mode
         self.rates = parse_rates(rates)
         self.specs, self.policies = _windows(self.name, self.rates, buckets)
+        # window key = prefix + IP key; `once` marker = marker prefix + IP key + "|" + credential
+        self.prefixes = tuple(f"g.newcred.{i}|" for i in range(len(self.specs)))
+        self.marker_prefixes = tuple(f"seen.{i}|" for i in range(len(self.specs)))
+
+    @staticmethod
+    def applies(ctx: RequestContext) -> bool:
+        """Whether the request is keyed on a credential the app has not vouched for."""
+        credential = ctx.credential_key
+        return credential is not None and not ctx.vouched and ctx.principal == credential
 
     def plan(self, ctx: RequestContext, hits: list[Hit], enforce: bool) -> int:
         """One distinct-counting hit per rate, for requests keyed on an unvouched credential."""
-        credential = ctx.credential_key
-        if credential is None or ctx.vouched or ctx.principal != credential:
+        if not self.applies(ctx):
             return 0
         ip = ctx.ip_key
-        for i, (spec, policy) in enumerate(zip(self.specs, self.policies, strict=True)):
+        for prefix, marker, spec, policy in zip(
+            self.prefixes, self.marker_prefixes, self.specs, self.policies, strict=True
+        ):
             hits.append(
                 Hit(
-                    f"g.newcred.{i}|{ip}",
+                    prefix + ip,
                     spec,
                     1,
                     True,
@@ -248,7 +258,7 @@ class CredentialChurnRule(Rule):
                     None,  # a heuristic: it throttles, it never earns the IP a ban
                     self,
                     policy,
-                    f"seen.{i}|{ip}|{credential}",
+                    f"{marker}{ip}|{ctx.credential_key}",
                 )
             )
         return len(self.specs)

@@ -19,8 +19,9 @@ Batch semantics (every store implements exactly these):
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from apiguard.config import BanConfig
 from apiguard.window import WindowSpec
@@ -91,10 +92,18 @@ class BatchResult:
     new_ban: bool = False
 
 
+# An operation of the fast admission path (`AdmittingStore.admit`): window key, spec,
+# cost, `once` marker or None, and a tag the caller uses to find its rule again.
+Op = tuple[str, WindowSpec, int, "str | None", int]
+
+
 class Store(Protocol):
     """A state backend. `local` stores may be called from the event loop thread."""
 
     local: bool
+    # bans known in this process (read-only for callers): an empty mapping lets the
+    # engine skip the ban pre-check before routing
+    local_bans: Mapping[str, Ban]
 
     def execute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
         """Run `batch` atomically (see the module docstring)."""
@@ -114,4 +123,16 @@ class Store(Protocol):
 
     def active_ban(self, key: str, now: float) -> Ban | None:
         """The ban on `key`, if one is active and known locally (no network trip)."""
+        ...
+
+
+@runtime_checkable
+class AdmittingStore(Store, Protocol):
+    """A store with a fast path for the common case: every op fits and no ban applies."""
+
+    def admit(
+        self, ops: Sequence[Op], ban_keys: tuple[str, ...], now: float
+    ) -> list[tuple[int, float, int]] | None:
+        """Charge all `ops` and return (remaining, reset, bucket) per op, or change nothing
+        and return None when a ban applies or an op does not fit (then call `execute`)."""
         ...
