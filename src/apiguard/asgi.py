@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from apiguard.decision import Decision
+from apiguard.decision import ALLOWED, Decision
 from apiguard.engine import Refused
 from apiguard.guard import Guard
 from apiguard.request import _current
@@ -61,11 +61,17 @@ class GuardMiddleware:
         token = _current.set(ctx)
         status: int | None = None
         local = engine.store.local
+        by_endpoint = engine.rules_by_endpoint
 
         async def guarded_send(message: Message) -> None:
             nonlocal status
             if status is None and message["type"] == "http.response.start":
-                rules = engine.rules_of(scope)
+                try:
+                    rules = by_endpoint.get(scope.get("endpoint"))
+                except TypeError:  # an unhashable endpoint object
+                    rules = None
+                if rules is None:
+                    rules = engine.rules_of(scope)
                 decision = ctx.decision
                 if not ctx.global_done or ctx.endpoint_done is not rules:
                     try:
@@ -75,7 +81,7 @@ class GuardMiddleware:
                             decision = await engine.check_async(ctx, rules)
                     except Refused as refused:
                         decision = refused.decision
-                if decision is not None and decision.refused:
+                if decision is not None and decision is not ALLOWED and decision.refused:
                     # refused now, or at a checkpoint whose exception the app swallowed
                     ctx.refused_sent = True
                     status = 0
@@ -83,7 +89,12 @@ class GuardMiddleware:
                     return
                 status = message["status"]
                 if self._headers:
-                    values = engine.ratelimit_values(ctx)
+                    fast = ctx.fast
+                    values = (
+                        fast[2]
+                        if fast is not None and ctx.verdicts is None
+                        else engine.ratelimit_values(ctx)
+                    )
                     if values is not None:
                         message["headers"] = [
                             *message.get("headers", ()),

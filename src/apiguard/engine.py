@@ -18,14 +18,14 @@ from typing import Any
 from opentelemetry import trace
 from starlette.exceptions import HTTPException
 
+from apiguard.admission import GlobalAdmission
 from apiguard.config import GuardConfig
-from apiguard.decision import ALLOWED, Action, Decision, Policy
+from apiguard.decision import ALLOWED, Action, Decision
 from apiguard.request import ClientIPResolver, KeyedHasher, RequestContext
-from apiguard.responses import ratelimit_state, tightest_ratelimit
-from apiguard.rules import CredentialChurnRule, Rule, WindowRule
-from apiguard.store.base import AdmittingStore, Ban, Batch, BatchResult, Hit, Op, Store
+from apiguard.responses import tightest_ratelimit
+from apiguard.rules import Rule
+from apiguard.store.base import Ban, Batch, BatchResult, Hit, Store
 from apiguard.telemetry import Telemetry
-from apiguard.window import WindowSpec
 
 log = logging.getLogger("apiguard")
 
@@ -35,12 +35,6 @@ PrincipalResolver = Callable[[RequestContext], "str | None"]
 _BY_PRINCIPAL = ("principal", "principal_route")
 _IP_KEYS_MAX = 131_072
 _ENDPOINTS_MAX = 4096
-
-# Kinds of subject of a global rate on the fast admission path.
-_PRINCIPAL, _IP, _CHURN, _OTHER = range(4)
-# One rate of a global rule, compiled for the fast path:
-# (kind, window key prefix, spec, cost, rule, policy, enforce, `once` marker prefix)
-_FastRate = tuple[int, str, WindowSpec, int, Rule, Policy, bool, str]
 
 
 class Refused(HTTPException):
@@ -103,33 +97,10 @@ class Engine:
         self._late_identify_warned: set[str] = set()
         self._ip_keys: dict[str, str] = {}
         # endpoint object -> its rules; strong references, so no id() is ever reused
-        self._rules_by_endpoint: dict[Any, tuple[Rule, ...]] = {}
-        self._fast = self._compile_fast()
-
-    def _compile_fast(self) -> tuple[_FastRate, ...] | None:
-        """The global rules as plain data for `_admit_globals`, or None when one of them
-        needs the general path (a custom rule, a cost callable, a store without `admit`)."""
-        if not isinstance(self.store, AdmittingStore):
-            return None
-        self._admit = self.store.admit
-        rates: list[_FastRate] = []
-        for rule, enforce in self._global_plan:
-            if type(rule) is WindowRule and isinstance(rule.cost, int) and rule.consume:
-                kind = {"principal": _PRINCIPAL, "ip": _IP}.get(str(rule.per), _OTHER)
-                if callable(rule.per):
-                    return None
-                for prefix, spec, policy in zip(
-                    rule.prefixes, rule.specs, rule.policies, strict=True
-                ):
-                    rates.append((kind, prefix, spec, rule.cost, rule, policy, enforce, ""))
-            elif type(rule) is CredentialChurnRule:
-                for prefix, marker, spec, policy in zip(
-                    rule.prefixes, rule.marker_prefixes, rule.specs, rule.policies, strict=True
-                ):
-                    rates.append((_CHURN, prefix, spec, 1, rule, policy, enforce, marker))
-            else:
-                return None
-        return tuple(rates)
+        self.rules_by_endpoint: dict[Any, tuple[Rule, ...]] = {}
+        self._fast = GlobalAdmission.compile(
+            self._global_plan, store, advertise=config.ratelimit_headers
+        )
 
     # -- request view ---------------------------------------------------------------
     def begin(self, scope: Mapping[str, Any]) -> RequestContext:
@@ -167,8 +138,6 @@ class Engine:
         return RequestContext(
             self,
             scope,
-            scope.get("method", "GET"),
-            scope.get("path", ""),
             client,
             ip_key,
             self.hasher("k", credential) if credential is not None else None,
@@ -190,14 +159,14 @@ class Engine:
         every request; most endpoints carry no rules, and a missed getattr is slow)."""
         endpoint = scope.get("endpoint")
         try:
-            rules = self._rules_by_endpoint.get(endpoint)
+            rules = self.rules_by_endpoint.get(endpoint)
         except TypeError:  # an unhashable endpoint object
             return endpoint_rules(scope, self)
         if rules is None:
             rules = endpoint_rules(scope, self)
-            if len(self._rules_by_endpoint) >= _ENDPOINTS_MAX:
-                self._rules_by_endpoint.clear()
-            self._rules_by_endpoint[endpoint] = rules
+            if len(self.rules_by_endpoint) >= _ENDPOINTS_MAX:
+                self.rules_by_endpoint.clear()
+            self.rules_by_endpoint[endpoint] = rules
         return rules
 
     def _warn_untrusted_forwarding(self, name: bytes) -> None:
@@ -321,95 +290,39 @@ class Engine:
             return (principal, ctx.ip_key)
         return (principal,)
 
-    def _admit_globals(self, ctx: RequestContext, fast: tuple[_FastRate, ...]) -> bool:
-        """The common checkpoint (global rules only, all fit, no ban) in one `admit` call
-        with no per-hit objects. False: nothing was charged; run the general path, which
-        reports, refuses and strikes exactly as the store contract says."""
-        principal = ctx.principal
-        if principal is None:
-            principal = ctx.principal = self._principal(ctx)
-        ip = ctx.ip_key
-        credential = ctx.credential_key
-        churn = credential is not None and not ctx.vouched and principal == credential
-        if principal == ip:  # anonymous: the common case of _ban_keys
-            ban_keys: tuple[str, ...] = (ip,)
-        else:
-            ban_keys = self._ban_keys(ctx)
-        ops: list[Op] = []
-        for tag, (kind, prefix, spec, cost, rule, _, _, marker) in enumerate(fast):
-            if kind == _PRINCIPAL:
-                ops.append((prefix + principal, spec, cost, None, tag))
-            elif kind == _IP:
-                ops.append((prefix + ip, spec, cost, None, tag))
-            elif kind == _CHURN:
-                if churn:
-                    ops.append((prefix + ip, spec, 1, f"{marker}{ip}|{credential}", tag))
-            else:
-                found = rule.subject(ctx)  # type: ignore[attr-defined]
-                if found is not None:
-                    ops.append((prefix + found[0], spec, cost, None, tag))
-        results = self._admit(ops, ban_keys, self.clock())
-        if results is None:
-            return False
-        ctx.global_done = True
-        ctx.fast = (ops, results)
-        if ctx.decision is None:
-            ctx.decision = ALLOWED
-        self.telemetry.record(ctx, ALLOWED)
-        return True
-
-    def _fast_verdicts(self, ctx: RequestContext) -> list[Hit]:
-        """The fast path's results as the `Hit` verdicts the general path would have made."""
-        fast = self._fast
-        if ctx.fast is None or fast is None:
-            return []
-        verdicts: list[Hit] = []
-        for (key, spec, cost, once, tag), (remaining, reset, bucket) in zip(*ctx.fast, strict=True):
-            kind, _, _, _, rule, policy, enforce, _ = fast[tag]
-            striker = ctx.ip_key if kind == _IP else None if kind == _CHURN else ctx.principal
-            hit = Hit(key, spec, cost, True, enforce, striker, rule, policy, once)
-            hit.fits = True
-            hit.remaining = remaining
-            hit.reset = reset
-            hit.retry_after = 0.0
-            hit.bucket = bucket
-            verdicts.append(hit)
-        ctx.fast = None
-        return verdicts
-
     def ratelimit_values(self, ctx: RequestContext) -> tuple[bytes, bytes] | None:
         """Encoded `RateLimit-Policy` and `RateLimit` for an admitted response: the enforced
         policy closest to its limit (smallest remaining share of its quota)."""
         if ctx.verdicts:
             return tightest_ratelimit(ctx.verdicts)
-        done = ctx.fast
-        fast = self._fast
-        if done is None or fast is None:
-            return None
-        ops, results = done
-        best = -1
-        best_share = 2.0
-        for i, (remaining, _, _) in enumerate(results):
-            op = ops[i]
-            if fast[op[4]][6]:  # enforced
-                share = remaining / op[1].limit
-                if share < best_share:
-                    best, best_share = i, share
-        if best < 0:
-            return None
-        policy = fast[ops[best][4]][5]
-        remaining, reset, _ = results[best]
-        return policy.item_bytes, ratelimit_state(policy, remaining, reset)
+        return ctx.fast[2] if ctx.fast is not None else None
+
+    def _admit_fast(self, ctx: RequestContext, fast: GlobalAdmission) -> bool:
+        """The common checkpoint on the fast path (see `apiguard.admission`); False:
+        nothing was charged, run the general path."""
+        principal = ctx.principal
+        if principal is None:
+            if ctx.declared is None and self.resolver is None:
+                principal = ctx.credential_key or ctx.ip_key
+            else:
+                principal = self._principal(ctx)
+            ctx.principal = principal
+        if principal is ctx.ip_key and not ctx.vouched:  # anonymous: nothing else to ban
+            ban_keys: tuple[str, ...] = (principal,)
+        else:
+            ban_keys = self._ban_keys(ctx)
+        if not fast.try_admit(ctx, principal, ban_keys, self.clock()):
+            return False
+        ctx.global_done = True
+        if ctx.decision is None:
+            ctx.decision = ALLOWED
+        self.telemetry.record(ctx, ALLOWED)
+        return True
 
     def check_sync(self, ctx: RequestContext, rules: tuple[Rule, ...] = ()) -> Decision:
         """Run the checkpoint from synchronous code; raise `Refused` when refused."""
         fast = self._fast
-        if (
-            fast is not None
-            and not rules
-            and not ctx.global_done
-            and self._admit_globals(ctx, fast)
-        ):
+        if not rules and not ctx.global_done and fast is not None and self._admit_fast(ctx, fast):
             return ALLOWED
         batch = self._plan(ctx, rules)
         if batch is None:
@@ -420,12 +333,7 @@ class Engine:
     async def check_async(self, ctx: RequestContext, rules: tuple[Rule, ...] = ()) -> Decision:
         """Run the checkpoint from async code; raise `Refused` when refused."""
         fast = self._fast
-        if (
-            fast is not None
-            and not rules
-            and not ctx.global_done
-            and self._admit_globals(ctx, fast)
-        ):
+        if not rules and not ctx.global_done and fast is not None and self._admit_fast(ctx, fast):
             return ALLOWED
         batch = self._plan(ctx, rules)
         if batch is None:
@@ -449,8 +357,9 @@ class Engine:
         hits = result.hits
         verdicts = ctx.verdicts
         if verdicts is None:
-            if ctx.fast is not None:  # global rules admitted earlier on the fast path
-                verdicts = ctx.verdicts = [*self._fast_verdicts(ctx), *hits]
+            if ctx.fast is not None and self._fast is not None:  # admitted on the fast path
+                verdicts = ctx.verdicts = [*self._fast.verdicts(ctx), *hits]
+                ctx.fast = None
             else:
                 verdicts = ctx.verdicts = hits
         else:

@@ -33,19 +33,27 @@ _EMPTY_SCOPE: Mapping[str, Any] = {}
 class KeyedHasher:
     """Keyed BLAKE2b: principals, keys and usernames are only ever kept as these hashes."""
 
-    __slots__ = ("_cache", "_secret")
+    __slots__ = ("_cache", "_keyed", "_secret")
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 16:
             raise ValueError("the hashing secret must be at least 16 bytes")
         self._secret = secret[:64]
         self._cache: dict[str, str] = {}
+        # kind -> BLAKE2b state with the key block already absorbed; copying it is half the
+        # cost of keying a new hash for every value (same digests)
+        self._keyed: dict[str, tuple[Any, str]] = {}
 
     def __call__(self, kind: str, value: str | bytes) -> str:
         """`kind:<hex>`; the kind is part of the hashed input (no cross-kind collisions)."""
         data = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
-        h = hashlib.blake2b(data, key=self._secret, digest_size=12, person=kind.encode()[:16])
-        return f"{kind}:{h.hexdigest()}"
+        keyed = self._keyed.get(kind)
+        if keyed is None:
+            state = hashlib.blake2b(key=self._secret, digest_size=12, person=kind.encode()[:16])
+            keyed = self._keyed[kind] = (state, f"{kind}:")
+        h = keyed[0].copy()
+        h.update(data)
+        return keyed[1] + h.hexdigest()
 
     def ip(self, address: str) -> str:
         """Hash of a client address (or network), memoised in a bounded table."""
@@ -187,8 +195,6 @@ class RequestContext:
         "global_done",
         "has_cookie",
         "ip_key",
-        "method",
-        "path",
         "principal",
         "refused_sent",
         "scope",
@@ -201,8 +207,6 @@ class RequestContext:
         self,
         engine: Engine,
         scope: Mapping[str, Any],
-        method: str,
-        path: str,
         client_ip: str,
         ip_key: str,
         credential_key: str | None,
@@ -211,8 +215,6 @@ class RequestContext:
     ) -> None:
         self.engine = engine
         self.scope = scope
-        self.method = method
-        self.path = path
         self.client_ip = client_ip
         self.ip_key = ip_key
         self.credential_key = credential_key
@@ -226,8 +228,11 @@ class RequestContext:
         self.decision: Decision | None = None
         self.verdicts: list[Hit] | None = None  # every evaluated hit, in order
         self.charges: list[Hit] | None = None  # charged hits whose rules observe outcomes
-        # global rules admitted on the fast path: (ops, results) until made into verdicts
-        self.fast: tuple[list[Op], list[tuple[int, float, int]]] | None = None
+        # global rules admitted on the fast path: (ops, results, RateLimit field values of
+        # the tightest advertised policy), until made into verdicts
+        self.fast: (
+            tuple[list[Op], list[tuple[int, float, int]], tuple[bytes, bytes] | None] | None
+        ) = None
         self.refused_sent = False
 
     def release(self) -> None:
@@ -240,6 +245,18 @@ class RequestContext:
         self.span = INVALID_SPAN
 
     # -- the public, read-only view handed to custom `per=` and resolver callables ----
+    @property
+    def method(self) -> str:
+        """The HTTP method."""
+        method = self.scope.get("method", "GET")
+        return method if isinstance(method, str) else "GET"
+
+    @property
+    def path(self) -> str:
+        """The request path."""
+        path = self.scope.get("path", "")
+        return path if isinstance(path, str) else ""
+
     @property
     def route(self) -> str | None:
         """The route template that served the request, mount prefixes included."""

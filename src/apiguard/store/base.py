@@ -93,8 +93,9 @@ class BatchResult:
 
 
 # An operation of the fast admission path (`AdmittingStore.admit`): window key, spec,
-# cost, `once` marker or None, and a tag the caller uses to find its rule again.
-Op = tuple[str, WindowSpec, int, "str | None", int]
+# cost, `once` marker or None, whether its policy is advertised (RateLimit fields), and a
+# tag the caller uses to find its rule again.
+Op = tuple[str, WindowSpec, int, "str | None", bool, int]
 
 
 class Store(Protocol):
@@ -132,7 +133,9 @@ class AdmittingStore(Store, Protocol):
 
     def admit(
         self, ops: Sequence[Op], ban_keys: tuple[str, ...], now: float
-    ) -> list[tuple[int, float, int]] | None:
-        """Charge all `ops` and return (remaining, reset, bucket) per op, or change nothing
-        and return None when a ban applies or an op does not fit (then call `execute`)."""
+    ) -> tuple[list[tuple[int, float, int]], int] | None:
+        """Charge all `ops` and return (remaining, reset, bucket) per op with the index of
+        the advertised op with the smallest remaining share of its limit (-1: none); or
+        change nothing and return None when a ban applies or an op does not fit (then
+        call `execute`)."""
         ...

@@ -170,13 +170,14 @@ class MemoryStore:
 
     def admit(
         self, ops: Sequence[Op], ban_keys: tuple[str, ...], now: float
-    ) -> list[tuple[int, float, int]] | None:
+    ) -> tuple[list[tuple[int, float, int]], int] | None:
         """The common case of `execute` without its objects: charge every op if no key in
         `ban_keys` is banned and every op fits; else change nothing and return None (the
         caller then runs `execute`, which reports, refuses and strikes).
 
-        `ops` are (window key, spec, cost, once marker or None, caller's tag); the result
-        is (remaining, reset, bucket) per op, as `execute` would set on a fitting `Hit`.
+        Returns (remaining, reset, bucket) per op, as `execute` would set on a fitting
+        `Hit`, and the index of the advertised op with the smallest remaining share of its
+        limit (the first on ties; -1 if none is advertised).
         """
         self._lock.acquire()
         try:
@@ -187,13 +188,19 @@ class MemoryStore:
             windows = self._windows
             touch = windows.move_to_end
             out: list[tuple[int, float, int]] = []
-            for key, spec, cost, once, _ in ops:
+            width = 0.0
+            index = 0
+            best = -1
+            best_share = 2.0
+            for key, spec, cost, once, advertised, _ in ops:
                 w = windows.get(key)
                 if w is None:
                     w = self._window(key, spec.buckets)
                 else:
                     touch(key)
-                index = int(now // spec.width)
+                if spec.width != width:  # rules usually share their bucket width
+                    width = spec.width
+                    index = int(now // width)
                 if index > w.head:
                     w.advance(index)
                 if once is not None and self._seen_before(once):
@@ -214,24 +221,30 @@ class MemoryStore:
                 if not total:
                     reset = 0.0
                 elif tail > head - n and counts[tail % n]:
-                    reset = (tail + n) * spec.width - now
+                    reset = (tail + n) * width - now
                 else:
                     reset = w.next_release(spec, now)
-                out.append((spec.limit - total, reset, head))
+                remaining = spec.limit - total
+                if advertised:
+                    share = remaining / spec.limit
+                    if share < best_share:
+                        best = len(out)
+                        best_share = share
+                out.append((remaining, reset, head))
             seen = self._seen
-            for key, _, cost, once, _ in ops:
+            for key, _, cost, once, _, _ in ops:
                 if once is not None and cost and once not in seen:
                     charged = windows.get(key)
                     if charged is not None:  # (None: evicted by this very batch)
                         self._remember(once, key, charged.head)
-            return out
+            return out, best
         finally:
             self._lock.release()
 
     def _take_back(self, ops: Sequence[Op]) -> None:
         """Undo what `admit` charged for `ops` (all in the current bucket of each window)."""
         seen = self._seen
-        for key, _, cost, once, _ in ops:
+        for key, _, cost, once, _, _ in ops:
             if not cost or (once is not None and once in seen):
                 continue  # nothing was charged (a marker seen before is free)
             w = self._windows.get(key)
