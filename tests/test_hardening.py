@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from apiguard import ConfigurationError, Guard, identify
 from apiguard.asgi import GuardMiddleware
 from apiguard.simulate.clock import FakeClock
+from apiguard.store.memory import MemoryStore
 
 
 def _client(app: FastAPI, ip: str = "198.51.100.1") -> TestClient:
@@ -397,3 +398,12 @@ def test_strict_ip_bans_refuse_before_routing_whatever_the_request_carries() -> 
     for headers in ({"cookie": "junk=1"}, {"x-api-key": "made-up"}):
         assert client.post("/work", headers=headers).status_code == 403
     assert runs == []  # refused before routing: the handler never ran
+
+
+def test_an_empty_store_given_to_guard_is_the_one_it_uses():
+    """Two guards given one (empty, hence len() == 0) store share it, not one each."""
+    shared = MemoryStore()
+    first, second = Guard(store=shared), Guard(store=shared)
+    assert first.store is shared and second.store is shared
+    first.engine.check_sync(first.engine.begin({"type": "http", "client": ("192.0.2.1", 1)}))
+    assert len(shared) > 0
