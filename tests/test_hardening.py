@@ -407,3 +407,82 @@ def test_an_empty_store_given_to_guard_is_the_one_it_uses():
     assert first.store is shared and second.store is shared
     first.engine.check_sync(first.engine.begin({"type": "http", "client": ("192.0.2.1", 1)}))
     assert len(shared) > 0
+
+
+# -- custom stores and the fast path (review of the fast admission path) ---------------
+def _statuses_with(store: Any, n: int = 3) -> list[int]:
+    guard = Guard({"secret": "s" * 32, "limits": {"principal": "2/minute"}}, store=store)
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+
+    @app.get("/")
+    async def root() -> dict[str, bool]:
+        return {"ok": True}
+
+    client = _client(app)
+    return [client.get("/").status_code for _ in range(n)]
+
+
+def test_a_store_subclass_that_changes_execute_sees_every_request() -> None:
+    """The fast path must not bypass an `execute` override (auditing, a deny list)."""
+    from apiguard.config import BanConfig
+    from apiguard.store.base import Ban, Batch, BatchResult
+
+    seen: list[int] = []
+
+    class DenyAll(MemoryStore):
+        def execute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
+            seen.append(len(batch.hits))
+            return BatchResult(False, [], Ban("deny-list", now + 60, 1))
+
+    assert _statuses_with(DenyAll()) == [403, 403, 403]
+    assert len(seen) == 3
+    # a subclass that only observes `admit` keeps the fast path, and its limits
+    class Counting(MemoryStore):
+        calls = 0
+
+        def admit(self, *args: Any, **kwargs: Any) -> Any:
+            Counting.calls += 1
+            return super().admit(*args, **kwargs)
+
+    assert _statuses_with(Counting()) == [200, 200, 429]
+    assert Counting.calls == 3
+
+
+def test_a_store_without_local_bans_is_asked_and_serves() -> None:
+    """`local_bans` is optional: a store written to the older protocol still works."""
+
+    class Wrapper:
+        local = True
+
+        def __init__(self) -> None:
+            self.inner = MemoryStore()
+
+        def execute(self, batch: Any, now: float, bans: Any) -> Any:
+            return self.inner.execute(batch, now, bans)
+
+        async def aexecute(self, batch: Any, now: float, bans: Any) -> Any:
+            return self.inner.execute(batch, now, bans)
+
+        def impose(self, ban: Any, now: float) -> None:
+            self.inner.impose(ban, now)
+
+        def active_ban(self, key: str, now: float) -> Any:
+            return self.inner.active_ban(key, now)
+
+        def refund(self, *args: Any) -> None:
+            self.inner.refund(*args)
+
+    # 20 refusals (bans.after) earn a ban: the 20th is answered 403, and so is what follows
+    assert _statuses_with(Wrapper(), 25) == [200, 200] + [429] * 19 + [403] * 4
+
+
+def test_pre_keyed_hash_states_are_bounded_and_digests_unchanged() -> None:
+    import hashlib
+
+    guard = Guard({"secret": "s" * 32})
+    for i in range(1000):
+        guard.hash(f"tenant-{i}", "v")
+    assert len(guard.hasher._keyed) <= 64
+    expected = hashlib.blake2b(b"v", key=b"s" * 32, digest_size=12, person=b"tenant-999")
+    assert guard.hash("tenant-999", "v") == "tenant-999:" + expected.hexdigest()

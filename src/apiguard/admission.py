@@ -51,8 +51,20 @@ class GlobalAdmission:
     def compile(
         cls, rules: tuple[tuple[Rule, bool], ...], store: Store, *, advertise: bool = True
     ) -> GlobalAdmission | None:
-        """Compile (rule, enforced) pairs, or None when one needs the general path."""
-        if not isinstance(store, AdmittingStore):
+        """Compile (rule, enforced) pairs, or None when one needs the general path.
+
+        Only for a local store whose `admit` is defined where its `execute` is, or in a
+        subclass of that class: a subclass that changes `execute` (auditing, a deny list)
+        must see every request, so it gets the general path until it brings its own
+        `admit`.
+        """
+        if not isinstance(store, AdmittingStore) or not store.local:
+            return None
+        admit_owner = _defined_by(type(store), "admit")
+        execute_owner = _defined_by(type(store), "execute")
+        if admit_owner is None or execute_owner is None:
+            return None
+        if not issubclass(admit_owner, execute_owner):
             return None
         plan = cls(store.admit, advertise)
         for rule, enforce in rules:
@@ -123,7 +135,11 @@ class GlobalAdmission:
             zip(ops, results, strict=True), key=lambda pair: pair[0][5]
         ):
             kind, rule, policy, enforce = self.meta[tag]
-            striker = ctx.ip_key if kind == _IP else None if kind == _CHURN else ctx.principal
+            if kind == _OTHER:
+                found = rule.subject(ctx)  # type: ignore[attr-defined]
+                striker = found[1] if found is not None else None
+            else:
+                striker = ctx.ip_key if kind == _IP else None if kind == _CHURN else ctx.principal
             hit = Hit(key, spec, cost, True, enforce, striker, rule, policy, once)
             hit.fits = True
             hit.remaining = remaining
@@ -132,3 +148,8 @@ class GlobalAdmission:
             hit.bucket = bucket
             verdicts.append(hit)
         return verdicts
+
+
+def _defined_by(cls: type, name: str) -> type | None:
+    """The class in `cls`'s MRO whose body defines `name`."""
+    return next((c for c in cls.__mro__ if name in vars(c)), None)

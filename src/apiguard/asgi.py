@@ -53,7 +53,7 @@ class GuardMiddleware:
             self._verified_root = root
         engine = self.engine
         ctx = engine.begin(scope)
-        if engine.store.local_bans:
+        if engine.may_be_banned():
             early = engine.early_ban(ctx)
             if early is not None:
                 await self._refuse(send, early)
@@ -89,12 +89,7 @@ class GuardMiddleware:
                     return
                 status = message["status"]
                 if self._headers:
-                    fast = ctx.fast
-                    values = (
-                        fast[2]
-                        if fast is not None and ctx.verdicts is None
-                        else engine.ratelimit_values(ctx)
-                    )
+                    values = engine.ratelimit_values(ctx)
                     if values is not None:
                         message["headers"] = [
                             *message.get("headers", ()),

@@ -29,15 +29,13 @@ class Policy:
     window: float
     item: str = field(init=False, repr=False, compare=False)
     item_bytes: bytes = field(init=False, repr=False, compare=False)
-    state_prefix: str = field(init=False, repr=False, compare=False)
     state_prefix_bytes: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         window = max(1, math.ceil(self.window))
         object.__setattr__(self, "item", f'"{self.name}";q={self.quota};w={window}')
         object.__setattr__(self, "item_bytes", self.item.encode("latin-1"))
-        object.__setattr__(self, "state_prefix", f'"{self.name}";r=')
-        object.__setattr__(self, "state_prefix_bytes", self.state_prefix.encode("latin-1"))
+        object.__setattr__(self, "state_prefix_bytes", f'"{self.name}";r='.encode("latin-1"))
 
 
 @dataclass(slots=True)

@@ -95,12 +95,19 @@ class Engine:
             self._wanted_headers |= {b"x-forwarded-for", b"forwarded"}
         self._ok_low, self._ok_high = config.success_statuses
         self._late_identify_warned: set[str] = set()
-        self._ip_keys: dict[str, str] = {}
+        self._ip_keys: dict[str, str] = {}  # client address -> its IP key (bounded)
+        # bans this process knows (optional store attribute): while it is empty, there is
+        # nothing to check before routing; a store without it is always asked
+        self._local_bans: Mapping[str, Ban] | None = getattr(store, "local_bans", None)
         # endpoint object -> its rules; strong references, so no id() is ever reused
         self.rules_by_endpoint: dict[Any, tuple[Rule, ...]] = {}
         self._fast = GlobalAdmission.compile(
             self._global_plan, store, advertise=config.ratelimit_headers
         )
+
+    def may_be_banned(self) -> bool:
+        """Whether `early_ban` can find anything (False while no ban is known)."""
+        return self._local_bans is None or bool(self._local_bans)
 
     # -- request view ---------------------------------------------------------------
     def begin(self, scope: Mapping[str, Any]) -> RequestContext:
@@ -208,7 +215,7 @@ class Engine:
         `bans.strict_ip`. Anything not refused here is checked again at the checkpoint,
         once the principal is known.
         """
-        if not self.store.local_bans:
+        if self._local_bans is not None and not self._local_bans:
             return None
         now = self.clock()
         ban = None

@@ -69,8 +69,10 @@ class Guard:
         if clock is not None and not callable(clock):
             raise ConfigurationError("clock must be a callable returning seconds")
         self.clock: Callable[[], float] = clock or time.monotonic
-        self.store: Store = store if store is not None else MemoryStore(
-            self.config.store.max_keys, self.config.store.window_buckets
+        self.store: Store = (
+            store
+            if store is not None
+            else MemoryStore(self.config.store.max_keys, self.config.store.window_buckets)
         )
         secret = (
             self.config.secret.get_secret_value().encode() if self.config.secret else os.urandom(32)

@@ -33,13 +33,14 @@ _EMPTY_SCOPE: Mapping[str, Any] = {}
 class KeyedHasher:
     """Keyed BLAKE2b: principals, keys and usernames are only ever kept as these hashes."""
 
-    __slots__ = ("_cache", "_keyed", "_secret")
+    __slots__ = ("_keyed", "_secret")
+
+    _KINDS_KEPT = 64  # pre-keyed states kept (apiguard's own kinds are a handful)
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 16:
             raise ValueError("the hashing secret must be at least 16 bytes")
         self._secret = secret[:64]
-        self._cache: dict[str, str] = {}
         # kind -> BLAKE2b state with the key block already absorbed; copying it is half the
         # cost of keying a new hash for every value (same digests)
         self._keyed: dict[str, tuple[Any, str]] = {}
@@ -50,19 +51,16 @@ class KeyedHasher:
         keyed = self._keyed.get(kind)
         if keyed is None:
             state = hashlib.blake2b(key=self._secret, digest_size=12, person=kind.encode()[:16])
-            keyed = self._keyed[kind] = (state, f"{kind}:")
+            keyed = (state, f"{kind}:")
+            if len(self._keyed) < self._KINDS_KEPT:  # kinds chosen by callers stay bounded
+                self._keyed[kind] = keyed
         h = keyed[0].copy()
         h.update(data)
         return keyed[1] + h.hexdigest()
 
     def ip(self, address: str) -> str:
-        """Hash of a client address (or network), memoised in a bounded table."""
-        cached = self._cache.get(address)
-        if cached is None:
-            if len(self._cache) >= _IP_CACHE_MAX:
-                self._cache.clear()
-            cached = self._cache[address] = self("ip", address)
-        return cached
+        """Hash of a client address (or network); the engine keeps the bounded cache."""
+        return self("ip", address)
 
 
 class ClientIPResolver:

@@ -47,14 +47,8 @@ def ratelimit_fields(verdicts: Sequence[Verdict]) -> list[tuple[str, str]]:
 
 
 def _state(v: Verdict) -> str:
-    return _state_text(v.policy, v.remaining, v.reset if v.fits else v.retry_after)
-
-
-def _state_text(policy: Policy, remaining: int, t: float) -> str:
-    seconds = int(t)
-    if seconds < t:
-        seconds += 1
-    return f"{policy.state_prefix}{remaining if remaining > 0 else 0};t={seconds}"
+    t = v.reset if v.fits else v.retry_after
+    return ratelimit_state(v.policy, v.remaining, t).decode("latin-1")
 
 
 def ratelimit_state(policy: Policy, remaining: int, t: float) -> bytes:

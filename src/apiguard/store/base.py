@@ -19,7 +19,7 @@ Batch semantics (every store implements exactly these):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -102,9 +102,9 @@ class Store(Protocol):
     """A state backend. `local` stores may be called from the event loop thread."""
 
     local: bool
-    # bans known in this process (read-only for callers): an empty mapping lets the
-    # engine skip the ban pre-check before routing
-    local_bans: Mapping[str, Ban]
+    # Optional: `local_bans`, a read-only mapping of the bans known in this process. While
+    # it is empty the engine skips the ban check before routing; a store without it is
+    # always asked (`active_ban`).
 
     def execute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
         """Run `batch` atomically (see the module docstring)."""
@@ -129,7 +129,8 @@ class Store(Protocol):
 
 @runtime_checkable
 class AdmittingStore(Store, Protocol):
-    """A store with a fast path for the common case: every op fits and no ban applies."""
+    """A local store with a fast path for the common case: every op fits and no ban
+    applies. `admit` must charge exactly what `execute` would for the same ops."""
 
     def admit(
         self, ops: Sequence[Op], ban_keys: tuple[str, ...], now: float
