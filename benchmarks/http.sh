@@ -5,9 +5,10 @@
 #   benchmarks/http.sh                       # 10 s per app in 2 interleaved rounds (+2 s warm-up)
 #   ROUNDS=4 benchmarks/http.sh              # same time per app, interleaved in 4 rounds
 #   DURATION=4 WARMUP=1 APPS="bare apiguard" benchmarks/http.sh
+#   HTTP=h11 benchmarks/http.sh              # uvicorn's HTTP parser: auto (default), h11, httptools
 #
 # Env: PY (python with uvicorn + apiguard), DURATION (seconds per app, split over ROUNDS),
-# ROUNDS, WARMUP (seconds), THREADS, CONNECTIONS, KEYS, APPS.
+# ROUNDS, WARMUP (seconds), THREADS, CONNECTIONS, KEYS, APPS, HTTP.
 # Prints a markdown table: app | req/s | p99 latency | ratio of req/s to bare | the server's
 # CPU time per request (from /proc: steadier than req/s on a shared machine) | wrk's socket
 # errors + non-2xx responses (must be 0: nothing is ever refused, this measures overhead).
@@ -22,6 +23,7 @@ THREADS="${THREADS:-2}"
 CONNECTIONS="${CONNECTIONS:-50}"
 KEYS="${KEYS:-1000}"
 APPS="${APPS:-bare apiguard slowapi}"
+HTTP="${HTTP:-auto}"
 export KEYS ROUTES=10 APIGUARD_BENCH_ROUTES=10
 
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
@@ -57,7 +59,7 @@ start_server() { # app
   local app="$1" port
   port="$(free_port)"
   APIGUARD_BENCH_APP="$app" "$PY" -m uvicorn --app-dir "$HERE" http_apps:app \
-    --host 127.0.0.1 --port "$port" --no-access-log --no-proxy-headers --log-level warning \
+    --host 127.0.0.1 --port "$port" --http "$HTTP" --no-access-log --no-proxy-headers --log-level warning \
     >"$WORK/$app.log" 2>&1 &
   PID[$app]=$!
   PORT[$app]=$port
@@ -120,7 +122,7 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-impl="$("$PY" -c 'import importlib.util as u; print(("uvloop" if u.find_spec("uvloop") else "asyncio") + " + " + ("httptools" if u.find_spec("httptools") else "h11"))')"
+impl="$("$PY" -c 'import importlib.util as u, sys; h = sys.argv[1]; print(("uvloop" if u.find_spec("uvloop") else "asyncio") + " + " + (h if h != "auto" else "httptools" if u.find_spec("httptools") else "h11"))' "$HTTP")"
 hz="$(getconf CLK_TCK)"
 where="$("$PY" -c 'import apiguard, os; print(os.path.dirname(apiguard.__file__))')"
 echo

@@ -12,6 +12,9 @@ medians of per-round comparisons with the bare app at the same route count. The 
 columns repeat the measurement with this thread's CPU time (time.thread_time_ns), which
 time slices lost to other processes on a shared machine do not inflate.
 Limits are set high enough that nothing is ever refused: this measures overhead only.
+"same work hand-fused" is fused_floor.py: the default policy's per-request work for an
+admitted anonymous request in one function, with none of apiguard's layers (a lower bound
+for this interpreter; the gap to "apiguard default" is what the layers cost).
 Requests run one at a time, so costs that need concurrent requests or a real server (GC
 pressure from objects kept alive per keep-alive connection, header serialisation) show
 only in http.sh.
@@ -35,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fused_floor import FusedFloor
 from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
@@ -125,6 +129,14 @@ def build(kind: str, n_routes: int) -> tuple[ASGIApp, Callable[[], bool]]:
             mw = mw.app
         storage = mw.storage
         return app, lambda: bool(storage.events)
+    if kind == "fused-floor":
+        app = starlette_app(n_routes)
+        app.add_middleware(FusedFloor)
+        mw = app.middleware_stack = app.build_middleware_stack()
+        while not isinstance(mw, FusedFloor):
+            mw = mw.app
+        floor = mw
+        return app, lambda: len(floor) > 0
     if kind in ("apiguard-default", "apiguard-flow"):
         guard = Guard(GUARD_CONFIG)
         wrap = guard.flow("f", FLOW_RATE) if kind == "apiguard-flow" else None
@@ -259,7 +271,7 @@ class Variant:
         bad = [m["status"] for m in starts if m["status"] != 200]
         if len(starts) != n or bad or any(b != b"ok" for b in bodies):
             sys.exit(f"{self.label}: unexpected responses (statuses {bad[:5]})")
-        if self.kind.startswith("apiguard"):
+        if self.kind.startswith("apiguard") or self.kind == "fused-floor":
             names = {h[0] for h in starts[0]["headers"]}
             if b"ratelimit" not in names:
                 sys.exit(f"{self.label}: no RateLimit header: apiguard did not check")
@@ -275,6 +287,7 @@ def variants(scaling: tuple[int, ...]) -> list[Variant]:
             ("no-op ASGI middleware", "noop"),
             ("15-line middleware on limits", "limits-mw"),
             ("apiguard default", "apiguard-default"),
+            ("same work hand-fused (fused_floor.py)", "fused-floor"),
             ("apiguard + @guard.flow", "apiguard-flow"),
             ("slowapi ASGI middleware", "slowapi"),
         ):
@@ -282,6 +295,7 @@ def variants(scaling: tuple[int, ...]) -> list[Variant]:
     for n in scaling:
         if n != 1000:
             out.append(Variant("apiguard default", "apiguard-default", 10, n, "ip"))
+            out.append(Variant("same work hand-fused (fused_floor.py)", "fused-floor", 10, n, "ip"))
     for n in scaling:
         out.append(Variant("apiguard default (x-api-key)", "apiguard-default", 10, n, "key"))
     return out
