@@ -5,6 +5,7 @@
 #   benchmarks/http.sh                       # 10 s per app in 2 interleaved rounds (+2 s warm-up)
 #   ROUNDS=4 benchmarks/http.sh              # same time per app, interleaved in 4 rounds
 #   DURATION=4 WARMUP=1 APPS="bare apiguard" benchmarks/http.sh
+#   APPS="bare apiguard apiguard-quiet" benchmarks/http.sh   # quiet: no RateLimit fields
 #   HTTP=h11 benchmarks/http.sh              # uvicorn's HTTP parser: auto (default), h11, httptools
 #
 # Env: PY (python with uvicorn + apiguard), DURATION (seconds per app, split over ROUNDS),

@@ -44,16 +44,25 @@ def bare_app() -> Starlette:
     )
 
 
-def apiguard_app() -> Starlette:
+def apiguard_app(ratelimit_headers: bool = True) -> Starlette:
     """apiguard's default policy (per-principal and per-IP rules), limits raised."""
     app = bare_app()
     # the load generator shows 1,000 keys from one IP: raise the new-credentials-per-IP
     # limit so it is measured, not tripped
     guard = Guard(
-        {"limits": {"principal": HIGH, "ip": HIGH}, "identity": {"new_credentials_per_ip": HIGH}}
+        {
+            "limits": {"principal": HIGH, "ip": HIGH},
+            "identity": {"new_credentials_per_ip": HIGH},
+            "ratelimit_headers": ratelimit_headers,
+        }
     )
     app.add_middleware(GuardMiddleware, guard=guard)
     return app
+
+
+def apiguard_quiet_app() -> Starlette:
+    """`apiguard` without the RateLimit fields on admitted responses (what they cost)."""
+    return apiguard_app(ratelimit_headers=False)
 
 
 def slowapi_app() -> Starlette:
@@ -69,6 +78,7 @@ def slowapi_app() -> Starlette:
 APPS: dict[str, Callable[[], Starlette]] = {
     "bare": bare_app,
     "apiguard": apiguard_app,
+    "apiguard-quiet": apiguard_quiet_app,
     "slowapi": slowapi_app,
 }
 
