@@ -36,7 +36,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fused_floor import FusedFloor
 from limits import parse
@@ -113,6 +113,20 @@ class LimitsMiddleware:
         await self.app(scope, receive, send)
 
 
+M = TypeVar("M")
+
+
+def with_middleware(n_routes: int, cls: type[M]) -> tuple[Starlette, M]:
+    """A Starlette app wrapped in `cls`, and the middleware instance (to probe its state)."""
+    app = starlette_app(n_routes)
+    app.add_middleware(cls)  # type: ignore[arg-type]
+    app.middleware_stack = app.build_middleware_stack()
+    mw: Any = app.middleware_stack
+    while not isinstance(mw, cls):
+        mw = mw.app
+    return app, mw
+
+
 def build(kind: str, n_routes: int) -> tuple[ASGIApp, Callable[[], bool]]:
     """The app for `kind`, and a probe that says its limiter really counted requests."""
     if kind == "bare":
@@ -122,20 +136,10 @@ def build(kind: str, n_routes: int) -> tuple[ASGIApp, Callable[[], bool]]:
         app.add_middleware(Noop)
         return app, lambda: True
     if kind == "limits-mw":
-        app = starlette_app(n_routes)
-        app.add_middleware(LimitsMiddleware)
-        mw = app.middleware_stack = app.build_middleware_stack()
-        while not isinstance(mw, LimitsMiddleware):
-            mw = mw.app
-        storage = mw.storage
-        return app, lambda: bool(storage.events)
+        app, limiter = with_middleware(n_routes, LimitsMiddleware)
+        return app, lambda: bool(limiter.storage.events)
     if kind == "fused-floor":
-        app = starlette_app(n_routes)
-        app.add_middleware(FusedFloor)
-        mw = app.middleware_stack = app.build_middleware_stack()
-        while not isinstance(mw, FusedFloor):
-            mw = mw.app
-        floor = mw
+        app, floor = with_middleware(n_routes, FusedFloor)
         return app, lambda: len(floor) > 0
     if kind in ("apiguard-default", "apiguard-flow"):
         guard = Guard(GUARD_CONFIG)
