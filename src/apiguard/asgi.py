@@ -61,17 +61,11 @@ class GuardMiddleware:
         token = _current.set(ctx)
         status: int | None = None
         local = engine.store.local
-        by_endpoint = engine.rules_by_endpoint
 
         async def guarded_send(message: Message) -> None:
             nonlocal status
             if status is None and message["type"] == "http.response.start":
-                try:
-                    rules = by_endpoint.get(scope.get("endpoint"))
-                except TypeError:  # an unhashable endpoint object
-                    rules = None
-                if rules is None:
-                    rules = engine.rules_of(scope)
+                rules = engine.rules_of(scope)
                 decision = ctx.decision
                 if not ctx.global_done or ctx.endpoint_done is not rules:
                     try:

@@ -100,7 +100,7 @@ class Engine:
         # nothing to check before routing; a store without it is always asked
         self._local_bans: Mapping[str, Ban] | None = getattr(store, "local_bans", None)
         # endpoint object -> its rules; strong references, so no id() is ever reused
-        self.rules_by_endpoint: dict[Any, tuple[Rule, ...]] = {}
+        self._rules_by_endpoint: dict[Any, tuple[Rule, ...]] = {}
         self._fast = GlobalAdmission.compile(
             self._global_plan, store, advertise=config.ratelimit_headers
         )
@@ -166,14 +166,14 @@ class Engine:
         every request; most endpoints carry no rules, and a missed getattr is slow)."""
         endpoint = scope.get("endpoint")
         try:
-            rules = self.rules_by_endpoint.get(endpoint)
+            rules = self._rules_by_endpoint.get(endpoint)
         except TypeError:  # an unhashable endpoint object
             return endpoint_rules(scope, self)
         if rules is None:
             rules = endpoint_rules(scope, self)
-            if len(self.rules_by_endpoint) >= _ENDPOINTS_MAX:
-                self.rules_by_endpoint.clear()
-            self.rules_by_endpoint[endpoint] = rules
+            if len(self._rules_by_endpoint) >= _ENDPOINTS_MAX:
+                self._rules_by_endpoint.clear()
+            self._rules_by_endpoint[endpoint] = rules
         return rules
 
     def _warn_untrusted_forwarding(self, name: bytes) -> None:
@@ -215,7 +215,7 @@ class Engine:
         `bans.strict_ip`. Anything not refused here is checked again at the checkpoint,
         once the principal is known.
         """
-        if self._local_bans is not None and not self._local_bans:
+        if not self.may_be_banned():
             return None
         now = self.clock()
         ban = None
@@ -309,16 +309,8 @@ class Engine:
         nothing was charged, run the general path."""
         principal = ctx.principal
         if principal is None:
-            if ctx.declared is None and self.resolver is None:
-                principal = ctx.credential_key or ctx.ip_key
-            else:
-                principal = self._principal(ctx)
-            ctx.principal = principal
-        if principal is ctx.ip_key and not ctx.vouched:  # anonymous: nothing else to ban
-            ban_keys: tuple[str, ...] = (principal,)
-        else:
-            ban_keys = self._ban_keys(ctx)
-        if not fast.try_admit(ctx, principal, ban_keys, self.clock()):
+            principal = ctx.principal = self._principal(ctx)
+        if not fast.try_admit(ctx, principal, self._ban_keys(ctx), self.clock()):
             return False
         ctx.global_done = True
         if ctx.decision is None:
