@@ -753,3 +753,62 @@ def test_middleware_and_clock_arguments_are_checked():
         GuardMiddleware(FastAPI(), guard=None)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="clock"):
         Guard(clock=1.0)  # type: ignore[arg-type]
+
+
+# -- policy names say which limit they are ----------------------------------------------------
+def test_handlers_sharing_a_name_get_distinct_policy_names(make_guard, serve):
+    """Two routers each with a `get` handler: RateLimit-Policy and violated-policies must
+    not advertise one name for two different limits."""
+    guard = make_guard(limits={"principal": "100/minute"})
+    app = FastAPI()
+    first, second = APIRouter(prefix="/a"), APIRouter(prefix="/b")
+
+    @first.get("/")
+    @guard.limit("1/minute")
+    async def get() -> dict[str, str]:
+        return {"r": "a"}
+
+    @second.get("/")  # type: ignore[no-redef]
+    @guard.limit("2/minute")
+    async def get() -> dict[str, str]:  # noqa: F811
+        return {"r": "b"}
+
+    app.include_router(first)
+    app.include_router(second)
+    client = serve(app, guard)
+    assert client.get("/a/").headers["ratelimit-policy"] == '"limit:get";q=1;w=60'
+    assert client.get("/b/").headers["ratelimit-policy"] == '"limit:get-2";q=2;w=60'
+    assert_quota_exceeded(client.get("/a/"), "limit:get")
+    client.get("/b/")
+    assert_quota_exceeded(client.get("/b/"), "limit:get-2")
+    # a route's limit still shares nothing with its namesake: another caller is served
+    assert serve(app, ip=IP_B).get("/a/").status_code == 200
+
+
+def test_chosen_policy_names_that_are_taken_are_configuration_errors(make_guard):
+    guard = make_guard(limits={"principal": "100/minute"})
+
+    @guard.limit("5/minute", name="search")
+    async def search() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="'search' is already used"):
+
+        @guard.limit("9/minute", name="search")
+        async def other_search() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="'per-principal' is already used"):
+
+        @guard.limit("9/minute", name="per-principal")
+        async def shadows_the_global() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="'search' is already used"):
+
+        @guard.flow("search", "3/hour")
+        async def flow_named_like_a_limit() -> None: ...
+
+    # one flow over several routes is one policy, not a collision
+    @guard.flow("signup", "3/hour")
+    async def start() -> None: ...
+
+    @guard.flow("signup", completes=False)
+    async def verify() -> None: ...

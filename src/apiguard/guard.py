@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import itertools
 import os
 import time
 import weakref
@@ -81,19 +82,25 @@ class Guard:
         self.on_block = on_block
         self.telemetry = Telemetry(meter_provider)
         self._flows: dict[str, FlowRule] = {}
+        # advertised policy name -> the rule it belongs to: names in RateLimit-Policy and
+        # violated-policies must say which limit they are
+        self._policy_owners: dict[str, Rule] = {}
         # original function -> its guarded wrapper; strong references, so a wrapper that the
         # framework never routed (decorator order) is still known when routes are verified
         # original function -> every guarded wrapper made of it; strong references, so a
         # wrapper the framework never routed (decorator order) is still known at verify()
         self._decorated: dict[Callable[..., Any], list[Callable[..., Any]]] = {}
         self._verified: weakref.WeakSet[Any] = weakref.WeakSet()
+        global_rules = self._global_rules()
+        for rule in global_rules:
+            self._claim_names(rule)
         self.engine = Engine(
             self.config,
             self.store,
             self.clock,
             self.hasher,
             self.telemetry,
-            self._global_rules(),
+            global_rules,
             principal_resolver,
         )
 
@@ -148,18 +155,30 @@ class Guard:
         """
 
         def decorate(fn: F) -> F:
-            label = name or f"limit:{getattr(fn, '__name__', 'handler')}"
-            try:
-                rule = WindowRule(
-                    label,
-                    rate,
-                    per=per,
-                    cost=cost,
-                    mode=mode,
-                    buckets=self.config.store.window_buckets,
-                )
-            except ValueError as exc:
-                raise ConfigurationError(f"@guard.limit on {_qualname(fn)}: {exc}") from None
+            base = name or f"limit:{getattr(fn, '__name__', 'handler')}"
+            label = base
+            for n in itertools.count(2):
+                try:
+                    rule = WindowRule(
+                        label,
+                        rate,
+                        per=per,
+                        cost=cost,
+                        mode=mode,
+                        buckets=self.config.store.window_buckets,
+                    )
+                except ValueError as exc:
+                    raise ConfigurationError(f"@guard.limit on {_qualname(fn)}: {exc}") from None
+                taken = self._taken_names(rule)
+                if not taken:
+                    break
+                if name is not None:
+                    raise ConfigurationError(
+                        f"@guard.limit(name={name!r}) on {_qualname(fn)}: the policy name "
+                        f"{taken[0]!r} is already used by another rule of this guard"
+                    )
+                label = f"{base}-{n}"  # two handlers with one __name__: limit:get, limit:get-2
+            self._claim_names(rule)
             return self._guard(fn, rule)
 
         return decorate
@@ -211,10 +230,26 @@ class Guard:
                         f"{_qualname(fn)}; every route of one flow must share them"
                     )
             else:
+                taken = self._taken_names(rule)
+                if taken:
+                    raise ConfigurationError(
+                        f"@guard.flow({name!r}) on {_qualname(fn)}: the policy name "
+                        f"{taken[0]!r} is already used by another rule of this guard"
+                    )
                 self._flows[name] = rule
+                self._claim_names(rule)
             return self._guard(fn, rule)
 
         return decorate
+
+    def _taken_names(self, rule: Rule) -> list[str]:
+        """`rule`'s policy names that another rule of this guard already advertises."""
+        owners = self._policy_owners
+        return [p.name for p in rule.policies if owners.get(p.name, rule) is not rule]
+
+    def _claim_names(self, rule: Rule) -> None:
+        for policy in rule.policies:
+            self._policy_owners[policy.name] = rule
 
     def _guard(self, fn: F, rule: Rule) -> F:
         if not callable(fn):
