@@ -362,3 +362,14 @@ def test_fast_results_become_verdicts_for_a_later_checkpoint() -> None:
     assert '"limit:limited"' in fast[3][3]  # the refused route's policy is advertised
     # the global rules of every request were admitted on the fast path, before routing
     assert built[0][2].admitted == 5 and built[0][2].declined == 0
+
+
+def test_decorated_routes_take_the_fast_path_and_flows_still_refund() -> None:
+    """A decorated route's checkpoint (global rules + its own) is admitted in one `admit`
+    call too; a count="success" flow still gives back the unit of a failed response."""
+    schedule = [(0.2, 0, None, None, False, route) for route in (4, 3, 4, 3, 3)]
+    fast_store, ref_store, seen = asyncio.run(_drive(BASE, schedule))
+    # fail (refunded), success, fail (refunded), success, then the flow (2/10 s) is spent
+    assert [s[0] for s in seen] == [400, 200, 400, 200, 429]
+    assert (fast_store.admitted, fast_store.declined) == (4, 1)
+    assert ref_store.admitted == ref_store.declined == 0

@@ -1,14 +1,15 @@
-"""The fast admission path: the global rules of the common request in one store call.
+"""The fast admission path: the common checkpoint in one store call.
 
-Most requests reach the checkpoint with only the global rules to run (no decorator on
-the endpoint), and almost all of them fit. For those, the global rules are compiled once
-into plain tuples, the store charges every window in one `admit` call with no per-hit
-objects, and the `Hit` verdicts are made only if something later asks for them. Anything
-else (a ban, a window that does not fit, a monitor-mode rule that would refuse, rules of
-the endpoint, a custom rule among the globals, a store without `admit`) goes through the
-general path (`Engine._plan` -> `Store.execute` -> `Engine._conclude`), which reports,
-refuses and strikes; `admit` has then changed nothing. tests/test_fast_path.py checks
-that both paths answer every request alike.
+Almost every request that reaches a checkpoint fits. For those, the rules to run (the
+global rules, and those of the endpoint when it has any) are compiled once into plain
+tuples, the store charges every window in one `admit` call with no per-hit objects, and
+the `Hit` verdicts are made only if something later asks for them (and at once for rules
+that observe the outcome). Anything else (a ban, a window that does not fit, a monitor-
+mode rule that would refuse, a custom rule or a callable `per=`/`cost=`, a
+`completes=False` step, a store without `admit`) goes through the general path
+(`Engine._plan` -> `Store.execute` -> `Engine._conclude`), which reports, refuses and
+strikes; `admit` has then changed nothing. tests/test_fast_path.py checks that both
+paths answer every request alike.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from apiguard.decision import Policy
 from apiguard.responses import ratelimit_state
-from apiguard.rules import CredentialChurnRule, Rule, WindowRule
+from apiguard.rules import CredentialChurnRule, FlowRule, Rule, WindowRule
 from apiguard.store.base import AdmittingStore, Hit, Op, Store
 from apiguard.window import WindowSpec
 
@@ -31,32 +32,32 @@ _PRINCIPAL, _IP, _CHURN, _OTHER = range(4)
 Admit = Callable[..., "tuple[list[tuple[int, float, int]], int] | None"]
 
 
-class GlobalAdmission:
-    """The global rules compiled for `admit`; build it with `GlobalAdmission.compile`."""
+class Admission:
+    """Rules compiled for `admit`: the global rules, or the global rules followed by one
+    endpoint's rules. Build it with `Admission.compile`."""
 
     def __init__(self, admit: Admit, advertise: bool) -> None:
         self._admit = admit
         self._advertise = advertise  # admitted responses carry the RateLimit fields
-        # (window key prefix, spec, cost, advertised, tag) per rate, by subject kind
-        self.by_principal: list[tuple[str, WindowSpec, int, bool, int]] = []
-        self.by_ip: list[tuple[str, WindowSpec, int, bool, int]] = []
-        # (window key prefix, marker prefix, spec, advertised, tag)
-        self.by_churn: list[tuple[str, str, WindowSpec, bool, int]] = []
-        # (rule, window key prefix, spec, cost, advertised, tag)
-        self.by_other: list[tuple[WindowRule, str, WindowSpec, int, bool, int]] = []
-        # tag -> (kind, rule, policy, enforced), in the order of the global rules
+        # per rate, in rule order (the general path's verdict order):
+        # (kind, window key prefix, spec, cost, advertised, `once` marker prefix, rule, tag)
+        self.rates: list[tuple[int, str, WindowSpec, int, bool, str, Rule, int]] = []
+        # tag (index in `rates`) -> (kind, rule, policy, enforced)
         self.meta: list[tuple[int, Rule, Policy, bool]] = []
+        self.observed = False  # a rule observes outcomes (count="success" flows)
 
     @classmethod
     def compile(
         cls, rules: tuple[tuple[Rule, bool], ...], store: Store, *, advertise: bool = True
-    ) -> GlobalAdmission | None:
+    ) -> Admission | None:
         """Compile (rule, enforced) pairs, or None when one needs the general path.
 
         Only for a local store whose `admit` is defined where its `execute` is, or in a
         subclass of that class: a subclass that changes `execute` (auditing, a deny list)
         must see every request, so it gets the general path until it brings its own
-        `admit`.
+        `admit`. Rules compile when their subject and cost are known without calling the
+        app's code (callables could see a request twice: once here, once on fall-back)
+        and they charge when admitted (not a `completes=False` step).
         """
         if not isinstance(store, AdmittingStore) or not store.local:
             return None
@@ -68,28 +69,28 @@ class GlobalAdmission:
             return None
         plan = cls(store.admit, advertise)
         for rule, enforce in rules:
-            if type(rule) is WindowRule and isinstance(rule.cost, int) and rule.consume:
-                if callable(rule.per):
-                    return None
+            if (
+                type(rule) in (WindowRule, FlowRule)
+                and isinstance(rule, WindowRule)
+                and isinstance(rule.cost, int)
+                and rule.consume
+                and not callable(rule.per)
+            ):
                 kind = {"principal": _PRINCIPAL, "ip": _IP}.get(rule.per, _OTHER)
+                plan.observed = plan.observed or rule.observes
                 for prefix, spec, policy in zip(
                     rule.prefixes, rule.specs, rule.policies, strict=True
                 ):
                     tag = len(plan.meta)
                     plan.meta.append((kind, rule, policy, enforce))
-                    if kind == _PRINCIPAL:
-                        plan.by_principal.append((prefix, spec, rule.cost, enforce, tag))
-                    elif kind == _IP:
-                        plan.by_ip.append((prefix, spec, rule.cost, enforce, tag))
-                    else:
-                        plan.by_other.append((rule, prefix, spec, rule.cost, enforce, tag))
+                    plan.rates.append((kind, prefix, spec, rule.cost, enforce, "", rule, tag))
             elif type(rule) is CredentialChurnRule:
                 for prefix, marker, spec, policy in zip(
                     rule.prefixes, rule.marker_prefixes, rule.specs, rule.policies, strict=True
                 ):
                     tag = len(plan.meta)
                     plan.meta.append((_CHURN, rule, policy, enforce))
-                    plan.by_churn.append((prefix, marker, spec, enforce, tag))
+                    plan.rates.append((_CHURN, prefix, spec, 1, enforce, marker, rule, tag))
             else:
                 return None
         return plan
@@ -97,22 +98,26 @@ class GlobalAdmission:
     def try_admit(
         self, ctx: RequestContext, principal: str, ban_keys: tuple[str, ...], now: float
     ) -> bool:
-        """Charge the global rules of `ctx` (keyed on `principal`) if no key of `ban_keys`
-        is banned and all fit (True); else change nothing (False)."""
+        """Charge the rules of `ctx` (keyed on `principal`) if no key of `ban_keys` is
+        banned and all fit (True); else change nothing (False)."""
         ip = ctx.ip_key
         ops: list[Op] = []
-        for prefix, spec, cost, advertised, tag in self.by_principal:
-            ops.append((prefix + principal, spec, cost, None, advertised, tag))
-        for prefix, spec, cost, advertised, tag in self.by_ip:
-            ops.append((prefix + ip, spec, cost, None, advertised, tag))
-        if self.by_churn and CredentialChurnRule.applies(ctx):
-            for prefix, marker, spec, advertised, tag in self.by_churn:
-                once = f"{marker}{ip}|{ctx.credential_key}"
-                ops.append((prefix + ip, spec, 1, once, advertised, tag))
-        for rule, prefix, spec, cost, advertised, tag in self.by_other:
-            found = rule.subject(ctx)
-            if found is not None:
-                ops.append((prefix + found[0], spec, cost, None, advertised, tag))
+        churn: bool | None = None
+        for kind, prefix, spec, cost, advertised, marker, rule, tag in self.rates:
+            if kind == _PRINCIPAL:
+                ops.append((prefix + principal, spec, cost, None, advertised, tag))
+            elif kind == _IP:
+                ops.append((prefix + ip, spec, cost, None, advertised, tag))
+            elif kind == _CHURN:
+                if churn is None:
+                    churn = CredentialChurnRule.applies(ctx)
+                if churn:
+                    once = f"{marker}{ip}|{ctx.credential_key}"
+                    ops.append((prefix + ip, spec, 1, once, advertised, tag))
+            else:
+                found = rule.subject(ctx)  # type: ignore[attr-defined]
+                if found is not None:
+                    ops.append((prefix + found[0], spec, cost, None, advertised, tag))
         done = self._admit(ops, ban_keys, now)
         if done is None:
             return False
@@ -122,17 +127,21 @@ class GlobalAdmission:
             policy = self.meta[ops[best][5]][2]
             remaining, reset, _ = results[best]
             fields = (policy.item_bytes, ratelimit_state(policy, remaining, reset))
-        ctx.fast = (ops, results, fields)
+        ctx.fast = (self, ops, results, fields)
+        if self.observed:  # count="success" flows see the outcome, as on the general path
+            charges = [h for h in self.verdicts(ctx) if h.rule.observes]
+            if charges:
+                ctx.charges = [*(ctx.charges or ()), *charges]
         return True
 
     def verdicts(self, ctx: RequestContext) -> list[Hit]:
-        """What the general path would have recorded for the admitted global rules."""
+        """What the general path would have recorded for the admitted rules."""
         if ctx.fast is None:
             return []
-        ops, results, _ = ctx.fast
+        _, ops, results, _ = ctx.fast
         verdicts: list[Hit] = []
-        for (key, spec, cost, once, _, tag), (remaining, reset, bucket) in sorted(
-            zip(ops, results, strict=True), key=lambda pair: pair[0][5]
+        for (key, spec, cost, once, _, tag), (remaining, reset, bucket) in zip(
+            ops, results, strict=True
         ):
             kind, rule, policy, enforce = self.meta[tag]
             if kind == _OTHER:

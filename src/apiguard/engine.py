@@ -18,7 +18,7 @@ from typing import Any
 from opentelemetry import trace
 from starlette.exceptions import HTTPException
 
-from apiguard.admission import GlobalAdmission
+from apiguard.admission import Admission
 from apiguard.config import GuardConfig
 from apiguard.decision import ALLOWED, Action, Decision
 from apiguard.request import ClientIPResolver, KeyedHasher, RequestContext
@@ -101,9 +101,9 @@ class Engine:
         self._local_bans: Mapping[str, Ban] | None = getattr(store, "local_bans", None)
         # endpoint object -> its rules; strong references, so no id() is ever reused
         self._rules_by_endpoint: dict[Any, tuple[Rule, ...]] = {}
-        self._fast = GlobalAdmission.compile(
-            self._global_plan, store, advertise=config.ratelimit_headers
-        )
+        self._fast = Admission.compile(self._global_plan, store, advertise=config.ratelimit_headers)
+        # endpoint rules -> the global rules and them, compiled (None: general path only)
+        self._fast_with: dict[tuple[Rule, ...], Admission | None] = {}
 
     def may_be_banned(self) -> bool:
         """Whether `early_ban` can find anything (False while no ban is known)."""
@@ -302,9 +302,30 @@ class Engine:
         policy closest to its limit (smallest remaining share of its quota)."""
         if ctx.verdicts:
             return tightest_ratelimit(ctx.verdicts)
-        return ctx.fast[2] if ctx.fast is not None else None
+        return ctx.fast[3] if ctx.fast is not None else None
 
-    def _admit_fast(self, ctx: RequestContext, fast: GlobalAdmission) -> bool:
+    def _admission(self, rules: tuple[Rule, ...]) -> Admission | None:
+        """The fast path for a checkpoint that runs the global rules and `rules`."""
+        if not rules:
+            return self._fast
+        if self._fast is None:
+            return None
+        try:
+            return self._fast_with[rules]
+        except KeyError:
+            pass
+        default = self.enforce_default
+        pairs = (
+            *self._global_plan,
+            *((r, default if r.mode is None else r.mode == "enforce") for r in rules),
+        )
+        plan = Admission.compile(pairs, self.store, advertise=self.config.ratelimit_headers)
+        if len(self._fast_with) >= _ENDPOINTS_MAX:
+            self._fast_with.clear()
+        self._fast_with[rules] = plan
+        return plan
+
+    def _admit_fast(self, ctx: RequestContext, fast: Admission) -> bool:
         """The common checkpoint on the fast path (see `apiguard.admission`); False:
         nothing was charged, run the general path."""
         principal = ctx.principal
@@ -320,9 +341,12 @@ class Engine:
 
     def check_sync(self, ctx: RequestContext, rules: tuple[Rule, ...] = ()) -> Decision:
         """Run the checkpoint from synchronous code; raise `Refused` when refused."""
-        fast = self._fast
-        if not rules and not ctx.global_done and fast is not None and self._admit_fast(ctx, fast):
-            return ALLOWED
+        if not ctx.global_done:
+            fast = self._admission(rules)
+            if fast is not None and self._admit_fast(ctx, fast):
+                if rules:
+                    ctx.endpoint_done = rules
+                return ALLOWED
         batch = self._plan(ctx, rules)
         if batch is None:
             return ctx.decision or ALLOWED
@@ -331,9 +355,12 @@ class Engine:
 
     async def check_async(self, ctx: RequestContext, rules: tuple[Rule, ...] = ()) -> Decision:
         """Run the checkpoint from async code; raise `Refused` when refused."""
-        fast = self._fast
-        if not rules and not ctx.global_done and fast is not None and self._admit_fast(ctx, fast):
-            return ALLOWED
+        if not ctx.global_done:
+            fast = self._admission(rules)
+            if fast is not None and self._admit_fast(ctx, fast):
+                if rules:
+                    ctx.endpoint_done = rules
+                return ALLOWED
         batch = self._plan(ctx, rules)
         if batch is None:
             return ctx.decision or ALLOWED
@@ -356,8 +383,8 @@ class Engine:
         hits = result.hits
         verdicts = ctx.verdicts
         if verdicts is None:
-            if ctx.fast is not None and self._fast is not None:  # admitted on the fast path
-                verdicts = ctx.verdicts = [*self._fast.verdicts(ctx), *hits]
+            if ctx.fast is not None:  # an earlier checkpoint admitted on the fast path
+                verdicts = ctx.verdicts = [*ctx.fast[0].verdicts(ctx), *hits]
                 ctx.fast = None
             else:
                 verdicts = ctx.verdicts = hits

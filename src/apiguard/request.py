@@ -21,6 +21,7 @@ from apiguard.config import ClientIPConfig
 from apiguard.routes import route_template
 
 if TYPE_CHECKING:
+    from apiguard.admission import Admission
     from apiguard.decision import Decision
     from apiguard.engine import Engine
     from apiguard.rules import Rule
@@ -226,10 +227,11 @@ class RequestContext:
         self.decision: Decision | None = None
         self.verdicts: list[Hit] | None = None  # every evaluated hit, in order
         self.charges: list[Hit] | None = None  # charged hits whose rules observe outcomes
-        # global rules admitted on the fast path: (ops, results, RateLimit field values of
-        # the tightest advertised policy), until made into verdicts
+        # rules admitted on the fast path: (the compiled rules, ops, results, RateLimit
+        # field values of the tightest advertised policy), until made into verdicts
         self.fast: (
-            tuple[list[Op], list[tuple[int, float, int]], tuple[bytes, bytes] | None] | None
+            tuple[Admission, list[Op], list[tuple[int, float, int]], tuple[bytes, bytes] | None]
+            | None
         ) = None
         self.refused_sent = False
 
