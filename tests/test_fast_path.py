@@ -49,6 +49,10 @@ ROUTES = (
     ("POST", "/checkout", "fail=1"),  # 400: the count="success" flow gives its unit back
     ("GET", "/missing", ""),  # 404
     ("POST", "/open", ""),  # 405
+    ("GET", "/stacked", ""),  # a per-IP limit and an attempt-counted flow on one handler
+    ("GET", "/watched/7", ""),  # per principal and route, in monitor mode
+    ("GET", "/watched/8", ""),
+    ("GET", "/everyone", ""),  # one budget for every caller (per="route")
 )
 # small steps, exact bucket boundaries (width 1 s with 10 buckets of a 10 s window), steps
 # just around them, and jumps over whole windows and past bans
@@ -162,8 +166,27 @@ def build(config: dict[str, Any], fast: bool) -> tuple[FastAPI, Guard, CountingS
     async def limited(u: str | None = Depends(user)) -> dict[str, str | None]:
         return {"route": "limited", "user": u}
 
-    (rule,) = getattr(limited, "__apiguard_rules__")  # noqa: B009
-    store.aliases[f"{rule.key}."] = "limit:limited."
+    @app.get("/stacked")
+    @guard.limit("4/10 seconds", per="ip")
+    @guard.flow("browse", "3/10 seconds")
+    async def stacked(u: str | None = Depends(user)) -> dict[str, str | None]:
+        return {"route": "stacked", "user": u}
+
+    @app.get("/watched/{n}")
+    @guard.limit("2/10 seconds", per="principal_route", mode="monitor")
+    def watched(n: int) -> dict[str, int]:  # a sync handler: the threadpool
+        return {"watched": n}
+
+    @app.get("/everyone")
+    @guard.limit("6/10 seconds", per="route")
+    async def everyone() -> dict[str, str]:
+        return {"route": "everyone"}
+
+    # `@guard.limit` keys its windows with a process-wide counter: one name in both apps
+    for handler in (limited, stacked, watched, everyone):
+        for rule in getattr(handler, "__apiguard_rules__"):  # noqa: B009
+            if rule.key.startswith("r"):
+                store.aliases[f"{rule.key}."] = f"limit:{handler.__name__}."
 
     @app.post("/checkout")
     @guard.flow("checkout", "2/10 seconds", count="success")
