@@ -325,15 +325,22 @@ class Engine:
         self._fast_with[rules] = plan
         return plan
 
-    def _admit_fast(self, ctx: RequestContext, fast: Admission) -> bool:
-        """The common checkpoint on the fast path (see `apiguard.admission`); False:
-        nothing was charged, run the general path."""
+    def _admit_fast(self, ctx: RequestContext, rules: tuple[Rule, ...]) -> bool:
+        """The checkpoint on the fast path (see `apiguard.admission`), when the global
+        rules are still to run; False: nothing was charged, run the general path."""
+        if ctx.global_done:
+            return False
+        fast = self._admission(rules)
+        if fast is None:
+            return False
         principal = ctx.principal
         if principal is None:
             principal = ctx.principal = self._principal(ctx)
         if not fast.try_admit(ctx, principal, self._ban_keys(ctx), self.clock()):
             return False
         ctx.global_done = True
+        if rules:
+            ctx.endpoint_done = rules
         if ctx.decision is None:
             ctx.decision = ALLOWED
         self.telemetry.record(ctx, ALLOWED)
@@ -341,12 +348,8 @@ class Engine:
 
     def check_sync(self, ctx: RequestContext, rules: tuple[Rule, ...] = ()) -> Decision:
         """Run the checkpoint from synchronous code; raise `Refused` when refused."""
-        if not ctx.global_done:
-            fast = self._admission(rules)
-            if fast is not None and self._admit_fast(ctx, fast):
-                if rules:
-                    ctx.endpoint_done = rules
-                return ALLOWED
+        if self._admit_fast(ctx, rules):
+            return ALLOWED
         batch = self._plan(ctx, rules)
         if batch is None:
             return ctx.decision or ALLOWED
@@ -355,12 +358,8 @@ class Engine:
 
     async def check_async(self, ctx: RequestContext, rules: tuple[Rule, ...] = ()) -> Decision:
         """Run the checkpoint from async code; raise `Refused` when refused."""
-        if not ctx.global_done:
-            fast = self._admission(rules)
-            if fast is not None and self._admit_fast(ctx, fast):
-                if rules:
-                    ctx.endpoint_done = rules
-                return ALLOWED
+        if self._admit_fast(ctx, rules):
+            return ALLOWED
         batch = self._plan(ctx, rules)
         if batch is None:
             return ctx.decision or ALLOWED
