@@ -812,3 +812,29 @@ def test_chosen_policy_names_that_are_taken_are_configuration_errors(make_guard)
 
     @guard.flow("signup", completes=False)
     async def verify() -> None: ...
+
+
+def test_a_decorated_handler_calling_a_decorated_helper_is_charged_once(make_guard, serve):
+    """The helper's checkpoint must not make the handler's own rules run again when the
+    response starts (the flow would be charged twice and the request refused after the
+    handler ran)."""
+    guard = make_guard(limits={"principal": "100/minute"})
+    app = FastAPI()
+
+    @guard.limit("50/minute", per="ip")
+    async def inventory() -> int:
+        return 7
+
+    @guard.limit("50/minute")
+    def pricing() -> int:
+        return 3
+
+    @app.post("/buy")
+    @guard.flow("buy", "3/minute", count="success")
+    async def buy() -> dict[str, int]:
+        return {"stock": await inventory(), "price": pricing()}
+
+    client = serve(app, guard)
+    assert codes(client, "POST", "/buy", 4) == [200, 200, 200, 429]
+    policies = client.post("/buy").headers["ratelimit-policy"]
+    assert policies.count('"buy"') == 1, policies

@@ -1,10 +1,10 @@
-"""The fast admission path of the global rules is observably identical to the general path.
+"""The fast admission path is observably identical to the general path.
 
-`Engine._admit_fast` (with `apiguard.admission`) answers the common checkpoint (global
-rules only, everything fits, no ban) with one `MemoryStore.admit` call and no
-`Hit`/`Batch` objects; anything else falls back to `_plan` -> `MemoryStore.execute` ->
-`_conclude`. Setting `engine._fast = None` turns the fast path off, which leaves the
-general path alone: a reference implementation.
+`Engine._admit_fast` (with `apiguard.admission`) answers the common checkpoint (the global
+rules, and a decorated endpoint's limits and flows; everything fits, no ban) with one
+`MemoryStore.admit` call and no `Hit`/`Batch` objects; anything else falls back to
+`_plan` -> `MemoryStore.execute` -> `_conclude`. Setting `engine._fast = None` turns the
+fast path off, which leaves the general path alone: a reference implementation.
 
 Each example runs one generated schedule of requests against two apps built identically
 (same secret, so the same keyed hashes and window keys) on two fake clocks, one normal
@@ -12,8 +12,9 @@ and one with the fast path off, and requires for every request the same status, 
 Retry-After, RateLimit-Policy and RateLimit, and at the end the same store state:
 windows, `once` markers, strikes and bans. The schedules mix anonymous clients, API keys
 (some shared by several IPs), `identify()` from a dependency and from a middleware that
-runs before routing, decorated routes (limit, flow with refunds), 404s and 405s, with
-small limits and quick bans so refusals, strikes, bans and their expiry all happen.
+runs before routing, decorated routes (limits of every `per=`, stacked decorators, a
+monitor-mode limit, flows with refunds), 404s and 405s, with small limits and quick bans
+so refusals, strikes, bans and their expiry all happen.
 """
 
 from __future__ import annotations

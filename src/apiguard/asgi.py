@@ -67,7 +67,7 @@ class GuardMiddleware:
             if status is None and message["type"] == "http.response.start":
                 rules = engine.rules_of(scope)
                 decision = ctx.decision
-                if not ctx.global_done or ctx.endpoint_done is not rules:
+                if not ctx.checked(rules):
                     try:
                         if local:
                             decision = engine.check_sync(ctx, rules)

@@ -265,7 +265,7 @@ class Engine:
     # -- checkpoints ----------------------------------------------------------------
     def _plan(self, ctx: RequestContext, rules: tuple[Rule, ...]) -> Batch | None:
         todo_global = not ctx.global_done
-        todo_endpoint = bool(rules) and ctx.endpoint_done is not rules
+        todo_endpoint = not ctx.endpoint_checked(rules)
         if not todo_global and not todo_endpoint:
             return None
         if ctx.principal is None:
@@ -279,7 +279,7 @@ class Engine:
             default = self.enforce_default
             for rule in rules:
                 rule.plan(ctx, hits, default if rule.mode is None else rule.mode == "enforce")
-            ctx.endpoint_done = rules
+            ctx.mark_checked(rules)
         return Batch(hits, self._ban_keys(ctx))
 
     @staticmethod
@@ -339,8 +339,7 @@ class Engine:
         if not fast.try_admit(ctx, principal, self._ban_keys(ctx), self.clock()):
             return False
         ctx.global_done = True
-        if rules:
-            ctx.endpoint_done = rules
+        ctx.mark_checked(rules)
         if ctx.decision is None:
             ctx.decision = ALLOWED
         self.telemetry.record(ctx, ALLOWED)

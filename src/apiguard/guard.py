@@ -359,7 +359,7 @@ def _enter_sync(
     """Run the checkpoint if it has not run (raising `Refused`); else an earlier refusal."""
     if ctx is None:
         raise _missing_context(fn)
-    if not ctx.global_done or ctx.endpoint_done is not rules:
+    if not ctx.checked(rules):
         engine.check_sync(ctx, rules)
         return None
     return _already_refused(ctx)
@@ -371,7 +371,7 @@ async def _enter_async(
     """`_enter_sync` for async handlers."""
     if ctx is None:
         raise _missing_context(fn)
-    if not ctx.global_done or ctx.endpoint_done is not rules:
+    if not ctx.checked(rules):
         await engine.check_async(ctx, rules)
         return None
     return _already_refused(ctx)

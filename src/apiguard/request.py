@@ -188,6 +188,7 @@ class RequestContext:
         "credential_key",
         "decision",
         "declared",
+        "earlier_done",
         "endpoint_done",
         "engine",
         "fast",
@@ -223,7 +224,10 @@ class RequestContext:
         self.declared: str | None = None
         self.principal: str | None = None
         self.global_done = False
+        # the endpoint rules checked for this request: the latest, and any before it (a
+        # decorated handler that calls another decorated function)
         self.endpoint_done: tuple[Rule, ...] | None = None
+        self.earlier_done: list[tuple[Rule, ...]] | None = None
         self.decision: Decision | None = None
         self.verdicts: list[Hit] | None = None  # every evaluated hit, in order
         self.charges: list[Hit] | None = None  # charged hits whose rules observe outcomes
@@ -234,6 +238,27 @@ class RequestContext:
             | None
         ) = None
         self.refused_sent = False
+
+    def endpoint_checked(self, rules: tuple[Rule, ...]) -> bool:
+        """Whether a checkpoint of this request already ran `rules`."""
+        if not rules or rules is self.endpoint_done:
+            return True
+        earlier = self.earlier_done
+        return earlier is not None and any(done is rules for done in earlier)
+
+    def checked(self, rules: tuple[Rule, ...]) -> bool:
+        """Whether the global rules and `rules` were both checked for this request."""
+        return self.global_done and self.endpoint_checked(rules)
+
+    def mark_checked(self, rules: tuple[Rule, ...]) -> None:
+        """Record that a checkpoint ran `rules` (so no later checkpoint runs them again)."""
+        if self.endpoint_checked(rules):
+            return
+        if self.endpoint_done is not None:
+            if self.earlier_done is None:
+                self.earlier_done = []
+            self.earlier_done.append(self.endpoint_done)
+        self.endpoint_done = rules
 
     def release(self) -> None:
         """Drop per-request objects once the request is over (context copies outlive it)."""
