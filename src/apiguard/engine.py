@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from apiguard.admission import Admission
 from apiguard.config import GuardConfig
 from apiguard.decision import ALLOWED, Action, Decision
-from apiguard.request import ClientIPResolver, KeyedHasher, RequestContext
+from apiguard.request import IP_CACHE_MAX, ClientIPResolver, KeyedHasher, RequestContext
 from apiguard.responses import tightest_ratelimit
 from apiguard.rules import Rule
 from apiguard.store.base import Ban, Batch, BatchResult, Hit, Store
@@ -33,7 +33,6 @@ PrincipalResolver = Callable[[RequestContext], "str | None"]
 
 
 _BY_PRINCIPAL = ("principal", "principal_route")
-_IP_KEYS_MAX = 131_072
 _ENDPOINTS_MAX = 4096
 
 
@@ -81,10 +80,7 @@ class Engine:
         self.telemetry = telemetry
         self.global_rules: tuple[Rule, ...] = tuple(global_rules)
         self.enforce_default = config.mode == "enforce"
-        self._global_plan = tuple(
-            (r, self.enforce_default if r.mode is None else r.mode == "enforce")
-            for r in self.global_rules
-        )
+        self._global_plan = self._with_modes(self.global_rules)
         self.resolver = resolver
         self.ip = ClientIPResolver(config.client_ip)
         self.bans = config.bans
@@ -104,6 +100,11 @@ class Engine:
         self._fast = Admission.compile(self._global_plan, store, advertise=config.ratelimit_headers)
         # endpoint rules -> the global rules and them, compiled (None: general path only)
         self._fast_with: dict[tuple[Rule, ...], Admission | None] = {}
+
+    def _with_modes(self, rules: Sequence[Rule]) -> tuple[tuple[Rule, bool], ...]:
+        """(rule, enforced) pairs: a rule's own mode, else the guard's."""
+        default = self.enforce_default
+        return tuple((r, default if r.mode is None else r.mode == "enforce") for r in rules)
 
     def may_be_banned(self) -> bool:
         """Whether `early_ban` can find anything (False while no ban is known)."""
@@ -156,7 +157,7 @@ class Engine:
         """The keyed hash of the client's counting unit (address or /prefix network),
         remembered in a bounded table (one dict lookup per request once seen)."""
         keys = self._ip_keys
-        if len(keys) >= _IP_KEYS_MAX:
+        if len(keys) >= IP_CACHE_MAX:
             keys.clear()
         key = keys[client] = self.hasher.ip(self.ip.group(client))
         return key
@@ -213,10 +214,8 @@ class Engine:
         neither a credential nor a cookie (a session the app may vouch for with `identify()`:
         IP bans must not lock out signed-in colleagues behind the same NAT), or always with
         `bans.strict_ip`. Anything not refused here is checked again at the checkpoint,
-        once the principal is known.
+        once the principal is known. Callers skip it while `may_be_banned()` is False.
         """
-        if not self.may_be_banned():
-            return None
         now = self.clock()
         ban = None
         if ctx.credential_key is not None:
@@ -276,9 +275,8 @@ class Engine:
                 rule.plan(ctx, hits, enforce)
             ctx.global_done = True
         if todo_endpoint:
-            default = self.enforce_default
-            for rule in rules:
-                rule.plan(ctx, hits, default if rule.mode is None else rule.mode == "enforce")
+            for rule, enforce in self._with_modes(rules):
+                rule.plan(ctx, hits, enforce)
             ctx.mark_checked(rules)
         return Batch(hits, self._ban_keys(ctx))
 
@@ -314,11 +312,7 @@ class Engine:
             return self._fast_with[rules]
         except KeyError:
             pass
-        default = self.enforce_default
-        pairs = (
-            *self._global_plan,
-            *((r, default if r.mode is None else r.mode == "enforce") for r in rules),
-        )
+        pairs = (*self._global_plan, *self._with_modes(rules))
         plan = Admission.compile(pairs, self.store, advertise=self.config.ratelimit_headers)
         if len(self._fast_with) >= _ENDPOINTS_MAX:
             self._fast_with.clear()

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from apiguard.rules import Rule
     from apiguard.store.base import Hit, Op
 
-_IP_CACHE_MAX = 131_072
+IP_CACHE_MAX = 131_072  # bound of each per-client-address table
 _EMPTY_SCOPE: Mapping[str, Any] = {}
 
 
@@ -93,7 +93,7 @@ class ClientIPResolver:
             else:
                 ip = getattr(ip, "ipv4_mapped", None) or ip
                 hit = any(ip in net for net in self._networks)
-            if len(self._trust_cache) >= _IP_CACHE_MAX:
+            if len(self._trust_cache) >= IP_CACHE_MAX:
                 self._trust_cache.clear()
             self._trust_cache[address] = hit
         return hit
@@ -139,7 +139,7 @@ class ClientIPResolver:
         prefix = self._v4 if ip.version == 4 else self._v6
         full = 32 if ip.version == 4 else 128
         grouped = str(ip) if prefix == full else str(ipaddress.ip_network(f"{ip}/{prefix}", False))
-        if len(self._group_cache) >= _IP_CACHE_MAX:
+        if len(self._group_cache) >= IP_CACHE_MAX:
             self._group_cache.clear()
         self._group_cache[address] = grouped
         return grouped
