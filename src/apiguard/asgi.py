@@ -9,6 +9,7 @@ message; a refused request gets the refusal instead of the app's response.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -17,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from apiguard.decision import ALLOWED, Decision
 from apiguard.engine import Refused
 from apiguard.guard import Guard
-from apiguard.request import _current
+from apiguard.request import RequestContext, _current
 from apiguard.responses import BlockResponse, block_response
 
 log = logging.getLogger("apiguard")
@@ -65,7 +66,7 @@ class GuardMiddleware:
         async def guarded_send(message: Message) -> None:
             nonlocal status
             if status is None and message["type"] == "http.response.start":
-                rules = engine.rules_of(scope)
+                rules = engine.rules_at_response(scope, message["status"])
                 decision = ctx.decision
                 if not ctx.checked(rules):
                     try:
@@ -103,6 +104,22 @@ class GuardMiddleware:
             if not ctx.refused_sent:
                 ctx.refused_sent = True
                 await self._refuse(send, refused.decision)
+        except Exception:
+            # the app raised before answering (the server's error middleware, outside this
+            # one, answers 500): the request is counted all the same, and a refused one
+            # gets the refusal instead of the 500 (the exception still propagates, so the
+            # app's error reporting sees it)
+            if status is None and not ctx.refused_sent:
+                await self._answer_unanswered(ctx, send)
+            raise
+        except BaseException:  # cancelled: count it, answer nothing
+            if status is None and not ctx.refused_sent and local and not ctx.global_done:
+                with contextlib.suppress(Refused):
+                    engine.check_sync(ctx, ())
+            raise
+        else:
+            if status is None and not ctx.refused_sent:  # the app returned without answering
+                await self._answer_unanswered(ctx, send)
         finally:
             _current.reset(token)
             if ctx.charges:
@@ -113,6 +130,23 @@ class GuardMiddleware:
             # Servers copy the context (e.g. uvicorn's keep-alive timer): drop what this
             # request holds so those copies keep an empty shell, not the request's objects.
             ctx.release()
+
+    async def _answer_unanswered(self, ctx: RequestContext, send: Send) -> None:
+        """A request the app did not answer (it raised, or returned without a response):
+        run the checkpoint if none ran (every request is counted, whatever the app does
+        with it) and send the refusal if the request is refused."""
+        decision = ctx.decision
+        if not ctx.global_done:
+            try:
+                if self.engine.store.local:
+                    self.engine.check_sync(ctx, ())
+                else:
+                    await self.engine.check_async(ctx, ())
+            except Refused as refused:
+                decision = refused.decision
+        if decision is not None and decision is not ALLOWED and decision.refused:
+            ctx.refused_sent = True
+            await self._refuse(send, decision)
 
     async def _refuse(self, send: Send, decision: Decision) -> None:
         response = block_response(decision, self._headers)

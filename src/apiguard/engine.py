@@ -12,6 +12,7 @@ planned into ONE store batch at that moment.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -34,6 +35,9 @@ PrincipalResolver = Callable[[RequestContext], "str | None"]
 
 _BY_PRINCIPAL = ("principal", "principal_route")
 _ENDPOINTS_MAX = 4096
+# the owner of a credential several vouched principals presented: it names an app (a
+# mobile app's shared key), not a caller, so it is never banned for one of them
+SHARED = "*shared*"
 
 
 class Refused(HTTPException):
@@ -92,6 +96,9 @@ class Engine:
         self._ok_low, self._ok_high = config.success_statuses
         self._late_identify_warned: set[str] = set()
         self._ip_keys: dict[str, str] = {}  # client address -> its IP key (bounded)
+        # credential key -> the one vouched principal seen presenting it, or SHARED (LRU,
+        # bounded): decides which credentials are banned with a principal
+        self._owners: OrderedDict[str, str] = OrderedDict()
         # bans this process knows (optional store attribute): while it is empty, there is
         # nothing to check before routing; a store without it is always asked
         self._local_bans: Mapping[str, Ban] | None = getattr(store, "local_bans", None)
@@ -116,6 +123,8 @@ class Engine:
         peer = scope.get("client")
         peer_ip = peer[0] if peer else None
         api_key: bytes | None = None
+        key_name: bytes | None = None
+        more: dict[bytes, bytes] | None = None  # first value of each other key header
         bearer: bytes | None = None
         forwarded: list[str] = []
         cookie = False
@@ -128,6 +137,12 @@ class Engine:
             if name in key_headers:
                 if api_key is None:
                     api_key = value.strip() or None
+                    key_name = name
+                elif name != key_name:
+                    if more is None:
+                        more = {}
+                    if name not in more:
+                        more[name] = value.strip()
             elif name == b"authorization":
                 if self._bearer and bearer is None and value[:7].lower() == b"bearer ":
                     bearer = value[7:].strip() or None
@@ -138,20 +153,42 @@ class Engine:
                     forwarded.append(value.decode("latin-1"))
             else:
                 self._warn_untrusted_forwarding(name)
-        credential = api_key if api_key is not None else bearer
         client = self.ip.resolve(peer_ip, forwarded) if walks else (peer_ip or "unknown")
         ip_key = self._ip_keys.get(client)
         if ip_key is None:
             ip_key = self._ip_key(client)
+        credential: str | None = None
+        credentials: tuple[str, ...] = ()
+        if api_key is not None or bearer is not None:
+            raw = api_key if api_key is not None else bearer
+            credential = self.hasher("k", raw)  # type: ignore[arg-type]
+            credentials = (credential,)
+            if more is not None or (bearer is not None and api_key is not None):
+                # every credential the request presents is checked against bans
+                credentials = self._all_credentials(api_key, more, bearer)
         return RequestContext(
             self,
             scope,
             client,
             ip_key,
-            self.hasher("k", credential) if credential is not None else None,
+            credential,
             trace.get_current_span(),
             cookie,
+            credentials,
         )
+
+    def _all_credentials(
+        self, api_key: bytes | None, more: dict[bytes, bytes] | None, bearer: bytes | None
+    ) -> tuple[str, ...]:
+        """Keyed hashes of every credential presented, the principal's first, no repeats."""
+        raws = [api_key, *(more.values() if more else ()), bearer]
+        found: list[str] = []
+        for raw in raws:
+            if raw:
+                key = self.hasher("k", raw)
+                if key not in found:
+                    found.append(key)
+        return tuple(found)
 
     def _ip_key(self, client: str) -> str:
         """The keyed hash of the client's counting unit (address or /prefix network),
@@ -175,6 +212,20 @@ class Engine:
             if len(self._rules_by_endpoint) >= _ENDPOINTS_MAX:
                 self._rules_by_endpoint.clear()
             self._rules_by_endpoint[endpoint] = rules
+        return rules
+
+    def rules_at_response(self, scope: Mapping[str, Any], status: int) -> tuple[Rule, ...]:
+        """The endpoint rules the response-start checkpoint runs. A decorated handler runs
+        its rules when it is entered, so at the response start they are still unchecked
+        only when the handler never ran (405 from the router, 422, a failing dependency):
+        such a request spends none of them. The exception is a generator handler, whose
+        body runs as the response streams: it was called, and unless the response is an
+        error its rules run now, before a byte of the body leaves."""
+        rules = self.rules_of(scope)
+        if rules and (
+            status >= 400 or not getattr(scope.get("endpoint"), "__apiguard_streams__", False)
+        ):
+            return ()
         return rules
 
     def _warn_untrusted_forwarding(self, name: bytes) -> None:
@@ -210,20 +261,42 @@ class Engine:
     def early_ban(self, ctx: RequestContext) -> Decision | None:
         """A block from the local ban table before routing (no store trip).
 
-        Checked: the credential, if the request carries one; the IP, if the request carries
-        neither a credential nor a cookie (a session the app may vouch for with `identify()`:
-        IP bans must not lock out signed-in colleagues behind the same NAT), or always with
-        `bans.strict_ip`. Anything not refused here is checked again at the checkpoint,
-        once the principal is known. Callers skip it while `may_be_banned()` is False.
+        Checked: every credential the request presents (but one known to be shared by
+        several vouched principals); the IP, if the request carries neither a credential
+        nor a cookie (a session the app may vouch for with `identify()`: IP bans must not
+        lock out signed-in colleagues behind the same NAT), or always with
+        `bans.strict_ip`. A credential banned only as the carrier of a banned user waits
+        for the checkpoint when the request also presents a cookie or another credential
+        that is not banned: it may be another user's request with an app key first seen
+        with the banned user (at the checkpoint, that user's `identify()` shows the key is
+        shared and lifts the ban; an unvouched request is refused there).
+        Anything not refused here is checked again at the checkpoint, once the principal
+        is known. Callers skip it while `may_be_banned()` is False.
         """
         now = self.clock()
+        store = self.store
         ban = None
-        if ctx.credential_key is not None:
-            ban = self.store.active_ban(ctx.credential_key, now)
-        if ban is None and (
-            self.bans.strict_ip or (ctx.credential_key is None and not ctx.has_cookie)
-        ):
-            ban = self.store.active_ban(ctx.ip_key, now)
+        creds = ctx.credentials
+        if creds:
+            owners = self._owners
+            carried: Ban | None = None  # a ban on a credential as a banned user's carrier
+            other_user = ctx.has_cookie
+            for c in creds:
+                owner = owners.get(c) if owners else None
+                if owner == SHARED:
+                    continue  # names an app, not a caller
+                found = store.active_ban(c, now)
+                if found is None:
+                    other_user = True
+                elif found.owner is None:
+                    ban = found
+                    break
+                elif carried is None:
+                    carried = found
+            if ban is None and carried is not None and not other_user:
+                ban = carried
+        if ban is None and (self.bans.strict_ip or (not creds and not ctx.has_cookie)):
+            ban = store.active_ban(ctx.ip_key, now)
         if ban is None:
             return None
         decision = Decision(
@@ -234,6 +307,29 @@ class Engine:
         ctx.global_done = True
         self.telemetry.record(ctx, decision)
         return decision
+
+    def _own(self, credentials: tuple[str, ...], principal: str) -> tuple[str, ...]:
+        """Record that the app vouched for `principal` on a request presenting
+        `credentials`; return those no other vouched principal has presented."""
+        owners = self._owners
+        own: tuple[str, ...] = ()
+        for c in credentials:
+            owner = owners.get(c)
+            if owner is None:
+                if len(owners) >= IP_CACHE_MAX:
+                    owners.popitem(last=False)
+                owners[c] = principal
+            else:
+                owners.move_to_end(c)
+                if owner != principal:
+                    if owner != SHARED:
+                        owners[c] = SHARED
+                        lift = getattr(self.store, "lift", None)
+                        if lift is not None:  # it was banned as the other user's carrier
+                            lift(c)
+                    continue
+            own = (*own, c)
+        return own
 
     # -- principal ------------------------------------------------------------------
     def _principal(self, ctx: RequestContext) -> str:
@@ -246,7 +342,23 @@ class Engine:
             if found is not None and str(found):
                 ctx.vouched = True
                 return self.hasher("c", str(found))
-        return ctx.credential_key or ctx.ip_key
+        return self._unvouched_principal(ctx)
+
+    def _unvouched_principal(self, ctx: RequestContext) -> str:
+        """The credential the request is keyed on (the API key, else the bearer token),
+        skipping credentials several vouched principals share; else the client IP."""
+        key = ctx.credential_key
+        if key is None:
+            return ctx.ip_key
+        owners = self._owners
+        if owners and owners.get(key) == SHARED:
+            for c in ctx.credentials:
+                if owners.get(c) != SHARED:
+                    ctx.credential_key = c
+                    return c
+            ctx.credential_key = None
+            return ctx.ip_key
+        return key
 
     def declare(self, ctx: RequestContext, user_id: str) -> None:
         """`identify()`: record the app's principal and run the checkpoint now."""
@@ -257,9 +369,11 @@ class Engine:
             return
         ctx.principal = ctx.declared
         ctx.vouched = True
-        if self.store.local:
-            self.check_sync(ctx, endpoint_rules(ctx.scope, self))
-        # remote stores: the next async checkpoint (decorated entry, response start) runs it
+        if self.store.local and not self.rules_of(ctx.scope):
+            self.check_sync(ctx, ())
+        # a decorated handler checks every rule, global and its own, when it is entered (a
+        # request that never reaches it, a 422, spends none of its rules); remote stores:
+        # the next async checkpoint (decorated entry, response start) runs it
 
     # -- checkpoints ----------------------------------------------------------------
     def _plan(self, ctx: RequestContext, rules: tuple[Rule, ...]) -> Batch | None:
@@ -280,20 +394,28 @@ class Engine:
             ctx.mark_checked(rules)
         return Batch(hits, self._ban_keys(ctx))
 
-    @staticmethod
-    def _ban_keys(ctx: RequestContext) -> tuple[str, ...]:
-        """Whose bans refuse this request: the principal, and the credential that carried
-        a vouched principal, or the IP of a principal the app has not vouched for (so a
-        made-up key cannot escape an IP ban)."""
+    def _ban_keys(self, ctx: RequestContext) -> tuple[str, ...]:
+        """Whose bans refuse this request: the principal, and with a vouched principal the
+        credentials that are its own (not shared with another vouched principal); with an
+        unvouched one, every credential presented (but shared ones) and the IP (so a
+        made-up key cannot escape an IP ban, nor another credential's ban)."""
         principal = ctx.principal or ctx.ip_key
-        credential = ctx.credential_key
+        creds = ctx.credentials
         if ctx.vouched:
-            if credential is not None and credential != principal:
-                return (principal, credential)
-            return (principal,)
-        if principal != ctx.ip_key:
-            return (principal, ctx.ip_key)
-        return (principal,)
+            if not creds:
+                return (principal,)
+            return (principal, *self._own(creds, principal))
+        ip = ctx.ip_key
+        if not creds or (len(creds) == 1 and creds[0] == principal):
+            return (principal,) if principal == ip else (principal, ip)
+        owners = self._owners
+        keys = [principal]
+        for c in creds:
+            if c != principal and not (owners and owners.get(c) == SHARED):
+                keys.append(c)
+        if principal != ip:
+            keys.append(ip)
+        return tuple(keys)
 
     def ratelimit_values(self, ctx: RequestContext) -> tuple[bytes, bytes] | None:
         """Encoded `RateLimit-Policy` and `RateLimit` for an admitted response: the enforced
@@ -413,11 +535,12 @@ class Engine:
                 Action.MONITOR, monitored.rule.name, monitored.retry_after, verdicts
             )
         elif result.new_ban and ban is not None and ban.key in batch.ban_keys:
-            credential = ctx.credential_key
-            if credential is not None and ban.key == ctx.principal != credential:
-                # the credential that carried the banned principal is banned with it, so the
-                # next request is refused before routing (and on routes without identify())
-                self.store.impose(Ban(credential, ban.until, ban.level), now)
+            if ctx.vouched and ban.key == ctx.principal:
+                # the principal's own credentials are banned with it, so its next request is
+                # refused before routing (and on routes without identify()); never one that
+                # another vouched principal presented (a shared app key)
+                for credential in batch.ban_keys[1:]:
+                    self.store.impose(Ban(credential, ban.until, ban.level, ban.key), now)
             decision = Decision(
                 Action.BLOCK,
                 deciding.rule.name if deciding else "ban",

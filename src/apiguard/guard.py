@@ -421,6 +421,10 @@ def _wrap(
             return original(*args, **kwargs)
 
         wrapper = sync_wrapper
+    # a generator's body runs as the response streams: its rules run at the response start
+    wrapper.__apiguard_streams__ = inspect.isasyncgenfunction(  # type: ignore[attr-defined]
+        original
+    ) or inspect.isgeneratorfunction(original)
     wrapper.__apiguard_rules__ = rules  # type: ignore[attr-defined]
     wrapper.__apiguard_original__ = original  # type: ignore[attr-defined]
     wrapper.__apiguard_guard__ = guard  # type: ignore[attr-defined]

@@ -186,6 +186,7 @@ class RequestContext:
         "charges",
         "client_ip",
         "credential_key",
+        "credentials",
         "decision",
         "declared",
         "earlier_done",
@@ -212,12 +213,16 @@ class RequestContext:
         credential_key: str | None,
         span: Span,
         has_cookie: bool = False,
+        credentials: tuple[str, ...] = (),
     ) -> None:
         self.engine = engine
         self.scope = scope
         self.client_ip = client_ip
         self.ip_key = ip_key
+        # the credential an unvouched request is keyed on (the API key, else the bearer
+        # token), and every credential the request presents (each is checked for bans)
         self.credential_key = credential_key
+        self.credentials = credentials
         self.span = span  # the server span active when the request entered apiguard
         self.has_cookie = has_cookie
         self.vouched = False  # the app declared or resolved the principal

@@ -75,11 +75,17 @@ class Batch:
 
 @dataclass(slots=True)
 class Ban:
-    """An active ban: until when (store clock) and at which escalation level."""
+    """An active ban: until when (store clock) and at which escalation level.
+
+    `owner`: set on a credential banned together with the vouched principal that carried
+    it (the credential did not earn the ban itself); the engine lifts such a ban as soon
+    as the credential turns out to be shared by another vouched principal.
+    """
 
     key: str
     until: float
     level: int
+    owner: str | None = None
 
 
 @dataclass(slots=True)
@@ -125,6 +131,9 @@ class Store(Protocol):
     def active_ban(self, key: str, now: float) -> Ban | None:
         """The ban on `key`, if one is active and known locally (no network trip)."""
         ...
+
+    # Optional: `lift(key)`, drop a ban imposed with an `owner` on `key` (a credential that
+    # proved to be shared); a store without it keeps such bans until they expire.
 
 
 @runtime_checkable
