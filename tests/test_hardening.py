@@ -46,8 +46,10 @@ def test_made_up_api_keys_cannot_mint_fresh_budgets() -> None:
         for i in range(30)
     ]
     assert statuses[:5] == [200] * 5  # five new keys per hour from this IP...
-    assert statuses[5:] == [429] * 25  # ...then throttled (a heuristic: never a ban)
+    # ...then refused, and each refusal strikes the IP: 20 strikes (the default) ban it
+    assert statuses[5:] == [429] * 19 + [403] * 6
     assert len(sent) == 5
+    assert client.post("/password-reset", headers={"x-api-key": "fake-0"}).status_code == 403
     # a key seen before is not new: a real client's repeat requests do not count again
     other = _client(app, ip="203.0.113.9")
     assert [

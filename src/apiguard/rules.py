@@ -219,10 +219,11 @@ class CredentialChurnRule(Rule):
     An API key or token the app never confirmed (no `identify()`, no resolver) is only a
     string the client chose: one made up per request would be a fresh principal with a
     fresh budget every time. Each IP may therefore introduce at most `rates` distinct
-    unvouched credentials per window (a credential counts once, the first time it is seen).
-    Past that, requests with new unvouched credentials are throttled (never banned: an
-    office NAT full of honest API-key users can trip it). Credentials the app vouched for
-    never count.
+    unvouched credentials per window (a credential counts once per window, the first time
+    that IP shows it). Past that, requests with new unvouched credentials are refused, and
+    each refusal is a strike against the IP: a flood of made-up credentials ends in a ban
+    of its source, while an office NAT of honest API-key users, below the limit, is never
+    refused. Credentials the app vouched for never count.
     """
 
     def __init__(self, rates: str, *, mode: Mode | None = None, buckets: int = 10) -> None:
@@ -255,7 +256,7 @@ class CredentialChurnRule(Rule):
                     1,
                     True,
                     enforce,
-                    None,  # a heuristic: it throttles, it never earns the IP a ban
+                    ip,  # refusals strike the IP: a flood of made-up keys ends in its ban
                     self,
                     policy,
                     f"{marker}{ip}|{ctx.credential_key}",

@@ -39,15 +39,35 @@ class WindowSpec:
 
 
 class BucketWindow:
-    """Counters of one key: a ring of k+1 buckets, the newest bucket index, and the sum."""
+    """Counters of one key: a ring of k+1 buckets, the newest bucket index, and the sum.
 
-    __slots__ = ("counts", "head", "tail", "total")
+    `expires`: the time from which no unit charged so far counts any more (the end of the
+    window of the newest charged bucket): from then on the window equals an empty one, so
+    a bounded table may drop it without losing anything.
+    """
+
+    __slots__ = ("counts", "expires", "head", "tail", "total")
 
     def __init__(self, buckets: int) -> None:
         self.counts = [0] * (buckets + 1)
         self.head = -(1 << 62)
         self.tail = self.head  # no counted bucket is older than this index
         self.total = 0
+        self.expires = float("-inf")
+
+    def copy(self) -> BucketWindow:
+        """An independent window with the same counters."""
+        w = BucketWindow.__new__(BucketWindow)
+        w.counts = self.counts.copy()
+        w.head = self.head
+        w.tail = self.tail
+        w.total = self.total
+        w.expires = self.expires
+        return w
+
+    def dead(self, now: float) -> bool:
+        """Whether the window counts nothing at `now` or later (droppable)."""
+        return not self.total or self.expires <= now
 
     def advance(self, index: int) -> None:
         """Move the newest bucket to `index`, dropping buckets that left the window."""
@@ -121,6 +141,7 @@ def try_hit(w: BucketWindow, spec: WindowSpec, now: float, cost: int, consume: b
         return False
     if consume and cost:
         w.charge(cost)
+        w.expires = (w.head + len(w.counts)) * spec.width
     return True
 
 

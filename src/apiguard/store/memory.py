@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-
-from cachetools import LRUCache
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
 from apiguard.config import BanConfig
 from apiguard.store.base import Ban, Batch, BatchResult, Op
 from apiguard.window import BucketWindow, WindowSpec, refund, try_hit
+
+log = logging.getLogger("apiguard")
+_T = TypeVar("_T")
+
+
+_SCAN = 16  # entries a full table examines, oldest first, for one it may drop
 
 
 class _Strikes:
@@ -22,17 +29,47 @@ class _Strikes:
         self.last_ban = float("-inf")
 
 
-class MemoryStore:
-    """Windows, strikes and bans for one process.
+@dataclass(slots=True)
+class _Mark:
+    """A `once` marker: the window and bucket its unit was charged to, and when that unit
+    stops counting (the marker is forgotten then: a credential counts once per window)."""
 
-    Windows and `once` markers live in LRU tables of `max_keys` entries: an idle window is
-    equivalent to an empty one, so the least recently used are dropped first, and an
-    evicted marker gives its unit back (a window never counts a marker it no longer
-    remembers). These two tables are touched on every request, so they are OrderedDicts
+    key: str
+    bucket: int
+    expires: float
+
+
+def _drop_one(table: OrderedDict[str, _T], dead: Callable[[_T], bool]) -> bool:
+    """Drop the least recently used entry that is `dead` among the oldest `_SCAN`, moving
+    live ones it passes to the recent end; False when all of them are live."""
+    for _ in range(min(_SCAN, len(table))):
+        key, value = next(iter(table.items()))
+        if dead(value):
+            del table[key]
+            return True
+        table.move_to_end(key)
+    return False
+
+
+class MemoryStore:
+    """Windows, strikes and bans for one process, every table capped at `max_keys`.
+
+    A full table drops only state that no longer counts (a window whose units have all
+    left it, a marker whose unit has, strikes that can no longer add up to a ban): live
+    state is never evicted, so no flood of requests, refused or admitted, can reset a
+    counter, a strike count or a ban (a record kept only for escalation memory, its ban
+    over, may go: that offender's next ban starts at the base duration). Refused requests
+    create no state at all. When a table is full of live state:
+    - a window that must be created is charged to one overflow window per rule instead,
+      which every such subject shares (conservative: they may be refused sooner, never
+      admitted beyond the limit), and a window created later for a subject starts from a
+      copy of that overflow window while it still counts;
+    - a marker is not remembered (the credential counts again next time), a strike
+      record is not created, a ban is not recorded (and a warning is logged).
+
+    Windows and markers are touched on every request, so their tables are OrderedDicts
     driven by hand (a lookup measured 36 ns against 111 ns for cachetools' LRUCache, and
-    `with lock` 165 ns against 75 ns for acquire/release); strike records, touched only on
-    refusals, use cachetools' LRUCache. Active bans are capped at `max_keys` too; expired
-    bans are purged before any live one is dropped.
+    `with lock` 165 ns against 75 ns for acquire/release).
     """
 
     local = True
@@ -42,44 +79,68 @@ class MemoryStore:
             raise ValueError("max_keys must be at least 1")
         self.max_keys = max_keys
         self._windows: OrderedDict[str, BucketWindow] = OrderedDict()
-        self._strikes: LRUCache[str, _Strikes] = LRUCache(maxsize=max_keys)
-        # `once` marker -> (window key, bucket) of the unit it was charged
-        self._seen: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        # rule prefix -> the window shared by subjects that found the table full of live
+        # windows (bounded by the number of rules)
+        self._overflow: dict[str, BucketWindow] = {}
+        self._strikes: OrderedDict[str, _Strikes] = OrderedDict()
+        self._seen: OrderedDict[str, _Mark] = OrderedDict()
         self._bans: dict[str, Ban] = {}
         self.local_bans: Mapping[str, Ban] = self._bans
         self._strike_buckets = strike_buckets
         self._lock = threading.Lock()
+        self._full_warned = False
 
     # -- bounded tables ----------------------------------------------------------------
-    def _window(self, key: str, buckets: int) -> BucketWindow:
-        """The window of `key`, created (evicting the least recently used) or touched."""
-        windows = self._windows
-        w = windows.get(key)
+    def _new_window(self, key: str, buckets: int, now: float) -> BucketWindow:
+        """A window for a subject that has none: empty, or a copy of its rule's overflow
+        window while that counts (the subject may have been charged there)."""
+        if self._overflow:
+            over = self._overflow.get(key.partition("|")[0])
+            if over is not None and not over.dead(now):
+                return over.copy()
+        return BucketWindow(buckets)
+
+    def _overflow_window(self, key: str, buckets: int) -> BucketWindow:
+        prefix = key.partition("|")[0]
+        w = self._overflow.get(prefix)
         if w is None:
-            if len(windows) >= self.max_keys:
-                windows.popitem(last=False)
-            w = windows[key] = BucketWindow(buckets)
-        else:
-            windows.move_to_end(key)
+            if len(self._overflow) >= 4096:  # rule prefixes are code-defined; bound anyway
+                self._overflow.clear()
+            w = self._overflow[prefix] = BucketWindow(buckets)
+            self._warn_full("windows")
         return w
 
-    def _seen_before(self, mark: str) -> bool:
-        """Whether `mark` is remembered (touching it, so markers in use stay)."""
-        seen = self._seen
-        if mark in seen:
-            seen.move_to_end(mark)
-            return True
-        return False
+    def _warn_full(self, table: str) -> None:
+        if not self._full_warned:
+            self._full_warned = True
+            log.warning(
+                "apiguard: the in-process store's %s table is full of live state "
+                "(store.max_keys=%d); new subjects share one overflow budget per rule, "
+                "markers and strikes are not recorded until state expires. Raise "
+                "store.max_keys if this is not an attack.",
+                table,
+                self.max_keys,
+            )
 
-    def _remember(self, mark: str, window_key: str, bucket: int) -> None:
-        """Remember `mark`; an evicted marker gives its unit back to its window."""
+    def _seen_before(self, mark: str, now: float) -> bool:
+        """Whether `mark` is remembered and its unit still counts (touching it)."""
         seen = self._seen
-        if len(seen) >= self.max_keys:
-            _, (old_key, old_bucket) = seen.popitem(last=False)
-            w = self._windows.get(old_key)
-            if w is not None:
-                refund(w, old_bucket, 1)
-        seen[mark] = (window_key, bucket)
+        m = seen.get(mark)
+        if m is None:
+            return False
+        if m.expires <= now:
+            del seen[mark]
+            return False
+        seen.move_to_end(mark)
+        return True
+
+    def _remember(self, mark: str, key: str, bucket: int, width: float, n: int, now: float) -> None:
+        """Remember `mark` for as long as its unit counts (if the table has room)."""
+        seen = self._seen
+        if len(seen) >= self.max_keys and not _drop_one(seen, lambda m: m.expires <= now):
+            self._warn_full("markers")
+            return  # conservative: the credential counts again next time
+        seen[mark] = _Mark(key, bucket, (bucket + n) * width)
 
     # -- the batch -------------------------------------------------------------------
     def execute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
@@ -98,21 +159,44 @@ class MemoryStore:
                     if ban.until > now:
                         return BatchResult(False, [], ban)
                     del self._bans[key]
+        if self._overflow:
+            for prefix in [p for p, w in self._overflow.items() if w.dead(now)]:
+                del self._overflow[prefix]
         hits = batch.hits
+        windows = self._windows
+        room = self.max_keys - len(windows)
+        # windows this batch needs that do not exist: kept only if the batch is admitted
+        # (a refused request creates no state)
+        pending: dict[str, BucketWindow] | None = None
         charged: list[tuple[BucketWindow, int]] | None = None
-        marks: list[tuple[str, str, int]] = []
+        marks: list[tuple[str, str, int, float, int]] = []
         refused_subject: str | None = None
         refused = False
         for hit in hits:
             spec = hit.spec
-            w = self._window(hit.key, spec.buckets)
+            key = hit.key
+            w = windows.get(key)
+            if w is not None:
+                windows.move_to_end(key)
+            elif pending is not None and key in pending:
+                w = pending[key]
+            else:
+                w = self._new_window(key, spec.buckets, now)
+                if hit.consume and hit.cost:
+                    if room > 0:
+                        room -= 1
+                    elif not _drop_one(windows, lambda v: v.dead(now)):
+                        w = self._overflow_window(key, spec.buckets)
+                    if pending is None:
+                        pending = {}
+                    pending[key] = w
             index = int(now // spec.width)
             if index > w.head:
                 w.advance(index)
             head = w.head
             total = w.total
             cost = hit.cost
-            if hit.once is not None and self._seen_before(hit.once):
+            if hit.once is not None and self._seen_before(hit.once, now):
                 cost = 0
             limit = spec.limit
             hit.bucket = head
@@ -127,11 +211,12 @@ class MemoryStore:
                     counts[head % n] += cost
                     total += cost
                     w.total = total
+                    w.expires = (head + n) * spec.width
                     if charged is None:
                         charged = []
                     charged.append((w, cost))
                     if hit.once is not None:
-                        marks.append((hit.once, hit.key, head))
+                        marks.append((hit.once, key, head, spec.width, n))
                 hit.remaining = limit - total
                 hit.retry_after = 0.0
                 tail = w.tail
@@ -152,16 +237,23 @@ class MemoryStore:
                 hit.reset = w.next_release(spec, now)
                 hit.retry_after = w.retry_after(spec, now, cost)
         if not refused:
-            for mark, window_key, bucket in marks:
-                self._remember(mark, window_key, bucket)
+            if pending is not None:
+                overflow = self._overflow
+                for key, w in pending.items():
+                    if w.total and not (overflow and overflow.get(key.partition("|")[0]) is w):
+                        windows[key] = w
+            for mark, window_key, bucket, width, n in marks:
+                self._remember(mark, window_key, bucket, width, n, now)
             return BatchResult(True, hits)
         for w, cost in charged or ():
             w.counts[w.head % len(w.counts)] -= cost
             w.total -= cost
         for hit in hits:
             if hit.fits and hit.consume and hit.cost:  # report the rolled-back state
-                rolled = self._windows.get(hit.key)
-                if rolled is None:  # evicted by this very batch (a store of a few keys)
+                rolled = windows.get(hit.key)
+                if rolled is None and pending is not None:
+                    rolled = pending.get(hit.key)
+                if rolled is None:  # pragma: no cover - every charged window is known
                     continue
                 hit.remaining = hit.spec.limit - rolled.total
                 hit.reset = rolled.next_release(hit.spec, now)
@@ -175,7 +267,8 @@ class MemoryStore:
     ) -> tuple[list[tuple[int, float, int]], int] | None:
         """The common case of `execute` without its objects: charge every op if no key in
         `ban_keys` is banned and every op fits; else change nothing and return None (the
-        caller then runs `execute`, which reports, refuses and strikes).
+        caller then runs `execute`, which reports, refuses and strikes). A window to create
+        in a full table (or while an overflow window counts) also goes to `execute`.
 
         Returns (remaining, reset, bucket) per op, as `execute` would set on a fitting
         `Hit`, and the index of the advertised op with the smallest remaining share of its
@@ -196,10 +289,17 @@ class MemoryStore:
             index = 0
             best = -1
             best_share = 2.0
+            created: list[str] | None = None
             for key, spec, cost, once, advertised, _ in ops:
                 w = windows.get(key)
                 if w is None:
-                    w = self._window(key, spec.buckets)
+                    if len(windows) >= self.max_keys or self._overflow or not cost:
+                        self._take_back(ops[: len(out)], created)
+                        return None
+                    w = windows[key] = BucketWindow(spec.buckets)
+                    if created is None:
+                        created = []
+                    created.append(key)
                 else:
                     touch(key)
                 if spec.width != width:  # rules usually share their bucket width
@@ -207,11 +307,11 @@ class MemoryStore:
                     index = int(now // width)
                 if index > w.head:
                     w.advance(index)
-                if once is not None and self._seen_before(once):
+                if once is not None and self._seen_before(once, now):
                     cost = 0
                 total = w.total + cost
                 if total > spec.limit:
-                    self._take_back(ops[: len(out)])
+                    self._take_back(ops[: len(out)], created)
                     return None
                 head = w.head
                 counts = w.counts
@@ -221,6 +321,7 @@ class MemoryStore:
                         w.tail = head
                     counts[head % n] += cost
                     w.total = total
+                    w.expires = (head + n) * width
                 tail = w.tail
                 if not total:
                     reset = 0.0
@@ -235,18 +336,24 @@ class MemoryStore:
                         best = len(out)
                         best_share = share
                 out.append((remaining, reset, head))
+            for key in created or ():
+                if not windows[key].total:  # (charged nothing: `execute` keeps none)
+                    del windows[key]
             seen = self._seen
-            for key, _, cost, once, _, _ in ops:
+            for key, spec, cost, once, _, _ in ops:
                 if once is not None and cost and once not in seen:
                     charged = windows.get(key)
-                    if charged is not None:  # (None: evicted by this very batch)
-                        self._remember(once, key, charged.head)
+                    if charged is not None:
+                        self._remember(
+                            once, key, charged.head, spec.width, spec.buckets + 1, now
+                        )
             return out, best
         finally:
             self._lock.release()
 
-    def _take_back(self, ops: Sequence[Op]) -> None:
-        """Undo what `admit` charged for `ops` (all in the current bucket of each window)."""
+    def _take_back(self, ops: Sequence[Op], created: list[str] | None) -> None:
+        """Undo what `admit` charged for `ops` (all in the current bucket of each window)
+        and drop the windows it created."""
         seen = self._seen
         for key, _, cost, once, _, _ in ops:
             if not cost or (once is not None and once in seen):
@@ -255,6 +362,8 @@ class MemoryStore:
             if w is not None:
                 w.counts[w.head % len(w.counts)] -= cost
                 w.total -= cost
+        for key in created or ():
+            self._windows.pop(key, None)
 
     async def aexecute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
         """Same as `execute`: in-process work never blocks on I/O."""
@@ -262,10 +371,17 @@ class MemoryStore:
 
     # -- strikes and bans ------------------------------------------------------------
     def _strike(self, subject: str, now: float, bans: BanConfig) -> Ban | None:
-        rec = self._strikes.get(subject)
+        strikes = self._strikes
+        rec = strikes.get(subject)
         if rec is None:
-            rec = _Strikes(self._strike_buckets)
-            self._strikes[subject] = rec
+            if len(strikes) >= self.max_keys and not _drop_one(
+                strikes, lambda r: r.window.dead(now) and r.last_ban <= now
+            ):
+                self._warn_full("strikes")
+                return None
+            rec = strikes[subject] = _Strikes(self._strike_buckets)
+        else:
+            strikes.move_to_end(subject)
         spec = WindowSpec(bans.after, bans.within, self._strike_buckets)
         try_hit(rec.window, spec, now, 1, consume=True)
         if rec.window.total < bans.after:
@@ -273,11 +389,11 @@ class MemoryStore:
         rec.window = BucketWindow(self._strike_buckets)
         # escalation memory runs from the end of the previous ban
         rec.level = rec.level + 1 if now - rec.last_ban <= bans.memory else 1
-        duration = min(bans.base * bans.factor ** (rec.level - 1), bans.max)
+        # (the exponent is capped: a float power of a large level would overflow)
+        duration = min(bans.base * bans.factor ** min(rec.level - 1, 64), bans.max)
         rec.last_ban = now + duration
         ban = Ban(subject, now + duration, rec.level)
-        self._put_ban(ban, now)
-        return ban
+        return ban if self._put_ban(ban, now) else None
 
     def impose(self, ban: Ban, now: float) -> None:
         """Record `ban`, keeping a longer one already in place (and a ban the key earned
@@ -296,14 +412,18 @@ class MemoryStore:
             if ban is not None and ban.owner is not None:
                 del self._bans[key]
 
-    def _put_ban(self, ban: Ban, now: float) -> None:
+    def _put_ban(self, ban: Ban, now: float) -> bool:
+        """Record `ban`; a full table drops expired bans, never a live one (then the new
+        ban is not recorded: False)."""
         bans = self._bans
         if len(bans) >= self.max_keys and ban.key not in bans:
             for key in [k for k, b in bans.items() if b.until <= now]:
                 del bans[key]
             if len(bans) >= self.max_keys:
-                del bans[min(bans, key=lambda k: bans[k].until)]
+                self._warn_full("bans")
+                return False
         bans[ban.key] = ban
+        return True
 
     def active_ban(self, key: str, now: float) -> Ban | None:
         """The ban on `key` if it is still running."""
