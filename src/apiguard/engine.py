@@ -21,7 +21,14 @@ from starlette.exceptions import HTTPException
 from apiguard.admission import Admission
 from apiguard.config import GuardConfig
 from apiguard.decision import ALLOWED, Action, Decision
-from apiguard.request import IP_CACHE_MAX, ClientIPResolver, KeyedHasher, RequestContext
+from apiguard.request import (
+    IP_CACHE_MAX,
+    ClientIPResolver,
+    Identity,
+    KeyedHasher,
+    RequestContext,
+    identity_text,
+)
 from apiguard.responses import tightest_ratelimit
 from apiguard.rules import Rule
 from apiguard.store.base import Ban, Batch, BatchResult, Hit, Store
@@ -29,7 +36,7 @@ from apiguard.telemetry import Telemetry
 
 log = logging.getLogger("apiguard")
 
-PrincipalResolver = Callable[[RequestContext], "str | None"]
+PrincipalResolver = Callable[[RequestContext], "Identity | None"]
 
 
 _BY_PRINCIPAL = ("principal", "principal_route")
@@ -242,10 +249,11 @@ class Engine:
             ctx.vouched = True
             return ctx.declared
         if self.resolver is not None:
-            found = self.resolver(ctx)
-            if found is not None and str(found):
+            # not an identity (a user object, bytes, a bool): reported once, anonymous
+            found = identity_text(self.resolver(ctx), self, "principal_resolver")
+            if found:
                 ctx.vouched = True
-                return self.hasher("c", str(found))
+                return self.hasher("c", found)
         return ctx.credential_key or ctx.ip_key
 
     def declare(self, ctx: RequestContext, user_id: str) -> None:

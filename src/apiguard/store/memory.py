@@ -273,7 +273,7 @@ class MemoryStore:
         rec.window = BucketWindow(self._strike_buckets)
         # escalation memory runs from the end of the previous ban
         rec.level = rec.level + 1 if now - rec.last_ban <= bans.memory else 1
-        duration = min(bans.base * bans.factor ** (rec.level - 1), bans.max)
+        duration = bans.duration(rec.level)
         rec.last_ban = now + duration
         ban = Ban(subject, now + duration, rec.level)
         self._put_ban(ban, now)

@@ -1,0 +1,55 @@
+"""`ConfigurationError` and the checks shared by the configuration and the `Guard`.
+
+A module of its own so that `apiguard.config` can raise it without importing `Guard`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+
+class ConfigurationError(ValueError):
+    """apiguard is configured in a way that would not protect what it says it does."""
+
+
+def from_validation_error(
+    exc: ValidationError, what: str = "invalid apiguard configuration"
+) -> ConfigurationError:
+    """A `ConfigurationError` listing `location: message` for each error of `exc`.
+
+    Never the input values: the one that failed may be the hashing secret (or a store URL
+    with a password), and this message goes to logs.
+    """
+    problems: list[str] = []
+    for err in exc.errors(include_url=False, include_context=False, include_input=False):
+        loc = ".".join(str(part) for part in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        problems.append(f"{loc}: {msg}" if loc else msg)
+    return ConfigurationError(f"{what}: {'; '.join(problems) or 'invalid value'}")
+
+
+def check_arity(fn: Callable[..., Any], args: int, what: str, expected: str) -> None:
+    """Raise `ConfigurationError` unless `fn` is a callable that accepts `args` positional
+    arguments (`expected` names them in the message). A callable whose signature cannot
+    be read (some builtins and extension types) is accepted."""
+    if not callable(fn):
+        raise ConfigurationError(f"{what} must be a callable {expected}, not {type(fn).__name__}")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*([None] * args))
+    except TypeError as exc:
+        raise ConfigurationError(
+            f"{what} must accept exactly {args} positional argument{'s' if args != 1 else ''} "
+            f"{expected}; {_name(fn)} does not ({exc})"
+        ) from None
+
+
+def _name(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", None) or type(fn).__qualname__)
