@@ -61,6 +61,10 @@ def _check_store(store: object) -> None:
             "Guard(store=...): store URLs are not available yet (the Redis store arrives in a "
             "later release); omit store= for the in-process store, or pass a store object"
         )
+    if isinstance(store, type):
+        raise ConfigurationError(
+            f"Guard(store=...): pass a store instance ({store.__name__}()), not the class"
+        )
     missing = [m for m in _STORE_METHODS if not callable(getattr(store, m, None))]
     if not hasattr(store, "local"):
         missing.insert(0, "local")
