@@ -6,7 +6,6 @@ A module of its own so that `apiguard.config` can raise it without importing `Gu
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -32,12 +31,12 @@ def from_validation_error(
     return ConfigurationError(f"{what}: {'; '.join(problems) or 'invalid value'}")
 
 
-def check_arity(fn: Callable[..., Any], args: int, what: str, expected: str) -> None:
+def check_arity(fn: object, args: int, what: str, expected: str) -> None:
     """Raise `ConfigurationError` unless `fn` is a callable that accepts `args` positional
-    arguments (`expected` names them in the message). A callable whose signature cannot
-    be read (some builtins and extension types) is accepted."""
+    arguments, as apiguard will call it (`expected` shows the call, e.g. "resolver(ctx)").
+    A callable whose signature cannot be read (some builtins) is accepted."""
     if not callable(fn):
-        raise ConfigurationError(f"{what} must be a callable {expected}, not {type(fn).__name__}")
+        raise ConfigurationError(f"{what}: expected a callable {expected}, got {type(fn).__name__}")
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -46,8 +45,7 @@ def check_arity(fn: Callable[..., Any], args: int, what: str, expected: str) -> 
         signature.bind(*([None] * args))
     except TypeError as exc:
         raise ConfigurationError(
-            f"{what} must accept exactly {args} positional argument{'s' if args != 1 else ''} "
-            f"{expected}; {_name(fn)} does not ({exc})"
+            f"{what}: apiguard calls it as {expected}, which {_name(fn)} cannot take ({exc})"
         ) from None
 
 

@@ -139,7 +139,7 @@ def _check_clock(clock: object) -> Callable[[], float]:
             f"Guard(clock=time.{name}) counts nanoseconds, so no limit would ever bite: "
             f"pass time.{name.removesuffix('_ns')} (seconds)"
         )
-    check_arity(clock, 0, "Guard(clock=...)", "(no arguments) returning seconds")
+    check_arity(clock, 0, "Guard(clock=...)", "clock() -> seconds")
     first = _read_clock(clock)
     if any(clock is c for c in _SECOND_CLOCKS) or isinstance(clock, FakeClock):
         return clock
@@ -192,14 +192,14 @@ class Guard:
                 principal_resolver,
                 1,
                 "Guard(principal_resolver=...)",
-                "(the RequestContext) returning the principal's id or None",
+                "principal_resolver(ctx) -> the principal's id or None",
             )
         if on_block is not None:
             check_arity(
                 on_block,
                 2,
                 "Guard(on_block=...)",
-                "(the Decision and the default BlockResponse) returning a BlockResponse",
+                "on_block(decision, default_response) -> BlockResponse",
             )
         if meter_provider is not None and not callable(getattr(meter_provider, "get_meter", None)):
             raise ConfigurationError(
@@ -289,9 +289,9 @@ class Guard:
         def decorate(fn: F) -> F:
             where = f"@guard.limit on {_qualname(fn)}"
             if callable(per):
-                check_arity(per, 1, f"{where}: per=", "(the RequestContext) returning a key")
+                check_arity(per, 1, f"{where}: per=", "per(ctx) -> key or None")
             if callable(cost):
-                check_arity(cost, 1, f"{where}: cost=", "(the RequestContext) returning an int")
+                check_arity(cost, 1, f"{where}: cost=", "cost(ctx) -> int")
             base = name or f"limit:{getattr(fn, '__name__', 'handler')}"
             label = base
             for n in itertools.count(2):
@@ -343,7 +343,7 @@ class Guard:
                     per,
                     1,
                     f"@guard.flow({name!r}) on {_qualname(fn)}: per=",
-                    "(the RequestContext) returning a key",
+                    "per(ctx) -> key or None",
                 )
             known = self._flows.get(name)
             text = rate
