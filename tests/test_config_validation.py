@@ -557,6 +557,19 @@ def test_a_store_missing_one_method_is_named() -> None:
         Guard(store=Partial())  # type: ignore[arg-type]
 
 
+class _NoMeters:
+    def get_meter(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+async def _async_resolver(ctx: Any) -> str:
+    return "alice"
+
+
+async def _async_on_block(decision: Any, default: BlockResponse) -> BlockResponse:
+    return default
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
@@ -569,6 +582,9 @@ def test_a_store_missing_one_method_is_named() -> None:
         ({"on_block": lambda decision, default, extra: default}, "on_block"),
         ({"meter_provider": "x"}, "meter_provider"),
         ({"meter_provider": object()}, "meter_provider"),
+        ({"meter_provider": _NoMeters()}, "meter_provider"),
+        ({"principal_resolver": _async_resolver}, "principal_resolver"),
+        ({"on_block": _async_on_block}, "on_block"),
     ],
     ids=[
         "resolver-int",
@@ -580,6 +596,9 @@ def test_a_store_missing_one_method_is_named() -> None:
         "on_block-three-args",
         "meter_provider-str",
         "meter_provider-object",
+        "meter_provider-get_meter-none",
+        "resolver-async",
+        "on_block-async",
     ],
 )
 def test_guard_hooks_of_the_wrong_type_or_arity(kwargs: dict[str, Any], name: str) -> None:
@@ -661,6 +680,7 @@ def test_on_block_that_raises_sends_the_default_refusal(
         lambda g: g.limit("5/minute", cost=lambda ctx, n: n),
         lambda g: g.flow("checkout", "5/minute", per=lambda: "k"),
         lambda g: g.flow("checkout", "5/minute", per=lambda a, b: "k"),
+        lambda g: g.limit("5/minute", per=_async_resolver),
     ],
     ids=[
         "limit-per-0",
@@ -670,6 +690,7 @@ def test_on_block_that_raises_sends_the_default_refusal(
         "limit-cost-2",
         "flow-per-0",
         "flow-per-2",
+        "limit-per-async",
     ],
 )
 def test_decorator_callables_of_the_wrong_arity_fail_at_decoration(

@@ -37,6 +37,12 @@ def check_arity(fn: object, args: int, what: str, expected: str) -> None:
     A callable whose signature cannot be read (some builtins) is accepted."""
     if not callable(fn):
         raise ConfigurationError(f"{what}: expected a callable {expected}, got {type(fn).__name__}")
+    call = type(fn).__call__ if not inspect.isroutine(fn) else None  # an object's __call__
+    if inspect.iscoroutinefunction(fn) or (call is not None and inspect.iscoroutinefunction(call)):
+        raise ConfigurationError(
+            f"{what}: apiguard calls it synchronously as {expected}, but {_name(fn)} is "
+            "async (it would return a coroutine, never run)"
+        )
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):

@@ -212,7 +212,13 @@ class Guard:
         self.hasher = KeyedHasher(secret)
         self.on_block = on_block
         self._on_block_failed = False  # reported once
-        self.telemetry = Telemetry(meter_provider)
+        try:
+            self.telemetry = Telemetry(meter_provider)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"Guard(meter_provider=...): creating apiguard's instruments failed "
+                f"({type(exc).__name__}: {exc}); pass an OpenTelemetry MeterProvider"
+            ) from exc
         self._flows: dict[str, FlowRule] = {}
         # advertised policy name -> the rule it belongs to: names in RateLimit-Policy and
         # violated-policies must say which limit they are
