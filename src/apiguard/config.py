@@ -218,21 +218,23 @@ class GuardConfig(_Model):
     ratelimit_headers: bool = True
     success_statuses: tuple[int, int] = (200, 399)
 
-    def __init__(self, **data: Any) -> None:
-        # constructed directly (GuardConfig(mode="bogus")): the same ConfigurationError as
-        # Guard(...) and the loaders, never pydantic's message (it echoes the input)
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            error = from_validation_error(exc)
-        else:
-            return
-        raise error  # outside the except block: no chained ValidationError carries the input
+    if not TYPE_CHECKING:  # type checkers keep the typed __init__ pydantic's plugin makes
 
-    # Validation (model_validate, a nested section) must not run this __init__: pydantic
-    # would wrap its ConfigurationError in a ValidationError that echoes the whole input.
-    # The same marker as pydantic's own BaseModel and RootModel __init__.
-    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+        def __init__(self, **data: Any) -> None:
+            # constructed directly (GuardConfig(mode="bogus")): the same ConfigurationError
+            # as Guard(...) and the loaders, never pydantic's message (it echoes the input)
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                error = from_validation_error(exc)
+            else:
+                return
+            raise error  # outside the except block: no chained error carries the input
+
+        # Validation (model_validate, a nested section) must not run this __init__:
+        # pydantic would wrap its ConfigurationError in a ValidationError echoing the whole
+        # input. The same marker as pydantic's own BaseModel and RootModel __init__.
+        __init__.__pydantic_base_init__ = True
 
     @field_validator("success_statuses", mode="before")
     @classmethod
