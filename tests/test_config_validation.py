@@ -324,9 +324,10 @@ def test_a_clock_not_counting_seconds_is_refused(clock: Callable[[], float]) -> 
         lambda: True,
         lambda: [1.0],
         lambda: 1e12,  # a constant, but not seconds
+        lambda: 10**400,  # too large for a float
         FakeClock,  # the class, not a clock: calling it returns a FakeClock
     ],
-    ids=["str", "nan", "inf", "-inf", "none", "bool", "list", "1e12", "clock-class"],
+    ids=["str", "nan", "inf", "-inf", "none", "bool", "list", "1e12", "huge-int", "clock-class"],
 )
 def test_a_clock_returning_no_finite_number_of_seconds_is_refused(
     clock: Callable[[], Any],

@@ -108,17 +108,16 @@ def _read_clock(clock: Callable[[], float]) -> float:
         raise ConfigurationError(
             f"Guard(clock=...): calling the clock raised {type(exc).__name__}: {exc}"
         ) from exc
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(float(value))
-    ):
-        shown = type(value).__name__ if not isinstance(value, float) else repr(value)
+    reading = math.nan
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        with contextlib.suppress(ArithmeticError, ValueError, TypeError):
+            reading = float(value)  # an int too large for a float: OverflowError
+    if not math.isfinite(reading):
+        shown = repr(value) if isinstance(value, float) else f"a {type(value).__name__}"
         raise ConfigurationError(
             f"Guard(clock=...): the clock returned {shown}, not a finite number of seconds; "
             + _SECONDS_HINT
         )
-    reading = float(value)
     if abs(reading) > _MAX_SECONDS:
         raise ConfigurationError(
             f"Guard(clock=...): the clock reads {reading:.4g}, which is not seconds "
@@ -132,7 +131,9 @@ def _check_clock(clock: object) -> Callable[[], float]:
     if clock is None:
         return time.monotonic
     if not callable(clock):
-        raise ConfigurationError("clock must be a callable returning seconds")
+        raise ConfigurationError(
+            f"Guard(clock=...): expected a callable returning seconds, got {type(clock).__name__}"
+        )
     if any(clock is c for c in _NANOSECOND_CLOCKS):
         name = getattr(clock, "__name__", "clock")
         raise ConfigurationError(
