@@ -266,19 +266,19 @@ class GuardConfig(_Model):
         return self
 
     @classmethod
-    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
         """pydantic's `model_validate`, raising `ConfigurationError` (see `load`)."""
-        return cls.load(obj, "", *args, **kwargs)
+        return cls.load(obj, "", **kwargs)
 
     @classmethod
-    def load(cls, data: Any, source: str = "", *args: Any, **kwargs: Any) -> Self:
+    def load(cls, data: Any, source: str = "", **kwargs: Any) -> Self:
         """Validate `data` (a mapping of settings; `source` says where it came from).
 
         Errors are `ConfigurationError`s that name each setting and never echo a value:
         the one that failed may be the secret.
         """
         try:
-            return super().model_validate(data, *args, **kwargs)
+            return super().model_validate(data, **kwargs)
         except ValidationError as exc:
             error = from_validation_error(
                 exc, f"invalid apiguard configuration{f' in {source}' if source else ''}"
