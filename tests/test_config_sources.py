@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
-from apiguard import Guard, GuardConfig
+from apiguard import ConfigurationError, Guard, GuardConfig
 
 
 def test_from_toml_reads_the_apiguard_table(tmp_path: Path) -> None:
@@ -29,7 +28,7 @@ ip = "none-is-not-special-in-toml"
 trusted_proxies = ["10.0.0.0/8", "fd00::/8"]
 """
     )
-    with pytest.raises(ValidationError, match=r"limits\.ip"):
+    with pytest.raises(ConfigurationError, match=r"limits\.ip"):
         GuardConfig.from_toml(path)
     path.write_text(path.read_text().replace('ip = "none-is-not-special-in-toml"\n', ""))
     config = GuardConfig.from_toml(path)
@@ -64,9 +63,9 @@ def test_from_env_nests_lists_and_nones() -> None:
 
 
 def test_from_env_errors_name_the_setting() -> None:
-    with pytest.raises(ValidationError, match=r"limits\.principal"):
+    with pytest.raises(ConfigurationError, match=r"limits\.principal"):
         GuardConfig.from_env(environ={"APIGUARD_LIMITS__PRINCIPAL": "lots"})
-    with pytest.raises(ValidationError, match="trusted_proxies"):
+    with pytest.raises(ConfigurationError, match="trusted_proxies"):
         GuardConfig.from_env(environ={"APIGUARD_CLIENT_IP__TRUSTED_PROXIES": "10.0.0.0/8,nope"})
-    with pytest.raises(ValidationError, match="nonsense"):
+    with pytest.raises(ConfigurationError, match="nonsense"):
         GuardConfig.from_env(environ={"APIGUARD_NONSENSE": "1"})

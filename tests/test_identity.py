@@ -452,7 +452,7 @@ def test_invalid_configuration_names_the_field(config, field):
         Guard(config)
     assert field in str(raised.value)
     assert not isinstance(raised.value, ValidationError)
-    with pytest.raises(ValidationError) as raised_model:
+    with pytest.raises(ConfigurationError) as raised_model:  # constructed directly: the same
         GuardConfig(**config)
     assert field in str(raised_model.value)
 

@@ -5,7 +5,8 @@ __version__ = "0.1.0"
 from apiguard.config import GuardConfig
 from apiguard.decision import Action, Decision, Policy
 from apiguard.engine import Refused
-from apiguard.guard import ConfigurationError, Guard
+from apiguard.errors import ConfigurationError
+from apiguard.guard import Guard
 from apiguard.request import RequestContext, current_request, identify
 from apiguard.responses import BlockResponse
 from apiguard.store.base import Hit as Verdict

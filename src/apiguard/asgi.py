@@ -149,11 +149,7 @@ class GuardMiddleware:
             await self._refuse(send, decision)
 
     async def _refuse(self, send: Send, decision: Decision) -> None:
-        response = block_response(decision, self._headers)
-        if self.guard.on_block is not None:
-            response = self.guard.on_block(decision, response)
-            if not isinstance(response, BlockResponse):
-                raise TypeError("on_block must return a BlockResponse")
+        response = self.guard.block_response(decision, block_response(decision, self._headers))
         await send_block(send, response)
 
 

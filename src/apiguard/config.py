@@ -4,20 +4,72 @@ from __future__ import annotations
 
 import importlib
 import ipaddress
+import math
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from apiguard.errors import ConfigurationError, from_validation_error
 from apiguard.rates import parse_rates
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 Mode = Literal["monitor", "enforce"]
 
+YEAR = 31_536_000.0  # the bound of every duration setting (and so of a ban's Retry-After)
+
+# Networks this wide cannot be a set of proxies: trusting them lets any client write its
+# own address into the forwarding header (and get a victim's address banned).
+_MIN_V4_PREFIX = 8  # 10.0.0.0/8 is the widest private range
+_MIN_V6_PREFIX = 7  # fc00::/7 (unique local addresses) likewise
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+# Headers that cannot hold an API key: credentials apiguard reads otherwise (cookie,
+# authorization), headers set by proxies or naming the client address, and headers every
+# client sends (one value shared by many callers would make them one principal).
+_NOT_KEY_HEADERS = frozenset(
+    {
+        "cookie",
+        "authorization",
+        "proxy-authorization",
+        "host",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-forwarded-port",
+        "x-real-ip",
+        "via",
+        "user-agent",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "content-type",
+        "content-length",
+        "connection",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "origin",
+        "referer",
+    }
+)
+
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _check_rate(value: str | None) -> str | None:
@@ -68,13 +120,7 @@ class ClientIPConfig(_Model):
             value = tuple(v for v in (p.strip() for p in value.split(",")) if v)
         if not isinstance(value, list | tuple):
             raise ValueError("expected a list of networks such as ['10.0.0.0/8']")
-        out: list[str] = []
-        for item in value:
-            try:
-                out.append(str(ipaddress.ip_network(str(item), strict=False)))
-            except ValueError as exc:
-                raise ValueError(f"{item!r} is not an IP network: {exc}") from None
-        return tuple(out)
+        return tuple(str(_proxy_network(str(item))) for item in value)
 
 
 class IdentityConfig(_Model):
@@ -105,6 +151,8 @@ class IdentityConfig(_Model):
         for name in names:
             if not name or any(c in name for c in " :\r\n\t"):
                 raise ValueError(f"{name!r} is not a valid header name")
+            if name in _NOT_KEY_HEADERS:
+                raise ValueError(_not_a_key_header(name))
         return names
 
 
@@ -122,13 +170,32 @@ class BanConfig(_Model):
     """
 
     enabled: bool = True
-    after: int = Field(20, ge=1)
-    within: float = Field(60.0, gt=0)
-    base: float = Field(60.0, gt=0)
-    factor: float = Field(2.0, ge=1.0)
-    max: float = Field(86_400.0, gt=0)
-    memory: float = Field(86_400.0, gt=0)
+    after: int = Field(20, ge=1, le=1_000_000)
+    within: float = Field(60.0, gt=0, le=YEAR)
+    base: float = Field(60.0, gt=0, le=YEAR)
+    factor: float = Field(2.0, ge=1.0, le=1000.0)
+    max: float = Field(86_400.0, gt=0, le=YEAR)
+    memory: float = Field(86_400.0, gt=0, le=YEAR)
     strict_ip: bool = False
+
+    def duration(self, level: int) -> float:
+        """Seconds of a ban at escalation `level` (1 for the first): `base * factor **
+        (level - 1)`, capped at `max`. The exponent is capped too: past the level where
+        the cap applies the power is never computed (a float power of a large level
+        overflows)."""
+        exponent = level - 1 if level > 1 else 0
+        if exponent and self.factor > 1.0:
+            try:
+                reach = math.log(self.max / self.base) / math.log(self.factor)
+            except (ValueError, ZeroDivisionError, OverflowError):  # max/base 0 or inf
+                reach = 0.0 if self.max <= self.base else math.inf
+            if exponent > reach:
+                return self.max
+            try:
+                return min(self.base * self.factor**exponent, self.max)
+            except OverflowError:
+                return self.max
+        return min(self.base, self.max)
 
 
 class StoreConfig(_Model):
@@ -150,6 +217,24 @@ class GuardConfig(_Model):
     store: StoreConfig = StoreConfig()
     ratelimit_headers: bool = True
     success_statuses: tuple[int, int] = (200, 399)
+
+    if not TYPE_CHECKING:  # type checkers keep the typed __init__ pydantic's plugin makes
+
+        def __init__(self, **data: Any) -> None:
+            # constructed directly (GuardConfig(mode="bogus")): the same ConfigurationError
+            # as Guard(...) and the loaders, never pydantic's message (it echoes the input)
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                error = from_validation_error(exc)
+            else:
+                return
+            raise error  # outside the except block: no chained error carries the input
+
+        # Validation (model_validate, a nested section) must not run this __init__:
+        # pydantic would wrap its ConfigurationError in a ValidationError echoing the whole
+        # input. The same marker as pydantic's own BaseModel and RootModel __init__.
+        __init__.__pydantic_base_init__ = True
 
     @field_validator("success_statuses", mode="before")
     @classmethod
@@ -173,6 +258,33 @@ class GuardConfig(_Model):
             raise ValueError("secret must be at least 16 bytes")
         return value
 
+    @model_validator(mode="after")
+    def _key_headers_not_proxy_header(self) -> GuardConfig:
+        proxy = self.client_ip.proxy_header
+        if proxy in self.identity.api_key_headers:
+            raise ValueError(f"identity.api_key_headers: {_not_a_key_header(proxy)}")
+        return self
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
+        """pydantic's `model_validate`, raising `ConfigurationError` (see `load`)."""
+        return cls.load(obj, "", **kwargs)
+
+    @classmethod
+    def load(cls, data: Any, source: str = "", **kwargs: Any) -> Self:
+        """Validate `data` (a mapping of settings; `source` says where it came from).
+
+        Errors are `ConfigurationError`s that name each setting and never echo a value:
+        the one that failed may be the secret.
+        """
+        try:
+            return super().model_validate(data, **kwargs)
+        except ValidationError as exc:
+            error = from_validation_error(
+                exc, f"invalid apiguard configuration{f' in {source}' if source else ''}"
+            )
+        raise error  # outside the except block: no chained ValidationError carries the input
+
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str], table: str = "apiguard") -> GuardConfig:
         """Load `[apiguard]` (or `table`; "" for the whole file) from a TOML file."""
@@ -182,13 +294,19 @@ class GuardConfig(_Model):
             raise RuntimeError(
                 "reading TOML on Python 3.10 needs the tomli package (pip install tomli)"
             ) from None
+        where = os.fspath(path)
         with open(path, "rb") as handle:
-            data: Any = toml.load(handle)
+            try:
+                data: Any = toml.load(handle)
+            except ValueError as exc:  # tomllib.TOMLDecodeError: position only, no content
+                raise ConfigurationError(f"{where} is not valid TOML: {exc}") from None
         for part in table.split(".") if table else ():
             if not isinstance(data, dict) or part not in data:
-                raise ValueError(f"{os.fspath(path)} has no [{table}] table")
+                raise ConfigurationError(f"{where} has no [{table}] table")
             data = data[part]
-        return cls.model_validate(data)
+        if not isinstance(data, dict):
+            raise ConfigurationError(f"{where}: [{table}] is a value, not a table")
+        return cls.load(data, where)
 
     @classmethod
     def from_env(
@@ -208,7 +326,48 @@ class GuardConfig(_Model):
             for part in path[:-1]:
                 child = node.setdefault(part, {})
                 if not isinstance(child, dict):
-                    raise ValueError(f"{name}: {part} is a value, not a section")
+                    raise ConfigurationError(f"{name}: {part} is a value, not a section")
                 node = child
             node[path[-1]] = None if raw.strip().lower() in ("", "none", "null") else raw
-        return cls.model_validate(data)
+        return cls.load(data, f"the environment ({prefix}*)")
+
+
+def _proxy_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A trusted proxy network, refused if it is too wide to be one and converted to IPv4
+    if written IPv4-mapped (client addresses are compared after unmapping, so
+    `::ffff:10.0.0.0/104` would never match: it means `10.0.0.0/8`)."""
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+        written = ipaddress.ip_interface(text).ip
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not an IP network: {exc}") from None
+    if isinstance(net, ipaddress.IPv6Network):
+        mapped = getattr(written, "ipv4_mapped", None)
+        if mapped is not None:
+            if net.prefixlen < 96:
+                raise ValueError(
+                    f"{text!r}: an IPv4-mapped network needs a prefix of at least /96; "
+                    "write the IPv4 network instead (e.g. '10.0.0.0/8')"
+                )
+            net = ipaddress.ip_network(f"{mapped}/{net.prefixlen - 96}", strict=False)
+        elif net.prefixlen < 96 and net.overlaps(_MAPPED):
+            raise ValueError(
+                f"{text!r} covers the IPv4-mapped range ::ffff:0:0/96, which never matches "
+                "(client addresses are compared as IPv4): list the IPv4 networks instead"
+            )
+    minimum = _MIN_V4_PREFIX if net.version == 4 else _MIN_V6_PREFIX
+    if net.prefixlen < minimum:
+        raise ValueError(
+            f"{text!r} is too wide to be a set of proxies (prefix shorter than /{minimum}): "
+            "any client could then write its own address, or a victim's, into the "
+            "forwarding header; list your proxies' networks"
+        )
+    return net
+
+
+def _not_a_key_header(name: str) -> str:
+    return (
+        f"{name!r} cannot hold an API key: apiguard reads it for something else, or proxies "
+        "set it, or every client sends it (many callers would share one principal, or any "
+        "caller could choose its own)"
+    )

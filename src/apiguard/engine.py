@@ -22,7 +22,14 @@ from starlette.exceptions import HTTPException
 from apiguard.admission import Admission
 from apiguard.config import GuardConfig
 from apiguard.decision import ALLOWED, Action, Decision
-from apiguard.request import IP_CACHE_MAX, ClientIPResolver, KeyedHasher, RequestContext
+from apiguard.request import (
+    IP_CACHE_MAX,
+    ClientIPResolver,
+    Identity,
+    KeyedHasher,
+    RequestContext,
+    identity_text,
+)
 from apiguard.responses import tightest_ratelimit
 from apiguard.rules import Rule
 from apiguard.store.base import Ban, Batch, BatchResult, Hit, Store
@@ -30,7 +37,7 @@ from apiguard.telemetry import Telemetry
 
 log = logging.getLogger("apiguard")
 
-PrincipalResolver = Callable[[RequestContext], "str | None"]
+PrincipalResolver = Callable[[RequestContext], "Identity | None"]
 
 
 _BY_PRINCIPAL = ("principal", "principal_route")
@@ -338,10 +345,11 @@ class Engine:
             ctx.vouched = True
             return ctx.declared
         if self.resolver is not None:
-            found = self.resolver(ctx)
-            if found is not None and str(found):
+            # not an identity (a user object, bytes, a bool): reported once, anonymous
+            found = identity_text(self.resolver(ctx), self, "principal_resolver")
+            if found:
                 ctx.vouched = True
-                return self.hasher("c", str(found))
+                return self.hasher("c", found)
         return self._unvouched_principal(ctx)
 
     def _unvouched_principal(self, ctx: RequestContext) -> str:

@@ -6,6 +6,9 @@ import contextlib
 import functools
 import inspect
 import itertools
+import logging
+import math
+import numbers
 import os
 import time
 import weakref
@@ -13,38 +16,148 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
 
 from opentelemetry import metrics
-from pydantic import ValidationError
 
 from apiguard.config import GuardConfig, Mode
 from apiguard.decision import Decision
 from apiguard.engine import Engine, PrincipalResolver, Refused
+from apiguard.errors import ConfigurationError as ConfigurationError
+from apiguard.errors import check_arity
 from apiguard.request import KeyedHasher, RequestContext, current_request
-from apiguard.responses import BlockHook
+from apiguard.responses import BlockHook, BlockResponse
 from apiguard.routes import walk_routes
 from apiguard.rules import Cost, CredentialChurnRule, FlowRule, Per, Rule, WindowRule
+from apiguard.simulate.clock import FakeClock
 from apiguard.store.base import Store
 from apiguard.store.memory import MemoryStore
 from apiguard.telemetry import Telemetry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-
-class ConfigurationError(ValueError):
-    """apiguard is configured in a way that would not protect what it says it does."""
+log = logging.getLogger("apiguard")
 
 
-def _config_from(config: GuardConfig | Mapping[str, Any] | None) -> GuardConfig:
+def _config_from(config: object) -> GuardConfig:
     if config is None:
         return GuardConfig()
     if isinstance(config, GuardConfig):
         return config
-    try:
-        return GuardConfig.model_validate(dict(config))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+    if not isinstance(config, Mapping):
+        raise ConfigurationError(
+            "Guard(config): expected a GuardConfig, a mapping of settings or None, not a "
+            f"{type(config).__name__} (keyword arguments such as mode go inside the config: "
+            'Guard({"mode": "monitor"}))'
         )
-        raise ConfigurationError(f"invalid apiguard configuration: {problems}") from None
+    return GuardConfig.load(dict(config))
+
+
+# the store contract (apiguard.store.base.Store): what the engine calls
+_STORE_METHODS = ("execute", "aexecute", "refund", "impose", "active_ban")
+
+
+def _check_store(store: object) -> None:
+    if isinstance(store, str | bytes | os.PathLike):
+        # never echo it: a store URL may carry a password
+        raise ConfigurationError(
+            "Guard(store=...): store URLs are not available yet (the Redis store arrives in a "
+            "later release); omit store= for the in-process store, or pass a store object"
+        )
+    if isinstance(store, type):
+        raise ConfigurationError(
+            f"Guard(store=...): pass a store instance ({store.__name__}()), not the class"
+        )
+    missing = [m for m in _STORE_METHODS if not callable(getattr(store, m, None))]
+    if not hasattr(store, "local"):
+        missing.insert(0, "local")
+    if missing:
+        raise ConfigurationError(
+            f"Guard(store=...): a {type(store).__name__} is not a store (it lacks "
+            f"{', '.join(missing)}); see apiguard.store.base.Store"
+        )
+
+
+# clocks known to count seconds (no rate check needed)
+_SECOND_CLOCKS: tuple[Callable[[], float], ...] = (
+    time.monotonic,
+    time.time,
+    time.perf_counter,
+    time.process_time,
+    time.thread_time,
+)
+# clocks known to count nanoseconds
+_NANOSECOND_CLOCKS: tuple[Callable[[], int], ...] = tuple(
+    getattr(time, name)
+    for name in (
+        "monotonic_ns",
+        "time_ns",
+        "perf_counter_ns",
+        "process_time_ns",
+        "thread_time_ns",
+        "clock_gettime_ns",
+    )
+    if hasattr(time, name)
+)
+_MAX_SECONDS = 1e11  # year 5138 as Unix time; beyond it the clock counts ms, µs or ns
+_CLOCK_PROBE = 0.005  # real seconds between two readings of an unknown clock
+_SECONDS_HINT = "pass a clock returning seconds, e.g. time.monotonic"
+
+
+def _read_clock(clock: Callable[[], float]) -> float:
+    try:
+        value: object = clock()
+    except Exception as exc:
+        raise ConfigurationError(
+            f"Guard(clock=...): calling the clock raised {type(exc).__name__}: {exc}"
+        ) from exc
+    reading = math.nan
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        with contextlib.suppress(ArithmeticError, ValueError, TypeError):
+            reading = float(value)  # an int too large for a float: OverflowError
+    if not math.isfinite(reading):
+        shown = repr(value) if isinstance(value, float) else f"a {type(value).__name__}"
+        raise ConfigurationError(
+            f"Guard(clock=...): the clock returned {shown}, not a finite number of seconds; "
+            + _SECONDS_HINT
+        )
+    if abs(reading) > _MAX_SECONDS:
+        raise ConfigurationError(
+            f"Guard(clock=...): the clock reads {reading:.4g}, which is not seconds "
+            f"(milli-, micro- or nanoseconds?): {_SECONDS_HINT}"
+        )
+    return reading
+
+
+def _check_clock(clock: object) -> Callable[[], float]:
+    """The clock, checked once: it returns a finite number of seconds."""
+    if clock is None:
+        return time.monotonic
+    if not callable(clock):
+        raise ConfigurationError(
+            f"Guard(clock=...): expected a callable returning seconds, got {type(clock).__name__}"
+        )
+    if any(clock is c for c in _NANOSECOND_CLOCKS):
+        name = getattr(clock, "__name__", "clock")
+        raise ConfigurationError(
+            f"Guard(clock=time.{name}) counts nanoseconds, so no limit would ever bite: "
+            f"pass time.{name.removesuffix('_ns')} (seconds)"
+        )
+    check_arity(clock, 0, "Guard(clock=...)", "clock() -> seconds")
+    first = _read_clock(clock)
+    if any(clock is c for c in _SECOND_CLOCKS) or isinstance(clock, FakeClock):
+        return clock
+    # an unknown clock: over a few ms of real time, a clock of seconds advances a few ms;
+    # one of milliseconds (or finer) advances by thousands of times more. A fake clock
+    # that does not move by itself advances by nothing and passes.
+    started = time.perf_counter()
+    time.sleep(_CLOCK_PROBE)
+    second = _read_clock(clock)
+    elapsed = time.perf_counter() - started
+    advanced = second - first
+    if advanced > 0.5 and advanced > 100 * elapsed:
+        raise ConfigurationError(
+            f"Guard(clock=...): the clock advanced by {advanced:.4g} in {elapsed:.4g} s of real "
+            f"time, so it does not count seconds (milli-, micro- or nanoseconds?): {_SECONDS_HINT}"
+        )
+    return clock
 
 
 class Guard:
@@ -67,20 +180,46 @@ class Guard:
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         self.config = _config_from(config)
-        if clock is not None and not callable(clock):
-            raise ConfigurationError("clock must be a callable returning seconds")
-        self.clock: Callable[[], float] = clock or time.monotonic
+        self.clock: Callable[[], float] = _check_clock(clock)
+        if store is not None:
+            _check_store(store)
         self.store: Store = (
             store
             if store is not None
             else MemoryStore(self.config.store.max_keys, self.config.store.window_buckets)
         )
+        if principal_resolver is not None:
+            check_arity(
+                principal_resolver,
+                1,
+                "Guard(principal_resolver=...)",
+                "principal_resolver(ctx) -> the principal's id or None",
+            )
+        if on_block is not None:
+            check_arity(
+                on_block,
+                2,
+                "Guard(on_block=...)",
+                "on_block(decision, default_response) -> BlockResponse",
+            )
+        if meter_provider is not None and not callable(getattr(meter_provider, "get_meter", None)):
+            raise ConfigurationError(
+                f"Guard(meter_provider=...): a {type(meter_provider).__name__} is not an "
+                "OpenTelemetry MeterProvider (it has no get_meter method)"
+            )
         secret = (
             self.config.secret.get_secret_value().encode() if self.config.secret else os.urandom(32)
         )
         self.hasher = KeyedHasher(secret)
         self.on_block = on_block
-        self.telemetry = Telemetry(meter_provider)
+        self._on_block_failed = False  # reported once
+        try:
+            self.telemetry = Telemetry(meter_provider)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"Guard(meter_provider=...): creating apiguard's instruments failed "
+                f"({type(exc).__name__}: {exc}); pass an OpenTelemetry MeterProvider"
+            ) from exc
         self._flows: dict[str, FlowRule] = {}
         # advertised policy name -> the rule it belongs to: names in RateLimit-Policy and
         # violated-policies must say which limit they are
@@ -155,6 +294,11 @@ class Guard:
         """
 
         def decorate(fn: F) -> F:
+            where = f"@guard.limit on {_qualname(fn)}"
+            if callable(per):
+                check_arity(per, 1, f"{where}: per=", "per(ctx) -> key or None")
+            if callable(cost):
+                check_arity(cost, 1, f"{where}: cost=", "cost(ctx) -> int")
             base = name or f"limit:{getattr(fn, '__name__', 'handler')}"
             label = base
             for n in itertools.count(2):
@@ -201,6 +345,13 @@ class Guard:
         """
 
         def decorate(fn: F) -> F:
+            if callable(per):
+                check_arity(
+                    per,
+                    1,
+                    f"@guard.flow({name!r}) on {_qualname(fn)}: per=",
+                    "per(ctx) -> key or None",
+                )
             known = self._flows.get(name)
             text = rate
             if text is None and known is not None:  # a later step inherits the flow's rates
@@ -311,6 +462,32 @@ class Guard:
             )
         with contextlib.suppress(TypeError):  # not weak-referenceable: verify next time too
             self._verified.add(app)
+
+    # -- refusals -------------------------------------------------------------------
+    def block_response(self, decision: Decision, default: BlockResponse) -> BlockResponse:
+        """The response to send for a refusal: `on_block`'s, or `default` when there is no
+        hook or the hook failed (raised, or returned something else than a
+        `BlockResponse`; reported once). A refusal is never turned into a 500."""
+        hook = self.on_block
+        if hook is None:
+            return default
+        try:
+            response = hook(decision, default)
+        except Exception:
+            if not self._on_block_failed:
+                self._on_block_failed = True
+                log.exception("apiguard: on_block raised; the default refusal was sent")
+            return default
+        if isinstance(response, BlockResponse):
+            return response
+        if not self._on_block_failed:
+            self._on_block_failed = True
+            error = ConfigurationError(
+                f"on_block returned a {type(response).__name__}, not a BlockResponse; the "
+                "default refusal is sent instead (reported once)"
+            )
+            log.error("apiguard: %s", error, exc_info=(ConfigurationError, error, None))
+        return default
 
     # -- helpers for apps -----------------------------------------------------------
     def hash(self, kind: str, value: str) -> str:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
+import uuid
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.trace import INVALID_SPAN, Span
 
 from apiguard.config import ClientIPConfig
+from apiguard.errors import ConfigurationError
 from apiguard.routes import route_template
 
 if TYPE_CHECKING:
@@ -29,6 +33,15 @@ if TYPE_CHECKING:
 
 IP_CACHE_MAX = 131_072  # bound of each per-client-address table
 _EMPTY_SCOPE: Mapping[str, Any] = {}
+
+log = logging.getLogger("apiguard")
+
+# engine -> (source, type) pairs already reported by `identity_text`; bounded per engine
+_reported: weakref.WeakKeyDictionary[Any, set[tuple[str, str]]] = weakref.WeakKeyDictionary()
+_reported_nowhere: set[tuple[str, str]] = set()  # identify() outside a guarded request
+_REPORTED_MAX = 64
+
+Identity = str | int | uuid.UUID  # what identify() and a principal resolver may return
 
 
 class KeyedHasher:
@@ -307,6 +320,42 @@ class RequestContext:
         return None
 
 
+def identity_text(value: object, where: Any, source: str) -> str | None:
+    """The text an identity is keyed on, or None for an anonymous request.
+
+    Identities are `str`, `int` (not `bool`) and `uuid.UUID`; `None` is anonymous. Anything
+    else (a user object, bytes, a bool, a float, a list) would make every request a fresh
+    principal (an object's default `str()` holds its address) or every caller one
+    principal (`True`): it is a `ConfigurationError`, logged once per `source` and type
+    for `where` (the engine), and the request is anonymous. An empty string is returned as
+    is (callers decide: anonymous for a resolver, an error for `identify()`).
+    """
+    if value is None or type(value) is str:
+        return value  # the common cases, first
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int.__repr__(value)  # an int subclass (IntEnum) as its number
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    kind = type(value)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    try:
+        seen = _reported.setdefault(where, set()) if where is not None else _reported_nowhere
+    except TypeError:  # not weak-referenceable: report through the shared set
+        seen = _reported_nowhere
+    if (source, name) not in seen and len(seen) < _REPORTED_MAX:
+        seen.add((source, name))
+        error = ConfigurationError(
+            f"{source} returned a {name}: an identity is a str, an int or a uuid.UUID "
+            "(None for anonymous), e.g. the user's id rather than the user object. The "
+            "request is treated as anonymous (keyed on its API key or IP, not vouched); "
+            "this is reported once per type."
+        )
+        log.error("apiguard: %s", error, exc_info=(ConfigurationError, error, None))
+    return None
+
+
 _current: ContextVar[RequestContext | None] = ContextVar("apiguard_request", default=None)
 
 
@@ -315,21 +364,25 @@ def current_request() -> RequestContext | None:
     return _current.get()
 
 
-def identify(user_id: str | int) -> None:
+def identify(user_id: str | int | uuid.UUID | None) -> None:
     """Declare the authenticated principal of the current request.
 
     Call it where the app has verified who the caller is (an auth dependency, a login
     view). Checks run at this moment, before the handler body, keyed on a keyed hash of
     `user_id`; a refusal raises `apiguard.Refused`, which the middleware answers.
     `None` means anonymous and is ignored; an empty id is an error (it would merge every
-    anonymous caller into one principal).
+    anonymous caller into one principal). Any other type than `str`, `int` and
+    `uuid.UUID` (a user object, bytes, a bool) is a `ConfigurationError`, logged once per
+    type, and the call is ignored: the request stays anonymous.
     """
     if user_id is None:
         return
-    text = str(user_id)
+    ctx = _current.get()
+    text = identity_text(user_id, ctx.engine if ctx is not None else None, "identify()")
+    if text is None:
+        return
     if not text:
         raise ValueError("identify() needs a non-empty user id")
-    ctx = _current.get()
     if ctx is None:
         warnings.warn(
             "apiguard.identify() was called outside a request guarded by apiguard; "

@@ -13,14 +13,17 @@ from typing import TYPE_CHECKING, Literal
 from apiguard.config import Mode
 from apiguard.decision import Policy
 from apiguard.rates import Rate, parse_rates
+from apiguard.request import identity_text
 from apiguard.store.base import Hit
 from apiguard.window import WindowSpec
 
 if TYPE_CHECKING:
+    from uuid import UUID
+
     from apiguard.request import RequestContext
 
 PerName = Literal["principal", "ip", "route", "principal_route"]
-Per = PerName | Callable[["RequestContext"], "str | None"]
+Per = PerName | Callable[["RequestContext"], "str | int | UUID | None"]
 Cost = int | Callable[["RequestContext"], int]
 
 _ids = itertools.count(1)
@@ -130,7 +133,10 @@ class WindowRule(Rule):
         value = per(ctx)
         if value is None:
             return None
-        return ctx.engine.hasher("c", str(value)), None
+        key = identity_text(value, ctx.engine, f"per= of rule {self.name!r}")
+        if key is None:  # not a key (reported once): the principal's budget, not a fresh one
+            return ctx.principal or ctx.ip_key, None
+        return ctx.engine.hasher("c", key), None
 
     def plan(self, ctx: RequestContext, hits: list[Hit], enforce: bool) -> int:
         """One hit per rate, keyed on this rule and the subject."""

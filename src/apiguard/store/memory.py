@@ -389,8 +389,7 @@ class MemoryStore:
         rec.window = BucketWindow(self._strike_buckets)
         # escalation memory runs from the end of the previous ban
         rec.level = rec.level + 1 if now - rec.last_ban <= bans.memory else 1
-        # (the exponent is capped: a float power of a large level would overflow)
-        duration = min(bans.base * bans.factor ** min(rec.level - 1, 64), bans.max)
+        duration = bans.duration(rec.level)
         rec.last_ban = now + duration
         ban = Ban(subject, now + duration, rec.level)
         return ban if self._put_ban(ban, now) else None
