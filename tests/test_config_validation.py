@@ -205,10 +205,11 @@ def test_resolver_returning_an_int_or_uuid_is_a_vouched_principal(
     assert not _errors(caplog)
 
 
+@pytest.mark.parametrize("blank", ["", " ", "\t\n", "\u3000"])
 def test_resolver_returning_an_empty_string_is_anonymous(
-    make_guard: Callable[..., Guard], serve: Callable[..., TestClient], caplog: Any
+    blank: str, make_guard: Callable[..., Guard], serve: Callable[..., TestClient], caplog: Any
 ) -> None:
-    guard = make_guard(principal_resolver=lambda ctx: "")
+    guard = make_guard(principal_resolver=lambda ctx: blank)
     with caplog.at_level(logging.ERROR, logger="apiguard"):
         body = serve(_principal_app(guard), guard).get("/who").json()
     assert body["principal"] == body["ip_key"] and body["vouched"] is False
@@ -900,3 +901,18 @@ def test_auth_header_dependency_still_identifies(
     assert a.get("/", headers={"x-user": "bob"}).status_code == 200
     assert b.get("/", headers={"x-user": "bob"}).status_code == 200
     assert_quota_exceeded(a.get("/", headers={"x-user": "bob"}), "per-principal")
+
+
+@pytest.mark.parametrize("blank", [" ", "\t", "\n\u00a0"])
+def test_identify_with_a_blank_id_is_an_error(blank: str) -> None:
+    guard = Guard({"limits": {"principal": None, "ip": None}})
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+
+    @app.get("/me")
+    def me() -> dict[str, bool]:
+        identify(blank)  # would merge every caller with a blank id into one principal
+        return {"ok": True}
+
+    with pytest.raises(ValueError, match="non-empty"):
+        TestClient(app).get("/me")

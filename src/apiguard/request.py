@@ -327,13 +327,14 @@ def identity_text(value: object, where: Any, source: str) -> str | None:
     else (a user object, bytes, a bool, a float, a list) would make every request a fresh
     principal (an object's default `str()` holds its address) or every caller one
     principal (`True`): it is a `ConfigurationError`, logged once per `source` and type
-    for `where` (the engine), and the request is anonymous. An empty string is returned as
-    is (callers decide: anonymous for a resolver, an error for `identify()`).
+    for `where` (the engine), and the request is anonymous. An empty or blank string is
+    returned as "" (callers decide: anonymous for a resolver, an error for `identify()`).
     """
-    if value is None or type(value) is str:
-        return value  # the common cases, first
+    if value is None:
+        return None
     if isinstance(value, str):
-        return str.__str__(value)
+        # blank (whitespace only) is no id: it would merge every such caller into one
+        return value if type(value) is str and value[:1].strip() else _text(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return int.__repr__(value)  # an int subclass (IntEnum) as its number
     if isinstance(value, uuid.UUID):
@@ -354,6 +355,12 @@ def identity_text(value: object, where: Any, source: str) -> str | None:
         )
         log.error("apiguard: %s", error, exc_info=(ConfigurationError, error, None))
     return None
+
+
+def _text(value: str) -> str:
+    """`value` as a plain str, or "" when it is blank."""
+    text = str.__str__(value)
+    return text if text.strip() else ""
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("apiguard_request", default=None)
