@@ -69,6 +69,8 @@ class GuardMiddleware:
                 rules = engine.rules_at_response(scope, message["status"])
                 decision = ctx.decision
                 if not ctx.checked(rules):
+                    if rules:  # a streaming endpoint: its body's entry is charged now
+                        ctx.prechecked = rules
                     try:
                         if local:
                             decision = engine.check_sync(ctx, rules)

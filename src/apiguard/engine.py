@@ -28,6 +28,7 @@ from apiguard.request import (
     Identity,
     KeyedHasher,
     RequestContext,
+    callable_failed,
     identity_text,
 )
 from apiguard.responses import tightest_ratelimit
@@ -45,6 +46,7 @@ _ENDPOINTS_MAX = 4096
 # the owner of a credential several vouched principals presented: it names an app (a
 # mobile app's shared key), not a caller, so it is never banned for one of them
 SHARED = "*shared*"
+_TOKEN_OF = "t|"  # the owner of a credential first presented as a bearer token
 
 
 class Refused(HTTPException):
@@ -166,13 +168,16 @@ class Engine:
             ip_key = self._ip_key(client)
         credential: str | None = None
         credentials: tuple[str, ...] = ()
-        if api_key is not None or bearer is not None:
-            raw = api_key if api_key is not None else bearer
-            credential = self.hasher("k", raw)  # type: ignore[arg-type]
+        token: str | None = None
+        if api_key is not None:
+            credential = self.hasher("k", api_key)
             credentials = (credential,)
-            if more is not None or (bearer is not None and api_key is not None):
+            if more is not None or bearer is not None:
                 # every credential the request presents is checked against bans
-                credentials = self._all_credentials(api_key, more, bearer)
+                credentials, token = self._all_credentials(api_key, more, bearer)
+        elif bearer is not None:
+            credential = token = self.hasher("k", bearer)
+            credentials = (credential,)
         return RequestContext(
             self,
             scope,
@@ -182,20 +187,25 @@ class Engine:
             trace.get_current_span(),
             cookie,
             credentials,
+            token,
         )
 
     def _all_credentials(
         self, api_key: bytes | None, more: dict[bytes, bytes] | None, bearer: bytes | None
-    ) -> tuple[str, ...]:
-        """Keyed hashes of every credential presented, the principal's first, no repeats."""
-        raws = [api_key, *(more.values() if more else ()), bearer]
+    ) -> tuple[tuple[str, ...], str | None]:
+        """Keyed hashes of every credential presented, the principal's first, no repeats
+        (one secret sent as an API key or as a bearer token is one credential), and the
+        bearer token's."""
         found: list[str] = []
-        for raw in raws:
+        for raw in (api_key, *(more.values() if more else ())):
             if raw:
                 key = self.hasher("k", raw)
                 if key not in found:
                     found.append(key)
-        return tuple(found)
+        token = self.hasher("k", bearer) if bearer else None
+        if token is not None and token not in found:
+            found.append(token)
+        return tuple(found), token
 
     def _ip_key(self, client: str) -> str:
         """The keyed hash of the client's counting unit (address or /prefix network),
@@ -269,16 +279,17 @@ class Engine:
         """A block from the local ban table before routing (no store trip).
 
         Checked: every credential the request presents (but one known to be shared by
-        several vouched principals); the IP, if the request carries neither a credential
-        nor a cookie (a session the app may vouch for with `identify()`: IP bans must not
-        lock out signed-in colleagues behind the same NAT), or always with
-        `bans.strict_ip`. A credential banned only as the carrier of a banned user waits
-        for the checkpoint when the request also presents a cookie or another credential
-        that is not banned: it may be another user's request with an app key first seen
-        with the banned user (at the checkpoint, that user's `identify()` shows the key is
-        shared and lifts the ban; an unvouched request is refused there).
-        Anything not refused here is checked again at the checkpoint, once the principal
-        is known. Callers skip it while `may_be_banned()` is False.
+        several vouched principals), and the IP if the request carries neither a
+        credential nor a cookie (a session the app may vouch for with `identify()`: IP
+        bans must not lock out signed-in colleagues behind the same NAT), or always with
+        `bans.strict_ip`. A banned credential refuses here only when the request presents
+        nothing else that may identify its caller (a cookie, another credential that is
+        not banned): an app key other users share, banned through its anonymous traffic
+        or as the carrier of a banned user before anyone showed it was shared, must not
+        keep signed-in users from reaching `identify()`. Those requests are checked again
+        at the checkpoint, once the principal is known: an unvouched one is refused there
+        for every banned credential it presents. Callers skip this while
+        `may_be_banned()` is False.
         """
         now = self.clock()
         store = self.store
@@ -286,22 +297,17 @@ class Engine:
         creds = ctx.credentials
         if creds:
             owners = self._owners
-            carried: Ban | None = None  # a ban on a credential as a banned user's carrier
-            other_user = ctx.has_cookie
+            other = ctx.has_cookie  # something else that may identify the caller
             for c in creds:
-                owner = owners.get(c) if owners else None
-                if owner == SHARED:
+                if owners and owners.get(c) == SHARED:
                     continue  # names an app, not a caller
                 found = store.active_ban(c, now)
                 if found is None:
-                    other_user = True
-                elif found.owner is None:
+                    other = True
+                elif ban is None:
                     ban = found
-                    break
-                elif carried is None:
-                    carried = found
-            if ban is None and carried is not None and not other_user:
-                ban = carried
+            if other:
+                ban = None
         if ban is None and (self.bans.strict_ip or (not creds and not ctx.has_cookie)):
             ban = store.active_ban(ctx.ip_key, now)
         if ban is None:
@@ -315,28 +321,37 @@ class Engine:
         self.telemetry.record(ctx, decision)
         return decision
 
-    def _own(self, credentials: tuple[str, ...], principal: str) -> tuple[str, ...]:
-        """Record that the app vouched for `principal` on a request presenting
-        `credentials`; return those no other vouched principal has presented."""
+    def _note_owners(self, ctx: RequestContext, principal: str) -> None:
+        """Record that the app vouched for `principal` on a request presenting its
+        credentials. An API key that two vouched principals presented in a key header
+        becomes SHARED (an app key); a bearer token never does (a user's own token that
+        another account replays in a key header must not shed its ban that way)."""
         owners = self._owners
-        own: tuple[str, ...] = ()
-        for c in credentials:
+        token = ctx.token_key
+        for c in ctx.credentials:
             owner = owners.get(c)
             if owner is None:
                 if len(owners) >= IP_CACHE_MAX:
                     owners.popitem(last=False)
-                owners[c] = principal
+                owners[c] = _TOKEN_OF + principal if c == token else principal
             else:
                 owners.move_to_end(c)
-                if owner != principal:
-                    if owner != SHARED:
-                        owners[c] = SHARED
-                        lift = getattr(self.store, "lift", None)
-                        if lift is not None:  # it was banned as the other user's carrier
-                            lift(c)
-                    continue
-            own = (*own, c)
-        return own
+                if (
+                    owner != principal
+                    and owner != SHARED
+                    and c != token
+                    and not owner.startswith(_TOKEN_OF)
+                ):
+                    owners[c] = SHARED
+
+    def _carried_tokens(self, ctx: RequestContext, principal: str) -> list[str]:
+        """The request's bearer token if only `principal` presented it: banned with it, so
+        its next request is refused before routing. Never an API key (an app key every
+        copy of an app sends may not have been seen with a second user yet)."""
+        token = ctx.token_key
+        if token is None or self._owners.get(token) not in (principal, _TOKEN_OF + principal):
+            return []
+        return [token]
 
     # -- principal ------------------------------------------------------------------
     def _principal(self, ctx: RequestContext) -> str:
@@ -346,7 +361,12 @@ class Engine:
             return ctx.declared
         if self.resolver is not None:
             # not an identity (a user object, bytes, a bool): reported once, anonymous
-            found = identity_text(self.resolver(ctx), self, "principal_resolver")
+            try:
+                resolved = self.resolver(ctx)
+            except Exception as exc:  # anonymous, but counted: never an uncounted request
+                callable_failed(self, "principal_resolver", exc)
+                resolved = None
+            found = identity_text(resolved, self, "principal_resolver")
             if found:
                 ctx.vouched = True
                 return self.hasher("c", found)
@@ -385,34 +405,44 @@ class Engine:
 
     # -- checkpoints ----------------------------------------------------------------
     def _plan(self, ctx: RequestContext, rules: tuple[Rule, ...]) -> Batch | None:
+        """The batch for the global rules (once per request) and `rules` (every call)."""
         todo_global = not ctx.global_done
-        todo_endpoint = not ctx.endpoint_checked(rules)
+        todo_endpoint = bool(rules)
         if not todo_global and not todo_endpoint:
             return None
         if ctx.principal is None:
             ctx.principal = self._principal(ctx)
         hits: list[Hit] = []
         if todo_global:
-            for rule, enforce in self._global_plan:
-                rule.plan(ctx, hits, enforce)
+            self._plan_rules(ctx, self._global_plan, hits)
             ctx.global_done = True
         if todo_endpoint:
-            for rule, enforce in self._with_modes(rules):
-                rule.plan(ctx, hits, enforce)
-            ctx.mark_checked(rules)
+            self._plan_rules(ctx, self._with_modes(rules), hits)
+            ctx.note_ran(rules)
         return Batch(hits, self._ban_keys(ctx))
 
+    def _plan_rules(
+        self, ctx: RequestContext, plan: tuple[tuple[Rule, bool], ...], hits: list[Hit]
+    ) -> None:
+        """Let each rule add its hits; a rule that raises (a plugin) is reported once and
+        skipped, so the others still count the request."""
+        for rule, enforce in plan:
+            try:
+                rule.plan(ctx, hits, enforce)
+            except Exception as exc:
+                callable_failed(self, f"rule {getattr(rule, 'name', rule)!r}", exc)
+
     def _ban_keys(self, ctx: RequestContext) -> tuple[str, ...]:
-        """Whose bans refuse this request: the principal, and with a vouched principal the
-        credentials that are its own (not shared with another vouched principal); with an
-        unvouched one, every credential presented (but shared ones) and the IP (so a
-        made-up key cannot escape an IP ban, nor another credential's ban)."""
+        """Whose bans refuse this request: a vouched principal's own (the app said who
+        the caller is; its credentials' bans do not decide for it); for an unvouched one,
+        the principal, every credential presented (but shared ones) and the IP (so a
+        made-up key escapes neither an IP ban nor another credential's ban)."""
         principal = ctx.principal or ctx.ip_key
         creds = ctx.credentials
         if ctx.vouched:
-            if not creds:
-                return (principal,)
-            return (principal, *self._own(creds, principal))
+            if creds:
+                self._note_owners(ctx, principal)
+            return (principal,)
         ip = ctx.ip_key
         if not creds or (len(creds) == 1 and creds[0] == principal):
             return (principal,) if principal == ip else (principal, ip)
@@ -463,14 +493,16 @@ class Engine:
         if not fast.try_admit(ctx, principal, self._ban_keys(ctx), self.clock()):
             return False
         ctx.global_done = True
-        ctx.mark_checked(rules)
+        ctx.note_ran(rules)
         if ctx.decision is None:
             ctx.decision = ALLOWED
         self.telemetry.record(ctx, ALLOWED)
         return True
 
     def check_sync(self, ctx: RequestContext, rules: tuple[Rule, ...] = ()) -> Decision:
-        """Run the checkpoint from synchronous code; raise `Refused` when refused."""
+        """Run the checkpoint from synchronous code: the global rules if they have not run
+        for this request, and `rules` (a decorated function's, charged on every call);
+        raise `Refused` when refused."""
         if self._admit_fast(ctx, rules):
             return ALLOWED
         batch = self._plan(ctx, rules)
@@ -544,11 +576,10 @@ class Engine:
             )
         elif result.new_ban and ban is not None and ban.key in batch.ban_keys:
             if ctx.vouched and ban.key == ctx.principal:
-                # the principal's own credentials are banned with it, so its next request is
-                # refused before routing (and on routes without identify()); never one that
-                # another vouched principal presented (a shared app key)
-                for credential in batch.ban_keys[1:]:
-                    self.store.impose(Ban(credential, ban.until, ban.level, ban.key), now)
+                # the user's own token is banned with it, so its next request is refused
+                # before routing (and on routes without identify())
+                for token in self._carried_tokens(ctx, ban.key):
+                    self.store.impose(Ban(token, ban.until, ban.level, ban.key), now)
             decision = Decision(
                 Action.BLOCK,
                 deciding.rule.name if deciding else "ban",

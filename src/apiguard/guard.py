@@ -533,25 +533,34 @@ def _already_refused(ctx: RequestContext) -> Decision | None:
 def _enter_sync(
     engine: Engine, ctx: RequestContext | None, rules: tuple[Rule, ...], fn: Any
 ) -> Decision | None:
-    """Run the checkpoint if it has not run (raising `Refused`); else an earlier refusal."""
+    """A call of a decorated function: charge its rules (and the global rules, once per
+    request), raising `Refused`; or return the refusal of an earlier checkpoint."""
     if ctx is None:
         raise _missing_context(fn)
-    if not ctx.checked(rules):
-        engine.check_sync(ctx, rules)
+    refused = _already_refused(ctx)
+    if refused is not None:
+        return refused
+    if ctx.prechecked is rules:  # a streaming endpoint, charged at the response start
+        ctx.prechecked = None
         return None
-    return _already_refused(ctx)
+    engine.check_sync(ctx, rules)
+    return None
 
 
 async def _enter_async(
     engine: Engine, ctx: RequestContext | None, rules: tuple[Rule, ...], fn: Any
 ) -> Decision | None:
-    """`_enter_sync` for async handlers."""
+    """`_enter_sync` for async functions."""
     if ctx is None:
         raise _missing_context(fn)
-    if not ctx.checked(rules):
-        await engine.check_async(ctx, rules)
+    refused = _already_refused(ctx)
+    if refused is not None:
+        return refused
+    if ctx.prechecked is rules:
+        ctx.prechecked = None
         return None
-    return _already_refused(ctx)
+    await engine.check_async(ctx, rules)
+    return None
 
 
 def _wrap(

@@ -202,17 +202,18 @@ class RequestContext:
         "credentials",
         "decision",
         "declared",
-        "earlier_done",
-        "endpoint_done",
         "engine",
         "fast",
         "global_done",
         "has_cookie",
         "ip_key",
+        "prechecked",
         "principal",
+        "ran",
         "refused_sent",
         "scope",
         "span",
+        "token_key",
         "verdicts",
         "vouched",
     )
@@ -227,6 +228,7 @@ class RequestContext:
         span: Span,
         has_cookie: bool = False,
         credentials: tuple[str, ...] = (),
+        token_key: str | None = None,
     ) -> None:
         self.engine = engine
         self.scope = scope
@@ -236,16 +238,18 @@ class RequestContext:
         # token), and every credential the request presents (each is checked for bans)
         self.credential_key = credential_key
         self.credentials = credentials
+        self.token_key = token_key  # the bearer token's (same hash as the same API key)
         self.span = span  # the server span active when the request entered apiguard
         self.has_cookie = has_cookie
         self.vouched = False  # the app declared or resolved the principal
         self.declared: str | None = None
         self.principal: str | None = None
         self.global_done = False
-        # the endpoint rules checked for this request: the latest, and any before it (a
-        # decorated handler that calls another decorated function)
-        self.endpoint_done: tuple[Rule, ...] | None = None
-        self.earlier_done: list[tuple[Rule, ...]] | None = None
+        # the endpoint rules tuples a checkpoint of this request ran (a decorated function
+        # charges its rules on every call), and those the response start ran for a
+        # streaming endpoint, which its body's entry then does not charge again
+        self.ran: list[tuple[Rule, ...]] | None = None
+        self.prechecked: tuple[Rule, ...] | None = None
         self.decision: Decision | None = None
         self.verdicts: list[Hit] | None = None  # every evaluated hit, in order
         self.charges: list[Hit] | None = None  # charged hits whose rules observe outcomes
@@ -257,26 +261,22 @@ class RequestContext:
         ) = None
         self.refused_sent = False
 
-    def endpoint_checked(self, rules: tuple[Rule, ...]) -> bool:
-        """Whether a checkpoint of this request already ran `rules`."""
-        if not rules or rules is self.endpoint_done:
-            return True
-        earlier = self.earlier_done
-        return earlier is not None and any(done is rules for done in earlier)
-
     def checked(self, rules: tuple[Rule, ...]) -> bool:
-        """Whether the global rules and `rules` were both checked for this request."""
-        return self.global_done and self.endpoint_checked(rules)
+        """Whether the global rules ran for this request, and `rules` at some checkpoint."""
+        if not self.global_done:
+            return False
+        if not rules:
+            return True
+        ran = self.ran
+        return ran is not None and any(done is rules for done in ran)
 
-    def mark_checked(self, rules: tuple[Rule, ...]) -> None:
-        """Record that a checkpoint ran `rules` (so no later checkpoint runs them again)."""
-        if self.endpoint_checked(rules):
-            return
-        if self.endpoint_done is not None:
-            if self.earlier_done is None:
-                self.earlier_done = []
-            self.earlier_done.append(self.endpoint_done)
-        self.endpoint_done = rules
+    def note_ran(self, rules: tuple[Rule, ...]) -> None:
+        """Record that a checkpoint charged `rules`."""
+        if rules:
+            if self.ran is None:
+                self.ran = [rules]
+            else:
+                self.ran.append(rules)
 
     def release(self) -> None:
         """Drop per-request objects once the request is over (context copies outlive it)."""
@@ -341,12 +341,7 @@ def identity_text(value: object, where: Any, source: str) -> str | None:
         return str(value)
     kind = type(value)
     name = f"{kind.__module__}.{kind.__qualname__}"
-    try:
-        seen = _reported.setdefault(where, set()) if where is not None else _reported_nowhere
-    except TypeError:  # not weak-referenceable: report through the shared set
-        seen = _reported_nowhere
-    if (source, name) not in seen and len(seen) < _REPORTED_MAX:
-        seen.add((source, name))
+    if _first_report(where, source, name):
         error = ConfigurationError(
             f"{source} returned a {name}: an identity is a str, an int or a uuid.UUID "
             "(None for anonymous), e.g. the user's id rather than the user object. The "
@@ -355,6 +350,33 @@ def identity_text(value: object, where: Any, source: str) -> str | None:
         )
         log.error("apiguard: %s", error, exc_info=(ConfigurationError, error, None))
     return None
+
+
+def _first_report(where: Any, source: str, name: str) -> bool:
+    """Whether (`source`, `name`) is reported for the first time for `where` (bounded)."""
+    try:
+        seen = _reported.setdefault(where, set()) if where is not None else _reported_nowhere
+    except TypeError:  # not weak-referenceable: report through the shared set
+        seen = _reported_nowhere
+    if (source, name) in seen or len(seen) >= _REPORTED_MAX:
+        return False
+    seen.add((source, name))
+    return True
+
+
+def callable_failed(where: Any, source: str, exc: Exception) -> None:
+    """An app callable (resolver, `per=`, `cost=`) raised: log it once per exception type.
+    The caller goes on without it, so the request is still counted (a raising resolver
+    must not make password guesses free)."""
+    kind = type(exc)
+    if _first_report(where, source, f"{kind.__module__}.{kind.__qualname__}"):
+        log.error(
+            "apiguard: %s raised %s; the request is counted without it (reported once "
+            "per exception type)",
+            source,
+            kind.__qualname__,
+            exc_info=exc,
+        )
 
 
 def _text(value: str) -> str:

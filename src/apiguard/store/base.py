@@ -77,9 +77,8 @@ class Batch:
 class Ban:
     """An active ban: until when (store clock) and at which escalation level.
 
-    `owner`: set on a credential banned together with the vouched principal that carried
-    it (the credential did not earn the ban itself); the engine lifts such a ban as soon
-    as the credential turns out to be shared by another vouched principal.
+    `owner`: set on a token banned together with the vouched principal that presented it
+    (the token did not earn the ban itself): the principal's key.
     """
 
     key: str
@@ -131,9 +130,6 @@ class Store(Protocol):
     def active_ban(self, key: str, now: float) -> Ban | None:
         """The ban on `key`, if one is active and known locally (no network trip)."""
         ...
-
-    # Optional: `lift(key)`, drop a ban imposed with an `owner` on `key` (a credential that
-    # proved to be shared); a store without it keeps such bans until they expire.
 
 
 @runtime_checkable

@@ -395,21 +395,11 @@ class MemoryStore:
         return ban if self._put_ban(ban, now) else None
 
     def impose(self, ban: Ban, now: float) -> None:
-        """Record `ban`, keeping a longer one already in place (and a ban the key earned
-        itself stays its own: it is not turned into a carrier's ban that can be lifted)."""
+        """Record `ban`, keeping a longer one already in place."""
         with self._lock:
             current = self._bans.get(ban.key)
             if current is None or current.until < ban.until:
-                if current is not None and current.until > now and current.owner is None:
-                    ban = Ban(ban.key, ban.until, ban.level)
                 self._put_ban(ban, now)
-
-    def lift(self, key: str) -> None:
-        """Drop the ban on `key` if it was imposed as a banned principal's carrier."""
-        with self._lock:
-            ban = self._bans.get(key)
-            if ban is not None and ban.owner is not None:
-                del self._bans[key]
 
     def _put_ban(self, ban: Ban, now: float) -> bool:
         """Record `ban`; a full table drops expired bans, never a live one (then the new
