@@ -79,7 +79,7 @@ class GuardMiddleware:
                     # refused now, or at a checkpoint whose exception the app swallowed
                     ctx.refused_sent = True
                     status = 0
-                    await self._refuse(send, decision)
+                    await self._refuse(send, decision, scope)
                     return
                 status = message["status"]
                 if self._headers:
@@ -114,13 +114,29 @@ class GuardMiddleware:
             # request holds so those copies keep an empty shell, not the request's objects.
             ctx.release()
 
-    async def _refuse(self, send: Send, decision: Decision) -> None:
+    async def _refuse(
+        self, send: Send, decision: Decision, replaced: Scope | None = None
+    ) -> None:
+        """Send the refusal; `replaced`: the scope of a request whose own response it
+        replaces (at its start)."""
         response = block_response(decision, self._headers)
         if self.guard.on_block is not None:
             response = self.guard.on_block(decision, response)
             if not isinstance(response, BlockResponse):
                 raise TypeError("on_block must return a BlockResponse")
+        if replaced is not None:
+            _correct_native_status(replaced, response.status)
         await send_block(send, response)
+
+
+def _correct_native_status(scope: Scope, status: int) -> None:
+    """Wrapped from outside (`GuardMiddleware(app, ...)`), FastAPI's own telemetry sits
+    inside apiguard and has just recorded the status of the response apiguard replaces:
+    give it the status the client gets, for its server span and HTTP metrics. (Added with
+    `add_middleware`, apiguard is inside FastAPI's telemetry, which sees the refusal.)"""
+    native = scope.get("fastapi.telemetry")
+    if native is not None and isinstance(getattr(native, "status_code", None), int):
+        native.status_code = status
 
 
 async def send_block(send: Send, response: BlockResponse) -> None:

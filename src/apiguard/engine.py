@@ -15,7 +15,6 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from opentelemetry import trace
 from starlette.exceptions import HTTPException
 
 from apiguard.admission import Admission
@@ -149,7 +148,6 @@ class Engine:
             client,
             ip_key,
             self.hasher("k", credential) if credential is not None else None,
-            trace.get_current_span(),
             cookie,
         )
 

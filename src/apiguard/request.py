@@ -15,8 +15,6 @@ from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.trace import INVALID_SPAN, Span
-
 from apiguard.config import ClientIPConfig
 from apiguard.routes import route_template
 
@@ -198,7 +196,6 @@ class RequestContext:
         "principal",
         "refused_sent",
         "scope",
-        "span",
         "verdicts",
         "vouched",
     )
@@ -210,7 +207,6 @@ class RequestContext:
         client_ip: str,
         ip_key: str,
         credential_key: str | None,
-        span: Span,
         has_cookie: bool = False,
     ) -> None:
         self.engine = engine
@@ -218,7 +214,6 @@ class RequestContext:
         self.client_ip = client_ip
         self.ip_key = ip_key
         self.credential_key = credential_key
-        self.span = span  # the server span active when the request entered apiguard
         self.has_cookie = has_cookie
         self.vouched = False  # the app declared or resolved the principal
         self.declared: str | None = None
@@ -267,7 +262,6 @@ class RequestContext:
         self.charges = None
         self.fast = None
         self.decision = None
-        self.span = INVALID_SPAN
 
     # -- the public, read-only view handed to custom `per=` and resolver callables ----
     @property
