@@ -4,7 +4,8 @@
 
 Websocket and lifespan scopes pass through (lifespan start-up also verifies the routes).
 Responses stream through untouched except for the RateLimit fields added to the start
-message; a refused request gets the refusal instead of the app's response.
+message; a refused request gets the refusal instead of the app's response, through the
+app's own CORSMiddleware when that sits inside apiguard (see `apiguard.cors`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from apiguard.cors import SUGGESTED, CorsLayout, find_cors, send_through_cors
 from apiguard.decision import ALLOWED, Decision
 from apiguard.engine import Refused
 from apiguard.guard import Guard
@@ -34,11 +36,28 @@ class GuardMiddleware:
         self.engine = guard.engine
         self._headers = guard.config.ratelimit_headers
         self._verified_root: Any = None
+        self._cors: CorsLayout | None = None
+
+    def _start(self, root: Any) -> None:
+        """Once per app (lifespan start-up or first request): verify the routes, and find
+        the app's CORS set-up around this middleware."""
+        self.guard.verify(root)
+        if root is self._verified_root:
+            return
+        self._cors = find_cors(self.app, root, self._is_mine)
+        self._verified_root = root
+        _log_cors(self._cors)
+
+    def _is_mine(self, cls: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """Whether a `user_middleware` entry (cls, args, kwargs) is this middleware."""
+        if not (isinstance(cls, type) and issubclass(cls, GuardMiddleware)):
+            return False
+        return (kwargs["guard"] if "guard" in kwargs else args[0] if args else None) is self.guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                self.guard.verify(scope.get("app") or self.app)
+                self._start(scope.get("app") or self.app)
             await self.app(scope, receive, send)
             return
         if scope.get("apiguard.guard") is self.guard:  # installed twice: count once
@@ -49,14 +68,13 @@ class GuardMiddleware:
         # wrapping the app from outside: the wrapped app is the one to verify
         root = scope.get("app") or self.app
         if root is not self._verified_root:
-            self.guard.verify(root)
-            self._verified_root = root
+            self._start(root)
         engine = self.engine
         ctx = engine.begin(scope)
         if engine.may_be_banned():
             early = engine.early_ban(ctx)
             if early is not None:
-                await self._refuse(send, early)
+                await self._refuse(scope, receive, send, early)
                 return
         token = _current.set(ctx)
         status: int | None = None
@@ -79,7 +97,7 @@ class GuardMiddleware:
                     # refused now, or at a checkpoint whose exception the app swallowed
                     ctx.refused_sent = True
                     status = 0
-                    await self._refuse(send, decision, scope)
+                    await self._refuse(scope, receive, send, decision, replacing=True)
                     return
                 status = message["status"]
                 if self._headers:
@@ -102,7 +120,7 @@ class GuardMiddleware:
                 raise
             if not ctx.refused_sent:
                 ctx.refused_sent = True
-                await self._refuse(send, refused.decision)
+                await self._refuse(scope, receive, send, refused.decision)
         finally:
             _current.reset(token)
             if ctx.charges:
@@ -115,18 +133,46 @@ class GuardMiddleware:
             ctx.release()
 
     async def _refuse(
-        self, send: Send, decision: Decision, replaced: Scope | None = None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        decision: Decision,
+        *,
+        replacing: bool = False,
     ) -> None:
-        """Send the refusal; `replaced`: the scope of a request whose own response it
-        replaces (at its start)."""
+        """Send the refusal (`replacing`: in place of the app's response, at its start),
+        through the app's CORSMiddleware when it sits inside apiguard."""
         response = block_response(decision, self._headers)
         if self.guard.on_block is not None:
             response = self.guard.on_block(decision, response)
             if not isinstance(response, BlockResponse):
                 raise TypeError("on_block must return a BlockResponse")
-        if replaced is not None:
-            _correct_native_status(replaced, response.status)
-        await send_block(send, response)
+        if replacing:
+            _correct_native_status(scope, response.status)
+        cors = self._cors.inside if self._cors is not None else None
+        if cors is not None:
+            await send_through_cors(cors, response, scope, receive, send)
+        else:
+            await send_block(send, response)
+
+
+def _log_cors(layout: CorsLayout) -> None:
+    if layout.outside:
+        log.warning(
+            "apiguard: CORSMiddleware runs outside GuardMiddleware, so it answers CORS "
+            "preflight requests (OPTIONS) before apiguard sees them, and they are not "
+            "counted. Add GuardMiddleware after CORSMiddleware (app.add_middleware("
+            "CORSMiddleware, ...) first, then app.add_middleware(GuardMiddleware, ...)), or "
+            "wrap the app from outside: GuardMiddleware(app, guard=guard)."
+        )
+    if layout.unexposed:
+        log.info(
+            "apiguard: the app's CORSMiddleware does not expose %s, so browser code on "
+            "another origin cannot read them; consider expose_headers=%s",
+            ", ".join(layout.unexposed),
+            SUGGESTED,
+        )
 
 
 def _correct_native_status(scope: Scope, status: int) -> None:
