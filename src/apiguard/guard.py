@@ -9,7 +9,7 @@ import itertools
 import os
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal, TypeVar
 
 from opentelemetry import metrics
@@ -311,6 +311,47 @@ class Guard:
             )
         with contextlib.suppress(TypeError):  # not weak-referenceable: verify next time too
             self._verified.add(app)
+
+    # -- an app's own test suite ------------------------------------------------------
+    def reset(self) -> None:
+        """Forget all state: every window (limits, flows), new-credential marker, strike
+        and ban, and the per-client caches. For an app's test suite, between tests (see
+        the README's "Testing your app"); in production it would hand every client a
+        fresh budget. The store must provide `reset()` (the in-process one does)."""
+        reset = getattr(self.store, "reset", None)
+        if not callable(reset):
+            raise ConfigurationError(
+                f"{type(self.store).__name__} has no reset(), so Guard.reset() cannot "
+                "forget its state"
+            )
+        reset()
+        self.engine.forget()
+
+    def override_mode(self, mode: Mode | None) -> None:
+        """Run every rule in `mode` ("monitor": nothing is refused and no ban starts,
+        decisions are still reported; "enforce": rules declared in monitor mode refuse
+        too), whatever the configuration or a decorator's own `mode=` says, until
+        `override_mode(None)`. Bans already in place still apply (`reset()` clears them).
+        For an app's test suite; `overridden(mode)` is the context-manager form."""
+        if mode not in (None, "monitor", "enforce"):
+            raise ConfigurationError(f"override_mode({mode!r}): use 'monitor', 'enforce' or None")
+        self.engine.override_mode(mode)
+
+    @property
+    def mode_override(self) -> Mode | None:
+        """The mode set by `override_mode`, or None."""
+        return self.engine.mode_override
+
+    @contextlib.contextmanager
+    def overridden(self, mode: Mode | None) -> Iterator[Guard]:
+        """`with guard.overridden("monitor"):` runs the block with every rule in `mode`,
+        then restores the previous override (they nest)."""
+        previous = self.engine.mode_override
+        self.override_mode(mode)
+        try:
+            yield self
+        finally:
+            self.override_mode(previous)
 
     # -- helpers for apps -----------------------------------------------------------
     def hash(self, kind: str, value: str) -> str:

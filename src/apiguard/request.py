@@ -80,6 +80,11 @@ class ClientIPResolver:
         self._unix_proxy = config.unix_socket_proxy
         self.walks = bool(self._networks) or self._unix_proxy
 
+    def forget(self) -> None:
+        """Empty the per-address caches."""
+        self._trust_cache.clear()
+        self._group_cache.clear()
+
     def is_trusted(self, address: str) -> bool:
         """Whether `address` lies in a trusted proxy network."""
         hit = self._trust_cache.get(address)
