@@ -6,6 +6,7 @@ import contextlib
 import functools
 import inspect
 import itertools
+import logging
 import os
 import time
 import weakref
@@ -20,13 +21,17 @@ from apiguard.decision import Decision
 from apiguard.engine import Engine, PrincipalResolver, Refused
 from apiguard.request import KeyedHasher, RequestContext, current_request
 from apiguard.responses import BlockHook
-from apiguard.routes import walk_routes
+from apiguard.routes import RouteEntry, walk_routes
 from apiguard.rules import Cost, CredentialChurnRule, FlowRule, Per, Rule, WindowRule
 from apiguard.store.base import Store
 from apiguard.store.memory import MemoryStore
 from apiguard.telemetry import Telemetry
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("apiguard")
+
+_SUMMARY_ROUTES = 20  # routes named in the start-up line; the rest are counted
 
 
 class ConfigurationError(ValueError):
@@ -91,6 +96,7 @@ class Guard:
         # wrapper the framework never routed (decorator order) is still known at verify()
         self._decorated: dict[Callable[..., Any], list[Callable[..., Any]]] = {}
         self._verified: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._announced: set[int] = set()  # ids of apps verified but not weak-referenceable
         global_rules = self._global_rules()
         for rule in global_rules:
             self._claim_names(rule)
@@ -273,10 +279,15 @@ class Guard:
         sockets: list[str] = []
         routed: set[int] = set()  # ids of apiguard wrappers some route reaches
         served: dict[int, str] = {}  # id(original) -> a template serving it
+        ruled: list[tuple[RouteEntry, tuple[Rule, ...]]] = []  # for the start-up line
         for entry in walk_routes(app):
             chain = _unwrap_chain(entry.endpoint)
+            listed = False
             for obj in chain:
                 if getattr(obj, "__apiguard_guard__", None) is self:
+                    if not listed:  # the outermost wrapper carries every rule
+                        ruled.append((entry, getattr(obj, "__apiguard_rules__", ())))
+                        listed = True
                     routed.add(id(obj))
                     if entry.kind == "websocket":
                         sockets.append(f"{entry.template} -> {_qualname(obj)}")
@@ -309,8 +320,54 @@ class Guard:
                 "apiguard limits apply to HTTP requests; websocket routes pass through, so "
                 "these decorators would never run: " + ", ".join(sockets)
             )
-        with contextlib.suppress(TypeError):  # not weak-referenceable: verify next time too
+        try:
             self._verified.add(app)
+        except TypeError:  # not weak-referenceable: verified again next time, logged once
+            if id(app) in self._announced:
+                return
+            if len(self._announced) < 256:
+                self._announced.add(id(app))
+        log.info("%s", self.summary(ruled))
+
+    def summary(self, routes: list[tuple[RouteEntry, tuple[Rule, ...]]] | None = None) -> str:
+        """What is on, in one line (logged once per app at start-up): mode, global rules,
+        `routes` with their rules, store, trusted proxies, bans. No secret is included."""
+        config = self.config
+        override = self.engine.mode_override
+        mode = f"mode={config.mode}" + (f" (overridden: {override})" if override else "")
+        rules = ", ".join(_describe(r, config.mode, False) for r in self.engine.global_rules)
+        parts = [f"apiguard: {mode}", f"global rules: {rules or 'none'}"]
+        if routes is not None:
+            shown = [
+                f"{_route_label(entry)} [{', '.join(_describe(r, config.mode) for r in rs)}]"
+                for entry, rs in routes[:_SUMMARY_ROUTES]
+            ]
+            more = len(routes) - len(shown)
+            parts.append(
+                f"routes with rules ({len(routes)}): "
+                + ("; ".join(shown) if shown else "none")
+                + (f"; ... and {more} more" if more > 0 else "")
+            )
+        max_keys = getattr(self.store, "max_keys", None)
+        parts.append(
+            f"store: {type(self.store).__name__}"
+            + (f" (max_keys={max_keys})" if isinstance(max_keys, int) else "")
+        )
+        ip = config.client_ip
+        proxies = ", ".join(ip.trusted_proxies) or "none"
+        if ip.trusted_proxies:
+            proxies += f" (header {ip.proxy_header})"
+        if ip.unix_socket_proxy:
+            proxies += " + unix socket proxy"
+        parts.append(f"trusted proxies: {proxies}")
+        bans = config.bans
+        parts.append(
+            f"bans: on (after {bans.after} refusals in {bans.within:g}s, {bans.base:g}s "
+            f"x{bans.factor:g} up to {bans.max:g}s{', strict_ip' if bans.strict_ip else ''})"
+            if bans.enabled
+            else "bans: off"
+        )
+        return "; ".join(parts)
 
     # -- an app's own test suite ------------------------------------------------------
     def reset(self) -> None:
@@ -357,6 +414,33 @@ class Guard:
     def hash(self, kind: str, value: str) -> str:
         """The keyed hash apiguard would store for `value` (never store the raw value)."""
         return self.hasher(kind, value)
+
+
+def _describe(rule: Rule, default_mode: str, with_per: bool = True) -> str:
+    """`name rate[;rate] [per x] [mode]` of a rule (`per` when not the principal, the mode
+    only when it differs from the guard's)."""
+    rates = getattr(rule, "rates", ())
+    text = ";".join(str(getattr(r, "text", r)) for r in rates)
+    per = getattr(rule, "per", "principal")
+    name = f"flow {rule.name}" if isinstance(rule, FlowRule) else rule.name
+    return (
+        name
+        + (f" {text}" if text else "")
+        + (
+            f" per {per if isinstance(per, str) else 'custom'}"
+            if with_per and per != "principal"
+            else ""
+        )
+        + (f" {rule.mode}" if rule.mode is not None and rule.mode != default_mode else "")
+    )
+
+
+def _route_label(entry: RouteEntry) -> str:
+    methods = set(entry.methods)
+    if "GET" in methods:
+        methods.discard("HEAD")  # routed with every GET
+    template = entry.template if len(entry.template) <= 120 else entry.template[:117] + "..."
+    return f"{','.join(sorted(methods)) or '*'} {template}"
 
 
 def _unwrap_chain(endpoint: Any) -> list[Any]:

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from apiguard.store.base import Hit, Op
 
 IP_CACHE_MAX = 131_072  # bound of each per-client-address table
+# RFC 6052 well-known NAT64 prefix: an IPv6-only client reaching an IPv4 host through a
+# NAT64 gateway has this prefix followed by the IPv4 address it stands for
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _EMPTY_SCOPE: Mapping[str, Any] = {}
 
 
@@ -124,7 +127,9 @@ class ClientIPResolver:
         return client
 
     def group(self, address: str) -> str:
-        """The counting unit for an address: itself, or its /prefix network."""
+        """The counting unit for an address: itself, or its /prefix network. IPv4-mapped
+        (`::ffff:a.b.c.d`) and NAT64 (`64:ff9b::a.b.c.d`) addresses count as the IPv4
+        address they carry (else every NAT64 client would share one /64)."""
         if ":" not in address and self._v4 == 32:
             return address
         if "%" in address:
@@ -139,6 +144,8 @@ class ClientIPResolver:
         mapped = getattr(ip, "ipv4_mapped", None)
         if mapped is not None:
             ip = mapped
+        elif ip.version == 6 and ip in _NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         prefix = self._v4 if ip.version == 4 else self._v6
         full = 32 if ip.version == 4 else 128
         grouped = str(ip) if prefix == full else str(ipaddress.ip_network(f"{ip}/{prefix}", False))
