@@ -330,3 +330,15 @@ def test_app_without_cors_is_untouched(caplog: pytest.LogCaptureFixture) -> None
     assert refused.status_code == 429
     assert not [h for h in refused.headers if h.startswith("access-control-")]
     assert [r for r in caplog.records if "CORS" in r.getMessage()] == []
+
+
+@pytest.mark.parametrize("order", ["guard_added_last", "guard_wraps_app"])
+def test_allow_origin_regex(order: str) -> None:
+    client = serve(new_guard(), order, allow_origins=[], allow_origin_regex=r"https://.*\.example")
+    spend(client, origin="https://shop.example")
+    refused = client.get("/items", headers={"origin": "https://shop.example"})
+    assert refused.status_code == 429
+    assert refused.headers["access-control-allow-origin"] == "https://shop.example"
+    other = client.get("/items", headers={"origin": "https://shop.example.org"})
+    assert other.status_code == 429
+    assert "access-control-allow-origin" not in other.headers
