@@ -4,7 +4,8 @@
 
 Websocket and lifespan scopes pass through (lifespan start-up also verifies the routes).
 Responses stream through untouched except for the RateLimit fields added to the start
-message; a refused request gets the refusal instead of the app's response.
+message; a refused request gets the refusal instead of the app's response, through the
+app's own CORSMiddleware when that sits inside apiguard (see `apiguard.cors`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from apiguard.cors import SUGGESTED, CorsLayout, find_cors, send_through_cors
 from apiguard.decision import ALLOWED, Decision
 from apiguard.engine import Refused
 from apiguard.guard import Guard
@@ -35,11 +37,28 @@ class GuardMiddleware:
         self.engine = guard.engine
         self._headers = guard.config.ratelimit_headers
         self._verified_root: Any = None
+        self._cors: CorsLayout | None = None
+
+    def _start(self, root: Any) -> None:
+        """Once per app (lifespan start-up or first request): verify the routes, and find
+        the app's CORS set-up around this middleware."""
+        self.guard.verify(root)
+        if root is self._verified_root:
+            return
+        self._cors = find_cors(self.app, root, self._is_mine)
+        self._verified_root = root
+        _log_cors(self._cors)
+
+    def _is_mine(self, cls: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """Whether a `user_middleware` entry (cls, args, kwargs) is this middleware."""
+        if not (isinstance(cls, type) and issubclass(cls, GuardMiddleware)):
+            return False
+        return (kwargs["guard"] if "guard" in kwargs else args[0] if args else None) is self.guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                self.guard.verify(scope.get("app") or self.app)
+                self._start(scope.get("app") or self.app)
             await self.app(scope, receive, send)
             return
         if scope.get("apiguard.guard") is self.guard:  # installed twice: count once
@@ -50,14 +69,13 @@ class GuardMiddleware:
         # wrapping the app from outside: the wrapped app is the one to verify
         root = scope.get("app") or self.app
         if root is not self._verified_root:
-            self.guard.verify(root)
-            self._verified_root = root
+            self._start(root)
         engine = self.engine
         ctx = engine.begin(scope)
         if engine.may_be_banned():
             early = engine.early_ban(ctx)
             if early is not None:
-                await self._refuse(send, early)
+                await self._refuse(scope, receive, send, early)
                 return
         token = _current.set(ctx)
         status: int | None = None
@@ -82,7 +100,7 @@ class GuardMiddleware:
                     # refused now, or at a checkpoint whose exception the app swallowed
                     ctx.refused_sent = True
                     status = 0
-                    await self._refuse(send, decision)
+                    await self._refuse(scope, receive, send, decision, replacing=True)
                     return
                 status = message["status"]
                 if self._headers:
@@ -105,14 +123,14 @@ class GuardMiddleware:
                 raise
             if not ctx.refused_sent:
                 ctx.refused_sent = True
-                await self._refuse(send, refused.decision)
+                await self._refuse(scope, receive, send, refused.decision)
         except Exception:
             # the app raised before answering (the server's error middleware, outside this
             # one, answers 500): the request is counted all the same, and a refused one
             # gets the refusal instead of the 500 (the exception still propagates, so the
             # app's error reporting sees it)
             if status is None and not ctx.refused_sent:
-                await self._answer_unanswered(ctx, send)
+                await self._answer_unanswered(ctx, scope, receive, send)
             raise
         except BaseException:  # cancelled: count it, answer nothing
             if status is None and not ctx.refused_sent and local and not ctx.global_done:
@@ -121,7 +139,7 @@ class GuardMiddleware:
             raise
         else:
             if status is None and not ctx.refused_sent:  # the app returned without answering
-                await self._answer_unanswered(ctx, send)
+                await self._answer_unanswered(ctx, scope, receive, send)
         finally:
             _current.reset(token)
             if ctx.charges:
@@ -133,7 +151,9 @@ class GuardMiddleware:
             # request holds so those copies keep an empty shell, not the request's objects.
             ctx.release()
 
-    async def _answer_unanswered(self, ctx: RequestContext, send: Send) -> None:
+    async def _answer_unanswered(
+        self, ctx: RequestContext, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         """A request the app did not answer (it raised, or returned without a response):
         run the checkpoint if none ran (every request is counted, whatever the app does
         with it) and send the refusal if the request is refused."""
@@ -148,11 +168,55 @@ class GuardMiddleware:
                 decision = refused.decision
         if decision is not None and decision is not ALLOWED and decision.refused:
             ctx.refused_sent = True
-            await self._refuse(send, decision)
+            await self._refuse(scope, receive, send, decision)
 
-    async def _refuse(self, send: Send, decision: Decision) -> None:
+    async def _refuse(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        decision: Decision,
+        *,
+        replacing: bool = False,
+    ) -> None:
+        """Send the refusal (`replacing`: in place of the app's response, at its start),
+        through the app's CORSMiddleware when it sits inside apiguard."""
         response = self.guard.block_response(decision, block_response(decision, self._headers))
-        await send_block(send, response)
+        if replacing:
+            _correct_native_status(scope, response.status)
+        cors = self._cors.inside if self._cors is not None else None
+        if cors is not None:
+            await send_through_cors(cors, response, scope, receive, send)
+        else:
+            await send_block(send, response)
+
+
+def _log_cors(layout: CorsLayout) -> None:
+    if layout.outside:
+        log.warning(
+            "apiguard: CORSMiddleware runs outside GuardMiddleware, so it answers CORS "
+            "preflight requests (OPTIONS) before apiguard sees them, and they are not "
+            "counted. Add GuardMiddleware after CORSMiddleware (app.add_middleware("
+            "CORSMiddleware, ...) first, then app.add_middleware(GuardMiddleware, ...)), or "
+            "wrap the app from outside: GuardMiddleware(app, guard=guard)."
+        )
+    if layout.unexposed:
+        log.info(
+            "apiguard: the app's CORSMiddleware does not expose %s, so browser code on "
+            "another origin cannot read them; consider expose_headers=%s",
+            ", ".join(layout.unexposed),
+            SUGGESTED,
+        )
+
+
+def _correct_native_status(scope: Scope, status: int) -> None:
+    """Wrapped from outside (`GuardMiddleware(app, ...)`), FastAPI's own telemetry sits
+    inside apiguard and has just recorded the status of the response apiguard replaces:
+    give it the status the client gets, for its server span and HTTP metrics. (Added with
+    `add_middleware`, apiguard is inside FastAPI's telemetry, which sees the refusal.)"""
+    native = scope.get("fastapi.telemetry")
+    if native is not None and isinstance(getattr(native, "status_code", None), int):
+        native.status_code = status
 
 
 async def send_block(send: Send, response: BlockResponse) -> None:

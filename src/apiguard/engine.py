@@ -16,11 +16,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from opentelemetry import trace
 from starlette.exceptions import HTTPException
 
 from apiguard.admission import Admission
-from apiguard.config import GuardConfig
+from apiguard.config import GuardConfig, Mode
 from apiguard.decision import ALLOWED, Action, Decision
 from apiguard.request import (
     IP_CACHE_MAX,
@@ -93,6 +92,7 @@ class Engine:
         self.telemetry = telemetry
         self.global_rules: tuple[Rule, ...] = tuple(global_rules)
         self.enforce_default = config.mode == "enforce"
+        self.mode_override: Mode | None = None  # `override_mode`: every rule in this mode
         self._global_plan = self._with_modes(self.global_rules)
         self.resolver = resolver
         self.ip = ClientIPResolver(config.client_ip)
@@ -118,9 +118,30 @@ class Engine:
         self._fast_with: dict[tuple[Rule, ...], Admission | None] = {}
 
     def _with_modes(self, rules: Sequence[Rule]) -> tuple[tuple[Rule, bool], ...]:
-        """(rule, enforced) pairs: a rule's own mode, else the guard's."""
+        """(rule, enforced) pairs: the override, else a rule's own mode, else the guard's."""
+        if self.mode_override is not None:
+            forced = self.mode_override == "enforce"
+            return tuple((r, forced) for r in rules)
         default = self.enforce_default
         return tuple((r, default if r.mode is None else r.mode == "enforce") for r in rules)
+
+    def override_mode(self, mode: Mode | None) -> None:
+        """Run every rule (global and declared, whatever its own mode) in `mode`; None
+        restores each rule's own. Recompiles the plans that carry modes."""
+        self.mode_override = mode
+        self._global_plan = self._with_modes(self.global_rules)
+        self._fast = Admission.compile(
+            self._global_plan, self.store, advertise=self.config.ratelimit_headers
+        )
+        self._fast_with = {}
+
+    def forget(self) -> None:
+        """Drop the engine's per-client tables (`Guard.reset`; the store is reset apart)."""
+        self._ip_keys.clear()
+        self.ip.forget()
+        self._late_identify_warned.clear()
+        self._rules_by_endpoint.clear()
+        self._fast_with = {}
 
     def may_be_banned(self) -> bool:
         """Whether `early_ban` can find anything (False while no ban is known)."""
@@ -184,7 +205,6 @@ class Engine:
             client,
             ip_key,
             credential,
-            trace.get_current_span(),
             cookie,
             credentials,
             token,

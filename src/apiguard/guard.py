@@ -12,7 +12,7 @@ import numbers
 import os
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal, TypeVar
 
 from opentelemetry import metrics
@@ -24,7 +24,7 @@ from apiguard.errors import ConfigurationError as ConfigurationError
 from apiguard.errors import check_arity
 from apiguard.request import KeyedHasher, RequestContext, current_request
 from apiguard.responses import BlockHook, BlockResponse
-from apiguard.routes import walk_routes
+from apiguard.routes import RouteEntry, walk_routes
 from apiguard.rules import Cost, CredentialChurnRule, FlowRule, Per, Rule, WindowRule
 from apiguard.simulate.clock import FakeClock
 from apiguard.store.base import Store
@@ -34,6 +34,8 @@ from apiguard.telemetry import Telemetry
 F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger("apiguard")
+
+_SUMMARY_ROUTES = 20  # routes named in the start-up line; the rest are counted
 
 
 def _config_from(config: object) -> GuardConfig:
@@ -230,6 +232,7 @@ class Guard:
         # wrapper the framework never routed (decorator order) is still known at verify()
         self._decorated: dict[Callable[..., Any], list[Callable[..., Any]]] = {}
         self._verified: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._announced: set[int] = set()  # ids of apps verified but not weak-referenceable
         global_rules = self._global_rules()
         for rule in global_rules:
             self._claim_names(rule)
@@ -424,10 +427,15 @@ class Guard:
         sockets: list[str] = []
         routed: set[int] = set()  # ids of apiguard wrappers some route reaches
         served: dict[int, str] = {}  # id(original) -> a template serving it
+        ruled: list[tuple[RouteEntry, tuple[Rule, ...]]] = []  # for the start-up line
         for entry in walk_routes(app):
             chain = _unwrap_chain(entry.endpoint)
+            listed = False
             for obj in chain:
                 if getattr(obj, "__apiguard_guard__", None) is self:
+                    if not listed:  # the outermost wrapper carries every rule
+                        ruled.append((entry, getattr(obj, "__apiguard_rules__", ())))
+                        listed = True
                     routed.add(id(obj))
                     if entry.kind == "websocket":
                         sockets.append(f"{entry.template} -> {_qualname(obj)}")
@@ -460,8 +468,95 @@ class Guard:
                 "apiguard limits apply to HTTP requests; websocket routes pass through, so "
                 "these decorators would never run: " + ", ".join(sockets)
             )
-        with contextlib.suppress(TypeError):  # not weak-referenceable: verify next time too
+        try:
             self._verified.add(app)
+        except TypeError:  # not weak-referenceable: verified again next time, logged once
+            if id(app) in self._announced:
+                return
+            if len(self._announced) < 256:
+                self._announced.add(id(app))
+        log.info("%s", self.summary(ruled))
+
+    def summary(self, routes: list[tuple[RouteEntry, tuple[Rule, ...]]] | None = None) -> str:
+        """What is on, in one line (logged once per app at start-up): mode, global rules,
+        `routes` with their rules, store, trusted proxies, bans. No secret is included."""
+        config = self.config
+        override = self.engine.mode_override
+        mode = f"mode={config.mode}" + (f" (overridden: {override})" if override else "")
+        rules = ", ".join(_describe(r, config.mode, False) for r in self.engine.global_rules)
+        parts = [f"apiguard: {mode}", f"global rules: {rules or 'none'}"]
+        if routes is not None:
+            shown = [
+                f"{_route_label(entry)} [{', '.join(_describe(r, config.mode) for r in rs)}]"
+                for entry, rs in routes[:_SUMMARY_ROUTES]
+            ]
+            more = len(routes) - len(shown)
+            parts.append(
+                f"routes with rules ({len(routes)}): "
+                + ("; ".join(shown) if shown else "none")
+                + (f"; ... and {more} more" if more > 0 else "")
+            )
+        max_keys = getattr(self.store, "max_keys", None)
+        parts.append(
+            f"store: {type(self.store).__name__}"
+            + (f" (max_keys={max_keys})" if isinstance(max_keys, int) else "")
+        )
+        ip = config.client_ip
+        proxies = ", ".join(ip.trusted_proxies) or "none"
+        if ip.trusted_proxies:
+            proxies += f" (header {ip.proxy_header})"
+        if ip.unix_socket_proxy:
+            proxies += " + unix socket proxy"
+        parts.append(f"trusted proxies: {proxies}")
+        bans = config.bans
+        parts.append(
+            f"bans: on (after {bans.after} refusals in {bans.within:g}s, {bans.base:g}s "
+            f"x{bans.factor:g} up to {bans.max:g}s{', strict_ip' if bans.strict_ip else ''})"
+            if bans.enabled
+            else "bans: off"
+        )
+        return "; ".join(parts)
+
+    # -- an app's own test suite ------------------------------------------------------
+    def reset(self) -> None:
+        """Forget all state: every window (limits, flows), new-credential marker, strike
+        and ban, and the per-client caches. For an app's test suite, between tests (see
+        the README's "Testing your app"); in production it would hand every client a
+        fresh budget. The store must provide `reset()` (the in-process one does)."""
+        reset = getattr(self.store, "reset", None)
+        if not callable(reset):
+            raise ConfigurationError(
+                f"{type(self.store).__name__} has no reset(), so Guard.reset() cannot "
+                "forget its state"
+            )
+        reset()
+        self.engine.forget()
+
+    def override_mode(self, mode: Mode | None) -> None:
+        """Run every rule in `mode` ("monitor": nothing is refused and no ban starts,
+        decisions are still reported; "enforce": rules declared in monitor mode refuse
+        too), whatever the configuration or a decorator's own `mode=` says, until
+        `override_mode(None)`. Bans already in place still apply (`reset()` clears them).
+        For an app's test suite; `overridden(mode)` is the context-manager form."""
+        if mode not in (None, "monitor", "enforce"):
+            raise ConfigurationError(f"override_mode({mode!r}): use 'monitor', 'enforce' or None")
+        self.engine.override_mode(mode)
+
+    @property
+    def mode_override(self) -> Mode | None:
+        """The mode set by `override_mode`, or None."""
+        return self.engine.mode_override
+
+    @contextlib.contextmanager
+    def overridden(self, mode: Mode | None) -> Iterator[Guard]:
+        """`with guard.overridden("monitor"):` runs the block with every rule in `mode`,
+        then restores the previous override (they nest)."""
+        previous = self.engine.mode_override
+        self.override_mode(mode)
+        try:
+            yield self
+        finally:
+            self.override_mode(previous)
 
     # -- refusals -------------------------------------------------------------------
     def block_response(self, decision: Decision, default: BlockResponse) -> BlockResponse:
@@ -493,6 +588,33 @@ class Guard:
     def hash(self, kind: str, value: str) -> str:
         """The keyed hash apiguard would store for `value` (never store the raw value)."""
         return self.hasher(kind, value)
+
+
+def _describe(rule: Rule, default_mode: str, with_per: bool = True) -> str:
+    """`name rate[;rate] [per x] [mode]` of a rule (`per` when not the principal, the mode
+    only when it differs from the guard's)."""
+    rates = getattr(rule, "rates", ())
+    text = ";".join(str(getattr(r, "text", r)) for r in rates)
+    per = getattr(rule, "per", "principal")
+    name = f"flow {rule.name}" if isinstance(rule, FlowRule) else rule.name
+    return (
+        name
+        + (f" {text}" if text else "")
+        + (
+            f" per {per if isinstance(per, str) else 'custom'}"
+            if with_per and per != "principal"
+            else ""
+        )
+        + (f" {rule.mode}" if rule.mode is not None and rule.mode != default_mode else "")
+    )
+
+
+def _route_label(entry: RouteEntry) -> str:
+    methods = set(entry.methods)
+    if "GET" in methods:
+        methods.discard("HEAD")  # routed with every GET
+    template = entry.template if len(entry.template) <= 120 else entry.template[:117] + "..."
+    return f"{','.join(sorted(methods)) or '*'} {template}"
 
 
 def _unwrap_chain(endpoint: Any) -> list[Any]:

@@ -18,8 +18,6 @@ from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.trace import INVALID_SPAN, Span
-
 from apiguard.config import ClientIPConfig
 from apiguard.errors import ConfigurationError
 from apiguard.routes import route_template
@@ -32,6 +30,9 @@ if TYPE_CHECKING:
     from apiguard.store.base import Hit, Op
 
 IP_CACHE_MAX = 131_072  # bound of each per-client-address table
+# RFC 6052 well-known NAT64 prefix: an IPv6-only client reaching an IPv4 host through a
+# NAT64 gateway has this prefix followed by the IPv4 address it stands for
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _EMPTY_SCOPE: Mapping[str, Any] = {}
 
 log = logging.getLogger("apiguard")
@@ -95,6 +96,11 @@ class ClientIPResolver:
         self._unix_proxy = config.unix_socket_proxy
         self.walks = bool(self._networks) or self._unix_proxy
 
+    def forget(self) -> None:
+        """Empty the per-address caches."""
+        self._trust_cache.clear()
+        self._group_cache.clear()
+
     def is_trusted(self, address: str) -> bool:
         """Whether `address` lies in a trusted proxy network."""
         hit = self._trust_cache.get(address)
@@ -134,7 +140,9 @@ class ClientIPResolver:
         return client
 
     def group(self, address: str) -> str:
-        """The counting unit for an address: itself, or its /prefix network."""
+        """The counting unit for an address: itself, or its /prefix network. IPv4-mapped
+        (`::ffff:a.b.c.d`) and NAT64 (`64:ff9b::a.b.c.d`) addresses count as the IPv4
+        address they carry (else every NAT64 client would share one /64)."""
         if ":" not in address and self._v4 == 32:
             return address
         if "%" in address:
@@ -149,6 +157,8 @@ class ClientIPResolver:
         mapped = getattr(ip, "ipv4_mapped", None)
         if mapped is not None:
             ip = mapped
+        elif ip.version == 6 and ip in _NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         prefix = self._v4 if ip.version == 4 else self._v6
         full = 32 if ip.version == 4 else 128
         grouped = str(ip) if prefix == full else str(ipaddress.ip_network(f"{ip}/{prefix}", False))
@@ -212,7 +222,6 @@ class RequestContext:
         "ran",
         "refused_sent",
         "scope",
-        "span",
         "token_key",
         "verdicts",
         "vouched",
@@ -225,7 +234,6 @@ class RequestContext:
         client_ip: str,
         ip_key: str,
         credential_key: str | None,
-        span: Span,
         has_cookie: bool = False,
         credentials: tuple[str, ...] = (),
         token_key: str | None = None,
@@ -239,7 +247,6 @@ class RequestContext:
         self.credential_key = credential_key
         self.credentials = credentials
         self.token_key = token_key  # the bearer token's (same hash as the same API key)
-        self.span = span  # the server span active when the request entered apiguard
         self.has_cookie = has_cookie
         self.vouched = False  # the app declared or resolved the principal
         self.declared: str | None = None
@@ -285,7 +292,6 @@ class RequestContext:
         self.charges = None
         self.fast = None
         self.decision = None
-        self.span = INVALID_SPAN
 
     # -- the public, read-only view handed to custom `per=` and resolver callables ----
     @property

@@ -1,14 +1,19 @@
-"""OpenTelemetry through the API only: attributes on the active span, events, counters.
+"""OpenTelemetry through the API only: attributes on the server span, events, counters.
 
-apiguard never installs or replaces a provider. With no SDK configured the API hands out
-no-op objects and the cost is a context-variable read and a no-op counter call.
+apiguard never installs or replaces a provider and never opens a span. A decision goes on
+the span that serves the request at the moment it is recorded (`request_span`): FastAPI's
+own server span when FastAPI opened one (whichever of its operation spans is current, and
+whether apiguard was added with `add_middleware` or wraps the app from outside), else the
+span current at the checkpoint (an ASGI instrumentation's). With no SDK configured the API
+hands out no-op objects and the cost is a context-variable read and a no-op counter call.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from opentelemetry import metrics
+from opentelemetry import metrics, trace
+from opentelemetry.trace import Span
 
 from apiguard import __version__
 from apiguard.decision import ALLOWED, Action, Decision
@@ -17,7 +22,21 @@ if TYPE_CHECKING:
     from apiguard.request import RequestContext
 
 
+_get_current_span = trace.get_current_span
 _ALLOW_ATTRS = {"apiguard.rule": "none", "apiguard.decision": Action.ALLOW.value}
+
+
+def request_span(ctx: RequestContext) -> Span:
+    """The span to annotate for `ctx`, now: FastAPI's server span if FastAPI opened one for
+    this request (it keeps it in the scope while it serves the request; the current span
+    at a checkpoint may be one of its children, "fastapi.dependencies" or
+    "fastapi.endpoint"), else the current span (INVALID_SPAN when there is none)."""
+    native = ctx.scope.get("fastapi.telemetry")
+    if native is not None:
+        span = getattr(native, "span", None)
+        if isinstance(span, Span) and span.is_recording():
+            return span
+    return trace.get_current_span()
 
 
 class Telemetry:
@@ -39,10 +58,12 @@ class Telemetry:
         self._attrs: dict[tuple[str, str], dict[str, str]] = {}
 
     def record(self, ctx: RequestContext, decision: Decision) -> None:
-        """Put the decision on the active span and count it."""
+        """Put the decision on the request's server span (`request_span`) and count it."""
         if decision is ALLOWED:  # the common case, without enum or dict work
             self.decisions.add(1, _ALLOW_ATTRS)
-            span = ctx.span
+            # request_span(ctx), inlined: this runs for every admitted request
+            native = ctx.scope.get("fastapi.telemetry")
+            span = request_span(ctx) if native is not None else _get_current_span()
             if span.is_recording():
                 span.set_attributes(_ALLOW_ATTRS)
                 span.set_attribute("apiguard.principal", ctx.principal or ctx.ip_key)
@@ -60,7 +81,7 @@ class Telemetry:
         self.decisions.add(1, attrs)
         if decision.new_ban:
             self.bans.add(1, {"apiguard.ban.level": decision.ban_level})
-        span = ctx.span
+        span = request_span(ctx)
         if not span.is_recording():
             return
         span.set_attributes(attrs)

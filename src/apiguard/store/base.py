@@ -110,6 +110,8 @@ class Store(Protocol):
     # Optional: `local_bans`, a read-only mapping of the bans known in this process. While
     # it is empty the engine skips the ban check before routing; a store without it is
     # always asked (`active_ban`).
+    # Optional: `reset()`, forget every window, marker, strike and ban (`Guard.reset()`,
+    # for an app's test suite; a store without it makes `Guard.reset()` raise).
 
     def execute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
         """Run `batch` atomically (see the module docstring)."""

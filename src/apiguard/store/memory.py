@@ -430,6 +430,15 @@ class MemoryStore:
             if w is not None:
                 refund(w, bucket, cost)
 
+    def reset(self) -> None:
+        """Forget everything: windows, `once` markers, strikes and bans (an app's test
+        suite, between tests). Tables are emptied in place (`local_bans` is shared)."""
+        with self._lock:
+            self._windows.clear()
+            self._seen.clear()
+            self._strikes.clear()
+            self._bans.clear()
+
     # -- introspection (tests, report) -----------------------------------------------
     def __len__(self) -> int:
         return len(self._windows)
