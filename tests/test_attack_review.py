@@ -87,7 +87,6 @@ def _plain_app(guard: Guard) -> FastAPI:
     return app
 
 
-@pytest.mark.xfail(strict=True, reason="overflow window of a 1-hour rule outlives the flood")
 def test_a_short_burst_does_not_lock_new_api_key_clients_out_for_an_hour() -> None:
     clock = FakeClock(1_000.0)
     guard = Guard({"store": {"max_keys": 300}}, clock=clock)
@@ -100,7 +99,6 @@ def test_a_short_burst_does_not_lock_new_api_key_clients_out_for_an_hour() -> No
     assert statuses == [200, 200, 200]
 
 
-@pytest.mark.xfail(strict=True, reason="a full marker table makes one key count as new each time")
 def test_a_single_key_client_is_never_refused_by_new_credentials_per_ip() -> None:
     clock = FakeClock(1_000.0)
     guard = Guard(
@@ -116,7 +114,14 @@ def test_a_single_key_client_is_never_refused_by_new_credentials_per_ip() -> Non
     assert statuses == Counter({200: 150})
 
 
-@pytest.mark.xfail(strict=True, reason="the overflow copy refuses every newcomer for a window")
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "known limit: live state is never evicted, so while a flood keeps the window table "
+        "full of live windows (one window length plus a bucket after it stops), newcomers "
+        "share one overflow budget per rule; a spill into a count-min sketch would lift it"
+    ),
+)
 def test_newcomers_are_served_once_a_fresh_address_flood_has_stopped() -> None:
     clock = FakeClock(1_000.0)
     guard = Guard({"store": {"max_keys": 100}}, clock=clock)

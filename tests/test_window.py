@@ -802,7 +802,7 @@ def test_max_keys_bounds_every_table_and_never_drops_live_state():
 
 def test_expired_bans_are_purged_before_live_ones():
     store = MemoryStore(max_keys=100)
-    spec = WindowSpec(1, 60.0)
+    spec = WindowSpec(1, 10.0)  # the windows are over by t=50: room for "new"
     short, long_ = BanConfig(after=1, base=10), BanConfig(after=1, base=1e6)
     for i in range(100):
         s, cfg = f"p{i}", (long_ if i == 0 else short)
@@ -814,3 +814,27 @@ def test_expired_bans_are_purged_before_live_ones():
     assert store.active_ban("p0", 50.0) is not None  # the live ban was kept
     assert store.active_ban("new", 50.0) is not None
     assert len(store._bans) <= 100
+
+
+def test_a_spent_shared_overflow_window_refuses_without_striking():
+    """Subjects that find the table full of live windows share one overflow window per
+    rule: when it is spent they are refused, but no one is banned for the others' use."""
+    store = MemoryStore(max_keys=3)
+    spec = WindowSpec(2, 60.0)
+    bans = BanConfig(after=1, base=600)
+    for s in ("a", "b", "c"):  # the table: three live windows
+        assert store.execute(Batch([Hit(f"w|{s}", spec, subject=s)], (s,)), 1.0, bans).admitted
+    results = [
+        store.execute(Batch([Hit(f"w|n{i}", spec, subject=f"n{i}")], (f"n{i}",)), 2.0, bans)
+        for i in range(4)
+    ]
+    assert [r.admitted for r in results] == [True, True, False, False]
+    assert not any(r.new_ban for r in results) and store._bans == {}
+    assert len(store._windows) == 3 and store.active_ban("a", 2.0) is None
+    # a live window refuses and strikes as usual
+    assert store.execute(Batch([Hit("w|a", spec, subject="a")], ("a",)), 3.0, bans).admitted
+    assert store.execute(Batch([Hit("w|a", spec, subject="a")], ("a",)), 3.0, bans).new_ban
+    # once the live windows have expired, the overflow is over too: everyone starts fresh
+    later = 70.0
+    member = store.execute(Batch([Hit("w|n0", spec, subject="n0")], ("n0",)), later, bans)
+    assert member.admitted and member.hits[0].remaining == 1

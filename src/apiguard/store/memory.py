@@ -39,6 +39,26 @@ class _Mark:
     expires: float
 
 
+class _Overflow:
+    """The window shared by subjects that found the table full of live windows, and who
+    was charged to it (bounded: past `cap` members, every new window of the rule starts
+    from the shared window while it counts, since anyone may have been charged there)."""
+
+    __slots__ = ("lossy", "members", "window")
+
+    def __init__(self, buckets: int) -> None:
+        self.window = BucketWindow(buckets)
+        self.members: set[str] = set()
+        self.lossy = False
+
+    def join(self, key: str, cap: int) -> None:
+        if key not in self.members:
+            if len(self.members) >= cap:
+                self.lossy = True
+            else:
+                self.members.add(key)
+
+
 def _drop_one(table: OrderedDict[str, _T], dead: Callable[[_T], bool]) -> bool:
     """Drop the least recently used entry that is `dead` among the oldest `_SCAN`, moving
     live ones it passes to the recent end; False when all of them are live."""
@@ -81,7 +101,8 @@ class MemoryStore:
         self._windows: OrderedDict[str, BucketWindow] = OrderedDict()
         # rule prefix -> the window shared by subjects that found the table full of live
         # windows (bounded by the number of rules)
-        self._overflow: dict[str, BucketWindow] = {}
+        self._overflow: dict[str, _Overflow] = {}
+        self._members_cap = max(64, max_keys // 4)
         self._strikes: OrderedDict[str, _Strikes] = OrderedDict()
         self._seen: OrderedDict[str, _Mark] = OrderedDict()
         self._bans: dict[str, Ban] = {}
@@ -93,22 +114,24 @@ class MemoryStore:
     # -- bounded tables ----------------------------------------------------------------
     def _new_window(self, key: str, buckets: int, now: float) -> BucketWindow:
         """A window for a subject that has none: empty, or a copy of its rule's overflow
-        window while that counts (the subject may have been charged there)."""
+        window while that counts, if the subject may have been charged there."""
         if self._overflow:
             over = self._overflow.get(key.partition("|")[0])
-            if over is not None and not over.dead(now):
-                return over.copy()
+            if over is not None and not over.window.dead(now) and (
+                over.lossy or key in over.members
+            ):
+                return over.window.copy()
         return BucketWindow(buckets)
 
-    def _overflow_window(self, key: str, buckets: int) -> BucketWindow:
+    def _overflow_of(self, key: str, buckets: int) -> _Overflow:
         prefix = key.partition("|")[0]
-        w = self._overflow.get(prefix)
-        if w is None:
+        over = self._overflow.get(prefix)
+        if over is None:
             if len(self._overflow) >= 4096:  # rule prefixes are code-defined; bound anyway
                 self._overflow.clear()
-            w = self._overflow[prefix] = BucketWindow(buckets)
+            over = self._overflow[prefix] = _Overflow(buckets)
             self._warn_full("windows")
-        return w
+        return over
 
     def _warn_full(self, table: str) -> None:
         if not self._full_warned:
@@ -134,13 +157,15 @@ class MemoryStore:
         seen.move_to_end(mark)
         return True
 
-    def _remember(self, mark: str, key: str, bucket: int, width: float, n: int, now: float) -> None:
-        """Remember `mark` for as long as its unit counts (if the table has room)."""
+    def _remember(self, mark: str, key: str, bucket: int, width: float, n: int, now: float) -> bool:
+        """Remember `mark` for as long as its unit counts; False: the table is full of
+        live markers (the caller gives the unit back)."""
         seen = self._seen
         if len(seen) >= self.max_keys and not _drop_one(seen, lambda m: m.expires <= now):
             self._warn_full("markers")
-            return  # conservative: the credential counts again next time
+            return False
         seen[mark] = _Mark(key, bucket, (bucket + n) * width)
+        return True
 
     # -- the batch -------------------------------------------------------------------
     def execute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
@@ -160,7 +185,7 @@ class MemoryStore:
                         return BatchResult(False, [], ban)
                     del self._bans[key]
         if self._overflow:
-            for prefix in [p for p, w in self._overflow.items() if w.dead(now)]:
+            for prefix in [p for p, o in self._overflow.items() if o.window.dead(now)]:
                 del self._overflow[prefix]
         hits = batch.hits
         windows = self._windows
@@ -168,6 +193,8 @@ class MemoryStore:
         # windows this batch needs that do not exist: kept only if the batch is admitted
         # (a refused request creates no state)
         pending: dict[str, BucketWindow] | None = None
+        # subjects on a shared overflow window: the key's overflow, charged on admission
+        shared: dict[str, _Overflow] | None = None
         charged: list[tuple[BucketWindow, int]] | None = None
         marks: list[tuple[str, str, int, float, int]] = []
         refused_subject: str | None = None
@@ -175,6 +202,7 @@ class MemoryStore:
         for hit in hits:
             spec = hit.spec
             key = hit.key
+            uncounted = False
             w = windows.get(key)
             if w is not None:
                 windows.move_to_end(key)
@@ -186,17 +214,29 @@ class MemoryStore:
                     if room > 0:
                         room -= 1
                     elif not _drop_one(windows, lambda v: v.dead(now)):
-                        w = self._overflow_window(key, spec.buckets)
-                    if pending is None:
-                        pending = {}
-                    pending[key] = w
+                        if hit.once is not None:
+                            # distinct counting (new credentials per IP) is a heuristic:
+                            # with no room for its window it counts nothing, like a
+                            # marker with no room (a shared budget would refuse honest
+                            # newcomers for a whole window after a flood)
+                            uncounted = True
+                        else:
+                            over = self._overflow_of(key, spec.buckets)
+                            w = over.window
+                            if shared is None:
+                                shared = {}
+                            shared[key] = over
+                    if not uncounted:
+                        if pending is None:
+                            pending = {}
+                        pending[key] = w
             index = int(now // spec.width)
             if index > w.head:
                 w.advance(index)
             head = w.head
             total = w.total
             cost = hit.cost
-            if hit.once is not None and self._seen_before(hit.once, now):
+            if uncounted or (hit.once is not None and self._seen_before(hit.once, now)):
                 cost = 0
             limit = spec.limit
             hit.bucket = head
@@ -230,7 +270,9 @@ class MemoryStore:
                 hit.fits = False
                 if hit.enforce:
                     refused = True
-                    if refused_subject is None:
+                    # a shared overflow window that is spent is no one's own excess: it
+                    # refuses, it does not strike
+                    if refused_subject is None and not (shared and key in shared):
                         refused_subject = hit.subject
                 remaining = limit - total
                 hit.remaining = remaining if remaining > 0 else 0
@@ -238,12 +280,20 @@ class MemoryStore:
                 hit.retry_after = w.retry_after(spec, now, cost)
         if not refused:
             if pending is not None:
-                overflow = self._overflow
                 for key, w in pending.items():
-                    if w.total and not (overflow and overflow.get(key.partition("|")[0]) is w):
+                    if shared and key in shared:
+                        shared[key].join(key, self._members_cap)
+                    elif w.total:
                         windows[key] = w
             for mark, window_key, bucket, width, n in marks:
-                self._remember(mark, window_key, bucket, width, n, now)
+                if not self._remember(mark, window_key, bucket, width, n, now):
+                    # no room to remember the credential: do not count it at all (counting
+                    # it on every request would refuse an honest one-key client)
+                    w = windows.get(window_key)
+                    if w is None and shared and window_key in shared:
+                        w = shared[window_key].window
+                    if w is not None:
+                        refund(w, bucket, 1)
             return BatchResult(True, hits)
         for w, cost in charged or ():
             w.counts[w.head % len(w.counts)] -= cost
@@ -343,10 +393,10 @@ class MemoryStore:
             for key, spec, cost, once, _, _ in ops:
                 if once is not None and cost and once not in seen:
                     charged = windows.get(key)
-                    if charged is not None:
-                        self._remember(
-                            once, key, charged.head, spec.width, spec.buckets + 1, now
-                        )
+                    if charged is not None and not self._remember(
+                        once, key, charged.head, spec.width, spec.buckets + 1, now
+                    ):
+                        refund(charged, charged.head, 1)
             return out, best
         finally:
             self._lock.release()
@@ -438,6 +488,7 @@ class MemoryStore:
             self._seen.clear()
             self._strikes.clear()
             self._bans.clear()
+            self._overflow.clear()
 
     # -- introspection (tests, report) -----------------------------------------------
     def __len__(self) -> int:
