@@ -330,3 +330,90 @@ def test_a_streaming_generator_endpoint_spends_its_flow_but_not_on_405_or_422(
     statuses = [client.post(f"/export/{n}").status_code for n in range(3)]
     assert statuses == [200, 200, 429]
     assert bodies == [0, 1]
+
+
+# -- what a new user met on a real app (full-stack-fastapi-template) ----------------------
+
+
+def test_identify_none_checks_an_undecorated_write_before_it_runs() -> None:
+    guard = _guard(limits={"principal": None, "ip": "3/minute"})
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+    created: list[int] = []
+
+    def maybe_user(authorization: str | None = Header(default=None)) -> str | None:
+        user = TOKENS.get((authorization or "").removeprefix("Bearer "))
+        identify(user)  # None: anonymous, checked now all the same
+        return user
+
+    @app.post("/private/users")
+    async def create(u: str | None = Depends(maybe_user)) -> dict[str, int]:
+        created.append(1)
+        return {"n": len(created)}
+
+    client = _client(app)
+    assert [client.post("/private/users").status_code for _ in range(5)] == [200] * 3 + [429] * 2
+    assert len(created) == 3  # refused before the handler ran, not after
+
+
+def test_a_per_ip_login_flow_throttles_an_office_nat_but_never_bans_it() -> None:
+    guard = _guard(bans={"after": 3, "base": 600})
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+
+    @app.post("/login")
+    @guard.flow("login", "10/minute", per="ip")
+    async def login() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/health")
+    async def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    office = _client(app, ip="192.0.2.200")
+    statuses = [office.post("/login").status_code for _ in range(40)]
+    assert statuses[:10] == [200] * 10 and set(statuses[10:]) == {429}  # throttled...
+    assert office.get("/health").status_code == 200  # ...never banned
+    # a per-principal limit still escalates to a ban
+    guard2 = _guard(bans={"after": 3, "base": 600})
+    app2 = FastAPI()
+    app2.add_middleware(GuardMiddleware, guard=guard2)
+
+    @app2.post("/redeem")
+    @guard2.flow("redeem", "2/minute")
+    async def redeem() -> dict[str, bool]:
+        return {"ok": True}
+
+    assert [_client(app2).post("/redeem").status_code for _ in range(6)] == [
+        200,
+        200,
+        429,
+        429,
+        403,
+        403,
+    ]
+
+
+def test_monitor_mode_says_what_it_would_have_refused(caplog: pytest.LogCaptureFixture) -> None:
+    guard = _guard(mode="monitor", limits={"principal": "2/minute", "ip": None})
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+
+    @app.get("/x")
+    async def x() -> dict[str, bool]:
+        return {"ok": True}
+
+    client = _client(app)
+    with caplog.at_level("WARNING", logger="apiguard"):
+        assert [client.get("/x").status_code for _ in range(6)] == [200] * 6
+    lines = [r.getMessage() for r in caplog.records if "would have refused" in r.getMessage()]
+    assert len(lines) == 1 and "per-principal" in lines[0]  # once a minute per rule
+
+
+def test_retry_after_detail_is_singular_for_one_second() -> None:
+    from apiguard.decision import Action, Decision
+    from apiguard.responses import block_response
+
+    one = block_response(Decision(Action.THROTTLE, "r", 0.5))
+    assert b"Retry after 1 second." in one.body
+    assert b"Retry after 3 seconds." in block_response(Decision(Action.THROTTLE, "r", 2.5)).body

@@ -148,7 +148,13 @@ class Admission:
                 found = rule.subject(ctx)  # type: ignore[attr-defined]
                 striker = found[1] if found is not None else None
             else:
-                striker = ctx.ip_key if kind in (_IP, _CHURN) else ctx.principal
+                striker = (
+                    (ctx.ip_key if rule.strikes else None)  # type: ignore[attr-defined]
+                    if kind == _IP
+                    else ctx.ip_key
+                    if kind == _CHURN
+                    else ctx.principal
+                )
             hit = Hit(key, spec, cost, True, enforce, striker, rule, policy, once)
             hit.fits = True
             hit.remaining = remaining

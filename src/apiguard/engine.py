@@ -108,6 +108,7 @@ class Engine:
         # credential key -> the one vouched principal seen presenting it, or SHARED (LRU,
         # bounded): decides which credentials are banned with a principal
         self._owners: OrderedDict[str, str] = OrderedDict()
+        self._monitor_logged: dict[str, float] = {}  # rule -> when last logged
         # bans this process knows (optional store attribute): while it is empty, there is
         # nothing to check before routing; a store without it is always asked
         self._local_bans: Mapping[str, Ban] | None = getattr(store, "local_bans", None)
@@ -140,6 +141,8 @@ class Engine:
         self._ip_keys.clear()
         self.ip.forget()
         self._late_identify_warned.clear()
+        self._owners.clear()
+        self._monitor_logged.clear()
         self._rules_by_endpoint.clear()
         self._fast_with = {}
 
@@ -423,6 +426,11 @@ class Engine:
         # request that never reaches it, a 422, spends none of its rules); remote stores:
         # the next async checkpoint (decorated entry, response start) runs it
 
+    def declare_anonymous(self, ctx: RequestContext) -> None:
+        """`identify(None)`: the app found no user; run the checkpoint now (as for a user)."""
+        if not ctx.global_done and self.store.local and not self.rules_of(ctx.scope):
+            self.check_sync(ctx, ())
+
     # -- checkpoints ----------------------------------------------------------------
     def _plan(self, ctx: RequestContext, rules: tuple[Rule, ...]) -> Batch | None:
         """The batch for the global rules (once per request) and `rules` (every call)."""
@@ -594,6 +602,7 @@ class Engine:
             decision = Decision(
                 Action.MONITOR, monitored.rule.name, monitored.retry_after, verdicts
             )
+            self._log_monitored(monitored.rule_name, now)
         elif result.new_ban and ban is not None and ban.key in batch.ban_keys:
             if ctx.vouched and ban.key == ctx.principal:
                 # the user's own token is banned with it, so its next request is refused
@@ -618,6 +627,23 @@ class Engine:
                 decision.ban_level = ban.level
                 decision.banned = ban.key
         return self._settle(ctx, decision)
+
+    def _log_monitored(self, rule: str, now: float) -> None:
+        """A monitor-mode rule would have refused: say so in the log, at most once a
+        minute per rule (telemetry has every occurrence), so a roll-out in monitor mode
+        is visible without an OpenTelemetry SDK."""
+        last = self._monitor_logged.get(rule)
+        if last is not None and now - last < 60.0:
+            return
+        if len(self._monitor_logged) >= _ENDPOINTS_MAX:
+            self._monitor_logged.clear()
+        self._monitor_logged[rule] = now
+        log.warning(
+            "apiguard: rule %s would have refused a request (monitor mode: admitted; "
+            "logged at most once a minute per rule, every one is in the apiguard.decisions "
+            "metric)",
+            rule,
+        )
 
     def _settle(self, ctx: RequestContext, decision: Decision) -> Decision:
         previous = ctx.decision

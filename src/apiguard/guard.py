@@ -313,6 +313,7 @@ class Guard:
                         cost=cost,
                         mode=mode,
                         buckets=self.config.store.window_buckets,
+                        strikes=per != "ip",  # a NAT shares the address: throttle only
                     )
                 except ValueError as exc:
                     raise ConfigurationError(f"@guard.limit on {_qualname(fn)}: {exc}") from None
@@ -372,6 +373,7 @@ class Guard:
                     completes=completes,
                     mode=mode,
                     buckets=self.config.store.window_buckets,
+                    strikes=per != "ip",  # a NAT shares the address: throttle only
                 )
             except ValueError as exc:
                 raise ConfigurationError(

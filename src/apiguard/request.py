@@ -405,14 +405,17 @@ def identify(user_id: str | int | uuid.UUID | None) -> None:
     Call it where the app has verified who the caller is (an auth dependency, a login
     view). Checks run at this moment, before the handler body, keyed on a keyed hash of
     `user_id`; a refusal raises `apiguard.Refused`, which the middleware answers.
-    `None` means anonymous and is ignored; an empty id is an error (it would merge every
+    `None` means anonymous: the checks run now too, keyed on the API key or IP, so an
+    undecorated handler is refused before it runs. An empty id is an error (it would merge every
     anonymous caller into one principal). Any other type than `str`, `int` and
     `uuid.UUID` (a user object, bytes, a bool) is a `ConfigurationError`, logged once per
     type, and the call is ignored: the request stays anonymous.
     """
-    if user_id is None:
-        return
     ctx = _current.get()
+    if user_id is None:
+        if ctx is not None:
+            ctx.engine.declare_anonymous(ctx)
+        return
     text = identity_text(user_id, ctx.engine if ctx is not None else None, "identify()")
     if text is None:
         return

@@ -84,7 +84,7 @@ def block_response(decision: Decision, with_fields: bool = True) -> BlockRespons
             "status": 403,
             "detail": (
                 "This client is temporarily blocked after repeatedly exceeding limits; "
-                f"retry after {retry} seconds."
+                f"retry after {retry} second{'s' if retry != 1 else ''}."
             ),
         }
         status = 403
@@ -94,7 +94,7 @@ def block_response(decision: Decision, with_fields: bool = True) -> BlockRespons
             "type": QUOTA_EXCEEDED,
             "title": "Request cannot be satisfied as assigned quota has been exceeded",
             "status": 429,
-            "detail": f"Retry after {retry} seconds.",
+            "detail": f"Retry after {retry} second{'s' if retry != 1 else ''}.",
             "violated-policies": violated,
         }
         status = 429

@@ -91,6 +91,7 @@ class WindowRule(Rule):
         consume: bool = True,
         buckets: int = 10,
         key: str | None = None,
+        strikes: bool = True,
     ) -> None:
         self.name = _validate_name(name)
         self.rates: tuple[Rate, ...] = parse_rates(rates)
@@ -110,6 +111,9 @@ class WindowRule(Rule):
         self.cost = cost
         self.mode = mode
         self.consume = consume
+        # whether refusals strike the subject (escalating to a ban); a per-IP limit on one
+        # route does not: an office NAT shares the address (the global per-IP rule does)
+        self.strikes = strikes
         self.specs, self.policies = _windows(self.name, self.rates, buckets)
         self.key = key or f"r{next(_ids)}"
         self.prefixes = tuple(f"{self.key}.{i}|" for i in range(len(self.specs)))
@@ -150,7 +154,8 @@ class WindowRule(Rule):
         if per == "principal":
             subject = striker = ctx.principal or ctx.ip_key
         elif per == "ip":
-            subject = striker = ctx.ip_key
+            subject = ctx.ip_key
+            striker = subject if self.strikes else None
         else:
             found = self.subject(ctx)
             if found is None:
@@ -209,6 +214,7 @@ class FlowRule(WindowRule):
         completes: bool = True,
         mode: Mode | None = None,
         buckets: int = 10,
+        strikes: bool = True,
     ) -> None:
         if count not in ("attempt", "success"):
             raise ValueError(f"count={count!r}: use 'attempt' or 'success'")
@@ -221,6 +227,7 @@ class FlowRule(WindowRule):
             consume=completes,
             buckets=buckets,
             key=f"flow:{name}",
+            strikes=strikes,
         )
         self.count = count
         self.completes = completes
