@@ -22,6 +22,8 @@ only in http.sh.
     /work/venv/bin/python benchmarks/overhead.py            # full run (~1.5-2 min)
     /work/venv/bin/python benchmarks/overhead.py --quick    # ~15 s
     /work/venv/bin/python benchmarks/overhead.py --profile apiguard-default
+    /work/venv/bin/python benchmarks/overhead.py --before 65266cd   # + apiguard at a git
+                                    revision, side by side in the same run (a change's cost)
 """
 
 from __future__ import annotations
@@ -53,6 +55,45 @@ from starlette.routing import Route
 import apiguard
 from apiguard import Guard
 from apiguard.asgi import GuardMiddleware
+
+BEFORE: dict[str, Any] = {}  # Guard and GuardMiddleware of `--before REV`, once loaded
+
+
+def load_before(rev: str) -> None:
+    """Import apiguard as it was at git revision `rev`, renamed `apiguard_before` (its own
+    modules, state and caches), so both versions run in one process, in one run."""
+    import importlib
+    import re
+    import subprocess
+    import tarfile
+    import tempfile
+    from io import BytesIO
+
+    root = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "-C", root, "archive", rev, "src/apiguard"], capture_output=True, check=True
+    ).stdout
+    target = tempfile.mkdtemp(prefix="apiguard_before_")
+    imports = re.compile(r"^(\s*)(from|import) apiguard\b", re.M)
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        for member in tar.getmembers():
+            if not member.isfile():
+                continue
+            rel = member.name.removeprefix("src/apiguard")
+            path = os.path.join(target, "apiguard_before" + rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            data = tar.extractfile(member).read()  # type: ignore[union-attr]
+            if path.endswith(".py"):
+                data = imports.sub(r"\1\2 apiguard_before", data.decode()).encode()
+            with open(path, "wb") as handle:
+                handle.write(data)
+    sys.path.insert(0, target)
+    BEFORE["Guard"] = importlib.import_module("apiguard_before").Guard
+    BEFORE["GuardMiddleware"] = importlib.import_module("apiguard_before.asgi").GuardMiddleware
+    BEFORE["rev"] = rev
+
 
 HIGH = "100000000/minute"  # never reached: overhead, not refusals
 # many keys from one client address look like made-up keys; raise that limit too, so the
@@ -141,11 +182,13 @@ def build(kind: str, n_routes: int) -> tuple[ASGIApp, Callable[[], bool]]:
     if kind == "fused-floor":
         app, floor = with_middleware(n_routes, FusedFloor)
         return app, lambda: len(floor) > 0
-    if kind in ("apiguard-default", "apiguard-flow"):
-        guard = Guard(GUARD_CONFIG)
-        wrap = guard.flow("f", FLOW_RATE) if kind == "apiguard-flow" else None
+    if kind in ("apiguard-default", "apiguard-flow", "before-default", "before-flow"):
+        before = kind.startswith("before")
+        guard_cls = BEFORE["Guard"] if before else Guard
+        guard = guard_cls(GUARD_CONFIG)
+        wrap = guard.flow("f", FLOW_RATE) if kind.endswith("flow") else None
         app = starlette_app(n_routes, wrap)
-        app.add_middleware(GuardMiddleware, guard=guard)
+        app.add_middleware(BEFORE["GuardMiddleware"] if before else GuardMiddleware, guard=guard)
         return app, lambda: len(guard.store._windows) > 0
     if kind == "slowapi":
         limiter = Limiter(key_func=get_remote_address, default_limits=[SLOWAPI_LIMIT])
@@ -296,12 +339,18 @@ def variants(scaling: tuple[int, ...]) -> list[Variant]:
             ("slowapi ASGI middleware", "slowapi"),
         ):
             out.append(Variant(label, kind, routes, 1000, "ip"))
+            if kind.startswith("apiguard") and BEFORE:
+                was = label.replace("apiguard", f"apiguard at {BEFORE['rev']}")
+                out.append(Variant(was, kind.replace("apiguard", "before"), routes, 1000, "ip"))
     for n in scaling:
         if n != 1000:
             out.append(Variant("apiguard default", "apiguard-default", 10, n, "ip"))
             out.append(Variant("same work hand-fused (fused_floor.py)", "fused-floor", 10, n, "ip"))
     for n in scaling:
         out.append(Variant("apiguard default (x-api-key)", "apiguard-default", 10, n, "key"))
+        if BEFORE:
+            was = f"apiguard at {BEFORE['rev']} (x-api-key)"
+            out.append(Variant(was, "before-default", 10, n, "key"))
     return out
 
 
@@ -385,7 +434,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, help="round-robin rounds (default 50, quick 12)")
     ap.add_argument("--batch", type=int, help="requests per variant per round")
     ap.add_argument("--profile", metavar="KIND", help="cProfile one variant at 10 routes")
+    ap.add_argument("--before", metavar="REV", help="also run apiguard as of git revision REV")
     args = ap.parse_args()
+    if args.before:
+        load_before(args.before)
     if args.profile:
         asyncio.run(profile(args.profile, args.batch or 50_000))
         return
