@@ -57,3 +57,41 @@ def assert_quota_exceeded(resp: Any, *policies: str) -> None:
     assert body["status"] == 429
     assert body["violated-policies"] == list(policies)
     assert int(resp.headers["retry-after"]) >= 1
+
+
+async def asgi_call(
+    app: Any,
+    method: str,
+    path: str,
+    ip: str,
+    headers: dict[str, str] | None = None,
+    query: bytes = b"",
+) -> int:
+    """One request straight through ASGI, no HTTP client (tests that send thousands);
+    the response status, 0 when the app sent none."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [(k.encode(), v.encode()) for k, v in (headers or {}).items()],
+        "client": (ip, 40000),
+        "server": ("testserver", 80),
+    }
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status

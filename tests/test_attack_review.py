@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 from collections import Counter
 from typing import Any
 
@@ -27,6 +26,7 @@ from starlette.routing import Route
 from apiguard import Guard, identify
 from apiguard.asgi import GuardMiddleware
 from apiguard.simulate.clock import FakeClock
+from conftest import asgi_call
 
 
 class _Driver:
@@ -44,36 +44,13 @@ class _Driver:
         headers: dict[str, str] | None = None,
         query: bytes = b"",
     ) -> int:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": query,
-            "root_path": "",
-            "headers": [(k.encode(), v.encode()) for k, v in (headers or {}).items()],
-            "client": (ip, 40000),
-            "server": ("testserver", 80),
-        }
-        status = 0
+        async def run() -> int:
+            try:
+                return await asgi_call(self.app, method, path, ip, headers, query)
+            except Exception:
+                return 500
 
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-
-        async def run() -> None:
-            with contextlib.suppress(Exception):
-                await self.app(scope, receive, send)
-
-        self.loop.run_until_complete(run())
-        return status or 500
+        return self.loop.run_until_complete(run()) or 500
 
 
 def _plain_app(guard: Guard) -> FastAPI:

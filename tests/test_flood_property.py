@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +21,7 @@ from apiguard import Guard, identify
 from apiguard.asgi import GuardMiddleware
 from apiguard.simulate.clock import FakeClock
 from apiguard.store.memory import MemoryStore
+from conftest import asgi_call
 
 FLOW_LIMIT, FLOW_WINDOW = 3, 60.0
 USER_LIMIT, USER_WINDOW = 8, 30.0
@@ -54,36 +54,6 @@ def _shop(guard: Guard) -> FastAPI:
         return {"ok": True}
 
     return app
-
-
-async def _call(app: Any, method: str, path: str, ip: str, headers: dict[str, str]) -> int:
-    """One request straight through ASGI (no HTTP client: thousands per example)."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
-        "client": (ip, 40000),
-        "server": ("testserver", 80),
-    }
-    status = 0
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-
-    await app(scope, receive, send)
-    return status
 
 
 def _window_holds(times: list[float], limit: int, window: float) -> bool:
@@ -136,7 +106,7 @@ def test_floods_never_let_an_honest_principal_exceed_its_limits(
                 for i in range(1 + value % 4):
                     path = f"/coupons/c{value}/redeem" if i % 2 == 0 else f"/orders/{value}"
                     method = "POST" if i % 2 == 0 else "GET"
-                    if await _call(app, method, path, ip, auth) == 200:
+                    if await asgi_call(app, method, path, ip, auth) == 200:
                         route = "redeem" if method == "POST" else "order"
                         admitted.setdefault(f"user-{n}/{route}", []).append(clock())
                 continue
@@ -151,7 +121,7 @@ def test_floods_never_let_an_honest_principal_exceed_its_limits(
                     headers = {"x-api-key": f"junk-{k}"}
                 path = (f"/coupons/x{k}/redeem", f"/orders/{k}", "/catalog", "/nope")[k % 4]
                 method = "POST" if k % 4 == 0 else "GET"
-                await _call(app, method, path, ip, headers)
+                await asgi_call(app, method, path, ip, headers)
 
     asyncio.run(run())
     for name, times in admitted.items():
@@ -189,7 +159,7 @@ def test_a_spent_flow_survives_a_flood_of_made_up_keys_from_the_same_address() -
         429,
     ]
     statuses = [
-        asyncio.run(_call(app, "GET", f"/nope/{i}", "192.0.2.1", {"x-api-key": f"made-up-{i}"}))
+        asyncio.run(asgi_call(app, "GET", f"/nope/{i}", "192.0.2.1", {"x-api-key": f"made-up-{i}"}))
         for i in range(2_000)
     ]
     assert statuses.count(404) == 100  # new-credentials-per-ip: 100/hour by default...
@@ -219,7 +189,7 @@ def test_a_flood_of_new_addresses_cannot_push_out_live_windows() -> None:
         200
     ] * 3
     for k in range(1_000):  # a new address per request, all admitted at first
-        asyncio.run(_call(app, "GET", "/catalog", f"10.0.{k // 256}.{k % 256}", {}))
+        asyncio.run(asgi_call(app, "GET", "/catalog", f"10.0.{k // 256}.{k % 256}", {}))
     assert len(guard.store) <= 100  # type: ignore[arg-type]
     assert alice.post("/coupons/again/redeem", headers=auth).status_code == 429
     clock.advance(70)  # the flood's windows have expired: room again for everyone
