@@ -223,14 +223,15 @@ def test_ip_grouping_applies_to_the_per_ip_rule_too():
 # -- principals ------------------------------------------------------------------------------
 
 
-def test_principal_order_identify_then_api_key_then_bearer_then_ip():
+def test_principal_order_identify_then_bearer_then_api_key_then_ip():
     app, guard = make()
     key, token = {"x-api-key": "the-key"}, {"authorization": "Bearer the-token"}
     both = {**key, **token}
     assert who(app, headers={**both, "x-user": "alice"}, path="/me")["principal"] == guard.hash(
         "u", "alice"
     )
-    assert who(app, headers=both, path="/me")["principal"] == guard.hash("k", "the-key")
+    assert who(app, headers=both, path="/me")["principal"] == guard.hash("k", "the-token")
+    assert who(app, headers=key, path="/me")["principal"] == guard.hash("k", "the-key")
     assert who(app, headers=token)["principal"] == guard.hash("k", "the-token")
     anonymous = who(app)
     assert anonymous["principal"] == anonymous["ip_key"]

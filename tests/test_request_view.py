@@ -13,13 +13,17 @@ def _scope(headers: list[tuple[bytes, bytes]], client: str = "198.51.100.7") -> 
     return {"type": "http", "method": "GET", "path": "/", "headers": headers, "client": (client, 1)}
 
 
-def test_api_key_wins_over_bearer_whatever_the_header_order() -> None:
+def test_bearer_token_wins_over_api_key_whatever_the_header_order() -> None:
+    """The bearer token is the caller's own credential by HTTP convention; an API key sent
+    beside it is often an app key every copy of a client shares. Both are checked for bans."""
     engine = Guard().engine
+    token = engine.begin(_scope([(b"authorization", b"Bearer t")])).credential_key
     key = engine.begin(_scope([(b"x-api-key", b"k1")])).credential_key
     first = engine.begin(_scope([(b"x-api-key", b"k1"), (b"authorization", b"Bearer t")]))
     last = engine.begin(_scope([(b"authorization", b"Bearer t"), (b"x-api-key", b"k1")]))
-    assert key is not None
-    assert first.credential_key == last.credential_key == key
+    assert token is not None and key is not None
+    assert first.credential_key == last.credential_key == token
+    assert first.credentials == last.credentials == (token, key)
 
 
 @pytest.mark.parametrize(

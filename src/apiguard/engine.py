@@ -42,10 +42,9 @@ PrincipalResolver = Callable[[RequestContext], "Identity | None"]
 
 _BY_PRINCIPAL = ("principal", "principal_route")
 _ENDPOINTS_MAX = 4096
-# the owner of a credential several vouched principals presented: it names an app (a
-# mobile app's shared key), not a caller, so it is never banned for one of them
-SHARED = "*shared*"
-_TOKEN_OF = "t|"  # the owner of a credential first presented as a bearer token
+# the owner recorded for a bearer token two vouched principals presented: it is banned
+# with neither of them
+_SHARED_TOKEN = "*shared*"
 
 
 class Refused(HTTPException):
@@ -105,7 +104,7 @@ class Engine:
         self._ok_low, self._ok_high = config.success_statuses
         self._late_identify_warned: set[str] = set()
         self._ip_keys: dict[str, str] = {}  # client address -> its IP key (bounded)
-        # credential key -> the one vouched principal seen presenting it, or SHARED (LRU,
+        # bearer token key -> the one vouched principal seen presenting it, or _SHARED_TOKEN (LRU,
         # bounded): decides which credentials are banned with a principal
         self._owners: OrderedDict[str, str] = OrderedDict()
         self._monitor_logged: dict[str, float] = {}  # rule -> when last logged
@@ -190,18 +189,22 @@ class Engine:
         ip_key = self._ip_keys.get(client)
         if ip_key is None:
             ip_key = self._ip_key(client)
+        # the principal of an unvouched request: the bearer token (by HTTP convention the
+        # caller's own credential), else the API key; every credential presented is kept,
+        # and each is checked against bans
         credential: str | None = None
         credentials: tuple[str, ...] = ()
         token: str | None = None
-        if api_key is not None:
-            credential = self.hasher("k", api_key)
-            credentials = (credential,)
-            if more is not None or bearer is not None:
-                # every credential the request presents is checked against bans
-                credentials, token = self._all_credentials(api_key, more, bearer)
-        elif bearer is not None:
+        if bearer is not None:
             credential = token = self.hasher("k", bearer)
             credentials = (credential,)
+            if api_key is not None:
+                credentials = self._all_credentials(token, api_key, more)
+        elif api_key is not None:
+            credential = self.hasher("k", api_key)
+            credentials = (credential,)
+            if more is not None:
+                credentials = self._all_credentials(None, api_key, more)
         return RequestContext(
             self,
             scope,
@@ -214,21 +217,18 @@ class Engine:
         )
 
     def _all_credentials(
-        self, api_key: bytes | None, more: dict[bytes, bytes] | None, bearer: bytes | None
-    ) -> tuple[tuple[str, ...], str | None]:
-        """Keyed hashes of every credential presented, the principal's first, no repeats
-        (one secret sent as an API key or as a bearer token is one credential), and the
-        bearer token's."""
-        found: list[str] = []
+        self, token: str | None, api_key: bytes, more: dict[bytes, bytes] | None
+    ) -> tuple[str, ...]:
+        """Keyed hashes of every credential presented, the principal's (the token's, else
+        the first API key's) first, no repeats (one secret sent as an API key or as a
+        bearer token is one credential)."""
+        found: list[str] = [token] if token is not None else []
         for raw in (api_key, *(more.values() if more else ())):
             if raw:
                 key = self.hasher("k", raw)
                 if key not in found:
                     found.append(key)
-        token = self.hasher("k", bearer) if bearer else None
-        if token is not None and token not in found:
-            found.append(token)
-        return tuple(found), token
+        return tuple(found)
 
     def _ip_key(self, client: str) -> str:
         """The keyed hash of the client's counting unit (address or /prefix network),
@@ -259,13 +259,14 @@ class Engine:
         its rules when it is entered, so at the response start they are still unchecked
         only when the handler never ran (405 from the router, 422, a failing dependency):
         such a request spends none of them. The exception is a generator handler, whose
-        body runs as the response streams: it was called, and unless the response is an
-        error its rules run now, before a byte of the body leaves."""
+        body runs as the response streams: it was called, and when the response is a
+        success (2xx) its rules run now, before a byte of the body leaves."""
         rules = self.rules_of(scope)
         if rules and (
-            status >= 400 or not getattr(scope.get("endpoint"), "__apiguard_streams__", False)
+            not 200 <= status < 300
+            or not getattr(scope.get("endpoint"), "__apiguard_streams__", False)
         ):
-            return ()
+            return ()  # (a redirect or an error: the generator's body does not run)
         return rules
 
     def _warn_untrusted_forwarding(self, name: bytes) -> None:
@@ -301,36 +302,22 @@ class Engine:
     def early_ban(self, ctx: RequestContext) -> Decision | None:
         """A block from the local ban table before routing (no store trip).
 
-        Checked: every credential the request presents (but one known to be shared by
-        several vouched principals), and the IP if the request carries neither a
-        credential nor a cookie (a session the app may vouch for with `identify()`: IP
-        bans must not lock out signed-in colleagues behind the same NAT), or always with
-        `bans.strict_ip`. A banned credential refuses here only when the request presents
-        nothing else that may identify its caller (a cookie, another credential that is
-        not banned): an app key other users share, banned through its anonymous traffic
-        or as the carrier of a banned user before anyone showed it was shared, must not
-        keep signed-in users from reaching `identify()`. Those requests are checked again
-        at the checkpoint, once the principal is known: an unvouched one is refused there
-        for every banned credential it presents. Callers skip this while
-        `may_be_banned()` is False.
+        Checked: every credential the request presents (a banned one refuses whatever
+        else the request carries: adding a cookie or another key changes nothing), and
+        the IP if the request carries neither a credential nor a cookie (a session the app
+        may vouch for with `identify()`: IP bans must not lock out signed-in colleagues
+        behind the same NAT), or always with `bans.strict_ip`. Anything not refused here
+        is checked again at the checkpoint, once the principal is known. Callers skip this
+        while `may_be_banned()` is False.
         """
         now = self.clock()
         store = self.store
         ban = None
         creds = ctx.credentials
-        if creds:
-            owners = self._owners
-            other = ctx.has_cookie  # something else that may identify the caller
-            for c in creds:
-                if owners and owners.get(c) == SHARED:
-                    continue  # names an app, not a caller
-                found = store.active_ban(c, now)
-                if found is None:
-                    other = True
-                elif ban is None:
-                    ban = found
-            if other:
-                ban = None
+        for c in creds:
+            ban = store.active_ban(c, now)
+            if ban is not None:
+                break
         if ban is None and (self.bans.strict_ip or (not creds and not ctx.has_cookie)):
             ban = store.active_ban(ctx.ip_key, now)
         if ban is None:
@@ -344,35 +331,29 @@ class Engine:
         self.telemetry.record(ctx, decision)
         return decision
 
-    def _note_owners(self, ctx: RequestContext, principal: str) -> None:
-        """Record that the app vouched for `principal` on a request presenting its
-        credentials. An API key that two vouched principals presented in a key header
-        becomes SHARED (an app key); a bearer token never does (a user's own token that
-        another account replays in a key header must not shed its ban that way)."""
-        owners = self._owners
+    def _note_token(self, ctx: RequestContext, principal: str) -> None:
+        """Record that the app vouched for `principal` on a request with a bearer token;
+        a token two vouched principals presented is banned with neither."""
         token = ctx.token_key
-        for c in ctx.credentials:
-            owner = owners.get(c)
-            if owner is None:
-                if len(owners) >= IP_CACHE_MAX:
-                    owners.popitem(last=False)
-                owners[c] = _TOKEN_OF + principal if c == token else principal
-            else:
-                owners.move_to_end(c)
-                if (
-                    owner != principal
-                    and owner != SHARED
-                    and c != token
-                    and not owner.startswith(_TOKEN_OF)
-                ):
-                    owners[c] = SHARED
+        if token is None:
+            return
+        owners = self._owners
+        owner = owners.get(token)
+        if owner is None:
+            if len(owners) >= IP_CACHE_MAX:
+                owners.popitem(last=False)
+            owners[token] = principal
+        else:
+            owners.move_to_end(token)
+            if owner != principal:
+                owners[token] = _SHARED_TOKEN
 
     def _carried_tokens(self, ctx: RequestContext, principal: str) -> list[str]:
         """The request's bearer token if only `principal` presented it: banned with it, so
-        its next request is refused before routing. Never an API key (an app key every
-        copy of an app sends may not have been seen with a second user yet)."""
+        its next request is refused before routing. Never an API key: a key every copy of
+        an app sends is shared by all its users (see the README, *Shared app keys*)."""
         token = ctx.token_key
-        if token is None or self._owners.get(token) not in (principal, _TOKEN_OF + principal):
+        if token is None or self._owners.get(token) != principal:
             return []
         return [token]
 
@@ -393,23 +374,7 @@ class Engine:
             if found:
                 ctx.vouched = True
                 return self.hasher("c", found)
-        return self._unvouched_principal(ctx)
-
-    def _unvouched_principal(self, ctx: RequestContext) -> str:
-        """The credential the request is keyed on (the API key, else the bearer token),
-        skipping credentials several vouched principals share; else the client IP."""
-        key = ctx.credential_key
-        if key is None:
-            return ctx.ip_key
-        owners = self._owners
-        if owners and owners.get(key) == SHARED:
-            for c in ctx.credentials:
-                if owners.get(c) != SHARED:
-                    ctx.credential_key = c
-                    return c
-            ctx.credential_key = None
-            return ctx.ip_key
-        return key
+        return ctx.credential_key or ctx.ip_key
 
     def declare(self, ctx: RequestContext, user_id: str) -> None:
         """`identify()`: record the app's principal and run the checkpoint now."""
@@ -461,24 +426,20 @@ class Engine:
                 callable_failed(self, f"rule {getattr(rule, 'name', rule)!r}", exc)
 
     def _ban_keys(self, ctx: RequestContext) -> tuple[str, ...]:
-        """Whose bans refuse this request: a vouched principal's own (the app said who
-        the caller is; its credentials' bans do not decide for it); for an unvouched one,
-        the principal, every credential presented (but shared ones) and the IP (so a
-        made-up key escapes neither an IP ban nor another credential's ban)."""
+        """Whose bans refuse this request: the principal and every credential presented;
+        with a principal the app has not vouched for, the IP too (so a made-up key escapes
+        neither an IP ban nor another credential's ban)."""
         principal = ctx.principal or ctx.ip_key
         creds = ctx.credentials
         if ctx.vouched:
-            if creds:
-                self._note_owners(ctx, principal)
-            return (principal,)
+            if not creds:
+                return (principal,)
+            self._note_token(ctx, principal)
+            return (principal, *creds)
         ip = ctx.ip_key
         if not creds or (len(creds) == 1 and creds[0] == principal):
             return (principal,) if principal == ip else (principal, ip)
-        owners = self._owners
-        keys = [principal]
-        for c in creds:
-            if c != principal and not (owners and owners.get(c) == SHARED):
-                keys.append(c)
+        keys = [principal, *(c for c in creds if c != principal)]
         if principal != ip:
             keys.append(ip)
         return tuple(keys)

@@ -575,13 +575,14 @@ class Guard:
                 self._on_block_failed = True
                 log.exception("apiguard: on_block raised; the default refusal was sent")
             return default
-        if isinstance(response, BlockResponse):
+        problem = _block_problem(response)
+        if problem is None:
             return response
         if not self._on_block_failed:
             self._on_block_failed = True
             error = ConfigurationError(
-                f"on_block returned a {type(response).__name__}, not a BlockResponse; the "
-                "default refusal is sent instead (reported once)"
+                f"on_block returned {problem}; the default refusal is sent instead "
+                "(reported once)"
             )
             log.error("apiguard: %s", error, exc_info=(ConfigurationError, error, None))
         return default
@@ -617,6 +618,31 @@ def _route_label(entry: RouteEntry) -> str:
         methods.discard("HEAD")  # routed with every GET
     template = entry.template if len(entry.template) <= 120 else entry.template[:117] + "..."
     return f"{','.join(sorted(methods)) or '*'} {template}"
+
+
+def _block_problem(response: Any) -> str | None:
+    """What makes `response` unsendable as an HTTP answer, or None when it is fine."""
+    if not isinstance(response, BlockResponse):
+        return f"a {type(response).__name__}, not a BlockResponse"
+    status = response.status
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        return f"a BlockResponse with status {status!r}"
+    if not isinstance(response.body, bytes):
+        return "a BlockResponse whose body is not bytes"
+    for item in response.headers:
+        if not (isinstance(item, tuple) and len(item) == 2):
+            return "a BlockResponse with a header that is not a (name, value) pair"
+        name, value = item
+        if not (isinstance(name, str) and isinstance(value, str)):
+            return "a BlockResponse with a header name or value that is not a str"
+        try:
+            name.encode("latin-1")
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            return "a BlockResponse with a header that is not latin-1"
+        if any(c in name + value for c in "\r\n\0") or not name:
+            return "a BlockResponse with a malformed header"
+    return None
 
 
 def _unwrap_chain(endpoint: Any) -> list[Any]:

@@ -339,17 +339,24 @@ class MemoryStore:
             index = 0
             best = -1
             best_share = 2.0
-            created: list[str] | None = None
+            # windows to create: added after the loop, as `_execute` does (same LRU order)
+            created: dict[str, BucketWindow] | None = None
             for key, spec, cost, once, advertised, _ in ops:
                 w = windows.get(key)
                 if w is None:
-                    if len(windows) >= self.max_keys or self._overflow or not cost:
-                        self._take_back(ops[: len(out)], created)
-                        return None
-                    w = windows[key] = BucketWindow(spec.buckets)
-                    if created is None:
-                        created = []
-                    created.append(key)
+                    w = created.get(key) if created is not None else None
+                    if w is None:
+                        if (
+                            len(windows) + (len(created) if created else 0) >= self.max_keys
+                            or self._overflow
+                            or not cost
+                        ):
+                            self._take_back(ops[: len(out)])
+                            return None
+                        w = BucketWindow(spec.buckets)
+                        if created is None:
+                            created = {}
+                        created[key] = w
                 else:
                     touch(key)
                 if spec.width != width:  # rules usually share their bucket width
@@ -361,7 +368,7 @@ class MemoryStore:
                     cost = 0
                 total = w.total + cost
                 if total > spec.limit:
-                    self._take_back(ops[: len(out)], created)
+                    self._take_back(ops[: len(out)])
                     return None
                 head = w.head
                 counts = w.counts
@@ -386,9 +393,9 @@ class MemoryStore:
                         best = len(out)
                         best_share = share
                 out.append((remaining, reset, head))
-            for key in created or ():
-                if not windows[key].total:  # (charged nothing: `execute` keeps none)
-                    del windows[key]
+            for key, w in (created or {}).items():
+                if w.total:  # (one that charged nothing: `execute` keeps none either)
+                    windows[key] = w
             seen = self._seen
             for key, spec, cost, once, _, _ in ops:
                 if once is not None and cost and once not in seen:
@@ -401,9 +408,9 @@ class MemoryStore:
         finally:
             self._lock.release()
 
-    def _take_back(self, ops: Sequence[Op], created: list[str] | None) -> None:
-        """Undo what `admit` charged for `ops` (all in the current bucket of each window)
-        and drop the windows it created."""
+    def _take_back(self, ops: Sequence[Op]) -> None:
+        """Undo what `admit` charged for `ops` to existing windows (all in the current
+        bucket of each; windows it was about to create are dropped with it)."""
         seen = self._seen
         for key, _, cost, once, _, _ in ops:
             if not cost or (once is not None and once in seen):
@@ -412,8 +419,6 @@ class MemoryStore:
             if w is not None:
                 w.counts[w.head % len(w.counts)] -= cost
                 w.total -= cost
-        for key in created or ():
-            self._windows.pop(key, None)
 
     async def aexecute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
         """Same as `execute`: in-process work never blocks on I/O."""
