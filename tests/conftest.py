@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from starlette.testclient import TestClient
 
 from apiguard import Guard
@@ -95,3 +102,57 @@ async def asgi_call(
 
     await app(scope, receive, send)
     return status
+
+
+class Otel:
+    """The real OpenTelemetry SDK with in-memory exporters (providers are passed
+    explicitly, never set globally)."""
+
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.exporter.get_finished_spans())
+
+    def server_spans(self) -> list[ReadableSpan]:
+        return [s for s in self.spans() if s.kind is SpanKind.SERVER]
+
+    def fastapi_server_spans(self) -> list[ReadableSpan]:
+        return [s for s in self.server_spans() if s.instrumentation_scope.name == "fastapi"]
+
+    def clear(self) -> None:
+        self.exporter.clear()
+
+    def _points(self, name: str) -> Iterator[Any]:
+        data = self.reader.get_metrics_data()
+        for rm in data.resource_metrics if data else ():
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    if metric.name == name:
+                        yield from metric.data.data_points
+
+    def counter(self, name: str) -> Counter[tuple[tuple[str, Any], ...]]:
+        """A counter's sums by attribute set."""
+        counts: Counter[tuple[tuple[str, Any], ...]] = Counter()
+        for point in self._points(name):
+            counts[tuple(sorted(point.attributes.items()))] += point.value
+        return counts
+
+    def http_statuses(self) -> Counter[int]:
+        """Requests by status in FastAPI's own `http.server.request.duration` histogram."""
+        counts: Counter[int] = Counter()
+        for point in self._points("http.server.request.duration"):
+            counts[int(dict(point.attributes)["http.response.status_code"])] += point.count
+        return counts
+
+    def decisions(self) -> Counter[tuple[str, str]]:
+        """`apiguard.decisions` by (rule, decision)."""
+        counts: Counter[tuple[str, str]] = Counter()
+        for point in self._points("apiguard.decisions"):
+            attrs = dict(point.attributes)
+            counts[(str(attrs["apiguard.rule"]), str(attrs["apiguard.decision"]))] += point.value
+        return counts

@@ -18,11 +18,7 @@ from typing import Any
 import pytest
 from fastapi import Depends, FastAPI, Header
 from opentelemetry import trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -34,57 +30,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from apiguard import Guard, identify
 from apiguard.asgi import GuardMiddleware
 from apiguard.simulate.clock import FakeClock
+from conftest import Otel
 
 HASHED = re.compile(r"^(k|u|c|ip):[0-9a-f]{24}$")
 STYLES = ["add_middleware", "outside"]
-
-
-class Otel:
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.reader = InMemoryMetricReader()
-        self.meter_provider = MeterProvider(metric_readers=[self.reader])
-
-    def spans(self) -> list[ReadableSpan]:
-        return list(self.exporter.get_finished_spans())
-
-    def fastapi_server_spans(self) -> list[ReadableSpan]:
-        return [
-            s
-            for s in self.spans()
-            if s.kind is SpanKind.SERVER and s.instrumentation_scope.name == "fastapi"
-        ]
-
-    def clear(self) -> None:
-        self.exporter.clear()
-
-    def http_statuses(self) -> Counter[int]:
-        """Requests by status in FastAPI's own `http.server.request.duration` histogram."""
-        counts: Counter[int] = Counter()
-        data = self.reader.get_metrics_data()
-        for rm in data.resource_metrics if data else ():
-            for sm in rm.scope_metrics:
-                for metric in sm.metrics:
-                    if metric.name == "http.server.request.duration":
-                        for point in metric.data.data_points:
-                            status = dict(point.attributes)["http.response.status_code"]
-                            counts[int(status)] += point.count
-        return counts
-
-    def decisions(self) -> Counter[tuple[str, str]]:
-        counts: Counter[tuple[str, str]] = Counter()
-        data = self.reader.get_metrics_data()
-        for rm in data.resource_metrics if data else ():
-            for sm in rm.scope_metrics:
-                for metric in sm.metrics:
-                    if metric.name == "apiguard.decisions":
-                        for point in metric.data.data_points:
-                            attrs = dict(point.attributes)
-                            key = (str(attrs["apiguard.rule"]), str(attrs["apiguard.decision"]))
-                            counts[key] += point.value
-        return counts
 
 
 class ServerSpan:

@@ -15,47 +15,18 @@ from typing import Any
 import pytest
 from fastapi import Depends, FastAPI, Header
 from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 from starlette.testclient import TestClient
 
 from apiguard import Guard, identify
 from apiguard.asgi import GuardMiddleware
 from apiguard.simulate.clock import FakeClock
+from conftest import Otel
 
 KEY = "sk_live_telemetry_KEY"
 USER = "alice@example.com"
 HASHED = re.compile(r"^(k|u|c|ip):[0-9a-f]{24}$")
-
-
-class Otel:
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.reader = InMemoryMetricReader()
-        self.meter_provider = MeterProvider(metric_readers=[self.reader])
-
-    def spans(self) -> list[ReadableSpan]:
-        return list(self.exporter.get_finished_spans())
-
-    def server_spans(self) -> list[ReadableSpan]:
-        return [s for s in self.spans() if s.kind is SpanKind.SERVER]
-
-    def counter(self, name: str) -> Counter[tuple[tuple[str, Any], ...]]:
-        counts: Counter[tuple[tuple[str, Any], ...]] = Counter()
-        data = self.reader.get_metrics_data()
-        for rm in data.resource_metrics if data else ():
-            for sm in rm.scope_metrics:
-                for metric in sm.metrics:
-                    if metric.name == name:
-                        for point in metric.data.data_points:
-                            counts[tuple(sorted(point.attributes.items()))] += point.value
-        return counts
 
 
 @pytest.fixture
