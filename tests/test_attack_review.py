@@ -1,6 +1,5 @@
 """Findings of the first adversarial review of issue 6's fixes: each test states the
-behaviour a security library owes (each failed before its fix; one known limit stays a
-strict xfail)."""
+behaviour a security library owes (each failed before its fix)."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import base64
 from collections import Counter
 from typing import Any
 
-import pytest
 from fastapi import Depends, FastAPI, Header, HTTPException
 from starlette.applications import Starlette
 from starlette.authentication import (
@@ -91,14 +89,6 @@ def test_a_single_key_client_is_never_refused_by_new_credentials_per_ip() -> Non
     assert statuses == Counter({200: 150})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known limit: live state is never evicted, so while a flood keeps the window table "
-        "full of live windows (one window length plus a bucket after it stops), newcomers "
-        "share one overflow budget per rule; a spill into a count-min sketch would lift it"
-    ),
-)
 def test_newcomers_are_served_once_a_fresh_address_flood_has_stopped() -> None:
     clock = FakeClock(1_000.0)
     guard = Guard({"store": {"max_keys": 100}}, clock=clock)

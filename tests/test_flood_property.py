@@ -196,3 +196,35 @@ def test_a_flood_of_new_addresses_cannot_push_out_live_windows() -> None:
     assert alice.post("/coupons/again/redeem", headers=auth).status_code == 200
     carol = TestClient(app, client=("192.0.2.77", 5000))
     assert carol.get("/catalog").status_code == 200
+
+
+def test_newcomers_are_served_while_a_flood_keeps_the_table_full() -> None:
+    """A flood of new addresses keeps the window table full of live windows: the oldest are
+    spilled into a count-min sketch, so newcomers still get windows of their own (served),
+    while a spent flow that was spilled stays spent."""
+    clock = FakeClock(1_000.0)
+    guard = Guard(
+        {"store": {"max_keys": 200}, "limits": {"principal": "600/minute", "ip": None}},
+        clock=clock,
+    )
+    app = _shop(guard)
+    auth = {"authorization": "Bearer tok-0"}
+    assert [
+        asyncio.run(asgi_call(app, "POST", f"/coupons/c{i}/redeem", "192.0.2.1", auth))
+        for i in range(4)
+    ] == [200, 200, 200, 429]
+    served = 0
+    for k in range(5_000):  # a new address per request, 50 requests a second
+        asyncio.run(asgi_call(app, "GET", "/catalog", f"2001:db8:{k:x}::1"))
+        if k % 100 == 99:  # a newcomer every 2 s, between the flood's requests
+            clock.advance(2)
+            ip = f"198.51.100.{k // 100}"
+            served += asyncio.run(asgi_call(app, "GET", "/catalog", ip)) == 200
+        if k == 1_000:  # 20 s in: the account's flow window was spilled long ago
+            store = guard.store
+            assert isinstance(store, MemoryStore) and store._spills
+            assert not any(key.startswith("flow:") for key in store._windows)
+            again = asgi_call(app, "POST", "/coupons/x/redeem", "203.0.113.5", auth)
+            assert asyncio.run(again) == 429  # rebuilt from the sketch: still spent
+    assert served == 50
+    assert len(store._windows) <= 200 and len(store._spills) <= 3

@@ -816,25 +816,64 @@ def test_expired_bans_are_purged_before_live_ones():
     assert len(store._bans) <= 100
 
 
-def test_a_spent_shared_overflow_window_refuses_without_striking():
-    """Subjects that find the table full of live windows share one overflow window per
-    rule: when it is spent they are refused, but no one is banned for the others' use."""
+def test_a_full_table_spills_its_oldest_live_window_and_keeps_counting_it():
+    """A table full of live windows makes room by folding the least recently used one into
+    its rule's count-min sketch: newcomers get exact windows of their own, and a spilled
+    subject that comes back is rebuilt with at least what it was charged."""
     store = MemoryStore(max_keys=3)
     spec = WindowSpec(2, 60.0)
     bans = BanConfig(after=1, base=600)
-    for s in ("a", "b", "c"):  # the table: three live windows
-        assert store.execute(Batch([Hit(f"w|{s}", spec, subject=s)], (s,)), 1.0, bans).admitted
-    results = [
-        store.execute(Batch([Hit(f"w|n{i}", spec, subject=f"n{i}")], (f"n{i}",)), 2.0, bans)
-        for i in range(4)
-    ]
-    assert [r.admitted for r in results] == [True, True, False, False]
-    assert not any(r.new_ban for r in results) and store._bans == {}
-    assert len(store._windows) == 3 and store.active_ban("a", 2.0) is None
-    # a live window refuses and strikes as usual
-    assert store.execute(Batch([Hit("w|a", spec, subject="a")], ("a",)), 3.0, bans).admitted
-    assert store.execute(Batch([Hit("w|a", spec, subject="a")], ("a",)), 3.0, bans).new_ban
-    # once the live windows have expired, the overflow is over too: everyone starts fresh
-    later = 70.0
-    member = store.execute(Batch([Hit("w|n0", spec, subject="n0")], ("n0",)), later, bans)
-    assert member.admitted and member.hits[0].remaining == 1
+
+    def hit(subject: str, now: float) -> BatchResult:
+        return store.execute(
+            Batch([Hit(f"w|{subject}", spec, subject=subject)], (subject,)), now, bans
+        )
+
+    assert hit("a", 1.0).admitted and hit("a", 1.0).admitted  # a's budget is spent
+    assert hit("b", 1.0).admitted and hit("c", 1.0).admitted
+    newcomers = [hit(f"n{i}", 2.0) for i in range(6)]  # the table is full of live windows
+    assert all(r.admitted and r.hits[0].remaining == 1 for r in newcomers)
+    assert len(store._windows) == 3 and "w|a" not in store._windows  # a was spilled
+    back = hit("a", 3.0)  # rebuilt from the sketch: still spent, and it strikes as usual
+    assert not back.admitted and back.new_ban
+    assert hit("b", 3.0).hits[0].remaining == 0  # b's one unit came back with it
+    assert hit("a", 70.0).ban is not None  # (banned now; its window is over at 66 s)
+    assert hit("n0", 70.0).admitted  # the sketch expires with its buckets
+
+
+@PROPS
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 30), st.integers(0, 40), st.integers(1, 5)),
+        min_size=1,
+        max_size=60,
+    ),
+    st.integers(0, 50),
+)
+def test_a_spill_sketch_never_counts_a_subject_below_its_charges(charges, later):
+    """Windows spilled into the count-min sketch (store/spill.py) come back with at least
+    their own counts in every bucket still inside the window, whatever else was spilled
+    (2 columns: collisions everywhere)."""
+    from apiguard.store.spill import Spill
+
+    spec = WindowSpec(10**6, 60.0, 10)  # buckets of 6 s
+    spill = Spill(spec, columns=2)
+    truth: dict[str, dict[int, int]] = {}
+    for subject, tick, cost in sorted(charges, key=lambda c: c[1]):
+        w = BucketWindow(spec.buckets)
+        assert try_hit(w, spec, tick * 6.0 + 1.0, cost, consume=True)
+        spill.add(f"k|{subject}", w)
+        bucket = int((tick * 6.0 + 1.0) // spec.width)
+        truth.setdefault(f"k|{subject}", {}).setdefault(bucket, 0)
+        truth[f"k|{subject}"][bucket] += cost
+    now = (max(c[1] for c in charges) + later) * 6.0 + 3.0
+    index = int(now // spec.width)
+    for key, buckets in truth.items():
+        owed = {b: c for b, c in buckets.items() if b > index - spec.buckets - 1}
+        rebuilt = spill.window(key, now)
+        if not owed:
+            continue
+        assert rebuilt is not None
+        for b, c in owed.items():
+            assert rebuilt.counts[b % (spec.buckets + 1)] >= c
+        assert rebuilt.total >= sum(owed.values())

@@ -11,12 +11,15 @@ from typing import TypeVar
 
 from apiguard.config import BanConfig
 from apiguard.store.base import Ban, Batch, BatchResult, Op
+from apiguard.store.spill import Spill
 from apiguard.window import BucketWindow, WindowSpec, refund, try_hit
 
 log = logging.getLogger("apiguard")
 _T = TypeVar("_T")
 
 
+_RULES_MAX = 64  # rule prefixes with a noted spec or a spill sketch (code-defined)
+_SPILL_COLUMNS = 8192  # cells per sketch row: about 2.9 MB per rule that spills (k = 10)
 _SCAN = 16  # entries a full table examines, oldest first, for one it may drop
 
 
@@ -39,26 +42,6 @@ class _Mark:
     expires: float
 
 
-class _Overflow:
-    """The window shared by subjects that found the table full of live windows, and who
-    was charged to it (bounded: past `cap` members, every new window of the rule starts
-    from the shared window while it counts, since anyone may have been charged there)."""
-
-    __slots__ = ("lossy", "members", "window")
-
-    def __init__(self, buckets: int) -> None:
-        self.window = BucketWindow(buckets)
-        self.members: set[str] = set()
-        self.lossy = False
-
-    def join(self, key: str, cap: int) -> None:
-        if key not in self.members:
-            if len(self.members) >= cap:
-                self.lossy = True
-            else:
-                self.members.add(key)
-
-
 def _drop_one(table: OrderedDict[str, _T], dead: Callable[[_T], bool]) -> bool:
     """Drop the least recently used entry that is `dead` among the oldest `_SCAN`, moving
     live ones it passes to the recent end; False when all of them are live."""
@@ -74,18 +57,18 @@ def _drop_one(table: OrderedDict[str, _T], dead: Callable[[_T], bool]) -> bool:
 class MemoryStore:
     """Windows, strikes and bans for one process, every table capped at `max_keys`.
 
-    A full table drops only state that no longer counts (a window whose units have all
-    left it, a marker whose unit has, strikes that can no longer add up to a ban): live
-    state is never evicted, so no flood of requests, refused or admitted, can reset a
-    counter, a strike count or a ban (a record kept only for escalation memory, its ban
-    over, may go: that offender's next ban starts at the base duration). Refused requests
-    create no state at all. When a table is full of live state:
-    - a window that must be created is charged to one overflow window per rule instead,
-      which every such subject shares (conservative: they may be refused sooner, never
-      admitted beyond the limit), and a window created later for a subject starts from a
-      copy of that overflow window while it still counts;
-    - a marker is not remembered (the credential counts again next time), a strike
-      record is not created, a ban is not recorded (and a warning is logged).
+    A full table drops first state that no longer counts (a window whose units have all
+    left it, a marker whose unit has, strikes that can no longer add up to a ban), and
+    refused requests create no state at all, so no flood of requests can reset a counter,
+    a strike count or a ban. When the window table is full of live windows, the least
+    recently used one is spilled into a count-min sketch of its rule
+    (`apiguard.store.spill`), from which that subject's window is rebuilt, never below
+    what it was charged, if it comes back: newcomers get exact windows, every spilled
+    subject stays counted (conservatively). When the marker table is full of live markers
+    a new credential is not counted (distinct counting is a heuristic); when the strike
+    or ban table is full of live entries, a new strike record or ban is not recorded (a
+    warning is logged once); a record kept only for escalation memory, its ban over, may
+    go (that offender's next ban starts at the base duration).
 
     Windows and markers are touched on every request, so their tables are OrderedDicts
     driven by hand (a lookup measured 36 ns against 111 ns for cachetools' LRUCache, and
@@ -99,10 +82,11 @@ class MemoryStore:
             raise ValueError("max_keys must be at least 1")
         self.max_keys = max_keys
         self._windows: OrderedDict[str, BucketWindow] = OrderedDict()
-        # rule prefix -> the window shared by subjects that found the table full of live
+        # rule prefix -> the sketch of its live windows spilled from a full table, and the
+        # spec of its windows (bounded by the number of rules)
         # windows (bounded by the number of rules)
-        self._overflow: dict[str, _Overflow] = {}
-        self._members_cap = max(64, max_keys // 4)
+        self._spills: dict[str, Spill] = {}
+        self._specs: dict[str, WindowSpec] = {}
         self._strikes: OrderedDict[str, _Strikes] = OrderedDict()
         self._seen: OrderedDict[str, _Mark] = OrderedDict()
         self._bans: dict[str, Ban] = {}
@@ -113,34 +97,46 @@ class MemoryStore:
 
     # -- bounded tables ----------------------------------------------------------------
     def _new_window(self, key: str, buckets: int, now: float) -> BucketWindow:
-        """A window for a subject that has none: empty, or a copy of its rule's overflow
-        window while that counts, if the subject may have been charged there."""
-        if self._overflow:
-            over = self._overflow.get(key.partition("|")[0])
-            if over is not None and not over.window.dead(now) and (
-                over.lossy or key in over.members
-            ):
-                return over.window.copy()
+        """A window for a subject that has none: what the sketch of its rule holds for it
+        (at least what it was charged while its window was spilled), else empty."""
+        if self._spills:
+            spill = self._spills.get(key.partition("|")[0])
+            if spill is not None:
+                w = spill.window(key, now)
+                if w is not None:
+                    return w
         return BucketWindow(buckets)
 
-    def _overflow_of(self, key: str, buckets: int) -> _Overflow:
+    def _note_spec(self, key: str, spec: WindowSpec) -> None:
+        specs = self._specs
         prefix = key.partition("|")[0]
-        over = self._overflow.get(prefix)
-        if over is None:
-            if len(self._overflow) >= 4096:  # rule prefixes are code-defined; bound anyway
-                self._overflow.clear()
-            over = self._overflow[prefix] = _Overflow(buckets)
+        if prefix not in specs:
+            if len(specs) >= _RULES_MAX:  # rule prefixes are code-defined; bound anyway
+                specs.clear()
+            specs[prefix] = spec
+
+    def _spill_oldest(self) -> None:
+        """Make room in a table full of live windows: fold the least recently used one
+        into its rule's sketch (see `apiguard.store.spill`)."""
+        key, w = self._windows.popitem(last=False)
+        prefix = key.partition("|")[0]
+        spill = self._spills.get(prefix)
+        if spill is None:
+            spec = self._specs.get(prefix)
+            if spec is None or len(self._spills) >= _RULES_MAX:
+                return  # pragma: no cover - every stored window's spec is noted
+            spill = self._spills[prefix] = Spill(spec, _SPILL_COLUMNS)
             self._warn_full("windows")
-        return over
+        spill.add(key, w)
 
     def _warn_full(self, table: str) -> None:
         if not self._full_warned:
             self._full_warned = True
             log.warning(
                 "apiguard: the in-process store's %s table is full of live state "
-                "(store.max_keys=%d); new subjects share one overflow budget per rule, "
-                "markers and strikes are not recorded until state expires. Raise "
-                "store.max_keys if this is not an attack.",
+                "(store.max_keys=%d): the oldest windows are spilled into a sketch that "
+                "may over-count them, new markers, strikes and bans are not recorded "
+                "until state expires. Raise store.max_keys if this is not an attack.",
                 table,
                 self.max_keys,
             )
@@ -184,17 +180,15 @@ class MemoryStore:
                     if ban.until > now:
                         return BatchResult(False, [], ban)
                     del self._bans[key]
-        if self._overflow:
-            for prefix in [p for p, o in self._overflow.items() if o.window.dead(now)]:
-                del self._overflow[prefix]
+        if self._spills:
+            for prefix in [p for p, sp in self._spills.items() if sp.dead(now)]:
+                del self._spills[prefix]
         hits = batch.hits
         windows = self._windows
         room = self.max_keys - len(windows)
         # windows this batch needs that do not exist: kept only if the batch is admitted
         # (a refused request creates no state)
         pending: dict[str, BucketWindow] | None = None
-        # subjects on a shared overflow window: the key's overflow, charged on admission
-        shared: dict[str, _Overflow] | None = None
         charged: list[tuple[BucketWindow, int]] | None = None
         marks: list[tuple[str, str, int, float, int]] = []
         refused_subject: str | None = None
@@ -202,7 +196,6 @@ class MemoryStore:
         for hit in hits:
             spec = hit.spec
             key = hit.key
-            uncounted = False
             w = windows.get(key)
             if w is not None:
                 windows.move_to_end(key)
@@ -214,29 +207,18 @@ class MemoryStore:
                     if room > 0:
                         room -= 1
                     elif not _drop_one(windows, lambda v: v.dead(now)):
-                        if hit.once is not None:
-                            # distinct counting (new credentials per IP) is a heuristic:
-                            # with no room for its window it counts nothing, like a
-                            # marker with no room (a shared budget would refuse honest
-                            # newcomers for a whole window after a flood)
-                            uncounted = True
-                        else:
-                            over = self._overflow_of(key, spec.buckets)
-                            w = over.window
-                            if shared is None:
-                                shared = {}
-                            shared[key] = over
-                    if not uncounted:
-                        if pending is None:
-                            pending = {}
-                        pending[key] = w
+                        self._spill_oldest()  # every window stays counted (conservatively)
+                    if pending is None:
+                        pending = {}
+                    pending[key] = w
+                    self._note_spec(key, spec)
             index = int(now // spec.width)
             if index > w.head:
                 w.advance(index)
             head = w.head
             total = w.total
             cost = hit.cost
-            if uncounted or (hit.once is not None and self._seen_before(hit.once, now)):
+            if hit.once is not None and self._seen_before(hit.once, now):
                 cost = 0
             limit = spec.limit
             hit.bucket = head
@@ -270,9 +252,7 @@ class MemoryStore:
                 hit.fits = False
                 if hit.enforce:
                     refused = True
-                    # a shared overflow window that is spent is no one's own excess: it
-                    # refuses, it does not strike
-                    if refused_subject is None and not (shared and key in shared):
+                    if refused_subject is None:
                         refused_subject = hit.subject
                 remaining = limit - total
                 hit.remaining = remaining if remaining > 0 else 0
@@ -281,17 +261,13 @@ class MemoryStore:
         if not refused:
             if pending is not None:
                 for key, w in pending.items():
-                    if shared and key in shared:
-                        shared[key].join(key, self._members_cap)
-                    elif w.total:
+                    if w.total:
                         windows[key] = w
             for mark, window_key, bucket, width, n in marks:
                 if not self._remember(mark, window_key, bucket, width, n, now):
                     # no room to remember the credential: do not count it at all (counting
                     # it on every request would refuse an honest one-key client)
                     w = windows.get(window_key)
-                    if w is None and shared and window_key in shared:
-                        w = shared[window_key].window
                     if w is not None:
                         refund(w, bucket, 1)
             return BatchResult(True, hits)
@@ -348,7 +324,7 @@ class MemoryStore:
                     if w is None:
                         if (
                             len(windows) + (len(created) if created else 0) >= self.max_keys
-                            or self._overflow
+                            or self._spills
                             or not cost
                         ):
                             self._take_back(ops[: len(out)])
@@ -357,6 +333,7 @@ class MemoryStore:
                         if created is None:
                             created = {}
                         created[key] = w
+                        self._note_spec(key, spec)
                 else:
                     touch(key)
                 if spec.width != width:  # rules usually share their bucket width
@@ -493,7 +470,8 @@ class MemoryStore:
             self._seen.clear()
             self._strikes.clear()
             self._bans.clear()
-            self._overflow.clear()
+            self._spills.clear()
+            self._specs.clear()
 
     # -- introspection (tests, report) -----------------------------------------------
     def __len__(self) -> int:
