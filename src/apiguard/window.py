@@ -46,14 +46,18 @@ class BucketWindow:
     a bounded table may drop it without losing anything.
     """
 
-    __slots__ = ("counts", "expires", "head", "tail", "total")
+    __slots__ = ("base", "counts", "expires", "head", "spec", "tail", "total")
 
-    def __init__(self, buckets: int) -> None:
+    def __init__(self, buckets: int, spec: WindowSpec | None = None) -> None:
         self.counts = [0] * (buckets + 1)
         self.head = -(1 << 62)
         self.tail = self.head  # no counted bucket is older than this index
         self.total = 0
         self.expires = float("-inf")
+        self.spec = spec  # set by stores that may spill the window (its bucket width)
+        # (head, counts) the window was rebuilt with from a spill sketch: already in the
+        # sketch, so a later spill adds only what came after
+        self.base: tuple[int, list[int]] | None = None
 
     def copy(self) -> BucketWindow:
         """An independent window with the same counters."""
@@ -63,6 +67,8 @@ class BucketWindow:
         w.tail = self.tail
         w.total = self.total
         w.expires = self.expires
+        w.spec = self.spec
+        w.base = self.base
         return w
 
     def dead(self, now: float) -> bool:

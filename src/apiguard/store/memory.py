@@ -18,8 +18,8 @@ log = logging.getLogger("apiguard")
 _T = TypeVar("_T")
 
 
-_RULES_MAX = 64  # rule prefixes with a noted spec or a spill sketch (code-defined)
-_SPILL_COLUMNS = 8192  # cells per sketch row: about 2.9 MB per rule that spills (k = 10)
+_SPILLS_MAX = 256  # spill sketches, one per distinct rate (rates are code-defined)
+_SPILL_COLUMNS = 8192  # cells per sketch row: about 2.9 MB per sketch (k = 10)
 _SCAN = 16  # entries a full table examines, oldest first, for one it may drop
 
 
@@ -82,11 +82,10 @@ class MemoryStore:
             raise ValueError("max_keys must be at least 1")
         self.max_keys = max_keys
         self._windows: OrderedDict[str, BucketWindow] = OrderedDict()
-        # rule prefix -> the sketch of its live windows spilled from a full table, and the
-        # spec of its windows (bounded by the number of rules)
+        # (bucket width, buckets) of a rate -> the sketch of its live windows spilled from
+        # a full table (one per distinct rate, bounded)
         # windows (bounded by the number of rules)
-        self._spills: dict[str, Spill] = {}
-        self._specs: dict[str, WindowSpec] = {}
+        self._spills: dict[tuple[float, int], Spill] = {}
         self._strikes: OrderedDict[str, _Strikes] = OrderedDict()
         self._seen: OrderedDict[str, _Mark] = OrderedDict()
         self._bans: dict[str, Ban] = {}
@@ -96,37 +95,36 @@ class MemoryStore:
         self._full_warned = False
 
     # -- bounded tables ----------------------------------------------------------------
-    def _new_window(self, key: str, buckets: int, now: float) -> BucketWindow:
-        """A window for a subject that has none: what the sketch of its rule holds for it
+    def _new_window(self, key: str, spec: WindowSpec, now: float) -> BucketWindow:
+        """A window for a subject that has none: what the sketch of its rate holds for it
         (at least what it was charged while its window was spilled), else empty."""
         if self._spills:
-            spill = self._spills.get(key.partition("|")[0])
+            spill = self._spills.get((spec.width, spec.buckets))
             if spill is not None:
                 w = spill.window(key, now)
                 if w is not None:
                     return w
-        return BucketWindow(buckets)
-
-    def _note_spec(self, key: str, spec: WindowSpec) -> None:
-        specs = self._specs
-        prefix = key.partition("|")[0]
-        if prefix not in specs:
-            if len(specs) >= _RULES_MAX:  # rule prefixes are code-defined; bound anyway
-                specs.clear()
-            specs[prefix] = spec
+        return BucketWindow(spec.buckets, spec)
 
     def _spill_oldest(self) -> None:
         """Make room in a table full of live windows: fold the least recently used one
-        into its rule's sketch (see `apiguard.store.spill`)."""
-        key, w = self._windows.popitem(last=False)
-        prefix = key.partition("|")[0]
-        spill = self._spills.get(prefix)
+        into the sketch of its rate (see `apiguard.store.spill`). Never drops a window: with
+        nothing to spill (a batch creating more windows than the table holds) or a rate
+        that cannot get a sketch, the table goes over its cap by the window instead."""
+        windows = self._windows
+        if not windows:
+            return
+        key, w = next(iter(windows.items()))
+        spec = w.spec
+        if spec is None:  # pragma: no cover - every window of this store has its spec
+            return
+        spill = self._spills.get((spec.width, spec.buckets))
         if spill is None:
-            spec = self._specs.get(prefix)
-            if spec is None or len(self._spills) >= _RULES_MAX:
-                return  # pragma: no cover - every stored window's spec is noted
-            spill = self._spills[prefix] = Spill(spec, _SPILL_COLUMNS)
+            if len(self._spills) >= _SPILLS_MAX:
+                return
+            spill = self._spills[(spec.width, spec.buckets)] = Spill(spec, _SPILL_COLUMNS)
             self._warn_full("windows")
+        del windows[key]
         spill.add(key, w)
 
     def _warn_full(self, table: str) -> None:
@@ -202,7 +200,7 @@ class MemoryStore:
             elif pending is not None and key in pending:
                 w = pending[key]
             else:
-                w = self._new_window(key, spec.buckets, now)
+                w = self._new_window(key, spec, now)
                 if hit.consume and hit.cost:
                     if room > 0:
                         room -= 1
@@ -211,7 +209,6 @@ class MemoryStore:
                     if pending is None:
                         pending = {}
                     pending[key] = w
-                    self._note_spec(key, spec)
             index = int(now // spec.width)
             if index > w.head:
                 w.advance(index)
@@ -329,11 +326,10 @@ class MemoryStore:
                         ):
                             self._take_back(ops[: len(out)])
                             return None
-                        w = BucketWindow(spec.buckets)
+                        w = BucketWindow(spec.buckets, spec)
                         if created is None:
                             created = {}
                         created[key] = w
-                        self._note_spec(key, spec)
                 else:
                     touch(key)
                 if spec.width != width:  # rules usually share their bucket width
@@ -471,7 +467,6 @@ class MemoryStore:
             self._strikes.clear()
             self._bans.clear()
             self._spills.clear()
-            self._specs.clear()
 
     # -- introspection (tests, report) -----------------------------------------------
     def __len__(self) -> int:

@@ -35,6 +35,7 @@ class Spill:
         import numpy as np  # only once a table overflows: numpy stays out of start-up
 
         self._np = np
+        self.spec = spec
         self.width = spec.width
         self.n = spec.buckets + 1
         self.columns = columns
@@ -59,14 +60,20 @@ class Spill:
         self.head = index
 
     def add(self, key: str, w: BucketWindow) -> None:
-        """Fold the counts of `key`'s window into the sketch."""
+        """Fold the counts of `key`'s window into the sketch (less what it was rebuilt with
+        from the sketch, which the sketch still holds: a subject spilled again and again is
+        not counted again and again)."""
         self._advance(w.head)
         cols = self._columns(key)
-        first = max(w.head, self.head) - self.n + 1
+        n = self.n
+        base_head, base = w.base if w.base is not None else (self.head - n, [])
+        first = max(w.head, self.head) - n + 1
         for j in range(first, w.head + 1):
-            count = w.counts[j % self.n]
-            if count:
-                self.cells[j % self.n, self._rows, cols] += count
+            count = w.counts[j % n]
+            if base_head - n < j <= base_head:
+                count -= base[j % n]
+            if count > 0:
+                self.cells[j % n, self._rows, cols] += count
         if w.expires > self.expires:
             self.expires = w.expires
 
@@ -80,7 +87,7 @@ class Spill:
         estimate = self.cells[:, self._rows, self._columns(key)].min(axis=1)
         if not estimate.any():
             return None
-        w = BucketWindow(self.n - 1)
+        w = BucketWindow(self.n - 1, self.spec)
         w.head = index
         last = None
         for j in range(index - self.n + 1, index + 1):
@@ -93,6 +100,7 @@ class Spill:
                 last = j
         if last is not None:
             w.expires = (last + self.n) * self.width
+        w.base = (index, w.counts.copy())
         return w
 
     def dead(self, now: float) -> bool:
