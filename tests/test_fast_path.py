@@ -95,6 +95,8 @@ CONFIGS = {
         bans={"strict_ip": True}, identity={"new_credentials_per_ip": None}
     ),
     "few-buckets": _variant(store={"window_buckets": 3}, limits={"route": "3/10 seconds"}),
+    # a store of 6 windows: full tables, dead-first drops and spills on both paths
+    "tiny-store": {**_variant(limits={"route": "3/10 seconds"}), "_max_keys": 6},
 }
 
 
@@ -136,8 +138,10 @@ class EarlyIdentify:
 def build(config: dict[str, Any], fast: bool) -> tuple[FastAPI, Guard, CountingStore, FakeClock]:
     """One guarded app; `fast=False` turns the fast path off (the reference)."""
     clock = FakeClock(START)
+    config = dict(config)
+    max_keys = config.pop("_max_keys", 200_000)  # below the config's floor of 100
     buckets = config.get("store", {}).get("window_buckets", 10)
-    store = CountingStore(200_000, buckets)
+    store = CountingStore(max_keys, buckets)
     guard = Guard(config, clock=clock, store=store)
     assert guard.store is store
     if fast:
