@@ -19,7 +19,6 @@ _T = TypeVar("_T")
 
 
 _SPILLS_MAX = 256  # spill sketches, one per distinct rate (rates are code-defined)
-_SPILL_COLUMNS = 8192  # cells per sketch row: about 2.9 MB per sketch (k = 10)
 _SCAN = 16  # entries a full table examines, oldest first, for one it may drop
 
 
@@ -77,7 +76,9 @@ class MemoryStore:
 
     local = True
 
-    def __init__(self, max_keys: int = 200_000, strike_buckets: int = 10) -> None:
+    def __init__(
+        self, max_keys: int = 200_000, strike_buckets: int = 10, spill_columns: int = 8192
+    ) -> None:
         if max_keys < 1:
             raise ValueError("max_keys must be at least 1")
         self.max_keys = max_keys
@@ -86,6 +87,8 @@ class MemoryStore:
         # a full table (one per distinct rate, bounded)
         # windows (bounded by the number of rules)
         self._spills: dict[tuple[float, int], Spill] = {}
+        # cells per row of a spill sketch: more columns, fewer collisions, more memory
+        self._spill_columns = spill_columns
         self._strikes: OrderedDict[str, _Strikes] = OrderedDict()
         self._seen: OrderedDict[str, _Mark] = OrderedDict()
         self._bans: dict[str, Ban] = {}
@@ -122,7 +125,7 @@ class MemoryStore:
         if spill is None:
             if len(self._spills) >= _SPILLS_MAX:
                 return
-            spill = self._spills[(spec.width, spec.buckets)] = Spill(spec, _SPILL_COLUMNS)
+            spill = self._spills[(spec.width, spec.buckets)] = Spill(spec, self._spill_columns)
             self._warn_full("windows")
         del windows[key]
         spill.add(key, w)
