@@ -60,7 +60,7 @@ class MemoryStore:
     left it, a marker whose unit has, strikes that can no longer add up to a ban), and
     refused requests create no state at all, so no flood of requests can reset a counter,
     a strike count or a ban. When the window table is full of live windows, the least
-    recently used one is spilled into a count-min sketch of its rule
+    recently used one is spilled into a count-min sketch of its rate
     (`apiguard.store.spill`), from which that subject's window is rebuilt, never below
     what it was charged, if it comes back: newcomers get exact windows, every spilled
     subject stays counted (conservatively). When the marker table is full of live markers
@@ -106,6 +106,7 @@ class MemoryStore:
             if spill is not None:
                 w = spill.window(key, now)
                 if w is not None:
+                    w.spec = spec  # (the sketch serves every rate of this width and size)
                     return w
         return BucketWindow(spec.buckets, spec)
 
@@ -182,8 +183,8 @@ class MemoryStore:
                         return BatchResult(False, [], ban)
                     del self._bans[key]
         if self._spills:
-            for prefix in [p for p, sp in self._spills.items() if sp.dead(now)]:
-                del self._spills[prefix]
+            for rate in [r for r, sp in self._spills.items() if sp.dead(now)]:
+                del self._spills[rate]
         hits = batch.hits
         windows = self._windows
         room = self.max_keys - len(windows)

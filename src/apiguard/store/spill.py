@@ -1,12 +1,13 @@
-"""Where live windows go when the in-process table is full: a count-min sketch per rule.
+"""Where live windows go when the in-process table is full: a count-min sketch per rate.
 
 A window table bounded at `max_keys` cannot keep an exact window for every subject of a
 flood. Dropping a live window would reset that subject's counter (the flood's goal);
 refusing subjects without a window would lock out every newcomer while the flood lasts.
 Instead the least recently used live window is *spilled*: its per-bucket counts are added
-to a count-min sketch of its rule (depth rows of `columns` cells, each cell a ring of the
-window's k+1 buckets). When a subject needs a window again, it starts from the sketch's
-estimate: for each bucket, the minimum over the rows of the cells it hashes to. That is
+to a count-min sketch of its rate (one per bucket width and count; depth rows of
+`columns` cells, each cell a ring of the window's k+1 buckets). When a subject needs a
+window again, it starts from the sketch's estimate: for each bucket, the minimum over the
+rows of the cells it hashes to. That is
 never less than what the subject was charged (the guarantee "at most the limit in every
 window" holds), and more only by what colliding subjects were charged: with C columns and
 V spilled units per window length, about V / C per row, the minimum of `depth` rows
@@ -35,7 +36,6 @@ class Spill:
         import numpy as np  # only once a table overflows: numpy stays out of start-up
 
         self._np = np
-        self.spec = spec
         self.width = spec.width
         self.n = spec.buckets + 1
         self.columns = columns
@@ -87,7 +87,7 @@ class Spill:
         estimate = self.cells[:, self._rows, self._columns(key)].min(axis=1)
         if not estimate.any():
             return None
-        w = BucketWindow(self.n - 1, self.spec)
+        w = BucketWindow(self.n - 1)
         w.head = index
         last = None
         for j in range(index - self.n + 1, index + 1):
