@@ -15,6 +15,16 @@ Batch semantics (every store implements exactly these):
    (a monitor-mode hit that does not fit is reported but not charged), and the `once`
    markers of charged hits are remembered. A hit whose `once` marker is already
    remembered costs nothing.
+
+Detectors (`apiguard.detectors`) keep their state with two more operations, run in one
+`observe` call per request after its response (off the response's critical path):
+- `Tally`: a count over a sliding window (`item` None), or an approximate count of the
+  DISTINCT items seen in it (a bounded sketch per key: two generations of a linear-counting
+  bitmap in memory, HyperLogLog in Redis; never a list of the items);
+- `Run`: the length of the current run of equal, non-zero steps between successive
+  integer values (a sequential id walk has stride 1).
+What a detector concludes becomes a `Ban` (with its `action` and `reason`), which the
+checkpoints already check: a detection never adds a store call to the request path.
 """
 
 from __future__ import annotations
@@ -85,6 +95,40 @@ class Ban:
     until: float
     level: int
     owner: str | None = None
+    # what the ban asks of the client: "block" (403), or "challenge" (the app's own
+    # challenge, see `Guard.challenge_passed`); and the rule or detector that imposed it
+    action: str = "block"
+    reason: str | None = None
+
+
+@dataclass(slots=True)
+class Tally:
+    """Add `amount` to the sliding count `key` over `window` seconds, or (with `item`, a
+    keyed hash) add `item` to the key's distinct-items sketch; the store sets `count`:
+    the total after this operation (distinct: an estimate, exact for small counts)."""
+
+    key: str
+    window: float
+    item: str | None = None
+    amount: int = 1
+    count: float = field(init=False, default=0.0)
+
+
+@dataclass(slots=True)
+class Run:
+    """Record integer `value` under `key` (forgotten `window` seconds after its last
+    use); the store sets `length`: how many successive steps, this one included, had the
+    same non-zero stride (0 when this step differs from the previous one or is the first),
+    and `stride`, the step just taken."""
+
+    key: str
+    window: float
+    value: int
+    length: int = field(init=False, default=0)
+    stride: int = field(init=False, default=0)
+
+
+Observation = Tally | Run
 
 
 @dataclass(slots=True)
@@ -131,6 +175,19 @@ class Store(Protocol):
 
     def active_ban(self, key: str, now: float) -> Ban | None:
         """The ban on `key`, if one is active and known locally (no network trip)."""
+        ...
+
+    def observe(self, ops: Sequence[Observation], now: float) -> None:
+        """Run the detectors' `Tally` and `Run` operations and fill their results."""
+        ...
+
+    async def aobserve(self, ops: Sequence[Observation], now: float) -> None:
+        """`observe` for async callers (remote stores: one round trip, off the response's
+        critical path)."""
+        ...
+
+    def lift(self, key: str) -> None:
+        """Remove any ban on `key` (a passed challenge)."""
         ...
 
 

@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from apiguard.config import BanConfig
-from apiguard.store.base import Ban, Batch, BatchResult, Op
+from apiguard.store.base import Ban, Batch, BatchResult, Observation, Op, Run, Tally
+from apiguard.store.sketch import Generations, Stride
 from apiguard.store.spill import Spill
 from apiguard.window import BucketWindow, WindowSpec, refund, try_hit
 
 log = logging.getLogger("apiguard")
 _T = TypeVar("_T")
+_S = TypeVar("_S", Generations, Stride)
 
 
 _SPILLS_MAX = 256  # spill sketches, one per distinct rate (rates are code-defined)
@@ -92,6 +94,9 @@ class MemoryStore:
         self._strikes: OrderedDict[str, _Strikes] = OrderedDict()
         self._seen: OrderedDict[str, _Mark] = OrderedDict()
         self._bans: dict[str, Ban] = {}
+        # detectors' state (`observe`): sliding counts and distinct sketches, stride runs
+        self._tallies: OrderedDict[str, Generations] = OrderedDict()
+        self._runs: OrderedDict[str, Stride] = OrderedDict()
         self.local_bans: Mapping[str, Ban] = self._bans
         self._strike_buckets = strike_buckets
         self._lock = threading.Lock()
@@ -455,6 +460,45 @@ class MemoryStore:
             return None
         return ban
 
+    def lift(self, key: str) -> None:
+        """Remove any ban on `key`."""
+        with self._lock:
+            self._bans.pop(key, None)
+
+    # -- detectors' state --------------------------------------------------------------
+    def observe(self, ops: Sequence[Observation], now: float) -> None:
+        """Run `Tally` and `Run` operations (see `apiguard.store.base`). Both tables are
+        bounded by `max_keys`: a full one drops expired state first, else its least
+        recently used entry (detector state is evidence, not a quota)."""
+        with self._lock:
+            for op in ops:
+                if isinstance(op, Tally):
+                    t = self._tallies.get(op.key)
+                    if t is None or t.expired(now):
+                        t = self._make(self._tallies, op.key, Generations(op.window, now), now)
+                    else:
+                        self._tallies.move_to_end(op.key)
+                    op.count = t.add(op.item, op.amount, now)
+                elif isinstance(op, Run):
+                    r = self._runs.get(op.key)
+                    if r is None or r.expired(now):
+                        r = self._make(self._runs, op.key, Stride(op.window, now), now)
+                    else:
+                        self._runs.move_to_end(op.key)
+                    op.length, op.stride = r.step(op.value, now)
+
+    def _make(self, table: OrderedDict[str, _S], key: str, fresh: _S, now: float) -> _S:
+        full = key not in table and len(table) >= self.max_keys
+        if full and not _drop_one(table, lambda v: v.expired(now)):
+            table.popitem(last=False)
+        table[key] = fresh
+        table.move_to_end(key)
+        return fresh
+
+    async def aobserve(self, ops: Sequence[Observation], now: float) -> None:
+        """Same as `observe`."""
+        self.observe(ops, now)
+
     def refund(self, key: str, spec: WindowSpec, bucket: int, cost: int) -> None:
         """Give back `cost` charged to `key` in `bucket`."""
         with self._lock:
@@ -471,6 +515,8 @@ class MemoryStore:
             self._strikes.clear()
             self._bans.clear()
             self._spills.clear()
+            self._tallies.clear()
+            self._runs.clear()
 
     # -- introspection (tests, report) -----------------------------------------------
     def __len__(self) -> int:

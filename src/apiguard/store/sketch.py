@@ -1,0 +1,106 @@
+"""The detectors' in-process state: sliding counts, distinct-item sketches, stride runs.
+
+`Generations` keeps two half-window generations. A plain count weighs the previous
+generation by how much of it is still inside the window (the sliding-window estimate);
+a distinct count is a linear-counting estimate over the union of both generations'
+bitmaps (1,024 bits each: exact in expectation for small counts, within a few percent up
+to about 3,000 items, 128 bytes per generation whatever the number of items). Items are
+already keyed hashes; nothing else is kept.
+"""
+
+from __future__ import annotations
+
+import math
+
+BITS = 1024
+_MASK = BITS - 1
+
+
+def estimate(bitmap: int) -> float:
+    """Linear-counting estimate of the distinct items set into `bitmap`."""
+    zeros = BITS - bitmap.bit_count()
+    if zeros == 0:
+        return BITS * math.log(BITS)  # saturated: a floor of what it holds
+    return -BITS * math.log(zeros / BITS)
+
+
+def slot(item: str) -> int:
+    """The bitmap position of a keyed-hash item (its last hex digits)."""
+    try:
+        return int(item[-6:], 16) & _MASK
+    except ValueError:
+        return hash(item) & _MASK
+
+
+class Generations:
+    """A count or a distinct sketch over a sliding `window`, in two generations."""
+
+    __slots__ = ("bits", "count", "half", "old_bits", "old_count", "start")
+
+    def __init__(self, window: float, now: float) -> None:
+        self.half = max(window / 2.0, 1e-6)
+        self.start = now
+        self.count = 0
+        self.old_count = 0
+        self.bits = 0
+        self.old_bits = 0
+
+    def expired(self, now: float) -> bool:
+        """Whether both generations have left the window."""
+        return now - self.start >= 2 * self.half
+
+    def _roll(self, now: float) -> float:
+        """Move to the generation containing `now`; the share of the previous one still
+        inside the window."""
+        elapsed = now - self.start
+        if elapsed >= self.half:
+            if elapsed >= 2 * self.half:
+                self.old_count, self.old_bits = 0, 0
+                self.start = now
+            else:
+                self.old_count, self.old_bits = self.count, self.bits
+                self.start += self.half
+            self.count, self.bits = 0, 0
+            elapsed = now - self.start
+        return 1.0 - elapsed / self.half
+
+    def add(self, item: str | None, amount: int, now: float) -> float:
+        """Count `amount`, or set `item`; the count (or distinct estimate) after it."""
+        weight = self._roll(now)
+        if item is None:
+            self.count += amount
+            return self.count + self.old_count * weight
+        self.bits |= 1 << slot(item)
+        return estimate(self.bits | self.old_bits)
+
+
+class Stride:
+    """The run of equal steps between successive values, forgotten after `window`."""
+
+    __slots__ = ("last", "length", "stride", "touched", "window")
+
+    def __init__(self, window: float, now: float) -> None:
+        self.window = window
+        self.touched = now
+        self.last: int | None = None
+        self.stride = 0
+        self.length = 0
+
+    def expired(self, now: float) -> bool:
+        """Whether the run was last extended more than `window` ago."""
+        return now - self.touched >= self.window
+
+    def step(self, value: int, now: float) -> tuple[int, int]:
+        """Record `value`: (run length, stride)."""
+        self.touched = now
+        last, self.last = self.last, value
+        if last is None:
+            return 0, 0
+        stride = value - last
+        if stride == 0:
+            return self.length, 0  # a repeat neither extends nor breaks a walk
+        if stride == self.stride:
+            self.length += 1
+        else:
+            self.stride, self.length = stride, 1
+        return self.length, stride
