@@ -841,7 +841,7 @@ class Engine:
                 continue
             if judge is not None:
                 judges.append(judge)
-        if not judges:
+        if not judges and not ops:
             return None
         return ops, judges, now
 
@@ -875,7 +875,7 @@ class Engine:
             cfg = self.config.detection.account_takeover
             seconds = min(cfg.account_protect_for * 2 ** min(level - 1, 16), 86_400.0 * 7)
         else:
-            seconds = self.bans.duration(level)
+            seconds = self._detector_ban(finding.detector, level)
         ban = Ban(key, now + seconds, level, action=finding.action, reason=finding.detector)
         self._levels[key] = (level, ban.until)
         self.store.impose(ban, now)
@@ -884,6 +884,15 @@ class Engine:
                 self.store.impose(
                     Ban(token, ban.until, level, key, finding.action, finding.detector), now
                 )
+
+    def _detector_ban(self, detector: str, level: int) -> float:
+        """Seconds of a detector's ban at escalation `level`: a quarter of the detector's
+        evidence window (the evidence outlives a shorter ban, and the first request after
+        it would be banned again), doubling with each level, capped at `bans.max`."""
+        family = detector.split(".", 1)[0]
+        window = getattr(getattr(self.config.detection, family, None), "window", 0.0)
+        quarter = float(window) / 4 * 2 ** min(level - 1, 30)
+        return min(max(self.bans.duration(level), quarter), self.bans.max)
 
     def _escalate(self, key: str, now: float) -> int:
         """The level of the next detector ban on `key`: one more than its last one if
