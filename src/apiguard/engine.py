@@ -830,7 +830,9 @@ class Engine:
             return None  # a refused request touched nothing (a gated login still counts)
         principal = ctx.principal or ctx.ip_key
         now = self.clock()
-        outcome = Outcome(ctx, status, principal, ctx.route, now, login)
+        outcome = Outcome(
+            ctx, status, principal, ctx.route, now, login, self._prior(principal, now)
+        )
         ops: list[Observation] = []
         judges: list[Judge] = []
         for detector in self.detectors:
@@ -893,6 +895,13 @@ class Engine:
         window = getattr(getattr(self.config.detection, family, None), "window", 0.0)
         quarter = float(window) / 4 * 2 ** min(level - 1, 30)
         return float(min(max(self.bans.duration(level), quarter), self.bans.max))
+
+    def _prior(self, key: str, now: float) -> int:
+        """The level of `key`'s last detector ban if it ended within `bans.memory`."""
+        last = self._levels.get(key)
+        if last is None or now - last[1] > self.bans.memory:
+            return 0
+        return last[0]
 
     def _escalate(self, key: str, now: float) -> int:
         """The level of the next detector ban on `key`: one more than its last one if

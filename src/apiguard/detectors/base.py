@@ -40,6 +40,9 @@ class Outcome:
     template: str | None
     now: float
     login: LoginAttempt | None = None
+    # the escalation level of a detector ban on the principal that ended less than
+    # `bans.memory` ago (0: none): a repeat offender is judged with lower thresholds
+    prior: int = 0
 
 
 @dataclass(slots=True)

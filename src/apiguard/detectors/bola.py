@@ -92,9 +92,13 @@ class Bola:
             ops.append(run)
         population = self.populations.get(template)
 
+        # a principal banned for enumeration before is judged on half the evidence: the
+        # objects it walked before the ban still count, and its walk restarts elsewhere
+        ease = 2 if outcome.prior else 1
+
         def judge() -> list[Finding]:
             count = distinct.count
-            threshold = population.update(outcome.principal, count)
+            threshold = population.update(outcome.principal, count) / ease
             evidence: dict[str, float | int | str] = {
                 "route": template,
                 "objects": round(count),
@@ -105,10 +109,10 @@ class Bola:
                     round(population.learned, 1) if population.learned is not None else -1
                 )
                 return [self._finding("distinct", outcome, evidence)]
-            if run is not None and run.length >= cfg.sequential_run:
+            if run is not None and run.length >= cfg.sequential_run // ease:
                 evidence.update(run=run.length, stride=run.stride, threshold=cfg.sequential_run)
                 return [self._finding("sequential", outcome, evidence)]
-            if errors is not None and errors.count >= cfg.errors_floor:
+            if errors is not None and errors.count >= cfg.errors_floor / ease:
                 share = errors.count / max(count, errors.count)
                 if share >= cfg.error_share:
                     evidence.update(
