@@ -830,9 +830,7 @@ class Engine:
             return None  # a refused request touched nothing (a gated login still counts)
         principal = ctx.principal or ctx.ip_key
         now = self.clock()
-        outcome = Outcome(
-            ctx, status, principal, ctx.route, now, login, self._prior(principal, now)
-        )
+        outcome = Outcome(ctx, status, principal, now, login)
         ops: list[Observation] = []
         judges: list[Judge] = []
         for detector in self.detectors:
@@ -896,7 +894,7 @@ class Engine:
         quarter = float(window) / 4 * 2 ** min(level - 1, 30)
         return float(min(max(self.bans.duration(level), quarter), self.bans.max))
 
-    def _prior(self, key: str, now: float) -> int:
+    def prior(self, key: str, now: float) -> int:
         """The level of `key`'s last detector ban if it ended within `bans.memory`."""
         last = self._levels.get(key)
         if last is None or now - last[1] > self.bans.memory:

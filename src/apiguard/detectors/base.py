@@ -37,12 +37,14 @@ class Outcome:
     ctx: RequestContext
     status: int
     principal: str
-    template: str | None
     now: float
     login: LoginAttempt | None = None
-    # the escalation level of a detector ban on the principal that ended less than
-    # `bans.memory` ago (0: none): a repeat offender is judged with lower thresholds
-    prior: int = 0
+
+    @property
+    def prior(self) -> int:
+        """The escalation level of a detector ban on the principal that ended less than
+        `bans.memory` ago (0: none): a repeat offender is judged on less evidence."""
+        return self.ctx.engine.prior(self.principal, self.now)
 
 
 @dataclass(slots=True)

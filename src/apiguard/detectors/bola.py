@@ -69,15 +69,16 @@ class Bola:
         return "&".join(parts), number
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
-        template = outcome.template
-        if template is None or outcome.status >= 500:
+        if outcome.status >= 500:
             return None
         found = self._object(outcome)
         if found is None:
             return None
+        template = outcome.ctx.route
+        if template is None:
+            return None
         text, number = found
-        ctx = outcome.ctx
-        item = ctx.engine.hasher("ob", f"{template}\n{text}")
+        item = f"{template}\n{text}"  # only its sketch slot is kept, never the text
         cfg = self.config
         base = f"bola:{outcome.principal}:{template}"
         distinct = Tally(base, cfg.window, item)
