@@ -66,6 +66,7 @@ class Detector(Protocol):
     """A detector family (one module of `apiguard.detectors`)."""
 
     name: str
+    enforce: bool
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         """Add this request's operations to `ops`; return what judges their results

@@ -77,6 +77,9 @@ class Bola:
         template = outcome.ctx.route
         if template is None:
             return None
+        own_floor = self.config.routes.get(template) if self.config.routes else None
+        if own_floor == 0:
+            return None
         text, number = found
         item = f"{template}\n{text}"  # only its sketch slot is kept, never the text
         cfg = self.config
@@ -99,7 +102,10 @@ class Bola:
 
         def judge() -> list[Finding]:
             count = distinct.count
-            threshold = population.update(outcome.principal, count) / ease
+            threshold = population.update(outcome.principal, count)
+            if own_floor is not None:
+                threshold = max(threshold, own_floor)
+            threshold /= ease
             evidence: dict[str, float | int | str] = {
                 "route": template,
                 "objects": round(count),
