@@ -305,12 +305,26 @@ class RotationConfig(_Detector):
     min_principals: int = Field(30, ge=1)
 
 
+class FlowGroupsConfig(_Detector):
+    """Many principals completing one flow from one client fingerprint or /24 network:
+    flagged when at least `floor` did within `window`, and they are at least `min_share`
+    of the group's active principals and `factor` times the population's share (see
+    `apiguard.detectors.flow_groups`). The group is refused that flow."""
+
+    action: Literal["block", "throttle"] = "throttle"
+    window: float = Field(3600.0, gt=0, le=YEAR)
+    floor: int = Field(8, ge=2)
+    min_share: float = Field(0.5, gt=0, le=1)
+    factor: float = Field(3.0, ge=1)
+
+
 class DetectionConfig(_Model):
     """The detectors (`apiguard.detectors`), each on by default in the guard's mode."""
 
     account_takeover: AccountTakeoverConfig = AccountTakeoverConfig()
     bola: BolaConfig = BolaConfig()
     rotation: RotationConfig = RotationConfig()
+    flow_groups: FlowGroupsConfig = FlowGroupsConfig()
     challenge_for: float = Field(3600.0, gt=0, le=YEAR)  # a passed challenge exempts this long
 
 
