@@ -151,7 +151,9 @@ def test_detector_operations_match_memory(rstore: RedisStore) -> None:
         for store in (mstore, rstore):
             ops = [Tally("count", 10.0, amount=1 + i % 2), Run("walk", 20.0, value)]
             store.observe(ops, now)
-            sides.append([(o.count,) if isinstance(o, Tally) else (o.length, o.stride) for o in ops])
+            sides.append(
+                [(o.count,) if isinstance(o, Tally) else (o.length, o.stride) for o in ops]
+            )
         assert sides[0] == sides[1], (i, sides)
 
 

@@ -536,8 +536,9 @@ class RedisStore:
             value = client.get(key)
         except Exception as exc:
             raise ConfigurationError(
-                f"Guard(store=...): {self.name} could not be reached at start-up to read the shared hashing "
-                f"secret ({type(exc).__name__}); make it reachable, or set `secret` in the "
+                f"Guard(store=...): {self.name} could not be reached at start-up to read "
+                f"the shared hashing secret ({type(exc).__name__}); make it reachable, or set "
+                "`secret` in the "
                 "configuration (the same in every worker)"
             ) from None
         self._secret = _text(value)
