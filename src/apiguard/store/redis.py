@@ -130,6 +130,7 @@ class RedisStore:
         self._bans_args: list[str] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self.fallbacks = 0  # calls answered by the failure policy (tests, benchmark)
+        self._no_sync_warned = False
         self.attach(custom_clock=False, meter_provider=meter_provider)
 
     @classmethod
@@ -157,6 +158,11 @@ class RedisStore:
         )
 
     # -- clients -------------------------------------------------------------------------
+    @property
+    def sync_ready(self) -> bool:
+        """Whether sync callers can be served (a sync client, or a URL to make one)."""
+        return self._client is not None or self._make_sync is not None
+
     def _sync(self) -> Any:
         if self._client is None and self._make_sync is not None:
             self._client = self._make_sync()
@@ -206,6 +212,15 @@ class RedisStore:
         known = self._known_ban(batch.ban_keys, now)
         if known is not None:
             return BatchResult(False, [], known)
+        if not self.sync_ready:
+            if not self._no_sync_warned:
+                self._no_sync_warned = True
+                log.error(
+                    "apiguard: %s has only an asyncio client and was called from sync code "
+                    "(WSGI?): requests fall back per rule; give it a sync client too",
+                    self.name,
+                )
+            return self._fallback(batch, None)
         if not self._breaker.allow():
             return self._fallback(batch, None)
         try:
