@@ -9,18 +9,17 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 from fastapi import Depends, FastAPI, Header
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from redisproc import RedisServer
 
 from apiguard import Guard, identify
 from apiguard.asgi import GuardMiddleware
 from apiguard.store.redis import RedisStore
+from redisproc import RedisServer
 
 TIMEOUT = 0.05
 BREAKER = 0.5
@@ -141,7 +140,7 @@ def test_identify_in_a_sync_dependency_refuses_before_the_handler_runs(redis_url
         return x_user
 
     @app.post("/write")
-    async def write(u: Any = Depends(user)) -> dict[str, bool]:
+    async def write(u: str = Depends(user)) -> dict[str, bool]:
         ran.append(1)
         return {"ok": True}
 
