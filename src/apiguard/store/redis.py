@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal
 
@@ -55,6 +56,9 @@ _SCRIPTS = {
 _MARGIN = 2.0  # seconds a key outlives the last moment it counts
 _NEWS = 64  # ban changes a reply carries at most (the next reply carries the rest)
 SECRET_TTL = 30 * 86_400.0  # the shared secret: refreshed by every checkpoint
+
+
+_timeout: Callable[[float], Any] | None = getattr(asyncio, "timeout", None)
 
 
 def _is_async(client: Any) -> bool:
@@ -125,9 +129,10 @@ class RedisStore:
         self.local_bans = self._bans
         self._seen = 0.0  # the last ban change this worker has seen
         self._secret: str | None = None  # hex, when the secret is kept in Redis
-        self._specs: dict[WindowSpec, tuple[int, str, int, str]] = {}
+        self._specs: dict[WindowSpec, str] = {}
         self._bans_cfg: BanConfig | None = None
-        self._bans_args: list[str] = []
+        self._bans_arg = ""
+        self._secret_refreshed = float("-inf")
         self._tasks: set[asyncio.Task[Any]] = set()
         self.fallbacks = 0  # calls answered by the failure policy (tests, benchmark)
         self._no_sync_warned = False
@@ -201,7 +206,10 @@ class RedisStore:
                 asyncio.to_thread(self._call, name, args), self.timeout + 0.05
             )
         script = self._script(client, name)
-        return await asyncio.wait_for(script(keys=[self._seq_key], args=args), self.timeout)
+        if _timeout is None:  # Python 3.10
+            return await asyncio.wait_for(script(keys=[self._seq_key], args=args), self.timeout)
+        async with _timeout(self.timeout):  # no task per call (wait_for made one)
+            return await script(keys=[self._seq_key], args=args)
 
     def _now_arg(self, now: float) -> str:
         return "" if self.server_time is not False else repr(now)
@@ -248,27 +256,35 @@ class RedisStore:
     def _checkpoint_args(self, batch: Batch, now: float, bans: BanConfig) -> list[Any]:
         if bans is not self._bans_cfg:
             self._bans_cfg = bans
-            self._bans_args = [
-                "1" if bans.enabled else "0",
-                str(bans.after),
-                repr(bans.within / self.strike_buckets),
-                str(self.strike_buckets),
-                repr(bans.base),
-                repr(bans.factor),
-                repr(bans.max),
-                repr(bans.memory),
-            ]
+            self._bans_arg = " ".join(
+                (
+                    "1" if bans.enabled else "0",
+                    str(bans.after),
+                    repr(bans.within / self.strike_buckets),
+                    str(self.strike_buckets),
+                    repr(bans.base),
+                    repr(bans.factor),
+                    repr(bans.max),
+                    repr(bans.memory),
+                    str(_NEWS),
+                )
+            )
+        refresh = 0
+        if self._secret is not None:
+            tick = time.monotonic()
+            if tick - self._secret_refreshed > 60.0:  # the secret's TTL, once a minute
+                self._secret_refreshed = tick
+                refresh = int(SECRET_TTL * 1000)
+        ban_keys = batch.ban_keys
         args: list[Any] = [
             self._p,
             self._now_arg(now),
             _MARGIN,
-            *self._bans_args,
+            self._bans_arg,
             repr(self._seen),
-            int(SECRET_TTL * 1000) if self._secret is not None else 0,
-            _NEWS,
-            len(batch.ban_keys),
-            *batch.ban_keys,
-            len(batch.hits),
+            refresh,
+            len(ban_keys),
+            *ban_keys,
         ]
         specs = self._specs
         for hit in batch.hits:
@@ -277,17 +293,9 @@ class RedisStore:
             if s is None:
                 if len(specs) > 4096:
                     specs.clear()
-                s = specs[spec] = (spec.limit, repr(spec.width), spec.buckets, repr(spec.window))
-            args.extend(
-                (
-                    hit.key,
-                    *s,
-                    hit.cost,
-                    (1 if hit.consume else 0) | (2 if hit.enforce else 0),
-                    hit.subject or "",
-                    hit.once or "",
-                )
-            )
+                s = specs[spec] = f"{spec.limit} {spec.width!r} {spec.buckets} {spec.window!r}"
+            flags = (1 if hit.consume else 0) | (2 if hit.enforce else 0)
+            args += (hit.key, s, hit.cost, flags, hit.subject or "", hit.once or "")
         return args
 
     def _decode(self, batch: Batch, reply: list[Any], now: float) -> BatchResult:

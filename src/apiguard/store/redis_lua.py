@@ -141,23 +141,19 @@ end
 CHECKPOINT = (
     _COMMON
     + r"""
--- ARGV: 1 prefix, 2 now or '', 3 margin, 4 bans enabled, 5 after, 6 strike width,
--- 7 strike buckets, 8 base, 9 factor, 10 max, 11 memory, 12 last seen ban change,
--- 13 refresh the secret (ms, 0: no), 14 news limit, 15 ban key count, ban keys...,
--- hit count, then 9 values per hit: key, limit, width, buckets, window, cost, flags
--- (1 consume, 2 enforce), subject or '', once marker or ''.
-local enabled = ARGV[4] == '1'
-local after = tonumber(ARGV[5])
-local swidth = tonumber(ARGV[6])
-local sbuckets = tonumber(ARGV[7])
-local base = tonumber(ARGV[8])
-local factor = tonumber(ARGV[9])
-local bmax = tonumber(ARGV[10])
-local memory = tonumber(ARGV[11])
-local last_seen = tonumber(ARGV[12])
-local secret_ms = tonumber(ARGV[13])
-local news_limit = tonumber(ARGV[14])
-local nbk = tonumber(ARGV[15])
+-- ARGV: 1 prefix, 2 now or '', 3 margin, 4 "enabled after strike-width strike-buckets
+-- base factor max memory news-limit", 5 last seen ban change, 6 refresh the secret (ms,
+-- 0: no), 7 ban key count, ban keys..., then 6 values per hit: key, "limit width
+-- buckets window", cost, flags (1 consume, 2 enforce), subject or '', once marker or ''.
+local conf = {}
+for word in string.gmatch(ARGV[4], '%S+') do conf[#conf + 1] = tonumber(word) end
+local enabled = conf[1] == 1
+local after, swidth, sbuckets = conf[2], conf[3], conf[4]
+local base, factor, bmax, memory = conf[5], conf[6], conf[7], conf[8]
+local news_limit = conf[9]
+local last_seen = tonumber(ARGV[5])
+local secret_ms = tonumber(ARGV[6])
+local nbk = tonumber(ARGV[7])
 
 local out = {fmt(now), 'A', '0', '0', '0'}
 
@@ -197,7 +193,7 @@ local function duration(level)
 end
 
 -- 1. bans
-local pos = 16
+local pos = 8
 for i = 1, nbk do
   local key = ARGV[pos]
   pos = pos + 1
@@ -214,25 +210,29 @@ for i = 1, nbk do
 end
 
 -- 2. windows
-local nh = tonumber(ARGV[pos])
-pos = pos + 1
+local nh = (#ARGV - pos + 1) / 6
 local windows = {}
 local charged = {}
 local marks = {}
 local refused = false
 local refused_subject = nil
 local hits = {}
+local specs = {}
 for i = 1, nh do
   local key = ARGV[pos]
-  local limit = tonumber(ARGV[pos + 1])
-  local width = tonumber(ARGV[pos + 2])
-  local n = tonumber(ARGV[pos + 3]) + 1
-  local window = tonumber(ARGV[pos + 4])
-  local cost = tonumber(ARGV[pos + 5])
-  local flags = tonumber(ARGV[pos + 6])
-  local subject = ARGV[pos + 7]
-  local once = ARGV[pos + 8]
-  pos = pos + 9
+  local sp = specs[ARGV[pos + 1]]
+  if sp == nil then
+    sp = {}
+    for word in string.gmatch(ARGV[pos + 1], '%S+') do sp[#sp + 1] = tonumber(word) end
+    specs[ARGV[pos + 1]] = sp
+  end
+  local limit, width, n, window = sp[1], sp[2], sp[3] + 1, sp[4]
+  local cost = tonumber(ARGV[pos + 2])
+  local nominal = cost
+  local flags = tonumber(ARGV[pos + 3])
+  local subject = ARGV[pos + 4]
+  local once = ARGV[pos + 5]
+  pos = pos + 6
   local consume = flags % 2 == 1
   local enforce = flags >= 2
   local w = windows[key]
@@ -241,6 +241,7 @@ for i = 1, nh do
     w = {head = NEG, c = {}, total = 0, n = n, width = width}
     if #flat > 0 then
       parse_window(flat, w)
+      w.stored_head = w.head
       windows[key] = w
     elseif consume and cost > 0 then
       w.pending = true
@@ -261,8 +262,8 @@ for i = 1, nh do
       end
     end
   end
-  local h = {w = w, key = key, limit = limit, width = width, n = n,
-    nominal = tonumber(ARGV[pos - 4]), consume = consume, bucket = head}
+  local h = {w = w, limit = limit, width = width, n = n,
+    nominal = nominal, consume = consume, bucket = head}
   hits[i] = h
   if total + cost <= limit then
     h.fits = 1
@@ -271,6 +272,8 @@ for i = 1, nh do
       total = total + cost
       w.total = total
       w.charged = true
+      w.added = w.added or {}
+      w.added[head] = (w.added[head] or 0) + cost
       charged[#charged + 1] = {w, head, cost}
       if once ~= '' then marks[#marks + 1] = {once, head, width, n} end
     end
@@ -322,10 +325,10 @@ local function emit_hits()
   for i = 1, nh do
     local h = hits[i]
     out[#out + 1] = h.fits
-    out[#out + 1] = fmt(h.remaining)
-    out[#out + 1] = fmt(h.reset)
-    out[#out + 1] = fmt(h.retry)
-    out[#out + 1] = fmt(h.bucket)
+    out[#out + 1] = h.remaining
+    out[#out + 1] = h.reset == 0 and 0 or fmt(h.reset)
+    out[#out + 1] = h.retry == 0 and 0 or fmt(h.retry)
+    out[#out + 1] = h.bucket
   end
 end
 
@@ -334,8 +337,12 @@ if not refused then
   for key, w in pairs(windows) do
     if w.charged and w.total > 0 then
       local rkey = P .. 'w:' .. key
-      write_window(rkey, w, w.n, w.width, nil)
-      redis.call('PEXPIRE', rkey, ttl_ms((w.head + w.n) * w.width - now))
+      if w.stored_head == w.head then  -- the common case: same bucket as last time
+        for idx, v in pairs(w.added) do redis.call('HINCRBY', rkey, fmt(idx), v) end
+      else
+        write_window(rkey, w, w.n, w.width, nil)
+        redis.call('PEXPIRE', rkey, ttl_ms((w.head + w.n) * w.width - now))
+      end
     end
   end
   for i = 1, #marks do
