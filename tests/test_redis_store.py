@@ -251,3 +251,35 @@ def test_server_time_translates_bans_to_the_callers_clock(redis_url: str) -> Non
         result = store.execute(_batch([0], [hit]), 50.0 + i * 0.01, BANS)
     assert result is not None and result.ban is not None
     assert 50.0 + 11 < result.ban.until < 50.1 + 12.5  # 12 s from the caller's "now"
+
+
+def test_every_field_of_an_imposed_ban_reaches_other_workers(redis_url: str) -> None:
+    a = RedisStore(redis.Redis.from_url(redis_url), server_time=False)
+    b = RedisStore(redis.Redis.from_url(redis_url), server_time=False)
+    ban = Ban("k:token", 1_060.0, 3, "u:alice", "challenge", "bola-walk")
+    a.impose(ban, 1_000.0)
+    assert a.active_ban("k:token", 1_000.0) == ban  # cached at once
+    a.impose(Ban("k:token", 1_030.0, 1), 1_000.0)  # shorter: the longer one stays
+    b.execute(_batch([1], [(1, 1, 1, True, True, 1, 0)]), 1_001.0, BANS)
+    assert b.active_ban("k:token", 1_001.0) == ban
+    # and the checkpoint of a worker that never heard of it refuses with it
+    c = RedisStore(redis.Redis.from_url(redis_url), server_time=False)
+    c._seen = 1e9  # as if it had seen every change
+    refused = c.execute(Batch([], ("k:token",)), 1_002.0, BANS)
+    assert not refused.admitted and refused.ban == ban
+
+
+def test_the_breaker_probes_once_per_interval_and_survives_a_lost_probe() -> None:
+    from apiguard.store.breaker import Breaker
+
+    now = [0.0]
+    breaker = Breaker(5.0, "the store", clock=lambda: now[0])
+    assert breaker.allow()
+    breaker.failure(TimeoutError())
+    assert not breaker.allow()
+    now[0] = 5.0
+    assert breaker.allow() and not breaker.allow()  # one probe; it never reports back
+    now[0] = 10.0
+    assert breaker.allow()  # another interval: another probe
+    breaker.success()
+    assert breaker.closed and breaker.allow() and breaker.outages == 1

@@ -2,7 +2,8 @@
 
 Closed: every call goes through. A failure opens it: calls fall back at once (no network
 wait) for `interval` seconds of real time; then one call is let through as a probe
-(half-open): success closes the breaker, failure opens it for another interval. Each
+(half-open): success closes the breaker, failure (or no answer) keeps it open for another
+interval. Each
 state change is logged once (a line per outage and per recovery, not per request).
 """
 
@@ -26,7 +27,6 @@ class Breaker:
         self.name = name  # how the store is described in the log (never a password)
         self._clock = clock
         self._open_since: float | None = None
-        self._probing = False
         self._lock = threading.Lock()
         self.outages = 0  # state changes to open (tests, report)
 
@@ -36,14 +36,17 @@ class Breaker:
         return self._open_since is None
 
     def allow(self) -> bool:
-        """Whether to call the store now (a half-open breaker lets one probe through)."""
+        """Whether to call the store now: an open breaker lets one probe through per
+        interval (a probe that never reports, e.g. a cancelled request, cannot wedge it)."""
         if self._open_since is None:
             return True
         with self._lock:
-            if self._open_since is None:
+            since = self._open_since
+            if since is None:
                 return True
-            if not self._probing and self._clock() - self._open_since >= self.interval:
-                self._probing = True
+            now = self._clock()
+            if now - since >= self.interval:
+                self._open_since = now  # the next probe waits another interval
                 return True
             return False
 
@@ -62,7 +65,6 @@ class Breaker:
             if self._open_since is None:
                 return
             self._open_since = None
-            self._probing = False
         log.warning("apiguard: %s is reachable again; shared limits are enforced", self.name)
 
     def failure(self, exc: BaseException) -> None:
@@ -70,7 +72,6 @@ class Breaker:
         with self._lock:
             was_closed = self._open_since is None
             self._open_since = self._clock()
-            self._probing = False
             if was_closed:
                 self.outages += 1
         if was_closed:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal
@@ -127,6 +128,7 @@ class RedisStore:
         self._breaker = Breaker(breaker_interval, self.name)
         self._bans: dict[str, Ban] = {}
         self.local_bans = self._bans
+        self._lock = threading.Lock()  # ban cache writes (threadpool and loop)
         self._seen = 0.0  # the last ban change this worker has seen
         self._secret: str | None = None  # hex, when the secret is kept in Redis
         self._specs: dict[WindowSpec, str] = {}
@@ -233,10 +235,11 @@ class RedisStore:
             return self._fallback(batch, None)
         try:
             reply = self._call("checkpoint", self._checkpoint_args(batch, now, bans))
+            result = self._decode(batch, reply, now)
         except Exception as exc:
             return self._fallback(batch, exc)
         self._breaker.success()
-        return self._decode(batch, reply, now)
+        return result
 
     async def aexecute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
         """`execute` on the asyncio client: never blocks the event loop, never waits
@@ -248,10 +251,11 @@ class RedisStore:
             return self._fallback(batch, None)
         try:
             reply = await self._acall("checkpoint", self._checkpoint_args(batch, now, bans))
+            result = self._decode(batch, reply, now)
         except Exception as exc:
             return self._fallback(batch, exc)
         self._breaker.success()
-        return self._decode(batch, reply, now)
+        return result
 
     def _checkpoint_args(self, batch: Batch, now: float, bans: BanConfig) -> list[Any]:
         if bans is not self._bans_cfg:
@@ -381,7 +385,7 @@ class RedisStore:
             if ban is not None:
                 if ban.until > now:
                     return ban
-                del self._bans[key]
+                self._bans.pop(key, None)  # (another thread may have dropped it)
         return None
 
     def _learn(self, fields: list[Any], offset: float, now: float) -> Ban:
@@ -402,13 +406,16 @@ class RedisStore:
         return ban
 
     def _cache(self, ban: Ban, now: float) -> None:
+        """Remember `ban` in process (bounded: a full table drops expired bans first,
+        then does not record it; the checkpoint still reads it from Redis)."""
         bans = self._bans
-        if ban.key not in bans and len(bans) >= self.max_bans:
-            for key in [k for k, b in bans.items() if b.until <= now]:
-                del bans[key]
-            if len(bans) >= self.max_bans:
-                return
-        bans[ban.key] = ban
+        with self._lock:
+            if ban.key not in bans and len(bans) >= self.max_bans:
+                for key in [k for k, b in list(bans.items()) if b.until <= now]:
+                    del bans[key]
+                if len(bans) >= self.max_bans:
+                    return
+            bans[ban.key] = ban
 
     def active_ban(self, key: str, now: float) -> Ban | None:
         """The ban on `key` known to this process, if running (no network trip)."""
