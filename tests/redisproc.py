@@ -17,11 +17,14 @@ from pathlib import Path
 import pytest
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def free_port(below: int = 65536) -> int:
+    """A free loopback port under `below` (a Cluster node also needs port + 10000)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port < below:
+            return port
 
 
 def require_redis() -> str:
@@ -46,7 +49,8 @@ class RedisServer:
 
     def __init__(self, port: int | None = None, *extra: str) -> None:
         self.binary = require_redis()
-        self.port = port or free_port()
+        self.fixed = port is not None
+        self.port = port or free_port(55_000)
         self.extra = extra
         self.dir = tempfile.mkdtemp(prefix="apiguard-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -56,6 +60,20 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        for _ in range(3):  # a port taken between choosing and binding: another one
+            try:
+                started = self._start()
+            except RuntimeError:
+                if self.fixed:
+                    raise
+                self.port = free_port(55_000)
+            else:
+                self.fixed = True  # restarts keep the port (clients know its URL)
+                return started
+        return self._start()
+
+    def _start(self) -> RedisServer:
+        self.stop()
         self.proc = subprocess.Popen(
             [
                 self.binary,
@@ -71,6 +89,8 @@ class RedisServer:
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break  # it exited (port taken)
             try:
                 with socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
                     s.sendall(b"PING\r\n")

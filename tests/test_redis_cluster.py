@@ -35,7 +35,7 @@ def cluster() -> Iterator[str]:
             "--cluster-config-file", f"nodes-{port}.conf",
             "--cluster-node-timeout", "2000",
         ).start()
-        for port in (free_port(), free_port(), free_port())
+        for port in (free_port(55_000), free_port(55_000), free_port(55_000))
     ]
     try:
         subprocess.run(

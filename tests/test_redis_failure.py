@@ -98,11 +98,13 @@ def test_a_hung_then_dead_redis_under_load(
             os.kill(server.proc.pid, signal.SIGSTOP)
             results = await asyncio.gather(*(_timed(client, "GET", "/open") for _ in range(30)))
             assert {status for status, _ in results} == {200}  # fail-open
-            assert max(elapsed for _, elapsed in results) < TIMEOUT + 0.15
+            # nobody waits for the hung server beyond the timeout (the slack is this
+            # machine running 30 requests at once; without the timeout they would hang)
+            assert max(elapsed for _, elapsed in results) < TIMEOUT + 0.45
             started = time.perf_counter()
             later = [await _timed(client, "GET", "/open") for _ in range(50)]
             assert {s for s, _ in later} == {200}
-            assert time.perf_counter() - started < 0.5  # the breaker: no per-request wait
+            assert time.perf_counter() - started < 1.0  # the breaker: no per-request wait
             paid = [(await client.post("/pay")).status_code for _ in range(3)]
             assert paid == [429, 429, 429]  # fail-closed
             # Redis dies (SIGKILL while stopped) and comes back empty on the same port

@@ -116,6 +116,7 @@ class RedisStore:
         self._make_async: Callable[[], Any] | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None  # the loop of a made client
         self._scripts: dict[tuple[int, str], Any] = {}  # (id(client), name) -> Script
+        self._ready: set[int] = set()  # ids of asyncio clients initialised
         self.prefix = prefix
         self._p = "{" + prefix + "}:"  # every key in one Cluster slot
         self._seq_key = self._p + "seq"
@@ -207,11 +208,24 @@ class RedisStore:
             return await asyncio.wait_for(
                 asyncio.to_thread(self._call, name, args), self.timeout + 0.05
             )
+        if id(client) not in self._ready:
+            # first use: a cluster client discovers its slots, connections are opened;
+            # outside the per-call timeout (once per client, bounded all the same)
+            await asyncio.wait_for(self._warm_up(client), max(self.timeout, 1.0))
+            self._ready.add(id(client))
         script = self._script(client, name)
         if _timeout is None:  # Python 3.10
             return await asyncio.wait_for(script(keys=[self._seq_key], args=args), self.timeout)
         async with _timeout(self.timeout):  # no task per call (wait_for made one)
             return await script(keys=[self._seq_key], args=args)
+
+    @staticmethod
+    async def _warm_up(client: Any) -> None:
+        """Discover a cluster's slots, open a connection, load the checkpoint script."""
+        init = getattr(client, "initialize", None)
+        if callable(init):
+            await init()
+        await client.script_load(CHECKPOINT)
 
     def _now_arg(self, now: float) -> str:
         return "" if self.server_time is not False else repr(now)
