@@ -283,3 +283,35 @@ def test_the_breaker_probes_once_per_interval_and_survives_a_lost_probe() -> Non
     assert breaker.allow()  # another interval: another probe
     breaker.success()
     assert breaker.closed and breaker.allow() and breaker.outages == 1
+
+
+def test_concurrent_observations_share_one_round_trip(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    import asyncio
+
+    import redis.asyncio
+
+    store = RedisStore(redis.asyncio.Redis.from_url(redis_url))  # Redis time: coalesced
+    sent: list[int] = []
+    original = redis.asyncio.connection.AbstractConnection.send_packed_command
+
+    async def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(1)
+        await original(self, command, check_health)
+
+    async def scenario() -> list[tuple[Tally, Run]]:
+        await store.aobserve([Tally("warm", 10.0)], 0.0)  # warm-up and script load
+        monkeypatch.setattr(
+            redis.asyncio.connection.AbstractConnection, "send_packed_command", counting
+        )
+        groups = [
+            (Tally("objects", 60.0, item=f"o:{i:04x}"), Run("walk", 60.0, i)) for i in range(20)
+        ]
+        await asyncio.gather(*(store.aobserve(list(g), 0.0) for g in groups))
+        return groups
+
+    groups = asyncio.run(scenario())
+    assert len(sent) == 1  # 20 requests' detector operations, one script call
+    assert [t.count for t, _ in groups] == [float(i + 1) for i in range(20)]
+    assert groups[-1][1].length == 19 and groups[-1][1].stride == 1

@@ -137,6 +137,8 @@ class RedisStore:
         self._bans_arg = ""
         self._secret_refreshed = float("-inf")
         self._tasks: set[asyncio.Task[Any]] = set()
+        # detector operations waiting for this turn of the loop's one script call
+        self._observing: list[tuple[Sequence[Observation], asyncio.Future[None]]] = []
         self.fallbacks = 0  # calls answered by the failure policy (tests, benchmark)
         self._no_sync_warned = False
         self.attach(custom_clock=False, meter_provider=meter_provider)
@@ -551,16 +553,45 @@ class RedisStore:
             self._fill(ops, reply)
 
     async def aobserve(self, ops: Sequence[Observation], now: float) -> None:
-        """`observe` on the asyncio client (the engine awaits it after the response)."""
-        if not ops or not self._breaker.allow():
+        """`observe` on the asyncio client (the engine awaits it after the response).
+        On Redis time, the operations of every request observed in the same turn of the
+        event loop go in one script call (one round trip for all of them)."""
+        if not ops:
+            return
+        if self.server_time is False:  # the callers' own times: one call each
+            await self._observe_now(list(ops), now)
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._observing.append((ops, done))
+        if len(self._observing) == 1:
+            loop.call_soon(self._observe_queued, loop)
+        await done
+
+    def _observe_queued(self, loop: asyncio.AbstractEventLoop) -> None:
+        queued, self._observing = self._observing, []
+        ops = [op for group, _ in queued for op in group]
+
+        async def run() -> None:
+            try:
+                await self._observe_now(ops, 0.0)
+            finally:
+                for _, done in queued:
+                    if not done.done():
+                        done.set_result(None)
+
+        self._spawn(loop, run())
+
+    async def _observe_now(self, ops: list[Observation], now: float) -> None:
+        if not self._breaker.allow():
             return
         try:
             reply = await self._acall("observe", self._observe_args(ops, now))
+            self._fill(ops, reply)
         except Exception as exc:
             self._breaker.failure(exc)
             return
         self._breaker.success()
-        self._fill(ops, reply)
 
     # -- one identity across workers -------------------------------------------------
     def shared_secret(self, candidate: bytes) -> bytes:
