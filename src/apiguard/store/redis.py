@@ -56,6 +56,7 @@ _SCRIPTS = {
 }
 _MARGIN = 2.0  # seconds a key outlives the last moment it counts
 _NEWS = 64  # ban changes a reply carries at most (the next reply carries the rest)
+_SEP = "\x1f"  # separates the fields packed in one argument, and those of a reply
 SECRET_TTL = 30 * 86_400.0  # the shared secret: refreshed by every checkpoint
 
 
@@ -296,16 +297,7 @@ class RedisStore:
                 self._secret_refreshed = tick
                 refresh = int(SECRET_TTL * 1000)
         ban_keys = batch.ban_keys
-        args: list[Any] = [
-            self._p,
-            self._now_arg(now),
-            _MARGIN,
-            self._bans_arg,
-            repr(self._seen),
-            refresh,
-            len(ban_keys),
-            *ban_keys,
-        ]
+        fields: list[Any] = [len(ban_keys), *ban_keys]
         specs = self._specs
         for hit in batch.hits:
             spec = hit.spec
@@ -315,10 +307,15 @@ class RedisStore:
                     specs.clear()
                 s = specs[spec] = f"{spec.limit} {spec.width!r} {spec.buckets} {spec.window!r}"
             flags = (1 if hit.consume else 0) | (2 if hit.enforce else 0)
-            args += (hit.key, s, hit.cost, flags, hit.subject or "", hit.once or "")
-        return args
+            fields += (hit.key, s, hit.cost, flags, hit.subject or "", hit.once or "")
+        packed = _SEP.join(map(str, fields)) + _SEP
+        if packed.count(_SEP) != len(fields):  # a key carrying the separator: refused
+            raise ValueError("a store key contains the field separator \\x1f")
+        return [self._p, self._now_arg(now), _MARGIN, self._bans_arg, repr(self._seen),
+                refresh, packed]
 
-    def _decode(self, batch: Batch, reply: list[Any], now: float) -> BatchResult:
+    def _decode(self, batch: Batch, raw: bytes, now: float) -> BatchResult:
+        reply = raw.split(b"\x1f")
         offset = float(reply[0]) - now  # store clock - caller clock
         status = reply[1]
         self._seen = float(reply[2])
@@ -333,11 +330,11 @@ class RedisStore:
             return BatchResult(False, [], ban)
         hits = batch.hits
         for hit in hits:
-            hit.fits = reply[i] == 1
+            hit.fits = reply[i] == b"1"
             hit.remaining = int(reply[i + 1])
             hit.reset = float(reply[i + 2])
             hit.retry_after = float(reply[i + 3])
-            hit.bucket = int(reply[i + 4])
+            hit.bucket = int(float(reply[i + 4]))
             i += 5
         if status == b"A":
             return BatchResult(True, hits)

@@ -143,8 +143,9 @@ CHECKPOINT = (
     + r"""
 -- ARGV: 1 prefix, 2 now or '', 3 margin, 4 "enabled after strike-width strike-buckets
 -- base factor max memory news-limit", 5 last seen ban change, 6 refresh the secret (ms,
--- 0: no), 7 ban key count, ban keys..., then 6 values per hit: key, "limit width
--- buckets window", cost, flags (1 consume, 2 enforce), subject or '', once marker or ''.
+-- 0: no), 7 packed fields: ban key count, ban keys..., then 6 per hit: key, "limit
+-- width buckets window", cost, flags (1 consume, 2 enforce), subject or '', once or ''.
+-- The reply is one string of \31-separated fields (see `RedisStore._decode`).
 local conf = {}
 for word in string.gmatch(ARGV[4], '%S+') do conf[#conf + 1] = tonumber(word) end
 local enabled = conf[1] == 1
@@ -153,7 +154,11 @@ local base, factor, bmax, memory = conf[5], conf[6], conf[7], conf[8]
 local news_limit = conf[9]
 local last_seen = tonumber(ARGV[5])
 local secret_ms = tonumber(ARGV[6])
-local nbk = tonumber(ARGV[7])
+-- ARGV[7]: the ban keys and hits, each field followed by \31 (one argument: packing
+-- and parsing many small arguments costs more than the script's own work)
+local F = {}
+for field in string.gmatch(ARGV[7], '([^\31]*)\31') do F[#F + 1] = field end
+local nbk = tonumber(F[1])
 
 local out = {fmt(now), 'A', '0', '0', '0'}
 
@@ -193,9 +198,9 @@ local function duration(level)
 end
 
 -- 1. bans
-local pos = 8
+local pos = 2
 for i = 1, nbk do
-  local key = ARGV[pos]
+  local key = F[pos]
   pos = pos + 1
   local b = ban_fields(key)
   if b[1] then
@@ -203,14 +208,14 @@ for i = 1, nbk do
       out[2] = 'B'
       out[#out + 1] = key
       for j = 1, 5 do out[#out + 1] = b[j] or '' end
-      return out
+      return table.concat(out, '\31')
     end
     redis.call('DEL', P .. 'b:' .. key)
   end
 end
 
 -- 2. windows
-local nh = (#ARGV - pos + 1) / 6
+local nh = (#F - pos + 1) / 6
 local windows = {}
 local charged = {}
 local marks = {}
@@ -219,19 +224,19 @@ local refused_subject = nil
 local hits = {}
 local specs = {}
 for i = 1, nh do
-  local key = ARGV[pos]
-  local sp = specs[ARGV[pos + 1]]
+  local key = F[pos]
+  local sp = specs[F[pos + 1]]
   if sp == nil then
     sp = {}
-    for word in string.gmatch(ARGV[pos + 1], '%S+') do sp[#sp + 1] = tonumber(word) end
-    specs[ARGV[pos + 1]] = sp
+    for word in string.gmatch(F[pos + 1], '%S+') do sp[#sp + 1] = tonumber(word) end
+    specs[F[pos + 1]] = sp
   end
   local limit, width, n, window = sp[1], sp[2], sp[3] + 1, sp[4]
-  local cost = tonumber(ARGV[pos + 2])
+  local cost = tonumber(F[pos + 2])
   local nominal = cost
-  local flags = tonumber(ARGV[pos + 3])
-  local subject = ARGV[pos + 4]
-  local once = ARGV[pos + 5]
+  local flags = tonumber(F[pos + 3])
+  local subject = F[pos + 4]
+  local once = F[pos + 5]
   pos = pos + 6
   local consume = flags % 2 == 1
   local enforce = flags >= 2
@@ -328,7 +333,7 @@ local function emit_hits()
     out[#out + 1] = h.remaining
     out[#out + 1] = h.reset == 0 and 0 or fmt(h.reset)
     out[#out + 1] = h.retry == 0 and 0 or fmt(h.retry)
-    out[#out + 1] = h.bucket
+    out[#out + 1] = fmt(h.bucket)
   end
 end
 
@@ -351,7 +356,7 @@ if not refused then
     redis.call('SET', P .. 'm:' .. m[1], fmt(expires), 'PX', ttl_ms(expires - now))
   end
   emit_hits()
-  return out
+  return table.concat(out, '\31')
 end
 
 -- refused: nothing is charged; report the rolled-back state
@@ -405,7 +410,7 @@ if refused_subject ~= nil and enabled then
     write_window(skey, rec, sn, swidth, extra)
     redis.call('PEXPIRE', skey, ttl_ms(keep_until - now))
     out[#out + 1] = '0'
-    return out
+    return table.concat(out, '\31')
   end
   if now - last_ban <= memory then level = level + 1 else level = 1 end
   local d = duration(level)
@@ -423,10 +428,10 @@ if refused_subject ~= nil and enabled then
   out[#out + 1] = refused_subject
   out[#out + 1] = fmt(till)
   out[#out + 1] = level
-  return out
+  return table.concat(out, '\31')
 end
 out[#out + 1] = '0'
-return out
+return table.concat(out, '\31')
 """
 )
 
