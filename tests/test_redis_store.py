@@ -315,3 +315,15 @@ def test_concurrent_observations_share_one_round_trip(
     assert len(sent) == 1  # 20 requests' detector operations, one script call
     assert [t.count for t, _ in groups] == [float(i + 1) for i in range(20)]
     assert groups[-1][1].length == 19 and groups[-1][1].stride == 1
+
+
+def test_a_client_that_decodes_responses_works_too(redis_url: str) -> None:
+    store = RedisStore(redis.Redis.from_url(redis_url, decode_responses=True), server_time=False)
+    results = [
+        store.execute(_batch([0], [(0, 0, 1, True, True, 0, 0)]), 1_000.0 + i, BANS).admitted
+        for i in range(4)
+    ]
+    assert results == [True, True, True, False] and store.fallbacks == 0
+    ops = [Tally("t", 10.0), Run("r", 10.0, 4)]
+    store.observe(ops, 1_005.0)
+    assert ops[0].count == 1

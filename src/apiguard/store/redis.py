@@ -314,7 +314,9 @@ class RedisStore:
         return [self._p, self._now_arg(now), _MARGIN, self._bans_arg, repr(self._seen),
                 refresh, packed]
 
-    def _decode(self, batch: Batch, raw: bytes, now: float) -> BatchResult:
+    def _decode(self, batch: Batch, raw: bytes | str, now: float) -> BatchResult:
+        if isinstance(raw, str):  # a client made with decode_responses=True
+            raw = raw.encode()
         reply = raw.split(b"\x1f")
         offset = float(reply[0]) - now  # store clock - caller clock
         status = reply[1]
