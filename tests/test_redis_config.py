@@ -95,3 +95,39 @@ def test_failure_policy_settings_are_checked() -> None:
     assert store.on_failure == "closed" and store.server_time is None
     Guard(SECRET, store=store, clock=lambda: 5.0)
     assert store.server_time is False  # an injected clock drives the windows
+
+
+def test_each_fallback_is_a_span_event_and_the_outage_one_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from apiguard.config import BanConfig
+    from apiguard.store.base import Batch, Hit
+    from apiguard.window import WindowSpec
+
+    caplog.set_level(logging.WARNING, logger="apiguard")
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    store = RedisStore.from_url(f"redis://:hunter2@127.0.0.1:{free_port()}/0")
+    with provider.get_tracer("t").start_as_current_span("request"):
+        for _ in range(3):
+            hit = Hit("w|x", WindowSpec(1, 60.0), 1, subject="x")
+            result = store.execute(Batch([hit], ("x",)), 5.0, BanConfig())
+            assert result.admitted and hit.fits  # fail-open
+    (span,) = exporter.get_finished_spans()
+    events = [e for e in span.events if e.name == "apiguard.store.fallback"]
+    assert len(events) == 3
+    assert events[0].attributes is not None
+    assert events[0].attributes["apiguard.store.reason"] == "ConnectionError"
+    assert events[1].attributes is not None
+    assert events[1].attributes["apiguard.store.reason"] == "breaker open"
+    lines = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(lines) == 1 and "hunter2" not in lines[0]
+    assert trace.get_current_span() is trace.INVALID_SPAN
