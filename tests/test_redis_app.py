@@ -36,7 +36,9 @@ class RemoteMemory(MemoryStore):
 
 class AppRedis(RedisStore):
     def __init__(self, url: str, buckets: int) -> None:
-        super().__init__(redis.Redis.from_url(url), server_time=False, strike_buckets=buckets)
+        super().__init__(
+            redis.Redis.from_url(url), server_time=False, strike_buckets=buckets, timeout=5.0
+        )
         self.aliases: dict[str, str] = {}
         self.admitted = self.declined = 0
 

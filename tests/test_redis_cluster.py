@@ -67,6 +67,7 @@ def test_requests_on_a_cluster_never_raise_crossslot(cluster: str) -> None:
             "limits": {"principal": "5/minute", "ip": "50/minute", "route": "4/minute"},
             "identity": {"new_credentials_per_ip": "3/minute"},
             "bans": {"after": 2, "within": 60, "base": 30},
+            "store": {"timeout": 2.0},
         },
         store=f"redis+cluster://{cluster}",
         clock=clock,

@@ -21,7 +21,7 @@ from apiguard.asgi import GuardMiddleware
 from apiguard.store.redis import RedisStore
 from redisproc import RedisServer
 
-TIMEOUT = 0.05
+TIMEOUT = 0.25  # above a loaded test machine's slowest healthy call
 BREAKER = 0.5
 
 
@@ -100,7 +100,7 @@ def test_a_hung_then_dead_redis_under_load(
             assert {status for status, _ in results} == {200}  # fail-open
             # nobody waits for the hung server beyond the timeout (the slack is this
             # machine running 30 requests at once; without the timeout they would hang)
-            assert max(elapsed for _, elapsed in results) < TIMEOUT + 0.45
+            assert max(elapsed for _, elapsed in results) < TIMEOUT + 0.5
             started = time.perf_counter()
             later = [await _timed(client, "GET", "/open") for _ in range(50)]
             assert {s for s, _ in later} == {200}
@@ -113,10 +113,15 @@ def test_a_hung_then_dead_redis_under_load(
             await asyncio.sleep(BREAKER + 0.05)
             assert (await client.get("/open")).status_code == 200  # refused connection
             server.start()
-            await asyncio.sleep(BREAKER + 0.05)
+            store = guard.store
+            assert isinstance(store, RedisStore)
+            deadline = time.monotonic() + 10
+            while not store.available and time.monotonic() < deadline:
+                await asyncio.sleep(BREAKER / 5)
+                await client.get("/open")  # the breaker's probe, once per interval
+            assert store.available  # recovered by itself
             statuses = [(await client.post("/pay")).status_code for _ in range(5)]
-            assert statuses[-1] == 429 and statuses.count(200) <= 3  # enforced again
-            assert isinstance(guard.store, RedisStore) and guard.store.available
+            assert statuses == [200, 200, 200, 429, 429]  # enforced again (Redis restarted empty)
 
     asyncio.run(scenario())
     lines = [r.getMessage() for r in caplog.records]

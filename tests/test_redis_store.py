@@ -81,7 +81,9 @@ def _seen(result: BatchResult) -> tuple[Any, ...]:
 
 @pytest.fixture
 def rstore(redis_url: str) -> RedisStore:
-    return RedisStore(redis.Redis.from_url(redis_url), server_time=False, strike_buckets=10)
+    return RedisStore(
+        redis.Redis.from_url(redis_url), server_time=False, strike_buckets=10, timeout=5.0
+    )
 
 
 def _run(events: list[tuple[Any, ...]], rstore: RedisStore) -> None:

@@ -15,6 +15,7 @@ guard = Guard(
         "limits": {"principal": None, "ip": None},
         "identity": {"new_credentials_per_ip": None},
         "bans": {"after": 3, "within": 60, "base": 120},
+        "store": {"timeout": 2.0},  # a loaded test machine: sharing is tested, not timeouts
     },
     store=os.environ["APIGUARD_TEST_REDIS"],  # no secret configured: shared through Redis
 )

@@ -71,6 +71,54 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class _Lane:
+    """Connections of a plain `redis.asyncio.Redis`, kept out of its pool between calls.
+
+    The pool's per-command work (a connection health probe with its own task, locks,
+    instrumentation) cost more CPU than the script call itself (measured here: 120 µs a
+    PING through the client, 50-65 µs on a kept connection). The connections are still
+    redis-py's (protocol, timeouts, reconnection); one that fails or is cancelled
+    mid-call is disconnected by redis-py and reconnects on its next use.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.pool = client.connection_pool
+        self.free: list[Any] = []
+
+    @staticmethod
+    def fits(client: Any) -> bool:
+        """A plain asyncio client with a connection pool (not a cluster client)."""
+        pool = getattr(client, "connection_pool", None)
+        return (
+            pool is not None
+            and callable(getattr(pool, "get_connection", None))
+            and not getattr(client, "single_connection_client", False)
+            and "sentinel" not in type(pool).__module__ + type(pool).__name__.lower()
+        )
+
+    async def evalsha(self, script: Any, key: str, args: list[Any]) -> Any:
+        """EVALSHA on a kept connection; NOSCRIPT (a restarted Redis) loads it again."""
+        conn = self.free.pop() if self.free else await self.pool.get_connection()
+        try:
+            try:
+                await conn.send_packed_command(
+                    conn.pack_command("EVALSHA", script.sha, 1, key, *args), False
+                )
+                reply = await conn.read_response()
+            except redis_module().exceptions.NoScriptError:
+                script.sha = await self.client.script_load(script.script)
+                await conn.send_packed_command(
+                    conn.pack_command("EVALSHA", script.sha, 1, key, *args), False
+                )
+                reply = await conn.read_response()
+        except BaseException:
+            self.free.append(conn)  # (disconnected by redis-py if the stream broke)
+            raise
+        self.free.append(conn)
+        return reply
+
+
 class RedisStore:
     """Windows, markers, strikes, bans and detector state in Redis (see the module doc).
 
@@ -118,6 +166,7 @@ class RedisStore:
         self._aloop: asyncio.AbstractEventLoop | None = None  # the loop of a made client
         self._scripts: dict[tuple[int, str], Any] = {}  # (id(client), name) -> Script
         self._ready: set[int] = set()  # ids of asyncio clients initialised
+        self._lanes: dict[int, _Lane] = {}  # id(asyncio client) -> its kept connections
         self.prefix = prefix
         self._p = "{" + prefix + "}:"  # every key in one Cluster slot
         self._seq_key = self._p + "seq"
@@ -216,11 +265,19 @@ class RedisStore:
             # outside the per-call timeout (once per client, bounded all the same)
             await asyncio.wait_for(self._warm_up(client), max(self.timeout, 1.0))
             self._ready.add(id(client))
+            if _Lane.fits(client):
+                self._lanes[id(client)] = _Lane(client)
         script = self._script(client, name)
+        lane = self._lanes.get(id(client))
+        call = (
+            lane.evalsha(script, self._seq_key, args)
+            if lane is not None
+            else script(keys=[self._seq_key], args=args)
+        )
         if _timeout is None:  # Python 3.10
-            return await asyncio.wait_for(script(keys=[self._seq_key], args=args), self.timeout)
+            return await asyncio.wait_for(call, self.timeout)
         async with _timeout(self.timeout):  # no task per call (wait_for made one)
-            return await script(keys=[self._seq_key], args=args)
+            return await call
 
     @staticmethod
     async def _warm_up(client: Any) -> None:
