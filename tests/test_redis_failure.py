@@ -157,3 +157,26 @@ def test_identify_in_a_sync_dependency_refuses_before_the_handler_runs(redis_url
         statuses = [client.post("/write", headers={"x-user": "ann"}).status_code for _ in range(4)]
     assert statuses == [200, 200, 429, 429]
     assert len(ran) == 2  # refused in the dependency: the undecorated write never ran
+
+
+def test_a_quick_redis_restart_costs_no_fallback(server: RedisServer) -> None:
+    import redis.asyncio
+
+    from apiguard.config import BanConfig
+    from apiguard.store.base import Batch, Hit
+    from apiguard.window import WindowSpec
+
+    store = RedisStore(redis.asyncio.Redis.from_url(server.url), timeout=2.0)
+
+    def batch() -> Batch:
+        return Batch([Hit("w|x", WindowSpec(5, 60.0), 1, subject="x")], ("x",))
+
+    async def scenario() -> None:
+        assert (await store.aexecute(batch(), 0.0, BanConfig())).admitted
+        server.stop()  # restarted empty: kept connections broken, no script cached
+        server.start()
+        result = await store.aexecute(batch(), 0.0, BanConfig())
+        assert result.admitted and result.hits[0].remaining == 4  # counted in Redis
+        assert store.fallbacks == 0 and store.available
+
+    asyncio.run(scenario())

@@ -98,25 +98,32 @@ class _Lane:
         )
 
     async def evalsha(self, script: Any, key: str, args: list[Any]) -> Any:
-        """EVALSHA on a kept connection; NOSCRIPT (a restarted Redis) loads it again."""
-        conn = self.free.pop() if self.free else await self.pool.get_connection()
+        """EVALSHA on a kept connection. NOSCRIPT (a restarted Redis) loads the script
+        again; a kept connection found broken (Redis restarted since) is reconnected and
+        the call made once more (within the caller's timeout)."""
+        errors = redis_module().exceptions
+        kept = bool(self.free)
+        conn = self.free.pop() if kept else await self.pool.get_connection()
         try:
-            try:
-                await conn.send_packed_command(
-                    conn.pack_command("EVALSHA", script.sha, 1, key, *args), False
-                )
-                reply = await conn.read_response()
-            except redis_module().exceptions.NoScriptError:
-                script.sha = await self.client.script_load(script.script)
-                await conn.send_packed_command(
-                    conn.pack_command("EVALSHA", script.sha, 1, key, *args), False
-                )
-                reply = await conn.read_response()
-        except BaseException:
+            for attempt in (1, 2):
+                try:
+                    return await self._call(conn, script, key, args)
+                except errors.NoScriptError:
+                    script.sha = await self.client.script_load(script.script)
+                    return await self._call(conn, script, key, args)
+                except errors.ConnectionError:
+                    if attempt == 2 or not kept:
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
             self.free.append(conn)  # (disconnected by redis-py if the stream broke)
-            raise
-        self.free.append(conn)
-        return reply
+
+    @staticmethod
+    async def _call(conn: Any, script: Any, key: str, args: list[Any]) -> Any:
+        await conn.send_packed_command(
+            conn.pack_command("EVALSHA", script.sha, 1, key, *args), False
+        )
+        return await conn.read_response()
 
 
 class RedisStore:
