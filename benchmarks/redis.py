@@ -15,8 +15,8 @@ the median of the rounds' means, "added" its difference with bare.
 Then Redis memory for N distinct principals hitting once (1 rule, 600/hour, so every
 window is still live at the end): the script runs for
 each (pipelined, no HTTP), `used_memory` before and after, and this process's memory
-(tracemalloc) for the store. `--principals` scales it down (the default 1,000,000 takes
-about a minute; the per-principal cost is linear).
+(tracemalloc) for the store. `--principals` scales it down (the default 1,000,000 took
+about 15 minutes on this loaded 2-core machine; the per-principal cost is linear).
 
     python benchmarks/redis.py                 # starts its own redis-server
     python benchmarks/redis.py --quick         # fewer requests, 100,000 principals
