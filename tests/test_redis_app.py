@@ -92,6 +92,10 @@ async def _drive(config: dict[str, Any], schedule: Sequence[tuple[Any, ...]]) ->
             )
             seen.append(on_redis)
         assert redis_store.fallbacks == 0
+        # every key the run left behind expires (windows, markers, strikes, bans, logs)
+        client = redis_store._client
+        ttls = [client.pttl(k) for k in client.scan_iter(match="{apiguard}:*", count=1000)]
+        assert all(ttl > 0 for ttl in ttls), ttls
     finally:
         for side_clients in clients:
             for client in side_clients:
