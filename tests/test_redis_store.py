@@ -329,3 +329,18 @@ def test_a_client_that_decodes_responses_works_too(redis_url: str) -> None:
     ops = [Tally("t", 10.0), Run("r", 10.0, 4)]
     store.observe(ops, 1_005.0)
     assert ops[0].count == 1
+
+
+def test_threads_share_the_sync_client_and_admit_exactly_the_limit(redis_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = RedisStore(redis.Redis.from_url(redis_url), server_time=False, timeout=5.0)
+    spec = WindowSpec(150, 60.0)
+
+    def one(i: int) -> bool:
+        batch = Batch([Hit("w|shared", spec, 1, enforce=True)], ())
+        return store.execute(batch, 1_000.0, BANS).admitted
+
+    with ThreadPoolExecutor(8) as pool:
+        admitted = list(pool.map(one, range(400)))
+    assert admitted.count(True) == 150 and store.fallbacks == 0

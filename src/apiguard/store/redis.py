@@ -88,12 +88,11 @@ class _Lane:
 
     @staticmethod
     def fits(client: Any) -> bool:
-        """A plain asyncio client with a connection pool (not a cluster client)."""
+        """A plain client with a connection pool (not a cluster or sentinel client)."""
         pool = getattr(client, "connection_pool", None)
         return (
             pool is not None
             and callable(getattr(pool, "get_connection", None))
-            and not getattr(client, "single_connection_client", False)
             and "sentinel" not in type(pool).__module__ + type(pool).__name__.lower()
         )
 
@@ -124,6 +123,43 @@ class _Lane:
             conn.pack_command("EVALSHA", script.sha, 1, key, *args), False
         )
         return await conn.read_response()
+
+
+class _SyncLane:
+    """`_Lane` for a plain sync `redis.Redis` (threads take and give back connections)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.pool = client.connection_pool
+        self.free: list[Any] = []
+
+    def evalsha(self, script: Any, key: str, args: list[Any]) -> Any:
+        """EVALSHA on a kept connection (see `_Lane.evalsha`)."""
+        errors = redis_module().exceptions
+        kept = bool(self.free)
+        try:
+            conn = self.free.pop()
+        except IndexError:  # (another thread took the last one)
+            kept = False
+            conn = self.pool.get_connection()
+        try:
+            for attempt in (1, 2):
+                try:
+                    return self._call(conn, script, key, args)
+                except errors.NoScriptError:
+                    script.sha = self.client.script_load(script.script)
+                    return self._call(conn, script, key, args)
+                except errors.ConnectionError:
+                    if attempt == 2 or not kept:
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            self.free.append(conn)
+
+    @staticmethod
+    def _call(conn: Any, script: Any, key: str, args: list[Any]) -> Any:
+        conn.send_packed_command(conn.pack_command("EVALSHA", script.sha, 1, key, *args), False)
+        return conn.read_response()
 
 
 class RedisStore:
@@ -174,6 +210,7 @@ class RedisStore:
         self._scripts: dict[tuple[int, str], Any] = {}  # (id(client), name) -> Script
         self._ready: set[int] = set()  # ids of asyncio clients initialised
         self._lanes: dict[int, _Lane] = {}  # id(asyncio client) -> its kept connections
+        self._sync_lanes: dict[int, _SyncLane | bool] = {}  # the same for sync clients
         self.prefix = prefix
         self._p = "{" + prefix + "}:"  # every key in one Cluster slot
         self._seq_key = self._p + "seq"
@@ -258,7 +295,16 @@ class RedisStore:
         client = self._sync()
         if client is None:
             raise ConnectionError("RedisStore has no sync client (pass client= or a URL)")
-        return self._script(client, name)(keys=[self._seq_key], args=args)
+        script = self._script(client, name)
+        lane = self._sync_lanes.get(id(client))
+        if lane is None:
+            if len(self._sync_lanes) > 8:
+                self._sync_lanes.clear()
+            fits = _Lane.fits(client)
+            lane = self._sync_lanes[id(client)] = _SyncLane(client) if fits else False
+        if isinstance(lane, _SyncLane):
+            return lane.evalsha(script, self._seq_key, args)
+        return script(keys=[self._seq_key], args=args)
 
     async def _acall(self, name: str, args: list[Any]) -> Any:
         """Run script `name` without blocking the loop, within `timeout` (raises)."""
