@@ -7,6 +7,9 @@
 #   DURATION=4 WARMUP=1 APPS="bare apiguard" benchmarks/http.sh
 #   APPS="bare apiguard apiguard-quiet" benchmarks/http.sh   # quiet: no RateLimit fields
 #   HTTP=h11 benchmarks/http.sh              # uvicorn's HTTP parser: auto (default), h11, httptools
+#   APPS="bare apiguard apiguard-redis-2w slowapi-redis-2w" benchmarks/http.sh
+#       # on Redis (a redis-server of its own unless REDIS_URL is set); "-2w": uvicorn
+#       # --workers 2 sharing it (server CPU then sums the workers)
 #
 # Env: PY (python with uvicorn + apiguard), DURATION (seconds per app, split over ROUNDS),
 # ROUNDS, WARMUP (seconds), THREADS, CONNECTIONS, KEYS, APPS, HTTP.
@@ -33,6 +36,7 @@ command -v curl >/dev/null || { echo "curl not found" >&2; exit 1; }
 WORK="$(mktemp -d)"
 declare -A PID PORT
 WRK_PID=""
+REDIS_PID=""
 
 cleanup() {
   local app pid
@@ -47,6 +51,7 @@ cleanup() {
     kill -9 "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
+  if [[ -n "$REDIS_PID" ]]; then kill "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true; fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -56,10 +61,22 @@ free_port() {
   "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+if [[ "$APPS" == *redis* && -z "${REDIS_URL:-}" ]]; then
+  command -v redis-server >/dev/null || { echo "redis-server not found (or set REDIS_URL)" >&2; exit 1; }
+  rport="$(free_port)"
+  redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" \
+    >"$WORK/redis.log" 2>&1 &
+  REDIS_PID=$!
+  REDIS_URL="redis://127.0.0.1:$rport/0"
+  sleep 0.5
+fi
+export APIGUARD_BENCH_REDIS="${REDIS_URL:-}"
+
 start_server() { # app
-  local app="$1" port
+  local app="$1" port workers=1
   port="$(free_port)"
-  APIGUARD_BENCH_APP="$app" "$PY" -m uvicorn --app-dir "$HERE" http_apps:app \
+  if [[ "$app" == *-2w ]]; then workers=2; fi
+  APIGUARD_BENCH_APP="$app" "$PY" -m uvicorn --app-dir "$HERE" http_apps:app --workers "$workers" \
     --host 127.0.0.1 --port "$port" --http "$HTTP" --no-access-log --no-proxy-headers --log-level warning \
     >"$WORK/$app.log" 2>&1 &
   PID[$app]=$!
@@ -83,8 +100,13 @@ wait_up() { # app: until it answers 200, or fail loudly
   exit 1
 }
 
-server_cpu_ticks() { # app: utime + stime of its server process, in clock ticks
-  awk '{ print $14 + $15 }' "/proc/${PID[$1]}/stat"
+server_cpu_ticks() { # app: utime + stime of its server process and its workers, in clock ticks
+  local pid total=0 t
+  for pid in "${PID[$1]}" $(pgrep -P "${PID[$1]}" || true); do
+    t="$(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)"
+    total=$((total + t))
+  done
+  echo "$total"
 }
 
 run_wrk() { # app seconds (in the background + wait, so a signal stops the run at once)

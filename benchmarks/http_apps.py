@@ -11,19 +11,26 @@ ever refused, so the numbers are pure overhead.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
-from slowapi import Limiter, _rate_limit_exceeded_handler
-from slowapi.errors import RateLimitExceeded
-from slowapi.middleware import SlowAPIASGIMiddleware
-from slowapi.util import get_remote_address
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+# --app-dir puts this folder first on the path, where benchmarks/redis.py would shadow
+# redis-py (slowapi's Redis storage, apiguard's Redis store)
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from apiguard import Guard
-from apiguard.asgi import GuardMiddleware
+from slowapi import Limiter, _rate_limit_exceeded_handler  # noqa: E402
+from slowapi.errors import RateLimitExceeded  # noqa: E402
+from slowapi.middleware import SlowAPIASGIMiddleware  # noqa: E402
+from slowapi.util import get_remote_address  # noqa: E402
+from starlette.applications import Starlette  # noqa: E402
+from starlette.requests import Request  # noqa: E402
+from starlette.responses import PlainTextResponse, Response  # noqa: E402
+from starlette.routing import Route  # noqa: E402
+
+from apiguard import Guard  # noqa: E402
+from apiguard.asgi import GuardMiddleware  # noqa: E402
 
 ROUTES = int(os.environ.get("APIGUARD_BENCH_ROUTES", "10"))
 HIGH = "100000000/minute"
@@ -75,16 +82,49 @@ def slowapi_app() -> Starlette:
     return app
 
 
+def apiguard_redis_app() -> Starlette:
+    """`apiguard` on the Redis store at $APIGUARD_BENCH_REDIS (shared by the workers)."""
+    app = bare_app()
+    guard = Guard(
+        {
+            "secret": "http-benchmark-secret-0123456789",
+            "limits": {"principal": HIGH, "ip": HIGH},
+            "identity": {"new_credentials_per_ip": HIGH},
+            "store": {"timeout": 1.0},  # a loaded machine: measure Redis, not fallbacks
+        },
+        store=os.environ["APIGUARD_BENCH_REDIS"],
+    )
+    app.add_middleware(GuardMiddleware, guard=guard)
+    return app
+
+
+def slowapi_redis_app() -> Starlette:
+    """slowapi on limits' Redis storage at $APIGUARD_BENCH_REDIS."""
+    app = bare_app()
+    limiter = Limiter(
+        key_func=get_remote_address,
+        default_limits=["1000000/minute"],
+        storage_uri=os.environ["APIGUARD_BENCH_REDIS"],
+    )
+    app.state.limiter = limiter
+    app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
+    app.add_middleware(SlowAPIASGIMiddleware)
+    return app
+
+
 APPS: dict[str, Callable[[], Starlette]] = {
     "bare": bare_app,
     "apiguard": apiguard_app,
     "apiguard-quiet": apiguard_quiet_app,
     "slowapi": slowapi_app,
+    "apiguard-redis": apiguard_redis_app,
+    "slowapi-redis": slowapi_redis_app,
 }
 
 
 def _selected() -> Starlette:
-    name = os.environ.get("APIGUARD_BENCH_APP", "bare")
+    name = os.environ.get("APIGUARD_BENCH_APP", "bare").removesuffix("-2w")  # 2 workers
+
     if name not in APPS:
         raise SystemExit(f"APIGUARD_BENCH_APP={name!r}: choose one of {', '.join(APPS)}")
     return APPS[name]()

@@ -156,3 +156,26 @@ class Otel:
             attrs = dict(point.attributes)
             counts[(str(attrs["apiguard.rule"]), str(attrs["apiguard.decision"]))] += point.value
         return counts
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """A redis-server for the whole session (skipped, or failed in CI, without one)."""
+    from redisproc import RedisServer
+
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> str:
+    """The session's redis-server, emptied for this test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return str(redis_server.url)

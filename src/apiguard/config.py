@@ -199,10 +199,22 @@ class BanConfig(_Model):
 
 
 class StoreConfig(_Model):
-    """Bounds of the in-process store (every table is capped)."""
+    """Bounds of the in-process store (every table is capped), and how a shared store
+    (`Guard(store="redis://...")`) is used.
+
+    `prefix`: the Redis key prefix (one Cluster hash tag: `{prefix}:...`).
+    `timeout`: seconds a store call may take before the request falls back.
+    `breaker`: seconds a failed store is left alone before one call probes it.
+    `on_failure`: what rules do while the store is unavailable: "open" admits (the
+    default), "closed" refuses; a decorator's `on_store_failure=` overrides it per rule.
+    """
 
     max_keys: int = Field(200_000, ge=100)
     window_buckets: int = Field(10, ge=2, le=120)
+    prefix: str = Field("apiguard", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    timeout: float = Field(0.05, gt=0, le=60.0)
+    breaker: float = Field(5.0, gt=0, le=3600.0)
+    on_failure: Literal["open", "closed"] = "open"
 
 
 DetectorAction = Literal["block", "challenge", "throttle"]

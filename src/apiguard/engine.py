@@ -11,6 +11,7 @@ planned into ONE store batch at that moment.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -466,16 +467,31 @@ class Engine:
             return
         ctx.principal = ctx.declared
         ctx.vouched = True
-        if self.store.local and not self.rules_of(ctx.scope):
+        if self._may_block() and not self.rules_of(ctx.scope):
             self.check_sync(ctx, ())
         # a decorated handler checks every rule, global and its own, when it is entered (a
-        # request that never reaches it, a 422, spends none of its rules); remote stores:
-        # the next async checkpoint (decorated entry, response start) runs it
+        # request that never reaches it, a 422, spends none of its rules); remote stores
+        # called on the event loop: the next async checkpoint (decorated entry, response
+        # start) runs it
 
     def declare_anonymous(self, ctx: RequestContext) -> None:
         """`identify(None)`: the app found no user; run the checkpoint now (as for a user)."""
-        if not ctx.global_done and self.store.local and not self.rules_of(ctx.scope):
+        if not ctx.global_done and self._may_block() and not self.rules_of(ctx.scope):
             self.check_sync(ctx, ())
+
+    def _may_block(self) -> bool:
+        """Whether synchronous code may run a checkpoint now: always on a local store; on
+        a remote one with a sync client (`sync_ready`) only off the event loop (a sync
+        dependency in the threadpool, WSGI), never on it."""
+        if self.store.local:
+            return True
+        if not getattr(self.store, "sync_ready", False):
+            return False
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return True
+        return False
 
     # -- checkpoints ----------------------------------------------------------------
     def _plan(self, ctx: RequestContext, rules: tuple[Rule, ...]) -> Batch | None:

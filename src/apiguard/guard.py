@@ -57,12 +57,29 @@ def _config_from(config: object) -> GuardConfig:
 _STORE_METHODS = ("execute", "aexecute", "refund", "impose", "active_ban")
 
 
+def _store_from_url(url: str, config: GuardConfig) -> Store:
+    """The store a URL names (redis://, rediss://, redis+sentinel://, redis+cluster://,
+    valkey://): a ConfigurationError naming `store`, never echoing the URL (it may carry
+    a password), for anything else."""
+    from apiguard.store.redis import RedisStore  # redis-py is an optional extra
+
+    settings = config.store
+    return RedisStore.from_url(
+        url,
+        prefix=settings.prefix,
+        timeout=settings.timeout,
+        breaker_interval=settings.breaker,
+        on_failure=settings.on_failure,
+        strike_buckets=settings.window_buckets,
+        max_bans=settings.max_keys,
+    )
+
+
 def _check_store(store: object) -> None:
-    if isinstance(store, str | bytes | os.PathLike):
+    if isinstance(store, bytes | os.PathLike):
         # never echo it: a store URL may carry a password
         raise ConfigurationError(
-            "Guard(store=...): store URLs are not available yet (the Redis store arrives in a "
-            "later release); omit store= for the in-process store, or pass a store object"
+            "Guard(store=...): pass a store URL as a str (redis://...) or a store object"
         )
     if isinstance(store, type):
         raise ConfigurationError(
@@ -177,15 +194,20 @@ class Guard:
         config: GuardConfig | Mapping[str, Any] | None = None,
         *,
         clock: Callable[[], float] | None = None,
-        store: Store | None = None,
+        store: Store | str | None = None,
         principal_resolver: PrincipalResolver | None = None,
         on_block: BlockHook | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         self.config = _config_from(config)
         self.clock: Callable[[], float] = _check_clock(clock)
+        if isinstance(store, str):
+            store = _store_from_url(store, self.config)
         if store is not None:
             _check_store(store)
+            attach = getattr(store, "attach", None)
+            if callable(attach):  # a shared store: injected clock, metrics
+                attach(custom_clock=clock is not None, meter_provider=meter_provider)
         self.store: Store = (
             store
             if store is not None
@@ -210,10 +232,7 @@ class Guard:
                 f"Guard(meter_provider=...): a {type(meter_provider).__name__} is not an "
                 "OpenTelemetry MeterProvider (it has no get_meter method)"
             )
-        secret = (
-            self.config.secret.get_secret_value().encode() if self.config.secret else os.urandom(32)
-        )
-        self.hasher = KeyedHasher(secret)
+        self.hasher = KeyedHasher(self._secret())
         self.on_block = on_block
         self._on_block_failed = False  # reported once
         try:
@@ -246,6 +265,26 @@ class Guard:
             global_rules,
             principal_resolver,
         )
+
+    def _secret(self) -> bytes:
+        """The keyed-hash secret: configured, else one shared through a shared store
+        (created once, read by every worker), else random for this process (in-process
+        state is per process anyway)."""
+        if self.config.secret:
+            return self.config.secret.get_secret_value().encode()
+        if not self.store.local:
+            shared = getattr(self.store, "shared_secret", None)
+            if callable(shared):
+                value = shared(os.urandom(32))
+                if isinstance(value, bytes) and len(value) >= 16:
+                    return value
+            log.warning(
+                "apiguard: %s is shared but no `secret` is configured, so this process "
+                "hashes identities with its own random secret and shares no counter with "
+                "other workers: set `secret` (the same everywhere)",
+                type(self.store).__name__,
+            )
+        return os.urandom(32)
 
     def _global_rules(self) -> list[Rule]:
         lim = self.config.limits
@@ -291,11 +330,15 @@ class Guard:
         cost: Cost = 1,
         mode: Mode | None = None,
         name: str | None = None,
+        on_store_failure: Literal["open", "closed"] | None = None,
     ) -> Callable[[F], F]:
         """Limit the decorated handler: `rate` per principal, ip, the route, or `per(ctx)`.
 
         Put it directly above the function, below the framework's route decorator.
+        `on_store_failure`: "closed" refuses while a shared store is unavailable (default:
+        `store.on_failure`, "open").
         """
+        _check_failure(on_store_failure, "@guard.limit")
 
         def decorate(fn: F) -> F:
             where = f"@guard.limit on {_qualname(fn)}"
@@ -327,6 +370,7 @@ class Guard:
                         f"{taken[0]!r} is already used by another rule of this guard"
                     )
                 label = f"{base}-{n}"  # two handlers with one __name__: limit:get, limit:get-2
+            rule.on_store_failure = on_store_failure
             self._claim_names(rule)
             return self._guard(fn, rule)
 
@@ -341,13 +385,16 @@ class Guard:
         count: Literal["attempt", "success"] = "attempt",
         completes: bool = True,
         mode: Mode | None = None,
+        on_store_failure: Literal["open", "closed"] | None = None,
     ) -> Callable[[F], F]:
         """Declare a sensitive business flow: `rate` completed flows per principal.
 
         One `name` may span several routes; they share the budget. Steps declared with
         `completes=False` only need budget left; the completing step charges it.
         `count="success"` charges only responses with a success status.
+        `on_store_failure`: as for `limit`.
         """
+        _check_failure(on_store_failure, f"@guard.flow({name!r})")
 
         def decorate(fn: F) -> F:
             if callable(per):
@@ -380,6 +427,7 @@ class Guard:
                 raise ConfigurationError(
                     f"@guard.flow({name!r}) on {_qualname(fn)}: {exc}"
                 ) from None
+            rule.on_store_failure = on_store_failure
             if known is not None:
                 if known.specs != rule.specs or known.per != rule.per:
                     raise ConfigurationError(
@@ -694,6 +742,11 @@ class Guard:
     def hash(self, kind: str, value: str) -> str:
         """The keyed hash apiguard would store for `value` (never store the raw value)."""
         return self.hasher(kind, value)
+
+
+def _check_failure(value: object, where: str) -> None:
+    if value not in (None, "open", "closed"):
+        raise ConfigurationError(f"{where}: on_store_failure={value!r}: use 'open' or 'closed'")
 
 
 def _describe(rule: Rule, default_mode: str, with_per: bool = True) -> str:

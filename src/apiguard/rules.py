@@ -45,6 +45,9 @@ class Rule:
     mode: Mode | None
     policies: tuple[Policy, ...] = ()
     observes: bool = False
+    # while a shared store is unavailable: "closed" refuses, "open" admits, None: the
+    # store's default (`store.on_failure`)
+    on_store_failure: str | None = None
 
     def plan(self, ctx: RequestContext, hits: list[Hit], enforce: bool) -> int:
         """Append this rule's hits for `ctx`; return how many were added."""
