@@ -542,7 +542,10 @@ while ARGV[pos] do
     local weight = 1.0 - elapsed / half
     local result
     local keep = ttl_ms(2 * half)
-    if item == '' then
+    if item == '' and amount == 0 and (redis.call('EXISTS', cur) == 1
+        or redis.call('EXISTS', old) == 1) then
+      result = redis.call('PFCOUNT', cur, old)  -- a read of a distinct sketch
+    elseif item == '' then
       count = count + amount
       result = count + old_count * weight
     else

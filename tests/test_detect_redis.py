@@ -1,0 +1,68 @@
+"""The detectors on the Redis store: the same campaigns are caught, and the honest users
+beside them are not refused, with every detector's state in Redis (one observation call
+per request after its response) and every key given a TTL."""
+
+from __future__ import annotations
+
+import random
+
+import redis
+
+from apiguard import Guard
+from apiguard.simulate.clock import FakeClock
+from apiguard.simulate.driver import AsgiDriver
+from apiguard.store.redis import RedisStore
+from detection_support import BROWSERS, Client, build_app, orders_of, owner_of, public_ip, run
+from detection_support import username as name_of
+
+START = 6_000_000.0
+
+
+def _guard(url: str, clock: FakeClock) -> Guard:
+    store = RedisStore(redis.asyncio.Redis.from_url(url), server_time=False, timeout=5.0)
+    return Guard({"secret": "s" * 32}, clock=clock, store=store)
+
+
+def test_brute_force_and_a_bola_walk_are_caught_on_redis(redis_url: str) -> None:
+    clock = FakeClock(START)
+    guard = _guard(redis_url, clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(8)
+
+    async def scenario() -> tuple[list[int], int, list[int]]:
+        owner = Client(driver, BROWSERS[0], "203.0.113.50")
+        assert (await owner.login(7)).status == 200
+        brute = []
+        for i in range(40):  # one account, rotating addresses
+            clock.advance(rng.uniform(2, 10))
+            bot = Client(driver, f"bot/{i}", public_ip(rng), jar=None)
+            resp = await bot.send(
+                "POST", "/login", {"username": name_of(7), "password": f"guess{i}"}
+            )
+            brute.append(resp.status)
+        owner_again = (await owner.login(7)).status  # the known device is never held back
+        honest = []
+        readers = [Client(driver, BROWSERS[1], public_ip(rng)) for _ in range(20)]
+        for u, c in enumerate(readers):
+            await c.human_login(u)
+        walker = Client(driver, BROWSERS[2], "192.0.2.66")
+        await walker.human_login(250)
+        leaked = 0
+        for order in range(1, 200):
+            clock.advance(rng.uniform(1, 4))
+            resp = await walker.send("GET", f"/orders/{order}")
+            if resp.status == 200 and owner_of(order) != 250:
+                leaked += 1
+            u = rng.randrange(20)
+            honest.append((await readers[u].send("GET", f"/orders/{orders_of(u)[0]}")).status)
+        return brute, owner_again, [leaked, *honest]
+
+    brute, owner_again, rest = run(scenario())
+    leaked, honest = rest[0], rest[1:]
+    assert brute[:8] == [401] * 8 and 403 in brute[8:] and 401 not in brute[10:]
+    assert owner_again == 200
+    assert 0 < leaked < 40
+    assert set(honest) == {200}
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(count=1000))
+    assert keys and all(client.pttl(k) > 0 for k in keys), "a key without a TTL"
