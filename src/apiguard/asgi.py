@@ -14,6 +14,7 @@ import contextlib
 import logging
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from apiguard.cors import SUGGESTED, CorsLayout, find_cors, send_through_cors
@@ -26,6 +27,16 @@ from apiguard.responses import BlockResponse, block_response
 log = logging.getLogger("apiguard")
 
 
+class HTTPRefused(Refused, HTTPException):
+    """`Refused` as a Starlette HTTP exception (429, or 403 for bans): what checkpoints
+    raise under this middleware, so FastAPI and tracing treat a refusal as a client
+    error, not a server fault."""
+
+    def __init__(self, decision: Decision) -> None:
+        Refused.__init__(self, decision)
+        HTTPException.__init__(self, self.status_code, self.detail)
+
+
 class GuardMiddleware:
     """Checks every HTTP request against `guard`'s rules."""
 
@@ -35,6 +46,7 @@ class GuardMiddleware:
         self.app = app
         self.guard = guard
         self.engine = guard.engine
+        self.engine.refusal = HTTPRefused
         self._headers = guard.config.ratelimit_headers
         self._verified_root: Any = None
         self._cors: CorsLayout | None = None

@@ -19,7 +19,7 @@ from opentelemetry import metrics
 
 from apiguard.config import GuardConfig, Mode
 from apiguard.decision import Decision
-from apiguard.engine import Engine, PrincipalResolver, Refused
+from apiguard.engine import Engine, PrincipalResolver
 from apiguard.errors import ConfigurationError as ConfigurationError
 from apiguard.errors import check_arity
 from apiguard.request import KeyedHasher, RequestContext, current_request
@@ -724,7 +724,7 @@ def _wrap(
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             refused = await _enter_async(engine, current_request(), rules, original)
             if refused is not None:
-                raise Refused(refused)
+                raise engine.refusal(refused)
             return await original(*args, **kwargs)
 
         wrapper: Callable[..., Any] = async_wrapper
@@ -753,7 +753,7 @@ def _wrap(
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
             refused = _enter_sync(engine, current_request(), rules, original)
             if refused is not None:
-                raise Refused(refused)
+                raise engine.refusal(refused)
             return original(*args, **kwargs)
 
         wrapper = sync_wrapper
