@@ -10,7 +10,6 @@ app's own CORSMiddleware when that sits inside apiguard (see `apiguard.cors`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 
@@ -18,11 +17,18 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from apiguard.cors import SUGGESTED, CorsLayout, find_cors, send_through_cors
-from apiguard.decision import ALLOWED, Decision
+from apiguard.decision import Decision
 from apiguard.engine import Refused
 from apiguard.guard import Guard
-from apiguard.request import RequestContext, _current
+from apiguard.request import _current
 from apiguard.responses import BlockResponse, block_response
+from apiguard.steps import (
+    at_cancelled,
+    at_response,
+    at_response_async,
+    at_unanswered_async,
+    end,
+)
 
 log = logging.getLogger("apiguard")
 
@@ -96,23 +102,13 @@ class GuardMiddleware:
         async def guarded_send(message: Message) -> None:
             nonlocal status
             if status is None and message["type"] == "http.response.start":
-                rules = engine.rules_at_response(scope, message["status"])
-                decision = ctx.decision
-                if not ctx.checked(rules):
-                    if rules:  # a streaming endpoint: its body's entry is charged now
-                        ctx.prechecked = rules
-                    try:
-                        if local:
-                            decision = engine.check_sync(ctx, rules)
-                        else:
-                            decision = await engine.check_async(ctx, rules)
-                    except Refused as refused:
-                        decision = refused.decision
-                if decision is not None and decision is not ALLOWED and decision.refused:
-                    # refused now, or at a checkpoint whose exception the app swallowed
-                    ctx.refused_sent = True
+                if local:
+                    refusal = at_response(engine, ctx, message["status"])
+                else:
+                    refusal = await at_response_async(engine, ctx, message["status"])
+                if refusal is not None:
                     status = 0
-                    await self._refuse(scope, receive, send, decision, replacing=True)
+                    await self._refuse(scope, receive, send, refusal, replacing=True)
                     return
                 status = message["status"]
                 if self._headers:
@@ -142,45 +138,21 @@ class GuardMiddleware:
             # gets the refusal instead of the 500 (the exception still propagates, so the
             # app's error reporting sees it)
             if status is None and not ctx.refused_sent:
-                await self._answer_unanswered(ctx, scope, receive, send)
+                refusal = await at_unanswered_async(engine, ctx)
+                if refusal is not None:
+                    await self._refuse(scope, receive, send, refusal)
             raise
         except BaseException:  # cancelled: count it, answer nothing
-            if status is None and not ctx.refused_sent and local and not ctx.global_done:
-                with contextlib.suppress(Refused):
-                    engine.check_sync(ctx, ())
+            at_cancelled(engine, ctx, status is not None)
             raise
         else:
             if status is None and not ctx.refused_sent:  # the app returned without answering
-                await self._answer_unanswered(ctx, scope, receive, send)
+                refusal = await at_unanswered_async(engine, ctx)
+                if refusal is not None:
+                    await self._refuse(scope, receive, send, refusal)
         finally:
             _current.reset(token)
-            if ctx.charges:
-                # once a status went out, it is the outcome (a failing background task or a
-                # client gone after the response must not refund a delivered success)
-                started = status is not None and not ctx.refused_sent
-                engine.finish(ctx, status if started else None)
-            # Servers copy the context (e.g. uvicorn's keep-alive timer): drop what this
-            # request holds so those copies keep an empty shell, not the request's objects.
-            ctx.release()
-
-    async def _answer_unanswered(
-        self, ctx: RequestContext, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        """A request the app did not answer (it raised, or returned without a response):
-        run the checkpoint if none ran (every request is counted, whatever the app does
-        with it) and send the refusal if the request is refused."""
-        decision = ctx.decision
-        if not ctx.global_done:
-            try:
-                if self.engine.store.local:
-                    self.engine.check_sync(ctx, ())
-                else:
-                    await self.engine.check_async(ctx, ())
-            except Refused as refused:
-                decision = refused.decision
-        if decision is not None and decision is not ALLOWED and decision.refused:
-            ctx.refused_sent = True
-            await self._refuse(scope, receive, send, decision)
+            end(engine, ctx, status)
 
     async def _refuse(
         self,
