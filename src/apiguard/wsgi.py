@@ -1,0 +1,238 @@
+"""Pure WSGI middleware: any WSGI app (Flask through `apiguard.flask.init_app`).
+
+    app.wsgi_app = GuardMiddleware(app.wsgi_app, guard=guard)
+
+The same checkpoints as the ASGI adapter (`apiguard.steps`): a decorated view's entry,
+`identify()`, the response start (the app's `start_response` call: a refused request gets
+the refusal instead, before a byte of the app's response leaves), and a request the app
+did not answer (it raised). The request body is not touched; responses stream through
+unbuffered, with the RateLimit fields added to the app's headers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from apiguard.decision import Decision
+from apiguard.engine import Engine, Refused
+from apiguard.guard import Guard
+from apiguard.request import RequestContext, _current
+from apiguard.responses import BlockResponse, block_response
+from apiguard.steps import at_cancelled, at_response, at_unanswered, end
+
+log = logging.getLogger("apiguard")
+
+if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+SCOPE_KEY = "apiguard.scope"  # environ key: the ASGI-shaped scope of the request
+_NAMES: dict[str, bytes] = {}  # environ key "HTTP_X_API_KEY" -> b"x-api-key" (bounded)
+_NAMES_MAX = 512
+
+
+def _header_name(key: str) -> bytes:
+    name = _NAMES.get(key)
+    if name is None:
+        name = key[5:].replace("_", "-").lower().encode("latin-1")
+        if len(_NAMES) < _NAMES_MAX:  # header names are client-chosen: stay bounded
+            _NAMES[key] = name
+    return name
+
+
+def wsgi_scope(environ: WSGIEnvironment) -> dict[str, Any]:
+    """The ASGI-shaped scope the engine reads, built once from a WSGI environ (headers as
+    lower-case byte pairs, the peer address, the path decoded as UTF-8)."""
+    headers = [
+        (_header_name(key), value.encode("latin-1"))
+        for key, value in environ.items()
+        if key[:5] == "HTTP_"
+    ]
+    kind = environ.get("CONTENT_TYPE")
+    if kind:
+        headers.append((b"content-type", kind.encode("latin-1")))
+    path = environ.get("PATH_INFO") or "/"
+    if not path.isascii():
+        path = path.encode("latin-1").decode("utf-8", "replace")
+    peer = environ.get("REMOTE_ADDR")
+    root = environ.get("SCRIPT_NAME", "")
+    return {
+        "type": "http",
+        "method": environ.get("REQUEST_METHOD", "GET"),
+        "path": path,
+        "root_path": root,
+        "app_root_path": root,
+        "query_string": environ.get("QUERY_STRING", "").encode("latin-1"),
+        "headers": headers,
+        "client": (peer, 0) if peer else None,
+    }
+
+
+def status_line(status: int) -> str:
+    """`429 Too Many Requests` for 429."""
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Unknown"
+
+
+def wsgi_headers(response: BlockResponse) -> list[tuple[str, str]]:
+    """A `BlockResponse`'s headers for `start_response`, with its Content-Length."""
+    return [*response.headers, ("content-length", str(len(response.body)))]
+
+
+def _discard(data: bytes) -> None:
+    """The `write` of a response apiguard replaces: the app's bytes go nowhere."""
+
+
+class _Exchange:
+    """One request's state between the app and the server."""
+
+    __slots__ = ("ctx", "refusal", "start_response", "status")
+
+    def __init__(self, ctx: RequestContext, start_response: StartResponse) -> None:
+        self.ctx = ctx
+        self.start_response = start_response
+        self.status: int | None = None  # the app's status once it went out; 0: replaced
+        self.refusal: Decision | None = None  # the refusal replacing the app's response
+
+
+class GuardMiddleware:
+    """Checks every request to the WSGI app `app` against `guard`'s rules.
+
+    `routes`: an object whose routes `guard.verify` walks on the first request (the Flask
+    adapter passes the Flask app's URL map); None for an app apiguard cannot walk.
+    """
+
+    def __init__(self, app: WSGIApplication, guard: Guard, *, routes: Any = None) -> None:
+        if not isinstance(guard, Guard):
+            raise TypeError("GuardMiddleware needs guard=Guard(...)")
+        self.app = app
+        self.guard = guard
+        self.engine: Engine = guard.engine
+        self._headers = guard.config.ratelimit_headers
+        self._routes = routes
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("apiguard.guard") is self.guard:  # installed twice: count once
+            return self.app(environ, start_response)
+        environ["apiguard.guard"] = self.guard
+        if self._routes is not None:  # once: the first request (routes are final by then)
+            routes, self._routes = self._routes, None
+            self.guard.verify(routes)
+        engine = self.engine
+        scope = environ[SCOPE_KEY] = wsgi_scope(environ)
+        ctx = engine.begin(scope)
+        if engine.may_be_banned():
+            early = engine.early_ban(ctx)
+            if early is not None:
+                ctx.refused_sent = True
+                end(engine, ctx, None)
+                return self._refuse(start_response, early)
+        ex = _Exchange(ctx, start_response)
+        token = _current.set(ctx)
+        try:
+            body = self.app(environ, self._starter(ex))
+        except Refused as refused:
+            if ex.status and not ctx.refused_sent:
+                log.error("apiguard: a checkpoint refused a request after its response started")
+                end(engine, ctx, ex.status)
+                raise
+            ctx.refused_sent = True
+            end(engine, ctx, None)
+            return self._refuse(start_response, ex.refusal or refused.decision)
+        except Exception:
+            refusal = ex.refusal
+            if ex.status is None:
+                refusal = at_unanswered(engine, ctx)
+            end(engine, ctx, ex.status or None)
+            if refusal is None:
+                raise
+            # the client gets the refusal instead of the server's 500; the error is logged
+            log.exception("apiguard: the app raised on a refused request")
+            return self._refuse(start_response, refusal)
+        except BaseException:  # interrupted: count it, answer nothing
+            at_cancelled(engine, ctx, ex.status is not None)
+            end(engine, ctx, None)
+            raise
+        finally:
+            _current.reset(token)
+        if ex.refusal is not None:  # refused at the response start: the app's body is dropped
+            _close(body)
+            end(engine, ctx, None)
+            return self._refuse(start_response, ex.refusal)
+        return self._stream(ex, body)
+
+    def _starter(self, ex: _Exchange) -> StartResponse:
+        """The `start_response` the app calls: the response-start checkpoint."""
+        engine = self.engine
+        headers_on = self._headers
+
+        def start(
+            status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None, /
+        ) -> Callable[[bytes], object]:
+            if ex.status is None:
+                code = int(status[:3])
+                refusal = at_response(engine, ex.ctx, code)
+                if refusal is not None:
+                    ex.status = 0
+                    ex.refusal = refusal
+                    return _discard
+                ex.status = code
+                if headers_on:
+                    values = engine.ratelimit_values(ex.ctx)
+                    if values is not None:
+                        headers = [
+                            *headers,
+                            ("RateLimit-Policy", values[0].decode("latin-1")),
+                            ("RateLimit", values[1].decode("latin-1")),
+                        ]
+            elif ex.status == 0:
+                return _discard
+            return ex.start_response(status, headers, exc_info)
+
+        return start
+
+    def _stream(self, ex: _Exchange, body: Iterable[bytes]) -> Iterator[bytes]:
+        """The app's body, chunk by chunk as it comes, with the request's context set (a
+        generator view's checkpoint runs as it is iterated); a response the app starts
+        only as its body is iterated is checked then."""
+        engine = self.engine
+        ctx = ex.ctx
+        refusal: Decision | None = None
+        _current.set(ctx)
+        try:
+            for chunk in body:
+                if ex.refusal is not None:  # refused as the app started its response
+                    break
+                yield chunk
+            if ex.refusal is None and ex.status is None and not ctx.refused_sent:
+                refusal = at_unanswered(engine, ctx)  # the app never started a response
+        except Exception:
+            if ex.refusal is None and ex.status is None and not ctx.refused_sent:
+                refusal = at_unanswered(engine, ctx)
+            if refusal is None and ex.refusal is None:
+                raise
+            log.exception("apiguard: the app raised on a refused request")
+        finally:
+            _close(body)
+            _current.set(None)
+            end(engine, ctx, ex.status or None)
+        refusal = ex.refusal or refusal
+        if refusal is not None:
+            yield from self._refuse(ex.start_response, refusal)
+
+    def _refuse(self, start_response: StartResponse, decision: Decision) -> list[bytes]:
+        """Start the refusal and return its body (a complete response)."""
+        response = self.guard.block_response(decision, block_response(decision, self._headers))
+        start_response(status_line(response.status), wsgi_headers(response))
+        return [response.body]
+
+
+def _close(body: Iterable[bytes]) -> None:
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
