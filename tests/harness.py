@@ -152,6 +152,13 @@ def flask_client(guard: Guard, app: Any = None) -> Client:
 _ids = count(1)
 
 
+def _db_file() -> str:
+    import os
+    import tempfile
+
+    return os.path.join(tempfile.mkdtemp(prefix="apiguard-django-"), "db.sqlite3")
+
+
 def configure_django() -> None:
     """Settings for the Django tests (once per process), and the tables DRF tokens need."""
     import django
@@ -171,7 +178,8 @@ def configure_django() -> None:
             "rest_framework",
             "rest_framework.authtoken",
         ],
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        # a file, not ":memory:": async views and the ASGI handler use other threads
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": _db_file()}},
         MIDDLEWARE=[
             "django.contrib.sessions.middleware.SessionMiddleware",
             "apiguard.django.GuardMiddleware",

@@ -201,21 +201,24 @@ class GuardMiddleware:
         self.guard = get_guard()  # a bad setting fails here, as the middleware loads
         self.engine = self.guard.engine
         self._headers = self.guard.config.ratelimit_headers
-        self._verified: set[str | None] = set()
+        if self.engine.resolver is None:  # the authenticated user, unless the app's own
+            self.engine.resolver = django_user
+        self._verified: set[Any] = set()
         self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)
+        self._verify(settings.ROOT_URLCONF)  # start-up: decorators above @api_view fail here
 
-    def _verify(self, request: HttpRequest) -> None:
-        urlconf = getattr(request, "urlconf", None) or settings.ROOT_URLCONF
+    def _verify(self, urlconf: Any) -> None:
         routes = DjangoRoutes(urlconf)
         self.guard.verify(routes)
         _check_drf_order(self.guard, routes)
         self._verified.add(urlconf)
 
     def _begin(self, request: HttpRequest) -> tuple[RequestContext, Decision | None]:
-        if (getattr(request, "urlconf", None) or settings.ROOT_URLCONF) not in self._verified:
-            self._verify(request)
+        urlconf = getattr(request, "urlconf", None) or settings.ROOT_URLCONF
+        if urlconf not in self._verified:  # a URLconf a middleware chose for this request
+            self._verify(urlconf)
         scope = wsgi_scope(request.META)
         scope[REQUEST_KEY] = request
         ctx = self.engine.begin(scope)
