@@ -164,7 +164,7 @@ class GuardMiddleware:
             _close(body)
             end(engine, ctx, None)
             return self._refuse(start_response, ex.refusal)
-        return self._stream(ex, body)
+        return _Body(self, ex, body)
 
     def _starter(self, ex: _Exchange) -> StartResponse:
         """The `start_response` the app calls: the response-start checkpoint."""
@@ -196,40 +196,85 @@ class GuardMiddleware:
 
         return start
 
-    def _stream(self, ex: _Exchange, body: Iterable[bytes]) -> Iterator[bytes]:
-        """The app's body, chunk by chunk as it comes, with the request's context set (a
-        generator view's checkpoint runs as it is iterated); a response the app starts
-        only as its body is iterated is checked then."""
-        engine = self.engine
-        ctx = ex.ctx
-        refusal: Decision | None = None
-        _current.set(ctx)
-        try:
-            for chunk in body:
-                if ex.refusal is not None:  # refused as the app started its response
-                    break
-                yield chunk
-            if ex.refusal is None and ex.status is None and not ctx.refused_sent:
-                refusal = at_unanswered(engine, ctx)  # the app never started a response
-        except Exception:
-            if ex.refusal is None and ex.status is None and not ctx.refused_sent:
-                refusal = at_unanswered(engine, ctx)
-            if refusal is None and ex.refusal is None:
-                raise
-            log.exception("apiguard: the app raised on a refused request")
-        finally:
-            _close(body)
-            _current.set(None)
-            end(engine, ctx, ex.status or None)
-        refusal = ex.refusal or refusal
-        if refusal is not None:
-            yield from self._refuse(ex.start_response, refusal)
-
     def _refuse(self, start_response: StartResponse, decision: Decision) -> list[bytes]:
         """Start the refusal and return its body (a complete response)."""
         response = self.guard.block_response(decision, block_response(decision, self._headers))
         start_response(status_line(response.status), wsgi_headers(response))
         return [response.body]
+
+
+class _Body:
+    """The app's body for the server, chunk by chunk as it comes (nothing buffered), with
+    the request's context set while the app produces each chunk (a generator view's
+    checkpoint runs as it is iterated). An app that starts its response only as its body
+    is iterated is checked then; `close()` ends the request, iterated or not."""
+
+    __slots__ = ("_ex", "_it", "_middleware", "_source", "_tail")
+
+    def __init__(self, middleware: GuardMiddleware, ex: _Exchange, body: Iterable[bytes]) -> None:
+        self._middleware = middleware
+        self._ex = ex
+        self._source: Iterable[bytes] | None = body
+        self._it: Iterator[bytes] | None = None
+        self._tail: list[bytes] | None = None  # the refusal's body, once it replaced the app's
+
+    def __iter__(self) -> _Body:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._tail is not None:
+            if self._tail:
+                return self._tail.pop()
+            raise StopIteration
+        ex = self._ex
+        it = self._it
+        if it is None:
+            if self._source is None:
+                raise StopIteration
+            it = self._it = iter(self._source)
+        token = _current.set(ex.ctx)
+        try:
+            chunk = next(it)
+        except StopIteration:
+            if ex.status is None and ex.refusal is None:  # the app never started a response
+                ex.refusal = at_unanswered(self._middleware.engine, ex.ctx)
+            if ex.refusal is None:
+                self._finish()  # the body is complete: the request is over
+                raise
+            return self._replace()
+        except Exception:
+            if ex.status is None and ex.refusal is None:
+                ex.refusal = at_unanswered(self._middleware.engine, ex.ctx)
+            if ex.refusal is None:
+                raise
+            log.exception("apiguard: the app raised on a refused request")
+            return self._replace()
+        finally:
+            _current.reset(token)
+        if ex.refusal is not None:  # refused as the app started its response
+            return self._replace()
+        return chunk
+
+    def _replace(self) -> bytes:
+        """Drop the app's body and start the refusal; its body is the next chunk."""
+        self._finish()
+        refusal = self._ex.refusal
+        assert refusal is not None
+        self._tail = self._middleware._refuse(self._ex.start_response, refusal)
+        return self._tail.pop() if self._tail else b""
+
+    def _finish(self) -> None:
+        source, self._source = self._source, None
+        self._it = None
+        if source is not None:
+            try:
+                _close(source)
+            finally:
+                ex = self._ex
+                end(self._middleware.engine, ex.ctx, ex.status or None)
+
+    def close(self) -> None:
+        self._finish()
 
 
 def _close(body: Iterable[bytes]) -> None:
