@@ -80,15 +80,27 @@ def init_app(app: Flask, guard: Guard) -> Guard:
         raise RuntimeError("init_app: this Flask app is already protected by another Guard")
     headers_on = guard.config.ratelimit_headers
 
+    # id(URL rule) -> (the rule, its MatchedRoute): one per rule (rules are unhashable)
+    matched: dict[int, tuple[Any, MatchedRoute]] = {}
+
     def note_route(endpoint: str | None, values: dict[str, Any] | None) -> None:
         """Record the matched rule and view where the engine reads them (no re-matching)."""
-        scope = request.environ.get(SCOPE_KEY)
-        rule = request.url_rule
-        if scope is None or rule is None or request.environ.get("apiguard.guard") is not guard:
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        environ = req.environ
+        scope = environ.get(SCOPE_KEY)
+        rule = req.url_rule
+        if scope is None or rule is None or environ.get("apiguard.guard") is not guard:
             return
-        view = app.view_functions.get(endpoint) if endpoint is not None else None
-        scope["endpoint"] = view
-        scope["route"] = MatchedRoute(rule.rule, view)
+        known = matched.get(id(rule))
+        if known is not None and known[0] is rule:
+            route = known[1]
+        else:
+            view = app.view_functions.get(endpoint) if endpoint is not None else None
+            route = MatchedRoute(rule.rule, view)
+            if len(matched) < 65536:
+                matched[id(rule)] = (rule, route)
+        scope["endpoint"] = route.endpoint
+        scope["route"] = route
         scope["path_params"] = dict(values) if values else {}
 
     def answer(refused: Refused) -> Response:

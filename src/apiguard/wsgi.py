@@ -30,30 +30,30 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 SCOPE_KEY = "apiguard.scope"  # environ key: the ASGI-shaped scope of the request
-_NAMES: dict[str, bytes] = {}  # environ key "HTTP_X_API_KEY" -> b"x-api-key" (bounded)
-_NAMES_MAX = 512
+# environ key -> its header name (b"x-api-key" for "HTTP_X_API_KEY"), b"" for keys that are
+# not headers; bounded, since header names are client-chosen
+_NAMES: dict[str, bytes] = {"CONTENT_TYPE": b"content-type", "CONTENT_LENGTH": b"content-length"}
+_NAMES_MAX = 1024
 
 
 def _header_name(key: str) -> bytes:
-    name = _NAMES.get(key)
-    if name is None:
-        name = key[5:].replace("_", "-").lower().encode("latin-1")
-        if len(_NAMES) < _NAMES_MAX:  # header names are client-chosen: stay bounded
-            _NAMES[key] = name
+    name = key[5:].replace("_", "-").lower().encode("latin-1") if key[:5] == "HTTP_" else b""
+    if len(_NAMES) < _NAMES_MAX:
+        _NAMES[key] = name
     return name
 
 
 def wsgi_scope(environ: WSGIEnvironment) -> dict[str, Any]:
     """The ASGI-shaped scope the engine reads, built once from a WSGI environ (headers as
     lower-case byte pairs, the peer address, the path decoded as UTF-8)."""
-    headers = [
-        (_header_name(key), value.encode("latin-1"))
-        for key, value in environ.items()
-        if key[:5] == "HTTP_"
-    ]
-    kind = environ.get("CONTENT_TYPE")
-    if kind:
-        headers.append((b"content-type", kind.encode("latin-1")))
+    names = _NAMES
+    headers = []
+    for key, value in environ.items():
+        name = names.get(key)
+        if name is None:
+            name = _header_name(key)
+        if name and isinstance(value, str):
+            headers.append((name, value.encode("latin-1")))
     path = environ.get("PATH_INFO") or "/"
     if not path.isascii():
         path = path.encode("latin-1").decode("utf-8", "replace")
