@@ -182,8 +182,11 @@ class GuardMiddleware:
                     ex.refusal = refusal
                     return _discard
                 ex.status = code
+                ctx = ex.ctx
+                if ctx.charges:  # a status went out: it is the outcome, whenever the body ends
+                    engine.finish(ctx, code)
                 if headers_on:
-                    values = engine.ratelimit_values(ex.ctx)
+                    values = engine.ratelimit_values(ctx)
                     if values is not None:
                         headers = [
                             *headers,
