@@ -10,11 +10,14 @@ Endpoints (the shared behaviour suite in test_frameworks_shared.py drives them):
 - GET  /me                        identify(x-user header), undecorated
 - GET  /boom                      raises RuntimeError
 - GET  /watched                   @guard.limit("1/minute", mode="monitor")
+- GET  /audited                   @audited (the app's own decorator) above
+                                  @guard.limit("2/minute")
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +27,19 @@ from typing import Any
 from fastapi import Request, Response
 
 from apiguard import Guard, identify
+
+AUDIT: list[str] = []  # what the app's own decorator saw
+
+
+def audited(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """An app's own decorator (logging, caching, auth...) written above apiguard's."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        AUDIT.append(fn.__name__)
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 FRAMEWORKS = ("fastapi", "flask", "django", "django-asgi")
 
@@ -83,6 +99,12 @@ def fastapi_client(guard: Guard) -> Client:
     def watched() -> str:
         return "watched"
 
+    @app.get("/audited")
+    @audited
+    @guard.limit("2/minute")
+    def audited_view() -> str:
+        return "audited"
+
     clients: dict[str, TestClient] = {}
 
     def call(method: str, path: str, ip: str = "203.0.113.7", headers: Any = None) -> Answer:
@@ -133,6 +155,12 @@ def flask_app(guard: Guard) -> Any:
     @guard.limit("1/minute", mode="monitor")
     def watched() -> str:
         return "watched"
+
+    @app.get("/audited")
+    @audited
+    @guard.limit("2/minute")
+    def audited_view() -> str:
+        return "audited"
 
     return app
 
@@ -235,6 +263,11 @@ def django_patterns(guard: Guard) -> list[Any]:
     def watched(request: HttpRequest) -> HttpResponse:
         return HttpResponse("watched")
 
+    @audited
+    @guard.limit("2/minute")
+    def audited_view(request: HttpRequest) -> HttpResponse:
+        return HttpResponse("audited")
+
     from django.views.decorators.csrf import csrf_exempt
 
     return [
@@ -244,6 +277,7 @@ def django_patterns(guard: Guard) -> list[Any]:
         path("me", me),
         path("boom", boom),
         path("watched", watched),
+        path("audited", audited_view),
     ]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from apiguard import Guard
 from conftest import QUOTA_EXCEEDED, Otel
-from harness import FRAMEWORKS, Answer, Client, close_django, make_client
+from harness import AUDIT, FRAMEWORKS, Answer, Client, close_django, make_client
 
 ALICE = {"x-user": "alice"}
 BOB = {"x-user": "bob"}
@@ -162,3 +162,11 @@ def test_per_route_rule_keys_on_the_route_template(make_guard, client_for):
     assert_429(call("GET", "/items/3"), "per-route")
     assert [call("GET", "/open").status for _ in range(2)] == [200, 200]  # its own bucket
     assert call("GET", "/open").status == 429
+
+
+def test_the_apps_own_decorator_above_apiguards(make_guard, client_for):
+    call = client_for(make_guard())
+    del AUDIT[:]
+    assert [call("GET", "/audited").status for _ in range(3)] == [200, 200, 429]
+    assert AUDIT == ["audited_view"] * 3  # the app's decorator ran; apiguard's refused inside
+    assert call("GET", "/audited", ip="198.51.100.9").status == 200
