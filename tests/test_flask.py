@@ -254,3 +254,30 @@ def test_init_app_twice_and_other_guard(make_guard):
     assert init_app(app, guard) is guard  # idempotent
     with pytest.raises(RuntimeError):
         init_app(app, make_guard())
+
+
+def test_proxyfix_around_apiguard_does_not_make_spoofed_headers_trusted(make_guard):
+    """ProxyFix wrapped outside apiguard rewrites REMOTE_ADDR from X-Forwarded-For; apiguard
+    still keys on the TCP peer unless that peer is one of its own trusted proxies."""
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    guard = make_guard({"ip": "2/minute"})
+    app = app_with(guard)
+
+    @app.get("/open")
+    def open_() -> str:
+        return "ok"
+
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1)  # type: ignore[method-assign]
+    client = app.test_client()
+    statuses = [
+        client.get(
+            "/open",
+            headers={"X-Forwarded-For": f"192.0.2.{i}"},
+            environ_base={"REMOTE_ADDR": "198.51.100.1"},
+        ).status_code
+        for i in range(3)
+    ]
+    assert statuses == [200, 200, 429]  # rotating the header buys nothing
+    other = client.get("/open", environ_base={"REMOTE_ADDR": "198.51.100.2"})
+    assert other.status_code == 200

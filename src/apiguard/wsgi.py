@@ -57,7 +57,11 @@ def wsgi_scope(environ: WSGIEnvironment) -> dict[str, Any]:
     path = environ.get("PATH_INFO") or "/"
     if not path.isascii():
         path = path.encode("latin-1").decode("utf-8", "replace")
-    peer = environ.get("REMOTE_ADDR")
+    # the TCP peer as the server saw it, even where werkzeug's ProxyFix, wrapped around
+    # apiguard, rewrote REMOTE_ADDR from X-Forwarded-For: forwarding headers are believed
+    # only through apiguard's own trusted proxies (client_ip.trusted_proxies)
+    fixed = environ.get("werkzeug.proxy_fix.orig")
+    peer = fixed.get("REMOTE_ADDR") if isinstance(fixed, dict) else environ.get("REMOTE_ADDR")
     root = environ.get("SCRIPT_NAME", "")
     return {
         "type": "http",
