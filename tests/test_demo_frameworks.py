@@ -32,7 +32,7 @@ def test_flask_demo_matches_the_fastapi_shop(fastapi_hour: dict[str, Any]) -> No
     assert flask_hour == fastapi_hour
     rows = {row["name"]: row for row in flask_hour["scenarios"]}
     assert sum(row["blocked_benign"] for row in rows.values()) == 0
-    assert flask_hour["redeems_after_budget_blocked"] == flask_hour["redeems_after_budget"] > 0
+    assert sum(row["blocked_attack"] for row in rows.values()) > 1000  # the attacks are stopped
 
 
 def test_django_demo_matches_the_fastapi_shop(fastapi_hour: dict[str, Any]) -> None:

@@ -27,7 +27,8 @@ from apiguard.steps import (
     at_response,
     at_response_async,
     at_unanswered_async,
-    end,
+    end_async,
+    started,
 )
 
 log = logging.getLogger("apiguard")
@@ -111,6 +112,12 @@ class GuardMiddleware:
                     await self._refuse(scope, receive, send, refusal, replacing=True)
                     return
                 status = message["status"]
+                cookies = started(engine, ctx, status)
+                if cookies:
+                    message["headers"] = [
+                        *message.get("headers", ()),
+                        *((b"set-cookie", c) for c in cookies),
+                    ]
                 if self._headers:
                     values = engine.ratelimit_values(ctx)
                     if values is not None:
@@ -152,7 +159,7 @@ class GuardMiddleware:
                     await self._refuse(scope, receive, send, refusal)
         finally:
             _current.reset(token)
-            end(engine, ctx, status)
+            await end_async(engine, ctx, status)
 
     async def _refuse(
         self,

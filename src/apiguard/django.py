@@ -45,7 +45,14 @@ from apiguard.guard import Guard
 from apiguard.request import RequestContext, _current
 from apiguard.responses import block_response
 from apiguard.routes import RouteEntry
-from apiguard.steps import at_cancelled, at_response, end
+from apiguard.steps import (
+    at_cancelled,
+    at_response,
+    at_response_async,
+    end,
+    end_async,
+    started,
+)
 from apiguard.wsgi import wsgi_scope
 
 REQUEST_KEY = "django.request"  # scope key: the Django request
@@ -232,39 +239,53 @@ class GuardMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self._async:
             return self.__acall__(request)
+        engine = self.engine
         ctx, early = self._begin(request)
         if early is not None:
-            end(self.engine, ctx, None)
+            end(engine, ctx, None)
             return self._block(early)
         token = _current.set(ctx)
         try:
             response = self.get_response(request)
+            if getattr(response, "apiguard_refusal", False):  # from process_exception
+                refusal: Decision | None = ctx.decision
+            else:
+                refusal = at_response(engine, ctx, response.status_code)
         except BaseException:  # Django answers exceptions inside: interrupted
-            at_cancelled(self.engine, ctx, False)
-            end(self.engine, ctx, None)
+            at_cancelled(engine, ctx, False)
+            end(engine, ctx, None)
             raise
         finally:
             _current.reset(token)
-        return self._respond(ctx, response)
+        response, outcome = self._answer(ctx, response, refusal)
+        end(engine, ctx, outcome)
+        return response
 
     async def __acall__(self, request: HttpRequest) -> Any:
+        engine = self.engine
         ctx, early = self._begin(request)
         if early is not None:
-            end(self.engine, ctx, None)
+            end(engine, ctx, None)
             return self._block(early)
         token = _current.set(ctx)
         try:
             await self._resolve_user(request, ctx)  # placed after AuthenticationMiddleware
             response = await self.get_response(request)
-            if not ctx.global_done:
-                await self._resolve_user(request, ctx)
+            if getattr(response, "apiguard_refusal", False):  # from process_exception
+                refusal: Decision | None = ctx.decision
+            else:
+                if not ctx.global_done:
+                    await self._resolve_user(request, ctx)
+                refusal = await at_response_async(engine, ctx, response.status_code)
         except BaseException:
-            at_cancelled(self.engine, ctx, False)
-            end(self.engine, ctx, None)
+            at_cancelled(engine, ctx, False)
+            end(engine, ctx, None)
             raise
         finally:
             _current.reset(token)
-        return self._respond(ctx, response)
+        response, outcome = self._answer(ctx, response, refusal)
+        await end_async(engine, ctx, outcome)
+        return response
 
     async def _resolve_user(self, request: HttpRequest, ctx: RequestContext) -> None:
         """Async: the session user, loaded the async way for the checkpoint still to run
@@ -302,30 +323,27 @@ class GuardMiddleware:
             return self._block(exception.decision)
         return None
 
-    def _respond(self, ctx: RequestContext, response: HttpResponseBase) -> HttpResponseBase:
-        """The response-start checkpoint, the refusal in place of the app's response, and
-        the RateLimit fields."""
-        engine = self.engine
-        status = response.status_code
+    def _answer(
+        self, ctx: RequestContext, response: HttpResponseBase, refusal: Decision | None
+    ) -> tuple[HttpResponseBase, int | None]:
+        """The answer after the response-start checkpoint: the refusal in place of the
+        app's response, or the app's with its cookies and RateLimit fields; and the
+        outcome the rules observe (None: refused)."""
         if getattr(response, "apiguard_refusal", False):
             ctx.refused_sent = True
-            end(engine, ctx, None)
-            return response
-        try:
-            refusal = at_response(engine, ctx, status)
-        except BaseException:
-            end(engine, ctx, None)
-            raise
+            return response, None
         if refusal is not None:  # the app's response is dropped (Django closes the answer)
-            end(engine, ctx, None)
-            return self._block(refusal)
+            return self._block(refusal), None
+        engine = self.engine
+        status = response.status_code
+        for cookie in started(engine, ctx, status):
+            response.cookies.load(cookie.decode("latin-1"))
         if self._headers:
             values = engine.ratelimit_values(ctx)
             if values is not None:
                 response["RateLimit-Policy"] = values[0].decode("latin-1")
                 response["RateLimit"] = values[1].decode("latin-1")
-        end(engine, ctx, status)
-        return response
+        return response, status
 
     def _block(self, decision: Decision) -> HttpResponse:
         """The refusal as a complete Django response."""

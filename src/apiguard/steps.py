@@ -8,6 +8,7 @@ calls these at the same moments, sync or async:
 - `at_unanswered` when the app raised or returned without answering: every request is
   counted, and a refused one gets the refusal;
 - `at_cancelled` when the request was cancelled (count it, answer nothing);
+- `started` once an admitted response starts: detectors observe, cookies to set;
 - `end` once the request is over: rules observe the outcome, the context is released.
 """
 
@@ -103,12 +104,34 @@ def at_cancelled(engine: Engine, ctx: RequestContext, answered: bool) -> None:
             engine.check_sync(ctx, ())
 
 
+def started(engine: Engine, ctx: RequestContext, status: int) -> list[bytes]:
+    """The app's response starts with `status` (admitted): the detectors observe it now
+    with an in-process store (the server span is still open for their findings), and the
+    Set-Cookie values the response must carry (a challenge pass, a login's device cookie)."""
+    if engine.detectors and engine.store.local:
+        engine.observe(ctx, status)
+    if ctx.login is not None or ctx.cookies is not None:
+        return engine.response_cookies(ctx, status)
+    return []
+
+
 def end(engine: Engine, ctx: RequestContext, status: int | None) -> None:
-    """The request is over: rules observe the outcome (`status` None: no status of the
-    app's went out), and the context drops the request's objects (servers copy contexts,
-    e.g. a keep-alive timer: those copies keep an empty shell)."""
-    if ctx.charges:
+    """The request is over: rules and detectors observe the outcome (`status` None: no
+    status of the app's went out), and the context drops the request's objects (servers
+    copy contexts, e.g. a keep-alive timer: those copies keep an empty shell)."""
+    if ctx.charges or engine.detectors:
         # once a status went out, it is the outcome (a failing background task or a client
         # gone after the response must not refund a delivered success)
         engine.finish(ctx, None if ctx.refused_sent else status)
+    ctx.release()
+
+
+async def end_async(engine: Engine, ctx: RequestContext, status: int | None) -> None:
+    """`end` from async code (a remote store's observations are awaited)."""
+    if ctx.charges or engine.detectors:
+        outcome = None if ctx.refused_sent else status
+        if engine.store.local:
+            engine.finish(ctx, outcome)
+        else:
+            await engine.afinish(ctx, outcome)
     ctx.release()

@@ -21,7 +21,7 @@ from apiguard.engine import Engine, Refused
 from apiguard.guard import Guard
 from apiguard.request import RequestContext, _current
 from apiguard.responses import BlockResponse, block_response
-from apiguard.steps import at_cancelled, at_response, at_unanswered, end
+from apiguard.steps import at_cancelled, at_response, at_unanswered, end, started
 
 log = logging.getLogger("apiguard")
 
@@ -187,8 +187,11 @@ class GuardMiddleware:
                     return _discard
                 ex.status = code
                 ctx = ex.ctx
-                if ctx.charges:  # a status went out: it is the outcome, whenever the body ends
+                cookies = started(engine, ctx, code)
+                if ctx.charges or engine.detectors:  # a status went out: it is the outcome
                     engine.finish(ctx, code)
+                if cookies:
+                    headers = [*headers, *(("Set-Cookie", c.decode("latin-1")) for c in cookies)]
                 if headers_on:
                     values = engine.ratelimit_values(ctx)
                     if values is not None:
