@@ -12,12 +12,14 @@ Endpoints (the shared behaviour suite in test_frameworks_shared.py drives them):
 - GET  /watched                   @guard.limit("1/minute", mode="monitor")
 - GET  /audited                   @audited (the app's own decorator) above
                                   @guard.limit("2/minute")
+- POST /login                     JSON {username, password}; guard.login_result(); 401 or 200
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json as _json
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,15 +107,26 @@ def fastapi_client(guard: Guard) -> Client:
     def audited_view() -> str:
         return "audited"
 
+    @app.post("/login")
+    async def login(request: Request, response: Response) -> dict[str, bool]:
+        body = await request.json()
+        ok = body.get("password") == "right"
+        guard.login_result(body.get("username"), ok)
+        if not ok:
+            response.status_code = 401
+        return {"ok": ok}
+
     clients: dict[str, TestClient] = {}
 
-    def call(method: str, path: str, ip: str = "203.0.113.7", headers: Any = None) -> Answer:
+    def call(
+        method: str, path: str, ip: str = "203.0.113.7", headers: Any = None, json: Any = None
+    ) -> Answer:
         client = clients.get(ip)
         if client is None:
             client = clients[ip] = TestClient(
                 app, client=(ip, 50_000), raise_server_exceptions=False
             )
-        r = client.request(method, path, headers=headers)
+        r = client.request(method, path, headers=headers, json=json)
         return Answer(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content)
 
     return call
@@ -162,6 +175,13 @@ def flask_app(guard: Guard) -> Any:
     def audited_view() -> str:
         return "audited"
 
+    @app.post("/login")
+    def login() -> tuple[dict[str, bool], int]:
+        body = request.get_json()
+        ok = body.get("password") == "right"
+        guard.login_result(body.get("username"), ok)
+        return {"ok": ok}, 200 if ok else 401
+
     return app
 
 
@@ -169,8 +189,12 @@ def flask_client(guard: Guard, app: Any = None) -> Client:
     app = app if app is not None else flask_app(guard)
     client = app.test_client()
 
-    def call(method: str, path: str, ip: str = "203.0.113.7", headers: Any = None) -> Answer:
-        r = client.open(path, method=method, headers=headers, environ_base={"REMOTE_ADDR": ip})
+    def call(
+        method: str, path: str, ip: str = "203.0.113.7", headers: Any = None, json: Any = None
+    ) -> Answer:
+        r = client.open(
+            path, method=method, headers=headers, json=json, environ_base={"REMOTE_ADDR": ip}
+        )
         return Answer(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.data)
 
     return call
@@ -268,6 +292,12 @@ def django_patterns(guard: Guard) -> list[Any]:
     def audited_view(request: HttpRequest) -> HttpResponse:
         return HttpResponse("audited")
 
+    def login(request: HttpRequest) -> HttpResponse:
+        body = _json.loads(request.body)
+        ok = body.get("password") == "right"
+        guard.login_result(body.get("username"), ok)
+        return JsonResponse({"ok": ok}, status=200 if ok else 401)
+
     from django.views.decorators.csrf import csrf_exempt
 
     return [
@@ -278,6 +308,7 @@ def django_patterns(guard: Guard) -> list[Any]:
         path("boom", boom),
         path("watched", watched),
         path("audited", audited_view),
+        path("login", csrf_exempt(login)),
     ]
 
 
@@ -317,10 +348,16 @@ def django_client(guard: Guard, *, asgi: bool = False, patterns: list[Any] | Non
 
         aclient = IPClient(raise_request_exception=False)
 
-        def acall(method: str, path: str, ip: str = "203.0.113.7", headers: Any = None) -> Answer:
+        def acall(
+            method: str, path: str, ip: str = "203.0.113.7", headers: Any = None, json: Any = None
+        ) -> Answer:
+            data = _json.dumps(json) if json is not None else ""
+
             async def go() -> Any:
                 aclient.ip = ip
-                return await aclient.generic(method, path, headers=headers or {})
+                return await aclient.generic(
+                    method, path, data, "application/json", headers=headers or {}
+                )
 
             r = asyncio.run(go())
             return Answer(r.status_code, {k.lower(): v for k, v in r.items()}, r.content)
@@ -328,8 +365,13 @@ def django_client(guard: Guard, *, asgi: bool = False, patterns: list[Any] | Non
         return acall
     client = SyncClient(raise_request_exception=False)
 
-    def call(method: str, path: str, ip: str = "203.0.113.7", headers: Any = None) -> Answer:
-        r = client.generic(method, path, headers=headers or {}, REMOTE_ADDR=ip)
+    def call(
+        method: str, path: str, ip: str = "203.0.113.7", headers: Any = None, json: Any = None
+    ) -> Answer:
+        data = _json.dumps(json) if json is not None else ""
+        r = client.generic(
+            method, path, data, "application/json", headers=headers or {}, REMOTE_ADDR=ip
+        )
         return Answer(r.status_code, {k.lower(): v for k, v in r.items()}, r.content)
 
     return call

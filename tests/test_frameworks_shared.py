@@ -5,6 +5,7 @@ passing."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from apiguard import Guard
 from conftest import QUOTA_EXCEEDED, Otel
+from detection_support import public_ip
 from harness import AUDIT, FRAMEWORKS, Answer, Client, close_django, make_client
 
 ALICE = {"x-user": "alice"}
@@ -170,3 +172,22 @@ def test_the_apps_own_decorator_above_apiguards(make_guard, client_for):
     assert [call("GET", "/audited").status for _ in range(3)] == [200, 200, 429]
     assert AUDIT == ["audited_view"] * 3  # the app's decorator ran; apiguard's refused inside
     assert call("GET", "/audited", ip="198.51.100.9").status == 200
+
+
+def test_account_takeover_detector_fires(make_guard, client_for):
+    """A detector, not a limit: password guesses against one account from rotating
+    addresses (under every per-IP limit) are held back after `account_failures`, on every
+    framework (login outcomes reported with guard.login_result())."""
+    rng = random.Random(1)
+    guard = make_guard(detection={"account_takeover": {"account_failures": 5}})
+    call = client_for(guard)
+    statuses = []
+    for i in range(12):
+        guard.clock.advance(3)  # type: ignore[attr-defined]
+        ua = {"user-agent": f"Mozilla/5.0 (X11; Linux x86_64) Firefox/127.{i}"}
+        body = {"username": "victim@example.com", "password": f"guess{i}"}
+        statuses.append(call("POST", "/login", ip=public_ip(rng), headers=ua, json=body).status)
+    assert statuses[:5] == [401] * 5
+    assert set(statuses[6:]) <= {403, 429} and statuses[-1] in (403, 429)
+    honest = {"username": "alice@example.com", "password": "right"}
+    assert call("POST", "/login", ip=public_ip(rng), json=honest).status == 200
