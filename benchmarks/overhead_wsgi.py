@@ -32,6 +32,14 @@ GUARD_CONFIG: dict[str, Any] = {
     "limits": {"principal": HIGH, "ip": HIGH},
     "identity": {"new_credentials_per_ip": HIGH},
 }
+# the same with every detector off: the adapter and the limits alone
+NO_DETECTORS: dict[str, Any] = {
+    **GUARD_CONFIG,
+    "detection": {
+        name: {"enabled": False}
+        for name in ("account_takeover", "bola", "rotation", "flow_groups")
+    },
+}
 ROUTES = 10
 WSGIApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
 
@@ -43,11 +51,11 @@ def flask_app(kind: str) -> tuple[WSGIApp, Callable[[], bool]]:
     app = Flask(f"bench_{kind}")
     probe: Callable[[], bool] = lambda: True  # noqa: E731
     guard = None
-    if kind == "apiguard":
+    if kind.startswith("apiguard"):
         from apiguard import Guard
         from apiguard.flask import init_app
 
-        guard = Guard(GUARD_CONFIG)
+        guard = Guard(NO_DETECTORS if kind.endswith("no-detectors") else GUARD_CONFIG)
         init_app(app, guard)
         probe = lambda: len(guard.store._windows) > 0  # type: ignore[attr-defined]  # noqa: E731
     for i in range(ROUTES):
@@ -119,10 +127,14 @@ def django_app(kind: str) -> tuple[WSGIApp, Callable[[], bool]]:
     from django.conf import settings
     from django.core.cache import cache
     from django.core.handlers.wsgi import WSGIHandler
+    from django.core.signals import setting_changed
 
-    settings.MIDDLEWARE = ["apiguard.django.GuardMiddleware"] if kind == "apiguard" else []
-    handler = WSGIHandler()  # loads the middleware now
-    if kind == "apiguard":
+    guarded = kind.startswith("apiguard")
+    settings.MIDDLEWARE = ["apiguard.django.GuardMiddleware"] if guarded else []
+    settings.APIGUARD = NO_DETECTORS if kind.endswith("no-detectors") else GUARD_CONFIG
+    setting_changed.send(sender=None, setting="APIGUARD", value=settings.APIGUARD, enter=True)
+    handler = WSGIHandler()  # loads the middleware now (a guard from the new settings)
+    if guarded:
         from apiguard.django import get_guard
 
         guard = get_guard()
@@ -221,18 +233,20 @@ def build_variants() -> list[Variant]:
         ("bare Flask", "bare"),
         ("no-op WSGI middleware", "noop"),
         ("apiguard (init_app)", "apiguard"),
+        ("apiguard, detectors off", "apiguard-no-detectors"),
         ("Flask-Limiter, memory storage", "flask-limiter"),
     ):
         app, probe = flask_app(kind)
-        header = "ratelimit" if kind == "apiguard" else None
+        header = "ratelimit" if kind.startswith("apiguard") else None
         out.append(Variant("Flask", label, app, probe, plain, header))
     for label, kind in (
         ("bare Django", "bare"),
         ("apiguard (GuardMiddleware)", "apiguard"),
+        ("apiguard, detectors off", "apiguard-no-detectors"),
         ("django-ratelimit, locmem cache", "django-ratelimit"),
     ):
         app, probe = django_app(kind)
-        header = "ratelimit" if kind == "apiguard" else None
+        header = "ratelimit" if kind.startswith("apiguard") else None
         templates = limited if kind == "django-ratelimit" else plain
         out.append(Variant("Django", label, app, probe, templates, header))
     return out
