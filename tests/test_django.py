@@ -289,3 +289,12 @@ def test_async_client_with_session_user(make_guard):
 
     assert asyncio.run(run()) == [200, 200, 429]
     assert Client().get("/me", REMOTE_ADDR=IP_A).status_code == 200  # anonymous: own budget
+
+
+def test_middleware_listed_twice_counts_once(make_guard):
+    guard = make_guard({"principal": "2/minute"})
+    twice = ["apiguard.django.GuardMiddleware", "apiguard.django.GuardMiddleware"]
+    DjangoSite(guard, [path("x", route_of)], MIDDLEWARE=twice)
+    client = Client()
+    assert [client.get("/x").status_code for _ in range(3)] == [200, 200, 429]
+    assert client.get("/x", REMOTE_ADDR=IP_B).status_code == 200

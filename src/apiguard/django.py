@@ -57,6 +57,7 @@ from apiguard.wsgi import wsgi_scope
 
 REQUEST_KEY = "django.request"  # scope key: the Django request
 USER_KEY = "django.user"  # scope key: the user resolved ahead (async requests)
+MARK = "_apiguard_guard"  # request attribute: the guard already checking this request
 _SETTINGS = ("APIGUARD", "APIGUARD_CLOCK", "APIGUARD_PRINCIPAL_RESOLVER", "APIGUARD_ON_BLOCK")
 _HTTP_METHODS = ("get", "post", "put", "patch", "delete", "head", "options", "trace")
 
@@ -239,6 +240,9 @@ class GuardMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self._async:
             return self.__acall__(request)
+        if request.__dict__.get(MARK) is self.guard:  # listed twice: count once
+            return self.get_response(request)
+        request.__dict__[MARK] = self.guard
         engine = self.engine
         ctx, early = self._begin(request)
         if early is not None:
@@ -262,6 +266,9 @@ class GuardMiddleware:
         return response
 
     async def __acall__(self, request: HttpRequest) -> Any:
+        if request.__dict__.get(MARK) is self.guard:  # listed twice: count once
+            return await self.get_response(request)
+        request.__dict__[MARK] = self.guard
         engine = self.engine
         ctx, early = self._begin(request)
         if early is not None:
