@@ -21,13 +21,14 @@ from apiguard.decision import Decision
 from apiguard.engine import Refused
 from apiguard.guard import Guard
 from apiguard.request import _current
-from apiguard.responses import BlockResponse, block_response
+from apiguard.responses import BlockResponse
 from apiguard.steps import (
     at_cancelled,
     at_response,
     at_response_async,
     at_unanswered_async,
     end_async,
+    render,
     started,
 )
 
@@ -172,7 +173,7 @@ class GuardMiddleware:
     ) -> None:
         """Send the refusal (`replacing`: in place of the app's response, at its start),
         through the app's CORSMiddleware when it sits inside apiguard."""
-        response = self.guard.block_response(decision, block_response(decision, self._headers))
+        response = render(self.guard, decision)
         if replacing:
             _correct_native_status(scope, response.status)
         cors = self._cors.inside if self._cors is not None else None

@@ -43,7 +43,6 @@ from apiguard.engine import Refused
 from apiguard.errors import ConfigurationError
 from apiguard.guard import Guard
 from apiguard.request import RequestContext, _current
-from apiguard.responses import block_response
 from apiguard.routes import RouteEntry
 from apiguard.steps import (
     at_cancelled,
@@ -51,6 +50,7 @@ from apiguard.steps import (
     at_response_async,
     end,
     end_async,
+    render,
     started,
 )
 from apiguard.wsgi import wsgi_scope
@@ -354,7 +354,7 @@ class GuardMiddleware:
 
     def _block(self, decision: Decision) -> HttpResponse:
         """The refusal as a complete Django response."""
-        block = self.guard.block_response(decision, block_response(decision, self._headers))
+        block = render(self.guard, decision)
         response = HttpResponse(block.body, status=block.status)
         del response["Content-Type"]
         for name, value in block.headers:

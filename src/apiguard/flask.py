@@ -27,8 +27,8 @@ from flask import Flask, Response, request
 
 from apiguard.engine import Refused
 from apiguard.guard import Guard
-from apiguard.responses import block_response
 from apiguard.routes import RouteEntry
+from apiguard.steps import render
 from apiguard.wsgi import SCOPE_KEY, GuardMiddleware
 
 EXTENSION = "apiguard"
@@ -78,7 +78,6 @@ def init_app(app: Flask, guard: Guard) -> Guard:
         return guard
     if installed is not None:
         raise RuntimeError("init_app: this Flask app is already protected by another Guard")
-    headers_on = guard.config.ratelimit_headers
 
     # id(URL rule) -> (the rule, its MatchedRoute): one per rule (rules are unhashable)
     matched: dict[int, tuple[Any, MatchedRoute]] = {}
@@ -107,7 +106,7 @@ def init_app(app: Flask, guard: Guard) -> Guard:
         """A refusal raised in a view: the complete refusal, never a 500 (the middleware
         sends it, whatever another handler renders)."""
         decision = refused.decision
-        block = guard.block_response(decision, block_response(decision, headers_on))
+        block = render(guard, decision)
         response = Response(block.body, status=block.status)
         response.headers.clear()
         for name, value in block.headers:

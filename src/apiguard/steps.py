@@ -15,16 +15,38 @@ calls these at the same moments, sync or async:
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 from apiguard.decision import ALLOWED, Decision
 from apiguard.engine import Engine, Refused
 from apiguard.request import RequestContext
+from apiguard.responses import BlockResponse, block_response
+
+if TYPE_CHECKING:
+    from apiguard.guard import Guard
 
 
 def _refusal(decision: Decision | None) -> Decision | None:
     if decision is None or decision is ALLOWED or not decision.refused:
         return None
     return decision
+
+
+def _standing(ctx: RequestContext, decision: Decision | None) -> Decision | None:
+    """An earlier refusal of this request (e.g. `login_result`) the app caught stands,
+    whatever a later checkpoint found."""
+    earlier = ctx.decision
+    return earlier if earlier is not None and earlier.refused else decision
+
+
+def render(guard: Guard, decision: Decision) -> BlockResponse:
+    """The refusal to send: `on_block`'s, else the default problem+json (429/403, or the
+    configured challenge status)."""
+    config = guard.config
+    default = block_response(
+        decision, config.ratelimit_headers, config.detection.challenge_status
+    )
+    return guard.block_response(decision, default)
 
 
 def at_response(engine: Engine, ctx: RequestContext, status: int) -> Decision | None:
@@ -39,6 +61,7 @@ def at_response(engine: Engine, ctx: RequestContext, status: int) -> Decision | 
             decision = engine.check_sync(ctx, rules)
         except Refused as refused:
             decision = refused.decision
+        decision = _standing(ctx, decision)
     refusal = _refusal(decision)
     if refusal is not None:
         ctx.refused_sent = True
@@ -59,6 +82,7 @@ async def at_response_async(engine: Engine, ctx: RequestContext, status: int) ->
                 decision = await engine.check_async(ctx, rules)
         except Refused as refused:
             decision = refused.decision
+        decision = _standing(ctx, decision)
     refusal = _refusal(decision)
     if refusal is not None:
         ctx.refused_sent = True

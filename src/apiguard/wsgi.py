@@ -20,8 +20,8 @@ from apiguard.decision import Decision
 from apiguard.engine import Engine, Refused
 from apiguard.guard import Guard
 from apiguard.request import RequestContext, _current
-from apiguard.responses import BlockResponse, block_response
-from apiguard.steps import at_cancelled, at_response, at_unanswered, end, started
+from apiguard.responses import BlockResponse
+from apiguard.steps import at_cancelled, at_response, at_unanswered, end, render, started
 
 log = logging.getLogger("apiguard")
 
@@ -208,7 +208,7 @@ class GuardMiddleware:
 
     def _refuse(self, start_response: StartResponse, decision: Decision) -> list[bytes]:
         """Start the refusal and return its body (a complete response)."""
-        response = self.guard.block_response(decision, block_response(decision, self._headers))
+        response = render(self.guard, decision)
         start_response(status_line(response.status), wsgi_headers(response))
         return [response.body]
 
