@@ -24,6 +24,11 @@ only in http.sh.
     /work/venv/bin/python benchmarks/overhead.py --profile apiguard-default
     /work/venv/bin/python benchmarks/overhead.py --before 65266cd   # + apiguard at a git
                                     revision, side by side in the same run (a change's cost)
+    /work/venv/bin/python benchmarks/overhead.py --only wsgi   # Flask and Django tables only
+
+After the ASGI table, the same run prints the Flask and Django (WSGI) tables of
+overhead_wsgi.py: bare Flask, a no-op WSGI middleware, apiguard, Flask-Limiter; bare
+Django, apiguard, django-ratelimit.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import overhead_wsgi
 from fused_floor import FusedFloor
 from limits import parse
 from limits.storage import MemoryStorage
@@ -435,6 +441,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, help="requests per variant per round")
     ap.add_argument("--profile", metavar="KIND", help="cProfile one variant at 10 routes")
     ap.add_argument("--before", metavar="REV", help="also run apiguard as of git revision REV")
+    ap.add_argument(
+        "--only", choices=("asgi", "wsgi"), help="only the ASGI table, or only the Flask and "
+        "Django tables (overhead_wsgi.py); both by default"
+    )
     args = ap.parse_args()
     if args.before:
         load_before(args.before)
@@ -444,6 +454,9 @@ def main() -> None:
     args.rounds = args.rounds or (12 if args.quick else 50)
     args.batch = args.batch or (500 if args.quick else 1500)
     args.warmup = 500 if args.quick else 2000
+    if args.only == "wsgi":
+        print(overhead_wsgi.run(args.quick))
+        return
     started = time.perf_counter()
     vs = asyncio.run(measure(args))
     print(
@@ -453,6 +466,9 @@ def main() -> None:
         f"{os.path.dirname(apiguard.__file__)}\n"
     )
     print(table(vs))
+    if args.only is None:  # the Flask and Django tables, in the same run
+        print()
+        print(overhead_wsgi.run(args.quick))
 
 
 if __name__ == "__main__":

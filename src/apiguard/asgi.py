@@ -10,20 +10,39 @@ app's own CORSMiddleware when that sits inside apiguard (see `apiguard.cors`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from apiguard.cors import SUGGESTED, CorsLayout, find_cors, send_through_cors
-from apiguard.decision import ALLOWED, Decision
+from apiguard.decision import Decision
 from apiguard.engine import Refused
 from apiguard.guard import Guard
-from apiguard.request import RequestContext, _current
-from apiguard.responses import BlockResponse, block_response
+from apiguard.request import _current
+from apiguard.responses import BlockResponse
+from apiguard.steps import (
+    at_cancelled,
+    at_response,
+    at_response_async,
+    at_unanswered_async,
+    end_async,
+    render,
+    started,
+)
 
 log = logging.getLogger("apiguard")
+
+
+class HTTPRefused(Refused, HTTPException):
+    """`Refused` as a Starlette HTTP exception (429, or 403 for bans): what checkpoints
+    raise under this middleware, so FastAPI and tracing treat a refusal as a client
+    error, not a server fault."""
+
+    def __init__(self, decision: Decision) -> None:
+        Refused.__init__(self, decision)
+        HTTPException.__init__(self, self.status_code, self.detail)
 
 
 class GuardMiddleware:
@@ -35,8 +54,8 @@ class GuardMiddleware:
         self.app = app
         self.guard = guard
         self.engine = guard.engine
+        self.engine.refusal = HTTPRefused
         self._headers = guard.config.ratelimit_headers
-        self._challenge_status = guard.config.detection.challenge_status
         self._verified_root: Any = None
         self._cors: CorsLayout | None = None
 
@@ -85,35 +104,20 @@ class GuardMiddleware:
         async def guarded_send(message: Message) -> None:
             nonlocal status
             if status is None and message["type"] == "http.response.start":
-                rules = engine.rules_at_response(scope, message["status"])
-                decision = ctx.decision
-                if not ctx.checked(rules):
-                    if rules:  # a streaming endpoint: its body's entry is charged now
-                        ctx.prechecked = rules
-                    try:
-                        if local:
-                            decision = engine.check_sync(ctx, rules)
-                        else:
-                            decision = await engine.check_async(ctx, rules)
-                    except Refused as refused:
-                        decision = refused.decision
-                    if ctx.decision is not None and ctx.decision.refused:
-                        # an earlier refusal (e.g. `login_result`) the app caught: it
-                        # stands, whatever this checkpoint found
-                        decision = ctx.decision
-                if decision is not None and decision is not ALLOWED and decision.refused:
-                    # refused now, or at a checkpoint whose exception the app swallowed
-                    ctx.refused_sent = True
+                if local:
+                    refusal = at_response(engine, ctx, message["status"])
+                else:
+                    refusal = await at_response_async(engine, ctx, message["status"])
+                if refusal is not None:
                     status = 0
-                    await self._refuse(scope, receive, send, decision, replacing=True)
+                    await self._refuse(scope, receive, send, refusal, replacing=True)
                     return
                 status = message["status"]
-                if local and engine.detectors:
-                    engine.observe(ctx, status)
-                if ctx.login is not None or ctx.cookies is not None:
+                cookies = started(engine, ctx, status)
+                if cookies:
                     message["headers"] = [
                         *message.get("headers", ()),
-                        *((b"set-cookie", c) for c in engine.response_cookies(ctx, status)),
+                        *((b"set-cookie", c) for c in cookies),
                     ]
                 if self._headers:
                     values = engine.ratelimit_values(ctx)
@@ -142,48 +146,21 @@ class GuardMiddleware:
             # gets the refusal instead of the 500 (the exception still propagates, so the
             # app's error reporting sees it)
             if status is None and not ctx.refused_sent:
-                await self._answer_unanswered(ctx, scope, receive, send)
+                refusal = await at_unanswered_async(engine, ctx)
+                if refusal is not None:
+                    await self._refuse(scope, receive, send, refusal)
             raise
         except BaseException:  # cancelled: count it, answer nothing
-            if status is None and not ctx.refused_sent and local and not ctx.global_done:
-                with contextlib.suppress(Refused):
-                    engine.check_sync(ctx, ())
+            at_cancelled(engine, ctx, status is not None)
             raise
         else:
             if status is None and not ctx.refused_sent:  # the app returned without answering
-                await self._answer_unanswered(ctx, scope, receive, send)
+                refusal = await at_unanswered_async(engine, ctx)
+                if refusal is not None:
+                    await self._refuse(scope, receive, send, refusal)
         finally:
             _current.reset(token)
-            if ctx.charges or engine.detectors:
-                # once a status went out, it is the outcome (a failing background task or a
-                # client gone after the response must not refund a delivered success)
-                started = status is not None and not ctx.refused_sent
-                if local:
-                    engine.finish(ctx, status if started else None)
-                else:
-                    await engine.afinish(ctx, status if started else None)
-            # Servers copy the context (e.g. uvicorn's keep-alive timer): drop what this
-            # request holds so those copies keep an empty shell, not the request's objects.
-            ctx.release()
-
-    async def _answer_unanswered(
-        self, ctx: RequestContext, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        """A request the app did not answer (it raised, or returned without a response):
-        run the checkpoint if none ran (every request is counted, whatever the app does
-        with it) and send the refusal if the request is refused."""
-        decision = ctx.decision
-        if not ctx.global_done:
-            try:
-                if self.engine.store.local:
-                    self.engine.check_sync(ctx, ())
-                else:
-                    await self.engine.check_async(ctx, ())
-            except Refused as refused:
-                decision = refused.decision
-        if decision is not None and decision is not ALLOWED and decision.refused:
-            ctx.refused_sent = True
-            await self._refuse(scope, receive, send, decision)
+            await end_async(engine, ctx, status)
 
     async def _refuse(
         self,
@@ -196,8 +173,7 @@ class GuardMiddleware:
     ) -> None:
         """Send the refusal (`replacing`: in place of the app's response, at its start),
         through the app's CORSMiddleware when it sits inside apiguard."""
-        default = block_response(decision, self._headers, self._challenge_status)
-        response = self.guard.block_response(decision, default)
+        response = render(self.guard, decision)
         if replacing:
             _correct_native_status(scope, response.status)
         cors = self._cors.inside if self._cors is not None else None

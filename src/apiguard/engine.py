@@ -17,8 +17,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from starlette.exceptions import HTTPException
-
 from apiguard import detectors
 from apiguard.admission import Admission
 from apiguard.config import GuardConfig, Mode
@@ -80,17 +78,18 @@ def ban_decision(ban: Ban, now: float) -> Decision:
     )
 
 
-class Refused(HTTPException):
+class Refused(Exception):
     """Raised at a checkpoint that refuses the request; the adapter answers it.
 
-    It is an HTTP exception (429, or 403 for bans), so frameworks and tracing treat it as a
-    client error, not a server fault. Whatever the app's own handler renders for it, the
-    middleware replaces with apiguard's answer before a byte leaves.
+    Framework-neutral: it carries the HTTP status (429, or 403 for bans) as `status_code`,
+    and each adapter maps it to its framework. Whatever the app's own handler renders for
+    it, the middleware replaces with apiguard's answer before a byte leaves.
     """
 
     def __init__(self, decision: Decision) -> None:
-        status = 429 if decision.action is Action.THROTTLE else 403
-        super().__init__(status, f"apiguard refused the request ({decision.rule})")
+        self.status_code = 429 if decision.action is Action.THROTTLE else 403
+        self.detail = f"apiguard refused the request ({decision.rule})"
+        super().__init__(self.status_code, self.detail)
         self.decision = decision
 
 
@@ -146,6 +145,9 @@ class Engine:
         self.mode_override: Mode | None = None  # `override_mode`: every rule in this mode
         self._global_plan = self._with_modes(self.global_rules)
         self.resolver = resolver
+        # what a refusing checkpoint raises: adapters may set a subclass their framework
+        # treats as an HTTP client error (the ASGI adapter: a Starlette HTTPException)
+        self.refusal: type[Refused] = Refused
         self.ip = ClientIPResolver(config.client_ip)
         self.bans = config.bans
         self._key_headers = frozenset(h.encode("latin-1") for h in config.identity.api_key_headers)
@@ -722,7 +724,7 @@ class Engine:
             ctx.decision = decision
         self.telemetry.record(ctx, decision)
         if decision.refused:
-            raise Refused(decision)
+            raise self.refusal(decision)
         return decision
 
     # -- logins and challenges ------------------------------------------------------

@@ -19,7 +19,7 @@ from opentelemetry import metrics
 
 from apiguard.config import GuardConfig, Mode
 from apiguard.decision import Decision
-from apiguard.engine import Engine, PrincipalResolver, Refused
+from apiguard.engine import Engine, PrincipalResolver
 from apiguard.errors import ConfigurationError as ConfigurationError
 from apiguard.errors import check_arity
 from apiguard.login import LoginRule, UsernameSpec
@@ -923,7 +923,7 @@ def _wrap(
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             refused = await _enter_async(engine, current_request(), rules, original)
             if refused is not None:
-                raise Refused(refused)
+                raise engine.refusal(refused)
             if login is not None:
                 finished = login(engine, args, kwargs)
                 result = await original(*args, **kwargs)
@@ -958,7 +958,7 @@ def _wrap(
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
             refused = _enter_sync(engine, current_request(), rules, original)
             if refused is not None:
-                raise Refused(refused)
+                raise engine.refusal(refused)
             if login is not None:
                 finished = login(engine, args, kwargs)
                 result = original(*args, **kwargs)

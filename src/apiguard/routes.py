@@ -7,11 +7,13 @@ The walk is used once at start-up (decorator-order checks) and by `audit`.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.routing import Host, Mount, WebSocketRoute, compile_path
+# Starlette's routing is imported only where a Starlette app is walked or its scope read,
+# so `import apiguard` under Flask or Django loads none of Starlette's request machinery.
 
 
 def _mount_prefix(scope: Mapping[str, Any]) -> str:
@@ -76,6 +78,8 @@ class _TemplateIndex:
         self.build()
 
     def build(self) -> None:
+        from starlette.routing import compile_path
+
         found: dict[int, list[tuple[str, int, Any]]] = {}
         for entry in walk_routes(self.app):
             if entry.endpoint is None:
@@ -139,7 +143,8 @@ def _strip_depth(prefix: str, depth: int) -> str:
 
 
 def _is_mount(route: object) -> bool:
-    return isinstance(route, Mount)
+    routing = sys.modules.get("starlette.routing")  # not imported: no Starlette route
+    return routing is not None and isinstance(route, routing.Mount)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,10 +168,17 @@ def _expand(routes: Sequence[Any]) -> Iterator[Any]:
 
 
 def walk_routes(app: Any, prefix: str = "", _depth: int = 0) -> Iterator[RouteEntry]:
-    """Every leaf route under `app`, nested routers, mounts and hosts included."""
+    """Every leaf route under `app`, nested routers, mounts and hosts included. An app
+    that is no Starlette app may list its own leaves with `__apiguard_routes__()` (the
+    Flask and Django adapters do)."""
+    own = getattr(app, "__apiguard_routes__", None)
+    if callable(own):
+        yield from own()
+        return
     routes = getattr(app, "routes", None)
     if routes is None or _depth > 32:
         return
+    from starlette.routing import Host, Mount, WebSocketRoute
     for item in _expand(routes):
         original = getattr(item, "original_route", item)
         effective = getattr(item, "_effective_route", item)

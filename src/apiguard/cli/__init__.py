@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -30,16 +31,28 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print machine-readable results")
     demo.add_argument("--shop", metavar="PATH", help="path of examples/shop.py (default: found)")
     demo.add_argument(
+        "--framework",
+        choices=("fastapi", "flask", "django"),
+        default="fastapi",
+        help="the shop on FastAPI (examples/shop.py), Flask (examples/flask_shop.py) or "
+        "Django (examples/django_shop); default: fastapi",
+    )
+    demo.add_argument(
         "-v", "--verbose", action="store_true", help="also print apiguard's log (bans) to stderr"
     )
     return parser
 
 
 def _demo(args: argparse.Namespace) -> int:
+    module, extra = {"fastapi": ("fastapi", "demo")}.get(args.framework, (args.framework,) * 2)
     try:
-        import fastapi  # noqa: F401
+        importlib.import_module(module)
     except ImportError:
-        print("apiguard demo needs FastAPI: pip install 'apiguard-shield[demo]'", file=sys.stderr)
+        print(
+            f"apiguard demo --framework {args.framework} needs {module}: "
+            f"pip install 'apiguard-shield[{extra}]'",
+            file=sys.stderr,
+        )
         return 1
     from apiguard.simulate.demo import format_table, run_demo
 
@@ -48,7 +61,10 @@ def _demo(args: argparse.Namespace) -> int:
     else:  # bans are summarised in the report; keep their log lines out of it
         logging.getLogger("apiguard").setLevel(logging.ERROR)
     try:
-        result = run_demo(args.seed, args.shop)
+        if args.framework == "fastapi":
+            result = run_demo(args.seed, args.shop)
+        else:
+            result = run_demo(args.seed, args.shop, framework=args.framework)
     except FileNotFoundError as exc:
         print(f"apiguard demo: {exc}", file=sys.stderr)
         return 1

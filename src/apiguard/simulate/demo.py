@@ -214,20 +214,29 @@ def summarise(records: Sequence[Record], seed: int, wall: float) -> DemoResult:
     )
 
 
-async def arun_demo(seed: int = 7, shop_path: str | Path | None = None) -> DemoResult:
-    """Run the demo hour inside the running event loop."""
-    shop = load_shop(shop_path)
+async def arun_demo(
+    seed: int = 7, shop_path: str | Path | None = None, framework: str = "fastapi"
+) -> DemoResult:
+    """Run the demo hour inside the running event loop (the shop on `framework`)."""
     clock = FakeClock(START)
-    app = shop.create_app(shop.demo_guard(clock))
+    if framework == "fastapi":
+        shop = load_shop(shop_path)
+        app = shop.create_app(shop.demo_guard(clock))
+    else:  # examples/flask_shop.py or examples/django_shop: same users, routes, policy
+        from apiguard.simulate.frameworks import shop_app
+
+        shop, app = shop_app(framework, clock, shop_path)
     actors = sc.build_actors(world_of(shop), seed)
     began = time.perf_counter()
     records = await run_agents(AsgiDriver(app), clock, actors, origin=START)
     return summarise(records, seed, time.perf_counter() - began)
 
 
-def run_demo(seed: int = 7, shop_path: str | Path | None = None) -> DemoResult:
+def run_demo(
+    seed: int = 7, shop_path: str | Path | None = None, framework: str = "fastapi"
+) -> DemoResult:
     """Run the demo hour (its own event loop) and return the counts."""
-    return asyncio.run(arun_demo(seed, shop_path))
+    return asyncio.run(arun_demo(seed, shop_path, framework))
 
 
 def _rate(value: float | None) -> str:

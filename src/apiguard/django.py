@@ -1,0 +1,364 @@
+"""Django (4.2 and later), under WSGI and ASGI: a middleware configured from settings.
+
+    MIDDLEWARE = [
+        "django.middleware.security.SecurityMiddleware",
+        "apiguard.django.GuardMiddleware",          # early: every request is counted
+        ...
+    ]
+    APIGUARD = {"limits": {"principal": "600/minute"}, "secret": env("APIGUARD_SECRET")}
+
+    from apiguard.django import guard               # the configured Guard, for decorators
+
+    @guard.flow("refund", "3/day")
+    def refund(request, order_id): ...
+
+`settings.APIGUARD` is a dict validated by `GuardConfig` (a bad setting fails when the
+middleware loads, naming the setting, never its value), or a `Guard` built by the app.
+Optional settings: `APIGUARD_CLOCK`, `APIGUARD_PRINCIPAL_RESOLVER` and `APIGUARD_ON_BLOCK`
+(callables or dotted paths), passed to `Guard`.
+
+The principal is what the app declares with `identify()`, else the authenticated user
+(`request.user.pk`): Django's session user, or the user Django REST Framework
+authenticated inside the view (DRF sets it on the Django request once it authenticates,
+before the view's handler and any decorated method run).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils.functional import empty
+from django.utils.module_loading import import_string
+
+from apiguard.config import GuardConfig
+from apiguard.decision import Decision
+from apiguard.engine import Refused
+from apiguard.errors import ConfigurationError
+from apiguard.guard import Guard
+from apiguard.request import RequestContext, _current
+from apiguard.routes import RouteEntry
+from apiguard.steps import (
+    at_cancelled,
+    at_response,
+    at_response_async,
+    end,
+    end_async,
+    render,
+    started,
+)
+from apiguard.wsgi import wsgi_scope
+
+REQUEST_KEY = "django.request"  # scope key: the Django request
+USER_KEY = "django.user"  # scope key: the user resolved ahead (async requests)
+MARK = "_apiguard_guard"  # request attribute: the guard already checking this request
+_SETTINGS = ("APIGUARD", "APIGUARD_CLOCK", "APIGUARD_PRINCIPAL_RESOLVER", "APIGUARD_ON_BLOCK")
+_HTTP_METHODS = ("get", "post", "put", "patch", "delete", "head", "options", "trace")
+
+_guard: Guard | None = None
+
+
+def get_guard() -> Guard:
+    """The guard configured by the settings (built once; again after a settings change)."""
+    global _guard
+    if _guard is None:
+        _guard = _from_settings()
+    return _guard
+
+
+def __getattr__(name: str) -> Any:
+    if name == "guard":  # `from apiguard.django import guard`
+        return get_guard()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _option(name: str) -> Any:
+    value = getattr(settings, name, None)
+    if isinstance(value, str):
+        try:
+            value = import_string(value)
+        except ImportError as exc:
+            raise ConfigurationError(f"settings.{name}: cannot import {value!r} ({exc})") from None
+    if value is not None and not callable(value):
+        raise ConfigurationError(f"settings.{name}: expected a callable or a dotted path")
+    return value
+
+
+def _from_settings() -> Guard:
+    value = getattr(settings, "APIGUARD", None)
+    if isinstance(value, Guard):
+        return value
+    if value is not None and not isinstance(value, Mapping | GuardConfig):
+        raise ConfigurationError(
+            f"settings.APIGUARD: expected a dict of apiguard settings or a Guard, not a "
+            f"{type(value).__name__}"
+        )
+    config = value if isinstance(value, GuardConfig) else GuardConfig.load(
+        dict(value or {}), "settings.APIGUARD"
+    )
+    return Guard(
+        config,
+        clock=_option("APIGUARD_CLOCK"),
+        principal_resolver=_option("APIGUARD_PRINCIPAL_RESOLVER") or django_user,
+        on_block=_option("APIGUARD_ON_BLOCK"),
+    )
+
+
+def _settings_changed(*, setting: str, **kwargs: Any) -> None:
+    global _guard
+    if setting in _SETTINGS:
+        _guard = None
+
+
+setting_changed.connect(_settings_changed)
+
+
+def django_user(ctx: RequestContext) -> str | int | uuid.UUID | None:
+    """The principal resolver of the configured guard: the authenticated user's primary
+    key (DRF's user once DRF authenticated it inside the view), or None."""
+    scope = ctx.scope
+    request = scope.get(REQUEST_KEY)
+    if request is None:
+        return None
+    user = request.__dict__.get("user")
+    if user is None:
+        return None
+    if getattr(user, "_wrapped", None) is empty and USER_KEY in scope:
+        user = scope[USER_KEY]  # async: resolved ahead, never from the event loop
+    if not getattr(user, "is_authenticated", False):
+        return None
+    pk = user.pk
+    return pk if isinstance(pk, str | int | uuid.UUID) else str(pk)
+
+
+class MatchedRoute:
+    """What the resolver matched, in the shape `apiguard.routes.route_template` reads."""
+
+    __slots__ = ("endpoint", "path_format")
+
+    def __init__(self, path_format: str, endpoint: Any) -> None:
+        self.path_format = path_format
+        self.endpoint = endpoint
+
+
+class DjangoRoutes:
+    """The URLconf's leaves for `Guard.verify` (class-based and DRF views method by
+    method, ViewSet actions included), templates as `resolver_match.route` gives them."""
+
+    def __init__(self, urlconf: str | None = None) -> None:
+        self.urlconf = urlconf
+
+    def __apiguard_routes__(self) -> Iterator[RouteEntry]:
+        yield from _walk(get_resolver(self.urlconf).url_patterns, "", 0)
+
+
+def _walk(patterns: Any, prefix: str, depth: int) -> Iterator[RouteEntry]:
+    if depth > 32:
+        return
+    for item in patterns:
+        if isinstance(item, URLResolver):
+            yield from _walk(item.url_patterns, prefix + str(item.pattern), depth + 1)
+        elif isinstance(item, URLPattern):
+            template = "/" + prefix + str(item.pattern)
+            view = item.callback
+            yield RouteEntry(template, frozenset(), view, "http")
+            cls = getattr(view, "view_class", None) or getattr(view, "cls", None)
+            if isinstance(cls, type):
+                actions = getattr(view, "actions", None)  # DRF ViewSet: {"get": "list"}
+                names = actions.items() if isinstance(actions, dict) else (
+                    (m, m) for m in _HTTP_METHODS
+                )
+                for method, name in names:
+                    handler = getattr(cls, name, None)
+                    if callable(handler):
+                        yield RouteEntry(template, frozenset({method.upper()}), handler, "http")
+
+
+def _check_drf_order(guard: Guard, routes: DjangoRoutes) -> None:
+    """An apiguard decorator above DRF's `@api_view` checks before DRF authenticates, so
+    the principal could not be DRF's user: refuse it at start-up."""
+    wrong = [
+        entry.template
+        for entry in routes.__apiguard_routes__()
+        if getattr(entry.endpoint, "__apiguard_guard__", None) is guard
+        and getattr(getattr(entry.endpoint, "__apiguard_original__", None), "cls", None)
+        is not None
+    ]
+    if wrong:
+        raise ConfigurationError(
+            "apiguard decorators sit above @api_view on " + ", ".join(wrong) + ": they "
+            "would check before Django REST Framework authenticates the user. Put "
+            "@guard.limit/@guard.flow directly above `def`, below @api_view."
+        )
+
+
+class GuardMiddleware:
+    """Checks every request against `apiguard.django.guard`'s rules (sync and async)."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.guard = get_guard()  # a bad setting fails here, as the middleware loads
+        self.engine = self.guard.engine
+        self._headers = self.guard.config.ratelimit_headers
+        if self.engine.resolver is None:  # the authenticated user, unless the app's own
+            self.engine.resolver = django_user
+        self._verified: set[Any] = set()
+        self._async = iscoroutinefunction(get_response)
+        if self._async:
+            markcoroutinefunction(self)
+        self._verify(settings.ROOT_URLCONF)  # start-up: decorators above @api_view fail here
+
+    def _verify(self, urlconf: Any) -> None:
+        routes = DjangoRoutes(urlconf)
+        self.guard.verify(routes)
+        _check_drf_order(self.guard, routes)
+        self._verified.add(urlconf)
+
+    def _begin(self, request: HttpRequest) -> tuple[RequestContext, Decision | None]:
+        urlconf = getattr(request, "urlconf", None) or settings.ROOT_URLCONF
+        if urlconf not in self._verified:  # a URLconf a middleware chose for this request
+            self._verify(urlconf)
+        scope = wsgi_scope(request.META)
+        scope[REQUEST_KEY] = request
+        ctx = self.engine.begin(scope)
+        if self.engine.may_be_banned():
+            early = self.engine.early_ban(ctx)
+            if early is not None:
+                ctx.refused_sent = True
+                return ctx, early
+        return ctx, None
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self._async:
+            return self.__acall__(request)
+        if request.__dict__.get(MARK) is self.guard:  # listed twice: count once
+            return self.get_response(request)
+        request.__dict__[MARK] = self.guard
+        engine = self.engine
+        ctx, early = self._begin(request)
+        if early is not None:
+            end(engine, ctx, None)
+            return self._block(early)
+        token = _current.set(ctx)
+        try:
+            response = self.get_response(request)
+            if getattr(response, "apiguard_refusal", False):  # from process_exception
+                refusal: Decision | None = ctx.decision
+            else:
+                refusal = at_response(engine, ctx, response.status_code)
+        except BaseException:  # Django answers exceptions inside: interrupted
+            at_cancelled(engine, ctx, False)
+            end(engine, ctx, None)
+            raise
+        finally:
+            _current.reset(token)
+        response, outcome = self._answer(ctx, response, refusal)
+        end(engine, ctx, outcome)
+        return response
+
+    async def __acall__(self, request: HttpRequest) -> Any:
+        if request.__dict__.get(MARK) is self.guard:  # listed twice: count once
+            return await self.get_response(request)
+        request.__dict__[MARK] = self.guard
+        engine = self.engine
+        ctx, early = self._begin(request)
+        if early is not None:
+            end(engine, ctx, None)
+            return self._block(early)
+        token = _current.set(ctx)
+        try:
+            await self._resolve_user(request, ctx)  # placed after AuthenticationMiddleware
+            response = await self.get_response(request)
+            if getattr(response, "apiguard_refusal", False):  # from process_exception
+                refusal: Decision | None = ctx.decision
+            else:
+                if not ctx.global_done:
+                    await self._resolve_user(request, ctx)
+                refusal = await at_response_async(engine, ctx, response.status_code)
+        except BaseException:
+            at_cancelled(engine, ctx, False)
+            end(engine, ctx, None)
+            raise
+        finally:
+            _current.reset(token)
+        response, outcome = self._answer(ctx, response, refusal)
+        await end_async(engine, ctx, outcome)
+        return response
+
+    async def _resolve_user(self, request: HttpRequest, ctx: RequestContext) -> None:
+        """Async: the session user, loaded the async way for the checkpoint still to run
+        (the resolver must not touch the database from the event loop)."""
+        scope = ctx.scope
+        if USER_KEY in scope or not isinstance(scope, dict):
+            return
+        user = request.__dict__.get("user")
+        auser: Callable[[], Awaitable[Any]] | None = getattr(request, "auser", None)
+        if auser is not None and getattr(user, "_wrapped", None) is empty:
+            scope[USER_KEY] = await auser()
+
+    def process_view(
+        self,
+        request: HttpRequest,
+        view_func: Callable[..., Any],
+        view_args: tuple[Any, ...],
+        view_kwargs: dict[str, Any],
+    ) -> None:
+        """Record the view and its route template (`resolver_match.route`, include()d
+        prefixes joined) where the engine reads them."""
+        ctx = _current.get()
+        scope = ctx.scope if ctx is not None and ctx.engine is self.engine else None
+        match = request.resolver_match
+        if not isinstance(scope, dict) or match is None:
+            return
+        scope["endpoint"] = view_func
+        scope["route"] = MatchedRoute("/" + match.route, view_func)
+        scope["path_params"] = view_kwargs
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> Any:
+        """A refusal raised in the view (a decorated view, `identify()`) is answered here,
+        never as a server error."""
+        if isinstance(exception, Refused):
+            return self._block(exception.decision)
+        return None
+
+    def _answer(
+        self, ctx: RequestContext, response: HttpResponseBase, refusal: Decision | None
+    ) -> tuple[HttpResponseBase, int | None]:
+        """The answer after the response-start checkpoint: the refusal in place of the
+        app's response, or the app's with its cookies and RateLimit fields; and the
+        outcome the rules observe (None: refused)."""
+        if getattr(response, "apiguard_refusal", False):
+            ctx.refused_sent = True
+            return response, None
+        if refusal is not None:  # the app's response is dropped (Django closes the answer)
+            return self._block(refusal), None
+        engine = self.engine
+        status = response.status_code
+        for cookie in started(engine, ctx, status):
+            response.cookies.load(cookie.decode("latin-1"))
+        if self._headers:
+            values = engine.ratelimit_values(ctx)
+            if values is not None:
+                response["RateLimit-Policy"] = values[0].decode("latin-1")
+                response["RateLimit"] = values[1].decode("latin-1")
+        return response, status
+
+    def _block(self, decision: Decision) -> HttpResponse:
+        """The refusal as a complete Django response."""
+        block = render(self.guard, decision)
+        response = HttpResponse(block.body, status=block.status)
+        del response["Content-Type"]
+        for name, value in block.headers:
+            response[name] = value
+        response["Content-Length"] = str(len(block.body))
+        response.apiguard_refusal = True
+        return response

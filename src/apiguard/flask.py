@@ -1,0 +1,125 @@
+"""Flask (2.2 and later): `init_app(app, guard)`.
+
+    guard = Guard()
+    app = Flask(__name__)
+    init_app(app, guard)
+
+    @app.post("/orders/<int:order_id>/refund")
+    @guard.flow("refund", "3/day")
+    def refund(order_id): ...
+
+`init_app` registers everything at once (Flask 2.2 refuses set-up after the first
+request): the WSGI middleware around `app.wsgi_app` (every request counted, refusals sent
+as complete responses that no error handler of the app can rewrite), a URL value
+preprocessor that records the matched rule (`/orders/<int:order_id>`, blueprint prefixes
+included) and the view for the rules, and an error handler that answers `Refused` (so a
+refusal is never logged as a server error). The first request walks `app.url_map` once:
+decorators written above `@app.route` raise `ConfigurationError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, request
+
+from apiguard.engine import Refused
+from apiguard.guard import Guard
+from apiguard.routes import RouteEntry
+from apiguard.steps import render
+from apiguard.wsgi import SCOPE_KEY, GuardMiddleware
+
+EXTENSION = "apiguard"
+
+
+@dataclass(frozen=True, slots=True)
+class MatchedRoute:
+    """What a router recorded, in the shape `apiguard.routes.route_template` reads."""
+
+    path_format: str
+    endpoint: Any
+
+
+class FlaskRoutes:
+    """A Flask app's leaves for `Guard.verify` (`MethodView` methods one by one)."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def __apiguard_routes__(self) -> Iterator[RouteEntry]:
+        views = self.app.view_functions
+        for rule in self.app.url_map.iter_rules():
+            view = views.get(rule.endpoint)
+            if view is None:
+                continue
+            methods = frozenset(rule.methods or ())
+            yield RouteEntry(rule.rule, methods, view, "http")
+            cls = getattr(view, "view_class", None)
+            if cls is not None:
+                yield from class_entries(rule.rule, cls, methods)
+
+
+def class_entries(template: str, cls: type, methods: frozenset[str]) -> Iterator[RouteEntry]:
+    """One entry per HTTP method handler of a class-based view."""
+    for method in methods:
+        handler = getattr(cls, method.lower(), None)
+        if callable(handler):
+            yield RouteEntry(template, frozenset({method}), handler, "http")
+
+
+def init_app(app: Flask, guard: Guard) -> Guard:
+    """Protect the Flask `app` with `guard`; returns the guard."""
+    if not isinstance(guard, Guard):
+        raise TypeError("init_app(app, guard) needs a Guard")
+    installed: object = app.extensions.get(EXTENSION)
+    if installed is guard:
+        return guard
+    if installed is not None:
+        raise RuntimeError("init_app: this Flask app is already protected by another Guard")
+
+    # id(URL rule) -> (the rule, its MatchedRoute): one per rule (rules are unhashable)
+    matched: dict[int, tuple[Any, MatchedRoute]] = {}
+
+    def note_route(endpoint: str | None, values: dict[str, Any] | None) -> None:
+        """Record the matched rule and view where the engine reads them (no re-matching)."""
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        environ = req.environ
+        scope = environ.get(SCOPE_KEY)
+        rule = req.url_rule
+        if scope is None or rule is None or environ.get("apiguard.guard") is not guard:
+            return
+        known = matched.get(id(rule))
+        if known is not None and known[0] is rule:
+            route = known[1]
+        else:
+            view = app.view_functions.get(endpoint) if endpoint is not None else None
+            route = MatchedRoute(rule.rule, view)
+            if len(matched) < 65536:
+                matched[id(rule)] = (rule, route)
+        scope["endpoint"] = route.endpoint
+        scope["route"] = route
+        scope["path_params"] = dict(values) if values else {}
+
+    def answer(refused: Refused) -> Response:
+        """A refusal raised in a view: the complete refusal, never a 500 (the middleware
+        sends it, whatever another handler renders)."""
+        decision = refused.decision
+        block = render(guard, decision)
+        response = Response(block.body, status=block.status)
+        response.headers.clear()
+        for name, value in block.headers:
+            response.headers.add(name, value)
+        return response
+
+    app.url_value_preprocessor(note_route)
+    # first, so the view and template are known to anything the app runs before its view
+    preprocessors = app.url_value_preprocessors[None]
+    preprocessors.insert(0, preprocessors.pop())
+    app.register_error_handler(Refused, answer)
+    app.wsgi_app = GuardMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, guard, routes=FlaskRoutes(app)
+    )
+    app.extensions[EXTENSION] = guard
+    return guard

@@ -1,0 +1,300 @@
+"""Django and Django REST Framework: settings, routing shapes, principals, start-up walk."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from itertools import count
+from typing import Any
+
+import pytest
+
+from harness import DjangoSite, close_django, configure_django, django_client
+
+configure_django()
+
+from django.contrib.auth.models import User  # noqa: E402
+from django.http import HttpRequest, HttpResponse, JsonResponse  # noqa: E402
+from django.test import Client  # noqa: E402
+from django.test.utils import override_settings  # noqa: E402
+from django.urls import include, path  # noqa: E402
+from django.views import View  # noqa: E402
+from rest_framework.authtoken.models import Token  # noqa: E402
+from rest_framework.decorators import api_view  # noqa: E402
+from rest_framework.response import Response  # noqa: E402
+from rest_framework.routers import SimpleRouter  # noqa: E402
+from rest_framework.views import APIView  # noqa: E402
+from rest_framework.viewsets import ViewSet  # noqa: E402
+
+import apiguard.django as agd  # noqa: E402
+from apiguard import ConfigurationError, Guard, current_request, identify  # noqa: E402
+from conftest import IP_A, IP_B, Otel  # noqa: E402
+
+_users = count(1)
+
+
+@pytest.fixture(autouse=True)
+def _close_sites() -> Iterator[None]:
+    yield
+    close_django()
+
+
+def make_user() -> tuple[User, str]:
+    n = next(_users)
+    user = User.objects.create_user(f"user{n}-{id(object())}", password="pw")
+    return user, Token.objects.create(user=user).key
+
+
+def route_of(request: HttpRequest, **kwargs: Any) -> HttpResponse:
+    ctx = current_request()
+    assert ctx is not None
+    return JsonResponse({"route": ctx.route, "params": ctx.path_params})
+
+
+@pytest.mark.parametrize("asgi", [False, True])
+def test_include_two_levels_deep_records_the_full_template(make_guard, asgi):
+    guard = make_guard({"route": "2/minute"})
+    orders = [path("orders/<int:order_id>", route_of)]
+    v1 = [path("v1/", include(orders))]
+    call = django_client(guard, asgi=asgi, patterns=[path("api/", include(v1))])
+    r = call("GET", "/api/v1/orders/7")
+    assert r.json() == {"route": "/api/v1/orders/<int:order_id>", "params": {"order_id": 7}}
+    assert call("GET", "/api/v1/orders/8").status == 200
+    assert call("GET", "/api/v1/orders/9").status == 429  # one template, one bucket
+    assert call("GET", "/api/v1/orders/9", ip=IP_B).status == 200
+
+
+@pytest.mark.parametrize("asgi", [False, True])
+def test_class_based_view_and_async_view(make_guard, asgi):
+    guard = make_guard()
+
+    class Items(View):
+        @guard.limit("2/minute")
+        def get(self, request: HttpRequest) -> HttpResponse:
+            return HttpResponse("items")
+
+        def post(self, request: HttpRequest) -> HttpResponse:
+            return HttpResponse("created")
+
+    @guard.limit("1/minute")
+    async def slow(request: HttpRequest) -> HttpResponse:
+        return HttpResponse("async")
+
+    from django.views.decorators.csrf import csrf_exempt
+
+    call = django_client(
+        guard,
+        asgi=asgi,
+        patterns=[path("items", csrf_exempt(Items.as_view())), path("slow", slow)],
+    )
+    assert [call("GET", "/items").status for _ in range(3)] == [200, 200, 429]
+    assert [call("POST", "/items").status for _ in range(3)] == [200, 200, 200]
+    assert [call("GET", "/slow").status for _ in range(2)] == [200, 429]
+
+
+def drf_patterns(guard: Guard) -> list[Any]:
+    class Orders(APIView):
+        @guard.limit("2/minute")
+        def get(self, request: Any) -> Response:
+            return Response({"user": request.user.username if request.user else None})
+
+    class Profile(APIView):  # undecorated: only the global rules
+        def get(self, request: Any) -> Response:
+            return Response({"ok": True})
+
+    class Coupons(ViewSet):
+        def list(self, request: Any) -> Response:
+            return Response([])
+
+        @guard.flow("coupon", "1/hour")
+        def create(self, request: Any) -> Response:
+            return Response({"created": True}, status=201)
+
+    @api_view(["GET"])
+    @guard.limit("1/minute")
+    def ping(request: Any) -> Response:
+        return Response("pong")
+
+    router = SimpleRouter()
+    router.register("coupons", Coupons, basename="coupon")
+    return [
+        path("orders", Orders.as_view()),
+        path("profile", Profile.as_view()),
+        path("ping", ping),
+        path("api/", include(router.urls)),
+    ]
+
+
+@pytest.mark.parametrize("asgi", [False, True])
+def test_drf_views_viewsets_and_api_view(make_guard, asgi):
+    guard = make_guard()
+    call = django_client(guard, asgi=asgi, patterns=drf_patterns(guard))
+    assert [call("GET", "/orders").status for _ in range(3)] == [200, 200, 429]
+    assert [call("POST", "/api/coupons/").status for _ in range(2)] == [201, 429]
+    assert call("GET", "/api/coupons/").status == 200  # list is not the flow
+    assert [call("GET", "/ping").status for _ in range(2)] == [200, 429]
+    assert call("GET", "/orders", ip=IP_B).status == 200
+
+
+@pytest.mark.parametrize("asgi", [False, True])
+def test_drf_token_user_is_the_principal(make_guard, asgi):
+    """TokenAuthentication runs inside the view: the principal must be the user DRF
+    authenticated, on decorated and undecorated views, whatever the IP."""
+    guard = make_guard({"principal": "3/minute"})
+    call = django_client(guard, asgi=asgi, patterns=drf_patterns(guard))
+    (_, alice), (_, bob) = make_user(), make_user()
+    as_alice = {"authorization": f"Token {alice}"}
+    ips = [f"192.0.2.{i}" for i in range(1, 5)]
+    statuses = [call("GET", "/profile", ip=ip, headers=as_alice).status for ip in ips]
+    assert statuses == [200, 200, 200, 429]  # rotating IPs does not help alice
+    as_bob = {"authorization": f"Token {bob}"}
+    assert call("GET", "/profile", ip=ips[0], headers=as_bob).status == 200
+    # the decorated view's own rule is per user too
+    carol = {"authorization": f"Token {make_user()[1]}"}
+    dave = {"authorization": f"Token {make_user()[1]}"}
+    assert [call("GET", "/orders", ip=ip, headers=carol).status for ip in ips[:3]] == [
+        200,
+        200,
+        429,
+    ]
+    assert call("GET", "/orders", ip=ips[0], headers=dave).status == 200
+
+
+def test_session_user_is_the_principal(make_guard):
+    guard = make_guard({"principal": "2/minute"})
+    DjangoSite(guard, [path("me", route_of)])
+    user, _ = make_user()
+    agd_client = Client()
+    agd_client.force_login(user)
+    ips = ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+    assert [agd_client.get("/me", REMOTE_ADDR=ip).status_code for ip in ips] == [200, 200, 429]
+    other = Client()
+    other.force_login(make_user()[0])
+    assert other.get("/me", REMOTE_ADDR=ips[0]).status_code == 200
+
+
+def test_identify_wins_over_the_session_user(make_guard):
+    guard = make_guard({"principal": "2/minute"})
+
+    def team(request: HttpRequest) -> HttpResponse:
+        identify(f"team-{request.headers['x-team']}")
+        return HttpResponse("team")
+
+    DjangoSite(guard, [path("team", team)])
+    client = Client()
+    client.force_login(make_user()[0])
+    statuses = [client.get("/team", headers={"x-team": "a"}).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    assert client.get("/team", headers={"x-team": "b"}).status_code == 200
+
+
+def test_guard_from_settings_dict(clock):
+    with override_settings(
+        APIGUARD={"limits": {"principal": "2/minute", "ip": None}, "bans": {"enabled": False}},
+        APIGUARD_CLOCK=clock,
+    ):
+        guard = agd.guard
+        assert isinstance(guard, Guard) and agd.get_guard() is guard
+        assert guard.config.limits.principal == "2/minute"
+        DjangoSite(guard, [path("x", route_of)])
+        client = Client()
+        assert [client.get("/x").status_code for _ in range(3)] == [200, 200, 429]
+        assert client.get("/x", REMOTE_ADDR=IP_B).status_code == 200
+    assert agd.get_guard() is not guard  # settings changed: built again
+
+
+def test_bad_settings_fail_at_startup_naming_the_key_not_the_secret():
+    secret = "short"
+    bad = {"secret": secret, "limits": {"principal": "lots"}}
+    with override_settings(APIGUARD=bad), pytest.raises(ConfigurationError) as err:
+        Client().get("/")
+    message = str(err.value)
+    assert "settings.APIGUARD" in message and "limits.principal" in message
+    assert "secret" in message and "'short'" not in message and " short" not in message
+    with (
+        override_settings(APIGUARD=["not", "a", "dict"]),
+        pytest.raises(ConfigurationError, match=r"settings\.APIGUARD"),
+    ):
+        Client().get("/")
+    with (
+        override_settings(APIGUARD={}, APIGUARD_CLOCK="no.such.clock"),
+        pytest.raises(ConfigurationError, match="APIGUARD_CLOCK"),
+    ):
+        Client().get("/")
+
+
+def test_guard_above_api_view_is_refused_at_startup(make_guard):
+    guard = make_guard()
+
+    @guard.limit("1/minute")  # wrong order: checks before DRF authenticates the user
+    @api_view(["GET"])
+    def ping(request: Any) -> Response:
+        return Response("pong")
+
+    call = django_client(guard, patterns=[path("v1/", include([path("ping", ping)]))])
+    with pytest.raises(ConfigurationError, match="/v1/ping"):
+        call("GET", "/v1/ping")
+
+
+def test_refusal_is_not_logged_as_a_server_error(make_guard, caplog):
+    guard = make_guard()
+
+    @guard.limit("1/minute")
+    def once(request: HttpRequest) -> HttpResponse:
+        return HttpResponse("once")
+
+    call = django_client(guard, patterns=[path("once", once)])
+    assert call("GET", "/once").status == 200
+    assert call("GET", "/once").status == 429
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_django_server_span_carries_apiguard_attributes(make_guard):
+    from opentelemetry.instrumentation.django import DjangoInstrumentor
+
+    otel = Otel()
+    guard = make_guard()
+
+    @guard.limit("1/minute")
+    def order(request: HttpRequest, order_id: int) -> HttpResponse:
+        return HttpResponse("order")
+
+    DjangoInstrumentor().instrument(tracer_provider=otel.tracer_provider)
+    try:
+        call = django_client(guard, patterns=[path("orders/<int:order_id>", order)])
+        assert call("GET", "/orders/1").status == 200
+        assert call("GET", "/orders/2").status == 429
+    finally:
+        DjangoInstrumentor().uninstrument()
+    spans = otel.server_spans()
+    assert len(spans) == 2
+    attrs = [dict(s.attributes or {}) for s in spans]
+    assert [a.get("apiguard.decision") for a in attrs] == ["allow", "throttle"]
+    assert attrs[1]["apiguard.rule"] == "limit:order"
+    assert [e.name for e in spans[1].events] == ["apiguard.detection"]
+
+
+def test_async_client_with_session_user(make_guard):
+    """Under ASGI the session user is loaded the async way for the checkpoint."""
+    guard = make_guard({"principal": "2/minute"})
+    from django.test import AsyncClient
+
+    DjangoSite(guard, [path("me", route_of)])
+    user, _ = make_user()
+
+    async def run() -> list[int]:
+        client = AsyncClient()
+        await client.aforce_login(user)
+        return [(await client.get("/me")).status_code for _ in range(3)]
+
+    assert asyncio.run(run()) == [200, 200, 429]
+    assert Client().get("/me", REMOTE_ADDR=IP_A).status_code == 200  # anonymous: own budget
+
+
+def test_middleware_listed_twice_counts_once(make_guard):
+    guard = make_guard({"principal": "2/minute"})
+    twice = ["apiguard.django.GuardMiddleware", "apiguard.django.GuardMiddleware"]
+    DjangoSite(guard, [path("x", route_of)], MIDDLEWARE=twice)
+    client = Client()
+    assert [client.get("/x").status_code for _ in range(3)] == [200, 200, 429]
+    assert client.get("/x", REMOTE_ADDR=IP_B).status_code == 200

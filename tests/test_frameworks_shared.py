@@ -1,0 +1,193 @@
+"""The shared behaviour suite: every test runs on FastAPI, Flask, Django under WSGI and
+Django under ASGI (async middleware), so a rule that fires on one and silently not on
+another fails the build. Each test shows the rule firing AND benign traffic beside it
+passing."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from apiguard import Guard
+from conftest import QUOTA_EXCEEDED, Otel
+from detection_support import public_ip
+from harness import AUDIT, FRAMEWORKS, Answer, Client, close_django, make_client
+
+ALICE = {"x-user": "alice"}
+BOB = {"x-user": "bob"}
+
+
+@pytest.fixture(params=FRAMEWORKS)
+def client_for(request: pytest.FixtureRequest) -> Iterator[Callable[[Guard], Client]]:
+    framework = request.param
+
+    def build(guard: Guard) -> Client:
+        return make_client(framework, guard)
+
+    yield build
+    close_django()
+
+
+def assert_429(r: Answer, *policies: str) -> None:
+    assert r.status == 429, (r.status, r.body)
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.headers["cache-control"] == "no-store"
+    assert int(r.headers["retry-after"]) >= 1
+    body = r.json()
+    assert body["type"] == QUOTA_EXCEEDED
+    assert body["status"] == 429
+    assert body["violated-policies"] == list(policies)
+
+
+def test_decorated_limit_keys_on_the_template_not_the_path(make_guard, client_for):
+    call = client_for(make_guard())
+    statuses = [call("GET", f"/items/{i}").status for i in range(1, 4)]
+    assert statuses == [200, 200, 200]
+    refused = call("GET", "/items/4")  # a fresh id is no fresh budget
+    assert_429(refused, "limit:item")
+    assert refused.headers["ratelimit-policy"] == '"limit:item";q=3;w=60'
+    assert refused.headers["ratelimit"].startswith('"limit:item";r=0;t=')
+    assert call("GET", "/items/4", ip="198.51.100.9").status == 200  # another client
+    assert call("GET", "/open").status == 200  # undecorated routes are not limited by it
+
+
+def test_admitted_responses_carry_ratelimit_fields(make_guard, client_for):
+    call = client_for(make_guard())
+    r = call("GET", "/items/1")
+    assert r.status == 200
+    assert r.headers["ratelimit-policy"] == '"limit:item";q=3;w=60'
+    assert r.headers["ratelimit"] == '"limit:item";r=2;t=62'
+    assert "ratelimit" not in call("GET", "/open").headers  # no policy, no fields
+
+
+def test_flow_counts_successes_only(make_guard, client_for):
+    call = client_for(make_guard())
+    failures = [call("POST", "/coupons/BAD/redeem").status for _ in range(4)]
+    assert failures == [400] * 4  # failed attempts give their unit back
+    assert [call("POST", f"/coupons/GOOD{i}/redeem").status for i in range(2)] == [200, 200]
+    assert_429(call("POST", "/coupons/GOOD3/redeem"), "redeem")
+    assert call("POST", "/coupons/GOOD3/redeem", ip="198.51.100.9").status == 200
+
+
+def test_identify_keys_on_the_user_across_ips(make_guard, client_for):
+    call = client_for(make_guard({"principal": "3/minute"}))
+    ips = [f"192.0.2.{i}" for i in range(1, 5)]
+    statuses = [call("GET", "/me", ip=ip, headers=ALICE).status for ip in ips]
+    assert statuses == [200, 200, 200, 429]  # rotating IPs does not help alice
+    assert call("GET", "/me", ip=ips[0], headers=BOB).status == 200
+
+
+def test_trusted_proxy_ip_and_spoofed_header(make_guard, client_for):
+    call = client_for(make_guard({"ip": "2/minute"}, client_ip={"trusted_proxies": ["10.0.0.0/8"]}))
+    via_proxy = [
+        call("GET", "/open", ip="10.0.0.1", headers={"x-forwarded-for": "192.0.2.1"}).status
+        for _ in range(3)
+    ]
+    assert via_proxy == [200, 200, 429]
+    other = call("GET", "/open", ip="10.0.0.1", headers={"x-forwarded-for": "192.0.2.2"})
+    assert other.status == 200  # another client behind the same proxy
+    spoofed = [
+        call(
+            "GET", "/open", ip="198.51.100.1", headers={"x-forwarded-for": f"192.0.2.{50 + i}"}
+        ).status
+        for i in range(3)
+    ]
+    assert spoofed == [200, 200, 429]  # an untrusted peer's header is ignored
+
+
+def test_monitor_mode_admits_and_reports(make_guard, client_for):
+    otel = Otel()
+    guard = make_guard(meter_provider=otel.meter_provider)
+    call = client_for(guard)
+    assert [call("GET", "/watched").status for _ in range(3)] == [200, 200, 200]
+    assert otel.decisions()[("limit:watched", "monitor")] == 2
+    guard.reset()
+    with guard.overridden("enforce"):
+        assert call("GET", "/watched").status == 200
+        assert_429(call("GET", "/watched"), "limit:watched")
+
+
+def test_repeat_offender_is_banned_with_403(make_guard, client_for):
+    guard = make_guard({"principal": "2/minute"}, bans={"after": 2, "base": 600})
+    call = client_for(guard)
+    key = {"x-api-key": "key-of-a-bot"}
+    statuses = [call("GET", "/open", headers=key).status for _ in range(6)]
+    assert statuses == [200, 200, 429, 403, 403, 403]  # the second refusal bans
+    banned = call("GET", "/items/1", headers=key)
+    assert banned.status == 403
+    assert banned.headers["content-type"] == "application/problem+json"
+    assert banned.json()["title"] == "Forbidden"
+    assert int(banned.headers["retry-after"]) > 500
+    assert "ratelimit" not in banned.headers  # a ban is not a quota
+    assert call("GET", "/open", headers={"x-api-key": "honest"}).status == 200
+
+
+def test_raising_handler_is_counted(make_guard, client_for):
+    call = client_for(make_guard({"principal": "2/minute"}))
+    statuses = [call("GET", "/boom").status for _ in range(3)]
+    assert statuses == [500, 500, 429]  # the third is refused instead of failing
+    assert call("GET", "/open").status == 429  # the two failures spent the budget
+    assert call("GET", "/boom", ip="198.51.100.9").status == 500
+
+
+def test_unrouted_requests_are_counted(make_guard, client_for):
+    call = client_for(make_guard({"principal": "2/minute"}))
+    assert [call("GET", "/nope").status for _ in range(2)] == [404, 404]
+    assert_429(call("GET", "/nope"), "per-principal")
+    assert call("GET", "/nope", ip="198.51.100.9").status == 404
+
+
+def test_refusal_body_is_the_cores(make_guard, client_for):
+    """The refusal is byte for byte what apiguard.responses renders, on every framework."""
+    call = client_for(make_guard())
+    for i in range(3):
+        call("GET", f"/items/{i}")
+    refused = call("GET", "/items/9")
+    body: dict[str, Any] = refused.json()
+    assert refused.body == (
+        b'{"type":"' + QUOTA_EXCEEDED.encode() + b'","title":"Request cannot be satisfied as '
+        b'assigned quota has been exceeded","status":429,"detail":"Retry after '
+        + str(body["detail"]).removeprefix("Retry after ").encode()
+        + b'","violated-policies":["limit:item"]}'
+    )
+    assert int(refused.headers["content-length"]) == len(refused.body)
+
+
+def test_per_route_rule_keys_on_the_route_template(make_guard, client_for):
+    """limits.route counts per (principal, method, template): the adapter must record the
+    matched template (a missing one would put every route in one shared bucket)."""
+    call = client_for(make_guard({"route": "2/minute"}))
+    assert [call("GET", f"/items/{i}").status for i in (1, 2)] == [200, 200]
+    assert_429(call("GET", "/items/3"), "per-route")
+    assert [call("GET", "/open").status for _ in range(2)] == [200, 200]  # its own bucket
+    assert call("GET", "/open").status == 429
+
+
+def test_the_apps_own_decorator_above_apiguards(make_guard, client_for):
+    call = client_for(make_guard())
+    del AUDIT[:]
+    assert [call("GET", "/audited").status for _ in range(3)] == [200, 200, 429]
+    assert AUDIT == ["audited_view"] * 3  # the app's decorator ran; apiguard's refused inside
+    assert call("GET", "/audited", ip="198.51.100.9").status == 200
+
+
+def test_account_takeover_detector_fires(make_guard, client_for):
+    """A detector, not a limit: password guesses against one account from rotating
+    addresses (under every per-IP limit) are held back after `account_failures`, on every
+    framework (login outcomes reported with guard.login_result())."""
+    rng = random.Random(1)
+    guard = make_guard(detection={"account_takeover": {"account_failures": 5}})
+    call = client_for(guard)
+    statuses = []
+    for i in range(12):
+        guard.clock.advance(3)  # type: ignore[attr-defined]
+        ua = {"user-agent": f"Mozilla/5.0 (X11; Linux x86_64) Firefox/127.{i}"}
+        body = {"username": "victim@example.com", "password": f"guess{i}"}
+        statuses.append(call("POST", "/login", ip=public_ip(rng), headers=ua, json=body).status)
+    assert statuses[:5] == [401] * 5
+    assert set(statuses[6:]) <= {403, 429} and statuses[-1] in (403, 429)
+    honest = {"username": "alice@example.com", "password": "right"}
+    assert call("POST", "/login", ip=public_ip(rng), json=honest).status == 200
