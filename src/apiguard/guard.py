@@ -581,8 +581,7 @@ class Guard:
         if not self._on_block_failed:
             self._on_block_failed = True
             error = ConfigurationError(
-                f"on_block returned {problem}; the default refusal is sent instead "
-                "(reported once)"
+                f"on_block returned {problem}; the default refusal is sent instead (reported once)"
             )
             log.error("apiguard: %s", error, exc_info=(ConfigurationError, error, None))
         return default
