@@ -172,7 +172,6 @@ def create_app(guard: Guard, *, limiter: Any = None) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.post("/login")
     @_login_outcome(guard)
     @guard.limit("20/minute", per="ip", name="login")
     async def login(request: Request, body: Credentials) -> dict[str, str]:
@@ -183,7 +182,8 @@ def create_app(guard: Guard, *, limiter: Any = None) -> FastAPI:
         return {"access_token": user.token, "token_type": "bearer"}
 
     if limiter is not None:  # slowapi as its docs set it up: a per-IP limit on the login
-        limiter.limit("5/minute")(login)  # registers the route limit for its middleware
+        login = limiter.limit("5/minute")(login)
+    app.post("/login")(login)
 
     @app.post("/signup", status_code=201)
     @guard.flow("signup", "10/hour", per="ip")

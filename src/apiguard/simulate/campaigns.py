@@ -489,10 +489,16 @@ CAMPAIGNS: tuple[Campaign, ...] = (
 
 def campaign(name: str) -> Campaign:
     """The campaign called `name` (or a unique prefix / slug of it)."""
-    slug = name.lower().replace("-", " ").replace("_", " ")
-    matches = [
-        c for c in CAMPAIGNS if c.name.lower().replace(",", "").startswith(slug) or c.name == name
-    ]
+    def norm(text: str) -> str:
+        return " ".join(text.lower().replace(",", " ").replace("-", " ").replace("_", " ").split())
+
+    slug = norm(name)
+    exact = [c for c in CAMPAIGNS if norm(c.name) == slug]
+    matches = (
+        exact
+        or [c for c in CAMPAIGNS if norm(c.name).startswith(slug)]
+        or [c for c in CAMPAIGNS if slug in norm(c.name)]
+    )
     if len(matches) != 1:
         known = ", ".join(c.name for c in CAMPAIGNS)
         raise KeyError(f"unknown or ambiguous campaign {name!r} (known: {known})")
@@ -518,7 +524,7 @@ def actors_for(
         target,
         random.Random(rng.getrandbits(64)),
         plan.duration,
-        size=size or min(1.0, max(0.1, scale)),
+        size=size or min(1.0, scale),
     )
     attack = [
         Actor(ATTACK, True, agent)
