@@ -39,8 +39,9 @@ def test_no_benign_request_is_blocked(result: DemoResult) -> None:
 def test_coupon_abuse_from_rotating_ips_stops_at_the_flow_budget(result: DemoResult) -> None:
     abuse = result.scenario(sc.COUPON_ABUSE)
     assert abuse.attack_requests == abuse.requests > 300
-    assert result.coupon_successes == FLOW_BUDGET
-    assert result.redeems_after_budget > 100
+    # the flow budget holds; the rotation detector (one account, many networks and
+    # client shapes) may ban the abuser before the budget is even spent
+    assert 1 <= result.coupon_successes <= FLOW_BUDGET
     assert result.redeems_after_budget_blocked == result.redeems_after_budget
     assert abuse.attack_block_rate is not None and abuse.attack_block_rate > 0.8
     levels = [b.seconds for b in result.bans if b.scenario == sc.COUPON_ABUSE]
@@ -51,7 +52,9 @@ def test_per_principal_burst_is_throttled_then_banned(result: DemoResult) -> Non
     burst = result.scenario(sc.BURST)
     assert burst.requests > 1000
     assert result.burst_after_first_minute_blocked > 0.8 * result.burst_after_first_minute
-    assert burst.statuses.get(429, 0) > 0 and burst.statuses.get(403, 0) > 0
+    # throttled (429) by its limits or banned first by the BOLA detector (a sequential
+    # walk of the catalogue), then banned (403)
+    assert burst.statuses.get(403, 0) > 0
     assert burst.attack_block_rate is not None and burst.attack_block_rate > 0.8
 
 
@@ -112,8 +115,8 @@ def test_python_dash_m_apiguard_demo_json_with_another_seed() -> None:
     rows = {row["name"]: row for row in data["scenarios"]}
     assert sum(row["blocked_benign"] for row in rows.values()) == 0
     assert rows[sc.COUPON_ABUSE]["attack_block_rate"] > 0.8
-    assert data["coupon_successes"] == FLOW_BUDGET
-    assert data["redeems_after_budget_blocked"] == data["redeems_after_budget"] > 0
+    assert 1 <= data["coupon_successes"] <= FLOW_BUDGET
+    assert data["redeems_after_budget_blocked"] == data["redeems_after_budget"]
     assert data["burst_after_first_minute_blocked"] > 0.8 * data["burst_after_first_minute"]
 
 

@@ -91,6 +91,8 @@ class Admission:
                     tag = len(plan.meta)
                     plan.meta.append((_CHURN, rule, policy, enforce))
                     plan.rates.append((_CHURN, prefix, spec, 1, enforce, marker, rule, tag))
+            elif not getattr(rule, "plans_hits", True):
+                continue  # a marker rule (`@guard.login`): nothing to charge
             else:
                 return None
         return plan

@@ -103,6 +103,11 @@ class GuardMiddleware:
                     await self._refuse(scope, receive, send, decision, replacing=True)
                     return
                 status = message["status"]
+                if ctx.login is not None or ctx.cookies is not None:
+                    message["headers"] = [
+                        *message.get("headers", ()),
+                        *((b"set-cookie", c) for c in engine.response_cookies(ctx, status)),
+                    ]
                 if self._headers:
                     values = engine.ratelimit_values(ctx)
                     if values is not None:
@@ -142,11 +147,14 @@ class GuardMiddleware:
                 await self._answer_unanswered(ctx, scope, receive, send)
         finally:
             _current.reset(token)
-            if ctx.charges:
+            if ctx.charges or engine.detectors:
                 # once a status went out, it is the outcome (a failing background task or a
                 # client gone after the response must not refund a delivered success)
                 started = status is not None and not ctx.refused_sent
-                engine.finish(ctx, status if started else None)
+                if local:
+                    engine.finish(ctx, status if started else None)
+                else:
+                    await engine.afinish(ctx, status if started else None)
             # Servers copy the context (e.g. uvicorn's keep-alive timer): drop what this
             # request holds so those copies keep an empty shell, not the request's objects.
             ctx.release()

@@ -205,6 +205,102 @@ class StoreConfig(_Model):
     window_buckets: int = Field(10, ge=2, le=120)
 
 
+DetectorAction = Literal["block", "challenge", "throttle"]
+
+
+class _Detector(_Model):
+    """What every detector has: on or off, its own mode (None: the guard's) and what it
+    does when it fires: "block" (403 for an escalating ban duration), "throttle" (429 with
+    Retry-After for the same duration) or "challenge" (403 whose problem type asks for the
+    app's own challenge; `Guard.challenge_passed()` lifts it)."""
+
+    enabled: bool = True
+    mode: Mode | None = None
+
+
+class AccountTakeoverConfig(_Detector):
+    """Login abuse, from the outcomes `@guard.login` / `guard.login_result` report.
+
+    - one actor, many accounts: per client IP, principal, network (/24, /64) and client
+      fingerprint, the distinct usernames that failed within `window`; the actor is
+      blocked when at least `usernames_per_actor` (`usernames_per_network` for a network or
+      a fingerprint, which many people share) failed AND they are at least
+      `failed_share` of the distinct usernames it tried (an office whose people mistype
+      their passwords also logs most of them in);
+    - many actors, one account: `account_failures` failures on one username within
+      `window` put the account under protection for `account_protect_for` seconds
+      (doubling while the failures go on): a client without that account's device cookie
+      (set on each successful login) must pass a challenge; a known device never is;
+    - distributed stuffing: when the login failure share over `population_window` is
+      above `failure_share_floor` and `population_factor` times its own learned baseline,
+      with at least `population_min_failures` failures, every client without a device
+      cookie for the account it tries must pass a challenge until it calms down.
+    """
+
+    action: Literal["block", "throttle"] = "block"
+    window: float = Field(3600.0, gt=0, le=YEAR)
+    usernames_per_actor: int = Field(8, ge=2)
+    usernames_per_network: int = Field(25, ge=2)
+    failed_share: float = Field(0.6, gt=0, le=1)
+    account_failures: int = Field(8, ge=1, le=100)
+    account_protect_for: float = Field(900.0, gt=0, le=YEAR)
+    account_action: DetectorAction = "challenge"
+    population_window: float = Field(1800.0, gt=0, le=YEAR)
+    population_min_failures: int = Field(20, ge=1)
+    failure_share_floor: float = Field(0.4, gt=0, le=1)
+    population_factor: float = Field(2.0, ge=1)
+    population_action: DetectorAction = "challenge"
+    device_cookie: str = "apiguard_device"
+    device_days: float = Field(90.0, gt=0, le=365)
+
+
+class BolaConfig(_Detector):
+    """Object-level enumeration (OWASP API1): per principal and route template, the
+    distinct object identifiers touched within `window` (path parameters, and the query
+    parameters named in `query_params`), compared with the population's own distribution
+    on that route: flagged above `percentile` times `factor` once `min_principals` have
+    been seen, never below `floor`; before that, above `warmup_floor`. Also flagged: a
+    sequential walk (`sequential_run` steps of one constant stride), and at least
+    `errors_floor` distinct objects of which `error_share` were answered 403/404."""
+
+    action: Literal["block", "throttle"] = "block"
+    window: float = Field(600.0, gt=0, le=YEAR)
+    warmup_floor: int = Field(40, ge=2)
+    floor: int = Field(30, ge=2)
+    percentile: float = Field(90.0, gt=0, le=100)
+    factor: float = Field(4.0, ge=1)
+    min_principals: int = Field(10, ge=1)
+    sequential_run: int = Field(15, ge=3)
+    errors_floor: int = Field(15, ge=2)
+    error_share: float = Field(0.5, gt=0, le=1)
+    query_params: tuple[str, ...] = ()
+
+
+class RotationConfig(_Detector):
+    """One principal (user, API key, bearer token; not an IP) seen from more distinct
+    provider-sized networks (/16, /32) within `window` than the population does: above
+    `percentile` times `factor` of the principals seen, never below `floor`, and from at
+    least `fingerprints` distinct client shapes (a phone hopping across its carrier's NAT
+    pool is one shape). A stolen key used from everywhere."""
+
+    action: Literal["block", "throttle"] = "block"
+    window: float = Field(3600.0, gt=0, le=YEAR)
+    floor: int = Field(12, ge=2)
+    fingerprints: int = Field(2, ge=1)
+    percentile: float = Field(99.0, gt=0, le=100)
+    factor: float = Field(3.0, ge=1)
+    min_principals: int = Field(30, ge=1)
+
+
+class DetectionConfig(_Model):
+    """The detectors (`apiguard.detectors`), each on by default in the guard's mode."""
+
+    account_takeover: AccountTakeoverConfig = AccountTakeoverConfig()
+    bola: BolaConfig = BolaConfig()
+    rotation: RotationConfig = RotationConfig()
+    challenge_for: float = Field(3600.0, gt=0, le=YEAR)  # a passed challenge exempts this long
+
+
 class GuardConfig(_Model):
     """All of apiguard's settings: in code, from a dict, a TOML file or the environment."""
 
@@ -215,6 +311,7 @@ class GuardConfig(_Model):
     identity: IdentityConfig = IdentityConfig()
     bans: BanConfig = BanConfig()
     store: StoreConfig = StoreConfig()
+    detection: DetectionConfig = DetectionConfig()
     ratelimit_headers: bool = True
     success_statuses: tuple[int, int] = (200, 399)
 

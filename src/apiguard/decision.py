@@ -18,6 +18,7 @@ class Action(str, enum.Enum):
     MONITOR = "monitor"  # a rule would have refused it; mode="monitor" let it through
     THROTTLE = "throttle"  # 429: a limit is spent; retry after the window moves
     BLOCK = "block"  # 403: the principal is banned for a while (escalating)
+    CHALLENGE = "challenge"  # 403: pass the app's own challenge first (a detector asked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +50,13 @@ class Decision:
     ban_level: int = 0
     new_ban: bool = False
     banned: str | None = None  # keyed hash of what the ban is on (principal, credential, IP)
+    detector: str | None = None  # the detector whose finding refused it
 
     @property
     def refused(self) -> bool:
         """True when the request must not reach (or leave) the handler."""
-        return self.action is Action.THROTTLE or self.action is Action.BLOCK
+        action = self.action
+        return action is Action.THROTTLE or action is Action.BLOCK or action is Action.CHALLENGE
 
     @property
     def violated(self) -> list[str]:

@@ -18,9 +18,23 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 
+from apiguard import detectors
 from apiguard.admission import Admission
 from apiguard.config import GuardConfig, Mode
 from apiguard.decision import ALLOWED, Action, Decision
+from apiguard.detectors.account_takeover import ACCOUNT, AccountTakeover
+from apiguard.detectors.base import Finding, Judge, LoginAttempt, Outcome
+from apiguard.login import (
+    PASS_COOKIE,
+    cookie,
+    device_cookie,
+    device_entries,
+    device_mac,
+    pass_cookie,
+    pass_valid,
+    pass_value,
+    user_key,
+)
 from apiguard.request import (
     IP_CACHE_MAX,
     ClientIPResolver,
@@ -29,10 +43,11 @@ from apiguard.request import (
     RequestContext,
     callable_failed,
     identity_text,
+    network_of,
 )
 from apiguard.responses import tightest_ratelimit
 from apiguard.rules import Rule
-from apiguard.store.base import Ban, Batch, BatchResult, Hit, Store
+from apiguard.store.base import Ban, Batch, BatchResult, Hit, Observation, Store
 from apiguard.telemetry import Telemetry
 
 log = logging.getLogger("apiguard")
@@ -45,6 +60,20 @@ _ENDPOINTS_MAX = 4096
 # the owner recorded for a bearer token two vouched principals presented: it is banned
 # with neither of them
 _SHARED_TOKEN = "*shared*"
+GATE = "gate:"  # ban-table prefix of what a detector challenges at the login route only
+
+
+def ban_decision(ban: Ban, now: float) -> Decision:
+    """The refusal of a request a ban applies to: 403, or 429 for a detector's throttle."""
+    action = Action.THROTTLE if ban.action == "throttle" else Action.BLOCK
+    return Decision(
+        action,
+        ban.reason or "ban",
+        ban.until - now,
+        ban_level=ban.level,
+        banned=ban.key,
+        detector=ban.reason,
+    )
 
 
 class Refused(HTTPException):
@@ -56,9 +85,14 @@ class Refused(HTTPException):
     """
 
     def __init__(self, decision: Decision) -> None:
-        status = 403 if decision.action is Action.BLOCK else 429
+        status = 429 if decision.action is Action.THROTTLE else 403
         super().__init__(status, f"apiguard refused the request ({decision.rule})")
         self.decision = decision
+
+
+def _gated(ctx: RequestContext) -> bool:
+    """Whether the request was a login the login gate refused (it counts as an attempt)."""
+    return ctx.login is not None and ctx.login.gated
 
 
 def endpoint_rules(scope: Mapping[str, Any], engine: Engine) -> tuple[Rule, ...]:
@@ -116,6 +150,13 @@ class Engine:
         self._fast = Admission.compile(self._global_plan, store, advertise=config.ratelimit_headers)
         # endpoint rules -> the global rules and them, compiled (None: general path only)
         self._fast_with: dict[tuple[Rule, ...], Admission | None] = {}
+        self.detectors = detectors.build(config.detection, self.enforce_default)
+        self.ato = next((d for d in self.detectors if isinstance(d, AccountTakeover)), None)
+        self._net_keys: dict[str, str] = {}  # client address -> its network's key (bounded)
+        self._wide_keys: dict[str, str] = {}  # client address -> its provider network's key
+        self._detections_logged: dict[str, float] = {}
+        # key -> (level, until) of its last detector ban: escalation memory (bounded LRU)
+        self._levels: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
     def _with_modes(self, rules: Sequence[Rule]) -> tuple[tuple[Rule, bool], ...]:
         """(rule, enforced) pairs: the override, else a rule's own mode, else the guard's."""
@@ -144,6 +185,12 @@ class Engine:
         self._monitor_logged.clear()
         self._rules_by_endpoint.clear()
         self._fast_with = {}
+        self._net_keys.clear()
+        self._wide_keys.clear()
+        self._detections_logged.clear()
+        self._levels.clear()
+        self.detectors = detectors.build(self.config.detection, self.enforce_default)
+        self.ato = next((d for d in self.detectors if isinstance(d, AccountTakeover)), None)
 
     def may_be_banned(self) -> bool:
         """Whether `early_ban` can find anything (False while no ban is known)."""
@@ -322,9 +369,7 @@ class Engine:
             ban = store.active_ban(ctx.ip_key, now)
         if ban is None:
             return None
-        decision = Decision(
-            Action.BLOCK, "ban", ban.until - self.clock(), ban_level=ban.level, banned=ban.key
-        )
+        decision = ban_decision(ban, now)
         ctx.principal = ban.key
         ctx.decision = decision
         ctx.global_done = True
@@ -519,10 +564,7 @@ class Engine:
     ) -> Decision:
         ban = result.ban
         if not result.hits and ban is not None:  # an existing ban
-            decision = Decision(
-                Action.BLOCK, "ban", ban.until - now, ban_level=ban.level, banned=ban.key
-            )
-            return self._settle(ctx, decision)
+            return self._settle(ctx, ban_decision(ban, now))
         hits = result.hits
         verdicts = ctx.verdicts
         if verdicts is None:
@@ -615,12 +657,162 @@ class Engine:
             raise Refused(decision)
         return decision
 
+    # -- logins and challenges ------------------------------------------------------
+    def net_key(self, client: str, wide: bool = False) -> str:
+        """Keyed hash of `client`'s network: /24 for IPv4, /64 for IPv6, or with `wide`
+        /16 and /32 (a provider's size); a bounded cache."""
+        keys = self._wide_keys if wide else self._net_keys
+        key = keys.get(client)
+        if key is None:
+            if len(keys) >= IP_CACHE_MAX:
+                keys.clear()
+            net = network_of(client, 16, 32) if wide else network_of(client)
+            key = keys[client] = self.hasher("net", net)
+        return key
+
+    def login_started(self, ctx: RequestContext, username: str | None) -> None:
+        """A login attempt for `username` is about to be checked by the app: record it,
+        and raise `Refused` when the client must first pass a challenge (or wait)."""
+        if self.ato is None or username is None or ctx.login is not None:
+            return
+        user = user_key(self.hasher, username)
+        ctx.login = LoginAttempt(user)
+        cfg = self.ato.config
+        now = self.clock()
+        ctx.device_ok = device_mac(self.hasher, user) in device_entries(ctx, cfg.device_cookie)
+        passed = ctx.has_cookie and pass_valid(self.hasher, cookie(ctx, PASS_COOKIE), now)
+        if passed:
+            ctx.pass_key = self.hasher("pk", cookie(ctx, PASS_COOKIE) or "")
+        decision = self._login_gate(ctx, user, passed, now)
+        if decision is None:
+            return
+        ctx.login.gated = True
+        self._settle(ctx, decision)  # raises Refused
+
+    def _login_gate(
+        self, ctx: RequestContext, user: str, passed: bool, now: float
+    ) -> Decision | None:
+        """What holds this login back, if anything: a known device never is; a client
+        that passed a challenge is not challenged again; else an account, client, network
+        or fingerprint a detector flagged, or the whole population under attack."""
+        if ctx.device_ok:
+            return None
+        ato = self.ato
+        assert ato is not None
+        store = self.store
+        keys = [GATE + ACCOUNT + user, GATE + ctx.ip_key, GATE + ctx.net_key]
+        if ctx.principal is not None and ctx.principal != ctx.ip_key:
+            keys.append(GATE + ctx.principal)
+        keys.append(GATE + ctx.fingerprint)
+        if ctx.pass_key is not None:
+            keys.append(GATE + ctx.pass_key)
+        ban: Ban | None = None
+        if self.may_be_banned():
+            for key in keys:
+                ban = store.active_ban(key, now)
+                if ban is not None and not (passed and ban.action == "challenge"):
+                    break
+                ban = None
+        if ban is not None:
+            return self._gate_decision(
+                ban.action, ban.reason or "account_takeover", ban.until - now
+            )
+        if not passed and ato.climate.under_attack(now):
+            action = ato.config.population_action
+            enforced = self._enforced(ato.enforce)
+            if enforced:
+                return self._gate_decision(
+                    action, "account_takeover.population", ato.config.population_window / 2
+                )
+        return None
+
+    @staticmethod
+    def _gate_decision(action: str, reason: str, retry: float) -> Decision:
+        kind = {"challenge": Action.CHALLENGE, "throttle": Action.THROTTLE}.get(
+            action, Action.BLOCK
+        )
+        return Decision(kind, reason, max(retry, 1.0), detector=reason)
+
+    def login_finished(
+        self, ctx: RequestContext, success: bool | None, exists: bool | None = None
+    ) -> None:
+        """The app's verdict on the login `login_started` recorded (None: the status
+        decides)."""
+        login = ctx.login
+        if login is not None:
+            if success is not None:
+                login.success = success
+            if exists is not None:
+                login.exists = exists
+
+    def challenge_passed(self, ctx: RequestContext) -> None:
+        """The person behind this request passed the app's challenge: give the client a
+        pass (a signed cookie) and lift the challenges on its address and principal."""
+        now = self.clock()
+        seconds = self.config.detection.challenge_for
+        value = pass_value(self.hasher, int(now + seconds))
+        if ctx.cookies is None:
+            ctx.cookies = []
+        ctx.cookies.append(pass_cookie(ctx, value, seconds))
+        for key in (ctx.ip_key, ctx.principal):
+            if key is not None:
+                self.store.lift(GATE + key)
+
+    def response_cookies(self, ctx: RequestContext, status: int) -> list[bytes]:
+        """Set-Cookie values for the response: a pass, and the device cookie after a
+        successful login."""
+        found = [c.encode("latin-1") for c in ctx.cookies or ()]
+        login = ctx.login
+        ato = self.ato
+        if login is not None and ato is not None and not login.gated:
+            success = login.success if login.success is not None else 200 <= status < 300
+            if success:
+                cfg = ato.config
+                mac = device_mac(self.hasher, login.user)
+                found.append(
+                    device_cookie(ctx, cfg.device_cookie, mac, cfg.device_days).encode("latin-1")
+                )
+        return found
+
     # -- after the response ---------------------------------------------------------
     def finish(self, ctx: RequestContext, status: int | None) -> None:
-        """Let rules observe the outcome (status None: the handler raised)."""
-        charges = ctx.charges
-        if not charges:
+        """Let rules observe the outcome (status None: the handler raised), and the
+        detectors: their observations run in one store call, here, after the response."""
+        if ctx.charges:
+            self._rules_observe(ctx, status)
+        if self.detectors and (status is not None or _gated(ctx)):
+            planned = self._plan_observation(ctx, status or 403)
+            if planned is not None:
+                ops, judges, now = planned
+                if ops:
+                    try:
+                        self.store.observe(ops, now)
+                    except Exception:
+                        log.exception("apiguard: the store failed to record observations")
+                        return
+                self._judge(ctx, judges, now)
+
+    async def afinish(self, ctx: RequestContext, status: int | None) -> None:
+        """`finish` for async adapters: a remote store's observations are awaited."""
+        if self.store.local or not self.detectors or (status is None and not _gated(ctx)):
+            self.finish(ctx, status)
             return
+        if ctx.charges:
+            self._rules_observe(ctx, status)
+        planned = self._plan_observation(ctx, status or 403)
+        if planned is None:
+            return
+        ops, judges, now = planned
+        if ops:
+            try:
+                await self.store.aobserve(ops, now)
+            except Exception:
+                log.exception("apiguard: the store failed to record observations")
+                return
+        self._judge(ctx, judges, now)
+
+    def _rules_observe(self, ctx: RequestContext, status: int | None) -> None:
+        charges = ctx.charges or ()
         ctx.charges = None
         success = status is not None and self._ok_low <= status <= self._ok_high
         for hit in charges:
@@ -628,3 +820,110 @@ class Engine:
                 hit.rule.observe(hit, success, ctx)
             except Exception:  # an observer must never break the response path
                 log.exception("apiguard: rule %s failed to observe a response", hit.rule_name)
+
+    def _plan_observation(
+        self, ctx: RequestContext, status: int
+    ) -> tuple[list[Observation], list[Judge], float] | None:
+        """Every detector's operations for this request, and their judges."""
+        login = ctx.login
+        if ctx.refused_sent and (login is None or not login.gated):
+            return None  # a refused request touched nothing (a gated login still counts)
+        principal = ctx.principal or ctx.ip_key
+        now = self.clock()
+        outcome = Outcome(ctx, status, principal, ctx.route, now, login)
+        ops: list[Observation] = []
+        judges: list[Judge] = []
+        for detector in self.detectors:
+            try:
+                judge = detector.plan(outcome, ops)
+            except Exception as exc:
+                callable_failed(self, f"detector {detector.name}", exc)
+                continue
+            if judge is not None:
+                judges.append(judge)
+        if not judges and not ops:
+            return None
+        return ops, judges, now
+
+    def _judge(self, ctx: RequestContext, judges: list[Judge], now: float) -> None:
+        for judge in judges:
+            try:
+                findings = judge()
+            except Exception as exc:
+                callable_failed(self, "a detector's judgement", exc)
+                continue
+            for finding in findings:
+                self._apply(ctx, finding, now)
+
+    def _enforced(self, configured: bool) -> bool:
+        override = self.mode_override
+        return configured if override is None else override == "enforce"
+
+    def _apply(self, ctx: RequestContext, finding: Finding, now: float) -> None:
+        """Report a finding; when enforced, make it a ban the checkpoints already check
+        (a challenge: at the login route only)."""
+        enforced = self._enforced(finding.enforce)
+        self.telemetry.detection(ctx, finding, enforced)
+        self._log_detection(finding, enforced, now)
+        if not enforced or finding.subject == "population":
+            return
+        key = finding.subject
+        if finding.action == "challenge" or key.startswith(ACCOUNT):
+            key = GATE + key
+        level = self._escalate(key, now)
+        if finding.detector == "account_takeover.account":
+            cfg = self.config.detection.account_takeover
+            seconds = min(cfg.account_protect_for * 2 ** min(level - 1, 16), 86_400.0 * 7)
+        else:
+            seconds = self._detector_ban(finding.detector, level)
+        ban = Ban(key, now + seconds, level, action=finding.action, reason=finding.detector)
+        self._levels[key] = (level, ban.until)
+        self.store.impose(ban, now)
+        if not key.startswith(GATE) and ctx.vouched and key == ctx.principal:
+            for token in self._carried_tokens(ctx, key):
+                self.store.impose(
+                    Ban(token, ban.until, level, key, finding.action, finding.detector), now
+                )
+
+    def _detector_ban(self, detector: str, level: int) -> float:
+        """Seconds of a detector's ban at escalation `level`: a quarter of the detector's
+        evidence window (the evidence outlives a shorter ban, and the first request after
+        it would be banned again), doubling with each level, capped at `bans.max`."""
+        family = detector.split(".", 1)[0]
+        window = getattr(getattr(self.config.detection, family, None), "window", 0.0)
+        quarter = float(window) / 4 * 2 ** min(level - 1, 30)
+        return min(max(self.bans.duration(level), quarter), self.bans.max)
+
+    def _escalate(self, key: str, now: float) -> int:
+        """The level of the next detector ban on `key`: one more than its last one if
+        that ended less than `bans.memory` ago (or is still running), else 1. Kept in
+        process, bounded (the store keeps the bans themselves)."""
+        levels = self._levels
+        last = levels.get(key)
+        if last is None:
+            if len(levels) >= IP_CACHE_MAX:
+                levels.popitem(last=False)
+            return 1
+        levels.move_to_end(key)
+        level, until = last
+        return level + 1 if now - until <= self.bans.memory else 1
+
+    def _log_detection(self, finding: Finding, enforced: bool, now: float) -> None:
+        """One log line per detector and subject kind a minute (telemetry has them all)."""
+        name = finding.detector
+        last = self._detections_logged.get(name)
+        if last is not None and now - last < 60.0:
+            return
+        if len(self._detections_logged) >= _ENDPOINTS_MAX:
+            self._detections_logged.clear()
+        self._detections_logged[name] = now
+        evidence = ", ".join(f"{k}={v}" for k, v in finding.evidence.items())
+        log.warning(
+            "apiguard: %s detected %s (%s); %s%s",
+            name,
+            finding.subject,
+            evidence,
+            finding.action if enforced else f"monitor mode, would {finding.action}",
+            " (logged at most once a minute per detector; every one is in the "
+            "apiguard.detections metric)",
+        )

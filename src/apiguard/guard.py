@@ -22,7 +22,8 @@ from apiguard.decision import Decision
 from apiguard.engine import Engine, PrincipalResolver, Refused
 from apiguard.errors import ConfigurationError as ConfigurationError
 from apiguard.errors import check_arity
-from apiguard.request import KeyedHasher, RequestContext, current_request
+from apiguard.login import LoginRule, UsernameSpec
+from apiguard.request import KeyedHasher, RequestContext, callable_failed, current_request
 from apiguard.responses import BlockHook, BlockResponse
 from apiguard.routes import RouteEntry, walk_routes
 from apiguard.rules import Cost, CredentialChurnRule, FlowRule, Per, Rule, WindowRule
@@ -398,6 +399,63 @@ class Guard:
 
         return decorate
 
+    def login(
+        self,
+        *,
+        username: UsernameSpec,
+        success: Callable[[Any], bool] | None = None,
+    ) -> Callable[[F], F]:
+        """Declare the login endpoint, for account-takeover detection.
+
+        `username`: a callable whose parameter names pick the endpoint's arguments it
+        reads (`lambda form_data: form_data.username`), or a dotted name
+        (`"form_data.username"`). The outcome comes from the status (2xx success, 401/403
+        failure) unless `success(return_value)` says. Before the handler checks the
+        password, a client the detectors hold back gets the refusal (a challenge) instead.
+        Put it directly above the function, below the framework's route decorator.
+        """
+        if success is not None:
+            check_arity(success, 1, "@guard.login(success=...)", "success(return_value) -> bool")
+
+        def decorate(fn: F) -> F:
+            where = f"@guard.login on {_qualname(fn)}"
+            rule = LoginRule(username, success, where)
+            rule.check_endpoint(getattr(fn, "__apiguard_original__", fn), where)
+            return self._guard(fn, rule)
+
+        return decorate
+
+    def login_result(
+        self, username: str | None, success: bool, *, exists: bool | None = None
+    ) -> None:
+        """Report a login outcome from inside the request (apps whose login is not one
+        route, or that know whether the account exists: `exists=False` is the strongest
+        stuffing signal). Call it after checking the password and before issuing the
+        session: it raises `Refused` (a challenge) when the client must first prove it is
+        a person, whatever the outcome (so the answer never tells a bot which guess was
+        right)."""
+        ctx = current_request()
+        if ctx is None:
+            raise RuntimeError(
+                "guard.login_result() was called outside a request guarded by apiguard"
+            )
+        engine = self.engine
+        if ctx.login is None:
+            name = None if username is None else str(username).strip() or None
+            engine.login_started(ctx, name)
+        engine.login_finished(ctx, bool(success), exists)
+
+    def challenge_passed(self) -> None:
+        """Call from inside the request in which the person passed the app's challenge
+        (CAPTCHA, e-mail code, WebAuthn): the client gets a pass (a signed cookie, good for
+        `detection.challenge_for` seconds) and is not challenged again until it expires."""
+        ctx = current_request()
+        if ctx is None:
+            raise RuntimeError(
+                "guard.challenge_passed() was called outside a request guarded by apiguard"
+            )
+        self.engine.challenge_passed(ctx)
+
     def _taken_names(self, rule: Rule) -> list[str]:
         """`rule`'s policy names that another rule of this guard already advertises."""
         owners = self._policy_owners
@@ -712,10 +770,50 @@ async def _enter_async(
     return None
 
 
+def _login_of(rules: tuple[Rule, ...], original: Callable[..., Any]) -> Callable[..., Any] | None:
+    """For an endpoint declared with `@guard.login`: what runs on entry (records the
+    attempt and may refuse it) and returns the hook for the handler's return value."""
+    login = next((r for r in rules if isinstance(r, LoginRule)), None)
+    if login is None:
+        return None
+    try:
+        sig: inspect.Signature | None = inspect.signature(original)
+    except (TypeError, ValueError):
+        sig = None
+
+    def enter(engine: Engine, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        ctx = current_request()
+        if ctx is None:
+            return None
+        try:
+            arguments = sig.bind_partial(*args, **kwargs).arguments if sig else kwargs
+            name = login.username(arguments)
+        except Exception as exc:  # a failing username= callable: report it, count the rest
+            callable_failed(engine, "@guard.login(username=...)", exc)
+            return None
+        engine.login_started(ctx, name)  # raises Refused for a held-back client
+        success = login.success
+        if success is None or ctx.login is None:
+            return None
+
+        def finished(result: Any) -> None:
+            try:
+                ok = bool(success(result))
+            except Exception as exc:
+                callable_failed(engine, "@guard.login(success=...)", exc)
+                return
+            engine.login_finished(ctx, ok)
+
+        return finished
+
+    return enter
+
+
 def _wrap(
     original: Callable[..., Any], rules: tuple[Rule, ...], guard: Guard
 ) -> Callable[..., Any]:
     engine = guard.engine
+    login = _login_of(rules, original)
 
     if inspect.iscoroutinefunction(original):
 
@@ -724,6 +822,12 @@ def _wrap(
             refused = await _enter_async(engine, current_request(), rules, original)
             if refused is not None:
                 raise Refused(refused)
+            if login is not None:
+                finished = login(engine, args, kwargs)
+                result = await original(*args, **kwargs)
+                if finished is not None:
+                    finished(result)
+                return result
             return await original(*args, **kwargs)
 
         wrapper: Callable[..., Any] = async_wrapper
@@ -753,6 +857,12 @@ def _wrap(
             refused = _enter_sync(engine, current_request(), rules, original)
             if refused is not None:
                 raise Refused(refused)
+            if login is not None:
+                finished = login(engine, args, kwargs)
+                result = original(*args, **kwargs)
+                if finished is not None:
+                    finished(result)
+                return result
             return original(*args, **kwargs)
 
         wrapper = sync_wrapper

@@ -19,12 +19,14 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from apiguard.config import ClientIPConfig
+from apiguard.detectors.fingerprint import fingerprint
 from apiguard.errors import ConfigurationError
 from apiguard.routes import route_template
 
 if TYPE_CHECKING:
     from apiguard.admission import Admission
     from apiguard.decision import Decision
+    from apiguard.detectors.base import LoginAttempt
     from apiguard.engine import Engine
     from apiguard.rules import Rule
     from apiguard.store.base import Hit, Op
@@ -168,6 +170,22 @@ class ClientIPResolver:
         return grouped
 
 
+def network_of(address: str, v4: int = 24, v6: int = 64) -> str:
+    """The /v4 (IPv4) or /v6 (IPv6) network of an address, as text; IPv4-mapped and NAT64
+    addresses as their IPv4 network; anything else unchanged."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    mapped = getattr(ip, "ipv4_mapped", None)
+    if mapped is not None:
+        ip = mapped
+    elif ip.version == 6 and ip in _NAT64:
+        ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    prefix = v4 if ip.version == 4 else v6
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", False))
+
+
 def _parse_xff(values: Iterable[str]) -> list[str]:
     return [part.strip() for value in values for part in value.split(",")]
 
@@ -206,17 +224,23 @@ class RequestContext:
     """Everything apiguard knows about one request, mutable as the request advances."""
 
     __slots__ = (
+        "_fp",
+        "_net",
         "charges",
         "client_ip",
+        "cookies",
         "credential_key",
         "credentials",
         "decision",
         "declared",
+        "device_ok",
         "engine",
         "fast",
         "global_done",
         "has_cookie",
         "ip_key",
+        "login",
+        "pass_key",
         "prechecked",
         "principal",
         "ran",
@@ -267,6 +291,37 @@ class RequestContext:
             | None
         ) = None
         self.refused_sent = False
+        # detection: the login this request reported, whether it carries the account's
+        # device cookie, the key of a valid pass cookie, Set-Cookie values to add to the
+        # response; network and fingerprint keys, computed when first asked
+        self.login: LoginAttempt | None = None
+        self.device_ok = False
+        self.pass_key: str | None = None
+        self.cookies: list[str] | None = None
+        self._net: str | None = None
+        self._fp: str | None = None
+
+    @property
+    def net_key(self) -> str:
+        """Keyed hash of the client's network (/24 for IPv4, /64 for IPv6)."""
+        net = self._net
+        if net is None:
+            net = self._net = self.engine.net_key(self.client_ip)
+        return net
+
+    @property
+    def provider_key(self) -> str:
+        """Keyed hash of the client's provider-sized network (/16 for IPv4, /32 for
+        IPv6): a phone behind a carrier's NAT pool changes address, not provider."""
+        return self.engine.net_key(self.client_ip, wide=True)
+
+    @property
+    def fingerprint(self) -> str:
+        """Keyed hash of the client's header shape (`apiguard.detectors.fingerprint`)."""
+        fp = self._fp
+        if fp is None:
+            fp = self._fp = fingerprint(self.scope.get("headers") or (), self.engine.hasher)
+        return fp
 
     def checked(self, rules: tuple[Rule, ...]) -> bool:
         """Whether the global rules ran for this request, and `rules` at some checkpoint."""

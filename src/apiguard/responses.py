@@ -15,6 +15,9 @@ from apiguard.decision import Action, Decision, Policy
 from apiguard.store.base import Hit as Verdict
 
 QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
+# the problem type of a challenge: the app decides how a person proves themselves (CAPTCHA,
+# e-mail code, WebAuthn) and calls `Guard.challenge_passed()` when they have
+CHALLENGE_REQUIRED = "https://apiguard.dev/problems/challenge-required"
 
 
 @dataclass(slots=True)
@@ -77,8 +80,19 @@ def tightest_ratelimit(verdicts: Sequence[Verdict]) -> tuple[bytes, bytes] | Non
 def block_response(decision: Decision, with_fields: bool = True) -> BlockResponse:
     """The default answer to a refused request: 429 for limits, 403 for bans."""
     retry = max(1, _seconds(decision.retry_after))
-    if decision.action is Action.BLOCK:
+    if decision.action is Action.CHALLENGE:
         problem: dict[str, object] = {
+            "type": CHALLENGE_REQUIRED,
+            "title": "Challenge required",
+            "status": 403,
+            "detail": (
+                "Unusual activity was seen for this request; complete the challenge, "
+                "then retry."
+            ),
+        }
+        status = 403
+    elif decision.action is Action.BLOCK:
+        problem = {
             "type": "about:blank",
             "title": "Forbidden",
             "status": 403,

@@ -19,6 +19,7 @@ from apiguard import __version__
 from apiguard.decision import ALLOWED, Action, Decision
 
 if TYPE_CHECKING:
+    from apiguard.detectors.base import Finding
     from apiguard.request import RequestContext
 
 
@@ -54,6 +55,11 @@ class Telemetry:
             "apiguard.bans",
             unit="{ban}",
             description="Temporary bans started, by escalation level.",
+        )
+        self.detections = meter.create_counter(
+            "apiguard.detections",
+            unit="{detection}",
+            description="Detector findings, by detector, action and whether it was enforced.",
         )
         self._attrs: dict[tuple[str, str], dict[str, str]] = {}
 
@@ -96,3 +102,27 @@ class Telemetry:
             if decision.ban_level:
                 attributes["apiguard.ban.level"] = decision.ban_level
             span.add_event("apiguard.detection", attributes)
+
+    def detection(self, ctx: RequestContext, finding: Finding, enforced: bool) -> None:
+        """Count a detector's finding, and put it with its evidence (counts, threshold,
+        baseline; keyed hashes only) on the request's span if that is still open."""
+        self.detections.add(
+            1,
+            {
+                "apiguard.detector": finding.detector,
+                "apiguard.action": finding.action,
+                "apiguard.enforced": enforced,
+            },
+        )
+        span = request_span(ctx)
+        if not span.is_recording():
+            return
+        attributes: dict[str, str | int | float | bool] = {
+            "apiguard.detector": finding.detector,
+            "apiguard.action": finding.action,
+            "apiguard.enforced": enforced,
+            "apiguard.subject": finding.subject,
+        }
+        for name, value in finding.evidence.items():
+            attributes[f"apiguard.evidence.{name}"] = value
+        span.add_event("apiguard.detection", attributes)

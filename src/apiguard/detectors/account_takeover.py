@@ -1,0 +1,231 @@
+"""Account takeover (OWASP API2; OAT-007 credential stuffing, OAT-008 cracking).
+
+From the login outcomes the app reports (`@guard.login`, `guard.login_result`), three
+detections, each catching on its own (see `AccountTakeoverConfig` for the numbers):
+
+- **one actor, many accounts**: per client IP, non-IP principal (an API key), network,
+  client fingerprint and challenge pass, the distinct usernames that failed in the window,
+  against the same actor's successful logins (an office NAT whose people mistype their
+  passwords also logs most of them in). IPs and principals are banned; networks and
+  fingerprints, which many people share, are challenged at the login route only;
+- **many actors, one account**: failures on one username from clients without that
+  account's device cookie put the account under protection: unknown clients must pass a
+  challenge, a device that logged in to the account before never does;
+- **distributed stuffing and spraying**: the population's login failure share against its
+  own learned baseline; while it is under attack, every login from a client without a
+  device cookie for the account (or a passed challenge) must pass a challenge.
+
+An attacker cannot lock a victim out: the victim's own devices carry the device cookie,
+and a person on a new device can pass the app's challenge.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from apiguard.detectors.base import Finding, Judge, LoginAttempt, Outcome
+from apiguard.store.base import Tally
+
+if TYPE_CHECKING:
+    from apiguard.config import AccountTakeoverConfig
+    from apiguard.store.base import Observation
+
+ACCOUNT = "acct:"  # ban-table key prefix of an account under protection
+_EWMA = 0.3  # weight of the newest calm period in the failure-share baseline
+_CALM_ATTEMPTS = 10  # attempts a period needs to teach the baseline
+
+
+class LoginClimate:
+    """The population's login failure share over a sliding window (two half-window
+    generations, in process), its learned baseline, and whether it is under attack."""
+
+    def __init__(self, config: AccountTakeoverConfig) -> None:
+        self.half = config.population_window / 2.0
+        self.min_failures = config.population_min_failures
+        self.floor = config.failure_share_floor
+        self.factor = config.population_factor
+        self.start: float | None = None
+        self.now = [0, 0, 0]  # attempts, failures, attempts on missing accounts
+        self.old = [0, 0, 0]
+        self.baseline: float | None = None
+        self.attack_since: float | None = None
+
+    def _roll(self, now: float) -> float:
+        if self.start is None:
+            self.start = now
+        elapsed = now - self.start
+        if elapsed >= self.half:
+            finished = self.now
+            if self.attack_since is None and finished[0] >= _CALM_ATTEMPTS:
+                share = finished[1] / finished[0]
+                self.baseline = (
+                    share if self.baseline is None else (1 - _EWMA) * self.baseline + _EWMA * share
+                )
+            self.old = finished if elapsed < 2 * self.half else [0, 0, 0]
+            self.now = [0, 0, 0]
+            self.start = now if elapsed >= 2 * self.half else self.start + self.half
+            elapsed = now - self.start
+        return 1.0 - elapsed / self.half
+
+    def threshold(self) -> float:
+        """The failure share above which the population is under attack."""
+        if self.baseline is None:
+            return self.floor
+        return min(max(self.floor, self.baseline * self.factor), 0.95)
+
+    def record(self, now: float, failed: bool, missing: bool) -> dict[str, float | int] | None:
+        """Count one attempt; evidence when this attempt starts an attack period."""
+        weight = self._roll(now)
+        cur = self.now
+        cur[0] += 1
+        cur[1] += failed
+        cur[2] += missing
+        attempts = cur[0] + self.old[0] * weight
+        failures = cur[1] + self.old[1] * weight
+        missing_n = cur[2] + self.old[2] * weight
+        share = failures / attempts if attempts else 0.0
+        limit = self.threshold()
+        if self.attack_since is None:
+            hot = failures >= self.min_failures and (
+                share >= limit or missing_n >= self.min_failures
+            )
+            if hot:
+                self.attack_since = now
+                return {
+                    "failures": round(failures),
+                    "attempts": round(attempts),
+                    "failure_share": round(share, 3),
+                    "threshold": round(limit, 3),
+                    "baseline": round(self.baseline, 3) if self.baseline is not None else -1,
+                    "missing_accounts": round(missing_n),
+                }
+            return None
+        calm = failures < self.min_failures / 2 or share < limit * 0.7
+        if calm and now - self.attack_since >= 2 * self.half:
+            self.attack_since = None
+        return None
+
+    def under_attack(self, now: float) -> bool:
+        """Whether logins without a device cookie must pass a challenge now."""
+        if self.attack_since is None:
+            return False
+        self._roll(now)
+        if self.now[0] + self.old[0] == 0:  # no login for a whole window: over
+            self.attack_since = None
+        return self.attack_since is not None
+
+
+class AccountTakeover:
+    """The account-takeover detector family (see the module docstring)."""
+
+    name = "account_takeover"
+
+    def __init__(self, config: AccountTakeoverConfig, enforce: bool) -> None:
+        self.config = config
+        self.enforce = enforce
+        self.climate = LoginClimate(config)
+
+    def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
+        login = outcome.login
+        if login is None:
+            return None
+        failed = _failed(login, outcome.status)
+        if failed is None:
+            return None  # neither success nor failure (a 422, a 500): not an attempt
+        now = outcome.now
+        attack = self.climate.record(now, failed or login.gated, login.exists is False)
+        if login.gated:
+            return (lambda: [self._climate_finding(attack)]) if attack else None
+        cfg = self.config
+        window = cfg.window
+        actors = self._actors(outcome)
+        if not failed:
+            for _kind, key in actors:
+                ops.append(Tally("ato:s:" + key, window))
+            return (lambda: [self._climate_finding(attack)]) if attack else None
+        user = login.user
+        pairs = []
+        for kind, key in actors:
+            f = Tally("ato:f:" + key, window, user)
+            s = Tally("ato:s:" + key, window, amount=0)
+            ops.append(f)
+            ops.append(s)
+            pairs.append((kind, key, f, s))
+        account: Tally | None = None
+        if not outcome.ctx.device_ok:
+            account = Tally(ACCOUNT + user, window)
+            ops.append(account)
+
+        def judge() -> list[Finding]:
+            found: list[Finding] = []
+            if attack:
+                found.append(self._climate_finding(attack))
+            for kind, key, f, s in pairs:
+                floor = (
+                    cfg.usernames_per_network
+                    if kind in ("net", "fp")
+                    else (cfg.usernames_per_actor)
+                )
+                share = f.count / (f.count + s.count)
+                if f.count >= floor and share >= cfg.failed_share:
+                    action = cfg.action if kind in ("ip", "principal", "pass") else "challenge"
+                    found.append(
+                        Finding(
+                            f"{self.name}.{kind}",
+                            key,
+                            action,
+                            self.enforce,
+                            {
+                                "usernames_failed": round(f.count),
+                                "logins_succeeded": round(s.count),
+                                "threshold": floor,
+                                "failed_share": round(share, 3),
+                            },
+                        )
+                    )
+            if account is not None and account.count >= cfg.account_failures:
+                found.append(
+                    Finding(
+                        f"{self.name}.account",
+                        ACCOUNT + user,
+                        cfg.account_action,
+                        self.enforce,
+                        {"failures": round(account.count), "threshold": cfg.account_failures},
+                    )
+                )
+            return found
+
+        return judge
+
+    def _climate_finding(self, evidence: dict[str, float | int]) -> Finding:
+        return Finding(
+            f"{self.name}.population",
+            "population",
+            self.config.population_action,
+            self.enforce,
+            dict(evidence),
+        )
+
+    @staticmethod
+    def _actors(outcome: Outcome) -> list[tuple[str, str]]:
+        ctx = outcome.ctx
+        actors = [("ip", ctx.ip_key), ("net", ctx.net_key), ("fp", ctx.fingerprint)]
+        principal = outcome.principal
+        if principal != ctx.ip_key and not ctx.vouched:
+            actors.append(("principal", principal))
+        if ctx.pass_key is not None:
+            actors.append(("pass", ctx.pass_key))
+        return actors
+
+
+def _failed(login: LoginAttempt, status: int) -> bool | None:
+    """True for a failed login, False for a success, None for neither."""
+    if login.gated:
+        return True
+    if login.success is not None:
+        return not login.success
+    if 200 <= status < 300:
+        return False
+    if status in (401, 403):
+        return True
+    return None

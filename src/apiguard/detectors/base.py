@@ -1,0 +1,68 @@
+"""What detectors see and what they conclude.
+
+A detector looks at a request's `Outcome` after its response, adds the `Tally` / `Run`
+operations it needs to the request's one observation batch (run by the store in one call,
+off the response's critical path), and from their results returns `Finding`s. The engine
+turns an enforced finding into a ban with the detector's action (checked by the
+checkpoints that already run: no detector adds a store call to the request path), and
+reports every finding, enforced or monitored, as telemetry with its evidence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from apiguard.request import RequestContext
+    from apiguard.store.base import Observation
+
+
+@dataclass(slots=True)
+class LoginAttempt:
+    """A login the app reported: the keyed hash of the username, and its outcome (None
+    until known: then the response status decides)."""
+
+    user: str
+    success: bool | None = None
+    exists: bool | None = None
+    gated: bool = False  # refused before the handler by the login gate (a challenge)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One finished request, as the detectors see it."""
+
+    ctx: RequestContext
+    status: int
+    principal: str
+    template: str | None
+    now: float
+    login: LoginAttempt | None = None
+
+
+@dataclass(slots=True)
+class Finding:
+    """A detection: who (`subject`, a keyed hash), what to do, and the evidence (counts
+    and the threshold that fired, never a raw value)."""
+
+    detector: str
+    subject: str
+    action: str
+    enforce: bool
+    evidence: dict[str, float | int | str] = field(default_factory=dict)
+
+
+Judge = Callable[[], "list[Finding]"]
+
+
+class Detector(Protocol):
+    """A detector family (one module of `apiguard.detectors`)."""
+
+    name: str
+
+    def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
+        """Add this request's operations to `ops`; return what judges their results
+        (None: nothing to observe for this request)."""
+        ...

@@ -1,0 +1,172 @@
+"""`@guard.login` and `guard.login_result`: login outcomes for account-takeover detection.
+
+The username is read from the endpoint's own arguments (a callable whose parameter names
+pick them, or a dotted name such as "form_data.username"), normalised (stripped,
+case-folded) and kept only as a keyed hash. Two cookies, both stateless and signed with
+the guard's secret:
+- the device cookie (`apiguard_device`), set on each successful login: a client that
+  presents it for an account is never held back by attacks on that account;
+- the pass cookie (`apiguard_pass`), set by `Guard.challenge_passed()`: the client passed
+  the app's challenge and is not challenged again until it expires.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from apiguard.errors import ConfigurationError
+from apiguard.rules import Rule
+
+if TYPE_CHECKING:
+    from apiguard.request import KeyedHasher, RequestContext
+    from apiguard.store.base import Hit
+
+_DEVICES_KEPT = 5  # accounts one device cookie remembers
+_MAC = 20  # hex digits of a cookie MAC (80 bits)
+PASS_COOKIE = "apiguard_pass"
+
+UsernameSpec = str | Callable[..., Any]
+
+
+class LoginRule(Rule):
+    """Marks a login endpoint; it charges nothing (limits are separate decorators)."""
+
+    plans_hits = False
+
+    def __init__(
+        self, username: UsernameSpec, success: Callable[[Any], bool] | None, where: str
+    ) -> None:
+        self.name = "login"
+        self.mode = None
+        self.success = success
+        if isinstance(username, str):
+            parts = username.split(".")
+            if not all(p.isidentifier() for p in parts):
+                raise ConfigurationError(
+                    f"{where}: username={username!r} is not a parameter name or a dotted "
+                    "path such as 'form_data.username'"
+                )
+            self.params: tuple[str, ...] = (parts[0],)
+            self._path = tuple(parts[1:])
+            self._fn: Callable[..., Any] | None = None
+        elif callable(username):
+            try:
+                sig = inspect.signature(username)
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(f"{where}: username= has no signature ({exc})") from None
+            self.params = tuple(sig.parameters)
+            if not self.params:
+                raise ConfigurationError(
+                    f"{where}: username= must take the endpoint argument(s) it reads, named "
+                    "as the endpoint names them (e.g. lambda form_data: form_data.username)"
+                )
+            self._path = ()
+            self._fn = username
+        else:
+            raise ConfigurationError(
+                f"{where}: username= must be a callable or a dotted name, not "
+                f"{type(username).__name__}"
+            )
+
+    def check_endpoint(self, fn: Callable[..., Any], where: str) -> inspect.Signature | None:
+        """Refuse a username spec naming arguments the endpoint does not have."""
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return None
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+        missing = [p for p in self.params if p not in sig.parameters]
+        if missing and not takes_any:
+            raise ConfigurationError(
+                f"{where}: username= reads {', '.join(missing)}, which "
+                f"{getattr(fn, '__qualname__', fn)} does not take (its parameters: "
+                f"{', '.join(sig.parameters) or 'none'})"
+            )
+        return sig
+
+    def plan(self, ctx: RequestContext, hits: list[Hit], enforce: bool) -> int:
+        return 0
+
+    def username(self, arguments: Mapping[str, Any]) -> str | None:
+        """The username from the endpoint's bound arguments (None: none given)."""
+        if self._fn is not None:
+            value = self._fn(*(arguments.get(p) for p in self.params))
+        else:
+            value = arguments.get(self.params[0])
+            for part in self._path:
+                if value is None:
+                    return None
+                value = (
+                    value.get(part) if isinstance(value, Mapping) else getattr(value, part, None)
+                )
+        if value is None:
+            return None
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        text = str(value).strip().casefold()
+        return text or None
+
+
+def user_key(hasher: KeyedHasher, username: str) -> str:
+    """The keyed hash a username is known by (after normalisation)."""
+    return hasher("un", username.strip().casefold())
+
+
+def device_mac(hasher: KeyedHasher, user: str) -> str:
+    """The device-cookie entry for the account whose key is `user`."""
+    return hasher("dv", user)[-_MAC:]
+
+
+def cookie(ctx: RequestContext, name: str) -> str | None:
+    """The value of cookie `name` in the request (parsed only when asked)."""
+    for key, value in ctx.scope.get("headers") or ():
+        if key != b"cookie":
+            continue
+        text: str = bytes(value).decode("latin-1")
+        for part in text.split(";"):
+            k, _, v = part.strip().partition("=")
+            if k == name:
+                return v.strip().strip('"')
+    return None
+
+
+def device_entries(ctx: RequestContext, name: str) -> list[str]:
+    """The account entries of the request's device cookie."""
+    value = cookie(ctx, name)
+    if not value:
+        return []
+    return [e for e in value.split("-") if len(e) == _MAC][:_DEVICES_KEPT]
+
+
+def device_cookie(ctx: RequestContext, name: str, mac: str, days: float) -> str:
+    """The Set-Cookie value remembering this device for one more account."""
+    entries = [e for e in device_entries(ctx, name) if e != mac]
+    entries = [mac, *entries][:_DEVICES_KEPT]
+    return _set_cookie(ctx, name, "-".join(entries), int(days * 86400))
+
+
+def pass_value(hasher: KeyedHasher, until: int) -> str:
+    """A pass cookie value good until `until` (the guard's clock, whole seconds)."""
+    return f"{until}.{hasher('ps', str(until))[-_MAC:]}"
+
+
+def pass_valid(hasher: KeyedHasher, value: str | None, now: float) -> bool:
+    """Whether a pass cookie value is genuine and not expired."""
+    if not value:
+        return False
+    until, _, _mac = value.partition(".")
+    if not until.isdigit() or len(until) > 12 or int(until) <= now:
+        return False
+    return pass_value(hasher, int(until)) == value
+
+
+def pass_cookie(ctx: RequestContext, value: str, seconds: float) -> str:
+    """The Set-Cookie value of a pass."""
+    return _set_cookie(ctx, PASS_COOKIE, value, int(seconds))
+
+
+def _set_cookie(ctx: RequestContext, name: str, value: str, max_age: int) -> str:
+    secure = "; Secure" if ctx.scope.get("scheme") in ("https", "wss") else ""
+    return f"{name}={value}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Lax{secure}"

@@ -1,0 +1,381 @@
+"""Account takeover, both ways: each campaign is caught AND the awkward honest users
+beside it (typos, forgotten passwords, one office NAT, new devices) are never refused
+(a person may meet a challenge, which they pass)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from apiguard import Guard
+from apiguard.simulate.clock import FakeClock
+from apiguard.simulate.driver import AsgiDriver, Response
+from detection_support import (
+    BROWSERS,
+    USERS,
+    Client,
+    build_app,
+    is_challenge,
+    password,
+    public_ip,
+    run,
+    username,
+)
+
+OFFICE = "198.51.100.23"
+START = 1_000_000.0
+
+
+@dataclass
+class Tally:
+    attack: int = 0
+    admitted: int = 0  # attack attempts that reached the password check
+    before_first_refusal: int = 0
+    after_first_refusal: int = 0
+    refused: int = 0
+    takeovers: int = 0
+    benign_refused: list[str] = field(default_factory=list)
+    benign_challenged: int = 0
+    benign_logins: int = 0
+
+    def attack_result(self, resp: Response) -> None:
+        self.attack += 1
+        if resp.status in (403, 429):
+            self.refused += 1
+            return
+        self.admitted += 1
+        if self.refused:
+            self.after_first_refusal += 1
+        else:
+            self.before_first_refusal += 1
+        if resp.status == 200:
+            self.takeovers += 1
+
+
+Event = tuple[float, int, Callable[[], Awaitable[None]]]
+
+
+async def play(clock: FakeClock, events: list[Event]) -> None:
+    events.sort(key=lambda e: (e[0], e[1]))
+    for at, _, act in events:
+        clock.advance_to(max(at, clock()))
+        await act()
+
+
+def benign_population(
+    driver: AsgiDriver,
+    rng: random.Random,
+    tally: Tally,
+    events: list[Event],
+    hours: float,
+    users: range,
+    office: range,
+) -> None:
+    """Honest people: each logs in a few times over the hours, from home, from the office
+    NAT (shared address) or a phone; a quarter mistype their password first, some forget
+    it and try several wrong ones; some come back on a new device (no cookies)."""
+    for user in users:
+        ip = OFFICE if user in office else public_ip(rng)
+        client = Client(driver, rng.choice(BROWSERS), ip)
+        for _ in range(rng.randint(1, 3)):
+            at = START + rng.uniform(0, hours * 3600)
+            new_device = rng.random() < 0.15
+            own = random.Random(rng.random())
+
+            async def visit(
+                client: Client = client,
+                user: int = user,
+                new: bool = new_device,
+                r: random.Random = own,
+            ) -> None:
+                c = Client(driver, client.ua, client.ip) if new else client
+                wrong = 0
+                if r.random() < 0.25:
+                    wrong = 1 if r.random() < 0.7 else r.randint(2, 4)  # typo / forgotten
+                for k in range(wrong):
+                    resp, met = await c.human_login(user, f"{password(user)}-typo{k}")
+                    tally.benign_challenged += met
+                    if resp.status in (403, 429):
+                        tally.benign_refused.append(f"user {user} typo -> {resp.status}")
+                resp, met = await c.human_login(user)
+                tally.benign_challenged += met
+                tally.benign_logins += 1
+                if resp.status != 200:
+                    tally.benign_refused.append(f"user {user} -> {resp.status} {resp.body!r}")
+
+            events.append((at, len(events), visit))
+
+
+def leaked_list(rng: random.Random, n: int) -> list[tuple[str, str]]:
+    """A stuffing list: mostly accounts this app never had, many wrong passwords for real
+    accounts, a few real credentials (reused passwords)."""
+    found = []
+    for _ in range(n):
+        roll = rng.random()
+        if roll < 0.55:
+            found.append((f"{rng.getrandbits(40):x}@mail.example", "hunter2"))
+        elif roll < 0.98:
+            u = rng.randrange(USERS)
+            found.append((username(u), f"Summer{rng.randrange(1990, 2026)}!"))
+        else:
+            u = rng.randrange(USERS)
+            found.append((username(u), password(u)))
+    return found
+
+
+def rotating_bot(driver: AsgiDriver, rng: random.Random) -> Client:
+    """A new address and a randomised User-Agent on every attempt, no cookie jar."""
+    ua = f"{rng.choice(BROWSERS)} r/{rng.randrange(10**6)}"
+    return Client(driver, ua, public_ip(rng), jar=None)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_distributed_stuffing_one_attempt_per_ip_is_caught_and_people_are_not(seed: int) -> None:
+    rng = random.Random(seed)
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    tally = Tally()
+    events: list[Event] = []
+    benign_population(driver, rng, tally, events, 4.0, range(0, 150), range(0, 50))
+    # the attack starts after an hour of ordinary traffic: 1,200 attempts over 3 hours,
+    # one per address, jittered like a slow botnet
+    for i, (user, pw) in enumerate(leaked_list(rng, 1200)):
+        at = START + 3600 + i * 9.0 + rng.uniform(0, 9.0)
+
+        async def attempt(user: str = user, pw: str = pw) -> None:
+            bot = rotating_bot(driver, rng)
+            resp = await bot.send("POST", "/login", {"username": user, "password": pw})
+            tally.attack_result(resp)
+
+        events.append((at, len(events), attempt))
+    run(play(clock, events))
+    assert tally.benign_refused == []
+    assert tally.benign_logins > 250
+    assert tally.refused > 0, "the campaign was not caught"
+    assert tally.before_first_refusal < 50, tally
+    assert tally.after_first_refusal <= 0.10 * tally.attack, tally
+
+
+def test_password_spraying_from_rotating_ips_is_caught() -> None:
+    """Three common passwords against every account, one attempt per address."""
+    rng = random.Random(5)
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    tally = Tally()
+    events: list[Event] = []
+    benign_population(driver, rng, tally, events, 3.0, range(0, 120), range(0, 40))
+    sprays = [
+        (username(u), pw) for pw in ("Password1!", "Welcome2024", "Qwerty123") for u in range(USERS)
+    ]
+    rng.shuffle(sprays)
+    for i, (user, pw) in enumerate(sprays[:600]):
+        at = START + 3600 + i * 12.0 + rng.uniform(0, 12.0)
+
+        async def attempt(user: str = user, pw: str = pw) -> None:
+            resp = await rotating_bot(driver, rng).send(
+                "POST", "/login", {"username": user, "password": pw}
+            )
+            tally.attack_result(resp)
+
+        events.append((at, len(events), attempt))
+    run(play(clock, events))
+    assert tally.benign_refused == []
+    assert tally.refused > 0
+    assert tally.before_first_refusal < 50, tally
+    assert tally.after_first_refusal <= 0.10 * tally.attack, tally
+
+
+def test_brute_force_on_one_account_from_rotating_ips_never_locks_out_its_owner() -> None:
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(3)
+    victim = 7
+    owner = Client(driver, BROWSERS[0], "203.0.113.50")
+
+    async def scenario() -> Tally:
+        tally = Tally()
+        assert (await owner.login(victim)).status == 200  # the owner's browser is known
+        for i in range(300):
+            clock.advance(rng.uniform(2, 20))
+            bot = rotating_bot(driver, rng)
+            resp = await bot.send(
+                "POST", "/login", {"username": username(victim), "password": f"guess{i}"}
+            )
+            tally.attack_result(resp)
+            if i % 50 == 25:  # the owner signs in during the attack, from a known device
+                resp = await owner.login(victim)
+                assert resp.status == 200, resp.body
+        # and from a new phone: one challenge, then in
+        phone = Client(driver, BROWSERS[3], "100.64.3.9")
+        resp, met = await phone.human_login(victim)
+        assert resp.status == 200 and met
+        return tally
+
+    tally = run(scenario())
+    assert tally.takeovers == 0
+    assert tally.before_first_refusal <= 10
+    assert tally.after_first_refusal == 0
+
+
+def test_one_address_trying_many_accounts_is_banned_but_an_office_nat_is_not() -> None:
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(9)
+
+    async def scenario() -> tuple[Tally, list[str]]:
+        tally = Tally()
+        refused: list[str] = []
+        # 80 colleagues behind one address, a third of them mistyping first
+        for user in range(80):
+            clock.advance(rng.uniform(1, 30))
+            c = Client(driver, rng.choice(BROWSERS), OFFICE)
+            if user % 3 == 0:
+                resp, _ = await c.human_login(user, "typo")
+                if resp.status in (403, 429):
+                    refused.append(f"typo {user}: {resp.status}")
+            resp, _ = await c.human_login(user)
+            if resp.status != 200:
+                refused.append(f"{user}: {resp.status}")
+        # one script on one address walks 60 accounts, slowly, with a fixed browser UA
+        bot = Client(driver, BROWSERS[1], "192.0.2.200", jar=None)
+        for user in range(100, 160):
+            clock.advance(rng.uniform(20, 60))
+            tally.attack_result(
+                await bot.send(
+                    "POST", "/login", {"username": username(user), "password": "letmein"}
+                )
+            )
+        return tally, refused
+
+    tally, refused = run(scenario())
+    assert refused == []
+    assert tally.before_first_refusal <= 10
+    assert tally.after_first_refusal <= 0.05 * tally.attack
+
+
+def test_a_failing_login_never_bans_a_known_user_on_a_shared_address() -> None:
+    """An attacker who shares the victim's address (the office) and fails on purpose on
+    the victim's account cannot lock the victim out."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+
+    async def scenario() -> None:
+        victim = Client(driver, BROWSERS[0], OFFICE)
+        assert (await victim.login(3)).status == 200
+        mallory = Client(driver, BROWSERS[2], OFFICE, jar=None)
+        for i in range(200):
+            clock.advance(3)
+            await mallory.send("POST", "/login", {"username": username(3), "password": f"x{i}"})
+        assert (await victim.login(3)).status == 200
+        victim.token = None
+        assert (await victim.send("GET", "/me")).status == 401  # (no token: app's answer)
+        await victim.login(3)
+        assert (await victim.send("GET", "/me")).status == 200
+
+    run(scenario())
+
+
+def test_login_result_reports_outcomes_and_refuses_success_and_failure_alike() -> None:
+    """`guard.login_result` for an app whose login is not one route: a held-back client
+    is refused whatever its guess was, so the answer never confirms a password."""
+    from fastapi import FastAPI, HTTPException
+
+    from apiguard.asgi import GuardMiddleware
+
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+
+    @app.post("/session")
+    async def session(body: dict[str, str]) -> dict[str, bool]:
+        user = body["user"]
+        ok = user == "alice" and body["password"] == "right"
+        guard.login_result(user, ok, exists=user in ("alice", "bob"))
+        if not ok:
+            raise HTTPException(401)
+        return {"ok": True}
+
+    driver = AsgiDriver(app)
+    rng = random.Random(4)
+
+    async def scenario() -> list[int]:
+        statuses = []
+        for i in range(60):
+            clock.advance(5)
+            bot = rotating_bot(driver, rng)
+            resp = await bot.send("POST", "/session", {"user": "alice", "password": f"g{i}"})
+            statuses.append(resp.status)
+        bot = rotating_bot(driver, rng)
+        right = await bot.send("POST", "/session", {"user": "alice", "password": "right"})
+        statuses.append(right.status)
+        return statuses
+
+    statuses = run(scenario())
+    assert statuses[:8] == [401] * 8
+    assert set(statuses[9:]) == {403}  # including the right password at the end
+
+
+def test_challenge_response_is_problem_json_and_the_pass_cookie_is_signed() -> None:
+    clock = FakeClock(START)
+    guard = Guard({"detection": {"account_takeover": {"account_failures": 3}}}, clock=clock)
+    driver = AsgiDriver(build_app(guard))
+
+    async def scenario() -> None:
+        bot = Client(driver, BROWSERS[0], "192.0.2.1", jar=None)
+        for i in range(4):
+            await bot.send(
+                "POST",
+                "/login",
+                {"username": username(1), "password": f"{i}"},
+                ip=f"192.0.2.{10 + i}",
+            )
+        resp = await bot.send("POST", "/login", {"username": username(1), "password": "z"})
+        assert is_challenge(resp)
+        assert resp.header("content-type") == "application/problem+json"
+        person = Client(driver, BROWSERS[0], "192.0.2.77")
+        passed = await person.send("POST", "/challenge")
+        cookie = passed.header("set-cookie") or ""
+        assert cookie.startswith("apiguard_pass=") and "HttpOnly" in cookie
+        assert (await person.login(1)).status == 200
+        assert "apiguard_device" in person.jar  # type: ignore[operator]
+        assert username(1) not in str(person.jar)
+        forged = Client(
+            driver,
+            BROWSERS[0],
+            "192.0.2.78",
+            jar={"apiguard_pass": "99999999999.0123456789abcdef0123"},
+        )
+        assert is_challenge(await forged.login(1))
+
+    run(scenario())
+
+
+def test_sync_login_handler_and_monitor_mode() -> None:
+    clock = FakeClock(START)
+    guard = Guard({"detection": {"account_takeover": {"mode": "monitor"}}}, clock=clock)
+    driver = AsgiDriver(build_app(guard, sync_login=True))
+    rng = random.Random(6)
+
+    async def scenario() -> list[int]:
+        out = []
+        for i in range(40):
+            clock.advance(2)
+            resp = await rotating_bot(driver, rng).send(
+                "POST", "/login", {"username": username(2), "password": f"{i}"}
+            )
+            out.append(resp.status)
+        return out
+
+    assert set(run(scenario())) == {401}  # monitor: reported, never refused
+    enforced = Guard(clock=clock)
+    driver = AsgiDriver(build_app(enforced, sync_login=True))
+    assert 403 in run(scenario())
