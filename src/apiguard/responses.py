@@ -86,8 +86,7 @@ def block_response(decision: Decision, with_fields: bool = True) -> BlockRespons
             "title": "Challenge required",
             "status": 403,
             "detail": (
-                "Unusual activity was seen for this request; complete the challenge, "
-                "then retry."
+                "Unusual activity was seen for this request; complete the challenge, then retry."
             ),
         }
         status = 403

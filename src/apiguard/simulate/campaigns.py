@@ -489,6 +489,7 @@ CAMPAIGNS: tuple[Campaign, ...] = (
 
 def campaign(name: str) -> Campaign:
     """The campaign called `name` (or a unique prefix / slug of it)."""
+
     def norm(text: str) -> str:
         return " ".join(text.lower().replace(",", " ").replace("-", " ").replace("_", " ").split())
 

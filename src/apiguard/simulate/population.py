@@ -10,7 +10,8 @@ The benign population is as awkward as honest traffic gets, all of it at once:
 - home users with one address and one browser, 1 in 8 mistyping their password once;
 - forgetful users who fail 3 to 6 times with different passwords over a few minutes and
   then (mostly) remember it;
-- mobile users whose address changes every 2 to 4 requests (CGNAT pools, IPv6 /64s);
+- mobile users whose address changes every 2 to 4 requests (their carrier's NAT
+  gateways over two /16s, or a new IPv6 /64 in its /32), and their home Wi-Fi now and then;
 - business buyers who read every one of their many orders in a row (a sequential walk of
   their OWN objects, 50+ ids, on the same route a BOLA walk uses);
 - a heavy but honest API client (a partner's key from its two servers, bursts of pages);
@@ -147,8 +148,20 @@ def rotating(rng: random.Random) -> Callable[[], str]:
     return lambda: public_ipv4(rng)
 
 
+# Mobile carriers: the public IPv4 networks their NAT gateways use, and their IPv6 /32.
+CARRIERS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("172.56", "172.58"), "2607:fb90"),
+    (("100.37", "174.205"), "2600:1000"),
+    (("31.94", "37.120"), "2a01:598"),
+    (("82.132", "92.40"), "2a02:c7f"),
+)
+
+
 def mobile(rng: random.Random, ipv6: bool) -> Callable[[], str]:
-    """A carrier address that changes every 2 to 4 requests (CGNAT pool, or a new /64)."""
+    """A phone: a new carrier NAT address (or a new IPv6 /64 in the carrier's /32) every
+    2 to 4 requests, and now and then the home Wi-Fi instead."""
+    networks, prefix = rng.choice(CARRIERS)
+    home = public_ipv4(rng)
     left = 0
     ip = ""
 
@@ -156,11 +169,13 @@ def mobile(rng: random.Random, ipv6: bool) -> Callable[[], str]:
         nonlocal left, ip
         if left <= 0:
             left = rng.randint(2, 4)
-            if ipv6:
-                words = ":".join(f"{rng.randrange(1 << 16):x}" for _ in range(3))
-                ip = f"2a00:{words}::{rng.randint(1, 9999):x}"
+            if rng.random() < 0.25:
+                ip = home
+            elif ipv6:
+                words = ":".join(f"{rng.randrange(1 << 16):x}" for _ in range(2))
+                ip = f"{prefix}:{words}::{rng.randint(1, 9999):x}"
             else:
-                ip = str(ipaddress.IPv4Address((100 << 24) | (64 << 16) | rng.randrange(1 << 22)))
+                ip = f"{rng.choice(networks)}.{rng.randrange(256)}.{rng.randint(1, 254)}"
         left -= 1
         return ip
 
