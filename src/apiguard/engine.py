@@ -892,7 +892,7 @@ class Engine:
         family = detector.split(".", 1)[0]
         window = getattr(getattr(self.config.detection, family, None), "window", 0.0)
         quarter = float(window) / 4 * 2 ** min(level - 1, 30)
-        return min(max(self.bans.duration(level), quarter), self.bans.max)
+        return float(min(max(self.bans.duration(level), quarter), self.bans.max))
 
     def _escalate(self, key: str, now: float) -> int:
         """The level of the next detector ban on `key`: one more than its last one if
