@@ -28,8 +28,8 @@ Definitions (every number in the report follows them):
   baseline); when the unprotected run gains nothing, at most half of the attack requests
   after the first refusal were admitted.
 - **admitted before the first block**: attack requests admitted before the first refused
-  one (all of them when none was refused); the issue's target counts up to the first
-  block or the first gain, whichever comes first.
+  one (all of them when none was refused); for account takeover the issue's target
+  counts up to the first block or the first takeover, whichever comes first.
 - **admitted after**: the share of attack requests after the first refusal that were
   admitted.
 - **benign principal refused**: an honest person or client with at least one refused
@@ -571,8 +571,10 @@ class Outcome:
 
     @property
     def admitted_before_first_loss(self) -> int:
-        """Admitted before the first block or the first gain, whichever came first."""
-        if self.first_gain_index is None:
+        """Admitted before the first block, or before the first takeover when that came
+        first (the issue's measure for account takeover; for the other campaigns every
+        admitted attack request gains, so only the first block counts)."""
+        if self.first_gain_index is None or self.gain_kind != "takeovers":
             return self.admitted_before_first_block
         return min(self.admitted_before_first_block, self.first_gain_index)
 
