@@ -468,14 +468,28 @@ class Campaign:
     attempts: int
     gain: str  # what a 2xx on one of its targets means
     first_block_target: bool  # the issue's "< 50 admitted before the first block" applies
+    solver: float = 0.0  # the bots' CAPTCHA-solving rate (at least; --solver may raise it)
+    note: str = ""  # said after the builder's description
 
     @property
     def description(self) -> str:
-        return " ".join((self.build.__doc__ or "").split())
+        text = " ".join((self.build.__doc__ or "").split())
+        return f"{text} {self.note}" if self.note else text
 
 
 CAMPAIGNS: tuple[Campaign, ...] = (
     Campaign("credential stuffing", stuffing, 6 * HOUR, 3000, "takeovers", True),
+    Campaign(
+        "stuffing, CAPTCHA solver",
+        stuffing,
+        3 * HOUR,
+        1000,
+        "takeovers",
+        True,
+        solver=0.05,
+        note="This botnet pays a solving service that passes 1 challenge in 20, and replays "
+        "the cookies it gets from every one of its addresses (one cookie jar for the botnet).",
+    ),
     Campaign("password spraying", spraying, 4 * HOUR, 1500, "takeovers", True),
     Campaign("brute force", brute_force, 3 * HOUR, 900, "takeovers", False),
     Campaign("BOLA walk", bola_sequential, 1 * HOUR, 800, "foreign objects", True),
@@ -519,7 +533,9 @@ def actors_for(
     solver: float = 0.0,
 ) -> list[Actor]:
     """The attack and the benign population of one run, deterministic for a seed."""
-    plan = Plan(camp.duration * scale, max(10, round(camp.attempts * scale)), solver)
+    plan = Plan(
+        camp.duration * scale, max(10, round(camp.attempts * scale)), max(solver, camp.solver)
+    )
     rng = random.Random(f"{seed}:{camp.name}")
     pop = population(
         target,
