@@ -64,9 +64,9 @@ def current_user(authorization: Annotated[str | None, Header()] = None) -> int:
     return user
 
 
-def build_app(guard: Guard, *, sync_login: bool = False) -> FastAPI:
+def build_app(guard: Guard, *, sync_login: bool = False, **fastapi: Any) -> FastAPI:
     """The vulnerable shop, with apiguard added as its README says."""
-    app = FastAPI()
+    app = FastAPI(**fastapi)
     app.add_middleware(GuardMiddleware, guard=guard)
     accounts = {username(i): (i, password(i)) for i in range(USERS)}
 

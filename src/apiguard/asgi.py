@@ -103,6 +103,8 @@ class GuardMiddleware:
                     await self._refuse(scope, receive, send, decision, replacing=True)
                     return
                 status = message["status"]
+                if local and engine.detectors:
+                    engine.observe(ctx, status)
                 if ctx.login is not None or ctx.cookies is not None:
                     message["headers"] = [
                         *message.get("headers", ()),

@@ -274,6 +274,19 @@ class BolaConfig(_Detector):
     errors_floor: int = Field(15, ge=2)
     error_share: float = Field(0.5, gt=0, le=1)
     query_params: tuple[str, ...] = ()
+    # route template -> its own floor (an integration that reads every one of its own
+    # invoices legitimately); 0 turns the detector off for that route
+    routes: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("routes")
+    @classmethod
+    def _route_floors(cls, value: dict[str, int]) -> dict[str, int]:
+        for template, floor in value.items():
+            if not template.startswith("/"):
+                raise ValueError(f"{template!r} is not a route template (e.g. '/orders/{{id}}')")
+            if floor < 0:
+                raise ValueError(f"the floor of {template!r} must be 0 (off) or more")
+        return value
 
 
 class RotationConfig(_Detector):

@@ -777,28 +777,42 @@ class Engine:
     # -- after the response ---------------------------------------------------------
     def finish(self, ctx: RequestContext, status: int | None) -> None:
         """Let rules observe the outcome (status None: the handler raised), and the
-        detectors: their observations run in one store call, here, after the response."""
+        detectors, unless `observe` already ran for this request."""
         if ctx.charges:
             self._rules_observe(ctx, status)
-        if self.detectors and (status is not None or _gated(ctx)):
-            planned = self._plan_observation(ctx, status or 403)
-            if planned is not None:
-                ops, judges, now = planned
-                if ops:
-                    try:
-                        self.store.observe(ops, now)
-                    except Exception:
-                        log.exception("apiguard: the store failed to record observations")
-                        return
-                self._judge(ctx, judges, now)
+        if self.detectors and not ctx.observed and (status is not None or _gated(ctx)):
+            self.observe(ctx, status or 403)
+
+    def observe(self, ctx: RequestContext, status: int) -> None:
+        """The detectors' look at a finished request: their operations in one store call,
+        then their findings. Adapters on an in-process store call it when the response
+        starts (the server span is still open for the findings' events; the work is the
+        same dict work it would be later); `finish` calls it otherwise."""
+        ctx.observed = True
+        planned = self._plan_observation(ctx, status)
+        if planned is not None:
+            ops, judges, now = planned
+            if ops:
+                try:
+                    self.store.observe(ops, now)
+                except Exception:
+                    log.exception("apiguard: the store failed to record observations")
+                    return
+            self._judge(ctx, judges, now)
 
     async def afinish(self, ctx: RequestContext, status: int | None) -> None:
         """`finish` for async adapters: a remote store's observations are awaited."""
-        if self.store.local or not self.detectors or (status is None and not _gated(ctx)):
+        if (
+            self.store.local
+            or not self.detectors
+            or ctx.observed
+            or (status is None and not _gated(ctx))
+        ):
             self.finish(ctx, status)
             return
         if ctx.charges:
             self._rules_observe(ctx, status)
+        ctx.observed = True
         planned = self._plan_observation(ctx, status or 403)
         if planned is None:
             return
@@ -830,7 +844,7 @@ class Engine:
             return None  # a refused request touched nothing (a gated login still counts)
         principal = ctx.principal or ctx.ip_key
         now = self.clock()
-        outcome = Outcome(ctx, status, principal, ctx.route, now, login)
+        outcome = Outcome(ctx, status, principal, now, login)
         ops: list[Observation] = []
         judges: list[Judge] = []
         for detector in self.detectors:
@@ -893,6 +907,13 @@ class Engine:
         window = getattr(getattr(self.config.detection, family, None), "window", 0.0)
         quarter = float(window) / 4 * 2 ** min(level - 1, 30)
         return float(min(max(self.bans.duration(level), quarter), self.bans.max))
+
+    def prior(self, key: str, now: float) -> int:
+        """The level of `key`'s last detector ban if it ended within `bans.memory`."""
+        last = self._levels.get(key)
+        if last is None or now - last[1] > self.bans.memory:
+            return 0
+        return last[0]
 
     def _escalate(self, key: str, now: float) -> int:
         """The level of the next detector ban on `key`: one more than its last one if

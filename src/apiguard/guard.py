@@ -417,6 +417,8 @@ class Guard:
         if success is not None:
             check_arity(success, 1, "@guard.login(success=...)", "success(return_value) -> bool")
 
+        LoginRule(username, success, "@guard.login")  # a malformed spec fails here
+
         def decorate(fn: F) -> F:
             where = f"@guard.login on {_qualname(fn)}"
             rule = LoginRule(username, success, where)
@@ -560,6 +562,24 @@ class Guard:
         parts.append(
             f"store: {type(self.store).__name__}"
             + (f" (max_keys={max_keys})" if isinstance(max_keys, int) else "")
+        )
+        found = self.engine.detectors
+        parts.append(
+            "detectors: "
+            + (
+                ", ".join(
+                    d.name
+                    + (
+                        ""
+                        if d.enforce == (config.mode == "enforce")
+                        else " (monitor)"
+                        if not d.enforce
+                        else " (enforce)"
+                    )
+                    for d in found
+                )
+                or "none"
+            )
         )
         ip = config.client_ip
         proxies = ", ".join(ip.trusted_proxies) or "none"

@@ -240,6 +240,7 @@ class RequestContext:
         "has_cookie",
         "ip_key",
         "login",
+        "observed",
         "pass_key",
         "prechecked",
         "principal",
@@ -298,6 +299,7 @@ class RequestContext:
         self.device_ok = False
         self.pass_key: str | None = None
         self.cookies: list[str] | None = None
+        self.observed = False  # the detectors have seen this request's outcome
         self._net: str | None = None
         self._fp: str | None = None
 

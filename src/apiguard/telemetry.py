@@ -125,4 +125,4 @@ class Telemetry:
         }
         for name, value in finding.evidence.items():
             attributes[f"apiguard.evidence.{name}"] = value
-        span.add_event("apiguard.detection", attributes)
+        span.add_event("apiguard.finding", attributes)

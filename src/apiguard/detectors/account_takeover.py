@@ -30,7 +30,11 @@ if TYPE_CHECKING:
     from apiguard.config import AccountTakeoverConfig
     from apiguard.store.base import Observation
 
-ACCOUNT = "acct:"  # ban-table key prefix of an account under protection
+ACCOUNT = "acct:"
+# statuses a login answers a wrong password with: 401 and 403, and 400 (FastAPI's own
+# OAuth2 tutorial, and the apps built from it, answer "Incorrect username or password"
+# with 400) and 404 (no such user); 422 (a malformed request), 429 and 5xx are not attempts
+_FAILED = frozenset({400, 401, 403, 404})  # ban-table key prefix of an account under protection
 _EWMA = 0.3  # weight of the newest calm period in the failure-share baseline
 _CALM_ATTEMPTS = 10  # attempts a period needs to teach the baseline
 
@@ -226,6 +230,6 @@ def _failed(login: LoginAttempt, status: int) -> bool | None:
         return not login.success
     if 200 <= status < 300:
         return False
-    if status in (401, 403):
+    if status in _FAILED:
         return True
     return None

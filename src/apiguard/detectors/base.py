@@ -37,9 +37,14 @@ class Outcome:
     ctx: RequestContext
     status: int
     principal: str
-    template: str | None
     now: float
     login: LoginAttempt | None = None
+
+    @property
+    def prior(self) -> int:
+        """The escalation level of a detector ban on the principal that ended less than
+        `bans.memory` ago (0: none): a repeat offender is judged on less evidence."""
+        return self.ctx.engine.prior(self.principal, self.now)
 
 
 @dataclass(slots=True)
@@ -61,6 +66,7 @@ class Detector(Protocol):
     """A detector family (one module of `apiguard.detectors`)."""
 
     name: str
+    enforce: bool
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         """Add this request's operations to `ops`; return what judges their results

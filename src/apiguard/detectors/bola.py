@@ -69,15 +69,19 @@ class Bola:
         return "&".join(parts), number
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
-        template = outcome.template
-        if template is None or outcome.status >= 500:
+        if outcome.status >= 500:
             return None
         found = self._object(outcome)
         if found is None:
             return None
+        template = outcome.ctx.route
+        if template is None:
+            return None
+        own_floor = self.config.routes.get(template) if self.config.routes else None
+        if own_floor == 0:
+            return None
         text, number = found
-        ctx = outcome.ctx
-        item = ctx.engine.hasher("ob", f"{template}\n{text}")
+        item = f"{template}\n{text}"  # only its sketch slot is kept, never the text
         cfg = self.config
         base = f"bola:{outcome.principal}:{template}"
         distinct = Tally(base, cfg.window, item)
@@ -92,9 +96,16 @@ class Bola:
             ops.append(run)
         population = self.populations.get(template)
 
+        # a principal banned for enumeration before is judged on half the evidence: the
+        # objects it walked before the ban still count, and its walk restarts elsewhere
+        ease = 2 if outcome.prior else 1
+
         def judge() -> list[Finding]:
             count = distinct.count
             threshold = population.update(outcome.principal, count)
+            if own_floor is not None:
+                threshold = max(threshold, own_floor)
+            threshold /= ease
             evidence: dict[str, float | int | str] = {
                 "route": template,
                 "objects": round(count),
@@ -105,10 +116,10 @@ class Bola:
                     round(population.learned, 1) if population.learned is not None else -1
                 )
                 return [self._finding("distinct", outcome, evidence)]
-            if run is not None and run.length >= cfg.sequential_run:
+            if run is not None and run.length >= cfg.sequential_run // ease:
                 evidence.update(run=run.length, stride=run.stride, threshold=cfg.sequential_run)
                 return [self._finding("sequential", outcome, evidence)]
-            if errors is not None and errors.count >= cfg.errors_floor:
+            if errors is not None and errors.count >= cfg.errors_floor / ease:
                 share = errors.count / max(count, errors.count)
                 if share >= cfg.error_share:
                     evidence.update(

@@ -52,7 +52,10 @@ class Population:
     def update(self, principal: str, value: float) -> float:
         """Record `principal`'s current value; the threshold to compare it with."""
         values = self._values
-        if principal in values:
+        known = values.get(principal)
+        if known == value:
+            return self.threshold  # (a repeat: nothing new to learn)
+        if known is not None:
             values.move_to_end(principal)
         elif len(values) >= _KEEP:
             values.popitem(last=False)

@@ -103,9 +103,11 @@ class Ban:
 
 @dataclass(slots=True)
 class Tally:
-    """Add `amount` to the sliding count `key` over `window` seconds, or (with `item`, a
-    keyed hash) add `item` to the key's distinct-items sketch; the store sets `count`:
-    the total after this operation (distinct: an estimate, exact for small counts)."""
+    """Add `amount` to the sliding count `key` over `window` seconds, or (with `item`)
+    add `item` to the key's distinct-items sketch; the store sets `count`: the total after
+    this operation (distinct: an estimate, exact for small counts). A store keeps only the
+    sketch's bits or registers, never an item: items are keyed hashes (usernames,
+    networks, fingerprints) or non-secret object ids (BOLA's route and path parameters)."""
 
     key: str
     window: float

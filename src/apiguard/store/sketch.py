@@ -3,9 +3,9 @@
 `Generations` keeps two half-window generations. A plain count weighs the previous
 generation by how much of it is still inside the window (the sliding-window estimate);
 a distinct count is a linear-counting estimate over the union of both generations'
-bitmaps (1,024 bits each: exact in expectation for small counts, within a few percent up
-to about 3,000 items, 128 bytes per generation whatever the number of items). Items are
-already keyed hashes; nothing else is kept.
+bitmaps (1,024 slots each: exact in expectation for small counts, within a few percent up
+to about 3,000 items, a fixed 1 KiB per generation whatever the number of items). Items
+themselves are never kept.
 """
 
 from __future__ import annotations
@@ -14,36 +14,38 @@ import math
 
 BITS = 1024
 _MASK = BITS - 1
+_SATURATED = BITS * math.log(BITS)  # what a full bitmap stands for, at least
+# estimate by number of bits set (one log per distinct count, computed once)
+_ESTIMATES = tuple(
+    -BITS * math.log((BITS - ones) / BITS) if ones < BITS else _SATURATED
+    for ones in range(BITS + 1)
+)
 
 
-def estimate(bitmap: int) -> float:
-    """Linear-counting estimate of the distinct items set into `bitmap`."""
-    zeros = BITS - bitmap.bit_count()
-    if zeros == 0:
-        return BITS * math.log(BITS)  # saturated: a floor of what it holds
-    return -BITS * math.log(zeros / BITS)
-
-
-def slot(item: str) -> int:
-    """The bitmap position of a keyed-hash item (its last hex digits)."""
-    try:
-        return int(item[-6:], 16) & _MASK
-    except ValueError:
-        return hash(item) & _MASK
+def estimate(ones: int) -> float:
+    """Linear-counting estimate of the distinct items behind `ones` bits set."""
+    return _ESTIMATES[ones]
 
 
 class Generations:
-    """A count or a distinct sketch over a sliding `window`, in two generations."""
+    """A count or a distinct sketch over a sliding `window`, in two generations.
 
-    __slots__ = ("bits", "count", "half", "old_bits", "old_count", "start")
+    The distinct sketch keeps each generation's bitmap in a 128-byte bytearray, and the
+    number of slots set in either generation, so an addition never counts bits.
+    An item's slot is `hash(item)`, salted per process: an attacker who cannot predict it
+    cannot pick items that share slots.
+    """
+
+    __slots__ = ("bits", "count", "half", "old_bits", "old_count", "start", "union")
 
     def __init__(self, window: float, now: float) -> None:
         self.half = max(window / 2.0, 1e-6)
         self.start = now
         self.count = 0
         self.old_count = 0
-        self.bits = 0
-        self.old_bits = 0
+        self.bits: bytearray | None = None
+        self.old_bits: bytearray | None = None
+        self.union = 0  # slots set in either generation
 
     def expired(self, now: float) -> bool:
         """Whether both generations have left the window."""
@@ -55,12 +57,14 @@ class Generations:
         elapsed = now - self.start
         if elapsed >= self.half:
             if elapsed >= 2 * self.half:
-                self.old_count, self.old_bits = 0, 0
+                self.old_count, self.old_bits = 0, None
                 self.start = now
             else:
                 self.old_count, self.old_bits = self.count, self.bits
                 self.start += self.half
-            self.count, self.bits = 0, 0
+            self.count, self.bits = 0, None
+            old = self.old_bits
+            self.union = int.from_bytes(old, "big").bit_count() if old is not None else 0
             elapsed = now - self.start
         return 1.0 - elapsed / self.half
 
@@ -70,8 +74,17 @@ class Generations:
         if item is None:
             self.count += amount
             return self.count + self.old_count * weight
-        self.bits |= 1 << slot(item)
-        return estimate(self.bits | self.old_bits)
+        bits = self.bits
+        if bits is None:
+            bits = self.bits = bytearray(BITS // 8)
+        i = hash(item) & _MASK
+        byte, bit = i >> 3, 1 << (i & 7)
+        if not bits[byte] & bit:
+            bits[byte] |= bit
+            old = self.old_bits
+            if old is None or not old[byte] & bit:
+                self.union += 1
+        return _ESTIMATES[self.union]
 
 
 class Stride:

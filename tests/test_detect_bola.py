@@ -1,0 +1,232 @@
+"""BOLA enumeration, both ways: walks over other users' orders are caught (the route
+answers 200 to all of them: the bug is real) AND honest users reading their own orders,
+often and many, are not refused."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from fastapi import APIRouter, FastAPI
+from starlette.routing import Mount
+
+from apiguard import Guard
+from apiguard.asgi import GuardMiddleware
+from apiguard.simulate.clock import FakeClock
+from apiguard.simulate.driver import AsgiDriver, Request
+from detection_support import (
+    BROWSERS,
+    ORDERS_PER_USER,
+    USERS,
+    Client,
+    build_app,
+    orders_of,
+    owner_of,
+    public_ip,
+    run,
+)
+
+START = 2_000_000.0
+
+
+async def honest_readers(
+    driver: AsgiDriver, clock: FakeClock, rng: random.Random, users: range, minutes: float
+) -> tuple[list[int], list[Client]]:
+    """Honest users signed in, each reading some of their own orders again and again,
+    some all of them; returns (refused statuses, the clients)."""
+    refused: list[int] = []
+    clients = []
+    for user in users:
+        c = Client(driver, rng.choice(BROWSERS), public_ip(rng))
+        await c.login(user)
+        clients.append(c)
+    end = clock() + minutes * 60
+    while clock() < end:
+        clock.advance(rng.expovariate(2.0))
+        c = rng.choice(clients)
+        user = int(c.token.removeprefix("tok-"))  # type: ignore[union-attr]
+        mine = orders_of(user)
+        order = rng.choice(mine if rng.random() < 0.9 else mine[:2])
+        resp = await c.send("GET", f"/orders/{order}")
+        if resp.status != 200:
+            refused.append(resp.status)
+    return refused, clients
+
+
+def walk(kind: str, rng: random.Random, attacker: int) -> list[int]:
+    """Order ids an attacker reads: a sequential walk, or random ids mixed with the
+    attacker's own orders (to look like a user)."""
+    if kind == "sequential":
+        return list(range(1, 400))
+    mine = orders_of(attacker)
+    ids = []
+    for _ in range(400):
+        ids.append(rng.choice(mine) if rng.random() < 0.3 else rng.randrange(1, USERS * 12))
+    return ids
+
+
+@pytest.mark.parametrize("kind", ["sequential", "random"])
+def test_walk_over_other_users_orders_is_caught_and_owners_are_not(kind: str) -> None:
+    rng = random.Random(11)
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+
+    async def scenario() -> tuple[list[int], int, int, list[int]]:
+        refused, clients = await honest_readers(driver, clock, rng, range(0, 120), 20)
+        attacker = Client(driver, BROWSERS[2], "192.0.2.66")
+        await attacker.login(250)
+        leaked = admitted_after = 0
+        blocked = False
+        for order in walk(kind, rng, 250):
+            clock.advance(rng.uniform(1.0, 6.0))  # human-like jitter
+            resp = await attacker.send("GET", f"/orders/{order}")
+            if resp.status in (403, 429):
+                blocked = True
+                continue
+            if owner_of(order) != 250:
+                if blocked:
+                    admitted_after += 1
+                else:
+                    leaked += 1
+            # honest users keep reading meanwhile
+            c = rng.choice(clients)
+            user = int(c.token.removeprefix("tok-"))  # type: ignore[union-attr]
+            r = await c.send("GET", f"/orders/{rng.choice(orders_of(user))}")
+            if r.status != 200:
+                refused.append(r.status)
+        more, _ = await honest_readers(driver, clock, rng, range(120, 150), 5)
+        return refused + more, leaked, admitted_after, []
+
+    refused, leaked, after, _ = run(scenario())
+    assert refused == []
+    assert 0 < leaked < 50
+    # each ban ends; the first objects walked after it re-ban a repeat offender
+    assert after <= 0.10 * 400
+
+
+def test_a_user_reading_every_one_of_their_orders_many_times_is_not_flagged() -> None:
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+
+    async def scenario() -> list[int]:
+        c = Client(driver, BROWSERS[0], "203.0.113.9")
+        await c.login(5)
+        statuses = []
+        for _ in range(30):
+            for order in orders_of(5):  # all 12, in id order (a constant stride!)
+                clock.advance(0.5)
+                statuses.append((await c.send("GET", f"/orders/{order}")).status)
+        return statuses
+
+    assert set(run(scenario())) == {200}
+
+
+def test_walk_from_rotating_addresses_with_one_token_is_one_principal() -> None:
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(2)
+
+    async def scenario() -> int:
+        attacker = Client(driver, BROWSERS[1], "192.0.2.1", jar=None)
+        await attacker.login(9)
+        leaked = 0
+        for order in rng.sample(range(1, USERS * ORDERS_PER_USER), 200):
+            clock.advance(rng.uniform(1, 4))
+            resp = await attacker.send("GET", f"/orders/{order}", ip=public_ip(rng))
+            if resp.status == 200:
+                leaked += 1
+        return leaked
+
+    assert run(scenario()) < 50
+
+
+def test_a_walk_answered_404_is_caught_early() -> None:
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(3)
+
+    async def scenario() -> list[int]:
+        attacker = Client(driver, BROWSERS[1], "192.0.2.1")
+        await attacker.login(9)
+        out = []
+        for _ in range(60):
+            clock.advance(2)
+            order = rng.randrange(10_000, 10**9)
+            out.append((await attacker.send("GET", f"/orders/{order}")).status)
+        return out
+
+    statuses = run(scenario())
+    assert statuses[:10] == [404] * 10
+    assert statuses.index(403) <= 20
+
+
+def test_memory_per_principal_is_bounded() -> None:
+    clock = FakeClock(START)
+    guard = Guard(clock=clock, config={"detection": {"bola": {"mode": "monitor"}}})
+    driver = AsgiDriver(build_app(guard))
+
+    async def scenario() -> None:
+        c = Client(driver, BROWSERS[0], "192.0.2.5")
+        await c.login(1)
+        for order in range(1, 3001):
+            clock.advance(0.01)
+            await c.send("GET", f"/orders/{order}")
+
+    run(scenario())
+    tallies = guard.store._tallies  # type: ignore[attr-defined]
+    assert len(tallies) < 20  # a sketch per (principal, route), not an entry per id
+    assert "/orders/1" not in " ".join(tallies)
+
+
+@pytest.mark.parametrize("shape", ["nested", "mounted", "sync"])
+def test_walks_are_caught_on_every_routing_shape(shape: str) -> None:
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+    if shape == "nested":
+        inner = APIRouter(prefix="/items")
+
+        @inner.get("/{item_id}")
+        async def item(item_id: int) -> dict[str, int]:
+            return {"id": item_id}
+
+        outer = APIRouter(prefix="/v1/{tenant}")
+        outer.include_router(inner)
+        app.include_router(outer)
+        path = "/v1/acme/items/{}"
+    elif shape == "mounted":
+        sub = FastAPI()
+
+        @sub.get("/items/{item_id}")
+        async def sub_item(item_id: str) -> dict[str, str]:
+            return {"id": item_id}
+
+        app.router.routes.append(Mount("/shop", app=sub))
+        path = "/shop/items/{}"
+    else:
+
+        @app.get("/items/{item_id}")
+        def sync_item(item_id: int) -> dict[str, int]:
+            return {"id": item_id}
+
+        path = "/items/{}"
+    driver = AsgiDriver(app)
+    rng = random.Random(1)
+
+    async def scenario() -> list[int]:
+        out = []
+        for _ in range(120):
+            clock.advance(1)
+            req = Request(
+                "GET", path.format(rng.randrange(10**6)), "192.0.2.9", (("user-agent", "x"),)
+            )
+            out.append((await driver.send(req)).status)
+        return out
+
+    statuses = run(scenario())
+    assert 403 in statuses and statuses.index(403) <= 45, statuses

@@ -1,0 +1,206 @@
+"""How detection is configured, declared and reported: bad settings fail naming the key,
+`@guard.login` fails at decoration when it cannot read the username, works on every
+routing shape, and every finding is a metric and a span event with its evidence (never
+a raw username or id)."""
+
+from __future__ import annotations
+
+import random
+from typing import Annotated, Any
+
+import pytest
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException
+from fastapi.security import OAuth2PasswordRequestForm
+from starlette.routing import Mount
+
+from apiguard import ConfigurationError, Guard
+from apiguard.asgi import GuardMiddleware
+from apiguard.simulate.clock import FakeClock
+from apiguard.simulate.driver import AsgiDriver, Request
+from conftest import Otel
+from detection_support import BROWSERS, Client, build_app, is_challenge, public_ip, run, username
+
+START = 4_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ({"detection": {"bola": {"floor": 1}}}, "detection.bola.floor"),
+        ({"detection": {"bola": {"action": "challenge"}}}, "detection.bola.action"),
+        ({"detection": {"bola": {"routes": {"orders": 5}}}}, "detection.bola.routes"),
+        (
+            {"detection": {"account_takeover": {"account_failures": 500}}},
+            "detection.account_takeover.account_failures",
+        ),
+        ({"detection": {"rotation": {"mode": "off"}}}, "detection.rotation.mode"),
+        ({"detection": {"bogus": {}}}, "detection.bogus"),
+    ],
+)
+def test_bad_detection_settings_fail_naming_the_key(config: dict[str, Any], named: str) -> None:
+    with pytest.raises(ConfigurationError) as err:
+        Guard(config)
+    assert named in str(err.value)
+
+
+def test_detection_settings_from_the_environment() -> None:
+    from apiguard.config import GuardConfig
+
+    cfg = GuardConfig.from_env(
+        environ={
+            "APIGUARD_DETECTION__BOLA__FLOOR": "50",
+            "APIGUARD_DETECTION__ROTATION__ENABLED": "false",
+        }
+    )
+    assert cfg.detection.bola.floor == 50
+    assert not cfg.detection.rotation.enabled
+    guard = Guard(cfg)
+    assert [d.name for d in guard.engine.detectors] == ["account_takeover", "bola"]
+    assert "detectors: account_takeover, bola" in guard.summary()
+
+
+def test_login_decorator_refuses_a_username_it_cannot_read() -> None:
+    guard = Guard()
+    with pytest.raises(ConfigurationError, match="username= reads creds"):
+
+        @guard.login(username=lambda creds: creds.username)
+        async def login(form_data: dict[str, str]) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="dotted path"):
+        guard.login(username="form data.username")
+    with pytest.raises(ConfigurationError, match="callable or a dotted name"):
+        guard.login(username=42)  # type: ignore[arg-type]
+
+
+def _oauth_app(guard: Guard, shape: str) -> tuple[FastAPI, str]:
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+
+    async def check(form_data: OAuth2PasswordRequestForm) -> dict[str, str]:
+        if form_data.password != "right":
+            raise HTTPException(401)
+        return {"access_token": "t"}
+
+    if shape == "nested":
+        inner = APIRouter(prefix="/auth")
+
+        @inner.post("/token")
+        @guard.login(username="form_data.username")
+        async def token(form_data: Annotated[OAuth2PasswordRequestForm, Depends()]) -> Any:
+            return await check(form_data)
+
+        outer = APIRouter(prefix="/v1")
+        outer.include_router(inner)
+        app.include_router(outer)
+        return app, "/v1/auth/token"
+    if shape == "mounted":
+        sub = FastAPI()
+
+        @sub.post("/token")
+        @guard.login(username=lambda username: username)
+        def token_sync(username: Annotated[str, Form()], password: Annotated[str, Form()]) -> Any:
+            if password != "right":
+                raise HTTPException(401)
+            return {"access_token": "t"}
+
+        app.router.routes.append(Mount("/auth", app=sub))
+        return app, "/auth/token"
+    raise AssertionError(shape)
+
+
+@pytest.mark.parametrize("shape", ["nested", "mounted"])
+def test_login_is_detected_on_every_routing_shape(shape: str) -> None:
+    clock = FakeClock(START)
+    guard = Guard({"detection": {"account_takeover": {"account_failures": 5}}}, clock=clock)
+    app, path = _oauth_app(guard, shape)
+    driver = AsgiDriver(app)
+    rng = random.Random(1)
+
+    async def scenario() -> list[int]:
+        out = []
+        for i in range(12):
+            clock.advance(3)
+            body = f"username=victim&password=guess{i}".encode()
+            req = Request(
+                "POST",
+                path,
+                public_ip(rng),
+                (
+                    ("user-agent", BROWSERS[i % 4] + str(i)),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                ),
+                body,
+            )
+            out.append((await driver.send(req)).status)
+        return out
+
+    statuses = run(scenario())
+    assert statuses[:5] == [401] * 5
+    assert set(statuses[6:]) == {403}
+
+
+def test_findings_are_metrics_and_span_events_without_raw_values() -> None:
+    otel = Otel()
+    clock = FakeClock(START)
+    guard = Guard(clock=clock, meter_provider=otel.meter_provider)
+    app = build_app(
+        guard,
+        telemetry={"tracer_provider": otel.tracer_provider, "meter_provider": otel.meter_provider},
+    )
+    driver = AsgiDriver(app)
+
+    async def scenario() -> None:
+        c = Client(driver, BROWSERS[0], "192.0.2.8")
+        await c.login(4)
+        for order in range(1, 80):
+            clock.advance(1)
+            await c.send("GET", f"/orders/{order}")
+
+    run(scenario())
+    points = list(otel._points("apiguard.detections"))
+    assert any(p.attributes["apiguard.detector"].startswith("bola.") for p in points)
+    events = [e for s in otel.server_spans() for e in s.events if e.name == "apiguard.finding"]
+    assert events, "no detection event on the server span"
+    attrs = dict(events[0].attributes or {})
+    assert attrs["apiguard.detector"].startswith("bola.")
+    assert attrs["apiguard.enforced"] is True
+    assert "apiguard.evidence.objects" in attrs and "apiguard.evidence.threshold" in attrs
+    text = repr([dict(e.attributes or {}) for e in events])
+    assert "/orders/1" not in text and "tok-" not in text and username(4) not in text
+
+
+def test_route_floor_override_and_off() -> None:
+    clock = FakeClock(START)
+    guard = Guard({"detection": {"bola": {"routes": {"/orders/{order_id}": 0}}}}, clock=clock)
+    driver = AsgiDriver(build_app(guard))
+
+    async def scenario() -> set[int]:
+        c = Client(driver, BROWSERS[0], "192.0.2.8")
+        await c.login(4)
+        out = set()
+        for order in range(1, 300):
+            clock.advance(1)
+            out.add((await c.send("GET", f"/orders/{order}")).status)
+        return out
+
+    assert run(scenario()) == {200}
+
+
+def test_a_challenged_login_is_not_told_whether_the_password_was_right() -> None:
+    clock = FakeClock(START)
+    guard = Guard({"detection": {"account_takeover": {"account_failures": 3}}}, clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(2)
+
+    async def scenario() -> None:
+        for i in range(4):
+            clock.advance(2)
+            bot = Client(driver, "bot", public_ip(rng), jar=None)
+            await bot.send("POST", "/login", {"username": username(2), "password": f"x{i}"})
+        bot = Client(driver, "bot", public_ip(rng), jar=None)
+        wrong = await bot.send("POST", "/login", {"username": username(2), "password": "no"})
+        right = await bot.login(2)
+        assert is_challenge(wrong) and is_challenge(right)
+        assert wrong.body == right.body
+
+    run(scenario())
