@@ -130,6 +130,7 @@ def test_campaign_lookup() -> None:
     assert cp.campaign("bola walk").name == "BOLA walk"
     assert cp.campaign("stolen").name == "stolen API key"
     assert cp.campaign("flow-abuse-fresh").name == "flow abuse, fresh accounts"
+    assert cp.campaign("bola many").name == "BOLA, many accounts"
     with pytest.raises(KeyError):
         cp.campaign("bola")  # ambiguous
     with pytest.raises(KeyError):
@@ -286,6 +287,7 @@ CATCH = [
             "distinct-object floor of the 10-minute window"
         ),
     ),
+    pytest.param("BOLA, many accounts", marks=MISSING),  # 12 objects per fresh account
     pytest.param("flow abuse, rotating IPs"),
     pytest.param("flow abuse, fresh accounts", marks=MISSING),  # one fingerprint, many accounts
     pytest.param("scraping", marks=MISSING),  # one fingerprint, many anonymous addresses

@@ -279,6 +279,48 @@ def bola_random(target: Target, rng: random.Random, plan: Plan, pop: Population)
     return [_walker(target, own, plan, account, walk, mix=0.35, mean=mean)]
 
 
+def bola_sybil(target: Target, rng: random.Random, plan: Plan, pop: Population) -> list[Agent]:
+    """The same harvest spread over many accounts: the script signs up a fresh account
+    from a new address (or uses the few it owns), reads 12 random foreign orders with it
+    at a person's pace, and moves on: no account comes near any per-principal threshold."""
+    own = random.Random(rng.getrandbits(64))
+    return [_sybil(target, own, plan)]
+
+
+def _sybil(target: Target, rng: random.Random, plan: Plan) -> Agent:
+    client = Client(target, rng, fixed(""), constant(browser(rng)), solves=plan.solver)
+    per_account = 12
+    accounts = max(1, plan.attempts // per_account)
+    mean = plan.duration * 0.9 / max(1, plan.attempts)
+    ids = list(target.object_ids)
+    owned = list(target.accounts[-5:])
+    for n in range(accounts):
+        client.wait(_gap(rng, mean))
+        client.ip = fixed(public_ipv4(rng))
+        client.headers = constant(browser(rng))
+        client.token = None
+        if target.signup_path:
+            name = "".join(rng.choices(string.ascii_lowercase, k=7)) + str(rng.randint(10, 99))
+            body, ctype = target.login_body(name, "".join(rng.choices(string.ascii_letters, k=12)))
+            response = yield from client.send(
+                "POST", target.signup_path, body=body, ctype=ctype, kind="signup", auth=False
+            )
+            data = response.json()
+            token = data.get(target.token_field) if isinstance(data, dict) else None
+            if not isinstance(token, str):
+                continue
+            client.token = token
+        else:
+            account = owned[n % len(owned)]
+            if not (yield from _logged_in(client, account)):
+                continue
+        for oid in rng.sample(ids, min(per_account, len(ids))):
+            client.wait(_gap(rng, mean))
+            response = yield from client.read_object(oid, kind="walk", target=str(oid))
+            if _refused(response):
+                break  # this account is burnt: the next one
+
+
 def _walker(
     target: Target,
     rng: random.Random,
@@ -494,6 +536,7 @@ CAMPAIGNS: tuple[Campaign, ...] = (
     Campaign("brute force", brute_force, 3 * HOUR, 900, "takeovers", False),
     Campaign("BOLA walk", bola_sequential, 1 * HOUR, 800, "foreign objects", True),
     Campaign("BOLA random", bola_random, 2 * HOUR, 400, "foreign objects", True),
+    Campaign("BOLA, many accounts", bola_sybil, 2 * HOUR, 600, "foreign objects", True),
     Campaign("flow abuse, rotating IPs", flow_rotating, 1 * HOUR, 300, "coupons", False),
     Campaign("flow abuse, fresh accounts", flow_fresh_accounts, 2 * HOUR, 450, "coupons", False),
     Campaign("scraping", scraping, 3 * HOUR, 2000, "pages scraped", False),
