@@ -55,8 +55,8 @@ def test_detection_settings_from_the_environment() -> None:
     assert cfg.detection.bola.floor == 50
     assert not cfg.detection.rotation.enabled
     guard = Guard(cfg)
-    assert [d.name for d in guard.engine.detectors] == ["account_takeover", "bola"]
-    assert "detectors: account_takeover, bola" in guard.summary()
+    assert [d.name for d in guard.engine.detectors] == ["account_takeover", "bola", "flow_groups"]
+    assert "detectors: account_takeover, bola, flow_groups" in guard.summary()
 
 
 def test_login_decorator_refuses_a_username_it_cannot_read() -> None:

@@ -256,12 +256,13 @@ class AccountTakeoverConfig(_Detector):
 
 class BolaConfig(_Detector):
     """Object-level enumeration (OWASP API1): per principal and route template, the
-    distinct object identifiers touched within `window` (path parameters, and the query
-    parameters named in `query_params`), compared with the population's own distribution
-    on that route: flagged above `percentile` times `factor` once `min_principals` have
-    been seen, never below `floor`; before that, above `warmup_floor`. Also flagged: a
-    sequential walk (`sequential_run` steps of one constant stride), and at least
-    `errors_floor` distinct objects of which `error_share` were answered 403/404."""
+        distinct object identifiers touched within `window` (path parameters, and the query
+        parameters named in `query_params`), compared with the population's own distribution
+        on that route: flagged above `percentile` times `factor` once `min_principals` have
+        been seen, never below `floor` nor above `ceiling` (a per-route floor in `routes` wins);
+    before that, above `warmup_floor`. Also flagged: a
+        sequential walk (`sequential_run` steps of one constant stride), and at least
+        `errors_floor` distinct objects of which `error_share` were answered 403/404."""
 
     action: Literal["block", "throttle"] = "block"
     window: float = Field(600.0, gt=0, le=YEAR)
@@ -270,6 +271,7 @@ class BolaConfig(_Detector):
     percentile: float = Field(90.0, gt=0, le=100)
     factor: float = Field(4.0, ge=1)
     min_principals: int = Field(10, ge=1)
+    ceiling: int = Field(300, ge=2)  # the learned threshold never exceeds it
     sequential_run: int = Field(15, ge=3)
     errors_floor: int = Field(15, ge=2)
     error_share: float = Field(0.5, gt=0, le=1)
@@ -303,6 +305,20 @@ class RotationConfig(_Detector):
     percentile: float = Field(99.0, gt=0, le=100)
     factor: float = Field(3.0, ge=1)
     min_principals: int = Field(30, ge=1)
+    ceiling: int = Field(40, ge=2)  # the learned threshold never exceeds it
+
+
+class FlowGroupsConfig(_Detector):
+    """Many principals completing one flow from one client fingerprint or /24 network:
+    flagged when at least `floor` did within `window`, and they are at least `min_share`
+    of the group's active principals and `factor` times the population's share (see
+    `apiguard.detectors.flow_groups`). The group is refused that flow."""
+
+    action: Literal["block", "throttle"] = "throttle"
+    window: float = Field(3600.0, gt=0, le=YEAR)
+    floor: int = Field(8, ge=2)
+    min_share: float = Field(0.5, gt=0, le=1)
+    factor: float = Field(3.0, ge=1)
 
 
 class DetectionConfig(_Model):
@@ -311,6 +327,7 @@ class DetectionConfig(_Model):
     account_takeover: AccountTakeoverConfig = AccountTakeoverConfig()
     bola: BolaConfig = BolaConfig()
     rotation: RotationConfig = RotationConfig()
+    flow_groups: FlowGroupsConfig = FlowGroupsConfig()
     challenge_for: float = Field(3600.0, gt=0, le=YEAR)  # a passed challenge exempts this long
 
 

@@ -24,6 +24,7 @@ from apiguard.config import GuardConfig, Mode
 from apiguard.decision import ALLOWED, Action, Decision
 from apiguard.detectors.account_takeover import ACCOUNT, AccountTakeover
 from apiguard.detectors.base import Finding, Judge, LoginAttempt, Outcome
+from apiguard.detectors.flow_groups import GROUP, FlowGroups, group_keys
 from apiguard.login import (
     PASS_COOKIE,
     cookie,
@@ -46,7 +47,7 @@ from apiguard.request import (
     network_of,
 )
 from apiguard.responses import tightest_ratelimit
-from apiguard.rules import Rule
+from apiguard.rules import FlowRule, Rule
 from apiguard.store.base import Ban, Batch, BatchResult, Hit, Observation, Store
 from apiguard.telemetry import Telemetry
 
@@ -91,8 +92,14 @@ class Refused(HTTPException):
 
 
 def _gated(ctx: RequestContext) -> bool:
-    """Whether the request was a login the login gate refused (it counts as an attempt)."""
-    return ctx.login is not None and ctx.login.gated
+    """Whether the request was refused by a detector that still counts it: a login the
+    login gate held back, or a flow step refused to its group (an attack refused must
+    not look like an attack that stopped)."""
+    if ctx.login is not None and ctx.login.gated:
+        return True
+    decision = ctx.decision
+    banned = decision.banned if decision is not None else None
+    return banned is not None and banned.startswith(GROUP)
 
 
 def endpoint_rules(scope: Mapping[str, Any], engine: Engine) -> tuple[Rule, ...]:
@@ -152,6 +159,7 @@ class Engine:
         self._fast_with: dict[tuple[Rule, ...], Admission | None] = {}
         self.detectors = detectors.build(config.detection, self.enforce_default)
         self.ato = next((d for d in self.detectors if isinstance(d, AccountTakeover)), None)
+        self._flow_groups = any(isinstance(d, FlowGroups) for d in self.detectors)
         self._net_keys: dict[str, str] = {}  # client address -> its network's key (bounded)
         self._wide_keys: dict[str, str] = {}  # client address -> its provider network's key
         self._detections_logged: dict[str, float] = {}
@@ -457,7 +465,7 @@ class Engine:
         if todo_endpoint:
             self._plan_rules(ctx, self._with_modes(rules), hits)
             ctx.note_ran(rules)
-        return Batch(hits, self._ban_keys(ctx))
+        return Batch(hits, self._with_groups(self._ban_keys(ctx), ctx, rules))
 
     def _plan_rules(
         self, ctx: RequestContext, plan: tuple[tuple[Rule, bool], ...], hits: list[Hit]
@@ -469,6 +477,21 @@ class Engine:
                 rule.plan(ctx, hits, enforce)
             except Exception as exc:
                 callable_failed(self, f"rule {getattr(rule, 'name', rule)!r}", exc)
+
+    def _with_groups(
+        self, keys: tuple[str, ...], ctx: RequestContext, rules: tuple[Rule, ...]
+    ) -> tuple[str, ...]:
+        """`keys` and, at a completing flow step, the bans of the request's fingerprint
+        and network on that flow (`apiguard.detectors.flow_groups`)."""
+        if not rules or not self._flow_groups:
+            return keys
+        extra = [
+            k
+            for rule in rules
+            if isinstance(rule, FlowRule) and rule.completes
+            for k in group_keys(rule.name, ctx)
+        ]
+        return (*keys, *extra) if extra else keys
 
     def _ban_keys(self, ctx: RequestContext) -> tuple[str, ...]:
         """Whose bans refuse this request: the principal and every credential presented;
@@ -524,7 +547,8 @@ class Engine:
         principal = ctx.principal
         if principal is None:
             principal = ctx.principal = self._principal(ctx)
-        if not fast.try_admit(ctx, principal, self._ban_keys(ctx), self.clock()):
+        keys = self._with_groups(self._ban_keys(ctx), ctx, rules)
+        if not fast.try_admit(ctx, principal, keys, self.clock()):
             return False
         ctx.global_done = True
         ctx.note_ran(rules)
@@ -840,7 +864,7 @@ class Engine:
     ) -> tuple[list[Observation], list[Judge], float] | None:
         """Every detector's operations for this request, and their judges."""
         login = ctx.login
-        if ctx.refused_sent and (login is None or not login.gated):
+        if ctx.refused_sent and not _gated(ctx):
             return None  # a refused request touched nothing (a gated login still counts)
         principal = ctx.principal or ctx.ip_key
         now = self.clock()

@@ -10,6 +10,7 @@ from apiguard.config import DetectionConfig
 from apiguard.detectors.account_takeover import AccountTakeover
 from apiguard.detectors.base import Detector, Finding, LoginAttempt, Outcome
 from apiguard.detectors.bola import Bola
+from apiguard.detectors.flow_groups import FlowGroups
 from apiguard.detectors.rotation import Rotation
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "Bola",
     "Detector",
     "Finding",
+    "FlowGroups",
     "LoginAttempt",
     "Outcome",
     "Rotation",
@@ -38,4 +40,6 @@ def build(config: DetectionConfig, enforce_default: bool) -> list[Detector]:
         found.append(Bola(config.bola, enforce(config.bola.mode)))
     if config.rotation.enabled:
         found.append(Rotation(config.rotation, enforce(config.rotation.mode)))
+    if config.flow_groups.enabled:
+        found.append(FlowGroups(config.flow_groups, enforce(config.flow_groups.mode)))
     return found

@@ -40,6 +40,7 @@ class Bola:
             config.percentile,
             config.factor,
             config.min_principals,
+            config.ceiling,
         )
         self._query = tuple(q.encode("latin-1") for q in config.query_params)
 

@@ -4,7 +4,9 @@ Each `Population` keeps, for one route (or one detector), the latest value seen 
 principal in a bounded LRU table (one entry per principal: an attacker is one sample
 however hard it pushes), and recomputes a high percentile of them with numpy every
 `_EVERY` updates. The threshold is the floor until `min_principals` have been seen, then
-`max(floor, percentile * factor)`.
+`max(floor, percentile * factor)`, capped at `ceiling`: sock-puppet principals that do
+what an attacker does cannot lift the bar without bound (they are a share of the
+population, so they move a high percentile only when they are many).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class Population:
     __slots__ = (
         "_pending",
         "_values",
+        "ceiling",
         "factor",
         "floor",
         "learned",
@@ -38,8 +41,10 @@ class Population:
         percentile: float,
         factor: float,
         min_principals: int,
+        ceiling: float = float("inf"),
     ) -> None:
         self.warmup_floor = warmup_floor
+        self.ceiling = ceiling
         self.floor = floor
         self.percentile = percentile
         self.factor = factor
@@ -74,7 +79,8 @@ class Population:
         self.learned = float(
             np.percentile(np.fromiter(self._values.values(), float), self.percentile)
         )
-        self.threshold = max(self.floor, self.learned * self.factor)
+        learned = min(self.learned * self.factor, self.ceiling)
+        self.threshold = max(self.floor, learned)
 
 
 class Populations:
@@ -87,8 +93,9 @@ class Populations:
         percentile: float,
         factor: float,
         min_principals: int,
+        ceiling: float = float("inf"),
     ) -> None:
-        self._args = (warmup_floor, floor, percentile, factor, min_principals)
+        self._args = (warmup_floor, floor, percentile, factor, min_principals, ceiling)
         self._by_key: dict[str, Population] = {}
 
     def get(self, key: str) -> Population:

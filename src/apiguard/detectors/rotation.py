@@ -42,6 +42,7 @@ class Rotation:
             config.percentile,
             config.factor,
             config.min_principals,
+            config.ceiling,
         )
         self._sent: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._fresh = config.window / 4

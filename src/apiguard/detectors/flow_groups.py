@@ -1,0 +1,144 @@
+"""Flow abuse spread over many accounts: one client shape or network completing a
+sensitive flow for many principals (fresh accounts made for it, OWASP API6).
+
+A per-principal flow limit cannot see a farm of fresh accounts that each complete the flow
+once. This detector groups them by what they share: the client fingerprint and the /24
+(/64) network. For each group it compares two shares, within `window`:
+- the distinct principals that completed the flow in this group, against the distinct
+  principals active in the group at all;
+- the same share across the whole population.
+
+A group is flagged when at least `floor` of its principals completed the flow, and its
+share is at least `min_share`, and `factor` times the population's share. A browser version
+millions use hides no farm and flags no one: its share is the population's. A farm whose
+accounts exist only to complete the flow has a share near 1. A flagged group is refused
+that flow (429, or the configured action) for a ban's duration; nothing else.
+
+Activity is fed from every request whose principal is not an address, at most once per
+quarter window per principal (a bounded in-process table remembers which were sent), so
+the detector adds no store operation to most requests.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from apiguard.detectors.base import Finding, Judge, Outcome
+from apiguard.store.base import Tally
+
+if TYPE_CHECKING:
+    from apiguard.config import FlowGroupsConfig
+    from apiguard.request import RequestContext
+    from apiguard.store.base import Observation
+
+_ACTIVE_MAX = 131_072  # principals remembered as recently reported active
+GROUP = "fg:"  # ban-table prefix of a (flow, group) refused that flow
+
+
+def group_keys(flow: str, ctx: RequestContext) -> tuple[str, str]:
+    """Ban-table keys of the request's fingerprint and network groups for `flow`."""
+    return (f"{GROUP}{flow}:{ctx.fingerprint}", f"{GROUP}{flow}:{ctx.net_key}")
+
+
+class FlowGroups:
+    """The flow-group detector (see the module docstring)."""
+
+    name = "flow_groups"
+
+    def __init__(self, config: FlowGroupsConfig, enforce: bool) -> None:
+        self.config = config
+        self.enforce = enforce
+        self._active: OrderedDict[str, float] = OrderedDict()
+        self._fresh = config.window / 4
+
+    def _activity(
+        self, ctx: RequestContext, principal: str, ops: list[Observation]
+    ) -> tuple[Tally, Tally, Tally]:
+        window = self.config.window
+        found = (
+            Tally("fga:" + ctx.fingerprint, window, principal),
+            Tally("fga:" + ctx.net_key, window, principal),
+            Tally("fga:*", window, principal),
+        )
+        ops.extend(found)
+        return found
+
+    def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
+        ctx = outcome.ctx
+        principal = outcome.principal
+        if principal == ctx.ip_key:
+            return None
+        decision = ctx.decision
+        refused = decision is not None and (decision.banned or "").startswith(GROUP)
+        # a completion, or an attempt refused to its group (which still counts for it)
+        flows = _completed_flows(ctx) if 200 <= outcome.status < 300 or refused else ()
+        now = outcome.now
+        if not flows:
+            active = self._active
+            last = active.get(principal)
+            if last is not None and now - last < self._fresh:
+                return None
+            if last is None and len(active) >= _ACTIVE_MAX:
+                active.popitem(last=False)
+            active[principal] = now
+            active.move_to_end(principal)
+            self._activity(ctx, principal, ops)
+            return None
+        fp_active, net_active, all_active = self._activity(ctx, principal, ops)
+        window = self.config.window
+        checks = []
+        for flow in flows:
+            fp = Tally(f"fgf:{flow}:{ctx.fingerprint}", window, principal)
+            net = Tally(f"fgf:{flow}:{ctx.net_key}", window, principal)
+            everyone = Tally(f"fgf:{flow}:*", window, principal)
+            ops.extend((fp, net, everyone))
+            checks.append((flow, fp, net, everyone))
+        cfg = self.config
+
+        def judge() -> list[Finding]:
+            found: list[Finding] = []
+            for flow, fp, net, everyone in checks:
+                base = everyone.count / max(all_active.count, 1.0)
+                bar = max(cfg.min_share, min(1.0, base * cfg.factor))
+                keys = group_keys(flow, ctx)
+                for kind, done, active, key in (
+                    ("fingerprint", fp, fp_active, keys[0]),
+                    ("network", net, net_active, keys[1]),
+                ):
+                    share = done.count / max(active.count, 1.0)
+                    if done.count >= cfg.floor and share >= bar:
+                        found.append(
+                            Finding(
+                                f"{self.name}.{kind}",
+                                key,
+                                cfg.action,
+                                self.enforce,
+                                {
+                                    "flow": flow,
+                                    "principals": round(done.count),
+                                    "active": round(active.count),
+                                    "share": round(share, 3),
+                                    "threshold": round(bar, 3),
+                                    "baseline": round(base, 3),
+                                },
+                            )
+                        )
+            return found
+
+        return judge
+
+
+def _completed_flows(ctx: RequestContext) -> tuple[str, ...]:
+    """Names of the flows this request completed (a charged, completing flow step)."""
+    from apiguard.rules import FlowRule
+
+    ran = ctx.ran
+    if not ran:
+        return ()
+    return tuple(
+        rule.name
+        for rules in ran
+        for rule in rules
+        if isinstance(rule, FlowRule) and rule.completes
+    )
