@@ -242,6 +242,11 @@ def test_axes_like_locks_by_username_and_by_address(shop: Any) -> None:
 # -- apiguard catches each campaign, and refuses no honest principal ------------------------
 
 
+# campaigns too short at SCALE to tell "curtailed" from chance (the flow-group detector
+# lets about 15 coupons through whatever the length: half of the 30 a tenth-scale farm gets)
+TEST_SCALE = {"flow abuse, fresh accounts": 0.25}
+
+
 @functools.cache
 def apiguard_outcome(name: str) -> cp.Outcome:
     """One run of the campaign against apiguard's defaults (shared by both tests)."""
@@ -251,7 +256,7 @@ def apiguard_outcome(name: str) -> cp.Outcome:
         Target.from_shop(shop),
         baselines.apiguard_shop(shop),
         reference=baselines.unprotected_shop(shop),
-        scale=SCALE,
+        scale=TEST_SCALE.get(name, SCALE),
     )
 
 
@@ -289,7 +294,7 @@ CATCH = [
     ),
     pytest.param("BOLA, many accounts", marks=MISSING),  # 12 objects per fresh account
     pytest.param("flow abuse, rotating IPs"),
-    pytest.param("flow abuse, fresh accounts", marks=MISSING),  # one fingerprint, many accounts
+    pytest.param("flow abuse, fresh accounts"),
     pytest.param("scraping", marks=MISSING),  # one fingerprint, many anonymous addresses
     pytest.param(
         "stolen API key",
