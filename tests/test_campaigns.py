@@ -523,3 +523,12 @@ def test_cookie_jar_is_kept_per_actor() -> None:
         run_agents(AsgiDriver(app), clock, [Actor("a", False, agent()), Actor("b", False, other())])
     )
     assert seen == [None, "device=abc", None, "device=abc", None]
+
+
+def test_people_pass_the_challenges_apiguard_asks_for() -> None:
+    """Beside distributed stuffing, people without a device cookie are challenged at the
+    login; each passes at the shop's /challenge (guard.challenge_passed()) and goes on."""
+    outcome = apiguard_outcome("credential stuffing")
+    assert outcome.bot_challenges > 0  # the bots were challenged and never passed
+    assert outcome.benign_principals_challenged > 0
+    assert outcome.challenges_passed >= outcome.benign_principals_challenged
