@@ -223,7 +223,10 @@ def test_walks_are_caught_on_every_routing_shape(shape: str) -> None:
         for _ in range(120):
             clock.advance(1)
             req = Request(
-                "GET", path.format(rng.randrange(10**6)), "192.0.2.9", (("user-agent", "x"),)
+                "GET",
+                path.format(rng.randrange(10**6)),
+                "192.0.2.9",
+                (("user-agent", "x"), ("authorization", "Bearer a-client-key")),
             )
             out.append((await driver.send(req)).status)
         return out

@@ -96,6 +96,10 @@ class GuardMiddleware:
                             decision = await engine.check_async(ctx, rules)
                     except Refused as refused:
                         decision = refused.decision
+                    if ctx.decision is not None and ctx.decision.refused:
+                        # an earlier refusal (e.g. `login_result`) the app caught: it
+                        # stands, whatever this checkpoint found
+                        decision = ctx.decision
                 if decision is not None and decision is not ALLOWED and decision.refused:
                     # refused now, or at a checkpoint whose exception the app swallowed
                     ctx.refused_sent = True

@@ -22,7 +22,7 @@ from apiguard import detectors
 from apiguard.admission import Admission
 from apiguard.config import GuardConfig, Mode
 from apiguard.decision import ALLOWED, Action, Decision
-from apiguard.detectors.account_takeover import ACCOUNT, AccountTakeover
+from apiguard.detectors.account_takeover import ACCOUNT, DEVICE_FAILS, AccountTakeover
 from apiguard.detectors.base import Finding, Judge, LoginAttempt, Outcome
 from apiguard.detectors.flow_groups import GROUP, FlowGroups, group_keys
 from apiguard.login import (
@@ -61,7 +61,8 @@ _ENDPOINTS_MAX = 4096
 # the owner recorded for a bearer token two vouched principals presented: it is banned
 # with neither of them
 _SHARED_TOKEN = "*shared*"
-GATE = "gate:"  # ban-table prefix of what a detector challenges at the login route only
+GATE = "gate:"  # ban-table prefix of what holds logins back (at the login route only)
+_IN_FLIGHT_MAX = 10  # unanswered login attempts one address may have at once
 
 
 def ban_decision(ban: Ban, now: float) -> Decision:
@@ -161,6 +162,7 @@ class Engine:
         self.ato = next((d for d in self.detectors if isinstance(d, AccountTakeover)), None)
         self._flow_groups = any(isinstance(d, FlowGroups) for d in self.detectors)
         self._net_keys: dict[str, str] = {}  # client address -> its network's key (bounded)
+        self._flights: dict[str, int] = {}  # IP key -> its unanswered login attempts
         self._wide_keys: dict[str, str] = {}  # client address -> its provider network's key
         self._detections_logged: dict[str, float] = {}
         # key -> (level, until) of its last detector ban: escalation memory (bounded LRU)
@@ -195,6 +197,7 @@ class Engine:
         self._fast_with = {}
         self._net_keys.clear()
         self._wide_keys.clear()
+        self._flights.clear()
         self._detections_logged.clear()
         self._levels.clear()
         self.detectors = detectors.build(self.config.detection, self.enforce_default)
@@ -709,53 +712,92 @@ class Engine:
             ctx.pass_key = self.hasher("pk", cookie(ctx, PASS_COOKIE) or "")
         decision = self._login_gate(ctx, user, passed, now)
         if decision is None:
+            decision = self._in_flight(ctx, now)
+        if decision is None:
             return
         ctx.login.gated = True
         self._settle(ctx, decision)  # raises Refused
 
+    def _in_flight(self, ctx: RequestContext, now: float) -> Decision | None:
+        """Count this attempt among its address's unanswered ones (in process): attempts
+        are judged when answered, so a burst of parallel guesses would all reach the
+        password check before the first is judged. Past `_IN_FLIGHT_MAX` at once, the
+        next waits (429)."""
+        flights = self._flights
+        n = flights.get(ctx.ip_key, 0)
+        if n >= _IN_FLIGHT_MAX:
+            return Decision(
+                Action.THROTTLE,
+                "account_takeover.parallel",
+                1.0,
+                detector="account_takeover.parallel",
+            )
+        if n == 0 and len(flights) >= IP_CACHE_MAX:
+            return None  # (a full table counts nothing more; it empties as requests end)
+        flights[ctx.ip_key] = n + 1
+        assert ctx.login is not None
+        ctx.login.in_flight = True
+        return None
+
+    def _landed(self, ctx: RequestContext) -> None:
+        """The attempt `_in_flight` counted has been answered."""
+        login = ctx.login
+        if login is None or not login.in_flight:
+            return
+        login.in_flight = False
+        n = self._flights.get(ctx.ip_key, 0) - 1
+        if n > 0:
+            self._flights[ctx.ip_key] = n
+        else:
+            self._flights.pop(ctx.ip_key, None)
+
     def _login_gate(
         self, ctx: RequestContext, user: str, passed: bool, now: float
     ) -> Decision | None:
-        """What holds this login back, if anything: a known device never is; a client
-        that passed a challenge is not challenged again; else an account, client, network
-        or fingerprint a detector flagged, or the whole population under attack."""
-        if ctx.device_ok:
-            return None
+        """What holds this login back, if anything. A device that logged in to the
+        account before is never held back, unless that account has seen many failures
+        from its devices (a copied cookie). A client that passed a challenge is not
+        challenged again, except by what its pass did itself. Else: the account, client,
+        network or fingerprint a detector flagged, or the population under attack."""
         ato = self.ato
         assert ato is not None
         store = self.store
-        keys = [GATE + ACCOUNT + user, GATE + ctx.ip_key, GATE + ctx.net_key]
-        if ctx.principal is not None and ctx.principal != ctx.ip_key:
-            keys.append(GATE + ctx.principal)
-        keys.append(GATE + ctx.fingerprint)
-        if ctx.pass_key is not None:
-            keys.append(GATE + ctx.pass_key)
-        ban: Ban | None = None
-        if self.may_be_banned():
+        maybe = self.may_be_banned()
+        if ctx.device_ok:
+            if not maybe or store.active_ban(GATE + DEVICE_FAILS + user, now) is None:
+                return None
+            ctx.device_ok = False
+        if maybe:
+            own = []  # bans a pass does not lift: what the pass itself earned
+            if ctx.pass_key is not None:
+                own = [GATE + ctx.pass_key, GATE + ctx.pass_key + ":" + user]
+            for key in own:
+                ban = store.active_ban(key, now)
+                if ban is not None:
+                    return self._gate_decision(ban, now)
+            keys = [GATE + ACCOUNT + user, GATE + ctx.ip_key, GATE + ctx.net_key]
+            if ctx.principal is not None and ctx.principal != ctx.ip_key:
+                keys.append(GATE + ctx.principal)
+            keys.append(GATE + ctx.fingerprint)
             for key in keys:
                 ban = store.active_ban(key, now)
                 if ban is not None and not (passed and ban.action == "challenge"):
-                    break
-                ban = None
-        if ban is not None:
+                    return self._gate_decision(ban, now)
+        if not passed and ato.climate.under_attack(now) and self._enforced(ato.enforce):
+            reason = "account_takeover.population"
+            retry = ato.config.population_window / 2
             return self._gate_decision(
-                ban.action, ban.reason or "account_takeover", ban.until - now
+                Ban("", now + retry, 1, None, ato.config.population_action, reason), now
             )
-        if not passed and ato.climate.under_attack(now):
-            action = ato.config.population_action
-            enforced = self._enforced(ato.enforce)
-            if enforced:
-                return self._gate_decision(
-                    action, "account_takeover.population", ato.config.population_window / 2
-                )
         return None
 
     @staticmethod
-    def _gate_decision(action: str, reason: str, retry: float) -> Decision:
+    def _gate_decision(ban: Ban, now: float) -> Decision:
         kind = {"challenge": Action.CHALLENGE, "throttle": Action.THROTTLE}.get(
-            action, Action.BLOCK
+            ban.action, Action.BLOCK
         )
-        return Decision(kind, reason, max(retry, 1.0), detector=reason)
+        reason = ban.reason or "account_takeover"
+        return Decision(kind, reason, max(ban.until - now, 1.0), detector=reason)
 
     def login_finished(
         self, ctx: RequestContext, success: bool | None, exists: bool | None = None
@@ -781,6 +823,8 @@ class Engine:
         for key in (ctx.ip_key, ctx.principal):
             if key is not None:
                 self.store.lift(GATE + key)
+        if self.ato is not None:
+            self.ato.climate.forgive(now)  # a person, not a bot: one failure fewer
 
     def response_cookies(self, ctx: RequestContext, status: int) -> list[bytes]:
         """Set-Cookie values for the response: a pass, and the device cookie after a
@@ -806,6 +850,8 @@ class Engine:
             self._rules_observe(ctx, status)
         if self.detectors and not ctx.observed and (status is not None or _gated(ctx)):
             self.observe(ctx, status or 403)
+        if ctx.login is not None:
+            self._landed(ctx)
 
     def observe(self, ctx: RequestContext, status: int) -> None:
         """The detectors' look at a finished request: their operations in one store call,
@@ -836,6 +882,8 @@ class Engine:
             return
         if ctx.charges:
             self._rules_observe(ctx, status)
+        if ctx.login is not None:
+            self._landed(ctx)
         ctx.observed = True
         planned = self._plan_observation(ctx, status or 403)
         if planned is None:
@@ -906,10 +954,10 @@ class Engine:
         if not enforced or finding.subject == "population":
             return
         key = finding.subject
-        if finding.action == "challenge" or key.startswith(ACCOUNT):
-            key = GATE + key
+        if finding.detector.startswith("account_takeover."):
+            key = GATE + key  # held back at the login route, nowhere else
         level = self._escalate(key, now)
-        if finding.detector == "account_takeover.account":
+        if finding.detector in ("account_takeover.account", "account_takeover.devices"):
             cfg = self.config.detection.account_takeover
             seconds = min(cfg.account_protect_for * 2 ** min(level - 1, 16), 86_400.0 * 7)
         else:

@@ -441,7 +441,7 @@ class Guard:
             raise RuntimeError(
                 "guard.login_result() was called outside a request guarded by apiguard"
             )
-        engine = self.engine
+        engine = ctx.engine  # the middleware's guard keeps the detection state
         if ctx.login is None:
             name = None if username is None else str(username).strip() or None
             engine.login_started(ctx, name)
@@ -456,7 +456,7 @@ class Guard:
             raise RuntimeError(
                 "guard.challenge_passed() was called outside a request guarded by apiguard"
             )
-        self.engine.challenge_passed(ctx)
+        ctx.engine.challenge_passed(ctx)
 
     def _taken_names(self, rule: Rule) -> list[str]:
         """`rule`'s policy names that another rule of this guard already advertises."""
@@ -490,7 +490,11 @@ class Guard:
         routed: set[int] = set()  # ids of apiguard wrappers some route reaches
         served: dict[int, str] = {}  # id(original) -> a template serving it
         ruled: list[tuple[RouteEntry, tuple[Rule, ...]]] = []  # for the start-up line
+        templates: set[str] = set()
+        opaque = False  # a mounted app whose routes cannot be listed
         for entry in walk_routes(app):
+            templates.add(entry.template)
+            opaque = opaque or entry.kind == "mount"
             chain = _unwrap_chain(entry.endpoint)
             listed = False
             for obj in chain:
@@ -518,6 +522,7 @@ class Guard:
                     # apiguard decorator written above the route decorator
                     problems.append(f"{template} -> {_qualname(original)}")
                     break
+        self._check_route_settings(templates, opaque)
         if problems:
             raise ConfigurationError(
                 "apiguard decorators sit above the route decorator, so these routes serve the "
@@ -538,6 +543,22 @@ class Guard:
             if len(self._announced) < 256:
                 self._announced.add(id(app))
         log.info("%s", self.summary(ruled))
+
+    def _check_route_settings(self, templates: set[str], opaque: bool) -> None:
+        """Settings naming route templates (`detection.bola.routes`) must name routes of
+        the app: a misspelt template would silently not apply."""
+        unknown = sorted(t for t in self.config.detection.bola.routes if t not in templates)
+        if not unknown:
+            return
+        text = (
+            f"detection.bola.routes names {', '.join(repr(t) for t in unknown)}, which no "
+            "route of this app has (templates are written as the framework declares them, "
+            "e.g. '/invoices/{invoice_id}', mount prefixes included)"
+        )
+        if opaque:  # it may be a route of a mounted app apiguard cannot list
+            log.warning("apiguard: %s; it may belong to a mounted app", text)
+            return
+        raise ConfigurationError(text)
 
     def summary(self, routes: list[tuple[RouteEntry, tuple[Rule, ...]]] | None = None) -> str:
         """What is on, in one line (logged once per app at start-up): mode, global rules,
@@ -801,10 +822,13 @@ def _login_of(rules: tuple[Rule, ...], original: Callable[..., Any]) -> Callable
     except (TypeError, ValueError):
         sig = None
 
-    def enter(engine: Engine, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def enter(decorating: Engine, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         ctx = current_request()
         if ctx is None:
             return None
+        # the request's own engine (its middleware's guard): detection state lives there,
+        # even if the decorator came from another Guard object
+        engine = ctx.engine
         try:
             arguments = sig.bind_partial(*args, **kwargs).arguments if sig else kwargs
             name = login.username(arguments)

@@ -13,6 +13,7 @@ the guard's secret:
 from __future__ import annotations
 
 import inspect
+import unicodedata
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -105,13 +106,19 @@ class LoginRule(Rule):
             return None
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
-        text = str(value).strip().casefold()
+        text = normalise(str(value))
         return text or None
 
 
+def normalise(username: str) -> str:
+    """A username as compared: NFKC (full-width and compatibility forms folded, as
+    Django and most identity providers do), stripped, case-folded."""
+    return unicodedata.normalize("NFKC", username).strip().casefold()
+
+
 def user_key(hasher: KeyedHasher, username: str) -> str:
-    """The keyed hash a username is known by (after normalisation)."""
-    return hasher("un", username.strip().casefold())
+    """The keyed hash a username is known by (after `normalise`)."""
+    return hasher("un", normalise(username))
 
 
 def device_mac(hasher: KeyedHasher, user: str) -> str:

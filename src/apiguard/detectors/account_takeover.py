@@ -34,7 +34,12 @@ ACCOUNT = "acct:"
 # statuses a login answers a wrong password with: 401 and 403, and 400 (FastAPI's own
 # OAuth2 tutorial, and the apps built from it, answer "Incorrect username or password"
 # with 400) and 404 (no such user); 422 (a malformed request), 429 and 5xx are not attempts
-_FAILED = frozenset({400, 401, 403, 404})  # ban-table key prefix of an account under protection
+_FAILED = frozenset({400, 401, 403, 404})
+DEVICE_FAILS = "devfail:"  # an account whose own devices failed too often (a copied cookie)
+_DEVICE_FAILURES = 10  # failures from devices with the account's cookie before that
+_PASS_FAILURES = 6  # failures on one account with one challenge pass before it stops helping
+_SHARE_CEILING = 0.7  # the learned failure-share threshold never exceeds it
+_SUCCEEDED_MAX = 65_536  # accounts remembered as logged in this period (population share)
 _EWMA = 0.3  # weight of the newest calm period in the failure-share baseline
 _CALM_ATTEMPTS = 10  # attempts a period needs to teach the baseline
 
@@ -53,6 +58,9 @@ class LoginClimate:
         self.old = [0, 0, 0]
         self.baseline: float | None = None
         self.attack_since: float | None = None
+        # accounts that logged in this period: a success counts once per account, so an
+        # attacker logging in to its own account again and again cannot pad the share
+        self._succeeded: set[str] = set()
 
     def _roll(self, now: float) -> float:
         if self.start is None:
@@ -67,6 +75,7 @@ class LoginClimate:
                 )
             self.old = finished if elapsed < 2 * self.half else [0, 0, 0]
             self.now = [0, 0, 0]
+            self._succeeded.clear()
             self.start = now if elapsed >= 2 * self.half else self.start + self.half
             elapsed = now - self.start
         return 1.0 - elapsed / self.half
@@ -75,11 +84,28 @@ class LoginClimate:
         """The failure share above which the population is under attack."""
         if self.baseline is None:
             return self.floor
-        return min(max(self.floor, self.baseline * self.factor), 0.95)
+        # capped: a slow ramp of stuffing cannot teach the baseline to accept itself
+        return min(max(self.floor, self.baseline * self.factor), _SHARE_CEILING)
 
-    def record(self, now: float, failed: bool, missing: bool) -> dict[str, float | int] | None:
-        """Count one attempt; evidence when this attempt starts an attack period."""
+    def forgive(self, now: float) -> None:
+        """A person passed a challenge: the refused attempt that asked for it was not a
+        bot's, so it is not a failure (else people on new devices would keep the alarm
+        on by being challenged)."""
+        self._roll(now)
+        if self.now[1] > 0:
+            self.now[1] -= 1
+
+    def record(
+        self, now: float, failed: bool, missing: bool, user: str | None = None
+    ) -> dict[str, float | int] | None:
+        """Count one attempt; evidence when this attempt starts an attack period. A
+        success (`user` given) counts once per account and period."""
         weight = self._roll(now)
+        if not failed and user is not None:
+            if user in self._succeeded:
+                return None
+            if len(self._succeeded) < _SUCCEEDED_MAX:
+                self._succeeded.add(user)
         cur = self.now
         cur[0] += 1
         cur[1] += failed
@@ -137,28 +163,39 @@ class AccountTakeover:
         if failed is None:
             return None  # neither success nor failure (a 422, a 500): not an attempt
         now = outcome.now
-        attack = self.climate.record(now, failed or login.gated, login.exists is False)
+        attack = self.climate.record(
+            now, failed or login.gated, login.exists is False, None if failed else login.user
+        )
         if login.gated:
             return (lambda: [self._climate_finding(attack)]) if attack else None
         cfg = self.config
         window = cfg.window
         actors = self._actors(outcome)
-        if not failed:
-            for _kind, key in actors:
-                ops.append(Tally("ato:s:" + key, window))
-            return (lambda: [self._climate_finding(attack)]) if attack else None
         user = login.user
+        if not failed:  # distinct accounts logged in to, per actor
+            for _kind, key in actors:
+                ops.append(Tally("ato:s:" + key, window, user))
+            return (lambda: [self._climate_finding(attack)]) if attack else None
         pairs = []
         for kind, key in actors:
             f = Tally("ato:f:" + key, window, user)
-            s = Tally("ato:s:" + key, window, amount=0)
+            s = Tally("ato:s:" + key, window, amount=0)  # a read
             ops.append(f)
             ops.append(s)
             pairs.append((kind, key, f, s))
+        ctx = outcome.ctx
         account: Tally | None = None
-        if not outcome.ctx.device_ok:
+        devices: Tally | None = None
+        passed: Tally | None = None
+        if ctx.device_ok:  # a failure from a device with the account's cookie
+            devices = Tally(DEVICE_FAILS + user, window)
+            ops.append(devices)
+        else:
             account = Tally(ACCOUNT + user, window)
             ops.append(account)
+        if ctx.pass_key is not None:
+            passed = Tally(f"ato:p:{ctx.pass_key}:{user}", window)
+            ops.append(passed)
 
         def judge() -> list[Finding]:
             found: list[Finding] = []
@@ -172,7 +209,10 @@ class AccountTakeover:
                 )
                 share = f.count / (f.count + s.count)
                 if f.count >= floor and share >= cfg.failed_share:
-                    action = cfg.action if kind in ("ip", "principal", "pass") else "challenge"
+                    # many people share a network or a client shape: what the population
+                    # gets (a challenge, or a throttle in apps without one)
+                    many = kind in ("net", "fp")
+                    action = cfg.population_action if many else cfg.action
                     found.append(
                         Finding(
                             f"{self.name}.{kind}",
@@ -195,6 +235,26 @@ class AccountTakeover:
                         cfg.account_action,
                         self.enforce,
                         {"failures": round(account.count), "threshold": cfg.account_failures},
+                    )
+                )
+            if devices is not None and devices.count >= _DEVICE_FAILURES:
+                found.append(
+                    Finding(
+                        f"{self.name}.devices",
+                        DEVICE_FAILS + user,
+                        "challenge",
+                        self.enforce,
+                        {"failures": round(devices.count), "threshold": _DEVICE_FAILURES},
+                    )
+                )
+            if passed is not None and passed.count >= _PASS_FAILURES:
+                found.append(
+                    Finding(
+                        f"{self.name}.pass_account",
+                        f"{ctx.pass_key}:{user}",
+                        cfg.account_action,
+                        self.enforce,
+                        {"failures": round(passed.count), "threshold": _PASS_FAILURES},
                     )
                 )
             return found

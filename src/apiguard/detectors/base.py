@@ -28,6 +28,7 @@ class LoginAttempt:
     success: bool | None = None
     exists: bool | None = None
     gated: bool = False  # refused before the handler by the login gate (a challenge)
+    in_flight: bool = False  # counted among its address's unanswered attempts
 
 
 @dataclass(slots=True)

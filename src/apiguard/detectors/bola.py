@@ -14,6 +14,7 @@ run of constant-stride steps between integer ids. Flagged (see `BolaConfig`):
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
 
 from apiguard.detectors.base import Finding, Judge, Outcome
 from apiguard.detectors.population import Populations
@@ -21,9 +22,8 @@ from apiguard.store.base import Run, Tally
 
 if TYPE_CHECKING:
     from apiguard.config import BolaConfig
+    from apiguard.request import RequestContext
     from apiguard.store.base import Observation
-
-_MAX_ID = 128  # longer parameter values are not object ids (a path, a blob)
 
 
 class Bola:
@@ -42,29 +42,27 @@ class Bola:
             config.min_principals,
             config.ceiling,
         )
-        self._query = tuple(q.encode("latin-1") for q in config.query_params)
+        self._query = frozenset(config.query_params)
 
     def _object(self, outcome: Outcome) -> tuple[str, int | None] | None:
-        """The object the request touched (a text naming it) and its integer id, if any."""
+        """The object the request touched (a text naming it) and its integer id, if any.
+        Every value counts, whatever its length or shape (a `{key:path}` value, a padded
+        id): an id written as digits is normalised (`0042` is `42`), and query names are
+        decoded as the framework decodes them."""
         scope = outcome.ctx.scope
         params = scope.get("path_params")
         parts: list[str] = []
         number: int | None = None
         if params:
             for name, value in params.items():
-                text = str(value)
-                if len(text) > _MAX_ID or "/" in text:
-                    continue
+                text, number = _normalised(value, number)
                 parts.append(f"{name}={text}")
-                number = _integer(value, text, number)
         if self._query:
             query = scope.get("query_string") or b""
-            for pair in query.split(b"&"):
-                name, _, value = pair.partition(b"=")
-                if name in self._query and 0 < len(value) <= _MAX_ID:
-                    text = value.decode("latin-1")
-                    parts.append(f"{name.decode('latin-1')}={text}")
-                    number = _integer(text, text, number)
+            for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=False):
+                if name in self._query:
+                    text, number = _normalised(value, number)
+                    parts.append(f"{name}={text}")
         if not parts:
             return None
         return "&".join(parts), number
@@ -84,7 +82,8 @@ class Bola:
         text, number = found
         item = f"{template}\n{text}"  # only its sketch slot is kept, never the text
         cfg = self.config
-        base = f"bola:{outcome.principal}:{template}"
+        subject, anonymous, banned = _subject(outcome)
+        base = f"bola:{subject}:{template}"
         distinct = Tally(base, cfg.window, item)
         ops.append(distinct)
         errors: Tally | None = None  # judged on an error answer only (a walk has many)
@@ -103,7 +102,7 @@ class Bola:
 
         def judge() -> list[Finding]:
             count = distinct.count
-            threshold = population.update(outcome.principal, count)
+            threshold = population.update(subject, count)
             if own_floor is not None:
                 threshold = max(threshold, own_floor)
             threshold /= ease
@@ -111,15 +110,15 @@ class Bola:
                 "route": template,
                 "objects": round(count),
             }
-            if count >= threshold:
+            if count >= threshold and not anonymous:
                 evidence["threshold"] = round(threshold, 1)
                 evidence["baseline"] = (
                     round(population.learned, 1) if population.learned is not None else -1
                 )
-                return [self._finding("distinct", outcome, evidence)]
+                return [self._finding("distinct", banned, evidence)]
             if run is not None and run.length >= cfg.sequential_run // ease:
                 evidence.update(run=run.length, stride=run.stride, threshold=cfg.sequential_run)
-                return [self._finding("sequential", outcome, evidence)]
+                return [self._finding("sequential", banned, evidence)]
             if errors is not None and errors.count >= cfg.errors_floor / ease:
                 share = errors.count / max(count, errors.count)
                 if share >= cfg.error_share:
@@ -128,23 +127,54 @@ class Bola:
                         error_share=round(share, 3),
                         threshold=cfg.errors_floor,
                     )
-                    return [self._finding("errors", outcome, evidence)]
+                    return [self._finding("errors", banned, evidence)]
             return []
 
         return judge
 
-    def _finding(
-        self, kind: str, outcome: Outcome, evidence: dict[str, float | int | str]
-    ) -> Finding:
-        return Finding(
-            f"{self.name}.{kind}", outcome.principal, self.config.action, self.enforce, evidence
-        )
+    def _finding(self, kind: str, subject: str, evidence: dict[str, float | int | str]) -> Finding:
+        return Finding(f"{self.name}.{kind}", subject, self.config.action, self.enforce, evidence)
 
 
-def _integer(value: object, text: str, current: int | None) -> int | None:
-    """The integer id of a parameter (the last integer parameter wins)."""
+def _subject(outcome: Outcome) -> tuple[str, bool, str]:
+    """Whose objects these are: (the key BOLA counts under, whether it is an anonymous
+    address, the key a finding bans).
+
+    - a principal the app vouched for: itself;
+    - a request with a cookie but no vouched user (a cookie-session app that does not
+      call `identify()`): the keyed hash of its address and cookie header, one session
+      per person behind an office NAT, and made-up API keys beside the session cookie
+      change nothing; a finding bans the address (what such an app's requests share);
+    - an unvouched credential without a cookie (an API key): the credential;
+    - else an anonymous address: its reads are of what anyone may read, so only a
+      sequential walk or a 403/404 share flags it (an office NAT browsing a public
+      catalogue reads many objects), never the number of objects alone.
+    """
+    ctx = outcome.ctx
+    principal = outcome.principal
+    if ctx.vouched:
+        return principal, False, principal
+    if ctx.has_cookie:
+        session = ctx.engine.hasher("ck", ctx.ip_key + _cookie_header(ctx))
+        return session, False, ctx.ip_key
+    if principal != ctx.ip_key:
+        return principal, False, principal
+    return principal, True, principal
+
+
+def _cookie_header(ctx: RequestContext) -> str:
+    for name, value in ctx.scope.get("headers") or ():
+        if name == b"cookie":
+            return bytes(value).decode("latin-1")
+    return ""
+
+
+def _normalised(value: object, number: int | None) -> tuple[str, int | None]:
+    """A parameter's text as an object id, and the integer it is (else `number`)."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if text.isdigit() and len(text) <= 18:
-        return int(text)
-    return current
+        return str(value), value
+    text = str(value)
+    digits = text.lstrip("0") or "0"
+    if text.isdigit() and len(digits) <= 18:
+        return digits, int(digits)
+    return text, number

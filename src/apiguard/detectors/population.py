@@ -4,9 +4,10 @@ Each `Population` keeps, for one route (or one detector), the latest value seen 
 principal in a bounded LRU table (one entry per principal: an attacker is one sample
 however hard it pushes), and recomputes a high percentile of them with numpy every
 `_EVERY` updates. The threshold is the floor until `min_principals` have been seen, then
-`max(floor, percentile * factor)`, capped at `ceiling`: sock-puppet principals that do
-what an attacker does cannot lift the bar without bound (they are a share of the
-population, so they move a high percentile only when they are many).
+`max(floor, min(percentile * factor, 8 * median, ceiling))`. Values are learned only up
+to half the current threshold. Sock-puppet principals doing what an attacker does
+therefore cannot lift the bar round after round: they are a minority, so they do not move
+the median, and their values are capped.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ class Population:
     def update(self, principal: str, value: float) -> float:
         """Record `principal`'s current value; the threshold to compare it with."""
         values = self._values
+        # learned only up to half the current threshold: a principal above it is what
+        # the detector looks for, not what it learns from (sock puppets that read just
+        # under the bar cannot raise it round after round)
+        value = min(value, self.threshold / 2)
         known = values.get(principal)
         if known == value:
             return self.threshold  # (a repeat: nothing new to learn)
@@ -76,10 +81,12 @@ class Population:
             return
         import numpy as np  # lazily: only apps with enough traffic pay its import
 
-        self.learned = float(
-            np.percentile(np.fromiter(self._values.values(), float), self.percentile)
-        )
-        learned = min(self.learned * self.factor, self.ceiling)
+        values = np.fromiter(self._values.values(), float)
+        high, median = np.percentile(values, (self.percentile, 50.0))
+        self.learned = float(high)
+        # a high percentile times the factor, but never more than 8 medians: a minority
+        # of principals (sock puppets) cannot move the median
+        learned = min(self.learned * self.factor, float(median) * 8, self.ceiling)
         self.threshold = max(self.floor, learned)
 
 

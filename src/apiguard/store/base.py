@@ -107,7 +107,9 @@ class Tally:
     add `item` to the key's distinct-items sketch; the store sets `count`: the total after
     this operation (distinct: an estimate, exact for small counts). A store keeps only the
     sketch's bits or registers, never an item: items are keyed hashes (usernames,
-    networks, fingerprints) or non-secret object ids (BOLA's route and path parameters)."""
+    networks, fingerprints) or non-secret object ids (BOLA's route and path parameters).
+    `amount=0` without an item reads the key's current value (count or distinct estimate)
+    without changing it."""
 
     key: str
     window: float

@@ -72,6 +72,8 @@ class Generations:
         """Count `amount`, or set `item`; the count (or distinct estimate) after it."""
         weight = self._roll(now)
         if item is None:
+            if amount == 0 and (self.bits is not None or self.old_bits is not None):
+                return _ESTIMATES[self.union]  # a read of a distinct sketch
             self.count += amount
             return self.count + self.old_count * weight
         bits = self.bits
