@@ -110,7 +110,9 @@ def build_app(guard: Guard, *, sync_login: bool = False, **fastapi: Any) -> Fast
 
 def is_challenge(resp: Response) -> bool:
     body = resp.json()
-    return resp.status == 403 and isinstance(body, dict) and body.get("type") == CHALLENGE_REQUIRED
+    return resp.status in (401, 403, 428, 429) and (
+        isinstance(body, dict) and body.get("type") == CHALLENGE_REQUIRED
+    )
 
 
 @dataclass

@@ -18,7 +18,15 @@ from apiguard.asgi import GuardMiddleware
 from apiguard.simulate.clock import FakeClock
 from apiguard.simulate.driver import AsgiDriver, Request
 from conftest import Otel
-from detection_support import BROWSERS, Client, build_app, is_challenge, public_ip, run, username
+from detection_support import (
+    BROWSERS,
+    Client,
+    build_app,
+    is_challenge,
+    public_ip,
+    run,
+    username,
+)
 
 START = 4_000_000.0
 
@@ -204,3 +212,61 @@ def test_a_challenged_login_is_not_told_whether_the_password_was_right() -> None
         assert wrong.body == right.body
 
     run(scenario())
+
+
+def test_an_untrusted_proxy_is_reported_never_banned_and_challenge_status_is_configurable(
+    caplog: Any,
+) -> None:
+    """Behind a proxy apiguard was not told about, every client shares the proxy's
+    address: one stuffer must not get the proxy (everyone's login) banned. And a SPA that
+    signs out on any 403 can have challenges answered 428."""
+    clock = FakeClock(START)
+    guard = Guard({"detection": {"challenge_status": 428}}, clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    proxy = "10.0.0.2"
+
+    async def scenario() -> tuple[list[int], int, int]:
+        bot = Client(driver, BROWSERS[0], proxy, jar=None)
+        statuses = []
+        for i in range(30):  # one actor, many accounts, through the proxy
+            clock.advance(5)
+            resp = await bot.send(
+                "POST", "/login", {"username": username(100 + i), "password": "x"}
+            )
+            statuses.append(resp.status)
+        honest = Client(driver, BROWSERS[1], proxy)
+        ok = (await honest.human_login(3))[0].status  # may meet a challenge: it passes
+        # a challenge elsewhere: brute force on one account from real addresses
+        rng = random.Random(5)
+        for i in range(10):
+            clock.advance(5)
+            await Client(driver, "x", public_ip(rng), jar=None).send(
+                "POST", "/login", {"username": username(9), "password": f"g{i}"}
+            )
+        challenged = await Client(driver, "x", public_ip(rng), jar=None).send(
+            "POST", "/login", {"username": username(9), "password": "g"}
+        )
+        return statuses, ok, challenged.status
+
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="apiguard")
+    real_send = driver.send
+
+    async def via_proxy(req: Request) -> Any:  # the proxy adds its header
+        if req.ip == proxy:
+            req = Request(
+                req.method,
+                req.path,
+                req.ip,
+                (*req.headers, ("x-forwarded-for", "198.51.100.7")),
+                req.body,
+            )
+        return await real_send(req)
+
+    driver.send = via_proxy  # type: ignore[method-assign]
+    statuses, ok, challenged = run(scenario())
+    assert 403 not in statuses  # challenged (428) or answered, never banned
+    assert ok == 200
+    assert challenged == 428
+    assert any("never ban it" in r.getMessage() for r in caplog.records)

@@ -36,6 +36,7 @@ class GuardMiddleware:
         self.guard = guard
         self.engine = guard.engine
         self._headers = guard.config.ratelimit_headers
+        self._challenge_status = guard.config.detection.challenge_status
         self._verified_root: Any = None
         self._cors: CorsLayout | None = None
 
@@ -195,7 +196,8 @@ class GuardMiddleware:
     ) -> None:
         """Send the refusal (`replacing`: in place of the app's response, at its start),
         through the app's CORSMiddleware when it sits inside apiguard."""
-        response = self.guard.block_response(decision, block_response(decision, self._headers))
+        default = block_response(decision, self._headers, self._challenge_status)
+        response = self.guard.block_response(decision, default)
         if replacing:
             _correct_native_status(scope, response.status)
         cors = self._cors.inside if self._cors is not None else None

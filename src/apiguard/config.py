@@ -329,6 +329,9 @@ class DetectionConfig(_Model):
     rotation: RotationConfig = RotationConfig()
     flow_groups: FlowGroupsConfig = FlowGroupsConfig()
     challenge_for: float = Field(3600.0, gt=0, le=YEAR)  # a passed challenge exempts this long
+    # the status of a challenge: 403, or 428/429/401 for clients (a SPA that signs out on
+    # any 403) that must tell it apart from a ban
+    challenge_status: Literal[401, 403, 428, 429] = 403
 
 
 class GuardConfig(_Model):

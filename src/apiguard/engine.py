@@ -63,6 +63,7 @@ _ENDPOINTS_MAX = 4096
 _SHARED_TOKEN = "*shared*"
 GATE = "gate:"  # ban-table prefix of what holds logins back (at the login route only)
 _IN_FLIGHT_MAX = 10  # unanswered login attempts one address may have at once
+_PROXIED_MAX = 4096  # addresses remembered as untrusted proxies
 
 
 def ban_decision(ban: Ban, now: float) -> Decision:
@@ -90,6 +91,14 @@ class Refused(HTTPException):
         status = 429 if decision.action is Action.THROTTLE else 403
         super().__init__(status, f"apiguard refused the request ({decision.rule})")
         self.decision = decision
+
+
+def name_of_header(scope: Mapping[str, Any]) -> bytes:
+    """The forwarding header a request carries (for the warning)."""
+    for name, _ in scope.get("headers") or ():
+        if name in (b"x-forwarded-for", b"forwarded"):
+            return bytes(name)
+    return b"x-forwarded-for"
 
 
 def _gated(ctx: RequestContext) -> bool:
@@ -163,6 +172,8 @@ class Engine:
         self._flow_groups = any(isinstance(d, FlowGroups) for d in self.detectors)
         self._net_keys: dict[str, str] = {}  # client address -> its network's key (bounded)
         self._flights: dict[str, int] = {}  # IP key -> its unanswered login attempts
+        self._proxied: set[str] = set()  # IP keys that sent untrusted forwarding headers
+        self._proxy_warned = False
         self._wide_keys: dict[str, str] = {}  # client address -> its provider network's key
         self._detections_logged: dict[str, float] = {}
         # key -> (level, until) of its last detector ban: escalation memory (bounded LRU)
@@ -218,6 +229,7 @@ class Engine:
         bearer: bytes | None = None
         forwarded: list[str] = []
         cookie = False
+        proxied = False  # a forwarding header from a peer no setting trusts
         walks = self.ip.walks
         key_headers = self._key_headers
         wanted = self._wanted_headers
@@ -242,11 +254,13 @@ class Engine:
                 if name == self.ip.header:
                     forwarded.append(value.decode("latin-1"))
             else:
-                self._warn_untrusted_forwarding(name)
+                proxied = True
         client = self.ip.resolve(peer_ip, forwarded) if walks else (peer_ip or "unknown")
         ip_key = self._ip_keys.get(client)
         if ip_key is None:
             ip_key = self._ip_key(client)
+        if proxied:
+            self._untrusted_forwarding(name_of_header(scope), ip_key)
         # the principal of an unvouched request: the bearer token (by HTTP convention the
         # caller's own credential), else the API key; every credential presented is kept,
         # and each is checked against bans
@@ -327,13 +341,24 @@ class Engine:
             return ()  # (a redirect or an error: the generator's body does not run)
         return rules
 
-    def _warn_untrusted_forwarding(self, name: bytes) -> None:
-        self._wanted_headers = self._key_headers | {b"authorization", b"cookie"}
+    def _untrusted_forwarding(self, name: bytes, ip_key: str) -> None:
+        """A peer sent a forwarding header and no proxy is trusted: it is likely a proxy
+        every client shares. Its address is remembered (bounded), so detectors never ban
+        it (a ban would lock out everyone behind it); warned once."""
+        proxied = self._proxied
+        if ip_key not in proxied:
+            if len(proxied) >= _PROXIED_MAX:
+                proxied.clear()
+            proxied.add(ip_key)
+        if self._proxy_warned:
+            return
+        self._proxy_warned = True
         log.warning(
             "apiguard: requests carry %s but no trusted_proxies are configured, so it is "
             "ignored and the TCP peer is the client. Behind a proxy or load balancer every "
             "client would share its address: set client_ip.trusted_proxies (and run uvicorn "
-            "with --no-proxy-headers, or it may already have rewritten the client address).",
+            "with --no-proxy-headers, or it may already have rewritten the client address). "
+            "Until then, detectors report that address but never ban it.",
             name.decode("latin-1"),
         )
 
@@ -832,14 +857,20 @@ class Engine:
         found = [c.encode("latin-1") for c in ctx.cookies or ()]
         login = ctx.login
         ato = self.ato
-        if login is not None and ato is not None and not login.gated:
-            success = login.success if login.success is not None else 200 <= status < 300
-            if success:
-                cfg = ato.config
-                mac = device_mac(self.hasher, login.user)
-                found.append(
-                    device_cookie(ctx, cfg.device_cookie, mac, cfg.device_days).encode("latin-1")
-                )
+        # only on a 2xx, and never against the app's own verdict (an inactive user's 400
+        # after a correct password gets no device cookie)
+        if (
+            login is not None
+            and ato is not None
+            and not login.gated
+            and login.success is not False
+            and 200 <= status < 300
+        ):
+            cfg = ato.config
+            mac = device_mac(self.hasher, login.user)
+            found.append(
+                device_cookie(ctx, cfg.device_cookie, mac, cfg.device_days).encode("latin-1")
+            )
         return found
 
     # -- after the response ---------------------------------------------------------
@@ -949,6 +980,8 @@ class Engine:
         """Report a finding; when enforced, make it a ban the checkpoints already check
         (a challenge: at the login route only)."""
         enforced = self._enforced(finding.enforce)
+        if enforced and finding.subject in self._proxied:
+            enforced = False  # an untrusted proxy's address: reported, never banned
         self.telemetry.detection(ctx, finding, enforced)
         self._log_detection(finding, enforced, now)
         if not enforced or finding.subject == "population":

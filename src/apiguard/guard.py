@@ -602,6 +602,11 @@ class Guard:
                 or "none"
             )
         )
+        if found and config.secret is None:
+            parts.append(
+                "secret: random per process (set `secret`: device cookies then survive "
+                "restarts and are valid in every worker)"
+            )
         ip = config.client_ip
         proxies = ", ".join(ip.trusted_proxies) or "none"
         if ip.trusted_proxies:

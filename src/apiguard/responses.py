@@ -77,27 +77,35 @@ def tightest_ratelimit(verdicts: Sequence[Verdict]) -> tuple[bytes, bytes] | Non
     return best.policy.item_bytes, _state(best).encode("latin-1")
 
 
-def block_response(decision: Decision, with_fields: bool = True) -> BlockResponse:
-    """The default answer to a refused request: 429 for limits, 403 for bans."""
+def block_response(
+    decision: Decision, with_fields: bool = True, challenge_status: int = 403
+) -> BlockResponse:
+    """The default answer to a refused request: 429 for limits, 403 for bans, and
+    `challenge_status` for a challenge."""
     retry = max(1, _seconds(decision.retry_after))
+    plural = "s" if retry != 1 else ""
     if decision.action is Action.CHALLENGE:
         problem: dict[str, object] = {
             "type": CHALLENGE_REQUIRED,
             "title": "Challenge required",
-            "status": 403,
+            "status": challenge_status,
             "detail": (
                 "Unusual activity was seen for this request; complete the challenge, then retry."
             ),
         }
-        status = 403
+        status = challenge_status
     elif decision.action is Action.BLOCK:
+        why = (
+            "after unusual activity"
+            if decision.detector is not None
+            else "after repeatedly exceeding limits"
+        )
         problem = {
             "type": "about:blank",
             "title": "Forbidden",
             "status": 403,
             "detail": (
-                "This client is temporarily blocked after repeatedly exceeding limits; "
-                f"retry after {retry} second{'s' if retry != 1 else ''}."
+                f"This client is temporarily blocked {why}; retry after {retry} second{plural}."
             ),
         }
         status = 403
