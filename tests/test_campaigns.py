@@ -533,3 +533,18 @@ def test_people_pass_the_challenges_apiguard_asks_for() -> None:
     assert outcome.bot_challenges > 0  # the bots were challenged and never passed
     assert outcome.benign_principals_challenged > 0
     assert outcome.challenges_passed >= outcome.benign_principals_challenged
+
+
+@pytest.mark.parametrize("status", [403, 429, 401, 428])
+def test_challenges_are_recognised_whatever_their_status(status: int) -> None:
+    """`detection.challenge_status` may answer challenges 401/428/429: the self-test still
+    counts them as challenges (a refusal for bots, passed by people)."""
+    from apiguard.simulate.driver import CHALLENGE_TYPE, Response
+
+    body = json.dumps({"type": CHALLENGE_TYPE, "status": status}).encode()
+    response = Response(status, ((b"content-type", b"application/problem+json"),), body)
+    assert response.challenged
+    record = Record(0.0, "x", True, "k", "GET", "/", "192.0.2.1", status, problem=CHALLENGE_TYPE)
+    assert record.blocked and record.challenged
+    plain = Record(0.0, "x", True, "k", "GET", "/", "192.0.2.1", 401)
+    assert not plain.blocked and not plain.challenged

@@ -17,7 +17,8 @@ Definitions (every number in the report follows them):
   (page views, its own orders, its own log-in, sign-ups) is sent and recorded but not
   counted, so that a detector is judged on what it lets through of the attack itself.
 - **refused**: answered 429, or 403 (apiguard's problem+json or a baseline's lockout);
-  apiguard's `challenge-required` answer to a request is a refusal of that request.
+  apiguard's `challenge-required` answer to a request (whatever its status,
+  `detection.challenge_status`) is a refusal of that request.
 - **admitted**: any other answer (the app's own 2xx/4xx).
 - **gain**: what the campaign is after, counted as distinct targets answered 2xx:
   accounts logged into (takeovers), foreign objects read (leaked), coupons redeemed,
@@ -75,7 +76,7 @@ LAST = ("smith", "garcia", "nguyen", "mueller", "kumar", "rossi", "kowalski", "s
 
 
 def _refused(response: Response) -> bool:
-    return response.status in (403, 429)
+    return response.status in (403, 429) or response.challenged
 
 
 def _backoff(client: Client, response: Response, cap: float = HOUR) -> None:

@@ -80,8 +80,9 @@ class Response:
 
     @property
     def challenged(self) -> bool:
-        """apiguard asks for a challenge the app controls (403 `challenge-required`)."""
-        return self.status == 403 and self.problem_type == CHALLENGE_TYPE
+        """apiguard asks for a challenge the app controls (`challenge-required`, answered
+        403 by default, or `detection.challenge_status`)."""
+        return self.status >= 400 and self.problem_type == CHALLENGE_TYPE
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +127,13 @@ class Record:
 
     @property
     def blocked(self) -> bool:
-        """Refused by apiguard: 429 (limit spent) or 403 (banned, or a challenge)."""
-        return self.status in BLOCKED_STATUSES
+        """Refused: 429 (limit spent), 403 (banned), or a challenge (whatever its status)."""
+        return self.status in BLOCKED_STATUSES or self.challenged
 
     @property
     def challenged(self) -> bool:
         """Answered with apiguard's `challenge-required` (a person can pass it)."""
-        return self.status == 403 and self.problem == CHALLENGE_TYPE
+        return self.status >= 400 and self.problem == CHALLENGE_TYPE
 
 
 class AsgiDriver:
