@@ -146,15 +146,6 @@ class ChallengeAnswer(BaseModel):
     answer: str
 
 
-def _login_outcome(guard: Guard) -> Callable[[Any], Any]:
-    """`@guard.login(username="body.username")`, or nothing on an apiguard without it."""
-    login = getattr(guard, "login", None)
-    if login is None:
-        return lambda fn: fn
-    decorate: Callable[[Any], Any] = login(username="body.username")
-    return decorate
-
-
 def create_app(guard: Guard, *, limiter: Any = None) -> FastAPI:
     """A fresh shop (its own redemption records and sign-ups) guarded by `guard`.
 
@@ -172,7 +163,7 @@ def create_app(guard: Guard, *, limiter: Any = None) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @_login_outcome(guard)
+    @guard.login(username="body.username")
     @guard.limit("20/minute", per="ip", name="login")
     async def login(request: Request, body: Credentials) -> dict[str, str]:
         user = BY_USERNAME.get(body.username) or signup_names.get(body.username)
@@ -201,9 +192,7 @@ def create_app(guard: Guard, *, limiter: Any = None) -> FastAPI:
         """The person solved the challenge the app showed (a CAPTCHA in a real app)."""
         if body.answer != CHALLENGE_ANSWER:
             raise HTTPException(400, "challenge failed")
-        passed = getattr(guard, "challenge_passed", None)
-        if passed is not None:
-            passed()
+        guard.challenge_passed()
         return {"passed": True}
 
     @app.get("/orders/{order_id}")
