@@ -1,5 +1,10 @@
 """`apiguard demo --framework flask|django`: the same simulated hour against the Flask and
-Django shops gives the FastAPI shop's outcome, request for request."""
+Django shops (the same shop, built twice) gives the same outcome, request for request, with
+no honest request refused and the attacks stopped.
+
+(The FastAPI shop grew into the self-test's target, with a login declared to the
+detectors, a BOLA bug and partner keys: its hour differs, so the Flask and Django shops
+are held to each other.)"""
 
 from __future__ import annotations
 
@@ -23,19 +28,17 @@ def outcome(data: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def fastapi_hour() -> dict[str, Any]:
-    return outcome(run_demo(7).as_dict())
+def flask_hour() -> dict[str, Any]:
+    return outcome(run_demo(7, framework="flask").as_dict())
 
 
-def test_flask_demo_matches_the_fastapi_shop(fastapi_hour: dict[str, Any]) -> None:
-    flask_hour = outcome(run_demo(7, framework="flask").as_dict())
-    assert flask_hour == fastapi_hour
+def test_flask_demo_stops_the_attacks_and_no_honest_request(flask_hour: dict[str, Any]) -> None:
     rows = {row["name"]: row for row in flask_hour["scenarios"]}
     assert sum(row["blocked_benign"] for row in rows.values()) == 0
     assert sum(row["blocked_attack"] for row in rows.values()) > 1000  # the attacks are stopped
 
 
-def test_django_demo_matches_the_fastapi_shop(fastapi_hour: dict[str, Any]) -> None:
+def test_django_demo_matches_the_flask_shop(flask_hour: dict[str, Any]) -> None:
     """In a subprocess: the Django shop runs with its own settings module."""
     done = subprocess.run(
         [sys.executable, "-m", "apiguard", "demo", "--framework", "django", "--json"],
@@ -46,4 +49,4 @@ def test_django_demo_matches_the_fastapi_shop(fastapi_hour: dict[str, Any]) -> N
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert outcome(json.loads(done.stdout)) == fastapi_hour
+    assert outcome(json.loads(done.stdout)) == flask_hour

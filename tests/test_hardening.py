@@ -439,6 +439,7 @@ def test_a_store_subclass_that_changes_execute_sees_every_request() -> None:
 
     assert _statuses_with(DenyAll()) == [403, 403, 403]
     assert len(seen) == 3
+
     # a subclass that only observes `admit` keeps the fast path, and its limits
     class Counting(MemoryStore):
         calls = 0

@@ -40,7 +40,116 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "-v", "--verbose", action="store_true", help="also print apiguard's log (bans) to stderr"
     )
+    attack = commands.add_parser(
+        "attack",
+        help="self-test: run attack campaigns beside honest users against your app",
+        description=(
+            "Run the self-test's campaigns (credential stuffing, spraying, brute force, BOLA "
+            "walks, flow abuse, scraping, a stolen API key), each beside an awkward benign "
+            "population, against APP (module:app or path.py:app, in process on a fake clock: "
+            "hours in seconds) or a running server (--url, real time, bounded). Exit status "
+            "1 when a campaign is missed or an honest principal refused; 2 on usage errors."
+        ),
+    )
+    attack.add_argument("app", nargs="?", help="the ASGI app: module:app or path/to/file.py:app")
+    attack.add_argument("--url", help="attack a running server instead (loopback only by default)")
+    attack.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --url")
+    attack.add_argument(
+        "--forwarded-for",
+        action="store_true",
+        help="with --url: send each simulated client address in X-Forwarded-For",
+    )
+    attack.add_argument("--max-requests", type=int, default=5000, help="--url: per campaign")
+    attack.add_argument("--max-seconds", type=float, default=60.0, help="--url: per campaign")
+    attack.add_argument(
+        "--campaign",
+        action="append",
+        metavar="NAME",
+        help="run only this campaign (repeatable; a prefix such as 'bola' or 'stuffing')",
+    )
+    attack.add_argument("--list", action="store_true", help="list the campaigns and exit")
+    attack.add_argument("--seed", type=int, default=7, help="random seed (default: 7)")
+    attack.add_argument(
+        "--scale", type=float, default=0.25, help="campaign length and size, 1.0 = full (0.25)"
+    )
+    attack.add_argument("--solver", type=float, default=0.0, help="bots' CAPTCHA-solving rate")
+    attack.add_argument(
+        "--no-reference", action="store_true", help="skip the unprotected (monitor-mode) runs"
+    )
+    attack.add_argument("--config", metavar="TOML", help="declaration of routes and accounts")
+    attack.add_argument("--login", metavar="PATH", help="the login route (POST)")
+    attack.add_argument("--login-format", choices=("json", "form"), help="login body format")
+    attack.add_argument("--object", metavar="PATH", help="an object route, e.g. /orders/{id}")
+    attack.add_argument("--flow", metavar="PATH", help="a flow route, e.g. /coupons/{code}/redeem")
+    attack.add_argument("--json", action="store_true", help="print machine-readable results")
     return parser
+
+
+def _attack(args: argparse.Namespace) -> int:
+    from apiguard.simulate import campaigns as cp
+    from apiguard.simulate import selftest as st
+
+    logging.getLogger("apiguard").setLevel(logging.CRITICAL)
+    if args.list:
+        for camp in cp.CAMPAIGNS:
+            print(f"{camp.name}: {camp.description}")
+        return 0
+    try:
+        if (args.app is None) == (args.url is None):
+            raise st.SelfTestError("give the app (module:app) or --url, one of them")
+        if not 0.0 < args.scale <= 10.0:
+            raise st.SelfTestError("--scale must be in (0, 10]")
+        if not 0.0 <= args.solver <= 1.0:
+            raise st.SelfTestError("--solver is a rate between 0 and 1")
+        chosen = [cp.campaign(n) for n in args.campaign] if args.campaign else list(cp.CAMPAIGNS)
+        overrides: dict[str, dict[str, object]] = {}
+        if args.login:
+            overrides.setdefault("login", {})["path"] = args.login
+        if args.login_format:
+            overrides.setdefault("login", {})["format"] = args.login_format
+        if args.object:
+            overrides["objects"] = {"path": args.object}
+        if args.flow:
+            overrides["flow"] = {"path": args.flow}
+        target = st.target_for(args.app, args.config, overrides)
+        if args.url is not None:
+            base = st.check_url(args.url, args.allow_remote)
+            outcomes = st.run_url(
+                base,
+                target,
+                chosen,
+                seed=args.seed,
+                scale=args.scale,
+                max_requests=max(1, args.max_requests),
+                max_seconds=max(1.0, args.max_seconds),
+                forwarded_for=args.forwarded_for,
+                solver=args.solver,
+            )
+        else:
+            outcomes = st.run_in_process(
+                args.app,
+                target,
+                chosen,
+                seed=args.seed,
+                scale=args.scale,
+                solver=args.solver,
+                reference=not args.no_reference,
+            )
+    except (st.SelfTestError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"apiguard attack: {message}", file=sys.stderr)
+        return 2
+    if args.json:
+        data = {
+            "seed": args.seed,
+            "scale": args.scale,
+            "campaigns": [o.as_dict() for o in outcomes],
+            "exit_status": st.exit_status(outcomes),
+        }
+        print(json.dumps(data, indent=2))
+    else:
+        print(st.report(outcomes))
+    return st.exit_status(outcomes)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -80,4 +189,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "attack":
+        return _attack(args)
     return 2  # pragma: no cover - argparse rejects unknown commands

@@ -5,6 +5,10 @@ client library), so every request can come from its own IP address and a simulat
 of traffic takes about a second. Traffic comes from *agents*: generators that yield the
 next `Step` (when, what, from where) and receive the `Response` to it, so they can react
 (log in, read a token, back off). `run_agents` interleaves them in time order.
+
+Each actor keeps its cookies (a jar per actor, like a browser or an HTTP client session):
+`Set-Cookie` answers are stored and sent back as `Cookie` on its later requests, unless
+the request carries its own `cookie` header or the actor was made with `cookies=False`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from starlette.types import ASGIApp, Message
 from apiguard.simulate.clock import FakeClock
 
 BLOCKED_STATUSES = frozenset({403, 429})  # apiguard's refusals (the demo shop never sends 403)
+CHALLENGE_TYPE = "https://apiguard.dev/problems/challenge-required"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +63,27 @@ class Response:
                 return value.decode("latin-1")
         return None
 
+    def header_values(self, name: str) -> list[str]:
+        """Every value of a response header (case-insensitive), e.g. Set-Cookie."""
+        raw = name.lower().encode("latin-1")
+        return [v.decode("latin-1") for k, v in self.headers if k.lower() == raw]
+
+    @property
+    def problem_type(self) -> str | None:
+        """The `type` of a problem+json body (RFC 9457), None for other answers."""
+        ctype = self.header("content-type") or ""
+        if "problem+json" not in ctype:
+            return None
+        data = self.json()
+        kind = data.get("type", "about:blank") if isinstance(data, dict) else None
+        return kind if isinstance(kind, str) else None
+
+    @property
+    def challenged(self) -> bool:
+        """apiguard asks for a challenge the app controls (`challenge-required`, answered
+        403 by default, or `detection.challenge_status`)."""
+        return self.status >= 400 and self.problem_type == CHALLENGE_TYPE
+
 
 @dataclass(frozen=True, slots=True)
 class Step:
@@ -66,6 +92,7 @@ class Step:
     at: float
     request: Request
     kind: str = "browse"  # free-form label for reports ("redeem", "login", "typo", ...)
+    target: str | None = None  # what the request is after (a username, an object), for reports
 
 
 Agent = Generator[Step, Response, None]
@@ -78,6 +105,7 @@ class Actor:
     scenario: str
     attack: bool
     agent: Agent
+    cookies: bool = True  # keep a cookie jar (False: never send cookies back)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +122,18 @@ class Record:
     status: int
     actor: int = 0  # index of the actor that sent it
     retry_after: float | None = None  # the Retry-After of the answer, in seconds
+    target: str | None = None  # the step's target (a username, an object id)
+    problem: str | None = None  # the problem+json `type` of the answer, if any
 
     @property
     def blocked(self) -> bool:
-        """Refused by apiguard: 429 (limit spent) or 403 (banned)."""
-        return self.status in BLOCKED_STATUSES
+        """Refused: 429 (limit spent), 403 (banned), or a challenge (whatever its status)."""
+        return self.status in BLOCKED_STATUSES or self.challenged
+
+    @property
+    def challenged(self) -> bool:
+        """Answered with apiguard's `challenge-required` (a person can pass it)."""
+        return self.status >= 400 and self.problem == CHALLENGE_TYPE
 
 
 class AsgiDriver:
@@ -173,6 +208,7 @@ async def run_agents(
     one at a time, so the run is deterministic for deterministic agents.
     """
     start = clock() if origin is None else origin
+    jars: list[dict[str, str]] = [{} for _ in actors]
     queue: list[tuple[float, int, int, Step]] = []
     seq = 0
     for index, actor in enumerate(actors):
@@ -185,9 +221,25 @@ async def run_agents(
         at, _, index, step = heapq.heappop(queue)
         clock.advance_to(start + at)
         now = clock() - start
-        response = await driver.send(step.request)
         actor = actors[index]
         req = step.request
+        jar = jars[index]
+        if actor.cookies and jar and not any(k.lower() == "cookie" for k, _ in req.headers):
+            cookie = "; ".join(f"{k}={v}" for k, v in jar.items())
+            response = await driver.send(
+                Request(
+                    req.method,
+                    req.path,
+                    req.ip,
+                    (*req.headers, ("cookie", cookie)),
+                    req.body,
+                    req.port,
+                )
+            )
+        else:
+            response = await driver.send(req)
+        if actor.cookies:
+            store_cookies(jar, response)
         retry = response.header("retry-after")
         records.append(
             Record(
@@ -201,6 +253,8 @@ async def run_agents(
                 response.status,
                 index,
                 float(retry) if retry is not None and retry.isdigit() else None,
+                step.target,
+                response.problem_type if response.status >= 400 else None,
             )
         )
         try:
@@ -210,3 +264,19 @@ async def run_agents(
         heapq.heappush(queue, (max(following.at, now), seq, index, following))
         seq += 1
     return records
+
+
+def store_cookies(jar: dict[str, str], response: Response) -> None:
+    """Keep the cookies a response sets (`Max-Age=0` or an empty value deletes one)."""
+    for header in response.header_values("set-cookie"):
+        first, *attributes = header.split(";")
+        name, sep, value = first.strip().partition("=")
+        if not sep or not name:
+            continue
+        expired = any(
+            a.strip().lower().replace(" ", "") in ("max-age=0", "max-age=-1") for a in attributes
+        )
+        if expired or not value:
+            jar.pop(name, None)
+        else:
+            jar[name] = value.strip().strip('"')

@@ -1,0 +1,423 @@
+"""`apiguard attack`: run the campaigns against an app, in process or over HTTP.
+
+In process (`apiguard attack module:app` or `path/to/app.py:app`): the module is imported
+afresh for every run (each run gets a fresh app and fresh guard state), the app's `Guard`
+is found in its middleware (`GuardMiddleware(guard=...)`) and moved onto a fake clock, so
+a six-hour campaign runs in seconds. Each campaign is also run once with the guard in
+monitor mode (nothing refused): what the attack gains against the unprotected app is the
+yardstick of "curtailed" (see `apiguard.simulate.campaigns`).
+
+Over HTTP (`--url`): against a running server, in real time, bounded in requests and
+seconds; loopback addresses only unless `--allow-remote`. Every request then comes from
+this machine: `--forwarded-for` sends each simulated client address in X-Forwarded-For,
+which a server trusting this machine as its proxy uses as the client address. There is
+no unprotected run over HTTP: "curtailed" falls back to the admitted share after the
+first refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import importlib.util
+import ipaddress
+import itertools
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit
+
+from apiguard.guard import Guard
+from apiguard.simulate import campaigns as cp
+from apiguard.simulate.clock import FakeClock
+from apiguard.simulate.driver import Actor, Record, Request, Response, store_cookies
+from apiguard.simulate.target import Target, default_target
+
+_counter = itertools.count()
+
+
+class SelfTestError(Exception):
+    """A problem with the app, its declaration or the options (exit status 2)."""
+
+
+def load_module(spec: str) -> tuple[ModuleType, str]:
+    """Import `module:attr` or `path.py:attr` afresh (a new module object every call)."""
+    location, sep, attr = spec.rpartition(":")
+    if not sep or not location or not attr:
+        raise SelfTestError(f"expected MODULE:APP or PATH.py:APP, got {spec!r}")
+    path = Path(location)
+    if location.endswith(".py") or path.is_file():
+        file = path
+    else:
+        if str(Path.cwd()) not in sys.path:
+            sys.path.insert(0, str(Path.cwd()))
+        try:
+            found = importlib.util.find_spec(location)
+        except (ImportError, ValueError) as exc:
+            raise SelfTestError(f"cannot import {location!r}: {exc}") from exc
+        if found is None or found.origin is None:
+            raise SelfTestError(f"no module named {location!r}")
+        file = Path(found.origin)
+    if not file.is_file():
+        raise SelfTestError(f"no such file: {file}")
+    name = f"apiguard_selftest_{file.stem}_{next(_counter)}"
+    module_spec = importlib.util.spec_from_file_location(name, file)
+    if module_spec is None or module_spec.loader is None:
+        raise SelfTestError(f"cannot load {file}")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # pydantic and dataclasses resolve annotations through it
+    folder = str(file.resolve().parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise SelfTestError(f"importing {file} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if added:
+            sys.path.remove(folder)
+    if not hasattr(module, attr):
+        raise SelfTestError(f"{file} has no attribute {attr!r}")
+    return module, attr
+
+
+def find_guard(app: Any) -> Guard | None:
+    """The `Guard` protecting an ASGI app: a `GuardMiddleware` in its declared middleware
+    (`add_middleware(GuardMiddleware, guard=...)`) or in its built stack (`.app` chain)."""
+    seen: set[int] = set()
+    todo = [app]
+    while todo:
+        obj = todo.pop()
+        if obj is None or id(obj) in seen or len(seen) > 256:
+            continue
+        seen.add(id(obj))
+        guard = getattr(obj, "guard", None)
+        if isinstance(guard, Guard):
+            return guard
+        for entry in getattr(obj, "user_middleware", None) or ():
+            kwargs = getattr(entry, "kwargs", {}) or {}
+            candidate = kwargs.get("guard")
+            if candidate is None:
+                candidate = next(
+                    (a for a in getattr(entry, "args", ()) if isinstance(a, Guard)), None
+                )
+            if isinstance(candidate, Guard):
+                return candidate
+        for name in ("app", "middleware_stack"):
+            todo.append(getattr(obj, name, None))
+    return None
+
+
+def retime(guard: Guard, clock: Callable[[], float]) -> None:
+    """Move `guard` (and everything of apiguard's it holds) onto `clock`: every attribute
+    that is the guard's current clock is replaced. Only before the first request."""
+    old = guard.clock
+    seen: set[int] = set()
+
+    def visit(obj: Any, depth: int) -> None:
+        if depth > 4 or id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, dict):
+            for value in list(obj.values())[:1000]:
+                visit(value, depth + 1)
+            return
+        if isinstance(obj, list | tuple | set | frozenset):
+            for value in list(obj)[:1000]:
+                visit(value, depth + 1)
+            return
+        module = getattr(type(obj), "__module__", "") or ""
+        if not module.startswith("apiguard"):
+            return
+        names: list[str] = list(getattr(obj, "__dict__", {}))
+        for cls in type(obj).__mro__:
+            slots = cls.__dict__.get("__slots__", ())
+            names.extend([slots] if isinstance(slots, str) else slots)
+        for name in names:
+            try:
+                value = getattr(obj, name)
+            except AttributeError:
+                continue
+            if value is old:
+                with contextlib.suppress(AttributeError, TypeError):
+                    setattr(obj, name, clock)
+            else:
+                visit(value, depth + 1)
+
+    visit(guard, 0)
+    if guard.clock is not clock or guard.engine.clock is not clock:
+        raise SelfTestError("could not move the app's guard onto the simulation clock")
+
+
+def in_process_factory(spec: str, *, monitor: bool = False) -> Callable[[FakeClock], Any]:
+    """A factory of fresh apps from `spec`, each guard on the given fake clock."""
+
+    def factory(clock: FakeClock) -> Any:
+        module, attr = load_module(spec)
+        app = getattr(module, attr)
+        guard = find_guard(app)
+        if guard is None:
+            raise SelfTestError(
+                f"{spec}: no apiguard Guard found in the app's middleware "
+                "(app.add_middleware(GuardMiddleware, guard=guard))"
+            )
+        retime(guard, clock)
+        if monitor:
+            guard.override_mode("monitor")
+        return app
+
+    return factory
+
+
+def target_for(spec: str | None, config: str | None, overrides: dict[str, Any]) -> Target:
+    """The declaration: the shop's tables when the module has them, else the defaults;
+    then the TOML file; then the flags."""
+    target = default_target()
+    if spec is not None:
+        module, _ = load_module(spec)
+        if all(hasattr(module, n) for n in ("BY_USERNAME", "ORDERS", "COUPONS", "PARTNER_KEYS")):
+            target = Target.from_shop(module)
+    if config is not None:
+        try:
+            target = Target.from_toml(config, target)
+        except (OSError, ValueError) as exc:
+            raise SelfTestError(f"{config}: {exc}") from exc
+    if overrides:
+        try:
+            target = Target.from_mapping(overrides, target)
+        except ValueError as exc:
+            raise SelfTestError(str(exc)) from exc
+    return target
+
+
+def run_in_process(
+    spec: str,
+    target: Target,
+    campaigns: Sequence[cp.Campaign],
+    *,
+    seed: int,
+    scale: float,
+    solver: float = 0.0,
+    reference: bool = True,
+) -> list[cp.Outcome]:
+    """Every campaign against fresh copies of the app (and its unprotected twin)."""
+    factory = in_process_factory(spec)
+    unprotected = in_process_factory(spec, monitor=True) if reference else None
+    outcomes = []
+    for camp in campaigns:
+        outcomes.append(
+            cp.run(
+                camp, target, factory, reference=unprotected, seed=seed, scale=scale, solver=solver
+            )
+        )
+    return outcomes
+
+
+# -- over HTTP ----------------------------------------------------------------------------
+
+
+def check_url(url: str, allow_remote: bool) -> str:
+    """The base URL, refused unless it is a loopback address (or `allow_remote`)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SelfTestError(f"--url needs an http(s) URL, got {url!r}")
+    host = parts.hostname
+    loopback = host == "localhost" or host.endswith(".localhost")
+    with contextlib.suppress(ValueError):
+        loopback = loopback or ipaddress.ip_address(host).is_loopback
+    if not loopback and not allow_remote:
+        raise SelfTestError(
+            f"--url {url}: {host} is not a loopback address; the self-test sends attack "
+            "traffic, so only your own machine is a target unless you pass --allow-remote"
+        )
+    return url.rstrip("/")
+
+
+class HttpDriver:
+    """Sends `Request`s to a running server (httpx), optionally with X-Forwarded-For."""
+
+    def __init__(self, base: str, client: Any, forwarded_for: bool) -> None:
+        self.base = base
+        self.client = client
+        self.forwarded_for = forwarded_for
+
+    async def send(self, request: Request) -> Response:
+        headers = list(request.headers)
+        if self.forwarded_for:
+            headers.append(("x-forwarded-for", request.ip))
+        answer = await self.client.request(
+            request.method, self.base + request.path, headers=headers, content=request.body or None
+        )
+        raw = tuple(
+            (k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.multi_items()
+        )
+        return Response(answer.status_code, raw, answer.content)
+
+
+async def run_over_http(
+    driver: HttpDriver,
+    actors: Sequence[Actor],
+    *,
+    speed: float,
+    max_requests: int,
+    max_seconds: float,
+) -> list[Record]:
+    """`run_agents` in real time: a step at simulated `at` is sent at `at / speed` real
+    seconds; stops after `max_requests` requests or `max_seconds` seconds."""
+    began = time.monotonic()
+    jars: list[dict[str, str]] = [{} for _ in actors]
+    queue: list[tuple[float, int, int, Any]] = []
+    seq = itertools.count()
+    for index, actor in enumerate(actors):
+        first = next(actor.agent, None)
+        if first is not None:
+            heapq.heappush(queue, (first.at, next(seq), index, first))
+    records: list[Record] = []
+    while queue and len(records) < max_requests:
+        at, _, index, step = heapq.heappop(queue)
+        delay = at / speed - (time.monotonic() - began)
+        if at / speed > max_seconds:
+            break
+        if delay > 0:
+            await asyncio.sleep(delay)
+        actor = actors[index]
+        req = step.request
+        jar = jars[index]
+        if actor.cookies and jar:
+            cookie = "; ".join(f"{k}={v}" for k, v in jar.items())
+            req = Request(
+                req.method, req.path, req.ip, (*req.headers, ("cookie", cookie)), req.body
+            )
+        response = await driver.send(req)
+        if actor.cookies:
+            store_cookies(jar, response)
+        records.append(
+            Record(
+                at,
+                actor.scenario,
+                actor.attack,
+                step.kind,
+                req.method,
+                req.path,
+                req.ip,
+                response.status,
+                index,
+                None,
+                step.target,
+                response.problem_type if response.status >= 400 else None,
+            )
+        )
+        try:
+            following = actor.agent.send(response)
+        except StopIteration:
+            continue
+        heapq.heappush(queue, (max(following.at, at), next(seq), index, following))
+    return records
+
+
+def run_url(
+    url: str,
+    target: Target,
+    campaigns: Sequence[cp.Campaign],
+    *,
+    seed: int,
+    scale: float,
+    max_requests: int,
+    max_seconds: float,
+    forwarded_for: bool,
+    solver: float = 0.0,
+) -> list[cp.Outcome]:
+    """Every campaign against the server at `url`, each within the bounds."""
+    try:
+        import httpx
+    except ImportError as exc:  # pragma: no cover - httpx comes with the demo extra
+        raise SelfTestError("--url needs httpx: pip install 'apiguard-shield[demo]'") from exc
+
+    async def go() -> list[cp.Outcome]:
+        outcomes = []
+        async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as client:
+            driver = HttpDriver(url, client, forwarded_for)
+            for camp in campaigns:
+                actors = cp.actors_for(camp, target, seed=seed, scale=scale, solver=solver)
+                speed = max(1.0, camp.duration * scale / max_seconds)
+                began = time.perf_counter()
+                records = await run_over_http(
+                    driver, actors, speed=speed, max_requests=max_requests, max_seconds=max_seconds
+                )
+                outcomes.append(
+                    cp.judge(camp, records, reference_gain=None, wall=time.perf_counter() - began)
+                )
+        return outcomes
+
+    return asyncio.run(go())
+
+
+# -- the report ---------------------------------------------------------------------------
+
+COLUMNS = (
+    "campaign",
+    "attack req",
+    "refused",
+    "caught",
+    "before 1st block",
+    "admitted after",
+    "gain (unprotected)",
+    "benign refused",
+    "challenged (passed)",
+)
+
+
+def row(o: cp.Outcome) -> tuple[str, ...]:
+    ref = "?" if o.reference_gain is None else str(o.reference_gain)
+    return (
+        o.campaign,
+        str(o.attack_requests),
+        str(o.refused),
+        "CAUGHT" if o.caught else "MISSED",
+        str(o.admitted_before_first_block),
+        f"{o.admitted_after_first_block}/{o.after_first_block}" if o.after_first_block else "-",
+        f"{o.gain} {o.gain_kind} ({ref})",
+        f"{o.benign_principals_refused}/{o.benign_principals} principals, {o.benign_refused} req",
+        f"{o.benign_principals_challenged} ({o.challenges_passed})",
+    )
+
+
+def table(rows: Sequence[Sequence[str]], head: Sequence[str] = COLUMNS) -> str:
+    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
+
+    def line(r: Sequence[str]) -> str:
+        return " | ".join(
+            [r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True))]
+        )
+
+    return "\n".join([line(head), "-+-".join("-" * w for w in widths), *(line(r) for r in rows)])
+
+
+def report(outcomes: Sequence[cp.Outcome]) -> str:
+    missed = [o.campaign for o in outcomes if not o.caught]
+    refused = sum(o.benign_principals_refused for o in outcomes)
+    verdict = (
+        "every campaign caught, no benign principal refused"
+        if not missed and not refused
+        else "; ".join(
+            p
+            for p in (
+                f"missed: {', '.join(missed)}" if missed else "",
+                f"{refused} benign principal(s) refused" if refused else "",
+            )
+            if p
+        )
+    )
+    return table([row(o) for o in outcomes]) + f"\n\n{verdict}."
+
+
+def exit_status(outcomes: Sequence[cp.Outcome]) -> int:
+    """0 when every campaign was caught and no benign principal refused, else 1."""
+    ok = all(o.caught and o.benign_principals_refused == 0 for o in outcomes)
+    return 0 if ok else 1

@@ -1,0 +1,550 @@
+"""The self-test: campaigns and the benign population, the baselines, `apiguard attack`.
+
+Runs are short (scale 0.1: a tenth of the benchmark's length and attempts, a tenth of
+its population) to keep the suite fast; benchmarks/detection.py runs them in full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apiguard import Guard
+from apiguard.asgi import GuardMiddleware
+from apiguard.cli import main
+from apiguard.simulate import AsgiDriver, FakeClock, Request
+from apiguard.simulate import campaigns as cp
+from apiguard.simulate import selftest as st
+from apiguard.simulate.demo import load_shop
+from apiguard.simulate.driver import Record, run_agents
+from apiguard.simulate.population import OFFICE_IP
+from apiguard.simulate.target import Target
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT / "benchmarks"))  # last: benchmarks/redis.py must not shadow redis
+
+import baselines  # noqa: E402
+
+SCALE = 0.1
+SHOP_SPEC = f"{ROOT / 'examples' / 'shop.py'}:app"
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> Iterator[None]:
+    logger = logging.getLogger("apiguard")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(level)
+    baselines.restore_clock()
+
+
+@pytest.fixture(scope="module")
+def shop() -> Any:
+    return load_shop()
+
+
+@pytest.fixture(scope="module")
+def target(shop: Any) -> Target:
+    return Target.from_shop(shop)
+
+
+def records_of(
+    camp: cp.Campaign, target: Target, factory: Callable[[FakeClock], Any], seed: int = 7
+) -> list[Record]:
+    records, _ = asyncio.run(cp.arun(camp, target, factory, seed=seed, scale=SCALE))
+    return records
+
+
+# -- determinism and shape ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["credential stuffing", "BOLA random", "stolen API key"])
+def test_a_run_is_deterministic_per_seed(name: str, shop: Any, target: Target) -> None:
+    camp = cp.campaign(name)
+    factory = baselines.unprotected_shop(shop)
+
+    def key(records: list[Record]) -> list[tuple[Any, ...]]:
+        return [(r.at, r.actor, r.method, r.path, r.ip, r.status, r.target) for r in records]
+
+    first = key(records_of(camp, target, factory))
+    assert first == key(records_of(camp, target, factory))
+    assert first != key(records_of(camp, target, factory, seed=8))
+
+
+def test_every_campaign_gains_against_the_unprotected_shop(shop: Any, target: Target) -> None:
+    factory = baselines.unprotected_shop(shop)
+    for camp in cp.CAMPAIGNS:
+        outcome = cp.judge(camp, records_of(camp, target, factory), reference_gain=None)
+        assert outcome.attack_requests >= 9, camp.name
+        assert outcome.refused == 0 and not outcome.caught, camp.name
+        assert outcome.gain > 0, camp.name  # the shop's bugs are real: each attack pays
+        assert outcome.benign_principals_refused == 0, camp.name
+
+
+def test_distributed_campaigns_use_one_address_per_visit(shop: Any, target: Target) -> None:
+    records = records_of(
+        cp.campaign("credential stuffing"), target, baselines.unprotected_shop(shop)
+    )
+    logins = [r for r in records if r.attack and r.kind == "stuff"]
+    assert len(logins) > 150
+    per_ip = Counter(r.ip for r in logins)
+    assert max(per_ip.values()) <= 2  # a refused guess is retried once, elsewhere
+    names = {r.target for r in logins}
+    assert len(names) > 0.9 * len(logins)
+    hits = [r for r in logins if r.status == 200]
+    assert 0 < len(hits) < 0.05 * len(logins)  # mostly misses, a few hits
+
+
+def test_benign_population_is_awkward(shop: Any, target: Target) -> None:
+    records = records_of(cp.campaign("BOLA walk"), target, baselines.unprotected_shop(shop))
+    benign = [r for r in records if not r.attack]
+    office = {r.actor for r in benign if r.ip == OFFICE_IP}
+    assert len(office) >= 15  # many people behind one NAT address
+    kinds = Counter(r.kind for r in benign)
+    assert kinds["typo"] > 0 and kinds["forgot"] >= 3  # wrong passwords, honestly
+    by_actor: dict[int, list[Record]] = {}
+    for r in benign:
+        by_actor.setdefault(r.actor, []).append(r)
+    mobile = [rs for rs in by_actor.values() if len({r.ip for r in rs}) >= 4]
+    assert mobile  # addresses change every few requests
+    orders = [
+        [r.path for r in rs if r.path.startswith("/orders/") and r.status == 200]
+        for rs in by_actor.values()
+    ]
+    assert max(len(set(o)) for o in orders) >= 50  # a buyer reads 55 of their own orders
+    api = [r for r in benign if r.path.startswith("/api/v1/reports")]
+    assert len(api) > 100 and all(r.status == 200 for r in api)
+
+
+def test_campaign_lookup() -> None:
+    assert cp.campaign("bola walk").name == "BOLA walk"
+    assert cp.campaign("stolen").name == "stolen API key"
+    assert cp.campaign("flow-abuse-fresh").name == "flow abuse, fresh accounts"
+    assert cp.campaign("bola many").name == "BOLA, many accounts"
+    with pytest.raises(KeyError):
+        cp.campaign("bola")  # ambiguous
+    with pytest.raises(KeyError):
+        cp.campaign("nothing")
+
+
+def test_judge_definitions(target: Target) -> None:
+    camp = cp.campaign("BOLA walk")
+
+    def rec(status: int, attack: bool = True, actor: int = 0, problem: str | None = None) -> Record:
+        return Record(
+            0.0,
+            "x",
+            attack,
+            "walk",
+            "GET",
+            "/orders/1",
+            "1.2.3.4",
+            status,
+            actor,
+            None,
+            f"t{status}{actor}" if attack else None,
+            problem,
+        )
+
+    challenge = "https://apiguard.dev/problems/challenge-required"
+    records = [
+        rec(200),
+        rec(200),
+        rec(404),
+        rec(429),
+        rec(200),
+        rec(403),
+        rec(403),
+        rec(200, attack=False, actor=1),
+        rec(403, attack=False, actor=1, problem=challenge),
+        rec(429, attack=False, actor=2),
+    ]
+    outcome = cp.judge(camp, records, reference_gain=10)
+    assert outcome.attack_requests == 7 and outcome.refused == 3
+    assert outcome.admitted_before_first_block == 3
+    assert (outcome.admitted_after_first_block, outcome.after_first_block) == (1, 3)
+    assert outcome.gain == 1 and outcome.caught  # 1 of 10 foreign objects: curtailed
+    assert outcome.benign_principals == 2
+    assert outcome.benign_principals_refused == 1  # the challenged one is not refused
+    assert outcome.benign_principals_challenged == 1
+    assert not cp.judge(camp, records, reference_gain=1).caught  # 1 of 1: not curtailed
+    assert not cp.judge(camp, [r for r in records if not r.blocked], reference_gain=10).caught
+
+
+# -- the baselines are wired as documented --------------------------------------------------
+
+
+def _send_all(app: Any, clock: FakeClock, requests: list[tuple[float, Request]]) -> list[int]:
+    driver = AsgiDriver(app)
+
+    async def go() -> list[int]:
+        statuses = []
+        for at, request in requests:
+            clock.advance_to(cp.START + at)
+            statuses.append((await driver.send(request)).status)
+        return statuses
+
+    return asyncio.run(go())
+
+
+def _login(ip: str, username: str, password: str) -> Request:
+    body = json.dumps({"username": username, "password": password}).encode()
+    return Request("POST", "/login", ip, (("content-type", "application/json"),), body)
+
+
+def test_slowapi_refuses_a_per_ip_login_burst_on_the_fake_clock(shop: Any) -> None:
+    clock = FakeClock(cp.START)
+    app = baselines.slowapi_shop(shop)(clock)
+    burst = [(float(i), _login("203.0.113.9", "user5", "password5")) for i in range(7)]
+    assert _send_all(app, clock, burst) == [200] * 5 + [429, 429]
+    # another address has its own budget; a minute later (fake clock) the first is back
+    later = [
+        (8.0, _login("203.0.113.10", "user5", "password5")),
+        (70.0, _login("203.0.113.9", "user5", "password5")),
+    ]
+    assert _send_all(app, clock, later) == [200, 200]
+
+
+def test_slowapi_default_limit_applies_to_every_route(shop: Any) -> None:
+    clock = FakeClock(cp.START)
+    app = baselines.slowapi_shop(shop, default="3/minute")(clock)
+    gets = [(i * 0.5, Request("GET", "/products/1", "198.51.100.77")) for i in range(4)]
+    assert _send_all(app, clock, gets) == [200, 200, 200, 429]
+
+
+def test_axes_like_locks_by_username_and_by_address(shop: Any) -> None:
+    clock = FakeClock(cp.START)
+    app = baselines.axes_shop(shop)(clock)
+    # three failures on one username from three addresses lock the username...
+    wrong = [(i * 10.0, _login(f"203.0.113.{i}", "user7", "nope")) for i in range(3)]
+    assert _send_all(app, clock, wrong) == [401, 401, 401]
+    right = [(40.0, _login("192.0.2.55", "user7", "password7"))]
+    assert _send_all(app, clock, right) == [429]  # even with the right password
+    # ...and three failures from one address lock the address for every username
+    spray = [(50.0 + i, _login("203.0.113.99", f"user{20 + i}", "nope")) for i in range(3)]
+    assert _send_all(app, clock, spray) == [401, 401, 401]
+    assert _send_all(app, clock, [(60.0, _login("203.0.113.99", "user8", "password8"))]) == [429]
+    # the cool-off (1 hour) ends the lock; other routes are never guarded
+    assert _send_all(app, clock, [(3700.0, _login("192.0.2.55", "user7", "password7"))]) == [200]
+    assert _send_all(app, clock, [(3701.0, Request("GET", "/health", "203.0.113.99"))]) == [200]
+
+
+# -- apiguard catches each campaign, and refuses no honest principal ------------------------
+
+
+# campaigns too short at SCALE to tell "curtailed" from chance (the flow-group detector
+# lets about 15 coupons through whatever the length: half of the 30 a tenth-scale farm gets)
+TEST_SCALE = {"flow abuse, fresh accounts": 0.25}
+
+
+@functools.cache
+def apiguard_outcome(name: str) -> cp.Outcome:
+    """One run of the campaign against apiguard's defaults (shared by both tests)."""
+    shop = load_shop()
+    return cp.run(
+        cp.campaign(name),
+        Target.from_shop(shop),
+        baselines.apiguard_shop(shop),
+        reference=baselines.unprotected_shop(shop),
+        scale=TEST_SCALE.get(name, SCALE),
+    )
+
+
+MISSING = pytest.mark.xfail(strict=False, reason="detector not on main yet")
+
+
+def known(reason: str) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(strict=False, reason=reason)
+
+
+CATCH = [
+    pytest.param("credential stuffing"),
+    pytest.param(
+        "stuffing, CAPTCHA solver",
+        marks=known(
+            "caught (no takeover), but the solved challenge's pass is a bearer cookie the "
+            "botnet replays from every address: at test scale 8 of 58 attempts after the "
+            "first block are admitted (5% at full scale)"
+        ),
+    ),
+    pytest.param("password spraying"),
+    pytest.param("brute force"),
+    pytest.param(
+        "BOLA walk",
+        marks=known(
+            "caught, but a walker that waits out each ban is admitted again when it ends "
+            "(about one stride run per ban): more than 10% admitted after the first block"
+        ),
+    ),
+    pytest.param(
+        "BOLA random",
+        marks=known(
+            "random foreign ids mixed with the actor's own at a person's pace stay under the "
+            "distinct-object floor of the 10-minute window"
+        ),
+    ),
+    pytest.param("BOLA, many accounts", marks=MISSING),  # 12 objects per fresh account
+    pytest.param("flow abuse, rotating IPs"),
+    pytest.param("flow abuse, fresh accounts"),
+    pytest.param("scraping", marks=MISSING),  # one fingerprint, many anonymous addresses
+    pytest.param(
+        "stolen API key",
+        marks=known(
+            "rotation needs two client shapes on the key; while its owner is idle the thief "
+            "is the only one (and once caught, the owner's own client is banned with it)"
+        ),
+    ),
+]
+
+BUYER_FALSE_POSITIVE = known(
+    "bola.sequential bans the business buyer who reads its own 55 orders in a row"
+)
+
+
+@pytest.mark.parametrize("name", CATCH)
+def test_apiguard_catches_the_campaign(name: str) -> None:
+    camp = cp.campaign(name)
+    outcome = apiguard_outcome(name)
+    assert outcome.caught, outcome
+    if camp.first_block_target:
+        assert outcome.admitted_before_first_loss < 50, outcome
+    assert outcome.admitted_after_share <= 0.10, outcome
+    if camp.gain == "takeovers":
+        assert outcome.gain == 0, outcome
+
+
+@BUYER_FALSE_POSITIVE
+@pytest.mark.parametrize("name", [c.name for c in cp.CAMPAIGNS])
+def test_no_honest_principal_is_refused_beside_the_campaign(name: str) -> None:
+    outcome = apiguard_outcome(name)
+    assert outcome.benign_principals_refused == 0, outcome
+
+
+# -- apiguard attack --------------------------------------------------------------------------
+
+
+def test_find_guard_and_retime() -> None:
+    from starlette.applications import Starlette
+
+    guard = Guard()
+    app = Starlette()
+    app.add_middleware(GuardMiddleware, guard=guard)
+    assert st.find_guard(app) is guard
+    assert st.find_guard(GuardMiddleware(Starlette(), guard=guard)) is guard
+    assert st.find_guard(Starlette()) is None
+    clock = FakeClock(123.0)
+    st.retime(guard, clock)
+    assert guard.clock is clock and guard.engine.clock is clock
+
+
+def test_in_process_factory_gives_fresh_apps_on_the_fake_clock() -> None:
+    factory = st.in_process_factory(SHOP_SPEC)
+    clock = FakeClock(cp.START)
+    first, second = factory(clock), factory(clock)
+    assert first is not second
+    guard = st.find_guard(first)
+    assert guard is not None and guard.clock is clock
+
+
+def test_cli_attack_json_and_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(
+        [
+            "attack",
+            SHOP_SPEC,
+            "--campaign",
+            "flow abuse, rotating",
+            "--campaign",
+            "stolen",
+            "--scale",
+            "0.1",
+            "--json",
+        ]
+    )
+    data = json.loads(capsys.readouterr().out)
+    assert data["scale"] == 0.1 and data["seed"] == 7
+    rows = {c["campaign"]: c for c in data["campaigns"]}
+    assert set(rows) == {"flow abuse, rotating IPs", "stolen API key"}
+    for row in rows.values():
+        for key in (
+            "attack_requests",
+            "refused",
+            "caught",
+            "admitted_before_first_block",
+            "admitted_after_first_block",
+            "gain",
+            "reference_gain",
+            "benign_principals_refused",
+            "benign_refused",
+            "challenges_passed",
+        ):
+            assert key in row
+    assert rows["flow abuse, rotating IPs"]["caught"] is True
+    expected = (
+        0 if all(r["caught"] and not r["benign_principals_refused"] for r in rows.values()) else 1
+    )
+    assert status == data["exit_status"] == expected
+
+
+def test_cli_attack_table(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["attack", SHOP_SPEC, "--campaign", "flow abuse, rotating", "--scale", "0.1"])
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split(" | ")[0].strip() == "campaign"
+    assert "flow abuse, rotating IPs" in out and "CAUGHT" in out
+    verdict = out.strip().splitlines()[-1]
+    if status == 0:
+        assert verdict == "every campaign caught, no benign principal refused."
+    else:
+        assert status == 1 and ("missed" in verdict or "benign principal(s) refused" in verdict)
+
+
+def test_exit_status() -> None:
+    camp = cp.campaign("BOLA walk")
+    base = cp.judge(camp, [], reference_gain=None)
+    fields = base.as_dict()
+    for key in ("admitted_after_share", "admitted_before_first_loss"):
+        fields.pop(key)
+    good = cp.Outcome(**{**fields, "caught": True})
+    assert st.exit_status([good]) == 0
+    assert st.exit_status([good, cp.Outcome(**{**fields, "caught": False})]) == 1
+    refused = cp.Outcome(**{**fields, "caught": True, "benign_principals_refused": 1})
+    assert st.exit_status([good, refused]) == 1
+
+
+def test_cli_attack_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["attack", "--url", "http://93.184.216.34:8000"]) == 2
+    assert "not a loopback address" in capsys.readouterr().err
+    assert main(["attack", "--url", "http://10.1.2.3"]) == 2  # private is not loopback
+    assert main(["attack"]) == 2
+    assert main(["attack", SHOP_SPEC, "--url", "http://127.0.0.1:1"]) == 2
+    assert main(["attack", SHOP_SPEC, "--campaign", "nothing"]) == 2
+    assert main(["attack", "no_such_module_xyz:app"]) == 2
+    assert main(["attack", str(ROOT / "examples" / "shop.py") + ":nope"]) == 2
+    assert main(["attack", "--list"]) == 0
+    assert "credential stuffing" in capsys.readouterr().out
+
+
+def test_check_url() -> None:
+    assert st.check_url("http://127.0.0.1:8000/", False) == "http://127.0.0.1:8000"
+    assert st.check_url("http://localhost:8000", False) == "http://localhost:8000"
+    assert st.check_url("http://[::1]:8000", False) == "http://[::1]:8000"
+    with pytest.raises(st.SelfTestError):
+        st.check_url("http://example.com", False)
+    assert st.check_url("http://example.com", True) == "http://example.com"
+    with pytest.raises(st.SelfTestError):
+        st.check_url("ftp://127.0.0.1", False)
+
+
+def test_over_http_driver_is_bounded_and_forwards_addresses(shop: Any, target: Target) -> None:
+    import httpx
+
+    seen: list[str] = []
+    inner = shop.create_app(Guard({"client_ip": {"trusted_proxies": ["127.0.0.0/8"]}}))
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope["client"] = ("127.0.0.1", 5000)
+            seen.append(dict(scope["headers"]).get(b"x-forwarded-for", b"").decode())
+        await inner(scope, receive, send)
+
+    camp = cp.campaign("stolen")
+    actors = cp.actors_for(camp, target, seed=3, scale=SCALE)
+
+    async def go() -> list[Record]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport) as client:
+            driver = st.HttpDriver("http://testserver", client, forwarded_for=True)
+            return await st.run_over_http(
+                driver, actors, speed=1e9, max_requests=40, max_seconds=5.0
+            )
+
+    records = asyncio.run(go())
+    assert len(records) == 40
+    assert len(set(seen)) > 10 and all(seen)
+    assert any(r.attack for r in records)
+
+
+def test_target_from_toml(tmp_path: Path) -> None:
+    path = tmp_path / "attack.toml"
+    path.write_text(
+        '[login]\npath = "/token"\nformat = "form"\n'
+        '[accounts]\nusername = "u{n}@x.io"\npassword = "pw-{n}"\ncount = 30\n'
+        '[objects]\npath = "/invoices/{id}"\nper_account = 3\n'
+        '[flow]\npath = "/gift/{code}"\ncodes = ["A", "B"]\nsignup = ""\n'
+    )
+    target = Target.from_toml(path)
+    assert target.login_path == "/token" and target.login_format == "form"
+    assert len(target.accounts) == 30 and target.accounts[1].username == "u2@x.io"
+    assert target.accounts[1].objects == (2, 32, 62) and len(target.object_ids) == 90
+    assert target.flow_codes == ("A", "B") and target.signup_path == ""
+    body, ctype = target.login_body("a b", "c")
+    assert ctype == "application/x-www-form-urlencoded" and body == b"username=a+b&password=c"
+    path.write_text("[nonsense]\n")
+    with pytest.raises(ValueError):
+        Target.from_toml(path)
+
+
+def test_cookie_jar_is_kept_per_actor() -> None:
+    from apiguard.simulate.driver import Actor, Response, Step
+
+    seen: list[str | None] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        cookie = dict(scope["headers"]).get(b"cookie")
+        seen.append(cookie.decode() if cookie else None)
+        headers = (
+            [(b"set-cookie", b"device=abc; Path=/; HttpOnly")] if scope["path"] == "/in" else []
+        )
+        if scope["path"] == "/out":
+            headers = [(b"set-cookie", b"device=; Max-Age=0")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    def agent() -> Any:
+        _: Response = yield Step(0.0, Request("GET", "/in", "192.0.2.1"))
+        yield Step(1.0, Request("GET", "/x", "192.0.2.2"))
+        yield Step(2.0, Request("GET", "/out", "192.0.2.3"))
+        yield Step(3.0, Request("GET", "/y", "192.0.2.4"))
+
+    def other() -> Any:
+        yield Step(1.5, Request("GET", "/z", "192.0.2.9"))
+
+    clock = FakeClock()
+    asyncio.run(
+        run_agents(AsgiDriver(app), clock, [Actor("a", False, agent()), Actor("b", False, other())])
+    )
+    assert seen == [None, "device=abc", None, "device=abc", None]
+
+
+def test_people_pass_the_challenges_apiguard_asks_for() -> None:
+    """Beside distributed stuffing, people without a device cookie are challenged at the
+    login; each passes at the shop's /challenge (guard.challenge_passed()) and goes on."""
+    outcome = apiguard_outcome("credential stuffing")
+    assert outcome.bot_challenges > 0  # the bots were challenged and never passed
+    assert outcome.benign_principals_challenged > 0
+    assert outcome.challenges_passed >= outcome.benign_principals_challenged
+
+
+@pytest.mark.parametrize("status", [403, 429, 401, 428])
+def test_challenges_are_recognised_whatever_their_status(status: int) -> None:
+    """`detection.challenge_status` may answer challenges 401/428/429: the self-test still
+    counts them as challenges (a refusal for bots, passed by people)."""
+    from apiguard.simulate.driver import CHALLENGE_TYPE, Response
+
+    body = json.dumps({"type": CHALLENGE_TYPE, "status": status}).encode()
+    response = Response(status, ((b"content-type", b"application/problem+json"),), body)
+    assert response.challenged
+    record = Record(0.0, "x", True, "k", "GET", "/", "192.0.2.1", status, problem=CHALLENGE_TYPE)
+    assert record.blocked and record.challenged
+    plain = Record(0.0, "x", True, "k", "GET", "/", "192.0.2.1", 401)
+    assert not plain.blocked and not plain.challenged
