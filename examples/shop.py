@@ -101,7 +101,11 @@ COUPONS: dict[str, int] = {
 def demo_guard(clock: Callable[[], float]) -> Guard:
     """The demo's policy: 120 requests a minute per account, the rest left at defaults."""
     return Guard(
-        {"limits": {"principal": "120/minute"}, "secret": "apiguard-demo-secret-0123"},
+        {
+            "limits": {"principal": "120/minute"},
+            "secret": "apiguard-demo-secret-0123",
+            "detection": {"challenge_path": "/challenge"},
+        },
         clock=clock,
     )
 

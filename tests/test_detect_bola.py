@@ -20,6 +20,7 @@ from detection_support import (
     USERS,
     Client,
     build_app,
+    is_challenge,
     orders_of,
     owner_of,
     public_ip,
@@ -233,3 +234,45 @@ def test_walks_are_caught_on_every_routing_shape(shape: str) -> None:
 
     statuses = run(scenario())
     assert 403 in statuses and statuses.index(403) <= 45, statuses
+
+
+def test_a_person_reading_many_of_their_own_objects_passes_the_challenge_a_bot_does_not() -> None:
+    """A signed-in person over the bar is asked for the app's challenge, not banned: one
+    who passes it (a buyer reading all of their 60 orders) goes on; a bot that does not
+    is held; a walker with a human solver is blocked past four times the bar."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(7)
+
+    async def reader(user: int, orders: list[int], solves: bool) -> tuple[int, int, int]:
+        """(answered 200, challenged, blocked) for `user` reading `orders` in order."""
+        c = Client(driver, BROWSERS[0], public_ip(rng))
+        await c.login(user)
+        ok = challenged = blocked = 0
+        for order in orders:
+            clock.advance(rng.uniform(0.8, 3.0))
+            resp = await c.send("GET", f"/orders/{order}")
+            if is_challenge(resp):
+                challenged += 1
+                if solves:
+                    assert (await c.send("POST", "/challenge")).status == 200
+                    resp = await c.send("GET", f"/orders/{order}")
+            if resp.status == 200:
+                ok += 1
+            elif resp.status == 403 and not is_challenge(resp):
+                blocked += 1
+        return ok, challenged, blocked
+
+    async def scenario() -> list[tuple[int, int, int]]:
+        buyer_orders = [o for u in range(40, 45) for o in orders_of(u)]  # 60, in id order
+        return [
+            await reader(40, sorted(buyer_orders), solves=True),  # the buyer's own 60
+            await reader(101, list(range(1000, 1300)), solves=False),  # a bot walking
+            await reader(102, list(range(2000, 2400)), solves=True),  # a walker + solver
+        ]
+
+    buyer, bot, solver = run(scenario())
+    assert buyer[0] == 60 and buyer[1] >= 1 and buyer[2] == 0
+    assert bot[0] < 40 and bot[1] > 200
+    assert solver[2] > 0 and solver[0] < 200

@@ -277,6 +277,10 @@ class BolaConfig(_Detector):
         `errors_floor` distinct objects of which `error_share` were answered 403/404."""
 
     action: Literal["block", "throttle"] = "block"
+    # for a user the app vouched for (`identify()`): a person asked to pass the app's
+    # challenge, who then gets four times the bar (a buyer reading all of their own
+    # orders), and is blocked past that; a bot does not pass
+    person_action: DetectorAction = "challenge"
     window: float = Field(600.0, gt=0, le=YEAR)
     warmup_floor: int = Field(40, ge=2)
     floor: int = Field(30, ge=2)
@@ -344,6 +348,16 @@ class DetectionConfig(_Model):
     # the status of a challenge: 403, or 428/429/401 for clients (a SPA that signs out on
     # any 403) that must tell it apart from a ban
     challenge_status: Literal[401, 403, 428, 429] = 403
+    # the path of the app's own challenge route (where it calls `challenge_passed()`): a
+    # challenged client always reaches it, even where a checkpoint runs before routing
+    challenge_path: str | None = None
+
+    @field_validator("challenge_path")
+    @classmethod
+    def _challenge_path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"{value!r} is not a path (e.g. '/challenge')")
+        return value
 
 
 class GuardConfig(_Model):

@@ -16,6 +16,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote_plus
 
 from apiguard import detectors
 from apiguard.admission import Admission
@@ -61,13 +62,16 @@ _ENDPOINTS_MAX = 4096
 # with neither of them
 _SHARED_TOKEN = "*shared*"
 GATE = "gate:"  # ban-table prefix of what holds logins back (at the login route only)
+PASSED = "passed:"  # ban-table prefix of a person who passed a detector's challenge
 _IN_FLIGHT_MAX = 10  # unanswered login attempts one address may have at once
 _PROXIED_MAX = 4096  # addresses remembered as untrusted proxies
 
 
 def ban_decision(ban: Ban, now: float) -> Decision:
     """The refusal of a request a ban applies to: 403, or 429 for a detector's throttle."""
-    action = Action.THROTTLE if ban.action == "throttle" else Action.BLOCK
+    action = {"throttle": Action.THROTTLE, "challenge": Action.CHALLENGE}.get(
+        ban.action, Action.BLOCK
+    )
     return Decision(
         action,
         ban.reason or "ban",
@@ -402,8 +406,9 @@ class Engine:
         creds = ctx.credentials
         for c in creds:
             ban = store.active_ban(c, now)
-            if ban is not None:
-                break
+            if ban is not None and ban.action != "challenge":  # (decided at the checkpoint,
+                break  # where the route is known)
+            ban = None
         if ban is None and (self.bans.strict_ip or (not creds and not ctx.has_cookie)):
             ban = store.active_ban(ctx.ip_key, now)
         if ban is None:
@@ -539,12 +544,51 @@ class Engine:
         ]
         return (*keys, *extra) if extra else keys
 
+    def _challenged(self, key: str) -> bool:
+        """Whether `key` is under a detector's challenge (not a ban)."""
+        ban = self.store.active_ban(key, self.clock())
+        return ban is not None and ban.action == "challenge"
+
+    def _not_challenged_here(self, ctx: RequestContext) -> bool:
+        """Whether a detector's challenge does not hold this request: it is for the app's
+        challenge route (`detection.challenge_path`), or it was routed (a checkpoint
+        before routing, e.g. `identify()` in a Django middleware, cannot tell) to a route
+        that names no object."""
+        scope = ctx.scope
+        if scope.get("path") == self.config.detection.challenge_path:
+            return True
+        if scope.get("route") is None and scope.get("endpoint") is None:
+            return False
+        return not self._object_route(ctx)
+
+    def _object_route(self, ctx: RequestContext) -> bool:
+        """Whether the request names objects the BOLA detector watches (path parameters,
+        or its configured query parameters)."""
+        scope = ctx.scope
+        if scope.get("path_params"):
+            return True
+        names = self.config.detection.bola.query_params
+        if not names:
+            return False
+        query = unquote_plus(bytes(scope.get("query_string") or b"").decode("latin-1"))
+        return any(f"{name}=" in query for name in names)
+
     def _ban_keys(self, ctx: RequestContext) -> tuple[str, ...]:
         """Whose bans refuse this request: the principal and every credential presented;
         with a principal the app has not vouched for, the IP too (so a made-up key escapes
         neither an IP ban nor another credential's ban)."""
         principal = ctx.principal or ctx.ip_key
         creds = ctx.credentials
+        keys = self._principal_ban_keys(ctx, principal, creds)
+        if self._local_bans and self._not_challenged_here(ctx):
+            # a detector's challenge is about objects: it does not hold the app's challenge
+            # route, nor a routed request that names no object
+            keys = tuple(k for k in keys if not self._challenged(k))
+        return keys
+
+    def _principal_ban_keys(
+        self, ctx: RequestContext, principal: str, creds: tuple[str, ...]
+    ) -> tuple[str, ...]:
         if ctx.vouched:
             if not creds:
                 return (principal,)
@@ -866,6 +910,21 @@ class Engine:
         for key in (ctx.ip_key, ctx.principal):
             if key is not None:
                 self.store.lift(GATE + key)
+        # the person: the request's principal, or (on a challenge route that does not
+        # call identify()) the user this bearer token was last vouched for
+        people = {ctx.principal, ctx.declared, *ctx.credentials}
+        if ctx.token_key is not None:
+            people.add(self._owners.get(ctx.token_key))
+        people.discard(None)
+        people.discard(_SHARED_TOKEN)
+        for principal in people:
+            assert principal is not None
+            ban = self.store.active_ban(principal, now)
+            if ban is not None and ban.action == "challenge":
+                self.store.lift(principal)
+                # remembered in the ban table (shared by workers): the detector that asked
+                # gives this person four times the bar before it blocks
+                self.store.impose(Ban(PASSED + principal, now + seconds, 1, None, "pass"), now)
         if self.ato is not None:
             self.ato.climate.forgive(now)  # a person, not a bot: one failure fewer
 
@@ -1030,6 +1089,10 @@ class Engine:
         window = getattr(getattr(self.config.detection, family, None), "window", 0.0)
         quarter = float(window) / 4 * 2 ** min(level - 1, 30)
         return float(min(max(self.bans.duration(level), quarter), self.bans.max))
+
+    def passed(self, principal: str, now: float) -> bool:
+        """Whether this person passed a detector's challenge recently."""
+        return self.store.active_ban(PASSED + principal, now) is not None
 
     def prior(self, key: str, now: float) -> int:
         """The level of `key`'s last detector ban if it ended within `bans.memory`."""

@@ -96,44 +96,60 @@ class Bola:
             ops.append(run)
         population = self.populations.get(template)
 
-        # a principal banned for enumeration before is judged on half the evidence: the
-        # objects it walked before the ban still count, and its walk restarts elsewhere
-        ease = 2 if outcome.prior else 1
+        # a principal banned for enumeration before is judged on half the evidence (the
+        # objects it walked before the ban still count, and its walk restarts elsewhere);
+        # a person who passed the challenge a finding asked for is judged on four times the
+        # evidence, and blocked if it goes on past that
+        prior = outcome.prior
+        person = outcome.ctx.vouched
+        action = cfg.person_action if person else cfg.action
 
         def judge() -> list[Finding]:
             count = distinct.count
-            threshold = population.update(subject, count)
+            learned = population.update(subject, count)
             if own_floor is not None:
-                threshold = max(threshold, own_floor)
-            threshold /= ease
+                learned = max(learned, own_floor)
+            scale = 0.5 if prior else 1.0
+            if person and outcome.ctx.engine.passed(subject, outcome.now):
+                scale = 4.0
+            found = _verdict(
+                count, learned * scale, cfg.sequential_run * scale, cfg.errors_floor * scale
+            )
+            if found is None:
+                return []
+            kind, threshold = found
             evidence: dict[str, float | int | str] = {
                 "route": template,
                 "objects": round(count),
+                "threshold": round(threshold, 1),
             }
-            if count >= threshold and not anonymous:
-                evidence["threshold"] = round(threshold, 1)
+            if kind == "distinct":
                 evidence["baseline"] = (
                     round(population.learned, 1) if population.learned is not None else -1
                 )
-                return [self._finding("distinct", banned, evidence)]
-            if run is not None and run.length >= cfg.sequential_run // ease:
-                evidence.update(run=run.length, stride=run.stride, threshold=cfg.sequential_run)
-                return [self._finding("sequential", banned, evidence)]
-            if errors is not None and errors.count >= cfg.errors_floor / ease:
-                share = errors.count / max(count, errors.count)
-                if share >= cfg.error_share:
-                    evidence.update(
-                        errors=round(errors.count),
-                        error_share=round(share, 3),
-                        threshold=cfg.errors_floor,
-                    )
-                    return [self._finding("errors", banned, evidence)]
-            return []
+            elif kind == "sequential" and run is not None:
+                evidence.update(run=run.length, stride=run.stride)
+            elif errors is not None:
+                evidence["errors"] = round(errors.count)
+            fire = "block" if scale > 1 else action  # past the bar a pass raised: blocked
+            return [Finding(f"{self.name}.{kind}", banned, fire, self.enforce, evidence)]
+
+        def _verdict(
+            count: float, bar: float, run_bar: float, errors_bar: float
+        ) -> tuple[str, float] | None:
+            if count >= bar and not anonymous:
+                return "distinct", bar
+            if run is not None and run.length >= run_bar:
+                return "sequential", run_bar
+            if (
+                errors is not None
+                and errors.count >= errors_bar
+                and errors.count / max(count, errors.count) >= cfg.error_share
+            ):
+                return "errors", errors_bar
+            return None
 
         return judge
-
-    def _finding(self, kind: str, subject: str, evidence: dict[str, float | int | str]) -> Finding:
-        return Finding(f"{self.name}.{kind}", subject, self.config.action, self.enforce, evidence)
 
 
 def _subject(outcome: Outcome) -> tuple[str, bool, str]:
