@@ -260,7 +260,9 @@ def apiguard_outcome(name: str) -> cp.Outcome:
     )
 
 
-MISSING = pytest.mark.xfail(strict=False, reason="detector not on main yet")
+MISSING = pytest.mark.xfail(
+    strict=False, reason="not caught: no detector groups this campaign's actors yet"
+)
 
 
 def known(reason: str) -> pytest.MarkDecorator:
@@ -306,11 +308,6 @@ CATCH = [
     ),
 ]
 
-BUYER_FALSE_POSITIVE = known(
-    "bola.sequential bans the business buyer who reads its own 55 orders in a row"
-)
-
-
 @pytest.mark.parametrize("name", CATCH)
 def test_apiguard_catches_the_campaign(name: str) -> None:
     camp = cp.campaign(name)
@@ -323,7 +320,6 @@ def test_apiguard_catches_the_campaign(name: str) -> None:
         assert outcome.gain == 0, outcome
 
 
-@BUYER_FALSE_POSITIVE
 @pytest.mark.parametrize("name", [c.name for c in cp.CAMPAIGNS])
 def test_no_honest_principal_is_refused_beside_the_campaign(name: str) -> None:
     outcome = apiguard_outcome(name)
