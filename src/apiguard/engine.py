@@ -180,6 +180,10 @@ class Engine:
         self._net_keys: dict[str, str] = {}  # client address -> its network's key (bounded)
         self._flights: dict[str, int] = {}  # IP key -> its unanswered login attempts
         self._proxied: set[str] = set()  # IP keys that sent untrusted forwarding headers
+        # principal -> when a detector's challenge on it began (in process): a pass issued
+        # after that answers it
+        self._challenged_at: dict[str, float] = {}
+        self._forgiven: set[str] = set()  # IP keys whose passed challenge was forgiven
         self._proxy_warned = False
         self._wide_keys: dict[str, str] = {}  # client address -> its provider network's key
         self._detections_logged: dict[str, float] = {}
@@ -216,6 +220,8 @@ class Engine:
         self._net_keys.clear()
         self._wide_keys.clear()
         self._flights.clear()
+        self._challenged_at.clear()
+        self._forgiven.clear()
         self._detections_logged.clear()
         self._levels.clear()
         self.detectors = detectors.build(self.config.detection, self.enforce_default)
@@ -549,6 +555,31 @@ class Engine:
         ban = self.store.active_ban(key, self.clock())
         return ban is not None and ban.action == "challenge"
 
+    def _answered_with_pass(self, ctx: RequestContext, principal: str) -> None:
+        """A challenged person whose request carries a pass issued after the challenge
+        began (its challenge request did not name them: no token, an anonymous challenge
+        route) has answered it: lift it as `challenge_passed` would."""
+        now = self.clock()
+        value = cookie(ctx, PASS_COOKIE)
+        if not pass_valid(self.hasher, value, now) or value is None:
+            return
+        issued = int(value.partition(".")[0]) - self.config.detection.challenge_for
+        if issued + 1 < self._challenged_at[principal]:
+            return  # a pass from before (e.g. a login challenge): not an answer to this one
+        for key in (principal, *ctx.credentials):  # (its token carries the challenge too)
+            self._lift_challenge(key, now)
+
+    def _lift_challenge(self, principal: str, now: float) -> None:
+        ban = self.store.active_ban(principal, now)
+        self._challenged_at.pop(principal, None)
+        if ban is None or ban.action != "challenge":
+            return
+        self.store.lift(principal)
+        # remembered in the ban table (shared by workers): the detector that asked gives
+        # this person four times the bar before it blocks
+        seconds = self.config.detection.challenge_for
+        self.store.impose(Ban(PASSED + principal, now + seconds, 1, None, "pass"), now)
+
     def _not_challenged_here(self, ctx: RequestContext) -> bool:
         """Whether a detector's challenge does not hold this request: it is for the app's
         challenge route (`detection.challenge_path`), or it was routed (a checkpoint
@@ -580,6 +611,8 @@ class Engine:
         principal = ctx.principal or ctx.ip_key
         creds = ctx.credentials
         keys = self._principal_ban_keys(ctx, principal, creds)
+        if self._challenged_at and ctx.has_cookie and principal in self._challenged_at:
+            self._answered_with_pass(ctx, principal)
         if self._local_bans and self._not_challenged_here(ctx):
             # a detector's challenge is about objects: it does not hold the app's challenge
             # route, nor a routed request that names no object
@@ -919,14 +952,15 @@ class Engine:
         people.discard(_SHARED_TOKEN)
         for principal in people:
             assert principal is not None
-            ban = self.store.active_ban(principal, now)
-            if ban is not None and ban.action == "challenge":
-                self.store.lift(principal)
-                # remembered in the ban table (shared by workers): the detector that asked
-                # gives this person four times the bar before it blocks
-                self.store.impose(Ban(PASSED + principal, now + seconds, 1, None, "pass"), now)
-        if self.ato is not None:
-            self.ato.climate.forgive(now)  # a person, not a bot: one failure fewer
+            self._lift_challenge(principal, now)
+        # a person, not a bot: the refused login that asked is not a failure (once per
+        # address, bounded: a client passing challenges again and again is not forgiven
+        # again and again)
+        if self.ato is not None and ctx.ip_key not in self._forgiven:
+            if len(self._forgiven) >= IP_CACHE_MAX:
+                self._forgiven.clear()
+            self._forgiven.add(ctx.ip_key)
+            self.ato.climate.forgive(now)
 
     def response_cookies(self, ctx: RequestContext, status: int) -> list[bytes]:
         """Set-Cookie values for the response: a pass, and the device cookie after a
@@ -1074,6 +1108,11 @@ class Engine:
             seconds = self._detector_ban(finding.detector, level)
         ban = Ban(key, now + seconds, level, action=finding.action, reason=finding.detector)
         self._levels[key] = (level, ban.until)
+        if finding.action == "challenge" and not key.startswith(GATE):
+            starts = self._challenged_at
+            if len(starts) >= IP_CACHE_MAX:
+                starts.clear()
+            starts[key] = now
         self.store.impose(ban, now)
         if not key.startswith(GATE) and ctx.vouched and key == ctx.principal:
             for token in self._carried_tokens(ctx, key):
