@@ -67,13 +67,14 @@ _IN_FLIGHT_MAX = 10  # unanswered login attempts one address may have at once
 _PROXIED_MAX = 4096  # addresses remembered as untrusted proxies
 
 
+# what a ban's action asks of the client (anything else: a block)
+_BAN_ACTIONS = {"throttle": Action.THROTTLE, "challenge": Action.CHALLENGE}
+
+
 def ban_decision(ban: Ban, now: float) -> Decision:
     """The refusal of a request a ban applies to: 403, or 429 for a detector's throttle."""
-    action = {"throttle": Action.THROTTLE, "challenge": Action.CHALLENGE}.get(
-        ban.action, Action.BLOCK
-    )
     return Decision(
-        action,
+        _BAN_ACTIONS.get(ban.action, Action.BLOCK),
         ban.reason or "ban",
         ban.until - now,
         ban_level=ban.level,
@@ -95,14 +96,6 @@ class Refused(Exception):
         self.detail = f"apiguard refused the request ({decision.rule})"
         super().__init__(self.status_code, self.detail)
         self.decision = decision
-
-
-def name_of_header(scope: Mapping[str, Any]) -> bytes:
-    """The forwarding header a request carries (for the warning)."""
-    for name, _ in scope.get("headers") or ():
-        if name in (b"x-forwarded-for", b"forwarded"):
-            return bytes(name)
-    return b"x-forwarded-for"
 
 
 def _gated(ctx: RequestContext) -> bool:
@@ -242,7 +235,7 @@ class Engine:
         bearer: bytes | None = None
         forwarded: list[str] = []
         cookie = False
-        proxied = False  # a forwarding header from a peer no setting trusts
+        proxied: bytes | None = None  # a forwarding header from a peer no setting trusts
         walks = self.ip.walks
         key_headers = self._key_headers
         wanted = self._wanted_headers
@@ -266,14 +259,14 @@ class Engine:
             elif walks:
                 if name == self.ip.header:
                     forwarded.append(value.decode("latin-1"))
-            else:
-                proxied = True
+            elif proxied is None:
+                proxied = name
         client = self.ip.resolve(peer_ip, forwarded) if walks else (peer_ip or "unknown")
         ip_key = self._ip_keys.get(client)
         if ip_key is None:
             ip_key = self._ip_key(client)
-        if proxied:
-            self._untrusted_forwarding(name_of_header(scope), ip_key)
+        if proxied is not None:
+            self._untrusted_forwarding(proxied, ip_key)
         # the principal of an unvouched request: the bearer token (by HTTP convention the
         # caller's own credential), else the API key; every credential presented is kept,
         # and each is checked against bans
@@ -913,11 +906,13 @@ class Engine:
 
     @staticmethod
     def _gate_decision(ban: Ban, now: float) -> Decision:
-        kind = {"challenge": Action.CHALLENGE, "throttle": Action.THROTTLE}.get(
-            ban.action, Action.BLOCK
-        )
         reason = ban.reason or "account_takeover"
-        return Decision(kind, reason, max(ban.until - now, 1.0), detector=reason)
+        return Decision(
+            _BAN_ACTIONS.get(ban.action, Action.BLOCK),
+            reason,
+            max(ban.until - now, 1.0),
+            detector=reason,
+        )
 
     def login_finished(
         self, ctx: RequestContext, success: bool | None, exists: bool | None = None

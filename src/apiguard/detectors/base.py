@@ -10,9 +10,10 @@ reports every finding, enforced or monitored, as telemetry with its evidence.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from apiguard.request import RequestContext
@@ -61,6 +62,31 @@ class Finding:
 
 
 Judge = Callable[[], "list[Finding]"]
+
+_K = TypeVar("_K", bound=Hashable)
+RECENT_MAX = 131_072  # entries a `RecentlySent` table remembers
+
+
+class RecentlySent(Generic[_K]):
+    """What a detector sent to the store lately (bounded LRU, in process): a key sent
+    less than `fresh` seconds ago is not sent again, so a principal that stays where it
+    was costs no store operation."""
+
+    def __init__(self, fresh: float) -> None:
+        self.fresh = fresh
+        self._sent: OrderedDict[_K, float] = OrderedDict()
+
+    def due(self, key: _K, now: float) -> bool:
+        """Whether `key` is to be sent now (then it counts as sent)."""
+        sent = self._sent
+        last = sent.get(key)
+        if last is not None and now - last < self.fresh:
+            return False
+        if last is None and len(sent) >= RECENT_MAX:
+            sent.popitem(last=False)
+        sent[key] = now
+        sent.move_to_end(key)
+        return True
 
 
 class Detector(Protocol):

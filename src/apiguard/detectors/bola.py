@@ -22,7 +22,6 @@ from apiguard.store.base import Run, Tally
 
 if TYPE_CHECKING:
     from apiguard.config import BolaConfig
-    from apiguard.request import RequestContext
     from apiguard.store.base import Observation
 
 
@@ -171,18 +170,11 @@ def _subject(outcome: Outcome) -> tuple[str, bool, str]:
     if ctx.vouched:
         return principal, False, principal
     if ctx.has_cookie:
-        session = ctx.engine.hasher("ck", ctx.ip_key + _cookie_header(ctx))
+        session = ctx.engine.hasher("ck", ctx.ip_key + (ctx.header("cookie") or ""))
         return session, False, ctx.ip_key
     if principal != ctx.ip_key:
         return principal, False, principal
     return principal, True, principal
-
-
-def _cookie_header(ctx: RequestContext) -> str:
-    for name, value in ctx.scope.get("headers") or ():
-        if name == b"cookie":
-            return bytes(value).decode("latin-1")
-    return ""
 
 
 def _normalised(value: object, number: int | None) -> tuple[str, int | None]:

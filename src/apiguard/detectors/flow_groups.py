@@ -21,10 +21,9 @@ the detector adds no store operation to most requests.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from apiguard.detectors.base import Finding, Judge, Outcome
+from apiguard.detectors.base import Finding, Judge, Outcome, RecentlySent
 from apiguard.store.base import Tally
 
 if TYPE_CHECKING:
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
     from apiguard.request import RequestContext
     from apiguard.store.base import Observation
 
-_ACTIVE_MAX = 131_072  # principals remembered as recently reported active
 GROUP = "fg:"  # ban-table prefix of a (flow, group) refused that flow
 
 
@@ -49,8 +47,7 @@ class FlowGroups:
     def __init__(self, config: FlowGroupsConfig, enforce: bool) -> None:
         self.config = config
         self.enforce = enforce
-        self._active: OrderedDict[str, float] = OrderedDict()
-        self._fresh = config.window / 4
+        self._active: RecentlySent[str] = RecentlySent(config.window / 4)
 
     def _activity(
         self, ctx: RequestContext, principal: str, ops: list[Observation]
@@ -75,14 +72,8 @@ class FlowGroups:
         flows = _completed_flows(ctx) if 200 <= outcome.status < 300 or refused else ()
         now = outcome.now
         if not flows:
-            active = self._active
-            last = active.get(principal)
-            if last is not None and now - last < self._fresh:
+            if not self._active.due(principal, now):
                 return None
-            if last is None and len(active) >= _ACTIVE_MAX:
-                active.popitem(last=False)
-            active[principal] = now
-            active.move_to_end(principal)
             self._activity(ctx, principal, ops)
             return None
         fp_active, net_active, all_active = self._activity(ctx, principal, ops)

@@ -13,19 +13,15 @@ staying on its network costs no store operation.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from apiguard.detectors.base import Finding, Judge, Outcome
+from apiguard.detectors.base import Finding, Judge, Outcome, RecentlySent
 from apiguard.detectors.population import Population
 from apiguard.store.base import Tally
 
 if TYPE_CHECKING:
     from apiguard.config import RotationConfig
     from apiguard.store.base import Observation
-
-
-_PAIRS_MAX = 131_072  # (principal, network) pairs remembered as recently sent
 
 
 class Rotation:
@@ -44,8 +40,7 @@ class Rotation:
             config.min_principals,
             config.ceiling,
         )
-        self._sent: OrderedDict[tuple[str, str], float] = OrderedDict()
-        self._fresh = config.window / 4
+        self._sent: RecentlySent[tuple[str, str]] = RecentlySent(config.window / 4)
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         ctx = outcome.ctx
@@ -54,15 +49,8 @@ class Rotation:
             return None
         net = ctx.provider_key
         pair = (principal, net)
-        sent = self._sent
-        last = sent.get(pair)
-        now = outcome.now
-        if last is not None and now - last < self._fresh:
+        if not self._sent.due(pair, outcome.now):
             return None
-        if last is None and len(sent) >= _PAIRS_MAX:
-            sent.popitem(last=False)
-        sent[pair] = now
-        sent.move_to_end(pair)
         window = self.config.window
         tally = Tally(f"rot:{principal}", window, net)
         shapes = Tally(f"rot:f:{principal}", window, ctx.fingerprint)
