@@ -276,3 +276,38 @@ def test_a_person_reading_many_of_their_own_objects_passes_the_challenge_a_bot_d
     assert buyer[0] == 60 and buyer[1] >= 1 and buyer[2] == 0
     assert bot[0] < 40 and bot[1] > 200
     assert solver[2] > 0 and solver[0] < 200
+
+
+def test_an_unanswered_challenge_holds_a_walker_that_waits_it_out() -> None:
+    """A bot that waits out each refusal is still asked for the challenge when it comes
+    back hours later (a challenge is a question: it stands until answered, up to
+    `detection.challenge_hold`); routes that name no object stay open to it; a person who
+    passes it goes on at once."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(11)
+
+    async def scenario() -> tuple[list[int], list[bool], int, int]:
+        c = Client(driver, BROWSERS[2], public_ip(rng))
+        await c.login(103)
+        admitted: list[int] = []
+        order = 3000
+        while not is_challenge(await c.send("GET", f"/orders/{order}")):
+            admitted.append(order)
+            order += 1
+            clock.advance(rng.uniform(1.0, 4.0))
+        later = []
+        for _ in range(6):  # waits an hour each time, then tries the next order
+            clock.advance(3600)
+            later.append(is_challenge(await c.send("GET", f"/orders/{order}")))
+        other = (await c.send("GET", "/me")).status
+        await c.send("POST", "/challenge")
+        after_pass = (await c.send("GET", f"/orders/{order}")).status
+        return admitted, later, other, after_pass
+
+    admitted, later, other, after_pass = run(scenario())
+    assert 10 <= len(admitted) <= 45, admitted
+    assert later == [True] * 6
+    assert other == 200
+    assert after_pass == 200

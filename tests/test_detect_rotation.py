@@ -123,3 +123,105 @@ def test_a_session_token_used_from_everywhere_is_banned_with_its_user() -> None:
 
     statuses = run(scenario())
     assert 403 in statuses and statuses.index(403) < 20
+
+
+def test_a_key_used_from_everywhere_while_its_owner_is_idle_is_banned_for_the_thief_only() -> None:
+    """The thief is the only client on the key for its first half hour (one client shape,
+    a new network on every call): banned at `lone` times the bar. The owner, who had not
+    called at all before the theft, comes back with its own software from its own server
+    and is never refused; the thief stays refused, also from a network the owner used."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(key_app(guard))
+    rng = random.Random(4)
+
+    async def call(key: str, ip: str, ua: str) -> int:
+        req = Request("GET", "/v1/reports", ip, (("user-agent", ua), ("x-api-key", key)))
+        return (await driver.send(req)).status
+
+    async def scenario() -> tuple[list[int], list[int], list[int]]:
+        owner: list[int] = []
+        thief: list[int] = []
+        for minute in range(90):
+            clock.advance(60)
+            for n in range(35):  # the population: integrations on their own servers
+                assert await call(f"key-{n}", f"203.0.{n}.10", "acme-sync/2.1") == 200
+            for _ in range(3):
+                clock.advance(rng.uniform(1, 15))
+                thief.append(await call("leaked", public_ip(rng), "python-requests/2.32.3"))
+            if minute >= 40 and minute % 5 == 0:  # the owner's batch job
+                for _ in range(10):
+                    owner.append(await call("leaked", "198.51.100.7", "globex-etl/1.0 Go/1.22"))
+        at_owners = [await call("leaked", "198.51.100.8", "python-requests/2.32.3")]
+        return owner, thief, at_owners
+
+    owner, thief, at_owners = run(scenario())
+    assert set(owner) == {200}, owner
+    assert 403 in thief and thief.index(403) <= 30, thief
+    first = thief.index(403)
+    assert thief[first:].count(200) <= 0.1 * len(thief[first:]), thief
+    assert at_owners == [403]
+
+
+def test_a_key_with_headers_randomised_is_banned_everywhere_but_its_owners_home() -> None:
+    """Headers randomised on every call leave nothing to scope the ban to: the key is
+    banned, except at its home (the /24 and client shape its owner used a quarter window
+    apart); the owner's server goes on, the same owner from a new network is refused."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(key_app(guard))
+    rng = random.Random(5)
+    owner_ua = "globex-etl/1.0 Go/1.22"
+
+    async def call(key: str, ip: str, ua: str) -> int:
+        req = Request("GET", "/v1/reports", ip, (("user-agent", ua), ("x-api-key", key)))
+        return (await driver.send(req)).status
+
+    async def scenario() -> tuple[list[int], list[int], int]:
+        owner: list[int] = []
+        thief: list[int] = []
+        for minute in range(120):
+            clock.advance(60)
+            for n in range(35):
+                assert await call(f"key-{n}", f"203.0.{n}.10", "acme-sync/2.1") == 200
+            if minute % 10 == 0:
+                owner.append(await call("leaked", "198.51.100.7", owner_ua))
+            if minute >= 40:
+                for _ in range(3):
+                    clock.advance(rng.uniform(1, 15))
+                    ua = f"{rng.choice(BROWSERS)} r/{rng.randrange(10_000)}"
+                    thief.append(await call("leaked", public_ip(rng), ua))
+        elsewhere = await call("leaked", "192.0.2.99", owner_ua)
+        return owner, thief, elsewhere
+
+    owner, thief, elsewhere = run(scenario())
+    assert set(owner) == {200}, owner
+    assert 403 in thief and thief.index(403) <= 30, thief
+    first = thief.index(403)
+    assert thief[first:].count(200) <= 0.1 * len(thief[first:]), thief
+    assert elsewhere == 403
+
+
+def test_a_phone_on_a_carrier_pool_spanning_many_provider_networks_is_not_flagged() -> None:
+    """A big carrier's NAT pools span dozens of /16s (100.64.0.0/10, 172.32.0.0/11): one
+    phone, one client shape, a new /16 on most connections for two hours. Its networks
+    pass the one-shape bar, but they sit in two /8 regions: never flagged."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(key_app(guard))
+    rng = random.Random(6)
+
+    def pool_ip() -> str:
+        if rng.random() < 0.5:
+            return f"100.{rng.randrange(64, 128)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        return f"172.{rng.randrange(32, 64)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+
+    async def scenario() -> set[int]:
+        statuses = set()
+        for _ in range(700):
+            clock.advance(rng.uniform(2, 18))
+            headers = (("user-agent", BROWSERS[3]), ("authorization", "Bearer bob"))
+            statuses.add((await driver.send(Request("GET", "/v1/me", pool_ip(), headers))).status)
+        return statuses
+
+    assert run(scenario()) == {200}

@@ -312,12 +312,22 @@ class RotationConfig(_Detector):
     provider-sized networks (/16, /32) within `window` than the population does: above
     `percentile` times `factor` of the principals seen, never below `floor`, and from at
     least `fingerprints` distinct client shapes (a phone hopping across its carrier's NAT
-    pool is one shape). A stolen key used from everywhere."""
+    pool is one shape), or `lone` times that many networks with fewer shapes (a thief
+    using a key while its owner is idle). A stolen key used from everywhere; requests from
+    the principal's home (a /24 and client shape it used a quarter window apart) are not
+    held by the ban."""
 
     action: Literal["block", "throttle"] = "block"
     window: float = Field(3600.0, gt=0, le=YEAR)
     floor: int = Field(12, ge=2)
     fingerprints: int = Field(2, ge=1)
+    lone: float = Field(2.0, ge=1)
+    # up to this many client shapes on a flagged principal, only the shape that rotated is
+    # banned (the owner's software goes on); more, the principal is, but at its home
+    per_shape: int = Field(3, ge=0)
+    # and only from at least this many regions (/8, IPv6 /20): a carrier's NAT pool spans
+    # many /16s in a few of them; residential proxies are everywhere
+    spread: int = Field(6, ge=1)
     percentile: float = Field(99.0, gt=0, le=100)
     factor: float = Field(3.0, ge=1)
     min_principals: int = Field(30, ge=1)
@@ -345,6 +355,9 @@ class DetectionConfig(_Model):
     rotation: RotationConfig = RotationConfig()
     flow_groups: FlowGroupsConfig = FlowGroupsConfig()
     challenge_for: float = Field(3600.0, gt=0, le=YEAR)  # a passed challenge exempts this long
+    # a detector's challenge (not the login's) holds until passed, at most this long: a bot
+    # that waits out a shorter one would be let in again each time it ends
+    challenge_hold: float = Field(86_400.0, gt=0, le=YEAR)
     # the status of a challenge: 403, or 428/429/401 for clients (a SPA that signs out on
     # any 403) that must tell it apart from a ban
     challenge_status: Literal[401, 403, 428, 429] = 403

@@ -25,6 +25,7 @@ from apiguard.decision import ALLOWED, Action, Decision
 from apiguard.detectors.account_takeover import ACCOUNT, DEVICE_FAILS, AccountTakeover
 from apiguard.detectors.base import Finding, Judge, LoginAttempt, Outcome
 from apiguard.detectors.flow_groups import GROUP, FlowGroups, group_keys
+from apiguard.detectors.rotation import Rotation, shaped_key
 from apiguard.login import (
     PASS_COOKIE,
     cookie,
@@ -170,6 +171,7 @@ class Engine:
         self.detectors = detectors.build(config.detection, self.enforce_default)
         self.ato = next((d for d in self.detectors if isinstance(d, AccountTakeover)), None)
         self._flow_groups = any(isinstance(d, FlowGroups) for d in self.detectors)
+        self._rotation = next((d for d in self.detectors if isinstance(d, Rotation)), None)
         self._net_keys: dict[str, str] = {}  # client address -> its network's key (bounded)
         self._flights: dict[str, int] = {}  # IP key -> its unanswered login attempts
         self._proxied: set[str] = set()  # IP keys that sent untrusted forwarding headers
@@ -405,8 +407,12 @@ class Engine:
         creds = ctx.credentials
         for c in creds:
             ban = store.active_ban(c, now)
-            if ban is not None and ban.action != "challenge":  # (decided at the checkpoint,
-                break  # where the route is known)
+            if (
+                ban is not None
+                and ban.action != "challenge"  # (decided at the checkpoint, where the
+                and not self._excused(ctx, ban, now)  # route is known)
+            ):
+                break
             ban = None
         if ban is None and (self.bans.strict_ip or (not creds and not ctx.has_cookie)):
             ban = store.active_ban(ctx.ip_key, now)
@@ -543,11 +549,6 @@ class Engine:
         ]
         return (*keys, *extra) if extra else keys
 
-    def _challenged(self, key: str) -> bool:
-        """Whether `key` is under a detector's challenge (not a ban)."""
-        ban = self.store.active_ban(key, self.clock())
-        return ban is not None and ban.action == "challenge"
-
     def _answered_with_pass(self, ctx: RequestContext, principal: str) -> None:
         """A challenged person whose request carries a pass issued after the challenge
         began (its challenge request did not name them: no token, an anonymous challenge
@@ -606,11 +607,35 @@ class Engine:
         keys = self._principal_ban_keys(ctx, principal, creds)
         if self._challenged_at and ctx.has_cookie and principal in self._challenged_at:
             self._answered_with_pass(ctx, principal)
-        if self._local_bans and self._not_challenged_here(ctx):
+        if self._local_bans:
+            now = self.clock()
+            if self._rotation is not None and principal != ctx.ip_key:
+                shaped = shaped_key(principal, ctx.fingerprint)
+                if self.store.active_ban(shaped, now) is not None:
+                    keys = (*keys, shaped)  # the principal as this client software uses it
             # a detector's challenge is about objects: it does not hold the app's challenge
             # route, nor a routed request that names no object
-            keys = tuple(k for k in keys if not self._challenged(k))
+            unheld = self._not_challenged_here(ctx)
+            keys = tuple(k for k in keys if not self._not_held(ctx, k, unheld, now))
         return keys
+
+    def _not_held(self, ctx: RequestContext, key: str, unheld: bool, now: float) -> bool:
+        """Whether the ban on `key` (if any) does not hold this request: a challenge where
+        challenges do not hold (`unheld`), or a rotation ban at the principal's home."""
+        ban = self.store.active_ban(key, now)
+        if ban is None:
+            return False
+        if ban.action == "challenge":
+            return unheld
+        return self._excused(ctx, ban, now)
+
+    def _excused(self, ctx: RequestContext, ban: Ban, now: float) -> bool:
+        """Whether `ban` is a rotation ban and this request comes from the banned
+        principal's home (`apiguard.detectors.rotation`): its owner, not the thief."""
+        rotation = self._rotation
+        if rotation is None or ban.reason != rotation.name:
+            return False
+        return rotation.excuses(ctx, ban, now)
 
     def _principal_ban_keys(
         self, ctx: RequestContext, principal: str, creds: tuple[str, ...]
@@ -1101,7 +1126,9 @@ class Engine:
             seconds = min(cfg.account_protect_for * 2 ** min(level - 1, 16), 86_400.0 * 7)
         else:
             seconds = self._detector_ban(finding.detector, level)
-        ban = Ban(key, now + seconds, level, action=finding.action, reason=finding.detector)
+        if finding.action == "challenge" and not key.startswith(GATE):
+            seconds = max(seconds, self.config.detection.challenge_hold)  # until passed
+        ban = Ban(key, now + seconds, level, finding.owner, finding.action, finding.detector)
         self._levels[key] = (level, ban.until)
         if finding.action == "challenge" and not key.startswith(GATE):
             starts = self._challenged_at

@@ -59,6 +59,7 @@ class Finding:
     action: str
     enforce: bool
     evidence: dict[str, float | int | str] = field(default_factory=dict)
+    owner: str | None = None  # the principal a subject that is not one belongs to
 
 
 Judge = Callable[[], "list[Finding]"]
