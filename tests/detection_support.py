@@ -1,7 +1,7 @@
 """A small vulnerable FastAPI app and simulated clients for the detector tests.
 
-The app has a JSON login (`@guard.login`), an order route with a real BOLA bug (any
-signed-in user reads any order), a `/challenge` route that calls
+The app has a JSON login (`@guard.login`), a sign-up flow, an order route with a real BOLA
+bug (any signed-in user reads any order), a `/challenge` route that calls
 `guard.challenge_passed()`, and a `/me` route. Clients keep cookies like a browser (or
 not, like a script) and send each request from whatever address the test says.
 """
@@ -96,6 +96,16 @@ def build_app(guard: Guard, *, sync_login: bool = False, **fastapi: Any) -> Fast
             raise HTTPException(404)
         return {"id": order_id, "owner": owner_of(order_id)}  # BOLA: no ownership check
 
+    signups: list[int] = []
+
+    @app.post("/signup", status_code=201)
+    @guard.flow("signup", "10/hour", per="ip")
+    async def signup(body: Credentials) -> dict[str, str]:
+        user = 100_000 + len(signups)  # a new account owns no order yet
+        signups.append(user)
+        identify(user)
+        return {"token": f"tok-{user}"}
+
     @app.get("/me")
     async def me(user: Annotated[int, Depends(current_user)]) -> dict[str, int]:
         return {"user": user}
@@ -154,6 +164,16 @@ class Client:
             "POST", "/login", {"username": username(user), "password": pw or password(user)}, ip
         )
         if resp.status == 200:
+            self.token = resp.json()["token"]
+        return resp
+
+    async def signup(self, name: str) -> Response:
+        """Create an account (a fresh one: no cookie, no token) and sign in with it."""
+        self.token = None
+        if self.jar is not None:
+            self.jar.clear()
+        resp = await self.send("POST", "/signup", {"username": name, "password": "pw " + name})
+        if resp.status == 201:
             self.token = resp.json()["token"]
         return resp
 

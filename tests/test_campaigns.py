@@ -285,7 +285,7 @@ CATCH = [
     pytest.param("brute force"),
     pytest.param("BOLA walk"),
     pytest.param("BOLA random"),
-    pytest.param("BOLA, many accounts", marks=MISSING),  # 12 objects per fresh account
+    pytest.param("BOLA, many accounts"),
     pytest.param("flow abuse, rotating IPs"),
     pytest.param("flow abuse, fresh accounts"),
     pytest.param("scraping", marks=MISSING),  # one fingerprint, many anonymous addresses

@@ -311,3 +311,56 @@ def test_an_unanswered_challenge_holds_a_walker_that_waits_it_out() -> None:
     assert later == [True] * 6
     assert other == 200
     assert after_pass == 200
+
+
+def test_a_harvest_over_fresh_accounts_is_caught_and_honest_newcomers_pass() -> None:
+    """A script signs up account after account, each from a new address and browser, and
+    reads 12 random orders with each: under the population's bar per account, but a young
+    account owns nothing yet, so it is challenged past 5; once one went unanswered, each
+    new account is challenged before its first order. A person who signs up meanwhile
+    passes the challenge and goes on; signed-in customers reading 8 of their own orders
+    each (more than a young account may) are never asked."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(13)
+
+    async def scenario() -> tuple[list[int], list[str], list[int], bool]:
+        leaked: list[int] = []  # foreign orders each fresh account read
+        honest_statuses: list[int] = []
+        customers = []
+        for user in range(30):
+            c = Client(driver, rng.choice(BROWSERS), public_ip(rng))
+            await c.login(user)
+            customers.append((user, c))
+        newcomer_met: list[str] = []
+        for n in range(15):
+            for user, c in rng.sample(customers, 10):  # honest traffic between sign-ups
+                clock.advance(rng.uniform(1, 6))
+                order = rng.choice(orders_of(user)[:8])
+                honest_statuses.append((await c.send("GET", f"/orders/{order}")).status)
+            bot = Client(driver, rng.choice(BROWSERS), public_ip(rng), jar=None)
+            clock.advance(rng.uniform(30, 120))
+            assert (await bot.signup(f"bot{n}")).status == 201
+            got = 0
+            for _ in range(12):
+                clock.advance(rng.uniform(2, 10))
+                resp = await bot.send("GET", f"/orders/{rng.randrange(1, USERS * 12)}")
+                if resp.status != 200:
+                    break  # burnt: the next account
+                got += 1
+            leaked.append(got)
+            if n == 10:  # a person signs up in the middle of it
+                person = Client(driver, BROWSERS[1], public_ip(rng))
+                await person.signup("newcomer")
+                resp = await person.send("GET", "/orders/5")
+                newcomer_met.append("challenge" if is_challenge(resp) else str(resp.status))
+                await person.send("POST", "/challenge")
+                newcomer_met.append(str((await person.send("GET", "/orders/5")).status))
+        return leaked, newcomer_met, honest_statuses, True
+
+    leaked, newcomer, honest, _ = run(scenario())
+    assert leaked[0] == 5, leaked  # a young account stops at the young floor
+    assert sum(leaked[1:]) == 0, leaked  # then none reads a single order
+    assert newcomer == ["challenge", "200"]
+    assert set(honest) == {200}

@@ -289,6 +289,14 @@ class BolaConfig(_Detector):
     min_principals: int = Field(10, ge=1)
     ceiling: int = Field(300, ge=2)  # the learned threshold never exceeds it
     sequential_run: int = Field(15, ge=3)
+    # an account born in a sign-up (see `apiguard.detectors.bola`) within `young_for` is
+    # flagged past `young_floor` objects on a route (unless the route has its own floor)
+    young_floor: int = Field(5, ge=1)
+    young_for: float = Field(86_400.0, gt=0, le=YEAR)
+    # once this many young accounts were flagged within `young_for` (as one process saw
+    # them) and did not pass the challenge since, each new account gets `person_action`
+    # at sign-up: held on object routes until it passes
+    young_alarm: int = Field(1, ge=1, le=64)
     errors_floor: int = Field(15, ge=2)
     error_share: float = Field(0.5, gt=0, le=1)
     query_params: tuple[str, ...] = ()

@@ -8,15 +8,21 @@ run of constant-stride steps between integer ids. Flagged (see `BolaConfig`):
   seen there, times a factor; a floor before enough principals are seen, and always);
 - a sequential walk (`sequential_run` steps of one constant stride);
 - a walk mostly answered 403/404 (never required: on the route that is really vulnerable
-  every answer is 200).
+  every answer is 200);
+- a young account over `young_floor` objects: an account born in a sign-up (a request
+  with neither credential nor cookie, answered 2xx by a route completing a flow, in which
+  the app identified the user) within `young_for` owns next to nothing yet, so a harvest
+  spread over fresh accounts, each under the population's bar, is caught per account.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from apiguard.detectors.base import Finding, Judge, Outcome
+from apiguard.detectors.flow_groups import completed_flows
 from apiguard.detectors.population import Populations
 from apiguard.store.base import Run, Tally
 
@@ -42,6 +48,42 @@ class Bola:
             config.ceiling,
         )
         self._query = frozenset(config.query_params)
+        # young accounts flagged lately -> when (in process, the latest `_YOUNG_KEPT`)
+        self._young_flags: OrderedDict[str, float] = OrderedDict()
+
+    def _young_found(self, subject: str, now: float) -> None:
+        flags = self._young_flags
+        flags.pop(subject, None)
+        if len(flags) >= _YOUNG_KEPT:
+            flags.popitem(last=False)
+        flags[subject] = now
+
+    def _birth(self, born: str, outcome: Outcome) -> Judge | None:
+        """At a sign-up while young accounts are being flagged (`young_alarm` flagged
+        within `young_for` that did not pass the challenge since, as this process saw
+        them): the new account must pass the challenge before it reads any object (a
+        harvest over fresh accounts gets nothing more; a person passes)."""
+        cfg = self.config
+        now = outcome.now
+        if len(self._young_flags) < cfg.young_alarm:
+            return None
+        engine = outcome.ctx.engine
+        unanswered = [
+            at
+            for subject, at in self._young_flags.items()
+            if now - at <= cfg.young_for and not engine.passed(subject, now)
+        ]
+        if len(unanswered) < cfg.young_alarm:
+            return None
+        evidence: dict[str, float | int | str] = {
+            "young_flagged": len(unanswered),
+            "since": round(now - min(unanswered), 1),
+        }
+
+        def judge() -> list[Finding]:
+            return [Finding(f"{self.name}.young", born, cfg.person_action, self.enforce, evidence)]
+
+        return judge
 
     def _object(self, outcome: Outcome) -> tuple[str, int | None] | None:
         """The object the request touched (a text naming it) and its integer id, if any.
@@ -71,7 +113,11 @@ class Bola:
             return None
         found = self._object(outcome)
         if found is None:
-            return None
+            born = _born(outcome)
+            if born is None:
+                return None
+            ops.append(Tally(YOUNG + born, self.config.young_for))
+            return self._birth(born, outcome)
         template = outcome.ctx.route
         if template is None:
             return None
@@ -94,6 +140,10 @@ class Bola:
             run = Run(base + ":r", cfg.window, number)
             ops.append(run)
         population = self.populations.get(template)
+        young: Tally | None = None
+        if anonymous is False and own_floor is None and outcome.ctx.vouched:
+            young = Tally(YOUNG + subject, cfg.young_for, amount=0)  # (a read)
+            ops.append(young)
 
         # a principal banned for enumeration before is judged on half the evidence (the
         # objects it walked before the ban still count, and its walk restarts elsewhere);
@@ -108,6 +158,9 @@ class Bola:
             learned = population.update(subject, count)
             if own_floor is not None:
                 learned = max(learned, own_floor)
+            is_young = young is not None and young.count > 0 and cfg.young_floor < learned
+            if is_young:
+                learned = cfg.young_floor
             scale = 0.5 if prior else 1.0
             if person and outcome.ctx.engine.passed(subject, outcome.now):
                 scale = 4.0
@@ -126,6 +179,9 @@ class Bola:
                 evidence["baseline"] = (
                     round(population.learned, 1) if population.learned is not None else -1
                 )
+                evidence["young"] = int(is_young)
+                if is_young:
+                    self._young_found(subject, outcome.now)
             elif kind == "sequential" and run is not None:
                 evidence.update(run=run.length, stride=run.stride)
             elif errors is not None:
@@ -149,6 +205,27 @@ class Bola:
             return None
 
         return judge
+
+
+YOUNG = "young:"  # detector-table prefix of an account born in a sign-up
+_YOUNG_KEPT = 64  # flagged young accounts remembered for the alarm
+
+
+def _born(outcome: Outcome) -> str | None:
+    """The account the app identified in this request if it is a new one: the request
+    carried neither a credential nor a cookie, and a route completing a flow answered it
+    2xx (a sign-up; the handler identifies the account it created)."""
+    ctx = outcome.ctx
+    if (
+        ctx.declared is None
+        or not 200 <= outcome.status < 300
+        or ctx.login is not None
+        or ctx.credentials
+        or ctx.has_cookie
+        or not completed_flows(ctx)
+    ):
+        return None
+    return ctx.declared
 
 
 def _subject(outcome: Outcome) -> tuple[str, bool, str]:

@@ -69,7 +69,7 @@ class FlowGroups:
         decision = ctx.decision
         refused = decision is not None and (decision.banned or "").startswith(GROUP)
         # a completion, or an attempt refused to its group (which still counts for it)
-        flows = _completed_flows(ctx) if 200 <= outcome.status < 300 or refused else ()
+        flows = completed_flows(ctx) if 200 <= outcome.status < 300 or refused else ()
         now = outcome.now
         if not flows:
             if not self._active.due(principal, now):
@@ -120,7 +120,7 @@ class FlowGroups:
         return judge
 
 
-def _completed_flows(ctx: RequestContext) -> tuple[str, ...]:
+def completed_flows(ctx: RequestContext) -> tuple[str, ...]:
     """Names of the flows this request completed (a charged, completing flow step)."""
     from apiguard.rules import FlowRule
 
