@@ -8,6 +8,7 @@ import random
 
 import pytest
 from fastapi import APIRouter, FastAPI
+from fastapi import Response as FastAPIResponse
 from starlette.routing import Mount
 
 from apiguard import Guard
@@ -364,3 +365,61 @@ def test_a_harvest_over_fresh_accounts_is_caught_and_honest_newcomers_pass() -> 
     assert sum(leaked[1:]) == 0, leaked  # then none reads a single order
     assert newcomer == ["challenge", "200"]
     assert set(honest) == {200}
+
+
+def test_account_created_marks_a_sign_up_that_does_not_sign_the_user_in() -> None:
+    """A sign-up that sets a CSRF cookie and returns no token (the user signs in after):
+    `guard.account_created()` names the new account, which is then young wherever it is
+    identified, on a sync route as on an async one; a customer who signed up long ago is
+    not."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    app = build_app(guard)
+    created: list[int] = []
+
+    @app.post("/register")
+    def register(response: FastAPIResponse) -> dict[str, int]:
+        user = 200_000 + len(created)
+        created.append(user)
+        response.set_cookie("csrftoken", "x")
+        guard.account_created(user)
+        return {"id": user}
+
+    driver = AsgiDriver(app)
+    rng = random.Random(17)
+
+    async def read(token: str, n: int) -> list[int]:
+        statuses = []
+        for _ in range(n):
+            clock.advance(rng.uniform(2, 9))
+            headers = (("user-agent", BROWSERS[0]), ("authorization", f"Bearer {token}"))
+            req = Request("GET", f"/orders/{rng.randrange(1, 3000)}", public_ip(rng), headers)
+            statuses.append((await driver.send(req)).status)
+        return statuses
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        req = Request("POST", "/register", public_ip(rng), (("cookie", "csrftoken=x"),))
+        user = (await driver.send(req)).json()["id"]
+        clock.advance(60)
+        return await read(f"tok-{user}", 8), await read("tok-7", 8)
+
+    young, old = run(scenario())
+    assert young[:5] == [200] * 5 and 403 in young[5:7], young
+    assert old == [200] * 8
+
+
+def test_account_created_rejects_what_is_not_an_id() -> None:
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    app = build_app(guard)
+
+    @app.post("/bad")
+    async def bad() -> dict[str, bool]:
+        guard.account_created("  ")
+        return {"ok": True}
+
+    with pytest.raises(RuntimeError, match="outside a request"):
+        guard.account_created(5)
+    driver = AsgiDriver(app)
+    with pytest.raises(ValueError, match="non-empty"):
+        run(driver.send(Request("POST", "/bad", "198.51.100.1", ())))

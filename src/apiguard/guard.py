@@ -11,6 +11,7 @@ import math
 import numbers
 import os
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal, TypeVar
@@ -23,7 +24,13 @@ from apiguard.engine import Engine, PrincipalResolver
 from apiguard.errors import ConfigurationError as ConfigurationError
 from apiguard.errors import check_arity
 from apiguard.login import LoginRule, UsernameSpec
-from apiguard.request import KeyedHasher, RequestContext, callable_failed, current_request
+from apiguard.request import (
+    KeyedHasher,
+    RequestContext,
+    callable_failed,
+    current_request,
+    identity_text,
+)
 from apiguard.responses import BlockHook, BlockResponse
 from apiguard.routes import RouteEntry, walk_routes
 from apiguard.rules import Cost, CredentialChurnRule, FlowRule, Per, Rule, WindowRule
@@ -494,6 +501,22 @@ class Guard:
             name = None if username is None else str(username).strip() or None
             engine.login_started(ctx, name)
         engine.login_finished(ctx, bool(success), exists)
+
+    def account_created(self, user_id: str | int | uuid.UUID) -> None:
+        """Call from the request that created the account `user_id` (the id `identify()`
+        gets for it later) when it answers 2xx: the account is young for
+        `detection.bola.young_for` (see *Young accounts* in the README). Needed where the
+        sign-up does not sign the user in, or sets a cookie first; a sign-up flow that
+        calls `identify()` on a request with neither credential nor cookie is seen alone."""
+        ctx = current_request()
+        if ctx is None:
+            raise RuntimeError(
+                "guard.account_created() was called outside a request guarded by apiguard"
+            )
+        text = identity_text(user_id, ctx.engine, "account_created()")
+        if not text:
+            raise ValueError("account_created() needs the new account's non-empty user id")
+        ctx.born = ctx.engine.hasher("u", text)
 
     def challenge_passed(self) -> None:
         """Call from inside the request in which the person passed the app's challenge

@@ -226,6 +226,7 @@ class RequestContext:
     __slots__ = (
         "_fp",
         "_net",
+        "born",
         "charges",
         "client_ip",
         "cookies",
@@ -275,6 +276,7 @@ class RequestContext:
         self.has_cookie = has_cookie
         self.vouched = False  # the app declared or resolved the principal
         self.declared: str | None = None
+        self.born: str | None = None  # the account this request created (account_created)
         self.principal: str | None = None
         self.global_done = False
         # the endpoint rules tuples a checkpoint of this request ran (a decorated function

@@ -212,13 +212,16 @@ _YOUNG_KEPT = 64  # flagged young accounts remembered for the alarm
 
 
 def _born(outcome: Outcome) -> str | None:
-    """The account the app identified in this request if it is a new one: the request
-    carried neither a credential nor a cookie, and a route completing a flow answered it
-    2xx (a sign-up; the handler identifies the account it created)."""
+    """The account this request created, answered 2xx: the one `guard.account_created()`
+    named, else the one the app identified in a request that carried neither a credential
+    nor a cookie on a route completing a flow (a sign-up that signs the user in)."""
     ctx = outcome.ctx
+    if not 200 <= outcome.status < 300:
+        return None
+    if ctx.born is not None:  # guard.account_created()
+        return ctx.born
     if (
         ctx.declared is None
-        or not 200 <= outcome.status < 300
         or ctx.login is not None
         or ctx.credentials
         or ctx.has_cookie
