@@ -1145,10 +1145,15 @@ class Engine:
     def _detector_ban(self, detector: str, level: int) -> float:
         """Seconds of a detector's ban at escalation `level`: a quarter of the detector's
         evidence window (the evidence outlives a shorter ban, and the first request after
-        it would be banned again), doubling with each level, capped at `bans.max`."""
+        it would be banned again; rotation: the whole window), doubling with each level,
+        capped at `bans.max`."""
         family = detector.split(".", 1)[0]
         window = getattr(getattr(self.config.detection, family, None), "window", 0.0)
-        quarter = float(window) / 4 * 2 ** min(level - 1, 30)
+        # a rotation ban lasts the whole window: its owner goes on meanwhile (another
+        # client shape, or its home), and a thief waiting out a shorter one would be let
+        # in again while its evidence still stands
+        share = 1.0 if family == "rotation" else 0.25
+        quarter = float(window) * share * 2 ** min(level - 1, 30)
         return float(min(max(self.bans.duration(level), quarter), self.bans.max))
 
     def passed(self, principal: str, now: float) -> bool:
