@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
-from apiguard.detectors.base import Finding, Judge, Outcome
+from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome
 from apiguard.detectors.population import Populations
 from apiguard.store.base import Run, Tally
 
@@ -29,6 +29,7 @@ class Bola:
     """The BOLA enumeration detector (see the module docstring)."""
 
     name = "bola"
+    watches = EVERY_REQUEST
 
     def __init__(self, config: BolaConfig, enforce: bool) -> None:
         self.config = config

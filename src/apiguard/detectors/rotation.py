@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from apiguard.detectors.base import Finding, Judge, Outcome, RecentlySent
+from apiguard.detectors.base import PRINCIPALS, Finding, Judge, Outcome, RecentlySent
 from apiguard.detectors.population import Population
 from apiguard.store.base import Tally
 
@@ -28,6 +28,7 @@ class Rotation:
     """The rotation / stolen-key detector (see the module docstring)."""
 
     name = "rotation"
+    watches = PRINCIPALS
 
     def __init__(self, config: RotationConfig, enforce: bool) -> None:
         self.config = config
