@@ -231,15 +231,16 @@ class Engine:
         whether the request reported a login and whether its principal is an address)."""
         self.detectors = found
         self.ato = next((d for d in found if isinstance(d, AccountTakeover)), None)
-        self._watching = {
-            (login, address): tuple(
+        # indexed by 2 * (a login was reported) + (the principal is the address)
+        self._watching = [
+            tuple(
                 d
                 for d in found
                 if (login or d.watches != LOGINS) and not (address and d.watches == PRINCIPALS)
             )
             for login in (False, True)
             for address in (False, True)
-        }
+        ]
 
     def may_be_banned(self) -> bool:
         """Whether `early_ban` can find anything (False while no ban is known)."""
@@ -1073,7 +1074,7 @@ class Engine:
         if ctx.refused_sent and not _gated(ctx):
             return None  # a refused request touched nothing (a gated login still counts)
         principal = ctx.principal or ctx.ip_key
-        watching = self._watching[login is not None, principal == ctx.ip_key]
+        watching = self._watching[(login is not None) * 2 + (principal == ctx.ip_key)]
         if not watching:
             return None
         now = self.clock()

@@ -70,7 +70,9 @@ class Population:
         # learned only up to half the current threshold: a principal above it is what
         # the detector looks for, not what it learns from (sock puppets that read just
         # under the bar cannot raise it round after round)
-        value = min(value, self.threshold / 2)
+        half = self.threshold / 2
+        if half < value:  # (min(value, half), without the call)
+            value = half
         slot = slots.get(principal)
         if slot is not None:
             if values[slot] == value:
