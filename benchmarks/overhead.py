@@ -12,6 +12,10 @@ medians of per-round comparisons with the bare app at the same route count. The 
 columns repeat the measurement with this thread's CPU time (time.thread_time_ns), which
 time slices lost to other processes on a shared machine do not inflate.
 Limits are set high enough that nothing is ever refused: this measures overhead only.
+"apiguard default" runs every detector (the default); "detectors off" is the same policy
+with each detector disabled (the core alone), and the last lines give the ratio of the two
+added costs per route count (issue 7's target: at most 2x). Every request here names an
+object (a path parameter), so the BOLA detector observes each one.
 "same work hand-fused" is fused_floor.py: the default policy's per-request work for an
 admitted anonymous request in one function, with none of apiguard's layers (a lower bound
 for this interpreter; the gap to "apiguard default" is what the layers cost).
