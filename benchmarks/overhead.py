@@ -12,6 +12,10 @@ medians of per-round comparisons with the bare app at the same route count. The 
 columns repeat the measurement with this thread's CPU time (time.thread_time_ns), which
 time slices lost to other processes on a shared machine do not inflate.
 Limits are set high enough that nothing is ever refused: this measures overhead only.
+"apiguard default" runs every detector (the default); "detectors off" is the same policy
+with each detector disabled (the core alone), and the last lines give the ratio of the two
+added costs per route count (issue 7's target: at most 2x). Every request here names an
+object (a path parameter), so the BOLA detector observes each one.
 "same work hand-fused" is fused_floor.py: the default policy's per-request work for an
 admitted anonymous request in one function, with none of apiguard's layers (a lower bound
 for this interpreter; the gap to "apiguard default" is what the layers cost).
@@ -108,6 +112,15 @@ GUARD_CONFIG: dict[str, Any] = {
     "limits": {"principal": HIGH, "ip": HIGH},
     "identity": {"new_credentials_per_ip": HIGH},
 }
+# the same with every detector off: the core's default policy alone (the detectors' cost
+# is the difference; issue 7's target: detectors on add at most 2x what this adds)
+NO_DETECTORS: dict[str, Any] = {
+    **GUARD_CONFIG,
+    "detection": {
+        name: {"enabled": False}
+        for name in ("account_takeover", "bola", "rotation", "flow_groups")
+    },
+}
 SLOWAPI_LIMIT = "1000000/minute"
 FLOW_RATE = "1000000/minute"
 TEMPLATES = 4096  # distinct (route, item_id) scopes per route count
@@ -188,10 +201,16 @@ def build(kind: str, n_routes: int) -> tuple[ASGIApp, Callable[[], bool]]:
     if kind == "fused-floor":
         app, floor = with_middleware(n_routes, FusedFloor)
         return app, lambda: len(floor) > 0
-    if kind in ("apiguard-default", "apiguard-flow", "before-default", "before-flow"):
+    if kind in (
+        "apiguard-default",
+        "apiguard-flow",
+        "apiguard-no-detectors",
+        "before-default",
+        "before-flow",
+    ):
         before = kind.startswith("before")
         guard_cls = BEFORE["Guard"] if before else Guard
-        guard = guard_cls(GUARD_CONFIG)
+        guard = guard_cls(NO_DETECTORS if kind.endswith("no-detectors") else GUARD_CONFIG)
         wrap = guard.flow("f", FLOW_RATE) if kind.endswith("flow") else None
         app = starlette_app(n_routes, wrap)
         app.add_middleware(BEFORE["GuardMiddleware"] if before else GuardMiddleware, guard=guard)
@@ -340,12 +359,13 @@ def variants(scaling: tuple[int, ...]) -> list[Variant]:
             ("no-op ASGI middleware", "noop"),
             ("15-line middleware on limits", "limits-mw"),
             ("apiguard default", "apiguard-default"),
+            ("apiguard default, detectors off", "apiguard-no-detectors"),
             ("same work hand-fused (fused_floor.py)", "fused-floor"),
             ("apiguard + @guard.flow", "apiguard-flow"),
             ("slowapi ASGI middleware", "slowapi"),
         ):
             out.append(Variant(label, kind, routes, 1000, "ip"))
-            if kind.startswith("apiguard") and BEFORE:
+            if kind in ("apiguard-default", "apiguard-flow") and BEFORE:
                 was = label.replace("apiguard", f"apiguard at {BEFORE['rev']}")
                 out.append(Variant(was, kind.replace("apiguard", "before"), routes, 1000, "ip"))
     for n in scaling:
@@ -412,6 +432,17 @@ def table(vs: list[Variant]) -> str:
             f"| {ratio:.2f}x | {added:+.1f} | {q1:.1f}-{q3:.1f} "
             f"| {statistics.median(v.cpu):.1f} | {cpu_ratio:.2f}x |"
         )
+    for routes in sorted(bare):
+        on = [v for v in vs if v.kind == "apiguard-default" and v.routes == routes]
+        off = [v for v in vs if v.kind == "apiguard-no-detectors" and v.routes == routes]
+        if on and off:
+            b = bare[routes].samples
+            added_on = statistics.median(x - y for x, y in zip(on[0].samples, b, strict=True))
+            added_off = statistics.median(x - y for x, y in zip(off[0].samples, b, strict=True))
+            lines.append(
+                f"\n{routes} routes: detectors on add {added_on:+.1f} µs, off {added_off:+.1f} "
+                f"µs: {added_on / added_off:.2f}x (issue 7's target: at most 2x)"
+            )
     return "\n".join(lines)
 
 

@@ -23,7 +23,15 @@ from apiguard.admission import Admission
 from apiguard.config import GuardConfig, Mode
 from apiguard.decision import ALLOWED, Action, Decision
 from apiguard.detectors.account_takeover import ACCOUNT, DEVICE_FAILS, AccountTakeover
-from apiguard.detectors.base import Finding, Judge, LoginAttempt, Outcome
+from apiguard.detectors.base import (
+    LOGINS,
+    PRINCIPALS,
+    Detector,
+    Finding,
+    Judge,
+    LoginAttempt,
+    Outcome,
+)
 from apiguard.detectors.flow_groups import GROUP, FlowGroups, group_keys
 from apiguard.detectors.rotation import Rotation, shaped_key
 from apiguard.login import (
@@ -168,8 +176,7 @@ class Engine:
         self._fast = Admission.compile(self._global_plan, store, advertise=config.ratelimit_headers)
         # endpoint rules -> the global rules and them, compiled (None: general path only)
         self._fast_with: dict[tuple[Rule, ...], Admission | None] = {}
-        self.detectors = detectors.build(config.detection, self.enforce_default)
-        self.ato = next((d for d in self.detectors if isinstance(d, AccountTakeover)), None)
+        self._use(detectors.build(config.detection, self.enforce_default))
         self._flow_groups = any(isinstance(d, FlowGroups) for d in self.detectors)
         self._rotation = next((d for d in self.detectors if isinstance(d, Rotation)), None)
         self._net_keys: dict[str, str] = {}  # client address -> its network's key (bounded)
@@ -219,8 +226,23 @@ class Engine:
         self._forgiven.clear()
         self._detections_logged.clear()
         self._levels.clear()
-        self.detectors = detectors.build(self.config.detection, self.enforce_default)
-        self.ato = next((d for d in self.detectors if isinstance(d, AccountTakeover)), None)
+        self._use(detectors.build(self.config.detection, self.enforce_default))
+
+    def _use(self, found: list[Detector]) -> None:
+        """Run `found`; which of them watch which requests, worked out once (keyed by
+        whether the request reported a login and whether its principal is an address)."""
+        self.detectors = found
+        self.ato = next((d for d in found if isinstance(d, AccountTakeover)), None)
+        # indexed by 2 * (a login was reported) + (the principal is the address)
+        self._watching = [
+            tuple(
+                d
+                for d in found
+                if (login or d.watches != LOGINS) and not (address and d.watches == PRINCIPALS)
+            )
+            for login in (False, True)
+            for address in (False, True)
+        ]
 
     def may_be_banned(self) -> bool:
         """Whether `early_ban` can find anything (False while no ban is known)."""
@@ -1077,11 +1099,14 @@ class Engine:
         if ctx.refused_sent and not _gated(ctx):
             return None  # a refused request touched nothing (a gated login still counts)
         principal = ctx.principal or ctx.ip_key
+        watching = self._watching[(login is not None) * 2 + (principal == ctx.ip_key)]
+        if not watching:
+            return None
         now = self.clock()
         outcome = Outcome(ctx, status, principal, now, login)
         ops: list[Observation] = []
         judges: list[Judge] = []
-        for detector in self.detectors:
+        for detector in watching:
             try:
                 judge = detector.plan(outcome, ops)
             except Exception as exc:

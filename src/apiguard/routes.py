@@ -52,6 +52,31 @@ def route_template(scope: Mapping[str, Any]) -> str | None:
         if effective is not None and getattr(effective, "original_route", None) is route
         else route
     )
+    # the template depends only on the route (and FastAPI's context for it) and the mount
+    # prefix: remembered per such key (routes are code-defined; bounded all the same). Keyed
+    # on id() (routes define __eq__ without __hash__); the entry holds the route, so its id
+    # is not reused while remembered.
+    key = (id(source), scope.get("root_path", ""), scope.get("app_root_path"))
+    try:
+        held, found = _by_route[key]
+    except KeyError:
+        held = None
+    except TypeError:  # an unhashable root path: not remembered
+        return _template_of(scope, route, source)
+    if held is source:
+        return found
+    found = _template_of(scope, route, source)
+    if len(_by_route) >= _BY_ROUTE_MAX:
+        _by_route.clear()
+    _by_route[key] = (source, found)
+    return found
+
+
+_BY_ROUTE_MAX = 4096
+_by_route: dict[tuple[int, Any, Any], tuple[Any, str | None]] = {}
+
+
+def _template_of(scope: Mapping[str, Any], route: Any, source: Any) -> str | None:
     fmt = getattr(source, "path_format", None)
     if not isinstance(fmt, str):
         return None

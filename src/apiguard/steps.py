@@ -143,7 +143,8 @@ def end(engine: Engine, ctx: RequestContext, status: int | None) -> None:
     """The request is over: rules and detectors observe the outcome (`status` None: no
     status of the app's went out), and the context drops the request's objects (servers
     copy contexts, e.g. a keep-alive timer: those copies keep an empty shell)."""
-    if ctx.charges or engine.detectors:
+    # (finish: rules observe the outcome, a login lands, detectors observe if not yet)
+    if ctx.charges or ctx.login is not None or (engine.detectors and not ctx.observed):
         # once a status went out, it is the outcome (a failing background task or a client
         # gone after the response must not refund a delivered success)
         engine.finish(ctx, None if ctx.refused_sent else status)
@@ -152,7 +153,7 @@ def end(engine: Engine, ctx: RequestContext, status: int | None) -> None:
 
 async def end_async(engine: Engine, ctx: RequestContext, status: int | None) -> None:
     """`end` from async code (a remote store's observations are awaited)."""
-    if ctx.charges or engine.detectors:
+    if ctx.charges or ctx.login is not None or (engine.detectors and not ctx.observed):
         outcome = None if ctx.refused_sent else status
         if engine.store.local:
             engine.finish(ctx, outcome)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from apiguard.detectors.base import Finding, Judge, LoginAttempt, Outcome
+from apiguard.detectors.base import LOGINS, Finding, Judge, LoginAttempt, Outcome
 from apiguard.store.base import Tally
 
 if TYPE_CHECKING:
@@ -149,6 +149,7 @@ class AccountTakeover:
     """The account-takeover detector family (see the module docstring)."""
 
     name = "account_takeover"
+    watches = LOGINS
 
     def __init__(self, config: AccountTakeoverConfig, enforce: bool) -> None:
         self.config = config

@@ -90,11 +90,18 @@ class RecentlySent(Generic[_K]):
         return True
 
 
+# what a detector's `plan` looks at (the engine does not call it for other requests):
+EVERY_REQUEST = "every request"
+PRINCIPALS = "principals"  # requests whose principal is not the client address
+LOGINS = "logins"  # requests that reported a login (`Outcome.login` set)
+
+
 class Detector(Protocol):
     """A detector family (one module of `apiguard.detectors`)."""
 
     name: str
     enforce: bool
+    watches: str  # EVERY_REQUEST, PRINCIPALS or LOGINS: `plan` returns None for the rest
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         """Add this request's operations to `ops`; return what judges their results

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
-from apiguard.detectors.base import Finding, Judge, Outcome
+from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome
 from apiguard.detectors.flow_groups import completed_flows
 from apiguard.detectors.population import Populations
 from apiguard.store.base import Run, Tally
@@ -35,6 +35,7 @@ class Bola:
     """The BOLA enumeration detector (see the module docstring)."""
 
     name = "bola"
+    watches = EVERY_REQUEST
 
     def __init__(self, config: BolaConfig, enforce: bool) -> None:
         self.config = config

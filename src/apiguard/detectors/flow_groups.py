@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from apiguard.detectors.base import Finding, Judge, Outcome, RecentlySent
+from apiguard.detectors.base import PRINCIPALS, Finding, Judge, Outcome, RecentlySent
 from apiguard.store.base import Tally
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ class FlowGroups:
     """The flow-group detector (see the module docstring)."""
 
     name = "flow_groups"
+    watches = PRINCIPALS
 
     def __init__(self, config: FlowGroupsConfig, enforce: bool) -> None:
         self.config = config

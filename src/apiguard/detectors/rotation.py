@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from apiguard.detectors.base import RECENT_MAX, Finding, Judge, Outcome
+from apiguard.detectors.base import PRINCIPALS, RECENT_MAX, Finding, Judge, Outcome
 from apiguard.detectors.population import Population
 from apiguard.request import network_of
 from apiguard.store.base import Tally
@@ -78,6 +78,7 @@ class Rotation:
     """The rotation / stolen-key detector (see the module docstring)."""
 
     name = "rotation"
+    watches = PRINCIPALS
 
     def __init__(self, config: RotationConfig, enforce: bool) -> None:
         self.config = config

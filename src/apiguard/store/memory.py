@@ -469,30 +469,43 @@ class MemoryStore:
     def observe(self, ops: Sequence[Observation], now: float) -> None:
         """Run `Tally` and `Run` operations (see `apiguard.store.base`). Both tables are
         bounded by `max_keys`: a full one drops expired state first, else its least
-        recently used entry (detector state is evidence, not a quota)."""
-        with self._lock:
+        recently used entry (detector state is evidence, not a quota). Runs after every
+        observed response: `expired` is inlined, and the lock taken without `with`."""
+        tallies = self._tallies
+        runs = self._runs
+        self._lock.acquire()
+        try:
             for op in ops:
+                key = op.key
                 if isinstance(op, Tally):
-                    t = self._tallies.get(op.key)
-                    if t is None or t.expired(now):
-                        t = self._make(self._tallies, op.key, Generations(op.window, now), now)
+                    t = tallies.get(key)
+                    if t is None or now - t.start >= 2 * t.half:  # (t.expired(now))
+                        t = self._make(tallies, key, Generations(op.window, now), now, t)
                     else:
-                        self._tallies.move_to_end(op.key)
+                        tallies.move_to_end(key)
                     op.count = t.add(op.item, op.amount, now)
                 elif isinstance(op, Run):
-                    r = self._runs.get(op.key)
-                    if r is None or r.expired(now):
-                        r = self._make(self._runs, op.key, Stride(op.window, now), now)
+                    r = runs.get(key)
+                    if r is None or now - r.touched >= r.window:  # (r.expired(now))
+                        r = self._make(runs, key, Stride(op.window, now), now, r)
                     else:
-                        self._runs.move_to_end(op.key)
+                        runs.move_to_end(key)
                     op.length, op.stride = r.step(op.value, now)
+        finally:
+            self._lock.release()
 
-    def _make(self, table: OrderedDict[str, _S], key: str, fresh: _S, now: float) -> _S:
-        full = key not in table and len(table) >= self.max_keys
-        if full and not _drop_one(table, lambda v: v.expired(now)):
+    def _make(
+        self, table: OrderedDict[str, _S], key: str, fresh: _S, now: float, old: _S | None
+    ) -> _S:
+        """Put `fresh` under `key` (most recently used), in place of `old`, its expired
+        entry, if any; a new key in a full table makes room first."""
+        if old is not None:
+            table[key] = fresh
+            table.move_to_end(key)
+            return fresh
+        if len(table) >= self.max_keys and not _drop_one(table, lambda v: v.expired(now)):
             table.popitem(last=False)
-        table[key] = fresh
-        table.move_to_end(key)
+        table[key] = fresh  # (a new key goes to the most recent end)
         return fresh
 
     async def aobserve(self, ops: Sequence[Observation], now: float) -> None:

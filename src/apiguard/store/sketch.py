@@ -51,31 +51,28 @@ class Generations:
         """Whether both generations have left the window."""
         return now - self.start >= 2 * self.half
 
-    def _roll(self, now: float) -> float:
-        """Move to the generation containing `now`; the share of the previous one still
-        inside the window."""
+    def _roll(self, now: float) -> None:
+        """Move to the generation containing `now` (the caller saw it is past this one)."""
         elapsed = now - self.start
-        if elapsed >= self.half:
-            if elapsed >= 2 * self.half:
-                self.old_count, self.old_bits = 0, None
-                self.start = now
-            else:
-                self.old_count, self.old_bits = self.count, self.bits
-                self.start += self.half
-            self.count, self.bits = 0, None
-            old = self.old_bits
-            self.union = int.from_bytes(old, "big").bit_count() if old is not None else 0
-            elapsed = now - self.start
-        return 1.0 - elapsed / self.half
+        if elapsed >= 2 * self.half:
+            self.old_count, self.old_bits = 0, None
+            self.start = now
+        else:
+            self.old_count, self.old_bits = self.count, self.bits
+            self.start += self.half
+        self.count, self.bits = 0, None
+        old = self.old_bits
+        self.union = int.from_bytes(old, "big").bit_count() if old is not None else 0
 
     def add(self, item: str | None, amount: int, now: float) -> float:
         """Count `amount`, or set `item`; the count (or distinct estimate) after it."""
-        weight = self._roll(now)
+        if now - self.start >= self.half:
+            self._roll(now)
         if item is None:
             if amount == 0 and (self.bits is not None or self.old_bits is not None):
                 return _ESTIMATES[self.union]  # a read of a distinct sketch
             self.count += amount
-            return self.count + self.old_count * weight
+            return self.count + self.old_count * (1.0 - (now - self.start) / self.half)
         bits = self.bits
         if bits is None:
             bits = self.bits = bytearray(BITS // 8)
