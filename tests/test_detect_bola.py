@@ -423,3 +423,33 @@ def test_account_created_rejects_what_is_not_an_id() -> None:
     driver = AsgiDriver(app)
     with pytest.raises(ValueError, match="non-empty"):
         run(driver.send(Request("POST", "/bad", "198.51.100.1", ())))
+
+
+def test_a_challenge_holds_the_query_ids_bola_counts_and_nothing_that_merely_looks_alike() -> None:
+    """With `query_params=["id"]`, a challenged walker is held where a request names an
+    `id` (decoded as the framework decodes it) and not on `?userid=` or `?x=id=3`."""
+    clock = FakeClock(START)
+    guard = Guard({"detection": {"bola": {"query_params": ["id"]}}}, clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(19)
+
+    async def scenario() -> dict[str, bool]:
+        c = Client(driver, BROWSERS[0], public_ip(rng))
+        await c.login(104)
+        order = 4000
+        while not is_challenge(await c.send("GET", f"/orders/{order}")):
+            order += 1
+            clock.advance(rng.uniform(1.0, 3.0))
+        return {
+            q: is_challenge(await c.send("GET", f"/me?{q}"))
+            for q in ("id=3", "%69d=3", "userid=3", "x=id%3D3", "id=")
+        }
+
+    held = run(scenario())
+    assert held == {
+        "id=3": True,
+        "%69d=3": True,
+        "userid=3": False,
+        "x=id%3D3": False,
+        "id=": False,
+    }

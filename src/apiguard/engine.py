@@ -16,7 +16,6 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import unquote_plus
 
 from apiguard import detectors
 from apiguard.admission import Admission
@@ -32,6 +31,7 @@ from apiguard.detectors.base import (
     LoginAttempt,
     Outcome,
 )
+from apiguard.detectors.bola import names_object
 from apiguard.detectors.flow_groups import GROUP, FlowGroups, group_keys
 from apiguard.detectors.rotation import Rotation, shaped_key
 from apiguard.login import (
@@ -179,6 +179,7 @@ class Engine:
         self._use(detectors.build(config.detection, self.enforce_default))
         self._flow_groups = any(isinstance(d, FlowGroups) for d in self.detectors)
         self._rotation = next((d for d in self.detectors if isinstance(d, Rotation)), None)
+        self._bola_query = frozenset(config.detection.bola.query_params)
         self._net_keys: dict[str, str] = {}  # client address -> its network's key (bounded)
         self._flights: dict[str, int] = {}  # IP key -> its unanswered login attempts
         self._proxied: set[str] = set()  # IP keys that sent untrusted forwarding headers
@@ -611,14 +612,7 @@ class Engine:
     def _object_route(self, ctx: RequestContext) -> bool:
         """Whether the request names objects the BOLA detector watches (path parameters,
         or its configured query parameters)."""
-        scope = ctx.scope
-        if scope.get("path_params"):
-            return True
-        names = self.config.detection.bola.query_params
-        if not names:
-            return False
-        query = unquote_plus(bytes(scope.get("query_string") or b"").decode("latin-1"))
-        return any(f"{name}=" in query for name in names)
+        return names_object(ctx.scope, self._bola_query)
 
     def _ban_keys(self, ctx: RequestContext) -> tuple[str, ...]:
         """Whose bans refuse this request: the principal and every credential presented;

@@ -18,7 +18,8 @@ run of constant-stride steps between integer ids. Flagged (see `BolaConfig`):
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome
@@ -100,11 +101,9 @@ class Bola:
                 text, number = _normalised(value, number)
                 parts.append(f"{name}={text}")
         if self._query:
-            query = scope.get("query_string") or b""
-            for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=False):
-                if name in self._query:
-                    text, number = _normalised(value, number)
-                    parts.append(f"{name}={text}")
+            for name, value in _query_ids(scope, self._query):
+                text, number = _normalised(value, number)
+                parts.append(f"{name}={text}")
         if not parts:
             return None
         return "&".join(parts), number
@@ -206,6 +205,21 @@ class Bola:
             return None
 
         return judge
+
+
+def names_object(scope: Mapping[str, Any], query_names: frozenset[str]) -> bool:
+    """Whether a request names an object the detector counts (read as `Bola` reads it):
+    a path parameter, or a non-empty query parameter in `query_names`."""
+    if scope.get("path_params"):
+        return True
+    return bool(query_names) and any(True for _ in _query_ids(scope, query_names))
+
+
+def _query_ids(scope: Mapping[str, Any], names: frozenset[str]) -> Iterator[tuple[str, str]]:
+    query = scope.get("query_string") or b""
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=False):
+        if name in names:
+            yield name, value
 
 
 YOUNG = "young:"  # detector-table prefix of an account born in a sign-up
