@@ -453,3 +453,32 @@ def test_a_challenge_holds_the_query_ids_bola_counts_and_nothing_that_merely_loo
         "x=id%3D3": False,
         "id=": False,
     }
+
+
+def test_a_young_account_that_passes_the_challenge_gets_the_population_bar() -> None:
+    """A new customer who reads 40 orders on their first day (an app whose every login is
+    a sign-up-like flow, say) is asked once, passes, and is never blocked: the young
+    floor holds only until the person passes, not four times the young floor after."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(23)
+
+    async def scenario() -> tuple[int, int, int]:
+        c = Client(driver, BROWSERS[1], public_ip(rng))
+        await c.signup("newcustomer")
+        ok = challenged = blocked = 0
+        for order in range(1000, 1040):
+            clock.advance(rng.uniform(1.0, 4.0))
+            resp = await c.send("GET", f"/orders/{order}")
+            if is_challenge(resp):
+                challenged += 1
+                await c.send("POST", "/challenge")
+                resp = await c.send("GET", f"/orders/{order}")
+            if resp.status == 200:
+                ok += 1
+            elif resp.status == 403:
+                blocked += 1
+        return ok, challenged, blocked
+
+    assert run(scenario()) == (40, 1, 0)

@@ -158,12 +158,20 @@ class Bola:
             learned = population.update(subject, count)
             if own_floor is not None:
                 learned = max(learned, own_floor)
-            is_young = young is not None and young.count > 0 and cfg.young_floor < learned
+            scale = 0.5 if prior else 1.0
+            passed = person and outcome.ctx.engine.passed(subject, outcome.now)
+            if passed:
+                scale = 4.0
+            # a young account is held to the young floor until it passes the challenge
+            # (then it is a person: the population's bar, four times over)
+            is_young = (
+                not passed
+                and young is not None
+                and young.count > 0
+                and cfg.young_floor < learned
+            )
             if is_young:
                 learned = cfg.young_floor
-            scale = 0.5 if prior else 1.0
-            if person and outcome.ctx.engine.passed(subject, outcome.now):
-                scale = 4.0
             found = _verdict(
                 count, learned * scale, cfg.sequential_run * scale, cfg.errors_floor * scale
             )
