@@ -17,6 +17,7 @@ run of constant-stride steps between integer ids. Flagged (see `BolaConfig`):
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -139,6 +140,8 @@ class Bola:
         if number is not None:
             run = Run(base + ":r", cfg.window, number)
             ops.append(run)
+        if anonymous and run is None and errors is None:
+            return None  # counted; nothing an address can be flagged for was seen
         population = self.populations.get(template)
         young: Tally | None = None
         if anonymous is False and own_floor is None and outcome.ctx.vouched:
@@ -155,7 +158,9 @@ class Bola:
 
         def judge() -> list[Finding]:
             count = distinct.count
-            learned = population.update(subject, count)
+            # the route's population is its principals: an address is never flagged for
+            # the number of objects, and an office browsing a catalogue must not raise it
+            learned = math.inf if anonymous else population.update(subject, count)
             if own_floor is not None:
                 learned = max(learned, own_floor)
             scale = 0.5 if prior else 1.0
