@@ -333,6 +333,9 @@ class RotationConfig(_Detector):
     # up to this many client shapes on a flagged principal, only the shape that rotated is
     # banned (the owner's software goes on); more, the principal is, but at its home
     per_shape: int = Field(3, ge=0)
+    # a principal's first places (/24 + client shape) answered below 400 become its home
+    # a quarter window after first seen: a ban on the whole principal does not hold there
+    homes: int = Field(3, ge=0, le=16)
     # and only from at least this many regions (/8, IPv6 /20): a carrier's NAT pool spans
     # many /16s in a few of them; residential proxies are everywhere
     spread: int = Field(6, ge=1)

@@ -33,7 +33,7 @@ from apiguard.detectors.base import (
 )
 from apiguard.detectors.bola import names_object
 from apiguard.detectors.flow_groups import GROUP, FlowGroups, group_keys
-from apiguard.detectors.rotation import Rotation, shaped_key
+from apiguard.detectors.rotation import Rotation, home_key, shaped_key
 from apiguard.login import (
     PASS_COOKIE,
     cookie,
@@ -72,6 +72,7 @@ _ENDPOINTS_MAX = 4096
 _SHARED_TOKEN = "*shared*"
 GATE = "gate:"  # ban-table prefix of what holds logins back (at the login route only)
 PASSED = "passed:"  # ban-table prefix of a person who passed a detector's challenge
+PASS_USED = "pu:"  # ban-table prefix of a pass that answered one person's challenge
 _IN_FLIGHT_MAX = 10  # unanswered login attempts one address may have at once
 _PROXIED_MAX = 4096  # addresses remembered as untrusted proxies
 
@@ -180,6 +181,8 @@ class Engine:
         self._flow_groups = any(isinstance(d, FlowGroups) for d in self.detectors)
         self._rotation = next((d for d in self.detectors if isinstance(d, Rotation)), None)
         self._bola_query = frozenset(config.detection.bola.query_params)
+        # the app called guard.account_created(): only declared sign-ups make accounts young
+        self.accounts_declared = False
         self._net_keys: dict[str, str] = {}  # client address -> its network's key (bounded)
         self._flights: dict[str, int] = {}  # IP key -> its unanswered login attempts
         self._proxied: set[str] = set()  # IP keys that sent untrusted forwarding headers
@@ -446,6 +449,7 @@ class Engine:
         ctx.decision = decision
         ctx.global_done = True
         self.telemetry.record(ctx, decision)
+        self._rotation_refused(ctx, decision, ban.owner or ban.key)
         return decision
 
     def _note_token(self, ctx: RequestContext, principal: str) -> None:
@@ -580,9 +584,18 @@ class Engine:
         value = cookie(ctx, PASS_COOKIE)
         if not pass_valid(self.hasher, value, now) or value is None:
             return
-        issued = int(value.partition(".")[0]) - self.config.detection.challenge_for
+        until = int(value.partition(".")[0])
+        issued = until - self.config.detection.challenge_for
         if issued + 1 < self._challenged_at[principal]:
             return  # a pass from before (e.g. a login challenge): not an answer to this one
+        # one pass answers one person's challenge: a solved CAPTCHA's cookie replayed on a
+        # batch of accounts lifts the first one only (kept in the shared ban table)
+        mark = PASS_USED + self.hasher("pk", value)
+        used = self.store.active_ban(mark, now)
+        if used is not None and used.owner != principal:
+            return
+        if used is None:
+            self.store.impose(Ban(mark, float(until), 1, principal, "pass"), now)
         for key in (principal, *ctx.credentials):  # (its token carries the challenge too)
             self._lift_challenge(key, now)
 
@@ -634,6 +647,12 @@ class Engine:
             unheld = self._not_challenged_here(ctx)
             keys = tuple(k for k in keys if not self._not_held(ctx, k, unheld, now))
         return keys
+
+    def known_principal(self, key: str) -> bool:
+        """Whether this process has seen `key` answered below 400 (the rotation detector's
+        places: its first few networks and client shapes)."""
+        rotation = self._rotation
+        return rotation is not None and rotation.homes.knows(key)
 
     def _not_held(self, ctx: RequestContext, key: str, unheld: bool, now: float) -> bool:
         """Whether the ban on `key` (if any) does not hold this request: a challenge where
@@ -835,8 +854,33 @@ class Engine:
             ctx.decision = decision
         self.telemetry.record(ctx, decision)
         if decision.refused:
+            self._rotation_refused(ctx, decision)
             raise self.refusal(decision)
         return decision
+
+    def _rotation_refused(
+        self, ctx: RequestContext, decision: Decision, principal: str | None = None
+    ) -> None:
+        """A principal refused for rotating keeps adding its networks to its own evidence
+        (in process; a refused request touches nothing else), so a thief that tries on
+        through its ban is banned again as soon as the ban ends, not after a new run."""
+        rotation = self._rotation
+        if rotation is None or decision.detector != rotation.name or not self.store.local:
+            return
+        principal = principal or ctx.principal
+        if principal is None or principal == ctx.ip_key:
+            return
+        now = self.clock()
+        ops: list[Observation] = []
+        try:
+            judge = rotation.plan(Outcome(ctx, 403, principal, now, None), ops)
+            if ops:
+                self.store.observe(ops, now)
+        except Exception:
+            log.exception("apiguard: the rotation detector failed on a refused request")
+            return
+        if judge is not None:
+            self._judge(ctx, [judge], now)
 
     # -- logins and challenges ------------------------------------------------------
     def net_key(self, client: str, wide: bool = False) -> str:
@@ -1155,6 +1199,11 @@ class Engine:
                 starts.clear()
             starts[key] = now
         self.store.impose(ban, now)
+        rotation = self._rotation
+        if rotation is not None and finding.detector == rotation.name and key == finding.owner:
+            # its home, as this worker knows it, for every worker while the ban lasts
+            for net, fp in rotation.homes.of(key, now):
+                self.store.impose(Ban(home_key(key, net, fp), ban.until, 1, key, "pass"), now)
         if not key.startswith(GATE) and ctx.vouched and key == ctx.principal:
             for token in self._carried_tokens(ctx, key):
                 self.store.impose(

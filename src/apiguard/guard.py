@@ -507,7 +507,8 @@ class Guard:
         gets for it later) when it answers 2xx: the account is young for
         `detection.bola.young_for` (see *Young accounts* in the README). Needed where the
         sign-up does not sign the user in, or sets a cookie first; a sign-up flow that
-        calls `identify()` on a request with neither credential nor cookie is seen alone."""
+        calls `identify()` on a request with neither credential nor cookie is seen alone,
+        until the first call of this method: from then on only it makes accounts young."""
         ctx = current_request()
         if ctx is None:
             raise RuntimeError(
@@ -516,7 +517,9 @@ class Guard:
         text = identity_text(user_id, ctx.engine, "account_created()")
         if not text:
             raise ValueError("account_created() needs the new account's non-empty user id")
-        ctx.born = ctx.engine.hasher("u", text)
+        engine = ctx.engine
+        engine.accounts_declared = True  # from now on, only declared sign-ups make accounts young
+        ctx.born = (engine.hasher("u", text), engine.hasher("c", text))
 
     def challenge_passed(self) -> None:
         """Call from inside the request in which the person passed the app's challenge

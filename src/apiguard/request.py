@@ -276,7 +276,9 @@ class RequestContext:
         self.has_cookie = has_cookie
         self.vouched = False  # the app declared or resolved the principal
         self.declared: str | None = None
-        self.born: str | None = None  # the account this request created (account_created)
+        # the account this request created (account_created): its keys as identify() and
+        # as a principal resolver would name it
+        self.born: tuple[str, ...] = ()
         self.principal: str | None = None
         self.global_done = False
         # the endpoint rules tuples a checkpoint of this request ran (a decorated function

@@ -68,8 +68,8 @@ class Bola:
         harvest over fresh accounts gets nothing more; a person passes)."""
         cfg = self.config
         now = outcome.now
-        if len(self._young_flags) < cfg.young_alarm:
-            return None
+        if len(self._young_flags) < cfg.young_alarm or cfg.person_action != "challenge":
+            return None  # (an app without a challenge is never refused at sign-up)
         engine = outcome.ctx.engine
         unanswered = [
             at
@@ -115,10 +115,10 @@ class Bola:
         found = self._object(outcome)
         if found is None:
             born = _born(outcome)
-            if born is None:
+            if not born:
                 return None
-            ops.append(Tally(YOUNG + born, self.config.young_for))
-            return self._birth(born, outcome)
+            ops.extend(Tally(YOUNG + key, self.config.young_for) for key in born)
+            return self._birth(born[0], outcome)
         template = outcome.ctx.route
         if template is None:
             return None
@@ -239,24 +239,29 @@ YOUNG = "young:"  # detector-table prefix of an account born in a sign-up
 _YOUNG_KEPT = 64  # flagged young accounts remembered for the alarm
 
 
-def _born(outcome: Outcome) -> str | None:
-    """The account this request created, answered 2xx: the one `guard.account_created()`
-    named, else the one the app identified in a request that carried neither a credential
-    nor a cookie on a route completing a flow (a sign-up that signs the user in)."""
+def _born(outcome: Outcome) -> tuple[str, ...]:
+    """The keys of the account this request created, answered 2xx: the one
+    `guard.account_created()` named, else the one the app identified in a request that
+    carried neither a credential nor a cookie on a route completing a flow (a sign-up that
+    signs the user in), unless this process has seen that account answered before (a
+    password reset, a magic link: not a new account)."""
     ctx = outcome.ctx
     if not 200 <= outcome.status < 300:
-        return None
-    if ctx.born is not None:  # guard.account_created()
+        return ()
+    if ctx.born:  # guard.account_created()
         return ctx.born
+    declared = ctx.declared
     if (
-        ctx.declared is None
+        declared is None
+        or ctx.engine.accounts_declared
         or ctx.login is not None
         or ctx.credentials
         or ctx.has_cookie
         or not completed_flows(ctx)
+        or ctx.engine.known_principal(declared)
     ):
-        return None
-    return ctx.declared
+        return ()
+    return (declared,)
 
 
 def _subject(outcome: Outcome) -> tuple[str, bool, str]:

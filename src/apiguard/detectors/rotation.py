@@ -29,7 +29,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from apiguard.detectors.base import PRINCIPALS, RECENT_MAX, Finding, Judge, Outcome
+from apiguard.detectors.base import (
+    PRINCIPALS,
+    RECENT_MAX,
+    Finding,
+    Judge,
+    Outcome,
+    RecentlySent,
+)
 from apiguard.detectors.population import Population
 from apiguard.request import network_of
 from apiguard.store.base import Tally
@@ -41,6 +48,7 @@ if TYPE_CHECKING:
 
 Place = tuple[str, str, str]  # (principal, /24 network key, client fingerprint)
 SHAPED = "rs:"  # ban-table prefix of a principal as one client shape uses it
+HOME = "rh:"  # ban-table prefix of a banned principal's home, published with its ban
 
 
 def shaped_key(principal: str, fingerprint: str) -> str:
@@ -48,30 +56,57 @@ def shaped_key(principal: str, fingerprint: str) -> str:
     return f"{SHAPED}{fingerprint}:{principal}"
 
 
-class Places:
-    """Where principals were used from: place -> [first seen, last sent] (bounded LRU)."""
+def home_key(principal: str, network: str, fingerprint: str) -> str:
+    """The ban-table key that says (network, fingerprint) is `principal`'s home."""
+    return f"{HOME}{network}:{fingerprint}:{principal}"
 
-    def __init__(self, fresh: float, size: int = RECENT_MAX) -> None:
+
+class Homes:
+    """Each principal's first `per_principal` places answered below 400 (network, client
+    fingerprint, first seen), in a bounded LRU of principals: a place is home once it was
+    first seen `fresh` seconds ago. Places after the first few never become home, so a
+    thief's proxies cannot, and a refused request records nothing."""
+
+    def __init__(self, fresh: float, per_principal: int, size: int = RECENT_MAX) -> None:
         self.fresh = fresh
+        self.per_principal = per_principal
         self.size = size
-        self._seen: OrderedDict[Place, list[float]] = OrderedDict()
+        self._places: OrderedDict[str, list[tuple[str, str, float]]] = OrderedDict()
 
-    def visit(self, place: Place, now: float) -> tuple[bool, bool]:
-        """Record a visit: (whether it is due to be sent to the store, whether the place
-        is home: first seen at least `fresh` seconds ago)."""
-        seen = self._seen
-        entry = seen.get(place)
-        if entry is None:
-            if len(seen) >= self.size:
-                seen.popitem(last=False)
-            seen[place] = [now, now]
-            return True, False
-        seen.move_to_end(place)
-        home = now - entry[0] >= self.fresh
-        if now - entry[1] < self.fresh:
-            return False, home
-        entry[1] = now
-        return True, home
+    def note(self, principal: str, network: str, fingerprint: str, now: float) -> bool:
+        """Record an answered request's place; whether it is (already) home."""
+        places = self._places
+        found = places.get(principal)
+        if found is None:
+            if self.per_principal <= 0:
+                return False
+            if len(places) >= self.size:
+                places.popitem(last=False)
+            places[principal] = [(network, fingerprint, now)]
+            return False
+        places.move_to_end(principal)
+        for net, fp, first in found:
+            if net == network and fp == fingerprint:
+                return now - first >= self.fresh
+        if len(found) < self.per_principal:
+            found.append((network, fingerprint, now))
+        return False
+
+    def knows(self, principal: str) -> bool:
+        """Whether `principal` was answered below 400 lately (changes nothing)."""
+        return principal in self._places
+
+    def is_home(self, principal: str, network: str, fingerprint: str, now: float) -> bool:
+        """Whether (network, fingerprint) is `principal`'s home (changes nothing)."""
+        for net, fp, first in self._places.get(principal, ()):
+            if net == network and fp == fingerprint:
+                return now - first >= self.fresh
+        return False
+
+    def of(self, principal: str, now: float) -> list[tuple[str, str]]:
+        """`principal`'s homes: (network, fingerprint) pairs."""
+        found = self._places.get(principal, ())
+        return [(net, fp) for net, fp, first in found if now - first >= self.fresh]
 
 
 class Rotation:
@@ -91,20 +126,33 @@ class Rotation:
             config.min_principals,
             config.ceiling,
         )
-        self.places = Places(config.window / 4)
+        self.homes = Homes(config.window / 4, config.homes)
+        self._sent: RecentlySent[Place] = RecentlySent(config.window / 4)
 
     def excuses(self, ctx: RequestContext, ban: Ban, now: float) -> bool:
         """Whether `ban` (a rotation ban on one of the request's keys) does not hold this
-        request: it comes from the banned principal's home."""
-        return self.places.visit((ban.owner or ban.key, ctx.net_key, ctx.fingerprint), now)[1]
+        request: a ban on the whole principal, and the request comes from its home (as
+        this process knows it, or as the ban's worker published it). A ban on one client
+        shape holds everywhere: the owner's own software is not under it."""
+        if ban.key.startswith(SHAPED):
+            return False
+        principal = ban.owner or ban.key
+        net, fp = ctx.net_key, ctx.fingerprint
+        if self.homes.is_home(principal, net, fp, now):
+            return True
+        store = ctx.engine.store
+        return store.active_ban(home_key(principal, net, fp), now) is not None
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         ctx = outcome.ctx
         principal = outcome.principal
         if principal == ctx.ip_key:
             return None
-        due, home = self.places.visit((principal, ctx.net_key, ctx.fingerprint), outcome.now)
-        if not due:
+        now = outcome.now
+        home = outcome.status < 400 and self.homes.note(
+            principal, ctx.net_key, ctx.fingerprint, now
+        )
+        if not self._sent.due((principal, ctx.net_key, ctx.fingerprint), now):
             return None
         window = self.config.window
         fingerprint = ctx.fingerprint
@@ -124,8 +172,13 @@ class Rotation:
             threshold = population.update(principal, tally.count)
             bar = threshold if shapes.count >= cfg.fingerprints else threshold * cfg.lone
             # few shapes: judged on this one's own networks (the owner's stay few)
-            scoped = shapes.count <= cfg.per_shape
-            if (mine.count if scoped else tally.count) < bar or spread.count < cfg.spread:
+            scoped = round(shapes.count) <= cfg.per_shape
+            judged = mine.count if scoped else tally.count
+            if judged < bar:
+                return []
+            # a carrier's NAT pool sits in a few /8s and never spans 2 x the ceiling's
+            # /16s; a thief on one ISP's residential /8 does, in time
+            if spread.count < cfg.spread and judged < max(2 * bar, 2 * cfg.ceiling):
                 return []
             return [
                 Finding(
