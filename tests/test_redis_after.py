@@ -21,20 +21,28 @@ from apiguard.asgi import GuardMiddleware
 from apiguard.store import redis_after
 from apiguard.store.base import Ban, Run, Tally
 from apiguard.store.redis import RedisStore
+from apiguard.store.redis_wire import Wire
 from apiguard.window import WindowSpec
 
 
 def _counting(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Commands sent from now on (the store's own connection and redis-py's)."""
     sent: list[bytes] = []
     original = redis.asyncio.connection.AbstractConnection.send_packed_command
+    wire_send = Wire._send
 
     async def counting(self: Any, command: Any, check_health: bool = True) -> None:
         sent.append(b"".join(command) if isinstance(command, list) else bytes(command))
         await original(self, command, check_health)
 
+    def wire_counting(self: Wire, proto: Any, command: bytes) -> Any:
+        sent.append(command)
+        return wire_send(self, proto, command)
+
     monkeypatch.setattr(
         redis.asyncio.connection.AbstractConnection, "send_packed_command", counting
     )
+    monkeypatch.setattr(Wire, "_send", wire_counting)
     return sent
 
 

@@ -44,6 +44,7 @@ from apiguard.store.breaker import Breaker
 from apiguard.store.redis_after import Flusher, Then, fill, observe_args
 from apiguard.store.redis_lua import AFTER, CHECKPOINT
 from apiguard.store.redis_urls import client_factories, redis_module
+from apiguard.store.redis_wire import Wire
 from apiguard.window import WindowSpec
 
 log = logging.getLogger("apiguard")
@@ -205,7 +206,7 @@ class RedisStore:
         self._aloop: asyncio.AbstractEventLoop | None = None  # the loop of a made client
         self._scripts: dict[tuple[int, str], Any] = {}  # (id(client), name) -> Script
         self._ready: set[int] = set()  # ids of asyncio clients initialised
-        self._lanes: dict[int, _Lane] = {}  # id(asyncio client) -> its kept connections
+        self._lanes: dict[int, _Lane | Wire] = {}  # id(asyncio client) -> its connections
         self._sync_lanes: dict[int, _SyncLane | bool] = {}  # the same for sync clients
         self.prefix = prefix
         self._p = "{" + prefix + "}:"  # every key in one Cluster slot
@@ -318,12 +319,21 @@ class RedisStore:
         if id(client) not in self._ready:
             # first use: a cluster client discovers its slots, connections are opened;
             # outside the per-call timeout (once per client, bounded all the same)
-            await asyncio.wait_for(self._warm_up(client), max(self.timeout, 1.0))
+            lane: _Lane | Wire | None = None
+            if Wire.fits(client):
+                lane = Wire(client)
+            elif _Lane.fits(client):
+                lane = _Lane(client)
+            await asyncio.wait_for(self._warm_up(client, lane), max(self.timeout, 1.0))
             self._ready.add(id(client))
-            if _Lane.fits(client):
-                self._lanes[id(client)] = _Lane(client)
+            if lane is not None:
+                if len(self._lanes) > 8:
+                    self._lanes.clear()
+                self._lanes[id(client)] = lane
         script = self._script(client, name)
         lane = self._lanes.get(id(client))
+        if isinstance(lane, Wire) and lane.loop is not asyncio.get_running_loop():
+            lane = self._lanes[id(client)] = Wire(client)  # (a client used on another loop)
         call = (
             lane.evalsha(script, self._seq_key, args)
             if lane is not None
@@ -335,12 +345,14 @@ class RedisStore:
             return await call
 
     @staticmethod
-    async def _warm_up(client: Any) -> None:
+    async def _warm_up(client: Any, lane: _Lane | Wire | None) -> None:
         """Discover a cluster's slots, open a connection, load the checkpoint script."""
         init = getattr(client, "initialize", None)
         if callable(init):
             await init()
         await client.script_load(CHECKPOINT)
+        if isinstance(lane, Wire):
+            await lane.call(b"*1\r\n$4\r\nPING\r\n")
 
     def _now_arg(self, now: float) -> str:
         return "" if self.server_time is not False else repr(now)
@@ -770,6 +782,9 @@ class RedisStore:
     async def aclose(self) -> None:
         """Write what waits (`drain`), then close the asyncio client's connections."""
         await self.drain()
+        for lane in list(self._lanes.values()):
+            if isinstance(lane, Wire):
+                await lane.aclose()
         if self._aclient is not None:
             await self._aclient.aclose()
 

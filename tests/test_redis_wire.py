@@ -1,0 +1,114 @@
+"""The Redis store's own asyncio connection (`apiguard.store.redis_wire`) against a real
+redis-server: pipelined calls, NOSCRIPT, password, user and database, fallbacks to
+redis-py for the clients it does not serve."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from apiguard.config import BanConfig
+from apiguard.store.base import Batch, Hit
+from apiguard.store.redis import RedisStore
+from apiguard.store.redis_wire import Wire, _parse, pack
+from apiguard.window import WindowSpec
+from redisproc import RedisServer
+
+SPEC = WindowSpec(1000, 60.0, 10)
+
+
+def _lane(store: RedisStore) -> Any:
+    (lane,) = store._lanes.values()
+    return lane
+
+
+def test_replies_are_parsed_whole_or_waited_for() -> None:
+    reply = b"*3\r\n$3\r\nabc\r\n:-7\r\n$-1\r\n"
+    assert _parse(reply, 0) == ([b"abc", -7, None], len(reply))
+    for cut in range(1, len(reply)):
+        assert _parse(reply[:cut], 0)[1] == 0  # incomplete: nothing consumed
+    assert pack("SET", "k", 1.5, 2) == b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\n1.5\r\n$1\r\n2\r\n"
+
+
+def test_concurrent_checkpoints_share_one_connection_and_get_their_own_replies(
+    redis_url: str,
+) -> None:
+    store = RedisStore(redis.asyncio.Redis.from_url(redis_url), timeout=5.0)
+
+    async def scenario() -> list[int]:
+        await store.aexecute(Batch([Hit("w.warm|x", SPEC)]), 0.0, BanConfig())
+        results = await asyncio.gather(
+            *(  # window k charged k + 1 a request: replies mixed up would show
+                store.aexecute(Batch([Hit(f"w.{i % 3}|x", SPEC, i % 3 + 1)]), 0.0, BanConfig())
+                for i in range(60)
+            )
+        )
+        assert isinstance(_lane(store), Wire)
+        return [r.hits[0].remaining for r in results]
+
+    remaining = asyncio.run(scenario())
+    for k in range(3):  # in the order they were sent
+        assert remaining[k::3] == [1000 - (k + 1) * j for j in range(1, 21)]
+    assert store.fallbacks == 0
+
+
+def test_a_flushed_script_cache_is_reloaded_on_the_asyncio_path(redis_url: str) -> None:
+    store = RedisStore(redis.asyncio.Redis.from_url(redis_url), timeout=5.0)
+    sync = redis.Redis.from_url(redis_url)
+
+    async def scenario() -> int:
+        await store.aexecute(Batch([Hit("w.a|x", SPEC)]), 0.0, BanConfig())
+        sync.script_flush()  # what a Redis restart does
+        result = await store.aexecute(Batch([Hit("w.a|x", SPEC)]), 0.0, BanConfig())
+        return result.hits[0].remaining
+
+    assert asyncio.run(scenario()) == 998
+    assert store.fallbacks == 0
+
+
+def test_password_user_and_database_are_those_of_the_client() -> None:
+    server = RedisServer().start()
+    try:
+        admin = redis.Redis(port=server.port)
+        admin.execute_command("ACL", "SETUSER", "guard", "on", ">s3cret", "~*", "+@all")
+        admin.config_set("requirepass", "pw")
+        for url, db in (
+            (f"redis://:pw@127.0.0.1:{server.port}/3", 3),
+            (f"redis://guard:s3cret@127.0.0.1:{server.port}/5", 5),
+        ):
+            store = RedisStore(redis.asyncio.Redis.from_url(url), timeout=5.0)
+
+            async def scenario(store: RedisStore = store) -> bool:
+                result = await store.aexecute(Batch([Hit("w.a|x", SPEC)]), 0.0, BanConfig())
+                return isinstance(_lane(store), Wire) and result.admitted
+
+            assert asyncio.run(scenario())
+            assert store.fallbacks == 0
+            check = redis.Redis(port=server.port, password="pw", db=db)
+            assert check.exists("{apiguard}:w:w.a|x")
+        store = RedisStore(
+            redis.asyncio.Redis.from_url(f"redis://:wrong@127.0.0.1:{server.port}/0"),
+            timeout=1.0,
+        )
+        refused = asyncio.run(store.aexecute(Batch([Hit("w.a|x", SPEC)]), 0.0, BanConfig()))
+        assert refused.admitted and store.fallbacks == 1  # fails open, no exception
+    finally:
+        server.close()
+
+
+def test_clients_it_does_not_serve_keep_redis_py() -> None:
+    plain = redis.asyncio.Redis(port=1)
+    assert Wire.fits(plain)
+    assert not Wire.fits(redis.asyncio.Redis(port=1, protocol=3))
+
+    class Provider(redis.CredentialProvider):
+        def get_credentials(self) -> tuple[str, str]:
+            return ("u", "p")
+
+    assert not Wire.fits(redis.asyncio.Redis(port=1, credential_provider=Provider()))
+    assert not Wire.fits(redis.Redis(port=1))  # the sync client
+    assert Wire.fits(redis.asyncio.Redis(port=1, ssl=True))  # rediss:// (redis-py's TLS)
+    assert Wire.fits(redis.asyncio.Redis(unix_socket_path="/tmp/none.sock"))
