@@ -23,7 +23,7 @@ from apiguard.store.base import Observation, Run, Tally
 
 log = logging.getLogger("apiguard")
 
-DELAY = 0.002  # seconds an operation waits for others (unless urgent)
+DELAY = 0.005  # seconds an operation waits for others (unless urgent)
 CHUNK = 128  # operations a flush carries at most (a script keeps Redis busy meanwhile)
 MAX_WAITING = 8192  # operations waiting at most; more are dropped
 IN_FLIGHT = 2  # flushes sent at a time
