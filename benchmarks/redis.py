@@ -91,9 +91,9 @@ def _count_trips() -> None:
 
     wire_send = Wire._send
 
-    def wire_counted(self: Wire, proto: Any, command: bytes) -> Any:
+    def wire_counted(self: Wire, proto: Any, command: bytes, *rest: Any) -> Any:
         TRIPS[0] += 1
-        return wire_send(self, proto, command)
+        return wire_send(self, proto, command, *rest)
 
     redis.connection.AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
     redis.asyncio.connection.AbstractConnection.send_packed_command = acounted  # type: ignore[method-assign]

@@ -35,9 +35,9 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
         sent.append(b"".join(command) if isinstance(command, list) else bytes(command))
         await original(self, command, check_health)
 
-    def wire_counting(self: Wire, proto: Any, command: bytes) -> Any:
+    def wire_counting(self: Wire, proto: Any, command: bytes, *rest: Any) -> Any:
         sent.append(command)
-        return wire_send(self, proto, command)
+        return wire_send(self, proto, command, *rest)
 
     monkeypatch.setattr(
         redis.asyncio.connection.AbstractConnection, "send_packed_command", counting

@@ -305,9 +305,9 @@ def test_concurrent_observations_share_one_round_trip(
 
     wire_send = Wire._send
 
-    def wire_counting(self: Wire, proto: Any, command: bytes) -> Any:
+    def wire_counting(self: Wire, proto: Any, command: bytes, *rest: Any) -> Any:
         sent.append(1)
-        return wire_send(self, proto, command)
+        return wire_send(self, proto, command, *rest)
 
     async def scenario() -> list[tuple[Tally, Run]]:
         await store.aobserve([Tally("warm", 10.0)], 0.0)  # warm-up and script load

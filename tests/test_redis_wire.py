@@ -112,3 +112,36 @@ def test_clients_it_does_not_serve_keep_redis_py() -> None:
     assert not Wire.fits(redis.Redis(port=1))  # the sync client
     assert Wire.fits(redis.asyncio.Redis(port=1, ssl=True))  # rediss:// (redis-py's TLS)
     assert Wire.fits(redis.asyncio.Redis(unix_socket_path="/tmp/none.sock"))
+
+
+def test_a_hung_server_fails_every_waiting_call_by_its_deadline() -> None:
+    import os
+    import signal
+    import time
+
+    server = RedisServer().start()
+    assert server.proc is not None
+    store = RedisStore.from_url(server.url, timeout=0.25, breaker_interval=60.0)
+
+    async def timed() -> float:
+        started = time.perf_counter()
+        await store.aexecute(Batch([Hit("w.a|x", SPEC)]), 0.0, BanConfig())
+        return time.perf_counter() - started
+
+    async def scenario() -> list[float]:
+        await timed()  # connected (its opening's deadlines are longer than the timeout)
+        abandoned = asyncio.ensure_future(timed())
+        await asyncio.sleep(0)
+        abandoned.cancel()  # a caller gone: its reply is read and dropped
+        await timed()
+        assert store.fallbacks == 0
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        return await asyncio.gather(*(timed() for _ in range(20)))
+
+    try:
+        elapsed = asyncio.run(scenario())
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        server.close()
+    assert max(elapsed) < 0.25 + 0.5  # (slack: a loaded machine)
+    assert store.fallbacks == 20

@@ -332,8 +332,10 @@ class RedisStore:
                 self._lanes[id(client)] = lane
         script = self._script(client, name)
         lane = self._lanes.get(id(client))
-        if isinstance(lane, Wire) and lane.loop is not asyncio.get_running_loop():
-            lane = self._lanes[id(client)] = Wire(client)  # (a client used on another loop)
+        if isinstance(lane, Wire):
+            if lane.loop is not asyncio.get_running_loop():
+                lane = self._lanes[id(client)] = Wire(client)  # (a client on another loop)
+            return await lane.evalsha(script, self._seq_key, args, self.timeout)  # (its own)
         call = (
             lane.evalsha(script, self._seq_key, args)
             if lane is not None
@@ -352,7 +354,7 @@ class RedisStore:
             await init()
         await client.script_load(CHECKPOINT)
         if isinstance(lane, Wire):
-            await lane.call(b"*1\r\n$4\r\nPING\r\n")
+            await lane.call(b"*1\r\n$4\r\nPING\r\n", lane.loop.time() + 5.0)
 
     def _now_arg(self, now: float) -> str:
         return "" if self.server_time is not False else repr(now)

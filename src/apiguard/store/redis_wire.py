@@ -12,8 +12,10 @@ RESP3, the sync client, `SCRIPT LOAD` at warm-up, `reset`) stays redis-py's.
   database, client name) are read from the client's own connection class, so `rediss://`
   uses redis-py's TLS context. `Wire.fits` says whether a client can use it.
 - Calls are pipelined: concurrent requests share the connection, replies come back in
-  order. The caller's timeout cancels its wait; a cancelled or failed call closes the
-  connection (a hung server is not waited on again), and the next call reconnects.
+  order. Each call has a deadline (the store's timeout); one timer per connection
+  watches the oldest call (no timer per call): past its deadline every waiting call
+  fails with TimeoutError and the connection is closed (a hung server is not waited on
+  again); the next call reconnects. A cancelled caller's reply is read and dropped.
 - NOSCRIPT (a restarted Redis) loads the script again; a connection found closed is
   reconnected and the call made once more (within the caller's timeout).
 """
@@ -96,11 +98,34 @@ class _Error:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.pending: deque[asyncio.Future[Any]] = deque()
+        self.deadlines: deque[float] = deque()  # the pending calls' (in order)
+        self.timer: asyncio.TimerHandle | None = None
         self.buf = b""
         self.closed = False
+
+    def arm(self, deadline: float) -> None:
+        """Make sure `watch` runs by `deadline` (the timer is moved only earlier)."""
+        timer = self.timer
+        if timer is None or deadline < timer.when():
+            if timer is not None:
+                timer.cancel()
+            self.timer = self.loop.call_at(deadline, self.watch)
+
+    def watch(self) -> None:
+        """Fail everything if a waiting call is past its deadline, else look again at
+        the next deadline (the timer stays armed while calls wait: not one per call)."""
+        self.timer = None
+        if not self.deadlines or self.closed:
+            return
+        first = min(self.deadlines)  # (rarely run: once per deadline, not per call)
+        if first <= self.loop.time():
+            self.fail(TimeoutError("Redis did not answer in time"), TimeoutError)
+            return
+        self.arm(first)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -115,6 +140,7 @@ class _Protocol(asyncio.Protocol):
                 if reply is _INCOMPLETE:
                     break
                 future = pending.popleft()
+                self.deadlines.popleft()
                 if not future.done():
                     future.set_result(reply)
         except (ValueError, IndexError) as exc:  # garbage, or a reply nobody asked for
@@ -125,15 +151,19 @@ class _Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(ConnectionError("the connection to Redis was closed"))
 
-    def fail(self, exc: Exception) -> None:
+    def fail(self, exc: Exception, kind: type[Exception] | None = None) -> None:
         self.closed = True
         if self.transport is not None:
             self.transport.close()
-        errors = redis_module().exceptions
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        error = kind or redis_module().exceptions.ConnectionError
+        self.deadlines.clear()
         while self.pending:
             future = self.pending.popleft()
             if not future.done():
-                future.set_exception(errors.ConnectionError(str(exc)))
+                future.set_exception(error(str(exc)))
 
 
 class Wire:
@@ -164,7 +194,7 @@ class Wire:
 
     async def _connect(self) -> _Protocol:
         conn = self._conn
-        proto = _Protocol()
+        proto = _Protocol(self.loop)
         path = getattr(conn, "path", None)
         if path:
             await self.loop.create_unix_connection(lambda: proto, path)
@@ -181,7 +211,8 @@ class Wire:
         if conn.client_name:
             hello.append(pack("CLIENT", "SETNAME", conn.client_name))
         if hello:
-            replies = [self._send(proto, command) for command in hello]
+            deadline = self.loop.time() + 5.0  # (the caller bounds the whole opening)
+            replies = [self._send(proto, command, deadline) for command in hello]
             for reply in replies:
                 result = await reply
                 if isinstance(result, _Error):
@@ -189,7 +220,7 @@ class Wire:
                     raise result.exception()
         return proto
 
-    def _send(self, proto: _Protocol, command: bytes) -> asyncio.Future[Any]:
+    def _send(self, proto: _Protocol, command: bytes, deadline: float) -> asyncio.Future[Any]:
         if proto.closed or proto.transport is None:
             raise redis_module().exceptions.ConnectionError("not connected to Redis")
         if len(proto.pending) >= MAX_PENDING:
@@ -197,35 +228,36 @@ class Wire:
             raise redis_module().exceptions.ConnectionError("too many calls waiting")
         future: asyncio.Future[Any] = self.loop.create_future()
         proto.pending.append(future)
+        proto.deadlines.append(deadline)
+        proto.arm(deadline)
         proto.transport.write(command)
         return future
 
-    async def _connected(self) -> tuple[_Protocol, bool]:
+    async def _connected(self, deadline: float) -> tuple[_Protocol, bool]:
         """The open connection (opened now: False), one opening shared by concurrent
-        callers."""
+        callers, awaited until `deadline`."""
         proto = self._proto
         if proto is not None and not proto.closed:
             return proto, True
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.ensure_future(self._connect())
-        proto = await asyncio.shield(self._connecting)
+        wait = max(deadline - self.loop.time(), 0.0)
+        proto = await asyncio.wait_for(asyncio.shield(self._connecting), wait)
         self._proto = proto
         return proto, False
 
-    async def call(self, command: bytes) -> Any:
-        """Send `command` and return its reply (an error reply raises); a connection
-        found closed is reopened and the command sent once more."""
+    async def call(self, command: bytes, deadline: float) -> Any:
+        """Send `command` and return its reply by `deadline` (loop time; an error reply
+        raises, so does TimeoutError); a connection found closed is reopened and the
+        command sent once more."""
         for attempt in (1, 2):
-            proto, kept = await self._connected()
+            proto, kept = await self._connected(deadline)
             try:
-                reply = await self._send(proto, command)
+                reply = await self._send(proto, command, deadline)
             except redis_module().exceptions.ConnectionError:
                 if attempt == 2 or not kept:
                     raise
                 continue
-            except BaseException:  # cancelled (the caller's timeout): not waited on again
-                proto.fail(ConnectionError("a call was abandoned"))
-                raise
             if isinstance(reply, _Error):
                 raise reply.exception()
             return reply
@@ -239,13 +271,16 @@ class Wire:
             head = self._heads[(sha, key)] = b"".join(map(_encode, ("EVALSHA", sha, 1, key)))
         return b"*%d\r\n%b%b" % (len(args) + 4, head, b"".join(map(_encode, args)))
 
-    async def evalsha(self, script: Any, key: str, args: list[Any]) -> Any:
-        """EVALSHA of a redis-py `Script`; NOSCRIPT loads it again (`script.sha`)."""
+    async def evalsha(self, script: Any, key: str, args: list[Any], timeout: float) -> Any:
+        """EVALSHA of a redis-py `Script` within `timeout` seconds; NOSCRIPT loads it
+        again (`script.sha`)."""
+        deadline = self.loop.time() + timeout
         try:
-            return await self.call(self._evalsha(script.sha, key, args))
+            return await self.call(self._evalsha(script.sha, key, args), deadline)
         except redis_module().exceptions.NoScriptError:
-            script.sha = (await self.call(pack("SCRIPT", "LOAD", script.script))).decode()
-            return await self.call(self._evalsha(script.sha, key, args))
+            loaded = await self.call(pack("SCRIPT", "LOAD", script.script), deadline)
+            script.sha = loaded.decode()
+            return await self.call(self._evalsha(script.sha, key, args), deadline)
 
     async def aclose(self) -> None:
         """Close the connection."""
