@@ -5,7 +5,9 @@
 
 - One round trip per checkpoint: the whole batch (bans, windows, markers, strikes) runs in
   one Lua script (`apiguard.store.redis_lua`) with the `MemoryStore`'s semantics, called
-  with EVALSHA (redis-py's `register_script` reloads it after a Redis restart).
+  with EVALSHA (reloaded after a Redis restart). A plain asyncio client's calls go
+  through the store's own pipelined connection (`apiguard.store.redis_wire`: redis-py's
+  per-call machinery cost more CPU than the call); other clients go through redis-py.
 - One clock: the script reads the Redis server's `TIME`, so app hosts with skewed clocks
   share exact windows. A guard on an injected clock (`Guard(clock=...)`: tests, the
   simulator) sends its own time instead.
