@@ -145,3 +145,53 @@ def test_a_hung_server_fails_every_waiting_call_by_its_deadline() -> None:
         server.close()
     assert max(elapsed) < 0.25 + 0.5  # (slack: a loaded machine)
     assert store.fallbacks == 20
+
+
+def test_tls_uses_the_clients_own_context(redis_url: str, tmp_path: Any) -> None:
+    """rediss://: the connection's TLS context is redis-py's (here: a CA file, the host
+    name checked), in front of the test server through a TLS-terminating proxy."""
+    import shutil
+    import ssl
+    import subprocess
+
+    import pytest
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (the certificate is made with it)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    upstream = redis.Redis.from_url(redis_url).connection_pool.connection_kwargs["port"]
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer),
+                             return_exceptions=True)
+
+    async def scenario() -> tuple[bool, int]:
+        proxy = await asyncio.start_server(relay, "127.0.0.1", 0, ssl=server_ctx)
+        port = proxy.sockets[0].getsockname()[1]
+        client = redis.asyncio.Redis(host="localhost", port=port, ssl=True,
+                                     ssl_ca_certs=str(cert))
+        store = RedisStore(client, timeout=5.0)
+        result = await store.aexecute(Batch([Hit("w.tls|x", SPEC)]), 0.0, BanConfig())
+        lane = _lane(store)
+        await store.aclose()
+        proxy.close()
+        return isinstance(lane, Wire) and result.admitted, store.fallbacks
+
+    uses_wire, fallbacks = asyncio.run(scenario())
+    assert uses_wire and fallbacks == 0
+    assert redis.Redis.from_url(redis_url).exists("{apiguard}:w:w.tls|x")
