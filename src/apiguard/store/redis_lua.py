@@ -147,12 +147,16 @@ CHECKPOINT = (
 -- 0: no), 7 packed fields: ban key count, ban keys..., then 6 per hit: key, "limit
 -- width buckets window", cost, flags (1 consume, 2 enforce), subject or '', once or ''.
 -- The reply is one string of \31-separated fields (see `RedisStore._decode`).
-local conf = {}
-for word in string.gmatch(ARGV[4], '%S+') do conf[#conf + 1] = tonumber(word) end
-local enabled = conf[1] == 1
-local after, swidth, sbuckets = conf[2], conf[3], conf[4]
-local base, factor, bmax, memory = conf[5], conf[6], conf[7], conf[8]
-local news_limit = conf[9]
+-- the settings are read only when needed (ban news, a refusal): not on most calls
+local enabled, after, swidth, sbuckets, base, factor, bmax, memory, news_limit
+local function configure()
+  local conf = {}
+  for word in string.gmatch(ARGV[4], '%S+') do conf[#conf + 1] = tonumber(word) end
+  enabled = conf[1] == 1
+  after, swidth, sbuckets = conf[2], conf[3], conf[4]
+  base, factor, bmax, memory = conf[5], conf[6], conf[7], conf[8]
+  news_limit = conf[9]
+end
 local last_seen = tonumber(ARGV[5])
 local secret_ms = tonumber(ARGV[6])
 -- ARGV[7]: the ban keys and hits, each field followed by \31 (one argument: packing
@@ -173,6 +177,7 @@ local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 if seq < last_seen then last_seen = 0 end  -- the counter expired and restarted
 local seen = seq
 if seq > last_seen then
+  configure()
   local changed = redis.call('ZRANGEBYSCORE', P .. 'recent', '(' .. fmt(last_seen), '+inf',
     'WITHSCORES', 'LIMIT', 0, news_limit)
   local count = 0
@@ -244,7 +249,9 @@ for i = 1, nh do
   local w = windows[key]
   if w == nil then
     local flat = redis.call('HGETALL', P .. 'w:' .. key)
-    w = {head = NEG, c = {}, total = 0, n = n, width = width}
+    -- (every field in the constructor: a table sized once)
+    w = {head = NEG, c = {}, total = 0, n = n, width = width, stored_head = false,
+      pending = false, charged = false, added = false}
     if #flat > 0 then
       parse_window(flat, w)
       w.stored_head = w.head
@@ -268,8 +275,8 @@ for i = 1, nh do
       end
     end
   end
-  local h = {w = w, limit = limit, width = width, n = n,
-    nominal = nominal, consume = consume, bucket = head}
+  local h = {w = w, limit = limit, width = width, n = n, nominal = nominal,
+    consume = consume, bucket = head, fits = 0, remaining = 0, reset = 0, retry = 0}
   hits[i] = h
   if total + cost <= limit then
     h.fits = 1
@@ -378,6 +385,7 @@ end
 emit_hits()
 
 -- a strike against the refused subject; enough of them ban it
+if refused_subject ~= nil and news_limit == nil then configure() end
 if refused_subject ~= nil and enabled then
   local skey = P .. 's:' .. refused_subject
   local rec = {head = NEG, c = {}, total = 0}
