@@ -66,3 +66,24 @@ def test_brute_force_and_a_bola_walk_are_caught_on_redis(redis_url: str) -> None
     client = redis.Redis.from_url(redis_url)
     keys = list(client.scan_iter(count=1000))
     assert keys and all(client.pttl(k) > 0 for k in keys), "a key without a TTL"
+
+
+def test_a_walk_is_caught_on_redis_time_with_findings_after_the_flush(redis_url: str) -> None:
+    """On Redis time the detectors' operations wait for a flush (a few ms, many requests
+    at once) and are judged after it: the walk is still caught within a few requests."""
+    store = RedisStore(redis.asyncio.Redis.from_url(redis_url), timeout=5.0)
+    guard = Guard({"secret": "s" * 32}, store=store)
+    driver = AsgiDriver(build_app(guard))
+
+    async def scenario() -> tuple[list[int], int]:
+        walker = Client(driver, BROWSERS[2], "192.0.2.66")
+        await walker.human_login(250)
+        statuses = []
+        for order in range(1, 120):
+            statuses.append((await walker.send("GET", f"/orders/{order}")).status)
+        await store.drain()
+        return statuses, store.dropped
+
+    statuses, dropped = run(scenario())
+    assert dropped == 0
+    assert statuses[:5] == [200] * 5 and statuses[-1] != 200, statuses

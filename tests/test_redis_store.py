@@ -20,6 +20,7 @@ from apiguard.config import BanConfig
 from apiguard.store.base import Ban, Batch, BatchResult, Hit, Run, Tally
 from apiguard.store.memory import MemoryStore
 from apiguard.store.redis import RedisStore
+from apiguard.store.redis_wire import Wire
 from apiguard.window import WindowSpec
 
 SPECS = (WindowSpec(3, 10.0, 10), WindowSpec(5, 10.0, 10), WindowSpec(4, 7.0, 3))
@@ -302,11 +303,18 @@ def test_concurrent_observations_share_one_round_trip(
         sent.append(1)
         await original(self, command, check_health)
 
+    wire_send = Wire._send
+
+    def wire_counting(self: Wire, proto: Any, command: bytes, *rest: Any) -> Any:
+        sent.append(1)
+        return wire_send(self, proto, command, *rest)
+
     async def scenario() -> list[tuple[Tally, Run]]:
         await store.aobserve([Tally("warm", 10.0)], 0.0)  # warm-up and script load
         monkeypatch.setattr(
             redis.asyncio.connection.AbstractConnection, "send_packed_command", counting
         )
+        monkeypatch.setattr(Wire, "_send", wire_counting)
         groups = [
             (Tally("objects", 60.0, item=f"o:{i:04x}"), Run("walk", 60.0, i)) for i in range(20)
         ]

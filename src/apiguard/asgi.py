@@ -79,6 +79,7 @@ class GuardMiddleware:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 self._start(scope.get("app") or self.app)
+                receive = _draining(receive, self.engine.store)
             await self.app(scope, receive, send)
             return
         if scope.get("apiguard.guard") is self.guard:  # installed twice: count once
@@ -181,6 +182,25 @@ class GuardMiddleware:
             await send_through_cors(cors, response, scope, receive, send)
         else:
             await send_block(send, response)
+
+
+def _draining(receive: Receive, store: Any) -> Receive:
+    """`receive` of a lifespan: at shutdown, the store first writes what waits (a remote
+    store's writes after responses, see `RedisStore.drain`)."""
+    drain = getattr(store, "drain", None)
+    if drain is None:
+        return receive
+
+    async def receiving() -> Message:
+        message = await receive()
+        if message.get("type") == "lifespan.shutdown":
+            try:
+                await drain()
+            except Exception:
+                log.exception("apiguard: the store failed to write what waited at shutdown")
+        return message
+
+    return receiving
 
 
 def _log_cors(layout: CorsLayout) -> None:

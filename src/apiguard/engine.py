@@ -1111,6 +1111,9 @@ class Engine:
         if planned is None:
             return
         ops, judges, now = planned
+        later = getattr(self.store, "observe_later", None)  # judged after a batched write
+        if later is not None and later(ops, now, lambda: self._judge(ctx, judges, now)):
+            return
         if ops:
             try:
                 await self.store.aobserve(ops, now)

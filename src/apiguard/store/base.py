@@ -160,6 +160,9 @@ class Store(Protocol):
     # always asked (`active_ban`).
     # Optional: `reset()`, forget every window, marker, strike and ban (`Guard.reset()`,
     # for an app's test suite; a store without it makes `Guard.reset()` raise).
+    # Optional: `observe_later(ops, now, then) -> bool`, queue the operations to be written
+    # with other requests' and call `then` once their results are in (True), or decline
+    # (False: the engine awaits `aobserve`). The Redis store batches across requests so.
 
     def execute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
         """Run `batch` atomically (see the module docstring)."""

@@ -5,7 +5,9 @@
 
 - One round trip per checkpoint: the whole batch (bans, windows, markers, strikes) runs in
   one Lua script (`apiguard.store.redis_lua`) with the `MemoryStore`'s semantics, called
-  with EVALSHA (redis-py's `register_script` reloads it after a Redis restart).
+  with EVALSHA (reloaded after a Redis restart). A plain asyncio client's calls go
+  through the store's own pipelined connection (`apiguard.store.redis_wire`: redis-py's
+  per-call machinery cost more CPU than the call); other clients go through redis-py.
 - One clock: the script reads the Redis server's `TIME`, so app hosts with skewed clocks
   share exact windows. A guard on an injected clock (`Guard(clock=...)`: tests, the
   simulator) sends its own time instead.
@@ -21,7 +23,8 @@
   the changes since the worker's previous call, so a ban earned on one worker reaches the
   others' caches with their next store call (the checkpoint itself always reads Redis).
 - Detector state (`observe`) and the writes that follow a response (refunds, bans put on a
-  token, lifts) run in the background on the event loop: never on the response's path.
+  token, lifts) wait on the event loop and go to Redis together, many requests' worth in
+  one script call, never on a response's path (`apiguard.store.redis_after`).
 """
 
 from __future__ import annotations
@@ -38,22 +41,18 @@ from opentelemetry import metrics, trace
 
 from apiguard.config import BanConfig
 from apiguard.errors import ConfigurationError
-from apiguard.store.base import Ban, Batch, BatchResult, Hit, Observation, Run, Tally
+from apiguard.store.base import Ban, Batch, BatchResult, Hit, Observation
 from apiguard.store.breaker import Breaker
-from apiguard.store.redis_lua import CHECKPOINT, IMPOSE, LIFT, OBSERVE, REFUND
+from apiguard.store.redis_after import Flusher, Then, fill, observe_args
+from apiguard.store.redis_lua import AFTER, CHECKPOINT
 from apiguard.store.redis_urls import client_factories, redis_module
+from apiguard.store.redis_wire import Wire
 from apiguard.window import WindowSpec
 
 log = logging.getLogger("apiguard")
 
 Failure = Literal["open", "closed"]
-_SCRIPTS = {
-    "checkpoint": CHECKPOINT,
-    "impose": IMPOSE,
-    "lift": LIFT,
-    "refund": REFUND,
-    "observe": OBSERVE,
-}
+_SCRIPTS = {"checkpoint": CHECKPOINT, "after": AFTER}
 _MARGIN = 2.0  # seconds a key outlives the last moment it counts
 _NEWS = 64  # ban changes a reply carries at most (the next reply carries the rest)
 _SEP = "\x1f"  # separates the fields packed in one argument, and those of a reply
@@ -209,7 +208,7 @@ class RedisStore:
         self._aloop: asyncio.AbstractEventLoop | None = None  # the loop of a made client
         self._scripts: dict[tuple[int, str], Any] = {}  # (id(client), name) -> Script
         self._ready: set[int] = set()  # ids of asyncio clients initialised
-        self._lanes: dict[int, _Lane] = {}  # id(asyncio client) -> its kept connections
+        self._lanes: dict[int, _Lane | Wire] = {}  # id(asyncio client) -> its connections
         self._sync_lanes: dict[int, _SyncLane | bool] = {}  # the same for sync clients
         self.prefix = prefix
         self._p = "{" + prefix + "}:"  # every key in one Cluster slot
@@ -231,9 +230,9 @@ class RedisStore:
         self._bans_arg = ""
         self._secret_refreshed = float("-inf")
         self._tasks: set[asyncio.Task[Any]] = set()
-        # detector operations waiting for this turn of the loop's one script call
-        self._observing: list[tuple[Sequence[Observation], asyncio.Future[None]]] = []
+        self._flusher: Flusher | None = None  # what follows responses, on `_flusher.loop`
         self.fallbacks = 0  # calls answered by the failure policy (tests, benchmark)
+        self.dropped = 0  # operations after responses not written (tests)
         self._no_sync_warned = False
         self.attach(custom_clock=False, meter_provider=meter_provider)
 
@@ -259,6 +258,12 @@ class RedisStore:
             "apiguard.store.fallbacks",
             unit="{call}",
             description="Store calls answered by the failure policy (store down or slow).",
+        )
+        self._dropped_counter = provider.get_meter("apiguard").create_counter(
+            "apiguard.store.dropped",
+            unit="{operation}",
+            description="Operations after responses (detector state, refunds, bans) not "
+            "written: the store was down or slow, or too many waited.",
         )
 
     # -- clients -------------------------------------------------------------------------
@@ -316,12 +321,23 @@ class RedisStore:
         if id(client) not in self._ready:
             # first use: a cluster client discovers its slots, connections are opened;
             # outside the per-call timeout (once per client, bounded all the same)
-            await asyncio.wait_for(self._warm_up(client), max(self.timeout, 1.0))
+            lane: _Lane | Wire | None = None
+            if Wire.fits(client):
+                lane = Wire(client)
+            elif _Lane.fits(client):
+                lane = _Lane(client)
+            await asyncio.wait_for(self._warm_up(client, lane), max(self.timeout, 1.0))
             self._ready.add(id(client))
-            if _Lane.fits(client):
-                self._lanes[id(client)] = _Lane(client)
+            if lane is not None:
+                if len(self._lanes) > 8:
+                    self._lanes.clear()
+                self._lanes[id(client)] = lane
         script = self._script(client, name)
         lane = self._lanes.get(id(client))
+        if isinstance(lane, Wire):
+            if lane.loop is not asyncio.get_running_loop():
+                lane = self._lanes[id(client)] = Wire(client)  # (a client on another loop)
+            return await lane.evalsha(script, self._seq_key, args, self.timeout)  # (its own)
         call = (
             lane.evalsha(script, self._seq_key, args)
             if lane is not None
@@ -333,12 +349,14 @@ class RedisStore:
             return await call
 
     @staticmethod
-    async def _warm_up(client: Any) -> None:
+    async def _warm_up(client: Any, lane: _Lane | Wire | None) -> None:
         """Discover a cluster's slots, open a connection, load the checkpoint script."""
         init = getattr(client, "initialize", None)
         if callable(init):
             await init()
         await client.script_load(CHECKPOINT)
+        if isinstance(lane, Wire):
+            await lane.call(b"*1\r\n$4\r\nPING\r\n", lane.loop.time() + 5.0)
 
     def _now_arg(self, now: float) -> str:
         return "" if self.server_time is not False else repr(now)
@@ -559,11 +577,8 @@ class RedisStore:
             self._cache(ban, now)
         keep = self._bans_cfg.max if self._bans_cfg is not None else 86_400.0
         self._write(
-            "impose",
             [
-                self._p,
-                self._now_arg(now),
-                _MARGIN,
+                "I",
                 ban.key,
                 repr(max(ban.until - now, 0.001)),
                 ban.level,
@@ -572,47 +587,69 @@ class RedisStore:
                 ban.reason or "",
                 repr(max(keep, ban.until - now)),
             ],
+            now,
+            urgent=True,
         )
 
     def lift(self, key: str) -> None:
         """Remove any ban on `key`, here and (in the background) in Redis."""
         self._bans.pop(key, None)
         keep = self._bans_cfg.max if self._bans_cfg is not None else 86_400.0
-        self._write("lift", [self._p, "", _MARGIN, key, repr(keep)])
+        self._write(["L", key, repr(keep)], None, urgent=True)
 
     # -- writes after the response ---------------------------------------------------
     def refund(self, key: str, spec: WindowSpec, bucket: int, cost: int) -> None:
         """Give back a charge (count="success" flows), off the response's path."""
         if cost <= 0 or bucket < -(1 << 61):
             return
-        self._write("refund", [self._p, "", _MARGIN, key, bucket, cost, spec.buckets])
+        self._write(["F", key, bucket, cost, spec.buckets], None)
 
-    def _write(self, name: str, args: list[Any]) -> None:
-        """Run a write script: as a background task on a running event loop (the async
-        client, or the sync one in a thread), else now; failures fall back (nothing)."""
+    def _write(self, args: list[Any], now: float | None, urgent: bool = False) -> None:
+        """Queue one `AFTER` operation on a running event loop (see `redis_after`); with no
+        loop (sync callers) run it now. Failures fall back (nothing is written)."""
+        if now is not None and self.server_time is False:
+            args = ["N", repr(now), *args]
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
         if loop is None:
-            self._guarded(lambda: self._call(name, args))
+            self._guarded(lambda: self._call("after", self._after_args(args)))
             return
-        self._spawn(loop, self._awrite(name, args))
+        self._flusher_for(loop).add(args, 1, urgent=urgent)
+
+    def _after_args(self, ops: list[Any]) -> list[Any]:
+        # on an injected clock every operation carries its time ('N'); the first one's
+        # spares the script a TIME call
+        now = ops[1] if ops and ops[0] == "N" else ""
+        return [self._p, now, _MARGIN, *ops]
+
+    def _flusher_for(self, loop: asyncio.AbstractEventLoop) -> Flusher:
+        flusher = self._flusher
+        if flusher is None or flusher.loop is not loop:
+            flusher = self._flusher = Flusher(loop, self._flush, self._dropped)
+        return flusher
+
+    async def _flush(self, ops: list[Any]) -> list[Any] | None:
+        """One flush's script call under the failure policy: its reply, or None."""
+        if not self._breaker.allow():
+            return None
+        try:
+            reply = await self._acall("after", self._after_args(ops))
+        except Exception as exc:
+            self._breaker.failure(exc)
+            return None
+        self._breaker.success()
+        return list(reply)
+
+    def _dropped(self, count: int) -> None:
+        self.dropped += count
+        self._dropped_counter.add(count)
 
     def _spawn(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> None:
         task = loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _awrite(self, name: str, args: list[Any]) -> None:
-        if not self._breaker.allow():
-            return
-        try:
-            await self._acall(name, args)
-        except Exception as exc:
-            self._breaker.failure(exc)
-            return
-        self._breaker.success()
 
     def _guarded(self, call: Callable[[], Any]) -> Any:
         if not self._breaker.allow():
@@ -626,81 +663,54 @@ class RedisStore:
         return result
 
     async def drain(self) -> None:
-        """Wait for the background writes started so far (tests, shutdown)."""
+        """Send what waits to be written after responses, and wait for it (tests,
+        shutdown: `aclose` drains first)."""
+        flusher = self._flusher
+        if flusher is not None and flusher.loop is asyncio.get_running_loop():
+            await flusher.drain()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     # -- detectors' state ----------------------------------------------------------------
-    def _observe_args(self, ops: Sequence[Observation], now: float) -> list[Any]:
-        args: list[Any] = [self._p, self._now_arg(now), _MARGIN]
-        for op in ops:
-            if isinstance(op, Tally):
-                args.extend(("T", op.key, repr(op.window), op.item or "", op.amount))
-            elif isinstance(op, Run):
-                args.extend(("R", op.key, repr(op.window), op.value))
-        return args
-
-    @staticmethod
-    def _fill(ops: Sequence[Observation], reply: list[Any]) -> None:
-        i = 1
-        for op in ops:
-            if isinstance(op, Tally):
-                op.count = float(reply[i])
-                i += 1
-            elif isinstance(op, Run):
-                op.length = int(float(reply[i]))
-                op.stride = int(float(reply[i + 1]))
-                i += 2
+    def _observe_ops(self, ops: Sequence[Observation], now: float) -> list[Any]:
+        args = observe_args(ops)
+        return ["N", repr(now), *args] if self.server_time is False else args
 
     def observe(self, ops: Sequence[Observation], now: float) -> None:
         """Run `Tally` and `Run` operations in one script call and fill their results
         (left at zero when Redis is unavailable: detectors see no evidence)."""
         if not ops:
             return
-        reply = self._guarded(lambda: self._call("observe", self._observe_args(ops, now)))
+        args = self._after_args(self._observe_ops(ops, now))
+        reply = self._guarded(lambda: self._call("after", args))
         if reply is not None:
-            self._fill(ops, reply)
+            fill(ops, reply, 1)
+
+    def observe_later(self, ops: Sequence[Observation], now: float, then: Then) -> bool:
+        """Queue `ops` to be written with other requests' (a few ms later, one script
+        call for all) and call `then` once their results are in (or Redis failed: left
+        at zero). On a guard's injected clock this declines (False: call `aobserve`),
+        so a simulated campaign is judged before its next request."""
+        if not ops or self.server_time is False:
+            return False
+        loop = asyncio.get_running_loop()
+        self._flusher_for(loop).add(observe_args(ops), len(ops), ops, then)
+        return True
 
     async def aobserve(self, ops: Sequence[Observation], now: float) -> None:
-        """`observe` on the asyncio client (the engine awaits it after the response).
-        On Redis time, the operations of every request observed in the same turn of the
-        event loop go in one script call (one round trip for all of them)."""
+        """`observe` on the asyncio client, sent with whatever else waits at the loop's
+        next turn (one script call for all of it)."""
         if not ops:
-            return
-        if self.server_time is False:  # the callers' own times: one call each
-            await self._observe_now(list(ops), now)
             return
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self._observing.append((ops, done))
-        if len(self._observing) == 1:
-            loop.call_soon(self._observe_queued, loop)
+
+        def then() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        self._flusher_for(loop).add(self._observe_ops(ops, now), len(ops), ops, then, True)
         await done
-
-    def _observe_queued(self, loop: asyncio.AbstractEventLoop) -> None:
-        queued, self._observing = self._observing, []
-        ops = [op for group, _ in queued for op in group]
-
-        async def run() -> None:
-            try:
-                await self._observe_now(ops, 0.0)
-            finally:
-                for _, done in queued:
-                    if not done.done():
-                        done.set_result(None)
-
-        self._spawn(loop, run())
-
-    async def _observe_now(self, ops: list[Observation], now: float) -> None:
-        if not self._breaker.allow():
-            return
-        try:
-            reply = await self._acall("observe", self._observe_args(ops, now))
-            self._fill(ops, reply)
-        except Exception as exc:
-            self._breaker.failure(exc)
-            return
-        self._breaker.success()
 
     # -- one identity across workers -------------------------------------------------
     def shared_secret(self, candidate: bytes) -> bytes:
@@ -774,7 +784,11 @@ class RedisStore:
             self._client.close()
 
     async def aclose(self) -> None:
-        """Close the asyncio client's connections."""
+        """Write what waits (`drain`), then close the asyncio client's connections."""
+        await self.drain()
+        for lane in list(self._lanes.values()):
+            if isinstance(lane, Wire):
+                await lane.aclose()
         if self._aclient is not None:
             await self._aclient.aclose()
 

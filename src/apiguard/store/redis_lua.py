@@ -1,4 +1,5 @@
-"""The Lua scripts of `apiguard.store.redis`: one call per checkpoint, observation, refund.
+"""The Lua scripts of `apiguard.store.redis`: one call per checkpoint, one per flush of
+what follows responses (detector observations, refunds, bans imposed or lifted).
 
 Every key a script touches is built inside it from the deployment's prefix, which carries
 a Redis Cluster hash tag (`{apiguard}:`): all of a deployment's keys sit in one slot, so
@@ -146,12 +147,16 @@ CHECKPOINT = (
 -- 0: no), 7 packed fields: ban key count, ban keys..., then 6 per hit: key, "limit
 -- width buckets window", cost, flags (1 consume, 2 enforce), subject or '', once or ''.
 -- The reply is one string of \31-separated fields (see `RedisStore._decode`).
-local conf = {}
-for word in string.gmatch(ARGV[4], '%S+') do conf[#conf + 1] = tonumber(word) end
-local enabled = conf[1] == 1
-local after, swidth, sbuckets = conf[2], conf[3], conf[4]
-local base, factor, bmax, memory = conf[5], conf[6], conf[7], conf[8]
-local news_limit = conf[9]
+-- the settings are read only when needed (ban news, a refusal): not on most calls
+local enabled, after, swidth, sbuckets, base, factor, bmax, memory, news_limit
+local function configure()
+  local conf = {}
+  for word in string.gmatch(ARGV[4], '%S+') do conf[#conf + 1] = tonumber(word) end
+  enabled = conf[1] == 1
+  after, swidth, sbuckets = conf[2], conf[3], conf[4]
+  base, factor, bmax, memory = conf[5], conf[6], conf[7], conf[8]
+  news_limit = conf[9]
+end
 local last_seen = tonumber(ARGV[5])
 local secret_ms = tonumber(ARGV[6])
 -- ARGV[7]: the ban keys and hits, each field followed by \31 (one argument: packing
@@ -172,6 +177,7 @@ local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 if seq < last_seen then last_seen = 0 end  -- the counter expired and restarted
 local seen = seq
 if seq > last_seen then
+  configure()
   local changed = redis.call('ZRANGEBYSCORE', P .. 'recent', '(' .. fmt(last_seen), '+inf',
     'WITHSCORES', 'LIMIT', 0, news_limit)
   local count = 0
@@ -243,7 +249,9 @@ for i = 1, nh do
   local w = windows[key]
   if w == nil then
     local flat = redis.call('HGETALL', P .. 'w:' .. key)
-    w = {head = NEG, c = {}, total = 0, n = n, width = width}
+    -- (every field in the constructor: a table sized once)
+    w = {head = NEG, c = {}, total = 0, n = n, width = width, stored_head = false,
+      pending = false, charged = false, added = false}
     if #flat > 0 then
       parse_window(flat, w)
       w.stored_head = w.head
@@ -267,8 +275,8 @@ for i = 1, nh do
       end
     end
   end
-  local h = {w = w, limit = limit, width = width, n = n,
-    nominal = nominal, consume = consume, bucket = head}
+  local h = {w = w, limit = limit, width = width, n = n, nominal = nominal,
+    consume = consume, bucket = head, fits = 0, remaining = 0, reset = 0, retry = 0}
   hits[i] = h
   if total + cost <= limit then
     h.fits = 1
@@ -377,6 +385,7 @@ end
 emit_hits()
 
 -- a strike against the refused subject; enough of them ban it
+if refused_subject ~= nil and news_limit == nil then configure() end
 if refused_subject ~= nil and enabled then
   local skey = P .. 's:' .. refused_subject
   local rec = {head = NEG, c = {}, total = 0}
@@ -435,54 +444,95 @@ return table.concat(out, '\31')
 """
 )
 
-IMPOSE = (
+AFTER = (
     _COMMON
     + r"""
--- ARGV: 1 prefix, 2 now or '', 3 margin, 4 key, 5 duration, 6 level, 7 owner,
--- 8 action, 9 reason, 10 keep (the ban change log's lifetime)
-local key = ARGV[4]
-local d = tonumber(ARGV[5])
-local till = now + d
-local bkey = P .. 'b:' .. key
-local current = redis.call('HGET', bkey, 'u')
-if current and tonumber(current) >= till then
-  return {fmt(now), '0'}
-end
-redis.call('DEL', bkey)
-local args = {'u', fmt(till), 'l', ARGV[6]}
-if ARGV[7] ~= '' then args[#args + 1] = 'o'; args[#args + 1] = ARGV[7] end
-if ARGV[8] ~= '' then args[#args + 1] = 'a'; args[#args + 1] = ARGV[8] end
-if ARGV[9] ~= '' then args[#args + 1] = 'r'; args[#args + 1] = ARGV[9] end
-redis.call('HSET', bkey, unpack(args))
-redis.call('PEXPIRE', bkey, ttl_ms(d))
-note_ban(key, tonumber(ARGV[10]))
-return {fmt(now), '1'}
-"""
-)
+-- What follows responses, for any number of requests, in one call. ARGV: 1 prefix,
+-- 2 now or '', 3 margin, then operations, each a code and its values:
+--   'N', now                                  (the callers' clock from here on)
+--   'T', key, window, item or '', amount      (a detector tally)
+--   'R', key, window, value                   (a detector stride run)
+--   'F', window key, bucket, cost, buckets    (a refund)
+--   'I', key, duration, level, owner, action, reason, keep   (impose a ban)
+--   'L', key, keep                            (lift a ban)
+-- Reply: now, then per tally its count, per run its length and stride.
+local out = {fmt(now)}
 
-LIFT = (
-    _COMMON
-    + r"""
--- ARGV: 1 prefix, 2 now or '', 3 margin, 4 key, 5 keep
-if redis.call('DEL', P .. 'b:' .. ARGV[4]) == 1 then
-  note_ban(ARGV[4], tonumber(ARGV[5]))
+local function tally(key, window, item, amount)
+  local cur, old = key .. ':c', key .. ':o'
+  local t = redis.call('HMGET', key, 's', 'c', 'o', 'h')
+  local half = math.max(window / 2.0, 1e-6)
+  local start, count, old_count = now, 0, 0
+  if t[1] and (now - tonumber(t[1])) < 2 * tonumber(t[4]) then
+    start, count, old_count, half = tonumber(t[1]), tonumber(t[2]), tonumber(t[3]), tonumber(t[4])
+  else
+    redis.call('DEL', cur, old)
+  end
+  local elapsed = now - start
+  if elapsed >= half then
+    if elapsed >= 2 * half then
+      old_count = 0
+      start = now
+      redis.call('DEL', cur, old)
+    else
+      old_count = count
+      start = start + half
+      if redis.call('EXISTS', cur) == 1 then
+        redis.call('RENAME', cur, old)
+      else
+        redis.call('DEL', old)
+      end
+    end
+    count = 0
+    elapsed = now - start
+  end
+  local weight = 1.0 - elapsed / half
+  local result
+  local keep = ttl_ms(2 * half)
+  if item == '' and amount == 0 and (redis.call('EXISTS', cur) == 1
+      or redis.call('EXISTS', old) == 1) then
+    result = redis.call('PFCOUNT', cur, old)  -- a read of a distinct sketch
+  elseif item == '' then
+    count = count + amount
+    result = count + old_count * weight
+  else
+    redis.call('PFADD', cur, item)
+    redis.call('PEXPIRE', cur, keep)
+    if redis.call('EXISTS', old) == 1 then
+      redis.call('PEXPIRE', old, keep)
+      result = redis.call('PFCOUNT', cur, old)
+    else
+      result = redis.call('PFCOUNT', cur)
+    end
+  end
+  redis.call('HSET', key, 's', fmt(start), 'c', count, 'o', old_count, 'h', fmt(half))
+  redis.call('PEXPIRE', key, keep)
+  out[#out + 1] = fmt(result)
 end
-return {fmt(now)}
-"""
-)
 
-REFUND = (
-    _COMMON
-    + r"""
--- ARGV: 1 prefix, 2 now or '', 3 margin, then 4 values per refund: window key, bucket,
--- cost, buckets
-local pos = 4
-while ARGV[pos] do
-  local key = P .. 'w:' .. ARGV[pos]
-  local bucket = tonumber(ARGV[pos + 1])
-  local cost = tonumber(ARGV[pos + 2])
-  local n = tonumber(ARGV[pos + 3]) + 1
-  pos = pos + 4
+local function run(key, window, value)
+  local r = redis.call('HMGET', key, 't', 'v', 's', 'n')
+  local last, stride, length = nil, 0, 0
+  if r[1] and now - tonumber(r[1]) < window then
+    last, stride, length = tonumber(r[2]), tonumber(r[3]), tonumber(r[4])
+  end
+  local res_len, res_stride = 0, 0
+  if last ~= nil then
+    local step = value - last
+    if step == 0 then
+      res_len, res_stride = length, 0
+    else
+      if step == stride then length = length + 1 else stride, length = step, 1 end
+      res_len, res_stride = length, step
+    end
+  end
+  redis.call('HSET', key, 't', fmt(now), 'v', fmt(value), 's', fmt(stride), 'n', length)
+  redis.call('PEXPIRE', key, ttl_ms(window))
+  out[#out + 1] = fmt(res_len)
+  out[#out + 1] = fmt(res_stride)
+end
+
+local function refund(key, bucket, cost, n)
   local head = tonumber(redis.call('HGET', key, 'h') or '')
   if head and cost > 0 and bucket <= head and bucket > head - n then
     local field = fmt(bucket)
@@ -491,100 +541,50 @@ while ARGV[pos] do
     if back > 0 then redis.call('HINCRBY', key, field, -back) end
   end
 end
-return {fmt(now)}
-"""
-)
 
-OBSERVE = (
-    _COMMON
-    + r"""
--- ARGV: 1 prefix, 2 now or '', 3 margin, then per operation:
---   'T', key, window, item or '', amount     (a tally)
---   'R', key, window, value                  (a stride run)
--- Reply: now, then per operation its count (tally) or length and stride (run).
-local out = {fmt(now)}
+local function impose(key, d, level, owner, action, reason, keep)
+  local till = now + d
+  local bkey = P .. 'b:' .. key
+  local current = redis.call('HGET', bkey, 'u')
+  if current and tonumber(current) >= till then return end
+  redis.call('DEL', bkey)
+  local args = {'u', fmt(till), 'l', level}
+  if owner ~= '' then args[#args + 1] = 'o'; args[#args + 1] = owner end
+  if action ~= '' then args[#args + 1] = 'a'; args[#args + 1] = action end
+  if reason ~= '' then args[#args + 1] = 'r'; args[#args + 1] = reason end
+  redis.call('HSET', bkey, unpack(args))
+  redis.call('PEXPIRE', bkey, ttl_ms(d))
+  note_ban(key, keep)
+end
+
 local pos = 4
 while ARGV[pos] do
   local op = ARGV[pos]
   if op == 'T' then
-    local key = P .. 't:' .. ARGV[pos + 1]
-    local window = tonumber(ARGV[pos + 2])
-    local item = ARGV[pos + 3]
-    local amount = tonumber(ARGV[pos + 4])
+    tally(P .. 't:' .. ARGV[pos + 1], tonumber(ARGV[pos + 2]), ARGV[pos + 3],
+      tonumber(ARGV[pos + 4]))
     pos = pos + 5
-    local cur, old = key .. ':c', key .. ':o'
-    local t = redis.call('HMGET', key, 's', 'c', 'o', 'h')
-    local half = math.max(window / 2.0, 1e-6)
-    local start, count, old_count = now, 0, 0
-    if t[1] and (now - tonumber(t[1])) < 2 * tonumber(t[4]) then
-      start, count, old_count, half = tonumber(t[1]), tonumber(t[2]), tonumber(t[3]), tonumber(t[4])
-    else
-      redis.call('DEL', cur, old)
-    end
-    local elapsed = now - start
-    if elapsed >= half then
-      if elapsed >= 2 * half then
-        old_count = 0
-        start = now
-        redis.call('DEL', cur, old)
-      else
-        old_count = count
-        start = start + half
-        if redis.call('EXISTS', cur) == 1 then
-          redis.call('RENAME', cur, old)
-        else
-          redis.call('DEL', old)
-        end
-      end
-      count = 0
-      elapsed = now - start
-    end
-    local weight = 1.0 - elapsed / half
-    local result
-    local keep = ttl_ms(2 * half)
-    if item == '' and amount == 0 and (redis.call('EXISTS', cur) == 1
-        or redis.call('EXISTS', old) == 1) then
-      result = redis.call('PFCOUNT', cur, old)  -- a read of a distinct sketch
-    elseif item == '' then
-      count = count + amount
-      result = count + old_count * weight
-    else
-      redis.call('PFADD', cur, item)
-      redis.call('PEXPIRE', cur, keep)
-      if redis.call('EXISTS', old) == 1 then
-        redis.call('PEXPIRE', old, keep)
-        result = redis.call('PFCOUNT', cur, old)
-      else
-        result = redis.call('PFCOUNT', cur)
-      end
-    end
-    redis.call('HSET', key, 's', fmt(start), 'c', count, 'o', old_count, 'h', fmt(half))
-    redis.call('PEXPIRE', key, keep)
-    out[#out + 1] = fmt(result)
-  else
-    local key = P .. 'r:' .. ARGV[pos + 1]
-    local window = tonumber(ARGV[pos + 2])
-    local value = tonumber(ARGV[pos + 3])
+  elseif op == 'R' then
+    run(P .. 'r:' .. ARGV[pos + 1], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]))
     pos = pos + 4
-    local r = redis.call('HMGET', key, 't', 'v', 's', 'n')
-    local last, stride, length = nil, 0, 0
-    if r[1] and now - tonumber(r[1]) < window then
-      last, stride, length = tonumber(r[2]), tonumber(r[3]), tonumber(r[4])
+  elseif op == 'F' then
+    refund(P .. 'w:' .. ARGV[pos + 1], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]),
+      tonumber(ARGV[pos + 4]) + 1)
+    pos = pos + 5
+  elseif op == 'I' then
+    impose(ARGV[pos + 1], tonumber(ARGV[pos + 2]), ARGV[pos + 3], ARGV[pos + 4],
+      ARGV[pos + 5], ARGV[pos + 6], tonumber(ARGV[pos + 7]))
+    pos = pos + 8
+  elseif op == 'L' then
+    if redis.call('DEL', P .. 'b:' .. ARGV[pos + 1]) == 1 then
+      note_ban(ARGV[pos + 1], tonumber(ARGV[pos + 2]))
     end
-    local res_len, res_stride = 0, 0
-    if last ~= nil then
-      local step = value - last
-      if step == 0 then
-        res_len, res_stride = length, 0
-      else
-        if step == stride then length = length + 1 else stride, length = step, 1 end
-        res_len, res_stride = length, step
-      end
-    end
-    redis.call('HSET', key, 't', fmt(now), 'v', fmt(value), 's', fmt(stride), 'n', length)
-    redis.call('PEXPIRE', key, ttl_ms(window))
-    out[#out + 1] = fmt(res_len)
-    out[#out + 1] = fmt(res_stride)
+    pos = pos + 3
+  elseif op == 'N' then
+    now = tonumber(ARGV[pos + 1])
+    pos = pos + 2
+  else
+    return redis.error_reply('apiguard: unknown operation ' .. tostring(op))
   end
 end
 return out
