@@ -288,12 +288,17 @@ def format_table(result: DemoResult) -> str:
     burst_rate = result.burst_after_first_minute_blocked / max(1, result.burst_after_first_minute)
     benign = result.scenario(sc.BENIGN)
     statuses = ", ".join(f"{k}: {v}" for k, v in result.benign_statuses.items())
+    if result.redeems_after_budget:
+        after = (
+            f"then {result.redeems_after_budget_blocked} of {result.redeems_after_budget} "
+            "redemption attempts blocked although every request came from a new IP"
+        )
+    else:  # the rotation detector banned the account before it spent its budget
+        after = "the account was banned for rotating addresses before it spent its budget"
     out += [
         "",
         f"coupon abuse: {result.coupon_successes} coupons redeemed (flow budget {FLOW_BUDGET}/hour "
-        f"per account), then {result.redeems_after_budget_blocked} of "
-        f"{result.redeems_after_budget} redemption attempts blocked although every request "
-        f"came from a new IP; {_bans(result, sc.COUPON_ABUSE)}.",
+        f"per account), {after}; {_bans(result, sc.COUPON_ABUSE)}.",
         f"per-principal burst: {result.burst_after_first_minute_blocked} of "
         f"{result.burst_after_first_minute} requests after its first minute blocked "
         f"({burst_rate:.1%}): 429 beyond 120/minute, then {_bans(result, sc.BURST)}.",
