@@ -28,6 +28,7 @@ from apiguard.simulate.demo import load_shop
 from apiguard.simulate.driver import Record, run_agents
 from apiguard.simulate.population import OFFICE_IP
 from apiguard.simulate.target import Target
+from apiguard.store.base import Ban
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT / "benchmarks"))  # last: benchmarks/redis.py must not shadow redis
@@ -531,3 +532,50 @@ def test_challenges_are_recognised_whatever_their_status(status: int) -> None:
     assert record.blocked and record.challenged
     plain = Record(0.0, "x", True, "k", "GET", "/", "192.0.2.1", 401)
     assert not plain.blocked and not plain.challenged
+
+
+def test_a_guard_in_a_module_beside_the_app_starts_each_run_clean(tmp_path: Path) -> None:
+    """An app laid out like most (the Guard in app/core/guard.py, the app in app/main.py)
+    keeps one guard across runs, since only the app's module is imported afresh: the
+    reference run's monitor mode and its state must not leak into the protected run."""
+    (tmp_path / "trial_guard_mod.py").write_text("from apiguard import Guard\nguard = Guard()\n")
+    (tmp_path / "trial_app_mod.py").write_text(
+        "from starlette.applications import Starlette\n"
+        "from apiguard.asgi import GuardMiddleware\n"
+        "from trial_guard_mod import guard\n"
+        "app = Starlette()\n"
+        "app.add_middleware(GuardMiddleware, guard=guard)\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        spec = f"{tmp_path / 'trial_app_mod.py'}:app"
+        reference = st.in_process_factory(spec, monitor=True)(FakeClock(1000.0))
+        ref_guard = st.find_guard(reference)
+        assert ref_guard is not None and ref_guard.mode_override == "monitor"
+        ref_guard.store.impose(Ban("k", 5000.0, 1), 1000.0)
+        protected = st.in_process_factory(spec)(FakeClock(1000.0))
+        guard = st.find_guard(protected)
+        assert guard is ref_guard  # (the same object: the point of this test)
+        assert guard.mode_override is None
+        assert guard.store.active_ban("k", 1001.0) is None
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in ("trial_guard_mod", "trial_app_mod"):
+            sys.modules.pop(name, None)
+
+
+def test_the_self_test_counts_an_app_that_raises_as_a_500() -> None:
+    """An app route that raises (a mount of a missing folder, a bug) is answered 500 in
+    the self-test, as a server would, instead of ending the run with a traceback."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    async def broken(request: Any) -> Any:
+        raise RuntimeError("the app's own bug")
+
+    app = Starlette(routes=[Route("/broken", broken)])
+    app.add_middleware(GuardMiddleware, guard=Guard())
+    lenient = AsgiDriver(app, server_errors=True)
+    assert asyncio.run(lenient.send(Request("GET", "/broken", "198.51.100.3", ()))).status == 500
+    with pytest.raises(RuntimeError, match="own bug"):
+        asyncio.run(AsgiDriver(app).send(Request("GET", "/broken", "198.51.100.3", ())))

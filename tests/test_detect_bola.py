@@ -317,7 +317,7 @@ def test_an_unanswered_challenge_holds_a_walker_that_waits_it_out() -> None:
 def test_a_harvest_over_fresh_accounts_is_caught_and_honest_newcomers_pass() -> None:
     """A script signs up account after account, each from a new address and browser, and
     reads 12 random orders with each: under the population's bar per account, but a young
-    account owns nothing yet, so it is challenged past 5; once one went unanswered, each
+    account owns nothing yet, so it is challenged past 10; once one went unanswered, each
     new account is challenged before its first order. A person who signs up meanwhile
     passes the challenge and goes on; signed-in customers reading 8 of their own orders
     each (more than a young account may) are never asked."""
@@ -361,7 +361,7 @@ def test_a_harvest_over_fresh_accounts_is_caught_and_honest_newcomers_pass() -> 
         return leaked, newcomer_met, honest_statuses, True
 
     leaked, newcomer, honest, _ = run(scenario())
-    assert leaked[0] == 5, leaked  # a young account stops at the young floor
+    assert leaked[0] == 10, leaked  # a young account stops at the young floor
     assert sum(leaked[1:]) == 0, leaked  # then none reads a single order
     assert newcomer == ["challenge", "200"]
     assert set(honest) == {200}
@@ -401,11 +401,11 @@ def test_account_created_marks_a_sign_up_that_does_not_sign_the_user_in() -> Non
         req = Request("POST", "/register", public_ip(rng), (("cookie", "csrftoken=x"),))
         user = (await driver.send(req)).json()["id"]
         clock.advance(60)
-        return await read(f"tok-{user}", 8), await read("tok-7", 8)
+        return await read(f"tok-{user}", 13), await read("tok-7", 13)
 
     young, old = run(scenario())
-    assert young[:5] == [200] * 5 and 403 in young[5:7], young
-    assert old == [200] * 8
+    assert young[:10] == [200] * 10 and 403 in young[10:12], young
+    assert old == [200] * 13
 
 
 def test_account_created_rejects_what_is_not_an_id() -> None:

@@ -225,3 +225,46 @@ def test_a_phone_on_a_carrier_pool_spanning_many_provider_networks_is_not_flagge
         return statuses
 
     assert run(scenario()) == {200}
+
+
+def test_a_thief_with_the_owners_browser_headers_leaves_the_owner_at_home() -> None:
+    """A token stolen with the owner's User-Agent (an infostealer): the ban on that client
+    shape would hold the owner too, but not at its home (its first place, used for an
+    hour); the ban does not grow while the thief tries on through it."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(key_app(guard))
+    rng = random.Random(8)
+    ua = BROWSERS[0]
+
+    async def call(ip: str) -> tuple[int, float]:
+        req = Request("GET", "/v1/me", ip, (("user-agent", ua), ("authorization", "Bearer eve")))
+        resp = await driver.send(req)
+        retry = next((float(v) for k, v in resp.headers if k == b"retry-after"), 0.0)
+        return resp.status, retry
+
+    async def scenario() -> tuple[list[int], list[int], list[float]]:
+        owner: list[int] = []
+        thief: list[int] = []
+        retries: list[float] = []
+        for minute in range(120):
+            clock.advance(60)
+            owner.append((await call("198.51.100.20"))[0])
+            if minute >= 60:
+                for _ in range(3):
+                    clock.advance(rng.uniform(1, 10))
+                    status, retry = await call(public_ip(rng))
+                    thief.append(status)
+                    if status == 403:
+                        retries.append(retry)
+        return owner, thief, retries
+
+    owner, thief, retries = run(scenario())
+    assert set(owner) == {200}, owner
+    first = thief.index(403)
+    assert thief[first:].count(200) <= 2, thief
+    # while the first ban runs, refused tries do not lengthen it (it doubles only when
+    # the thief is caught again after it ended)
+    during = thief[first:].index(200) if 200 in thief[first:] else len(thief) - first
+    assert all(r <= 3600 for r in retries[:during]), retries[:during]
+    assert retries[:during] == sorted(retries[:during], reverse=True)

@@ -291,7 +291,7 @@ class BolaConfig(_Detector):
     sequential_run: int = Field(15, ge=3)
     # an account born in a sign-up (see `apiguard.detectors.bola`) within `young_for` is
     # flagged past `young_floor` objects on a route (unless the route has its own floor)
-    young_floor: int = Field(5, ge=1)
+    young_floor: int = Field(10, ge=1)
     young_for: float = Field(86_400.0, gt=0, le=YEAR)
     # once this many young accounts were flagged within `young_for` (as one process saw
     # them) and did not pass the challenge since, each new account gets `person_action`

@@ -179,7 +179,6 @@ class Engine:
         self._fast_with: dict[tuple[Rule, ...], Admission | None] = {}
         self._use(detectors.build(config.detection, self.enforce_default))
         self._flow_groups = any(isinstance(d, FlowGroups) for d in self.detectors)
-        self._rotation = next((d for d in self.detectors if isinstance(d, Rotation)), None)
         self._bola_query = frozenset(config.detection.bola.query_params)
         # the app called guard.account_created(): only declared sign-ups make accounts young
         self.accounts_declared = False
@@ -237,6 +236,7 @@ class Engine:
         whether the request reported a login and whether its principal is an address)."""
         self.detectors = found
         self.ato = next((d for d in found if isinstance(d, AccountTakeover)), None)
+        self._rotation = next((d for d in found if isinstance(d, Rotation)), None)
         # indexed by 2 * (a login was reported) + (the principal is the address)
         self._watching = [
             tuple(
@@ -863,7 +863,8 @@ class Engine:
     ) -> None:
         """A principal refused for rotating keeps adding its networks to its own evidence
         (in process; a refused request touches nothing else), so a thief that tries on
-        through its ban is banned again as soon as the ban ends, not after a new run."""
+        through its ban is banned again (one level up) as soon as the ban ends, not after
+        a new run."""
         rotation = self._rotation
         if rotation is None or decision.detector != rotation.name or not self.store.local:
             return
@@ -873,14 +874,13 @@ class Engine:
         now = self.clock()
         ops: list[Observation] = []
         try:
-            judge = rotation.plan(Outcome(ctx, 403, principal, now, None), ops)
+            # evidence only: judged when the ban has ended (a ban that grew on every
+            # refused request would be a day long within minutes)
+            rotation.plan(Outcome(ctx, 403, principal, now, None), ops)
             if ops:
                 self.store.observe(ops, now)
         except Exception:
             log.exception("apiguard: the rotation detector failed on a refused request")
-            return
-        if judge is not None:
-            self._judge(ctx, [judge], now)
 
     # -- logins and challenges ------------------------------------------------------
     def net_key(self, client: str, wide: bool = False) -> str:
@@ -1203,10 +1203,11 @@ class Engine:
             starts[key] = now
         self.store.impose(ban, now)
         rotation = self._rotation
-        if rotation is not None and finding.detector == rotation.name and key == finding.owner:
+        if rotation is not None and finding.detector == rotation.name and finding.owner:
             # its home, as this worker knows it, for every worker while the ban lasts
-            for net, fp in rotation.homes.of(key, now):
-                self.store.impose(Ban(home_key(key, net, fp), ban.until, 1, key, "pass"), now)
+            owner = finding.owner
+            for net, fp in rotation.homes.of(owner, now):
+                self.store.impose(Ban(home_key(owner, net, fp), ban.until, 1, owner, "pass"), now)
         if not key.startswith(GATE) and ctx.vouched and key == ctx.principal:
             for token in self._carried_tokens(ctx, key):
                 self.store.impose(

@@ -171,6 +171,7 @@ class Bola:
             # (then it is a person: the population's bar, four times over)
             is_young = (
                 not passed
+                and cfg.person_action == "challenge"  # (a person could not answer a ban)
                 and young is not None
                 and young.count > 0
                 and cfg.young_floor < learned

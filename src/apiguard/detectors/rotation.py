@@ -131,11 +131,10 @@ class Rotation:
 
     def excuses(self, ctx: RequestContext, ban: Ban, now: float) -> bool:
         """Whether `ban` (a rotation ban on one of the request's keys) does not hold this
-        request: a ban on the whole principal, and the request comes from its home (as
-        this process knows it, or as the ban's worker published it). A ban on one client
-        shape holds everywhere: the owner's own software is not under it."""
-        if ban.key.startswith(SHAPED):
-            return False
+        request: it comes from the banned principal's home (as this process knows it, or
+        as the ban's worker published it), also under a ban on one client shape (a thief
+        that copied the owner's headers shares the owner's shape; homes are only the
+        principal's first places, so a thief's proxies are none)."""
         principal = ban.owner or ban.key
         net, fp = ctx.net_key, ctx.fingerprint
         if self.homes.is_home(principal, net, fp, now):

@@ -731,7 +731,7 @@ async def arun(
     app = factory(clock)
     actors = actors_for(camp, target, seed=seed, scale=scale, size=size, solver=solver)
     began = time.perf_counter()
-    records = await run_agents(AsgiDriver(app), clock, actors, origin=START)
+    records = await run_agents(AsgiDriver(app, server_errors=True), clock, actors, origin=START)
     return records, time.perf_counter() - began
 
 

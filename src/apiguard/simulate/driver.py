@@ -137,11 +137,16 @@ class Record:
 
 
 class AsgiDriver:
-    """Sends `Request`s straight into an ASGI app."""
+    """Sends `Request`s straight into an ASGI app. With `server_errors`, an exception
+    the app raises is what a server would make of it: the response already sent, else a
+    500 (the self-test attacks apps it does not know); otherwise it propagates (tests)."""
 
-    def __init__(self, app: ASGIApp, host: str = "shop.example") -> None:
+    def __init__(
+        self, app: ASGIApp, host: str = "shop.example", *, server_errors: bool = False
+    ) -> None:
         self.app = app
         self.host = host
+        self.server_errors = server_errors
 
     async def send(self, request: Request) -> Response:
         """Run one request through the app and collect the complete response."""
@@ -193,6 +198,11 @@ class AsgiDriver:
 
         try:
             await self.app(scope, receive, send)
+        except Exception:
+            if not self.server_errors:
+                raise
+            if not status:  # (Starlette's error middleware sends its 500, then raises)
+                return Response(500, (), b"")
         finally:
             done.set()
         return Response(status, response_headers, b"".join(chunks))

@@ -31,6 +31,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
+from apiguard.errors import ConfigurationError
 from apiguard.guard import Guard
 from apiguard.simulate import campaigns as cp
 from apiguard.simulate.clock import FakeClock
@@ -168,8 +169,15 @@ def in_process_factory(spec: str, *, monitor: bool = False) -> Callable[[FakeClo
                 "(app.add_middleware(GuardMiddleware, guard=guard))"
             )
         retime(guard, clock)
-        if monitor:
-            guard.override_mode("monitor")
+        # a guard created in a module that is not imported afresh (app.core.guard beside
+        # app.main) is the same object in every run: each run starts it clean, in its mode
+        try:
+            guard.reset()
+        except ConfigurationError as exc:
+            raise SelfTestError(
+                f"{spec}: the app's guard cannot start each run clean: {exc}"
+            ) from exc
+        guard.override_mode("monitor" if monitor else None)
         return app
 
     return factory
