@@ -268,3 +268,12 @@ def test_a_thief_with_the_owners_browser_headers_leaves_the_owner_at_home() -> N
     during = thief[first:].index(200) if 200 in thief[first:] else len(thief) - first
     assert all(r <= 3600 for r in retries[:during]), retries[:during]
     assert retries[:during] == sorted(retries[:during], reverse=True)
+
+
+def test_guard_reset_leaves_the_engine_on_its_new_rotation_detector() -> None:
+    """Guard.reset() builds the detectors afresh: the homes the engine excuses bans with
+    must be those of the detector that now records them."""
+    guard = Guard(clock=FakeClock(START))
+    guard.reset()
+    engine = guard.engine
+    assert any(d is engine._rotation for d in engine.detectors)  # type: ignore[attr-defined]
