@@ -579,3 +579,14 @@ def test_the_self_test_counts_an_app_that_raises_as_a_500() -> None:
     assert asyncio.run(lenient.send(Request("GET", "/broken", "198.51.100.3", ()))).status == 500
     with pytest.raises(RuntimeError, match="own bug"):
         asyncio.run(AsgiDriver(app).send(Request("GET", "/broken", "198.51.100.3", ())))
+
+
+def test_cli_attack_refuses_to_measure_with_accounts_that_cannot_log_in(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A wrong login declaration (here its path) is an error that says so, exit status
+    2, instead of every account campaign reporting '0 takeovers (0)' and missed."""
+    status = main(["attack", SHOP_SPEC, "--login", "/signin", "--campaign", "brute force"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "could not log in" in err and "/signin" in err

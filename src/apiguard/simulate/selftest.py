@@ -35,7 +35,7 @@ from apiguard.errors import ConfigurationError
 from apiguard.guard import Guard
 from apiguard.simulate import campaigns as cp
 from apiguard.simulate.clock import FakeClock
-from apiguard.simulate.driver import Actor, Record, Request, Response, store_cookies
+from apiguard.simulate.driver import Actor, AsgiDriver, Record, Request, Response, store_cookies
 from apiguard.simulate.target import Target, default_target
 
 _counter = itertools.count()
@@ -217,6 +217,7 @@ def run_in_process(
     """Every campaign against fresh copies of the app (and its unprotected twin)."""
     factory = in_process_factory(spec)
     unprotected = in_process_factory(spec, monitor=True) if reference else None
+    check_accounts(target, unprotected or factory)
     outcomes = []
     for camp in campaigns:
         outcomes.append(
@@ -225,6 +226,28 @@ def run_in_process(
             )
         )
     return outcomes
+
+
+def check_accounts(target: Target, factory: Callable[[FakeClock], Any]) -> None:
+    """Log the first declared account in, in monitor mode: if it cannot, every account
+    campaign would report nothing taken over and nobody refused, for nothing. A clear
+    error instead (a wrong login path, body fields or accounts)."""
+    if not target.accounts:
+        return
+    account = target.accounts[0]
+    body, ctype = target.login_body(account.username, account.password)
+    clock = FakeClock(cp.START)
+    driver = AsgiDriver(factory(clock), server_errors=True)
+    headers = (("content-type", ctype), ("user-agent", "apiguard-attack/preflight"))
+    request = Request("POST", target.login_path, "198.51.100.250", headers, body)
+    response = asyncio.run(driver.send(request))
+    if not 200 <= response.status < 300:
+        raise SelfTestError(
+            f"the first declared account could not log in: POST {target.login_path} "
+            f"answered {response.status} (in monitor mode). Declare the app's login path, "
+            "its body fields and real accounts (see the TOML format in "
+            "apiguard/simulate/target.py), or every account campaign measures nothing"
+        )
 
 
 # -- over HTTP ----------------------------------------------------------------------------
