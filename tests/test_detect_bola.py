@@ -361,7 +361,9 @@ def test_a_harvest_over_fresh_accounts_is_caught_and_honest_newcomers_pass() -> 
         return leaked, newcomer_met, honest_statuses, True
 
     leaked, newcomer, honest, _ = run(scenario())
-    assert leaked[0] == 10, leaked  # a young account stops at the young floor
+    # a young account stops at the young floor (the distinct count is a sketch's estimate:
+    # two ids sharing a slot count once, so it may read one or two more)
+    assert 10 <= leaked[0] <= 12, leaked
     assert sum(leaked[1:]) == 0, leaked  # then none reads a single order
     assert newcomer == ["challenge", "200"]
     assert set(honest) == {200}
@@ -404,7 +406,7 @@ def test_account_created_marks_a_sign_up_that_does_not_sign_the_user_in() -> Non
         return await read(f"tok-{user}", 13), await read("tok-7", 13)
 
     young, old = run(scenario())
-    assert young[:10] == [200] * 10 and 403 in young[10:12], young
+    assert young[:10] == [200] * 10 and 403 in young[10:13], young  # (an estimate)
     assert old == [200] * 13
 
 
