@@ -1192,11 +1192,12 @@ class Engine:
             seconds = min(cfg.account_protect_for * 2 ** min(level - 1, 16), 86_400.0 * 7)
         else:
             seconds = self._detector_ban(finding.detector, level)
-        if finding.action == "challenge" and not key.startswith(GATE):
+        challenge = finding.action == "challenge" and not key.startswith(GATE)
+        if challenge:
             seconds = max(seconds, self.config.detection.challenge_hold)  # until passed
         ban = Ban(key, now + seconds, level, finding.owner, finding.action, finding.detector)
         self._levels[key] = (level, ban.until)
-        if finding.action == "challenge" and not key.startswith(GATE):
+        if challenge:
             starts = self._challenged_at
             if len(starts) >= IP_CACHE_MAX:
                 starts.clear()
@@ -1225,8 +1226,8 @@ class Engine:
         # client shape, or its home), and a thief waiting out a shorter one would be let
         # in again while its evidence still stands
         share = 1.0 if family == "rotation" else 0.25
-        quarter = float(window) * share * 2 ** min(level - 1, 30)
-        return float(min(max(self.bans.duration(level), quarter), self.bans.max))
+        seconds = float(window) * share * 2 ** min(level - 1, 30)
+        return float(min(max(self.bans.duration(level), seconds), self.bans.max))
 
     def passed(self, principal: str, now: float) -> bool:
         """Whether this person passed a detector's challenge recently."""

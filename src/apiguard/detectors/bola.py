@@ -144,7 +144,13 @@ class Bola:
             return None  # counted; nothing an address can be flagged for was seen
         population = self.populations.get(template)
         young: Tally | None = None
-        if anonymous is False and own_floor is None and outcome.ctx.vouched:
+        # young accounts only where a person can answer (person_action "challenge")
+        if (
+            not anonymous
+            and own_floor is None
+            and outcome.ctx.vouched
+            and cfg.person_action == "challenge"
+        ):
             young = Tally(YOUNG + subject, cfg.young_for, amount=0)  # (a read)
             ops.append(young)
 
@@ -171,7 +177,6 @@ class Bola:
             # (then it is a person: the population's bar, four times over)
             is_young = (
                 not passed
-                and cfg.person_action == "challenge"  # (a person could not answer a ban)
                 and young is not None
                 and young.count > 0
                 and cfg.young_floor < learned

@@ -27,6 +27,7 @@ store operation.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from apiguard.detectors.base import (
@@ -85,9 +86,9 @@ class Homes:
             places[principal] = [(network, fingerprint, now)]
             return False
         places.move_to_end(principal)
-        for net, fp, first in found:
-            if net == network and fp == fingerprint:
-                return now - first >= self.fresh
+        first = _first_seen(found, network, fingerprint)
+        if first is not None:
+            return now - first >= self.fresh
         if len(found) < self.per_principal:
             found.append((network, fingerprint, now))
         return False
@@ -98,15 +99,23 @@ class Homes:
 
     def is_home(self, principal: str, network: str, fingerprint: str, now: float) -> bool:
         """Whether (network, fingerprint) is `principal`'s home (changes nothing)."""
-        for net, fp, first in self._places.get(principal, ()):
-            if net == network and fp == fingerprint:
-                return now - first >= self.fresh
-        return False
+        first = _first_seen(self._places.get(principal, ()), network, fingerprint)
+        return first is not None and now - first >= self.fresh
 
     def of(self, principal: str, now: float) -> list[tuple[str, str]]:
         """`principal`'s homes: (network, fingerprint) pairs."""
         found = self._places.get(principal, ())
         return [(net, fp) for net, fp, first in found if now - first >= self.fresh]
+
+
+def _first_seen(
+    places: Iterable[tuple[str, str, float]], network: str, fingerprint: str
+) -> float | None:
+    """When the place (network, fingerprint) among `places` was first seen, if it is one."""
+    for net, fp, first in places:
+        if net == network and fp == fingerprint:
+            return first
+    return None
 
 
 class Rotation:
@@ -148,13 +157,11 @@ class Rotation:
         if principal == ctx.ip_key:
             return None
         now = outcome.now
-        home = outcome.status < 400 and self.homes.note(
-            principal, ctx.net_key, ctx.fingerprint, now
-        )
-        if not self._sent.due((principal, ctx.net_key, ctx.fingerprint), now):
+        place, fingerprint = ctx.net_key, ctx.fingerprint
+        home = outcome.status < 400 and self.homes.note(principal, place, fingerprint, now)
+        if not self._sent.due((principal, place, fingerprint), now):
             return None
         window = self.config.window
-        fingerprint = ctx.fingerprint
         network = ctx.provider_key
         tally = Tally(f"rot:{principal}", window, network)
         shapes = Tally(f"rot:f:{principal}", window, fingerprint)
