@@ -63,7 +63,12 @@ def test_detection_settings_from_the_environment() -> None:
     assert cfg.detection.bola.floor == 50
     assert not cfg.detection.rotation.enabled
     guard = Guard(cfg)
-    assert [d.name for d in guard.engine.detectors] == ["account_takeover", "bola", "flow_groups"]
+    assert [d.name for d in guard.engine.detectors] == [
+        "account_takeover",
+        "bola",
+        "flow_groups",
+        "scraping",
+    ]
     assert "detectors: account_takeover, bola, flow_groups" in guard.summary()
 
 

@@ -220,6 +220,16 @@ class StoreConfig(_Model):
 DetectorAction = Literal["block", "challenge", "throttle"]
 
 
+def route_floors(value: dict[str, int]) -> dict[str, int]:
+    """A detector's per-route floors: route templates, each 0 (off) or more."""
+    for template, floor in value.items():
+        if not template.startswith("/"):
+            raise ValueError(f"{template!r} is not a route template (e.g. '/orders/{{id}}')")
+        if floor < 0:
+            raise ValueError(f"the floor of {template!r} must be 0 (off) or more")
+    return value
+
+
 class _Detector(_Model):
     """What every detector has: on or off, its own mode (None: the guard's) and what it
     does when it fires: "block" (403 for an escalating ban duration), "throttle" (429 with
@@ -307,12 +317,7 @@ class BolaConfig(_Detector):
     @field_validator("routes")
     @classmethod
     def _route_floors(cls, value: dict[str, int]) -> dict[str, int]:
-        for template, floor in value.items():
-            if not template.startswith("/"):
-                raise ValueError(f"{template!r} is not a route template (e.g. '/orders/{{id}}')")
-            if floor < 0:
-                raise ValueError(f"the floor of {template!r} must be 0 (off) or more")
-        return value
+        return route_floors(value)
 
 
 class RotationConfig(_Detector):
@@ -358,6 +363,34 @@ class FlowGroupsConfig(_Detector):
     factor: float = Field(3.0, ge=1)
 
 
+class ScrapingConfig(_Detector):
+    """Anonymous reads of one route from new addresses, against the route's own learned
+    level (see `apiguard.detectors.scraping`): a route is under a scraping surge when the
+    reads (GET, HEAD) there within `window` by anonymous clients at addresses first
+    answered less than `new_for` ago reach `floor` and `factor` times the route's learned
+    baseline, and most of those addresses (`one_shot_share`) never came back. While it
+    is, those reads must pass the app's challenge. `routes` sets a route's own floor
+    (0: not watched)."""
+
+    window: float = Field(1800.0, gt=0, le=YEAR)
+    floor: int = Field(60, ge=2)
+    factor: float = Field(3.0, ge=1)
+    new_for: float = Field(1800.0, gt=0, le=YEAR)
+    # and at least this share of the new addresses whose first request was such a read
+    # did not come back within `settle` seconds (people browse on, log in, page further)
+    one_shot_share: float = Field(0.8, gt=0, le=1)
+    settle: float = Field(120.0, gt=0, le=86_400.0)
+    # distinct new addresses one pass may answer the surge's challenge from (a person's
+    # phone changes a few; a solved CAPTCHA replayed by a botnet is everywhere)
+    pass_addresses: int = Field(8, ge=1)
+    routes: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("routes")
+    @classmethod
+    def _route_floors(cls, value: dict[str, int]) -> dict[str, int]:
+        return route_floors(value)
+
+
 class DetectionConfig(_Model):
     """The detectors (`apiguard.detectors`), each on by default in the guard's mode."""
 
@@ -365,6 +398,7 @@ class DetectionConfig(_Model):
     bola: BolaConfig = BolaConfig()
     rotation: RotationConfig = RotationConfig()
     flow_groups: FlowGroupsConfig = FlowGroupsConfig()
+    scraping: ScrapingConfig = ScrapingConfig()
     challenge_for: float = Field(3600.0, gt=0, le=YEAR)  # a passed challenge exempts this long
     # a detector's challenge (not the login's) holds until passed, at most this long: a bot
     # that waits out a shorter one would be let in again each time it ends

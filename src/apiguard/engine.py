@@ -23,6 +23,7 @@ from apiguard.config import GuardConfig, Mode
 from apiguard.decision import ALLOWED, Action, Decision
 from apiguard.detectors.account_takeover import ACCOUNT, DEVICE_FAILS, AccountTakeover
 from apiguard.detectors.base import (
+    ADDRESSES,
     LOGINS,
     PRINCIPALS,
     Detector,
@@ -34,6 +35,7 @@ from apiguard.detectors.base import (
 from apiguard.detectors.bola import names_object
 from apiguard.detectors.flow_groups import GROUP, FlowGroups, group_keys
 from apiguard.detectors.rotation import Rotation, home_key, shaped_key
+from apiguard.detectors.scraping import Scraping
 from apiguard.login import (
     PASS_COOKIE,
     cookie,
@@ -237,12 +239,14 @@ class Engine:
         self.detectors = found
         self.ato = next((d for d in found if isinstance(d, AccountTakeover)), None)
         self._rotation = next((d for d in found if isinstance(d, Rotation)), None)
+        self._scraping = next((d for d in found if isinstance(d, Scraping)), None)
         # indexed by 2 * (a login was reported) + (the principal is the address)
         self._watching = [
             tuple(
                 d
                 for d in found
-                if (login or d.watches != LOGINS) and not (address and d.watches == PRINCIPALS)
+                if (login or d.watches != LOGINS)
+                and d.watches != (PRINCIPALS if address else ADDRESSES)
             )
             for login in (False, True)
             for address in (False, True)
@@ -541,6 +545,9 @@ class Engine:
             return None
         if ctx.principal is None:
             ctx.principal = self._principal(ctx)
+        scraping = self._scraping
+        if todo_global and scraping is not None and scraping.surging:
+            self._scraping_gate(ctx, scraping)
         hits: list[Hit] = []
         if todo_global:
             self._plan_rules(ctx, self._global_plan, hits)
@@ -560,6 +567,22 @@ class Engine:
                 rule.plan(ctx, hits, enforce)
             except Exception as exc:
                 callable_failed(self, f"rule {getattr(rule, 'name', rule)!r}", exc)
+
+    def _scraping_gate(self, ctx: RequestContext, scraping: Scraping) -> None:
+        """Raise `Refused` (a challenge) when a route under a scraping surge is read by a
+        new anonymous address without a pass (`apiguard.detectors.scraping`)."""
+        if not self._enforced(scraping.enforce):
+            return
+        now = self.clock()
+        if scraping.holds(ctx, now):
+            ctx.global_done = True
+            decision = Decision(
+                Action.CHALLENGE,
+                scraping.name,
+                scraping.config.window / 2,  # (a bot waiting is judged again by then)
+                detector=scraping.name,
+            )
+            self._settle(ctx, decision)
 
     def _with_groups(
         self, keys: tuple[str, ...], ctx: RequestContext, rules: tuple[Rule, ...]
@@ -723,6 +746,9 @@ class Engine:
         principal = ctx.principal
         if principal is None:
             principal = ctx.principal = self._principal(ctx)
+        scraping = self._scraping
+        if scraping is not None and scraping.surging:
+            self._scraping_gate(ctx, scraping)
         keys = self._with_groups(self._ban_keys(ctx), ctx, rules)
         if not fast.try_admit(ctx, principal, keys, self.clock()):
             return False

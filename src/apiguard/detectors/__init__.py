@@ -1,4 +1,4 @@
-"""Detectors: account takeover, BOLA enumeration, IP rotation and stolen keys.
+"""Detectors: account takeover, BOLA enumeration, IP rotation and stolen keys, scraping.
 
 Each family is one module; `build` makes those the configuration turns on. See
 `apiguard.detectors.base` for how they plug into the engine.
@@ -12,6 +12,7 @@ from apiguard.detectors.base import Detector, Finding, LoginAttempt, Outcome
 from apiguard.detectors.bola import Bola
 from apiguard.detectors.flow_groups import FlowGroups
 from apiguard.detectors.rotation import Rotation
+from apiguard.detectors.scraping import Scraping
 
 __all__ = [
     "AccountTakeover",
@@ -22,6 +23,7 @@ __all__ = [
     "LoginAttempt",
     "Outcome",
     "Rotation",
+    "Scraping",
     "build",
 ]
 
@@ -42,4 +44,8 @@ def build(config: DetectionConfig, enforce_default: bool) -> list[Detector]:
         found.append(Rotation(config.rotation, enforce(config.rotation.mode)))
     if config.flow_groups.enabled:
         found.append(FlowGroups(config.flow_groups, enforce(config.flow_groups.mode)))
+    if config.scraping.enabled:
+        found.append(
+            Scraping(config.scraping, enforce(config.scraping.mode), config.challenge_path)
+        )
     return found

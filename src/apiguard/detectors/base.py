@@ -94,6 +94,7 @@ class RecentlySent(Generic[_K]):
 EVERY_REQUEST = "every request"
 PRINCIPALS = "principals"  # requests whose principal is not the client address
 LOGINS = "logins"  # requests that reported a login (`Outcome.login` set)
+ADDRESSES = "addresses"  # requests whose principal is the client address (anonymous)
 
 
 class Detector(Protocol):
@@ -101,7 +102,8 @@ class Detector(Protocol):
 
     name: str
     enforce: bool
-    watches: str  # EVERY_REQUEST, PRINCIPALS or LOGINS: `plan` returns None for the rest
+    # EVERY_REQUEST, PRINCIPALS, ADDRESSES or LOGINS: `plan` returns None for the rest
+    watches: str
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         """Add this request's operations to `ops`; return what judges their results

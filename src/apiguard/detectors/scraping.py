@@ -1,0 +1,280 @@
+"""Scraping (OWASP API6; OAT-011): a route read from new addresses far more than usual.
+
+A scraper that sends one request per residential proxy address, with a fresh User-Agent
+each time, stays under every per-address, per-principal and per-fingerprint count. What
+it cannot hide is the route's own traffic: anonymous reads (GET, HEAD) from addresses
+that were first answered moments ago. Per route template, in process (each worker judges
+the share of traffic it serves), over a sliding window of two half-window generations:
+
+- **new reads**: anonymous reads of the route from addresses first answered less than
+  `new_for` ago (or never), without a pass;
+- **people**: the same reads made with a valid pass (a person who passed the challenge);
+- **one-shot addresses**: of the new addresses whose first request was a read of the
+  route, those that did not come back within `settle` seconds. People browse on, log
+  in, page further; a scraper rotating its addresses sends one request from each.
+
+The route's baseline is learned from its own calm periods (an EWMA of the new reads per
+window) and, while it is under a surge, from the people among the new readers (a busy
+site's organic visitors, once they pass, teach the surge that they are its normal level,
+so it ends). A surge starts when the new reads reach `floor` and `factor` times the
+baseline and at least `one_shot_share` of the new addresses judged (at least a third of
+the floor) were one-shot, so a busy site's organic visitors do not start one before its
+baseline is learned; while it lasts, new readers without a pass are challenged there (reads from
+addresses answered before, signed-in users and API keys never are), and those refused
+reads still count, so a scraper cannot end the surge by being refused. It ends once the
+new reads stay under 0.7 of the threshold for a whole window.
+
+One pass answers the challenge from at most `pass_addresses` new addresses: a solved
+CAPTCHA's cookie replayed from a botnet's addresses stops helping.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING
+
+from apiguard.detectors.base import ADDRESSES, RECENT_MAX, Finding, Judge, Outcome
+from apiguard.login import PASS_COOKIE, cookie, pass_valid
+
+if TYPE_CHECKING:
+    from apiguard.config import ScrapingConfig
+    from apiguard.request import RequestContext
+    from apiguard.store.base import Observation
+
+READS = frozenset({"GET", "HEAD"})
+_ROUTES_MAX = 1024  # routes watched (beyond: new templates are not)
+_PASSES_MAX = 16_384  # passes remembered with the new addresses they came from
+_EWMA = 0.3  # weight of the newest period in a route's baseline
+_JUDGED_MIN = 5  # judged new addresses that make a calm period's one-shot share count
+_PENDING_MAX = 4096  # new addresses a route keeps to judge (beyond: the oldest unjudged)
+
+
+class Surge:
+    """One route's new reads, people and one-shot addresses over a sliding window, its
+    learned baseline, and whether it is under a scraping surge (`since`)."""
+
+    __slots__ = (
+        "baseline",
+        "factor",
+        "floor",
+        "half",
+        "now",
+        "old",
+        "pending",
+        "share",
+        "since",
+        "start",
+    )
+
+    def __init__(self, window: float, floor: int, factor: float, share: float) -> None:
+        self.half = window / 2.0
+        self.floor = floor
+        self.factor = factor
+        self.share = share
+        self.start: float | None = None
+        # new reads without a pass, with one (people), one-shot addresses, returning ones
+        self.now = [0, 0, 0, 0]
+        self.old = [0, 0, 0, 0]
+        self.baseline: float | None = None
+        self.since: float | None = None
+        # new addresses whose first request read this route, and when (to judge later)
+        self.pending: deque[tuple[str, float]] = deque(maxlen=_PENDING_MAX)
+
+    def _roll(self, now: float) -> float:
+        """Move the generations on; the weight of the older one now."""
+        if self.start is None:
+            self.start = now
+        elapsed = now - self.start
+        if elapsed >= self.half:
+            finished = self.now
+            # a calm period teaches its new reads, unless most of its new addresses were
+            # one-shot (a scraper under the floor must not teach the route to accept it);
+            # a surge teaches only the people among them
+            one_shot, judged = finished[2], finished[2] + finished[3]
+            suspect = judged >= _JUDGED_MIN and one_shot >= self.share * judged
+            level = finished[0] if self.since is None else finished[1]
+            if (self.since is None and not suspect) or (self.since is not None and level):
+                level *= 2  # per window
+                self.baseline = (
+                    level if self.baseline is None else (1 - _EWMA) * self.baseline + _EWMA * level
+                )
+            self.old = finished if elapsed < 2 * self.half else [0, 0, 0, 0]
+            self.now = [0, 0, 0, 0]
+            self.start = now if elapsed >= 2 * self.half else self.start + self.half
+            elapsed = now - self.start
+        return 1.0 - elapsed / self.half
+
+    def threshold(self) -> float:
+        """The new reads per window at which the route is under a surge."""
+        if self.baseline is None:
+            return float(self.floor)
+        return max(float(self.floor), self.baseline * self.factor)
+
+    def judged(self, now: float, one_shot: bool) -> None:
+        """Count a new address judged one-shot or returning."""
+        self._roll(now)
+        self.now[2 if one_shot else 3] += 1
+
+    def record(self, now: float, person: bool) -> dict[str, float | int | str] | None:
+        """Count one new read; the evidence when it starts a surge."""
+        weight = self._roll(now)
+        cur, old = self.now, self.old
+        cur[person] += 1
+        reads = cur[0] + old[0] * weight
+        limit = self.threshold()
+        if self.since is None:
+            if reads < limit:
+                return None
+            one_shot = cur[2] + old[2] * weight
+            judged = one_shot + cur[3] + old[3] * weight
+            if judged < self.floor / 3 or one_shot < self.share * judged:
+                return None
+            self.since = now
+            return {
+                "new_reads": round(reads),
+                "threshold": round(limit, 1),
+                "baseline": round(self.baseline, 1) if self.baseline is not None else -1,
+                "one_shot_share": round(one_shot / judged, 3),
+            }
+        if reads < 0.7 * limit and now - self.since >= 2 * self.half:
+            self.since = None
+        return None
+
+    def on(self, now: float) -> bool:
+        """Whether the route is under a surge now (it ends after a window without reads)."""
+        if self.since is None:
+            return False
+        self._roll(now)
+        if self.now[0] + self.now[1] + self.old[0] + self.old[1] == 0:
+            self.since = None
+        return self.since is not None
+
+
+class Scraping:
+    """The scraping detector (see the module docstring)."""
+
+    name = "scraping"
+    watches = ADDRESSES
+
+    def __init__(self, config: ScrapingConfig, enforce: bool, challenge_path: str | None) -> None:
+        self.config = config
+        self.enforce = enforce
+        self.challenge_path = challenge_path
+        # address key -> [when it was first answered below 400, whether it came back,
+        # whether it was counted as a person] (oldest first, bounded)
+        self._seen: OrderedDict[str, list[float]] = OrderedDict()
+        self._surges: dict[str, Surge] = {}
+        self.surging: dict[str, Surge] = {}  # routes under a surge (what the gate checks)
+        self._passes: OrderedDict[str, set[str]] = OrderedDict()
+
+    def _surge(self, template: str) -> Surge | None:
+        surge = self._surges.get(template)
+        if surge is not None:
+            return surge
+        cfg = self.config
+        floor = cfg.routes.get(template, cfg.floor) if cfg.routes else cfg.floor
+        if floor == 0 or len(self._surges) >= _ROUTES_MAX or template == self.challenge_path:
+            return None
+        surge = Surge(cfg.window, floor, cfg.factor, cfg.one_shot_share)
+        self._surges[template] = surge
+        return surge
+
+    def _person(self, ctx: RequestContext, now: float) -> bool:
+        """Whether the request carries a valid pass that has not answered from more than
+        `pass_addresses` new addresses."""
+        if not ctx.has_cookie:
+            return False
+        value = cookie(ctx, PASS_COOKIE)
+        if value is None or not pass_valid(ctx.engine.hasher, value, now):
+            return False
+        passes = self._passes
+        places = passes.get(value)
+        if places is None:
+            if len(passes) >= _PASSES_MAX:
+                passes.popitem(last=False)
+            places = passes[value] = set()
+        if ctx.ip_key not in places:
+            if len(places) >= self.config.pass_addresses:
+                return False
+            places.add(ctx.ip_key)
+        return True
+
+    def _judge_pending(self, surge: Surge, now: float) -> None:
+        """Judge the new addresses that read the route at least `settle` seconds ago."""
+        pending = surge.pending
+        settle = self.config.settle
+        seen = self._seen
+        while pending and now - pending[0][1] >= settle:
+            address, _at = pending.popleft()
+            entry = seen.get(address)
+            if entry is not None:  # (forgotten: not judged)
+                surge.judged(now, not entry[1])
+
+    def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
+        ctx = outcome.ctx
+        now = outcome.now
+        address = ctx.ip_key
+        seen = self._seen
+        entry = seen.get(address)
+        first = entry is None
+        if entry is None:
+            if outcome.status < 400:
+                if len(seen) >= RECENT_MAX:
+                    seen.popitem(last=False)
+                seen[address] = entry = [now, 0.0, 0.0]
+        else:
+            entry[1] = 1.0  # it came back (however soon: a page's calls come at once)
+            if now - entry[0] >= self.config.new_for:
+                return None  # not new
+        if ctx.scope.get("method") not in READS:
+            return None
+        template = ctx.route
+        if template is None:
+            return None
+        surge = self._surge(template)
+        if surge is None:
+            return None
+        if surge.pending:
+            self._judge_pending(surge, now)
+        if first and outcome.status < 400:
+            surge.pending.append((address, now))
+        person = self._person(ctx, now)
+        if person:  # a person counts once (people learned per person, like the new reads)
+            if entry is None or entry[2]:
+                return None
+            entry[2] = 1.0
+        evidence = surge.record(now, person)
+        if evidence is None:
+            return None
+        self.surging[template] = surge
+        evidence["route"] = template
+
+        def judge() -> list[Finding]:
+            finding = Finding(
+                f"{self.name}.surge", "population", "challenge", self.enforce, evidence
+            )
+            return [finding]
+
+        return judge
+
+    def holds(self, ctx: RequestContext, now: float) -> bool:
+        """Whether this request must pass the challenge first: an anonymous read from a
+        new address, without a pass, of a route under a surge (counted as a new read)."""
+        if ctx.principal != ctx.ip_key or ctx.scope.get("method") not in READS:
+            return False
+        template = ctx.route
+        if template is None:
+            return False
+        surge = self.surging.get(template)
+        if surge is None:
+            return False
+        if not surge.on(now):
+            del self.surging[template]
+            return False
+        entry = self._seen.get(ctx.ip_key)
+        if entry is not None and now - entry[0] >= self.config.new_for:
+            return False
+        if self._person(ctx, now):
+            return False
+        surge.record(now, False)
+        return True

@@ -1,0 +1,324 @@
+"""Scraping, both ways: a catalogue scraped one request per rotating residential address
+(randomised browser headers, jittered timing, shuffled ids) is challenged AND the people
+beside it (home visitors, an office behind one NAT address, phones changing address every
+few requests, signed-in users, a busy day of new visitors) are never refused."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import pytest
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException
+from starlette.applications import Starlette
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from apiguard import Guard, identify
+from apiguard.asgi import GuardMiddleware
+from apiguard.simulate.clock import FakeClock
+from apiguard.simulate.driver import AsgiDriver, Request, Response
+from detection_support import BROWSERS, is_challenge, public_ip, run
+
+START = 5_000_000.0
+PRODUCTS = 300
+LANGS = ("en-US,en;q=0.9", "de-DE,de;q=0.8", "fr-FR,fr;q=0.9", "en-GB", "es-ES,es;q=0.7")
+# every route shape the detector must watch: a plain async route, a sync one, a nested
+# router's, and a mounted Starlette app's
+SHAPES = ("/products/{id}", "/sync/products/{id}", "/v1/shop/items/{id}", "/legacy/goods/{id}")
+
+
+def user(authorization: Annotated[str | None, Header()] = None) -> str | None:
+    """The signed-in user, if any, declared to apiguard (anonymous: None)."""
+    name = authorization.removeprefix("Bearer ") if authorization else None
+    identify(name)
+    return name
+
+
+def catalogue_app(guard: Guard) -> FastAPI:
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+
+    @app.get("/products")
+    async def listing(page: int = 1) -> list[int]:
+        return list(range(page * 20 - 19, page * 20 + 1))
+
+    @app.get("/products/{product_id}")
+    async def product(product_id: int, who: Annotated[str | None, Depends(user)]) -> dict[str, Any]:
+        if not 1 <= product_id <= PRODUCTS:
+            raise HTTPException(404)
+        return {"id": product_id}
+
+    @app.get("/sync/products/{product_id}")
+    def product_sync(product_id: int) -> dict[str, int]:
+        return {"id": product_id}
+
+    outer = APIRouter(prefix="/v1")
+    inner = APIRouter(prefix="/shop")
+
+    @inner.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"id": item_id}
+
+    outer.include_router(inner)
+    app.include_router(outer)
+
+    async def goods(request: StarletteRequest) -> JSONResponse:
+        return JSONResponse({"id": request.path_params["gid"]})
+
+    app.mount("/legacy", Starlette(routes=[Route("/goods/{gid}", goods)]))
+
+    @app.post("/login")
+    async def login() -> dict[str, str]:
+        return {"token": "t"}
+
+    @app.post("/challenge")
+    async def challenge() -> dict[str, bool]:
+        guard.challenge_passed()  # the (simulated) person solved the app's CAPTCHA
+        return {"passed": True}
+
+    return app
+
+
+def browser_headers(rng: random.Random) -> tuple[tuple[str, str], ...]:
+    """A realistic, randomised browser header set (what an impersonating bot sends)."""
+    return (
+        ("user-agent", f"{rng.choice(BROWSERS)} build/{rng.randrange(9999)}"),
+        ("accept", "application/json, text/plain, */*"),
+        ("accept-language", rng.choice(LANGS)),
+        ("accept-encoding", "gzip, deflate, br"),
+    )
+
+
+@dataclass
+class Visitor:
+    """One client: its headers, cookie jar (None: none kept), token and address(es)."""
+
+    driver: AsgiDriver
+    headers: tuple[tuple[str, str], ...]
+    ip: str
+    jar: dict[str, str] | None = field(default_factory=dict)
+    token: str | None = None
+    solves: bool = True
+    challenged: int = 0
+    refused: list[tuple[str, int]] = field(default_factory=list)
+
+    async def send(self, method: str, path: str) -> Response:
+        extra = list(self.headers)
+        if self.jar:
+            extra.append(("cookie", "; ".join(f"{k}={v}" for k, v in self.jar.items())))
+        if self.token:
+            extra.append(("authorization", f"Bearer {self.token}"))
+        resp = await self.driver.send(Request(method, path, self.ip, tuple(extra)))
+        if self.jar is not None:
+            for name, value in resp.headers:
+                if name == b"set-cookie":
+                    k, _, rest = value.decode("latin-1").partition("=")
+                    self.jar[k] = rest.split(";", 1)[0]
+        return resp
+
+    async def get(self, path: str) -> Response:
+        """A read; a person who is challenged solves it and retries once."""
+        resp = await self.send("GET", path)
+        if is_challenge(resp) and self.solves:
+            self.challenged += 1
+            await self.send("POST", "/challenge")
+            resp = await self.send("GET", path)
+        if resp.status >= 400 and resp.status != 404:
+            self.refused.append((path, resp.status))
+        return resp
+
+
+def product_path(shape: str, pid: int) -> str:
+    return shape.replace("{id}", str(pid))
+
+
+def scraper_requests(
+    rng: random.Random, gap: float, count: int
+) -> Iterator[tuple[float, str, tuple[tuple[str, str], ...]]]:
+    """(wait, address, headers) of a scraper rotating residential proxies: a new address
+    and randomised browser headers on every request, jittered human-like gaps."""
+    for _ in range(count):
+        yield rng.uniform(0.3, 1.7) * gap, public_ip(rng), browser_headers(rng)
+
+
+class Shop:
+    """The app, its clock, and the benign population's clients."""
+
+    def __init__(self, seed: int, **config: Any) -> None:
+        self.clock = FakeClock(START)
+        self.guard = Guard(config or None, clock=self.clock)
+        self.driver = AsgiDriver(catalogue_app(self.guard))
+        self.rng = random.Random(seed)
+        self.people: list[Visitor] = []
+        self.office_ip = "198.51.100.23"
+
+    def visitor(self, ip: str | None = None) -> Visitor:
+        v = Visitor(self.driver, browser_headers(self.rng), ip or public_ip(self.rng))
+        self.people.append(v)
+        return v
+
+    async def person_visit(self, shape: str) -> None:
+        """One awkward honest visit: a home visitor, an office worker, a phone hopping
+        across its carrier's pool, or a signed-in user; each browses on for a while."""
+        rng = self.rng
+        kind = rng.random()
+        if kind < 0.35:
+            v = self.visitor()
+        elif kind < 0.6:
+            v = self.visitor(self.office_ip)
+        elif kind < 0.85:
+            v = self.visitor(f"100.64.{rng.randrange(256)}.{rng.randrange(1, 255)}")
+        else:
+            v = self.visitor()
+            v.token = f"user{rng.randrange(500)}"
+        for step in range(rng.randint(2, 7)):
+            if kind >= 0.6 and kind < 0.85 and step % 2:
+                v.ip = f"100.64.{rng.randrange(256)}.{rng.randrange(1, 255)}"  # new address
+            if rng.random() < 0.25:
+                await v.get(f"/products?page={rng.randint(1, 15)}")
+            else:
+                await v.get(product_path(shape, rng.randint(1, PRODUCTS + 5)))  # a typo: 404
+            self.clock.advance(rng.uniform(2.0, 25.0))
+
+    def refused_people(self) -> list[tuple[str, int]]:
+        return [r for v in self.people for r in v.refused]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_scraper_on_rotating_addresses_is_challenged_and_people_are_not_refused(
+    shape: str,
+) -> None:
+    shop = Shop(seed=SHAPES.index(shape))
+    rng = random.Random(99)
+    ids = list(range(1, PRODUCTS + 1))
+
+    async def scenario() -> list[int]:
+        statuses: list[int] = []
+        walk = iter(rng.sample(ids, len(ids)) * 4)
+        for n, (wait, ip, headers) in enumerate(scraper_requests(rng, 6.0, 900)):
+            shop.clock.advance(wait)
+            bot = Visitor(shop.driver, headers, ip, jar=None, solves=False)
+            resp = await bot.get(product_path(shape, next(walk)))
+            statuses.append(403 if is_challenge(resp) else resp.status)
+            if n % 12 == 0:  # the people beside it, a visit every ~70 s
+                await shop.person_visit(shape)
+            if n % 150 == 0:  # the operator's own legitimate browsing from its office
+                await Visitor(shop.driver, browser_headers(rng), "203.0.113.50").get(
+                    f"/products?page={n % 15 + 1}"
+                )
+        return statuses
+
+    statuses = run(scenario())
+    first = statuses.index(403)
+    assert first < 150  # the surge is found within the first quarter hour or so
+    after = statuses[first + 1 :]
+    assert sum(s == 200 for s in after) <= 0.05 * len(after)
+    assert shop.refused_people() == []
+    assert any(v.challenged for v in shop.people)  # new visitors during it pass one challenge
+
+
+def test_a_busy_day_of_new_visitors_who_browse_on_starts_no_surge() -> None:
+    """Ten new visitors a minute, most browsing on for a few pages, a third bouncing
+    after one: far above the floor from the first minute, yet nobody is challenged."""
+    shop = Shop(seed=7)
+    rng = shop.rng
+
+    async def scenario() -> None:
+        for _ in range(1200):
+            shop.clock.advance(rng.uniform(2.0, 10.0))
+            v = shop.visitor()
+            pages = 1 if rng.random() < 0.33 else rng.randint(2, 6)
+            for _ in range(pages):
+                await v.get(f"/products/{rng.randint(1, PRODUCTS)}")
+
+    run(scenario())
+    assert shop.refused_people() == []
+    assert not any(v.challenged for v in shop.people)
+
+
+def test_the_surge_ends_when_the_scraping_stops() -> None:
+    shop = Shop(seed=3)
+    rng = random.Random(5)
+
+    async def scrape(count: int) -> list[int]:
+        out = []
+        for wait, ip, headers in scraper_requests(rng, 4.0, count):
+            shop.clock.advance(wait)
+            bot = Visitor(shop.driver, headers, ip, jar=None, solves=False)
+            out.append((await bot.get(f"/products/{rng.randint(1, PRODUCTS)}")).status)
+        return out
+
+    async def scenario() -> tuple[list[int], Response]:
+        statuses = await scrape(500)
+        shop.clock.advance(2 * 1800.0)  # the scraper has gone for a whole window
+        late = Visitor(shop.driver, browser_headers(rng), public_ip(rng), solves=False)
+        return statuses, await late.get("/products/42")
+
+    statuses, late = run(scenario())
+    assert 403 in statuses
+    assert late.status == 200
+
+
+def test_one_solved_challenge_replayed_from_many_addresses_stops_helping() -> None:
+    shop = Shop(seed=4)
+    rng = random.Random(6)
+
+    async def scenario() -> list[int]:
+        jar: dict[str, str] = {}
+        for wait, ip, headers in scraper_requests(rng, 4.0, 200):
+            shop.clock.advance(wait)
+            await Visitor(shop.driver, headers, ip, jar=None, solves=False).get("/products/7")
+        # the operator pays for one solved CAPTCHA and replays its pass from every proxy
+        solver = Visitor(shop.driver, browser_headers(rng), public_ip(rng), jar=jar)
+        assert (await solver.get("/products/8")).status == 200 and solver.challenged == 1
+        out = []
+        for wait, ip, headers in scraper_requests(rng, 4.0, 40):
+            shop.clock.advance(wait)
+            bot = Visitor(shop.driver, headers, ip, jar=dict(jar), solves=False)
+            out.append((await bot.get(f"/products/{rng.randint(1, PRODUCTS)}")).status)
+        return out
+
+    replayed = run(scenario())
+    # the pass answers from the solver's address and a few more (a phone's), no more
+    assert replayed.count(200) <= 8
+    assert replayed.count(403) >= 30
+
+
+def test_in_monitor_mode_the_surge_is_reported_and_nobody_is_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shop = Shop(seed=5, detection={"scraping": {"mode": "monitor"}})
+    rng = random.Random(8)
+
+    async def scenario() -> list[int]:
+        out = []
+        for wait, ip, headers in scraper_requests(rng, 4.0, 400):
+            shop.clock.advance(wait)
+            bot = Visitor(shop.driver, headers, ip, jar=None, solves=False)
+            out.append((await bot.get(f"/products/{rng.randint(1, PRODUCTS)}")).status)
+        return out
+
+    with caplog.at_level(logging.WARNING, logger="apiguard"):
+        statuses = run(scenario())
+    assert set(statuses) == {200}
+    assert any("scraping.surge" in r.getMessage() for r in caplog.records)
+
+
+def test_a_route_with_its_own_floor_of_zero_is_not_watched() -> None:
+    shop = Shop(seed=6, detection={"scraping": {"routes": {"/products/{product_id}": 0}}})
+    rng = random.Random(9)
+
+    async def scenario() -> list[int]:
+        out = []
+        for wait, ip, headers in scraper_requests(rng, 4.0, 400):
+            shop.clock.advance(wait)
+            bot = Visitor(shop.driver, headers, ip, jar=None, solves=False)
+            out.append((await bot.get(f"/products/{rng.randint(1, PRODUCTS)}")).status)
+        return out
+
+    assert set(run(scenario())) == {200}
