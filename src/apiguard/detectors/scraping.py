@@ -6,23 +6,28 @@ it cannot hide is the route's own traffic: anonymous reads (GET, HEAD) from addr
 that were first answered moments ago. Per route template, in process (each worker judges
 the share of traffic it serves), over a sliding window of two half-window generations:
 
-- **new reads**: anonymous reads of the route from addresses first answered less than
-  `new_for` ago (or never), without a pass;
-- **people**: the same reads made with a valid pass (a person who passed the challenge);
+- **new readers**: addresses whose first request is an anonymous read of the route,
+  without a pass (and, during a surge, reads refused to addresses not yet answered);
+- **people**: addresses first answered less than `new_for` ago that read the route with
+  a valid pass (a person who passed the challenge), each counted once;
 - **one-shot addresses**: of the new addresses whose first request was a read of the
   route, those that did not come back within `settle` seconds. People browse on, log
   in, page further; a scraper rotating its addresses sends one request from each.
 
-The route's baseline is learned from its own calm periods (an EWMA of the new reads per
-window) and, while it is under a surge, from the people among the new readers (a busy
-site's organic visitors, once they pass, teach the surge that they are its normal level,
-so it ends). A surge starts when the new reads reach `floor` and `factor` times the
-baseline and at least `one_shot_share` of the new addresses judged (at least a third of
-the floor) were one-shot, so a busy site's organic visitors do not start one before its
-baseline is learned; while it lasts, new readers without a pass are challenged there (reads from
-addresses answered before, signed-in users and API keys never are), and those refused
-reads still count, so a scraper cannot end the surge by being refused. It ends once the
-new reads stay under 0.7 of the threshold for a whole window.
+The route's baseline is learned from its own calm periods (an EWMA of the new readers
+per window; not from a period most of whose judged addresses were one-shot: a scraper
+under the threshold must not teach the route to accept it) and, while it is under a
+surge, from the people (a busy site's organic visitors, once they pass, teach the surge
+that they are its normal level, so it ends).
+
+A surge starts when the new readers reach `floor` and `factor` times the baseline, and at
+least `one_shot_share` of the new addresses judged (at least a third of the floor) were
+one-shot, so a busy site's organic visitors do not start one before a baseline is
+learned. While it lasts, anonymous reads of the route from addresses first answered
+less than `new_for` ago (or never) must pass the challenge; signed-in users, API keys and
+addresses known for longer never do. Refused reads still count, so a scraper cannot end
+the surge by being refused. It ends once the new readers stay under 0.7 of the threshold
+for a whole window.
 
 One pass answers the challenge from at most `pass_addresses` new addresses: a solved
 CAPTCHA's cookie replayed from a botnet's addresses stops helping.
@@ -50,7 +55,7 @@ _PENDING_MAX = 4096  # new addresses a route keeps to judge (beyond: the oldest 
 
 
 class Surge:
-    """One route's new reads, people and one-shot addresses over a sliding window, its
+    """One route's new readers, people and one-shot addresses over a sliding window, its
     learned baseline, and whether it is under a scraping surge (`since`)."""
 
     __slots__ = (
@@ -72,7 +77,7 @@ class Surge:
         self.factor = factor
         self.share = share
         self.start: float | None = None
-        # new reads without a pass, with one (people), one-shot addresses, returning ones
+        # new readers without a pass, people, one-shot addresses, returning ones
         self.now = [0, 0, 0, 0]
         self.old = [0, 0, 0, 0]
         self.baseline: float | None = None
@@ -87,7 +92,7 @@ class Surge:
         elapsed = now - self.start
         if elapsed >= self.half:
             finished = self.now
-            # a calm period teaches its new reads, unless most of its new addresses were
+            # a calm period teaches its new readers, unless most of its new addresses were
             # one-shot (a scraper under the floor must not teach the route to accept it);
             # a surge teaches only the people among them
             one_shot, judged = finished[2], finished[2] + finished[3]
@@ -105,7 +110,7 @@ class Surge:
         return 1.0 - elapsed / self.half
 
     def threshold(self) -> float:
-        """The new reads per window at which the route is under a surge."""
+        """The new readers per window at which the route is under a surge."""
         if self.baseline is None:
             return float(self.floor)
         return max(float(self.floor), self.baseline * self.factor)
@@ -116,7 +121,8 @@ class Surge:
         self.now[2 if one_shot else 3] += 1
 
     def record(self, now: float, person: bool) -> dict[str, float | int | str] | None:
-        """Count one new read; the evidence when it starts a surge."""
+        """Count one new reader (`person`: one with a pass); the evidence when it starts a
+        surge."""
         weight = self._roll(now)
         cur, old = self.now, self.old
         cur[person] += 1
@@ -131,7 +137,7 @@ class Surge:
                 return None
             self.since = now
             return {
-                "new_reads": round(reads),
+                "new_readers": round(reads),
                 "threshold": round(limit, 1),
                 "baseline": round(self.baseline, 1) if self.baseline is not None else -1,
                 "one_shot_share": round(one_shot / judged, 3),
@@ -212,20 +218,22 @@ class Scraping:
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         ctx = outcome.ctx
-        now = outcome.now
         address = ctx.ip_key
         seen = self._seen
         entry = seen.get(address)
-        first = entry is None
-        if entry is None:
-            if outcome.status < 400:
-                if len(seen) >= RECENT_MAX:
-                    seen.popitem(last=False)
-                seen[address] = entry = [now, 0.0, 0.0]
-        else:
-            entry[1] = 1.0  # it came back (however soon: a page's calls come at once)
-            if now - entry[0] >= self.config.new_for:
-                return None  # not new
+        if entry is not None:  # an address seen before: it came back
+            entry[1] = 1.0  # (however soon: a page's calls come at once)
+            if self.surging and ctx.has_cookie and not entry[2]:
+                self._people(ctx, entry, outcome.now)
+            return None
+        # the address's first request answered here (one that was not answered, e.g. a
+        # 404, is counted but leaves the address unknown)
+        now = outcome.now
+        answered = outcome.status < 400
+        if answered:
+            if len(seen) >= RECENT_MAX:
+                seen.popitem(last=False)
+            seen[address] = entry = [now, 0.0, 0.0]
         if ctx.scope.get("method") not in READS:
             return None
         template = ctx.route
@@ -236,12 +244,10 @@ class Scraping:
             return None
         if surge.pending:
             self._judge_pending(surge, now)
-        if first and outcome.status < 400:
+        if answered:
             surge.pending.append((address, now))
-        person = self._person(ctx, now)
-        if person:  # a person counts once (people learned per person, like the new reads)
-            if entry is None or entry[2]:
-                return None
+        person = ctx.has_cookie and self._person(ctx, now)
+        if person and entry is not None:
             entry[2] = 1.0
         evidence = surge.record(now, person)
         if evidence is None:
@@ -257,9 +263,20 @@ class Scraping:
 
         return judge
 
+    def _people(self, ctx: RequestContext, entry: list[float], now: float) -> None:
+        """A new address back with a pass, reading a route under a surge: a person who
+        passed its challenge (counted once per address: what the surge learns from)."""
+        if now - entry[0] >= self.config.new_for or ctx.scope.get("method") not in READS:
+            return
+        template = ctx.route
+        surge = self.surging.get(template) if template is not None else None
+        if surge is not None and self._person(ctx, now):
+            entry[2] = 1.0
+            surge.record(now, True)
+
     def holds(self, ctx: RequestContext, now: float) -> bool:
         """Whether this request must pass the challenge first: an anonymous read from a
-        new address, without a pass, of a route under a surge (counted as a new read)."""
+        new address, without a pass, of a route under a surge (counted as a new reader)."""
         if ctx.principal != ctx.ip_key or ctx.scope.get("method") not in READS:
             return False
         template = ctx.route
