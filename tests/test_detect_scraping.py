@@ -322,3 +322,52 @@ def test_a_route_with_its_own_floor_of_zero_is_not_watched() -> None:
         return out
 
     assert set(run(scenario())) == {200}
+
+
+def scrape_with(shop: Shop, rng: random.Random, count: int, tweak: Any) -> list[int]:
+    """A scraper's statuses, each request changed by `tweak(visitor, n)` first."""
+
+    async def scenario() -> list[int]:
+        out = []
+        for n, (wait, ip, headers) in enumerate(scraper_requests(rng, 4.0, count)):
+            shop.clock.advance(wait)
+            bot = Visitor(shop.driver, headers, ip, jar=None, solves=False)
+            await tweak(bot, n)
+            resp = await bot.get(f"/products/{rng.randint(1, PRODUCTS)}")
+            out.append(403 if is_challenge(resp) else resp.status)
+        return out
+
+    result: list[int] = run(scenario())
+    return result
+
+
+def test_a_made_up_credential_on_each_request_is_no_exemption() -> None:
+    """A public route ignores the Authorization header, so a random bearer token per
+    request (or an API key) would make each request its own unvouched principal: the
+    detector judges what the app identified, not what the client claims."""
+    shop = Shop(seed=11)
+    rng = random.Random(12)
+
+    async def token(bot: Visitor, n: int) -> None:
+        bot.headers = (*bot.headers, ("x-api-key", f"k{rng.getrandbits(64)}"))
+        bot.token = None
+
+    statuses = scrape_with(shop, rng, 300, token)
+    assert 403 in statuses and statuses.index(403) < 120
+    assert statuses[-100:].count(200) == 0
+
+
+def test_warming_each_address_on_another_route_first_does_not_hide_the_scraper() -> None:
+    """The scraper first reads the catalogue listing from each address (answered: the
+    address is known), then the product: the product is still the address's first read of
+    that route, and nothing follows it."""
+    shop = Shop(seed=13)
+    rng = random.Random(14)
+
+    async def warm(bot: Visitor, n: int) -> None:
+        await bot.send("GET", "/products?page=1")
+        shop.clock.advance(rng.uniform(0.5, 3.0))
+
+    statuses = scrape_with(shop, rng, 300, warm)
+    assert 403 in statuses and statuses.index(403) < 120
+    assert statuses[-100:].count(200) == 0

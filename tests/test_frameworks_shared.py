@@ -191,3 +191,24 @@ def test_account_takeover_detector_fires(make_guard, client_for):
     assert set(statuses[6:]) <= {403, 429} and statuses[-1] in (403, 429)
     honest = {"username": "alice@example.com", "password": "right"}
     assert call("POST", "/login", ip=public_ip(rng), json=honest).status == 200
+
+
+def test_scraping_detector_fires(make_guard, client_for):
+    """A route read once from each of many new addresses (a scraper on residential
+    proxies, a fresh User-Agent each time) is challenged on every framework, while an
+    address known for longer than `new_for` reads it on."""
+    rng = random.Random(2)
+    guard = make_guard(detection={"scraping": {"floor": 20, "new_for": 300}})
+    call = client_for(guard)
+    known = "198.51.100.40"
+    assert call("GET", "/open", ip=known).status == 200
+    statuses = []
+    for i in range(100):
+        guard.clock.advance(10)  # type: ignore[attr-defined]
+        ua = {"user-agent": f"Mozilla/5.0 (Windows NT 10.0) Chrome/126.0.{i}"}
+        statuses.append(call("GET", "/open", ip=public_ip(rng), headers=ua).status)
+        if i >= 40:
+            assert call("GET", "/open", ip=known).status == 200
+    first = statuses.index(403)
+    assert 15 <= first <= 40
+    assert set(statuses[first:]) == {403}

@@ -23,7 +23,6 @@ from apiguard.config import GuardConfig, Mode
 from apiguard.decision import ALLOWED, Action, Decision
 from apiguard.detectors.account_takeover import ACCOUNT, DEVICE_FAILS, AccountTakeover
 from apiguard.detectors.base import (
-    ADDRESSES,
     LOGINS,
     PRINCIPALS,
     Detector,
@@ -245,8 +244,7 @@ class Engine:
             tuple(
                 d
                 for d in found
-                if (login or d.watches != LOGINS)
-                and d.watches != (PRINCIPALS if address else ADDRESSES)
+                if (login or d.watches != LOGINS) and not (address and d.watches == PRINCIPALS)
             )
             for login in (False, True)
             for address in (False, True)

@@ -94,7 +94,6 @@ class RecentlySent(Generic[_K]):
 EVERY_REQUEST = "every request"
 PRINCIPALS = "principals"  # requests whose principal is not the client address
 LOGINS = "logins"  # requests that reported a login (`Outcome.login` set)
-ADDRESSES = "addresses"  # requests whose principal is the client address (anonymous)
 
 
 class Detector(Protocol):
@@ -102,8 +101,7 @@ class Detector(Protocol):
 
     name: str
     enforce: bool
-    # EVERY_REQUEST, PRINCIPALS, ADDRESSES or LOGINS: `plan` returns None for the rest
-    watches: str
+    watches: str  # EVERY_REQUEST, PRINCIPALS or LOGINS: `plan` returns None for the rest
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         """Add this request's operations to `ops`; return what judges their results

@@ -6,13 +6,15 @@ it cannot hide is the route's own traffic: anonymous reads (GET, HEAD) from addr
 that were first answered moments ago. Per route template, in process (each worker judges
 the share of traffic it serves), over a sliding window of two half-window generations:
 
-- **new readers**: addresses whose first request is an anonymous read of the route,
-  without a pass (and, during a surge, reads refused to addresses not yet answered);
-- **people**: addresses first answered less than `new_for` ago that read the route with
-  a valid pass (a person who passed the challenge), each counted once;
-- **one-shot addresses**: of the new addresses whose first request was a read of the
-  route, those that did not come back within `settle` seconds. People browse on, log
-  in, page further; a scraper rotating its addresses sends one request from each.
+- **new readers**: addresses that read the route (anonymously: the app identified no
+  user; a made-up credential is no exemption) while new, that is first answered less
+  than `new_for` ago, each counted once per route; during a surge, also each read refused
+  to a new address;
+- **people**: new readers with a valid pass (a person who passed the challenge), each
+  address counted once;
+- **one-shot addresses**: of the new readers, those that sent nothing more within
+  `settle` seconds. People browse on, log in, page further; a scraper rotating its
+  addresses sends one request from each.
 
 The route's baseline is learned from its own calm periods (an EWMA of the new readers
 per window; not from a period most of whose judged addresses were one-shot: a scraper
@@ -23,11 +25,12 @@ that they are its normal level, so it ends).
 A surge starts when the new readers reach `floor` and `factor` times the baseline, and at
 least `one_shot_share` of the new addresses judged (at least a third of the floor) were
 one-shot, so a busy site's organic visitors do not start one before a baseline is
-learned. While it lasts, anonymous reads of the route from addresses first answered
-less than `new_for` ago (or never) must pass the challenge; signed-in users, API keys and
-addresses known for longer never do. Refused reads still count, so a scraper cannot end
-the surge by being refused. It ends once the new readers stay under 0.7 of the threshold
-for a whole window.
+learned; and only while new readers still come at the threshold's pace (over the last
+`settle` seconds), so a burst that ended long ago, judged only later, starts nothing.
+While it lasts, anonymous reads of the route from new addresses (or unknown ones) must
+pass the challenge; users and API keys the app identified, and addresses known for
+longer, never do. Refused reads still count, so a scraper cannot end the surge by being
+refused. It ends once the new readers stay under 0.7 of the threshold for a whole window.
 
 One pass answers the challenge from at most `pass_addresses` new addresses: a solved
 CAPTCHA's cookie replayed from a botnet's addresses stops helping.
@@ -35,10 +38,11 @@ CAPTCHA's cookie replayed from a botnet's addresses stops helping.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING
 
-from apiguard.detectors.base import ADDRESSES, RECENT_MAX, Finding, Judge, Outcome
+from apiguard.detectors.base import EVERY_REQUEST, RECENT_MAX, Finding, Judge, Outcome
 from apiguard.login import PASS_COOKIE, cookie, pass_valid
 
 if TYPE_CHECKING:
@@ -51,6 +55,7 @@ _ROUTES_MAX = 1024  # routes watched (beyond: new templates are not)
 _PASSES_MAX = 16_384  # passes remembered with the new addresses they came from
 _EWMA = 0.3  # weight of the newest period in a route's baseline
 _JUDGED_MIN = 5  # judged new addresses that make a calm period's one-shot share count
+_ROUTES_PER_ADDRESS = 8  # routes a new address is remembered to have read
 _PENDING_MAX = 4096  # new addresses a route keeps to judge (beyond: the oldest unjudged)
 
 
@@ -65,25 +70,34 @@ class Surge:
         "half",
         "now",
         "old",
+        "pace",
+        "paced",
         "pending",
+        "settle",
         "share",
         "since",
         "start",
     )
 
-    def __init__(self, window: float, floor: int, factor: float, share: float) -> None:
+    def __init__(
+        self, window: float, floor: int, factor: float, share: float, settle: float
+    ) -> None:
         self.half = window / 2.0
         self.floor = floor
         self.factor = factor
         self.share = share
+        self.settle = settle
+        # new readers lately: a count decaying with time constant `settle`, and its time
+        self.pace = 0.0
+        self.paced = 0.0
         self.start: float | None = None
         # new readers without a pass, people, one-shot addresses, returning ones
         self.now = [0, 0, 0, 0]
         self.old = [0, 0, 0, 0]
         self.baseline: float | None = None
         self.since: float | None = None
-        # new addresses whose first request read this route, and when (to judge later)
-        self.pending: deque[tuple[str, float]] = deque(maxlen=_PENDING_MAX)
+        # new addresses that read this route: when, and their requests seen by then
+        self.pending: deque[tuple[str, float, int]] = deque(maxlen=_PENDING_MAX)
 
     def _roll(self, now: float) -> float:
         """Move the generations on; the weight of the older one now."""
@@ -129,7 +143,13 @@ class Surge:
         reads = cur[0] + old[0] * weight
         limit = self.threshold()
         if self.since is None:
-            if reads < limit:
+            if person:
+                return None
+            # and they are still coming at the threshold's pace (the evidence of a burst
+            # that ended long ago, judged only now, starts nothing)
+            pace = self.pace * math.exp((self.paced - now) / self.settle) + 1.0
+            self.pace, self.paced = pace, now
+            if reads < limit or pace < limit * self.settle / (2 * self.half):
                 return None
             one_shot = cur[2] + old[2] * weight
             judged = one_shot + cur[3] + old[3] * weight
@@ -156,19 +176,30 @@ class Surge:
         return self.since is not None
 
 
+class _Address:
+    """What the detector knows of one address: when it was first answered, how many of
+    its requests it saw, whether it was counted as a person, the routes it read while new."""
+
+    __slots__ = ("first", "person", "requests", "routes")
+
+    def __init__(self, first: float) -> None:
+        self.first = first
+        self.requests = 1
+        self.person = False
+        self.routes: tuple[str, ...] = ()
+
+
 class Scraping:
     """The scraping detector (see the module docstring)."""
 
     name = "scraping"
-    watches = ADDRESSES
+    watches = EVERY_REQUEST  # (anonymous ones: a made-up credential is no exemption)
 
     def __init__(self, config: ScrapingConfig, enforce: bool, challenge_path: str | None) -> None:
         self.config = config
         self.enforce = enforce
         self.challenge_path = challenge_path
-        # address key -> [when it was first answered below 400, whether it came back,
-        # whether it was counted as a person] (oldest first, bounded)
-        self._seen: OrderedDict[str, list[float]] = OrderedDict()
+        self._seen: OrderedDict[str, _Address] = OrderedDict()  # oldest first, bounded
         self._surges: dict[str, Surge] = {}
         self.surging: dict[str, Surge] = {}  # routes under a surge (what the gate checks)
         self._passes: OrderedDict[str, set[str]] = OrderedDict()
@@ -181,7 +212,7 @@ class Scraping:
         floor = cfg.routes.get(template, cfg.floor) if cfg.routes else cfg.floor
         if floor == 0 or len(self._surges) >= _ROUTES_MAX or template == self.challenge_path:
             return None
-        surge = Surge(cfg.window, floor, cfg.factor, cfg.one_shot_share)
+        surge = Surge(cfg.window, floor, cfg.factor, cfg.one_shot_share, cfg.settle)
         self._surges[template] = surge
         return surge
 
@@ -206,49 +237,55 @@ class Scraping:
         return True
 
     def _judge_pending(self, surge: Surge, now: float) -> None:
-        """Judge the new addresses that read the route at least `settle` seconds ago."""
+        """Judge the new addresses that read the route at least `settle` seconds ago:
+        one-shot unless the address sent anything after that read."""
         pending = surge.pending
         settle = self.config.settle
         seen = self._seen
         while pending and now - pending[0][1] >= settle:
-            address, _at = pending.popleft()
-            entry = seen.get(address)
-            if entry is not None:  # (forgotten: not judged)
-                surge.judged(now, not entry[1])
+            address, _at, requests = pending.popleft()
+            known = seen.get(address)
+            if known is not None:  # (forgotten: not judged)
+                surge.judged(now, known.requests <= requests)
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         ctx = outcome.ctx
-        address = ctx.ip_key
-        seen = self._seen
-        entry = seen.get(address)
-        if entry is not None:  # an address seen before: it came back
-            entry[1] = 1.0  # (however soon: a page's calls come at once)
-            if self.surging and ctx.has_cookie and not entry[2]:
-                self._people(ctx, entry, outcome.now)
+        if ctx.vouched:
             return None
-        # the address's first request answered here (one that was not answered, e.g. a
-        # 404, is counted but leaves the address unknown)
+        address = ctx.ip_key
         now = outcome.now
-        answered = outcome.status < 400
-        if answered:
+        seen = self._seen
+        known = seen.get(address)
+        if known is not None:
+            known.requests += 1
+            if now - known.first >= self.config.new_for:
+                return None  # not new
+        elif outcome.status < 400:  # first answered here (else counted, still unknown)
             if len(seen) >= RECENT_MAX:
                 seen.popitem(last=False)
-            seen[address] = entry = [now, 0.0, 0.0]
+            seen[address] = known = _Address(now)
         if ctx.scope.get("method") not in READS:
             return None
         template = ctx.route
         if template is None:
             return None
+        if known is not None:
+            if template in known.routes:
+                return None  # this address read this route before: counted then
+            if len(known.routes) < _ROUTES_PER_ADDRESS:
+                known.routes = (*known.routes, template)
         surge = self._surge(template)
         if surge is None:
             return None
         if surge.pending:
             self._judge_pending(surge, now)
-        if answered:
-            surge.pending.append((address, now))
-        person = ctx.has_cookie and self._person(ctx, now)
-        if person and entry is not None:
-            entry[2] = 1.0
+        if known is not None:
+            surge.pending.append((address, now, known.requests))
+        person = self._person(ctx, now)
+        if person:
+            if known is None or known.person:
+                return None  # a person counts once
+            known.person = True
         evidence = surge.record(now, person)
         if evidence is None:
             return None
@@ -263,21 +300,10 @@ class Scraping:
 
         return judge
 
-    def _people(self, ctx: RequestContext, entry: list[float], now: float) -> None:
-        """A new address back with a pass, reading a route under a surge: a person who
-        passed its challenge (counted once per address: what the surge learns from)."""
-        if now - entry[0] >= self.config.new_for or ctx.scope.get("method") not in READS:
-            return
-        template = ctx.route
-        surge = self.surging.get(template) if template is not None else None
-        if surge is not None and self._person(ctx, now):
-            entry[2] = 1.0
-            surge.record(now, True)
-
     def holds(self, ctx: RequestContext, now: float) -> bool:
         """Whether this request must pass the challenge first: an anonymous read from a
         new address, without a pass, of a route under a surge (counted as a new reader)."""
-        if ctx.principal != ctx.ip_key or ctx.scope.get("method") not in READS:
+        if ctx.vouched or ctx.scope.get("method") not in READS:
             return False
         template = ctx.route
         if template is None:
@@ -288,8 +314,8 @@ class Scraping:
         if not surge.on(now):
             del self.surging[template]
             return False
-        entry = self._seen.get(ctx.ip_key)
-        if entry is not None and now - entry[0] >= self.config.new_for:
+        known = self._seen.get(ctx.ip_key)
+        if known is not None and now - known.first >= self.config.new_for:
             return False
         if self._person(ctx, now):
             return False
