@@ -289,41 +289,6 @@ def test_one_solved_challenge_replayed_from_many_addresses_stops_helping() -> No
     assert replayed.count(403) >= 30
 
 
-def test_in_monitor_mode_the_surge_is_reported_and_nobody_is_refused(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    shop = Shop(seed=5, detection={"scraping": {"mode": "monitor"}})
-    rng = random.Random(8)
-
-    async def scenario() -> list[int]:
-        out = []
-        for wait, ip, headers in scraper_requests(rng, 4.0, 400):
-            shop.clock.advance(wait)
-            bot = Visitor(shop.driver, headers, ip, jar=None, solves=False)
-            out.append((await bot.get(f"/products/{rng.randint(1, PRODUCTS)}")).status)
-        return out
-
-    with caplog.at_level(logging.WARNING, logger="apiguard"):
-        statuses = run(scenario())
-    assert set(statuses) == {200}
-    assert any("scraping.surge" in r.getMessage() for r in caplog.records)
-
-
-def test_a_route_with_its_own_floor_of_zero_is_not_watched() -> None:
-    shop = Shop(seed=6, detection={"scraping": {"routes": {"/products/{product_id}": 0}}})
-    rng = random.Random(9)
-
-    async def scenario() -> list[int]:
-        out = []
-        for wait, ip, headers in scraper_requests(rng, 4.0, 400):
-            shop.clock.advance(wait)
-            bot = Visitor(shop.driver, headers, ip, jar=None, solves=False)
-            out.append((await bot.get(f"/products/{rng.randint(1, PRODUCTS)}")).status)
-        return out
-
-    assert set(run(scenario())) == {200}
-
-
 def scrape_with(shop: Shop, rng: random.Random, count: int, tweak: Any) -> list[int]:
     """A scraper's statuses, each request changed by `tweak(visitor, n)` first."""
 
@@ -339,6 +304,25 @@ def scrape_with(shop: Shop, rng: random.Random, count: int, tweak: Any) -> list[
 
     result: list[int] = run(scenario())
     return result
+
+
+async def as_is(bot: Visitor, n: int) -> None:
+    """No change to the scraper's request."""
+
+
+def test_in_monitor_mode_the_surge_is_reported_and_nobody_is_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shop = Shop(seed=5, detection={"scraping": {"mode": "monitor"}})
+    with caplog.at_level(logging.WARNING, logger="apiguard"):
+        statuses = scrape_with(shop, random.Random(8), 400, as_is)
+    assert set(statuses) == {200}
+    assert any("scraping.surge" in r.getMessage() for r in caplog.records)
+
+
+def test_a_route_with_its_own_floor_of_zero_is_not_watched() -> None:
+    shop = Shop(seed=6, detection={"scraping": {"routes": {"/products/{product_id}": 0}}})
+    assert set(scrape_with(shop, random.Random(9), 400, as_is)) == {200}
 
 
 def test_a_made_up_credential_on_each_request_is_no_exemption() -> None:
