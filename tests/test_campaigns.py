@@ -296,6 +296,7 @@ CATCH = [
     pytest.param("stolen API key"),
 ]
 
+
 @pytest.mark.parametrize("name", CATCH)
 def test_apiguard_catches_the_campaign(name: str) -> None:
     camp = cp.campaign(name)
@@ -590,3 +591,106 @@ def test_cli_attack_refuses_to_measure_with_accounts_that_cannot_log_in(
     assert status == 2
     err = capsys.readouterr().err
     assert "could not log in" in err and "/signin" in err
+
+
+UUID_APP = """
+import uuid
+from typing import Annotated, Any
+from fastapi import Depends, FastAPI, Header, HTTPException
+from pydantic import BaseModel
+from apiguard import Guard, identify
+from apiguard.asgi import GuardMiddleware
+
+guard = Guard({"detection": {"challenge_path": "/challenge"}})
+app = FastAPI()
+app.add_middleware(GuardMiddleware, guard=guard)
+USERS = {f"member{n}": f"secret-{n}" for n in range(1, 301)}
+# each member owns 4 orders with random UUIDs (a BOLA bug: anyone reads any order)
+ORDERS = {str(uuid.UUID(int=n * 1000 + k)): f"member{n}" for n in range(1, 301) for k in range(4)}
+
+
+class Login(BaseModel):
+    username: str
+    password: str
+
+
+def member(authorization: Annotated[str | None, Header()] = None) -> str:
+    name = (authorization or "").removeprefix("Bearer tok-")
+    if name not in USERS:
+        raise HTTPException(401)
+    identify(name)
+    return name
+
+
+@app.post("/login")
+@guard.login(username="body.username")
+async def login(body: Login) -> dict[str, str]:
+    if USERS.get(body.username) != body.password:
+        raise HTTPException(401)
+    return {"access_token": "tok-" + body.username}
+
+
+@app.get("/orders/{order_id}")
+async def order(order_id: str, who: Annotated[str, Depends(member)]) -> dict[str, Any]:
+    if order_id not in ORDERS:
+        raise HTTPException(404)
+    return {"id": order_id, "owner": ORDERS[order_id]}
+
+
+@app.post("/challenge")
+async def challenge() -> dict[str, bool]:
+    guard.challenge_passed()
+    return {"ok": True}
+"""
+
+
+def test_the_self_test_walks_object_ids_declared_in_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An app whose objects are UUIDs: `[objects] file` lists who owns which id, and the
+    BOLA campaigns read foreign ones (the gain is counted in those ids)."""
+    import uuid
+
+    (tmp_path / "uuid_shop_app.py").write_text(UUID_APP)
+    rows = [f"{n},{uuid.UUID(int=n * 1000 + k)}" for n in range(1, 301) for k in range(4)]
+    (tmp_path / "orders.csv").write_text("# account,order id\n" + "\n".join(rows) + "\n")
+    (tmp_path / "attack.toml").write_text(
+        '[accounts]\nusername = "member{n}"\npassword = "secret-{n}"\ncount = 300\n'
+        '[objects]\npath = "/orders/{id}"\nfile = "orders.csv"\n'
+    )
+    target = Target.from_toml(tmp_path / "attack.toml")
+    assert target.accounts[1].objects == tuple(str(uuid.UUID(int=2000 + k)) for k in range(4))
+    assert len(target.object_ids) == 1200
+    sys.path.insert(0, str(tmp_path))
+    try:
+        status = main(
+            [
+                "attack",
+                f"{tmp_path / 'uuid_shop_app.py'}:app",
+                "--config",
+                str(tmp_path / "attack.toml"),
+                "--campaign",
+                "BOLA random",
+                "--scale",
+                "0.5",
+                "--json",
+            ]
+        )
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("uuid_shop_app", None)
+    data = json.loads(capsys.readouterr().out)
+    row = data["campaigns"][0]
+    assert row["reference_gain"] >= 150  # unprotected, the walk reads foreign UUIDs
+    assert row["caught"] is True and row["benign_principals_refused"] == 0
+    assert status == 0
+
+
+def test_an_objects_file_that_names_no_declared_account_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "orders.csv").write_text("1,a\nnobody,b\n")
+    (tmp_path / "attack.toml").write_text('[accounts]\ncount = 5\n[objects]\nfile = "orders.csv"\n')
+    with pytest.raises(ValueError, match=r"orders.csv:2: 'nobody' is no declared account"):
+        Target.from_toml(tmp_path / "attack.toml")
+    (tmp_path / "attack.toml").write_text('[objects]\nfile = "missing.csv"\n')
+    with pytest.raises(ValueError, match="cannot read"):
+        Target.from_toml(tmp_path / "attack.toml")

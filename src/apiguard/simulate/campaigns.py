@@ -65,7 +65,7 @@ from apiguard.simulate.population import (
     rotating_browser,
     tool_headers,
 )
-from apiguard.simulate.target import Account, Target
+from apiguard.simulate.target import Account, ObjectId, Target, id_order
 
 START = 10_000.0  # the fake clock's reading when a run begins
 ATTACK = "attack"
@@ -262,7 +262,7 @@ def bola_sequential(target: Target, rng: random.Random, plan: Plan, pop: Populat
     foreign order comes back 200."""
     account = target.accounts[-1]
     own = random.Random(rng.getrandbits(64))
-    ids = sorted(target.object_ids)
+    ids = sorted(target.object_ids, key=id_order)
     start = own.randrange(max(1, len(ids) - plan.attempts))
     walk = ids[start : start + plan.attempts]
     return [_walker(target, own, plan, account, walk, mix=0.05, mean=4.0)]
@@ -327,7 +327,7 @@ def _walker(
     rng: random.Random,
     plan: Plan,
     account: Account,
-    walk: list[int],
+    walk: list[ObjectId],
     *,
     mix: float,
     mean: float,

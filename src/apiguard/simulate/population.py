@@ -29,7 +29,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 from apiguard.simulate.driver import Actor, Agent, Request, Response, Step
-from apiguard.simulate.target import Account, Target
+from apiguard.simulate.target import Account, ObjectId, Target, id_order
 
 Headers = tuple[tuple[str, str], ...]
 Flow = Generator[Step, Response, Response]
@@ -271,7 +271,9 @@ class Client:
         )
         return (yield from self.send("GET", path, kind=kind))
 
-    def read_object(self, object_id: int, kind: str = "own", target: str | None = None) -> Flow:
+    def read_object(
+        self, object_id: ObjectId, kind: str = "own", target: str | None = None
+    ) -> Flow:
         path = self.target.object_path.replace("{id}", str(object_id))
         return (yield from self.send("GET", path, kind=kind, target=target))
 
@@ -378,7 +380,7 @@ def business_buyer(client: Client, account: Account, duration: float) -> Agent:
     response = yield from client.login(account.username, account.password)
     if not 200 <= response.status < 300:
         return
-    for oid in sorted(account.objects):
+    for oid in sorted(account.objects, key=id_order):
         client.wait(rng.uniform(0.8, 4.0))
         yield from client.read_object(oid)
     for _ in range(rng.randint(3, 10)):  # and a few again

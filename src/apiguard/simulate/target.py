@@ -19,6 +19,9 @@ value by default, so `apiguard attack examples/shop.py:app` needs no declaration
     [objects]                   # an object route (a path parameter {id}) and who owns what
     path = "/orders/{id}"
     per_account = 5             # account n owns ids n, n + count, n + 2*count, ...
+    # or any ids (UUIDs, slugs): a CSV file of `account,id` rows (the account's number n
+    # or its username), relative to this file; every id listed exists
+    # file = "objects.csv"
 
     [flow]
     path = "/coupons/{code}/redeem"   # POST, authenticated
@@ -50,6 +53,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
+ObjectId = int | str  # integers (walked by stride) or any text (a UUID, a slug)
+
+
+def id_order(object_id: ObjectId) -> tuple[bool, int | str]:
+    """A sort key over object ids: integers by value, then text."""
+    return isinstance(object_id, str), object_id
+
 
 @dataclass(frozen=True, slots=True)
 class Account:
@@ -57,7 +67,7 @@ class Account:
 
     username: str
     password: str
-    objects: tuple[int, ...]
+    objects: tuple[ObjectId, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +81,7 @@ class Target:
     password_field: str = "password"
     token_field: str = "access_token"
     object_path: str = "/orders/{id}"
-    object_ids: tuple[int, ...] = ()  # every object id that exists (foreign ones included)
+    object_ids: tuple[ObjectId, ...] = ()  # every object id that exists (foreign included)
     flow_path: str = "/coupons/{code}/redeem"
     flow_codes: tuple[str, ...] = ()
     signup_path: str = "/signup"
@@ -125,8 +135,11 @@ class Target:
         )
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], base: Target | None = None) -> Target:
-        """A declaration from a parsed TOML document (see the module docstring)."""
+    def from_mapping(
+        cls, data: Mapping[str, Any], base: Target | None = None, root: Path | None = None
+    ) -> Target:
+        """A declaration from a parsed TOML document (see the module docstring); `root`:
+        the directory files it names are relative to (the current one by default)."""
         target = base if base is not None else cls(accounts=())
         known = {"login", "accounts", "objects", "flow", "api", "challenge", "browse"}
         unknown = set(data) - known
@@ -161,6 +174,13 @@ class Target:
                 for n in range(1, count + 1)
             )
             changes["object_ids"] = tuple(range(1, count * per + 1))
+        if "file" in objects:
+            accounts_now = changes.get("accounts", target.accounts)
+            owned = _owned_ids(Path(str(objects["file"])), root, accounts_now)
+            changes["accounts"] = tuple(
+                replace(a, objects=tuple(owned.get(a.username, ()))) for a in accounts_now
+            )
+            changes["object_ids"] = tuple(i for ids in owned.values() for i in ids)
         if "path" in objects:
             changes["object_path"] = str(objects["path"])
         flow = dict(data.get("flow", {}))
@@ -196,7 +216,39 @@ class Target:
         toml = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
         with open(path, "rb") as handle:
             data: Any = toml.load(handle)
-        return cls.from_mapping(data, base)
+        return cls.from_mapping(data, base, Path(path).parent)
+
+
+def _owned_ids(
+    path: Path, root: Path | None, accounts: tuple[Account, ...]
+) -> dict[str, list[ObjectId]]:
+    """Username -> the object ids it owns, from a CSV of `account,id` rows (the account's
+    number, 1-based as in `username = "user{n}"`, or its username)."""
+    import csv
+
+    if not path.is_absolute() and root is not None:
+        path = root / path
+    names = {a.username for a in accounts}
+    owned: dict[str, list[ObjectId]] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"[objects] file: cannot read {str(path)!r}: {exc.strerror}") from None
+    for line, row in enumerate(csv.reader(text.splitlines()), start=1):
+        if not row or row[0].startswith("#"):
+            continue
+        if len(row) != 2 or not row[1].strip():
+            raise ValueError(f"{path}:{line}: expected `account,id`, got {','.join(row)!r}")
+        who, oid = row[0].strip(), row[1].strip()
+        name = who if who in names else None
+        if name is None and who.isdigit() and 1 <= int(who) <= len(accounts):
+            name = accounts[int(who) - 1].username
+        if name is None:
+            raise ValueError(f"{path}:{line}: {who!r} is no declared account")
+        owned.setdefault(name, []).append(oid)
+    if not owned:
+        raise ValueError(f"[objects] file {str(path)!r} lists no object")
+    return owned
 
 
 def default_target() -> Target:
