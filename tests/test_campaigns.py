@@ -263,14 +263,6 @@ def apiguard_outcome(name: str) -> cp.Outcome:
     )
 
 
-MISSING = pytest.mark.xfail(
-    strict=False,
-    reason="not caught: anonymous requests, one per residential address, the User-Agent "
-    "rotated: no per-principal, per-address or per-fingerprint count reaches a floor, and "
-    "a header-shape group would also hold honest first-time visitors (see the README)",
-)
-
-
 def known(reason: str) -> pytest.MarkDecorator:
     return pytest.mark.xfail(strict=False, reason=reason)
 
@@ -292,7 +284,7 @@ CATCH = [
     pytest.param("BOLA, many accounts"),
     pytest.param("flow abuse, rotating IPs"),
     pytest.param("flow abuse, fresh accounts"),
-    pytest.param("scraping", marks=MISSING),
+    pytest.param("scraping"),
     pytest.param("stolen API key"),
 ]
 
