@@ -47,7 +47,7 @@ from apiguard.store.breaker import Breaker
 from apiguard.store.redis_after import Flusher, Then, fill, observe_args
 from apiguard.store.redis_lua import AFTER, CHECKPOINT
 from apiguard.store.redis_urls import client_factories, redis_module
-from apiguard.store.redis_wire import Wire
+from apiguard.store.redis_wire import Packed, Wire, bulk
 from apiguard.window import WindowSpec
 
 log = logging.getLogger("apiguard")
@@ -242,8 +242,11 @@ class RedisStore:
         self._seen = 0.0  # the last ban change this worker has seen
         self._secret: str | None = None  # hex, when the secret is kept in Redis
         self._specs: dict[WindowSpec, tuple[int, float, int, float]] = {}
-        # hit count -> (pack the numbers, their format, the reply's format, its Struct)
-        self._shapes: dict[int, tuple[Callable[..., bytes], str, str, struct.Struct]] = {}
+        # hit count -> (pack the numbers, the fixed arguments (prefix, ban settings, the
+        # numbers' format, the reply's), those encoded, the reply's Struct)
+        self._shapes: dict[
+            int, tuple[Callable[..., bytes], tuple[str, ...], bytes, struct.Struct]
+        ] = {}
         self._bans_cfg: BanConfig | None = None
         self._bans_arg = ""
         self._secret_refreshed = float("-inf")
@@ -313,8 +316,10 @@ class RedisStore:
             script = self._scripts[(id(client), name)] = client.register_script(_SCRIPTS[name])
         return script
 
-    def _call(self, name: str, args: list[Any]) -> Any:
+    def _call(self, name: str, args: list[Any] | Packed) -> Any:
         """Run script `name` with the sync client (raises on failure)."""
+        if isinstance(args, Packed):
+            args = args.args()
         client = self._sync()
         if client is None:
             raise ConnectionError("RedisStore has no sync client (pass client= or a URL)")
@@ -333,7 +338,7 @@ class RedisStore:
             script.sha = client.script_load(script.script)
             return client.execute_command(*_evalsha(script, self._seq_key, args), **_RAW)
 
-    async def _acall(self, name: str, args: list[Any]) -> Any:
+    async def _acall(self, name: str, args: list[Any] | Packed) -> Any:
         """Run script `name` without blocking the loop, within `timeout` (raises)."""
         client = self._async()
         if client is None:
@@ -360,6 +365,8 @@ class RedisStore:
             if lane.loop is not asyncio.get_running_loop():
                 lane = self._lanes[id(client)] = Wire(client)  # (a client on another loop)
             return await lane.evalsha(script, self._seq_key, args, self.timeout)  # (its own)
+        if isinstance(args, Packed):
+            args = args.args()
         call = (
             lane.evalsha(script, self._seq_key, args)
             if lane is not None
@@ -432,10 +439,11 @@ class RedisStore:
         self._breaker.success()
         return result
 
-    def _checkpoint_args(self, batch: Batch, now: float, bans: BanConfig) -> list[Any]:
-        """The `CHECKPOINT` script's arguments (layout in `apiguard.store.redis_lua`): the
-        numbers packed in one binary argument, every key its own argument, built whole
-        here (the script neither parses text nor concatenates keys)."""
+    def _checkpoint_args(self, batch: Batch, now: float, bans: BanConfig) -> Packed:
+        """The `CHECKPOINT` script's arguments (layout in `apiguard.store.redis_lua`),
+        already encoded for the store's own connection (`Packed.args()`: as a list for
+        redis-py): the numbers packed in one binary argument, every key its own argument,
+        built whole here (the script neither parses text nor concatenates keys)."""
         if bans is not self._bans_cfg:
             self._bans_cfg = bans
             self._bans_arg = " ".join(
@@ -451,6 +459,7 @@ class RedisStore:
                     str(_NEWS),
                 )
             )
+            self._shapes.clear()  # (their encoded arguments carry the settings)
         refresh = 0
         if self._secret is not None:
             tick = time.monotonic()
@@ -465,13 +474,18 @@ class RedisStore:
         if shape is None:
             if len(self._shapes) > 64:
                 self._shapes.clear()
-            fmt = "<ddddHH" + "dddddBHH" * nh
+            fmt = "<ddddHH" + "dddddBHHH" * nh
             reply = "<dBdBH" + "Bdddd" * nh
-            shape = self._shapes[nh] = (struct.Struct(fmt).pack, fmt, reply, struct.Struct(reply))
-        b = self._p + "b:"
-        w = self._p + "w:"
-        keys = [b + k for k in ban_keys]
-        keys += [w + h.key for h in hits]
+            fixed: tuple[str, ...] = (self._p, self._bans_arg, fmt, reply)
+            shape = self._shapes[nh] = (
+                struct.Struct(fmt).pack,
+                fixed,
+                bulk(fixed),
+                struct.Struct(reply),
+            )
+        p = self._p
+        keys = [p + "b:" + k for k in ban_keys]
+        windows = [p + "w:" + h.key for h in hits]
         nums: list[Any] = [
             _MARGIN,
             self._seen,
@@ -482,40 +496,55 @@ class RedisStore:
         ]
         specs = self._specs
         extra: list[str] | None = None
-        first = 6  # ARGV index of the first ban key
-        for hit in hits:
+        # per hit, the number of the first hit on the same window key (0: this one)
+        dups = None if len(set(windows)) == nh else windows
+        at = 6 + nbk + nh  # ARGV index of the next extra argument
+        for n, hit in enumerate(hits):
             spec = hit.spec
-            s = specs.get(spec)
-            if s is None:
+            numbers = specs.get(spec)
+            if numbers is None:
                 if len(specs) > 4096:
                     specs.clear()
-                s = specs[spec] = (spec.limit, spec.width, spec.buckets + 1, spec.window)
+                numbers = specs[spec] = (spec.limit, spec.width, spec.buckets + 1, spec.window)
             subject = hit.subject
             if subject is None:
                 si = 0
             elif subject in ban_keys:
-                si = first + ban_keys.index(subject)
+                si = 6 + ban_keys.index(subject)
             else:
                 if extra is None:
                     extra = []
                 extra.append(subject)
-                si = first + len(keys) + len(extra) - 1
+                si = at
+                at += 1
             once = hit.once
             if once is None:
                 oi = 0
             else:
                 if extra is None:
                     extra = []
-                extra.append(self._p + "m:" + once)
-                oi = first + len(keys) + len(extra) - 1
-            nums += s
-            nums += (hit.cost, (1 if hit.consume else 0) | (2 if hit.enforce else 0), si, oi)
+                extra.append(p + "m:" + once)
+                oi = at
+                at += 1
+            seen = dups.index(dups[n]) + 1 if dups is not None else 0
+            nums += numbers
+            nums += (
+                hit.cost,
+                (1 if hit.consume else 0) | (2 if hit.enforce else 0),
+                si,
+                oi,
+                seen if seen <= n else 0,
+            )
+        keys += windows
         if extra is not None:
             keys += extra
         # text that can come back in a reply's \x1f-separated fields: refused with it
         if _SEP in "".join(ban_keys) or (extra is not None and _SEP in "".join(extra)):
             raise ValueError("a store key contains the field separator \\x1f")
-        return [self._p, self._bans_arg, shape[0](*nums), shape[1], shape[2], *keys]
+        blob = shape[0](*nums)
+        fixed = shape[1]
+        data = b"%b$%d\r\n%b\r\n%b" % (shape[2], len(blob), blob, bulk(keys))
+        return Packed(5 + len(keys), data, lambda: [*fixed, blob, *keys])
 
     def _decode(self, batch: Batch, raw: bytes, now: float) -> BatchResult:
         hits = batch.hits

@@ -56,22 +56,29 @@ local function ttl_ms(seconds)
   return ms
 end
 
--- A window's record (a string): MessagePack numbers head, then the count of each bucket
--- from the newest (age 0: bucket `head`) back (age a: bucket head - a, a < n), without
--- trailing zeros. In the scripts a window is that array, d = {head, count at age 0, ...}:
--- no table keyed by bucket index (a window costs one `cmsgpack` call each way).
+-- A window's record (a string): MessagePack numbers head (the newest bucket's index), the
+-- total, then the count of each bucket from the newest (age 0: bucket `head`) back (age
+-- a: bucket head - a, a < n), the last one not zero. In the scripts a window is that
+-- array, d = {head, total, count at age 0, ...}: no table keyed by bucket index, no sum
+-- (a window costs one `cmsgpack` call each way).
 local function decode(raw, n)
   local d = {cmsgpack.unpack(raw)}
-  for j = #d, n + 2, -1 do d[j] = nil end  -- (a window stored with more buckets)
+  local last = #d
+  if last > n + 2 then  -- (stored with more buckets: the older ones have left)
+    for j = last, n + 3, -1 do d[j] = nil end
+    last = n + 2
+    local t = 0
+    for j = 3, last do t = t + d[j] end
+    d[2] = t
+    while last > 2 and d[last] == 0 do
+      d[last] = nil
+      last = last - 1
+    end
+  end
   return d
 end
 
 local function encode(d)
-  local j = #d
-  while j > 1 and d[j] == 0 do
-    d[j] = nil
-    j = j - 1
-  end
   return cmsgpack.pack(unpack(d))
 end
 
@@ -92,31 +99,34 @@ CHECKPOINT = (
     _COMMON
     + r"""
 -- ARGV: 1 prefix, 2 the ban settings "enabled after strike-width strike-buckets base
--- factor max memory news-limit" (read only when needed: ban news, a refusal), 3 numbers
--- packed by `struct` (format ARGV[4]): margin, last ban change seen, refresh the secret
--- (ms, 0: no), the caller's time (NaN: the server's), ban key count, hit count, then per
--- hit: limit, bucket width, buckets + 1, window, cost, flags (1 consume, 2 enforce), the
--- ARGV index of its subject and of its `once` marker's key (0: none); 5 the reply's
--- `struct` format; then the ban keys (P b:<key>), the hits' window keys (P w:<key>), then
--- subjects and marker keys (P m:<marker>). A subject given as a ban key's index is that
--- key without its 'P b:'.
+-- factor max memory news-limit" (read only when needed: ban news, a refusal), 3 the
+-- `struct` format of ARGV[5], 4 the reply's, 5 numbers packed by `struct`: margin, last
+-- ban change seen, refresh the secret (ms, 0: no), the caller's time (NaN: the server's),
+-- ban key count, hit count, then per hit: limit, bucket width, buckets + 1, window, cost,
+-- flags (1 consume, 2 enforce), the ARGV index of its subject and of its `once` marker's
+-- key (0: none), and the number of the first hit with the same window key (0: this one);
+-- then the ban keys (P b:<key>), the hits' window keys (P w:<key>), then subjects and
+-- marker keys (P m:<marker>). A subject given as a ban key's index is that key without
+-- its 'P b:'.
 -- The reply: `struct`-packed numbers (now, status 0 admitted / 1 banned / 2 refused, last
 -- ban change, 1 when the secret must be put back, ban news count, then per hit: fits,
 -- remaining, reset, retry, bucket), then text fields each preceded by \31: the ban news
 -- (6 fields each), then the ban (banned) or the strike's outcome (refused). Numbers travel
 -- as doubles: nothing formatted, exact (see `RedisStore._decode`).
 P = ARGV[1]
-local N = {struct.unpack(ARGV[4], ARGV[3])}
+local N = {struct.unpack(ARGV[3], ARGV[5])}
 margin = N[1]
 local last_seen, secret_ms = N[2], N[3]
 now = clock(N[4])
 local nbk, nh = N[5], N[6]
 local kb = 5 + nbk  -- ARGV index before the first window key
 
-local R = {now, 0, 0, 0, 0}  -- the reply's numbers
+-- the reply's numbers (sized for 8 hits: more grow it)
+local R = {now, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
 local T = {''}  -- the reply's text fields (each preceded by \31)
 local function reply()
-  return struct.pack(ARGV[5], unpack(R)) .. table.concat(T, '\31')
+  return struct.pack(ARGV[4], unpack(R, 1, 5 + 5 * nh)) .. table.concat(T, '\31')
 end
 
 -- the settings are read only when needed (ban news, a refusal): not on most calls
@@ -145,28 +155,29 @@ local function floordiv(a, b)
   return 0
 end
 
--- the total of window d
-local function sum(d)
-  local t = 0
-  for j = 2, #d do t = t + d[j] end
-  return t
-end
-
 -- make bucket `index` (> d[1]) the newest of window d: every count ages by the
 -- difference, those that reach n leave
 local function advance(d, index, n)
   local shift = index - d[1]
   local len = #d
   d[1] = index
-  if shift >= n then
-    for j = len, 2, -1 do d[j] = nil end
+  if shift >= n or len == 2 then
+    for j = len, 3, -1 do d[j] = nil end
+    d[2] = 0
     return
   end
-  local last = len + shift
-  if last > n + 1 then last = n + 1 end
+  local last = len + shift  -- where the oldest count goes
+  if last > n + 2 then last = n + 2 end
   for j = len + 1, last do d[j] = 0 end  -- (grown in order: an array, no holes)
-  for j = last, 2 + shift, -1 do d[j] = d[j - shift] end
-  for j = 1 + shift, 2, -1 do d[j] = 0 end
+  for j = last, 3 + shift, -1 do d[j] = d[j - shift] end
+  for j = 2 + shift, 3, -1 do d[j] = 0 end
+  local t = 0
+  for j = 3, last do t = t + d[j] end
+  d[2] = t
+  while last > 2 and d[last] == 0 do
+    d[last] = nil
+    last = last - 1
+  end
 end
 
 -- a window of an earlier version (a hash: h = newest bucket index, <index> = count)
@@ -181,16 +192,24 @@ local function legacy(flat, n)
       if idx then c[idx] = tonumber(flat[i + 1]) end
     end
   end
-  local d = {head}
-  for a = 0, n - 1 do d[a + 2] = c[head - a] or 0 end
+  local d = {head, 0}
+  local t, last = 0, 2
+  for a = 0, n - 1 do
+    local v = c[head - a] or 0
+    d[a + 3] = v
+    t = t + v
+    if v ~= 0 then last = a + 3 end
+  end
+  for j = n + 2, last + 1, -1 do d[j] = nil end
+  d[2] = t
   return d
 end
 
 -- seconds until the oldest counted bucket of window d leaves it (0 when empty)
 local function next_release(d, width, n)
-  for j = #d, 2, -1 do
+  for j = #d, 3, -1 do
     if d[j] ~= 0 then
-      return math.max(0, (d[1] - (j - 2) + n) * width - now)
+      return math.max(0, (d[1] - (j - 3) + n) * width - now)
     end
   end
   return 0
@@ -243,50 +262,46 @@ if banned then
   end
 end
 
--- 2. windows: per distinct key, its array d (see `decode`), buckets + 1, width, the
--- newest bucket it was stored with (false: not stored in this format), whether charged
-local slot = {}
-local D, WN, WW, STORED, CHARGED = {}, {}, {}, {}, {}
-local HD = {}  -- per hit: its window's array
-local indices = {}  -- bucket width -> the bucket index of now
-local charged = {}  -- window, cost per charge (into its newest bucket)
+-- 2. windows. Per hit: its window's array d (see `decode`; a key seen earlier in the
+-- batch shares the first hit's), and, per window (at its first hit), the newest bucket
+-- it was stored with (false: not stored in this format) and whether it was charged.
+-- (Tables sized once: growing one costs more than the work done with it.)
+local HD = {false, false, false, false, false, false, false, false}
+local STORED = {false, false, false, false, false, false, false, false}
+local CHARGED = {false, false, false, false, false, false, false, false}
+local CH = {false, false, false, false, false, false, false, false}  -- cost charged
 local marks = {}
 local refused = false
 local refused_subject = nil
+local lw, li  -- the last bucket width and the index of now's bucket in it
 local pos = 7  -- N index of the hit's numbers
 local r = 5  -- R index before the hit's results
 for i = 1, nh do
   local limit, width, n = N[pos], N[pos + 1], N[pos + 2]
-  local cost, flags, oi = N[pos + 4], N[pos + 5], N[pos + 7]
-  local key = ARGV[kb + i]
-  local k = slot[key]
+  local cost, flags, oi, first = N[pos + 4], N[pos + 5], N[pos + 7], N[pos + 8]
   local d
-  if k == nil then
+  if first == 0 then
+    first = i
     local raw = got[i + 1]
-    local stored = false
     if raw then
       d = decode(raw, n)
-      stored = d[1]
+      STORED[i] = d[1]
     else
       -- missing, or a window of an earlier version (a hash)
-      local flat = redis.call('HGETALL', key)
-      if #flat > 0 then d = legacy(flat, n) else d = {NEG} end
+      local flat = redis.call('HGETALL', ARGV[kb + i])
+      if #flat > 0 then d = legacy(flat, n) else d = {NEG, 0} end
     end
-    k = #D + 1
-    slot[key] = k
-    D[k], WN[k], WW[k], STORED[k], CHARGED[k] = d, n, width, stored, false
   else
-    d = D[k]
+    d = HD[first]
   end
   HD[i] = d
-  local index = indices[width]
-  if index == nil then
-    index = floordiv(now, width)
-    indices[width] = index
+  if width ~= lw then
+    lw = width
+    li = floordiv(now, width)
   end
-  if index > d[1] then advance(d, index, n) end
+  if li > d[1] then advance(d, li, n) end
   local head = d[1]
-  local total = sum(d)
+  local total = d[2]
   if oi > 0 then
     local exp = redis.call('GET', ARGV[oi])
     if exp then
@@ -300,27 +315,22 @@ for i = 1, nh do
   if total + cost <= limit then
     R[r + 1] = 1
     if cost > 0 and flags % 2 == 1 and not refused then
-      d[2] = (d[2] or 0) + cost
+      d[3] = (d[3] or 0) + cost
       total = total + cost
-      CHARGED[k] = true
-      charged[#charged + 1] = d
-      charged[#charged + 1] = cost
+      d[2] = total
+      CH[i] = cost
+      CHARGED[first] = true
       if oi > 0 then
         marks[#marks + 1] = ARGV[oi]
         marks[#marks + 1] = (head + n) * width
       end
     end
     R[r + 2] = limit - total
-    local reset = 0
-    if total ~= 0 then
-      for j = #d, 2, -1 do  -- the oldest counted bucket
-        if d[j] ~= 0 then
-          reset = (head - (j - 2) + n) * width - now
-          break
-        end
-      end
+    if total ~= 0 then  -- the oldest counted bucket is the last (never a zero)
+      R[r + 3] = (head - (#d - 3) + n) * width - now
+    else
+      R[r + 3] = 0
     end
-    R[r + 3] = reset
     R[r + 4] = 0
   else
     R[r + 1] = 0
@@ -347,7 +357,7 @@ for i = 1, nh do
       local k1 = n - 1
       retry = math.max(0, (head + k1 + 1) * width - now)
       for j = head - k1, head do
-        left = left - (d[head - j + 2] or 0)
+        left = left - (d[head - j + 3] or 0)
         if left + cost <= limit then
           retry = math.max(0, (j + k1 + 1) * width - now)
           break
@@ -357,22 +367,25 @@ for i = 1, nh do
     R[r + 4] = retry
   end
   R[r + 5] = head
-  pos = pos + 8
+  pos = pos + 9
   r = r + 5
 end
 
 -- 3. admitted: keep what was charged (a window in the bucket it was stored in keeps its
 -- expiry; one that moved on expires when its newest bucket stops counting)
 if not refused then
-  for key, k in pairs(slot) do
-    if CHARGED[k] then
-      local d = D[k]
-      if STORED[k] == d[1] then  -- the common case: same bucket as last time
-        redis.call('SET', key, encode(d), 'KEEPTTL')
+  pos = 7
+  for i = 1, nh do
+    if CHARGED[i] then
+      local d = HD[i]
+      if STORED[i] == d[1] then  -- the common case: same bucket as last time
+        redis.call('SET', ARGV[kb + i], encode(d), 'KEEPTTL')
       else
-        redis.call('SET', key, encode(d), 'PX', ttl_ms((d[1] + WN[k]) * WW[k] - now))
+        redis.call('SET', ARGV[kb + i], encode(d), 'PX',
+          ttl_ms((d[1] + N[pos + 2]) * N[pos + 1] - now))
       end
     end
+    pos = pos + 9
   end
   for i = 1, #marks, 2 do
     local expires = marks[i + 1]
@@ -383,19 +396,23 @@ end
 
 -- refused: nothing is charged; report the rolled-back state
 R[2] = 2
-for i = 1, #charged, 2 do
-  local d = charged[i]
-  d[2] = d[2] - charged[i + 1]
+for i = 1, nh do
+  local c = CH[i]
+  if c then
+    local d = HD[i]
+    d[3] = d[3] - c
+    d[2] = d[2] - c
+  end
 end
 pos = 7
 r = 5
 for i = 1, nh do
   if R[r + 1] == 1 and N[pos + 5] % 2 == 1 and N[pos + 4] > 0 then
     local d = HD[i]
-    R[r + 2] = N[pos] - sum(d)
+    R[r + 2] = N[pos] - d[2]
     R[r + 3] = next_release(d, N[pos + 1], N[pos + 2])
   end
-  pos = pos + 8
+  pos = pos + 9
   r = r + 5
 end
 
@@ -636,12 +653,18 @@ local function refund(key, bucket, cost, n)
   local raw = redis.call('MGET', key)[1]
   if raw then
     local d = decode(raw, n)
-    local j = d[1] - bucket + 2  -- the bucket's place in the window (age + 2)
+    local j = d[1] - bucket + 3  -- the bucket's place in the window (age + 3)
     local have = d[j]
-    if j >= 2 and have then
+    if j >= 3 and have then
       local back = math.min(cost, have)
       if back > 0 then
         d[j] = have - back
+        d[2] = d[2] - back
+        local last = #d
+        while last > 2 and d[last] == 0 do
+          d[last] = nil
+          last = last - 1
+        end
         redis.call('SET', key, encode(d), 'KEEPTTL')
       end
     end

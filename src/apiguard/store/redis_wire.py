@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from apiguard.store.redis_urls import redis_module
@@ -76,6 +76,18 @@ def bulk(args: Sequence[Any]) -> bytes:
     if start < len(args):
         out.append(_text(args[start:]))
     return b"".join(out)
+
+
+class Packed:
+    """Script arguments already encoded: `count` RESP bulk strings in `data` (the caller
+    knows their layout and spares the per-argument work)."""
+
+    __slots__ = ("args", "count", "data")
+
+    def __init__(self, count: int, data: bytes, args: Callable[[], list[Any]]) -> None:
+        self.count = count
+        self.data = data
+        self.args = args  # the same arguments as a list (other connections than Wire)
 
 
 def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
@@ -307,15 +319,19 @@ class Wire:
             return reply
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _evalsha(self, sha: str, key: str, args: list[Any]) -> bytes:
+    def _evalsha(self, sha: str, key: str, args: list[Any] | Packed) -> bytes:
         head = self._heads.get((sha, key))
         if head is None:
             if len(self._heads) > 64:
                 self._heads.clear()
             head = self._heads[(sha, key)] = b"".join(map(_encode, ("EVALSHA", sha, 1, key)))
+        if isinstance(args, Packed):
+            return b"*%d\r\n%b%b" % (args.count + 4, head, args.data)
         return b"*%d\r\n%b%b" % (len(args) + 4, head, bulk(args))
 
-    async def evalsha(self, script: Any, key: str, args: list[Any], timeout: float) -> Any:
+    async def evalsha(
+        self, script: Any, key: str, args: list[Any] | Packed, timeout: float
+    ) -> Any:
         """EVALSHA of a redis-py `Script` within `timeout` seconds; NOSCRIPT loads it
         again (`script.sha`)."""
         deadline = self.loop.time() + timeout
