@@ -321,8 +321,9 @@ def memory(url: str, principals: int) -> tuple[int, float]:
             principal = f"ip:{p:024x}"
             batch = Batch([Hit(f"g.principal.0|{principal}", spec, 1, subject=principal)],
                           (principal,))
-            script(keys=[store._seq_key], args=store._checkpoint_args(batch, 0.0, bans).args(),
-                   client=pipe)
+            args = store._checkpoint_args(batch, 0.0, bans)
+            args = args.args() if hasattr(args, "args") else args  # (earlier versions: a list)
+            script(keys=[store._seq_key], args=args, client=pipe)
         pipe.execute()
     local = tracemalloc.get_traced_memory()[0] - local_before
     tracemalloc.stop()

@@ -778,7 +778,7 @@ class RedisStore:
 
     # -- detectors' state ----------------------------------------------------------------
     def _observe_ops(self, ops: Sequence[Observation], now: float) -> list[Any]:
-        args = observe_args(ops)
+        args = observe_args(ops, self._p)
         return ["N", repr(now), *args] if self.server_time is False else args
 
     def observe(self, ops: Sequence[Observation], now: float) -> None:
@@ -799,7 +799,7 @@ class RedisStore:
         if not ops or self.server_time is False:
             return False
         loop = asyncio.get_running_loop()
-        self._flusher_for(loop).add(observe_args(ops), len(ops), ops, then)
+        self._flusher_for(loop).add(observe_args(ops, self._p), len(ops), ops, then)
         return True
 
     async def aobserve(self, ops: Sequence[Observation], now: float) -> None:

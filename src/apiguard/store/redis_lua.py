@@ -516,8 +516,8 @@ AFTER = (
 -- What follows responses, for any number of requests, in one call. ARGV: 1 prefix,
 -- 2 now or '', 3 margin, then operations, each a code and its values:
 --   'N', now                                  (the callers' clock from here on)
---   'T', key, window, item or '', amount      (a detector tally)
---   'R', key, window, value                   (a detector stride run)
+--   'T', P t:<key>, window, item or '', amount    (a detector tally)
+--   'R', P r:<key>, window, value                 (a detector stride run)
 --   'F', window key, bucket, cost, buckets    (a refund)
 --   'I', key, duration, level, owner, action, reason, keep   (impose a ban)
 --   'L', key, keep                            (lift a ban)
@@ -535,7 +535,7 @@ local out = {now}
 -- when first written), key:o keeps key:c's expiry when renamed. Within a generation an
 -- item costs one PFADD and one PFCOUNT, a count one SET.
 local function tally(key, window, item, amount)
-  local cur, old = key .. ':c', key .. ':o'
+  local cur = key .. ':c'  -- (and key .. ':o', made where needed)
   local raw = redis.pcall('GET', key)
   local start, count, old_count, half, flags
   local renew = false  -- a new generation (or record): its expiry is set
@@ -546,6 +546,7 @@ local function tally(key, window, item, amount)
     if t[1] then
       start, count, old_count, half = tonumber(t[1]), tonumber(t[2]), tonumber(t[3]),
         tonumber(t[4])
+      local old = key .. ':o'
       flags = redis.call('EXISTS', cur) + 2 * redis.call('EXISTS', old)
       if flags % 2 == 1 then redis.call('PEXPIRE', cur, ttl_ms(start + 2 * half - now)) end
       if flags >= 2 then redis.call('PEXPIRE', old, ttl_ms(start + half - now)) end
@@ -556,7 +557,7 @@ local function tally(key, window, item, amount)
   if start == nil or not ((now - start) < 2 * half) then
     half = math.max(window / 2.0, 1e-6)
     start, count, old_count, flags = now, 0, 0, 0
-    redis.call('DEL', cur, old)
+    redis.call('DEL', cur, key .. ':o')
     renew = true
   end
   local changed = renew
@@ -565,16 +566,16 @@ local function tally(key, window, item, amount)
     if elapsed >= 2 * half then
       old_count = 0
       start = now
-      redis.call('DEL', cur, old)
+      redis.call('DEL', cur, key .. ':o')
       flags = 0
     else
       old_count = count
       start = start + half
       if flags % 2 == 1 then
-        redis.call('RENAME', cur, old)  -- (keeps its expiry: the end of its use as old)
+        redis.call('RENAME', cur, key .. ':o')  -- (keeps its expiry: its end of use as old)
         flags = 2
       else
-        if flags >= 2 then redis.call('DEL', old) end
+        if flags >= 2 then redis.call('DEL', key .. ':o') end
         flags = 0
       end
     end
@@ -587,7 +588,7 @@ local function tally(key, window, item, amount)
   local result
   if item == '' and amount == 0 and flags > 0 then
     -- a read of a distinct sketch
-    if flags >= 2 then result = redis.call('PFCOUNT', cur, old)
+    if flags >= 2 then result = redis.call('PFCOUNT', cur, key .. ':o')
     else result = redis.call('PFCOUNT', cur) end
   elseif item == '' then
     if amount ~= 0 then
@@ -602,7 +603,7 @@ local function tally(key, window, item, amount)
       flags = flags + 1
       changed = true
     end
-    if flags >= 2 then result = redis.call('PFCOUNT', cur, old)
+    if flags >= 2 then result = redis.call('PFCOUNT', cur, key .. ':o')
     else result = redis.call('PFCOUNT', cur) end
   end
   if changed then
@@ -699,11 +700,10 @@ local pos = 4
 while ARGV[pos] do
   local op = ARGV[pos]
   if op == 'T' then
-    tally(P .. 't:' .. ARGV[pos + 1], tonumber(ARGV[pos + 2]), ARGV[pos + 3],
-      tonumber(ARGV[pos + 4]))
+    tally(ARGV[pos + 1], tonumber(ARGV[pos + 2]), ARGV[pos + 3], tonumber(ARGV[pos + 4]))
     pos = pos + 5
   elseif op == 'R' then
-    run(P .. 'r:' .. ARGV[pos + 1], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]))
+    run(ARGV[pos + 1], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]))
     pos = pos + 4
   elseif op == 'F' then
     refund(P .. 'w:' .. ARGV[pos + 1], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]),
