@@ -10,6 +10,9 @@ at a time, from a pool of 1,000 client addresses; nothing is ever refused):
                             EVALSHA of `return 1` on apiguard's own connection (the least
                             any design with one round trip per request costs here)
   floor-blocking            the same on a blocking redis-py call (as slowapi makes them)
+  floor-apiguard-5          floor-asyncio in front of apiguard-memory-5: one round trip
+                            and all of apiguard's in-process work at 5 rules, interleaved
+                            as on Redis (caches cooled by the switch to Redis each request)
 1 rule: a per-principal limit. 5 rules: apiguard per-principal, per-IP and per-route
 global limits, a decorated limit and a flow on every route; slowapi five default limits.
 Round trips are counted on the wire (every command or pipeline redis-py sends, sync and
@@ -147,7 +150,8 @@ def build(kind: str, url: str) -> Any:
     if kind == "bare":
         return starlette_app()
     if kind.startswith("floor"):
-        app = starlette_app()
+        # floor-apiguard-5: apiguard on the memory store behind the floor's round trip
+        app = build("apiguard-memory-5", url) if kind.endswith("-5") else starlette_app()
         app.add_middleware(Floor, url=url, blocking=kind == "floor-blocking")
         return app
     rules = int(kind.rsplit("-", 1)[1])
@@ -375,10 +379,16 @@ def report(results: dict[str, Any]) -> None:
         ours = results["apiguard-redis-5"][col]
         print(f"target: apiguard-redis-5 added {ours:.1f} {what} <= half of "
               f"slowapi-redis-1's ({target:.1f}): {'met' if ours <= target else 'NOT met'}")
-    if "floor-asyncio" in results:
-        floor = results["floor-asyncio"][1]
-        print(f"one asyncio round trip alone (floor-asyncio) adds {floor:.1f} µs: "
-              f"{floor / results['slowapi-redis-1'][1]:.2f}x slowapi-redis-1's added µs")
+    slow = results["slowapi-redis-1"]
+    for kind, what in (
+        ("floor-asyncio", "one asyncio round trip alone"),
+        ("floor-apiguard-5", "one round trip and apiguard's in-process work at 5 rules"),
+        ("apiguard-redis-5", "apiguard on Redis at 5 rules"),
+    ):
+        if kind in results:
+            r = results[kind]
+            print(f"{what} ({kind}): {r[1] / slow[1]:.2f}x slowapi-redis-1's added µs, "
+                  f"{(r[2] + r[4]) / (slow[2] + slow[4]):.2f}x its CPU (here and in Redis)")
 
 
 def main() -> None:
@@ -403,7 +413,7 @@ def main() -> None:
             "apiguard-memory-1", "apiguard-memory-5",
             "apiguard-redis-1", "apiguard-redis-5",
             "slowapi-redis-1", "slowapi-redis-5",
-            "floor-asyncio", "floor-blocking",
+            "floor-asyncio", "floor-blocking", "floor-apiguard-5",
         ]
         if args.memory_only:
             kinds = []

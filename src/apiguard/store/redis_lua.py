@@ -13,23 +13,24 @@ packed with `struct`, the other scripts' as "%.17g" strings), so both stores ans
 same schedule alike (tests/test_redis_store.py holds them to it).
 
 What a checkpoint costs Redis is what the scripts are written for (server instructions
-counted under callgrind, `benchmarks/redis.py --server-cost`): a window is one
-MessagePack string read with the ban counter in one MGET and written with one SET (its
-expiry kept while its newest bucket does not move), its numbers are read and answered
-with one `struct` call each, and nothing is formatted as text or parsed from text on the
-common path.
+counted under callgrind on replayed benchmark traffic; `benchmarks/redis.py` reports
+Redis's CPU per request): a window is one MessagePack string read with the
+ban counter in one MGET and written with one SET (its expiry kept while its newest
+bucket does not move), its numbers are read and answered with one `struct` call each,
+and nothing is formatted as text or parsed from text on the common path.
 
 Key layout under the prefix P (every key expires):
-  P w:<window>   string: MessagePack numbers newest bucket index, then the count of each
-                 bucket from the newest back, without trailing zeros (a window written
+  P w:<window>   string: MessagePack numbers newest bucket index, total, then the count
+                 of each bucket from the newest back, the last not zero (a window written
                  by an earlier version, a hash, is read and rewritten)
   P m:<marker>   string: when the marked unit stops counting (a `once` marker)
   P s:<subject>  hash: strike window (h, buckets), lv = ban level, lb = end of last ban
   P b:<key>      hash: a ban: u = till, l = level, o = owner, a = action, r = reason
   P seq, P recent   ban change counter and (key -> change number) sorted set: workers
                  read the changes since their last call in every reply (local ban caches)
-  P t:<key>, P t:<key>:c, P t:<key>:o   a detector tally (hash; HyperLogLogs)
-  P r:<key>      a detector stride run (hash)
+  P t:<key>, P t:<key>:c, P t:<key>:o   a detector tally (MessagePack string;
+                 HyperLogLogs)
+  P r:<key>      a detector stride run (MessagePack string)
   P secret       the shared keyed-hash secret (hex), refreshed by every checkpoint
 """
 
