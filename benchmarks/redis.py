@@ -6,6 +6,13 @@ at a time, from a pool of 1,000 client addresses; nothing is ever refused):
   apiguard-memory-{1,5}     the in-process store
   apiguard-redis-{1,5}      RedisStore on the asyncio client (one script per checkpoint)
   slowapi-redis-{1,5}       slowapi's middleware on limits' Redis storage
+  floor-asyncio             one round trip and nothing else: a middleware awaiting one
+                            EVALSHA of `return 1` on apiguard's own connection (the least
+                            any design with one round trip per request costs here)
+  floor-blocking            the same on a blocking redis-py call (as slowapi makes them)
+  floor-apiguard-5          floor-asyncio in front of apiguard-memory-5: one round trip
+                            and all of apiguard's in-process work at 5 rules, interleaved
+                            as on Redis (caches cooled by the switch to Redis each request)
 1 rule: a per-principal limit. 5 rules: apiguard per-principal, per-IP and per-route
 global limits, a decorated limit and a flow on every route; slowapi five default limits.
 Round trips are counted on the wire (every command or pipeline redis-py sends, sync and
@@ -13,7 +20,9 @@ asyncio connections alike, and every command apiguard's own connection sends,
 `apiguard.store.redis_wire`; what follows responses is sent for many requests at once, so
 apiguard's count can fall below one per request). The variants run round-robin for
 several rounds; µs/req is the median of the rounds' means, "added" its difference with
-bare.
+bare. "Redis CPU µs" is the redis-server process's own CPU time (user and system, from
+INFO cpu) per request, what follows responses included (each run is drained before it
+is read): what the requests cost the one Redis every worker shares.
 
 Then Redis memory for N distinct principals hitting once (1 rule, 600/hour, so every
 window is still live at the end): the script runs for
@@ -112,9 +121,39 @@ def starlette_app(wrap: Callable[[Any], Any] | None = None) -> Starlette:
     return Starlette(routes=[Route(f"/r{i}/items/{{item_id}}", handler) for i in range(10)])
 
 
+class Floor:
+    """One EVALSHA of `return 1` per request, then the app: the cost of the round trip."""
+
+    SCRIPT = "return 1"
+
+    def __init__(self, app: Any, url: str, blocking: bool) -> None:
+        self.app = app
+        self.url = url
+        self.blocking = blocking
+        self.sync = redis.Redis.from_url(url)
+        self.sha = self.sync.script_load(self.SCRIPT)
+        self.wire: Wire | None = None
+        self.script = type("S", (), {"sha": self.sha, "script": self.SCRIPT})()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            if self.blocking:
+                self.sync.evalsha(self.sha, 1, "{floor}:k")
+            else:
+                if self.wire is None:
+                    self.wire = Wire(redis.asyncio.Redis.from_url(self.url))
+                await self.wire.evalsha(self.script, "{floor}:k", [], 2.0)
+        await self.app(scope, receive, send)
+
+
 def build(kind: str, url: str) -> Any:
     if kind == "bare":
         return starlette_app()
+    if kind.startswith("floor"):
+        # floor-apiguard-5: apiguard on the memory store behind the floor's round trip
+        app = build("apiguard-memory-5", url) if kind.endswith("-5") else starlette_app()
+        app.add_middleware(Floor, url=url, blocking=kind == "floor-blocking")
+        return app
     rules = int(kind.rsplit("-", 1)[1])
     if kind.startswith("apiguard"):
         limits = {"principal": HIGH, "ip": None, "route": None}
@@ -191,9 +230,26 @@ async def send(message: dict[str, Any]) -> None:
         STATUS.append(message["status"])
 
 
-async def run(app: Any, batch: list[dict[str, Any]]) -> tuple[float, float, int]:
-    """Seconds per request (wall, and this thread's CPU) and round trips for `batch`."""
+def server_cpu(client: Any) -> float:
+    """The redis-server process's CPU seconds so far (user and system)."""
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+async def drain(kind: str) -> None:
+    store = STORES.get(kind)
+    if store is not None and hasattr(store, "drain"):
+        await store.drain()
+
+
+async def run(
+    app: Any, batch: list[dict[str, Any]], kind: str = "", client: Any = None
+) -> tuple[float, float, int, float]:
+    """Seconds per request (wall, and this thread's CPU), round trips, and the Redis
+    server's CPU seconds per request for `batch`."""
     STATUS.clear()
+    await drain(kind)
+    server = server_cpu(client) if client is not None else 0.0
     trips = TRIPS[0]
     gc.collect()
     started = time.perf_counter()
@@ -202,27 +258,34 @@ async def run(app: Any, batch: list[dict[str, Any]]) -> tuple[float, float, int]
         await app(dict(scope), receive, send)
     cpu = time.thread_time() - cpu
     elapsed = time.perf_counter() - started
+    trips = TRIPS[0] - trips
+    await drain(kind)
+    if client is not None:
+        server = (server_cpu(client) - server) / len(batch)
     bad = [s for s in STATUS if s != 200]
     if bad:
         raise RuntimeError(f"refused or failed requests in a benchmark: {bad[:5]}")
-    return elapsed / len(batch), cpu / len(batch), TRIPS[0] - trips
+    return elapsed / len(batch), cpu / len(batch), trips, server
 
 
 async def measure(kinds: list[str], url: str, n: int, rounds: int) -> dict[str, Any]:
     apps = {k: build(k, url) for k in kinds}
     batch = scopes(n)
-    for app in apps.values():  # warm up: routes verified, scripts loaded, pools filled
-        await run(app, batch[:200])
+    client = redis.Redis.from_url(url)
+    for kind, app in apps.items():  # warm up: routes verified, scripts loaded, pools filled
+        await run(app, batch[:200], kind)
     times: dict[str, list[float]] = {k: [] for k in kinds}
     cpus: dict[str, list[float]] = {k: [] for k in kinds}
+    servers: dict[str, list[float]] = {k: [] for k in kinds}
     trips: dict[str, int] = dict.fromkeys(kinds, 0)
     for r in range(rounds):
         order = kinds[:]
         random.Random(r).shuffle(order)
         for kind in order:
-            per, cpu, t = await run(apps[kind], batch)
+            per, cpu, t, server = await run(apps[kind], batch, kind, client)
             times[kind].append(per)
             cpus[kind].append(cpu)
+            servers[kind].append(server)
             trips[kind] += t
     bare = statistics.median(times["bare"]) if "bare" in times else 0.0
     bare_cpu = statistics.median(cpus["bare"]) if "bare" in cpus else 0.0
@@ -235,6 +298,7 @@ async def measure(kinds: list[str], url: str, n: int, rounds: int) -> dict[str, 
             (median - bare) * 1e6,
             (cpu - bare_cpu) * 1e6,
             trips[k] / (n * rounds),
+            max(statistics.median(servers[k]), 0.0) * 1e6,
         )
     return out
 
@@ -261,8 +325,9 @@ def memory(url: str, principals: int) -> tuple[int, float]:
             principal = f"ip:{p:024x}"
             batch = Batch([Hit(f"g.principal.0|{principal}", spec, 1, subject=principal)],
                           (principal,))
-            script(keys=[store._seq_key], args=store._checkpoint_args(batch, 0.0, bans),
-                   client=pipe)
+            args = store._checkpoint_args(batch, 0.0, bans)
+            args = args.args() if hasattr(args, "args") else args  # (earlier versions: a list)
+            script(keys=[store._seq_key], args=args, client=pipe)
         pipe.execute()
     local = tracemalloc.get_traced_memory()[0] - local_before
     tracemalloc.stop()
@@ -300,10 +365,12 @@ def report(results: dict[str, Any]) -> None:
     """Print the timing table and the targets."""
     print(
         f"{'variant':<20} {'µs/req':>9} {'added µs':>9} {'added CPU µs':>13} "
-        f"{'round trips/req':>16}"
+        f"{'round trips/req':>16} {'Redis CPU µs':>13}"
     )
-    for kind, (us, added, cpu, trips) in results.items():
-        print(f"{kind:<20} {us:>9.1f} {added:>9.1f} {cpu:>13.1f} {trips:>16.2f}")
+    for kind, (us, added, cpu, trips, server) in results.items():
+        print(
+            f"{kind:<20} {us:>9.1f} {added:>9.1f} {cpu:>13.1f} {trips:>16.2f} {server:>13.1f}"
+        )
     for kind, store in STORES.items():
         if getattr(store, "fallbacks", 0):
             print(f"warning: {kind} fell back {store.fallbacks} times (Redis too slow)")
@@ -312,6 +379,16 @@ def report(results: dict[str, Any]) -> None:
         ours = results["apiguard-redis-5"][col]
         print(f"target: apiguard-redis-5 added {ours:.1f} {what} <= half of "
               f"slowapi-redis-1's ({target:.1f}): {'met' if ours <= target else 'NOT met'}")
+    slow = results["slowapi-redis-1"]
+    for kind, what in (
+        ("floor-asyncio", "one asyncio round trip alone"),
+        ("floor-apiguard-5", "one round trip and apiguard's in-process work at 5 rules"),
+        ("apiguard-redis-5", "apiguard on Redis at 5 rules"),
+    ):
+        if kind in results:
+            r = results[kind]
+            print(f"{what} ({kind}): {r[1] / slow[1]:.2f}x slowapi-redis-1's added µs, "
+                  f"{(r[2] + r[4]) / (slow[2] + slow[4]):.2f}x its CPU (here and in Redis)")
 
 
 def main() -> None:
@@ -336,6 +413,7 @@ def main() -> None:
             "apiguard-memory-1", "apiguard-memory-5",
             "apiguard-redis-1", "apiguard-redis-5",
             "slowapi-redis-1", "slowapi-redis-5",
+            "floor-asyncio", "floor-blocking", "floor-apiguard-5",
         ]
         if args.memory_only:
             kinds = []

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import struct
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -46,7 +47,7 @@ from apiguard.store.breaker import Breaker
 from apiguard.store.redis_after import Flusher, Then, fill, observe_args
 from apiguard.store.redis_lua import AFTER, CHECKPOINT
 from apiguard.store.redis_urls import client_factories, redis_module
-from apiguard.store.redis_wire import Wire
+from apiguard.store.redis_wire import Packed, Wire, bulk
 from apiguard.window import WindowSpec
 
 log = logging.getLogger("apiguard")
@@ -56,6 +57,7 @@ _SCRIPTS = {"checkpoint": CHECKPOINT, "after": AFTER}
 _MARGIN = 2.0  # seconds a key outlives the last moment it counts
 _NEWS = 64  # ban changes a reply carries at most (the next reply carries the rest)
 _SEP = "\x1f"  # separates the fields packed in one argument, and those of a reply
+_NAN = float("nan")  # "use the server's clock"
 SECRET_TTL = 30 * 86_400.0  # the shared secret: refreshed by every checkpoint
 
 
@@ -64,6 +66,20 @@ _timeout: Callable[[float], Any] | None = getattr(asyncio, "timeout", None)
 
 def _is_async(client: Any) -> bool:
     return inspect.iscoroutinefunction(getattr(client, "execute_command", None))
+
+
+# redis-py's option to leave a reply undecoded (a client may decode responses; the
+# checkpoint's reply is binary)
+_RAW: dict[str, Any] = {"NEVER_DECODE": []}
+
+
+def _evalsha(script: Any, key: str, args: list[Any]) -> tuple[Any, ...]:
+    return ("EVALSHA", script.sha, 1, key, *args)
+
+
+def _doubles(raw: bytes) -> list[float]:
+    """The `AFTER` script's reply: doubles packed by `struct`."""
+    return list(struct.unpack(f"<{len(raw) // 8}d", raw))
 
 
 def _text(value: Any) -> str:
@@ -121,7 +137,7 @@ class _Lane:
         await conn.send_packed_command(
             conn.pack_command("EVALSHA", script.sha, 1, key, *args), False
         )
-        return await conn.read_response()
+        return await conn.read_response(disable_decoding=True)
 
 
 class _SyncLane:
@@ -158,7 +174,7 @@ class _SyncLane:
     @staticmethod
     def _call(conn: Any, script: Any, key: str, args: list[Any]) -> Any:
         conn.send_packed_command(conn.pack_command("EVALSHA", script.sha, 1, key, *args), False)
-        return conn.read_response()
+        return conn.read_response(disable_decoding=True)
 
 
 class RedisStore:
@@ -225,7 +241,12 @@ class RedisStore:
         self._lock = threading.Lock()  # ban cache writes (threadpool and loop)
         self._seen = 0.0  # the last ban change this worker has seen
         self._secret: str | None = None  # hex, when the secret is kept in Redis
-        self._specs: dict[WindowSpec, str] = {}
+        self._specs: dict[WindowSpec, tuple[int, float, int, float]] = {}
+        # hit count -> (pack the numbers, the fixed arguments (prefix, ban settings, the
+        # numbers' format, the reply's), those encoded, the reply's Struct)
+        self._shapes: dict[
+            int, tuple[Callable[..., bytes], tuple[str, ...], bytes, struct.Struct]
+        ] = {}
         self._bans_cfg: BanConfig | None = None
         self._bans_arg = ""
         self._secret_refreshed = float("-inf")
@@ -295,8 +316,10 @@ class RedisStore:
             script = self._scripts[(id(client), name)] = client.register_script(_SCRIPTS[name])
         return script
 
-    def _call(self, name: str, args: list[Any]) -> Any:
+    def _call(self, name: str, args: list[Any] | Packed) -> Any:
         """Run script `name` with the sync client (raises on failure)."""
+        if isinstance(args, Packed):
+            args = args.args()
         client = self._sync()
         if client is None:
             raise ConnectionError("RedisStore has no sync client (pass client= or a URL)")
@@ -309,9 +332,13 @@ class RedisStore:
             lane = self._sync_lanes[id(client)] = _SyncLane(client) if fits else False
         if isinstance(lane, _SyncLane):
             return lane.evalsha(script, self._seq_key, args)
-        return script(keys=[self._seq_key], args=args)
+        try:
+            return client.execute_command(*_evalsha(script, self._seq_key, args), **_RAW)
+        except redis_module().exceptions.NoScriptError:
+            script.sha = client.script_load(script.script)
+            return client.execute_command(*_evalsha(script, self._seq_key, args), **_RAW)
 
-    async def _acall(self, name: str, args: list[Any]) -> Any:
+    async def _acall(self, name: str, args: list[Any] | Packed) -> Any:
         """Run script `name` without blocking the loop, within `timeout` (raises)."""
         client = self._async()
         if client is None:
@@ -338,15 +365,25 @@ class RedisStore:
             if lane.loop is not asyncio.get_running_loop():
                 lane = self._lanes[id(client)] = Wire(client)  # (a client on another loop)
             return await lane.evalsha(script, self._seq_key, args, self.timeout)  # (its own)
+        if isinstance(args, Packed):
+            args = args.args()
         call = (
             lane.evalsha(script, self._seq_key, args)
             if lane is not None
-            else script(keys=[self._seq_key], args=args)
+            else self._araw(client, script, args)
         )
         if _timeout is None:  # Python 3.10
             return await asyncio.wait_for(call, self.timeout)
         async with _timeout(self.timeout):  # no task per call (wait_for made one)
             return await call
+
+    async def _araw(self, client: Any, script: Any, args: list[Any]) -> Any:
+        """EVALSHA through redis-py (cluster, sentinel), its reply left undecoded."""
+        try:
+            return await client.execute_command(*_evalsha(script, self._seq_key, args), **_RAW)
+        except redis_module().exceptions.NoScriptError:
+            script.sha = await client.script_load(script.script)
+            return await client.execute_command(*_evalsha(script, self._seq_key, args), **_RAW)
 
     @staticmethod
     async def _warm_up(client: Any, lane: _Lane | Wire | None) -> None:
@@ -402,7 +439,11 @@ class RedisStore:
         self._breaker.success()
         return result
 
-    def _checkpoint_args(self, batch: Batch, now: float, bans: BanConfig) -> list[Any]:
+    def _checkpoint_args(self, batch: Batch, now: float, bans: BanConfig) -> Packed:
+        """The `CHECKPOINT` script's arguments (layout in `apiguard.store.redis_lua`),
+        already encoded for the store's own connection (`Packed.args()`: as a list for
+        redis-py): the numbers packed in one binary argument, every key its own argument,
+        built whole here (the script neither parses text nor concatenates keys)."""
         if bans is not self._bans_cfg:
             self._bans_cfg = bans
             self._bans_arg = " ".join(
@@ -418,6 +459,7 @@ class RedisStore:
                     str(_NEWS),
                 )
             )
+            self._shapes.clear()  # (their encoded arguments carry the settings)
         refresh = 0
         if self._secret is not None:
             tick = time.monotonic()
@@ -425,52 +467,115 @@ class RedisStore:
                 self._secret_refreshed = tick
                 refresh = int(SECRET_TTL * 1000)
         ban_keys = batch.ban_keys
-        fields: list[Any] = [len(ban_keys), *ban_keys]
+        hits = batch.hits
+        nbk = len(ban_keys)
+        nh = len(hits)
+        shape = self._shapes.get(nh)
+        if shape is None:
+            if len(self._shapes) > 64:
+                self._shapes.clear()
+            fmt = "<ddddHH" + "dddddBHHH" * nh
+            reply = "<dBdBH" + "Bdddd" * nh
+            fixed: tuple[str, ...] = (self._p, self._bans_arg, fmt, reply)
+            shape = self._shapes[nh] = (
+                struct.Struct(fmt).pack,
+                fixed,
+                bulk(fixed),
+                struct.Struct(reply),
+            )
+        p = self._p
+        keys = [p + "b:" + k for k in ban_keys]
+        windows = [p + "w:" + h.key for h in hits]
+        nums: list[Any] = [
+            _MARGIN,
+            self._seen,
+            refresh,
+            _NAN if self.server_time is not False else now,
+            nbk,
+            nh,
+        ]
         specs = self._specs
-        for hit in batch.hits:
+        extra: list[str] | None = None
+        # per hit, the number of the first hit on the same window key (0: this one)
+        dups = None if len(set(windows)) == nh else windows
+        at = 6 + nbk + nh  # ARGV index of the next extra argument
+        for n, hit in enumerate(hits):
             spec = hit.spec
-            s = specs.get(spec)
-            if s is None:
+            numbers = specs.get(spec)
+            if numbers is None:
                 if len(specs) > 4096:
                     specs.clear()
-                s = specs[spec] = f"{spec.limit} {spec.width!r} {spec.buckets} {spec.window!r}"
-            flags = (1 if hit.consume else 0) | (2 if hit.enforce else 0)
-            fields += (hit.key, s, hit.cost, flags, hit.subject or "", hit.once or "")
-        packed = _SEP.join(map(str, fields)) + _SEP
-        if packed.count(_SEP) != len(fields):  # a key carrying the separator: refused
+                numbers = specs[spec] = (spec.limit, spec.width, spec.buckets + 1, spec.window)
+            subject = hit.subject
+            if subject is None:
+                si = 0
+            elif subject in ban_keys:
+                si = 6 + ban_keys.index(subject)
+            else:
+                if extra is None:
+                    extra = []
+                extra.append(subject)
+                si = at
+                at += 1
+            once = hit.once
+            if once is None:
+                oi = 0
+            else:
+                if extra is None:
+                    extra = []
+                extra.append(p + "m:" + once)
+                oi = at
+                at += 1
+            seen = dups.index(dups[n]) + 1 if dups is not None else 0
+            nums += numbers
+            nums += (
+                hit.cost,
+                (1 if hit.consume else 0) | (2 if hit.enforce else 0),
+                si,
+                oi,
+                seen if seen <= n else 0,
+            )
+        keys += windows
+        if extra is not None:
+            keys += extra
+        # text that can come back in a reply's \x1f-separated fields: refused with it
+        if _SEP in "".join(ban_keys) or (extra is not None and _SEP in "".join(extra)):
             raise ValueError("a store key contains the field separator \\x1f")
-        return [self._p, self._now_arg(now), _MARGIN, self._bans_arg, repr(self._seen),
-                refresh, packed]
+        blob = shape[0](*nums)
+        fixed = shape[1]
+        data = b"%b$%d\r\n%b\r\n%b" % (shape[2], len(blob), blob, bulk(keys))
+        return Packed(5 + len(keys), data, lambda: [*fixed, blob, *keys])
 
-    def _decode(self, batch: Batch, raw: bytes | str, now: float) -> BatchResult:
-        if isinstance(raw, str):  # a client made with decode_responses=True
-            raw = raw.encode()
-        reply = raw.split(b"\x1f")
-        offset = float(reply[0]) - now  # store clock - caller clock
-        status = reply[1]
-        self._seen = float(reply[2])
-        if reply[3] == b"1" and self._secret is not None:
-            self._defer_secret()
-        i = 5
-        for _ in range(int(reply[4])):
-            self._learn(reply[i : i + 6], offset, now)
-            i += 6
-        if status == b"B":
-            ban = self._learn(reply[i : i + 6], offset, now)
-            return BatchResult(False, [], ban)
+    def _decode(self, batch: Batch, raw: bytes, now: float) -> BatchResult:
         hits = batch.hits
+        unpack = self._shapes[len(hits)][3]
+        values = unpack.unpack_from(raw)
+        text = raw[unpack.size + 1 :].split(b"\x1f") if len(raw) > unpack.size else []
+        offset = values[0] - now  # store clock - caller clock
+        status = values[1]
+        self._seen = values[2]
+        if values[3] and self._secret is not None:
+            self._defer_secret()
+        i = 0
+        for _ in range(values[4]):
+            self._learn(text[i : i + 6], offset, now)
+            i += 6
+        if status == 1:
+            ban = self._learn(text[i : i + 6], offset, now)
+            return BatchResult(False, [], ban)
+        v = 5
         for hit in hits:
-            hit.fits = reply[i] == b"1"
-            hit.remaining = int(reply[i + 1])
-            hit.reset = float(reply[i + 2])
-            hit.retry_after = float(reply[i + 3])
-            hit.bucket = int(float(reply[i + 4]))
-            i += 5
-        if status == b"A":
+            hit.fits = values[v] == 1
+            hit.remaining = int(values[v + 1])
+            hit.reset = values[v + 2]
+            hit.retry_after = values[v + 3]
+            hit.bucket = int(values[v + 4])
+            v += 5
+        if status == 0:
             return BatchResult(True, hits)
         new_ban = None
-        if reply[i] == b"1":
-            new_ban = Ban(_text(reply[i + 1]), float(reply[i + 2]) - offset, int(reply[i + 3]))
+        if text[i] == b"1":
+            new_ban = Ban(_text(text[i + 1]), float(text[i + 2]) - offset, int(text[i + 3]))
             self._cache(new_ban, now)
         return BatchResult(False, hits, new_ban, new_ban is not None)
 
@@ -640,7 +745,7 @@ class RedisStore:
             self._breaker.failure(exc)
             return None
         self._breaker.success()
-        return list(reply)
+        return _doubles(reply)
 
     def _dropped(self, count: int) -> None:
         self.dropped += count
@@ -673,7 +778,7 @@ class RedisStore:
 
     # -- detectors' state ----------------------------------------------------------------
     def _observe_ops(self, ops: Sequence[Observation], now: float) -> list[Any]:
-        args = observe_args(ops)
+        args = observe_args(ops, self._p)
         return ["N", repr(now), *args] if self.server_time is False else args
 
     def observe(self, ops: Sequence[Observation], now: float) -> None:
@@ -684,7 +789,7 @@ class RedisStore:
         args = self._after_args(self._observe_ops(ops, now))
         reply = self._guarded(lambda: self._call("after", args))
         if reply is not None:
-            fill(ops, reply, 1)
+            fill(ops, _doubles(reply), 1)
 
     def observe_later(self, ops: Sequence[Observation], now: float, then: Then) -> bool:
         """Queue `ops` to be written with other requests' (a few ms later, one script
@@ -694,7 +799,7 @@ class RedisStore:
         if not ops or self.server_time is False:
             return False
         loop = asyncio.get_running_loop()
-        self._flusher_for(loop).add(observe_args(ops), len(ops), ops, then)
+        self._flusher_for(loop).add(observe_args(ops, self._p), len(ops), ops, then)
         return True
 
     async def aobserve(self, ops: Sequence[Observation], now: float) -> None:

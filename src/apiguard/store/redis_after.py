@@ -46,14 +46,14 @@ class _Item:
         self.then = then
 
 
-def observe_args(ops: Sequence[Observation]) -> list[Any]:
-    """The `AFTER` script's arguments for detector operations."""
+def observe_args(ops: Sequence[Observation], prefix: str) -> list[Any]:
+    """The `AFTER` script's arguments for detector operations (keys under `prefix`)."""
     args: list[Any] = []
     for op in ops:
         if isinstance(op, Tally):
-            args += ("T", op.key, repr(op.window), op.item or "", op.amount)
+            args += ("T", prefix + "t:" + op.key, op.window, op.item or "", op.amount)
         elif isinstance(op, Run):
-            args += ("R", op.key, repr(op.window), op.value)
+            args += ("R", prefix + "r:" + op.key, op.window, op.value)
     return args
 
 

@@ -1,42 +1,144 @@
 """The Lua scripts of `apiguard.store.redis`: one call per checkpoint, one per flush of
 what follows responses (detector observations, refunds, bans imposed or lifted).
 
-Every key a script touches is built inside it from the deployment's prefix, which carries
-a Redis Cluster hash tag (`{apiguard}:`): all of a deployment's keys sit in one slot, so
-no script can raise CROSSSLOT, and `KEYS[1]` (the ban sequence key) routes the call.
+Every key lives under the deployment's prefix, which carries a Redis Cluster hash tag
+(`{apiguard}:`): all of a deployment's keys sit in one slot, so no script can raise
+CROSSSLOT, and `KEYS[1]` (the ban sequence key) routes the call. The checkpoint's keys
+are built by the caller (`RedisStore._checkpoint_args`), the other scripts' from the
+prefix.
 
 The window arithmetic is `MemoryStore._execute`'s, statement for statement (bucket
-indices are Python's float floor division, floats travel as "%.17g" strings), so both
-stores answer the same schedule alike (tests/test_redis_store.py holds them to it).
+indices are Python's float floor division; the checkpoint's numbers travel as doubles
+packed with `struct`, the other scripts' as "%.17g" strings), so both stores answer the
+same schedule alike (tests/test_redis_store.py holds them to it).
+
+What a checkpoint costs Redis is what the scripts are written for (server instructions
+counted under callgrind on replayed benchmark traffic; `benchmarks/redis.py` reports
+Redis's CPU per request): a window is one MessagePack string read with the
+ban counter in one MGET and written with one SET (its expiry kept while its newest
+bucket does not move), its numbers are read and answered with one `struct` call each,
+and nothing is formatted as text or parsed from text on the common path.
 
 Key layout under the prefix P (every key expires):
-  P w:<window>   hash: h = newest bucket index, <bucket index> = count
+  P w:<window>   string: MessagePack numbers newest bucket index, total, then the count
+                 of each bucket from the newest back, the last not zero (a window written
+                 by an earlier version, a hash, is read and rewritten)
   P m:<marker>   string: when the marked unit stops counting (a `once` marker)
   P s:<subject>  hash: strike window (h, buckets), lv = ban level, lb = end of last ban
   P b:<key>      hash: a ban: u = till, l = level, o = owner, a = action, r = reason
   P seq, P recent   ban change counter and (key -> change number) sorted set: workers
                  read the changes since their last call in every reply (local ban caches)
-  P t:<key>, P t:<key>:c, P t:<key>:o   a detector tally (hash; HyperLogLogs)
-  P r:<key>      a detector stride run (hash)
+  P t:<key>, P t:<key>:c, P t:<key>:o   a detector tally (MessagePack string;
+                 HyperLogLogs)
+  P r:<key>      a detector stride run (MessagePack string)
   P secret       the shared keyed-hash secret (hex), refreshed by every checkpoint
 """
 
 from __future__ import annotations
 
 _COMMON = r"""
-local P = ARGV[1]
-local now
-if ARGV[2] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-else
-  now = tonumber(ARGV[2])
-end
-local margin = tonumber(ARGV[3])
+local P, now, margin
 local NEG = -math.huge
+
+-- the script's clock: the caller's (`given`, a number), else the server's TIME
+local function clock(given)
+  if given ~= nil and given == given then return given end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
 
 local function fmt(x)
   return string.format('%.17g', x)
+end
+
+local function ttl_ms(seconds)
+  local ms = math.ceil((seconds + margin) * 1000)
+  if ms < 1 then ms = 1 end
+  return ms
+end
+
+-- A window's record (a string): MessagePack numbers head (the newest bucket's index), the
+-- total, then the count of each bucket from the newest (age 0: bucket `head`) back (age
+-- a: bucket head - a, a < n), the last one not zero. In the scripts a window is that
+-- array, d = {head, total, count at age 0, ...}: no table keyed by bucket index, no sum
+-- (a window costs one `cmsgpack` call each way).
+local function decode(raw, n)
+  local d = {cmsgpack.unpack(raw)}
+  local last = #d
+  if last > n + 2 then  -- (stored with more buckets: the older ones have left)
+    for j = last, n + 3, -1 do d[j] = nil end
+    last = n + 2
+    local t = 0
+    for j = 3, last do t = t + d[j] end
+    d[2] = t
+    while last > 2 and d[last] == 0 do
+      d[last] = nil
+      last = last - 1
+    end
+  end
+  return d
+end
+
+local function encode(d)
+  return cmsgpack.pack(unpack(d))
+end
+
+-- ban bookkeeping: every change is numbered, so workers pick it up in their next reply
+local function note_ban(key, keep)
+  local seq = redis.call('INCR', KEYS[1])
+  local recent = P .. 'recent'
+  redis.call('ZADD', recent, seq, key)
+  if seq % 64 == 0 then
+    redis.call('ZREMRANGEBYRANK', recent, 0, -1025)
+  end
+  redis.call('PEXPIRE', KEYS[1], ttl_ms(keep))
+  redis.call('PEXPIRE', recent, ttl_ms(keep))
+end
+"""
+
+CHECKPOINT = (
+    _COMMON
+    + r"""
+-- ARGV: 1 prefix, 2 the ban settings "enabled after strike-width strike-buckets base
+-- factor max memory news-limit" (read only when needed: ban news, a refusal), 3 the
+-- `struct` format of ARGV[5], 4 the reply's, 5 numbers packed by `struct`: margin, last
+-- ban change seen, refresh the secret (ms, 0: no), the caller's time (NaN: the server's),
+-- ban key count, hit count, then per hit: limit, bucket width, buckets + 1, window, cost,
+-- flags (1 consume, 2 enforce), the ARGV index of its subject and of its `once` marker's
+-- key (0: none), and the number of the first hit with the same window key (0: this one);
+-- then the ban keys (P b:<key>), the hits' window keys (P w:<key>), then subjects and
+-- marker keys (P m:<marker>). A subject given as a ban key's index is that key without
+-- its 'P b:'.
+-- The reply: `struct`-packed numbers (now, status 0 admitted / 1 banned / 2 refused, last
+-- ban change, 1 when the secret must be put back, ban news count, then per hit: fits,
+-- remaining, reset, retry, bucket), then text fields each preceded by \31: the ban news
+-- (6 fields each), then the ban (banned) or the strike's outcome (refused). Numbers travel
+-- as doubles: nothing formatted, exact (see `RedisStore._decode`).
+P = ARGV[1]
+local N = {struct.unpack(ARGV[3], ARGV[5])}
+margin = N[1]
+local last_seen, secret_ms = N[2], N[3]
+now = clock(N[4])
+local nbk, nh = N[5], N[6]
+local kb = 5 + nbk  -- ARGV index before the first window key
+
+-- the reply's numbers (sized for 8 hits: more grow it)
+local R = {now, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+local T = {''}  -- the reply's text fields (each preceded by \31)
+local function reply()
+  return struct.pack(ARGV[4], unpack(R, 1, 5 + 5 * nh)) .. table.concat(T, '\31')
+end
+
+-- the settings are read only when needed (ban news, a refusal): not on most calls
+local enabled, after, swidth, sbuckets, base, factor, bmax, memory, news_limit
+local function configure()
+  local conf = {}
+  for word in string.gmatch(ARGV[2], '%S+') do conf[#conf + 1] = tonumber(word) end
+  enabled = conf[1] == 1
+  after, swidth, sbuckets = conf[2], conf[3], conf[4]
+  base, factor, bmax, memory = conf[5], conf[6], conf[7], conf[8]
+  news_limit = conf[9]
 end
 
 -- Python's float floor division (exact where math.floor(a / b) may round)
@@ -54,126 +156,77 @@ local function floordiv(a, b)
   return 0
 end
 
-local function ttl_ms(seconds)
-  local ms = math.ceil((seconds + margin) * 1000)
-  if ms < 1 then ms = 1 end
-  return ms
+-- make bucket `index` (> d[1]) the newest of window d: every count ages by the
+-- difference, those that reach n leave
+local function advance(d, index, n)
+  local shift = index - d[1]
+  local len = #d
+  d[1] = index
+  if shift >= n or len == 2 then
+    for j = len, 3, -1 do d[j] = nil end
+    d[2] = 0
+    return
+  end
+  local last = len + shift  -- where the oldest count goes
+  if last > n + 2 then last = n + 2 end
+  for j = len + 1, last do d[j] = 0 end  -- (grown in order: an array, no holes)
+  for j = last, 3 + shift, -1 do d[j] = d[j - shift] end
+  for j = 2 + shift, 3, -1 do d[j] = 0 end
+  local t = 0
+  for j = 3, last do t = t + d[j] end
+  d[2] = t
+  while last > 2 and d[last] == 0 do
+    d[last] = nil
+    last = last - 1
+  end
 end
 
--- a bucket window: {head, c = {[index] = count}, total}
-local function parse_window(flat, w)
+-- a window of an earlier version (a hash: h = newest bucket index, <index> = count)
+local function legacy(flat, n)
+  local head, c = NEG, {}
   for i = 1, #flat, 2 do
     local f = flat[i]
-    local v = tonumber(flat[i + 1])
     if f == 'h' then
-      w.head = v
+      head = tonumber(flat[i + 1])
     else
       local idx = tonumber(f)
-      if idx then
-        w.c[idx] = v
-        w.total = w.total + v
-      end
+      if idx then c[idx] = tonumber(flat[i + 1]) end
     end
   end
-  return w
-end
-
-local function advance(w, index, n)
-  if index <= w.head then return end
-  local low = index - n
-  for idx, v in pairs(w.c) do
-    if idx <= low then
-      w.total = w.total - v
-      w.c[idx] = nil
-    end
+  local d = {head, 0}
+  local t, last = 0, 2
+  for a = 0, n - 1 do
+    local v = c[head - a] or 0
+    d[a + 3] = v
+    t = t + v
+    if v ~= 0 then last = a + 3 end
   end
-  w.head = index
+  for j = n + 2, last + 1, -1 do d[j] = nil end
+  d[2] = t
+  return d
 end
 
-local function next_release(w, width, n)
-  if w.total == 0 then return 0 end
-  local k = n - 1
-  for j = w.head - k, w.head do
-    local v = w.c[j]
-    if v and v ~= 0 then
-      return math.max(0, (j + k + 1) * width - now)
+-- seconds until the oldest counted bucket of window d leaves it (0 when empty)
+local function next_release(d, width, n)
+  for j = #d, 3, -1 do
+    if d[j] ~= 0 then
+      return math.max(0, (d[1] - (j - 3) + n) * width - now)
     end
   end
   return 0
 end
 
-local function write_window(key, w, n, width, extra)
-  redis.call('DEL', key)
-  local args = {}
-  if w.head ~= NEG then
-    args[#args + 1] = 'h'
-    args[#args + 1] = fmt(w.head)
-  end
-  for idx, v in pairs(w.c) do
-    args[#args + 1] = fmt(idx)
-    args[#args + 1] = v
-  end
-  if extra then
-    for i = 1, #extra do args[#args + 1] = extra[i] end
-  end
-  if #args > 0 then
-    redis.call('HSET', key, unpack(args))
-  end
-end
-
--- ban bookkeeping: every change is numbered, so workers pick it up in their next reply
-local function note_ban(key, keep)
-  local seq = redis.call('INCR', KEYS[1])
-  local recent = P .. 'recent'
-  redis.call('ZADD', recent, seq, key)
-  if seq % 64 == 0 then
-    redis.call('ZREMRANGEBYRANK', recent, 0, -1025)
-  end
-  redis.call('PEXPIRE', KEYS[1], ttl_ms(keep))
-  redis.call('PEXPIRE', recent, ttl_ms(keep))
-end
-
-local function ban_fields(key)
-  local b = redis.call('HMGET', P .. 'b:' .. key, 'u', 'l', 'o', 'a', 'r')
-  return b
-end
-"""
-
-CHECKPOINT = (
-    _COMMON
-    + r"""
--- ARGV: 1 prefix, 2 now or '', 3 margin, 4 "enabled after strike-width strike-buckets
--- base factor max memory news-limit", 5 last seen ban change, 6 refresh the secret (ms,
--- 0: no), 7 packed fields: ban key count, ban keys..., then 6 per hit: key, "limit
--- width buckets window", cost, flags (1 consume, 2 enforce), subject or '', once or ''.
--- The reply is one string of \31-separated fields (see `RedisStore._decode`).
--- the settings are read only when needed (ban news, a refusal): not on most calls
-local enabled, after, swidth, sbuckets, base, factor, bmax, memory, news_limit
-local function configure()
-  local conf = {}
-  for word in string.gmatch(ARGV[4], '%S+') do conf[#conf + 1] = tonumber(word) end
-  enabled = conf[1] == 1
-  after, swidth, sbuckets = conf[2], conf[3], conf[4]
-  base, factor, bmax, memory = conf[5], conf[6], conf[7], conf[8]
-  news_limit = conf[9]
-end
-local last_seen = tonumber(ARGV[5])
-local secret_ms = tonumber(ARGV[6])
--- ARGV[7]: the ban keys and hits, each field followed by \31 (one argument: packing
--- and parsing many small arguments costs more than the script's own work)
-local F = {}
-for field in string.gmatch(ARGV[7], '([^\31]*)\31') do F[#F + 1] = field end
-local nbk = tonumber(F[1])
-
-local out = {fmt(now), 'A', '0', '0', '0'}
-
 -- the shared secret stays as long as the deployment runs
 if secret_ms > 0 and redis.call('PEXPIRE', P .. 'secret', secret_ms) == 0 then
-  out[4] = '1'
+  R[4] = 1
 end
 
+local banned = nbk > 0 and redis.call('EXISTS', unpack(ARGV, 6, kb)) > 0
+-- the ban change counter and every window in one call (false: missing, or not a string)
+local got = redis.call('MGET', KEYS[1], unpack(ARGV, kb + 1, kb + nh))
+
 -- ban changes since this worker's last call (its local ban cache)
-local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+local seq = tonumber(got[1] or '0')
 if seq < last_seen then last_seen = 0 end  -- the counter expired and restarted
 local seen = seq
 if seq > last_seen then
@@ -182,247 +235,261 @@ if seq > last_seen then
     'WITHSCORES', 'LIMIT', 0, news_limit)
   local count = 0
   for i = 1, #changed, 2 do
-    local b = ban_fields(changed[i])
-    out[#out + 1] = changed[i]
-    for j = 1, 5 do out[#out + 1] = b[j] or '' end
+    local b = redis.call('HMGET', P .. 'b:' .. changed[i], 'u', 'l', 'o', 'a', 'r')
+    T[#T + 1] = changed[i]
+    for j = 1, 5 do T[#T + 1] = b[j] or '' end
     count = count + 1
   end
   if count == news_limit then seen = tonumber(changed[#changed]) end
-  out[5] = tostring(count)
+  R[5] = count
 end
-out[3] = fmt(seen)
-
-local function duration(level)
-  local exponent = 0
-  if level > 1 then exponent = level - 1 end
-  if exponent > 0 and factor > 1.0 then
-    local reach = math.log(bmax / base) / math.log(factor)
-    if exponent > reach then return bmax end
-    return math.min(base * factor ^ exponent, bmax)
-  end
-  return math.min(base, bmax)
-end
+R[3] = seen
 
 -- 1. bans
-local pos = 2
-for i = 1, nbk do
-  local key = F[pos]
-  pos = pos + 1
-  local b = ban_fields(key)
-  if b[1] then
-    if tonumber(b[1]) > now then
-      out[2] = 'B'
-      out[#out + 1] = key
-      for j = 1, 5 do out[#out + 1] = b[j] or '' end
-      return table.concat(out, '\31')
+if banned then
+  for i = 6, kb do
+    local bkey = ARGV[i]
+    local b = redis.call('HMGET', bkey, 'u', 'l', 'o', 'a', 'r')
+    if b[1] then
+      if tonumber(b[1]) > now then
+        R[2] = 1
+        for j = 1, 5 * nh do R[5 + j] = 0 end
+        T[#T + 1] = string.sub(bkey, #P + 3)
+        for j = 1, 5 do T[#T + 1] = b[j] or '' end
+        return reply()
+      end
+      redis.call('DEL', bkey)
     end
-    redis.call('DEL', P .. 'b:' .. key)
   end
 end
 
--- 2. windows
-local nh = (#F - pos + 1) / 6
-local windows = {}
-local charged = {}
+-- 2. windows. Per hit: its window's array d (see `decode`; a key seen earlier in the
+-- batch shares the first hit's), and, per window (at its first hit), the newest bucket
+-- it was stored with (false: not stored in this format) and whether it was charged.
+-- (Tables sized once: growing one costs more than the work done with it.)
+local HD = {false, false, false, false, false, false, false, false}
+local STORED = {false, false, false, false, false, false, false, false}
+local CHARGED = {false, false, false, false, false, false, false, false}
+local CH = {false, false, false, false, false, false, false, false}  -- cost charged
 local marks = {}
 local refused = false
 local refused_subject = nil
-local hits = {}
-local specs = {}
+local lw, li  -- the last bucket width and the index of now's bucket in it
+local pos = 7  -- N index of the hit's numbers
+local r = 5  -- R index before the hit's results
 for i = 1, nh do
-  local key = F[pos]
-  local sp = specs[F[pos + 1]]
-  if sp == nil then
-    sp = {}
-    for word in string.gmatch(F[pos + 1], '%S+') do sp[#sp + 1] = tonumber(word) end
-    specs[F[pos + 1]] = sp
-  end
-  local limit, width, n, window = sp[1], sp[2], sp[3] + 1, sp[4]
-  local cost = tonumber(F[pos + 2])
-  local nominal = cost
-  local flags = tonumber(F[pos + 3])
-  local subject = F[pos + 4]
-  local once = F[pos + 5]
-  pos = pos + 6
-  local consume = flags % 2 == 1
-  local enforce = flags >= 2
-  local w = windows[key]
-  if w == nil then
-    local flat = redis.call('HGETALL', P .. 'w:' .. key)
-    -- (every field in the constructor: a table sized once)
-    w = {head = NEG, c = {}, total = 0, n = n, width = width, stored_head = false,
-      pending = false, charged = false, added = false}
-    if #flat > 0 then
-      parse_window(flat, w)
-      w.stored_head = w.head
-      windows[key] = w
-    elseif consume and cost > 0 then
-      w.pending = true
-      windows[key] = w
+  local limit, width, n = N[pos], N[pos + 1], N[pos + 2]
+  local cost, flags, oi, first = N[pos + 4], N[pos + 5], N[pos + 7], N[pos + 8]
+  local d
+  if first == 0 then
+    first = i
+    local raw = got[i + 1]
+    if raw then
+      d = decode(raw, n)
+      STORED[i] = d[1]
+    else
+      -- missing, or a window of an earlier version (a hash)
+      local flat = redis.call('HGETALL', ARGV[kb + i])
+      if #flat > 0 then d = legacy(flat, n) else d = {NEG, 0} end
     end
+  else
+    d = HD[first]
   end
-  local index = floordiv(now, width)
-  if index > w.head then advance(w, index, n) end
-  local head = w.head
-  local total = w.total
-  if once ~= '' then
-    local exp = redis.call('GET', P .. 'm:' .. once)
+  HD[i] = d
+  if width ~= lw then
+    lw = width
+    li = floordiv(now, width)
+  end
+  if li > d[1] then advance(d, li, n) end
+  local head = d[1]
+  local total = d[2]
+  if oi > 0 then
+    local exp = redis.call('GET', ARGV[oi])
     if exp then
       if tonumber(exp) > now then
         cost = 0
       else
-        redis.call('DEL', P .. 'm:' .. once)
+        redis.call('DEL', ARGV[oi])
       end
     end
   end
-  local h = {w = w, limit = limit, width = width, n = n, nominal = nominal,
-    consume = consume, bucket = head, fits = 0, remaining = 0, reset = 0, retry = 0}
-  hits[i] = h
   if total + cost <= limit then
-    h.fits = 1
-    if cost > 0 and consume and not refused then
-      w.c[head] = (w.c[head] or 0) + cost
+    R[r + 1] = 1
+    if cost > 0 and flags % 2 == 1 and not refused then
+      d[3] = (d[3] or 0) + cost
       total = total + cost
-      w.total = total
-      w.charged = true
-      w.added = w.added or {}
-      w.added[head] = (w.added[head] or 0) + cost
-      charged[#charged + 1] = {w, head, cost}
-      if once ~= '' then marks[#marks + 1] = {once, head, width, n} end
-    end
-    h.remaining = limit - total
-    h.retry = 0
-    if total == 0 then
-      h.reset = 0
-    else
-      h.reset = 0
-      for j = head - n + 1, head do
-        local v = w.c[j]
-        if v and v ~= 0 then
-          h.reset = (j + n) * width - now
-          break
-        end
+      d[2] = total
+      CH[i] = cost
+      CHARGED[first] = true
+      if oi > 0 then
+        marks[#marks + 1] = ARGV[oi]
+        marks[#marks + 1] = (head + n) * width
       end
     end
+    R[r + 2] = limit - total
+    if total ~= 0 then  -- the oldest counted bucket is the last (never a zero)
+      R[r + 3] = (head - (#d - 3) + n) * width - now
+    else
+      R[r + 3] = 0
+    end
+    R[r + 4] = 0
   else
-    h.fits = 0
-    if enforce then
+    R[r + 1] = 0
+    local si = N[pos + 6]
+    if flags >= 2 then
       refused = true
-      if refused_subject == nil and subject ~= '' then refused_subject = subject end
+      if refused_subject == nil and si > 0 then
+        refused_subject = ARGV[si]
+        if si <= kb then refused_subject = string.sub(refused_subject, #P + 3) end
+      end
     end
     local remaining = limit - total
     if remaining < 0 then remaining = 0 end
-    h.remaining = remaining
-    h.reset = next_release(w, width, n)
+    R[r + 2] = remaining
+    R[r + 3] = next_release(d, width, n)
     -- seconds till a request of `cost` fits
+    local retry
     if cost > limit then
-      h.retry = window
+      retry = N[pos + 3]  -- the window
     elseif total + cost <= limit then
-      h.retry = 0
+      retry = 0
     else
       local left = total
-      local k = n - 1
-      h.retry = math.max(0, (head + k + 1) * width - now)
-      for j = head - k, head do
-        left = left - (w.c[j] or 0)
+      local k1 = n - 1
+      retry = math.max(0, (head + k1 + 1) * width - now)
+      for j = head - k1, head do
+        left = left - (d[head - j + 3] or 0)
         if left + cost <= limit then
-          h.retry = math.max(0, (j + k + 1) * width - now)
+          retry = math.max(0, (j + k1 + 1) * width - now)
           break
         end
       end
     end
+    R[r + 4] = retry
   end
+  R[r + 5] = head
+  pos = pos + 9
+  r = r + 5
 end
 
-local function emit_hits()
-  for i = 1, nh do
-    local h = hits[i]
-    out[#out + 1] = h.fits
-    out[#out + 1] = h.remaining
-    out[#out + 1] = h.reset == 0 and 0 or fmt(h.reset)
-    out[#out + 1] = h.retry == 0 and 0 or fmt(h.retry)
-    out[#out + 1] = fmt(h.bucket)
-  end
-end
-
--- 3. admitted: keep what was charged
+-- 3. admitted: keep what was charged (a window in the bucket it was stored in keeps its
+-- expiry; one that moved on expires when its newest bucket stops counting)
 if not refused then
-  for key, w in pairs(windows) do
-    if w.charged and w.total > 0 then
-      local rkey = P .. 'w:' .. key
-      if w.stored_head == w.head then  -- the common case: same bucket as last time
-        for idx, v in pairs(w.added) do redis.call('HINCRBY', rkey, fmt(idx), v) end
+  pos = 7
+  for i = 1, nh do
+    if CHARGED[i] then
+      local d = HD[i]
+      if STORED[i] == d[1] then  -- the common case: same bucket as last time
+        redis.call('SET', ARGV[kb + i], encode(d), 'KEEPTTL')
       else
-        write_window(rkey, w, w.n, w.width, nil)
-        redis.call('PEXPIRE', rkey, ttl_ms((w.head + w.n) * w.width - now))
+        redis.call('SET', ARGV[kb + i], encode(d), 'PX',
+          ttl_ms((d[1] + N[pos + 2]) * N[pos + 1] - now))
       end
     end
+    pos = pos + 9
   end
-  for i = 1, #marks do
-    local m = marks[i]
-    local expires = (m[2] + m[4]) * m[3]
-    redis.call('SET', P .. 'm:' .. m[1], fmt(expires), 'PX', ttl_ms(expires - now))
+  for i = 1, #marks, 2 do
+    local expires = marks[i + 1]
+    redis.call('SET', marks[i], fmt(expires), 'PX', ttl_ms(expires - now))
   end
-  emit_hits()
-  return table.concat(out, '\31')
+  return reply()
 end
 
 -- refused: nothing is charged; report the rolled-back state
-out[2] = 'R'
-for i = 1, #charged do
-  local c = charged[i]
-  local w = c[1]
-  w.c[c[2]] = w.c[c[2]] - c[3]
-  w.total = w.total - c[3]
-end
+R[2] = 2
 for i = 1, nh do
-  local h = hits[i]
-  if h.fits == 1 and h.consume and h.nominal > 0 then
-    h.remaining = h.limit - h.w.total
-    h.reset = next_release(h.w, h.width, h.n)
+  local c = CH[i]
+  if c then
+    local d = HD[i]
+    d[3] = d[3] - c
+    d[2] = d[2] - c
   end
 end
-emit_hits()
+pos = 7
+r = 5
+for i = 1, nh do
+  if R[r + 1] == 1 and N[pos + 5] % 2 == 1 and N[pos + 4] > 0 then
+    local d = HD[i]
+    R[r + 2] = N[pos] - d[2]
+    R[r + 3] = next_release(d, N[pos + 1], N[pos + 2])
+  end
+  pos = pos + 9
+  r = r + 5
+end
 
 -- a strike against the refused subject; enough of them ban it
 if refused_subject ~= nil and news_limit == nil then configure() end
 if refused_subject ~= nil and enabled then
   local skey = P .. 's:' .. refused_subject
-  local rec = {head = NEG, c = {}, total = 0}
+  -- the strike record: a hash (h = newest bucket index, <index> = count, lv, lb)
+  local head, c, total = NEG, {}, 0
   local level = 0
   local last_ban = NEG
   local flat = redis.call('HGETALL', skey)
   for i = 1, #flat, 2 do
     local f = flat[i]
+    local v = tonumber(flat[i + 1])
     if f == 'lv' then
-      level = tonumber(flat[i + 1])
+      level = v
     elseif f == 'lb' then
-      last_ban = tonumber(flat[i + 1])
+      last_ban = v
+    elseif f == 'h' then
+      head = v
+    else
+      local idx = tonumber(f)
+      if idx then
+        c[idx] = v
+        total = total + v
+      end
     end
   end
-  parse_window(flat, rec)
   local sn = sbuckets + 1
   local index = floordiv(now, swidth)
-  if index > rec.head then advance(rec, index, sn) end
-  if rec.total + 1 <= after then
-    rec.c[rec.head] = (rec.c[rec.head] or 0) + 1
-    rec.total = rec.total + 1
+  if index > head then
+    for idx, v in pairs(c) do
+      if idx <= index - sn then
+        total = total - v
+        c[idx] = nil
+      end
+    end
+    head = index
   end
-  local keep_until = (rec.head + sn) * swidth
-  if rec.total < after then
-    local extra = {'lv', level}
+  if total + 1 <= after then
+    c[head] = (c[head] or 0) + 1
+    total = total + 1
+  end
+  local keep_until = (head + sn) * swidth
+  if total < after then
+    local args = {'h', fmt(head), 'lv', level}
     if last_ban ~= NEG then
-      extra[3] = 'lb'
-      extra[4] = fmt(last_ban)
+      args[5] = 'lb'
+      args[6] = fmt(last_ban)
       keep_until = math.max(keep_until, last_ban + memory)
     end
-    write_window(skey, rec, sn, swidth, extra)
+    for idx, v in pairs(c) do
+      args[#args + 1] = fmt(idx)
+      args[#args + 1] = v
+    end
+    redis.call('DEL', skey)
+    redis.call('HSET', skey, unpack(args))
     redis.call('PEXPIRE', skey, ttl_ms(keep_until - now))
-    out[#out + 1] = '0'
-    return table.concat(out, '\31')
+    T[#T + 1] = '0'
+    return reply()
   end
   if now - last_ban <= memory then level = level + 1 else level = 1 end
-  local d = duration(level)
+  local exponent = 0
+  if level > 1 then exponent = level - 1 end
+  local d
+  if exponent > 0 and factor > 1.0 then
+    local reach = math.log(bmax / base) / math.log(factor)
+    if exponent > reach then
+      d = bmax
+    else
+      d = math.min(base * factor ^ exponent, bmax)
+    end
+  else
+    d = math.min(base, bmax)
+  end
   last_ban = now + d
   redis.call('DEL', skey)
   redis.call('HSET', skey, 'lv', level, 'lb', fmt(last_ban))
@@ -433,14 +500,14 @@ if refused_subject ~= nil and enabled then
   redis.call('HSET', bkey, 'u', fmt(till), 'l', level)
   redis.call('PEXPIRE', bkey, ttl_ms(d))
   note_ban(refused_subject, bmax)
-  out[#out + 1] = '1'
-  out[#out + 1] = refused_subject
-  out[#out + 1] = fmt(till)
-  out[#out + 1] = level
-  return table.concat(out, '\31')
+  T[#T + 1] = '1'
+  T[#T + 1] = refused_subject
+  T[#T + 1] = fmt(till)
+  T[#T + 1] = level
+  return reply()
 end
-out[#out + 1] = '0'
-return table.concat(out, '\31')
+T[#T + 1] = '0'
+return reply()
 """
 )
 
@@ -450,71 +517,123 @@ AFTER = (
 -- What follows responses, for any number of requests, in one call. ARGV: 1 prefix,
 -- 2 now or '', 3 margin, then operations, each a code and its values:
 --   'N', now                                  (the callers' clock from here on)
---   'T', key, window, item or '', amount      (a detector tally)
---   'R', key, window, value                   (a detector stride run)
+--   'T', P t:<key>, window, item or '', amount    (a detector tally)
+--   'R', P r:<key>, window, value                 (a detector stride run)
 --   'F', window key, bucket, cost, buckets    (a refund)
 --   'I', key, duration, level, owner, action, reason, keep   (impose a ban)
 --   'L', key, keep                            (lift a ban)
--- Reply: now, then per tally its count, per run its length and stride.
-local out = {fmt(now)}
+-- Reply: doubles packed by `struct`: now, then per tally its count, per run its length
+-- and stride.
+P = ARGV[1]
+now = clock(tonumber(ARGV[2]))
+margin = tonumber(ARGV[3])
+local out = {now}
 
+-- A tally's record (a string): MessagePack start, count, old count, half window, and
+-- flags: 1 its current HyperLogLog (key:c) exists, 2 its previous one (key:o) does. A
+-- generation's keys are useless once it is two half windows old (the next call starts
+-- afresh), so they expire then: the record and key:c when the generation starts (key:c
+-- when first written), key:o keeps key:c's expiry when renamed. Within a generation an
+-- item costs one PFADD and one PFCOUNT, a count one SET.
 local function tally(key, window, item, amount)
-  local cur, old = key .. ':c', key .. ':o'
-  local t = redis.call('HMGET', key, 's', 'c', 'o', 'h')
-  local half = math.max(window / 2.0, 1e-6)
-  local start, count, old_count = now, 0, 0
-  if t[1] and (now - tonumber(t[1])) < 2 * tonumber(t[4]) then
-    start, count, old_count, half = tonumber(t[1]), tonumber(t[2]), tonumber(t[3]), tonumber(t[4])
-  else
-    redis.call('DEL', cur, old)
+  local cur = key .. ':c'  -- (and key .. ':o', made where needed)
+  local raw = redis.pcall('GET', key)
+  local start, count, old_count, half, flags
+  local renew = false  -- a new generation (or record): its expiry is set
+  if type(raw) == 'string' then
+    start, count, old_count, half, flags = cmsgpack.unpack(raw)
+  elseif type(raw) == 'table' then  -- a tally of an earlier version (a hash)
+    local t = redis.call('HMGET', key, 's', 'c', 'o', 'h')
+    if t[1] then
+      start, count, old_count, half = tonumber(t[1]), tonumber(t[2]), tonumber(t[3]),
+        tonumber(t[4])
+      local old = key .. ':o'
+      flags = redis.call('EXISTS', cur) + 2 * redis.call('EXISTS', old)
+      if flags % 2 == 1 then redis.call('PEXPIRE', cur, ttl_ms(start + 2 * half - now)) end
+      if flags >= 2 then redis.call('PEXPIRE', old, ttl_ms(start + half - now)) end
+    end
+    redis.call('DEL', key)
+    renew = true
   end
+  if start == nil or not ((now - start) < 2 * half) then
+    half = math.max(window / 2.0, 1e-6)
+    start, count, old_count, flags = now, 0, 0, 0
+    redis.call('DEL', cur, key .. ':o')
+    renew = true
+  end
+  local changed = renew
   local elapsed = now - start
   if elapsed >= half then
     if elapsed >= 2 * half then
       old_count = 0
       start = now
-      redis.call('DEL', cur, old)
+      redis.call('DEL', cur, key .. ':o')
+      flags = 0
     else
       old_count = count
       start = start + half
-      if redis.call('EXISTS', cur) == 1 then
-        redis.call('RENAME', cur, old)
+      if flags % 2 == 1 then
+        redis.call('RENAME', cur, key .. ':o')  -- (keeps its expiry: its end of use as old)
+        flags = 2
       else
-        redis.call('DEL', old)
+        if flags >= 2 then redis.call('DEL', key .. ':o') end
+        flags = 0
       end
     end
     count = 0
     elapsed = now - start
+    renew = true
+    changed = true
   end
   local weight = 1.0 - elapsed / half
   local result
-  local keep = ttl_ms(2 * half)
-  if item == '' and amount == 0 and (redis.call('EXISTS', cur) == 1
-      or redis.call('EXISTS', old) == 1) then
-    result = redis.call('PFCOUNT', cur, old)  -- a read of a distinct sketch
+  if item == '' and amount == 0 and flags > 0 then
+    -- a read of a distinct sketch
+    if flags >= 2 then result = redis.call('PFCOUNT', cur, key .. ':o')
+    else result = redis.call('PFCOUNT', cur) end
   elseif item == '' then
-    count = count + amount
+    if amount ~= 0 then
+      count = count + amount
+      changed = true
+    end
     result = count + old_count * weight
   else
     redis.call('PFADD', cur, item)
-    redis.call('PEXPIRE', cur, keep)
-    if redis.call('EXISTS', old) == 1 then
-      redis.call('PEXPIRE', old, keep)
-      result = redis.call('PFCOUNT', cur, old)
+    if flags % 2 == 0 then
+      redis.call('PEXPIRE', cur, ttl_ms(start + 2 * half - now))
+      flags = flags + 1
+      changed = true
+    end
+    if flags >= 2 then result = redis.call('PFCOUNT', cur, key .. ':o')
+    else result = redis.call('PFCOUNT', cur) end
+  end
+  if changed then
+    local rec = cmsgpack.pack(start, count, old_count, half, flags)
+    if renew then
+      redis.call('SET', key, rec, 'PX', ttl_ms(start + 2 * half - now))
     else
-      result = redis.call('PFCOUNT', cur)
+      redis.call('SET', key, rec, 'KEEPTTL')
     end
   end
-  redis.call('HSET', key, 's', fmt(start), 'c', count, 'o', old_count, 'h', fmt(half))
-  redis.call('PEXPIRE', key, keep)
-  out[#out + 1] = fmt(result)
+  out[#out + 1] = result
 end
 
+-- A run's record (a string): MessagePack time of the last value, the value, the stride
+-- and the run's length; forgotten `window` seconds after its last use.
 local function run(key, window, value)
-  local r = redis.call('HMGET', key, 't', 'v', 's', 'n')
-  local last, stride, length = nil, 0, 0
-  if r[1] and now - tonumber(r[1]) < window then
-    last, stride, length = tonumber(r[2]), tonumber(r[3]), tonumber(r[4])
+  local raw = redis.pcall('GET', key)
+  local t, last, stride, length
+  if type(raw) == 'string' then
+    t, last, stride, length = cmsgpack.unpack(raw)
+  elseif type(raw) == 'table' then  -- a run of an earlier version (a hash)
+    local r = redis.call('HMGET', key, 't', 'v', 's', 'n')
+    if r[1] then
+      t, last, stride, length = tonumber(r[1]), tonumber(r[2]), tonumber(r[3]),
+        tonumber(r[4])
+    end
+  end
+  if t == nil or not (now - t < window) then
+    last, stride, length = nil, 0, 0
   end
   local res_len, res_stride = 0, 0
   if last ~= nil then
@@ -526,15 +645,36 @@ local function run(key, window, value)
       res_len, res_stride = length, step
     end
   end
-  redis.call('HSET', key, 't', fmt(now), 'v', fmt(value), 's', fmt(stride), 'n', length)
-  redis.call('PEXPIRE', key, ttl_ms(window))
-  out[#out + 1] = fmt(res_len)
-  out[#out + 1] = fmt(res_stride)
+  redis.call('SET', key, cmsgpack.pack(now, value, stride, length), 'PX', ttl_ms(window))
+  out[#out + 1] = res_len
+  out[#out + 1] = res_stride
 end
 
 local function refund(key, bucket, cost, n)
+  if cost <= 0 then return end
+  local raw = redis.call('MGET', key)[1]
+  if raw then
+    local d = decode(raw, n)
+    local j = d[1] - bucket + 3  -- the bucket's place in the window (age + 3)
+    local have = d[j]
+    if j >= 3 and have then
+      local back = math.min(cost, have)
+      if back > 0 then
+        d[j] = have - back
+        d[2] = d[2] - back
+        local last = #d
+        while last > 2 and d[last] == 0 do
+          d[last] = nil
+          last = last - 1
+        end
+        redis.call('SET', key, encode(d), 'KEEPTTL')
+      end
+    end
+    return
+  end
+  -- a window of an earlier version (a hash: h, <bucket index> = count)
   local head = tonumber(redis.call('HGET', key, 'h') or '')
-  if head and cost > 0 and bucket <= head and bucket > head - n then
+  if head and bucket <= head and bucket > head - n then
     local field = fmt(bucket)
     local have = tonumber(redis.call('HGET', key, field) or '0')
     local back = math.min(cost, have)
@@ -561,11 +701,10 @@ local pos = 4
 while ARGV[pos] do
   local op = ARGV[pos]
   if op == 'T' then
-    tally(P .. 't:' .. ARGV[pos + 1], tonumber(ARGV[pos + 2]), ARGV[pos + 3],
-      tonumber(ARGV[pos + 4]))
+    tally(ARGV[pos + 1], tonumber(ARGV[pos + 2]), ARGV[pos + 3], tonumber(ARGV[pos + 4]))
     pos = pos + 5
   elseif op == 'R' then
-    run(P .. 'r:' .. ARGV[pos + 1], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]))
+    run(ARGV[pos + 1], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]))
     pos = pos + 4
   elseif op == 'F' then
     refund(P .. 'w:' .. ARGV[pos + 1], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]),
@@ -587,6 +726,6 @@ while ARGV[pos] do
     return redis.error_reply('apiguard: unknown operation ' .. tostring(op))
   end
 end
-return out
+return struct.pack('<' .. string.rep('d', #out), unpack(out))
 """
 )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from apiguard.store.redis_urls import redis_module
@@ -49,32 +50,87 @@ def pack(*parts: Any) -> bytes:
     return b"*%d\r\n" % len(parts) + b"".join(map(_encode, parts))
 
 
+def _text(args: Sequence[Any]) -> bytes:
+    """RESP bulk strings for `args` that are not bytes: one f-string per argument and one
+    encode (an ASCII text's length in characters is its length in bytes), else each
+    argument on its own."""
+    text = "".join([f"${len(a)}\r\n{a}\r\n" for a in map(str, args)])
+    if text.isascii():
+        return text.encode()
+    return b"".join(map(_encode, args))
+
+
+def bulk(args: Sequence[Any]) -> bytes:
+    """RESP bulk strings for `args` (str, bytes, int or float), as `_encode` writes them,
+    in a few C calls rather than a few per argument (a script call has many)."""
+    if bytes not in map(type, args):
+        return _text(args)
+    out = []
+    start = 0
+    for i, kind in enumerate(map(type, args)):
+        if kind is bytes:
+            if i > start:
+                out.append(_text(args[start:i]))
+            out.append(_encode(args[i]))
+            start = i + 1
+    if start < len(args):
+        out.append(_text(args[start:]))
+    return b"".join(out)
+
+
+class Packed:
+    """Script arguments already encoded: `count` RESP bulk strings in `data` (the caller
+    knows their layout and spares the per-argument work)."""
+
+    __slots__ = ("args", "count", "data")
+
+    def __init__(self, count: int, data: bytes, args: Callable[[], list[Any]]) -> None:
+        self.count = count
+        self.data = data
+        self.args = args  # the same arguments as a list (other connections than Wire)
+
+
 def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
     """One reply at `pos` and the position after it, or (_INCOMPLETE, pos)."""
     end = buf.find(b"\r\n", pos)
     if end < 0:
         return _INCOMPLETE, pos
     kind = buf[pos]
-    line = buf[pos + 1 : end]
     after = end + 2
     if kind == 36:  # $ bulk string
-        n = int(line)
+        n = int(buf[pos + 1 : end])
         if n < 0:
             return None, after
         if len(buf) < after + n + 2:
             return _INCOMPLETE, pos
         return buf[after : after + n], after + n + 2
     if kind == 42:  # * array
-        n = int(line)
+        n = int(buf[pos + 1 : end])
         if n < 0:
             return None, after
-        items = []
+        items: list[Any] = []
+        size = len(buf)
         for _ in range(n):
+            if after < size and buf[after] == 36:  # a bulk string, read here
+                end = buf.find(b"\r\n", after)
+                if end < 0:
+                    return _INCOMPLETE, pos
+                m = int(buf[after + 1 : end])
+                if m < 0:
+                    items.append(None)
+                    after = end + 2
+                    continue
+                if size < end + m + 4:
+                    return _INCOMPLETE, pos
+                items.append(buf[end + 2 : end + 2 + m])
+                after = end + m + 4
+                continue
             item, after = _parse(buf, after)
             if item is _INCOMPLETE:
                 return _INCOMPLETE, pos
             items.append(item)
         return items, after
+    line = buf[pos + 1 : end]
     if kind == 58:  # : integer
         return int(line), after
     if kind == 43:  # + simple string
@@ -263,15 +319,19 @@ class Wire:
             return reply
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _evalsha(self, sha: str, key: str, args: list[Any]) -> bytes:
+    def _evalsha(self, sha: str, key: str, args: list[Any] | Packed) -> bytes:
         head = self._heads.get((sha, key))
         if head is None:
             if len(self._heads) > 64:
                 self._heads.clear()
             head = self._heads[(sha, key)] = b"".join(map(_encode, ("EVALSHA", sha, 1, key)))
-        return b"*%d\r\n%b%b" % (len(args) + 4, head, b"".join(map(_encode, args)))
+        if isinstance(args, Packed):
+            return b"*%d\r\n%b%b" % (args.count + 4, head, args.data)
+        return b"*%d\r\n%b%b" % (len(args) + 4, head, bulk(args))
 
-    async def evalsha(self, script: Any, key: str, args: list[Any], timeout: float) -> Any:
+    async def evalsha(
+        self, script: Any, key: str, args: list[Any] | Packed, timeout: float
+    ) -> Any:
         """EVALSHA of a redis-py `Script` within `timeout` seconds; NOSCRIPT loads it
         again (`script.sha`)."""
         deadline = self.loop.time() + timeout
