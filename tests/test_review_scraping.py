@@ -405,7 +405,6 @@ def test_a_scraping_route_floor_with_a_misspelt_template_is_reported(
         assert "/products/{id}" in str(exc)
         return
     warned = any(
-        "/products/{id}" in r.getMessage() and "scraping" in r.getMessage()
-        for r in caplog.records
+        "/products/{id}" in r.getMessage() and "scraping" in r.getMessage() for r in caplog.records
     )
     assert warned or 403 not in statuses, "the typo was silent and the route stayed watched"
