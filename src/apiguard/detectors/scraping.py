@@ -9,7 +9,7 @@ the share of traffic it serves), over a sliding window of two half-window genera
 - **new readers**: addresses that read the route (anonymously: the app identified no
   user; a made-up credential is no exemption) while new, that is first answered less
   than `new_for` ago, each counted once per route; during a surge, also each read refused
-  to a new address;
+  to a new address (each address once per window);
 - **people**: new readers with a valid pass (a person who passed the challenge), each
   address counted once;
 - **one-shot addresses**: of the new readers, those that sent nothing more within
@@ -167,11 +167,15 @@ class Surge:
         return None
 
     def on(self, now: float) -> bool:
-        """Whether the route is under a surge now (it ends after a window without reads)."""
+        """Whether the route is under a surge now (it ends after a window without reads,
+        or, as in `record`, once its new readers stay under 0.7 of the threshold)."""
         if self.since is None:
             return False
-        self._roll(now)
-        if self.now[0] + self.now[1] + self.old[0] + self.old[1] == 0:
+        weight = self._roll(now)
+        cur, old = self.now, self.old
+        if cur[0] + cur[1] + old[0] + old[1] == 0 or (
+            now - self.since >= 2 * self.half and cur[0] + old[0] * weight < 0.7 * self.threshold()
+        ):
             self.since = None
         return self.since is not None
 
@@ -203,6 +207,8 @@ class Scraping:
         self._surges: dict[str, Surge] = {}
         self.surging: dict[str, Surge] = {}  # routes under a surge (what the gate checks)
         self._passes: OrderedDict[str, set[str]] = OrderedDict()
+        # (route, address) refused under a surge -> when last counted (bounded, oldest out)
+        self._held: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def _surge(self, template: str) -> Surge | None:
         surge = self._surges.get(template)
@@ -319,5 +325,15 @@ class Scraping:
             return False
         if self._person(ctx, now):
             return False
-        surge.record(now, False)
+        # a refused address counts as a new reader once per window on this route (a
+        # rotating scraper's are all new; one client retrying must not keep a surge on)
+        key = (template, ctx.ip_key)
+        held = self._held
+        last = held.get(key)
+        if last is None or now - last >= self.config.window:
+            if last is None and len(held) >= RECENT_MAX:
+                held.popitem(last=False)
+            held[key] = now
+            held.move_to_end(key)
+            surge.record(now, False)
         return True
