@@ -4,7 +4,8 @@ A scraper that sends one request per residential proxy address, with a fresh Use
 each time, stays under every per-address, per-principal and per-fingerprint count. What
 it cannot hide is the route's own traffic: anonymous reads (GET, HEAD) from addresses
 that were first answered moments ago. Per route template, in process (each worker judges
-the share of traffic it serves), over a sliding window of two half-window generations:
+the share of traffic it serves), over a sliding window (two window-long generations, the
+older one weighted by the share of it still inside the window):
 
 - **new readers**: addresses that read the route (anonymously: the app identified no
   user; a made-up credential is no exemption) while new, that is first answered less
@@ -67,7 +68,6 @@ class Surge:
         "baseline",
         "factor",
         "floor",
-        "half",
         "now",
         "old",
         "pace",
@@ -76,13 +76,14 @@ class Surge:
         "settle",
         "share",
         "since",
+        "span",
         "start",
     )
 
     def __init__(
         self, window: float, floor: int, factor: float, share: float, settle: float
     ) -> None:
-        self.half = window / 2.0
+        self.span = window
         self.floor = floor
         self.factor = factor
         self.share = share
@@ -104,7 +105,7 @@ class Surge:
         if self.start is None:
             self.start = now
         elapsed = now - self.start
-        if elapsed >= self.half:
+        if elapsed >= self.span:
             finished = self.now
             # a calm period teaches its new readers, unless most of its new addresses were
             # one-shot (a scraper under the floor must not teach the route to accept it);
@@ -113,15 +114,14 @@ class Surge:
             suspect = judged >= _JUDGED_MIN and one_shot >= self.share * judged
             level = finished[0] if self.since is None else finished[1]
             if (self.since is None and not suspect) or (self.since is not None and level):
-                level *= 2  # per window
                 self.baseline = (
                     level if self.baseline is None else (1 - _EWMA) * self.baseline + _EWMA * level
                 )
-            self.old = finished if elapsed < 2 * self.half else [0, 0, 0, 0]
+            self.old = finished if elapsed < 2 * self.span else [0, 0, 0, 0]
             self.now = [0, 0, 0, 0]
-            self.start = now if elapsed >= 2 * self.half else self.start + self.half
+            self.start = now if elapsed >= 2 * self.span else self.start + self.span
             elapsed = now - self.start
-        return 1.0 - elapsed / self.half
+        return 1.0 - elapsed / self.span
 
     def threshold(self) -> float:
         """The new readers per window at which the route is under a surge."""
@@ -149,7 +149,7 @@ class Surge:
             # that ended long ago, judged only now, starts nothing)
             pace = self.pace * math.exp((self.paced - now) / self.settle) + 1.0
             self.pace, self.paced = pace, now
-            if reads < limit or pace < limit * self.settle / (2 * self.half):
+            if reads < limit or pace < limit * self.settle / self.span:
                 return None
             one_shot = cur[2] + old[2] * weight
             judged = one_shot + cur[3] + old[3] * weight
@@ -162,7 +162,7 @@ class Surge:
                 "baseline": round(self.baseline, 1) if self.baseline is not None else -1,
                 "one_shot_share": round(one_shot / judged, 3),
             }
-        if reads < 0.7 * limit and now - self.since >= 2 * self.half:
+        if reads < 0.7 * limit and now - self.since >= self.span:
             self.since = None
         return None
 
@@ -174,7 +174,7 @@ class Surge:
         weight = self._roll(now)
         cur, old = self.now, self.old
         if cur[0] + cur[1] + old[0] + old[1] == 0 or (
-            now - self.since >= 2 * self.half and cur[0] + old[0] * weight < 0.7 * self.threshold()
+            now - self.since >= self.span and cur[0] + old[0] * weight < 0.7 * self.threshold()
         ):
             self.since = None
         return self.since is not None
