@@ -116,6 +116,36 @@ def test_a_scraper_whose_every_fourth_address_reads_a_second_page_is_held() -> N
     assert len(got) <= PRODUCTS // 2, f"{len(got)} of {PRODUCTS} products harvested"
 
 
+def test_three_sticky_addresses_reading_the_whole_catalogue_are_held() -> None:
+    """High. The README excuses the detector from scrapers that send two or more requests
+    per address: "per-address limits and BOLA see the first". They do not: BOLA never
+    counts the objects of an anonymous address (only a sequential walk or a 403/404
+    share: "an office browsing a public catalogue reads many"), and the per-address limit
+    is 3000/minute. The scraping detector counts an address once per route. So no
+    rotation is needed at all: three residential addresses reading the 300 products in
+    random order, one request every 2-4 s each, get every page in ten minutes. (Measured
+    with one address and 300 reads: all admitted.)"""
+    shop = Shop(seed=41)
+    rng = random.Random(42)
+    ids = rng.sample(range(1, PRODUCTS + 1), PRODUCTS)
+
+    async def scenario() -> set[int]:
+        bots = [
+            Visitor(shop.driver, browser_headers(rng), public_ip(rng), jar=None, solves=False)
+            for _ in range(3)
+        ]
+        got: set[int] = set()
+        for n, pid in enumerate(ids):
+            shop.clock.advance(rng.uniform(0.7, 1.3))
+            resp = await bots[n % 3].get(f"/products/{pid}")
+            if resp.status == 200:
+                got.add(pid)
+        return got
+
+    got = run(scenario())
+    assert len(got) <= PRODUCTS // 2, f"{len(got)} of {PRODUCTS} products from 3 addresses"
+
+
 def test_a_scraper_at_one_and_a_half_times_the_floor_per_window_is_held() -> None:
     """Medium. The documented rule: a surge when the new readers within `window` (30 min)
     reach `floor` (60). But `reads = cur + old * weight` over two HALF-window generations
@@ -348,6 +378,56 @@ def test_an_app_without_a_challenge_route_never_refuses_new_visitors_by_default(
 
     refused = run(scenario())
     assert refused == [], f"{len(refused)} reads of honest new visitors refused"
+
+
+def test_an_attacker_cannot_put_the_challenge_page_itself_under_a_surge() -> None:
+    """High. The usual challenge flow is a page (GET /challenge, the CAPTCHA) and its form
+    (POST /challenge, which calls `challenge_passed()`). `detection.challenge_path` is
+    None by default, so the GET page is a watched route like any other: 70 one-shot reads
+    of it from one /48 put it under a surge of its own. Then, with the product route
+    under a surge too (another 70 reads), a new visitor is challenged on the product and
+    challenged again on the challenge page: nobody new can pass, everyone new is refused.
+    (`_surge` excludes only a template equal to `challenge_path`; the engine's own
+    `_not_challenged_here` is not consulted by the scraping gate.)"""
+    clock = FakeClock(START)
+    guard = Guard(None, clock=clock)
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+
+    @app.get("/products/{product_id}")
+    async def product(product_id: int) -> dict[str, int]:
+        return {"id": product_id}
+
+    @app.get("/challenge")
+    async def challenge_page() -> dict[str, str]:
+        return {"captcha": "..."}
+
+    @app.post("/challenge")
+    async def challenge_answer() -> dict[str, bool]:
+        guard.challenge_passed()
+        return {"passed": True}
+
+    shop = Shop(seed=43)
+    shop.clock, shop.guard, shop.driver = clock, guard, AsgiDriver(app)
+
+    async def scenario() -> list[int]:
+        for i in range(70):  # the challenge page, one read from each of 70 /64s
+            shop.clock.advance(5.0)
+            await bot_read(shop, "/challenge", ip=f"2001:db8:99:{i:x}::1")
+        assert 403 in await start_surge_from_one_48(shop)
+        out = []
+        for _ in range(10):  # new visitors, each a person who solves the CAPTCHA
+            shop.clock.advance(30.0)
+            v = shop.visitor()
+            first = await v.send("GET", "/products/7")
+            if is_challenge(first):
+                page = await v.send("GET", "/challenge")
+                if page.status == 200:
+                    await v.send("POST", "/challenge")
+            out.append(status_of(await v.send("GET", "/products/7")))
+        return out
+
+    assert run(scenario()) == [200] * 10
 
 
 def test_people_who_pass_in_the_same_second_each_get_their_own_pass() -> None:
