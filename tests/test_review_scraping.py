@@ -488,3 +488,55 @@ def test_a_scraping_route_floor_with_a_misspelt_template_is_reported(
         "/products/{id}" in r.getMessage() and "scraping" in r.getMessage() for r in caplog.records
     )
     assert warned or 403 not in statuses, "the typo was silent and the route stayed watched"
+
+
+def test_a_lowercase_method_is_a_read_on_a_wsgi_app() -> None:
+    """Medium (WSGI only; shown on Flask, as the ASGI app answers 405). Werkzeug and
+    Django route a request by `REQUEST_METHOD.upper()`, so `get /products/5` is served as
+    a GET; the WSGI adapter passes the method as sent, and the detector compares it with
+    {"GET", "HEAD"}: a scraper that writes its method in lower case is never counted. A
+    server that passes the method through (Werkzeug's own, uWSGI) makes it a complete
+    bypass: measured, 400 of 400 one-shot reads admitted, where "GET" is held after 60."""
+    import io
+    import sys
+
+    from flask import Flask
+
+    from apiguard.flask import init_app
+
+    clock = FakeClock(START)
+    guard = Guard(None, clock=clock)
+    app = Flask(__name__)
+    init_app(app, guard)
+
+    @app.get("/products/<int:pid>")
+    def product(pid: int) -> dict[str, int]:
+        return {"id": pid}
+
+    def call(method: str, path: str, ip: str) -> int:
+        environ = {
+            "REQUEST_METHOD": method,
+            "PATH_INFO": path,
+            "QUERY_STRING": "",
+            "SERVER_NAME": "shop.example",
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": ip,
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(b""),
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+        }
+        started: list[str] = []
+        b"".join(app.wsgi_app(environ, lambda status, headers, exc=None: started.append(status)))
+        return int(started[0].split()[0])
+
+    rng = random.Random(44)
+    statuses = []
+    for _ in range(400):
+        clock.advance(rng.uniform(1.2, 6.8))
+        statuses.append(call("get", f"/products/{rng.randint(1, PRODUCTS)}", public_ip(rng)))
+    assert 403 in statuses and statuses[-100:].count(200) == 0
