@@ -52,12 +52,19 @@ if TYPE_CHECKING:
     from apiguard.store.base import Observation
 
 READS = frozenset({"GET", "HEAD"})
+
 _ROUTES_MAX = 1024  # routes watched (beyond: new templates are not)
 _PASSES_MAX = 16_384  # passes remembered with the new addresses they came from
 _EWMA = 0.3  # weight of the newest period in a route's baseline
 _JUDGED_MIN = 5  # judged new addresses that make a calm period's one-shot share count
 _ROUTES_PER_ADDRESS = 8  # routes a new address is remembered to have read
 _PENDING_MAX = 4096  # new addresses a route keeps to judge (beyond: the oldest unjudged)
+
+
+def _read(method: object) -> bool:
+    """Whether a request method is a read (Werkzeug and Django route `get` as GET, and a
+    WSGI server may pass the method on as the client wrote it)."""
+    return method in READS or (isinstance(method, str) and method.upper() in READS)
 
 
 class Surge:
@@ -270,7 +277,7 @@ class Scraping:
             if len(seen) >= RECENT_MAX:
                 seen.popitem(last=False)
             seen[address] = known = _Address(now)
-        if ctx.scope.get("method") not in READS:
+        if not _read(ctx.scope.get("method")):
             return None
         template = ctx.route
         if template is None:
@@ -309,7 +316,7 @@ class Scraping:
     def holds(self, ctx: RequestContext, now: float) -> bool:
         """Whether this request must pass the challenge first: an anonymous read from a
         new address, without a pass, of a route under a surge (counted as a new reader)."""
-        if ctx.vouched or ctx.scope.get("method") not in READS:
+        if ctx.vouched or not _read(ctx.scope.get("method")):
             return False
         template = ctx.route
         if template is None:
