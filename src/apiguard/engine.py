@@ -571,6 +571,9 @@ class Engine:
         new anonymous address without a pass (`apiguard.detectors.scraping`)."""
         if not self._enforced(scraping.enforce):
             return
+        if ctx.route is None:  # not routed yet (or no route): the response start asks again
+            ctx.scrape_late = not ctx.vouched
+            return
         now = self.clock()
         if scraping.holds(ctx, now):
             ctx.global_done = True
@@ -581,6 +584,20 @@ class Engine:
                 detector=scraping.name,
             )
             self._settle(ctx, decision)
+
+    def late_gate(self, ctx: RequestContext) -> Decision | None:
+        """At the response start, the scraping gate of a request whose checkpoint ran
+        before routing (`identify()` in a middleware), now that its route is known: the
+        challenge that replaces the response, or None."""
+        ctx.scrape_late = False
+        scraping = self._scraping
+        if scraping is None or not scraping.surging or ctx.route is None:
+            return None
+        try:
+            self._scraping_gate(ctx, scraping)
+        except Refused as refused:
+            return refused.decision
+        return None
 
     def _with_groups(
         self, keys: tuple[str, ...], ctx: RequestContext, rules: tuple[Rule, ...]

@@ -619,20 +619,26 @@ class Guard:
         log.info("%s", self.summary(ruled))
 
     def _check_route_settings(self, templates: set[str], opaque: bool) -> None:
-        """Settings naming route templates (`detection.bola.routes`) must name routes of
-        the app: a misspelt template would silently not apply."""
-        unknown = sorted(t for t in self.config.detection.bola.routes if t not in templates)
-        if not unknown:
-            return
-        text = (
-            f"detection.bola.routes names {', '.join(repr(t) for t in unknown)}, which no "
-            "route of this app has (templates are written as the framework declares them, "
-            "e.g. '/invoices/{invoice_id}', mount prefixes included)"
-        )
-        if opaque:  # it may be a route of a mounted app apiguard cannot list
-            log.warning("apiguard: %s; it may belong to a mounted app", text)
-            return
-        raise ConfigurationError(text)
+        """Settings naming route templates (`detection.bola.routes`,
+        `detection.scraping.routes`) must name routes of the app: a misspelt template would
+        silently not apply."""
+        detection = self.config.detection
+        for name, routes in (
+            ("bola", detection.bola.routes),
+            ("scraping", detection.scraping.routes),
+        ):
+            unknown = sorted(t for t in routes if t not in templates)
+            if not unknown:
+                continue
+            text = (
+                f"detection.{name}.routes names {', '.join(repr(t) for t in unknown)}, which "
+                "no route of this app has (templates are written as the framework declares "
+                "them, e.g. '/invoices/{invoice_id}', mount prefixes included)"
+            )
+            if opaque:  # it may be a route of a mounted app apiguard cannot list
+                log.warning("apiguard: %s; it may belong to a mounted app", text)
+                continue
+            raise ConfigurationError(text)
 
     def summary(self, routes: list[tuple[RouteEntry, tuple[Rule, ...]]] | None = None) -> str:
         """What is on, in one line (logged once per app at start-up): mode, global rules,

@@ -12,7 +12,9 @@ the guard's secret:
 
 from __future__ import annotations
 
+import hmac
 import inspect
+import secrets
 import unicodedata
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
 _DEVICES_KEPT = 5  # accounts one device cookie remembers
 _MAC = 20  # hex digits of a cookie MAC (80 bits)
+_NONCE = 12  # hex digits of a pass's nonce: each pass issued is a value of its own
 PASS_COOKIE = "apiguard_pass"
 
 UsernameSpec = str | Callable[..., Any]
@@ -154,19 +157,25 @@ def device_cookie(ctx: RequestContext, name: str, mac: str, days: float) -> str:
     return _set_cookie(ctx, name, "-".join(entries), int(days * 86400))
 
 
-def pass_value(hasher: KeyedHasher, until: int) -> str:
-    """A pass cookie value good until `until` (the guard's clock, whole seconds)."""
-    return f"{until}.{hasher('ps', str(until))[-_MAC:]}"
+def pass_value(hasher: KeyedHasher, until: int, nonce: str | None = None) -> str:
+    """A pass cookie value good until `until` (the guard's clock, whole seconds), with a
+    random nonce: each pass issued is its own value (people who pass within the same
+    second do not share one, nor its `pass_addresses` and one-person allowances)."""
+    if nonce is None:
+        nonce = secrets.token_hex(_NONCE // 2)
+    return f"{until}.{nonce}.{hasher('ps', f'{until}.{nonce}')[-_MAC:]}"
 
 
 def pass_valid(hasher: KeyedHasher, value: str | None, now: float) -> bool:
     """Whether a pass cookie value is genuine and not expired."""
-    if not value:
+    if not value or not value.isascii():
         return False
-    until, _, _mac = value.partition(".")
-    if not until.isdigit() or len(until) > 12 or int(until) <= now:
+    until, _, rest = value.partition(".")
+    nonce = rest.partition(".")[0]
+    # ASCII digits only (checked above): `str.isdigit` also accepts '¹', which int() refuses
+    if not until.isdigit() or len(until) > 12 or int(until) <= now or len(nonce) != _NONCE:
         return False
-    return pass_value(hasher, int(until)) == value
+    return hmac.compare_digest(pass_value(hasher, int(until), nonce), value)
 
 
 def pass_cookie(ctx: RequestContext, value: str, seconds: float) -> str:

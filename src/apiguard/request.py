@@ -248,6 +248,7 @@ class RequestContext:
         "ran",
         "refused_sent",
         "scope",
+        "scrape_late",
         "token_key",
         "verdicts",
         "vouched",
@@ -296,6 +297,9 @@ class RequestContext:
             | None
         ) = None
         self.refused_sent = False
+        # a route under a scraping surge could not be told at a checkpoint that ran before
+        # routing (`identify()` in a middleware): the response start asks again
+        self.scrape_late = False
         # detection: the login this request reported, whether it carries the account's
         # device cookie, the key of a valid pass cookie, Set-Cookie values to add to the
         # response; network and fingerprint keys, computed when first asked

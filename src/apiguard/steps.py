@@ -62,6 +62,8 @@ def at_response(engine: Engine, ctx: RequestContext, status: int) -> Decision | 
         except Refused as refused:
             decision = refused.decision
         decision = _standing(ctx, decision)
+    if ctx.scrape_late and _refusal(decision) is None:
+        decision = engine.late_gate(ctx) or decision
     refusal = _refusal(decision)
     if refusal is not None:
         ctx.refused_sent = True
@@ -83,6 +85,8 @@ async def at_response_async(engine: Engine, ctx: RequestContext, status: int) ->
         except Refused as refused:
             decision = refused.decision
         decision = _standing(ctx, decision)
+    if ctx.scrape_late and _refusal(decision) is None:
+        decision = engine.late_gate(ctx) or decision
     refusal = _refusal(decision)
     if refusal is not None:
         ctx.refused_sent = True

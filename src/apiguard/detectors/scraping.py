@@ -4,12 +4,13 @@ A scraper that sends one request per residential proxy address, with a fresh Use
 each time, stays under every per-address, per-principal and per-fingerprint count. What
 it cannot hide is the route's own traffic: anonymous reads (GET, HEAD) from addresses
 that were first answered moments ago. Per route template, in process (each worker judges
-the share of traffic it serves), over a sliding window of two half-window generations:
+the share of traffic it serves), over a sliding window (two window-long generations, the
+older one weighted by the share of it still inside the window):
 
 - **new readers**: addresses that read the route (anonymously: the app identified no
   user; a made-up credential is no exemption) while new, that is first answered less
   than `new_for` ago, each counted once per route; during a surge, also each read refused
-  to a new address;
+  to a new address (each address once per window);
 - **people**: new readers with a valid pass (a person who passed the challenge), each
   address counted once;
 - **one-shot addresses**: of the new readers, those that sent nothing more within
@@ -51,12 +52,19 @@ if TYPE_CHECKING:
     from apiguard.store.base import Observation
 
 READS = frozenset({"GET", "HEAD"})
+
 _ROUTES_MAX = 1024  # routes watched (beyond: new templates are not)
 _PASSES_MAX = 16_384  # passes remembered with the new addresses they came from
 _EWMA = 0.3  # weight of the newest period in a route's baseline
 _JUDGED_MIN = 5  # judged new addresses that make a calm period's one-shot share count
 _ROUTES_PER_ADDRESS = 8  # routes a new address is remembered to have read
 _PENDING_MAX = 4096  # new addresses a route keeps to judge (beyond: the oldest unjudged)
+
+
+def _read(method: object) -> bool:
+    """Whether a request method is a read (Werkzeug and Django route `get` as GET, and a
+    WSGI server may pass the method on as the client wrote it)."""
+    return method in READS or (isinstance(method, str) and method.upper() in READS)
 
 
 class Surge:
@@ -67,7 +75,6 @@ class Surge:
         "baseline",
         "factor",
         "floor",
-        "half",
         "now",
         "old",
         "pace",
@@ -76,13 +83,14 @@ class Surge:
         "settle",
         "share",
         "since",
+        "span",
         "start",
     )
 
     def __init__(
         self, window: float, floor: int, factor: float, share: float, settle: float
     ) -> None:
-        self.half = window / 2.0
+        self.span = window
         self.floor = floor
         self.factor = factor
         self.share = share
@@ -104,7 +112,7 @@ class Surge:
         if self.start is None:
             self.start = now
         elapsed = now - self.start
-        if elapsed >= self.half:
+        if elapsed >= self.span:
             finished = self.now
             # a calm period teaches its new readers, unless most of its new addresses were
             # one-shot (a scraper under the floor must not teach the route to accept it);
@@ -113,15 +121,14 @@ class Surge:
             suspect = judged >= _JUDGED_MIN and one_shot >= self.share * judged
             level = finished[0] if self.since is None else finished[1]
             if (self.since is None and not suspect) or (self.since is not None and level):
-                level *= 2  # per window
                 self.baseline = (
                     level if self.baseline is None else (1 - _EWMA) * self.baseline + _EWMA * level
                 )
-            self.old = finished if elapsed < 2 * self.half else [0, 0, 0, 0]
+            self.old = finished if elapsed < 2 * self.span else [0, 0, 0, 0]
             self.now = [0, 0, 0, 0]
-            self.start = now if elapsed >= 2 * self.half else self.start + self.half
+            self.start = now if elapsed >= 2 * self.span else self.start + self.span
             elapsed = now - self.start
-        return 1.0 - elapsed / self.half
+        return 1.0 - elapsed / self.span
 
     def threshold(self) -> float:
         """The new readers per window at which the route is under a surge."""
@@ -149,7 +156,7 @@ class Surge:
             # that ended long ago, judged only now, starts nothing)
             pace = self.pace * math.exp((self.paced - now) / self.settle) + 1.0
             self.pace, self.paced = pace, now
-            if reads < limit or pace < limit * self.settle / (2 * self.half):
+            if reads < limit or pace < limit * self.settle / self.span:
                 return None
             one_shot = cur[2] + old[2] * weight
             judged = one_shot + cur[3] + old[3] * weight
@@ -162,16 +169,20 @@ class Surge:
                 "baseline": round(self.baseline, 1) if self.baseline is not None else -1,
                 "one_shot_share": round(one_shot / judged, 3),
             }
-        if reads < 0.7 * limit and now - self.since >= 2 * self.half:
+        if reads < 0.7 * limit and now - self.since >= self.span:
             self.since = None
         return None
 
     def on(self, now: float) -> bool:
-        """Whether the route is under a surge now (it ends after a window without reads)."""
+        """Whether the route is under a surge now (it ends after a window without reads,
+        or, as in `record`, once its new readers stay under 0.7 of the threshold)."""
         if self.since is None:
             return False
-        self._roll(now)
-        if self.now[0] + self.now[1] + self.old[0] + self.old[1] == 0:
+        weight = self._roll(now)
+        cur, old = self.now, self.old
+        if cur[0] + cur[1] + old[0] + old[1] == 0 or (
+            now - self.since >= self.span and cur[0] + old[0] * weight < 0.7 * self.threshold()
+        ):
             self.since = None
         return self.since is not None
 
@@ -203,6 +214,8 @@ class Scraping:
         self._surges: dict[str, Surge] = {}
         self.surging: dict[str, Surge] = {}  # routes under a surge (what the gate checks)
         self._passes: OrderedDict[str, set[str]] = OrderedDict()
+        # (route, address) refused under a surge -> when last counted (bounded, oldest out)
+        self._held: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def _surge(self, template: str) -> Surge | None:
         surge = self._surges.get(template)
@@ -264,7 +277,7 @@ class Scraping:
             if len(seen) >= RECENT_MAX:
                 seen.popitem(last=False)
             seen[address] = known = _Address(now)
-        if ctx.scope.get("method") not in READS:
+        if not _read(ctx.scope.get("method")):
             return None
         template = ctx.route
         if template is None:
@@ -303,7 +316,7 @@ class Scraping:
     def holds(self, ctx: RequestContext, now: float) -> bool:
         """Whether this request must pass the challenge first: an anonymous read from a
         new address, without a pass, of a route under a surge (counted as a new reader)."""
-        if ctx.vouched or ctx.scope.get("method") not in READS:
+        if ctx.vouched or not _read(ctx.scope.get("method")):
             return False
         template = ctx.route
         if template is None:
@@ -319,5 +332,15 @@ class Scraping:
             return False
         if self._person(ctx, now):
             return False
-        surge.record(now, False)
+        # a refused address counts as a new reader once per window on this route (a
+        # rotating scraper's are all new; one client retrying must not keep a surge on)
+        key = (template, ctx.ip_key)
+        held = self._held
+        last = held.get(key)
+        if last is None or now - last >= self.config.window:
+            if last is None and len(held) >= RECENT_MAX:
+                held.popitem(last=False)
+            held[key] = now
+            held.move_to_end(key)
+            surge.record(now, False)
         return True
