@@ -65,8 +65,9 @@ def restore_clock() -> None:
 
 
 def apiguard_guard(clock: Callable[[], float], *, monitor: bool = False) -> Guard:
-    """apiguard's defaults (the shop adds @guard.login, its flows and its login limit)."""
-    config: dict[str, Any] = {"secret": SECRET}
+    """apiguard's defaults and the shop's challenge route (the shop adds @guard.login, its
+    flows and its login limit)."""
+    config: dict[str, Any] = {"secret": SECRET, "detection": {"challenge_path": "/challenge"}}
     if monitor:
         config["mode"] = "monitor"
     return Guard(config, clock=clock)

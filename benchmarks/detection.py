@@ -4,7 +4,7 @@ Every campaign of `apiguard.simulate.campaigns` (each beside the same benign pop
 same seed) runs against the example shop (examples/shop.py) protected by:
 
 - apiguard: its defaults, plus what the shop declares (`@guard.login`, its flows, its
-  20/minute login limit per address);
+  20/minute login limit per address, its challenge route);
 - slowapi: per-address limits as its docs set them up (5/minute on the login route, a
   default limit of 100/minute on every route), apiguard in monitor mode;
 - axes-like: django-axes' lockout by address or by username (3 failures, 1-hour

@@ -258,4 +258,4 @@ def create_app(guard: Guard, *, limiter: Any = None) -> FastAPI:
 
 # `apiguard attack examples/shop.py:app` and `uvicorn examples.shop:app`: apiguard's
 # defaults (plus the decorators above) on the real clock; the self-test retimes it.
-app = create_app(Guard())
+app = create_app(Guard({"detection": {"challenge_path": "/challenge"}}))

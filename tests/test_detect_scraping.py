@@ -151,7 +151,8 @@ class Shop:
 
     def __init__(self, seed: int, **config: Any) -> None:
         self.clock = FakeClock(START)
-        self.guard = Guard(config or None, clock=self.clock)
+        detection = {"challenge_path": "/challenge", **config.pop("detection", {})}
+        self.guard = Guard({"detection": detection, **config}, clock=self.clock)
         self.driver = AsgiDriver(catalogue_app(self.guard))
         self.rng = random.Random(seed)
         self.people: list[Visitor] = []

@@ -198,7 +198,9 @@ def test_scraping_detector_fires(make_guard, client_for):
     proxies, a fresh User-Agent each time) is challenged on every framework, while an
     address known for longer than `new_for` reads it on."""
     rng = random.Random(2)
-    guard = make_guard(detection={"scraping": {"floor": 20, "new_for": 300}})
+    guard = make_guard(
+        detection={"challenge_path": "/challenge", "scraping": {"floor": 20, "new_for": 300}}
+    )
     call = client_for(guard)
     known = "198.51.100.40"
     assert call("GET", "/open", ip=known).status == 200

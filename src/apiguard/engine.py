@@ -191,6 +191,7 @@ class Engine:
         self._challenged_at: dict[str, float] = {}
         self._forgiven: set[str] = set()  # IP keys whose passed challenge was forgiven
         self._proxy_warned = False
+        self._scraping_unheld_warned = False  # a surge reported only: said once
         self._wide_keys: dict[str, str] = {}  # client address -> its provider network's key
         self._detections_logged: dict[str, float] = {}
         # key -> (level, until) of its last detector ban: escalation memory (bounded LRU)
@@ -568,8 +569,20 @@ class Engine:
 
     def _scraping_gate(self, ctx: RequestContext, scraping: Scraping) -> None:
         """Raise `Refused` (a challenge) when a route under a scraping surge is read by a
-        new anonymous address without a pass (`apiguard.detectors.scraping`)."""
+        new anonymous address without a pass (`apiguard.detectors.scraping`); only in
+        an app that declared its challenge route (`detection.challenge_path`): without
+        one, nobody new could get through, so the surge is reported only."""
         if not self._enforced(scraping.enforce):
+            return
+        if not self.config.detection.challenge_path:
+            if not self._scraping_unheld_warned:
+                self._scraping_unheld_warned = True
+                log.warning(
+                    "apiguard: a scraping surge was found (see the detection log) but is "
+                    "reported only: set detection.challenge_path to your app's challenge "
+                    "route (where it calls guard.challenge_passed()) to challenge new "
+                    "readers during a surge"
+                )
             return
         if ctx.route is None:  # not routed yet (or no route): the response start asks again
             ctx.scrape_late = not ctx.vouched

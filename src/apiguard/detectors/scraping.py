@@ -114,13 +114,18 @@ class Surge:
         elapsed = now - self.start
         if elapsed >= self.span:
             finished = self.now
-            # a calm period teaches its new readers, unless most of its new addresses were
-            # one-shot (a scraper under the floor must not teach the route to accept it);
-            # a surge teaches only the people among them
+            # a calm period teaches its new readers; one most of whose new addresses were
+            # one-shot, only the share that came back (a scraper under the floor must not
+            # teach the route to accept it); a surge teaches only its people (one per pass)
             one_shot, judged = finished[2], finished[2] + finished[3]
             suspect = judged >= _JUDGED_MIN and one_shot >= self.share * judged
-            level = finished[0] if self.since is None else finished[1]
-            if (self.since is None and not suspect) or (self.since is not None and level):
+            if self.since is not None:
+                level = finished[1]
+            elif suspect:  # only its returning share: a bar a CAPTCHA farm raised comes down
+                level = round(finished[0] * (1 - one_shot / judged))
+            else:
+                level = finished[0]
+            if self.since is None or level:
                 self.baseline = (
                     level if self.baseline is None else (1 - _EWMA) * self.baseline + _EWMA * level
                 )
@@ -249,6 +254,12 @@ class Scraping:
             places.add(ctx.ip_key)
         return True
 
+    def _first_use(self, ctx: RequestContext) -> bool:
+        """Whether the request's (valid) pass was seen at one address only so far: a
+        person counts once, however many addresses a replayed pass comes from."""
+        places = self._passes.get(cookie(ctx, PASS_COOKIE) or "")
+        return places is not None and len(places) == 1
+
     def _judge_pending(self, surge: Surge, now: float) -> None:
         """Judge the new addresses that read the route at least `settle` seconds ago:
         one-shot unless the address sent anything after that read."""
@@ -296,8 +307,8 @@ class Scraping:
             surge.pending.append((address, now, known.requests))
         person = self._person(ctx, now)
         if person:
-            if known is None or known.person:
-                return None  # a person counts once
+            if known is None or known.person or not self._first_use(ctx):
+                return None  # a person counts once (per address and per pass)
             known.person = True
         evidence = surge.record(now, person)
         if evidence is None:
