@@ -266,7 +266,7 @@ class Scraping:
             seen[address] = known = _Address(now)
         if ctx.scope.get("method") not in READS:
             return None
-        template = ctx.route
+        template = outcome.route
         if template is None:
             return None
         if known is not None:
@@ -274,14 +274,15 @@ class Scraping:
                 return None  # this address read this route before: counted then
             if len(known.routes) < _ROUTES_PER_ADDRESS:
                 known.routes = (*known.routes, template)
-        surge = self._surge(template)
+        surge = self._surges.get(template) or self._surge(template)
         if surge is None:
             return None
-        if surge.pending:
+        pending = surge.pending
+        if pending and now - pending[0][1] >= self.config.settle:
             self._judge_pending(surge, now)
         if known is not None:
-            surge.pending.append((address, now, known.requests))
-        person = self._person(ctx, now)
+            pending.append((address, now, known.requests))
+        person = ctx.has_cookie and self._person(ctx, now)
         if person:
             if known is None or known.person:
                 return None  # a person counts once

@@ -11,6 +11,10 @@ themselves are never kept.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from apiguard.store.base import Objects
 
 BITS = 1024
 _MASK = BITS - 1
@@ -20,6 +24,9 @@ _ESTIMATES = tuple(
     -BITS * math.log((BITS - ones) / BITS) if ones < BITS else _SATURATED
     for ones in range(BITS + 1)
 )
+
+
+_CLEAR = bytearray(BITS // 8)  # an empty bitmap (never changed: copied)
 
 
 def estimate(ones: int) -> float:
@@ -75,7 +82,7 @@ class Generations:
             return self.count + self.old_count * (1.0 - (now - self.start) / self.half)
         bits = self.bits
         if bits is None:
-            bits = self.bits = bytearray(BITS // 8)
+            bits = self.bits = _CLEAR[:]  # (a copy: quicker than bytearray(BITS // 8))
         i = hash(item) & _MASK
         byte, bit = i >> 3, 1 << (i & 7)
         if not bits[byte] & bit:
@@ -116,3 +123,82 @@ class Stride:
         else:
             self.stride, self.length = stride, 1
         return self.length, stride
+
+
+class Trail(Generations):
+    """BOLA's record of one (principal, route) in one entry: the distinct objects (this
+    sketch), the distinct objects answered with an error (a second sketch, from the first
+    error on), and the run of integer ids (`Stride`'s, forgotten `window` after the last
+    id). Each part behaves exactly as its own `Generations` or `Stride` would."""
+
+    __slots__ = ("errors", "last", "length", "stride", "touched", "window")
+
+    def __init__(self, window: float, now: float) -> None:
+        # (`Generations.__init__`, inlined: one is made per new principal and route)
+        half = window / 2.0
+        self.half = half if half > 1e-6 else 1e-6
+        self.start = now
+        self.count = 0
+        self.old_count = 0
+        self.bits: bytearray | None = None
+        self.old_bits: bytearray | None = None
+        self.union = 0
+        self.window = window
+        self.errors: Generations | None = None
+        self.touched = now
+        self.last: int | None = None
+        self.stride = 0
+        self.length = 0
+
+    def expired(self, now: float) -> bool:
+        """Whether every part has left the window (the entry holds nothing that counts)."""
+        return (
+            now - self.start >= 2 * self.half
+            and (self.last is None or now - self.touched >= self.window)
+            and (self.errors is None or self.errors.expired(now))
+        )
+
+    def observe(self, op: Objects, now: float) -> None:
+        """Run `op` on this record: its results are what its `Tally` and `Run` parts
+        would get from their own `Generations` and `Stride` entries."""
+        item = op.item
+        # (`add(item, 1, now)`, inlined)
+        if now - self.start >= self.half:
+            self._roll(now)
+        bits = self.bits
+        if bits is None:
+            bits = self.bits = _CLEAR[:]
+        i = hash(item) & _MASK
+        byte, bit = i >> 3, 1 << (i & 7)
+        if not bits[byte] & bit:
+            bits[byte] |= bit
+            old = self.old_bits
+            if old is None or not old[byte] & bit:
+                self.union += 1
+        op.count = _ESTIMATES[self.union]
+        if op.error:
+            errors = self.errors
+            if errors is None:
+                errors = self.errors = Generations(self.window, now)
+            op.errors = errors.add(item, 1, now)
+        value = op.value
+        if value is None:
+            return
+        last = self.last
+        if last is not None and now - self.touched >= self.window:
+            last = None  # (forgotten: a fresh run)
+            self.stride = self.length = 0
+        self.touched = now
+        self.last = value
+        if last is None:
+            op.length = op.stride = 0
+            return
+        stride = value - last
+        if stride == 0:  # a repeat neither extends nor breaks a walk
+            op.length, op.stride = self.length, 0
+            return
+        if stride == self.stride:
+            self.length += 1
+        else:
+            self.stride, self.length = stride, 1
+        op.length, op.stride = self.length, stride
