@@ -182,13 +182,14 @@ class Bola:
     def _address_judge(self, op: Objects, outcome: Outcome) -> Judge:
         """The judge of an anonymous address's object: a walk, or a 403/404 share."""
 
-        def judge() -> list[Finding]:
-            if not op.error and op.length < self._no_walk:
+        # (bound as defaults, not closed over: no cell objects per request)
+        def judge(op: Objects = op, outcome: Outcome = outcome, bola: Bola = self) -> list[Finding]:
+            if not op.error and op.length < bola._no_walk:
                 return []
             scale = 0.5 if outcome.prior else 1.0
             template = outcome.route or ""
-            action = self.config.action
-            return self._found(op, template, outcome.principal, action, scale, math.inf)
+            action = bola.config.action
+            return bola._found(op, template, outcome.principal, action, scale, math.inf)
 
         return judge
 

@@ -125,25 +125,45 @@ class Stride:
         return self.length, stride
 
 
-class Trail(Generations):
-    """BOLA's record of one (principal, route) in one entry: the distinct objects (this
-    sketch), the distinct objects answered with an error (a second sketch, from the first
-    error on), and the run of integer ids (`Stride`'s, forgotten `window` after the last
-    id). Each part behaves exactly as its own `Generations` or `Stride` would."""
+class Trail:
+    """BOLA's record of one (principal, route) in one entry: the distinct objects (a
+    two-generation linear-counting sketch, as `Generations` keeps it), the distinct
+    objects answered with an error (a `Generations`, from the first error on), and the
+    run of integer ids (`Stride`'s, forgotten `window` after the last id). Each part
+    gives exactly what its own `Generations` or `Stride` entry would.
 
-    __slots__ = ("errors", "last", "length", "stride", "touched", "window")
+    Compact, since there is one per principal and route: a generation that has one slot
+    set keeps it as an int, and gets its bitmap at its second slot (most principals
+    touch one or a few objects on a route)."""
+
+    __slots__ = (
+        "bits",
+        "errors",
+        "half",
+        "last",
+        "length",
+        "old_bits",
+        "old_one",
+        "one",
+        "start",
+        "stride",
+        "touched",
+        "union",
+        "window",
+    )
 
     def __init__(self, window: float, now: float) -> None:
-        # (`Generations.__init__`, inlined: one is made per new principal and route)
         half = window / 2.0
-        self.half = half if half > 1e-6 else 1e-6
-        self.start = now
-        self.count = 0
-        self.old_count = 0
-        self.bits: bytearray | None = None
-        self.old_bits: bytearray | None = None
-        self.union = 0
+        self.half = half if half > 1e-6 else 1e-6  # (as `Generations`)
         self.window = window
+        self.start = now
+        # the current generation's slots: its bitmap, or (while it has none) its one
+        # slot set (-1: none); the same for the previous generation
+        self.bits: bytearray | None = None
+        self.one = -1
+        self.old_bits: bytearray | None = None
+        self.old_one = -1
+        self.union = 0  # slots set in either generation
         self.errors: Generations | None = None
         self.touched = now
         self.last: int | None = None
@@ -158,22 +178,53 @@ class Trail(Generations):
             and (self.errors is None or self.errors.expired(now))
         )
 
+    def _roll(self, now: float) -> None:
+        """Move to the generation containing `now` (`Generations._roll`)."""
+        if now - self.start >= 2 * self.half:
+            self.old_bits, self.old_one = None, -1
+            self.start = now
+        else:
+            self.old_bits, self.old_one = self.bits, self.one
+            self.start += self.half
+        self.bits, self.one = None, -1
+        old = self.old_bits
+        if old is not None:
+            self.union = int.from_bytes(old, "big").bit_count()
+        else:
+            self.union = 1 if self.old_one >= 0 else 0
+
     def observe(self, op: Objects, now: float) -> None:
         """Run `op` on this record: its results are what its `Tally` and `Run` parts
         would get from their own `Generations` and `Stride` entries."""
-        item = op.item
-        # (`add(item, 1, now)`, inlined)
         if now - self.start >= self.half:
             self._roll(now)
+        item = op.item
+        i = hash(item) & _MASK  # (the slot `Generations.add` sets)
         bits = self.bits
+        new = True
         if bits is None:
-            bits = self.bits = _CLEAR[:]
-        i = hash(item) & _MASK
-        byte, bit = i >> 3, 1 << (i & 7)
-        if not bits[byte] & bit:
-            bits[byte] |= bit
+            one = self.one
+            if one < 0:
+                self.one = i
+            elif one == i:
+                new = False
+            else:  # a second slot: the generation gets its bitmap
+                bits = self.bits = _CLEAR[:]
+                bits[one >> 3] |= 1 << (one & 7)
+                bits[i >> 3] |= 1 << (i & 7)
+                self.one = -1
+        else:
+            byte, bit = i >> 3, 1 << (i & 7)
+            if bits[byte] & bit:
+                new = False
+            else:
+                bits[byte] |= bit
+        if new:
             old = self.old_bits
-            if old is None or not old[byte] & bit:
+            if old is None:
+                if self.old_one != i:
+                    self.union += 1
+            elif not old[i >> 3] & 1 << (i & 7):
                 self.union += 1
         op.count = _ESTIMATES[self.union]
         if op.error:
