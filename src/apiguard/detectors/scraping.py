@@ -137,11 +137,15 @@ class Surge:
     def record(self, now: float, person: bool) -> dict[str, float | int | str] | None:
         """Count one new reader (`person`: one with a pass); the evidence when it starts a
         surge."""
-        weight = self._roll(now)
+        start = self.start  # (within the generation, `_roll` and `threshold` inlined)
+        if start is not None and now - start < self.half:
+            weight = 1.0 - (now - start) / self.half
+        else:
+            weight = self._roll(now)
         cur, old = self.now, self.old
         cur[person] += 1
         reads = cur[0] + old[0] * weight
-        limit = self.threshold()
+        limit = float(self.floor) if self.baseline is None else self.threshold()
         if self.since is None:
             if person:
                 return None
