@@ -58,7 +58,16 @@ from apiguard.request import (
 )
 from apiguard.responses import tightest_ratelimit
 from apiguard.rules import FlowRule, Rule
-from apiguard.store.base import Ban, Batch, BatchResult, Hit, Observation, Store
+from apiguard.store.base import (
+    Ban,
+    Batch,
+    BatchResult,
+    Hit,
+    Objects,
+    Observation,
+    Store,
+    expand,
+)
 from apiguard.telemetry import Telemetry
 
 log = logging.getLogger("apiguard")
@@ -120,6 +129,11 @@ def _gated(ctx: RequestContext) -> bool:
     return banned is not None and banned.startswith(GROUP)
 
 
+def _collect(combined: list[Objects]) -> None:
+    for op in combined:
+        op.collect()
+
+
 def endpoint_rules(scope: Mapping[str, Any], engine: Engine) -> tuple[Rule, ...]:
     """Rules declared with `engine`'s guard on the endpoint the router selected (another
     guard's decorators, e.g. on a mounted sub-app, belong to that guard's middleware)."""
@@ -173,6 +187,8 @@ class Engine:
         # bans this process knows (optional store attribute): while it is empty, there is
         # nothing to check before routing; a store without it is always asked
         self._local_bans: Mapping[str, Ban] | None = getattr(store, "local_bans", None)
+        # the store runs `Objects` operations itself (else it gets their parts)
+        self._runs_objects = bool(getattr(store, "runs_objects", False))
         # endpoint object -> its rules; strong references, so no id() is ever reused
         self._rules_by_endpoint: dict[Any, tuple[Rule, ...]] = {}
         self._fast = Admission.compile(self._global_plan, store, advertise=config.ratelimit_headers)
@@ -1135,16 +1151,49 @@ class Engine:
         starts (the server span is still open for the findings' events; the work is the
         same dict work it would be later); `finish` calls it otherwise."""
         ctx.observed = True
-        planned = self._plan_observation(ctx, status)
-        if planned is not None:
-            ops, judges, now = planned
-            if ops:
+        # (`_plan_observation`, inlined: this runs after every response)
+        if ctx.refused_sent and not _gated(ctx):
+            return  # a refused request touched nothing (a gated login still counts)
+        login = ctx.login
+        principal = ctx.principal or ctx.ip_key
+        watching = self._watching[(login is not None) * 2 + (principal == ctx.ip_key)]
+        if not watching:
+            return
+        now = self.clock()
+        outcome = Outcome(ctx, status, principal, now, login)
+        ops: list[Observation] = []
+        judges: list[Judge] | None = None
+        for detector in watching:
+            try:
+                judge = detector.plan(outcome, ops)
+            except Exception as exc:
+                callable_failed(self, f"detector {detector.name}", exc)
+                continue
+            if judge is not None:
+                if judges is None:
+                    judges = [judge]
+                else:
+                    judges.append(judge)
+        if ops:
+            combined = None
+            if not self._runs_objects:
+                ops, combined = expand(ops)
+            try:
+                self.store.observe(ops, now)
+            except Exception:
+                log.exception("apiguard: the store failed to record observations")
+                return
+            if combined:
+                _collect(combined)
+        if judges is not None:
+            for judge in judges:  # (`_judge`, inlined)
                 try:
-                    self.store.observe(ops, now)
-                except Exception:
-                    log.exception("apiguard: the store failed to record observations")
-                    return
-            self._judge(ctx, judges, now)
+                    findings = judge()
+                except Exception as exc:
+                    callable_failed(self, "a detector's judgement", exc)
+                    continue
+                for finding in findings:
+                    self._apply(ctx, finding, now)
 
     async def afinish(self, ctx: RequestContext, status: int | None) -> None:
         """`finish` for async adapters: a remote store's observations are awaited."""
@@ -1165,8 +1214,16 @@ class Engine:
         if planned is None:
             return
         ops, judges, now = planned
+        combined: list[Objects] = []
+        if not self._runs_objects:
+            ops, combined = expand(ops)
+
+        def judge() -> None:
+            _collect(combined)
+            self._judge(ctx, judges, now)
+
         later = getattr(self.store, "observe_later", None)  # judged after a batched write
-        if later is not None and later(ops, now, lambda: self._judge(ctx, judges, now)):
+        if later is not None and later(ops, now, judge):
             return
         if ops:
             try:
@@ -1174,7 +1231,7 @@ class Engine:
             except Exception:
                 log.exception("apiguard: the store failed to record observations")
                 return
-        self._judge(ctx, judges, now)
+        judge()
 
     def _rules_observe(self, ctx: RequestContext, status: int | None) -> None:
         charges = ctx.charges or ()

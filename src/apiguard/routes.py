@@ -22,13 +22,6 @@ def _mount_prefix(scope: Mapping[str, Any]) -> str:
     return root[len(app_root) :] if root.startswith(app_root) else root
 
 
-def _served_by(route: Any, endpoint: Any) -> bool:
-    """Whether `route` (from the scope) is the route that selected `endpoint`."""
-    if endpoint is None:
-        return True
-    return getattr(route, "endpoint", None) is endpoint or getattr(route, "app", None) is endpoint
-
-
 def route_template(scope: Mapping[str, Any]) -> str | None:
     """The template of the route being served ("/v1/users/{user_id}"), or None (no match).
 
@@ -39,19 +32,25 @@ def route_template(scope: Mapping[str, Any]) -> str | None:
     """
     route = scope.get("route")
     endpoint = scope.get("endpoint")
-    if route is None or not _served_by(route, endpoint):
+    # is `route` the route that selected `endpoint`? (else: the index)
+    if route is None or (
+        endpoint is not None
+        and getattr(route, "endpoint", None) is not endpoint
+        and getattr(route, "app", None) is not endpoint
+    ):
         if endpoint is None:
             return None
         return _index_template(scope, endpoint)
+    source = route
     fastapi_scope = scope.get("fastapi")
-    effective = (
-        fastapi_scope.get("effective_route_context") if isinstance(fastapi_scope, dict) else None
-    )
-    source = (
-        effective
-        if effective is not None and getattr(effective, "original_route", None) is route
-        else route
-    )
+    if fastapi_scope is not None:
+        effective = (
+            fastapi_scope.get("effective_route_context")
+            if isinstance(fastapi_scope, dict)
+            else None
+        )
+        if effective is not None and getattr(effective, "original_route", None) is route:
+            source = effective
     # the template depends only on the route (and FastAPI's context for it) and the mount
     # prefix: remembered per such key (routes are code-defined; bounded all the same). Keyed
     # on id() (routes define __eq__ without __hash__); the entry holds the route, so its id

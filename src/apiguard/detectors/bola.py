@@ -25,8 +25,8 @@ from urllib.parse import parse_qsl
 
 from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome
 from apiguard.detectors.flow_groups import completed_flows
-from apiguard.detectors.population import Populations
-from apiguard.store.base import Run, Tally
+from apiguard.detectors.population import Population, Populations
+from apiguard.store.base import Objects, Tally
 
 if TYPE_CHECKING:
     from apiguard.config import BolaConfig
@@ -53,6 +53,9 @@ class Bola:
         self._query = frozenset(config.query_params)
         # young accounts flagged lately -> when (in process, the latest `_YOUNG_KEPT`)
         self._young_flags: OrderedDict[str, float] = OrderedDict()
+        self._routes: dict[str, _Route] = {}  # route template -> its keys and floor
+        # a run shorter than this is no walk, whatever the scale (at least half the bar)
+        self._no_walk = config.sequential_run * 0.5
 
     def _young_found(self, subject: str, now: float) -> None:
         flags = self._young_flags
@@ -88,12 +91,11 @@ class Bola:
 
         return judge
 
-    def _object(self, outcome: Outcome) -> tuple[str, int | None] | None:
+    def _object(self, scope: Mapping[str, Any]) -> tuple[str, int | None] | None:
         """The object the request touched (a text naming it) and its integer id, if any.
         Every value counts, whatever its length or shape (a `{key:path}` value, a padded
         id): an id written as digits is normalised (`0042` is `42`), and query names are
         decoded as the framework decodes them."""
-        scope = outcome.ctx.scope
         params = scope.get("path_params")
         parts: list[str] = []
         number: int | None = None
@@ -109,68 +111,124 @@ class Bola:
             return None
         return "&".join(parts), number
 
+    def _route(self, template: str) -> _Route:
+        """What the detector needs of `template`, worked out once (bounded)."""
+        routes = self._routes
+        if len(routes) >= _ROUTES_MAX:
+            routes.clear()
+        own = self.config.routes.get(template) if self.config.routes else None
+        route = routes[template] = _Route(template, own)
+        return route
+
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
-        if outcome.status >= 500:
+        status = outcome.status
+        if status >= 500:
             return None
-        found = self._object(outcome)
-        if found is None:
-            born = _born(outcome)
-            if not born:
-                return None
-            ops.extend(Tally(YOUNG + key, self.config.young_for) for key in born)
-            return self._birth(born[0], outcome)
-        template = outcome.ctx.route
+        ctx = outcome.ctx
+        scope = ctx.scope
+        params = scope.get("path_params")
+        if params and len(params) == 1 and not self._query:
+            # (the usual case, without `_object`'s list: one path parameter)
+            for name, value in params.items():  # noqa: B007 (the one item)
+                break
+            number: int | None
+            if type(value) is int:
+                text, number = str(value), value
+            elif type(value) is str and value.isdecimal() and value[0] != "0" and len(value) < 19:
+                text, number = value, int(value)
+            else:
+                text, number = _normalised(value, None)
+        else:
+            found = self._object(scope)
+            if found is None:
+                born = _born(outcome)
+                if not born:
+                    return None
+                ops.extend(Tally(YOUNG + key, self.config.young_for) for key in born)
+                return self._birth(born[0], outcome)
+            text, number = found
+            name = ""
+        template = outcome.route
         if template is None:
             return None
-        own_floor = self.config.routes.get(template) if self.config.routes else None
-        if own_floor == 0:
+        route = self._routes.get(template)
+        if route is None:
+            route = self._route(template)
+        if route.floor == 0:
             return None
-        text, number = found
-        item = f"{template}\n{text}"  # only its sketch slot is kept, never the text
+        # the item names its route and parameter (only its sketch slot is kept, never
+        # the text)
+        if name == route.name:
+            item = route.named + text
+        elif name:
+            item = route.item + name + "=" + text
+            route.name, route.named = name, route.item + name + "="
+        else:
+            item = route.item + text
+        error = 403 <= status <= 404  # judged on an error answer only
+        principal = outcome.principal
+        if not ctx.vouched and not ctx.has_cookie and principal == ctx.ip_key:
+            # an anonymous address: counted, and flagged only for a walk or its errors
+            op = Objects(f"bola:{principal}{route.key}", self.config.window, item, number, error)
+            ops.append(op)
+            if number is None and not error:
+                return None  # nothing an address can be flagged for was seen
+            return self._address_judge(op, outcome)
+        subject, _, banned = _subject(outcome)
+        op = Objects(f"bola:{subject}{route.key}", self.config.window, item, number, error)
+        ops.append(op)
+        return self._principal_judge(op, outcome, template, route.floor, subject, banned, ops)
+
+    def _address_judge(self, op: Objects, outcome: Outcome) -> Judge:
+        """The judge of an anonymous address's object: a walk, or a 403/404 share."""
+
+        # (bound as defaults, not closed over: no cell objects per request)
+        def judge(op: Objects = op, outcome: Outcome = outcome, bola: Bola = self) -> list[Finding]:
+            if not op.error and op.length < bola._no_walk:
+                return []
+            scale = 0.5 if outcome.prior else 1.0
+            template = outcome.route or ""
+            action = bola.config.action
+            return bola._found(op, template, outcome.principal, action, scale, math.inf)
+
+        return judge
+
+    def _principal_judge(
+        self,
+        op: Objects,
+        outcome: Outcome,
+        template: str,
+        own_floor: int | None,
+        subject: str,
+        banned: str,
+        ops: list[Observation],
+    ) -> Judge:
+        """The judge of a principal's object: more objects than the route's population
+        does (or than a young account may), a walk, or a 403/404 share."""
         cfg = self.config
-        subject, anonymous, banned = _subject(outcome)
-        base = f"bola:{subject}:{template}"
-        distinct = Tally(base, cfg.window, item)
-        ops.append(distinct)
-        errors: Tally | None = None  # judged on an error answer only (a walk has many)
-        if outcome.status in (403, 404):
-            errors = Tally(base + ":e", cfg.window, item)
-            ops.append(errors)
-        run: Run | None = None
-        if number is not None:
-            run = Run(base + ":r", cfg.window, number)
-            ops.append(run)
-        if anonymous and run is None and errors is None:
-            return None  # counted; nothing an address can be flagged for was seen
+        ctx = outcome.ctx
         population = self.populations.get(template)
         young: Tally | None = None
         # young accounts only where a person can answer (person_action "challenge")
-        if (
-            not anonymous
-            and own_floor is None
-            and outcome.ctx.vouched
-            and cfg.person_action == "challenge"
-        ):
+        if own_floor is None and ctx.vouched and cfg.person_action == "challenge":
             young = Tally(YOUNG + subject, cfg.young_for, amount=0)  # (a read)
             ops.append(young)
-
-        # a principal banned for enumeration before is judged on half the evidence (the
-        # objects it walked before the ban still count, and its walk restarts elsewhere);
-        # a person who passed the challenge a finding asked for is judged on four times the
-        # evidence, and blocked if it goes on past that
-        prior = outcome.prior
-        person = outcome.ctx.vouched
+        person = ctx.vouched
         action = cfg.person_action if person else cfg.action
 
         def judge() -> list[Finding]:
-            count = distinct.count
-            # the route's population is its principals: an address is never flagged for
-            # the number of objects, and an office browsing a catalogue must not raise it
-            learned = math.inf if anonymous else population.update(subject, count)
+            count = op.count
+            # the route's population is its principals: an office browsing a catalogue
+            # (an anonymous address) must not raise it
+            learned = population.update(subject, count)
             if own_floor is not None:
                 learned = max(learned, own_floor)
-            scale = 0.5 if prior else 1.0
-            passed = person and outcome.ctx.engine.passed(subject, outcome.now)
+            # a principal banned for enumeration before is judged on half the evidence
+            # (the objects it walked before the ban still count, and its walk restarts
+            # elsewhere); a person who passed the challenge a finding asked for is judged
+            # on four times the evidence, and blocked if it goes on past that
+            scale = 0.5 if outcome.prior else 1.0
+            passed = person and ctx.engine.passed(subject, outcome.now)
             if passed:
                 scale = 4.0
             # a young account is held to the young floor until it passes the challenge
@@ -183,47 +241,76 @@ class Bola:
             )
             if is_young:
                 learned = cfg.young_floor
-            found = _verdict(
-                count, learned * scale, cfg.sequential_run * scale, cfg.errors_floor * scale
-            )
-            if found is None:
-                return []
-            kind, threshold = found
-            evidence: dict[str, float | int | str] = {
-                "route": template,
-                "objects": round(count),
-                "threshold": round(threshold, 1),
-            }
-            if kind == "distinct":
-                evidence["baseline"] = (
-                    round(population.learned, 1) if population.learned is not None else -1
-                )
-                evidence["young"] = int(is_young)
-                if is_young:
-                    self._young_found(subject, outcome.now)
-            elif kind == "sequential" and run is not None:
-                evidence.update(run=run.length, stride=run.stride)
-            elif errors is not None:
-                evidence["errors"] = round(errors.count)
-            fire = "block" if scale > 1 else action  # past the bar a pass raised: blocked
-            return [Finding(f"{self.name}.{kind}", banned, fire, self.enforce, evidence)]
-
-        def _verdict(
-            count: float, bar: float, run_bar: float, errors_bar: float
-        ) -> tuple[str, float] | None:
-            if count >= bar and not anonymous:
-                return "distinct", bar
-            if run is not None and run.length >= run_bar:
-                return "sequential", run_bar
-            if (
-                errors is not None
-                and errors.count >= errors_bar
-                and errors.count / max(count, errors.count) >= cfg.error_share
-            ):
-                return "errors", errors_bar
-            return None
+            findings = self._found(op, template, banned, action, scale, learned, population)
+            if is_young and findings and findings[0].detector == _DISTINCT:
+                findings[0].evidence["young"] = 1
+                self._young_found(subject, outcome.now)
+            return findings
 
         return judge
+
+    def _found(
+        self,
+        op: Objects,
+        template: str,
+        banned: str,
+        action: str,
+        scale: float,
+        learned: float,
+        population: Population | None = None,
+    ) -> list[Finding]:
+        """The finding (at most one) on `op`'s results, with `scale` times the bars: more
+        objects than `learned` (never for an anonymous address: `learned` is infinite), a
+        walk, or a 403/404 share."""
+        cfg = self.config
+        count = op.count
+        bar = learned * scale
+        if count >= bar:
+            kind, threshold = _DISTINCT, bar
+        elif op.value is not None and op.length >= cfg.sequential_run * scale:
+            kind, threshold = f"{self.name}.sequential", cfg.sequential_run * scale
+        elif (
+            op.error
+            and op.errors >= cfg.errors_floor * scale
+            and op.errors / max(count, op.errors) >= cfg.error_share
+        ):
+            kind, threshold = f"{self.name}.errors", cfg.errors_floor * scale
+        else:
+            return []
+        evidence: dict[str, float | int | str] = {
+            "route": template,
+            "objects": round(count),
+            "threshold": round(threshold, 1),
+        }
+        if kind == _DISTINCT:
+            learned_at = population.learned if population is not None else None
+            evidence["baseline"] = round(learned_at, 1) if learned_at is not None else -1
+            evidence["young"] = 0
+        elif op.error and kind == f"{self.name}.errors":
+            evidence["errors"] = round(op.errors)
+        else:
+            evidence.update(run=op.length, stride=op.stride)
+        fire = "block" if scale > 1 else action  # past the bar a pass raised: blocked
+        return [Finding(kind, banned, fire, self.enforce, evidence)]
+
+
+class _Route:
+    """What the detector needs of one route template: the suffix of its keys, the prefix
+    of its items (and with its parameter's name, when it has one), and its own floor
+    (None: the population's; 0: not watched)."""
+
+    __slots__ = ("floor", "item", "key", "name", "named")
+
+    def __init__(self, template: str, floor: int | None) -> None:
+        self.key = ":" + template
+        self.item = template + "\n"
+        self.name = ""  # the route's one path parameter, once seen
+        self.named = self.item
+        self.floor = floor
+
+
+_ROUTES_MAX = 1024  # route templates remembered (they are code-defined)
+_DISTINCT = "bola.distinct"
 
 
 def names_object(scope: Mapping[str, Any], query_names: frozenset[str]) -> bool:
@@ -302,6 +389,7 @@ def _normalised(value: object, number: int | None) -> tuple[str, int | None]:
         return str(value), value
     text = str(value)
     digits = text.lstrip("0") or "0"
-    if text.isdigit() and len(digits) <= 18:
+    # (decimal digits only: int() refuses other digit characters, such as "²")
+    if text.isdecimal() and len(digits) <= 18:
         return digits, int(digits)
     return text, number

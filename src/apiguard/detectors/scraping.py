@@ -149,11 +149,15 @@ class Surge:
     def record(self, now: float, person: bool) -> dict[str, float | int | str] | None:
         """Count one new reader (`person`: one with a pass); the evidence when it starts a
         surge."""
-        weight = self._roll(now)
+        start = self.start  # (within the generation, `_roll` and `threshold` inlined)
+        if start is not None and now - start < self.half:
+            weight = 1.0 - (now - start) / self.half
+        else:
+            weight = self._roll(now)
         cur, old = self.now, self.old
         cur[person] += 1
         reads = cur[0] + old[0] * weight
-        limit = self.threshold()
+        limit = float(self.floor) if self.baseline is None else self.threshold()
         if self.since is None:
             if person:
                 return None
@@ -290,7 +294,7 @@ class Scraping:
             seen[address] = known = _Address(now)
         if not _read(ctx.scope.get("method")):
             return None
-        template = ctx.route
+        template = outcome.route
         if template is None:
             return None
         if known is not None:
@@ -298,14 +302,15 @@ class Scraping:
                 return None  # this address read this route before: counted then
             if len(known.routes) < _ROUTES_PER_ADDRESS:
                 known.routes = (*known.routes, template)
-        surge = self._surge(template)
+        surge = self._surges.get(template) or self._surge(template)
         if surge is None:
             return None
-        if surge.pending:
+        pending = surge.pending
+        if pending and now - pending[0][1] >= self.config.settle:
             self._judge_pending(surge, now)
         if known is not None:
-            surge.pending.append((address, now, known.requests))
-        person = self._person(ctx, now)
+            pending.append((address, now, known.requests))
+        person = ctx.has_cookie and self._person(ctx, now)
         if person:
             if known is None or known.person or not self._first_use(ctx):
                 return None  # a person counts once (per address and per pass)

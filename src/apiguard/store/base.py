@@ -22,7 +22,10 @@ Detectors (`apiguard.detectors`) keep their state with two more operations, run 
   DISTINCT items seen in it (a bounded sketch per key: two generations of a linear-counting
   bitmap in memory, HyperLogLog in Redis; never a list of the items);
 - `Run`: the length of the current run of equal, non-zero steps between successive
-  integer values (a sequential id walk has stride 1).
+  integer values (a sequential id walk has stride 1);
+- `Objects`: BOLA's three per (principal, route) in one operation (a distinct sketch of
+  the objects, one of those answered with an error, and the run of their ids), which a
+  store may run itself (`runs_objects`) or receive as its `Tally` and `Run` parts.
 What a detector concludes becomes a `Ban` (with its `action` and `reason`), which the
 checkpoints already check: a detection never adds a store call to the request path.
 """
@@ -132,7 +135,64 @@ class Run:
     stride: int = field(init=False, default=0)
 
 
-Observation = Tally | Run
+@dataclass(slots=True)
+class Objects:
+    """One object a principal touched on a route (BOLA), in one operation: add `item` to
+    the distinct sketch `key`, and to `key + ":e"` when `error`; record integer `value`
+    (unless None) in the run `key + ":r"`; all over `window`. The store sets what those
+    `Tally` and `Run` operations would: `count` (distinct objects), `errors` (distinct
+    objects answered with an error; 0 unless `error`), `length` and `stride`.
+
+    A store that sets `runs_objects = True` runs it itself (the in-process store keeps
+    the three in one entry); to any other the engine hands its `parts()` instead, and
+    `collect()` reads their results back."""
+
+    key: str
+    window: float
+    item: str
+    value: int | None = None
+    error: bool = False
+    count: float = field(init=False, default=0.0)
+    errors: float = field(init=False, default=0.0)
+    length: int = field(init=False, default=0)
+    stride: int = field(init=False, default=0)
+    _parts: tuple[Tally, Tally | None, Run | None] | None = field(init=False, default=None)
+
+    def parts(self) -> list[Tally | Run]:
+        """The `Tally` and `Run` operations this one stands for."""
+        distinct = Tally(self.key, self.window, self.item)
+        errors = Tally(self.key + ":e", self.window, self.item) if self.error else None
+        run = Run(self.key + ":r", self.window, self.value) if self.value is not None else None
+        self._parts = (distinct, errors, run)
+        return [op for op in self._parts if op is not None]
+
+    def collect(self) -> None:
+        """Set the result fields from those of `parts()` (once the store ran them)."""
+        if self._parts is None:
+            return
+        distinct, errors, run = self._parts
+        self.count = distinct.count
+        if errors is not None:
+            self.errors = errors.count
+        if run is not None:
+            self.length, self.stride = run.length, run.stride
+
+
+Observation = Tally | Run | Objects
+
+
+def expand(ops: Sequence[Observation]) -> tuple[list[Observation], list[Objects]]:
+    """`ops` for a store that does not run `Objects` itself: each replaced by its
+    `parts()`; and those `Objects`, to `collect()` once the store ran the parts."""
+    flat: list[Observation] = []
+    combined: list[Objects] = []
+    for op in ops:
+        if isinstance(op, Objects):
+            combined.append(op)
+            flat.extend(op.parts())
+        else:
+            flat.append(op)
+    return flat, combined
 
 
 @dataclass(slots=True)
@@ -183,6 +243,9 @@ class Store(Protocol):
     def active_ban(self, key: str, now: float) -> Ban | None:
         """The ban on `key`, if one is active and known locally (no network trip)."""
         ...
+
+    # Optional: `runs_objects = True`, the store runs `Objects` operations itself (else
+    # the engine hands it their `Tally` and `Run` parts, see `Objects`).
 
     def observe(self, ops: Sequence[Observation], now: float) -> None:
         """Run the detectors' `Tally` and `Run` operations and fill their results."""

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from apiguard.config import BanConfig
-from apiguard.store.base import Ban, Batch, BatchResult, Observation, Op, Run, Tally
-from apiguard.store.sketch import Generations, Stride
+from apiguard.store.base import Ban, Batch, BatchResult, Objects, Observation, Op, Run, Tally
+from apiguard.store.sketch import Generations, Stride, Trail
 from apiguard.store.spill import Spill
 from apiguard.window import BucketWindow, WindowSpec, refund, try_hit
 
 log = logging.getLogger("apiguard")
 _T = TypeVar("_T")
-_S = TypeVar("_S", Generations, Stride)
+_S = TypeVar("_S", Generations, Stride, Trail)
 
 
 _SPILLS_MAX = 256  # spill sketches, one per distinct rate (rates are code-defined)
@@ -77,6 +77,7 @@ class MemoryStore:
     """
 
     local = True
+    runs_objects = True  # `Objects` operations: one `Trail` entry each
 
     def __init__(
         self, max_keys: int = 200_000, strike_buckets: int = 10, spill_columns: int = 8192
@@ -97,6 +98,8 @@ class MemoryStore:
         # detectors' state (`observe`): sliding counts and distinct sketches, stride runs
         self._tallies: OrderedDict[str, Generations] = OrderedDict()
         self._runs: OrderedDict[str, Stride] = OrderedDict()
+        # BOLA's (principal, route) records (`Objects`): sketches and run in one entry
+        self._objects: OrderedDict[str, Trail] = OrderedDict()
         self.local_bans: Mapping[str, Ban] = self._bans
         self._strike_buckets = strike_buckets
         self._lock = threading.Lock()
@@ -467,17 +470,27 @@ class MemoryStore:
 
     # -- detectors' state --------------------------------------------------------------
     def observe(self, ops: Sequence[Observation], now: float) -> None:
-        """Run `Tally` and `Run` operations (see `apiguard.store.base`). Both tables are
-        bounded by `max_keys`: a full one drops expired state first, else its least
+        """Run `Tally`, `Run` and `Objects` operations (see `apiguard.store.base`). Their
+        tables are bounded by `max_keys`: a full one drops expired state first, else its least
         recently used entry (detector state is evidence, not a quota). Runs after every
         observed response: `expired` is inlined, and the lock taken without `with`."""
         tallies = self._tallies
         runs = self._runs
+        objects = self._objects
         self._lock.acquire()
         try:
             for op in ops:
                 key = op.key
-                if isinstance(op, Tally):
+                if isinstance(op, Objects):
+                    trail = objects.get(key)
+                    if trail is not None:
+                        objects.move_to_end(key)
+                    elif len(objects) < self.max_keys:
+                        trail = objects[key] = Trail(op.window, now)
+                    else:
+                        trail = self._make(objects, key, Trail(op.window, now), now, None)
+                    trail.observe(op, now)
+                elif isinstance(op, Tally):
                     t = tallies.get(key)
                     if t is None or now - t.start >= 2 * t.half:  # (t.expired(now))
                         t = self._make(tallies, key, Generations(op.window, now), now, t)
@@ -530,6 +543,7 @@ class MemoryStore:
             self._spills.clear()
             self._tallies.clear()
             self._runs.clear()
+            self._objects.clear()
 
     # -- introspection (tests, report) -----------------------------------------------
     def __len__(self) -> int:

@@ -11,6 +11,10 @@ themselves are never kept.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from apiguard.store.base import Objects
 
 BITS = 1024
 _MASK = BITS - 1
@@ -20,6 +24,9 @@ _ESTIMATES = tuple(
     -BITS * math.log((BITS - ones) / BITS) if ones < BITS else _SATURATED
     for ones in range(BITS + 1)
 )
+
+
+_CLEAR = bytearray(BITS // 8)  # an empty bitmap (never changed: copied)
 
 
 def estimate(ones: int) -> float:
@@ -75,7 +82,7 @@ class Generations:
             return self.count + self.old_count * (1.0 - (now - self.start) / self.half)
         bits = self.bits
         if bits is None:
-            bits = self.bits = bytearray(BITS // 8)
+            bits = self.bits = _CLEAR[:]  # (a copy: quicker than bytearray(BITS // 8))
         i = hash(item) & _MASK
         byte, bit = i >> 3, 1 << (i & 7)
         if not bits[byte] & bit:
@@ -116,3 +123,133 @@ class Stride:
         else:
             self.stride, self.length = stride, 1
         return self.length, stride
+
+
+class Trail:
+    """BOLA's record of one (principal, route) in one entry: the distinct objects (a
+    two-generation linear-counting sketch, as `Generations` keeps it), the distinct
+    objects answered with an error (a `Generations`, from the first error on), and the
+    run of integer ids (`Stride`'s, forgotten `window` after the last id). Each part
+    gives exactly what its own `Generations` or `Stride` entry would.
+
+    Compact, since there is one per principal and route: a generation that has one slot
+    set keeps it as an int, and gets its bitmap at its second slot (most principals
+    touch one or a few objects on a route)."""
+
+    __slots__ = (
+        "bits",
+        "errors",
+        "half",
+        "last",
+        "length",
+        "old_bits",
+        "old_one",
+        "one",
+        "start",
+        "stride",
+        "touched",
+        "union",
+        "window",
+    )
+
+    def __init__(self, window: float, now: float) -> None:
+        half = window / 2.0
+        self.half = half if half > 1e-6 else 1e-6  # (as `Generations`)
+        self.window = window
+        self.start = now
+        # the current generation's slots: its bitmap, or (while it has none) its one
+        # slot set (-1: none); the same for the previous generation
+        self.bits: bytearray | None = None
+        self.one = -1
+        self.old_bits: bytearray | None = None
+        self.old_one = -1
+        self.union = 0  # slots set in either generation
+        self.errors: Generations | None = None
+        self.touched = now
+        self.last: int | None = None
+        self.stride = 0
+        self.length = 0
+
+    def expired(self, now: float) -> bool:
+        """Whether every part has left the window (the entry holds nothing that counts)."""
+        return (
+            now - self.start >= 2 * self.half
+            and (self.last is None or now - self.touched >= self.window)
+            and (self.errors is None or self.errors.expired(now))
+        )
+
+    def _roll(self, now: float) -> None:
+        """Move to the generation containing `now` (`Generations._roll`)."""
+        if now - self.start >= 2 * self.half:
+            self.old_bits, self.old_one = None, -1
+            self.start = now
+        else:
+            self.old_bits, self.old_one = self.bits, self.one
+            self.start += self.half
+        self.bits, self.one = None, -1
+        old = self.old_bits
+        if old is not None:
+            self.union = int.from_bytes(old, "big").bit_count()
+        else:
+            self.union = 1 if self.old_one >= 0 else 0
+
+    def observe(self, op: Objects, now: float) -> None:
+        """Run `op` on this record: its results are what its `Tally` and `Run` parts
+        would get from their own `Generations` and `Stride` entries."""
+        if now - self.start >= self.half:
+            self._roll(now)
+        item = op.item
+        i = hash(item) & _MASK  # (the slot `Generations.add` sets)
+        bits = self.bits
+        new = True
+        if bits is None:
+            one = self.one
+            if one < 0:
+                self.one = i
+            elif one == i:
+                new = False
+            else:  # a second slot: the generation gets its bitmap
+                bits = self.bits = _CLEAR[:]
+                bits[one >> 3] |= 1 << (one & 7)
+                bits[i >> 3] |= 1 << (i & 7)
+                self.one = -1
+        else:
+            byte, bit = i >> 3, 1 << (i & 7)
+            if bits[byte] & bit:
+                new = False
+            else:
+                bits[byte] |= bit
+        if new:
+            old = self.old_bits
+            if old is None:
+                if self.old_one != i:
+                    self.union += 1
+            elif not old[i >> 3] & 1 << (i & 7):
+                self.union += 1
+        op.count = _ESTIMATES[self.union]
+        if op.error:
+            errors = self.errors
+            if errors is None:
+                errors = self.errors = Generations(self.window, now)
+            op.errors = errors.add(item, 1, now)
+        value = op.value
+        if value is None:
+            return
+        last = self.last
+        if last is not None and now - self.touched >= self.window:
+            last = None  # (forgotten: a fresh run)
+            self.stride = self.length = 0
+        self.touched = now
+        self.last = value
+        if last is None:
+            op.length = op.stride = 0
+            return
+        stride = value - last
+        if stride == 0:  # a repeat neither extends nor breaks a walk
+            op.length, op.stride = self.length, 0
+            return
+        if stride == self.stride:
+            self.length += 1
+        else:
+            self.stride, self.length = stride, 1
+        op.length, op.stride = self.length, stride

@@ -1,0 +1,92 @@
+"""The in-process store's BOLA record (`Trail`, one entry per principal and route) gives
+exactly what the separate `Tally` and `Run` operations it replaces give: its results, and
+its state as the store keeps it."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from apiguard.store.base import Objects, Run, Tally, expand
+from apiguard.store.memory import MemoryStore
+from apiguard.store.sketch import Generations, Stride, Trail
+
+
+def _reference(
+    ops: list[tuple[float, str, int | None, bool]], window: float
+) -> list[tuple[float, float, int, int]]:
+    """What a Tally, a Tally on errors and a Run, each in its own entry, report."""
+    distinct: Generations | None = None
+    errors: Generations | None = None
+    run: Stride | None = None
+    out = []
+    for now, item, value, error in ops:
+        if distinct is None or distinct.expired(now):
+            distinct = Generations(window, now)
+        count = distinct.add(item, 1, now)
+        errs = 0.0
+        if error:
+            if errors is None or errors.expired(now):
+                errors = Generations(window, now)
+            errs = errors.add(item, 1, now)
+        length = stride = 0
+        if value is not None:
+            if run is None or run.expired(now):
+                run = Stride(window, now)
+            length, stride = run.step(value, now)
+        out.append((count, errs, length, stride))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_trail_is_its_three_entries(seed: int) -> None:
+    rng = random.Random(seed)
+    window = rng.choice([1.0, 10.0, 600.0])
+    now = 1000.0
+    ops: list[tuple[float, str, int | None, bool]] = []
+    objects = rng.choice([3, 30, 300, 3000])
+    value = rng.randrange(100)
+    for _ in range(rng.choice([5, 50, 500, 3000])):
+        now += rng.choice([0.0, 0.001, window / 7, window / 2, window * 1.5]) * rng.random()
+        kind = rng.random()
+        if kind < 0.4:
+            value += rng.choice([1, 1, 1, 2, -1, 0])  # a walk, with steps aside
+            item: int | None = value
+        elif kind < 0.8:
+            item = rng.randrange(objects)
+        else:
+            item = None  # a text id: no run
+        text = f"/r/{{id}}\nid={item if item is not None else rng.randrange(objects)}x"
+        ops.append((now, text, item, rng.random() < 0.2))
+    trail: Trail | None = None
+    got = []
+    for now, text, item, error in ops:
+        if trail is None:
+            trail = Trail(window, now)
+        op = Objects("k", window, text, item, error)
+        trail.observe(op, now)
+        got.append((op.count, op.errors, op.length, op.stride))
+    assert got == _reference(ops, window)
+
+
+def test_the_store_runs_objects_or_hands_over_their_parts() -> None:
+    store = MemoryStore()
+    assert store.runs_objects
+    now = 50.0
+    for i in range(20):
+        op = Objects("bola:p:/r/{id}", 600.0, f"/r/{{id}}\nid={i}", i, i % 3 == 0)
+        store.observe([op], now + i)
+        parts, combined = expand([Objects("x:" + op.key, 600.0, op.item, i, i % 3 == 0)])
+        assert combined and all(isinstance(p, Tally | Run) for p in parts)
+        store.observe(parts, now + i)
+        combined[0].collect()
+        twin = combined[0]
+        assert (op.count, op.errors, op.length, op.stride) == (
+            twin.count,
+            twin.errors,
+            twin.length,
+            twin.stride,
+        )
+    assert op.length == 19 and op.stride == 1  # (20 ids: 19 steps of 1)
+    assert len(store._objects) == 1  # one entry for the (principal, route)
