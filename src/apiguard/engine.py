@@ -293,6 +293,26 @@ class Engine:
                     forwarded.append(value.decode("latin-1"))
             elif proxied is None:
                 proxied = name
+        return self.context(scope, peer_ip, api_key, more, bearer, forwarded, cookie, proxied)
+
+    def context(
+        self,
+        scope: Mapping[str, Any],
+        peer_ip: str | None,
+        api_key: bytes | None,
+        more: dict[bytes, bytes] | None,
+        bearer: bytes | None,
+        forwarded: list[str],
+        cookie: bool,
+        proxied: bytes | None,
+    ) -> RequestContext:
+        """The request context from what `begin` read in the headers (an adapter that
+        reads them another way, e.g. from a WSGI environ, calls it directly): the peer
+        address, the first API key (stripped; None if blank) and the first value of each
+        other API key header, the bearer token, the proxy header's values in order,
+        whether a cookie came, and the first forwarding header sent while no proxy is
+        trusted."""
+        walks = self.ip.walks
         client = self.ip.resolve(peer_ip, forwarded) if walks else (peer_ip or "unknown")
         ip_key = self._ip_keys.get(client)
         if ip_key is None:
