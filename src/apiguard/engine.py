@@ -515,7 +515,11 @@ class Engine:
             except Exception as exc:  # anonymous, but counted: never an uncounted request
                 callable_failed(self, "principal_resolver", exc)
                 resolved = None
-            found = identity_text(resolved, self, "principal_resolver")
+            found = (
+                identity_text(resolved, self, "principal_resolver")
+                if resolved is not None
+                else None
+            )
             if found:
                 ctx.vouched = True
                 return self.hasher("c", found)
@@ -760,7 +764,9 @@ class Engine:
         rules are still to run; False: nothing was charged, run the general path."""
         if ctx.global_done:
             return False
-        fast = self._admission(rules)
+        # (`_admission`, `_with_groups` and `note_ran` are called only for an endpoint with
+        # rules of its own: every request comes here, most to an endpoint without)
+        fast = self._admission(rules) if rules else self._fast
         if fast is None:
             return False
         principal = ctx.principal
@@ -769,11 +775,14 @@ class Engine:
         scraping = self._scraping
         if scraping is not None and scraping.surging:
             self._scraping_gate(ctx, scraping)
-        keys = self._with_groups(self._ban_keys(ctx), ctx, rules)
+        keys = self._ban_keys(ctx)
+        if rules:
+            keys = self._with_groups(keys, ctx, rules)
         if not fast.try_admit(ctx, principal, keys, self.clock()):
             return False
         ctx.global_done = True
-        ctx.note_ran(rules)
+        if rules:
+            ctx.note_ran(rules)
         if ctx.decision is None:
             ctx.decision = ALLOWED
         self.telemetry.record(ctx, ALLOWED)
