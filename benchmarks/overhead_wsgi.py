@@ -27,17 +27,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
+from apiguard.config import DetectionConfig
+
 HIGH = "100000000/minute"
 GUARD_CONFIG: dict[str, Any] = {
     "limits": {"principal": HIGH, "ip": HIGH},
     "identity": {"new_credentials_per_ip": HIGH},
 }
-# the same with every detector off: the adapter and the limits alone
+# the same with every detector off: the adapter and the limits alone (every detector
+# the configuration knows, so one added later is off here too)
 NO_DETECTORS: dict[str, Any] = {
     **GUARD_CONFIG,
     "detection": {
         name: {"enabled": False}
-        for name in ("account_takeover", "bola", "rotation", "flow_groups")
+        for name, field in DetectionConfig.model_fields.items()
+        if isinstance(field.default, BaseModel) and "enabled" in type(field.default).model_fields
     },
 }
 ROUTES = 10

@@ -111,8 +111,13 @@ class Admission:
             elif kind == _IP:
                 ops.append((prefix + ip, spec, cost, None, advertised, tag))
             elif kind == _CHURN:
-                if churn is None:
-                    churn = CredentialChurnRule.applies(ctx)
+                if churn is None:  # (`CredentialChurnRule.applies`, inlined)
+                    credential = ctx.credential_key
+                    churn = (
+                        credential is not None
+                        and not ctx.vouched
+                        and ctx.principal == credential
+                    )
                 if churn:
                     once = f"{marker}{ip}|{ctx.credential_key}"
                     ops.append((prefix + ip, spec, 1, once, advertised, tag))

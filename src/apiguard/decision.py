@@ -21,6 +21,11 @@ class Action(str, enum.Enum):
     CHALLENGE = "challenge"  # 403: pass the app's own challenge first (a detector asked)
 
 
+# the members as plain globals: `Action.THROTTLE` is a lookup through the enum's metaclass
+# (about 150 ns here), and `refused` is asked on every request
+_THROTTLE, _BLOCK, _CHALLENGE = Action.THROTTLE, Action.BLOCK, Action.CHALLENGE
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """One advertised quota policy (IETF RateLimit-Policy item)."""
@@ -56,7 +61,7 @@ class Decision:
     def refused(self) -> bool:
         """True when the request must not reach (or leave) the handler."""
         action = self.action
-        return action is Action.THROTTLE or action is Action.BLOCK or action is Action.CHALLENGE
+        return action is _THROTTLE or action is _BLOCK or action is _CHALLENGE
 
     @property
     def violated(self) -> list[str]:

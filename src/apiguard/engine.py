@@ -308,6 +308,26 @@ class Engine:
                     forwarded.append(value.decode("latin-1"))
             elif proxied is None:
                 proxied = name
+        return self.context(scope, peer_ip, api_key, more, bearer, forwarded, cookie, proxied)
+
+    def context(
+        self,
+        scope: Mapping[str, Any],
+        peer_ip: str | None,
+        api_key: bytes | None,
+        more: dict[bytes, bytes] | None,
+        bearer: bytes | None,
+        forwarded: list[str],
+        cookie: bool,
+        proxied: bytes | None,
+    ) -> RequestContext:
+        """The request context from what `begin` read in the headers (an adapter that
+        reads them another way, e.g. from a WSGI environ, calls it directly): the peer
+        address, the first API key (stripped; None if blank) and the first value of each
+        other API key header, the bearer token, the proxy header's values in order,
+        whether a cookie came, and the first forwarding header sent while no proxy is
+        trusted."""
+        walks = self.ip.walks
         client = self.ip.resolve(peer_ip, forwarded) if walks else (peer_ip or "unknown")
         ip_key = self._ip_keys.get(client)
         if ip_key is None:
@@ -510,7 +530,11 @@ class Engine:
             except Exception as exc:  # anonymous, but counted: never an uncounted request
                 callable_failed(self, "principal_resolver", exc)
                 resolved = None
-            found = identity_text(resolved, self, "principal_resolver")
+            found = (
+                identity_text(resolved, self, "principal_resolver")
+                if resolved is not None
+                else None
+            )
             if found:
                 ctx.vouched = True
                 return self.hasher("c", found)
@@ -784,7 +808,9 @@ class Engine:
         rules are still to run; False: nothing was charged, run the general path."""
         if ctx.global_done:
             return False
-        fast = self._admission(rules)
+        # (`_admission`, `_with_groups` and `note_ran` are called only for an endpoint with
+        # rules of its own: every request comes here, most to an endpoint without)
+        fast = self._admission(rules) if rules else self._fast
         if fast is None:
             return False
         principal = ctx.principal
@@ -793,11 +819,14 @@ class Engine:
         scraping = self._scraping
         if scraping is not None and scraping.surging:
             self._scraping_gate(ctx, scraping)
-        keys = self._with_groups(self._ban_keys(ctx), ctx, rules)
+        keys = self._ban_keys(ctx)
+        if rules:
+            keys = self._with_groups(keys, ctx, rules)
         if not fast.try_admit(ctx, principal, keys, self.clock()):
             return False
         ctx.global_done = True
-        ctx.note_ran(rules)
+        if rules:
+            ctx.note_ran(rules)
         if ctx.decision is None:
             ctx.decision = ALLOWED
         self.telemetry.record(ctx, ALLOWED)

@@ -36,7 +36,9 @@ def _standing(ctx: RequestContext, decision: Decision | None) -> Decision | None
     """An earlier refusal of this request (e.g. `login_result`) the app caught stands,
     whatever a later checkpoint found."""
     earlier = ctx.decision
-    return earlier if earlier is not None and earlier.refused else decision
+    if earlier is None or earlier is ALLOWED:
+        return decision
+    return earlier if earlier.refused else decision
 
 
 def render(guard: Guard, decision: Decision) -> BlockResponse:
@@ -54,7 +56,7 @@ def at_response(engine: Engine, ctx: RequestContext, status: int) -> Decision | 
     response (refused now, or at a checkpoint whose exception the app swallowed), or None."""
     rules = engine.rules_at_response(ctx.scope, status)
     decision = ctx.decision
-    if not ctx.checked(rules):
+    if not ctx.global_done or not ctx.checked(rules):
         if rules:  # a streaming endpoint: its body's entry is charged now
             ctx.prechecked = rules
         try:
@@ -64,6 +66,8 @@ def at_response(engine: Engine, ctx: RequestContext, status: int) -> Decision | 
         decision = _standing(ctx, decision)
     if ctx.scrape_late and _refusal(decision) is None:
         decision = engine.late_gate(ctx) or decision
+    if decision is None or decision is ALLOWED:  # (the common case, without the calls)
+        return None
     refusal = _refusal(decision)
     if refusal is not None:
         ctx.refused_sent = True

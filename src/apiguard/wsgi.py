@@ -12,7 +12,8 @@ unbuffered, with the RateLimit fields added to the app's headers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextvars import Token
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -43,9 +44,9 @@ def _header_name(key: str) -> bytes:
     return name
 
 
-def wsgi_scope(environ: WSGIEnvironment) -> dict[str, Any]:
-    """The ASGI-shaped scope the engine reads, built once from a WSGI environ (headers as
-    lower-case byte pairs, the peer address, the path decoded as UTF-8)."""
+def environ_headers(environ: WSGIEnvironment) -> list[tuple[bytes, bytes]]:
+    """The request headers of a WSGI environ as ASGI has them: lower-case byte pairs, in
+    the environ's order (`HTTP_X_API_KEY` -> `x-api-key`; CONTENT_TYPE, CONTENT_LENGTH)."""
     names = _NAMES
     headers = []
     for key, value in environ.items():
@@ -54,14 +55,59 @@ def wsgi_scope(environ: WSGIEnvironment) -> dict[str, Any]:
             name = _header_name(key)
         if name and isinstance(value, str):
             headers.append((name, value.encode("latin-1")))
-    path = environ.get("PATH_INFO") or "/"
-    if not path.isascii():
-        path = path.encode("latin-1").decode("utf-8", "replace")
+    return headers
+
+
+class EnvironHeaders:
+    """A scope's `headers` read from a WSGI environ when first asked for (the engine's
+    own reads go straight to the environ keys it needs): a sequence of lower-case byte
+    pairs, as of the request's arrival (the environ is copied, so an inner middleware
+    that rewrites it later changes nothing here)."""
+
+    __slots__ = ("_environ", "_pairs")
+
+    def __init__(self, environ: WSGIEnvironment) -> None:
+        self._environ: WSGIEnvironment | None = environ.copy()
+        self._pairs: list[tuple[bytes, bytes]] = []
+
+    def _list(self) -> list[tuple[bytes, bytes]]:
+        environ = self._environ
+        if environ is not None:
+            self._pairs = environ_headers(environ)
+            self._environ = None
+        return self._pairs
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(self._list())
+
+    def __len__(self) -> int:
+        return len(self._list())
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._list()[index]
+
+    def __eq__(self, other: object) -> bool:
+        pairs = self._list()
+        return pairs == (other._list() if isinstance(other, EnvironHeaders) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._list())
+
+
+def _peer(environ: WSGIEnvironment) -> Any:
     # the TCP peer as the server saw it, even where werkzeug's ProxyFix, wrapped around
     # apiguard, rewrote REMOTE_ADDR from X-Forwarded-For: forwarding headers are believed
     # only through apiguard's own trusted proxies (client_ip.trusted_proxies)
     fixed = environ.get("werkzeug.proxy_fix.orig")
-    peer = fixed.get("REMOTE_ADDR") if isinstance(fixed, dict) else environ.get("REMOTE_ADDR")
+    return fixed.get("REMOTE_ADDR") if isinstance(fixed, dict) else environ.get("REMOTE_ADDR")
+
+
+def _scope(environ: WSGIEnvironment, headers: Any, peer: Any) -> dict[str, Any]:
+    path = environ.get("PATH_INFO") or "/"
+    if not path.isascii():
+        path = path.encode("latin-1").decode("utf-8", "replace")
     root = environ.get("SCRIPT_NAME", "")
     return {
         "type": "http",
@@ -73,6 +119,103 @@ def wsgi_scope(environ: WSGIEnvironment) -> dict[str, Any]:
         "headers": headers,
         "client": (peer, 0) if peer else None,
     }
+
+
+def wsgi_scope(environ: WSGIEnvironment) -> dict[str, Any]:
+    """The ASGI-shaped scope the engine reads, built once from a WSGI environ (headers as
+    lower-case byte pairs, the peer address, the path decoded as UTF-8)."""
+    return _scope(environ, environ_headers(environ), _peer(environ))
+
+
+def _environ_key(name: bytes) -> str | None:
+    """The environ key a header `name` arrives under (`x-api-key` -> `HTTP_X_API_KEY`),
+    or None when no environ key reads as that name (`x_api_key`: never a header here)."""
+    key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+    return key if _header_name(key) == name else None
+
+
+class EnvironReader:
+    """Builds an engine's request context from a WSGI environ: the headers the engine
+    needs are read from their environ keys (a few dict lookups, not a pass over the
+    environ), with the same result as `Engine.begin(wsgi_scope(environ))`, which it
+    falls back to for the rare request where the environ's order decides (two API key
+    headers, two forwarding headers from an untrusted peer)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        found = [(k, n) for n in sorted(engine._key_headers) if (k := _environ_key(n))]
+        self._keys = tuple(found)
+        self._bearer = engine._bearer
+        ip = engine.ip
+        self._walks = ip.walks
+        self._proxy_key = _environ_key(ip.header)
+        # (not walking) forwarding headers that mark the peer as a likely proxy
+        others = (n for n in sorted(engine._wanted_headers) if n in _FORWARDING)
+        self._forwarding = tuple((k, n) for n in others if (k := _environ_key(n)))
+
+    def begin(self, environ: WSGIEnvironment) -> RequestContext:
+        """The request context; its scope is `ctx.scope`. (Most of the headers looked for
+        are absent: `in` answers that without a method call.)"""
+        api_key: bytes | None = None
+        key_name: bytes | None = None
+        for key, name in self._keys:
+            if key in environ:
+                value = environ[key]
+                if isinstance(value, str):
+                    if key_name is not None:  # two key headers: the first in order wins
+                        return self._general(environ)
+                    key_name = name
+                    api_key = value.encode("latin-1").strip() or None
+        bearer: bytes | None = None
+        if "HTTP_AUTHORIZATION" in environ and self._bearer:
+            value = environ["HTTP_AUTHORIZATION"]
+            if isinstance(value, str):
+                raw = value.encode("latin-1")
+                if raw[:7].lower() == b"bearer ":
+                    bearer = raw[7:].strip() or None
+        forwarded: list[str] = []
+        proxied: bytes | None = None
+        if self._walks:
+            proxy = self._proxy_key
+            if proxy is not None and proxy in environ:
+                value = environ[proxy]
+                if isinstance(value, str):
+                    forwarded.append(value)
+        else:
+            for key, name in self._forwarding:
+                if key in environ and isinstance(environ[key], str):
+                    if proxied is not None:  # the first in order is reported
+                        return self._general(environ)
+                    proxied = name
+        peer = (
+            _peer(environ)
+            if "werkzeug.proxy_fix.orig" in environ
+            else environ.get("REMOTE_ADDR")
+        )
+        path = environ.get("PATH_INFO") or "/"
+        if not path.isascii():
+            path = path.encode("latin-1").decode("utf-8", "replace")
+        root = environ.get("SCRIPT_NAME", "")
+        scope = {  # (`_scope`, inlined: this runs on every request)
+            "type": "http",
+            "method": environ.get("REQUEST_METHOD", "GET"),
+            "path": path,
+            "root_path": root,
+            "app_root_path": root,
+            "query_string": environ.get("QUERY_STRING", "").encode("latin-1"),
+            "headers": EnvironHeaders(environ),
+            "client": (peer, 0) if peer else None,
+        }
+        cookie = "HTTP_COOKIE" in environ and isinstance(environ["HTTP_COOKIE"], str)
+        return self.engine.context(
+            scope, peer, api_key, None, bearer, forwarded, cookie, proxied
+        )
+
+    def _general(self, environ: WSGIEnvironment) -> RequestContext:
+        return self.engine.begin(wsgi_scope(environ))
+
+
+_FORWARDING = frozenset({b"x-forwarded-for", b"forwarded"})
 
 
 def status_line(status: int) -> str:
@@ -93,15 +236,137 @@ def _discard(data: bytes) -> None:
 
 
 class _Exchange:
-    """One request's state between the app and the server."""
+    """One request between the app and the server: its state, the `start_response` the
+    app calls (`start`, the response-start checkpoint) and, unless the app's body is a
+    list, the body the server iterates.
 
-    __slots__ = ("ctx", "refusal", "start_response", "status")
+    As the body: the app's chunks as they come (nothing buffered), with the request's
+    context set while the app produces each chunk (a generator view's checkpoint runs as
+    it is iterated). An app that starts its response only as its body is iterated is
+    checked then; `close()` ends the request, iterated or not."""
 
-    def __init__(self, ctx: RequestContext, start_response: StartResponse) -> None:
+    __slots__ = (
+        "_gen",
+        "_it",
+        "_middleware",
+        "_source",
+        "ctx",
+        "refusal",
+        "start_response",
+        "status",
+    )
+
+    def __init__(
+        self, middleware: GuardMiddleware, ctx: RequestContext, start_response: StartResponse
+    ) -> None:
+        self._middleware = middleware
         self.ctx = ctx
         self.start_response = start_response
         self.status: int | None = None  # the app's status once it went out; 0: replaced
         self.refusal: Decision | None = None  # the refusal replacing the app's response
+        self._source: Iterable[bytes] | None = None
+        self._it: Iterator[bytes] | None = None
+        # the chunks, for a server that calls next() on the body itself
+        self._gen: Generator[bytes, None, None] | None = None
+
+    def start(
+        self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None, /
+    ) -> Callable[[bytes], object]:
+        """The `start_response` the app calls: the response-start checkpoint."""
+        if self.status is None:
+            code = int(status[:3])
+            middleware = self._middleware
+            engine = middleware.engine
+            ctx = self.ctx
+            refusal = at_response(engine, ctx, code)
+            if refusal is not None:
+                self.status = 0
+                self.refusal = refusal
+                return _discard
+            self.status = code
+            cookies = started(engine, ctx, code)
+            # a status went out: it is the outcome (`finish` where it has work to do)
+            if ctx.charges or ctx.login is not None or (engine.detectors and not ctx.observed):
+                engine.finish(ctx, code)
+            if cookies:
+                headers = [*headers, *(("Set-Cookie", c.decode("latin-1")) for c in cookies)]
+            if middleware._headers:
+                values = engine.ratelimit_values(ctx)
+                if values is not None:
+                    headers = [
+                        *headers,
+                        ("RateLimit-Policy", values[0].decode("latin-1")),
+                        ("RateLimit", values[1].decode("latin-1")),
+                    ]
+        elif self.status == 0:
+            return _discard
+        return self.start_response(status, headers, exc_info)
+
+    def __iter__(self) -> Iterator[bytes]:
+        gen = self._gen
+        return gen if gen is not None else self._chunks()
+
+    def __next__(self) -> bytes:  # (for a server that calls next() on the body itself)
+        gen = self._gen
+        if gen is None:
+            gen = self._gen = self._chunks()
+        return next(gen)
+
+    def _chunks(self) -> Generator[bytes, None, None]:
+        """The app's chunks, then (if the request was refused meanwhile) the refusal's."""
+        source = self._source
+        if source is None:
+            return
+        it = self._it
+        if it is None:
+            it = self._it = iter(source)
+        ctx = self.ctx
+        token: Token[RequestContext | None] | None = _current.set(ctx)
+        try:
+            for chunk in it:
+                _current.reset(token)  # type: ignore[arg-type]  # (set: the server sends
+                # the chunk outside the request's context)
+                token = None
+                if self.refusal is not None:  # refused as the app started its response
+                    break
+                yield chunk
+                token = _current.set(ctx)
+        except Exception:
+            if self.status is None and self.refusal is None:
+                self.refusal = at_unanswered(self._middleware.engine, ctx)
+            if self.refusal is None:
+                raise
+            log.exception("apiguard: the app raised on a refused request")
+        else:
+            if token is not None:  # the app's body is over
+                if self.status is None and self.refusal is None:  # it never started one
+                    self.refusal = at_unanswered(self._middleware.engine, ctx)
+                if self.refusal is None:
+                    self._finish()  # the body is complete: the request is over
+                    return
+        finally:
+            if token is not None:
+                _current.reset(token)
+        # the app's body is dropped, and the refusal sent instead
+        self._finish()
+        refusal = self.refusal
+        assert refusal is not None
+        yield from self._middleware._refuse(self.start_response, refusal)
+
+    def _finish(self) -> None:
+        source, self._source = self._source, None
+        self._it = None
+        if source is not None:
+            try:
+                _close(source)
+            finally:
+                end(self._middleware.engine, self.ctx, self.status or None)
+
+    def close(self) -> None:
+        gen, self._gen = self._gen, None
+        if gen is not None:
+            gen.close()
+        self._finish()
 
 
 class GuardMiddleware:
@@ -119,6 +384,7 @@ class GuardMiddleware:
         self.engine: Engine = guard.engine
         self._headers = guard.config.ratelimit_headers
         self._routes = routes
+        self._reader = EnvironReader(self.engine)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("apiguard.guard") is self.guard:  # installed twice: count once
@@ -128,18 +394,18 @@ class GuardMiddleware:
             routes, self._routes = self._routes, None
             self.guard.verify(routes)
         engine = self.engine
-        scope = environ[SCOPE_KEY] = wsgi_scope(environ)
-        ctx = engine.begin(scope)
+        ctx = self._reader.begin(environ)
+        environ[SCOPE_KEY] = ctx.scope
         if engine.may_be_banned():
             early = engine.early_ban(ctx)
             if early is not None:
                 ctx.refused_sent = True
                 end(engine, ctx, None)
                 return self._refuse(start_response, early)
-        ex = _Exchange(ctx, start_response)
+        ex = _Exchange(self, ctx, start_response)
         token = _current.set(ctx)
         try:
-            body = self.app(environ, self._starter(ex))
+            body = self.app(environ, ex.start)
         except Refused as refused:
             if ex.status and not ctx.refused_sent:
                 log.error("apiguard: a checkpoint refused a request after its response started")
@@ -168,123 +434,17 @@ class GuardMiddleware:
             _close(body)
             end(engine, ctx, None)
             return self._refuse(start_response, ex.refusal)
-        return _Body(self, ex, body)
-
-    def _starter(self, ex: _Exchange) -> StartResponse:
-        """The `start_response` the app calls: the response-start checkpoint."""
-        engine = self.engine
-        headers_on = self._headers
-
-        def start(
-            status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None, /
-        ) -> Callable[[bytes], object]:
-            if ex.status is None:
-                code = int(status[:3])
-                refusal = at_response(engine, ex.ctx, code)
-                if refusal is not None:
-                    ex.status = 0
-                    ex.refusal = refusal
-                    return _discard
-                ex.status = code
-                ctx = ex.ctx
-                cookies = started(engine, ctx, code)
-                if ctx.charges or engine.detectors:  # a status went out: it is the outcome
-                    engine.finish(ctx, code)
-                if cookies:
-                    headers = [*headers, *(("Set-Cookie", c.decode("latin-1")) for c in cookies)]
-                if headers_on:
-                    values = engine.ratelimit_values(ctx)
-                    if values is not None:
-                        headers = [
-                            *headers,
-                            ("RateLimit-Policy", values[0].decode("latin-1")),
-                            ("RateLimit", values[1].decode("latin-1")),
-                        ]
-            elif ex.status == 0:
-                return _discard
-            return ex.start_response(status, headers, exc_info)
-
-        return start
+        if ex.status and type(body) is list:  # answered and complete: no app code runs as
+            end(engine, ctx, ex.status)  # it is sent, so the request is over now
+            return body
+        ex._source = body
+        return ex
 
     def _refuse(self, start_response: StartResponse, decision: Decision) -> list[bytes]:
         """Start the refusal and return its body (a complete response)."""
         response = render(self.guard, decision)
         start_response(status_line(response.status), wsgi_headers(response))
         return [response.body]
-
-
-class _Body:
-    """The app's body for the server, chunk by chunk as it comes (nothing buffered), with
-    the request's context set while the app produces each chunk (a generator view's
-    checkpoint runs as it is iterated). An app that starts its response only as its body
-    is iterated is checked then; `close()` ends the request, iterated or not."""
-
-    __slots__ = ("_ex", "_it", "_middleware", "_source", "_tail")
-
-    def __init__(self, middleware: GuardMiddleware, ex: _Exchange, body: Iterable[bytes]) -> None:
-        self._middleware = middleware
-        self._ex = ex
-        self._source: Iterable[bytes] | None = body
-        self._it: Iterator[bytes] | None = None
-        self._tail: list[bytes] | None = None  # the refusal's body, once it replaced the app's
-
-    def __iter__(self) -> _Body:
-        return self
-
-    def __next__(self) -> bytes:
-        if self._tail is not None:
-            if self._tail:
-                return self._tail.pop()
-            raise StopIteration
-        ex = self._ex
-        it = self._it
-        if it is None:
-            if self._source is None:
-                raise StopIteration
-            it = self._it = iter(self._source)
-        token = _current.set(ex.ctx)
-        try:
-            chunk = next(it)
-        except StopIteration:
-            if ex.status is None and ex.refusal is None:  # the app never started a response
-                ex.refusal = at_unanswered(self._middleware.engine, ex.ctx)
-            if ex.refusal is None:
-                self._finish()  # the body is complete: the request is over
-                raise
-            return self._replace()
-        except Exception:
-            if ex.status is None and ex.refusal is None:
-                ex.refusal = at_unanswered(self._middleware.engine, ex.ctx)
-            if ex.refusal is None:
-                raise
-            log.exception("apiguard: the app raised on a refused request")
-            return self._replace()
-        finally:
-            _current.reset(token)
-        if ex.refusal is not None:  # refused as the app started its response
-            return self._replace()
-        return chunk
-
-    def _replace(self) -> bytes:
-        """Drop the app's body and start the refusal; its body is the next chunk."""
-        self._finish()
-        refusal = self._ex.refusal
-        assert refusal is not None
-        self._tail = self._middleware._refuse(self._ex.start_response, refusal)
-        return self._tail.pop() if self._tail else b""
-
-    def _finish(self) -> None:
-        source, self._source = self._source, None
-        self._it = None
-        if source is not None:
-            try:
-                _close(source)
-            finally:
-                ex = self._ex
-                end(self._middleware.engine, ex.ctx, ex.status or None)
-
-    def close(self) -> None:
-        self._finish()
 
 
 def _close(body: Iterable[bytes]) -> None:

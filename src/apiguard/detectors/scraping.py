@@ -150,8 +150,8 @@ class Surge:
         """Count one new reader (`person`: one with a pass); the evidence when it starts a
         surge."""
         start = self.start  # (within the generation, `_roll` and `threshold` inlined)
-        if start is not None and now - start < self.half:
-            weight = 1.0 - (now - start) / self.half
+        if start is not None and now - start < self.span:
+            weight = 1.0 - (now - start) / self.span
         else:
             weight = self._roll(now)
         cur, old = self.now, self.old
