@@ -207,6 +207,10 @@ class StoreConfig(_Model):
     `breaker`: seconds a failed store is left alone before one call probes it.
     `on_failure`: what rules do while the store is unavailable: "open" admits (the
     default), "closed" refuses; a decorator's `on_store_failure=` overrides it per rule.
+    `lease`: Redis only: admit from quota leases a worker holds on each window (most
+    requests decided without a round trip; the window's bound is kept exactly);
+    `lease_life`: seconds a lease lasts at most (also how late a ban earned through
+    another worker may reach a worker admitting from leases).
     """
 
     max_keys: int = Field(200_000, ge=100)
@@ -215,6 +219,9 @@ class StoreConfig(_Model):
     timeout: float = Field(0.05, gt=0, le=60.0)
     breaker: float = Field(5.0, gt=0, le=3600.0)
     on_failure: Literal["open", "closed"] = "open"
+    # quota leases on Redis (a prototype, off by default; see the README's "Quota leases")
+    lease: bool = False
+    lease_life: float = Field(1.0, gt=0, le=60.0)
 
 
 DetectorAction = Literal["block", "challenge", "throttle"]

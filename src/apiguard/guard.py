@@ -79,6 +79,8 @@ def _store_from_url(url: str, config: GuardConfig) -> Store:
         on_failure=settings.on_failure,
         strike_buckets=settings.window_buckets,
         max_bans=settings.max_keys,
+        lease=settings.lease,
+        lease_life=settings.lease_life,
     )
 
 

@@ -177,6 +177,33 @@ class _SyncLane:
         return conn.read_response(disable_decoding=True)
 
 
+_LEASE_FIRST = 2  # the lease a key asks for when this worker has no history of it
+_LEASE_MAX = 128  # the most a key asks for (the script grants at most 1/4 of the headroom)
+_LEASE_TABLE = 20_000  # leases held at most (full: no more are asked for)
+_LEASE_SAFETY = 0.001  # seconds a lease ends before its bucket does (float rounding)
+_SWEEP = 0.25  # seconds between two sweeps of expired leases
+
+
+class _Lease:
+    """Units of one window this worker may admit without Redis: charged by the script in
+    bucket `bucket` (store clock) and usable until `until` (caller clock, before that
+    bucket ends); `remaining` and `reset_at` answer the RateLimit fields meanwhile."""
+
+    __slots__ = ("bucket", "buckets", "left", "remaining", "reset_at", "until", "used")
+
+    def __init__(
+        self, left: int, until: float, bucket: int, buckets: int, remaining: int,
+        reset_at: float,
+    ) -> None:
+        self.left = left
+        self.until = until
+        self.bucket = bucket
+        self.buckets = buckets
+        self.remaining = remaining
+        self.reset_at = reset_at
+        self.used = 0
+
+
 class RedisStore:
     """Windows, markers, strikes, bans and detector state in Redis (see the module doc).
 
@@ -205,6 +232,8 @@ class RedisStore:
         max_bans: int = 200_000,
         meter_provider: metrics.MeterProvider | None = None,
         name: str | None = None,
+        lease: bool = False,
+        lease_life: float = 1.0,
     ) -> None:
         if client is not None and _is_async(client):
             client, aclient = aclient, client
@@ -217,6 +246,23 @@ class RedisStore:
                 "RedisStore(prefix=...): a non-empty name without braces, spaces or glob "
                 "characters"
             )
+        if not isinstance(lease, bool):
+            raise ConfigurationError(f"RedisStore(lease={lease!r}): True or False")
+        if (
+            isinstance(lease_life, bool)
+            or not isinstance(lease_life, int | float)
+            or not 0 < lease_life <= 60
+        ):
+            raise ConfigurationError(
+                f"RedisStore(lease_life={lease_life!r}): seconds, more than 0 and at most 60"
+            )
+        self.lease = lease
+        self.lease_life = float(lease_life)
+        self._leases: dict[str, _Lease] = {}  # window key -> this worker's lease on it
+        self._want: dict[str, int] = {}  # window key -> the lease to ask for next
+        self._sweep_at = float("-inf")
+        self._lease_lock = threading.Lock()  # leases are taken from threads and the loop
+        self.local_admissions = 0  # checkpoints decided from leases (tests, benchmark)
         self._client = client
         self._aclient = aclient
         self._make_sync: Callable[[], Any] | None = None
@@ -404,6 +450,10 @@ class RedisStore:
         known = self._known_ban(batch.ban_keys, now)
         if known is not None:
             return BatchResult(False, [], known)
+        if self.lease:
+            local = self._from_leases(batch, now)
+            if local is not None:
+                return local
         if not self.sync_ready:
             if not self._no_sync_warned:
                 self._no_sync_warned = True
@@ -429,6 +479,10 @@ class RedisStore:
         known = self._known_ban(batch.ban_keys, now)
         if known is not None:
             return BatchResult(False, [], known)
+        if self.lease:
+            local = self._from_leases(batch, now)
+            if local is not None:
+                return local
         if not self._breaker.allow():
             return self._fallback(batch, None)
         try:
@@ -474,7 +528,7 @@ class RedisStore:
         if shape is None:
             if len(self._shapes) > 64:
                 self._shapes.clear()
-            fmt = "<ddddHH" + "dddddBHHH" * nh
+            fmt = "<ddddHH" + ("dddddBHHHH" if self.lease else "dddddBHHH") * nh
             reply = "<dBdBH" + "Bdddd" * nh
             fixed: tuple[str, ...] = (self._p, self._bans_arg, fmt, reply)
             shape = self._shapes[nh] = (
@@ -535,6 +589,8 @@ class RedisStore:
                 oi,
                 seen if seen <= n else 0,
             )
+            if self.lease:
+                nums.append(self._ask(hit, now) if dups is None else 0)
         keys += windows
         if extra is not None:
             keys += extra
@@ -565,11 +621,14 @@ class RedisStore:
             return BatchResult(False, [], ban)
         v = 5
         for hit in hits:
-            hit.fits = values[v] == 1
+            fits = values[v]
+            hit.fits = fits >= 1
             hit.remaining = int(values[v + 1])
             hit.reset = values[v + 2]
             hit.retry_after = values[v + 3]
             hit.bucket = int(values[v + 4])
+            if fits > 1:  # a lease of fits - 1 more units (admitted batches only)
+                self._granted(hit, fits - 1, values[0], now)
             v += 5
         if status == 0:
             return BatchResult(True, hits)
@@ -578,6 +637,133 @@ class RedisStore:
             new_ban = Ban(_text(text[i + 1]), float(text[i + 2]) - offset, int(text[i + 3]))
             self._cache(new_ban, now)
         return BatchResult(False, hits, new_ban, new_ban is not None)
+
+    # -- quota leases (lease=True) -----------------------------------------------------
+    def _from_leases(self, batch: Batch, now: float) -> BatchResult | None:
+        """Admit `batch` from this worker's leases, without Redis, when every hit is a
+        plain charge (no `once` marker) of a window on which a live lease has enough units
+        left; else change nothing and return None (the script decides)."""
+        if now >= self._sweep_at:
+            self._sweep(now)
+        leases = self._leases
+        hits = batch.hits
+        if not leases or not hits:
+            return None
+        with self._lease_lock:
+            taken: list[_Lease] = []
+            for hit in hits:
+                lease = leases.get(hit.key)
+                cost = hit.cost
+                if (
+                    lease is None
+                    or lease.left < cost
+                    or lease.until <= now
+                    or cost <= 0
+                    or not hit.consume
+                    or hit.once is not None
+                ):
+                    for back, taken_hit in zip(taken, hits, strict=False):
+                        back.left += taken_hit.cost
+                    return None
+                lease.left -= cost
+                taken.append(lease)
+            for hit, lease in zip(hits, taken, strict=True):
+                lease.used += hit.cost
+                hit.fits = True
+                hit.remaining = max(lease.remaining - lease.used, 0)
+                hit.reset = max(lease.reset_at - now, 0.0)
+                hit.retry_after = 0.0
+                hit.bucket = lease.bucket
+        self.local_admissions += 1
+        return BatchResult(True, hits)
+
+    def _ask(self, hit: Hit, now: float) -> int:
+        """The lease hit's checkpoint asks for (0: none): a plain charge of a window on
+        which this worker holds no live lease with units left."""
+        if not hit.consume or hit.cost <= 0 or hit.once is not None:
+            return 0
+        key = hit.key
+        lease = self._leases.get(key)
+        if lease is None:
+            return 0 if len(self._leases) >= _LEASE_TABLE else self._want.get(key, _LEASE_FIRST)
+        if lease.until <= now:
+            return self._want.get(key, _LEASE_FIRST)
+        if lease.left >= hit.cost:
+            return 0  # (the batch went to Redis for another hit: this lease stays)
+        # used up before its end: ask for twice as much
+        want = min(_LEASE_MAX, 2 * self._want.get(key, _LEASE_FIRST))
+        if len(self._want) >= 4 * _LEASE_TABLE:
+            self._want.clear()
+        self._want[key] = want
+        return want
+
+    def _granted(self, hit: Hit, units: int, store_now: float, now: float) -> None:
+        """Keep a lease the script granted on hit's window: usable until its bucket ends
+        (store clock; `now`, the caller's time before the call, maps the store's time
+        after it: the lease ends no later in real time than the bucket) and at most
+        `lease_life` seconds."""
+        life = min(self.lease_life, (hit.bucket + 1) * hit.spec.width - store_now - _LEASE_SAFETY)
+        lease = _Lease(
+            units, now + life, hit.bucket, hit.spec.buckets, hit.remaining, now + hit.reset
+        )
+        key = hit.key
+        back: list[Any] = []
+        with self._lease_lock:
+            old = self._leases.pop(key, None)
+            if old is not None:
+                self._settle(key, old, now, back)
+            if life > 0:
+                self._leases[key] = lease
+            else:  # (the bucket ends now: nothing to admit from it)
+                back += ["F", key, lease.bucket, units, lease.buckets]
+        if back:
+            self._give_back(back)
+
+    def _settle(self, key: str, lease: _Lease, now: float, back: list[Any]) -> None:
+        """A lease ends: what it did not use goes back to its bucket ('F', after the
+        response), and the next lease on the key is sized by this one's use (doubled when
+        used up (`_ask`), halved when units were left)."""
+        if lease.left > 0:
+            back += ["F", key, lease.bucket, lease.left, lease.buckets]
+            if len(self._want) >= 4 * _LEASE_TABLE:
+                self._want.clear()
+            self._want[key] = max(1, self._want.get(key, _LEASE_FIRST) // 2)
+
+    def _sweep(self, now: float) -> None:
+        """End the leases whose time is up, giving back their unused units."""
+        self._sweep_at = now + _SWEEP
+        back: list[Any] = []
+        with self._lease_lock:
+            leases = self._leases
+            for key in [k for k, lease in leases.items() if lease.until <= now]:
+                self._settle(key, leases.pop(key), now, back)
+        if back:
+            self._give_back(back)
+
+    def release_leases(self) -> None:
+        """End every lease now, giving back its unused units (`aclose`, tests)."""
+        back: list[Any] = []
+        with self._lease_lock:
+            for key, lease in list(self._leases.items()):
+                self._settle(key, lease, 0.0, back)
+            self._leases.clear()
+        if back:
+            self._give_back(back)
+
+    def _give_back(self, ops: list[Any]) -> None:
+        """Queue refunds ('F' operations) after responses; sync callers: one call now.
+        (Lost when Redis fails: the units then stay counted until their bucket leaves
+        the window, which only refuses sooner.)"""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            self._guarded(lambda: self._call("after", self._after_args(ops)))
+            return
+        flusher = self._flusher_for(loop)
+        for i in range(0, len(ops), 5):
+            flusher.add(ops[i : i + 5], 1)
 
     # -- failure policy --------------------------------------------------------------
     def _fallback(self, batch: Batch, exc: BaseException | None) -> BatchResult:
@@ -869,6 +1055,8 @@ class RedisStore:
         (`Guard.reset()`, for test suites): deletes the prefix's keys (sync client)."""
         self._bans.clear()
         self._seen = 0.0
+        self._leases.clear()
+        self._want.clear()
         client = self._sync()
         if client is None:
             raise ConfigurationError("RedisStore.reset() needs a sync client (or a URL)")
@@ -890,6 +1078,7 @@ class RedisStore:
 
     async def aclose(self) -> None:
         """Write what waits (`drain`), then close the asyncio client's connections."""
+        self.release_leases()
         await self.drain()
         for lane in list(self._lanes.values()):
             if isinstance(lane, Wire):

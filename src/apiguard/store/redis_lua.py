@@ -121,6 +121,10 @@ local last_seen, secret_ms = N[2], N[3]
 now = clock(N[4])
 local nbk, nh = N[5], N[6]
 local kb = 5 + nbk  -- ARGV index before the first window key
+-- numbers per hit: 9, or 10 with quota leases (the 10th: the lease asked for; see the
+-- grants below). (`struct.unpack` returns the next position after the values.)
+local S = 9
+if nh > 0 then S = (#N - 7) / nh end
 
 -- the reply's numbers (sized for 8 hits: more grow it)
 local R = {now, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
@@ -368,13 +372,39 @@ for i = 1, nh do
     R[r + 4] = retry
   end
   R[r + 5] = head
-  pos = pos + 9
+  pos = pos + S
   r = r + 5
 end
 
 -- 3. admitted: keep what was charged (a window in the bucket it was stored in keeps its
 -- expiry; one that moved on expires when its newest bucket stops counting)
 if not refused then
+  -- quota leases: hit i asked for a lease of N[pos + 9] more units of its window; it is
+  -- granted at most a quarter of the window's headroom (none when fewer than 4 units
+  -- are left: the tail of a limit is charged one request at a time), charged now into
+  -- the current bucket as if used now. The caller admits from it only within this
+  -- bucket, so every unit it admits is counted exactly where a synchronous charge at its
+  -- use would have counted it; what it does not use it gives back ('F').
+  -- The reply's `fits` is then 1 + the units granted.
+  if S == 10 then
+    pos = 7
+    r = 5
+    for i = 1, nh do
+      local g = N[pos + 9]
+      if g > 0 and CH[i] then
+        local d = HD[i]
+        local room = math.floor((N[pos] - d[2]) / 4)
+        if g > room then g = room end
+        if g > 0 then
+          d[3] = d[3] + g
+          d[2] = d[2] + g
+          R[r + 1] = 1 + g
+        end
+      end
+      pos = pos + 10
+      r = r + 5
+    end
+  end
   pos = 7
   for i = 1, nh do
     if CHARGED[i] then
@@ -386,7 +416,7 @@ if not refused then
           ttl_ms((d[1] + N[pos + 2]) * N[pos + 1] - now))
       end
     end
-    pos = pos + 9
+    pos = pos + S
   end
   for i = 1, #marks, 2 do
     local expires = marks[i + 1]
@@ -413,7 +443,7 @@ for i = 1, nh do
     R[r + 2] = N[pos] - d[2]
     R[r + 3] = next_release(d, N[pos + 1], N[pos + 2])
   end
-  pos = pos + 9
+  pos = pos + S
   r = r + 5
 end
 
