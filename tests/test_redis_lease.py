@@ -305,3 +305,27 @@ async def _asyncio_workers(redis_url: str) -> None:
     assert store.local_admissions > 10
     await store.aclose()  # gives back what the leases hold
     assert _total(redis_url, p, "k", spec, now + 1) == 20
+
+
+def test_partly_leased_batch_is_admitted_or_refused_whole(redis_url: str) -> None:
+    big = WindowSpec(1000, 100.0, 10)
+    small = WindowSpec(2, 100.0, 10)
+    p = f"l{next(_prefixes)}"
+    store = _store(redis_url, p, lease=True)
+    now = 1000.0
+    store.execute(Batch([_hit("k", big)]), now, BANS)
+    assert store._leases["k"].left == 2
+    # "k" from its lease, "s" (no lease: too close to its limit) from Redis
+    for _ in range(2):
+        r = store.execute(Batch([_hit("k", big), _hit("s", small)]), now, BANS)
+        assert r.admitted and [h.fits for h in r.hits] == [True, True]
+    assert store.leased_hits == 2 and store.local_admissions == 0
+    store.execute(Batch([_hit("k", big)]), now, BANS)  # a new lease
+    left = store._leases["k"].left
+    assert left > 0
+    r = store.execute(Batch([_hit("k", big), _hit("s", small)]), now, BANS)
+    assert not r.admitted and [h.fits for h in r.hits] == [True, False]
+    assert store._leases["k"].left == left  # the unit taken went back to the lease
+    store.release_leases()
+    assert _total(redis_url, p, "k", big, now) == 4
+    assert _total(redis_url, p, "s", small, now) == 2

@@ -263,6 +263,7 @@ class RedisStore:
         self._sweep_at = float("-inf")
         self._lease_lock = threading.Lock()  # leases are taken from threads and the loop
         self.local_admissions = 0  # checkpoints decided from leases (tests, benchmark)
+        self.leased_hits = 0  # hits admitted from leases (tests, benchmark)
         self._client = client
         self._aclient = aclient
         self._make_sync: Callable[[], Any] | None = None
@@ -450,10 +451,14 @@ class RedisStore:
         known = self._known_ban(batch.ban_keys, now)
         if known is not None:
             return BatchResult(False, [], known)
-        if self.lease:
-            local = self._from_leases(batch, now)
-            if local is not None:
-                return local
+        if not self.lease:
+            return self._execute(batch, now, bans)
+        taken, rest = self._take(batch, now)
+        if rest is None:
+            return BatchResult(True, batch.hits)
+        return self._merge(batch, taken, self._execute(rest, now, bans))
+
+    def _execute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
         if not self.sync_ready:
             if not self._no_sync_warned:
                 self._no_sync_warned = True
@@ -479,10 +484,14 @@ class RedisStore:
         known = self._known_ban(batch.ban_keys, now)
         if known is not None:
             return BatchResult(False, [], known)
-        if self.lease:
-            local = self._from_leases(batch, now)
-            if local is not None:
-                return local
+        if not self.lease:
+            return await self._aexecute(batch, now, bans)
+        taken, rest = self._take(batch, now)
+        if rest is None:
+            return BatchResult(True, batch.hits)
+        return self._merge(batch, taken, await self._aexecute(rest, now, bans))
+
+    async def _aexecute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
         if not self._breaker.allow():
             return self._fallback(batch, None)
         try:
@@ -639,18 +648,22 @@ class RedisStore:
         return BatchResult(False, hits, new_ban, new_ban is not None)
 
     # -- quota leases (lease=True) -----------------------------------------------------
-    def _from_leases(self, batch: Batch, now: float) -> BatchResult | None:
-        """Admit `batch` from this worker's leases, without Redis, when every hit is a
-        plain charge (no `once` marker) of a window on which a live lease has enough units
-        left; else change nothing and return None (the script decides)."""
+    def _take(self, batch: Batch, now: float) -> tuple[list[Hit], Batch | None]:
+        """Take from this worker's leases every hit they cover: a plain charge (no `once`
+        marker) of a window with a live lease holding enough units. Returns those hits
+        (their results set, as admitted) and the batch of the others for the script, or
+        None when the leases covered every hit (the batch is admitted without Redis).
+        The units taken go back to their leases if the script does not admit the rest
+        (`_merge`): a batch is still admitted or refused as a whole."""
         if now >= self._sweep_at:
             self._sweep(now)
         leases = self._leases
         hits = batch.hits
         if not leases or not hits:
-            return None
+            return [], batch
+        taken: list[Hit] = []
+        rest: list[Hit] = []
         with self._lease_lock:
-            taken: list[_Lease] = []
             for hit in hits:
                 lease = leases.get(hit.key)
                 cost = hit.cost
@@ -662,20 +675,37 @@ class RedisStore:
                     or not hit.consume
                     or hit.once is not None
                 ):
-                    for back, taken_hit in zip(taken, hits, strict=False):
-                        back.left += taken_hit.cost
-                    return None
+                    rest.append(hit)
+                    continue
                 lease.left -= cost
-                taken.append(lease)
-            for hit, lease in zip(hits, taken, strict=True):
-                lease.used += hit.cost
+                lease.used += cost
                 hit.fits = True
                 hit.remaining = max(lease.remaining - lease.used, 0)
                 hit.reset = max(lease.reset_at - now, 0.0)
                 hit.retry_after = 0.0
                 hit.bucket = lease.bucket
-        self.local_admissions += 1
-        return BatchResult(True, hits)
+                taken.append(hit)
+        self.leased_hits += len(taken)
+        if not rest:
+            self.local_admissions += 1
+            return taken, None
+        return taken, (Batch(rest, batch.ban_keys) if taken else batch)
+
+    def _merge(self, batch: Batch, taken: list[Hit], result: BatchResult) -> BatchResult:
+        """The whole batch's result from the script's for the hits leases did not cover."""
+        if not taken:
+            return result
+        if result.admitted:
+            return BatchResult(True, batch.hits)
+        with self._lease_lock:  # not admitted: nothing is charged, the units go back
+            for hit in taken:
+                lease = self._leases.get(hit.key)
+                if lease is not None and lease.bucket == hit.bucket:
+                    lease.left += hit.cost
+                    lease.used -= hit.cost
+                else:  # (its lease has ended meanwhile: straight back to Redis)
+                    self._give_back(["F", hit.key, hit.bucket, hit.cost, hit.spec.buckets])
+        return BatchResult(False, batch.hits if result.hits else [], result.ban, result.new_ban)
 
     def _ask(self, hit: Hit, now: float) -> int:
         """The lease hit's checkpoint asks for (0: none): a plain charge of a window on
