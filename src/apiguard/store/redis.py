@@ -697,6 +697,7 @@ class RedisStore:
             return result
         if result.admitted:
             return BatchResult(True, batch.hits)
+        back: list[Any] = []
         with self._lease_lock:  # not admitted: nothing is charged, the units go back
             for hit in taken:
                 lease = self._leases.get(hit.key)
@@ -704,7 +705,9 @@ class RedisStore:
                     lease.left += hit.cost
                     lease.used -= hit.cost
                 else:  # (its lease has ended meanwhile: straight back to Redis)
-                    self._give_back(["F", hit.key, hit.bucket, hit.cost, hit.spec.buckets])
+                    back += ["F", hit.key, hit.bucket, hit.cost, hit.spec.buckets]
+        if back:
+            self._give_back(back)
         return BatchResult(False, batch.hits if result.hits else [], result.ban, result.new_ban)
 
     def _ask(self, hit: Hit, now: float) -> int:
