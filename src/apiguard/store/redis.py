@@ -214,6 +214,11 @@ class RedisStore:
     (`RedisStore.from_url`, `Guard(store=url)`), which makes each client when first needed.
     `server_time`: None lets the `Guard` decide (Redis time, unless the guard runs on an
     injected clock).
+    `lease`: admit from quota leases (a prototype, off by default): a checkpoint may be
+    granted more units of a window it charges, charged at once in the current bucket,
+    which this worker admits without Redis until that bucket ends or `lease_life`
+    seconds pass, giving back what it did not use; every window's bound holds exactly
+    (README, "Quota leases").
     """
 
     local = False
