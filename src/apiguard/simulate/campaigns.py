@@ -52,7 +52,16 @@ from typing import Any
 from starlette.types import ASGIApp
 
 from apiguard.simulate.clock import FakeClock
-from apiguard.simulate.driver import Actor, Agent, AsgiDriver, Record, Response, Step, run_agents
+from apiguard.simulate.driver import (
+    Actor,
+    Agent,
+    AsgiDriver,
+    Record,
+    Response,
+    Step,
+    lifespan,
+    run_agents,
+)
 from apiguard.simulate.population import (
     Client,
     Population,
@@ -302,15 +311,9 @@ def _sybil(target: Target, rng: random.Random, plan: Plan) -> Agent:
         client.token = None
         if target.signup_path:
             name = "".join(rng.choices(string.ascii_lowercase, k=7)) + str(rng.randint(10, 99))
-            body, ctype = target.login_body(name, "".join(rng.choices(string.ascii_letters, k=12)))
-            response = yield from client.send(
-                "POST", target.signup_path, body=body, ctype=ctype, kind="signup", auth=False
-            )
-            data = response.json()
-            token = data.get(target.token_field) if isinstance(data, dict) else None
-            if not isinstance(token, str):
+            yield from client.signup(name, "".join(rng.choices(string.ascii_letters, k=12)))
+            if client.token is None:
                 continue
-            client.token = token
         else:
             account = owned[n % len(owned)]
             if not (yield from _logged_in(client, account)):
@@ -424,18 +427,9 @@ def _farmer(target: Target, rng: random.Random, plan: Plan) -> Agent:
         client.token = None
         name = "".join(rng.choices(string.ascii_lowercase, k=8)) + str(rng.randint(10, 999))
         if target.signup_path:
-            body, ctype = target.login_body(name, "".join(rng.choices(string.ascii_letters, k=12)))
-            response = yield from client.send(
-                "POST", target.signup_path, body=body, ctype=ctype, kind="signup", auth=False
-            )
-            token = (
-                response.json().get(target.token_field)
-                if isinstance(response.json(), dict)
-                else None
-            )
-            if not isinstance(token, str):
+            yield from client.signup(name, "".join(rng.choices(string.ascii_letters, k=12)))
+            if client.token is None:
                 continue
-            client.token = token
         for code in codes:
             client.wait(rng.uniform(3.0, 15.0))
             path = target.flow_path.replace("{code}", code)
@@ -726,13 +720,17 @@ async def arun(
     size: float | None = None,
     solver: float = 0.0,
 ) -> tuple[list[Record], float]:
-    """One run of `camp` and its population against a fresh app on a fake clock."""
+    """One run of `camp` and its population against a fresh app on a fake clock, inside
+    the app's lifespan (start-up before the first request, shut-down after the last)."""
     clock = FakeClock(START)
     app = factory(clock)
     actors = actors_for(camp, target, seed=seed, scale=scale, size=size, solver=solver)
-    began = time.perf_counter()
-    records = await run_agents(AsgiDriver(app, server_errors=True), clock, actors, origin=START)
-    return records, time.perf_counter() - began
+    async with lifespan(app) as state:
+        began = time.perf_counter()
+        driver = AsgiDriver(app, server_errors=True, state=state)
+        records = await run_agents(driver, clock, actors, origin=START)
+        wall = time.perf_counter() - began
+    return records, wall
 
 
 def run(
