@@ -33,6 +33,11 @@ Definitions (every number in the report follows them):
   counts up to the first block or the first takeover, whichever comes first.
 - **admitted after**: the share of attack requests after the first refusal that were
   admitted.
+- **skipped**: the campaign sent no attack request (nothing it needs is declared, e.g.
+  no API key; or its own preparation failed: the attacker's account could not log in, no
+  sign-up gave a token), or the unprotected app answered every attack request 404/405
+  (the route it attacks is not there): it is reported as skipped, with the reason, not
+  as missed, and judged neither way.
 - **benign principal refused**: an honest person or client with at least one refused
   request that was not a challenge. A person who is asked for a challenge, passes it at
   `/challenge` and goes on is **challenged**, not refused; each pass is counted.
@@ -614,6 +619,7 @@ class Outcome:
     bot_challenges: int
     simulated_seconds: float
     wall_seconds: float
+    skipped: str | None = None  # why the campaign could not be tried (see the docstring)
 
     @property
     def admitted_after_share(self) -> float:
@@ -655,14 +661,68 @@ def gain_of(records: Sequence[Record]) -> tuple[int, int | None]:
     return len(got), first
 
 
+def _statuses(records: Sequence[Record]) -> str:
+    """"401 x5, 404" : the answers' statuses and their counts, commonest first."""
+    from collections import Counter
+
+    counts = Counter(r.status for r in records).most_common()
+    return ", ".join(f"{s} x{n}" if n > 1 else str(s) for s, n in counts)
+
+
+def skip_reason(
+    camp: Campaign,
+    target: Target,
+    records: Sequence[Record],
+    reference: Sequence[Record] | None = None,
+) -> str | None:
+    """Why a run did not try the campaign at all (None when it did), from its records
+    and the unprotected run's (see "skipped" in the module docstring)."""
+    attack = [r for r in records if r.attack and r.target is not None]
+    tried = [r for r in reference or () if r.attack and r.target is not None]
+    if tried and all(r.status in (404, 405) for r in tried):
+        return (
+            f"the unprotected app answered all {len(tried)} attack requests {_statuses(tried)} "
+            f"(e.g. {tried[0].method} {tried[0].path}): the route it attacks is not there; "
+            "declare it (see the TOML format)"
+        )
+    if attack:
+        return None
+    cover = [r for r in records if r.attack]
+    logins = [r for r in cover if r.kind == "own-login"]
+    signups = [r for r in cover if r.kind == "signup"]
+    if signups and not any(200 <= r.status < 300 for r in signups):
+        return (
+            f"no sign-up succeeded: POST {target.signup_path} answered {_statuses(signups)} "
+            "(declare [flow] signup and signup_fields, or signup = \"\" for none)"
+        )
+    if signups:
+        return (
+            f"no sign-up gave a token: POST {target.signup_path} answered "
+            f"{_statuses(signups)} without one where the declaration says ([login] "
+            "token_field or token_cookie)"
+        )
+    if logins:
+        return (
+            f"the attacker's own account could not log in: POST {target.login_path} "
+            f"answered {_statuses(logins)}"
+        )
+    if camp.build is stolen_key and not target.api_keys:
+        return "no API key declared ([api] keys)"
+    if camp.gain == "foreign objects" and not target.object_ids:
+        return "no object declared ([objects])"
+    return "it sent no attack request"
+
+
 def judge(
     camp: Campaign,
     records: Sequence[Record],
     *,
     reference_gain: int | None,
     wall: float = 0.0,
+    skipped: str | None = None,
 ) -> Outcome:
-    """Count and judge one run's records."""
+    """Count and judge one run's records (`skipped`: why the campaign was not tried,
+    from `skip_reason`: then it is not caught, and not missed either)."""
     attack = [r for r in records if r.attack and r.target is not None]
     refused = [i for i, r in enumerate(attack) if r.blocked]
     first = refused[0] if refused else None
@@ -670,7 +730,7 @@ def judge(
     after = attack[first + 1 :] if first is not None else []
     admitted_after = sum(not r.blocked for r in after)
     gain, first_gain = gain_of(records)
-    if not refused:
+    if not refused or skipped is not None:
         caught = False
     elif reference_gain:
         caught = gain <= 0.5 * reference_gain
@@ -703,6 +763,7 @@ def judge(
         bot_challenges=sum(r.challenged for r in attack),
         simulated_seconds=max((r.at for r in records), default=0.0),
         wall_seconds=wall,
+        skipped=skipped,
     )
 
 
@@ -747,17 +808,19 @@ def run(
     """Run and judge `camp` against `factory`'s app; `reference` is the unprotected app's
     factory (run first, for the gain the campaign would have) or its gain, already known."""
     ref: int | None
+    ref_records: list[Record] | None = None
     if reference is None or isinstance(reference, int):
         ref = reference
     else:
-        records, _ = asyncio.run(
+        ref_records, _ = asyncio.run(
             arun(camp, target, reference, seed=seed, scale=scale, size=size, solver=solver)
         )
-        ref = gain_of(records)[0]
+        ref = gain_of(ref_records)[0]
     records, wall = asyncio.run(
         arun(camp, target, factory, seed=seed, scale=scale, size=size, solver=solver)
     )
-    return judge(camp, records, reference_gain=ref, wall=wall)
+    skipped = skip_reason(camp, target, records, ref_records)
+    return judge(camp, records, reference_gain=ref, wall=wall, skipped=skipped)
 
 
 def reference_gain(

@@ -442,8 +442,15 @@ def run_url(
                 records = await run_over_http(
                     driver, actors, speed=speed, max_requests=max_requests, max_seconds=max_seconds
                 )
+                skipped = cp.skip_reason(camp, target, records)
                 outcomes.append(
-                    cp.judge(camp, records, reference_gain=None, wall=time.perf_counter() - began)
+                    cp.judge(
+                        camp,
+                        records,
+                        reference_gain=None,
+                        wall=time.perf_counter() - began,
+                        skipped=skipped,
+                    )
                 )
         return outcomes
 
@@ -471,7 +478,7 @@ def row(o: cp.Outcome) -> tuple[str, ...]:
         o.campaign,
         str(o.attack_requests),
         str(o.refused),
-        "CAUGHT" if o.caught else "MISSED",
+        "SKIPPED" if o.skipped is not None else "CAUGHT" if o.caught else "MISSED",
         str(o.admitted_before_first_block),
         f"{o.admitted_after_first_block}/{o.after_first_block}" if o.after_first_block else "-",
         f"{o.gain} {o.gain_kind} ({ref})",
@@ -492,24 +499,37 @@ def table(rows: Sequence[Sequence[str]], head: Sequence[str] = COLUMNS) -> str:
 
 
 def report(outcomes: Sequence[cp.Outcome]) -> str:
-    missed = [o.campaign for o in outcomes if not o.caught]
+    tried = [o for o in outcomes if o.skipped is None]
+    missed = [o.campaign for o in tried if not o.caught]
     refused = sum(o.benign_principals_refused for o in outcomes)
-    verdict = (
-        "every campaign caught, no benign principal refused"
-        if not missed and not refused
-        else "; ".join(
-            p
-            for p in (
-                f"missed: {', '.join(missed)}" if missed else "",
-                f"{refused} benign principal(s) refused" if refused else "",
+    if not tried:
+        verdict = "no campaign could be tried (see why above)"
+    else:
+        verdict = (
+            f"every campaign {'tried ' if len(tried) < len(outcomes) else ''}caught, "
+            "no benign principal refused"
+            if not missed and not refused
+            else "; ".join(
+                p
+                for p in (
+                    f"missed: {', '.join(missed)}" if missed else "",
+                    f"{refused} benign principal(s) refused" if refused else "",
+                )
+                if p
             )
-            if p
         )
+    skipped = "".join(
+        f"\nskipped {o.campaign}: {o.skipped}" for o in outcomes if o.skipped is not None
     )
-    return table([row(o) for o in outcomes]) + f"\n\n{verdict}."
+    text = table([row(o) for o in outcomes])
+    return text + (f"\n{skipped}" if skipped else "") + f"\n\n{verdict}."
 
 
 def exit_status(outcomes: Sequence[cp.Outcome]) -> int:
-    """0 when every campaign was caught and no benign principal refused, else 1."""
-    ok = all(o.caught and o.benign_principals_refused == 0 for o in outcomes)
+    """0 when every campaign tried was caught and no benign principal refused, else 1
+    (1 also when no campaign could be tried: nothing was measured). A skipped campaign
+    (see `campaigns.skip_reason`) is neither: the report says why it was skipped."""
+    tried = [o for o in outcomes if o.skipped is None]
+    ok = bool(tried) and all(o.caught for o in tried)
+    ok = ok and all(o.benign_principals_refused == 0 for o in outcomes)
     return 0 if ok else 1
