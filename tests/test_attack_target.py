@@ -430,6 +430,16 @@ def test_how_the_token_is_sent() -> None:
     assert nested.token_in(401, [], {"user": {"token": "j"}}) is None
 
 
+def test_sign_up_fields_may_be_written_as_dotted_keys(tmp_path: Path) -> None:
+    path = tmp_path / "attack.toml"
+    path.write_text('[flow.signup_fields]\nuser.name = "{name}"\n"user.pw" = "{password}"\n')
+    target = Target.from_toml(path)
+    assert json.loads(target.signup_body("a", "b")[0]) == {"user": {"name": "a", "pw": "b"}}
+    path.write_text("[flow.signup_fields]\nuser.age = 3\n")
+    with pytest.raises(DeclarationError, match="signup_fields: expected a table of strings"):
+        Target.from_toml(path)
+
+
 def test_the_default_login_body_is_unchanged() -> None:
     target = Target(accounts=())
     body, ctype = target.login_body("ann", "pw")

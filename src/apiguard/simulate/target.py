@@ -32,10 +32,10 @@ value by default, so `apiguard attack examples/shop.py:app` needs no declaration
     path = "/coupons/{code}/redeem"   # POST, authenticated
     codes = ["WELCOME10", "SPRING25"]  # valid codes (the abuser's list contains them)
     signup = "/signup"                 # POST -> a token, as at the login; "" if none
-    # the sign-up body: dotted names nest, values are templates of {name} and {password}
-    # (by default the login's username and password fields)
-    # signup_fields = { "user.username" = "{name}", "user.email" = "{name}@example.org",
-    #                   "user.password" = "{password}" }
+    # [flow.signup_fields]             # the sign-up body: dotted names nest, values are
+    # "user.username" = "{name}"       #   templates of {name} and {password} (default:
+    # "user.email" = "{name}@example.org"  # the login's username and password fields)
+    # "user.password" = "{password}"
 
     [api]
     path = "/api/v1/reports?page={page}"
@@ -270,7 +270,7 @@ class Target:
         if "signup" in flow:
             changes["signup_path"] = flow["signup"]
         if "signup_fields" in flow:
-            changes["signup_fields"] = tuple(flow["signup_fields"].items())
+            changes["signup_fields"] = tuple(_flat(flow["signup_fields"]))
         api = sections.get("api", {})
         for key, attr in (("path", "api_path"), ("header", "api_header")):
             if key in api:
@@ -388,11 +388,22 @@ def _checked(data: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
                 "int": isinstance(value, int) and not isinstance(value, bool),
                 "strs": isinstance(value, list) and all(isinstance(v, str) for v in value),
                 "table": isinstance(value, Mapping)
-                and all(isinstance(v, str) for v in value.values()),
+                and all(isinstance(v, str) for _, v in _flat(value)),
             }[kind]
             if not ok:
                 raise DeclarationError(section, key, f"expected {_KINDS[kind]}, got {value!r}")
         out[section] = dict(body)
+    return out
+
+
+def _flat(table: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """A table's leaves under dotted names (`user.email = ...` unquoted is a sub-table)."""
+    out: list[tuple[str, Any]] = []
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            out.extend(_flat(value, f"{prefix}{key}."))
+        else:
+            out.append((f"{prefix}{key}", value))
     return out
 
 
