@@ -524,3 +524,28 @@ def test_skip_reasons_from_the_records() -> None:
     reason = cp.skip_reason(cp.campaign("many accounts"), target, signups)
     assert reason is not None and "POST /api/users answered 422 x2, 409" in reason
     assert cp.skip_reason(camp, target, [rec("walk", 200, "7")]) is None
+
+
+def test_a_flask_app_is_attacked_through_the_wsgi_bridge(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A WSGI app (Flask with `init_app`): its guard is found behind `app.wsgi_app`, it is
+    served through the WSGI bridge (no lifespan: WSGI has none). Its order route has no
+    BOLA bug (404 for a foreign order): the BOLA walk is skipped, and says why."""
+    pytest.importorskip("flask")
+    path = tmp_path / "attack.toml"
+    path.write_text(
+        '[accounts]\ncount = 60\n[objects]\npath = "/api/v1/orders/{id}"\nper_account = 10\n'
+    )
+    spec = f"{ROOT / 'examples' / 'flask_shop.py'}:app"
+    argv = ["attack", spec, "--config", str(path), "--scale", "0.1", "--json"]
+    status = main([*argv, "--campaign", "flow abuse, rotating", "--campaign", "BOLA walk"])
+    captured = capsys.readouterr()
+    assert status != 2, captured.err
+    rows = {c["campaign"]: c for c in json.loads(captured.out)["campaigns"]}
+    flow = rows["flow abuse, rotating IPs"]
+    assert flow["skipped"] is None and flow["reference_gain"] > 0 and flow["caught"] is True
+    # the Flask shop answers 404 for another user's order (no BOLA bug): nothing to catch
+    bola = rows["BOLA walk"]
+    assert bola["reference_gain"] == 0 and bola["attack_requests"] > 0
+    assert "the app itself refuses what the attack is after" in bola["skipped"]

@@ -36,7 +36,8 @@ Definitions (every number in the report follows them):
 - **skipped**: the campaign sent no attack request (nothing it needs is declared, e.g.
   no API key; or its own preparation failed: the attacker's account could not log in, no
   sign-up gave a token), or the unprotected app answered every attack request 404/405
-  (the route it attacks is not there): it is reported as skipped, with the reason, not
+  (the route it attacks is not there, or the app hides what the attack is after, e.g.
+  answers 404 for another user's order): it is reported as skipped, with the reason, not
   as missed, and judged neither way.
 - **benign principal refused**: an honest person or client with at least one refused
   request that was not a challenge. A person who is asked for a challenge, passes it at
@@ -662,7 +663,7 @@ def gain_of(records: Sequence[Record]) -> tuple[int, int | None]:
 
 
 def _statuses(records: Sequence[Record]) -> str:
-    """"401 x5, 404" : the answers' statuses and their counts, commonest first."""
+    """The answers' statuses and their counts, commonest first: "401 x5, 404"."""
     from collections import Counter
 
     counts = Counter(r.status for r in records).most_common()
@@ -682,8 +683,9 @@ def skip_reason(
     if tried and all(r.status in (404, 405) for r in tried):
         return (
             f"the unprotected app answered all {len(tried)} attack requests {_statuses(tried)} "
-            f"(e.g. {tried[0].method} {tried[0].path}): the route it attacks is not there; "
-            "declare it (see the TOML format)"
+            f"(e.g. {tried[0].method} {tried[0].path}): the route it attacks is not there "
+            "(declare it, see the TOML format), or the app itself refuses what the attack "
+            "is after: nothing for apiguard to catch"
         )
     if attack:
         return None
@@ -693,7 +695,7 @@ def skip_reason(
     if signups and not any(200 <= r.status < 300 for r in signups):
         return (
             f"no sign-up succeeded: POST {target.signup_path} answered {_statuses(signups)} "
-            "(declare [flow] signup and signup_fields, or signup = \"\" for none)"
+            '(declare [flow] signup and signup_fields, or signup = "" for none)'
         )
     if signups:
         return (
