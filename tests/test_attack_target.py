@@ -274,6 +274,31 @@ def test_an_app_without_lifespan_support_still_runs() -> None:
     assert asyncio.run(go(returns)) == 204
 
 
+def test_a_preflight_500_says_what_the_app_raised(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An app whose lifespan raises (run without one, as the spec says) and whose login
+    then raises: the preflight's error says both, not only "answered 500"."""
+    (tmp_path / "raising_app.py").write_text(
+        "from starlette.applications import Starlette\n"
+        "from starlette.routing import Route\n"
+        "from apiguard import Guard\n"
+        "from apiguard.asgi import GuardMiddleware\n"
+        "async def login(request):\n"
+        "    raise RuntimeError('pool is None')\n"
+        "inner = Starlette(routes=[Route('/login', login, methods=['POST'])])\n"
+        "async def bare(scope, receive, send):\n"
+        "    if scope['type'] == 'lifespan':\n"
+        "        raise ValueError('no lifespan here')\n"
+        "    await inner(scope, receive, send)\n"
+        "app = GuardMiddleware(bare, guard=Guard())\n"
+    )
+    assert main(["attack", f"{tmp_path / 'raising_app.py'}:app", "--campaign", "brute"]) == 2
+    err = capsys.readouterr().err
+    assert "answered 500" in err and "RuntimeError: pool is None" in err
+    assert "its lifespan raised ValueError: no lifespan here (run without one)" in err
+
+
 def test_a_failed_start_up_is_a_clear_error() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         assert scope["type"] == "lifespan"

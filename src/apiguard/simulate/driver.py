@@ -160,6 +160,7 @@ class AsgiDriver:
         self.host = host
         self.server_errors = server_errors
         self.state = state  # the lifespan's state, copied into each request's scope
+        self.last_error: BaseException | None = None  # the app's last exception (a 500)
 
     async def send(self, request: Request) -> Response:
         """Run one request through the app and collect the complete response."""
@@ -211,9 +212,10 @@ class AsgiDriver:
 
         try:
             await self.app(scope, receive, send)
-        except Exception:
+        except Exception as exc:
             if not self.server_errors:
                 raise
+            self.last_error = exc
             if not status:  # (Starlette's error middleware sends its 500, then raises)
                 return Response(500, (), b"")
         finally:
@@ -226,11 +228,14 @@ class LifespanError(Exception):
 
 
 @contextlib.asynccontextmanager
-async def lifespan(app: ASGIApp, *, timeout: float = 60.0) -> AsyncIterator[dict[str, Any]]:
+async def lifespan(
+    app: ASGIApp, *, timeout: float = 60.0, notes: list[str] | None = None
+) -> AsyncIterator[dict[str, Any]]:
     """Run `app`'s ASGI lifespan around the block: start-up on entry, shut-down on exit.
     Yields the lifespan state (give it to `AsgiDriver(state=...)`). An app without
     lifespan support (it raises or returns before answering the start-up) runs without
-    one; a failed start-up raises `LifespanError` with the app's message."""
+    one (what it raised is added to `notes`); a failed start-up raises `LifespanError`
+    with the app's message."""
     state: dict[str, Any] = {}
     inbox: asyncio.Queue[Message] = asyncio.Queue()
     answers: asyncio.Queue[Message | BaseException | None] = asyncio.Queue()
@@ -267,6 +272,8 @@ async def lifespan(app: ASGIApp, *, timeout: float = 60.0) -> AsyncIterator[dict
         raise LifespanError(f"the app's start-up failed: {answer.get('message') or '(no message)'}")
     if not (isinstance(answer, dict) and answer.get("type") == "lifespan.startup.complete"):
         await _settle(task, timeout)  # raised or returned first: no lifespan support
+        if isinstance(answer, BaseException) and notes is not None:
+            notes.append(f"its lifespan raised {type(answer).__name__}: {answer} (run without one)")
         yield {}
         return
     try:

@@ -273,29 +273,36 @@ def check_accounts(target: Target, factory: Callable[[FakeClock], Any]) -> None:
     if len(target.accounts) > 1:
         checked.append(("last", target.accounts[-1]))
 
+    notes: list[str] = []
+
     async def go() -> list[tuple[str, Account, Response]]:
         app = factory(FakeClock(cp.START))
         try:
-            async with lifespan(app) as state:
+            async with lifespan(app, notes=notes) as state:
                 driver = AsgiDriver(app, server_errors=True, state=state)
                 answers = []
                 for which, account in checked:
                     body, ctype = target.login_body(account.username, account.password)
                     headers = (("content-type", ctype), ("user-agent", "apiguard-attack/preflight"))
                     request = Request("POST", target.login_path, "198.51.100.250", headers, body)
-                    answers.append((which, account, await driver.send(request)))
+                    answer = await driver.send(request)
+                    if answer.status >= 500 and driver.last_error is not None:
+                        error = driver.last_error
+                        notes.append(f"the app raised {type(error).__name__}: {error}")
+                    answers.append((which, account, answer))
                 return answers
         except LifespanError as exc:
             raise SelfTestError(str(exc)) from exc
 
     for which, account, response in asyncio.run(go()):
         if not 200 <= response.status < 300:
+            said = f" ({'; '.join(notes)})" if notes else ""
             raise SelfTestError(
                 f"the {which} declared account ({account.username}) could not log in: "
-                f"POST {target.login_path} answered {response.status} (in monitor mode). "
-                "Declare the app's login path, its body fields and real accounts (see the "
-                "TOML format in apiguard/simulate/target.py), or every account campaign "
-                "measures nothing"
+                f"POST {target.login_path} answered {response.status} (in monitor mode)"
+                f"{said}. Declare the app's login path, its body fields and real accounts "
+                "(see the TOML format in apiguard/simulate/target.py), or every account "
+                "campaign measures nothing"
             )
         if token_of(response, target) is None:
             where = (
