@@ -449,7 +449,9 @@ def run_url(
                 records = await run_over_http(
                     driver, actors, speed=speed, max_requests=max_requests, max_seconds=max_seconds
                 )
-                skipped = cp.skip_reason(camp, target, records)
+                # no unprotected run over HTTP: a run that refused nothing stands for it
+                unrefused = not any(r.blocked for r in records if r.attack)
+                skipped = cp.skip_reason(camp, target, records, records if unrefused else None)
                 outcomes.append(
                     cp.judge(
                         camp,
