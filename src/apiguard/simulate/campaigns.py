@@ -33,6 +33,12 @@ Definitions (every number in the report follows them):
   counts up to the first block or the first takeover, whichever comes first.
 - **admitted after**: the share of attack requests after the first refusal that were
   admitted.
+- **skipped**: the campaign sent no attack request (nothing it needs is declared, e.g.
+  no API key; or its own preparation failed: the attacker's account could not log in, no
+  sign-up gave a token), or the unprotected app answered every attack request 404/405
+  (the route it attacks is not there, or the app hides what the attack is after, e.g.
+  answers 404 for another user's order): it is reported as skipped, with the reason, not
+  as missed, and judged neither way.
 - **benign principal refused**: an honest person or client with at least one refused
   request that was not a challenge. A person who is asked for a challenge, passes it at
   `/challenge` and goes on is **challenged**, not refused; each pass is counted.
@@ -52,7 +58,16 @@ from typing import Any
 from starlette.types import ASGIApp
 
 from apiguard.simulate.clock import FakeClock
-from apiguard.simulate.driver import Actor, Agent, AsgiDriver, Record, Response, Step, run_agents
+from apiguard.simulate.driver import (
+    Actor,
+    Agent,
+    AsgiDriver,
+    Record,
+    Response,
+    Step,
+    lifespan,
+    run_agents,
+)
 from apiguard.simulate.population import (
     Client,
     Population,
@@ -302,15 +317,9 @@ def _sybil(target: Target, rng: random.Random, plan: Plan) -> Agent:
         client.token = None
         if target.signup_path:
             name = "".join(rng.choices(string.ascii_lowercase, k=7)) + str(rng.randint(10, 99))
-            body, ctype = target.login_body(name, "".join(rng.choices(string.ascii_letters, k=12)))
-            response = yield from client.send(
-                "POST", target.signup_path, body=body, ctype=ctype, kind="signup", auth=False
-            )
-            data = response.json()
-            token = data.get(target.token_field) if isinstance(data, dict) else None
-            if not isinstance(token, str):
+            yield from client.signup(name, "".join(rng.choices(string.ascii_letters, k=12)))
+            if client.token is None:
                 continue
-            client.token = token
         else:
             account = owned[n % len(owned)]
             if not (yield from _logged_in(client, account)):
@@ -424,18 +433,9 @@ def _farmer(target: Target, rng: random.Random, plan: Plan) -> Agent:
         client.token = None
         name = "".join(rng.choices(string.ascii_lowercase, k=8)) + str(rng.randint(10, 999))
         if target.signup_path:
-            body, ctype = target.login_body(name, "".join(rng.choices(string.ascii_letters, k=12)))
-            response = yield from client.send(
-                "POST", target.signup_path, body=body, ctype=ctype, kind="signup", auth=False
-            )
-            token = (
-                response.json().get(target.token_field)
-                if isinstance(response.json(), dict)
-                else None
-            )
-            if not isinstance(token, str):
+            yield from client.signup(name, "".join(rng.choices(string.ascii_letters, k=12)))
+            if client.token is None:
                 continue
-            client.token = token
         for code in codes:
             client.wait(rng.uniform(3.0, 15.0))
             path = target.flow_path.replace("{code}", code)
@@ -620,6 +620,7 @@ class Outcome:
     bot_challenges: int
     simulated_seconds: float
     wall_seconds: float
+    skipped: str | None = None  # why the campaign could not be tried (see the docstring)
 
     @property
     def admitted_after_share(self) -> float:
@@ -661,14 +662,69 @@ def gain_of(records: Sequence[Record]) -> tuple[int, int | None]:
     return len(got), first
 
 
+def _statuses(records: Sequence[Record]) -> str:
+    """The answers' statuses and their counts, commonest first: "401 x5, 404"."""
+    from collections import Counter
+
+    counts = Counter(r.status for r in records).most_common()
+    return ", ".join(f"{s} x{n}" if n > 1 else str(s) for s, n in counts)
+
+
+def skip_reason(
+    camp: Campaign,
+    target: Target,
+    records: Sequence[Record],
+    reference: Sequence[Record] | None = None,
+) -> str | None:
+    """Why a run did not try the campaign at all (None when it did), from its records
+    and the unprotected run's (see "skipped" in the module docstring)."""
+    attack = [r for r in records if r.attack and r.target is not None]
+    tried = [r for r in reference or () if r.attack and r.target is not None]
+    if tried and all(r.status in (404, 405) for r in tried):
+        return (
+            f"the unprotected app answered all {len(tried)} attack requests {_statuses(tried)} "
+            f"(e.g. {tried[0].method} {tried[0].path}): the route it attacks is not there "
+            "(declare it, see the TOML format), or the app itself refuses what the attack "
+            "is after: nothing for apiguard to catch"
+        )
+    if attack:
+        return None
+    cover = [r for r in records if r.attack]
+    logins = [r for r in cover if r.kind == "own-login"]
+    signups = [r for r in cover if r.kind == "signup"]
+    if signups and not any(200 <= r.status < 300 for r in signups):
+        return (
+            f"no sign-up succeeded: POST {target.signup_path} answered {_statuses(signups)} "
+            '(declare [flow] signup and signup_fields, or signup = "" for none)'
+        )
+    if signups:
+        return (
+            f"no sign-up gave a token: POST {target.signup_path} answered "
+            f"{_statuses(signups)} without one where the declaration says ([login] "
+            "token_field or token_cookie)"
+        )
+    if logins:
+        return (
+            f"the attacker's own account could not log in: POST {target.login_path} "
+            f"answered {_statuses(logins)}"
+        )
+    if camp.build is stolen_key and not target.api_keys:
+        return "no API key declared ([api] keys)"
+    if camp.gain == "foreign objects" and not target.object_ids:
+        return "no object declared ([objects])"
+    return "it sent no attack request"
+
+
 def judge(
     camp: Campaign,
     records: Sequence[Record],
     *,
     reference_gain: int | None,
     wall: float = 0.0,
+    skipped: str | None = None,
 ) -> Outcome:
-    """Count and judge one run's records."""
+    """Count and judge one run's records (`skipped`: why the campaign was not tried,
+    from `skip_reason`: then it is not caught, and not missed either)."""
     attack = [r for r in records if r.attack and r.target is not None]
     refused = [i for i, r in enumerate(attack) if r.blocked]
     first = refused[0] if refused else None
@@ -676,7 +732,7 @@ def judge(
     after = attack[first + 1 :] if first is not None else []
     admitted_after = sum(not r.blocked for r in after)
     gain, first_gain = gain_of(records)
-    if not refused:
+    if not refused or skipped is not None:
         caught = False
     elif reference_gain:
         caught = gain <= 0.5 * reference_gain
@@ -709,6 +765,7 @@ def judge(
         bot_challenges=sum(r.challenged for r in attack),
         simulated_seconds=max((r.at for r in records), default=0.0),
         wall_seconds=wall,
+        skipped=skipped,
     )
 
 
@@ -726,13 +783,17 @@ async def arun(
     size: float | None = None,
     solver: float = 0.0,
 ) -> tuple[list[Record], float]:
-    """One run of `camp` and its population against a fresh app on a fake clock."""
+    """One run of `camp` and its population against a fresh app on a fake clock, inside
+    the app's lifespan (start-up before the first request, shut-down after the last)."""
     clock = FakeClock(START)
     app = factory(clock)
     actors = actors_for(camp, target, seed=seed, scale=scale, size=size, solver=solver)
-    began = time.perf_counter()
-    records = await run_agents(AsgiDriver(app, server_errors=True), clock, actors, origin=START)
-    return records, time.perf_counter() - began
+    async with lifespan(app) as state:
+        began = time.perf_counter()
+        driver = AsgiDriver(app, server_errors=True, state=state)
+        records = await run_agents(driver, clock, actors, origin=START)
+        wall = time.perf_counter() - began
+    return records, wall
 
 
 def run(
@@ -749,17 +810,19 @@ def run(
     """Run and judge `camp` against `factory`'s app; `reference` is the unprotected app's
     factory (run first, for the gain the campaign would have) or its gain, already known."""
     ref: int | None
+    ref_records: list[Record] | None = None
     if reference is None or isinstance(reference, int):
         ref = reference
     else:
-        records, _ = asyncio.run(
+        ref_records, _ = asyncio.run(
             arun(camp, target, reference, seed=seed, scale=scale, size=size, solver=solver)
         )
-        ref = gain_of(records)[0]
+        ref = gain_of(ref_records)[0]
     records, wall = asyncio.run(
         arun(camp, target, factory, seed=seed, scale=scale, size=size, solver=solver)
     )
-    return judge(camp, records, reference_gain=ref, wall=wall)
+    skipped = skip_reason(camp, target, records, ref_records)
+    return judge(camp, records, reference_gain=ref, wall=wall, skipped=skipped)
 
 
 def reference_gain(

@@ -6,6 +6,12 @@ of traffic takes about a second. Traffic comes from *agents*: generators that yi
 next `Step` (when, what, from where) and receive the `Response` to it, so they can react
 (log in, read a token, back off). `run_agents` interleaves them in time order.
 
+`lifespan(app)` runs the app's ASGI lifespan around a run, as a server does: start-up
+before the first request (an app that opens its database pool there), shut-down at the
+end; the state the start-up leaves (`scope["state"]`) is copied into every request's
+scope. An app that does not support the lifespan protocol (it raises, or returns, before
+it has answered the start-up) is run without one, as the ASGI spec says.
+
 Each actor keeps its cookies (a jar per actor, like a browser or an HTTP client session):
 `Set-Cookie` answers are stored and sent back as `Cookie` on its later requests, unless
 the request carries its own `cookie` header or the actor was made with `cookies=False`.
@@ -14,9 +20,10 @@ the request carries its own `cookie` header or the actor was made with `cookies=
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import json
-from collections.abc import Generator, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,11 +149,18 @@ class AsgiDriver:
     500 (the self-test attacks apps it does not know); otherwise it propagates (tests)."""
 
     def __init__(
-        self, app: ASGIApp, host: str = "shop.example", *, server_errors: bool = False
+        self,
+        app: ASGIApp,
+        host: str = "shop.example",
+        *,
+        server_errors: bool = False,
+        state: dict[str, Any] | None = None,
     ) -> None:
         self.app = app
         self.host = host
         self.server_errors = server_errors
+        self.state = state  # the lifespan's state, copied into each request's scope
+        self.last_error: BaseException | None = None  # the app's last exception (a 500)
 
     async def send(self, request: Request) -> Response:
         """Run one request through the app and collect the complete response."""
@@ -170,7 +184,7 @@ class AsgiDriver:
             "headers": headers,
             "client": (request.ip, request.port),
             "server": (self.host, 80),
-            "state": {},
+            "state": dict(self.state) if self.state else {},
         }
         done = asyncio.Event()
         body_sent = False
@@ -198,14 +212,85 @@ class AsgiDriver:
 
         try:
             await self.app(scope, receive, send)
-        except Exception:
+        except Exception as exc:
             if not self.server_errors:
                 raise
+            self.last_error = exc
             if not status:  # (Starlette's error middleware sends its 500, then raises)
                 return Response(500, (), b"")
         finally:
             done.set()
         return Response(status, response_headers, b"".join(chunks))
+
+
+class LifespanError(Exception):
+    """The app's start-up failed (`lifespan.startup.failed`, or it raised after it)."""
+
+
+@contextlib.asynccontextmanager
+async def lifespan(
+    app: ASGIApp, *, timeout: float = 60.0, notes: list[str] | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """Run `app`'s ASGI lifespan around the block: start-up on entry, shut-down on exit.
+    Yields the lifespan state (give it to `AsgiDriver(state=...)`). An app without
+    lifespan support (it raises or returns before answering the start-up) runs without
+    one (what it raised is added to `notes`); a failed start-up raises `LifespanError`
+    with the app's message."""
+    state: dict[str, Any] = {}
+    inbox: asyncio.Queue[Message] = asyncio.Queue()
+    answers: asyncio.Queue[Message | BaseException | None] = asyncio.Queue()
+    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": state}
+
+    async def receive() -> Message:
+        return await inbox.get()
+
+    async def send(message: Message) -> None:
+        kind = str(message.get("type", ""))
+        if not kind.startswith("lifespan."):
+            raise RuntimeError(f"unexpected ASGI message {kind!r} in the lifespan scope")
+        await answers.put(message)
+
+    async def main() -> None:
+        try:
+            await app(scope, receive, send)
+        except BaseException as exc:  # (reported through the queue)
+            await answers.put(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            await answers.put(None)
+
+    task = asyncio.ensure_future(main())
+    await inbox.put({"type": "lifespan.startup"})
+    try:
+        answer = await asyncio.wait_for(answers.get(), timeout)
+    except asyncio.TimeoutError:
+        task.cancel()
+        raise LifespanError(f"the app's start-up did not finish in {timeout:.0f} s") from None
+    if isinstance(answer, dict) and answer.get("type") == "lifespan.startup.failed":
+        await _settle(task, timeout)
+        raise LifespanError(f"the app's start-up failed: {answer.get('message') or '(no message)'}")
+    if not (isinstance(answer, dict) and answer.get("type") == "lifespan.startup.complete"):
+        await _settle(task, timeout)  # raised or returned first: no lifespan support
+        if isinstance(answer, BaseException) and notes is not None:
+            notes.append(f"its lifespan raised {type(answer).__name__}: {answer} (run without one)")
+        yield {}
+        return
+    try:
+        yield state
+    finally:
+        await inbox.put({"type": "lifespan.shutdown"})
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(answers.get(), timeout)  # complete, failed, or an error
+        await _settle(task, timeout)
+
+
+async def _settle(task: asyncio.Future[None], timeout: float) -> None:
+    """Wait for the lifespan task to end (cancelled after `timeout`), ignoring its errors."""
+    try:
+        await asyncio.wait_for(task, timeout)
+    except (Exception, asyncio.CancelledError):
+        task.cancel()
 
 
 async def run_agents(

@@ -207,7 +207,9 @@ class Client:
         if ctype is not None:
             headers = (*headers, ("content-type", ctype))
         if auth and self.token is not None:
-            headers = (*headers, ("authorization", f"Bearer {self.token}"))
+            header = self.target.auth_value(self.token)
+            if header is not None:  # (None: a session cookie, sent from the cookie jar)
+                headers = (*headers, header)
         if self.api_key is not None:
             headers = (*headers, (self.target.api_header, self.api_key))
         return Request(method, path, self.ip(), headers, body)
@@ -258,10 +260,19 @@ class Client:
             target=target,
             auth=False,
         )
-        if 200 <= response.status < 300:
-            token = _token(response, self.target.token_field)
-            if token is not None:
-                self.token = token
+        token = token_of(response, self.target)
+        if token is not None:
+            self.token = token
+        return response
+
+    def signup(self, name: str, password: str) -> Flow:
+        """POST the sign-up form (`[flow] signup`); keeps the token of a successful one
+        (`client.token` stays None when the answer carries none)."""
+        body, ctype = self.target.signup_body(name, password)
+        response = yield from self.send(
+            "POST", self.target.signup_path, body=body, ctype=ctype, kind="signup", auth=False
+        )
+        self.token = token_of(response, self.target)
         return response
 
     def browse(self, kind: str = "browse") -> Flow:
@@ -278,10 +289,15 @@ class Client:
         return (yield from self.send("GET", path, kind=kind, target=target))
 
 
-def _token(response: Response, field_name: str) -> str | None:
-    data = response.json()
-    token = data.get(field_name) if isinstance(data, dict) else None
-    return token if isinstance(token, str) else None
+def token_of(response: Response, target: Target) -> str | None:
+    """The token a login or sign-up answer carries, as the target declares it."""
+    if not 200 <= response.status < 300:
+        return None
+    return target.token_in(
+        response.status,
+        response.header_values("set-cookie") if target.token_cookie else (),
+        None if target.token_cookie else response.json(),
+    )
 
 
 def typo(rng: random.Random, password: str) -> str:

@@ -35,8 +35,18 @@ from apiguard.errors import ConfigurationError
 from apiguard.guard import Guard
 from apiguard.simulate import campaigns as cp
 from apiguard.simulate.clock import FakeClock
-from apiguard.simulate.driver import Actor, AsgiDriver, Record, Request, Response, store_cookies
-from apiguard.simulate.target import Target, default_target
+from apiguard.simulate.driver import (
+    Actor,
+    AsgiDriver,
+    LifespanError,
+    Record,
+    Request,
+    Response,
+    lifespan,
+    store_cookies,
+)
+from apiguard.simulate.population import token_of
+from apiguard.simulate.target import Account, Target, default_target
 
 _counter = itertools.count()
 
@@ -110,9 +120,26 @@ def find_guard(app: Any) -> Guard | None:
                 )
             if isinstance(candidate, Guard):
                 return candidate
-        for name in ("app", "middleware_stack"):
+        for name in ("app", "middleware_stack", "wsgi_app"):
             todo.append(getattr(obj, name, None))
     return None
+
+
+def is_wsgi(app: Any) -> bool:
+    """Whether `app` is a WSGI app (Flask, a WSGI callable) rather than an ASGI one."""
+    import inspect
+
+    call = getattr(app, "__call__", None)  # noqa: B004 - the method itself is inspected
+    if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(call):
+        return False
+    if hasattr(app, "wsgi_app"):
+        return True
+    try:
+        params = inspect.signature(app).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) == 2
 
 
 def retime(guard: Guard, clock: Callable[[], float]) -> None:
@@ -178,6 +205,10 @@ def in_process_factory(spec: str, *, monitor: bool = False) -> Callable[[FakeClo
                 f"{spec}: the app's guard cannot start each run clean: {exc}"
             ) from exc
         guard.override_mode("monitor" if monitor else None)
+        if is_wsgi(app):  # Flask or any WSGI app: no lifespan, served one request at a time
+            from apiguard.simulate.frameworks import WsgiAsAsgi
+
+            return WsgiAsAsgi(app)
         return app
 
     return factory
@@ -220,34 +251,71 @@ def run_in_process(
     check_accounts(target, unprotected or factory)
     outcomes = []
     for camp in campaigns:
-        outcomes.append(
-            cp.run(
+        try:
+            outcome = cp.run(
                 camp, target, factory, reference=unprotected, seed=seed, scale=scale, solver=solver
             )
-        )
+        except LifespanError as exc:
+            raise SelfTestError(f"{camp.name}: {exc}") from exc
+        outcomes.append(outcome)
     return outcomes
 
 
 def check_accounts(target: Target, factory: Callable[[FakeClock], Any]) -> None:
-    """Log the first declared account in, in monitor mode: if it cannot, every account
-    campaign would report nothing taken over and nobody refused, for nothing. A clear
-    error instead (a wrong login path, body fields or accounts)."""
+    """Log the first and the last declared accounts in, in monitor mode, inside the app's
+    lifespan: if they cannot, or their answer carries no token where the declaration says,
+    every account campaign would report nothing taken over and nobody refused, for
+    nothing (the BOLA and flow campaigns log in with the last accounts). A clear error
+    instead (a wrong login path, body fields, token field, or accounts)."""
     if not target.accounts:
         return
-    account = target.accounts[0]
-    body, ctype = target.login_body(account.username, account.password)
-    clock = FakeClock(cp.START)
-    driver = AsgiDriver(factory(clock), server_errors=True)
-    headers = (("content-type", ctype), ("user-agent", "apiguard-attack/preflight"))
-    request = Request("POST", target.login_path, "198.51.100.250", headers, body)
-    response = asyncio.run(driver.send(request))
-    if not 200 <= response.status < 300:
-        raise SelfTestError(
-            f"the first declared account could not log in: POST {target.login_path} "
-            f"answered {response.status} (in monitor mode). Declare the app's login path, "
-            "its body fields and real accounts (see the TOML format in "
-            "apiguard/simulate/target.py), or every account campaign measures nothing"
-        )
+    checked = [("first", target.accounts[0])]
+    if len(target.accounts) > 1:
+        checked.append(("last", target.accounts[-1]))
+
+    notes: list[str] = []
+
+    async def go() -> list[tuple[str, Account, Response]]:
+        app = factory(FakeClock(cp.START))
+        try:
+            async with lifespan(app, notes=notes) as state:
+                driver = AsgiDriver(app, server_errors=True, state=state)
+                answers = []
+                for which, account in checked:
+                    body, ctype = target.login_body(account.username, account.password)
+                    headers = (("content-type", ctype), ("user-agent", "apiguard-attack/preflight"))
+                    request = Request("POST", target.login_path, "198.51.100.250", headers, body)
+                    answer = await driver.send(request)
+                    if answer.status >= 500 and driver.last_error is not None:
+                        error = driver.last_error
+                        notes.append(f"the app raised {type(error).__name__}: {error}")
+                    answers.append((which, account, answer))
+                return answers
+        except LifespanError as exc:
+            raise SelfTestError(str(exc)) from exc
+
+    for which, account, response in asyncio.run(go()):
+        if not 200 <= response.status < 300:
+            said = f" ({'; '.join(notes)})" if notes else ""
+            raise SelfTestError(
+                f"the {which} declared account ({account.username}) could not log in: "
+                f"POST {target.login_path} answered {response.status} (in monitor mode)"
+                f"{said}. Declare the app's login path, its body fields and real accounts "
+                "(see the TOML format in apiguard/simulate/target.py), or every account "
+                "campaign measures nothing"
+            )
+        if token_of(response, target) is None:
+            where = (
+                f"no cookie {target.token_cookie!r}"
+                if target.token_cookie
+                else f"no token at {target.token_field!r} of its JSON body"
+            )
+            raise SelfTestError(
+                f"the {which} declared account ({account.username}) logged in "
+                f"(POST {target.login_path} answered {response.status}) but the answer has "
+                f"{where}: declare [login] token_field (a dotted name such as "
+                '"user.token") or token_cookie, or no campaign is ever signed in'
+            )
 
 
 # -- over HTTP ----------------------------------------------------------------------------
@@ -381,8 +449,17 @@ def run_url(
                 records = await run_over_http(
                     driver, actors, speed=speed, max_requests=max_requests, max_seconds=max_seconds
                 )
+                # no unprotected run over HTTP: a run that refused nothing stands for it
+                unrefused = not any(r.blocked for r in records if r.attack)
+                skipped = cp.skip_reason(camp, target, records, records if unrefused else None)
                 outcomes.append(
-                    cp.judge(camp, records, reference_gain=None, wall=time.perf_counter() - began)
+                    cp.judge(
+                        camp,
+                        records,
+                        reference_gain=None,
+                        wall=time.perf_counter() - began,
+                        skipped=skipped,
+                    )
                 )
         return outcomes
 
@@ -410,7 +487,7 @@ def row(o: cp.Outcome) -> tuple[str, ...]:
         o.campaign,
         str(o.attack_requests),
         str(o.refused),
-        "CAUGHT" if o.caught else "MISSED",
+        "SKIPPED" if o.skipped is not None else "CAUGHT" if o.caught else "MISSED",
         str(o.admitted_before_first_block),
         f"{o.admitted_after_first_block}/{o.after_first_block}" if o.after_first_block else "-",
         f"{o.gain} {o.gain_kind} ({ref})",
@@ -431,24 +508,37 @@ def table(rows: Sequence[Sequence[str]], head: Sequence[str] = COLUMNS) -> str:
 
 
 def report(outcomes: Sequence[cp.Outcome]) -> str:
-    missed = [o.campaign for o in outcomes if not o.caught]
+    tried = [o for o in outcomes if o.skipped is None]
+    missed = [o.campaign for o in tried if not o.caught]
     refused = sum(o.benign_principals_refused for o in outcomes)
-    verdict = (
-        "every campaign caught, no benign principal refused"
-        if not missed and not refused
-        else "; ".join(
-            p
-            for p in (
-                f"missed: {', '.join(missed)}" if missed else "",
-                f"{refused} benign principal(s) refused" if refused else "",
+    if not tried:
+        verdict = "no campaign could be tried (see why above)"
+    else:
+        verdict = (
+            f"every campaign {'tried ' if len(tried) < len(outcomes) else ''}caught, "
+            "no benign principal refused"
+            if not missed and not refused
+            else "; ".join(
+                p
+                for p in (
+                    f"missed: {', '.join(missed)}" if missed else "",
+                    f"{refused} benign principal(s) refused" if refused else "",
+                )
+                if p
             )
-            if p
         )
+    skipped = "".join(
+        f"\nskipped {o.campaign}: {o.skipped}" for o in outcomes if o.skipped is not None
     )
-    return table([row(o) for o in outcomes]) + f"\n\n{verdict}."
+    text = table([row(o) for o in outcomes])
+    return text + (f"\n{skipped}" if skipped else "") + f"\n\n{verdict}."
 
 
 def exit_status(outcomes: Sequence[cp.Outcome]) -> int:
-    """0 when every campaign was caught and no benign principal refused, else 1."""
-    ok = all(o.caught and o.benign_principals_refused == 0 for o in outcomes)
+    """0 when every campaign tried was caught and no benign principal refused, else 1
+    (1 also when no campaign could be tried: nothing was measured). A skipped campaign
+    (see `campaigns.skip_reason`) is neither: the report says why it was skipped."""
+    tried = [o for o in outcomes if o.skipped is None]
+    ok = bool(tried) and all(o.caught for o in tried)
+    ok = ok and all(o.benign_principals_refused == 0 for o in outcomes)
     return 0 if ok else 1

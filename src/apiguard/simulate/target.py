@@ -7,9 +7,14 @@ value by default, so `apiguard attack examples/shop.py:app` needs no declaration
     [login]
     path = "/login"             # POST; JSON body, or form with format = "form"
     format = "json"
-    username_field = "username"
-    password_field = "password"
-    token_field = "access_token"  # where the bearer token is in the 2xx answer
+    username_field = "username"   # a dotted name nests it: "user.email" sends
+    password_field = "password"   #   {"user": {"email": ..., "password": ...}} (JSON only)
+    token_field = "access_token"  # where the token is in the 2xx JSON answer ("user.token")
+    # token_cookie = "session"    # or: the token is the cookie the login sets (a session
+    #                             #   login); the client keeps it, sends no auth header
+    auth_scheme = "Bearer"        # sent as `Authorization: Bearer <token>` ("Token", ...)
+    # auth_header = "x-access-token"  # a custom header instead: the token alone (no scheme
+    #                                 #   unless auth_scheme is given too)
 
     [accounts]                  # test accounts the benign population logs in with
     username = "user{n}"
@@ -26,7 +31,11 @@ value by default, so `apiguard attack examples/shop.py:app` needs no declaration
     [flow]
     path = "/coupons/{code}/redeem"   # POST, authenticated
     codes = ["WELCOME10", "SPRING25"]  # valid codes (the abuser's list contains them)
-    signup = "/signup"                 # POST username/password -> token; "" if none
+    signup = "/signup"                 # POST -> a token, as at the login; "" if none
+    # [flow.signup_fields]             # the sign-up body: dotted names nest, values are
+    # "user.username" = "{name}"       #   templates of {name} and {password} (default:
+    # "user.email" = "{name}@example.org"  # the login's username and password fields)
+    # "user.password" = "{password}"
 
     [api]
     path = "/api/v1/reports?page={page}"
@@ -41,13 +50,17 @@ value by default, so `apiguard attack examples/shop.py:app` needs no declaration
     [browse]
     paths = ["/products?page={page}", "/products/{product}"]
     products = 200
+
+A key or section not listed here is an error (a typo must not silently leave a default in
+place), and so is a value of the wrong type; the message names the section, the key and
+the line.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -80,11 +93,15 @@ class Target:
     username_field: str = "username"
     password_field: str = "password"
     token_field: str = "access_token"
+    token_cookie: str = ""  # the login's Set-Cookie of that name is the token (a session)
+    auth_scheme: str = "Bearer"
+    auth_header: str = "authorization"
     object_path: str = "/orders/{id}"
     object_ids: tuple[ObjectId, ...] = ()  # every object id that exists (foreign included)
     flow_path: str = "/coupons/{code}/redeem"
     flow_codes: tuple[str, ...] = ()
     signup_path: str = "/signup"
+    signup_fields: tuple[tuple[str, str], ...] = ()  # (dotted name, template); () = login's
     api_path: str = "/api/v1/reports?page={page}"
     api_header: str = "x-api-key"
     api_keys: tuple[str, ...] = ()
@@ -104,15 +121,55 @@ class Target:
 
     def login_body(self, username: str, password: str) -> tuple[bytes, str]:
         """The login request's body and content type."""
+        return self._body(((self.username_field, username), (self.password_field, password)))
+
+    def signup_body(self, name: str, password: str) -> tuple[bytes, str]:
+        """The sign-up request's body and content type (`signup_fields`, else the login's
+        fields)."""
+        if not self.signup_fields:
+            return self.login_body(name, password)
+        return self._body(
+            tuple(
+                (key, value.replace("{name}", name).replace("{password}", password))
+                for key, value in self.signup_fields
+            )
+        )
+
+    def _body(self, fields: tuple[tuple[str, str], ...]) -> tuple[bytes, str]:
         if self.login_format == "form":
             from urllib.parse import urlencode
 
-            body = urlencode({self.username_field: username, self.password_field: password})
-            return body.encode(), "application/x-www-form-urlencoded"
+            return urlencode(fields).encode(), "application/x-www-form-urlencoded"
         import json
 
-        body = json.dumps({self.username_field: username, self.password_field: password})
-        return body.encode(), "application/json"
+        data: dict[str, Any] = {}
+        for name, value in fields:
+            *parents, leaf = name.split(".")
+            node = data
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        return json.dumps(data).encode(), "application/json"
+
+    def auth_value(self, token: str) -> tuple[str, str] | None:
+        """The header that carries a token (None for a session cookie: the cookie does)."""
+        if self.token_cookie:
+            return None
+        return self.auth_header, f"{self.auth_scheme} {token}" if self.auth_scheme else token
+
+    def token_in(self, status: int, headers: Sequence[str], data: Any) -> str | None:
+        """The token of a 2xx login or sign-up answer: the declared cookie's value, or the
+        (dotted) `token_field` of its JSON body. `headers`: the Set-Cookie values."""
+        if not 200 <= status < 300:
+            return None
+        if self.token_cookie:
+            for header in headers:
+                name, sep, value = header.split(";", 1)[0].strip().partition("=")
+                token = str(value).strip().strip('"')
+                if sep and name == self.token_cookie and token:
+                    return token
+            return None
+        return dotted(data, self.token_field)
 
     @classmethod
     def from_shop(cls, shop: ModuleType) -> Target:
@@ -139,32 +196,54 @@ class Target:
         cls, data: Mapping[str, Any], base: Target | None = None, root: Path | None = None
     ) -> Target:
         """A declaration from a parsed TOML document (see the module docstring); `root`:
-        the directory files it names are relative to (the current one by default)."""
+        the directory files it names are relative to (the current one by default).
+        Raises `DeclarationError` (a ValueError naming the section and key) on an unknown
+        section or key, or a value of the wrong type."""
         target = base if base is not None else cls(accounts=())
-        known = {"login", "accounts", "objects", "flow", "api", "challenge", "browse"}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown sections in the declaration: {', '.join(sorted(unknown))}")
+        sections = _checked(data)
         changes: dict[str, Any] = {}
-        login = dict(data.get("login", {}))
+        login = sections.get("login", {})
         for key, attr in (
             ("path", "login_path"),
             ("format", "login_format"),
             ("username_field", "username_field"),
             ("password_field", "password_field"),
             ("token_field", "token_field"),
+            ("token_cookie", "token_cookie"),
+            ("auth_scheme", "auth_scheme"),
+            ("auth_header", "auth_header"),
         ):
             if key in login:
-                changes[attr] = str(login[key])
+                changes[attr] = login[key]
         if changes.get("login_format", "json") not in ("json", "form"):
-            raise ValueError('[login] format must be "json" or "form"')
-        accounts = dict(data.get("accounts", {}))
-        objects = dict(data.get("objects", {}))
+            raise DeclarationError("login", "format", 'must be "json" or "form"')
+        if "auth_header" in login:
+            changes["auth_header"] = login["auth_header"].strip().lower()
+            if not changes["auth_header"]:
+                raise DeclarationError("login", "auth_header", "must name a header")
+            if "auth_scheme" not in login and changes["auth_header"] != "authorization":
+                changes["auth_scheme"] = ""  # a custom header carries the token alone
+        for key in ("username_field", "password_field", "token_field"):
+            if key in login and any(not part for part in login[key].split(".")):
+                raise DeclarationError("login", key, f"{login[key]!r} has an empty part")
+        accounts = sections.get("accounts", {})
+        objects = sections.get("objects", {})
         if accounts or objects:
-            count = int(accounts.get("count", len(target.accounts) or 1000))
-            per = int(objects.get("per_account", 5))
-            user = str(accounts.get("username", "user{n}"))
-            password = str(accounts.get("password", "password{n}"))
+            count = accounts.get("count", len(target.accounts) or 1000)
+            per = objects.get("per_account", 5)
+            if count < 1:
+                raise DeclarationError("accounts", "count", "must be at least 1")
+            if per < 0:
+                raise DeclarationError("objects", "per_account", "must not be negative")
+            user = accounts.get("username", "user{n}")
+            password = accounts.get("password", "password{n}")
+            for key, template in (("username", user), ("password", password)):
+                try:
+                    template.format(n=1)
+                except (KeyError, IndexError, ValueError) as exc:
+                    raise DeclarationError(
+                        "accounts", key, f"{template!r} is no template of {{n}}: {exc}"
+                    ) from None
             changes["accounts"] = tuple(
                 Account(
                     user.format(n=n),
@@ -176,38 +255,40 @@ class Target:
             changes["object_ids"] = tuple(range(1, count * per + 1))
         if "file" in objects:
             accounts_now = changes.get("accounts", target.accounts)
-            owned = _owned_ids(Path(str(objects["file"])), root, accounts_now)
+            owned = _owned_ids(Path(objects["file"]), root, accounts_now)
             changes["accounts"] = tuple(
                 replace(a, objects=tuple(owned.get(a.username, ()))) for a in accounts_now
             )
             changes["object_ids"] = tuple(i for ids in owned.values() for i in ids)
         if "path" in objects:
-            changes["object_path"] = str(objects["path"])
-        flow = dict(data.get("flow", {}))
+            changes["object_path"] = objects["path"]
+        flow = sections.get("flow", {})
         if "path" in flow:
-            changes["flow_path"] = str(flow["path"])
+            changes["flow_path"] = flow["path"]
         if "codes" in flow:
-            changes["flow_codes"] = tuple(str(c) for c in flow["codes"])
+            changes["flow_codes"] = tuple(flow["codes"])
         if "signup" in flow:
-            changes["signup_path"] = str(flow["signup"])
-        api = dict(data.get("api", {}))
+            changes["signup_path"] = flow["signup"]
+        if "signup_fields" in flow:
+            changes["signup_fields"] = tuple(_flat(flow["signup_fields"]))
+        api = sections.get("api", {})
         for key, attr in (("path", "api_path"), ("header", "api_header")):
             if key in api:
-                changes[attr] = str(api[key])
+                changes[attr] = api[key]
         if "keys" in api:
-            changes["api_keys"] = tuple(str(k) for k in api["keys"])
+            changes["api_keys"] = tuple(api["keys"])
         if "pages" in api:
-            changes["api_pages"] = int(api["pages"])
-        challenge = dict(data.get("challenge", {}))
+            changes["api_pages"] = api["pages"]
+        challenge = sections.get("challenge", {})
         if "path" in challenge:
-            changes["challenge_path"] = str(challenge["path"])
+            changes["challenge_path"] = challenge["path"]
         if "body" in challenge:
-            changes["challenge_body"] = str(challenge["body"])
-        browse = dict(data.get("browse", {}))
+            changes["challenge_body"] = challenge["body"]
+        browse = sections.get("browse", {})
         if "paths" in browse:
-            changes["browse_paths"] = tuple(str(p) for p in browse["paths"])
+            changes["browse_paths"] = tuple(browse["paths"])
         if "products" in browse:
-            changes["products"] = int(browse["products"])
+            changes["products"] = browse["products"]
         return replace(target, **changes)
 
     @classmethod
@@ -215,8 +296,125 @@ class Target:
         """A declaration from a TOML file."""
         toml = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
         with open(path, "rb") as handle:
-            data: Any = toml.load(handle)
-        return cls.from_mapping(data, base, Path(path).parent)
+            raw = handle.read()
+        text = raw.decode("utf-8", errors="replace")
+        try:
+            data: Any = toml.loads(text)  # (its errors name the line and column)
+        except ValueError as exc:
+            raise ValueError(f"not valid TOML: {exc}") from None
+        try:
+            return cls.from_mapping(data, base, Path(path).parent)
+        except DeclarationError as exc:
+            line = exc.line_in(text)
+            if line is None:
+                raise
+            raise DeclarationError(exc.section, exc.key, exc.problem, line) from None
+
+
+class DeclarationError(ValueError):
+    """A declaration's error, naming its section, key and (from a file) line."""
+
+    def __init__(self, section: str, key: str | None, problem: str, line: int | None = None):
+        self.section, self.key, self.problem, self.line = section, key, problem, line
+        where = f"[{section}]" + (f" {key}" if key else "")
+        prefix = f"line {line}: " if line is not None else ""
+        super().__init__(f"{prefix}{where}: {problem}")
+
+    def line_in(self, text: str) -> int | None:
+        """The line of the key (or section) in a TOML text, if it can be found."""
+        import re
+
+        section: str | None = None
+        header = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\s*(#.*)?$")
+        for number, line in enumerate(text.splitlines(), start=1):
+            found = header.match(line)
+            if found:
+                section = found.group(1).strip("\"' ")
+                if self.key is None and section == self.section:
+                    return number
+                continue
+            if self.key is not None and section == self.section:
+                name = line.split("=", 1)[0].strip().strip("\"'")
+                if "=" in line and name == self.key:
+                    return number
+        return None
+
+
+# The declaration's sections, their keys and each key's type: "str", "int", "strs" (a
+# list of strings), "table" (a table of strings).
+SCHEMA: dict[str, dict[str, str]] = {
+    "login": {
+        "path": "str",
+        "format": "str",
+        "username_field": "str",
+        "password_field": "str",
+        "token_field": "str",
+        "token_cookie": "str",
+        "auth_scheme": "str",
+        "auth_header": "str",
+    },
+    "accounts": {"username": "str", "password": "str", "count": "int"},
+    "objects": {"path": "str", "per_account": "int", "file": "str"},
+    "flow": {"path": "str", "codes": "strs", "signup": "str", "signup_fields": "table"},
+    "api": {"path": "str", "header": "str", "keys": "strs", "pages": "int"},
+    "challenge": {"path": "str", "body": "str"},
+    "browse": {"paths": "strs", "products": "int"},
+}
+_KINDS = {
+    "str": "a string",
+    "int": "an integer",
+    "strs": "a list of strings",
+    "table": "a table of strings",
+}
+
+
+def _checked(data: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """`data` with every section and key known and every value of its key's type."""
+    out: dict[str, dict[str, Any]] = {}
+    for section, body in data.items():
+        keys = SCHEMA.get(section)
+        if keys is None:
+            raise DeclarationError(section, None, f"unknown section (known: {', '.join(SCHEMA)})")
+        if not isinstance(body, Mapping):
+            raise DeclarationError(section, None, "must be a table ([section] and keys)")
+        for key, value in body.items():
+            kind = keys.get(key)
+            if kind is None:
+                raise DeclarationError(
+                    section, key, f"unknown key (known in [{section}]: {', '.join(keys)})"
+                )
+            ok = {
+                "str": isinstance(value, str),
+                "int": isinstance(value, int) and not isinstance(value, bool),
+                "strs": isinstance(value, list) and all(isinstance(v, str) for v in value),
+                "table": isinstance(value, Mapping)
+                and all(isinstance(v, str) for _, v in _flat(value)),
+            }[kind]
+            if not ok:
+                raise DeclarationError(section, key, f"expected {_KINDS[kind]}, got {value!r}")
+        out[section] = dict(body)
+    return out
+
+
+def _flat(table: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """A table's leaves under dotted names (`user.email = ...` unquoted is a sub-table)."""
+    out: list[tuple[str, Any]] = []
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            out.extend(_flat(value, f"{prefix}{key}."))
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def dotted(data: Any, name: str) -> str | None:
+    """The string at a dotted path of a JSON document ("user.token"), or None."""
+    node = data
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, str) else None
 
 
 def _owned_ids(
