@@ -70,6 +70,7 @@ _JUDGED_MIN = 5  # judged new addresses that make a calm period's one-shot share
 _ROUTES_PER_ADDRESS = 8  # routes a new address is remembered to have read
 _PENDING_MAX = 4096  # new addresses a route keeps to judge (beyond: the oldest unjudged)
 SITE = "*"  # the site-wide count's name (in `surging`, the evidence's route)
+Evidence = dict[str, float | int | str]
 
 
 def _read(method: object) -> bool:
@@ -368,36 +369,50 @@ class Scraping:
             if known is None or known.person or not self._first_use(ctx):
                 return None  # a person counts once (per address and per pass)
             known.person = True
-        found: list[dict[str, float | int | str]] = []
         evidence = surge.record(now, person)
         if evidence is not None:
             self.surging[template] = surge
             evidence["route"] = template
-            found.append(evidence)
         site = self._site
+        found: Evidence | list[Evidence] | None = evidence
         if site is not None and (known is None or not known.site):
-            if known is not None:
-                known.site = True
-            pending = site.pending
-            if pending and now - pending[0][1] >= self.config.settle:
-                self._judge_pending(site, now)
-            if known is not None:
-                pending.append((address, now, known.requests))
-            evidence = site.record(now, person)
-            if evidence is not None:
-                self.surging[SITE] = site
-                evidence["route"] = SITE
-                found.append(evidence)
-        if not found:
+            found = self._count_site(site, known, address, now, person, evidence)
+        if found is None:
             return None
+        findings = found if isinstance(found, list) else [found]
 
         def judge() -> list[Finding]:
             return [
                 Finding(f"{self.name}.surge", "population", "challenge", self.enforce, e)
-                for e in found
+                for e in findings
             ]
 
         return judge
+
+    def _count_site(
+        self,
+        site: Surge,
+        known: _Address | None,
+        address: str,
+        now: float,
+        person: bool,
+        evidence: Evidence | None,
+    ) -> Evidence | list[Evidence] | None:
+        """Count a new address's first watched read site-wide; the evidence found (the
+        route's, the site's, or both)."""
+        if known is not None:
+            known.site = True
+        pending = site.pending
+        if pending and now - pending[0][1] >= self.config.settle:
+            self._judge_pending(site, now)
+        if known is not None:
+            pending.append((address, now, known.requests))
+        found = site.record(now, person)
+        if found is None:
+            return evidence
+        self.surging[SITE] = site
+        found["route"] = SITE
+        return found if evidence is None else [evidence, found]
 
     def holds(self, ctx: RequestContext, now: float) -> bool:
         """Whether this request must pass the challenge first: an anonymous read from a
