@@ -391,6 +391,11 @@ class ScrapingConfig(_Detector):
     # phone changes a few; a solved CAPTCHA replayed by a botnet is everywhere)
     pass_addresses: int = Field(8, ge=1)
     routes: dict[str, int] = Field(default_factory=dict)
+    # also count every watched route's new readers together (each address once, at its
+    # first watched read), with the same floor, factor and one-shot share: a scraper that
+    # deals its reads across templates (a listing, its pages, their authors' profiles) is
+    # one site-wide surge, which holds new readers on every watched route
+    site_wide: bool = True
 
     @field_validator("routes")
     @classmethod

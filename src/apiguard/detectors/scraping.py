@@ -26,8 +26,12 @@ that they are its normal level, so it ends).
 A surge starts when the new readers reach `floor` and `factor` times the baseline, and at
 least `one_shot_share` of the new addresses judged (at least a third of the floor) were
 one-shot, so a busy site's organic visitors do not start one before a baseline is
-learned; and only while new readers still come at the threshold's pace (over the last
-`settle` seconds), so a burst that ended long ago, judged only later, starts nothing.
+learned. Once a calm window taught the route its usual one-shot and returning new
+addresses, the share is that of what came on top of them: the visitors who come back as
+they always do (a single-page app's second call) dilute no scraper's share, and a crowd
+of new visitors brings its own usual share of one-shot addresses. And only while new
+readers still come at the threshold's pace (over the last `settle` seconds), so a burst
+that ended long ago, judged only later, starts nothing.
 While it lasts, anonymous reads of the route from new addresses (or unknown ones) must
 pass the challenge; users and API keys the app identified, and addresses known for
 longer, never do. Refused reads still count, so a scraper cannot end the surge by being
@@ -35,6 +39,12 @@ refused. It ends once the new readers stay under 0.7 of the threshold for a whol
 
 One pass answers the challenge from at most `pass_addresses` new addresses: a solved
 CAPTCHA's cookie replayed from a botnet's addresses stops helping.
+
+With `site_wide`, the same count also runs over every watched route together, each new
+address counted once (at its first watched read) and judged one-shot if it sent nothing
+more: a scraper that deals its reads across templates (a listing, its pages, their
+authors' profiles) is one site-wide surge, and while it lasts new anonymous readers of
+every watched route must pass the challenge.
 """
 
 from __future__ import annotations
@@ -59,6 +69,8 @@ _EWMA = 0.3  # weight of the newest period in a route's baseline
 _JUDGED_MIN = 5  # judged new addresses that make a calm period's one-shot share count
 _ROUTES_PER_ADDRESS = 8  # routes a new address is remembered to have read
 _PENDING_MAX = 4096  # new addresses a route keeps to judge (beyond: the oldest unjudged)
+SITE = "*"  # the site-wide count's name (in `surging`, the evidence's route)
+Evidence = dict[str, float | int | str]
 
 
 def _read(method: object) -> bool:
@@ -85,6 +97,7 @@ class Surge:
         "since",
         "span",
         "start",
+        "usual",
     )
 
     def __init__(
@@ -103,6 +116,9 @@ class Surge:
         self.now = [0, 0, 0, 0]
         self.old = [0, 0, 0, 0]
         self.baseline: float | None = None
+        # one-shot and returning new addresses judged per calm window (EWMA): what the
+        # route's own visitors bring, whatever comes on top of them is judged apart
+        self.usual: list[float] | None = None
         self.since: float | None = None
         # new addresses that read this route: when, and their requests seen by then
         self.pending: deque[tuple[str, float, int]] = deque(maxlen=_PENDING_MAX)
@@ -114,17 +130,34 @@ class Surge:
         elapsed = now - self.start
         if elapsed >= self.span:
             finished = self.now
-            # a calm period teaches its new readers; one most of whose new addresses were
-            # one-shot, only the share that came back (a scraper under the floor must not
-            # teach the route to accept it); a surge teaches only its people (one per pass)
-            one_shot, judged = finished[2], finished[2] + finished[3]
+            # a calm period teaches its new readers; one most of whose new addresses (or
+            # most of what came on top of the usual ones) were one-shot, only the share
+            # that came back (a scraper under the floor must not teach the route to
+            # accept it); a surge teaches only its people (one per pass)
+            one_shot, returning = finished[2], finished[3]
+            judged = one_shot + returning
             suspect = judged >= _JUDGED_MIN and one_shot >= self.share * judged
+            removed = one_shot
+            if not suspect:
+                extra, extra_back = self._excess(one_shot, returning)
+                suspect = extra + extra_back >= self.floor / 3 and extra >= self.share * (
+                    extra + extra_back
+                )
+                removed = round(extra)
+            usual = self.usual
             if self.since is not None:
                 level = finished[1]
             elif suspect:  # only its returning share: a bar a CAPTCHA farm raised comes down
-                level = round(finished[0] * (1 - one_shot / judged))
+                level = round(finished[0] * (1 - removed / judged))
+                if usual is not None:  # (what came back is still learned)
+                    usual[1] = (1 - _EWMA) * usual[1] + _EWMA * returning
             else:
                 level = finished[0]
+                if usual is None:
+                    self.usual = [float(one_shot), float(returning)]
+                else:
+                    usual[0] = (1 - _EWMA) * usual[0] + _EWMA * one_shot
+                    usual[1] = (1 - _EWMA) * usual[1] + _EWMA * returning
             if self.since is None or level:
                 self.baseline = (
                     level if self.baseline is None else (1 - _EWMA) * self.baseline + _EWMA * level
@@ -134,6 +167,15 @@ class Surge:
             self.start = now if elapsed >= 2 * self.span else self.start + self.span
             elapsed = now - self.start
         return 1.0 - elapsed / self.span
+
+    def _excess(self, one_shot: float, returning: float) -> tuple[float, float]:
+        """The one-shot and returning new addresses above the route's usual levels (all of
+        them before a calm window taught those): a flash crowd of visitors brings its
+        usual share of one-shot addresses on top of them, a scraper nothing but those."""
+        usual = self.usual
+        if usual is None:
+            return one_shot, returning
+        return max(0.0, one_shot - usual[0]), max(0.0, returning - usual[1])
 
     def threshold(self) -> float:
         """The new readers per window at which the route is under a surge."""
@@ -167,8 +209,10 @@ class Surge:
             self.pace, self.paced = pace, now
             if reads < limit or pace < limit * self.settle / self.span:
                 return None
-            one_shot = cur[2] + old[2] * weight
-            judged = one_shot + cur[3] + old[3] * weight
+            # (of what came on top of the usual one-shot and returning addresses: readers
+            # who come back as they always do dilute no scraper's share)
+            one_shot, returning = self._excess(cur[2] + old[2] * weight, cur[3] + old[3] * weight)
+            judged = one_shot + returning
             if judged < self.floor / 3 or one_shot < self.share * judged:
                 return None
             self.since = now
@@ -200,13 +244,14 @@ class _Address:
     """What the detector knows of one address: when it was first answered, how many of
     its requests it saw, whether it was counted as a person, the routes it read while new."""
 
-    __slots__ = ("first", "person", "requests", "routes")
+    __slots__ = ("first", "person", "requests", "routes", "site")
 
     def __init__(self, first: float) -> None:
         self.first = first
         self.requests = 1
         self.person = False
         self.routes: tuple[str, ...] = ()
+        self.site = False  # counted by the site-wide count (its first watched read)
 
 
 class Scraping:
@@ -221,7 +266,16 @@ class Scraping:
         self.challenge_path = challenge_path
         self._seen: OrderedDict[str, _Address] = OrderedDict()  # oldest first, bounded
         self._surges: dict[str, Surge] = {}
-        self.surging: dict[str, Surge] = {}  # routes under a surge (what the gate checks)
+        # every watched route's new readers together, each address once (at its first
+        # watched read): a scraper dealing its reads across a listing, its pages and their
+        # authors' profiles is one surge, however it splits them between templates
+        self._site = (
+            Surge(config.window, config.floor, config.factor, config.one_shot_share, config.settle)
+            if config.site_wide
+            else None
+        )
+        # routes under a surge, and SITE when the site is (what the gate checks)
+        self.surging: dict[str, Surge] = {}
         self._passes: OrderedDict[str, set[str]] = OrderedDict()
         # (route, address) refused under a surge -> when last counted (bounded, oldest out)
         self._held: OrderedDict[tuple[str, str], float] = OrderedDict()
@@ -316,47 +370,91 @@ class Scraping:
                 return None  # a person counts once (per address and per pass)
             known.person = True
         evidence = surge.record(now, person)
-        if evidence is None:
+        if evidence is not None:
+            self.surging[template] = surge
+            evidence["route"] = template
+        site = self._site
+        found: Evidence | list[Evidence] | None = evidence
+        if site is not None and (known is None or not known.site):
+            found = self._count_site(site, known, address, now, person, evidence)
+        if found is None:
             return None
-        self.surging[template] = surge
-        evidence["route"] = template
+        findings = found if isinstance(found, list) else [found]
 
         def judge() -> list[Finding]:
-            finding = Finding(
-                f"{self.name}.surge", "population", "challenge", self.enforce, evidence
-            )
-            return [finding]
+            return [
+                Finding(f"{self.name}.surge", "population", "challenge", self.enforce, e)
+                for e in findings
+            ]
 
         return judge
 
+    def _count_site(
+        self,
+        site: Surge,
+        known: _Address | None,
+        address: str,
+        now: float,
+        person: bool,
+        evidence: Evidence | None,
+    ) -> Evidence | list[Evidence] | None:
+        """Count a new address's first watched read site-wide; the evidence found (the
+        route's, the site's, or both)."""
+        if known is not None:
+            known.site = True
+        pending = site.pending
+        if pending and now - pending[0][1] >= self.config.settle:
+            self._judge_pending(site, now)
+        if known is not None:
+            pending.append((address, now, known.requests))
+        found = site.record(now, person)
+        if found is None:
+            return evidence
+        self.surging[SITE] = site
+        found["route"] = SITE
+        return found if evidence is None else [evidence, found]
+
     def holds(self, ctx: RequestContext, now: float) -> bool:
         """Whether this request must pass the challenge first: an anonymous read from a
-        new address, without a pass, of a route under a surge (counted as a new reader)."""
+        new address, without a pass, of a route under a surge, or of any watched route
+        while the site is under one (counted as a new reader)."""
         if ctx.vouched or not _read(ctx.scope.get("method")):
             return False
         template = ctx.route
         if template is None:
             return False
-        surge = self.surging.get(template)
-        if surge is None:
-            return False
-        if not surge.on(now):
-            del self.surging[template]
+        surging = self.surging
+        held: list[tuple[str, Surge]] = []
+        for key in (template, SITE):
+            surge = surging.get(key)
+            if surge is None:
+                continue
+            if not surge.on(now):
+                del surging[key]
+            elif key == template or self._surges.get(template) or self._surge(template):
+                held.append((key, surge))  # (SITE: only on a watched route)
+        if not held:
             return False
         known = self._seen.get(ctx.ip_key)
         if known is not None and now - known.first >= self.config.new_for:
             return False
         if self._person(ctx, now):
             return False
-        # a refused address counts as a new reader once per window on this route (a
-        # rotating scraper's are all new; one client retrying must not keep a surge on)
-        key = (template, ctx.ip_key)
+        # a refused address counts as a new reader once per window on this route and once
+        # site-wide (a rotating scraper's are all new; one client retrying must not keep a
+        # surge on)
+        for key, surge in held:
+            self._count_held(key, ctx.ip_key, surge, now)
+        return True
+
+    def _count_held(self, key: str, address: str, surge: Surge, now: float) -> None:
+        """Count a refused address as a new reader of `surge`, once per window."""
         held = self._held
-        last = held.get(key)
+        mark = (key, address)
+        last = held.get(mark)
         if last is None or now - last >= self.config.window:
             if last is None and len(held) >= RECENT_MAX:
                 held.popitem(last=False)
-            held[key] = now
-            held.move_to_end(key)
+            held[mark] = now
+            held.move_to_end(mark)
             surge.record(now, False)
-        return True
