@@ -198,6 +198,19 @@ def _check_drf_order(guard: Guard, routes: DjangoRoutes) -> None:
         )
 
 
+def check(urlconf: str | None = None) -> None:
+    """The start-up walk of the URLconf (`settings.ROOT_URLCONF` by default), now: raises
+    `ConfigurationError` for an apiguard decorator above `@api_view`, a decorated view no
+    route serves with its checks, or a `detection.*.routes` template no route has. The
+    middleware runs it as it loads (a server's start-up; the test client's first request,
+    and every request while it fails); call it from `AppConfig.ready()` or a test to fail
+    earlier."""
+    guard = get_guard()
+    routes = DjangoRoutes(urlconf or settings.ROOT_URLCONF)
+    guard.verify(routes)
+    _check_drf_order(guard, routes)
+
+
 class GuardMiddleware:
     """Checks every request against `apiguard.django.guard`'s rules (sync and async)."""
 

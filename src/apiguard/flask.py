@@ -14,8 +14,10 @@ as complete responses that no error handler of the app can rewrite), a wrapper o
 app's `preprocess_request` that records the matched rule (`/orders/<int:order_id>`,
 blueprint prefixes included) and the view for the rules before the app's URL value
 preprocessors and `before_request` functions run, and an error handler that answers `Refused` (so a
-refusal is never logged as a server error). The first request walks `app.url_map` once:
-decorators written above `@app.route` raise `ConfigurationError`.
+refusal is never logged as a server error). The first request walks `app.url_map`:
+decorators written above `@app.route` raise `ConfigurationError`, on that request and on
+every later one until the app is fixed. Routes already registered when `init_app` runs are
+checked there too; `guard.check(app)` runs the whole walk at start-up.
 """
 
 from __future__ import annotations
@@ -129,4 +131,6 @@ def init_app(app: Flask, guard: Guard) -> Guard:
         app.wsgi_app, guard, routes=FlaskRoutes(app)
     )
     app.extensions[EXTENSION] = guard
+    if any(e != "static" for e in app.view_functions):  # routes already there: their
+        guard.verify(FlaskRoutes(app), complete=False)  # decorator order, checked now
     return guard

@@ -10,6 +10,7 @@ import logging
 import math
 import numbers
 import os
+import sys
 import time
 import uuid
 import weakref
@@ -551,11 +552,28 @@ class Guard:
         return wrapper  # type: ignore[return-value]
 
     # -- start-up checks --------------------------------------------------------------
-    def verify(self, app: Any) -> None:
+    def check(self, app: Any) -> None:
+        """Walk `app`'s routes now (at start-up) and raise `ConfigurationError` for an
+        apiguard decorator the router bypasses (written above the route decorator), a
+        decorated websocket route, or a `detection.*.routes` template no route has.
+
+        `app`: a Flask app (once its blueprints are registered: after `create_app()`), a
+        Starlette or FastAPI app. Under Django, `apiguard.django.check()`. The middleware
+        runs the same walk itself (Flask: on the first request, and on every request
+        while it fails), so calling this is optional: it fails a deployment earlier."""
+        flask = sys.modules.get("flask")
+        if flask is not None and isinstance(app, flask.Flask):
+            from apiguard.flask import FlaskRoutes
+
+            app = FlaskRoutes(app)
+        self.verify(app)
+
+    def verify(self, app: Any, *, complete: bool = True) -> None:
         """Fail loudly if a decorated handler is routed without its checks.
 
         The classic bug: `@guard.flow` written above `@app.post`, so the framework routed
-        the bare function and the limit would never run.
+        the bare function and the limit would never run. `complete=False`: routes may
+        still be added (decorator order only; nothing remembered, nothing logged).
         """
         if app in self._verified:
             return
@@ -596,7 +614,8 @@ class Guard:
                     # apiguard decorator written above the route decorator
                     problems.append(f"{template} -> {_qualname(original)}")
                     break
-        self._check_route_settings(templates, opaque)
+        if complete:
+            self._check_route_settings(templates, opaque)
         if problems:
             raise ConfigurationError(
                 "apiguard decorators sit above the route decorator, so these routes serve the "
@@ -609,6 +628,8 @@ class Guard:
                 "apiguard limits apply to HTTP requests; websocket routes pass through, so "
                 "these decorators would never run: " + ", ".join(sockets)
             )
+        if not complete:
+            return
         try:
             self._verified.add(app)
         except TypeError:  # not weak-referenceable: verified again next time, logged once

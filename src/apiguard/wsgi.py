@@ -372,8 +372,9 @@ class _Exchange:
 class GuardMiddleware:
     """Checks every request to the WSGI app `app` against `guard`'s rules.
 
-    `routes`: an object whose routes `guard.verify` walks on the first request (the Flask
-    adapter passes the Flask app's URL map); None for an app apiguard cannot walk.
+    `routes`: an object whose routes `guard.verify` walks on the first request, and on
+    every later one while the walk fails (the Flask adapter passes the Flask app's URL
+    map); None for an app apiguard cannot walk.
     """
 
     def __init__(self, app: WSGIApplication, guard: Guard, *, routes: Any = None) -> None:
@@ -390,9 +391,10 @@ class GuardMiddleware:
         if environ.get("apiguard.guard") is self.guard:  # installed twice: count once
             return self.app(environ, start_response)
         environ["apiguard.guard"] = self.guard
-        if self._routes is not None:  # once: the first request (routes are final by then)
-            routes, self._routes = self._routes, None
-            self.guard.verify(routes)
+        if self._routes is not None:  # the first request (routes are final by then); a
+            # failing walk raises on every request until the app is fixed, never only once
+            self.guard.verify(self._routes)
+            self._routes = None
         engine = self.engine
         ctx = self._reader.begin(environ)
         environ[SCOPE_KEY] = ctx.scope
