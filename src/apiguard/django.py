@@ -34,10 +34,12 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils.cache import patch_vary_headers
 from django.utils.functional import empty
 from django.utils.module_loading import import_string
 
 from apiguard.config import GuardConfig
+from apiguard.cors_copy import EXPOSED, kept
 from apiguard.decision import Decision
 from apiguard.engine import Refused
 from apiguard.errors import ConfigurationError
@@ -211,6 +213,23 @@ def check(urlconf: str | None = None) -> None:
     _check_drf_order(guard, routes)
 
 
+_EXPOSE = "Access-Control-Expose-Headers"
+_CORS_PATH = "corsheaders.middleware.CorsMiddleware"
+
+
+def _inner_cors() -> Any:
+    """django-cors-headers' `CorsMiddleware` when `settings.MIDDLEWARE` lists it after
+    apiguard (its headers, for a refusal that replaces no response of the app), else None."""
+    names = [str(m) for m in getattr(settings, "MIDDLEWARE", None) or ()]
+    mine = next((i for i, m in enumerate(names) if m.endswith("GuardMiddleware")), None)
+    if _CORS_PATH not in names or mine is None or names.index(_CORS_PATH) < mine:
+        return None
+    try:
+        return import_string(_CORS_PATH)(lambda request: None)
+    except ImportError:
+        return None
+
+
 class GuardMiddleware:
     """Checks every request against `apiguard.django.guard`'s rules (sync and async)."""
 
@@ -226,6 +245,7 @@ class GuardMiddleware:
         if self.engine.resolver is None:  # the authenticated user, unless the app's own
             self.engine.resolver = django_user
         self._verified: set[Any] = set()
+        self._cors = _inner_cors()
         self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)
@@ -260,7 +280,7 @@ class GuardMiddleware:
         ctx, early = self._begin(request)
         if early is not None:
             end(engine, ctx, None)
-            return self._block(early)
+            return self._with_cors(request, self._block(early), None)
         token = _current.set(ctx)
         try:
             response = self.get_response(request)
@@ -286,7 +306,7 @@ class GuardMiddleware:
         ctx, early = self._begin(request)
         if early is not None:
             end(engine, ctx, None)
-            return self._block(early)
+            return self._with_cors(request, self._block(early), None)
         token = _current.set(ctx)
         try:
             await self._resolve_user(request, ctx)  # placed after AuthenticationMiddleware
@@ -351,9 +371,14 @@ class GuardMiddleware:
         outcome the rules observe (None: refused)."""
         if getattr(response, "apiguard_refusal", False):
             ctx.refused_sent = True
-            return response, None
+            request = ctx.scope.get(REQUEST_KEY)
+            return (self._with_cors(request, response, None) if request else response), None
         if refusal is not None:  # the app's response is dropped (Django closes the answer)
-            return self._block(refusal), None
+            block = self._block(refusal)
+            request = ctx.scope.get(REQUEST_KEY)
+            if request is not None:  # with the app's CORS answer to this request
+                block = self._with_cors(request, block, kept(response.items()))
+            return block, None
         engine = self.engine
         status = response.status_code
         for cookie in started(engine, ctx, status):
@@ -374,6 +399,37 @@ class GuardMiddleware:
                     response["RateLimit-Policy"] = policy
                     response["RateLimit"] = state
         return response, status
+
+    def _with_cors(
+        self,
+        request: HttpRequest,
+        response: HttpResponseBase,
+        cors: list[tuple[str, str]] | None,
+    ) -> HttpResponseBase:
+        """A refusal to a cross-origin request, readable by the page: the CORS headers of
+        the app's response it replaced (`cors`), else, when django-cors-headers'
+        `CorsMiddleware` sits below apiguard and the refusal did not pass through it,
+        the headers it gives this request; and Retry-After/RateLimit exposed (a
+        `CorsMiddleware` above apiguard adds its headers to the refusal itself)."""
+        if "HTTP_ORIGIN" not in request.META:
+            return response
+        inner = self._cors
+        if cors is None and inner is not None and "Access-Control-Allow-Origin" not in response:
+            cors = kept(inner.add_response_headers(request, HttpResponse()).items())
+        exposed = [p.strip() for p in response.get(_EXPOSE, "").split(",") if p.strip()]
+        for name, value in cors or ():
+            lower = name.lower()
+            if lower == "vary":
+                patch_vary_headers(response, ("origin",))
+            elif lower == _EXPOSE:
+                exposed.extend(p.strip() for p in value.split(",") if p.strip())
+            elif name not in response:
+                response[name] = value
+        known = {e.lower() for e in exposed}
+        exposed.extend(n for n in EXPOSED if n in response and n.lower() not in known)
+        if exposed:
+            response[_EXPOSE] = ", ".join(exposed)
+        return response
 
     def _block(self, decision: Decision) -> HttpResponse:
         """The refusal as a complete Django response."""

@@ -28,6 +28,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 
+from apiguard.cors_copy import flask_cors_headers
 from apiguard.engine import Refused
 from apiguard.guard import Guard
 from apiguard.routes import RouteEntry
@@ -128,7 +129,7 @@ def init_app(app: Flask, guard: Guard) -> Guard:
     app.preprocess_request = preprocess_request  # type: ignore[method-assign]
     app.register_error_handler(Refused, answer)
     app.wsgi_app = GuardMiddleware(  # type: ignore[method-assign]
-        app.wsgi_app, guard, routes=FlaskRoutes(app)
+        app.wsgi_app, guard, routes=FlaskRoutes(app), cors=flask_cors_headers(app)
     )
     app.extensions[EXTENSION] = guard
     if any(e != "static" for e in app.view_functions):  # routes already there: their
