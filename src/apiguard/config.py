@@ -488,8 +488,9 @@ class GuardConfig(_Model):
     def load(cls, data: Any, source: str = "", **kwargs: Any) -> Self:
         """Validate `data` (a mapping of settings; `source` says where it came from).
 
-        Errors are `ConfigurationError`s that name each setting and never echo a value:
-        the one that failed may be the secret.
+        Errors are `ConfigurationError`s that name each setting; they never echo the
+        `secret` (pydantic's messages never show the input; a check of apiguard's own may
+        quote a value that is no secret: a rate, a network, a header name, a template).
         """
         try:
             return super().model_validate(data, **kwargs)

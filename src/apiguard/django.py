@@ -13,7 +13,7 @@
     def refund(request, order_id): ...
 
 `settings.APIGUARD` is a dict validated by `GuardConfig` (a bad setting fails when the
-middleware loads, naming the setting, never its value), or a `Guard` built by the app.
+middleware loads, naming the setting, never the secret's value), or a `Guard` built by the app.
 Optional settings: `APIGUARD_CLOCK`, `APIGUARD_PRINCIPAL_RESOLVER` and `APIGUARD_ON_BLOCK`
 (callables or dotted paths), passed to `Guard`.
 
