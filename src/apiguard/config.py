@@ -224,7 +224,11 @@ def route_floors(value: dict[str, int]) -> dict[str, int]:
     """A detector's per-route floors: route templates, each 0 (off) or more."""
     for template, floor in value.items():
         if not template.startswith("/"):
-            raise ValueError(f"{template!r} is not a route template (e.g. '/orders/{{id}}')")
+            raise ValueError(
+                f"{template!r} is not a route template: it starts with '/' (as the app's "
+                "router declares it: '/orders/{id}' on FastAPI, '/orders/<int:id>' on Flask "
+                "and Django)"
+            )
         if floor < 0:
             raise ValueError(f"the floor of {template!r} must be 0 (off) or more")
     return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import inspect
 import itertools
@@ -10,6 +11,7 @@ import logging
 import math
 import numbers
 import os
+import re
 import sys
 import time
 import uuid
@@ -653,8 +655,7 @@ class Guard:
                 continue
             text = (
                 f"detection.{name}.routes names {', '.join(repr(t) for t in unknown)}, which "
-                "no route of this app has (templates are written as the framework declares "
-                "them, e.g. '/invoices/{invoice_id}', mount prefixes included)"
+                f"no route of this app has{_template_hint(unknown, templates)}"
             )
             if opaque:  # it may be a route of a mounted app apiguard cannot list
                 log.warning("apiguard: %s; it may belong to a mounted app", text)
@@ -852,6 +853,41 @@ def _block_problem(response: Any) -> str | None:
         if any(c in name + value for c in "\r\n\0") or not name:
             return "a BlockResponse with a malformed header"
     return None
+
+
+# a path parameter in any router's syntax: Starlette's {id} / {id:int}, Flask's and
+# Django's <id> / <int:id>, a Django regex group (?P<id>...) (one level of nesting)
+_PARAM = re.compile(r"\{[^}]*\}|\(\?P<[^>]+>(?:[^()]|\([^()]*\))*\)|<[^>]*>")
+
+
+def _shape(template: str) -> str:
+    """A template with every path parameter as `{}` (and no regex anchors): the same
+    route in another router's syntax has the same shape."""
+    return _PARAM.sub("{}", template.replace("^", "").replace("$", ""))
+
+
+def _template_hint(unknown: list[str], templates: set[str]) -> str:
+    """What to write instead, in this app's own syntax: the app's templates closest to
+    each unknown one, else an example of the app's templates with a parameter."""
+    known = sorted(templates)
+    shapes: dict[str, list[str]] = {}
+    for t in known:
+        shapes.setdefault(_shape(t), []).append(t)
+    close: list[str] = []
+    for t in unknown:
+        found = shapes.get(_shape(t)) or difflib.get_close_matches(t, known, n=2, cutoff=0.6)
+        close.extend(c for c in found if c not in close)
+    if close:
+        return (
+            f" (closest routes of this app: {', '.join(repr(c) for c in close[:5])}; "
+            "templates are written as this app's router declares them)"
+        )
+    example = next((t for t in known if _PARAM.search(t)), None)
+    syntax = f"e.g. {example!r}" if example is not None else "as the router declares them"
+    return (
+        f" (templates are written as this app's router declares them, {syntax}, "
+        "prefixes of mounts, blueprints and include()s included)"
+    )
 
 
 def _unwrap_chain(endpoint: Any) -> list[Any]:
