@@ -178,3 +178,7 @@ def test_django_refusals_keep_corsheaders_headers(cors_first: bool, asgi: bool) 
         assert 429 in statuses and statuses[-1] == 403
         r = call("GET", "/open", headers={"Origin": EVIL})
         assert r.status == 403 and "access-control-allow-origin" not in r.headers
+        if not cors_first:  # (above apiguard, CorsMiddleware has the last word)
+            assert "access-control-expose-headers" not in r.headers
+        r = call("GET", "/open")  # not cross-origin: no CORS header
+        assert r.status == 403 and "access-control-expose-headers" not in r.headers

@@ -217,12 +217,26 @@ _EXPOSE = "Access-Control-Expose-Headers"
 _CORS_PATH = "corsheaders.middleware.CorsMiddleware"
 
 
+def _middleware_names() -> list[str]:
+    return [str(m) for m in getattr(settings, "MIDDLEWARE", None) or ()]
+
+
+def _own_index() -> int:
+    names = _middleware_names()
+    return next((i for i, m in enumerate(names) if m.endswith("GuardMiddleware")), len(names))
+
+
+def _cors_index() -> int:
+    """Where `settings.MIDDLEWARE` lists django-cors-headers' `CorsMiddleware` (after
+    everything when it does not)."""
+    names = _middleware_names()
+    return names.index(_CORS_PATH) if _CORS_PATH in names else len(names) + 1
+
+
 def _inner_cors() -> Any:
     """django-cors-headers' `CorsMiddleware` when `settings.MIDDLEWARE` lists it after
     apiguard (its headers, for a refusal that replaces no response of the app), else None."""
-    names = [str(m) for m in getattr(settings, "MIDDLEWARE", None) or ()]
-    mine = next((i for i, m in enumerate(names) if m.endswith("GuardMiddleware")), None)
-    if _CORS_PATH not in names or mine is None or names.index(_CORS_PATH) < mine:
+    if not _own_index() < _cors_index() <= len(_middleware_names()):
         return None
     try:
         return import_string(_CORS_PATH)(lambda request: None)
@@ -246,6 +260,7 @@ class GuardMiddleware:
             self.engine.resolver = django_user
         self._verified: set[Any] = set()
         self._cors = _inner_cors()
+        self._cors_outer = _cors_index() < _own_index()  # it sees the refusal after us
         self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)
@@ -425,6 +440,8 @@ class GuardMiddleware:
                 exposed.extend(p.strip() for p in value.split(",") if p.strip())
             elif name not in response:
                 response[name] = value
+        if "Access-Control-Allow-Origin" not in response and not self._cors_outer:
+            return response  # no CORS answer for this origin: no CORS header either
         known = {e.lower() for e in exposed}
         exposed.extend(n for n in EXPOSED if n in response and n.lower() not in known)
         if exposed:
