@@ -231,7 +231,11 @@ def route_floors(value: dict[str, int]) -> dict[str, int]:
     """A detector's per-route floors: route templates, each 0 (off) or more."""
     for template, floor in value.items():
         if not template.startswith("/"):
-            raise ValueError(f"{template!r} is not a route template (e.g. '/orders/{{id}}')")
+            raise ValueError(
+                f"{template!r} is not a route template: it starts with '/' (as the app's "
+                "router declares it: '/orders/{id}' on FastAPI, '/orders/<int:id>' on Flask "
+                "and Django)"
+            )
         if floor < 0:
             raise ValueError(f"the floor of {template!r} must be 0 (off) or more")
     return value
@@ -500,8 +504,9 @@ class GuardConfig(_Model):
     def load(cls, data: Any, source: str = "", **kwargs: Any) -> Self:
         """Validate `data` (a mapping of settings; `source` says where it came from).
 
-        Errors are `ConfigurationError`s that name each setting and never echo a value:
-        the one that failed may be the secret.
+        Errors are `ConfigurationError`s that name each setting; they never echo the
+        `secret` (pydantic's messages never show the input; a check of apiguard's own may
+        quote a value that is no secret: a rate, a network, a header name, a template).
         """
         try:
             return super().model_validate(data, **kwargs)

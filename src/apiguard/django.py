@@ -13,7 +13,7 @@
     def refund(request, order_id): ...
 
 `settings.APIGUARD` is a dict validated by `GuardConfig` (a bad setting fails when the
-middleware loads, naming the setting, never its value), or a `Guard` built by the app.
+middleware loads, naming the setting, never the secret's value), or a `Guard` built by the app.
 Optional settings: `APIGUARD_CLOCK`, `APIGUARD_PRINCIPAL_RESOLVER` and `APIGUARD_ON_BLOCK`
 (callables or dotted paths), passed to `Guard`.
 
@@ -34,10 +34,12 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils.cache import patch_vary_headers
 from django.utils.functional import empty
 from django.utils.module_loading import import_string
 
 from apiguard.config import GuardConfig
+from apiguard.cors_copy import EXPOSED, kept
 from apiguard.decision import Decision
 from apiguard.engine import Refused
 from apiguard.errors import ConfigurationError
@@ -198,6 +200,50 @@ def _check_drf_order(guard: Guard, routes: DjangoRoutes) -> None:
         )
 
 
+def check(urlconf: str | None = None) -> None:
+    """The start-up walk of the URLconf (`settings.ROOT_URLCONF` by default), now: raises
+    `ConfigurationError` for an apiguard decorator above `@api_view`, a decorated view no
+    route serves with its checks, or a `detection.*.routes` template no route has. The
+    middleware runs it as it loads (a server's start-up; the test client's first request,
+    and every request while it fails); call it from `AppConfig.ready()` or a test to fail
+    earlier."""
+    guard = get_guard()
+    routes = DjangoRoutes(urlconf or settings.ROOT_URLCONF)
+    guard.verify(routes)
+    _check_drf_order(guard, routes)
+
+
+_EXPOSE = "Access-Control-Expose-Headers"
+_CORS_PATH = "corsheaders.middleware.CorsMiddleware"
+
+
+def _middleware_names() -> list[str]:
+    return [str(m) for m in getattr(settings, "MIDDLEWARE", None) or ()]
+
+
+def _own_index() -> int:
+    names = _middleware_names()
+    return next((i for i, m in enumerate(names) if m.endswith("GuardMiddleware")), len(names))
+
+
+def _cors_index() -> int:
+    """Where `settings.MIDDLEWARE` lists django-cors-headers' `CorsMiddleware` (after
+    everything when it does not)."""
+    names = _middleware_names()
+    return names.index(_CORS_PATH) if _CORS_PATH in names else len(names) + 1
+
+
+def _inner_cors() -> Any:
+    """django-cors-headers' `CorsMiddleware` when `settings.MIDDLEWARE` lists it after
+    apiguard (its headers, for a refusal that replaces no response of the app), else None."""
+    if not _own_index() < _cors_index() <= len(_middleware_names()):
+        return None
+    try:
+        return import_string(_CORS_PATH)(lambda request: None)
+    except ImportError:
+        return None
+
+
 class GuardMiddleware:
     """Checks every request against `apiguard.django.guard`'s rules (sync and async)."""
 
@@ -213,6 +259,8 @@ class GuardMiddleware:
         if self.engine.resolver is None:  # the authenticated user, unless the app's own
             self.engine.resolver = django_user
         self._verified: set[Any] = set()
+        self._cors = _inner_cors()
+        self._cors_outer = _cors_index() < _own_index()  # it sees the refusal after us
         self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)
@@ -247,7 +295,7 @@ class GuardMiddleware:
         ctx, early = self._begin(request)
         if early is not None:
             end(engine, ctx, None)
-            return self._block(early)
+            return self._with_cors(request, self._block(early), None)
         token = _current.set(ctx)
         try:
             response = self.get_response(request)
@@ -273,7 +321,7 @@ class GuardMiddleware:
         ctx, early = self._begin(request)
         if early is not None:
             end(engine, ctx, None)
-            return self._block(early)
+            return self._with_cors(request, self._block(early), None)
         token = _current.set(ctx)
         try:
             await self._resolve_user(request, ctx)  # placed after AuthenticationMiddleware
@@ -338,9 +386,14 @@ class GuardMiddleware:
         outcome the rules observe (None: refused)."""
         if getattr(response, "apiguard_refusal", False):
             ctx.refused_sent = True
-            return response, None
+            request = ctx.scope.get(REQUEST_KEY)
+            return (self._with_cors(request, response, None) if request else response), None
         if refusal is not None:  # the app's response is dropped (Django closes the answer)
-            return self._block(refusal), None
+            block = self._block(refusal)
+            request = ctx.scope.get(REQUEST_KEY)
+            if request is not None:  # with the app's CORS answer to this request
+                block = self._with_cors(request, block, kept(response.items()))
+            return block, None
         engine = self.engine
         status = response.status_code
         for cookie in started(engine, ctx, status):
@@ -361,6 +414,39 @@ class GuardMiddleware:
                     response["RateLimit-Policy"] = policy
                     response["RateLimit"] = state
         return response, status
+
+    def _with_cors(
+        self,
+        request: HttpRequest,
+        response: HttpResponseBase,
+        cors: list[tuple[str, str]] | None,
+    ) -> HttpResponseBase:
+        """A refusal to a cross-origin request, readable by the page: the CORS headers of
+        the app's response it replaced (`cors`), else, when django-cors-headers'
+        `CorsMiddleware` sits below apiguard and the refusal did not pass through it,
+        the headers it gives this request; and Retry-After/RateLimit exposed (a
+        `CorsMiddleware` above apiguard adds its headers to the refusal itself)."""
+        if "HTTP_ORIGIN" not in request.META:
+            return response
+        inner = self._cors
+        if cors is None and inner is not None and "Access-Control-Allow-Origin" not in response:
+            cors = kept(inner.add_response_headers(request, HttpResponse()).items())
+        exposed = [p.strip() for p in response.get(_EXPOSE, "").split(",") if p.strip()]
+        for name, value in cors or ():
+            lower = name.lower()
+            if lower == "vary":
+                patch_vary_headers(response, ("origin",))
+            elif lower == _EXPOSE:
+                exposed.extend(p.strip() for p in value.split(",") if p.strip())
+            elif name not in response:
+                response[name] = value
+        if "Access-Control-Allow-Origin" not in response and not self._cors_outer:
+            return response  # no CORS answer for this origin: no CORS header either
+        known = {e.lower() for e in exposed}
+        exposed.extend(n for n in EXPOSED if n in response and n.lower() not in known)
+        if exposed:
+            response[_EXPOSE] = ", ".join(exposed)
+        return response
 
     def _block(self, decision: Decision) -> HttpResponse:
         """The refusal as a complete Django response."""

@@ -14,8 +14,10 @@ as complete responses that no error handler of the app can rewrite), a wrapper o
 app's `preprocess_request` that records the matched rule (`/orders/<int:order_id>`,
 blueprint prefixes included) and the view for the rules before the app's URL value
 preprocessors and `before_request` functions run, and an error handler that answers `Refused` (so a
-refusal is never logged as a server error). The first request walks `app.url_map` once:
-decorators written above `@app.route` raise `ConfigurationError`.
+refusal is never logged as a server error). The first request walks `app.url_map`:
+decorators written above `@app.route` raise `ConfigurationError`, on that request and on
+every later one until the app is fixed. Routes already registered when `init_app` runs are
+checked there too; `guard.check(app)` runs the whole walk at start-up.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 
+from apiguard.cors_copy import flask_cors_headers
 from apiguard.engine import Refused
 from apiguard.guard import Guard
 from apiguard.routes import RouteEntry
@@ -126,7 +129,9 @@ def init_app(app: Flask, guard: Guard) -> Guard:
     app.preprocess_request = preprocess_request  # type: ignore[method-assign]
     app.register_error_handler(Refused, answer)
     app.wsgi_app = GuardMiddleware(  # type: ignore[method-assign]
-        app.wsgi_app, guard, routes=FlaskRoutes(app)
+        app.wsgi_app, guard, routes=FlaskRoutes(app), cors=flask_cors_headers(app)
     )
     app.extensions[EXTENSION] = guard
+    if any(e != "static" for e in app.view_functions):  # routes already there: their
+        guard.verify(FlaskRoutes(app), complete=False)  # decorator order, checked now
     return guard

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import inspect
 import itertools
@@ -10,6 +11,8 @@ import logging
 import math
 import numbers
 import os
+import re
+import sys
 import time
 import uuid
 import weakref
@@ -553,11 +556,28 @@ class Guard:
         return wrapper  # type: ignore[return-value]
 
     # -- start-up checks --------------------------------------------------------------
-    def verify(self, app: Any) -> None:
+    def check(self, app: Any) -> None:
+        """Walk `app`'s routes now (at start-up) and raise `ConfigurationError` for an
+        apiguard decorator the router bypasses (written above the route decorator), a
+        decorated websocket route, or a `detection.*.routes` template no route has.
+
+        `app`: a Flask app (once its blueprints are registered: after `create_app()`), a
+        Starlette or FastAPI app. Under Django, `apiguard.django.check()`. The middleware
+        runs the same walk itself (Flask: on the first request, and on every request
+        while it fails), so calling this is optional: it fails a deployment earlier."""
+        flask = sys.modules.get("flask")
+        if flask is not None and isinstance(app, flask.Flask):
+            from apiguard.flask import FlaskRoutes
+
+            app = FlaskRoutes(app)
+        self.verify(app)
+
+    def verify(self, app: Any, *, complete: bool = True) -> None:
         """Fail loudly if a decorated handler is routed without its checks.
 
         The classic bug: `@guard.flow` written above `@app.post`, so the framework routed
-        the bare function and the limit would never run.
+        the bare function and the limit would never run. `complete=False`: routes may
+        still be added (decorator order only; nothing remembered, nothing logged).
         """
         if app in self._verified:
             return
@@ -598,7 +618,8 @@ class Guard:
                     # apiguard decorator written above the route decorator
                     problems.append(f"{template} -> {_qualname(original)}")
                     break
-        self._check_route_settings(templates, opaque)
+        if complete:
+            self._check_route_settings(templates, opaque)
         if problems:
             raise ConfigurationError(
                 "apiguard decorators sit above the route decorator, so these routes serve the "
@@ -611,6 +632,8 @@ class Guard:
                 "apiguard limits apply to HTTP requests; websocket routes pass through, so "
                 "these decorators would never run: " + ", ".join(sockets)
             )
+        if not complete:
+            return
         try:
             self._verified.add(app)
         except TypeError:  # not weak-referenceable: verified again next time, logged once
@@ -634,8 +657,7 @@ class Guard:
                 continue
             text = (
                 f"detection.{name}.routes names {', '.join(repr(t) for t in unknown)}, which "
-                "no route of this app has (templates are written as the framework declares "
-                "them, e.g. '/invoices/{invoice_id}', mount prefixes included)"
+                f"no route of this app has{_template_hint(unknown, templates)}"
             )
             if opaque:  # it may be a route of a mounted app apiguard cannot list
                 log.warning("apiguard: %s; it may belong to a mounted app", text)
@@ -833,6 +855,41 @@ def _block_problem(response: Any) -> str | None:
         if any(c in name + value for c in "\r\n\0") or not name:
             return "a BlockResponse with a malformed header"
     return None
+
+
+# a path parameter in any router's syntax: Starlette's {id} / {id:int}, Flask's and
+# Django's <id> / <int:id>, a Django regex group (?P<id>...) (one level of nesting)
+_PARAM = re.compile(r"\{[^}]*\}|\(\?P<[^>]+>(?:[^()]|\([^()]*\))*\)|<[^>]*>")
+
+
+def _shape(template: str) -> str:
+    """A template with every path parameter as `{}` (and no regex anchors): the same
+    route in another router's syntax has the same shape."""
+    return _PARAM.sub("{}", template.replace("^", "").replace("$", ""))
+
+
+def _template_hint(unknown: list[str], templates: set[str]) -> str:
+    """What to write instead, in this app's own syntax: the app's templates closest to
+    each unknown one, else an example of the app's templates with a parameter."""
+    known = sorted(templates)
+    shapes: dict[str, list[str]] = {}
+    for t in known:
+        shapes.setdefault(_shape(t), []).append(t)
+    close: list[str] = []
+    for t in unknown:
+        found = shapes.get(_shape(t)) or difflib.get_close_matches(t, known, n=2, cutoff=0.6)
+        close.extend(c for c in found if c not in close)
+    if close:
+        return (
+            f" (closest routes of this app: {', '.join(repr(c) for c in close[:5])}; "
+            "templates are written as this app's router declares them)"
+        )
+    example = next((t for t in known if _PARAM.search(t)), None)
+    syntax = f"e.g. {example!r}" if example is not None else "as the router declares them"
+    return (
+        f" (templates are written as this app's router declares them, {syntax}, "
+        "prefixes of mounts, blueprints and include()s included)"
+    )
 
 
 def _unwrap_chain(endpoint: Any) -> list[Any]:

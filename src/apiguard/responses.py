@@ -18,6 +18,10 @@ QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded
 # the problem type of a challenge: the app decides how a person proves themselves (CAPTCHA,
 # e-mail code, WebAuthn) and calls `Guard.challenge_passed()` when they have
 CHALLENGE_REQUIRED = "https://apiguard.dev/problems/challenge-required"
+# the problem type of a detector's throttle (429 without a quota: `population_action`,
+# `account_action`, ... = "throttle"); its `detector` member names the finding
+# ("flow_groups.fingerprint", "account_takeover.population"), never a key or a username
+UNUSUAL_ACTIVITY = "https://apiguard.dev/problems/unusual-activity"
 
 
 @dataclass(slots=True)
@@ -108,16 +112,31 @@ def block_response(
                 f"This client is temporarily blocked {why}; retry after {retry} second{plural}."
             ),
         }
+        if decision.detector is not None:
+            problem["detector"] = decision.detector
         status = 403
     else:
         violated = decision.violated
-        problem = {
-            "type": QUOTA_EXCEEDED,
-            "title": "Request cannot be satisfied as assigned quota has been exceeded",
-            "status": 429,
-            "detail": f"Retry after {retry} second{'s' if retry != 1 else ''}.",
-            "violated-policies": violated,
-        }
+        if not violated and decision.detector is not None:  # a detector's throttle
+            problem = {
+                "type": UNUSUAL_ACTIVITY,
+                "title": "Too many requests after unusual activity",
+                "status": 429,
+                "detail": (
+                    f"Unusual activity was seen ({decision.detector}); retry after "
+                    f"{retry} second{plural}."
+                ),
+                "detector": decision.detector,
+            }
+        else:
+            problem = {
+                "type": QUOTA_EXCEEDED,
+                "title": "Request cannot be satisfied as assigned quota has been exceeded",
+                "status": 429,
+                "detail": f"Retry after {retry} second{plural}.",
+            }
+            if violated:
+                problem["violated-policies"] = violated
         status = 429
     headers = [
         ("content-type", "application/problem+json"),

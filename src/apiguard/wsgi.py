@@ -17,6 +17,7 @@ from contextvars import Token
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from apiguard.cors_copy import CorsSource, kept, with_cors
 from apiguard.decision import Decision
 from apiguard.engine import Engine, Refused
 from apiguard.guard import Guard
@@ -250,6 +251,7 @@ class _Exchange:
         "_it",
         "_middleware",
         "_source",
+        "cors",
         "ctx",
         "refusal",
         "start_response",
@@ -264,6 +266,7 @@ class _Exchange:
         self.start_response = start_response
         self.status: int | None = None  # the app's status once it went out; 0: replaced
         self.refusal: Decision | None = None  # the refusal replacing the app's response
+        self.cors: list[tuple[str, str]] | None = None  # that response's CORS headers
         self._source: Iterable[bytes] | None = None
         self._it: Iterator[bytes] | None = None
         # the chunks, for a server that calls next() on the body itself
@@ -282,6 +285,7 @@ class _Exchange:
             if refusal is not None:
                 self.status = 0
                 self.refusal = refusal
+                self.cors = kept(headers)  # the app's CORS answer, kept on the refusal
                 return _discard
             self.status = code
             cookies = started(engine, ctx, code)
@@ -351,7 +355,7 @@ class _Exchange:
         self._finish()
         refusal = self.refusal
         assert refusal is not None
-        yield from self._middleware._refuse(self.start_response, refusal)
+        yield from self._middleware._refuse(self.start_response, refusal, self.cors)
 
     def _finish(self) -> None:
         source, self._source = self._source, None
@@ -372,11 +376,19 @@ class _Exchange:
 class GuardMiddleware:
     """Checks every request to the WSGI app `app` against `guard`'s rules.
 
-    `routes`: an object whose routes `guard.verify` walks on the first request (the Flask
-    adapter passes the Flask app's URL map); None for an app apiguard cannot walk.
+    `routes`: an object whose routes `guard.verify` walks on the first request, and on
+    every later one while the walk fails (the Flask adapter passes the Flask app's URL
+    map); None for an app apiguard cannot walk.
     """
 
-    def __init__(self, app: WSGIApplication, guard: Guard, *, routes: Any = None) -> None:
+    def __init__(
+        self,
+        app: WSGIApplication,
+        guard: Guard,
+        *,
+        routes: Any = None,
+        cors: CorsSource | None = None,
+    ) -> None:
         if not isinstance(guard, Guard):
             raise TypeError("GuardMiddleware needs guard=Guard(...)")
         self.app = app
@@ -384,15 +396,17 @@ class GuardMiddleware:
         self.engine: Engine = guard.engine
         self._headers = guard.config.ratelimit_headers
         self._routes = routes
+        self._cors = cors  # the app's CORS headers for a refusal that replaces no response
         self._reader = EnvironReader(self.engine)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("apiguard.guard") is self.guard:  # installed twice: count once
             return self.app(environ, start_response)
         environ["apiguard.guard"] = self.guard
-        if self._routes is not None:  # once: the first request (routes are final by then)
-            routes, self._routes = self._routes, None
-            self.guard.verify(routes)
+        if self._routes is not None:  # the first request (routes are final by then); a
+            # failing walk raises on every request until the app is fixed, never only once
+            self.guard.verify(self._routes)
+            self._routes = None
         engine = self.engine
         ctx = self._reader.begin(environ)
         environ[SCOPE_KEY] = ctx.scope
@@ -401,7 +415,7 @@ class GuardMiddleware:
             if early is not None:
                 ctx.refused_sent = True
                 end(engine, ctx, None)
-                return self._refuse(start_response, early)
+                return self._refuse(start_response, early, None, environ)
         ex = _Exchange(self, ctx, start_response)
         token = _current.set(ctx)
         try:
@@ -413,7 +427,9 @@ class GuardMiddleware:
                 raise
             ctx.refused_sent = True
             end(engine, ctx, None)
-            return self._refuse(start_response, ex.refusal or refused.decision)
+            return self._refuse(
+                start_response, ex.refusal or refused.decision, ex.cors, environ
+            )
         except Exception:
             refusal = ex.refusal
             if ex.status is None:
@@ -423,7 +439,7 @@ class GuardMiddleware:
                 raise
             # the client gets the refusal instead of the server's 500; the error is logged
             log.exception("apiguard: the app raised on a refused request")
-            return self._refuse(start_response, refusal)
+            return self._refuse(start_response, refusal, ex.cors, environ)
         except BaseException:  # interrupted: count it, answer nothing
             at_cancelled(engine, ctx, ex.status is not None)
             end(engine, ctx, None)
@@ -433,17 +449,33 @@ class GuardMiddleware:
         if ex.refusal is not None:  # refused at the response start: the app's body is dropped
             _close(body)
             end(engine, ctx, None)
-            return self._refuse(start_response, ex.refusal)
+            return self._refuse(start_response, ex.refusal, ex.cors, environ)
         if ex.status and type(body) is list:  # answered and complete: no app code runs as
             end(engine, ctx, ex.status)  # it is sent, so the request is over now
             return body
         ex._source = body
         return ex
 
-    def _refuse(self, start_response: StartResponse, decision: Decision) -> list[bytes]:
-        """Start the refusal and return its body (a complete response)."""
+    def _refuse(
+        self,
+        start_response: StartResponse,
+        decision: Decision,
+        cors: list[tuple[str, str]] | None = None,
+        environ: WSGIEnvironment | None = None,
+    ) -> list[bytes]:
+        """Start the refusal and return its body (a complete response), with the CORS
+        headers of the app's response it replaces (`cors`), else those the app's CORS code
+        gives for `environ` (`apiguard.cors_copy`)."""
         response = render(self.guard, decision)
-        start_response(status_line(response.status), wsgi_headers(response))
+        headers = wsgi_headers(response)
+        if cors is None and environ is not None and self._cors is not None:
+            try:
+                cors = self._cors(environ)
+            except Exception:
+                log.exception("apiguard: the app's CORS headers for a refusal failed")
+        if cors:
+            headers = with_cors(headers, cors)
+        start_response(status_line(response.status), headers)
         return [response.body]
 
 

@@ -79,7 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     attack.add_argument("--config", metavar="TOML", help="declaration of routes and accounts")
     attack.add_argument("--login", metavar="PATH", help="the login route (POST)")
     attack.add_argument("--login-format", choices=("json", "form"), help="login body format")
-    attack.add_argument("--object", metavar="PATH", help="an object route, e.g. /orders/{id}")
+    attack.add_argument(
+        "--object",
+        metavar="PATH",
+        help="an object route, e.g. /orders/{id} ({id} is replaced by object ids, on any "
+        "framework)",
+    )
     attack.add_argument("--flow", metavar="PATH", help="a flow route, e.g. /coupons/{code}/redeem")
     attack.add_argument("--json", action="store_true", help="print machine-readable results")
     return parser
