@@ -1326,6 +1326,13 @@ class Engine:
         key = finding.subject
         if finding.detector.startswith("account_takeover."):
             key = GATE + key  # held back at the login route, nowhere else
+        elif finding.detector.startswith("flow_groups."):
+            last = self._levels.get(key)
+            if last is not None and now < last[1]:
+                # the group's ban still runs: a member's refused attempt keeps the
+                # evidence, but is no repeat offence (colleagues who each tried once
+                # would otherwise double it); a group that offends after it ends is
+                return
         level = self._escalate(key, now)
         if finding.detector in ("account_takeover.account", "account_takeover.devices"):
             cfg = self.config.detection.account_takeover

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome
-from apiguard.detectors.flow_groups import completed_flows
+from apiguard.detectors.flow_groups import born_accounts as _born
 from apiguard.detectors.population import Population, Populations
 from apiguard.store.base import Objects, Tally
 
@@ -330,31 +330,6 @@ def _query_ids(scope: Mapping[str, Any], names: frozenset[str]) -> Iterator[tupl
 
 YOUNG = "young:"  # detector-table prefix of an account born in a sign-up
 _YOUNG_KEPT = 64  # flagged young accounts remembered for the alarm
-
-
-def _born(outcome: Outcome) -> tuple[str, ...]:
-    """The keys of the account this request created, answered 2xx: the one
-    `guard.account_created()` named, else the one the app identified in a request that
-    carried neither a credential nor a cookie on a route completing a flow (a sign-up that
-    signs the user in), unless this process has seen that account answered before (a
-    password reset, a magic link: not a new account)."""
-    ctx = outcome.ctx
-    if not 200 <= outcome.status < 300:
-        return ()
-    if ctx.born:  # guard.account_created()
-        return ctx.born
-    declared = ctx.declared
-    if (
-        declared is None
-        or ctx.engine.accounts_declared
-        or ctx.login is not None
-        or ctx.credentials
-        or ctx.has_cookie
-        or not completed_flows(ctx)
-        or ctx.engine.known_principal(declared)
-    ):
-        return ()
-    return (declared,)
 
 
 def _subject(outcome: Outcome) -> tuple[str, bool, str]:
