@@ -188,7 +188,9 @@ def test_a_flagged_group_is_not_refused_longer_for_each_member_that_tries_once()
     refused = [after for status, after in farm if status == 429]
     assert len(refused) >= 15
     # every member refused during the one ban sees it end at the same time
-    assert max(a + 5 * i for i, a in enumerate(refused)) - min(
-        a + 5 * i for i, a in enumerate(refused)
-    ) <= 1
+    assert (
+        max(a + 5 * i for i, a in enumerate(refused))
+        - min(a + 5 * i for i, a in enumerate(refused))
+        <= 1
+    )
     assert again > refused[0]

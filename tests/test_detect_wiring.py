@@ -298,9 +298,7 @@ def test_a_client_adding_a_made_up_forwarding_header_is_banned_like_any_other() 
         people: list[int] = []
         for k in range(30):
             clock.advance(5)
-            people.append(
-                (await Client(driver, BROWSERS[k % 4], public_ip(rng)).login(k)).status
-            )
+            people.append((await Client(driver, BROWSERS[k % 4], public_ip(rng)).login(k)).status)
             extra = (("x-forwarded-for", f"10.{k}.0.1"),) if forged else ()
             resp = await driver.send(
                 Request(

@@ -122,6 +122,15 @@ class Refused(Exception):
         self.decision = decision
 
 
+def _observed_status(ctx: RequestContext, status: int | None) -> int:
+    """The status detectors see: the response's, or for a handler that raised (no
+    response through the middleware; the server answers 500) 500, or 403 for a login the
+    gate refused."""
+    if status is not None:
+        return status
+    return 403 if _gated(ctx) else 500
+
+
 def _gated(ctx: RequestContext) -> bool:
     """Whether the request was refused by a detector that still counts it: a login the
     login gate held back, or a flow step refused to its group (an attack refused must
@@ -1212,8 +1221,8 @@ class Engine:
         detectors, unless `observe` already ran for this request."""
         if ctx.charges:
             self._rules_observe(ctx, status)
-        if self.detectors and not ctx.observed and (status is not None or _gated(ctx)):
-            self.observe(ctx, status or 403)
+        if self.detectors and not ctx.observed:
+            self.observe(ctx, _observed_status(ctx, status))
         if ctx.login is not None:
             self._landed(ctx)
 
@@ -1275,7 +1284,6 @@ class Engine:
             self.store.local
             or not self.detectors
             or ctx.observed
-            or (status is None and not _gated(ctx))
         ):
             self.finish(ctx, status)
             return
@@ -1284,7 +1292,7 @@ class Engine:
         if ctx.login is not None:
             self._landed(ctx)
         ctx.observed = True
-        planned = self._plan_observation(ctx, status or 403)
+        planned = self._plan_observation(ctx, _observed_status(ctx, status))
         if planned is None:
             return
         ops, judges, now = planned

@@ -13,6 +13,10 @@ run of constant-stride steps between integer ids. Flagged (see `BolaConfig`):
   with neither credential nor cookie, answered 2xx by a route completing a flow, in which
   the app identified the user) within `young_for` owns next to nothing yet, so a harvest
   spread over fresh accounts, each under the population's bar, is caught per account.
+
+Every answer counts as an object touched, server errors too (5xx, or a handler that
+raised): an app that answers a foreign id with 500 is walked all the same. A 5xx is not a
+403/404 in the error share, and a retry of one object adds no distinct object.
 """
 
 from __future__ import annotations
@@ -122,8 +126,6 @@ class Bola:
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         status = outcome.status
-        if status >= 500:
-            return None
         ctx = outcome.ctx
         scope = ctx.scope
         params = scope.get("path_params")
@@ -165,7 +167,11 @@ class Bola:
             route.name, route.named = name, route.item + name + "="
         else:
             item = route.item + text
-        error = 403 <= status <= 404  # judged on an error answer only
+        # judged on an error answer only; a server error (5xx, or a handler that raised)
+        # counts as an object touched (distinct, in a walk) but not as a 403/404: a walk
+        # the app answers 500 is still a walk, and a retry of one object during an outage
+        # adds no distinct object
+        error = 403 <= status <= 404
         principal = outcome.principal
         if not ctx.vouched and not ctx.has_cookie and principal == ctx.ip_key:
             # an anonymous address: counted, and flagged only for a walk or its errors
