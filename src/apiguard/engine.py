@@ -1381,14 +1381,16 @@ class Engine:
         key = finding.subject
         if finding.detector.startswith("account_takeover."):
             key = GATE + key  # held back at the login route, nowhere else
-        elif finding.detector.startswith("flow_groups."):
+        renewed = None
+        if finding.detector.startswith("flow_groups."):
             last = self._levels.get(key)
             if last is not None and now < last[1]:
-                # the group's ban still runs: a member's refused attempt keeps the
-                # evidence, but is no repeat offence (colleagues who each tried once
-                # would otherwise double it); a group that offends after it ends is
-                return
-        level = self._escalate(key, now)
+                # the group's ban still runs: a member's refused attempt renews it at its
+                # level (the flag holds while the farm keeps trying), but is no repeat
+                # offence (colleagues who each tried once would double it each time); a
+                # group flagged again after its ban ended is one
+                renewed = last[0]
+        level = self._escalate(key, now) if renewed is None else renewed
         if finding.detector in ("account_takeover.account", "account_takeover.devices"):
             cfg = self.config.detection.account_takeover
             seconds = min(cfg.account_protect_for * 2 ** min(level - 1, 16), 86_400.0 * 7)

@@ -6,7 +6,8 @@ once. This detector groups them by what they share: the client fingerprint and t
 (/64) network. For each group it compares two shares, within `window`:
 - the distinct principals that completed the flow in this group, against the distinct
   principals active in the group at all;
-- the same share across the whole population.
+- the same share across the rest of the population (the group left out, so a farm's own
+  accounts cannot raise it; with fewer than `floor` others, taken as 1).
 
 A group is flagged when at least `floor` of its principals completed the flow, and its
 share is at least `min_share`, and `factor` times the population's share. A browser version
@@ -22,9 +23,9 @@ were born in it (signed up from that client shape or network, see `born_accounts
 within `window`: fresh accounts created in a burst. Colleagues of one office who each
 complete the flow once, with accounts made elsewhere or earlier, are never flagged.
 
-A group already refused is not flagged again while its ban runs (its members' refused
-attempts keep the evidence, not the escalation): a farm that comes back after the ban is
-banned longer; honest members who each tried once do not double it.
+While a group's ban runs, its members' refused attempts renew it at the same level (the
+flag holds while the farm keeps trying) but do not escalate it: members who each tried
+once do not double it; a group flagged again after its ban ended is banned longer.
 
 Activity is fed from every request whose principal is not an address, at most once per
 quarter window per principal (a bounded in-process table remembers which were sent), so
@@ -119,20 +120,27 @@ class FlowGroups:
         def judge() -> list[Finding]:
             found: list[Finding] = []
             for flow, fp, net, everyone in checks:
-                base = everyone.count / max(all_active.count, 1.0)
-                reach = base * cfg.factor
-                # at 1 or more, the share cannot single a group out: accounts born in a
-                # burst in the group are the evidence left (see the module docstring)
-                by_share = reach < 1.0
-                bar = max(cfg.min_share, min(1.0, reach))
                 keys = group_keys(flow, ctx)
                 for kind, done, active, key, born_here in (
                     ("fingerprint", fp, fp_active, keys[0], births[0]),
                     ("network", net, net_active, keys[1], births[1]),
                 ):
                     share = done.count / max(active.count, 1.0)
-                    if done.count < cfg.floor or share < bar:
+                    if done.count < cfg.floor or share < cfg.min_share:
                         continue
+                    # the population's share without this group (a farm's own accounts
+                    # must not raise the bar it is judged against); with fewer than
+                    # `floor` others there is nothing to compare with
+                    others = all_active.count - active.count
+                    if others >= cfg.floor:
+                        base = min(max(everyone.count - done.count, 0.0) / others, 1.0)
+                    else:
+                        base = 1.0
+                    reach = base * cfg.factor
+                    # at 1 or more, the share cannot single a group out: accounts born in
+                    # a burst in the group are the evidence left (see the module docstring)
+                    by_share = reach < 1.0 and share >= reach
+                    bar = max(cfg.min_share, min(1.0, reach))
                     if by_share or born_here.count >= cfg.floor:
                         found.append(
                             Finding(
