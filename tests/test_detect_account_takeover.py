@@ -379,3 +379,91 @@ def test_sync_login_handler_and_monitor_mode() -> None:
     enforced = Guard(clock=clock)
     driver = AsgiDriver(build_app(enforced, sync_login=True))
     assert 403 in run(scenario())
+
+
+def test_at_cold_start_one_office_s_typos_raise_no_population_alarm_but_stuffing_does() -> None:
+    """Just after deployment (no baseline, nobody has a device cookie), with the
+    no-challenge setting `population_action = "throttle"`: forty colleagues behind one
+    address, a quarter of them mistyping once and some forgetting their password (four
+    failures), raise no population alarm, and people logging in from new devices elsewhere
+    afterwards are not refused. Distributed stuffing from many networks, right after, still
+    raises it (then logins without a device cookie are refused)."""
+    rng = random.Random(11)
+    clock = FakeClock(START)
+    guard = Guard(
+        {"detection": {"account_takeover": {"population_action": "throttle"}}}, clock=clock
+    )
+    driver = AsgiDriver(build_app(guard))
+
+    async def scenario() -> tuple[list[str], Tally, list[int]]:
+        refused: list[str] = []
+        for user in range(40):
+            clock.advance(rng.uniform(1, 10))
+            c = Client(driver, rng.choice(BROWSERS), OFFICE)
+            tries = 4 if user % 10 == 0 else 1 if user % 4 == 0 else 0
+            for _ in range(tries):
+                resp = await c.login(user, "wrong")
+                if resp.status in (403, 429):
+                    refused.append(f"typo {user}: {resp.status}")
+            resp = await c.login(user)
+            if resp.status != 200:
+                refused.append(f"{user}: {resp.status}")
+        for user in range(40, 60):  # new devices, at home
+            clock.advance(rng.uniform(1, 10))
+            resp = await Client(driver, rng.choice(BROWSERS), public_ip(rng)).login(user)
+            if resp.status != 200:
+                refused.append(f"{user} at home: {resp.status}")
+        tally = Tally()
+        for user, pw in leaked_list(rng, 80):
+            clock.advance(rng.uniform(1, 5))
+            bot = rotating_bot(driver, rng)
+            tally.attack_result(
+                await bot.send("POST", "/login", {"username": user, "password": pw})
+            )
+        after = [
+            (await Client(driver, rng.choice(BROWSERS), public_ip(rng)).login(u)).status
+            for u in range(60, 63)
+        ]
+        return refused, tally, after
+
+    refused, tally, after = run(scenario())
+    assert refused == []
+    assert tally.refused > 0, "the stuffing was not caught"
+    assert tally.before_first_refusal <= 45, tally
+    assert tally.takeovers == 0 or tally.after_first_refusal <= 0.2 * tally.attack
+    assert after == [429, 429, 429]  # documented: throttle refuses new-device logins
+
+
+def test_a_few_addresses_failing_a_lot_do_not_make_a_population_alarm() -> None:
+    """Failures from fewer distinct networks than `population_min_sources`, however many,
+    are no distributed stuffing: each address is left to its own detection (which bans
+    the one that walks accounts), and logins elsewhere are not refused."""
+    rng = random.Random(12)
+    clock = FakeClock(START)
+    guard = Guard(
+        {"detection": {"account_takeover": {"population_action": "throttle"}}}, clock=clock
+    )
+    driver = AsgiDriver(build_app(guard))
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        bots: list[int] = []
+        for k in range(3):
+            bot = Client(driver, BROWSERS[k], f"192.0.{k}.200", jar=None)
+            for user in range(100 + 30 * k, 130 + 30 * k):
+                clock.advance(rng.uniform(1, 5))
+                bots.append(
+                    (
+                        await bot.send(
+                            "POST", "/login", {"username": username(user), "password": "x"}
+                        )
+                    ).status
+                )
+        people = [
+            (await Client(driver, rng.choice(BROWSERS), public_ip(rng)).login(u)).status
+            for u in range(20)
+        ]
+        return bots, people
+
+    bots, people = run(scenario())
+    assert people == [200] * 20
+    assert bots.count(403) >= 60  # each walker banned on its own address

@@ -485,3 +485,65 @@ def test_a_young_account_that_passes_the_challenge_gets_the_population_bar() -> 
         return ok, challenged, blocked
 
     assert run(scenario()) == (40, 1, 0)
+
+
+def shop_with_server_errors(guard: Guard) -> FastAPI:
+    """The shop, with a delete route whose bug answers another user's order with a server
+    error: a 500 response (`answer`), or an exception the framework turns into one
+    (`raise`)."""
+    app = build_app(guard)
+
+    @app.delete("/orders/{order_id}")
+    async def delete(order_id: int, how: str = "answer") -> FastAPIResponse:
+        if how == "raise":
+            raise AttributeError("'NoneType' object has no attribute 'author'")
+        return FastAPIResponse(status_code=500)
+
+    return app
+
+
+@pytest.mark.parametrize("how", ["answer", "raise"])
+def test_a_walk_the_app_answers_with_server_errors_is_caught_and_an_outage_retry_is_not(
+    how: str,
+) -> None:
+    """A walk over other users' orders that the app answers 500 (a bug beside the BOLA
+    bug) is caught like one answered 200, both sequential and random ids; a user retrying
+    their own order through an outage, and users reading theirs meanwhile, are not
+    refused."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(shop_with_server_errors(guard), server_errors=True)
+    rng = random.Random(6)
+
+    async def scenario() -> tuple[list[int], list[int], list[int], list[int]]:
+        refused, _ = await honest_readers(driver, clock, rng, range(0, 30), 2)
+        walks: list[list[int]] = []
+        for n, ids in enumerate(
+            (list(range(1, 120)), [rng.randrange(1, 3600) for _ in range(120)])
+        ):
+            attacker = Client(driver, BROWSERS[n], f"192.0.2.{n + 1}")
+            await attacker.login(50 + n)
+            statuses = []
+            for order in ids:
+                clock.advance(1)
+                statuses.append(
+                    (await attacker.send("DELETE", f"/orders/{order}?how={how}")).status
+                )
+            walks.append(statuses)
+        # an outage: one user retries deleting one of their orders 200 times
+        patient = Client(driver, BROWSERS[2], public_ip(rng))
+        await patient.login(70)
+        retries = []
+        for _ in range(200):
+            clock.advance(1)
+            retries.append(
+                (await patient.send("DELETE", f"/orders/{orders_of(70)[0]}?how={how}")).status
+            )
+        return walks[0], walks[1], retries, refused
+
+    sequential, scattered, retries, refused = run(scenario())
+    assert refused == []
+    assert set(retries) == {500}
+    assert sequential[:10] == [500] * 10 and 403 in sequential
+    assert sequential.index(403) <= 20
+    assert 403 in scattered and scattered.index(403) <= 60

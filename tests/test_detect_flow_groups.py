@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI
 
-from apiguard import Guard
+from apiguard import Guard, identify
 from apiguard.asgi import GuardMiddleware
 from apiguard.simulate.clock import FakeClock
 from apiguard.simulate.driver import AsgiDriver, Request
@@ -78,3 +78,117 @@ def test_a_farm_of_fresh_accounts_on_one_client_shape_is_refused_the_flow() -> N
     assert 429 in farm
     assert farm.index(429) <= 12
     assert farm.count(200) <= 15
+
+
+def young_shop(guard: Guard) -> FastAPI:
+    """A shop just deployed: a sign-up that signs the user in (the account is born there),
+    and a flow every active user completes."""
+    app = shop(guard)
+    made: list[int] = []
+
+    @app.post("/signup", status_code=201)
+    @guard.flow("signup", "100/hour", per="ip")
+    async def signup() -> dict[str, str]:
+        user = 50_000 + len(made)
+        made.append(user)
+        identify(user)
+        return {"token": f"tok-{user}"}
+
+    return app
+
+
+OFFICE_UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/120.0"
+
+
+def test_a_young_app_where_everyone_completes_the_flow_refuses_no_office_but_a_burst_farm() -> None:
+    """Before any baseline can tell a group apart (every active user completes the flow:
+    `factor` x the population's share is over 1), twelve colleagues behind one office
+    address and browser build, with accounts made elsewhere, each redeem once: none is
+    refused. A script that signs up a burst of accounts from one address and client shape
+    and redeems with each is still refused the flow."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(young_shop(guard))
+
+    async def call(method: str, path: str, ip: str, ua: str, user: int | None = None) -> int:
+        headers: tuple[tuple[str, str], ...] = (("user-agent", ua),)
+        if user is not None:
+            headers += (("authorization", f"Bearer tok-{user}"),)
+        return (await driver.send(Request(method, path, ip, headers))).status
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        office: list[int] = []
+        for u in range(12):
+            clock.advance(20)
+            office.append(await call("POST", "/coupons/SPRING/redeem", "192.0.2.10", OFFICE_UA, u))
+        farm: list[int] = []
+        for _ in range(30):
+            clock.advance(20)
+            resp = await driver.send(
+                Request("POST", "/signup", "198.51.100.7", (("user-agent", "okhttp/4.9.2"),))
+            )
+            assert resp.status == 201
+            bot = int(resp.json()["token"].removeprefix("tok-"))
+            farm.append(
+                await call("POST", "/coupons/SPRING/redeem", "198.51.100.7", "okhttp/4.9.2", bot)
+            )
+        return office, farm
+
+    office, farm = run(scenario())
+    assert office == [200] * 12
+    assert 429 in farm
+    assert farm.index(429) <= 10
+    assert farm.count(200) <= 10
+
+
+def test_a_flagged_group_is_not_refused_longer_for_each_member_that_tries_once() -> None:
+    """A group refused the flow gives the same Retry-After to each member that tries once
+    (renewed while the farm keeps trying, not doubled: no member repeated anything); the
+    farm is refused throughout, and one that comes back after its ban ended, with the
+    evidence standing, is banned longer."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(shop(guard))
+    rng = random.Random(2)
+
+    async def call(method: str, path: str, user: int, ip: str, ua: str) -> tuple[int, int]:
+        req = Request(
+            method, path, ip, (("user-agent", ua), ("authorization", f"Bearer tok-{user}"))
+        )
+        resp = await driver.send(req)
+        return resp.status, int(resp.header("retry-after") or 0)
+
+    async def scenario() -> tuple[list[tuple[int, int]], list[tuple[int, int]], int]:
+        honest: list[tuple[int, int]] = []
+        homes = {u: public_ip(rng) for u in range(300)}
+        for u in range(300):  # a population where few redeem
+            clock.advance(2)
+            ua = APP_UA if u % 4 else BROWSERS[u % len(BROWSERS)]
+            honest.append(await call("GET", "/me", u, homes[u], ua))
+            if u % 10 == 0:
+                honest.append(await call("POST", "/coupons/SPRING/redeem", u, homes[u], ua))
+        farm: list[tuple[int, int]] = []
+        for n in range(30):  # one new account a few seconds apart, one redemption each
+            clock.advance(5)
+            bot = 20_000 + n
+            ip = public_ip(rng)
+            await call("GET", "/me", bot, ip, "okhttp/4.9.2")
+            farm.append(await call("POST", "/coupons/SPRING/redeem", bot, ip, "okhttp/4.9.2"))
+        first = next(after for status, after in farm if status == 429)
+        clock.advance(first + 1)  # the ban is over, the evidence (1 h) stands
+        again = (0, 0)
+        for bot in (30_000, 30_001):  # the first completion renews the flag
+            clock.advance(5)
+            ip = public_ip(rng)
+            await call("GET", "/me", bot, ip, "okhttp/4.9.2")
+            again = await call("POST", "/coupons/SPRING/redeem", bot, ip, "okhttp/4.9.2")
+        return honest, farm, again[1] if again[0] == 429 else -1
+
+    honest, farm, again = run(scenario())
+    assert [s for s, _ in honest if s != 200] == []
+    refused = [after for status, after in farm if status == 429]
+    assert len(refused) >= 15
+    # every member refused while the farm keeps trying is told the same wait (the ban
+    # is renewed, never doubled per member: each tried once)
+    assert max(refused) - min(refused) <= 1, refused
+    assert again > refused[0]

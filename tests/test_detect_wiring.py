@@ -5,6 +5,7 @@ a raw username or id)."""
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Annotated, Any
 
@@ -231,6 +232,9 @@ def test_an_untrusted_proxy_is_reported_never_banned_and_challenge_status_is_con
     proxy = "10.0.0.2"
 
     async def scenario() -> tuple[list[int], int, int]:
+        for user in range(20, 30):  # the proxy's people log in through it (the evidence)
+            clock.advance(5)
+            assert (await Client(driver, BROWSERS[2], proxy).login(user)).status == 200
         bot = Client(driver, BROWSERS[0], proxy, jar=None)
         statuses = []
         for i in range(30):  # one actor, many accounts, through the proxy
@@ -274,4 +278,43 @@ def test_an_untrusted_proxy_is_reported_never_banned_and_challenge_status_is_con
     assert 403 not in statuses  # challenged (428) or answered, never banned
     assert ok == 200
     assert challenged == 428
-    assert any("never ban it" in r.getMessage() for r in caplog.records)
+    assert any("never banned" in r.getMessage() for r in caplog.records)
+
+
+def test_a_client_adding_a_made_up_forwarding_header_is_banned_like_any_other() -> None:
+    """No proxy is trusted: a bot that adds an X-Forwarded-For of its own (a new made-up
+    value each time) is not taken for a proxy, and is banned after as many accounts as
+    without it; people logging in from their own addresses meanwhile are not refused."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(4)
+    bot_ip = "100.64.5.5"
+
+    async def scenario(forged: bool) -> tuple[list[int], list[int]]:
+        guard.reset()
+        bot = Client(driver, "python-requests/2.31", bot_ip, jar=None)
+        statuses: list[int] = []
+        people: list[int] = []
+        for k in range(30):
+            clock.advance(5)
+            people.append((await Client(driver, BROWSERS[k % 4], public_ip(rng)).login(k)).status)
+            extra = (("x-forwarded-for", f"10.{k}.0.1"),) if forged else ()
+            resp = await driver.send(
+                Request(
+                    "POST",
+                    "/login",
+                    bot_ip,
+                    (*bot.headers(extra), ("content-type", "application/json")),
+                    json.dumps({"username": username(100 + k), "password": "x"}).encode(),
+                )
+            )
+            statuses.append(resp.status)
+        return statuses, people
+
+    plain, people_plain = run(scenario(False))
+    forged, people_forged = run(scenario(True))
+    assert people_plain == people_forged == [200] * 30
+    assert 403 in plain and 403 in forged
+    assert forged.index(403) == plain.index(403) <= 9
+    assert forged.count(403) == plain.count(403)

@@ -267,7 +267,11 @@ class AccountTakeoverConfig(_Detector):
     - distributed stuffing: when the login failure share over `population_window` is
       above `failure_share_floor` and `population_factor` times its own learned baseline,
       with at least `population_min_failures` failures, every client without a device
-      cookie for the account it tries must pass a challenge until it calms down.
+      cookie for the account it tries must pass a challenge until it calms down. Stuffing
+      is many sources: one address adds at most `population_source_failures` failures a
+      half window to that count, and there is no alarm before failures came from
+      `population_min_sources` distinct networks (/24, /64) — which also holds before any
+      baseline is learned (a fresh deployment), when the floor is all there is.
     """
 
     action: Literal["block", "throttle"] = "block"
@@ -280,6 +284,8 @@ class AccountTakeoverConfig(_Detector):
     account_action: DetectorAction = "challenge"
     population_window: float = Field(1800.0, gt=0, le=YEAR)
     population_min_failures: int = Field(20, ge=1)
+    population_source_failures: int = Field(3, ge=1)
+    population_min_sources: int = Field(10, ge=1)
     failure_share_floor: float = Field(0.4, gt=0, le=1)
     population_factor: float = Field(2.0, ge=1)
     population_action: DetectorAction = "challenge"

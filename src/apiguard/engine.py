@@ -85,6 +85,10 @@ PASSED = "passed:"  # ban-table prefix of a person who passed a detector's chall
 PASS_USED = "pu:"  # ban-table prefix of a pass that answered one person's challenge
 _IN_FLIGHT_MAX = 10  # unanswered login attempts one address may have at once
 _PROXIED_MAX = 4096  # addresses remembered as untrusted proxies
+# distinct accounts that must log in (or distinct users the app identified) from an address
+# sending forwarding headers no setting trusts before it is taken for an undeclared proxy
+# (a bot adding a made-up X-Forwarded-For stays one client)
+PROXY_ACCOUNTS = 8
 
 
 # what a ban's action asks of the client (anything else: a block)
@@ -116,6 +120,15 @@ class Refused(Exception):
         self.detail = f"apiguard refused the request ({decision.rule})"
         super().__init__(self.status_code, self.detail)
         self.decision = decision
+
+
+def _observed_status(ctx: RequestContext, status: int | None) -> int:
+    """The status detectors see: the response's, or for a handler that raised (no
+    response through the middleware; the server answers 500) 500, or 403 for a login the
+    gate refused."""
+    if status is not None:
+        return status
+    return 403 if _gated(ctx) else 500
 
 
 def _gated(ctx: RequestContext) -> bool:
@@ -201,7 +214,11 @@ class Engine:
         self.accounts_declared = False
         self._net_keys: dict[str, str] = {}  # client address -> its network's key (bounded)
         self._flights: dict[str, int] = {}  # IP key -> its unanswered login attempts
-        self._proxied: set[str] = set()  # IP keys that sent untrusted forwarding headers
+        # IP keys that sent untrusted forwarding headers -> the distinct accounts logged
+        # in from them and the distinct users the app identified there (bounded LRU)
+        self._forwarding: OrderedDict[str, tuple[set[str], set[str]]] = OrderedDict()
+        # of those, the ones PROXY_ACCOUNTS people used: probable undeclared proxies
+        self._proxied: set[str] = set()
         # principal -> when a detector's challenge on it began (in process): a pass issued
         # after that answers it
         self._challenged_at: dict[str, float] = {}
@@ -243,6 +260,8 @@ class Engine:
         self._net_keys.clear()
         self._wide_keys.clear()
         self._flights.clear()
+        self._forwarding.clear()
+        self._proxied.clear()
         self._challenged_at.clear()
         self._forgiven.clear()
         self._detections_logged.clear()
@@ -415,14 +434,18 @@ class Engine:
         return rules
 
     def _untrusted_forwarding(self, name: bytes, ip_key: str) -> None:
-        """A peer sent a forwarding header and no proxy is trusted: it is likely a proxy
-        every client shares. Its address is remembered (bounded), so detectors never ban
-        it (a ban would lock out everyone behind it); warned once."""
-        proxied = self._proxied
-        if ip_key not in proxied:
-            if len(proxied) >= _PROXIED_MAX:
-                proxied.clear()
-            proxied.add(ip_key)
+        """A peer sent a forwarding header and no proxy is trusted: it may be a proxy
+        every client shares, or a client that added the header (free to send). Its address
+        is remembered (bounded) and watched: once `PROXY_ACCOUNTS` distinct accounts
+        logged in from it (or users the app identified there), which a single client
+        cannot fake cheaply, it is taken for an undeclared proxy and detectors never ban
+        it (a ban would lock out everyone behind it); until then it is one client. Warned
+        once."""
+        forwarding = self._forwarding
+        if ip_key not in self._proxied and ip_key not in forwarding:
+            if len(forwarding) >= _PROXIED_MAX:
+                forwarding.popitem(last=False)
+            forwarding[ip_key] = (set(), set())
         if self._proxy_warned:
             return
         self._proxy_warned = True
@@ -431,9 +454,38 @@ class Engine:
             "ignored and the TCP peer is the client. Behind a proxy or load balancer every "
             "client would share its address: set client_ip.trusted_proxies (and run uvicorn "
             "with --no-proxy-headers, or it may already have rewritten the client address). "
-            "Until then, detectors report that address but never ban it.",
+            "Until then, an address many people log in from is reported by detectors, never "
+            "banned; any other is one client.",
             name.decode("latin-1"),
         )
+
+    def _forwarded_evidence(self, ctx: RequestContext, status: int) -> None:
+        """At an address that sent untrusted forwarding headers: an account logged in to
+        from it, or a user the app identified there, counts towards taking it for an
+        undeclared proxy (see `_untrusted_forwarding`)."""
+        ip_key = ctx.ip_key
+        seen = self._forwarding.get(ip_key)
+        if seen is None:
+            return
+        login = ctx.login
+        if login is not None:
+            if login.gated:
+                return
+            ok = login.success if login.success is not None else 200 <= status < 300
+            if not ok:
+                return
+            found, account = seen[0], login.user
+        elif ctx.vouched and ctx.principal and 200 <= status < 400:
+            found, account = seen[1], ctx.principal
+        else:
+            return
+        found.add(account)
+        if len(found) >= PROXY_ACCOUNTS:
+            del self._forwarding[ip_key]
+            proxied = self._proxied
+            if len(proxied) >= _PROXIED_MAX:
+                proxied.clear()
+            proxied.add(ip_key)
 
     def _warn_late_identify(self, ctx: RequestContext) -> None:
         # only where it matters: a rule of this endpoint is keyed on the principal (a login
@@ -1169,8 +1221,8 @@ class Engine:
         detectors, unless `observe` already ran for this request."""
         if ctx.charges:
             self._rules_observe(ctx, status)
-        if self.detectors and not ctx.observed and (status is not None or _gated(ctx)):
-            self.observe(ctx, status or 403)
+        if self.detectors and not ctx.observed:
+            self.observe(ctx, _observed_status(ctx, status))
         if ctx.login is not None:
             self._landed(ctx)
 
@@ -1180,6 +1232,8 @@ class Engine:
         starts (the server span is still open for the findings' events; the work is the
         same dict work it would be later); `finish` calls it otherwise."""
         ctx.observed = True
+        if self._forwarding:
+            self._forwarded_evidence(ctx, status)
         # (`_plan_observation`, inlined: this runs after every response)
         if ctx.refused_sent and not _gated(ctx):
             return  # a refused request touched nothing (a gated login still counts)
@@ -1230,7 +1284,6 @@ class Engine:
             self.store.local
             or not self.detectors
             or ctx.observed
-            or (status is None and not _gated(ctx))
         ):
             self.finish(ctx, status)
             return
@@ -1239,7 +1292,7 @@ class Engine:
         if ctx.login is not None:
             self._landed(ctx)
         ctx.observed = True
-        planned = self._plan_observation(ctx, status or 403)
+        planned = self._plan_observation(ctx, _observed_status(ctx, status))
         if planned is None:
             return
         ops, judges, now = planned
@@ -1276,6 +1329,8 @@ class Engine:
         self, ctx: RequestContext, status: int
     ) -> tuple[list[Observation], list[Judge], float] | None:
         """Every detector's operations for this request, and their judges."""
+        if self._forwarding:
+            self._forwarded_evidence(ctx, status)
         login = ctx.login
         if ctx.refused_sent and not _gated(ctx):
             return None  # a refused request touched nothing (a gated login still counts)
@@ -1326,7 +1381,16 @@ class Engine:
         key = finding.subject
         if finding.detector.startswith("account_takeover."):
             key = GATE + key  # held back at the login route, nowhere else
-        level = self._escalate(key, now)
+        renewed = None
+        if finding.detector.startswith("flow_groups."):
+            last = self._levels.get(key)
+            if last is not None and now < last[1]:
+                # the group's ban still runs: a member's refused attempt renews it at its
+                # level (the flag holds while the farm keeps trying), but is no repeat
+                # offence (colleagues who each tried once would double it each time); a
+                # group flagged again after its ban ended is one
+                renewed = last[0]
+        level = self._escalate(key, now) if renewed is None else renewed
         if finding.detector in ("account_takeover.account", "account_takeover.devices"):
             cfg = self.config.detection.account_takeover
             seconds = min(cfg.account_protect_for * 2 ** min(level - 1, 16), 86_400.0 * 7)

@@ -12,8 +12,13 @@ detections, each catching on its own (see `AccountTakeoverConfig` for the number
   account's device cookie put the account under protection: unknown clients must pass a
   challenge, a device that logged in to the account before never does;
 - **distributed stuffing and spraying**: the population's login failure share against its
-  own learned baseline; while it is under attack, every login from a client without a
-  device cookie for the account (or a passed challenge) must pass a challenge.
+  own learned baseline, counted from many sources: one address adds at most
+  `population_source_failures` failures a half window (its own per-address detection
+  handles the rest: an office's typos are not a population's), and no alarm before
+  failures came from `population_min_sources` distinct networks (/24, /64). While it is
+  under attack, every login from a client without a device cookie for the account (or a
+  passed challenge) must pass a challenge (or, with `population_action = "throttle"`, is
+  refused).
 
 An attacker cannot lock a victim out: the victim's own devices carry the device cookie,
 and a person on a new device can pass the app's challenge.
@@ -51,11 +56,18 @@ class LoginClimate:
     def __init__(self, config: AccountTakeoverConfig) -> None:
         self.half = config.population_window / 2.0
         self.min_failures = config.population_min_failures
+        self.per_source = config.population_source_failures
+        self.min_sources = config.population_min_sources
         self.floor = config.failure_share_floor
         self.factor = config.population_factor
         self.start: float | None = None
-        self.now = [0, 0, 0]  # attempts, failures, attempts on missing accounts
-        self.old = [0, 0, 0]
+        # attempts, failures, attempts on missing accounts, distinct failing networks
+        self.now = [0, 0, 0, 0]
+        self.old = [0, 0, 0, 0]
+        # this half window's failures counted per address, and the failing networks
+        # (bounded: past the bound a newcomer counts as new)
+        self._by_source: dict[str, int] = {}
+        self._networks: set[str] = set()
         self.baseline: float | None = None
         self.attack_since: float | None = None
         # accounts that logged in this period: a success counts once per account, so an
@@ -73,9 +85,11 @@ class LoginClimate:
                 self.baseline = (
                     share if self.baseline is None else (1 - _EWMA) * self.baseline + _EWMA * share
                 )
-            self.old = finished if elapsed < 2 * self.half else [0, 0, 0]
-            self.now = [0, 0, 0]
+            self.old = finished if elapsed < 2 * self.half else [0, 0, 0, 0]
+            self.now = [0, 0, 0, 0]
             self._succeeded.clear()
+            self._by_source.clear()
+            self._networks.clear()
             self.start = now if elapsed >= 2 * self.half else self.start + self.half
             elapsed = now - self.start
         return 1.0 - elapsed / self.half
@@ -96,10 +110,19 @@ class LoginClimate:
             self.now[1] -= 1
 
     def record(
-        self, now: float, failed: bool, missing: bool, user: str | None = None
+        self,
+        now: float,
+        failed: bool,
+        missing: bool,
+        user: str | None = None,
+        source: str = "",
+        network: str = "",
     ) -> dict[str, float | int] | None:
         """Count one attempt; evidence when this attempt starts an attack period. A
-        success (`user` given) counts once per account and period."""
+        success (`user` given) counts once per account and period; a failure counts only
+        while its address (`source`) added fewer than `population_source_failures` this
+        half window (an address over that is one source, left to the per-address
+        detection), and its `network` among the distinct failing ones."""
         weight = self._roll(now)
         if not failed and user is not None:
             if user in self._succeeded:
@@ -107,17 +130,32 @@ class LoginClimate:
             if len(self._succeeded) < _SUCCEEDED_MAX:
                 self._succeeded.add(user)
         cur = self.now
+        if failed:
+            by_source = self._by_source
+            seen = by_source.get(source, 0)
+            if seen >= self.per_source:
+                return None  # one source's failures past its share: not the population's
+            if len(by_source) < _SUCCEEDED_MAX:
+                by_source[source] = seen + 1
+            networks = self._networks
+            if network not in networks:
+                cur[3] += 1
+                if len(networks) < _SUCCEEDED_MAX:
+                    networks.add(network)
         cur[0] += 1
         cur[1] += failed
         cur[2] += missing
         attempts = cur[0] + self.old[0] * weight
         failures = cur[1] + self.old[1] * weight
         missing_n = cur[2] + self.old[2] * weight
+        sources = cur[3] + self.old[3] * weight
         share = failures / attempts if attempts else 0.0
         limit = self.threshold()
         if self.attack_since is None:
-            hot = failures >= self.min_failures and (
-                share >= limit or missing_n >= self.min_failures
+            hot = (
+                failures >= self.min_failures
+                and sources >= self.min_sources
+                and (share >= limit or missing_n >= self.min_failures)
             )
             if hot:
                 self.attack_since = now
@@ -128,6 +166,7 @@ class LoginClimate:
                     "threshold": round(limit, 3),
                     "baseline": round(self.baseline, 3) if self.baseline is not None else -1,
                     "missing_accounts": round(missing_n),
+                    "failing_networks": round(sources),
                 }
             return None
         calm = failures < self.min_failures / 2 or share < limit * 0.7
@@ -164,8 +203,14 @@ class AccountTakeover:
         if failed is None:
             return None  # neither success nor failure (a 422, a 500): not an attempt
         now = outcome.now
+        ctx = outcome.ctx
         attack = self.climate.record(
-            now, failed or login.gated, login.exists is False, None if failed else login.user
+            now,
+            failed or login.gated,
+            login.exists is False,
+            None if failed else login.user,
+            ctx.ip_key,
+            ctx.net_key,
         )
         if login.gated:
             return (lambda: [self._climate_finding(attack)]) if attack else None
@@ -184,7 +229,6 @@ class AccountTakeover:
             ops.append(f)
             ops.append(s)
             pairs.append((kind, key, f, s))
-        ctx = outcome.ctx
         account: Tally | None = None
         devices: Tally | None = None
         passed: Tally | None = None

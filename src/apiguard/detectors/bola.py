@@ -13,6 +13,10 @@ run of constant-stride steps between integer ids. Flagged (see `BolaConfig`):
   with neither credential nor cookie, answered 2xx by a route completing a flow, in which
   the app identified the user) within `young_for` owns next to nothing yet, so a harvest
   spread over fresh accounts, each under the population's bar, is caught per account.
+
+Every answer counts as an object touched, server errors too (5xx, or a handler that
+raised): an app that answers a foreign id with 500 is walked all the same. A 5xx is not a
+403/404 in the error share, and a retry of one object adds no distinct object.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome
-from apiguard.detectors.flow_groups import completed_flows
+from apiguard.detectors.flow_groups import born_accounts as _born
 from apiguard.detectors.population import Population, Populations
 from apiguard.store.base import Objects, Tally
 
@@ -122,8 +126,6 @@ class Bola:
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         status = outcome.status
-        if status >= 500:
-            return None
         ctx = outcome.ctx
         scope = ctx.scope
         params = scope.get("path_params")
@@ -165,7 +167,11 @@ class Bola:
             route.name, route.named = name, route.item + name + "="
         else:
             item = route.item + text
-        error = 403 <= status <= 404  # judged on an error answer only
+        # judged on an error answer only; a server error (5xx, or a handler that raised)
+        # counts as an object touched (distinct, in a walk) but not as a 403/404: a walk
+        # the app answers 500 is still a walk, and a retry of one object during an outage
+        # adds no distinct object
+        error = 403 <= status <= 404
         principal = outcome.principal
         if not ctx.vouched and not ctx.has_cookie and principal == ctx.ip_key:
             # an anonymous address: counted, and flagged only for a walk or its errors
@@ -330,31 +336,6 @@ def _query_ids(scope: Mapping[str, Any], names: frozenset[str]) -> Iterator[tupl
 
 YOUNG = "young:"  # detector-table prefix of an account born in a sign-up
 _YOUNG_KEPT = 64  # flagged young accounts remembered for the alarm
-
-
-def _born(outcome: Outcome) -> tuple[str, ...]:
-    """The keys of the account this request created, answered 2xx: the one
-    `guard.account_created()` named, else the one the app identified in a request that
-    carried neither a credential nor a cookie on a route completing a flow (a sign-up that
-    signs the user in), unless this process has seen that account answered before (a
-    password reset, a magic link: not a new account)."""
-    ctx = outcome.ctx
-    if not 200 <= outcome.status < 300:
-        return ()
-    if ctx.born:  # guard.account_created()
-        return ctx.born
-    declared = ctx.declared
-    if (
-        declared is None
-        or ctx.engine.accounts_declared
-        or ctx.login is not None
-        or ctx.credentials
-        or ctx.has_cookie
-        or not completed_flows(ctx)
-        or ctx.engine.known_principal(declared)
-    ):
-        return ()
-    return (declared,)
 
 
 def _subject(outcome: Outcome) -> tuple[str, bool, str]:
