@@ -1,5 +1,6 @@
-"""A detector's throttle is a 429 of its own problem type naming the finding, never a
-"quota exceeded" with an empty `violated-policies` (trial finding 8); Flask and Django."""
+"""A detector's throttle (here: flow_groups on a farm of accounts made in a burst) is a
+429 of its own problem type naming the finding, never a "quota exceeded" with an empty
+`violated-policies` (trial finding 8); Flask and Django."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from apiguard.flask import init_app
 from apiguard.responses import QUOTA_EXCEEDED, UNUSUAL_ACTIVITY, block_response
 from harness import close_django, configure_django, django_client
 
-OFFICE = "192.0.2.10"
+FARM = "198.51.100.7"
 UA = "Mozilla/5.0 (Windows NT 10.0) Chrome/120"
 
 
@@ -59,8 +60,11 @@ def test_flask_flow_groups_throttle_names_the_detector() -> None:
     app = Flask(__name__)
     init_app(app, guard)
 
-    @app.get("/me")
-    def me() -> Any:
+    @app.post("/signup")
+    def signup() -> Any:
+        from flask import request
+
+        guard.account_created(request.headers["X-New"])
         return {"ok": 1}
 
     @app.post("/articles")
@@ -69,13 +73,12 @@ def test_flask_flow_groups_throttle_names_the_detector() -> None:
         return {"ok": 1}
 
     client = app.test_client()
-    for i in range(12):  # each colleague seen before, from home
-        h = {"X-User": f"user{i}", "User-Agent": f"ua{i}"}
-        client.get("/me", headers=h, environ_base={"REMOTE_ADDR": f"203.0.{i}.7"})
     refused = []
-    for i in range(12):  # one post each from the office, same browser build
-        h = {"X-User": f"user{i}", "User-Agent": UA}
-        r = client.post("/articles", headers=h, environ_base={"REMOTE_ADDR": OFFICE})
+    for i in range(30):  # a farm: accounts made in a burst from one address and shape
+        env = {"REMOTE_ADDR": FARM}
+        client.post("/signup", headers={"X-New": f"bot{i}", "User-Agent": UA}, environ_base=env)
+        h = {"X-User": f"bot{i}", "User-Agent": UA}
+        r = client.post("/articles", headers=h, environ_base=env)
         if r.status_code != 200:
             refused.append(r)
     assert refused
@@ -91,21 +94,19 @@ def test_django_flow_groups_throttle_names_the_detector() -> None:
 
     guard = make_guard()
 
-    def me(request: Any) -> Any:
+    def signup(request: Any) -> Any:
+        guard.account_created(request.headers["X-New"])
         return JsonResponse({"ok": 1})
 
     @guard.flow("publish", "10/hour", per="principal", count="success")
     def publish(request: Any) -> Any:
         return JsonResponse({"ok": 1})
 
-    call = django_client(guard, patterns=[path("me", me), path("articles", publish)])
-    for i in range(12):
-        h = {"X-User": f"user{i}", "User-Agent": f"u{i}"}
-        call("GET", "/me", ip=f"203.0.{i}.7", headers=h)
+    call = django_client(guard, patterns=[path("signup", signup), path("articles", publish)])
     refused = []
-    for i in range(12):
-        h = {"X-User": f"user{i}", "User-Agent": UA}
-        r = call("POST", "/articles", ip=OFFICE, headers=h)
+    for i in range(30):  # a farm: accounts made in a burst from one address and shape
+        call("POST", "/signup", ip=FARM, headers={"X-New": f"bot{i}", "User-Agent": UA})
+        r = call("POST", "/articles", ip=FARM, headers={"X-User": f"bot{i}", "User-Agent": UA})
         if r.status != 200:
             refused.append(r)
     assert refused
