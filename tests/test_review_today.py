@@ -440,3 +440,59 @@ def test_one_address_cannot_keep_a_surge_on() -> None:
     late = [v for v in shop.people if first.get(id(v), 0.0) > CALM + 2 * 3600.0]
     assert late
     assert not any(v.challenged for v in late)
+
+
+# -- BOLA counting server errors: a dashboard through an outage ---------------------------
+
+
+def dashboard_day(outage: bool) -> list[tuple[int, int]]:
+    """30 users, each with 25 widgets (scattered ids), open their dashboard (every widget,
+    in parallel) 4 times over 10 minutes; a front-end retries a failed widget twice. With
+    `outage`, the widget handler raises (a database down): answered 500. The (user,
+    status) of answers that are neither 200 nor 500."""
+    from fastapi import Depends, FastAPI
+
+    from apiguard.asgi import GuardMiddleware
+    from detection_support import current_user
+
+    clock = FakeClock(7_000_000.0)
+    guard = Guard(clock=clock)
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+    rng = random.Random(101)
+    owned = {u: rng.sample(range(1, 1_000_000), 25) for u in range(30)}
+
+    @app.get("/widgets/{widget_id}")
+    async def widget(widget_id: int, user: int = Depends(current_user)) -> dict[str, int]:
+        if outage:
+            raise RuntimeError("database is down")
+        return {"id": widget_id}
+
+    driver = AsgiDriver(app, server_errors=True)
+    homes = {u: public_ip(rng) for u in owned}
+
+    async def scenario() -> list[tuple[int, int]]:
+        odd: list[tuple[int, int]] = []
+        for _ in range(4):
+            for u, widgets in owned.items():
+                clock.advance(5)
+                headers = (("user-agent", BROWSERS[u % 4]), ("authorization", f"Bearer tok-{u}"))
+                for w in widgets:
+                    for _attempt in range(3 if outage else 1):
+                        req = Request("GET", f"/widgets/{w}", homes[u], headers)
+                        status = (await driver.send(req)).status
+                        if status not in (200, 500):
+                            odd.append((u, status))
+                        if status == 200:
+                            break
+        return odd
+
+    result: list[tuple[int, int]] = run(scenario())
+    return result
+
+
+def test_an_outage_refuses_no_dashboard_user_the_healthy_app_would_not() -> None:
+    """Handled: each retry of a widget is the same object, so an outage adds no distinct
+    object; nobody is refused who would not be on a healthy day."""
+    assert dashboard_day(outage=False) == []
+    assert dashboard_day(outage=True) == []
