@@ -496,3 +496,38 @@ def test_an_outage_refuses_no_dashboard_user_the_healthy_app_would_not() -> None
     object; nobody is refused who would not be on a healthy day."""
     assert dashboard_day(outage=False) == []
     assert dashboard_day(outage=True) == []
+
+
+# -- flow_groups: births in the group flag it, whoever they belong to ---------------------
+
+APP_UA = "ShopApp/4.2.1 (Android 14; Pixel 8)"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding F3 (honest refused): on a young app, 8 sign-ups with the official "
+    "app's headers (from one address) put 8 births in the app's fingerprint group; the "
+    "honest app users who redeem from home are then refused the flow, and their refused "
+    "attempts renew the ban",
+)
+def test_eight_sign_ups_with_the_app_s_headers_do_not_refuse_its_users() -> None:
+    clock = FakeClock(5_000_000.0)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(young_shop(guard))
+    rng = random.Random(111)
+
+    async def scenario() -> list[int]:
+        for _ in range(8):  # the attacker: 8 free sign-ups, the app's own headers
+            clock.advance(20)
+            req = Request("POST", "/signup", "198.51.100.66", (("user-agent", APP_UA),))
+            assert (await driver.send(req)).status == 201
+        honest: list[int] = []
+        for u in range(40):  # the app's users, accounts made earlier, each at home
+            clock.advance(30)
+            headers = (("user-agent", APP_UA), ("authorization", f"Bearer tok-{u}"))
+            req = Request("POST", "/coupons/SPRING/redeem", public_ip(rng), headers)
+            honest.append((await driver.send(req)).status)
+        return honest
+
+    honest = run(scenario())
+    assert honest == [200] * 40
