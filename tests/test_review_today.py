@@ -531,3 +531,46 @@ def test_eight_sign_ups_with_the_app_s_headers_do_not_refuse_its_users() -> None
 
     honest = run(scenario())
     assert honest == [200] * 40
+
+
+# -- cors_copy: a refusal carries no CORS the app would not have given --------------------
+
+
+def test_an_early_ban_reflects_no_origin_nor_credentials_the_app_would_not() -> None:
+    """Handled: flask-cors on /api/* only, for one origin, with credentials. A banned
+    client's refusals (answered before the app runs) carry the app's CORS answer for the
+    allowed origin on /api/*, and nothing for another origin, nor on a path outside the
+    app's CORS resources (not even for the allowed origin)."""
+    pytest.importorskip("flask_cors")
+    from flask import Flask
+    from flask_cors import CORS
+
+    from apiguard.flask import init_app
+
+    spa, evil = "http://localhost:4100", "http://evil.example"
+    guard = Guard({"limits": {"principal": None, "ip": "2/minute"}, "bans": {"after": 2}})
+    app = Flask(__name__)
+    init_app(app, guard)
+
+    @app.get("/api/open")
+    def api_open() -> dict[str, int]:
+        return {"ok": 1}
+
+    @app.get("/private")
+    def private() -> dict[str, int]:
+        return {"ok": 1}
+
+    CORS(app, resources={r"/api/*": {"origins": [spa]}}, supports_credentials=True)
+    client = app.test_client()
+    statuses = [client.get("/api/open", headers={"Origin": spa}).status_code for _ in range(8)]
+    assert statuses[-1] == 403  # banned
+    r = client.get("/api/open", headers={"Origin": spa})
+    assert r.status_code == 403 and r.headers["Access-Control-Allow-Origin"] == spa
+    r = client.get("/api/open", headers={"Origin": evil})
+    assert r.status_code == 403
+    assert "Access-Control-Allow-Origin" not in r.headers
+    assert "Access-Control-Allow-Credentials" not in r.headers
+    r = client.get("/private", headers={"Origin": spa})
+    assert r.status_code == 403
+    assert "Access-Control-Allow-Origin" not in r.headers
+    assert "Access-Control-Allow-Credentials" not in r.headers
