@@ -223,7 +223,9 @@ def test_a_farm_signing_up_elsewhere_on_a_young_app_is_refused() -> None:
 # -- account takeover: distributed stuffing from fewer networks than min_sources ----------
 
 
-def stuffing_from_networks(networks: int, per_network_hour: int, hours: int) -> list[int]:
+def stuffing_from_networks(
+    networks: int, per_network_hour: int, hours: int, ipv6: bool = False
+) -> list[int]:
     """Stuffing from `networks` /24s (a cloud provider's pool), a fresh address and
     browser build for every attempt, `per_network_hour` usernames per network an hour
     (under `usernames_per_network`), never a success. The statuses."""
@@ -240,7 +242,11 @@ def stuffing_from_networks(networks: int, per_network_hour: int, hours: int) -> 
             for net in range(networks):
                 clock.advance(gap)
                 ua = f"{BROWSERS[rng.randrange(len(BROWSERS))]} build/{rng.randrange(9999)}"
-                ip = f"45.{net + 10}.7.{rng.randrange(1, 255)}"
+                ip = (
+                    f"2a01:4f8:c0c:{net:x}::{rng.randrange(1, 65535):x}"
+                    if ipv6
+                    else f"45.{net + 10}.7.{rng.randrange(1, 255)}"
+                )
                 bot = Client(driver, ua, ip, jar=None)
                 resp = await bot.send(
                     "POST", "/login", {"username": username(user), "password": "x"}
@@ -574,3 +580,10 @@ def test_an_early_ban_reflects_no_origin_nor_credentials_the_app_would_not() -> 
     assert r.status_code == 403
     assert "Access-Control-Allow-Origin" not in r.headers
     assert "Access-Control-Allow-Credentials" not in r.headers
+
+
+def test_stuffing_rotating_ipv6_64s_of_one_48_is_caught() -> None:
+    """Handled: rotating /64s of one /48 (each /64 under `usernames_per_network`) makes
+    many failing networks, so the population alarm is raised."""
+    statuses = stuffing_from_networks(40, 6, 1, ipv6=True)
+    assert set(statuses) != {401}
