@@ -3,12 +3,12 @@
 A scraper that sends one request per residential proxy address, with a fresh User-Agent
 each time, stays under every per-address, per-principal and per-fingerprint count. What
 it cannot hide is the route's own traffic: anonymous reads (GET, HEAD) from addresses
-that were first answered moments ago. Per route template, in process (each worker judges
+that were first seen moments ago. Per route template, in process (each worker judges
 the share of traffic it serves), over a sliding window (two window-long generations, the
 older one weighted by the share of it still inside the window):
 
 - **new readers**: addresses that read the route (anonymously: the app identified no
-  user; a made-up credential is no exemption) while new, that is first answered less
+  user; a made-up credential is no exemption) while new, that is first seen less
   than `new_for` ago, each counted once per route; during a surge, also each read refused
   to a new address (each address once per window);
 - **people**: new readers with a valid pass (a person who passed the challenge), each
@@ -241,7 +241,7 @@ class Surge:
 
 
 class _Address:
-    """What the detector knows of one address: when it was first answered, how many of
+    """What the detector knows of one address: when it was first seen, how many of
     its requests it saw, whether it was counted as a person, the routes it read while new."""
 
     __slots__ = ("first", "person", "requests", "routes", "site")
@@ -342,7 +342,8 @@ class Scraping:
             known.requests += 1
             if now - known.first >= self.config.new_for:
                 return None  # not new
-        elif outcome.status < 400:  # first answered here (else counted, still unknown)
+        else:  # first seen here (an address answered only errors is remembered too: it
+            # counts once per route, not as a new reader at each miss)
             if len(seen) >= RECENT_MAX:
                 seen.popitem(last=False)
             seen[address] = known = _Address(now)
