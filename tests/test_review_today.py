@@ -271,12 +271,6 @@ def test_stuffing_from_five_networks_is_caught() -> None:
     assert set(statuses) != {401}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding A2 (doc/precision): failing networks are counted per half window and "
-    "summed over the two halves (current + older x weight), so 6 distinct /24s count as "
-    "10: the documented floor of 10 distinct networks is not what is enforced",
-)
 def test_the_population_alarm_needs_ten_distinct_networks_as_documented() -> None:
     statuses = stuffing_from_networks(6, 20, 2)
     assert set(statuses) == {401}

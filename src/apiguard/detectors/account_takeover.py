@@ -68,6 +68,10 @@ class LoginClimate:
         # (bounded: past the bound a newcomer counts as new)
         self._by_source: dict[str, int] = {}
         self._networks: set[str] = set()
+        # the failing networks of the previous half, and this half's not among them: the
+        # distinct failing networks are counted over both halves, each network once
+        self._old_networks: set[str] = set()
+        self._fresh = 0
         self.baseline: float | None = None
         self.attack_since: float | None = None
         # accounts that logged in this period: a success counts once per account, so an
@@ -89,7 +93,9 @@ class LoginClimate:
             self.now = [0, 0, 0, 0]
             self._succeeded.clear()
             self._by_source.clear()
-            self._networks.clear()
+            self._old_networks = self._networks if elapsed < 2 * self.half else set()
+            self._networks = set()
+            self._fresh = 0
             self.start = now if elapsed >= 2 * self.half else self.start + self.half
             elapsed = now - self.start
         return 1.0 - elapsed / self.half
@@ -140,6 +146,8 @@ class LoginClimate:
             networks = self._networks
             if network not in networks:
                 cur[3] += 1
+                if network not in self._old_networks:
+                    self._fresh += 1
                 if len(networks) < _SUCCEEDED_MAX:
                     networks.add(network)
         cur[0] += 1
@@ -148,7 +156,7 @@ class LoginClimate:
         attempts = cur[0] + self.old[0] * weight
         failures = cur[1] + self.old[1] * weight
         missing_n = cur[2] + self.old[2] * weight
-        sources = cur[3] + self.old[3] * weight
+        sources = len(self._old_networks) + self._fresh  # (distinct, over both halves)
         share = failures / attempts if attempts else 0.0
         limit = self.threshold()
         if self.attack_since is None:
