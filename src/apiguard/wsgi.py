@@ -193,20 +193,7 @@ class EnvironReader:
             if "werkzeug.proxy_fix.orig" in environ
             else environ.get("REMOTE_ADDR")
         )
-        path = environ.get("PATH_INFO") or "/"
-        if not path.isascii():
-            path = path.encode("latin-1").decode("utf-8", "replace")
-        root = environ.get("SCRIPT_NAME", "")
-        scope = {  # (`_scope`, inlined: this runs on every request)
-            "type": "http",
-            "method": environ.get("REQUEST_METHOD", "GET"),
-            "path": path,
-            "root_path": root,
-            "app_root_path": root,
-            "query_string": environ.get("QUERY_STRING", "").encode("latin-1"),
-            "headers": EnvironHeaders(environ),
-            "client": (peer, 0) if peer else None,
-        }
+        scope = _scope(environ, EnvironHeaders(environ), peer)
         cookie = "HTTP_COOKIE" in environ and isinstance(environ["HTTP_COOKIE"], str)
         return self.engine.context(
             scope, peer, api_key, None, bearer, forwarded, cookie, proxied
