@@ -62,19 +62,25 @@ end
 -- a: bucket head - a, a < n), the last one not zero. In the scripts a window is that
 -- array, d = {head, total, count at age 0, ...}: no table keyed by bucket index, no sum
 -- (a window costs one `cmsgpack` call each way).
+
+-- a window's total (d[2]) from its buckets d[3..last], and its trailing empty buckets
+-- dropped (the array ends at its oldest non-empty count)
+local function retotal(d, last)
+  local t = 0
+  for j = 3, last do t = t + d[j] end
+  d[2] = t
+  while last > 2 and d[last] == 0 do
+    d[last] = nil
+    last = last - 1
+  end
+end
+
 local function decode(raw, n)
   local d = {cmsgpack.unpack(raw)}
   local last = #d
   if last > n + 2 then  -- (stored with more buckets: the older ones have left)
     for j = last, n + 3, -1 do d[j] = nil end
-    last = n + 2
-    local t = 0
-    for j = 3, last do t = t + d[j] end
-    d[2] = t
-    while last > 2 and d[last] == 0 do
-      d[last] = nil
-      last = last - 1
-    end
+    retotal(d, n + 2)
   end
   return d
 end
@@ -176,13 +182,7 @@ local function advance(d, index, n)
   for j = len + 1, last do d[j] = 0 end  -- (grown in order: an array, no holes)
   for j = last, 3 + shift, -1 do d[j] = d[j - shift] end
   for j = 2 + shift, 3, -1 do d[j] = 0 end
-  local t = 0
-  for j = 3, last do t = t + d[j] end
-  d[2] = t
-  while last > 2 and d[last] == 0 do
-    d[last] = nil
-    last = last - 1
-  end
+  retotal(d, last)
 end
 
 -- a window of an earlier version (a hash: h = newest bucket index, <index> = count)
