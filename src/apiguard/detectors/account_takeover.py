@@ -61,9 +61,9 @@ class LoginClimate:
         self.floor = config.failure_share_floor
         self.factor = config.population_factor
         self.start: float | None = None
-        # attempts, failures, attempts on missing accounts, distinct failing networks
-        self.now = [0, 0, 0, 0]
-        self.old = [0, 0, 0, 0]
+        # attempts, failures, attempts on missing accounts
+        self.now = [0, 0, 0]
+        self.old = [0, 0, 0]
         # this half window's failures counted per address, and the failing networks
         # (bounded: past the bound a newcomer counts as new)
         self._by_source: dict[str, int] = {}
@@ -89,8 +89,8 @@ class LoginClimate:
                 self.baseline = (
                     share if self.baseline is None else (1 - _EWMA) * self.baseline + _EWMA * share
                 )
-            self.old = finished if elapsed < 2 * self.half else [0, 0, 0, 0]
-            self.now = [0, 0, 0, 0]
+            self.old = finished if elapsed < 2 * self.half else [0, 0, 0]
+            self.now = [0, 0, 0]
             self._succeeded.clear()
             self._by_source.clear()
             self._old_networks = self._networks if elapsed < 2 * self.half else set()
@@ -145,7 +145,6 @@ class LoginClimate:
                 by_source[source] = seen + 1
             networks = self._networks
             if network not in networks:
-                cur[3] += 1
                 if network not in self._old_networks:
                     self._fresh += 1
                 if len(networks) < _SUCCEEDED_MAX:
