@@ -500,34 +500,58 @@ def test_an_outage_refuses_no_dashboard_user_the_healthy_app_would_not() -> None
 APP_UA = "ShopApp/4.2.1 (Android 14; Pixel 8)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding F3 (honest refused): on a young app, 8 sign-ups with the official "
-    "app's headers (from one address) put 8 births in the app's fingerprint group; the "
-    "honest app users who redeem from home are then refused the flow, and their refused "
-    "attempts renew the ban",
-)
-def test_eight_sign_ups_with_the_app_s_headers_do_not_refuse_its_users() -> None:
+def app_farm_among_its_users(farm_size: int) -> tuple[list[int], list[int]]:
+    """A young app. A script signs up `farm_size` accounts with the official app's headers
+    from one address, then redeems with each from a fresh address, interleaved with 40
+    of the app's users (accounts made earlier, each at home, the same app). The statuses
+    of the users' and of the farm's redemptions."""
     clock = FakeClock(5_000_000.0)
     guard = Guard(clock=clock)
     driver = AsgiDriver(young_shop(guard))
     rng = random.Random(111)
 
-    async def scenario() -> list[int]:
-        for _ in range(8):  # the attacker: 8 free sign-ups, the app's own headers
+    async def scenario() -> tuple[list[int], list[int]]:
+        farm: list[str] = []
+        for _ in range(farm_size):
             clock.advance(20)
             req = Request("POST", "/signup", "198.51.100.66", (("user-agent", APP_UA),))
-            assert (await driver.send(req)).status == 201
+            resp = await driver.send(req)
+            assert resp.status == 201
+            farm.append(resp.json()["token"])
         honest: list[int] = []
-        for u in range(40):  # the app's users, accounts made earlier, each at home
+        farmed: list[int] = []
+        for u in range(40):
             clock.advance(30)
             headers = (("user-agent", APP_UA), ("authorization", f"Bearer tok-{u}"))
             req = Request("POST", "/coupons/SPRING/redeem", public_ip(rng), headers)
             honest.append((await driver.send(req)).status)
-        return honest
+            if farm:
+                clock.advance(rng.uniform(5, 40))
+                headers = (("user-agent", APP_UA), ("authorization", f"Bearer {farm.pop()}"))
+                req = Request("POST", "/coupons/SPRING/redeem", public_ip(rng), headers)
+                farmed.append((await driver.send(req)).status)
+        return honest, farmed
 
-    honest = run(scenario())
+    result: tuple[list[int], list[int]] = run(scenario())
+    return result
+
+
+def test_eight_sign_ups_with_the_app_s_headers_do_not_refuse_its_users() -> None:
+    """Finding F3, handled: 8 sign-ups with the official app's headers flag the app's
+    fingerprint group by its births; the group is refused the flow only to the accounts
+    born in it, so the app's users, who share its headers, go on."""
+    honest, _ = app_farm_among_its_users(8)
     assert honest == [200] * 40
+
+
+def test_a_farm_with_the_app_s_headers_is_still_refused_beside_its_users() -> None:
+    """Both sides: a farm of 30 accounts made with the app's headers, redeeming from
+    fresh addresses between the app's users, is refused once its births flag the group
+    (at most `floor` redemptions go through); no user of the app is refused."""
+    honest, farmed = app_farm_among_its_users(30)
+    assert honest == [200] * 40
+    assert sum(s == 200 for s in farmed) <= 8
+    assert sum(s == 429 for s in farmed) >= 22
 
 
 # -- cors_copy: a refusal carries no CORS the app would not have given --------------------

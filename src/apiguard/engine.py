@@ -208,7 +208,7 @@ class Engine:
         # endpoint rules -> the global rules and them, compiled (None: general path only)
         self._fast_with: dict[tuple[Rule, ...], Admission | None] = {}
         self._use(detectors.build(config.detection, self.enforce_default))
-        self._flow_groups = any(isinstance(d, FlowGroups) for d in self.detectors)
+        self._flow_groups = next((d for d in self.detectors if isinstance(d, FlowGroups)), None)
         self._bola_query = frozenset(config.detection.bola.query_params)
         # the app called guard.account_created(): only declared sign-ups make accounts young
         self.accounts_declared = False
@@ -709,13 +709,18 @@ class Engine:
     ) -> tuple[str, ...]:
         """`keys` and, at a completing flow step, the bans of the request's fingerprint
         and network on that flow (`apiguard.detectors.flow_groups`)."""
-        if not rules or not self._flow_groups:
+        groups = self._flow_groups
+        if not rules or groups is None:
             return keys
+        principal = ctx.principal or ctx.ip_key
         extra = [
             k
             for rule in rules
             if isinstance(rule, FlowRule) and rule.completes
-            for k in group_keys(rule.name, ctx)
+            for k in (
+                *group_keys(rule.name, ctx),
+                *groups.young_held(rule.name, ctx, principal, self.clock()),
+            )
         ]
         return (*keys, *extra) if extra else keys
 

@@ -21,7 +21,11 @@ share alone flags no one. What still tells a farm then is where its accounts com
 the group is flagged only if, besides the floor and `min_share`, at least `floor` accounts
 were born in it (signed up from that client shape or network, see `born_accounts`)
 within `window`: fresh accounts created in a burst. Colleagues of one office who each
-complete the flow once, with accounts made elsewhere or earlier, are never flagged.
+complete the flow once, with accounts made elsewhere or earlier, are never flagged. A
+group flagged by its births is refused the flow only to the accounts born in it within
+`window` (as this process saw their sign-ups: `BirthPlaces`), not to everyone in it: a
+farm that signs up with the official app's own headers shares its shape with every user
+of the app, and those users, whose accounts were made earlier, go on.
 
 While a group's ban runs, its members' refused attempts renew it at the same level (the
 flag holds while the farm keeps trying) but do not escalate it: members who each tried
@@ -34,6 +38,7 @@ the detector adds no store operation to most requests.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome, RecentlySent
@@ -45,11 +50,43 @@ if TYPE_CHECKING:
     from apiguard.store.base import Observation
 
 GROUP = "fg:"  # ban-table prefix of a (flow, group) refused that flow
+YOUNG = GROUP + "~"  # ... refused that flow only to the accounts born in the group
+BIRTHS_KEPT = 131_072  # accounts `BirthPlaces` remembers (the latest)
 
 
 def group_keys(flow: str, ctx: RequestContext) -> tuple[str, str]:
     """Ban-table keys of the request's fingerprint and network groups for `flow`."""
     return (f"{GROUP}{flow}:{ctx.fingerprint}", f"{GROUP}{flow}:{ctx.net_key}")
+
+
+def young_keys(flow: str, ctx: RequestContext) -> tuple[str, str]:
+    """Ban-table keys of the request's groups refused `flow` for the accounts born in
+    them (a group flagged by its births, see the module docstring)."""
+    return (f"{YOUNG}{flow}:{ctx.fingerprint}", f"{YOUNG}{flow}:{ctx.net_key}")
+
+
+class BirthPlaces:
+    """The groups (fingerprint, network) each account was born in lately (bounded LRU,
+    in process: the latest `BIRTHS_KEPT` births, each kept `window` seconds)."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._born: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def note(self, account: str, ctx: RequestContext, now: float) -> None:
+        """`account` was born in the request `ctx`'s groups."""
+        born = self._born
+        for group in (ctx.fingerprint, ctx.net_key):
+            key = (group, account)
+            if key not in born and len(born) >= BIRTHS_KEPT:
+                born.popitem(last=False)
+            born[key] = now
+            born.move_to_end(key)
+
+    def born_in(self, account: str, group: str, now: float) -> bool:
+        """Whether `account` was born in `group` within `window`."""
+        at = self._born.get((group, account))
+        return at is not None and now - at <= self.window
 
 
 class FlowGroups:
@@ -62,6 +99,22 @@ class FlowGroups:
         self.config = config
         self.enforce = enforce
         self._active: RecentlySent[str] = RecentlySent(config.window / 4)
+        self.births = BirthPlaces(config.window)
+
+    def young_held(
+        self, flow: str, ctx: RequestContext, principal: str, now: float
+    ) -> list[str]:
+        """The keys of `young_keys` that may refuse `principal` `flow` here: those of
+        the request's groups it was born in (a group flagged by its births refuses its
+        own young accounts, nobody else)."""
+        births = self.births
+        return [
+            key
+            for key, group in zip(
+                young_keys(flow, ctx), (ctx.fingerprint, ctx.net_key), strict=True
+            )
+            if births.born_in(principal, group, now)
+        ]
 
     def _activity(
         self, ctx: RequestContext, principal: str, ops: list[Observation]
@@ -84,6 +137,7 @@ class FlowGroups:
                 return None
             born = born_accounts(outcome)
             if born:
+                self.births.note(born[0], ctx, outcome.now)
                 window = self.config.window
                 ops.append(Tally("fgb:" + ctx.fingerprint, window, born[0]))
                 ops.append(Tally("fgb:" + ctx.net_key, window, born[0]))
@@ -103,6 +157,8 @@ class FlowGroups:
         # accounts born in the groups (a sign-up here adds its account; others read)
         born = born_accounts(outcome)
         member = born[0] if born else None
+        if member is not None:
+            self.births.note(member, ctx, now)
         births = (
             Tally("fgb:" + ctx.fingerprint, window, member, amount=1 if born else 0),
             Tally("fgb:" + ctx.net_key, window, member, amount=1 if born else 0),
@@ -120,10 +176,10 @@ class FlowGroups:
         def judge() -> list[Finding]:
             found: list[Finding] = []
             for flow, fp, net, everyone in checks:
-                keys = group_keys(flow, ctx)
-                for kind, done, active, key, born_here in (
-                    ("fingerprint", fp, fp_active, keys[0], births[0]),
-                    ("network", net, net_active, keys[1], births[1]),
+                keys, young = group_keys(flow, ctx), young_keys(flow, ctx)
+                for kind, done, active, key, born_here, key_young in (
+                    ("fingerprint", fp, fp_active, keys[0], births[0], young[0]),
+                    ("network", net, net_active, keys[1], births[1], young[1]),
                 ):
                     share = done.count / max(active.count, 1.0)
                     if done.count < cfg.floor or share < cfg.min_share:
@@ -145,7 +201,7 @@ class FlowGroups:
                         found.append(
                             Finding(
                                 f"{self.name}.{kind}",
-                                key,
+                                key if by_share else key_young,
                                 cfg.action,
                                 self.enforce,
                                 {
