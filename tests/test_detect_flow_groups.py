@@ -192,3 +192,48 @@ def test_a_flagged_group_is_not_refused_longer_for_each_member_that_tries_once()
     # is renewed, never doubled per member: each tried once)
     assert max(refused) - min(refused) <= 1, refused
     assert again > refused[0]
+
+
+APP_UA = "ShopApp/4.2.1 (Android 14; Pixel 8)"
+
+
+def launch_day(signup_every: float, campus: bool) -> list[int]:
+    """A young app on launch day: 40 new people each sign up through the official app
+    (one client shape for all), one every `signup_every` seconds, and redeem the welcome
+    coupon a minute later, each from home (or, with `campus`, 8 of them from one campus
+    address with their own phones' browsers). The redemption statuses."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(young_shop(guard))
+    rng = random.Random(5)
+
+    async def scenario() -> list[int]:
+        out = []
+        for k in range(40):
+            clock.advance(signup_every)
+            on_campus = campus and k % 5 == 0
+            ip = "203.0.113.80" if on_campus else public_ip(rng)
+            ua = BROWSERS[k % len(BROWSERS)] if on_campus else APP_UA
+            resp = await driver.send(Request("POST", "/signup", ip, (("user-agent", ua),)))
+            token = resp.json()["token"]
+            clock.advance(rng.uniform(5, 60))
+            headers = (("user-agent", ua), ("authorization", f"Bearer {token}"))
+            out.append(
+                (await driver.send(Request("POST", "/coupons/SPRING/redeem", ip, headers))).status
+            )
+        return out
+
+    result: list[int] = run(scenario())
+    return result
+
+
+def test_launch_day_sign_ups_through_the_official_app_are_not_refused() -> None:
+    """30 sign-ups an hour, all with the app's one client shape, from 40 homes: births are
+    judged per network, never per client shape (a launch looks like a burst of one shape),
+    so none of them is refused (before: 32 of 40 refused)."""
+    assert launch_day(120.0, campus=False) == [200] * 40
+
+
+def test_a_few_people_signing_up_on_one_campus_are_not_refused() -> None:
+    """8 of the 40 sign up from one campus address (under `floor` births there)."""
+    assert launch_day(120.0, campus=True) == [200] * 40

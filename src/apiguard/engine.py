@@ -708,7 +708,8 @@ class Engine:
         self, keys: tuple[str, ...], ctx: RequestContext, rules: tuple[Rule, ...]
     ) -> tuple[str, ...]:
         """`keys` and, at a completing flow step, the bans of the request's fingerprint
-        and network on that flow (`apiguard.detectors.flow_groups`)."""
+        and network on that flow, and of the network the principal was born in
+        (`apiguard.detectors.flow_groups`)."""
         groups = self._flow_groups
         if not rules or groups is None:
             return keys
@@ -719,7 +720,7 @@ class Engine:
             if isinstance(rule, FlowRule) and rule.completes
             for k in (
                 *group_keys(rule.name, ctx),
-                *groups.young_held(rule.name, ctx, principal, self.clock()),
+                *groups.young_held(rule.name, principal, self.clock()),
             )
         ]
         return (*keys, *extra) if extra else keys

@@ -17,15 +17,15 @@ that flow (429, or the configured action) for a ban's duration; nothing else.
 
 When `factor` times the population's share is 1 or more (a small or young app where
 nearly everyone active completes the flow), no group can stand out by its share, and the
-share alone flags no one. What still tells a farm then is where its accounts come from:
-the group is flagged only if, besides the floor and `min_share`, at least `floor` accounts
-were born in it (signed up from that client shape or network, see `born_accounts`)
-within `window`: fresh accounts created in a burst. Colleagues of one office who each
-complete the flow once, with accounts made elsewhere or earlier, are never flagged. A
-group flagged by its births is refused the flow only to the accounts born in it within
-`window` (as this process saw their sign-ups: `BirthPlaces`), not to everyone in it: a
-farm that signs up with the official app's own headers shares its shape with every user
-of the app, and those users, whose accounts were made earlier, go on.
+share alone flags no one. What still tells a farm then is where its accounts were born:
+a network (/24, /64) in which at least `floor` accounts were born (signed up, see
+`born_accounts`) within `window`, and at least `floor` of those completed the flow, is
+flagged by its births, whatever the app's age. It is refused the flow only to the accounts
+born in it (as this process saw their sign-ups: `BirthPlaces`), wherever they come from
+next, not to everyone in it: colleagues of one office, with accounts made elsewhere or
+earlier, go on. Births are not judged per client shape: organic sign-ups through the
+official app (or one browser build) share one shape from every network, and a burst of
+them is what a launch looks like.
 
 While a group's ban runs, its members' refused attempts renew it at the same level (the
 flag holds while the farm keeps trying) but do not escalate it: members who each tried
@@ -59,34 +59,34 @@ def group_keys(flow: str, ctx: RequestContext) -> tuple[str, str]:
     return (f"{GROUP}{flow}:{ctx.fingerprint}", f"{GROUP}{flow}:{ctx.net_key}")
 
 
-def young_keys(flow: str, ctx: RequestContext) -> tuple[str, str]:
-    """Ban-table keys of the request's groups refused `flow` for the accounts born in
-    them (a group flagged by its births, see the module docstring)."""
-    return (f"{YOUNG}{flow}:{ctx.fingerprint}", f"{YOUNG}{flow}:{ctx.net_key}")
+def young_key(flow: str, network: str) -> str:
+    """Ban-table key of the accounts born in `network` refused `flow` (the network was
+    flagged by its births, see the module docstring)."""
+    return f"{YOUNG}{flow}:{network}"
 
 
 class BirthPlaces:
-    """The groups (fingerprint, network) each account was born in lately (bounded LRU,
-    in process: the latest `BIRTHS_KEPT` births, each kept `window` seconds)."""
+    """The network each account was born in lately (bounded LRU, in process: the latest
+    `BIRTHS_KEPT` births, each kept `window` seconds)."""
 
     def __init__(self, window: float) -> None:
         self.window = window
-        self._born: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._born: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
-    def note(self, account: str, ctx: RequestContext, now: float) -> None:
-        """`account` was born in the request `ctx`'s groups."""
+    def note(self, account: str, network: str, now: float) -> None:
+        """`account` was born in `network`."""
         born = self._born
-        for group in (ctx.fingerprint, ctx.net_key):
-            key = (group, account)
-            if key not in born and len(born) >= BIRTHS_KEPT:
-                born.popitem(last=False)
-            born[key] = now
-            born.move_to_end(key)
+        if account not in born and len(born) >= BIRTHS_KEPT:
+            born.popitem(last=False)
+        born[account] = (network, now)
+        born.move_to_end(account)
 
-    def born_in(self, account: str, group: str, now: float) -> bool:
-        """Whether `account` was born in `group` within `window`."""
-        at = self._born.get((group, account))
-        return at is not None and now - at <= self.window
+    def place(self, account: str, now: float) -> str | None:
+        """The network `account` was born in within `window`, if this process saw it."""
+        found = self._born.get(account)
+        if found is None or now - found[1] > self.window:
+            return None
+        return found[0]
 
 
 class FlowGroups:
@@ -101,20 +101,11 @@ class FlowGroups:
         self._active: RecentlySent[str] = RecentlySent(config.window / 4)
         self.births = BirthPlaces(config.window)
 
-    def young_held(
-        self, flow: str, ctx: RequestContext, principal: str, now: float
-    ) -> list[str]:
-        """The keys of `young_keys` that may refuse `principal` `flow` here: those of
-        the request's groups it was born in (a group flagged by its births refuses its
-        own young accounts, nobody else)."""
-        births = self.births
-        return [
-            key
-            for key, group in zip(
-                young_keys(flow, ctx), (ctx.fingerprint, ctx.net_key), strict=True
-            )
-            if births.born_in(principal, group, now)
-        ]
+    def young_held(self, flow: str, principal: str, now: float) -> tuple[str, ...]:
+        """The ban key that may refuse `principal` `flow` for where it was born: the
+        young-account key of its birth network, if this process saw it born lately."""
+        network = self.births.place(principal, now)
+        return () if network is None else (young_key(flow, network),)
 
     def _activity(
         self, ctx: RequestContext, principal: str, ops: list[Observation]
@@ -137,10 +128,8 @@ class FlowGroups:
                 return None
             born = born_accounts(outcome)
             if born:
-                self.births.note(born[0], ctx, outcome.now)
-                window = self.config.window
-                ops.append(Tally("fgb:" + ctx.fingerprint, window, born[0]))
-                ops.append(Tally("fgb:" + ctx.net_key, window, born[0]))
+                self.births.note(born[0], ctx.net_key, outcome.now)
+                ops.append(Tally("fgb:" + ctx.net_key, self.config.window, born[0]))
             return None
         decision = ctx.decision
         refused = decision is not None and (decision.banned or "").startswith(GROUP)
@@ -154,32 +143,58 @@ class FlowGroups:
             return None
         fp_active, net_active, all_active = self._activity(ctx, principal, ops)
         window = self.config.window
-        # accounts born in the groups (a sign-up here adds its account; others read)
+        # an account born here (a sign-up that completes a flow and signs the user in)
         born = born_accounts(outcome)
-        member = born[0] if born else None
-        if member is not None:
-            self.births.note(member, ctx, now)
-        births = (
-            Tally("fgb:" + ctx.fingerprint, window, member, amount=1 if born else 0),
-            Tally("fgb:" + ctx.net_key, window, member, amount=1 if born else 0),
-        )
-        ops.extend(births)
+        if born:
+            self.births.note(born[0], ctx.net_key, now)
+            ops.append(Tally("fgb:" + ctx.net_key, window, born[0]))
+        birthplace = self.births.place(principal, now)
+        births = None if birthplace is None else Tally("fgb:" + birthplace, window, amount=0)
+        if births is not None:
+            ops.append(births)
         checks = []
         for flow in flows:
             fp = Tally(f"fgf:{flow}:{ctx.fingerprint}", window, principal)
             net = Tally(f"fgf:{flow}:{ctx.net_key}", window, principal)
             everyone = Tally(f"fgf:{flow}:*", window, principal)
             ops.extend((fp, net, everyone))
-            checks.append((flow, fp, net, everyone))
+            # the accounts born in the principal's birth network that completed the flow
+            native = None
+            if birthplace is not None:
+                native = Tally(f"fgbf:{flow}:{birthplace}", window, principal)
+                ops.append(native)
+            checks.append((flow, fp, net, everyone, native))
         cfg = self.config
 
         def judge() -> list[Finding]:
             found: list[Finding] = []
-            for flow, fp, net, everyone in checks:
-                keys, young = group_keys(flow, ctx), young_keys(flow, ctx)
-                for kind, done, active, key, born_here, key_young in (
-                    ("fingerprint", fp, fp_active, keys[0], births[0], young[0]),
-                    ("network", net, net_active, keys[1], births[1], young[1]),
+            for flow, fp, net, everyone, native in checks:
+                if (
+                    births is not None
+                    and native is not None
+                    and birthplace is not None
+                    and births.count >= cfg.floor
+                    and native.count >= cfg.floor
+                ):
+                    found.append(
+                        Finding(
+                            f"{self.name}.births",
+                            young_key(flow, birthplace),
+                            cfg.action,
+                            self.enforce,
+                            {
+                                "flow": flow,
+                                "born": round(births.count),
+                                "completed": round(native.count),
+                                "threshold": cfg.floor,
+                                "basis": "births",
+                            },
+                        )
+                    )
+                keys = group_keys(flow, ctx)
+                for kind, done, active, key in (
+                    ("fingerprint", fp, fp_active, keys[0]),
+                    ("network", net, net_active, keys[1]),
                 ):
                     share = done.count / max(active.count, 1.0)
                     if done.count < cfg.floor or share < cfg.min_share:
@@ -193,29 +208,27 @@ class FlowGroups:
                     else:
                         base = 1.0
                     reach = base * cfg.factor
-                    # at 1 or more, the share cannot single a group out: accounts born in
-                    # a burst in the group are the evidence left (see the module docstring)
-                    by_share = reach < 1.0 and share >= reach
-                    bar = max(cfg.min_share, min(1.0, reach))
-                    if by_share or born_here.count >= cfg.floor:
-                        found.append(
-                            Finding(
-                                f"{self.name}.{kind}",
-                                key if by_share else key_young,
-                                cfg.action,
-                                self.enforce,
-                                {
-                                    "flow": flow,
-                                    "principals": round(done.count),
-                                    "active": round(active.count),
-                                    "share": round(share, 3),
-                                    "threshold": round(bar, 3),
-                                    "baseline": round(base, 3),
-                                    "born": round(born_here.count),
-                                    "basis": "share" if by_share else "births",
-                                },
-                            )
+                    # at 1 or more, the share cannot single a group out (births can: above)
+                    if reach >= 1.0 or share < reach:
+                        continue
+                    bar = max(cfg.min_share, reach)
+                    found.append(
+                        Finding(
+                            f"{self.name}.{kind}",
+                            key,
+                            cfg.action,
+                            self.enforce,
+                            {
+                                "flow": flow,
+                                "principals": round(done.count),
+                                "active": round(active.count),
+                                "share": round(share, 3),
+                                "threshold": round(bar, 3),
+                                "baseline": round(base, 3),
+                                "basis": "share",
+                            },
                         )
+                    )
             return found
 
         return judge
