@@ -500,11 +500,11 @@ def test_an_outage_refuses_no_dashboard_user_the_healthy_app_would_not() -> None
 APP_UA = "ShopApp/4.2.1 (Android 14; Pixel 8)"
 
 
-def app_farm_among_its_users(farm_size: int) -> tuple[list[int], list[int]]:
+def app_farm_among_its_users(farm_size: int, wait: float = 0.0) -> tuple[list[int], list[int]]:
     """A young app. A script signs up `farm_size` accounts with the official app's headers
-    from one address, then redeems with each from a fresh address, interleaved with 40
-    of the app's users (accounts made earlier, each at home, the same app). The statuses
-    of the users' and of the farm's redemptions."""
+    from one address, waits `wait` seconds, then redeems with each from a fresh address,
+    interleaved with 40 of the app's users (accounts made earlier, each at home, the same
+    app). The statuses of the users' and of the farm's redemptions."""
     clock = FakeClock(5_000_000.0)
     guard = Guard(clock=clock)
     driver = AsgiDriver(young_shop(guard))
@@ -518,6 +518,7 @@ def app_farm_among_its_users(farm_size: int) -> tuple[list[int], list[int]]:
             resp = await driver.send(req)
             assert resp.status == 201
             farm.append(resp.json()["token"])
+        clock.advance(wait)
         honest: list[int] = []
         farmed: list[int] = []
         for u in range(40):
@@ -549,6 +550,15 @@ def test_a_farm_with_the_app_s_headers_is_still_refused_beside_its_users() -> No
     fresh addresses between the app's users, is refused once its births flag the group
     (at most `floor` redemptions go through); no user of the app is refused."""
     honest, farmed = app_farm_among_its_users(30)
+    assert honest == [200] * 40
+    assert sum(s == 200 for s in farmed) <= 8
+    assert sum(s == 429 for s in farmed) >= 22
+
+
+def test_a_farm_that_waits_out_the_window_before_it_redeems_is_still_refused() -> None:
+    """The same farm waits 3 hours (the births' window is 1 h) before it redeems: its
+    accounts were born in a burst, which is remembered for `young_for` (24 h)."""
+    honest, farmed = app_farm_among_its_users(30, wait=3 * 3600.0)
     assert honest == [200] * 40
     assert sum(s == 200 for s in farmed) <= 8
     assert sum(s == 429 for s in farmed) >= 22

@@ -378,6 +378,10 @@ class FlowGroupsConfig(_Detector):
     floor: int = Field(8, ge=2)
     min_share: float = Field(0.5, gt=0, le=1)
     factor: float = Field(3.0, ge=1)
+    # how long an account born in a burst of sign-ups (`floor` in one network within
+    # `window`) is refused a flow its burst was flagged for: a farm that waits out the
+    # window before it redeems is still told by where its accounts were born
+    young_for: float = Field(86_400.0, gt=0, le=YEAR)
 
 
 class ScrapingConfig(_Detector):

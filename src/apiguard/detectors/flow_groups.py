@@ -19,13 +19,15 @@ When `factor` times the population's share is 1 or more (a small or young app wh
 nearly everyone active completes the flow), no group can stand out by its share, and the
 share alone flags no one. What still tells a farm then is where its accounts were born:
 a network (/24, /64) in which at least `floor` accounts were born (signed up, see
-`born_accounts`) within `window`, and at least `floor` of those completed the flow, is
-flagged by its births, whatever the app's age. It is refused the flow only to the accounts
-born in it (as this process saw their sign-ups: `BirthPlaces`), wherever they come from
-next, not to everyone in it: colleagues of one office, with accounts made elsewhere or
-earlier, go on. Births are not judged per client shape: organic sign-ups through the
-official app (or one browser build) share one shape from every network, and a burst of
-them is what a launch looks like.
+`born_accounts`) within `window` (a burst), and at least `floor` accounts born there
+completed the flow within `young_for`, is flagged by its births, whatever the app's age.
+It is refused the flow only to the accounts born in it during the burst (as this process
+saw their sign-ups: `BirthPlaces`), wherever they come from next and for `young_for`
+after their birth (a farm may wait out the window before it redeems), not to everyone in
+it: colleagues of one office, with accounts made elsewhere or earlier, go on. Births are
+not judged per client shape: organic sign-ups through the official app (or one browser
+build) share one shape from every network, and a burst of them is what a launch looks
+like.
 
 While a group's ban runs, its members' refused attempts renew it at the same level (the
 flag holds while the farm keeps trying) but do not escalate it: members who each tried
@@ -39,7 +41,7 @@ the detector adds no store operation to most requests.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome, RecentlySent
 from apiguard.store.base import Tally
@@ -52,6 +54,8 @@ if TYPE_CHECKING:
 GROUP = "fg:"  # ban-table prefix of a (flow, group) refused that flow
 YOUNG = GROUP + "~"  # ... refused that flow only to the accounts born in the group
 BIRTHS_KEPT = 131_072  # accounts `BirthPlaces` remembers (the latest)
+BURSTS_KEPT = 16_384  # networks with a burst of births it remembers
+_V = TypeVar("_V")
 
 
 def group_keys(flow: str, ctx: RequestContext) -> tuple[str, str]:
@@ -66,27 +70,55 @@ def young_key(flow: str, network: str) -> str:
 
 
 class BirthPlaces:
-    """The network each account was born in lately (bounded LRU, in process: the latest
-    `BIRTHS_KEPT` births, each kept `window` seconds)."""
+    """Where accounts were born lately, and which networks had a burst of births
+    (bounded LRU tables, in process: the latest `BIRTHS_KEPT` births, kept `young_for`
+    seconds, and `BURSTS_KEPT` networks)."""
 
-    def __init__(self, window: float) -> None:
+    def __init__(self, window: float, young_for: float) -> None:
         self.window = window
+        self.young_for = young_for
         self._born: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        # network -> (first, last) time its births in one window reached the floor
+        self._bursts: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def note(self, account: str, network: str, now: float) -> None:
         """`account` was born in `network`."""
-        born = self._born
-        if account not in born and len(born) >= BIRTHS_KEPT:
-            born.popitem(last=False)
-        born[account] = (network, now)
-        born.move_to_end(account)
+        _remember(self._born, account, (network, now), BIRTHS_KEPT)
 
-    def place(self, account: str, now: float) -> str | None:
-        """The network `account` was born in within `window`, if this process saw it."""
+    def burst(self, network: str, now: float) -> None:
+        """`network`'s births within `window` reached the floor now."""
+        span = self._bursts.get(network)
+        first = now if span is None or now - span[1] > self.window else span[0]
+        _remember(self._bursts, network, (first, now), BURSTS_KEPT)
+
+    def place(self, account: str, now: float) -> tuple[str, float] | None:
+        """The network `account` was born in, and when, if within `young_for` (as this
+        process saw it)."""
         found = self._born.get(account)
-        if found is None or now - found[1] > self.window:
+        if found is None or now - found[1] > self.young_for:
+            return None
+        return found
+
+    def burst_at(self, network: str, at: float) -> bool:
+        """Whether `network` had a burst of births around `at` (from `window` before its
+        births reached the floor to the last time they were there)."""
+        span = self._bursts.get(network)
+        return span is not None and span[0] - self.window <= at <= span[1]
+
+    def burst_born(self, account: str, now: float) -> str | None:
+        """The network `account` was born in, if that was within `young_for` and during
+        a burst there, as this process saw it."""
+        found = self.place(account, now)
+        if found is None or not self.burst_at(*found):
             return None
         return found[0]
+
+
+def _remember(table: OrderedDict[str, _V], key: str, value: _V, most: int) -> None:
+    if key not in table and len(table) >= most:
+        table.popitem(last=False)
+    table[key] = value
+    table.move_to_end(key)
 
 
 class FlowGroups:
@@ -99,13 +131,31 @@ class FlowGroups:
         self.config = config
         self.enforce = enforce
         self._active: RecentlySent[str] = RecentlySent(config.window / 4)
-        self.births = BirthPlaces(config.window)
+        self.births = BirthPlaces(config.window, config.young_for)
 
     def young_held(self, flow: str, principal: str, now: float) -> tuple[str, ...]:
         """The ban key that may refuse `principal` `flow` for where it was born: the
-        young-account key of its birth network, if this process saw it born lately."""
-        network = self.births.place(principal, now)
+        young-account key of its birth network, if this process saw it born there in a
+        burst of births."""
+        network = self.births.burst_born(principal, now)
         return () if network is None else (young_key(flow, network),)
+
+    def _birth(
+        self, account: str, ctx: RequestContext, now: float, ops: list[Observation]
+    ) -> Judge:
+        """An account born in this request: where, and whether its network's births
+        within `window` reach the floor (a burst: see `BirthPlaces`)."""
+        network = ctx.net_key
+        self.births.note(account, network, now)
+        births = Tally("fgb:" + network, self.config.window, account)
+        ops.append(births)
+
+        def judge() -> list[Finding]:
+            if births.count >= self.config.floor:
+                self.births.burst(network, now)
+            return []
+
+        return judge
 
     def _activity(
         self, ctx: RequestContext, principal: str, ops: list[Observation]
@@ -127,10 +177,7 @@ class FlowGroups:
             if (ctx.declared is None and not ctx.born) or not 200 <= outcome.status < 300:
                 return None
             born = born_accounts(outcome)
-            if born:
-                self.births.note(born[0], ctx.net_key, outcome.now)
-                ops.append(Tally("fgb:" + ctx.net_key, self.config.window, born[0]))
-            return None
+            return self._birth(born[0], ctx, outcome.now, ops) if born else None
         decision = ctx.decision
         refused = decision is not None and (decision.banned or "").startswith(GROUP)
         # a completion, or an attempt refused to its group (which still counts for it)
@@ -145,13 +192,10 @@ class FlowGroups:
         window = self.config.window
         # an account born here (a sign-up that completes a flow and signs the user in)
         born = born_accounts(outcome)
-        if born:
-            self.births.note(born[0], ctx.net_key, now)
-            ops.append(Tally("fgb:" + ctx.net_key, window, born[0]))
-        birthplace = self.births.place(principal, now)
-        births = None if birthplace is None else Tally("fgb:" + birthplace, window, amount=0)
-        if births is not None:
-            ops.append(births)
+        at_birth = self._birth(born[0], ctx, now, ops) if born else None
+        birth = self.births.place(principal, now)
+        birthplace = None if birth is None else birth[0]
+        cfg = self.config
         checks = []
         for flow in flows:
             fp = Tally(f"fgf:{flow}:{ctx.fingerprint}", window, principal)
@@ -159,32 +203,30 @@ class FlowGroups:
             everyone = Tally(f"fgf:{flow}:*", window, principal)
             ops.extend((fp, net, everyone))
             # the accounts born in the principal's birth network that completed the flow
+            # (within `young_for`: a farm may wait before it redeems)
             native = None
             if birthplace is not None:
-                native = Tally(f"fgbf:{flow}:{birthplace}", window, principal)
+                native = Tally(f"fgbf:{flow}:{birthplace}", cfg.young_for, principal)
                 ops.append(native)
             checks.append((flow, fp, net, everyone, native))
-        cfg = self.config
 
         def judge() -> list[Finding]:
-            found: list[Finding] = []
+            found: list[Finding] = at_birth() if at_birth is not None else []
             for flow, fp, net, everyone, native in checks:
                 if (
-                    births is not None
-                    and native is not None
-                    and birthplace is not None
-                    and births.count >= cfg.floor
+                    native is not None
+                    and birth is not None
                     and native.count >= cfg.floor
+                    and self.births.burst_at(*birth)  # (born in a burst)
                 ):
                     found.append(
                         Finding(
                             f"{self.name}.births",
-                            young_key(flow, birthplace),
+                            young_key(flow, birth[0]),
                             cfg.action,
                             self.enforce,
                             {
                                 "flow": flow,
-                                "born": round(births.count),
                                 "completed": round(native.count),
                                 "threshold": cfg.floor,
                                 "basis": "births",
