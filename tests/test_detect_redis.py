@@ -87,3 +87,66 @@ def test_a_walk_is_caught_on_redis_time_with_findings_after_the_flush(redis_url:
     statuses, dropped = run(scenario())
     assert dropped == 0
     assert statuses[:5] == [200] * 5 and statuses[-1] != 200, statuses
+
+
+def test_a_burst_farm_is_refused_by_every_worker_on_redis(redis_url: str) -> None:
+    """Two workers share Redis. A farm signs up 30 accounts from one address (sign-ups
+    dealt round-robin to the workers), waits two hours, then redeems with each from a fresh
+    address through either worker, between 40 users of the same app (accounts made
+    earlier). Where each account was born in the burst reaches the other worker through
+    the shared ban table: the farm is refused wherever it lands; no user is refused."""
+    from fastapi import FastAPI
+
+    from apiguard import identify
+    from apiguard.simulate.driver import Request
+    from test_detect_flow_groups import APP_UA, shop
+
+    clock = FakeClock(START)
+    made: list[int] = []
+
+    def worker() -> AsgiDriver:
+        guard = _guard(redis_url, clock)
+        app: FastAPI = shop(guard)
+
+        @app.post("/signup", status_code=201)
+        @guard.flow("signup", "100/hour", per="ip")
+        async def signup() -> dict[str, str]:
+            user = 50_000 + len(made)
+            made.append(user)
+            identify(user)
+            return {"token": f"tok-{user}"}
+
+        return AsgiDriver(app)
+
+    workers = [worker(), worker()]
+    rng = random.Random(12)
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        farm: list[str] = []
+        for k in range(30):
+            clock.advance(20)
+            req = Request("POST", "/signup", "198.51.100.66", (("user-agent", APP_UA),))
+            resp = await workers[k % 2].send(req)
+            assert resp.status == 201
+            farm.append(resp.json()["token"])
+        clock.advance(2 * 3600.0)
+        honest: list[int] = []
+        farmed: list[int] = []
+        for u in range(40):
+            clock.advance(30)
+            headers = (("user-agent", APP_UA), ("authorization", f"Bearer tok-{u}"))
+            req = Request("POST", "/coupons/SPRING/redeem", public_ip(rng), headers)
+            honest.append((await workers[rng.randrange(2)].send(req)).status)
+            if farm:
+                clock.advance(rng.uniform(5, 40))
+                headers = (("user-agent", APP_UA), ("authorization", f"Bearer {farm.pop()}"))
+                req = Request("POST", "/coupons/SPRING/redeem", public_ip(rng), headers)
+                farmed.append((await workers[rng.randrange(2)].send(req)).status)
+        return honest, farmed
+
+    honest, farmed = run(scenario())
+    assert honest == [200] * 40
+    assert farmed.count(200) <= 10, farmed
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(count=1000))
+    assert keys and all(client.pttl(k) > 0 for k in keys), "a key without a TTL"

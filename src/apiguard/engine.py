@@ -32,7 +32,7 @@ from apiguard.detectors.base import (
     Outcome,
 )
 from apiguard.detectors.bola import names_object
-from apiguard.detectors.flow_groups import GROUP, FlowGroups, group_keys
+from apiguard.detectors.flow_groups import BORN, GROUP, FlowGroups, group_keys
 from apiguard.detectors.rotation import Rotation, home_key, shaped_key
 from apiguard.detectors.scraping import Scraping
 from apiguard.login import (
@@ -720,7 +720,7 @@ class Engine:
             if isinstance(rule, FlowRule) and rule.completes
             for k in (
                 *group_keys(rule.name, ctx),
-                *groups.young_held(rule.name, principal, self.clock()),
+                *groups.young_held(rule.name, principal, ctx, self.clock()),
             )
         ]
         return (*keys, *extra) if extra else keys
@@ -1283,6 +1283,9 @@ class Engine:
                     continue
                 for finding in findings:
                     self._apply(ctx, finding, now)
+            groups = self._flow_groups
+            if groups is not None and groups.born_in_bursts:
+                self._publish_births(groups)
 
     async def afinish(self, ctx: RequestContext, status: int | None) -> None:
         """`finish` for async adapters: a remote store's observations are awaited."""
@@ -1369,6 +1372,19 @@ class Engine:
                 continue
             for finding in findings:
                 self._apply(ctx, finding, now)
+        groups = self._flow_groups
+        if groups is not None and groups.born_in_bursts:
+            self._publish_births(groups)
+
+    def _publish_births(self, groups: FlowGroups) -> None:
+        """Accounts born in a burst (`apiguard.detectors.flow_groups`), in the shared ban
+        table as marks that refuse nothing, so every worker knows where they were born."""
+        young_for = self.config.detection.flow_groups.young_for
+        born, groups.born_in_bursts = groups.born_in_bursts, []
+        now = self.clock()
+        for account, network, at in born:
+            mark = Ban(BORN + account, at + young_for, 1, network, "pass", groups.name)
+            self.store.impose(mark, now)
 
     def _enforced(self, configured: bool) -> bool:
         override = self.mode_override

@@ -40,7 +40,7 @@ the detector adds no store operation to most requests.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, TypeVar
 
 from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome, RecentlySent
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 GROUP = "fg:"  # ban-table prefix of a (flow, group) refused that flow
 YOUNG = GROUP + "~"  # ... refused that flow only to the accounts born in the group
+BORN = "fgm:"  # ban-table prefix of an account born in a burst ("pass": refuses nothing)
 BIRTHS_KEPT = 131_072  # accounts `BirthPlaces` remembers (the latest)
 BURSTS_KEPT = 16_384  # networks with a burst of births it remembers
 _V = TypeVar("_V")
@@ -74,22 +75,37 @@ class BirthPlaces:
     (bounded LRU tables, in process: the latest `BIRTHS_KEPT` births, kept `young_for`
     seconds, and `BURSTS_KEPT` networks)."""
 
-    def __init__(self, window: float, young_for: float) -> None:
+    def __init__(self, window: float, young_for: float, floor: int) -> None:
         self.window = window
         self.young_for = young_for
+        self.floor = floor
         self._born: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        # network -> its latest `floor` births here (those a burst found may include)
+        self._latest: OrderedDict[str, deque[tuple[tuple[str, ...], float]]] = OrderedDict()
         # network -> (first, last) time its births in one window reached the floor
         self._bursts: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def note(self, account: str, network: str, now: float) -> None:
-        """`account` was born in `network`."""
-        _remember(self._born, account, (network, now), BIRTHS_KEPT)
+    def note(self, keys: tuple[str, ...], network: str, now: float) -> None:
+        """An account (its principal `keys`: see `born_accounts`) was born in `network`."""
+        for key in keys:
+            _remember(self._born, key, (network, now), BIRTHS_KEPT)
+        latest = self._latest.get(network)
+        if latest is None:
+            latest = deque(maxlen=self.floor)
+            _remember(self._latest, network, latest, BURSTS_KEPT)
+        latest.append((keys, now))
 
-    def burst(self, network: str, now: float) -> None:
-        """`network`'s births within `window` reached the floor now."""
+    def burst(self, network: str, now: float) -> list[tuple[str, float]]:
+        """`network`'s births within `window` reached the floor now: the accounts born
+        here in the burst that this process had not reported yet (a new burst: every
+        one of its latest within `window`; else the newest)."""
         span = self._bursts.get(network)
-        first = now if span is None or now - span[1] > self.window else span[0]
+        fresh = span is None or now - span[1] > self.window
+        first = now if span is None or fresh else span[0]
         _remember(self._bursts, network, (first, now), BURSTS_KEPT)
+        latest = list(self._latest.get(network) or ())
+        births = latest[-1:] if not fresh else [b for b in latest if now - b[1] <= self.window]
+        return [(key, at) for keys, at in births for key in keys]
 
     def place(self, account: str, now: float) -> tuple[str, float] | None:
         """The network `account` was born in, and when, if within `young_for` (as this
@@ -104,14 +120,6 @@ class BirthPlaces:
         births reached the floor to the last time they were there)."""
         span = self._bursts.get(network)
         return span is not None and span[0] - self.window <= at <= span[1]
-
-    def burst_born(self, account: str, now: float) -> str | None:
-        """The network `account` was born in, if that was within `young_for` and during
-        a burst there, as this process saw it."""
-        found = self.place(account, now)
-        if found is None or not self.burst_at(*found):
-            return None
-        return found[0]
 
 
 def _remember(table: OrderedDict[str, _V], key: str, value: _V, most: int) -> None:
@@ -131,28 +139,50 @@ class FlowGroups:
         self.config = config
         self.enforce = enforce
         self._active: RecentlySent[str] = RecentlySent(config.window / 4)
-        self.births = BirthPlaces(config.window, config.young_for)
+        self.births = BirthPlaces(config.window, config.young_for, config.floor)
+        # accounts born in a burst, for the engine to publish to other workers (a
+        # shared store only: see `birth_of`)
+        self.born_in_bursts: list[tuple[str, str, float]] = []
 
-    def young_held(self, flow: str, principal: str, now: float) -> tuple[str, ...]:
+    def young_held(
+        self, flow: str, principal: str, ctx: RequestContext, now: float
+    ) -> tuple[str, ...]:
         """The ban key that may refuse `principal` `flow` for where it was born: the
-        young-account key of its birth network, if this process saw it born there in a
-        burst of births."""
-        network = self.births.burst_born(principal, now)
-        return () if network is None else (young_key(flow, network),)
+        young-account key of its birth network, if it was born there in a burst."""
+        birth = self.birth_of(principal, ctx, now)
+        return () if birth is None or not birth[2] else (young_key(flow, birth[0]),)
+
+    def birth_of(
+        self, principal: str, ctx: RequestContext, now: float
+    ) -> tuple[str, float, bool] | None:
+        """Where and when `principal` was born within `young_for`, and whether in a
+        burst: as this process saw its sign-up, or (born in a burst through another
+        worker) as that worker published it in the shared ban table."""
+        births = self.births
+        found = births.place(principal, now)
+        if found is not None:
+            return found[0], found[1], births.burst_at(*found)
+        mark = ctx.engine.store.active_ban(BORN + principal, now)
+        if mark is None or mark.owner is None:
+            return None
+        return mark.owner, mark.until - births.young_for, True
 
     def _birth(
-        self, account: str, ctx: RequestContext, now: float, ops: list[Observation]
+        self, keys: tuple[str, ...], ctx: RequestContext, now: float, ops: list[Observation]
     ) -> Judge:
-        """An account born in this request: where, and whether its network's births
-        within `window` reach the floor (a burst: see `BirthPlaces`)."""
+        """An account born in this request (its principal `keys`): where, and whether
+        its network's births within `window` reach the floor (a burst: `BirthPlaces`)."""
         network = ctx.net_key
-        self.births.note(account, network, now)
-        births = Tally("fgb:" + network, self.config.window, account)
+        self.births.note(keys, network, now)
+        births = Tally("fgb:" + network, self.config.window, keys[0])
         ops.append(births)
 
         def judge() -> list[Finding]:
             if births.count >= self.config.floor:
-                self.births.burst(network, now)
+                shared = not ctx.engine.store.local
+                for born, at in self.births.burst(network, now):
+                    if shared:
+                        self.born_in_bursts.append((born, network, at))
             return []
 
         return judge
@@ -177,7 +207,7 @@ class FlowGroups:
             if (ctx.declared is None and not ctx.born) or not 200 <= outcome.status < 300:
                 return None
             born = born_accounts(outcome)
-            return self._birth(born[0], ctx, outcome.now, ops) if born else None
+            return self._birth(born, ctx, outcome.now, ops) if born else None
         decision = ctx.decision
         refused = decision is not None and (decision.banned or "").startswith(GROUP)
         # a completion, or an attempt refused to its group (which still counts for it)
@@ -192,8 +222,8 @@ class FlowGroups:
         window = self.config.window
         # an account born here (a sign-up that completes a flow and signs the user in)
         born = born_accounts(outcome)
-        at_birth = self._birth(born[0], ctx, now, ops) if born else None
-        birth = self.births.place(principal, now)
+        at_birth = self._birth(born, ctx, now, ops) if born else None
+        birth = self.birth_of(principal, ctx, now)
         birthplace = None if birth is None else birth[0]
         cfg = self.config
         checks = []
@@ -217,7 +247,7 @@ class FlowGroups:
                     native is not None
                     and birth is not None
                     and native.count >= cfg.floor
-                    and self.births.burst_at(*birth)  # (born in a burst)
+                    and birth[2]  # (born in a burst)
                 ):
                     found.append(
                         Finding(
