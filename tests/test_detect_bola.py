@@ -4,6 +4,7 @@ often and many, are not refused."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -547,3 +548,78 @@ def test_a_walk_the_app_answers_with_server_errors_is_caught_and_an_outage_retry
     assert sequential[:10] == [500] * 10 and 403 in sequential
     assert sequential.index(403) <= 20
     assert 403 in scattered and scattered.index(403) <= 60
+
+
+# -- public routes: a catalogue the app answers anonymous readers ---------------------
+
+CHROME = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36"
+
+
+def example_shop() -> tuple[FakeClock, AsgiDriver]:
+    from apiguard.simulate.demo import load_shop
+
+    clock = FakeClock(START)
+    guard = Guard({"detection": {"challenge_path": "/challenge"}}, clock=clock)
+    return clock, AsgiDriver(load_shop().create_app(guard))
+
+
+def test_an_anonymous_reader_pressing_next_through_the_catalogue_is_not_banned() -> None:
+    """FP hunt finding 4: an anonymous reader pressing "next" (/products/1, /2, ...) one
+    page every 20-60 s was banned at page 17 as a walk, and a colleague behind the same
+    office address with it. The catalogue answers anonymous readers: its objects are
+    public, so an address walks 4 times `sequential_run` there before it is a walk."""
+    clock, driver = example_shop()
+    rng = random.Random(1)
+    office = "198.51.100.20"
+    statuses = []
+    for pid in range(1, 51):
+        req = Request("GET", f"/products/{pid}", office, (("user-agent", CHROME),))
+        statuses.append(await_send(driver, req))
+        clock.advance(rng.uniform(20, 60))
+    assert statuses == [200] * 50
+    colleague = Request("GET", "/health", office, (("user-agent", BROWSERS[1]),))
+    assert await_send(driver, colleague) == 200
+
+
+def test_a_script_walking_the_whole_public_catalogue_from_one_address_is_still_stopped() -> None:
+    """Both sides: a script reading every product in id order from one address is still
+    a walk, after 4 times `sequential_run` steps."""
+    clock, driver = example_shop()
+    statuses = []
+    for pid in range(1, 151):
+        req = Request("GET", f"/products/{pid}", "203.0.113.7", (("user-agent", CHROME),))
+        statuses.append(await_send(driver, req))
+        clock.advance(2)
+    assert statuses[:59] == [200] * 59
+    assert 403 in statuses and statuses.index(403) <= 62
+
+
+def test_new_accounts_may_browse_the_public_catalogue_signed_in() -> None:
+    """FP hunt finding 1: new accounts reading more than `young_floor` products signed in
+    were challenged, and the first one flagged raised the young-account alarm for every
+    later sign-up. On a route that answers anonymous readers, the young floor does not
+    apply (a new account owns nothing, but a catalogue is nobody's)."""
+    clock, driver = example_shop()
+    rng = random.Random(3)
+    # the catalogue is read anonymously too (visitors not signed in, crawlers)
+    for pid in rng.sample(range(1, 150), 5):
+        await_send(driver, Request("GET", f"/products/{pid}", public_ip(rng), ()))
+    refused = []
+    for k in range(20):
+        clock.advance(60)
+        ip = public_ip(rng)
+        body = json.dumps({"username": f"newbie{k}", "password": "s3cret-pw!"}).encode()
+        headers = (("user-agent", CHROME), ("content-type", "application/json"))
+        resp = run(driver.send(Request("POST", "/signup", ip, headers, body)))
+        assert resp.status == 201, resp.status
+        auth = (("user-agent", CHROME), ("authorization", f"Bearer {resp.json()['access_token']}"))
+        for pid in rng.sample(range(1, 150), 15):
+            clock.advance(rng.uniform(5, 30))
+            status = await_send(driver, Request("GET", f"/products/{pid}", ip, auth))
+            if status != 200:
+                refused.append((k, pid, status))
+    assert refused == []
+
+
+def await_send(driver: AsgiDriver, req: Request) -> int:
+    return run(driver.send(req)).status

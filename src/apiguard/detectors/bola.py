@@ -175,24 +175,30 @@ class Bola:
         principal = outcome.principal
         if not ctx.vouched and not ctx.has_cookie and principal == ctx.ip_key:
             # an anonymous address: counted, and flagged only for a walk or its errors
+            if 200 <= status < 300:
+                route.public = True
             op = Objects(f"bola:{principal}{route.key}", self.config.window, item, number, error)
             ops.append(op)
             if number is None and not error:
                 return None  # nothing an address can be flagged for was seen
-            return self._address_judge(op, outcome)
+            return self._address_judge(op, outcome, route.public)
         subject, _, banned = _subject(outcome)
         op = Objects(f"bola:{subject}{route.key}", self.config.window, item, number, error)
         ops.append(op)
-        return self._principal_judge(op, outcome, template, route.floor, subject, banned, ops)
+        return self._principal_judge(op, outcome, template, route, subject, banned, ops)
 
-    def _address_judge(self, op: Objects, outcome: Outcome) -> Judge:
-        """The judge of an anonymous address's object: a walk, or a 403/404 share."""
+    def _address_judge(self, op: Objects, outcome: Outcome, public: bool) -> Judge:
+        """The judge of an anonymous address's object: a walk, or a 403/404 share. On a
+        public route (`_Route.public`) a walk must be `PUBLIC_WALK` times as long: a
+        reader pressing "next" through a catalogue walks its ids too."""
 
         # (bound as defaults, not closed over: no cell objects per request)
         def judge(op: Objects = op, outcome: Outcome = outcome, bola: Bola = self) -> list[Finding]:
             if not op.error and op.length < bola._no_walk:
                 return []
             scale = 0.5 if outcome.prior else 1.0
+            if public and not op.error:
+                scale *= PUBLIC_WALK
             template = outcome.route or ""
             action = bola.config.action
             return bola._found(op, template, outcome.principal, action, scale, math.inf)
@@ -204,19 +210,26 @@ class Bola:
         op: Objects,
         outcome: Outcome,
         template: str,
-        own_floor: int | None,
+        route: _Route,
         subject: str,
         banned: str,
         ops: list[Observation],
     ) -> Judge:
         """The judge of a principal's object: more objects than the route's population
-        does (or than a young account may), a walk, or a 403/404 share."""
+        does (or than a young account may: not on a public route, where a new account
+        may browse a catalogue), a walk, or a 403/404 share."""
         cfg = self.config
         ctx = outcome.ctx
         population = self.populations.get(template)
+        own_floor = route.floor
         young: Tally | None = None
         # young accounts only where a person can answer (person_action "challenge")
-        if own_floor is None and ctx.vouched and cfg.person_action == "challenge":
+        if (
+            own_floor is None
+            and ctx.vouched
+            and cfg.person_action == "challenge"
+            and not route.public
+        ):
             young = Tally(YOUNG + subject, cfg.young_for, amount=0)  # (a read)
             ops.append(young)
         person = ctx.vouched
@@ -305,7 +318,7 @@ class _Route:
     of its items (and with its parameter's name, when it has one), and its own floor
     (None: the population's; 0: not watched)."""
 
-    __slots__ = ("floor", "item", "key", "name", "named")
+    __slots__ = ("floor", "item", "key", "name", "named", "public")
 
     def __init__(self, template: str, floor: int | None) -> None:
         self.key = ":" + template
@@ -313,9 +326,13 @@ class _Route:
         self.name = ""  # the route's one path parameter, once seen
         self.named = self.item
         self.floor = floor
+        # it answered an anonymous request for an object 2xx: its objects are public (a
+        # catalogue), so reading many is no sign of a harvest of what others own
+        self.public = False
 
 
 _ROUTES_MAX = 1024  # route templates remembered (they are code-defined)
+PUBLIC_WALK = 4.0  # times the walk an anonymous address may take on a public route
 _DISTINCT = "bola.distinct"
 
 
