@@ -117,6 +117,7 @@ class Admission:
                         credential is not None
                         and not ctx.vouched
                         and ctx.principal == credential
+                        and not ctx.engine.vouched_token(credential)
                     )
                 if churn:
                     once = f"{marker}{ip}|{ctx.credential_key}"
@@ -161,6 +162,8 @@ class Admission:
                     else ctx.ip_key
                     if kind == _CHURN
                     else ctx.principal
+                    if ctx.principal != ctx.ip_key or rule.strikes_addresses  # type: ignore[attr-defined]
+                    else None
                 )
             hit = Hit(key, spec, cost, True, enforce, striker, rule, policy, once)
             hit.fits = True

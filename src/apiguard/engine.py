@@ -560,6 +560,12 @@ class Engine:
             if owner != principal:
                 owners[token] = _SHARED_TOKEN
 
+    def vouched_token(self, key: str) -> bool:
+        """Whether the app vouched for a principal on a request carrying bearer token
+        `key` (as this process saw it, bounded): a signed-in user's token sent to a route
+        that does not call `identify()` is no made-up credential."""
+        return key in self._owners
+
     def _carried_tokens(self, ctx: RequestContext, principal: str) -> list[str]:
         """The request's bearer token if only `principal` presented it: banned with it, so
         its next request is refused before routing. Never an API key: a key every copy of
