@@ -45,6 +45,7 @@ from apiguard.errors import ConfigurationError
 from apiguard.store.base import Ban, Batch, BatchResult, Hit, Observation
 from apiguard.store.breaker import Breaker
 from apiguard.store.redis_after import Flusher, Then, fill, observe_args
+from apiguard.store.redis_cover import covered
 from apiguard.store.redis_lua import AFTER, CHECKPOINT
 from apiguard.store.redis_urls import client_factories, redis_module
 from apiguard.store.redis_wire import Packed, Wire, bulk
@@ -491,10 +492,19 @@ class RedisStore:
             return BatchResult(False, [], known)
         if not self.lease:
             return await self._aexecute(batch, now, bans)
-        taken, rest = self._take(batch, now)
+        pairs = covered(batch.hits)
+        inner = batch
+        if pairs is not None:  # charged after the response (`apiguard.store.redis_cover`)
+            skip = {i for i, _ in pairs}
+            inner = Batch([h for i, h in enumerate(batch.hits) if i not in skip], batch.ban_keys)
+        taken, rest = self._take(inner, now)
         if rest is None:
-            return BatchResult(True, batch.hits)
-        return self._merge(batch, taken, await self._aexecute(rest, now, bans))
+            result = BatchResult(True, inner.hits)
+        else:
+            result = self._merge(inner, taken, await self._aexecute(rest, now, bans))
+        if pairs is None:
+            return result
+        return self._cover(batch, pairs, result, now)
 
     async def _aexecute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
         if not self._breaker.allow():
@@ -714,6 +724,31 @@ class RedisStore:
         if back:
             self._give_back(back)
         return BatchResult(False, batch.hits if result.hits else [], result.ban, result.new_ban)
+
+    def _cover(
+        self, batch: Batch, pairs: list[tuple[int, int]], result: BatchResult, now: float
+    ) -> BatchResult:
+        """The whole batch's result once its covering hits are decided: each covered hit
+        answers as its cover did (at least the cover's remaining, plus the difference of
+        their limits) and, admitted, is charged after the response into its cover's
+        bucket (one 'C' operation each, with the writes that follow responses)."""
+        if not result.hits:  # banned: nothing was decided
+            return result
+        hits = batch.hits
+        ops: list[Any] = ["N", repr(now)] if self.server_time is False else []
+        for i, j in pairs:
+            w = hits[i]
+            d = hits[j]
+            w.fits = True
+            w.remaining = d.remaining + w.spec.limit - d.spec.limit
+            w.reset = d.reset
+            w.retry_after = 0.0
+            w.bucket = d.bucket
+            if result.admitted and d.bucket > -(1 << 61):  # (not a fallback's)
+                ops += ["C", w.key, d.bucket, w.cost, w.spec.buckets, repr(w.spec.width)]
+        if len(ops) > 2:
+            self._flusher_for(asyncio.get_running_loop()).add(ops, len(pairs))
+        return BatchResult(result.admitted, hits, result.ban, result.new_ban)
 
     def _ask(self, hit: Hit, now: float) -> int:
         """The lease hit's checkpoint asks for (0: none): a plain charge of a window on
