@@ -78,9 +78,13 @@ def _evalsha(script: Any, key: str, args: list[Any]) -> tuple[Any, ...]:
     return ("EVALSHA", script.sha, 1, key, *args)
 
 
-def _doubles(raw: bytes) -> list[float]:
-    """The `AFTER` script's reply: doubles packed by `struct`."""
-    return list(struct.unpack(f"<{len(raw) // 8}d", raw))
+def _doubles(raw: bytes) -> tuple[list[float], list[bytes]]:
+    """The `AFTER` script's reply: its doubles packed by `struct` (now, then the
+    operations' results; the count the script sends is left out) and its text fields."""
+    n = int(struct.unpack_from("<d", raw, 8)[0])
+    values = list(struct.unpack_from(f"<{n}d", raw))
+    del values[1]
+    return values, raw[8 * n + 1 :].split(b"\x1f") if len(raw) > 8 * n else []
 
 
 def _text(value: Any) -> str:
@@ -183,6 +187,9 @@ _LEASE_MAX = 128  # the most a key asks for (the script grants at most 1/4 of th
 _LEASE_TABLE = 20_000  # leases held at most (full: no more are asked for)
 _LEASE_SAFETY = 0.001  # seconds a lease ends before its bucket does (float rounding)
 _SWEEP = 0.25  # seconds between two sweeps of expired leases
+# seconds at most between two reads of the ban news by a worker admitting from leases
+# (a flush brings them; one is sent for them alone when no other came meanwhile)
+_NEWS_EVERY = 0.1
 
 
 class _Lease:
@@ -293,6 +300,9 @@ class RedisStore:
         self.local_bans = self._bans
         self._lock = threading.Lock()  # ban cache writes (threadpool and loop)
         self._seen = 0.0  # the last ban change this worker has seen
+        self._news_at = float("-inf")  # (monotonic) when the last flush brought ban news
+        self._last_now = 0.0  # the callers' clock at the last batch, and when (monotonic)
+        self._last_tick = 0.0
         self._secret: str | None = None  # hex, when the secret is kept in Redis
         self._specs: dict[WindowSpec, tuple[int, float, int, float]] = {}
         # hit count -> (pack the numbers, the fixed arguments (prefix, ban settings, the
@@ -459,8 +469,13 @@ class RedisStore:
             return BatchResult(False, [], known)
         if not self.lease:
             return self._execute(batch, now, bans)
+        self._last_now = now
+        self._last_tick = time.monotonic()
         taken, rest = self._take(batch, now)
         if rest is None:
+            if self._news_at < self._last_tick - _NEWS_EVERY and self.sync_ready:
+                self._news_at = self._last_tick
+                self._guarded(self._sync_news)
             return BatchResult(True, batch.hits)
         return self._merge(batch, taken, self._execute(rest, now, bans))
 
@@ -492,6 +507,8 @@ class RedisStore:
             return BatchResult(False, [], known)
         if not self.lease:
             return await self._aexecute(batch, now, bans)
+        self._last_now = now
+        self._last_tick = time.monotonic()
         pairs = covered(batch.hits)
         inner = batch
         if pairs is not None:  # charged after the response (`apiguard.store.redis_cover`)
@@ -500,6 +517,9 @@ class RedisStore:
         taken, rest = self._take(inner, now)
         if rest is None:
             result = BatchResult(True, inner.hits)
+            if self._news_at < self._last_tick - _NEWS_EVERY:  # nothing else brings news
+                self._news_at = self._last_tick
+                self._flusher_for(asyncio.get_running_loop()).add([], 0)
         else:
             result = self._merge(inner, taken, await self._aexecute(rest, now, bans))
         if pairs is None:
@@ -634,6 +654,7 @@ class RedisStore:
         offset = values[0] - now  # store clock - caller clock
         status = values[1]
         self._seen = values[2]
+        self._news_at = self._last_tick
         if values[3] and self._secret is not None:
             self._defer_secret()
         i = 0
@@ -999,12 +1020,44 @@ class RedisStore:
         if not self._breaker.allow():
             return None
         try:
-            reply = await self._acall("after", self._after_args(ops))
+            reply = await self._acall("after", self._after_args(self._with_news(ops)))
         except Exception as exc:
             self._breaker.failure(exc)
             return None
         self._breaker.success()
-        return _doubles(reply)
+        values, text = _doubles(reply)
+        self._news(values[0], values[1], int(values[2]), text)
+        del values[1:3]
+        return values
+
+    def _with_news(self, ops: list[Any]) -> list[Any]:
+        """`ops` and a read of the ban news ('S'), after a first 'N' (which spares the
+        script a TIME call); on an injected clock one is added (the news' times are
+        mapped to the callers' clock)."""
+        news = ["S", self._seen, _NEWS]
+        if ops and ops[0] == "N":
+            return [*ops[:2], *news, *ops[2:]]
+        if self.server_time is False:
+            now = self._last_now + (time.monotonic() - self._last_tick)
+            return ["N", repr(now), *news, *ops]
+        return [*news, *ops]
+
+    def _sync_news(self) -> None:
+        """A flush of nothing but the ban news, from sync code (`_NEWS_EVERY`)."""
+        values, text = _doubles(self._call("after", self._after_args(self._with_news([]))))
+        self._news(values[0], values[1], int(values[2]), text)
+
+    def _news(self, store_now: float, seen: float, count: int, text: list[bytes]) -> None:
+        """Learn the ban changes a flush brought (as a checkpoint's reply does): a worker
+        admitting from leases hears of a ban earned elsewhere with its next flush."""
+        self._seen = seen
+        self._news_at = time.monotonic()
+        if not count:
+            return
+        now = self._last_now + (self._news_at - self._last_tick)  # (the callers' clock)
+        offset = store_now - now
+        for i in range(0, 6 * count, 6):
+            self._learn(text[i : i + 6], offset, now)
 
     def _dropped(self, count: int) -> None:
         self.dropped += count
@@ -1048,7 +1101,7 @@ class RedisStore:
         args = self._after_args(self._observe_ops(ops, now))
         reply = self._guarded(lambda: self._call("after", args))
         if reply is not None:
-            fill(ops, _doubles(reply), 1)
+            fill(ops, _doubles(reply)[0], 1)
 
     def observe_later(self, ops: Sequence[Observation], now: float, then: Then) -> bool:
         """Queue `ops` to be written with other requests' (a few ms later, one script

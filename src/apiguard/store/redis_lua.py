@@ -553,12 +553,36 @@ AFTER = (
 --   'C', window key, bucket, cost, buckets, width   (a charge into a given bucket)
 --   'I', key, duration, level, owner, action, reason, keep   (impose a ban)
 --   'L', key, keep                            (lift a ban)
--- Reply: doubles packed by `struct`: now, then per tally its count, per run its length
--- and stride.
+--   'S', last ban change seen, most changes to send   (ban news, as a checkpoint's)
+-- Reply: doubles packed by `struct`: now, the number of doubles, then per tally its
+-- count, per run its length and stride, per 'S' the last change sent and their number;
+-- then the news' text fields (6 a ban, as the checkpoint's), each preceded by \31.
 P = ARGV[1]
 now = clock(tonumber(ARGV[2]))
 margin = tonumber(ARGV[3])
-local out = {now}
+local out = {now, 0}
+local T = {''}
+
+-- the ban changes after `last_seen` (a worker admitting from leases learns bans with
+-- the writes that follow its responses)
+local function news(last_seen, limit)
+  local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if seq < last_seen then last_seen = 0 end  -- the counter expired and restarted
+  local seen, count = seq, 0
+  if seq > last_seen then
+    local changed = redis.call('ZRANGEBYSCORE', P .. 'recent', '(' .. fmt(last_seen),
+      '+inf', 'WITHSCORES', 'LIMIT', 0, limit)
+    for i = 1, #changed, 2 do
+      local b = redis.call('HMGET', P .. 'b:' .. changed[i], 'u', 'l', 'o', 'a', 'r')
+      T[#T + 1] = changed[i]
+      for j = 1, 5 do T[#T + 1] = b[j] or '' end
+      count = count + 1
+    end
+    if count == limit then seen = tonumber(changed[#changed]) end
+  end
+  out[#out + 1] = seen
+  out[#out + 1] = count
+end
 
 -- A tally's record (a string): MessagePack start, count, old count, half window, and
 -- flags: 1 its current HyperLogLog (key:c) exists, 2 its previous one (key:o) does. A
@@ -785,10 +809,14 @@ while ARGV[pos] do
   elseif op == 'N' then
     now = tonumber(ARGV[pos + 1])
     pos = pos + 2
+  elseif op == 'S' then
+    news(tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2]))
+    pos = pos + 3
   else
     return redis.error_reply('apiguard: unknown operation ' .. tostring(op))
   end
 end
-return struct.pack('<' .. string.rep('d', #out), unpack(out))
+out[2] = #out
+return struct.pack('<' .. string.rep('d', #out), unpack(out)) .. table.concat(T, '\31')
 """
 )
