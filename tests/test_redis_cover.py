@@ -211,3 +211,94 @@ async def _interleaved(url: str, plan: list[tuple[int, float, int]], limit: int)
         )
         key = rules[1].prefixes[0] + f"ip:{principal}@GET /r"
         assert _total(url, p, key, spec, now) == inside
+
+
+def test_two_guards_on_the_fast_path_admit_exactly_the_limit(redis_url: str) -> None:
+    asyncio.run(_two_guards(redis_url))
+
+
+def _app(guard: Any) -> Any:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from apiguard.asgi import GuardMiddleware
+
+    async def endpoint(request: Any) -> Any:
+        return PlainTextResponse("ok")
+
+    def wrap(handler: Any) -> Any:
+        return guard.limit("20/minute")(guard.flow("browse", "20/minute")(handler))
+
+    app = Starlette(routes=[Route(f"/r{i}/{{item}}", wrap(endpoint)) for i in range(3)])
+    app.add_middleware(GuardMiddleware, guard=guard)
+    return app
+
+
+async def _call(app: Any, path: str) -> int:
+    status: list[int] = []
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+        "query_string": b"", "headers": [(b"host", b"t")], "client": ("203.0.113.7", 4000),
+        "server": ("t", 80),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+
+    await app(scope, receive, send)
+    return status[0]
+
+
+async def _two_guards(url: str) -> None:
+    """Two workers (guards on one prefix, leases on): the global limits and every
+    covered window's count hold exactly; most admissions take the fast path (no Redis)."""
+    from apiguard import Guard
+    from apiguard.simulate.clock import FakeClock
+
+    clock = FakeClock(1000.0)
+    p = f"c{next(_prefixes)}"
+    config = {
+        "secret": "s" * 32,
+        "limits": {"principal": "20/minute", "ip": "20/minute", "route": "20/minute"},
+        "bans": {"enabled": False},
+        "identity": {"new_credentials_per_ip": None},
+        "store": {"prefix": p, "timeout": 2.0, "lease": True, "lease_life": 30.0},
+    }
+    guards = [Guard(config, store=url, clock=clock) for _ in range(2)]
+    apps = [_app(g) for g in guards]
+    admitted = 0
+    for i in range(30):
+        clock.advance(0.01)
+        status = await _call(apps[i % 2], f"/r{i % 3}/{i}")
+        assert status in (200, 429)
+        admitted += status == 200
+    assert admitted <= 20
+    assert sum(g.store.local_admissions for g in guards) > 5  # type: ignore[attr-defined]
+    for g in guards:
+        g.store.release_leases()  # type: ignore[attr-defined]
+        await g.store.drain()  # type: ignore[attr-defined]
+    for i in range(10):
+        clock.advance(0.01)
+        admitted += await _call(apps[0], f"/r{i % 3}/x") == 200
+    assert admitted == 20
+    for g in guards:
+        g.store.release_leases()  # type: ignore[attr-defined]
+        await g.store.drain()  # type: ignore[attr-defined]
+    client = redis.Redis.from_url(url)
+    keys = [k.decode() for k in client.scan_iter(match="{" + p + "}:w:*")]
+    flows = [k for k in keys if ":w:flow:browse" in k]
+    routes = [k for k in keys if ":w:g.route" in k]
+    assert len(flows) == 1 and len(routes) == 3
+    spec = WindowSpec(20, 60.0, 10)
+    now = clock()
+    prefix = "{" + p + "}:w:"
+    assert _total(url, p, flows[0].removeprefix(prefix), spec, now) == 20
+    assert sum(_total(url, p, k.removeprefix(prefix), spec, now) for k in routes) == 20
+    for k in client.scan_iter(match="{" + p + "}:*"):
+        assert client.pttl(k) > 0, k

@@ -42,7 +42,7 @@ from opentelemetry import metrics, trace
 
 from apiguard.config import BanConfig
 from apiguard.errors import ConfigurationError
-from apiguard.store.base import Ban, Batch, BatchResult, Hit, Observation
+from apiguard.store.base import Ban, Batch, BatchResult, Hit, Observation, Op
 from apiguard.store.breaker import Breaker
 from apiguard.store.redis_after import Flusher, Then, fill, observe_args
 from apiguard.store.redis_cover import covered
@@ -473,9 +473,8 @@ class RedisStore:
         self._last_tick = time.monotonic()
         taken, rest = self._take(batch, now)
         if rest is None:
-            if self._news_at < self._last_tick - _NEWS_EVERY and self.sync_ready:
-                self._news_at = self._last_tick
-                self._guarded(self._sync_news)
+            if self._news_at < self._last_tick - _NEWS_EVERY:
+                self._poll_news(sync=True)
             return BatchResult(True, batch.hits)
         return self._merge(batch, taken, self._execute(rest, now, bans))
 
@@ -518,8 +517,7 @@ class RedisStore:
         if rest is None:
             result = BatchResult(True, inner.hits)
             if self._news_at < self._last_tick - _NEWS_EVERY:  # nothing else brings news
-                self._news_at = self._last_tick
-                self._flusher_for(asyncio.get_running_loop()).add([], 0)
+                self._poll_news()
         else:
             result = self._merge(inner, taken, await self._aexecute(rest, now, bans))
         if pairs is None:
@@ -684,6 +682,110 @@ class RedisStore:
         return BatchResult(False, hits, new_ban, new_ban is not None)
 
     # -- quota leases (lease=True) -----------------------------------------------------
+    @property
+    def admits_without_io(self) -> bool:
+        """Whether `admit` may be called on a request's path (it never waits on Redis)."""
+        return self.lease
+
+    @property
+    def covers(self) -> bool:
+        """Whether covered windows are charged after the response (`redis_cover`)."""
+        return self.lease
+
+    def admit(
+        self,
+        ops: Sequence[Op],
+        ban_keys: tuple[str, ...],
+        now: float,
+        covers: dict[int, int] | None = None,
+    ) -> tuple[list[tuple[int, float, int]], int] | None:
+        """The fast path (`apiguard.admission`) on leases alone: every op taken from a
+        live lease of this worker, or covered (`covers`: covered op's tag -> its
+        covering op's tag; charged after the response, on an event loop only); else
+        None, nothing taken, and the caller runs `aexecute`/`execute`. No Redis call."""
+        leases = self._leases
+        if not self.lease or not leases:
+            return None
+        if self._known_ban(ban_keys, now) is not None:
+            return None
+        self._last_now = now
+        self._last_tick = time.monotonic()
+        if now >= self._sweep_at:
+            self._sweep(now)
+        out: list[tuple[int, float, int]] = []
+        taken: list[tuple[_Lease, int]] = []
+        charges: list[Any] | None = None
+        best = -1
+        best_share = 2.0
+        at: dict[int, int] = {}  # tag -> its op's index
+        with self._lease_lock:
+            for n, (key, spec, cost, once, advertised, tag) in enumerate(ops):
+                lease = leases.get(key)
+                if (
+                    lease is not None
+                    and lease.left >= cost > 0
+                    and lease.until > now
+                    and once is None
+                ):
+                    lease.left -= cost
+                    lease.used += cost
+                    taken.append((lease, cost))
+                    result = (
+                        max(lease.remaining - lease.used, 0),
+                        max(lease.reset_at - now, 0.0),
+                        lease.bucket,
+                    )
+                else:
+                    d = at.get(covers.get(tag, -1), -1) if covers and once is None else -1
+                    if d < 0:
+                        for lease, cost in taken:  # (nothing charged: all goes back)
+                            lease.left += cost
+                            lease.used -= cost
+                        return None
+                    d_spec = ops[d][1]
+                    remaining, reset, bucket = out[d]
+                    result = (remaining + spec.limit - d_spec.limit, reset, bucket)
+                    if charges is None:
+                        charges = []
+                    charges += ["C", key, bucket, cost, spec.buckets, repr(spec.width)]
+                at[tag] = n
+                out.append(result)
+                if advertised:
+                    share = result[0] / spec.limit
+                    if share < best_share:
+                        best = n
+                        best_share = share
+        if charges is not None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # sync callers: the checkpoint charges them
+                self._untake(taken)
+                return None
+            if self.server_time is False:
+                charges[:0] = ["N", repr(now)]
+            self._flusher_for(loop).add(charges, len(charges) // 6)
+        self.leased_hits += len(taken)
+        self.local_admissions += 1
+        if self._news_at < self._last_tick - _NEWS_EVERY:
+            self._poll_news()
+        return out, best
+
+    def _untake(self, taken: list[tuple[_Lease, int]]) -> None:
+        with self._lease_lock:
+            for lease, cost in taken:
+                lease.left += cost
+                lease.used -= cost
+
+    def _poll_news(self, sync: bool = False) -> None:
+        """Read the ban news (none came for `_NEWS_EVERY`): with the next flush on an
+        event loop, else (or `sync`: a sync caller) one call now."""
+        self._news_at = self._last_tick
+        loop = None if sync else asyncio._get_running_loop()  # (None: not on a loop)
+        if loop is not None:
+            self._flusher_for(loop).add([], 0)
+        elif self.sync_ready:
+            self._guarded(self._sync_news)
+
     def _take(self, batch: Batch, now: float) -> tuple[list[Hit], Batch | None]:
         """Take from this worker's leases every hit they cover: a plain charge (no `once`
         marker) of a window with a live lease holding enough units. Returns those hits

@@ -22,44 +22,79 @@ requests in flight at one boundary, and only if its limit is that close to D's.
 
 from __future__ import annotations
 
+from typing import Any
+
 from apiguard.rules import FlowRule, WindowRule
 from apiguard.store.base import Hit
+from apiguard.window import WindowSpec
 
 _PRINCIPAL_KEY = "g.principal"  # the global per-principal rule (`Guard._global_rules`)
 _PER = ("principal", "principal_route")
 
 
-def _covers(d: Hit) -> bool:
-    """Whether `d` may cover other hits: the global per-principal rule's enforced charge."""
-    rule = d.rule
+def _covering(rule: Any, enforce: bool, cost: int) -> bool:
+    """Whether a charge of `rule` may cover others: the global per-principal rule's,
+    enforced."""
     return (
         type(rule) is WindowRule
         and rule.key == _PRINCIPAL_KEY
         and rule.per == "principal"
-        and d.enforce
+        and enforce
+        and cost > 0
+    )
+
+
+def _pair(rule: Any, spec: WindowSpec, cost: int, ds: WindowSpec, d_cost: int) -> bool:
+    """Whether a plain charge of `cost` to `rule`'s window `spec` is covered by a
+    covering charge of `d_cost` to `ds` (same principal)."""
+    return (
+        type(rule) in (WindowRule, FlowRule)
+        and rule.key != _PRINCIPAL_KEY
+        and rule.per in _PER
+        and 0 < cost <= d_cost
+        and spec.window == ds.window
+        and spec.buckets == ds.buckets
+        and spec.limit >= ds.limit
+    )
+
+
+def _covers(d: Hit) -> bool:
+    return (
+        _covering(d.rule, d.enforce, d.cost)
         and d.consume
         and d.once is None
-        and d.cost > 0
         and d.subject is not None
     )
 
 
 def _covered(w: Hit, d: Hit) -> bool:
-    rule = w.rule
-    ws = w.spec
-    ds = d.spec
     return (
-        type(rule) in (WindowRule, FlowRule)
-        and rule.key != _PRINCIPAL_KEY
-        and rule.per in _PER
-        and w.consume
+        w.consume
         and w.once is None
-        and 0 < w.cost <= d.cost
         and w.subject == d.subject
-        and ws.window == ds.window
-        and ws.buckets == ds.buckets
-        and ws.limit >= ds.limit
+        and _pair(w.rule, w.spec, w.cost, d.spec, d.cost)
     )
+
+
+Rates = list[tuple[int, str, WindowSpec, int, bool, str, Any, int]]
+
+
+def cover_tags(rates: Rates) -> dict[int, int]:
+    """For the fast path's compiled rates (`apiguard.admission.Admission.rates`, all
+    plain charges): covered rate's tag -> its covering rate's tag (the covering one
+    first in the list; none when a window prefix repeats)."""
+    out: dict[int, int] = {}
+    if len({r[1] for r in rates}) != len(rates):
+        return out
+    ds = [r for r in rates if not r[5] and _covering(r[6], r[4], r[3])]
+    for _, _, spec, cost, _, marker, rule, tag in rates:
+        if marker:
+            continue
+        for d in ds:
+            if d[7] < tag and _pair(rule, spec, cost, d[2], d[3]):
+                out[tag] = d[7]
+                break
+    return out
 
 
 def covered(hits: list[Hit]) -> list[tuple[int, int]] | None:
