@@ -246,7 +246,7 @@ class RedisStore:
         meter_provider: metrics.MeterProvider | None = None,
         name: str | None = None,
         lease: bool = False,
-        lease_life: float = 1.0,
+        lease_life: float = 5.0,
     ) -> None:
         if client is not None and _is_async(client):
             client, aclient = aclient, client
