@@ -302,3 +302,42 @@ async def _two_guards(url: str) -> None:
     assert sum(_total(url, p, k.removeprefix(prefix), spec, now) for k in routes) == 20
     for k in client.scan_iter(match="{" + p + "}:*"):
         assert client.pttl(k) > 0, k
+
+
+def test_writes_falling_behind_send_covered_windows_to_the_script(
+    redis_url: str, monkeypatch: Any
+) -> None:
+    """With many writes waiting (a quarter of what may wait), covered windows are checked
+    and charged in the checkpoint instead of queued, so none is dropped later."""
+    from apiguard.store.redis_after import Flusher
+
+    monkeypatch.setattr(Flusher, "busy", property(lambda self: True))
+    asyncio.run(_behind(redis_url))
+
+
+async def _behind(url: str) -> None:
+    rules = _rules("1000/minute", "1000/minute")
+    p = f"c{next(_prefixes)}"
+    store = _astore(url, p, lease=True)
+    sent: list[int] = []
+    execute = store._aexecute
+
+    async def spy(batch: Batch, now: float, bans: BanConfig) -> Any:
+        sent.append(len(batch.hits))
+        return await execute(batch, now, bans)
+
+    store._aexecute = spy  # type: ignore[method-assign]
+    queued: list[Any] = []
+    flusher = store._flusher_for(asyncio.get_running_loop())
+    add = flusher.add
+
+    def spy_add(args: list[Any], count: int, *rest: Any, **kw: Any) -> bool:
+        queued.extend(args)
+        return add(args, count, *rest, **kw)
+
+    flusher.add = spy_add  # type: ignore[method-assign]
+    for i in range(3):
+        assert (await store.aexecute(_batch(rules), 1000.0 + i, BANS)).admitted
+    assert sent[0] == 3  # the covered windows went to the script (and got leases)
+    assert "C" not in queued
+    await store.aclose()

@@ -19,9 +19,11 @@
   fallback is counted (`apiguard.store.fallbacks`) and put on the current span; the
   breaker logs one line per outage and per recovery. No exception leaves the store.
 - Bans are cached in process (`local_bans`): a banned caller is refused before routing
-  with no Redis call. Every ban change is numbered in Redis and each script reply carries
-  the changes since the worker's previous call, so a ban earned on one worker reaches the
-  others' caches with their next store call (the checkpoint itself always reads Redis).
+  with no Redis call. Every ban change is numbered in Redis and each script reply
+  (checkpoints and flushes) carries the changes since the worker's previous call, so a
+  ban earned on one worker reaches the others' caches with their next store call (the
+  checkpoint itself reads Redis, unless quota leases decide it: then the flushes bring
+  them, at least every 0.1 s while the worker admits from leases).
 - Detector state (`observe`) and the writes that follow a response (refunds, bans put on a
   token, lifts) wait on the event loop and go to Redis together, many requests' worth in
   one script call, never on a response's path (`apiguard.store.redis_after`).
@@ -225,8 +227,9 @@ class RedisStore:
     `lease`: admit from quota leases (a prototype, off by default): a checkpoint may be
     granted more units of a window it charges, charged at once in the current bucket,
     which this worker admits without Redis until that bucket ends or `lease_life`
-    seconds pass, giving back what it did not use; every window's bound holds exactly
-    (README, "Quota leases").
+    seconds pass, giving back what it did not use; windows the principal's window
+    covers are charged after the response (`apiguard.store.redis_cover`); every
+    window's bound holds exactly (README, "Quota leases", for the one exception).
     """
 
     local = False
@@ -509,6 +512,8 @@ class RedisStore:
         self._last_now = now
         self._last_tick = time.monotonic()
         pairs = covered(batch.hits)
+        if pairs is not None and self._flusher_for(asyncio.get_running_loop()).busy:
+            pairs = None  # (writes falling behind: checked and charged in the script)
         inner = batch
         if pairs is not None:  # charged after the response (`apiguard.store.redis_cover`)
             skip = {i for i, _ in pairs}
@@ -756,14 +761,15 @@ class RedisStore:
                         best = n
                         best_share = share
         if charges is not None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # sync callers: the checkpoint charges them
+            loop = asyncio._get_running_loop()
+            flusher = self._flusher_for(loop) if loop is not None else None
+            if flusher is None or flusher.busy:
+                # sync callers, or writes falling behind: the checkpoint charges them
                 self._untake(taken)
                 return None
             if self.server_time is False:
                 charges[:0] = ["N", repr(now)]
-            self._flusher_for(loop).add(charges, len(charges) // 6)
+            flusher.add(charges, len(charges) // 6)
         self.leased_hits += len(taken)
         self.local_admissions += 1
         if self._news_at < self._last_tick - _NEWS_EVERY:
