@@ -929,7 +929,7 @@ class RedisStore:
             back += ["F", key, lease.bucket, lease.left, lease.buckets]
             if len(self._want) >= 4 * _LEASE_TABLE:
                 self._want.clear()
-            self._want[key] = max(1, self._want.get(key, _LEASE_FIRST) // 2)
+            self._want[key] = max(_LEASE_FIRST, self._want.get(key, _LEASE_FIRST) // 2)
 
     def _sweep(self, now: float) -> None:
         """End the leases whose time is up, giving back their unused units."""
