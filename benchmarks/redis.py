@@ -7,7 +7,7 @@ at a time, from a pool of 1,000 client addresses; nothing is ever refused):
   apiguard-redis-{1,5}      RedisStore on the asyncio client (one script per checkpoint)
   apiguard-redis-{1,5}-lease  the same with quota leases (`store.lease`): a worker admits
                             from the units a checkpoint leased it on each window, without
-                            Redis, until the window's bucket ends (or `lease_life`: 1 s, or
+                            Redis, until the window's bucket ends (or `lease_life`: 5 s, or
                             --lease-life)
   slowapi-redis-{1,5}       slowapi's middleware on limits' Redis storage
   floor-asyncio             one round trip and nothing else: a middleware awaiting one
@@ -85,7 +85,7 @@ from apiguard.window import WindowSpec  # noqa: E402
 HIGH = "1000000/minute"
 SLOWAPI_5 = ["1000000/second", "1000000/minute", "1000000/hour", "1000000/day", "1000000/month"]
 SECRET = "benchmark-secret-0123456789abcdef"
-LEASE_LIFE = [1.0]  # seconds (--lease-life)
+LEASE_LIFE = [5.0]  # seconds (--lease-life)
 
 # -- counting round trips ---------------------------------------------------------------
 TRIPS = [0]
@@ -415,8 +415,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=None)
     parser.add_argument("--principals", type=int, default=None)
     parser.add_argument("--memory-only", action="store_true", help="skip the request timings")
-    parser.add_argument("--lease-life", type=float, default=1.0,
-                        help="lease_life of the -lease variants (seconds, default 1)")
+    parser.add_argument("--lease-life", type=float, default=5.0,
+                        help="lease_life of the -lease variants (seconds, default 5)")
     args = parser.parse_args()
     LEASE_LIFE[0] = args.lease_life
     n = args.requests or (1000 if args.quick else 3000)

@@ -329,3 +329,49 @@ def test_partly_leased_batch_is_admitted_or_refused_whole(redis_url: str) -> Non
     store.release_leases()
     assert _total(redis_url, p, "k", big, now) == 4
     assert _total(redis_url, p, "s", small, now) == 2
+
+
+def test_ban_reaches_a_leasing_worker_with_its_next_flush(redis_url: str) -> None:
+    asyncio.run(_ban_news(redis_url))
+
+
+async def _ban_news(redis_url: str) -> None:
+    """A worker admitting from a lease learns a ban imposed through another worker with
+    its next flush (within `_NEWS_EVERY` of its admissions), not when its lease ends."""
+    import redis.asyncio
+
+    from apiguard.store.base import Ban
+
+    spec = WindowSpec(1000, 600.0, 10)
+    p = f"l{next(_prefixes)}"
+    a, b = (
+        RedisStore(redis.asyncio.Redis.from_url(redis_url), prefix=p, server_time=False,
+                   lease=True, lease_life=60.0)
+        for _ in range(2)
+    )
+    now = 1000.0
+    for _ in range(2):  # a lease of 2 on the key, then one admission from it
+        r = await a.aexecute(Batch([_hit("k", spec)], ("ip:1",)), now, BANS)
+        assert r.admitted
+    assert a.local_admissions >= 1
+    b.impose(Ban("ip:1", now + 300.0, 1), now)
+    await b.drain()
+    time.sleep(0.12)  # (news are read at most every 0.1 s of real time)
+    r = await a.aexecute(Batch([_hit("k", spec)], ("ip:1",)), now + 1, BANS)
+    assert r.admitted  # from the lease; its flush brings the news
+    await a.drain()
+    r = await a.aexecute(Batch([_hit("k", spec)], ("ip:1",)), now + 2, BANS)
+    assert not r.admitted and r.ban is not None and r.ban.key == "ip:1"
+    assert abs(r.ban.until - (now + 300.0)) < 1.0
+    # a sync worker polls the news itself
+    c = _store(redis_url, p, lease=True, lease_life=60.0)
+    c.execute(Batch([_hit("j", spec)], ("ip:2",)), now, BANS)
+    await b.aexecute(Batch([_hit("x", spec)], ()), now, BANS)
+    b.impose(Ban("ip:2", now + 300.0, 1), now)
+    await b.drain()
+    time.sleep(0.12)
+    assert c.execute(Batch([_hit("j", spec)], ("ip:2",)), now + 1, BANS).admitted
+    r = c.execute(Batch([_hit("j", spec)], ("ip:2",)), now + 2, BANS)
+    assert not r.admitted and r.ban is not None
+    await a.aclose()
+    await b.aclose()

@@ -14,13 +14,15 @@ paths answer every request alike.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from apiguard.decision import Policy
 from apiguard.responses import ratelimit_state
 from apiguard.rules import CredentialChurnRule, FlowRule, Rule, WindowRule
 from apiguard.store.base import AdmittingStore, Hit, Op, Store
+from apiguard.store.redis_cover import cover_tags
 from apiguard.window import WindowSpec
 
 if TYPE_CHECKING:
@@ -59,8 +61,10 @@ class Admission:
         app's code (callables could see a request twice: once here, once on fall-back)
         and they charge when admitted (not a `completes=False` step).
         """
-        if not isinstance(store, AdmittingStore) or not store.local:
+        if not isinstance(store, AdmittingStore):
             return None
+        if not store.local and not getattr(store, "admits_without_io", False):
+            return None  # (a remote store's `admit` would wait on the network)
         admit_owner = _defined_by(type(store), "admit")
         execute_owner = _defined_by(type(store), "execute")
         if admit_owner is None or execute_owner is None:
@@ -95,6 +99,11 @@ class Admission:
                 continue  # a marker rule (`@guard.login`): nothing to charge
             else:
                 return None
+        if getattr(store, "covers", False):
+            covers = cover_tags(plan.rates)
+            if covers:  # (`RedisStore.admit`: covered windows are charged later)
+                admit: Any = store.admit
+                plan._admit = functools.partial(admit, covers=covers)
         return plan
 
     def try_admit(

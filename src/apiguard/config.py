@@ -209,8 +209,8 @@ class StoreConfig(_Model):
     default), "closed" refuses; a decorator's `on_store_failure=` overrides it per rule.
     `lease`: Redis only: admit from quota leases a worker holds on each window (most
     requests decided without a round trip; the window's bound is kept exactly);
-    `lease_life`: seconds a lease lasts at most (also how late a ban earned through
-    another worker may reach a worker admitting from leases).
+    `lease_life`: seconds a lease lasts at most (it also ends with its window's bucket;
+    bans reach a worker admitting from leases with its flushes, not when they end).
     """
 
     max_keys: int = Field(200_000, ge=100)
@@ -221,7 +221,7 @@ class StoreConfig(_Model):
     on_failure: Literal["open", "closed"] = "open"
     # quota leases on Redis (a prototype, off by default; see the README's "Quota leases")
     lease: bool = False
-    lease_life: float = Field(1.0, gt=0, le=60.0)
+    lease_life: float = Field(5.0, gt=0, le=60.0)
 
 
 DetectorAction = Literal["block", "challenge", "throttle"]

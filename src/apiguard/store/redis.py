@@ -19,9 +19,11 @@
   fallback is counted (`apiguard.store.fallbacks`) and put on the current span; the
   breaker logs one line per outage and per recovery. No exception leaves the store.
 - Bans are cached in process (`local_bans`): a banned caller is refused before routing
-  with no Redis call. Every ban change is numbered in Redis and each script reply carries
-  the changes since the worker's previous call, so a ban earned on one worker reaches the
-  others' caches with their next store call (the checkpoint itself always reads Redis).
+  with no Redis call. Every ban change is numbered in Redis and each script reply
+  (checkpoints and flushes) carries the changes since the worker's previous call, so a
+  ban earned on one worker reaches the others' caches with their next store call (the
+  checkpoint itself reads Redis, unless quota leases decide it: then the flushes bring
+  them, at least every 0.1 s while the worker admits from leases).
 - Detector state (`observe`) and the writes that follow a response (refunds, bans put on a
   token, lifts) wait on the event loop and go to Redis together, many requests' worth in
   one script call, never on a response's path (`apiguard.store.redis_after`).
@@ -42,9 +44,10 @@ from opentelemetry import metrics, trace
 
 from apiguard.config import BanConfig
 from apiguard.errors import ConfigurationError
-from apiguard.store.base import Ban, Batch, BatchResult, Hit, Observation
+from apiguard.store.base import Ban, Batch, BatchResult, Hit, Observation, Op
 from apiguard.store.breaker import Breaker
 from apiguard.store.redis_after import Flusher, Then, fill, observe_args
+from apiguard.store.redis_cover import covered
 from apiguard.store.redis_lua import AFTER, CHECKPOINT
 from apiguard.store.redis_urls import client_factories, redis_module
 from apiguard.store.redis_wire import Packed, Wire, bulk
@@ -77,9 +80,13 @@ def _evalsha(script: Any, key: str, args: list[Any]) -> tuple[Any, ...]:
     return ("EVALSHA", script.sha, 1, key, *args)
 
 
-def _doubles(raw: bytes) -> list[float]:
-    """The `AFTER` script's reply: doubles packed by `struct`."""
-    return list(struct.unpack(f"<{len(raw) // 8}d", raw))
+def _doubles(raw: bytes) -> tuple[list[float], list[bytes]]:
+    """The `AFTER` script's reply: its doubles packed by `struct` (now, then the
+    operations' results; the count the script sends is left out) and its text fields."""
+    n = int(struct.unpack_from("<d", raw, 8)[0])
+    values = list(struct.unpack_from(f"<{n}d", raw))
+    del values[1]
+    return values, raw[8 * n + 1 :].split(b"\x1f") if len(raw) > 8 * n else []
 
 
 def _text(value: Any) -> str:
@@ -182,6 +189,9 @@ _LEASE_MAX = 128  # the most a key asks for (the script grants at most 1/4 of th
 _LEASE_TABLE = 20_000  # leases held at most (full: no more are asked for)
 _LEASE_SAFETY = 0.001  # seconds a lease ends before its bucket does (float rounding)
 _SWEEP = 0.25  # seconds between two sweeps of expired leases
+# seconds at most between two reads of the ban news by a worker admitting from leases
+# (a flush brings them; one is sent for them alone when no other came meanwhile)
+_NEWS_EVERY = 0.1
 
 
 class _Lease:
@@ -217,8 +227,9 @@ class RedisStore:
     `lease`: admit from quota leases (a prototype, off by default): a checkpoint may be
     granted more units of a window it charges, charged at once in the current bucket,
     which this worker admits without Redis until that bucket ends or `lease_life`
-    seconds pass, giving back what it did not use; every window's bound holds exactly
-    (README, "Quota leases").
+    seconds pass, giving back what it did not use; windows the principal's window
+    covers are charged after the response (`apiguard.store.redis_cover`); every
+    window's bound holds exactly (README, "Quota leases", for the one exception).
     """
 
     local = False
@@ -238,7 +249,7 @@ class RedisStore:
         meter_provider: metrics.MeterProvider | None = None,
         name: str | None = None,
         lease: bool = False,
-        lease_life: float = 1.0,
+        lease_life: float = 5.0,
     ) -> None:
         if client is not None and _is_async(client):
             client, aclient = aclient, client
@@ -292,6 +303,9 @@ class RedisStore:
         self.local_bans = self._bans
         self._lock = threading.Lock()  # ban cache writes (threadpool and loop)
         self._seen = 0.0  # the last ban change this worker has seen
+        self._news_at = float("-inf")  # (monotonic) when the last flush brought ban news
+        self._last_now = 0.0  # the callers' clock at the last batch, and when (monotonic)
+        self._last_tick = 0.0
         self._secret: str | None = None  # hex, when the secret is kept in Redis
         self._specs: dict[WindowSpec, tuple[int, float, int, float]] = {}
         # hit count -> (pack the numbers, the fixed arguments (prefix, ban settings, the
@@ -458,8 +472,12 @@ class RedisStore:
             return BatchResult(False, [], known)
         if not self.lease:
             return self._execute(batch, now, bans)
+        self._last_now = now
+        self._last_tick = time.monotonic()
         taken, rest = self._take(batch, now)
         if rest is None:
+            if self._news_at < self._last_tick - _NEWS_EVERY:
+                self._poll_news(sync=True)
             return BatchResult(True, batch.hits)
         return self._merge(batch, taken, self._execute(rest, now, bans))
 
@@ -491,10 +509,25 @@ class RedisStore:
             return BatchResult(False, [], known)
         if not self.lease:
             return await self._aexecute(batch, now, bans)
-        taken, rest = self._take(batch, now)
+        self._last_now = now
+        self._last_tick = time.monotonic()
+        pairs = covered(batch.hits)
+        if pairs is not None and self._flusher_for(asyncio.get_running_loop()).busy:
+            pairs = None  # (writes falling behind: checked and charged in the script)
+        inner = batch
+        if pairs is not None:  # charged after the response (`apiguard.store.redis_cover`)
+            skip = {i for i, _ in pairs}
+            inner = Batch([h for i, h in enumerate(batch.hits) if i not in skip], batch.ban_keys)
+        taken, rest = self._take(inner, now)
         if rest is None:
-            return BatchResult(True, batch.hits)
-        return self._merge(batch, taken, await self._aexecute(rest, now, bans))
+            result = BatchResult(True, inner.hits)
+            if self._news_at < self._last_tick - _NEWS_EVERY:  # nothing else brings news
+                self._poll_news()
+        else:
+            result = self._merge(inner, taken, await self._aexecute(rest, now, bans))
+        if pairs is None:
+            return result
+        return self._cover(batch, pairs, result, now)
 
     async def _aexecute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
         if not self._breaker.allow():
@@ -624,6 +657,7 @@ class RedisStore:
         offset = values[0] - now  # store clock - caller clock
         status = values[1]
         self._seen = values[2]
+        self._news_at = self._last_tick
         if values[3] and self._secret is not None:
             self._defer_secret()
         i = 0
@@ -653,6 +687,111 @@ class RedisStore:
         return BatchResult(False, hits, new_ban, new_ban is not None)
 
     # -- quota leases (lease=True) -----------------------------------------------------
+    @property
+    def admits_without_io(self) -> bool:
+        """Whether `admit` may be called on a request's path (it never waits on Redis)."""
+        return self.lease
+
+    @property
+    def covers(self) -> bool:
+        """Whether covered windows are charged after the response (`redis_cover`)."""
+        return self.lease
+
+    def admit(
+        self,
+        ops: Sequence[Op],
+        ban_keys: tuple[str, ...],
+        now: float,
+        covers: dict[int, int] | None = None,
+    ) -> tuple[list[tuple[int, float, int]], int] | None:
+        """The fast path (`apiguard.admission`) on leases alone: every op taken from a
+        live lease of this worker, or covered (`covers`: covered op's tag -> its
+        covering op's tag; charged after the response, on an event loop only); else
+        None, nothing taken, and the caller runs `aexecute`/`execute`. No Redis call."""
+        leases = self._leases
+        if not self.lease or not leases:
+            return None
+        if self._known_ban(ban_keys, now) is not None:
+            return None
+        self._last_now = now
+        self._last_tick = time.monotonic()
+        if now >= self._sweep_at:
+            self._sweep(now)
+        out: list[tuple[int, float, int]] = []
+        taken: list[tuple[_Lease, int]] = []
+        charges: list[Any] | None = None
+        best = -1
+        best_share = 2.0
+        at: dict[int, int] = {}  # tag -> its op's index
+        with self._lease_lock:
+            for n, (key, spec, cost, once, advertised, tag) in enumerate(ops):
+                lease = leases.get(key)
+                if (
+                    lease is not None
+                    and lease.left >= cost > 0
+                    and lease.until > now
+                    and once is None
+                ):
+                    lease.left -= cost
+                    lease.used += cost
+                    taken.append((lease, cost))
+                    result = (
+                        max(lease.remaining - lease.used, 0),
+                        max(lease.reset_at - now, 0.0),
+                        lease.bucket,
+                    )
+                else:
+                    d = at.get(covers.get(tag, -1), -1) if covers and once is None else -1
+                    if d < 0:
+                        for lease, cost in taken:  # (nothing charged: all goes back)
+                            lease.left += cost
+                            lease.used -= cost
+                        return None
+                    d_spec = ops[d][1]
+                    remaining, reset, bucket = out[d]
+                    result = (remaining + spec.limit - d_spec.limit, reset, bucket)
+                    if charges is None:
+                        charges = []
+                    charges += ["C", key, bucket, cost, spec.buckets, repr(spec.width)]
+                at[tag] = n
+                out.append(result)
+                if advertised:
+                    share = result[0] / spec.limit
+                    if share < best_share:
+                        best = n
+                        best_share = share
+        if charges is not None:
+            loop = asyncio._get_running_loop()
+            flusher = self._flusher_for(loop) if loop is not None else None
+            if flusher is None or flusher.busy:
+                # sync callers, or writes falling behind: the checkpoint charges them
+                self._untake(taken)
+                return None
+            if self.server_time is False:
+                charges[:0] = ["N", repr(now)]
+            flusher.add(charges, len(charges) // 6)
+        self.leased_hits += len(taken)
+        self.local_admissions += 1
+        if self._news_at < self._last_tick - _NEWS_EVERY:
+            self._poll_news()
+        return out, best
+
+    def _untake(self, taken: list[tuple[_Lease, int]]) -> None:
+        with self._lease_lock:
+            for lease, cost in taken:
+                lease.left += cost
+                lease.used -= cost
+
+    def _poll_news(self, sync: bool = False) -> None:
+        """Read the ban news (none came for `_NEWS_EVERY`): with the next flush on an
+        event loop, else (or `sync`: a sync caller) one call now."""
+        self._news_at = self._last_tick
+        loop = None if sync else asyncio._get_running_loop()  # (None: not on a loop)
+        if loop is not None:
+            self._flusher_for(loop).add([], 0)
+        elif self.sync_ready:
+            self._guarded(self._sync_news)
+
     def _take(self, batch: Batch, now: float) -> tuple[list[Hit], Batch | None]:
         """Take from this worker's leases every hit they cover: a plain charge (no `once`
         marker) of a window with a live lease holding enough units. Returns those hits
@@ -715,6 +854,31 @@ class RedisStore:
             self._give_back(back)
         return BatchResult(False, batch.hits if result.hits else [], result.ban, result.new_ban)
 
+    def _cover(
+        self, batch: Batch, pairs: list[tuple[int, int]], result: BatchResult, now: float
+    ) -> BatchResult:
+        """The whole batch's result once its covering hits are decided: each covered hit
+        answers as its cover did (at least the cover's remaining, plus the difference of
+        their limits) and, admitted, is charged after the response into its cover's
+        bucket (one 'C' operation each, with the writes that follow responses)."""
+        if not result.hits:  # banned: nothing was decided
+            return result
+        hits = batch.hits
+        ops: list[Any] = ["N", repr(now)] if self.server_time is False else []
+        for i, j in pairs:
+            w = hits[i]
+            d = hits[j]
+            w.fits = True
+            w.remaining = d.remaining + w.spec.limit - d.spec.limit
+            w.reset = d.reset
+            w.retry_after = 0.0
+            w.bucket = d.bucket
+            if result.admitted and d.bucket > -(1 << 61):  # (not a fallback's)
+                ops += ["C", w.key, d.bucket, w.cost, w.spec.buckets, repr(w.spec.width)]
+        if len(ops) > 2:
+            self._flusher_for(asyncio.get_running_loop()).add(ops, len(pairs))
+        return BatchResult(result.admitted, hits, result.ban, result.new_ban)
+
     def _ask(self, hit: Hit, now: float) -> int:
         """The lease hit's checkpoint asks for (0: none): a plain charge of a window on
         which this worker holds no live lease with units left."""
@@ -765,7 +929,7 @@ class RedisStore:
             back += ["F", key, lease.bucket, lease.left, lease.buckets]
             if len(self._want) >= 4 * _LEASE_TABLE:
                 self._want.clear()
-            self._want[key] = max(1, self._want.get(key, _LEASE_FIRST) // 2)
+            self._want[key] = max(_LEASE_FIRST, self._want.get(key, _LEASE_FIRST) // 2)
 
     def _sweep(self, now: float) -> None:
         """End the leases whose time is up, giving back their unused units."""
@@ -964,12 +1128,44 @@ class RedisStore:
         if not self._breaker.allow():
             return None
         try:
-            reply = await self._acall("after", self._after_args(ops))
+            reply = await self._acall("after", self._after_args(self._with_news(ops)))
         except Exception as exc:
             self._breaker.failure(exc)
             return None
         self._breaker.success()
-        return _doubles(reply)
+        values, text = _doubles(reply)
+        self._news(values[0], values[1], int(values[2]), text)
+        del values[1:3]
+        return values
+
+    def _with_news(self, ops: list[Any]) -> list[Any]:
+        """`ops` and a read of the ban news ('S'), after a first 'N' (which spares the
+        script a TIME call); on an injected clock one is added (the news' times are
+        mapped to the callers' clock)."""
+        news = ["S", self._seen, _NEWS]
+        if ops and ops[0] == "N":
+            return [*ops[:2], *news, *ops[2:]]
+        if self.server_time is False:
+            now = self._last_now + (time.monotonic() - self._last_tick)
+            return ["N", repr(now), *news, *ops]
+        return [*news, *ops]
+
+    def _sync_news(self) -> None:
+        """A flush of nothing but the ban news, from sync code (`_NEWS_EVERY`)."""
+        values, text = _doubles(self._call("after", self._after_args(self._with_news([]))))
+        self._news(values[0], values[1], int(values[2]), text)
+
+    def _news(self, store_now: float, seen: float, count: int, text: list[bytes]) -> None:
+        """Learn the ban changes a flush brought (as a checkpoint's reply does): a worker
+        admitting from leases hears of a ban earned elsewhere with its next flush."""
+        self._seen = seen
+        self._news_at = time.monotonic()
+        if not count:
+            return
+        now = self._last_now + (self._news_at - self._last_tick)  # (the callers' clock)
+        offset = store_now - now
+        for i in range(0, 6 * count, 6):
+            self._learn(text[i : i + 6], offset, now)
 
     def _dropped(self, count: int) -> None:
         self.dropped += count
@@ -1013,7 +1209,7 @@ class RedisStore:
         args = self._after_args(self._observe_ops(ops, now))
         reply = self._guarded(lambda: self._call("after", args))
         if reply is not None:
-            fill(ops, _doubles(reply), 1)
+            fill(ops, _doubles(reply)[0], 1)
 
     def observe_later(self, ops: Sequence[Observation], now: float, then: Then) -> bool:
         """Queue `ops` to be written with other requests' (a few ms later, one script

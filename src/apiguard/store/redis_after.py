@@ -173,6 +173,12 @@ class Flusher:
             self._schedule()
 
     @property
+    def busy(self) -> bool:
+        """A quarter of `MAX_WAITING` waits: callers that may send their work in a
+        store call of their own (covered windows) should, rather than queue it."""
+        return self._waiting >= MAX_WAITING // 4
+
+    @property
     def idle(self) -> bool:
         """Nothing waits and nothing is under way."""
         return not self._items and not self._flights

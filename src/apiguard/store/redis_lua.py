@@ -75,6 +75,25 @@ local function retotal(d, last)
   end
 end
 
+-- make bucket `index` (> d[1]) the newest of window d: every count ages by the
+-- difference, those that reach n leave
+local function advance(d, index, n)
+  local shift = index - d[1]
+  local len = #d
+  d[1] = index
+  if shift >= n or len == 2 then
+    for j = len, 3, -1 do d[j] = nil end
+    d[2] = 0
+    return
+  end
+  local last = len + shift  -- where the oldest count goes
+  if last > n + 2 then last = n + 2 end
+  for j = len + 1, last do d[j] = 0 end  -- (grown in order: an array, no holes)
+  for j = last, 3 + shift, -1 do d[j] = d[j - shift] end
+  for j = 2 + shift, 3, -1 do d[j] = 0 end
+  retotal(d, last)
+end
+
 local function decode(raw, n)
   local d = {cmsgpack.unpack(raw)}
   local last = #d
@@ -164,25 +183,6 @@ local function floordiv(a, b)
     return f
   end
   return 0
-end
-
--- make bucket `index` (> d[1]) the newest of window d: every count ages by the
--- difference, those that reach n leave
-local function advance(d, index, n)
-  local shift = index - d[1]
-  local len = #d
-  d[1] = index
-  if shift >= n or len == 2 then
-    for j = len, 3, -1 do d[j] = nil end
-    d[2] = 0
-    return
-  end
-  local last = len + shift  -- where the oldest count goes
-  if last > n + 2 then last = n + 2 end
-  for j = len + 1, last do d[j] = 0 end  -- (grown in order: an array, no holes)
-  for j = last, 3 + shift, -1 do d[j] = d[j - shift] end
-  for j = 2 + shift, 3, -1 do d[j] = 0 end
-  retotal(d, last)
 end
 
 -- a window of an earlier version (a hash: h = newest bucket index, <index> = count)
@@ -550,14 +550,39 @@ AFTER = (
 --   'T', P t:<key>, window, item or '', amount    (a detector tally)
 --   'R', P r:<key>, window, value                 (a detector stride run)
 --   'F', window key, bucket, cost, buckets    (a refund)
+--   'C', window key, bucket, cost, buckets, width   (a charge into a given bucket)
 --   'I', key, duration, level, owner, action, reason, keep   (impose a ban)
 --   'L', key, keep                            (lift a ban)
--- Reply: doubles packed by `struct`: now, then per tally its count, per run its length
--- and stride.
+--   'S', last ban change seen, most changes to send   (ban news, as a checkpoint's)
+-- Reply: doubles packed by `struct`: now, the number of doubles, then per tally its
+-- count, per run its length and stride, per 'S' the last change sent and their number;
+-- then the news' text fields (6 a ban, as the checkpoint's), each preceded by \31.
 P = ARGV[1]
 now = clock(tonumber(ARGV[2]))
 margin = tonumber(ARGV[3])
-local out = {now}
+local out = {now, 0}
+local T = {''}
+
+-- the ban changes after `last_seen` (a worker admitting from leases learns bans with
+-- the writes that follow its responses)
+local function news(last_seen, limit)
+  local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if seq < last_seen then last_seen = 0 end  -- the counter expired and restarted
+  local seen, count = seq, 0
+  if seq > last_seen then
+    local changed = redis.call('ZRANGEBYSCORE', P .. 'recent', '(' .. fmt(last_seen),
+      '+inf', 'WITHSCORES', 'LIMIT', 0, limit)
+    for i = 1, #changed, 2 do
+      local b = redis.call('HMGET', P .. 'b:' .. changed[i], 'u', 'l', 'o', 'a', 'r')
+      T[#T + 1] = changed[i]
+      for j = 1, 5 do T[#T + 1] = b[j] or '' end
+      count = count + 1
+    end
+    if count == limit then seen = tonumber(changed[#changed]) end
+  end
+  out[#out + 1] = seen
+  out[#out + 1] = count
+end
 
 -- A tally's record (a string): MessagePack start, count, old count, half window, and
 -- flags: 1 its current HyperLogLog (key:c) exists, 2 its previous one (key:o) does. A
@@ -712,6 +737,34 @@ local function refund(key, bucket, cost, n)
   end
 end
 
+-- a charge made after the response into the bucket its request was admitted in (a
+-- window covered by another, `apiguard.store.redis_cover`); dropped once that bucket has
+-- left the window (it counts no more), or on a window of an earlier version (a hash)
+local function charge(key, bucket, cost, n, width)
+  if cost <= 0 or (bucket + n) * width <= now then return end
+  local raw = redis.call('MGET', key)[1]
+  local d
+  if raw then
+    d = decode(raw, n)
+  elseif redis.call('EXISTS', key) == 1 then
+    return
+  else
+    d = {NEG, 0}
+  end
+  local head = d[1]
+  if bucket > head then advance(d, bucket, n) end
+  local j = d[1] - bucket + 3  -- the bucket's place in the window (age + 3)
+  if j > n + 2 then return end
+  for k = #d + 1, j do d[k] = 0 end  -- (grown in order: an array, no holes)
+  d[j] = d[j] + cost
+  d[2] = d[2] + cost
+  if d[1] == head then
+    redis.call('SET', key, encode(d), 'KEEPTTL')
+  else
+    redis.call('SET', key, encode(d), 'PX', ttl_ms((d[1] + n) * width - now))
+  end
+end
+
 local function impose(key, d, level, owner, action, reason, keep)
   local till = now + d
   local bkey = P .. 'b:' .. key
@@ -740,6 +793,10 @@ while ARGV[pos] do
     refund(P .. 'w:' .. ARGV[pos + 1], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]),
       tonumber(ARGV[pos + 4]) + 1)
     pos = pos + 5
+  elseif op == 'C' then
+    charge(P .. 'w:' .. ARGV[pos + 1], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]),
+      tonumber(ARGV[pos + 4]) + 1, tonumber(ARGV[pos + 5]))
+    pos = pos + 6
   elseif op == 'I' then
     impose(ARGV[pos + 1], tonumber(ARGV[pos + 2]), ARGV[pos + 3], ARGV[pos + 4],
       ARGV[pos + 5], ARGV[pos + 6], tonumber(ARGV[pos + 7]))
@@ -752,10 +809,14 @@ while ARGV[pos] do
   elseif op == 'N' then
     now = tonumber(ARGV[pos + 1])
     pos = pos + 2
+  elseif op == 'S' then
+    news(tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2]))
+    pos = pos + 3
   else
     return redis.error_reply('apiguard: unknown operation ' .. tostring(op))
   end
 end
-return struct.pack('<' .. string.rep('d', #out), unpack(out))
+out[2] = #out
+return struct.pack('<' .. string.rep('d', #out), unpack(out)) .. table.concat(T, '\31')
 """
 )
