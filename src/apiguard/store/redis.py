@@ -467,13 +467,14 @@ class RedisStore:
     # -- the batch -------------------------------------------------------------------
     def execute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
         """Run `batch` in one script call (semantics in `apiguard.store.base`)."""
+        # (the callers' clock, for the ban news a flush brings: see `_news`)
+        self._last_now = now
+        self._last_tick = time.monotonic()
         known = self._known_ban(batch.ban_keys, now)
         if known is not None:
             return BatchResult(False, [], known)
         if not self.lease:
             return self._execute(batch, now, bans)
-        self._last_now = now
-        self._last_tick = time.monotonic()
         taken, rest = self._take(batch, now)
         if rest is None:
             if self._news_at < self._last_tick - _NEWS_EVERY:
@@ -504,13 +505,14 @@ class RedisStore:
     async def aexecute(self, batch: Batch, now: float, bans: BanConfig) -> BatchResult:
         """`execute` on the asyncio client: never blocks the event loop, never waits
         longer than `timeout`."""
+        # (the callers' clock, for the ban news a flush brings: see `_news`)
+        self._last_now = now
+        self._last_tick = time.monotonic()
         known = self._known_ban(batch.ban_keys, now)
         if known is not None:
             return BatchResult(False, [], known)
         if not self.lease:
             return await self._aexecute(batch, now, bans)
-        self._last_now = now
-        self._last_tick = time.monotonic()
         pairs = covered(batch.hits)
         if pairs is not None and self._flusher_for(asyncio.get_running_loop()).busy:
             pairs = None  # (writes falling behind: checked and charged in the script)
@@ -1158,6 +1160,8 @@ class RedisStore:
     def _news(self, store_now: float, seen: float, count: int, text: list[bytes]) -> None:
         """Learn the ban changes a flush brought (as a checkpoint's reply does): a worker
         admitting from leases hears of a ban earned elsewhere with its next flush."""
+        if not self._last_tick:
+            return  # (no checkpoint yet: the callers' clock is unknown; the first brings it)
         self._seen = seen
         self._news_at = time.monotonic()
         if not count:
