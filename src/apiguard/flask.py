@@ -142,7 +142,9 @@ def init_app(app: Flask, guard: Guard) -> Guard:
             return process(response)
         scope[COMPLETE_KEY] = False  # (an earlier response's answer does not hold)
         response = process(response)
-        scope[COMPLETE_KEY] = response.is_sequence and plain_class(type(response))
+        if type(response.response) is list:  # (`is_sequence`, the usual list)
+            cls = type(response)
+            scope[COMPLETE_KEY] = _PLAIN.get(cls) or plain_class(cls)
         return response
 
     def answer(refused: Refused) -> Response:
