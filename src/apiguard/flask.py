@@ -33,7 +33,7 @@ from apiguard.cors_copy import flask_cors_headers
 from apiguard.engine import Refused
 from apiguard.guard import Guard
 from apiguard.request import _EMPTY_SCOPE, _current
-from apiguard.routes import RouteEntry
+from apiguard.routes import TEMPLATE_KEY, RouteEntry
 from apiguard.steps import render
 from apiguard.wsgi import COMPLETE_KEY, SCOPE_KEY, GuardMiddleware
 
@@ -126,6 +126,9 @@ def init_app(app: Flask, guard: Guard) -> Guard:
             values = req.view_args
             scope["endpoint"] = route.endpoint
             scope["route"] = route
+            # (`route_template` of it: a WSGI scope has no mount prefix, its root path
+            # being the app's)
+            scope[TEMPLATE_KEY] = route.path_format
             scope["path_params"] = dict(values) if values else {}
         return preprocess(*args, **kwargs)
 
