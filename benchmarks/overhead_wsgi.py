@@ -8,7 +8,9 @@ views return "ok"; requests are driven straight through the WSGI callable (a fre
 a hand-built environ, the body iterated and closed), from a pool of 1,000 client
 addresses, round-robin in shuffled order; medians as in overhead.py, of this thread's CPU
 time (time.thread_time_ns), which time slices lost to other processes on a shared machine
-do not inflate. Nothing is refused: this measures overhead only.
+do not inflate. Nothing is refused: this measures overhead only. With `overhead.py
+--before REV`, apiguard at git revision REV runs too (detectors on and off), in the same
+run; each table ends with apiguard's added µs as a share of its peer's (issue 8's ratios).
 
     python benchmarks/overhead_wsgi.py [--quick]     (overhead.py runs it too)
 """
