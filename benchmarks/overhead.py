@@ -480,6 +480,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.before:
         load_before(args.before)
+        overhead_wsgi.BEFORE_REV = args.before
     if args.profile:
         asyncio.run(profile(args.profile, args.batch or 50_000))
         return

@@ -8,7 +8,9 @@ views return "ok"; requests are driven straight through the WSGI callable (a fre
 a hand-built environ, the body iterated and closed), from a pool of 1,000 client
 addresses, round-robin in shuffled order; medians as in overhead.py, of this thread's CPU
 time (time.thread_time_ns), which time slices lost to other processes on a shared machine
-do not inflate. Nothing is refused: this measures overhead only.
+do not inflate. Nothing is refused: this measures overhead only. With `overhead.py
+--before REV`, apiguard at git revision REV runs too (detectors on and off), in the same
+run; each table ends with apiguard's added µs as a share of its peer's (issue 8's ratios).
 
     python benchmarks/overhead_wsgi.py [--quick]     (overhead.py runs it too)
 """
@@ -47,6 +49,9 @@ NO_DETECTORS: dict[str, Any] = {
     },
 }
 ROUTES = 10
+# `overhead.py --before REV`: the git revision whose apiguard (imported as
+# `apiguard_before`) also runs, side by side with this one in the same run
+BEFORE_REV: str | None = None
 WSGIApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
 
 
@@ -58,9 +63,11 @@ def flask_app(kind: str) -> tuple[WSGIApp, Callable[[], bool]]:
     probe: Callable[[], bool] = lambda: True  # noqa: E731
     guard = None
     if kind.startswith("apiguard"):
-        from apiguard import Guard
-        from apiguard.flask import init_app
+        import importlib
 
+        package = "apiguard_before" if kind.startswith("apiguard-before") else "apiguard"
+        Guard = importlib.import_module(package).Guard
+        init_app = importlib.import_module(f"{package}.flask").init_app
         guard = Guard(NO_DETECTORS if kind.endswith("no-detectors") else GUARD_CONFIG)
         init_app(app, guard)
         probe = lambda: len(guard.store._windows) > 0  # type: ignore[attr-defined]  # noqa: E731
@@ -136,14 +143,15 @@ def django_app(kind: str) -> tuple[WSGIApp, Callable[[], bool]]:
     from django.core.signals import setting_changed
 
     guarded = kind.startswith("apiguard")
-    settings.MIDDLEWARE = ["apiguard.django.GuardMiddleware"] if guarded else []
+    package = "apiguard_before" if kind.startswith("apiguard-before") else "apiguard"
+    settings.MIDDLEWARE = [f"{package}.django.GuardMiddleware"] if guarded else []
     settings.APIGUARD = NO_DETECTORS if kind.endswith("no-detectors") else GUARD_CONFIG
     setting_changed.send(sender=None, setting="APIGUARD", value=settings.APIGUARD, enter=True)
     handler = WSGIHandler()  # loads the middleware now (a guard from the new settings)
     if guarded:
-        from apiguard.django import get_guard
+        import importlib
 
-        guard = get_guard()
+        guard = importlib.import_module(f"{package}.django").get_guard()
         return handler, lambda: len(guard.store._windows) > 0  # type: ignore[attr-defined]
     if kind == "django-ratelimit":
         return handler, lambda: bool(cache._cache)  # type: ignore[attr-defined]
@@ -235,22 +243,34 @@ def build_variants() -> list[Variant]:
     plain = environs("", 1)
     limited = environs("/rl", 1)  # the same requests to django-ratelimit's views
     out = []
-    for label, kind in (
+    was = f"apiguard at {BEFORE_REV}"
+    flask_kinds = [
         ("bare Flask", "bare"),
         ("no-op WSGI middleware", "noop"),
         ("apiguard (init_app)", "apiguard"),
         ("apiguard, detectors off", "apiguard-no-detectors"),
         ("Flask-Limiter, memory storage", "flask-limiter"),
-    ):
-        app, probe = flask_app(kind)
-        header = "ratelimit" if kind.startswith("apiguard") else None
-        out.append(Variant("Flask", label, app, probe, plain, header))
-    for label, kind in (
+    ]
+    django_kinds = [
         ("bare Django", "bare"),
         ("apiguard (GuardMiddleware)", "apiguard"),
         ("apiguard, detectors off", "apiguard-no-detectors"),
         ("django-ratelimit, locmem cache", "django-ratelimit"),
-    ):
+    ]
+    if BEFORE_REV:
+        flask_kinds[4:4] = [
+            (f"{was} (init_app)", "apiguard-before"),
+            (f"{was}, detectors off", "apiguard-before-no-detectors"),
+        ]
+        django_kinds[3:3] = [
+            (f"{was} (GuardMiddleware)", "apiguard-before"),
+            (f"{was}, detectors off", "apiguard-before-no-detectors"),
+        ]
+    for label, kind in flask_kinds:
+        app, probe = flask_app(kind)
+        header = "ratelimit" if kind.startswith("apiguard") else None
+        out.append(Variant("Flask", label, app, probe, plain, header))
+    for label, kind in django_kinds:
         app, probe = django_app(kind)
         header = "ratelimit" if kind.startswith("apiguard") else None
         templates = limited if kind == "django-ratelimit" else plain
@@ -295,6 +315,13 @@ def tables(vs: list[Variant]) -> str:
                 f"| {v.label} | {statistics.median(v.samples):.1f} | {ratio:.2f}x "
                 f"| {added:+.1f} | {q1:.1f}-{q3:.1f} |"
             )
+        peer = rows[-1]  # Flask-Limiter, django-ratelimit
+        out.append("")
+        for v in rows:
+            if v.label.startswith("apiguard"):
+                share = statistics.median(v.samples) - statistics.median(bare.samples)
+                share /= statistics.median(peer.samples) - statistics.median(bare.samples)
+                out.append(f"{v.label}: added µs / {peer.label}'s added µs = {share:.2f}")
     return "\n".join(out)
 
 

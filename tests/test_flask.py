@@ -180,6 +180,44 @@ def test_streaming_view_is_not_buffered_and_is_limited(make_guard):
     assert app.test_client().get("/feed").status_code == 429
 
 
+def test_finished_body_ends_the_request_as_it_starts_a_streamed_one_after(make_guard):
+    """A view's finished body (a list, sent by werkzeug's own code) is handed to the server
+    as Flask returns it, the request over; a body produced as it is iterated (a generator
+    view, a response class of its own) is wrapped, its request over only once sent."""
+    from apiguard.wsgi import _Exchange
+
+    guard = make_guard()
+    app = app_with(guard)
+
+    class Custom(app.response_class):  # type: ignore[name-defined,misc]
+        def iter_encoded(self) -> Iterator[bytes]:
+            yield from super().iter_encoded()
+
+    @app.get("/done")
+    def done() -> str:
+        return "ok"
+
+    @app.get("/gen")
+    def gen() -> Iterator[str]:
+        yield "a"
+
+    @app.get("/custom")
+    def custom() -> Any:
+        return Custom("ok")
+
+    bodies = {}
+    for path in ("/done", "/gen", "/custom"):
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "REMOTE_ADDR": "203.0.113.9",
+                   "SCRIPT_NAME": "", "SERVER_NAME": "t", "SERVER_PORT": "80",
+                   "wsgi.url_scheme": "http"}
+        body = app.wsgi_app(environ, lambda status, headers, exc=None: None)
+        bodies[path] = body
+        assert b"".join(body) in (b"ok", b"a")
+        body.close()
+    assert not isinstance(bodies["/done"], _Exchange)
+    assert isinstance(bodies["/gen"], _Exchange) and isinstance(bodies["/custom"], _Exchange)
+
+
 def plain_wsgi(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
     """A WSGI app that starts its response only as its body is iterated."""
     ctx = current_request()

@@ -10,9 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import apiguard
+
 OLDEST = ("flask==2.2.5", "werkzeug==2.2.3")
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
+# the apiguard under test (this suite's own, not whatever the environment installed)
+SOURCE = Path(apiguard.__file__).resolve().parents[1]
 VERSIONS = "import flask, werkzeug as w; print(flask.__version__, w.__version__)"
 
 
@@ -26,7 +30,7 @@ def oldest_flask() -> Path:
 
 def test_flask_2_2_runs_the_flask_suite() -> None:
     target = oldest_flask()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(TESTS)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(TESTS), str(SOURCE)])}
     version = subprocess.run(
         [sys.executable, "-c", VERSIONS],
         env=env,

@@ -45,7 +45,7 @@ from apiguard.engine import Refused
 from apiguard.errors import ConfigurationError
 from apiguard.guard import Guard
 from apiguard.request import RequestContext, _current
-from apiguard.routes import RouteEntry
+from apiguard.routes import TEMPLATE_KEY, RouteEntry
 from apiguard.steps import (
     at_cancelled,
     at_response,
@@ -367,9 +367,13 @@ class GuardMiddleware:
         match = request.resolver_match
         if not isinstance(scope, dict) or match is None:
             return
+        template = "/" + match.route
         scope["endpoint"] = view_func
-        scope["route"] = MatchedRoute("/" + match.route, view_func)
+        scope["route"] = MatchedRoute(template, view_func)
         scope["path_params"] = view_kwargs
+        # (`route_template` of it: the scope, read from `request.META`, has no mount
+        # prefix, its root path being the app's)
+        scope[TEMPLATE_KEY] = template
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> Any:
         """A refusal raised in the view (a decorated view, `identify()`) is answered here,

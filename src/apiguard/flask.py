@@ -27,13 +27,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, request
+from werkzeug.wrappers import Response as BaseResponse
 
 from apiguard.cors_copy import flask_cors_headers
 from apiguard.engine import Refused
 from apiguard.guard import Guard
-from apiguard.routes import RouteEntry
+from apiguard.request import _EMPTY_SCOPE, _current
+from apiguard.routes import TEMPLATE_KEY, RouteEntry
 from apiguard.steps import render
-from apiguard.wsgi import SCOPE_KEY, GuardMiddleware
+from apiguard.wsgi import COMPLETE_KEY, SCOPE_KEY, GuardMiddleware
 
 EXTENSION = "apiguard"
 
@@ -73,6 +75,21 @@ def class_entries(template: str, cls: type, methods: frozenset[str]) -> Iterator
             yield RouteEntry(template, frozenset({method}), handler, "http")
 
 
+_PLAIN: dict[type, bool] = {}  # response class -> sent as werkzeug's Response sends it
+
+
+def plain_class(cls: type) -> bool:
+    """Whether responses of `cls` are sent as werkzeug's `Response` sends them (no
+    override of how its body is produced)."""
+    plain = _PLAIN.get(cls)
+    if plain is None:
+        names = ("__call__", "get_wsgi_response", "get_app_iter", "iter_encoded")
+        plain = _PLAIN[cls] = all(
+            getattr(cls, n, None) is getattr(BaseResponse, n) for n in names
+        )
+    return plain
+
+
 def init_app(app: Flask, guard: Guard) -> Guard:
     """Protect the Flask `app` with `guard`; returns the guard."""
     if not isinstance(guard, Guard):
@@ -109,8 +126,29 @@ def init_app(app: Flask, guard: Guard) -> Guard:
             values = req.view_args
             scope["endpoint"] = route.endpoint
             scope["route"] = route
+            # (`route_template` of it: a WSGI scope has no mount prefix, its root path
+            # being the app's)
+            scope[TEMPLATE_KEY] = route.path_format
             scope["path_params"] = dict(values) if values else {}
         return preprocess(*args, **kwargs)
+
+    engine = guard.engine
+    process = app.process_response
+
+    def process_response(response: Any) -> Any:
+        """Flask's `process_response`, then whether the final response's body is a
+        finished sequence (no view code runs as it is iterated): the middleware then
+        ends the request as the response starts, as for a list body."""
+        ctx = _current.get()
+        scope = ctx.scope if ctx is not None and ctx.engine is engine else None
+        if type(scope) is not dict or scope is _EMPTY_SCOPE:  # not under the middleware
+            return process(response)
+        scope[COMPLETE_KEY] = False  # (an earlier response's answer does not hold)
+        response = process(response)
+        if type(response.response) is list:  # (`is_sequence`, the usual list)
+            cls = type(response)
+            scope[COMPLETE_KEY] = _PLAIN.get(cls) or plain_class(cls)
+        return response
 
     def answer(refused: Refused) -> Response:
         """A refusal raised in a view: the complete refusal, never a 500 (the middleware
@@ -127,6 +165,7 @@ def init_app(app: Flask, guard: Guard) -> Guard:
     # preprocessors, `before_request`), read once the router matched: a wrapper of this
     # app's `preprocess_request` costs less than a URL value preprocessor of its own
     app.preprocess_request = preprocess_request  # type: ignore[method-assign]
+    app.process_response = process_response  # type: ignore[method-assign]
     app.register_error_handler(Refused, answer)
     app.wsgi_app = GuardMiddleware(  # type: ignore[method-assign]
         app.wsgi_app, guard, routes=FlaskRoutes(app), cors=flask_cors_headers(app)

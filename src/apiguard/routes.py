@@ -22,14 +22,23 @@ def _mount_prefix(scope: Mapping[str, Any]) -> str:
     return root[len(app_root) :] if root.startswith(app_root) else root
 
 
+# scope key: the template an adapter read from its router as it recorded the route (mount
+# prefixes included), answered as it is
+TEMPLATE_KEY = "apiguard.template"
+
+
 def route_template(scope: Mapping[str, Any]) -> str | None:
     """The template of the route being served ("/v1/users/{user_id}"), or None (no match).
 
     Read from what the router recorded in the scope (`route`, FastAPI's effective route
     context). Routers that record only the `endpoint` (FastAPI 0.165 for non-APIRoute
     routes and mounts) are answered from a per-app index of endpoint -> template built by
-    walking the app once, never by matching the path against every route.
+    walking the app once, never by matching the path against every route. An adapter
+    that knows the template (Flask) records it under `TEMPLATE_KEY`.
     """
+    template = scope.get(TEMPLATE_KEY)
+    if template is not None:
+        return template  # type: ignore[no-any-return]
     route = scope.get("route")
     endpoint = scope.get("endpoint")
     # is `route` the route that selected `endpoint`? (else: the index)

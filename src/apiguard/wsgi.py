@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 SCOPE_KEY = "apiguard.scope"  # environ key: the ASGI-shaped scope of the request
+# scope key: True when the app's body is a finished sequence that runs no app code as it
+# is iterated (the Flask adapter sets it from the response): sent as returned, like a list
+COMPLETE_KEY = "apiguard.complete"
 # environ key -> its header name (b"x-api-key" for "HTTP_X_API_KEY"), b"" for keys that are
 # not headers; bounded, since header names are client-chosen
 _NAMES: dict[str, bytes] = {"CONTENT_TYPE": b"content-type", "CONTENT_LENGTH": b"content-length"}
@@ -437,9 +440,9 @@ class GuardMiddleware:
             _close(body)
             end(engine, ctx, None)
             return self._refuse(start_response, ex.refusal, ex.cors, environ)
-        if ex.status and type(body) is list:  # answered and complete: no app code runs as
-            end(engine, ctx, ex.status)  # it is sent, so the request is over now
-            return body
+        if ex.status and (type(body) is list or ctx.scope.get(COMPLETE_KEY) is True):
+            end(engine, ctx, ex.status)  # answered and complete: no app code runs as it is
+            return body  # sent, so the request is over now
         ex._source = body
         return ex
 

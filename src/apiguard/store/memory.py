@@ -326,6 +326,7 @@ class MemoryStore:
             best_share = 2.0
             # windows to create: added after the loop, as `_execute` does (same LRU order)
             created: dict[str, BucketWindow] | None = None
+            onces = False  # an op charged once per marker (most requests carry none)
             for key, spec, cost, once, advertised, _ in ops:
                 w = windows.get(key)
                 if w is None:
@@ -349,8 +350,10 @@ class MemoryStore:
                     index = int(now // width)
                 if index > w.head:
                     w.advance(index)
-                if once is not None and self._seen_before(once, now):
-                    cost = 0
+                if once is not None:
+                    onces = True
+                    if self._seen_before(once, now):
+                        cost = 0
                 total = w.total + cost
                 if total > spec.limit:
                     self._take_back(ops[: len(out)])
@@ -378,9 +381,12 @@ class MemoryStore:
                         best = len(out)
                         best_share = share
                 out.append((remaining, reset, head))
-            for key, w in (created or {}).items():
-                if w.total:  # (one that charged nothing: `execute` keeps none either)
-                    windows[key] = w
+            if created is not None:
+                for key, w in created.items():
+                    if w.total:  # (one that charged nothing: `execute` keeps none either)
+                        windows[key] = w
+            if not onces:
+                return out, best
             seen = self._seen
             for key, spec, cost, once, _, _ in ops:
                 if once is not None and cost and once not in seen:
