@@ -329,10 +329,10 @@ def _scripted() -> list[tuple[Any, ...]]:
     fast admissions, declines (limits spent, bans), bans expiring, churn markers, and the
     fast path followed by a decorated route's own checkpoint."""
     schedule: list[tuple[Any, ...]] = []
-    for _ in range(7):  # anonymous: 5 fit, then refusals (not strikes: see below)
+    for _ in range(7):  # anonymous: 5 fit, then refusals, strikes, a ban (after=2)
         schedule.append((0.1, 0, None, None, False, 0))
-    schedule.append((6.0, 0, None, None, False, 0))  # still over the limit
-    schedule.append((11.0, 0, None, None, False, 0))  # window over
+    schedule.append((6.0, 0, None, None, False, 0))  # banned: refused before routing
+    schedule.append((11.0, 0, None, None, False, 0))  # ban and window over
     for _ in range(7):  # the same for a user identified by the app: a ban on the principal
         schedule.append((0.1, 1, None, 2, False, 1))
     schedule.append((10.5, 1, None, 2, False, 1))  # window over, ban not: only it refuses
@@ -352,8 +352,8 @@ def _scripted() -> list[tuple[Any, ...]]:
 def test_scripted_schedule_exercises_both_paths() -> None:
     fast_store, ref_store, seen = asyncio.run(_drive(BASE, _scripted()))
     assert [s[0] for s in seen] == [
-        *[200] * 5, 429, 429,  # anonymous: limit spent (the per-principal limit does
-        429, 200,  # not strike an address while a per-IP one is set); then window over
+        *[200] * 5, 429, 403,  # anonymous: limit spent, 2 strikes, a ban (12 s)
+        403, 200,  # still banned (before routing); then ban and window over
         *[200] * 5, 429, 403,  # the same for a user identified in a dependency...
         403,  # ...who comes back with budget but is banned: only the ban refuses
         200, 200, 200, 429, 200,  # 3 new keys per IP; the 4th refused; a seen key is free

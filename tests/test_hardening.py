@@ -413,10 +413,7 @@ def test_an_empty_store_given_to_guard_is_the_one_it_uses():
 
 # -- custom stores and the fast path (review of the fast admission path) ---------------
 def _statuses_with(store: Any, n: int = 3) -> list[int]:
-    # (no per-IP limit: the per-principal one then strikes an anonymous address)
-    guard = Guard(
-        {"secret": "s" * 32, "limits": {"principal": "2/minute", "ip": None}}, store=store
-    )
+    guard = Guard({"secret": "s" * 32, "limits": {"principal": "2/minute"}}, store=store)
     app = FastAPI()
     app.add_middleware(GuardMiddleware, guard=guard)
 

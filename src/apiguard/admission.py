@@ -171,8 +171,6 @@ class Admission:
                     else ctx.ip_key
                     if kind == _CHURN
                     else ctx.principal
-                    if ctx.principal != ctx.ip_key or rule.strikes_addresses  # type: ignore[attr-defined]
-                    else None
                 )
             hit = Hit(key, spec, cost, True, enforce, striker, rule, policy, once)
             hit.fits = True

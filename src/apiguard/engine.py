@@ -85,6 +85,7 @@ PASSED = "passed:"  # ban-table prefix of a person who passed a detector's chall
 PASS_USED = "pu:"  # ban-table prefix of a pass that answered one person's challenge
 _IN_FLIGHT_MAX = 10  # unanswered login attempts one address may have at once
 _PROXIED_MAX = 4096  # addresses remembered as untrusted proxies
+_TOKENS_VOUCHED = 4  # bearer tokens one principal may vouch for (`vouched_token`)
 # distinct accounts that must log in (or distinct users the app identified) from an address
 # sending forwarding headers no setting trusts before it is taken for an undeclared proxy
 # (a bot adding a made-up X-Forwarded-For stays one client)
@@ -196,6 +197,10 @@ class Engine:
         # bearer token key -> the one vouched principal seen presenting it, or _SHARED_TOKEN (LRU,
         # bounded): decides which credentials are banned with a principal
         self._owners: OrderedDict[str, str] = OrderedDict()
+        # bearer tokens that were a vouched request's only credential (`vouched_token`),
+        # and how many each principal vouched for
+        self._vouched_tokens: OrderedDict[str, None] = OrderedDict()
+        self._tokens_per_principal: OrderedDict[str, int] = OrderedDict()
         self._monitor_logged: dict[str, float] = {}  # rule -> when last logged
         # bans this process knows (optional store attribute): while it is empty, there is
         # nothing to check before routing; a store without it is always asked
@@ -254,6 +259,8 @@ class Engine:
         self.ip.forget()
         self._late_identify_warned.clear()
         self._owners.clear()
+        self._vouched_tokens.clear()
+        self._tokens_per_principal.clear()
         self._monitor_logged.clear()
         self._rules_by_endpoint.clear()
         self._fast_with = {}
@@ -549,6 +556,7 @@ class Engine:
         token = ctx.token_key
         if token is None:
             return
+        self._vouch_token(ctx, principal, token)
         owners = self._owners
         owner = owners.get(token)
         if owner is None:
@@ -561,10 +569,27 @@ class Engine:
                 owners[token] = _SHARED_TOKEN
 
     def vouched_token(self, key: str) -> bool:
-        """Whether the app vouched for a principal on a request carrying bearer token
-        `key` (as this process saw it, bounded): a signed-in user's token sent to a route
-        that does not call `identify()` is no made-up credential."""
-        return key in self._owners
+        """Whether the app vouched for a principal on a request whose only credential was
+        bearer token `key` (as this process saw it, bounded; at most `_TOKENS_VOUCHED`
+        tokens per principal): a signed-in user's token sent to a route that does not call
+        `identify()` is no made-up credential. A request that also carried a cookie may
+        have been vouched for by the cookie: its token proves nothing."""
+        return key in self._vouched_tokens
+
+    def _vouch_token(self, ctx: RequestContext, principal: str, token: str) -> None:
+        if ctx.has_cookie or token in self._vouched_tokens:
+            return
+        counts = self._tokens_per_principal
+        count = counts.get(principal, 0)
+        if count >= _TOKENS_VOUCHED:
+            return
+        if len(counts) >= IP_CACHE_MAX:
+            counts.popitem(last=False)
+        counts[principal] = count + 1
+        tokens = self._vouched_tokens
+        if len(tokens) >= IP_CACHE_MAX:
+            tokens.popitem(last=False)
+        tokens[token] = None
 
     def _carried_tokens(self, ctx: RequestContext, principal: str) -> list[str]:
         """The request's bearer token if only `principal` presented it: banned with it, so

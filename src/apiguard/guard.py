@@ -303,18 +303,16 @@ class Guard:
         buckets = self.config.store.window_buckets
         rules: list[Rule] = []
         if lim.principal:
-            principal = WindowRule(
-                "per-principal",
-                lim.principal,
-                per="principal",
-                mode=lim.mode,
-                buckets=buckets,
-                key="g.principal",
+            rules.append(
+                WindowRule(
+                    "per-principal",
+                    lim.principal,
+                    per="principal",
+                    mode=lim.mode,
+                    buckets=buckets,
+                    key="g.principal",
+                )
             )
-            # an anonymous request's principal is its address: with a per-IP limit, that
-            # one bans addresses (see `WindowRule.strikes_addresses`)
-            principal.strikes_addresses = not lim.ip
-            rules.append(principal)
         if lim.ip:
             rules.append(
                 WindowRule("per-ip", lim.ip, per="ip", mode=lim.mode, buckets=buckets, key="g.ip")

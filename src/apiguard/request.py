@@ -16,6 +16,7 @@ import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from apiguard.config import ClientIPConfig
@@ -35,7 +36,9 @@ IP_CACHE_MAX = 131_072  # bound of each per-client-address table
 # RFC 6052 well-known NAT64 prefix: an IPv6-only client reaching an IPv4 host through a
 # NAT64 gateway has this prefix followed by the IPv4 address it stands for
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_EMPTY_SCOPE: Mapping[str, Any] = {}
+# a released request's scope: read-only, so no late writer (a context copy that outlives
+# its request) can put anything into a mapping every released request shares
+_EMPTY_SCOPE: Mapping[str, Any] = MappingProxyType({})
 
 log = logging.getLogger("apiguard")
 

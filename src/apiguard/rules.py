@@ -117,12 +117,6 @@ class WindowRule(Rule):
         # whether refusals strike the subject (escalating to a ban); a per-IP limit on one
         # route does not: an office NAT shares the address (the global per-IP rule does)
         self.strikes = strikes
-        # per="principal": whether refusals strike a principal that is its address (an
-        # anonymous request); the global per-principal limit does not while a per-IP
-        # limit is set (that one strikes addresses, at a rate many people behind one
-        # office or carrier NAT stay under): over the budget, the NAT is throttled, not
-        # banned
-        self.strikes_addresses = True
         self.specs, self.policies = _windows(self.name, self.rates, buckets)
         self.key = key or f"r{next(_ids)}"
         self.prefixes = tuple(f"{self.key}.{i}|" for i in range(len(self.specs)))
@@ -162,8 +156,6 @@ class WindowRule(Rule):
         striker: str | None
         if per == "principal":
             subject = striker = ctx.principal or ctx.ip_key
-            if subject == ctx.ip_key and not self.strikes_addresses:
-                striker = None
         elif per == "ip":
             subject = ctx.ip_key
             striker = subject if self.strikes else None
