@@ -298,3 +298,22 @@ def test_middleware_listed_twice_counts_once(make_guard):
     client = Client()
     assert [client.get("/x").status_code for _ in range(3)] == [200, 200, 429]
     assert client.get("/x", REMOTE_ADDR=IP_B).status_code == 200
+
+
+def test_included_re_path_templates_match_what_django_resolves(make_guard):
+    """Django drops the leading ^ of an include()d regex when it joins routes
+    (`^api/` + `^` + `^items/(?P<pk>[0-9]+)$` resolves as `^api/items/(?P<pk>[0-9]+)$`):
+    the start-up walk must list the template requests carry, so a per-route setting
+    written as the request's template is accepted and applies."""
+    from django.urls import re_path
+
+    template = "/^api/items/(?P<pk>[0-9]+)$"
+    guard = make_guard(detection={"bola": {"routes": {template: 0}}})
+    items = [re_path(r"^items/(?P<pk>[0-9]+)$", route_of)]
+    call = django_client(
+        guard, patterns=[re_path(r"^api/", include([re_path(r"^", include(items))]))]
+    )
+    r = call("GET", "/api/items/7")
+    assert r.status == 200  # the walk accepted the template the request carries
+    assert r.json()["route"] == template
+    assert [e.template for e in agd.DjangoRoutes().__apiguard_routes__()] == [template]
