@@ -317,3 +317,56 @@ def test_included_re_path_templates_match_what_django_resolves(make_guard):
     assert r.status == 200  # the walk accepted the template the request carries
     assert r.json()["route"] == template
     assert [e.template for e in agd.DjangoRoutes().__apiguard_routes__()] == [template]
+
+
+def bare_wsgi_get(handler: Any, path: str, ip: str, authorization: str | None = None) -> int:
+    """GET through Django's WSGI handler with no Cookie header at all (Django's test
+    clients always send one, empty or not), as a mobile or script client calls."""
+    import io
+    import sys
+
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": ip,
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": sys.stderr,
+        "wsgi.url_scheme": "http",
+    }
+    if authorization is not None:
+        environ["HTTP_AUTHORIZATION"] = authorization
+    status: list[str] = []
+    body = handler(environ, lambda s, h, *a: status.append(s))
+    b"".join(body)
+    body.close()
+    return int(status[0].split()[0])
+
+
+def test_drf_token_user_behind_a_banned_nat_address_is_not_banned_with_it(make_guard, clock):
+    """DRF's TokenAuthentication sends `Authorization: Token <key>` and no cookie: a
+    colleague signed in that way behind an office address that an anonymous abuser got
+    banned is vouched at the checkpoint and must not be refused before routing with
+    the address (as a session cookie or a bearer token is not); a made-up token from
+    the banned address is still refused, at the checkpoint."""
+    from django.core.handlers.wsgi import WSGIHandler
+
+    guard = make_guard(
+        {"ip": "2/minute"}, bans={"enabled": True, "after": 2, "within": 60, "base": 600}
+    )
+    site = DjangoSite(guard, drf_patterns(guard))
+    try:
+        handler = WSGIHandler()
+        nat = "198.51.100.40"
+        statuses = [bare_wsgi_get(handler, "/profile", nat) for _ in range(4)]
+        assert statuses == [200, 200, 429, 403]  # the second strike bans the address
+        clock.advance(120)  # the per-IP window is over, the ban is not
+        assert bare_wsgi_get(handler, "/profile", nat) == 403
+        colleague = f"Token {make_user()[1]}"
+        assert bare_wsgi_get(handler, "/profile", nat, colleague) == 200
+        assert bare_wsgi_get(handler, "/profile", nat, "Token not-a-real-key") == 403
+    finally:
+        site.close()
