@@ -370,3 +370,38 @@ def test_drf_token_user_behind_a_banned_nat_address_is_not_banned_with_it(make_g
         assert bare_wsgi_get(handler, "/profile", nat, "Token not-a-real-key") == 403
     finally:
         site.close()
+
+
+def test_drf_new_account_is_challenged_at_its_first_object_during_a_young_harvest(make_guard):
+    """The sign-up calls `guard.account_created(user.pk)` and never `identify()`: DRF's
+    user is the principal afterwards. Once a young account was flagged for reading too
+    many objects, the next new account must be asked for the challenge at its first
+    object (README: *Young accounts*), under the key DRF's user is limited by."""
+    import random
+
+    guard = make_guard()
+
+    @api_view(["POST"])
+    @guard.flow("signup", "100/hour", per="ip", count="success")
+    def signup(request: Any) -> Response:
+        user, key = make_user()
+        guard.account_created(user.pk)
+        return Response({"token": key}, status=201)
+
+    class Item(APIView):
+        def get(self, request: Any, item_id: int) -> Response:
+            return Response({"id": item_id})
+
+    call = django_client(
+        guard, patterns=[path("signup", signup), path("items/<int:item_id>", Item.as_view())]
+    )
+    ids = random.Random(3).sample(range(1, 100_000), 40)
+
+    def harvest(n: int) -> list[int]:
+        ip = f"198.51.100.{n}"
+        token = call("POST", "/signup", ip=ip).json()["token"]
+        auth = {"authorization": f"Token {token}"}
+        return [call("GET", f"/items/{i}", ip=ip, headers=auth).status for i in ids[:12]]
+
+    assert harvest(1) == [200] * 10 + [403, 403]  # young: held to young_floor (10)
+    assert harvest(2) == [403] * 12  # the alarm: the next newcomer is asked at once
