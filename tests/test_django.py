@@ -405,3 +405,44 @@ def test_drf_new_account_is_challenged_at_its_first_object_during_a_young_harves
 
     assert harvest(1) == [200] * 10 + [403, 403]  # young: held to young_floor (10)
     assert harvest(2) == [403] * 12  # the alarm: the next newcomer is asked at once
+
+
+def test_drf_identify_in_the_authentication_class_refuses_before_an_undecorated_view(
+    make_guard,
+):
+    """README (Django): on an undecorated DRF view the checkpoint is the response start,
+    so a refused user's write happens; `identify()` in the authentication class moves the
+    checkpoint before the view."""
+    from rest_framework.authentication import TokenAuthentication
+
+    class IdentifyingTokenAuthentication(TokenAuthentication):
+        def authenticate_credentials(self, key: str) -> Any:
+            user, token = super().authenticate_credentials(key)
+            identify(user.pk)
+            return user, token
+
+    written: list[str] = []
+
+    class Plain(APIView):
+        def post(self, request: Any) -> Response:
+            written.append("plain")
+            return Response(status=201)
+
+    class Identifying(Plain):
+        authentication_classes = [IdentifyingTokenAuthentication]
+
+    guard = make_guard({"principal": "2/minute"})
+    call = django_client(
+        guard, patterns=[path("plain", Plain.as_view()), path("identifying", Identifying.as_view())]
+    )
+    auth = {"authorization": f"Token {make_user()[1]}"}
+    assert [call("POST", "/plain", headers=auth).status for _ in range(3)] == [201, 201, 429]
+    assert written == ["plain"] * 3  # the refused request's write happened
+    written.clear()
+    auth = {"authorization": f"Token {make_user()[1]}"}
+    assert [call("POST", "/identifying", headers=auth).status for _ in range(3)] == [
+        201,
+        201,
+        429,
+    ]
+    assert written == ["plain"] * 2  # refused before the view ran
