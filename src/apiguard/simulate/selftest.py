@@ -470,7 +470,12 @@ def run_url(
                 )
         return outcomes
 
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    except httpx.TransportError as exc:  # a server that is not up, or went away
+        raise SelfTestError(
+            f"{url} does not answer ({type(exc).__name__}: {exc}); is the server running?"
+        ) from exc
 
 
 # -- the report ---------------------------------------------------------------------------
