@@ -574,3 +574,34 @@ def test_a_flask_app_is_attacked_through_the_wsgi_bridge(
     bola = rows["BOLA walk"]
     assert bola["reference_gain"] == 0 and bola["attack_requests"] > 0
     assert "the app itself refuses what the attack is after" in bola["skipped"]
+
+
+def test_a_django_app_in_process_is_told_to_use_url(tmp_path, capsys) -> None:
+    """`apiguard attack conduit.wsgi:application` (a Django handler, whose guard comes
+    from settings) said "app.add_middleware(GuardMiddleware, ...)", a Starlette call:
+    it says to run the server and use --url."""
+    from harness import configure_django
+
+    configure_django()
+    (tmp_path / "django_wsgi.py").write_text(
+        "from django.core.handlers.wsgi import WSGIHandler\napplication = WSGIHandler()\n"
+    )
+    spec = f"{tmp_path / 'django_wsgi.py'}:application"
+    assert main(["attack", spec, "--campaign", "brute"]) == 2
+    err = capsys.readouterr().err
+    assert "Django app is not attacked in process" in err and "--url" in err
+    assert "add_middleware" not in err
+
+
+def test_url_that_does_not_answer_is_one_clear_error(capsys) -> None:
+    """`--url` at a server that is not up was a 60-line httpx traceback."""
+    import socket
+
+    with socket.socket() as sock:  # a loopback port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = ["attack", "--url", f"http://127.0.0.1:{port}", "--login", "/login"]
+    assert main([*argv, "--campaign", "brute", "--max-seconds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"http://127.0.0.1:{port} does not answer (ConnectError" in err
+    assert "is the server running?" in err and "Traceback" not in err

@@ -134,6 +134,21 @@ def test_campaign_lookup() -> None:
     assert cp.campaign("bola many").name == "BOLA, many accounts"
     with pytest.raises(KeyError):
         cp.campaign("bola")  # ambiguous
+    # the examples `apiguard attack --help` gives for --campaign each name one campaign
+    # (it offered 'bola', which is refused as ambiguous, and 'stuffing', which picks the
+    # CAPTCHA-solver campaign, not credential stuffing)
+    import contextlib
+    import io
+    import re
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main(["attack", "--help"])
+    help_text = " ".join(out.getvalue().split()).split("--campaign NAME", 2)[-1]
+    examples = re.findall(r"'([^']+)'", help_text.split("--list", 1)[0])
+    assert len(examples) == 2
+    for example in examples:
+        assert cp.campaign(example).name.lower().startswith(example)
     with pytest.raises(KeyError):
         cp.campaign("nothing")
 

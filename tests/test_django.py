@@ -298,3 +298,151 @@ def test_middleware_listed_twice_counts_once(make_guard):
     client = Client()
     assert [client.get("/x").status_code for _ in range(3)] == [200, 200, 429]
     assert client.get("/x", REMOTE_ADDR=IP_B).status_code == 200
+
+
+def test_included_re_path_templates_match_what_django_resolves(make_guard):
+    """Django drops the leading ^ of an include()d regex when it joins routes
+    (`^api/` + `^` + `^items/(?P<pk>[0-9]+)$` resolves as `^api/items/(?P<pk>[0-9]+)$`):
+    the start-up walk must list the template requests carry, so a per-route setting
+    written as the request's template is accepted and applies."""
+    from django.urls import re_path
+
+    template = "/^api/items/(?P<pk>[0-9]+)$"
+    guard = make_guard(detection={"bola": {"routes": {template: 0}}})
+    items = [re_path(r"^items/(?P<pk>[0-9]+)$", route_of)]
+    call = django_client(
+        guard, patterns=[re_path(r"^api/", include([re_path(r"^", include(items))]))]
+    )
+    r = call("GET", "/api/items/7")
+    assert r.status == 200  # the walk accepted the template the request carries
+    assert r.json()["route"] == template
+    assert [e.template for e in agd.DjangoRoutes().__apiguard_routes__()] == [template]
+
+
+def bare_wsgi_get(handler: Any, path: str, ip: str, authorization: str | None = None) -> int:
+    """GET through Django's WSGI handler with no Cookie header at all (Django's test
+    clients always send one, empty or not), as a mobile or script client calls."""
+    import io
+    import sys
+
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": ip,
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": sys.stderr,
+        "wsgi.url_scheme": "http",
+    }
+    if authorization is not None:
+        environ["HTTP_AUTHORIZATION"] = authorization
+    status: list[str] = []
+    body = handler(environ, lambda s, h, *a: status.append(s))
+    b"".join(body)
+    body.close()
+    return int(status[0].split()[0])
+
+
+def test_drf_token_user_behind_a_banned_nat_address_is_not_banned_with_it(make_guard, clock):
+    """DRF's TokenAuthentication sends `Authorization: Token <key>` and no cookie: a
+    colleague signed in that way behind an office address that an anonymous abuser got
+    banned is vouched at the checkpoint and must not be refused before routing with
+    the address (as a session cookie or a bearer token is not); a made-up token from
+    the banned address is still refused, at the checkpoint."""
+    from django.core.handlers.wsgi import WSGIHandler
+
+    guard = make_guard(
+        {"ip": "2/minute"}, bans={"enabled": True, "after": 2, "within": 60, "base": 600}
+    )
+    site = DjangoSite(guard, drf_patterns(guard))
+    try:
+        handler = WSGIHandler()
+        nat = "198.51.100.40"
+        statuses = [bare_wsgi_get(handler, "/profile", nat) for _ in range(4)]
+        assert statuses == [200, 200, 429, 403]  # the second strike bans the address
+        clock.advance(120)  # the per-IP window is over, the ban is not
+        assert bare_wsgi_get(handler, "/profile", nat) == 403
+        colleague = f"Token {make_user()[1]}"
+        assert bare_wsgi_get(handler, "/profile", nat, colleague) == 200
+        assert bare_wsgi_get(handler, "/profile", nat, "Token not-a-real-key") == 403
+    finally:
+        site.close()
+
+
+def test_drf_new_account_is_challenged_at_its_first_object_during_a_young_harvest(make_guard):
+    """The sign-up calls `guard.account_created(user.pk)` and never `identify()`: DRF's
+    user is the principal afterwards. Once a young account was flagged for reading too
+    many objects, the next new account must be asked for the challenge at its first
+    object (README: *Young accounts*), under the key DRF's user is limited by."""
+    import random
+
+    guard = make_guard()
+
+    @api_view(["POST"])
+    @guard.flow("signup", "100/hour", per="ip", count="success")
+    def signup(request: Any) -> Response:
+        user, key = make_user()
+        guard.account_created(user.pk)
+        return Response({"token": key}, status=201)
+
+    class Item(APIView):
+        def get(self, request: Any, item_id: int) -> Response:
+            return Response({"id": item_id})
+
+    call = django_client(
+        guard, patterns=[path("signup", signup), path("items/<int:item_id>", Item.as_view())]
+    )
+    ids = random.Random(3).sample(range(1, 100_000), 40)
+
+    def harvest(n: int) -> list[int]:
+        ip = f"198.51.100.{n}"
+        token = call("POST", "/signup", ip=ip).json()["token"]
+        auth = {"authorization": f"Token {token}"}
+        return [call("GET", f"/items/{i}", ip=ip, headers=auth).status for i in ids[:12]]
+
+    assert harvest(1) == [200] * 10 + [403, 403]  # young: held to young_floor (10)
+    assert harvest(2) == [403] * 12  # the alarm: the next newcomer is asked at once
+
+
+def test_drf_identify_in_the_authentication_class_refuses_before_an_undecorated_view(
+    make_guard,
+):
+    """README (Django): on an undecorated DRF view the checkpoint is the response start,
+    so a refused user's write happens; `identify()` in the authentication class moves the
+    checkpoint before the view."""
+    from rest_framework.authentication import TokenAuthentication
+
+    class IdentifyingTokenAuthentication(TokenAuthentication):
+        def authenticate_credentials(self, key: str) -> Any:
+            user, token = super().authenticate_credentials(key)
+            identify(user.pk)
+            return user, token
+
+    written: list[str] = []
+
+    class Plain(APIView):
+        def post(self, request: Any) -> Response:
+            written.append("plain")
+            return Response(status=201)
+
+    class Identifying(Plain):
+        authentication_classes = [IdentifyingTokenAuthentication]
+
+    guard = make_guard({"principal": "2/minute"})
+    call = django_client(
+        guard, patterns=[path("plain", Plain.as_view()), path("identifying", Identifying.as_view())]
+    )
+    auth = {"authorization": f"Token {make_user()[1]}"}
+    assert [call("POST", "/plain", headers=auth).status for _ in range(3)] == [201, 201, 429]
+    assert written == ["plain"] * 3  # the refused request's write happened
+    written.clear()
+    auth = {"authorization": f"Token {make_user()[1]}"}
+    assert [call("POST", "/identifying", headers=auth).status for _ in range(3)] == [
+        201,
+        201,
+        429,
+    ]
+    assert written == ["plain"] * 2  # refused before the view ran

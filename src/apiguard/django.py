@@ -160,14 +160,22 @@ class DjangoRoutes:
         yield from _walk(get_resolver(self.urlconf).url_patterns, "", 0)
 
 
+def _join(prefix: str, pattern: Any) -> str:
+    """Join routes as Django's resolver does for `resolver_match.route`: below a
+    non-empty prefix, a regex's leading ``^`` is dropped (`^api/` + `^items/` is
+    `^api/items/`), so the walk lists the templates requests carry."""
+    route = str(pattern)
+    return prefix + route.removeprefix("^") if prefix else route
+
+
 def _walk(patterns: Any, prefix: str, depth: int) -> Iterator[RouteEntry]:
     if depth > 32:
         return
     for item in patterns:
         if isinstance(item, URLResolver):
-            yield from _walk(item.url_patterns, prefix + str(item.pattern), depth + 1)
+            yield from _walk(item.url_patterns, _join(prefix, item.pattern), depth + 1)
         elif isinstance(item, URLPattern):
-            template = "/" + prefix + str(item.pattern)
+            template = "/" + _join(prefix, item.pattern)
             view = item.callback
             yield RouteEntry(template, frozenset(), view, "http")
             cls = getattr(view, "view_class", None) or getattr(view, "cls", None)

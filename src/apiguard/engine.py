@@ -519,8 +519,9 @@ class Engine:
 
         Checked: every credential the request presents (a banned one refuses whatever
         else the request carries: adding a cookie or another key changes nothing), and
-        the IP if the request carries neither a credential nor a cookie (a session the app
-        may vouch for with `identify()`: IP bans must not lock out signed-in colleagues
+        the IP if the request carries neither a credential, a cookie nor an Authorization
+        header of any scheme (a session or a token the app may vouch for with
+        `identify()` or its authentication: IP bans must not lock out signed-in colleagues
         behind the same NAT), or always with `bans.strict_ip`. Anything not refused here
         is checked again at the checkpoint, once the principal is known. Callers skip this
         while `may_be_banned()` is False.
@@ -538,7 +539,10 @@ class Engine:
             ):
                 break
             ban = None
-        if ban is None and (self.bans.strict_ip or (not creds and not ctx.has_cookie)):
+        if ban is None and (
+            self.bans.strict_ip
+            or (not creds and not ctx.has_cookie and ctx.header("authorization") is None)
+        ):  # any Authorization scheme (DRF's `Token`, Basic) may be vouched for too
             ban = store.active_ban(ctx.ip_key, now)
         if ban is None:
             return None

@@ -65,7 +65,10 @@ def _parser() -> argparse.ArgumentParser:
         "--campaign",
         action="append",
         metavar="NAME",
-        help="run only this campaign (repeatable; a prefix such as 'bola' or 'stuffing')",
+        help=(
+            "run only this campaign (repeatable; a unique prefix or part of its name, "
+            "such as 'brute' or 'bola walk')"
+        ),
     )
     attack.add_argument("--list", action="store_true", help="list the campaigns and exit")
     attack.add_argument("--seed", type=int, default=7, help="random seed (default: 7)")

@@ -68,11 +68,13 @@ class Bola:
             flags.popitem(last=False)
         flags[subject] = now
 
-    def _birth(self, born: str, outcome: Outcome) -> Judge | None:
+    def _birth(self, born: tuple[str, ...], outcome: Outcome) -> Judge | None:
         """At a sign-up while young accounts are being flagged (`young_alarm` flagged
         within `young_for` that did not pass the challenge since, as this process saw
         them): the new account must pass the challenge before it reads any object (a
-        harvest over fresh accounts gets nothing more; a person passes)."""
+        harvest over fresh accounts gets nothing more; a person passes). It is asked
+        under each key it may be known by later (`born`: as `identify()` names it and as
+        a principal resolver, e.g. Django's user, does)."""
         cfg = self.config
         now = outcome.now
         if len(self._young_flags) < cfg.young_alarm or cfg.person_action != "challenge":
@@ -91,7 +93,8 @@ class Bola:
         }
 
         def judge() -> list[Finding]:
-            return [Finding(f"{self.name}.young", born, cfg.person_action, self.enforce, evidence)]
+            name = f"{self.name}.young"
+            return [Finding(name, key, cfg.person_action, self.enforce, evidence) for key in born]
 
         return judge
 
@@ -147,7 +150,7 @@ class Bola:
                 if not born:
                     return None
                 ops.extend(Tally(YOUNG + key, self.config.young_for) for key in born)
-                return self._birth(born[0], outcome)
+                return self._birth(born, outcome)
             text, number = found
             name = ""
         template = outcome.route

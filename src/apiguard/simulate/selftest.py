@@ -191,6 +191,13 @@ def in_process_factory(spec: str, *, monitor: bool = False) -> Callable[[FakeClo
         app = getattr(module, attr)
         guard = find_guard(app)
         if guard is None:
+            if type(app).__module__.startswith("django."):
+                raise SelfTestError(
+                    f"{spec}: a Django app is not attacked in process (its guard comes from "
+                    "settings.APIGUARD and Django is set up once per process): run it under "
+                    "a server and use --url (with --forwarded-for if it trusts this machine "
+                    "as its proxy)"
+                )
             raise SelfTestError(
                 f"{spec}: no apiguard Guard found in the app's middleware "
                 "(app.add_middleware(GuardMiddleware, guard=guard))"
@@ -463,7 +470,12 @@ def run_url(
                 )
         return outcomes
 
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    except httpx.TransportError as exc:  # a server that is not up, or went away
+        raise SelfTestError(
+            f"{url} does not answer ({type(exc).__name__}: {exc}); is the server running?"
+        ) from exc
 
 
 # -- the report ---------------------------------------------------------------------------
