@@ -178,8 +178,8 @@ class Bola:
         principal = outcome.principal
         if not ctx.vouched and not ctx.has_cookie and principal == ctx.ip_key:
             # an anonymous address: counted, and flagged only for a walk or its errors
-            if 200 <= status < 300:
-                route.public = True
+            if not route.public and 200 <= status < 300 and ctx.method.upper() == "GET":
+                route.answered_anonymously(principal, item)
             op = Objects(f"bola:{principal}{route.key}", self.config.window, item, number, error)
             ops.append(op)
             if number is None and not error:
@@ -219,20 +219,14 @@ class Bola:
         ops: list[Observation],
     ) -> Judge:
         """The judge of a principal's object: more objects than the route's population
-        does (or than a young account may: not on a public route, where a new account
-        may browse a catalogue), a walk, or a 403/404 share."""
+        does (or than a young account may), a walk, or a 403/404 share."""
         cfg = self.config
         ctx = outcome.ctx
         population = self.populations.get(template)
         own_floor = route.floor
         young: Tally | None = None
         # young accounts only where a person can answer (person_action "challenge")
-        if (
-            own_floor is None
-            and ctx.vouched
-            and cfg.person_action == "challenge"
-            and not route.public
-        ):
+        if own_floor is None and ctx.vouched and cfg.person_action == "challenge":
             young = Tally(YOUNG + subject, cfg.young_for, amount=0)  # (a read)
             ops.append(young)
         person = ctx.vouched
@@ -255,14 +249,16 @@ class Bola:
                 scale = 4.0
             # a young account is held to the young floor until it passes the challenge
             # (then it is a person: the population's bar, four times over)
+            # (a newcomer may browse a public catalogue: four times the floor there)
+            young_floor = cfg.young_floor * (PUBLIC_YOUNG if route.public else 1)
             is_young = (
                 not passed
                 and young is not None
                 and young.count > 0
-                and cfg.young_floor < learned
+                and young_floor < learned
             )
             if is_young:
-                learned = cfg.young_floor
+                learned = young_floor
             findings = self._found(op, template, banned, action, scale, learned, population)
             if is_young and findings and findings[0].detector == _DISTINCT:
                 findings[0].evidence["young"] = 1
@@ -321,7 +317,7 @@ class _Route:
     of its items (and with its parameter's name, when it has one), and its own floor
     (None: the population's; 0: not watched)."""
 
-    __slots__ = ("floor", "item", "key", "name", "named", "public")
+    __slots__ = ("_seen", "floor", "item", "key", "name", "named", "public")
 
     def __init__(self, template: str, floor: int | None) -> None:
         self.key = ":" + template
@@ -329,13 +325,28 @@ class _Route:
         self.name = ""  # the route's one path parameter, once seen
         self.named = self.item
         self.floor = floor
-        # it answered an anonymous request for an object 2xx: its objects are public (a
-        # catalogue), so reading many is no sign of a harvest of what others own
+        # it answered anonymous GETs for `PUBLIC_AFTER` distinct objects from as many
+        # distinct addresses 2xx: its objects are public (a catalogue), so reading many
+        # is no sign of a harvest of what others own
         self.public = False
+        self._seen: tuple[set[str], set[str]] = (set(), set())
+
+    def answered_anonymously(self, address: str, item: str) -> None:
+        """An anonymous GET for object `item` from `address` was answered 2xx."""
+        addresses, items = self._seen
+        if len(addresses) < PUBLIC_AFTER:
+            addresses.add(address)
+        if len(items) < PUBLIC_AFTER:
+            items.add(item)
+        if len(addresses) >= PUBLIC_AFTER and len(items) >= PUBLIC_AFTER:
+            self.public = True
+            self._seen = (set(), set())
 
 
 _ROUTES_MAX = 1024  # route templates remembered (they are code-defined)
 PUBLIC_WALK = 4.0  # times the walk an anonymous address may take on a public route
+PUBLIC_AFTER = 3  # distinct anonymous addresses and objects answered that make a route public
+PUBLIC_YOUNG = 4  # times the young floor on a public route
 _DISTINCT = "bola.distinct"
 
 

@@ -40,7 +40,7 @@ the detector adds no store operation to most requests.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from typing import TYPE_CHECKING, TypeVar
 
 from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome, RecentlySent
@@ -55,7 +55,7 @@ GROUP = "fg:"  # ban-table prefix of a (flow, group) refused that flow
 YOUNG = GROUP + "~"  # ... refused that flow only to the accounts born in the group
 BORN = "fgm:"  # ban-table prefix of an account born in a burst ("pass": refuses nothing)
 BIRTHS_KEPT = 131_072  # accounts `BirthPlaces` remembers (the latest)
-BURSTS_KEPT = 16_384  # networks with a burst of births it remembers
+BURSTS_KEPT = 16_384  # networks whose latest births it remembers
 _V = TypeVar("_V")
 
 
@@ -71,55 +71,67 @@ def young_key(flow: str, network: str) -> str:
 
 
 class BirthPlaces:
-    """Where accounts were born lately, and which networks had a burst of births
-    (bounded LRU tables, in process: the latest `BIRTHS_KEPT` births, kept `young_for`
-    seconds, and `BURSTS_KEPT` networks)."""
+    """Where accounts were born lately, and which of them were born in a burst (bounded
+    LRU tables, in process: the latest `BIRTHS_KEPT` births, kept `young_for` seconds,
+    and the latest `floor` births of `BURSTS_KEPT` networks).
+
+    A burst is `floor` births in one network within `window`. Of those, an account is
+    *burst-born* only if its birth shares its address or its client shape with at least
+    half of the network's latest births (a farm signs up from one address, or with one
+    script; people who happen to sign up on the same carrier or hotel /24 around it
+    mostly share neither). Once burst-born, always (for `young_for`): a second burst in
+    the network later clears no one."""
 
     def __init__(self, window: float, young_for: float, floor: int) -> None:
         self.window = window
         self.young_for = young_for
         self.floor = floor
-        self._born: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        # network -> its latest `floor` births here (those a burst found may include)
-        self._latest: OrderedDict[str, deque[tuple[tuple[str, ...], float]]] = OrderedDict()
-        # network -> (first, last) time its births in one window reached the floor
-        self._bursts: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        # principal key -> (network, when, burst-born)
+        self._born: OrderedDict[str, tuple[str, float, bool]] = OrderedDict()
+        # network -> its latest `floor` births: (principal keys, when, address, shape)
+        self._latest: OrderedDict[str, deque[_Birth]] = OrderedDict()
 
-    def note(self, keys: tuple[str, ...], network: str, now: float) -> None:
-        """An account (its principal `keys`: see `born_accounts`) was born in `network`."""
+    def note(self, keys: tuple[str, ...], ctx: RequestContext, now: float) -> None:
+        """An account (its principal `keys`: see `born_accounts`) was born in the request
+        `ctx`'s network."""
+        network = ctx.net_key
         for key in keys:
-            _remember(self._born, key, (network, now), BIRTHS_KEPT)
+            _remember(self._born, key, (network, now, False), BIRTHS_KEPT)
         latest = self._latest.get(network)
         if latest is None:
             latest = deque(maxlen=self.floor)
             _remember(self._latest, network, latest, BURSTS_KEPT)
-        latest.append((keys, now))
+        latest.append((keys, now, ctx.ip_key, ctx.fingerprint))
 
     def burst(self, network: str, now: float) -> list[tuple[str, float]]:
-        """`network`'s births within `window` reached the floor now: the accounts born
-        here in the burst that this process had not reported yet (a new burst: every
-        one of its latest within `window`; else the newest)."""
-        span = self._bursts.get(network)
-        fresh = span is None or now - span[1] > self.window
-        first = now if span is None or fresh else span[0]
-        _remember(self._bursts, network, (first, now), BURSTS_KEPT)
-        latest = list(self._latest.get(network) or ())
-        births = latest[-1:] if not fresh else [b for b in latest if now - b[1] <= self.window]
-        return [(key, at) for keys, at in births for key in keys]
+        """`network`'s births within `window` reached the floor now: mark its recent
+        births that are burst-born (see the class docstring); the keys newly marked."""
+        recent = [b for b in self._latest.get(network) or () if now - b[1] <= self.window]
+        half = max(2, (len(recent) + 1) // 2)
+        addresses = Counter(b[2] for b in recent)
+        shapes = Counter(b[3] for b in recent)
+        marked: list[tuple[str, float]] = []
+        born = self._born
+        for keys, at, address, shape in recent:
+            if addresses[address] < half and shapes[shape] < half:
+                continue
+            for key in keys:
+                found = born.get(key)
+                if found is not None and not found[2]:
+                    born[key] = (found[0], found[1], True)
+                    marked.append((key, at))
+        return marked
 
-    def place(self, account: str, now: float) -> tuple[str, float] | None:
-        """The network `account` was born in, and when, if within `young_for` (as this
-        process saw it)."""
+    def place(self, account: str, now: float) -> tuple[str, float, bool] | None:
+        """Where `account` was born, when, and whether burst-born, if within
+        `young_for` (as this process saw it)."""
         found = self._born.get(account)
         if found is None or now - found[1] > self.young_for:
             return None
         return found
 
-    def burst_at(self, network: str, at: float) -> bool:
-        """Whether `network` had a burst of births around `at` (from `window` before its
-        births reached the floor to the last time they were there)."""
-        span = self._bursts.get(network)
-        return span is not None and span[0] - self.window <= at <= span[1]
+
+_Birth = tuple[tuple[str, ...], float, str, str]
 
 
 def _remember(table: OrderedDict[str, _V], key: str, value: _V, most: int) -> None:
@@ -158,14 +170,13 @@ class FlowGroups:
         """Where and when `principal` was born within `young_for`, and whether in a
         burst: as this process saw its sign-up, or (born in a burst through another
         worker) as that worker published it in the shared ban table."""
-        births = self.births
-        found = births.place(principal, now)
-        if found is not None:
-            return found[0], found[1], births.burst_at(*found)
-        mark = ctx.engine.store.active_ban(BORN + principal, now)
-        if mark is None or mark.owner is None:
-            return None
-        return mark.owner, mark.until - births.young_for, True
+        found = self.births.place(principal, now)
+        if found is not None and found[2]:
+            return found
+        mark = ctx.engine.store.active_ban(BORN + principal, now)  # (born in a burst
+        if mark is None or mark.owner is None:  # that another worker saw)
+            return found
+        return mark.owner, mark.until - self.births.young_for, True
 
     def _birth(
         self, keys: tuple[str, ...], ctx: RequestContext, now: float, ops: list[Observation]
@@ -173,7 +184,7 @@ class FlowGroups:
         """An account born in this request (its principal `keys`): where, and whether
         its network's births within `window` reach the floor (a burst: `BirthPlaces`)."""
         network = ctx.net_key
-        self.births.note(keys, network, now)
+        self.births.note(keys, ctx, now)
         births = Tally("fgb:" + network, self.config.window, keys[0])
         ops.append(births)
 
