@@ -150,3 +150,60 @@ def test_a_burst_farm_is_refused_by_every_worker_on_redis(redis_url: str) -> Non
     client = redis.Redis.from_url(redis_url)
     keys = list(client.scan_iter(count=1000))
     assert keys and all(client.pttl(k) > 0 for k in keys), "a key without a TTL"
+
+
+def test_birth_marks_never_crowd_out_bans_and_the_newest_are_kept(redis_url: str) -> None:
+    """Review F6: birth marks (and every "pass" entry) shared the bounded local ban
+    cache; full of 24-hour marks, it recorded no newer mark nor ban, and another worker
+    no longer knew the farm was born in a burst (30/30 through). Passes have their own
+    table, the oldest out. Local tables of 40 entries here, 50 throw-away marks first."""
+    from apiguard import identify
+    from apiguard.simulate.driver import Request
+    from test_detect_flow_groups import APP_UA, shop
+
+    clock = FakeClock(START)
+    made: list[int] = []
+
+    def worker() -> tuple[AsgiDriver, RedisStore]:
+        store = RedisStore(
+            redis.asyncio.Redis.from_url(redis_url), server_time=False, timeout=5.0, max_bans=40
+        )
+        guard = Guard({"secret": "s" * 32}, clock=clock, store=store)
+        app = shop(guard)
+
+        @app.post("/signup", status_code=201)
+        @guard.flow("signup", "100/hour", per="ip")
+        async def signup() -> dict[str, str]:
+            user = 50_000 + len(made)
+            made.append(user)
+            identify(user)
+            return {"token": f"tok-{user}"}
+
+        return AsgiDriver(app), store
+
+    (first, _), (second, store) = worker(), worker()
+    drivers = (first, second)
+    rng = random.Random(12)
+
+    async def scenario() -> list[int]:
+        for k in range(50):  # a burst elsewhere: 50 marks fill the tables
+            clock.advance(5)
+            req = Request("POST", "/signup", "192.0.2.9", (("user-agent", "x"),))
+            await drivers[k % 2].send(req)
+        farm = []
+        for _ in range(30):
+            clock.advance(20)
+            req = Request("POST", "/signup", "198.51.100.66", (("user-agent", APP_UA),))
+            farm.append((await first.send(req)).json()["token"])
+        clock.advance(2 * 3600.0)
+        out = []
+        for token in farm:  # through the worker that did not see the sign-ups
+            clock.advance(30)
+            headers = (("user-agent", APP_UA), ("authorization", f"Bearer {token}"))
+            req = Request("POST", "/coupons/SPRING/redeem", public_ip(rng), headers)
+            out.append((await second.send(req)).status)
+        return out
+
+    out = run(scenario())
+    assert out.count(200) <= 10
+    assert not any(key.startswith("fgm:") for key in store.local_bans)

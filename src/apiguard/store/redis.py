@@ -37,6 +37,7 @@ import logging
 import struct
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal
 
@@ -301,6 +302,10 @@ class RedisStore:
         self._breaker = Breaker(breaker_interval, self.name)
         self._bans: dict[str, Ban] = {}
         self.local_bans = self._bans
+        # entries of the ban table that refuse nothing (action "pass": a passed
+        # challenge, a principal's published home, an account born in a burst), apart
+        # and bounded on their own (oldest out), so they never crowd out real bans
+        self._passes: OrderedDict[str, Ban] = OrderedDict()
         self._lock = threading.Lock()  # ban cache writes (threadpool and loop)
         self._seen = 0.0  # the last ban change this worker has seen
         self._news_at = float("-inf")  # (monotonic) when the last flush brought ban news
@@ -1031,6 +1036,7 @@ class RedisStore:
         key, until, level, owner, action, reason = (_text(f) for f in fields)
         if not until:
             self._bans.pop(key, None)
+            self._passes.pop(key, None)
             return Ban(key, now, 0)
         ban = Ban(
             key,
@@ -1046,6 +1052,13 @@ class RedisStore:
     def _cache(self, ban: Ban, now: float) -> None:
         """Remember `ban` in process (bounded: a full table drops expired bans first,
         then does not record it; the checkpoint still reads it from Redis)."""
+        if ban.action == "pass":
+            with self._lock:
+                passes = self._passes
+                if ban.key not in passes and len(passes) >= self.max_bans:
+                    passes.popitem(last=False)
+                passes[ban.key] = ban
+            return
         bans = self._bans
         with self._lock:
             if ban.key not in bans and len(bans) >= self.max_bans:
@@ -1057,9 +1070,9 @@ class RedisStore:
 
     def active_ban(self, key: str, now: float) -> Ban | None:
         """The ban on `key` known to this process, if running (no network trip)."""
-        if not self._bans:
-            return None
-        ban = self._bans.get(key)
+        ban = self._bans.get(key) if self._bans else None
+        if ban is None and self._passes:
+            ban = self._passes.get(key)
         if ban is None or ban.until <= now:
             return None
         return ban
@@ -1067,7 +1080,7 @@ class RedisStore:
     def impose(self, ban: Ban, now: float) -> None:
         """Record `ban` (kept if a longer one is in place): cached at once, written to
         Redis in the background when called from the event loop."""
-        current = self._bans.get(ban.key)
+        current = self.active_ban(ban.key, now)
         if current is None or current.until < ban.until:
             self._cache(ban, now)
         keep = self._bans_cfg.max if self._bans_cfg is not None else 86_400.0
@@ -1089,6 +1102,7 @@ class RedisStore:
     def lift(self, key: str) -> None:
         """Remove any ban on `key`, here and (in the background) in Redis."""
         self._bans.pop(key, None)
+        self._passes.pop(key, None)
         keep = self._bans_cfg.max if self._bans_cfg is not None else 86_400.0
         self._write(["L", key, repr(keep)], None, urgent=True)
 
@@ -1292,6 +1306,7 @@ class RedisStore:
         """Forget every window, marker, strike, ban and detector state of this prefix
         (`Guard.reset()`, for test suites): deletes the prefix's keys (sync client)."""
         self._bans.clear()
+        self._passes.clear()
         self._seen = 0.0
         self._leases.clear()
         self._want.clear()
