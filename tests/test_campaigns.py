@@ -701,3 +701,27 @@ def test_an_objects_file_that_names_no_declared_account_is_a_clear_error(tmp_pat
     (tmp_path / "attack.toml").write_text('[objects]\nfile = "missing.csv"\n')
     with pytest.raises(ValueError, match="cannot read"):
         Target.from_toml(tmp_path / "attack.toml")
+
+
+def test_a_person_challenged_who_never_passes_is_refused() -> None:
+    """Django trial F6: an app without a challenge route the self-test knows left people
+    asked for a challenge they could not pass, and the self-test printed "0 benign
+    refused". A person asked who never passed one is refused; one who passed is not."""
+    from apiguard.simulate.driver import CHALLENGE_TYPE
+
+    def rec(actor: int, kind: str, status: int, problem: str | None = None) -> Record:
+        return Record(0.0, "x", False, kind, "POST", "/login", "192.0.2.1", status, actor, None,
+                      None, problem)  # fmt: skip
+
+    camp = cp.campaign("credential stuffing")
+    records = [
+        rec(1, "login", 403, CHALLENGE_TYPE),  # asked, never passed
+        rec(2, "login", 403, CHALLENGE_TYPE),  # asked, passed, went on
+        rec(2, "challenge", 200),
+        rec(2, "login", 200),
+        rec(3, "login", 200),
+    ]
+    outcome = cp.judge(camp, records, reference_gain=None)
+    assert outcome.benign_principals_challenged == 2
+    assert outcome.benign_principals_refused == 1
+    assert outcome.benign_refused == 1

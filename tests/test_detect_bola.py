@@ -629,3 +629,31 @@ def test_new_accounts_may_browse_the_public_catalogue_signed_in() -> None:
 
 def await_send(driver: AsgiDriver, req: Request) -> int:
     return run(driver.send(req)).status
+
+
+def test_a_challenge_nobody_has_passed_is_warned_about_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Django trial F6: an app without a challenge flow refuses the people a detector
+    would challenge, silently. The first challenge asked while nobody has passed one in
+    the process is logged once, saying what to set instead."""
+    import logging
+
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+
+    async def walk(user: int, first: int, solve: bool) -> None:
+        c = Client(driver, BROWSERS[0], public_ip(random.Random(user)))
+        await c.login(user)
+        for order in range(first, first + 120):
+            clock.advance(1.0)
+            resp = await c.send("GET", f"/orders/{order}")
+            if is_challenge(resp) and solve:
+                assert (await c.send("POST", "/challenge")).status == 200
+
+    with caplog.at_level(logging.WARNING, logger="apiguard"):
+        run(walk(101, 1000, solve=False))
+        run(walk(102, 2000, solve=False))
+    warned = [r for r in caplog.records if "nobody has passed one" in r.getMessage()]
+    assert len(warned) == 1 and "challenge_passed()" in warned[0].getMessage()

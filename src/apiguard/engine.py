@@ -197,6 +197,8 @@ class Engine:
         # bearer token key -> the one vouched principal seen presenting it, or _SHARED_TOKEN (LRU,
         # bounded): decides which credentials are banned with a principal
         self._owners: OrderedDict[str, str] = OrderedDict()
+        self._challenges_answered = False  # someone passed a challenge in this process
+        self._challenge_warned = False
         # bearer tokens that were a vouched request's only credential (`vouched_token`),
         # and how many each principal vouched for
         self._vouched_tokens: OrderedDict[str, None] = OrderedDict()
@@ -1206,6 +1208,7 @@ class Engine:
     def challenge_passed(self, ctx: RequestContext) -> None:
         """The person behind this request passed the app's challenge: give the client a
         pass (a signed cookie) and lift the challenges on its address and principal."""
+        self._challenges_answered = True
         now = self.clock()
         seconds = self.config.detection.challenge_for
         value = pass_value(self.hasher, int(now + seconds))
@@ -1425,6 +1428,21 @@ class Engine:
         override = self.mode_override
         return configured if override is None else override == "enforce"
 
+    def _warn_unanswered_challenge(self, finding: Finding) -> None:
+        """Once: a detector asks for a challenge and no person has passed one in this
+        process yet; an app without a challenge flow refuses people it would challenge."""
+        if self._challenge_warned:
+            return
+        self._challenge_warned = True
+        log.warning(
+            "apiguard: detector %s asks clients for a challenge, and nobody has passed one "
+            "here yet: if your app has no challenge flow (a route that calls "
+            "guard.challenge_passed()), people asked are refused until it ends; set the "
+            "detectors' challenge actions to 'throttle' or 'block' instead (see the README, "
+            "People are challenged, not banned)",
+            finding.detector,
+        )
+
     def _apply(self, ctx: RequestContext, finding: Finding, now: float) -> None:
         """Report a finding; when enforced, make it a ban the checkpoints already check
         (a challenge: at the login route only)."""
@@ -1433,6 +1451,8 @@ class Engine:
             enforced = False  # an untrusted proxy's address: reported, never banned
         self.telemetry.detection(ctx, finding, enforced)
         self._log_detection(finding, enforced, now)
+        if enforced and finding.action == "challenge" and not self._challenges_answered:
+            self._warn_unanswered_challenge(finding)
         if not enforced or finding.subject == "population":
             return
         key = finding.subject

@@ -40,8 +40,10 @@ Definitions (every number in the report follows them):
   answers 404 for another user's order): it is reported as skipped, with the reason, not
   as missed, and judged neither way.
 - **benign principal refused**: an honest person or client with at least one refused
-  request that was not a challenge. A person who is asked for a challenge, passes it at
-  `/challenge` and goes on is **challenged**, not refused; each pass is counted.
+  request that was not a challenge, or who was asked for a challenge and never passed
+  one (the app has no challenge route the self-test knows, or refused the answer). A
+  person who is asked for a challenge, passes it at `/challenge` and goes on is
+  **challenged**, not refused; each pass is counted.
 """
 
 from __future__ import annotations
@@ -740,8 +742,12 @@ def judge(
         caught = admitted_after <= 0.5 * len(after)
     benign = [r for r in records if not r.attack]
     principals = {r.actor for r in benign}
-    refused_principals = {r.actor for r in benign if r.blocked and not r.challenged}
     challenged = {r.actor for r in benign if r.challenged}
+    # a person asked for a challenge who never passed one could not (the app has no
+    # challenge route the self-test knows, or it refused the answer): refused
+    passed = {r.actor for r in benign if r.kind == "challenge" and 200 <= r.status < 300}
+    stuck = challenged - passed
+    refused_principals = {r.actor for r in benign if r.blocked and not r.challenged} | stuck
     return Outcome(
         campaign=camp.name,
         gain_kind=camp.gain,
@@ -757,7 +763,9 @@ def judge(
         first_gain_index=first_gain,
         caught=caught,
         benign_requests=len(benign),
-        benign_refused=sum(r.blocked and not r.challenged for r in benign),
+        benign_refused=sum(
+            r.blocked and (not r.challenged or r.actor in stuck) for r in benign
+        ),
         benign_principals=len(principals),
         benign_principals_refused=len(refused_principals),
         benign_principals_challenged=len(challenged),
