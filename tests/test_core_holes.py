@@ -490,3 +490,25 @@ def test_made_up_tokens_sent_beside_a_session_cookie_are_not_laundered() -> None
         client.get("/me", headers=auth, cookies={"sid": "attacker"})
         statuses.append(client.get("/v1/data", headers=auth).status_code)
     assert statuses[:5] == [401] * 5 and set(statuses[5:]) <= {403, 429}
+
+
+def test_an_empty_cookie_header_is_no_cookie() -> None:
+    """Django trial F12: any Cookie header, even empty, counted as a cookie, so a banned
+    address sending an empty one was refused only after the view ran (and a sign-up with
+    it was no birth). An empty header carries no cookie: refused before the handler."""
+    guard = Guard({"limits": {"principal": "3/minute", "ip": None}, "bans": {"after": 2}})
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+    ran: list[int] = []
+
+    @app.get("/thing")
+    async def thing() -> dict[str, bool]:
+        ran.append(1)
+        return {"ok": True}
+
+    client = TestClient(app)
+    statuses = [client.get("/thing").status_code for _ in range(8)]
+    assert statuses[-1] == 403  # the address is banned
+    before = len(ran)
+    assert client.get("/thing", headers={"Cookie": ""}).status_code == 403
+    assert len(ran) == before  # refused before routing: the handler did not run

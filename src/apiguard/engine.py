@@ -330,7 +330,7 @@ class Engine:
                 if self._bearer and bearer is None and value[:7].lower() == b"bearer ":
                     bearer = value[7:].strip() or None
             elif name == b"cookie":
-                cookie = True
+                cookie = cookie or b"=" in value  # (an empty header carries no cookie)
             elif walks:
                 if name == self.ip.header:
                     forwarded.append(value.decode("latin-1"))

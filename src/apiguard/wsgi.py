@@ -197,7 +197,8 @@ class EnvironReader:
             else environ.get("REMOTE_ADDR")
         )
         scope = _scope(environ, EnvironHeaders(environ), peer)
-        cookie = "HTTP_COOKIE" in environ and isinstance(environ["HTTP_COOKIE"], str)
+        jar = environ.get("HTTP_COOKIE")
+        cookie = isinstance(jar, str) and "=" in jar  # (an empty header carries no cookie)
         return self.engine.context(
             scope, peer, api_key, None, bearer, forwarded, cookie, proxied
         )
