@@ -95,30 +95,13 @@ def test_a_burst_farm_is_refused_by_every_worker_on_redis(redis_url: str) -> Non
     address through either worker, between 40 users of the same app (accounts made
     earlier). Where each account was born in the burst reaches the other worker through
     the shared ban table: the farm is refused wherever it lands; no user is refused."""
-    from fastapi import FastAPI
 
-    from apiguard import identify
     from apiguard.simulate.driver import Request
-    from test_detect_flow_groups import APP_UA, shop
+    from test_detect_flow_groups import APP_UA, young_shop
 
     clock = FakeClock(START)
     made: list[int] = []
-
-    def worker() -> AsgiDriver:
-        guard = _guard(redis_url, clock)
-        app: FastAPI = shop(guard)
-
-        @app.post("/signup", status_code=201)
-        @guard.flow("signup", "100/hour", per="ip")
-        async def signup() -> dict[str, str]:
-            user = 50_000 + len(made)
-            made.append(user)
-            identify(user)
-            return {"token": f"tok-{user}"}
-
-        return AsgiDriver(app)
-
-    workers = [worker(), worker()]
+    workers = [AsgiDriver(young_shop(_guard(redis_url, clock), made)) for _ in range(2)]
     rng = random.Random(12)
 
     async def scenario() -> tuple[list[int], list[int]]:
@@ -157,9 +140,8 @@ def test_birth_marks_never_crowd_out_bans_and_the_newest_are_kept(redis_url: str
     cache; full of 24-hour marks, it recorded no newer mark nor ban, and another worker
     no longer knew the farm was born in a burst (30/30 through). Passes have their own
     table, the oldest out. Local tables of 40 entries here, 50 throw-away marks first."""
-    from apiguard import identify
     from apiguard.simulate.driver import Request
-    from test_detect_flow_groups import APP_UA, shop
+    from test_detect_flow_groups import APP_UA, young_shop
 
     clock = FakeClock(START)
     made: list[int] = []
@@ -169,17 +151,7 @@ def test_birth_marks_never_crowd_out_bans_and_the_newest_are_kept(redis_url: str
             redis.asyncio.Redis.from_url(redis_url), server_time=False, timeout=5.0, max_bans=40
         )
         guard = Guard({"secret": "s" * 32}, clock=clock, store=store)
-        app = shop(guard)
-
-        @app.post("/signup", status_code=201)
-        @guard.flow("signup", "100/hour", per="ip")
-        async def signup() -> dict[str, str]:
-            user = 50_000 + len(made)
-            made.append(user)
-            identify(user)
-            return {"token": f"tok-{user}"}
-
-        return AsgiDriver(app), store
+        return AsgiDriver(young_shop(guard, made)), store
 
     (first, _), (second, store) = worker(), worker()
     drivers = (first, second)
