@@ -119,6 +119,25 @@ local function note_ban(key, keep)
   redis.call('PEXPIRE', KEYS[1], ttl_ms(keep))
   redis.call('PEXPIRE', recent, ttl_ms(keep))
 end
+
+-- the ban changes numbered after `last_seen` (the counter is at `seq`), at most `limit`:
+-- each change's key and its five fields appended to `T`; returns the last change sent
+-- (all of them: `seq`) and how many were sent
+local function read_news(seq, last_seen, limit, T)
+  local seen, count = seq, 0
+  if seq > last_seen then
+    local changed = redis.call('ZRANGEBYSCORE', P .. 'recent', '(' .. fmt(last_seen),
+      '+inf', 'WITHSCORES', 'LIMIT', 0, limit)
+    for i = 1, #changed, 2 do
+      local b = redis.call('HMGET', P .. 'b:' .. changed[i], 'u', 'l', 'o', 'a', 'r')
+      T[#T + 1] = changed[i]
+      for j = 1, 5 do T[#T + 1] = b[j] or '' end
+      count = count + 1
+    end
+    if count == limit then seen = tonumber(changed[#changed]) end
+  end
+  return seen, count
+end
 """
 
 CHECKPOINT = (
@@ -232,21 +251,9 @@ local got = redis.call('MGET', KEYS[1], unpack(ARGV, kb + 1, kb + nh))
 -- ban changes since this worker's last call (its local ban cache)
 local seq = tonumber(got[1] or '0')
 if seq < last_seen then last_seen = 0 end  -- the counter expired and restarted
-local seen = seq
-if seq > last_seen then
-  configure()
-  local changed = redis.call('ZRANGEBYSCORE', P .. 'recent', '(' .. fmt(last_seen), '+inf',
-    'WITHSCORES', 'LIMIT', 0, news_limit)
-  local count = 0
-  for i = 1, #changed, 2 do
-    local b = redis.call('HMGET', P .. 'b:' .. changed[i], 'u', 'l', 'o', 'a', 'r')
-    T[#T + 1] = changed[i]
-    for j = 1, 5 do T[#T + 1] = b[j] or '' end
-    count = count + 1
-  end
-  if count == news_limit then seen = tonumber(changed[#changed]) end
-  R[5] = count
-end
+if seq > last_seen then configure() end
+local seen
+seen, R[5] = read_news(seq, last_seen, news_limit, T)
 R[3] = seen
 
 -- 1. bans
@@ -568,18 +575,7 @@ local T = {''}
 local function news(last_seen, limit)
   local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
   if seq < last_seen then last_seen = 0 end  -- the counter expired and restarted
-  local seen, count = seq, 0
-  if seq > last_seen then
-    local changed = redis.call('ZRANGEBYSCORE', P .. 'recent', '(' .. fmt(last_seen),
-      '+inf', 'WITHSCORES', 'LIMIT', 0, limit)
-    for i = 1, #changed, 2 do
-      local b = redis.call('HMGET', P .. 'b:' .. changed[i], 'u', 'l', 'o', 'a', 'r')
-      T[#T + 1] = changed[i]
-      for j = 1, 5 do T[#T + 1] = b[j] or '' end
-      count = count + 1
-    end
-    if count == limit then seen = tonumber(changed[#changed]) end
-  end
+  local seen, count = read_news(seq, last_seen, limit, T)
   out[#out + 1] = seen
   out[#out + 1] = count
 end
