@@ -67,7 +67,6 @@ _ROUTES_MAX = 1024  # routes watched (beyond: new templates are not)
 _PASSES_MAX = 16_384  # passes remembered with the new addresses they came from
 _EWMA = 0.3  # weight of the newest period in a route's baseline
 _JUDGED_MIN = 5  # judged new addresses that make a calm period's one-shot share count
-_ROUTES_PER_ADDRESS = 8  # routes a new address is remembered to have read
 _PENDING_MAX = 4096  # new addresses a route keeps to judge (beyond: the oldest unjudged)
 SITE = "*"  # the site-wide count's name (in `surging`, the evidence's route)
 Evidence = dict[str, float | int | str]
@@ -85,6 +84,7 @@ class Surge:
 
     __slots__ = (
         "baseline",
+        "bit",
         "factor",
         "floor",
         "now",
@@ -104,6 +104,7 @@ class Surge:
         self, window: float, floor: int, factor: float, share: float, settle: float
     ) -> None:
         self.span = window
+        self.bit = 0  # the route's bit in an address's `_Address.read` (set by `Scraping`)
         self.floor = floor
         self.factor = factor
         self.share = share
@@ -242,15 +243,16 @@ class Surge:
 
 class _Address:
     """What the detector knows of one address: when it was first seen, how many of
-    its requests it saw, whether it was counted as a person, the routes it read while new."""
+    its requests it saw, whether it was counted as a person, the watched routes it read
+    while new (one bit per route, `Surge.bit`: every one of them, exactly)."""
 
-    __slots__ = ("first", "person", "requests", "routes", "site")
+    __slots__ = ("first", "person", "read", "requests", "site")
 
     def __init__(self, first: float) -> None:
         self.first = first
         self.requests = 1
         self.person = False
-        self.routes: tuple[str, ...] = ()
+        self.read = 0
         self.site = False  # counted by the site-wide count (its first watched read)
 
 
@@ -289,6 +291,7 @@ class Scraping:
         if floor == 0 or len(self._surges) >= _ROUTES_MAX or template == self.challenge_path:
             return None
         surge = Surge(cfg.window, floor, cfg.factor, cfg.one_shot_share, cfg.settle)
+        surge.bit = 1 << len(self._surges)  # (routes are never dropped: bits stay theirs)
         self._surges[template] = surge
         return surge
 
@@ -352,22 +355,19 @@ class Scraping:
         template = outcome.route
         if template is None:
             return None
-        if known is not None:
-            if template in known.routes:
-                return None  # this address read this route before: counted then
-            if len(known.routes) < _ROUTES_PER_ADDRESS:
-                known.routes = (*known.routes, template)
         surge = self._surges.get(template) or self._surge(template)
         if surge is None:
             return None
+        if known.read & surge.bit:
+            return None  # this address read this route before: counted then
+        known.read |= surge.bit
         pending = surge.pending
         if pending and now - pending[0][1] >= self.config.settle:
             self._judge_pending(surge, now)
-        if known is not None:
-            pending.append((address, now, known.requests))
+        pending.append((address, now, known.requests))
         person = ctx.has_cookie and self._person(ctx, now)
         if person:
-            if known is None or known.person or not self._first_use(ctx):
+            if known.person or not self._first_use(ctx):
                 return None  # a person counts once (per address and per pass)
             known.person = True
         evidence = surge.record(now, person)
@@ -376,7 +376,7 @@ class Scraping:
             evidence["route"] = template
         site = self._site
         found: Evidence | list[Evidence] | None = evidence
-        if site is not None and (known is None or not known.site):
+        if site is not None and not known.site:
             found = self._count_site(site, known, address, now, person, evidence)
         if found is None:
             return None
