@@ -60,6 +60,7 @@ class Bola:
         self._routes: dict[str, _Route] = {}  # route template -> its keys and floor
         # a run shorter than this is no walk, whatever the scale (at least half the bar)
         self._no_walk = config.sequential_run * 0.5
+        self._window = config.window
 
     def _young_found(self, subject: str, now: float) -> None:
         flags = self._young_flags
@@ -175,29 +176,30 @@ class Bola:
         principal = outcome.principal
         if not ctx.vouched and not ctx.has_cookie and principal == ctx.ip_key:
             # an anonymous address: counted, and flagged only for a walk or its errors
-            op = Objects(f"bola:{principal}{route.key}", self.config.window, item, number, error)
+            op = Objects(f"bola:{principal}{route.key}", self._window, item, number, error)
             ops.append(op)
             if number is None and not error:
                 return None  # nothing an address can be flagged for was seen
-            return self._address_judge(op, outcome)
+
+            # (bound as defaults, not closed over: no cell objects per request)
+            def judge(
+                op: Objects = op, outcome: Outcome = outcome, bola: Bola = self
+            ) -> list[Finding]:
+                if not op.error and op.length < bola._no_walk:
+                    return []
+                return bola._address_found(op, outcome)
+
+            return judge
         subject, _, banned = _subject(outcome)
         op = Objects(f"bola:{subject}{route.key}", self.config.window, item, number, error)
         ops.append(op)
         return self._principal_judge(op, outcome, template, route.floor, subject, banned, ops)
 
-    def _address_judge(self, op: Objects, outcome: Outcome) -> Judge:
-        """The judge of an anonymous address's object: a walk, or a 403/404 share."""
-
-        # (bound as defaults, not closed over: no cell objects per request)
-        def judge(op: Objects = op, outcome: Outcome = outcome, bola: Bola = self) -> list[Finding]:
-            if not op.error and op.length < bola._no_walk:
-                return []
-            scale = 0.5 if outcome.prior else 1.0
-            template = outcome.route or ""
-            action = bola.config.action
-            return bola._found(op, template, outcome.principal, action, scale, math.inf)
-
-        return judge
+    def _address_found(self, op: Objects, outcome: Outcome) -> list[Finding]:
+        """An anonymous address's finding on `op`'s results: a walk or a 403/404 share."""
+        scale = 0.5 if outcome.prior else 1.0
+        template = outcome.route or ""
+        return self._found(op, template, outcome.principal, self.config.action, scale, math.inf)
 
     def _principal_judge(
         self,

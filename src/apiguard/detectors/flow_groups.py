@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome, RecentlySent
+from apiguard.detectors.base import SIGNUPS, Finding, Judge, Outcome, RecentlySent
 from apiguard.store.base import Tally
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class FlowGroups:
     """The flow-group detector (see the module docstring)."""
 
     name = "flow_groups"
-    watches = EVERY_REQUEST  # (anonymous requests: sign-ups only)
+    watches = SIGNUPS  # (anonymous requests: sign-ups only)
 
     def __init__(self, config: FlowGroupsConfig, enforce: bool) -> None:
         self.config = config

@@ -266,6 +266,7 @@ class Scraping:
         self.config = config
         self.enforce = enforce
         self.challenge_path = challenge_path
+        self._new_for = config.new_for
         self._seen: OrderedDict[str, _Address] = OrderedDict()  # oldest first, bounded
         self._surges: dict[str, Surge] = {}
         # every watched route's new readers together, each address once (at its first
@@ -343,14 +344,15 @@ class Scraping:
         known = seen.get(address)
         if known is not None:
             known.requests += 1
-            if now - known.first >= self.config.new_for:
+            if now - known.first >= self._new_for:
                 return None  # not new
         else:  # first seen here (an address answered only errors is remembered too: it
             # counts once per route, not as a new reader at each miss)
             if len(seen) >= RECENT_MAX:
                 seen.popitem(last=False)
             seen[address] = known = _Address(now)
-        if not _read(ctx.scope.get("method")):
+        method = ctx.scope.get("method")
+        if method != "GET" and not _read(method):
             return None
         template = outcome.route
         if template is None:
