@@ -92,6 +92,8 @@ class Surge:
         "pace",
         "paced",
         "pending",
+        "pending_at",
+        "pending_requests",
         "settle",
         "share",
         "since",
@@ -121,8 +123,17 @@ class Surge:
         # route's own visitors bring, whatever comes on top of them is judged apart
         self.usual: list[float] | None = None
         self.since: float | None = None
-        # new addresses that read this route: when, and their requests seen by then
-        self.pending: deque[tuple[str, float, int]] = deque(maxlen=_PENDING_MAX)
+        # new addresses that read this route, when, and their requests seen by then (in
+        # step: three deques, not a deque of tuples, so nothing kept is garbage-collected)
+        self.pending: deque[str] = deque(maxlen=_PENDING_MAX)
+        self.pending_at: deque[float] = deque(maxlen=_PENDING_MAX)
+        self.pending_requests: deque[int] = deque(maxlen=_PENDING_MAX)
+
+    def wait(self, address: str, now: float, requests: int) -> None:
+        """Keep a new reader to judge once it settled."""
+        self.pending.append(address)
+        self.pending_at.append(now)
+        self.pending_requests.append(requests)
 
     def _roll(self, now: float) -> float:
         """Move the generations on; the weight of the older one now."""
@@ -325,11 +336,12 @@ class Scraping:
     def _judge_pending(self, surge: Surge, now: float) -> None:
         """Judge the new addresses that read the route at least `settle` seconds ago:
         one-shot unless the address sent anything after that read."""
-        pending = surge.pending
+        addresses, at, counts = surge.pending, surge.pending_at, surge.pending_requests
         settle = self.config.settle
         seen = self._seen
-        while pending and now - pending[0][1] >= settle:
-            address, _at, requests = pending.popleft()
+        while at and now - at[0] >= settle:
+            at.popleft()
+            address, requests = addresses.popleft(), counts.popleft()
             known = seen.get(address)
             if known is not None:  # (forgotten: not judged)
                 surge.judged(now, known.requests <= requests)
@@ -363,10 +375,10 @@ class Scraping:
         if known.read & surge.bit:
             return None  # this address read this route before: counted then
         known.read |= surge.bit
-        pending = surge.pending
-        if pending and now - pending[0][1] >= self.config.settle:
+        at = surge.pending_at
+        if at and now - at[0] >= self.config.settle:
             self._judge_pending(surge, now)
-        pending.append((address, now, known.requests))
+        surge.wait(address, now, known.requests)
         person = ctx.has_cookie and self._person(ctx, now)
         if person:
             if known.person or not self._first_use(ctx):
@@ -405,11 +417,11 @@ class Scraping:
         route's, the site's, or both)."""
         if known is not None:
             known.site = True
-        pending = site.pending
-        if pending and now - pending[0][1] >= self.config.settle:
+        at = site.pending_at
+        if at and now - at[0] >= self.config.settle:
             self._judge_pending(site, now)
         if known is not None:
-            pending.append((address, now, known.requests))
+            site.wait(address, now, known.requests)
         found = site.record(now, person)
         if found is None:
             return evidence
