@@ -25,6 +25,7 @@ from apiguard.detectors.account_takeover import ACCOUNT, DEVICE_FAILS, AccountTa
 from apiguard.detectors.base import (
     LOGINS,
     PRINCIPALS,
+    SIGNUPS,
     Detector,
     Finding,
     Judge,
@@ -130,6 +131,26 @@ def _observed_status(ctx: RequestContext, status: int | None) -> int:
     if status is not None:
         return status
     return 403 if _gated(ctx) else 500
+
+
+def _watches(kind: str, login: bool, address: bool, signup: bool) -> bool:
+    """Whether a detector that `watches` requests of `kind` plans this kind of request."""
+    if kind == LOGINS:
+        return login
+    if kind == PRINCIPALS:
+        return not address
+    if kind == SIGNUPS:
+        return not address or signup
+    return True
+
+
+def _watchers(ctx: RequestContext, principal: str) -> int:
+    """The request's index in `Engine._watching` (see `_watches`)."""
+    address = principal == ctx.ip_key
+    index = (ctx.login is not None) * 2 + address
+    if address and (ctx.declared is not None or ctx.born):
+        index += 4
+    return index
 
 
 def _gated(ctx: RequestContext) -> bool:
@@ -279,18 +300,17 @@ class Engine:
 
     def _use(self, found: list[Detector]) -> None:
         """Run `found`; which of them watch which requests, worked out once (keyed by
-        whether the request reported a login and whether its principal is an address)."""
+        whether the request reported a login, whether its principal is an address, and
+        whether such an anonymous request named an account, a possible sign-up)."""
         self.detectors = found
         self.ato = next((d for d in found if isinstance(d, AccountTakeover)), None)
         self._rotation = next((d for d in found if isinstance(d, Rotation)), None)
         self._scraping = next((d for d in found if isinstance(d, Scraping)), None)
-        # indexed by 2 * (a login was reported) + (the principal is the address)
+        # indexed by `_watchers`: 4 * (an anonymous request named an account) + 2 * (a
+        # login was reported) + (the principal is the address)
         self._watching = [
-            tuple(
-                d
-                for d in found
-                if (login or d.watches != LOGINS) and not (address and d.watches == PRINCIPALS)
-            )
+            tuple(d for d in found if _watches(d.watches, login, address, signup))
+            for signup in (False, True)
             for login in (False, True)
             for address in (False, True)
         ]
@@ -1283,7 +1303,12 @@ class Engine:
             return  # a refused request touched nothing (a gated login still counts)
         login = ctx.login
         principal = ctx.principal or ctx.ip_key
-        watching = self._watching[(login is not None) * 2 + (principal == ctx.ip_key)]
+        # (`_watchers`, inlined)
+        address = principal == ctx.ip_key
+        index = (login is not None) * 2 + address
+        if address and (ctx.declared is not None or ctx.born):
+            index += 4
+        watching = self._watching[index]
         if not watching:
             return
         now = self.clock()
@@ -1382,7 +1407,7 @@ class Engine:
         if ctx.refused_sent and not _gated(ctx):
             return None  # a refused request touched nothing (a gated login still counts)
         principal = ctx.principal or ctx.ip_key
-        watching = self._watching[(login is not None) * 2 + (principal == ctx.ip_key)]
+        watching = self._watching[_watchers(ctx, principal)]
         if not watching:
             return None
         now = self.clock()

@@ -109,6 +109,9 @@ class RecentlySent(Generic[_K]):
 EVERY_REQUEST = "every request"
 PRINCIPALS = "principals"  # requests whose principal is not the client address
 LOGINS = "logins"  # requests that reported a login (`Outcome.login` set)
+# PRINCIPALS, and anonymous requests that named an account (`identify()` after the
+# checkpoint, or `account_created()`): a possible sign-up
+SIGNUPS = "signups"
 
 
 class Detector(Protocol):
@@ -116,7 +119,7 @@ class Detector(Protocol):
 
     name: str
     enforce: bool
-    watches: str  # EVERY_REQUEST, PRINCIPALS or LOGINS: `plan` returns None for the rest
+    watches: str  # EVERY_REQUEST, PRINCIPALS, SIGNUPS or LOGINS: `plan` returns None for the rest
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         """Add this request's operations to `ops`; return what judges their results

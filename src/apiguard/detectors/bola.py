@@ -60,6 +60,7 @@ class Bola:
         self._routes: dict[str, _Route] = {}  # route template -> its keys and floor
         # a run shorter than this is no walk, whatever the scale (at least half the bar)
         self._no_walk = config.sequential_run * 0.5
+        self._window = config.window
 
     def _young_found(self, subject: str, now: float) -> None:
         flags = self._young_flags
@@ -180,33 +181,38 @@ class Bola:
             # an anonymous address: counted, and flagged only for a walk or its errors
             if not route.public and 200 <= status < 300 and ctx.method.upper() == "GET":
                 route.answered_anonymously(principal, item)
-            op = Objects(f"bola:{principal}{route.key}", self.config.window, item, number, error)
+            op = Objects(f"bola:{principal}{route.key}", self._window, item, number, error)
             ops.append(op)
             if number is None and not error:
                 return None  # nothing an address can be flagged for was seen
-            return self._address_judge(op, outcome, route.public)
+            public = route.public
+
+            # (bound as defaults, not closed over: no cell objects per request)
+            def judge(
+                op: Objects = op,
+                outcome: Outcome = outcome,
+                bola: Bola = self,
+                public: bool = public,
+            ) -> list[Finding]:
+                if not op.error and op.length < bola._no_walk:
+                    return []
+                return bola._address_found(op, outcome, public)
+
+            return judge
         subject, _, banned = _subject(outcome)
         op = Objects(f"bola:{subject}{route.key}", self.config.window, item, number, error)
         ops.append(op)
         return self._principal_judge(op, outcome, template, route, subject, banned, ops)
 
-    def _address_judge(self, op: Objects, outcome: Outcome, public: bool) -> Judge:
-        """The judge of an anonymous address's object: a walk, or a 403/404 share. On a
-        public route (`_Route.public`) a walk must be `PUBLIC_WALK` times as long: a
+    def _address_found(self, op: Objects, outcome: Outcome, public: bool) -> list[Finding]:
+        """An anonymous address's finding on `op`'s results: a walk or a 403/404 share. On
+        a public route (`_Route.public`) a walk must be `PUBLIC_WALK` times as long: a
         reader pressing "next" through a catalogue walks its ids too."""
-
-        # (bound as defaults, not closed over: no cell objects per request)
-        def judge(op: Objects = op, outcome: Outcome = outcome, bola: Bola = self) -> list[Finding]:
-            if not op.error and op.length < bola._no_walk:
-                return []
-            scale = 0.5 if outcome.prior else 1.0
-            if public and not op.error:
-                scale *= PUBLIC_WALK
-            template = outcome.route or ""
-            action = bola.config.action
-            return bola._found(op, template, outcome.principal, action, scale, math.inf)
-
-        return judge
+        scale = 0.5 if outcome.prior else 1.0
+        if public and not op.error:
+            scale *= PUBLIC_WALK
+        template = outcome.route or ""
+        return self._found(op, template, outcome.principal, self.config.action, scale, math.inf)
 
     def _principal_judge(
         self,

@@ -43,7 +43,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict, deque
 from typing import TYPE_CHECKING, TypeVar
 
-from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome, RecentlySent
+from apiguard.detectors.base import SIGNUPS, Finding, Judge, Outcome, RecentlySent
 from apiguard.store.base import Tally
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ class FlowGroups:
     """The flow-group detector (see the module docstring)."""
 
     name = "flow_groups"
-    watches = EVERY_REQUEST  # (anonymous requests: sign-ups only)
+    watches = SIGNUPS  # (anonymous requests: sign-ups only)
 
     def __init__(self, config: FlowGroupsConfig, enforce: bool) -> None:
         self.config = config

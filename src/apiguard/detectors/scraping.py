@@ -67,7 +67,6 @@ _ROUTES_MAX = 1024  # routes watched (beyond: new templates are not)
 _PASSES_MAX = 16_384  # passes remembered with the new addresses they came from
 _EWMA = 0.3  # weight of the newest period in a route's baseline
 _JUDGED_MIN = 5  # judged new addresses that make a calm period's one-shot share count
-_ROUTES_PER_ADDRESS = 8  # routes a new address is remembered to have read
 _PENDING_MAX = 4096  # new addresses a route keeps to judge (beyond: the oldest unjudged)
 SITE = "*"  # the site-wide count's name (in `surging`, the evidence's route)
 Evidence = dict[str, float | int | str]
@@ -85,6 +84,7 @@ class Surge:
 
     __slots__ = (
         "baseline",
+        "bit",
         "factor",
         "floor",
         "now",
@@ -92,6 +92,8 @@ class Surge:
         "pace",
         "paced",
         "pending",
+        "pending_at",
+        "pending_requests",
         "settle",
         "share",
         "since",
@@ -104,6 +106,7 @@ class Surge:
         self, window: float, floor: int, factor: float, share: float, settle: float
     ) -> None:
         self.span = window
+        self.bit = 0  # the route's bit in an address's `_Address.read` (set by `Scraping`)
         self.floor = floor
         self.factor = factor
         self.share = share
@@ -120,8 +123,17 @@ class Surge:
         # route's own visitors bring, whatever comes on top of them is judged apart
         self.usual: list[float] | None = None
         self.since: float | None = None
-        # new addresses that read this route: when, and their requests seen by then
-        self.pending: deque[tuple[str, float, int]] = deque(maxlen=_PENDING_MAX)
+        # new addresses that read this route, when, and their requests seen by then (in
+        # step: three deques, not a deque of tuples, so nothing kept is garbage-collected)
+        self.pending: deque[str] = deque(maxlen=_PENDING_MAX)
+        self.pending_at: deque[float] = deque(maxlen=_PENDING_MAX)
+        self.pending_requests: deque[int] = deque(maxlen=_PENDING_MAX)
+
+    def wait(self, address: str, now: float, requests: int) -> None:
+        """Keep a new reader to judge once it settled."""
+        self.pending.append(address)
+        self.pending_at.append(now)
+        self.pending_requests.append(requests)
 
     def _roll(self, now: float) -> float:
         """Move the generations on; the weight of the older one now."""
@@ -242,15 +254,16 @@ class Surge:
 
 class _Address:
     """What the detector knows of one address: when it was first seen, how many of
-    its requests it saw, whether it was counted as a person, the routes it read while new."""
+    its requests it saw, whether it was counted as a person, the watched routes it read
+    while new (one bit per route, `Surge.bit`: every one of them, exactly)."""
 
-    __slots__ = ("first", "person", "requests", "routes", "site")
+    __slots__ = ("first", "person", "read", "requests", "site")
 
     def __init__(self, first: float) -> None:
         self.first = first
         self.requests = 1
         self.person = False
-        self.routes: tuple[str, ...] = ()
+        self.read = 0
         self.site = False  # counted by the site-wide count (its first watched read)
 
 
@@ -264,6 +277,7 @@ class Scraping:
         self.config = config
         self.enforce = enforce
         self.challenge_path = challenge_path
+        self._new_for = config.new_for
         self._seen: OrderedDict[str, _Address] = OrderedDict()  # oldest first, bounded
         self._surges: dict[str, Surge] = {}
         # every watched route's new readers together, each address once (at its first
@@ -289,6 +303,7 @@ class Scraping:
         if floor == 0 or len(self._surges) >= _ROUTES_MAX or template == self.challenge_path:
             return None
         surge = Surge(cfg.window, floor, cfg.factor, cfg.one_shot_share, cfg.settle)
+        surge.bit = 1 << len(self._surges)  # (routes are never dropped: bits stay theirs)
         self._surges[template] = surge
         return surge
 
@@ -321,11 +336,12 @@ class Scraping:
     def _judge_pending(self, surge: Surge, now: float) -> None:
         """Judge the new addresses that read the route at least `settle` seconds ago:
         one-shot unless the address sent anything after that read."""
-        pending = surge.pending
+        addresses, at, counts = surge.pending, surge.pending_at, surge.pending_requests
         settle = self.config.settle
         seen = self._seen
-        while pending and now - pending[0][1] >= settle:
-            address, _at, requests = pending.popleft()
+        while at and now - at[0] >= settle:
+            at.popleft()
+            address, requests = addresses.popleft(), counts.popleft()
             known = seen.get(address)
             if known is not None:  # (forgotten: not judged)
                 surge.judged(now, known.requests <= requests)
@@ -340,34 +356,32 @@ class Scraping:
         known = seen.get(address)
         if known is not None:
             known.requests += 1
-            if now - known.first >= self.config.new_for:
+            if now - known.first >= self._new_for:
                 return None  # not new
         else:  # first seen here (an address answered only errors is remembered too: it
             # counts once per route, not as a new reader at each miss)
             if len(seen) >= RECENT_MAX:
                 seen.popitem(last=False)
             seen[address] = known = _Address(now)
-        if not _read(ctx.scope.get("method")):
+        method = ctx.scope.get("method")
+        if method != "GET" and not _read(method):
             return None
         template = outcome.route
         if template is None:
             return None
-        if known is not None:
-            if template in known.routes:
-                return None  # this address read this route before: counted then
-            if len(known.routes) < _ROUTES_PER_ADDRESS:
-                known.routes = (*known.routes, template)
         surge = self._surges.get(template) or self._surge(template)
         if surge is None:
             return None
-        pending = surge.pending
-        if pending and now - pending[0][1] >= self.config.settle:
+        if known.read & surge.bit:
+            return None  # this address read this route before: counted then
+        known.read |= surge.bit
+        at = surge.pending_at
+        if at and now - at[0] >= self.config.settle:
             self._judge_pending(surge, now)
-        if known is not None:
-            pending.append((address, now, known.requests))
+        surge.wait(address, now, known.requests)
         person = ctx.has_cookie and self._person(ctx, now)
         if person:
-            if known is None or known.person or not self._first_use(ctx):
+            if known.person or not self._first_use(ctx):
                 return None  # a person counts once (per address and per pass)
             known.person = True
         evidence = surge.record(now, person)
@@ -376,7 +390,7 @@ class Scraping:
             evidence["route"] = template
         site = self._site
         found: Evidence | list[Evidence] | None = evidence
-        if site is not None and (known is None or not known.site):
+        if site is not None and not known.site:
             found = self._count_site(site, known, address, now, person, evidence)
         if found is None:
             return None
@@ -403,11 +417,11 @@ class Scraping:
         route's, the site's, or both)."""
         if known is not None:
             known.site = True
-        pending = site.pending
-        if pending and now - pending[0][1] >= self.config.settle:
+        at = site.pending_at
+        if at and now - at[0] >= self.config.settle:
             self._judge_pending(site, now)
         if known is not None:
-            pending.append((address, now, known.requests))
+            site.wait(address, now, known.requests)
         found = site.record(now, person)
         if found is None:
             return evidence
