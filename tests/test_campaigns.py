@@ -183,6 +183,7 @@ def test_judge_definitions(target: Target) -> None:
         rec(403),
         rec(200, attack=False, actor=1),
         rec(403, attack=False, actor=1, problem=challenge),
+        Record(0.0, "x", False, "challenge", "POST", "/challenge", "1.2.3.4", 200, 1),
         rec(429, attack=False, actor=2),
     ]
     outcome = cp.judge(camp, records, reference_gain=10)
@@ -191,7 +192,7 @@ def test_judge_definitions(target: Target) -> None:
     assert (outcome.admitted_after_first_block, outcome.after_first_block) == (1, 3)
     assert outcome.gain == 1 and outcome.caught  # 1 of 10 foreign objects: curtailed
     assert outcome.benign_principals == 2
-    assert outcome.benign_principals_refused == 1  # the challenged one is not refused
+    assert outcome.benign_principals_refused == 1  # the challenged one passed: not refused
     assert outcome.benign_principals_challenged == 1
     assert not cp.judge(camp, records, reference_gain=1).caught  # 1 of 1: not curtailed
     assert not cp.judge(camp, [r for r in records if not r.blocked], reference_gain=10).caught
