@@ -512,3 +512,37 @@ def test_an_empty_cookie_header_is_no_cookie() -> None:
     before = len(ran)
     assert client.get("/thing", headers={"Cookie": ""}).status_code == 403
     assert len(ran) == before  # refused before routing: the handler did not run
+
+
+def test_a_user_vouches_for_at_most_four_tokens_an_hour() -> None:
+    """A signed-in user's refreshed tokens are vouched for (4 an hour): a fifth within the
+    hour counts as a new credential where the app does not identify; an hour later, a
+    refreshed token is vouched for again."""
+    from apiguard.simulate.clock import FakeClock
+
+    clock = FakeClock(1_000_000.0)
+    guard = Guard({"identity": {"new_credentials_per_ip": "1/day"}}, clock=clock)
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+
+    @app.get("/me")
+    async def me(authorization: str | None = Header(None)) -> dict[str, bool]:
+        identify("alice")  # each of alice's refreshed tokens
+        return {"ok": True}
+
+    @app.get("/health")
+    async def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    client = TestClient(app)
+
+    def refresh(k: int) -> int:
+        auth = {"Authorization": f"Bearer alice-{k}"}
+        assert client.get("/me", headers=auth).status_code == 200
+        return client.get("/health", headers=auth).status_code
+
+    assert [refresh(k) for k in range(4)] == [200] * 4  # vouched: not new credentials
+    assert refresh(4) == 200  # a fifth this hour: the IP's one new credential a day...
+    assert refresh(5) == 429  # ...and the next is over it
+    clock.advance(3601)
+    assert refresh(6) == 200  # an hour later: vouched again

@@ -86,7 +86,8 @@ PASSED = "passed:"  # ban-table prefix of a person who passed a detector's chall
 PASS_USED = "pu:"  # ban-table prefix of a pass that answered one person's challenge
 _IN_FLIGHT_MAX = 10  # unanswered login attempts one address may have at once
 _PROXIED_MAX = 4096  # addresses remembered as untrusted proxies
-_TOKENS_VOUCHED = 4  # bearer tokens one principal may vouch for (`vouched_token`)
+_TOKENS_VOUCHED = 4  # bearer tokens one principal may vouch for (`vouched_token`)...
+_TOKENS_VOUCHED_EVERY = 3600.0  # ... per this many seconds
 # distinct accounts that must log in (or distinct users the app identified) from an address
 # sending forwarding headers no setting trusts before it is taken for an undeclared proxy
 # (a bot adding a made-up X-Forwarded-For stays one client)
@@ -223,7 +224,7 @@ class Engine:
         # bearer tokens that were a vouched request's only credential (`vouched_token`),
         # and how many each principal vouched for
         self._vouched_tokens: OrderedDict[str, None] = OrderedDict()
-        self._tokens_per_principal: OrderedDict[str, int] = OrderedDict()
+        self._tokens_per_principal: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._monitor_logged: dict[str, float] = {}  # rule -> when last logged
         # bans this process knows (optional store attribute): while it is empty, there is
         # nothing to check before routing; a store without it is always asked
@@ -597,21 +598,24 @@ class Engine:
     def vouched_token(self, key: str) -> bool:
         """Whether the app vouched for a principal on a request whose only credential was
         bearer token `key` (as this process saw it, bounded; at most `_TOKENS_VOUCHED`
-        tokens per principal): a signed-in user's token sent to a route that does not call
-        `identify()` is no made-up credential. A request that also carried a cookie may
-        have been vouched for by the cookie: its token proves nothing."""
+        tokens per principal an hour): a signed-in user's token sent to a route that does
+        not call `identify()` is no made-up credential. A request that also carried a
+        cookie may have been vouched for by the cookie: its token proves nothing."""
         return key in self._vouched_tokens
 
     def _vouch_token(self, ctx: RequestContext, principal: str, token: str) -> None:
         if ctx.has_cookie or token in self._vouched_tokens:
             return
         counts = self._tokens_per_principal
-        count = counts.get(principal, 0)
+        now = self.clock()
+        count, since = counts.get(principal, (0, now))
+        if now - since >= _TOKENS_VOUCHED_EVERY:  # (a refreshed token each hour is fine)
+            count, since = 0, now
         if count >= _TOKENS_VOUCHED:
             return
-        if len(counts) >= IP_CACHE_MAX:
+        if principal not in counts and len(counts) >= IP_CACHE_MAX:
             counts.popitem(last=False)
-        counts[principal] = count + 1
+        counts[principal] = (count + 1, since)
         tokens = self._vouched_tokens
         if len(tokens) >= IP_CACHE_MAX:
             tokens.popitem(last=False)
