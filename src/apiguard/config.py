@@ -255,11 +255,12 @@ class AccountTakeoverConfig(_Detector):
     """Login abuse, from the outcomes `@guard.login` / `guard.login_result` report.
 
     - one actor, many accounts: per client IP, principal, network (/24, /64) and client
-      fingerprint, the distinct usernames that failed within `window`; the actor is
-      blocked when at least `usernames_per_actor` (`usernames_per_network` for a network or
-      a fingerprint, which many people share) failed AND they are at least
-      `failed_share` of the distinct usernames it tried (an office whose people mistype
-      their passwords also logs most of them in);
+      fingerprint, the distinct usernames that failed within `window` (`network_window`
+      for a network) and were never logged in to from that actor in it (a typo its owner
+      then got right does not count); the actor is blocked when at least
+      `usernames_per_actor` (`usernames_per_network` for a network or a fingerprint, which
+      many people share) did AND they are at least `failed_share` of the distinct
+      usernames it tried (an office's people log most of theirs in);
     - many actors, one account: `account_failures` failures on one username within
       `window` put the account under protection for `account_protect_for` seconds
       (doubling while the failures go on): a client without that account's device cookie
@@ -278,7 +279,10 @@ class AccountTakeoverConfig(_Detector):
     window: float = Field(3600.0, gt=0, le=YEAR)
     usernames_per_actor: int = Field(8, ge=2)
     usernames_per_network: int = Field(25, ge=2)
-    failed_share: float = Field(0.6, gt=0, le=1)
+    # a network's (/24, /64) usernames are counted over this longer window: stuffing spread
+    # over a few networks, each kept under the floor an hour, still adds up
+    network_window: float = Field(86_400.0, gt=0, le=YEAR)
+    failed_share: float = Field(0.5, gt=0, le=1)
     account_failures: int = Field(8, ge=1, le=100)
     account_protect_for: float = Field(900.0, gt=0, le=YEAR)
     account_action: DetectorAction = "challenge"

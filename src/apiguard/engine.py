@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from apiguard import detectors
@@ -1477,7 +1478,10 @@ class Engine:
         (a challenge: at the login route only)."""
         enforced = self._enforced(finding.enforce)
         if enforced and finding.subject in self._proxied:
-            enforced = False  # an untrusted proxy's address: reported, never banned
+            if self.ato is not None and finding.detector.startswith("account_takeover."):
+                finding = self._at_proxy(finding, self.ato.config.population_action)
+            else:
+                enforced = False  # an untrusted proxy's address: reported, never banned
         self.telemetry.detection(ctx, finding, enforced)
         self._log_detection(finding, enforced, now)
         if enforced and finding.action == "challenge" and not self._challenges_answered:
@@ -1524,6 +1528,16 @@ class Engine:
                 self.store.impose(
                     Ban(token, ban.until, level, key, finding.action, finding.detector), now
                 )
+
+    @staticmethod
+    def _at_proxy(finding: Finding, action: str) -> Finding:
+        """An account-takeover finding on an address taken for an undeclared proxy
+        (`_untrusted_forwarding`), whose ban would lock out everyone behind it: it gets
+        what a shared network gets (`population_action` at the login route: a challenge by
+        default, which a device with the account's cookie or a passed challenge never
+        meets). Logging in to a few accounts of its own from an address buys a stuffer a
+        challenge instead of a ban, nothing more."""
+        return replace(finding, action=action, evidence={**finding.evidence, "proxy": 1})
 
     def _detector_ban(self, detector: str, level: int) -> float:
         """Seconds of a detector's ban at escalation `level`: a quarter of the detector's

@@ -47,6 +47,8 @@ _SHARE_CEILING = 0.7  # the learned failure-share threshold never exceeds it
 _SUCCEEDED_MAX = 65_536  # accounts remembered as logged in this period (population share)
 _EWMA = 0.3  # weight of the newest calm period in the failure-share baseline
 _CALM_ATTEMPTS = 10  # attempts a period needs to teach the baseline
+_TRIED = "ato:t:"  # per actor: the distinct usernames it tried (failed or not)
+_LOGGED_IN = "ato:ok:"  # per actor: the distinct usernames it logged in to
 
 
 class LoginClimate:
@@ -225,17 +227,23 @@ class AccountTakeover:
         window = cfg.window
         actors = self._actors(outcome)
         user = login.user
-        if not failed:  # distinct accounts logged in to, per actor
-            for _kind, key in actors:
-                ops.append(Tally("ato:s:" + key, window, user))
+        # per actor, two sketches always touched together (so their half-window
+        # generations stay aligned): the distinct usernames tried, and those logged in
+        # to; the failed usernames never logged in to from the actor are the difference
+        if not failed:
+            for kind, key in actors:
+                span = cfg.network_window if kind == "net" else window
+                ops.append(Tally(_TRIED + key, span, user))
+                ops.append(Tally(_LOGGED_IN + key, span, user))
             return (lambda: [self._climate_finding(attack)]) if attack else None
         pairs = []
         for kind, key in actors:
-            f = Tally("ato:f:" + key, window, user)
-            s = Tally("ato:s:" + key, window, amount=0)  # a read
-            ops.append(f)
+            span = cfg.network_window if kind == "net" else window
+            t = Tally(_TRIED + key, span, user)
+            s = Tally(_LOGGED_IN + key, span, amount=0)  # a read
+            ops.append(t)
             ops.append(s)
-            pairs.append((kind, key, f, s))
+            pairs.append((kind, key, t, s))
         account: Tally | None = None
         devices: Tally | None = None
         passed: Tally | None = None
@@ -253,14 +261,19 @@ class AccountTakeover:
             found: list[Finding] = []
             if attack:
                 found.append(self._climate_finding(attack))
-            for kind, key, f, s in pairs:
+            for kind, key, t, s in pairs:
                 floor = (
                     cfg.usernames_per_network
                     if kind in ("net", "fp")
                     else (cfg.usernames_per_actor)
                 )
-                share = f.count / (f.count + s.count)
-                if f.count >= floor and share >= cfg.failed_share:
+                # failed and never logged in to from here: a typo or a forgotten password
+                # that its owner then got right is not counted, and an attacker cannot
+                # take a guess back without the account's password
+                tried = t.count
+                unresolved = max(tried - s.count, 0.0)
+                share = unresolved / tried if tried else 0.0
+                if unresolved >= floor and share >= cfg.failed_share:
                     # many people share a network or a client shape: what the population
                     # gets (a challenge, or a throttle in apps without one)
                     many = kind in ("net", "fp")
@@ -272,7 +285,7 @@ class AccountTakeover:
                             action,
                             self.enforce,
                             {
-                                "usernames_failed": round(f.count),
+                                "usernames_failed": round(unresolved),
                                 "logins_succeeded": round(s.count),
                                 "threshold": floor,
                                 "failed_share": round(share, 3),
