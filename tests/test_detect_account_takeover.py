@@ -12,7 +12,7 @@ import pytest
 
 from apiguard import Guard
 from apiguard.simulate.clock import FakeClock
-from apiguard.simulate.driver import AsgiDriver, Response
+from apiguard.simulate.driver import AsgiDriver, Request, Response
 from detection_support import (
     BROWSERS,
     USERS,
@@ -467,3 +467,171 @@ def test_a_few_addresses_failing_a_lot_do_not_make_a_population_alarm() -> None:
     bots, people = run(scenario())
     assert people == [200] * 20
     assert bots.count(403) >= 60  # each walker banned on its own address
+
+
+@dataclass
+class Crowd:
+    """What honest people of one network met."""
+
+    logins: int = 0
+    challenged: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+    def saw(self, who: str, resp: Response) -> None:
+        if is_challenge(resp):
+            self.challenged.append(f"{who}: {resp.status}")
+        elif resp.status in (403, 429):
+            self.refused.append(f"{who}: {resp.status}")
+
+
+def network_crowd(
+    driver: AsgiDriver,
+    rng: random.Random,
+    crowd: Crowd,
+    events: list[Event],
+    prefix: str,
+    users: range,
+    hours: float,
+    roaming: bool,
+) -> None:
+    """Honest people of one /24 (`prefix`: "a.b.c"), each on their own device, logging
+    in 1-3 times over `hours`: from their own address in it (an office's DHCP), or with
+    `roaming` from any of its addresses each time (a carrier's CGNAT pool, campus Wi-Fi).
+    Awkward: a fifth mistype first, some forget their password (2-4 wrong ones), some
+    first try a username they do not have here (a work address, an old one), and some
+    give up after failing (never logged in from this network that day)."""
+    home = f"{prefix}.{rng.randrange(2, 250)}"
+    for user in users:
+        device = Client(driver, rng.choice(BROWSERS) + f" v/{rng.randrange(40)}", home)
+        if not roaming:
+            device.ip = f"{prefix}.{2 + user % 240}"
+        for _ in range(rng.randint(1, 3)):
+            at = START + rng.uniform(0, hours * 3600)
+            own = random.Random(rng.random())
+
+            async def visit(device: Client = device, user: int = user, r: random.Random = own) -> None:
+                ip = f"{prefix}.{r.randrange(1, 255)}" if roaming else device.ip
+                roll = r.random()
+                if roll < 0.08:  # a username they do not have here, then the right one
+                    resp = await device.send(
+                        "POST",
+                        "/login",
+                        {"username": f"u{user}.{r.randrange(99)}@work.example", "password": "pw"},
+                        ip,
+                    )
+                    crowd.saw(f"user {user} other name", resp)
+                wrong = 0
+                if r.random() < 0.2:
+                    wrong = 1 if r.random() < 0.7 else r.randint(2, 4)
+                for k in range(wrong):
+                    resp = await device.login(user, f"{password(user)}-typo{k}", ip)
+                    crowd.saw(f"user {user} typo", resp)
+                if wrong and r.random() < 0.15:
+                    return  # gives up, resets the password some other day
+                resp = await device.login(user, ip=ip)
+                crowd.saw(f"user {user}", resp)
+                crowd.logins += resp.status == 200
+
+            events.append((at, len(events), visit))
+
+
+def test_stuffing_from_five_networks_is_challenged_but_an_office_a_carrier_and_a_campus_are_not() -> (
+    None
+):
+    """Under the population alarm's 10 networks: 5 cloud /24s, 20 usernames each an hour
+    (a fresh address and browser build every attempt, never a success), after a day of
+    honest traffic. Each /24 is challenged at about its 25th username (`usernames_per_network`
+    unresolved within `network_window`, 24 h). Beside it, a day of an office /24, a
+    carrier's CGNAT /24 and a campus /24, with typos, forgotten passwords, wrong usernames
+    and people giving up: nobody is challenged or refused."""
+    rng = random.Random(21)
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    events: list[Event] = []
+    crowds = {name: Crowd() for name in ("office", "carrier", "campus")}
+    network_crowd(driver, rng, crowds["office"], events, "198.51.100", range(0, 100), 26, False)
+    network_crowd(driver, rng, crowds["carrier"], events, "172.56.20", range(100, 200), 26, True)
+    network_crowd(driver, rng, crowds["campus"], events, "128.32.47", range(200, 300), 26, True)
+    bots: dict[int, list[int]] = {net: [] for net in range(5)}
+    victim = 1000
+    for n in range(3 * 20):  # hours 22-25
+        for net in range(5):
+            at = START + 22 * 3600 + (n * 5 + net) * 36.0 + rng.uniform(0, 30)
+            user = username(victim)
+            victim += 1
+
+            async def attempt(net: int = net, user: str = user) -> None:
+                ua = f"{rng.choice(BROWSERS)} build/{rng.randrange(9999)}"
+                bot = Client(driver, ua, f"45.{net + 10}.7.{rng.randrange(1, 255)}", jar=None)
+                resp = await bot.send("POST", "/login", {"username": user, "password": "x"})
+                bots[net].append(resp.status)
+
+            events.append((at, len(events), attempt))
+    run(play(clock, events))
+    for name, crowd in crowds.items():
+        assert crowd.refused == [], name
+        assert crowd.challenged == [], name
+        assert crowd.logins > 100, name
+    for statuses in bots.values():
+        assert 403 in statuses and statuses.index(403) <= 28, statuses
+        assert statuses[30:].count(401) <= 3, statuses  # a probe as each hold ends
+
+
+def test_a_stuffer_behind_an_undeclared_proxy_is_challenged_and_its_people_are_not_refused() -> (
+    None
+):
+    """A real proxy nobody declared (it adds each client's own address in
+    X-Forwarded-For): a dozen colleagues log in through it over the morning, some
+    mistyping, so it is taken for a proxy. A stuffer among them (a fresh browser build
+    every attempt, a made-up X-Forwarded-For) is challenged at the login, never banned:
+    colleagues logging in again from their devices meet nothing, and a newcomer passes
+    one challenge."""
+    rng = random.Random(23)
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    proxy = "203.0.113.80"
+    real_send = driver.send
+
+    async def via_proxy(req: Request) -> Response:  # the proxy adds its header
+        if req.ip == proxy:
+            forwarded = ("x-forwarded-for", f"10.1.{rng.randrange(256)}.{rng.randrange(1, 255)}")
+            req = Request(req.method, req.path, req.ip, (*req.headers, forwarded), req.body)
+        return await real_send(req)
+
+    driver.send = via_proxy  # type: ignore[method-assign]
+
+    async def scenario() -> tuple[list[int], list[str], bool]:
+        colleagues = [Client(driver, f"{BROWSERS[u % 4]} v/{u}", proxy) for u in range(12)]
+        refused: list[str] = []
+        for u, c in enumerate(colleagues):
+            clock.advance(rng.uniform(60, 900))
+            if u % 3 == 0:
+                resp = await c.login(u, "typo")
+                refused += [f"typo {u}: {resp.status}"] * (resp.status != 401)
+            resp = await c.login(u)
+            refused += [f"{u}: {resp.status}"] * (resp.status != 200)
+        stuffer: list[int] = []
+        for k in range(40):
+            clock.advance(rng.uniform(3, 20))
+            bot = Client(driver, f"{rng.choice(BROWSERS)} b/{rng.randrange(9999)}", proxy, jar=None)
+            resp = await bot.send(
+                "POST", "/login", {"username": username(100 + k), "password": "x"}
+            )
+            stuffer.append(resp.status if not is_challenge(resp) else -1)
+            if k % 8 == 4:  # colleagues come back meanwhile, from their devices
+                c = colleagues[k % 12]
+                resp = await c.login(k % 12)
+                refused += [f"again {k % 12}: {resp.status}"] * (resp.status != 200)
+        newcomer = Client(driver, BROWSERS[1], proxy)
+        resp, met = await newcomer.human_login(50)
+        refused += [f"newcomer: {resp.status}"] * (resp.status != 200)
+        return stuffer, refused, met
+
+    stuffer, refused, met = run(scenario())
+    assert refused == []
+    assert 403 not in stuffer  # challenged (-1), never banned
+    assert -1 in stuffer and stuffer.index(-1) <= 16, stuffer  # 12 people's logins dilute it
+    assert stuffer[17:].count(401) == 0
+    assert met  # a newcomer without a device cookie meets the challenge, and passes it
