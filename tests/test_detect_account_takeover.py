@@ -509,7 +509,9 @@ def network_crowd(
             at = START + rng.uniform(0, hours * 3600)
             own = random.Random(rng.random())
 
-            async def visit(device: Client = device, user: int = user, r: random.Random = own) -> None:
+            async def visit(
+                device: Client = device, user: int = user, r: random.Random = own
+            ) -> None:
                 ip = f"{prefix}.{r.randrange(1, 255)}" if roaming else device.ip
                 roll = r.random()
                 if roll < 0.08:  # a username they do not have here, then the right one
@@ -535,9 +537,7 @@ def network_crowd(
             events.append((at, len(events), visit))
 
 
-def test_stuffing_from_five_networks_is_challenged_but_an_office_a_carrier_and_a_campus_are_not() -> (
-    None
-):
+def test_five_networks_stuffing_is_challenged_but_an_office_a_carrier_and_a_campus_not() -> None:
     """Under the population alarm's 10 networks: 5 cloud /24s, 20 usernames each an hour
     (a fresh address and browser build every attempt, never a success), after a day of
     honest traffic. Each /24 is challenged at about its 25th username (`usernames_per_network`
@@ -578,9 +578,7 @@ def test_stuffing_from_five_networks_is_challenged_but_an_office_a_carrier_and_a
         assert statuses[30:].count(401) <= 3, statuses  # a probe as each hold ends
 
 
-def test_a_stuffer_behind_an_undeclared_proxy_is_challenged_and_its_people_are_not_refused() -> (
-    None
-):
+def test_a_stuffer_behind_an_undeclared_proxy_is_challenged_and_its_people_not_refused() -> None:
     """A real proxy nobody declared (it adds each client's own address in
     X-Forwarded-For): a dozen colleagues log in through it over the morning, some
     mistyping, so it is taken for a proxy. A stuffer among them (a fresh browser build

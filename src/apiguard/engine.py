@@ -91,7 +91,8 @@ _TOKENS_VOUCHED = 4  # bearer tokens one principal may vouch for (`vouched_token
 _TOKENS_VOUCHED_EVERY = 3600.0  # ... per this many seconds
 # distinct accounts that must log in (or distinct users the app identified) from an address
 # sending forwarding headers no setting trusts before it is taken for an undeclared proxy
-# (a bot adding a made-up X-Forwarded-For stays one client)
+# (a bot adding a made-up X-Forwarded-For stays one client; one with accounts of its own
+# becomes a proxy, whose account-takeover findings challenge rather than ban)
 PROXY_ACCOUNTS = 8
 
 
@@ -468,10 +469,11 @@ class Engine:
         """A peer sent a forwarding header and no proxy is trusted: it may be a proxy
         every client shares, or a client that added the header (free to send). Its address
         is remembered (bounded) and watched: once `PROXY_ACCOUNTS` distinct accounts
-        logged in from it (or users the app identified there), which a single client
-        cannot fake cheaply, it is taken for an undeclared proxy and detectors never ban
-        it (a ban would lock out everyone behind it); until then it is one client. Warned
-        once."""
+        logged in from it (or users the app identified there), it is taken for an
+        undeclared proxy and detectors never ban it (a ban would lock out everyone behind
+        it): an account-takeover finding on it challenges logins there instead (see
+        `_at_proxy`), since eight accounts of its own are cheap for a stuffer. Until then
+        it is one client. Warned once."""
         forwarding = self._forwarding
         if ip_key not in self._proxied and ip_key not in forwarding:
             if len(forwarding) >= _PROXIED_MAX:
@@ -485,8 +487,8 @@ class Engine:
             "ignored and the TCP peer is the client. Behind a proxy or load balancer every "
             "client would share its address: set client_ip.trusted_proxies (and run uvicorn "
             "with --no-proxy-headers, or it may already have rewritten the client address). "
-            "Until then, an address many people log in from is reported by detectors, never "
-            "banned; any other is one client.",
+            "Until then, an address many people log in from is never banned by detectors "
+            "(a stuffer there is challenged at the login route); any other is one client.",
             name.decode("latin-1"),
         )
 

@@ -4,10 +4,14 @@ From the login outcomes the app reports (`@guard.login`, `guard.login_result`), 
 detections, each catching on its own (see `AccountTakeoverConfig` for the numbers):
 
 - **one actor, many accounts**: per client IP, non-IP principal (an API key), network,
-  client fingerprint and challenge pass, the distinct usernames that failed in the window,
-  against the same actor's successful logins (an office NAT whose people mistype their
-  passwords also logs most of them in). IPs and principals are banned; networks and
-  fingerprints, which many people share, are challenged at the login route only;
+  client fingerprint and challenge pass, the distinct usernames that failed in the window
+  (a network's: `network_window`, a day) and were never logged in to from that actor (a
+  typo its owner then got right does not count, and a stuffer cannot take a guess back),
+  as a share of the distinct usernames it tried (an office NAT whose people log in
+  dilutes the few who never do). Two sketches per actor, always touched together: the
+  usernames tried and those logged in to; the difference is the unresolved failures.
+  IPs and principals are banned; networks and fingerprints, which many people share, are
+  challenged at the login route only;
 - **many actors, one account**: failures on one username from clients without that
   account's device cookie put the account under protection: unknown clients must pass a
   challenge, a device that logged in to the account before never does;
