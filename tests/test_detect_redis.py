@@ -179,3 +179,41 @@ def test_birth_marks_never_crowd_out_bans_and_the_newest_are_kept(redis_url: str
     out = run(scenario())
     assert out.count(200) <= 10
     assert not any(key.startswith("fgm:") for key in store.local_bans)
+
+
+def test_failed_usernames_never_logged_in_to_are_counted_alike_on_redis(redis_url: str) -> None:
+    """The per-actor count (usernames tried minus those logged in to, two HyperLogLogs
+    touched together) on Redis: an address that logs in to 8 accounts of its own, then
+    stuffs, is banned by its 10th guess; colleagues behind an office NAT, a third of them
+    mistyping and some forgetting their password first, are not refused."""
+    clock = FakeClock(START)
+    guard = _guard(redis_url, clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(9)
+
+    async def scenario() -> tuple[list[int], list[str]]:
+        refused: list[str] = []
+        for u in range(60):
+            clock.advance(rng.uniform(5, 40))
+            c = Client(driver, rng.choice(BROWSERS), "198.51.100.23")
+            for k in range(4 if u % 10 == 0 else 1 if u % 3 == 0 else 0):
+                resp = await c.login(u, f"typo{k}")
+                refused += [f"typo {u}: {resp.status}"] * (resp.status != 401)
+            resp = await c.login(u)
+            refused += [f"{u}: {resp.status}"] * (resp.status != 200)
+        bot = Client(driver, "python-requests/2.31", "192.0.2.77", jar=None)
+        for u in range(100, 108):
+            clock.advance(20)
+            assert (await bot.login(u)).status == 200
+            bot.token = None  # (no bearer token: the address is the actor)
+        stuffed = []
+        for u in range(150, 180):
+            clock.advance(rng.uniform(3, 10))
+            resp = await bot.send("POST", "/login", {"username": name_of(u), "password": "x"})
+            stuffed.append(resp.status)
+        return stuffed, refused
+
+    stuffed, refused = run(scenario())
+    assert refused == []
+    assert 403 in stuffed and stuffed.index(403) <= 9, stuffed
+    assert 401 not in stuffed[10:]
