@@ -78,6 +78,15 @@ def _read(method: object) -> bool:
     return method in READS or (isinstance(method, str) and method.upper() in READS)
 
 
+def _step(path: object) -> int:
+    """The hash of a request's path, a trailing slash aside (never 0: 0 is no path)."""
+    if not isinstance(path, str):
+        return 0
+    if path[-1:] == "/" and len(path) > 1:
+        path = path[:-1]
+    return hash(path) or 1
+
+
 class Surge:
     """One route's new readers, people and one-shot addresses over a sliding window, its
     learned baseline, and whether it is under a scraping surge (`since`)."""
@@ -253,15 +262,18 @@ class Surge:
 
 
 class _Address:
-    """What the detector knows of one address: when it was first seen, how many of
-    its requests it saw, whether it was counted as a person, the watched routes it read
-    while new (one bit per route, `Surge.bit`: every one of them, exactly)."""
+    """What the detector knows of one address: when it was first seen, how many times it
+    moved on (a request for another path than its previous one, answered under 400: the
+    same page read again is no browsing, nor is a miss), whether it was counted as a
+    person, the watched routes it read while new (one bit per route, `Surge.bit`: every
+    one of them, exactly)."""
 
-    __slots__ = ("first", "person", "read", "requests", "site")
+    __slots__ = ("first", "last", "person", "read", "requests", "site")
 
-    def __init__(self, first: float) -> None:
+    def __init__(self, first: float, last: int) -> None:
         self.first = first
         self.requests = 1
+        self.last = last  # the hash of the path of its last answered request (0: none)
         self.person = False
         self.read = 0
         self.site = False  # counted by the site-wide count (its first watched read)
@@ -278,6 +290,7 @@ class Scraping:
         self.enforce = enforce
         self.challenge_path = challenge_path
         self._new_for = config.new_for
+        self._moves_for = config.new_for + config.settle
         self._seen: OrderedDict[str, _Address] = OrderedDict()  # oldest first, bounded
         self._surges: dict[str, Surge] = {}
         # every watched route's new readers together, each address once (at its first
@@ -335,7 +348,8 @@ class Scraping:
 
     def _judge_pending(self, surge: Surge, now: float) -> None:
         """Judge the new addresses that read the route at least `settle` seconds ago:
-        one-shot unless the address sent anything after that read."""
+        one-shot unless the address moved on after that read (a request for another path,
+        answered under 400: the same page read again is no browsing)."""
         addresses, at, counts = surge.pending, surge.pending_at, surge.pending_requests
         settle = self.config.settle
         seen = self._seen
@@ -355,14 +369,23 @@ class Scraping:
         seen = self._seen
         known = seen.get(address)
         if known is not None:
-            known.requests += 1
-            if now - known.first >= self._new_for:
+            # (an address moves on with an answered request for another path: a page
+            # read again, under any query string, is no browsing, nor is a miss; counted
+            # until its last read while new has been judged)
+            age = now - known.first
+            if age < self._moves_for and outcome.status < 400:
+                step = _step(ctx.scope.get("path"))
+                if step and step != known.last:
+                    known.requests += 1
+                    known.last = step
+            if age >= self._new_for:
                 return None  # not new
         else:  # first seen here (an address answered only errors is remembered too: it
             # counts once per route, not as a new reader at each miss)
             if len(seen) >= RECENT_MAX:
                 seen.popitem(last=False)
-            seen[address] = known = _Address(now)
+            step = _step(ctx.scope.get("path")) if outcome.status < 400 else 0
+            seen[address] = known = _Address(now, step)
         method = ctx.scope.get("method")
         if method != "GET" and not _read(method):
             return None
