@@ -678,3 +678,60 @@ def test_stuffing_rotating_ipv6_64s_of_one_48_is_caught() -> None:
     many failing networks, so the population alarm is raised."""
     statuses = stuffing_from_networks(40, 6, 1, ipv6=True)
     assert set(statuses) != {401}
+
+
+def live_crowd(shop: Shop, rng: random.Random, start: float, end: float) -> list:
+    """A link to a live page: 10 new visitors a minute between `start` and `end`, each
+    polling the same product (its live stock) every 8-12 s for 2 to 5 minutes, a third
+    then opening another page."""
+    events: list = []
+    t = start
+    while True:
+        t += rng.expovariate(10.0 / 60)
+        if t >= end:
+            return events
+        v = shop.visitor()
+        at, until = t, t + rng.uniform(120.0, 300.0)
+        while at < until:
+            events.append((at, "person", v, "/products/7"))
+            at += rng.uniform(8.0, 12.0)
+        if rng.random() < 0.33:
+            events.append((at, "person", v, f"/products/{rng.randint(1, PRODUCTS)}"))
+
+
+def test_a_crowd_polling_one_live_page_starts_no_surge() -> None:
+    """The other side of S1: new visitors who read one page over and over (a page polling
+    its live data) for minutes are not one-shot, although reading a page again is no
+    browsing on: after a calm window, a crowd four times the usual level polling one page
+    is challenged nowhere."""
+    shop = Shop(seed=33)
+    rng = random.Random(133)
+    events: list = honest_visits(shop, rng, 2.5, 0.0, CALM, bounce=0.1)
+    events += live_crowd(shop, rng, CALM, CALM + 3600.0)
+    replay(shop, rng, events)
+    assert shop.refused_people() == []
+    assert not any(v.challenged for v in shop.people)
+
+
+def test_a_scraper_reading_its_page_three_times_at_once_is_held() -> None:
+    """Polling is reading a page at least 4 times over 30 s or more: a scraper reading
+    its page 4 times within seconds is still one-shot."""
+    shop = Shop(seed=35)
+    rng = random.Random(36)
+
+    async def scenario() -> list[int]:
+        out = []
+        for wait, ip, headers in scraper_requests(rng, 4.0, 300):
+            shop.clock.advance(wait)
+            bot = Visitor(shop.driver, headers, ip, jar=None, solves=False)
+            path = f"/products/{rng.randint(1, PRODUCTS)}"
+            resp = await bot.get(path)
+            out.append(403 if is_challenge(resp) else resp.status)
+            for _ in range(3):
+                shop.clock.advance(rng.uniform(1.0, 3.0))
+                await bot.send("GET", path)
+        return out
+
+    statuses = run(scenario())
+    assert 403 in statuses and statuses.index(403) < 120
+    assert statuses[-100:].count(200) <= 5

@@ -68,6 +68,8 @@ _PASSES_MAX = 16_384  # passes remembered with the new addresses they came from
 _EWMA = 0.3  # weight of the newest period in a route's baseline
 _JUDGED_MIN = 5  # judged new addresses that make a calm period's one-shot share count
 _PENDING_MAX = 4096  # new addresses a route keeps to judge (beyond: the oldest unjudged)
+_POLLS = 3  # reads of the same path again that are polling (moving on), if spread over
+_POLL_SPAN = 30.0  # seconds or more
 SITE = "*"  # the site-wide count's name (in `surging`, the evidence's route)
 Evidence = dict[str, float | int | str]
 
@@ -79,12 +81,10 @@ def _read(method: object) -> bool:
 
 
 def _step(path: object) -> int:
-    """The hash of a request's path, a trailing slash aside (never 0: 0 is no path)."""
+    """The hash of a request's path, a trailing slash aside (0: no path)."""
     if not isinstance(path, str):
         return 0
-    if path[-1:] == "/" and len(path) > 1:
-        path = path[:-1]
-    return hash(path) or 1
+    return hash(path[:-1] if path[-1:] == "/" and len(path) > 1 else path)
 
 
 class Surge:
@@ -263,17 +263,22 @@ class Surge:
 
 class _Address:
     """What the detector knows of one address: when it was first seen, how many times it
-    moved on (a request for another path than its previous one, answered under 400: the
-    same page read again is no browsing, nor is a miss), whether it was counted as a
-    person, the watched routes it read while new (one bit per route, `Surge.bit`: every
-    one of them, exactly)."""
+    moved on, whether it was counted as a person, the watched routes it read while new
+    (one bit per route, `Surge.bit`: every one of them, exactly).
 
-    __slots__ = ("first", "last", "person", "read", "requests", "site")
+    Moving on is a request for another path than the address's previous one, answered
+    under 400 (the same page read again is no browsing, nor is a miss), or polling: the
+    same path read `_POLLS` more times over `_POLL_SPAN` seconds or more (a page
+    refreshing its live data)."""
+
+    __slots__ = ("again", "first", "last", "person", "read", "requests", "site", "step")
 
     def __init__(self, first: float, last: int) -> None:
         self.first = first
         self.requests = 1
         self.last = last  # the hash of the path of its last answered request (0: none)
+        self.step = first  # when it last moved on
+        self.again = 0  # its reads of the same path since
         self.person = False
         self.read = 0
         self.site = False  # counted by the site-wide count (its first watched read)
@@ -348,8 +353,7 @@ class Scraping:
 
     def _judge_pending(self, surge: Surge, now: float) -> None:
         """Judge the new addresses that read the route at least `settle` seconds ago:
-        one-shot unless the address moved on after that read (a request for another path,
-        answered under 400: the same page read again is no browsing)."""
+        one-shot unless the address moved on after that read (`_Address`)."""
         addresses, at, counts = surge.pending, surge.pending_at, surge.pending_requests
         settle = self.config.settle
         seen = self._seen
@@ -369,15 +373,27 @@ class Scraping:
         seen = self._seen
         known = seen.get(address)
         if known is not None:
-            # (an address moves on with an answered request for another path: a page
-            # read again, under any query string, is no browsing, nor is a miss; counted
-            # until its last read while new has been judged)
+            # (an address moves on with an answered request for another path, or by
+            # polling one: a page read again, under any query string, is no browsing, nor
+            # is a miss; counted until its last read while new has been judged)
             age = now - known.first
             if age < self._moves_for and outcome.status < 400:
-                step = _step(ctx.scope.get("path"))
-                if step and step != known.last:
-                    known.requests += 1
-                    known.last = step
+                # (`_step` inlined, and `_Address`'s moving on: every answered request of a
+                # new address comes here)
+                path = ctx.scope.get("path")
+                if isinstance(path, str):
+                    step = hash(path[:-1] if path[-1:] == "/" and len(path) > 1 else path)
+                    if step != known.last:
+                        known.last = step
+                        known.requests += 1
+                        known.step = now
+                        known.again = 0
+                    else:
+                        known.again += 1
+                        if known.again >= _POLLS and now - known.step >= _POLL_SPAN:
+                            known.requests += 1
+                            known.step = now
+                            known.again = 0
             if age >= self._new_for:
                 return None  # not new
         else:  # first seen here (an address answered only errors is remembered too: it
