@@ -13,9 +13,11 @@ older one weighted by the share of it still inside the window):
   to a new address (each address once per window);
 - **people**: new readers with a valid pass (a person who passed the challenge), each
   address counted once;
-- **one-shot addresses**: of the new readers, those that sent nothing more within
-  `settle` seconds. People browse on, log in, page further; a scraper rotating its
-  addresses sends one request from each.
+- **one-shot addresses**: of the new readers, those that did not move on within
+  `settle` seconds (another path answered under 400, or one path polled: `_Address`).
+  People browse on, log in, page further; a scraper rotating its addresses sends one
+  request from each, and reading its page again (under another query) or a miss is no
+  browsing on.
 
 The route's baseline is learned from its own calm periods (an EWMA of the new readers
 per window; not from a period most of whose judged addresses were one-shot: a scraper
