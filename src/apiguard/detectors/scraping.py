@@ -25,10 +25,10 @@ under the threshold must not teach the route to accept it) and, while it is unde
 surge, from the people (a busy site's organic visitors, once they pass, teach the surge
 that they are its normal level, so it ends).
 
-A surge starts when the new readers reach `floor` and `factor` times the baseline, and at
-least `one_shot_share` of the new addresses judged (at least a third of the floor) were
-one-shot, so a busy site's organic visitors do not start one before a baseline is
-learned. Once a calm window taught the route its usual one-shot and returning new
+A surge starts when the new readers reach `floor` on top of the baseline and `factor`
+times it, and at least `one_shot_share` of the new addresses judged (at least a third of
+the floor) were one-shot, so a busy site's organic visitors do not start one before a
+baseline is learned. Once a calm window taught the route its usual one-shot and returning new
 addresses, the share is that of what came on top of them: the visitors who come back as
 they always do (a single-page app's second call) dilute no scraper's share, and a crowd
 of new visitors brings its own usual share of one-shot addresses. And only while new
@@ -37,7 +37,9 @@ that ended long ago, judged only later, starts nothing.
 While it lasts, anonymous reads of the route from new addresses (or unknown ones) must
 pass the challenge; users and API keys the app identified, and addresses known for
 longer, never do. Refused reads still count, so a scraper cannot end the surge by being
-refused. It ends once the new readers stay under 0.7 of the threshold for a whole window.
+refused. It ends once the new readers stay under 0.7 of the threshold for a whole window,
+not counting the people (each was held before passing: people keep no surge on, and a
+scraper reading under the floor after a burst is not held for hours).
 
 One pass answers the challenge from at most `pass_addresses` new addresses: a solved
 CAPTCHA's cookie replayed from a botnet's addresses stops helping.
@@ -204,7 +206,7 @@ class Surge:
         """The new readers per window at which the route is under a surge."""
         if self.baseline is None:
             return float(self.floor)
-        return max(float(self.floor), self.baseline * self.factor)
+        return max(self.floor + self.baseline, self.baseline * self.factor)
 
     def judged(self, now: float, one_shot: bool) -> None:
         """Count a new address judged one-shot or returning."""
@@ -245,19 +247,22 @@ class Surge:
                 "baseline": round(self.baseline, 1) if self.baseline is not None else -1,
                 "one_shot_share": round(one_shot / judged, 3),
             }
-        if reads < 0.7 * limit and now - self.since >= self.span:
+        # (the people who passed were each held first: they keep no surge on)
+        if reads - cur[1] - old[1] * weight < 0.7 * limit and now - self.since >= self.span:
             self.since = None
         return None
 
     def on(self, now: float) -> bool:
         """Whether the route is under a surge now (it ends after a window without reads,
-        or, as in `record`, once its new readers stay under 0.7 of the threshold)."""
+        or, as in `record`, once its new readers, people aside, stay under 0.7 of the
+        threshold)."""
         if self.since is None:
             return False
         weight = self._roll(now)
         cur, old = self.now, self.old
         if cur[0] + cur[1] + old[0] + old[1] == 0 or (
-            now - self.since >= self.span and cur[0] + old[0] * weight < 0.7 * self.threshold()
+            now - self.since >= self.span
+            and cur[0] - cur[1] + (old[0] - old[1]) * weight < 0.7 * self.threshold()
         ):
             self.since = None
         return self.since is not None
