@@ -25,6 +25,7 @@ from test_detect_flow_groups import young_shop
 from test_detect_scraping import (
     CALM,
     PRODUCTS,
+    START,
     Shop,
     Visitor,
     browser_headers,
@@ -740,3 +741,33 @@ def test_a_scraper_reading_its_page_three_times_at_once_is_held() -> None:
     statuses = run(scenario())
     assert 403 in statuses and statuses.index(403) < 120
     assert statuses[-100:].count(200) <= 5
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit (README, scraping): polling one path is moving on, so a scraper "
+    "that reads its page 4 times over 31 s from each address (4x its requests, each "
+    "address kept 31 s) is judged returning and not held",
+)
+def test_a_scraper_polling_its_page_from_each_address_is_held() -> None:
+    shop = Shop(seed=37)
+    rng = random.Random(38)
+    reads: list[tuple[float, int, Visitor, str]] = []  # (time, the nth read, bot, path)
+    t = 0.0
+    for wait, ip, headers in scraper_requests(rng, 4.0, 300):
+        t += wait
+        bot = Visitor(shop.driver, headers, ip, jar=None, solves=False)
+        path = f"/products/{rng.randint(1, PRODUCTS)}"
+        reads += [(t + at, n, bot, path) for n, at in enumerate((0.0, 11.0, 22.0, 31.5))]
+
+    async def scenario() -> list[int]:
+        out = []
+        for at, n, bot, path in sorted(reads, key=lambda r: r[0]):
+            shop.clock.advance_to(START + at)
+            resp = await bot.send("GET", path)
+            if n == 0:
+                out.append(403 if is_challenge(resp) else resp.status)
+        return out
+
+    statuses = run(scenario())
+    assert 403 in statuses and statuses.index(403) < 120
