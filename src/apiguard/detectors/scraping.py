@@ -72,8 +72,8 @@ _PASSES_MAX = 16_384  # passes remembered with the new addresses they came from
 _EWMA = 0.3  # weight of the newest period in a route's baseline
 _JUDGED_MIN = 5  # judged new addresses that make a calm period's one-shot share count
 _PENDING_MAX = 4096  # new addresses a route keeps to judge (beyond: the oldest unjudged)
-_POLLS = 3  # reads of the same path again that are polling (moving on), if spread over
-_POLL_SPAN = 30.0  # seconds or more
+_POLLS = 3  # reads of the same path again that are polling (moving on), the last one
+_POLL_SPAN = 30.0  # seconds or more after the address was first seen
 SITE = "*"  # the site-wide count's name (in `surging`, the evidence's route)
 Evidence = dict[str, float | int | str]
 
@@ -85,10 +85,12 @@ def _read(method: object) -> bool:
 
 
 def _step(path: object) -> int:
-    """The hash of a request's path, a trailing slash aside (0: no path)."""
+    """A request's path, a trailing slash aside, as 8 bits of its hash, 1 to 256 (0: no
+    path; small ints Python keeps once, so an address costs no object for it: two paths
+    taken for one miss one move in 256)."""
     if not isinstance(path, str):
         return 0
-    return hash(path[:-1] if path[-1:] == "/" and len(path) > 1 else path)
+    return (hash(path[:-1] if path[-1:] == "/" and len(path) > 1 else path) & 0xFF) + 1
 
 
 class Surge:
@@ -275,17 +277,16 @@ class _Address:
 
     Moving on is a request for another path than the address's previous one, answered
     under 400 (the same page read again is no browsing, nor is a miss), or polling: the
-    same path read `_POLLS` more times over `_POLL_SPAN` seconds or more (a page
-    refreshing its live data)."""
+    same path read `_POLLS` more times, the last `_POLL_SPAN` seconds or more after the
+    address was first seen (a page refreshing its live data)."""
 
-    __slots__ = ("again", "first", "last", "person", "read", "requests", "site", "step")
+    __slots__ = ("again", "first", "last", "person", "read", "requests", "site")
 
     def __init__(self, first: float, last: int) -> None:
         self.first = first
         self.requests = 1
-        self.last = last  # the hash of the path of its last answered request (0: none)
-        self.step = first  # when it last moved on
-        self.again = 0  # its reads of the same path since
+        self.last = last  # `_step` of its last answered request (0: none)
+        self.again = 0  # its reads of that path again since it moved on
         self.person = False
         self.read = 0
         self.site = False  # counted by the site-wide count (its first watched read)
@@ -389,17 +390,17 @@ class Scraping:
                 # new address comes here)
                 path = ctx.scope.get("path")
                 if isinstance(path, str):
-                    step = hash(path[:-1] if path[-1:] == "/" and len(path) > 1 else path)
+                    step = (
+                        hash(path[:-1] if path[-1:] == "/" and len(path) > 1 else path) & 0xFF
+                    ) + 1
                     if step != known.last:
                         known.last = step
                         known.requests += 1
-                        known.step = now
                         known.again = 0
                     else:
                         known.again += 1
-                        if known.again >= _POLLS and now - known.step >= _POLL_SPAN:
+                        if known.again >= _POLLS and age >= _POLL_SPAN:
                             known.requests += 1
-                            known.step = now
                             known.again = 0
             if age >= self._new_for:
                 return None  # not new
