@@ -392,8 +392,8 @@ class ScrapingConfig(_Detector):
     """Anonymous reads of one route from new addresses, against the route's own learned
     level (see `apiguard.detectors.scraping`): a route is under a scraping surge when the
     reads (GET, HEAD) there within `window` by anonymous clients at addresses first
-    answered less than `new_for` ago reach `floor` and `factor` times the route's learned
-    baseline, and most of those addresses (`one_shot_share`) never came back. While it
+    answered less than `new_for` ago reach `floor` on top of the route's learned baseline
+    and `factor` times it, and most of those addresses (`one_shot_share`) never came back. While it
     is, those reads must pass the app's challenge. `routes` sets a route's own floor
     (0: not watched)."""
 

@@ -13,9 +13,11 @@ older one weighted by the share of it still inside the window):
   to a new address (each address once per window);
 - **people**: new readers with a valid pass (a person who passed the challenge), each
   address counted once;
-- **one-shot addresses**: of the new readers, those that sent nothing more within
-  `settle` seconds. People browse on, log in, page further; a scraper rotating its
-  addresses sends one request from each.
+- **one-shot addresses**: of the new readers, those that did not move on within
+  `settle` seconds (another path answered under 400, or one path polled: `_Address`).
+  People browse on, log in, page further; a scraper rotating its addresses sends one
+  request from each, and reading its page again (under another query) or a miss is no
+  browsing on.
 
 The route's baseline is learned from its own calm periods (an EWMA of the new readers
 per window; not from a period most of whose judged addresses were one-shot: a scraper
@@ -23,10 +25,10 @@ under the threshold must not teach the route to accept it) and, while it is unde
 surge, from the people (a busy site's organic visitors, once they pass, teach the surge
 that they are its normal level, so it ends).
 
-A surge starts when the new readers reach `floor` and `factor` times the baseline, and at
-least `one_shot_share` of the new addresses judged (at least a third of the floor) were
-one-shot, so a busy site's organic visitors do not start one before a baseline is
-learned. Once a calm window taught the route its usual one-shot and returning new
+A surge starts when the new readers reach `floor` on top of the baseline and `factor`
+times it, and at least `one_shot_share` of the new addresses judged (at least a third of
+the floor) were one-shot, so a busy site's organic visitors do not start one before a
+baseline is learned. Once a calm window taught the route its usual one-shot and returning new
 addresses, the share is that of what came on top of them: the visitors who come back as
 they always do (a single-page app's second call) dilute no scraper's share, and a crowd
 of new visitors brings its own usual share of one-shot addresses. And only while new
@@ -35,7 +37,9 @@ that ended long ago, judged only later, starts nothing.
 While it lasts, anonymous reads of the route from new addresses (or unknown ones) must
 pass the challenge; users and API keys the app identified, and addresses known for
 longer, never do. Refused reads still count, so a scraper cannot end the surge by being
-refused. It ends once the new readers stay under 0.7 of the threshold for a whole window.
+refused. It ends once the new readers stay under 0.7 of the threshold for a whole window,
+not counting the people (each was held before passing: people keep no surge on, and a
+scraper reading under the floor after a burst is not held for hours).
 
 One pass answers the challenge from at most `pass_addresses` new addresses: a solved
 CAPTCHA's cookie replayed from a botnet's addresses stops helping.
@@ -68,6 +72,8 @@ _PASSES_MAX = 16_384  # passes remembered with the new addresses they came from
 _EWMA = 0.3  # weight of the newest period in a route's baseline
 _JUDGED_MIN = 5  # judged new addresses that make a calm period's one-shot share count
 _PENDING_MAX = 4096  # new addresses a route keeps to judge (beyond: the oldest unjudged)
+_POLLS = 3  # reads of the same path again that are polling (moving on), the last one
+_POLL_SPAN = 30.0  # seconds or more after the address was first seen
 SITE = "*"  # the site-wide count's name (in `surging`, the evidence's route)
 Evidence = dict[str, float | int | str]
 
@@ -76,6 +82,15 @@ def _read(method: object) -> bool:
     """Whether a request method is a read (Werkzeug and Django route `get` as GET, and a
     WSGI server may pass the method on as the client wrote it)."""
     return method in READS or (isinstance(method, str) and method.upper() in READS)
+
+
+def _step(path: object) -> int:
+    """A request's path, a trailing slash aside, as 8 bits of its hash, 1 to 256 (0: no
+    path; small ints Python keeps once, so an address costs no object for it: two paths
+    taken for one miss one move in 256)."""
+    if not isinstance(path, str):
+        return 0
+    return (hash(path[:-1] if path[-1:] == "/" and len(path) > 1 else path) & 0xFF) + 1
 
 
 class Surge:
@@ -193,7 +208,7 @@ class Surge:
         """The new readers per window at which the route is under a surge."""
         if self.baseline is None:
             return float(self.floor)
-        return max(float(self.floor), self.baseline * self.factor)
+        return max(self.floor + self.baseline, self.baseline * self.factor)
 
     def judged(self, now: float, one_shot: bool) -> None:
         """Count a new address judged one-shot or returning."""
@@ -234,34 +249,44 @@ class Surge:
                 "baseline": round(self.baseline, 1) if self.baseline is not None else -1,
                 "one_shot_share": round(one_shot / judged, 3),
             }
-        if reads < 0.7 * limit and now - self.since >= self.span:
+        # (the people who passed were each held first: they keep no surge on)
+        if reads - cur[1] - old[1] * weight < 0.7 * limit and now - self.since >= self.span:
             self.since = None
         return None
 
     def on(self, now: float) -> bool:
         """Whether the route is under a surge now (it ends after a window without reads,
-        or, as in `record`, once its new readers stay under 0.7 of the threshold)."""
+        or, as in `record`, once its new readers, people aside, stay under 0.7 of the
+        threshold)."""
         if self.since is None:
             return False
         weight = self._roll(now)
         cur, old = self.now, self.old
         if cur[0] + cur[1] + old[0] + old[1] == 0 or (
-            now - self.since >= self.span and cur[0] + old[0] * weight < 0.7 * self.threshold()
+            now - self.since >= self.span
+            and cur[0] - cur[1] + (old[0] - old[1]) * weight < 0.7 * self.threshold()
         ):
             self.since = None
         return self.since is not None
 
 
 class _Address:
-    """What the detector knows of one address: when it was first seen, how many of
-    its requests it saw, whether it was counted as a person, the watched routes it read
-    while new (one bit per route, `Surge.bit`: every one of them, exactly)."""
+    """What the detector knows of one address: when it was first seen, how many times it
+    moved on, whether it was counted as a person, the watched routes it read while new
+    (one bit per route, `Surge.bit`: every one of them, exactly).
 
-    __slots__ = ("first", "person", "read", "requests", "site")
+    Moving on is a request for another path than the address's previous one, answered
+    under 400 (the same page read again is no browsing, nor is a miss), or polling: the
+    same path read `_POLLS` more times, the last `_POLL_SPAN` seconds or more after the
+    address was first seen (a page refreshing its live data)."""
 
-    def __init__(self, first: float) -> None:
+    __slots__ = ("again", "first", "last", "person", "read", "requests", "site")
+
+    def __init__(self, first: float, last: int) -> None:
         self.first = first
         self.requests = 1
+        self.last = last  # `_step` of its last answered request (0: none)
+        self.again = 0  # its reads of that path again since it moved on
         self.person = False
         self.read = 0
         self.site = False  # counted by the site-wide count (its first watched read)
@@ -278,6 +303,7 @@ class Scraping:
         self.enforce = enforce
         self.challenge_path = challenge_path
         self._new_for = config.new_for
+        self._moves_for = config.new_for + config.settle
         self._seen: OrderedDict[str, _Address] = OrderedDict()  # oldest first, bounded
         self._surges: dict[str, Surge] = {}
         # every watched route's new readers together, each address once (at its first
@@ -335,7 +361,7 @@ class Scraping:
 
     def _judge_pending(self, surge: Surge, now: float) -> None:
         """Judge the new addresses that read the route at least `settle` seconds ago:
-        one-shot unless the address sent anything after that read."""
+        one-shot unless the address moved on after that read (`_Address`)."""
         addresses, at, counts = surge.pending, surge.pending_at, surge.pending_requests
         settle = self.config.settle
         seen = self._seen
@@ -355,14 +381,35 @@ class Scraping:
         seen = self._seen
         known = seen.get(address)
         if known is not None:
-            known.requests += 1
-            if now - known.first >= self._new_for:
+            # (an address moves on with an answered request for another path, or by
+            # polling one: a page read again, under any query string, is no browsing, nor
+            # is a miss; counted until its last read while new has been judged)
+            age = now - known.first
+            if age < self._moves_for and outcome.status < 400:
+                # (`_step` inlined, and `_Address`'s moving on: every answered request of a
+                # new address comes here)
+                path = ctx.scope.get("path")
+                if isinstance(path, str):
+                    step = (
+                        hash(path[:-1] if path[-1:] == "/" and len(path) > 1 else path) & 0xFF
+                    ) + 1
+                    if step != known.last:
+                        known.last = step
+                        known.requests += 1
+                        known.again = 0
+                    else:
+                        known.again += 1
+                        if known.again >= _POLLS and age >= _POLL_SPAN:
+                            known.requests += 1
+                            known.again = 0
+            if age >= self._new_for:
                 return None  # not new
         else:  # first seen here (an address answered only errors is remembered too: it
             # counts once per route, not as a new reader at each miss)
             if len(seen) >= RECENT_MAX:
                 seen.popitem(last=False)
-            seen[address] = known = _Address(now)
+            step = _step(ctx.scope.get("path")) if outcome.status < 400 else 0
+            seen[address] = known = _Address(now, step)
         method = ctx.scope.get("method")
         if method != "GET" and not _read(method):
             return None
