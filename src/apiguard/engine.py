@@ -33,7 +33,7 @@ from apiguard.detectors.base import (
     LoginAttempt,
     Outcome,
 )
-from apiguard.detectors.bola import names_object
+from apiguard.detectors.bola import Bola, names_object
 from apiguard.detectors.flow_groups import BORN, GROUP, FlowGroups, group_keys
 from apiguard.detectors.rotation import Rotation, home_key, shaped_key
 from apiguard.detectors.scraping import Scraping
@@ -306,6 +306,10 @@ class Engine:
         whether the request reported a login, whether its principal is an address, and
         whether such an anonymous request named an account, a possible sign-up)."""
         self.detectors = found
+        run_now = getattr(self.store, "run_objects", None) if self._runs_objects else None
+        for detector in found:
+            if isinstance(detector, Bola):
+                detector.run_now = run_now
         self.ato = next((d for d in found if isinstance(d, AccountTakeover)), None)
         self._rotation = next((d for d in found if isinstance(d, Rotation)), None)
         self._scraping = next((d for d in found if isinstance(d, Scraping)), None)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -61,6 +61,9 @@ class Bola:
         # a run shorter than this is no walk, whatever the scale (at least half the bar)
         self._no_walk = config.sequential_run * 0.5
         self._window = config.window
+        # an in-process store's `run_objects`, bound by the engine: an object is counted
+        # at once, in `plan` (no batch, and no judge unless there is a finding)
+        self.run_now: Callable[[Objects, float], None] | None = None
 
     def _young_found(self, subject: str, now: float) -> None:
         flags = self._young_flags
@@ -182,6 +185,13 @@ class Bola:
             if not route.public and 200 <= status < 300 and ctx.method.upper() == "GET":
                 route.answered_anonymously(principal, item)
             op = Objects(f"bola:{principal}{route.key}", self._window, item, number, error)
+            run_now = self.run_now
+            if run_now is not None:
+                run_now(op, outcome.now)
+                if not error and (number is None or op.length < self._no_walk):
+                    return None
+                found = self._address_found(op, outcome, route.public)
+                return (lambda: found) if found else None
             ops.append(op)
             if number is None and not error:
                 return None  # nothing an address can be flagged for was seen
@@ -201,7 +211,11 @@ class Bola:
             return judge
         subject, _, banned = _subject(outcome)
         op = Objects(f"bola:{subject}{route.key}", self.config.window, item, number, error)
-        ops.append(op)
+        run_now = self.run_now
+        if run_now is not None:
+            run_now(op, outcome.now)  # (its results read by the judge)
+        else:
+            ops.append(op)
         return self._principal_judge(op, outcome, template, route, subject, banned, ops)
 
     def _address_found(self, op: Objects, outcome: Outcome, public: bool) -> list[Finding]:

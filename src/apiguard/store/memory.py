@@ -482,20 +482,12 @@ class MemoryStore:
         observed response: `expired` is inlined, and the lock taken without `with`."""
         tallies = self._tallies
         runs = self._runs
-        objects = self._objects
         self._lock.acquire()
         try:
             for op in ops:
                 key = op.key
                 if isinstance(op, Objects):
-                    trail = objects.get(key)
-                    if trail is not None:
-                        objects.move_to_end(key)
-                    elif len(objects) < self.max_keys:
-                        trail = objects[key] = Trail(op.window, now)
-                    else:
-                        trail = self._make(objects, key, Trail(op.window, now), now, None)
-                    trail.observe(op, now)
+                    self._trail(op, now)
                 elif isinstance(op, Tally):
                     t = tallies.get(key)
                     if t is None or now - t.start >= 2 * t.half:  # (t.expired(now))
@@ -512,6 +504,28 @@ class MemoryStore:
                     op.length, op.stride = r.step(op.value, now)
         finally:
             self._lock.release()
+
+    def run_objects(self, op: Objects, now: float) -> None:
+        """Run one `Objects` operation now, as `observe([op], now)` would (BOLA's
+        in-process path: its results are read at once, with no batch around it)."""
+        self._lock.acquire()
+        try:
+            self._trail(op, now)
+        finally:
+            self._lock.release()
+
+    def _trail(self, op: Objects, now: float) -> None:
+        """`op` on its `Trail` (made, or most recently used); the lock is held."""
+        objects = self._objects
+        key = op.key
+        trail = objects.get(key)
+        if trail is not None:
+            objects.move_to_end(key)
+        elif len(objects) < self.max_keys:
+            trail = objects[key] = Trail(op.window, now)
+        else:
+            trail = self._make(objects, key, Trail(op.window, now), now, None)
+        trail.observe(op, now)
 
     def _make(
         self, table: OrderedDict[str, _S], key: str, fresh: _S, now: float, old: _S | None
