@@ -190,8 +190,8 @@ class Bola:
                 run_now(op, outcome.now)
                 if not error and (number is None or op.length < self._no_walk):
                     return None
-                found = self._address_found(op, outcome, route.public)
-                return (lambda: found) if found else None
+                findings = self._address_found(op, outcome, route.public)
+                return (lambda: findings) if findings else None
             ops.append(op)
             if number is None and not error:
                 return None  # nothing an address can be flagged for was seen
