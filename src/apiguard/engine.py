@@ -59,6 +59,7 @@ from apiguard.request import (
     network_of,
 )
 from apiguard.responses import tightest_ratelimit
+from apiguard.routes import route_template
 from apiguard.rules import FlowRule, Rule
 from apiguard.store.base import (
     Ban,
@@ -1101,7 +1102,7 @@ class Engine:
         try:
             # evidence only: judged when the ban has ended (a ban that grew on every
             # refused request would be a day long within minutes)
-            rotation.plan(Outcome(ctx, 403, principal, now, None), ops)
+            rotation.plan(Outcome(ctx, 403, principal, now, None, route_template(ctx.scope)), ops)
             if ops:
                 self.store.observe(ops, now)
         except Exception:
@@ -1323,7 +1324,7 @@ class Engine:
         if not watching:
             return
         now = self.clock()
-        outcome = Outcome(ctx, status, principal, now, login)
+        outcome = Outcome(ctx, status, principal, now, login, route_template(ctx.scope))
         ops: list[Observation] = []
         judges: list[Judge] | None = None
         for detector in watching:
@@ -1422,7 +1423,7 @@ class Engine:
         if not watching:
             return None
         now = self.clock()
-        outcome = Outcome(ctx, status, principal, now, login)
+        outcome = Outcome(ctx, status, principal, now, login, route_template(ctx.scope))
         ops: list[Observation] = []
         judges: list[Judge] = []
         for detector in watching:

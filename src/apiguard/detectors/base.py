@@ -13,9 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
-
-from apiguard.routes import route_template
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from apiguard.request import RequestContext
@@ -34,9 +32,6 @@ class LoginAttempt:
     in_flight: bool = False  # counted among its address's unanswered attempts
 
 
-_UNKNOWN: Any = object()  # (an `Outcome`'s route before it is first asked)
-
-
 @dataclass(slots=True)
 class Outcome:
     """One finished request, as the detectors see it."""
@@ -46,16 +41,9 @@ class Outcome:
     principal: str
     now: float
     login: LoginAttempt | None = None
-    _route: str | None = field(default=_UNKNOWN, init=False, repr=False)
-
-    @property
-    def route(self) -> str | None:
-        """The template of the route that served the request (`RequestContext.route`,
-        read once for every detector: routing is over)."""
-        route = self._route
-        if route is _UNKNOWN:
-            route = self._route = route_template(self.ctx.scope)
-        return route
+    # the template of the route that served the request (`RequestContext.route`, read
+    # once for every detector: routing is over)
+    route: str | None = None
 
     @property
     def prior(self) -> int:

@@ -425,7 +425,10 @@ class Scraping:
         at = surge.pending_at
         if at and now - at[0] >= self.config.settle:
             self._judge_pending(surge, now)
-        surge.wait(address, now, known.requests)
+        # (`surge.wait`, inlined: every new reader of a route comes here)
+        surge.pending.append(address)
+        at.append(now)
+        surge.pending_requests.append(known.requests)
         person = ctx.has_cookie and self._person(ctx, now)
         if person:
             if known.person or not self._first_use(ctx):

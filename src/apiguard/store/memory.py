@@ -521,11 +521,13 @@ class MemoryStore:
         trail = objects.get(key)
         if trail is not None:
             objects.move_to_end(key)
-        elif len(objects) < self.max_keys:
+            trail.observe(op, now)
+            return
+        if len(objects) < self.max_keys:
             trail = objects[key] = Trail(op.window, now)
         else:
             trail = self._make(objects, key, Trail(op.window, now), now, None)
-        trail.observe(op, now)
+        trail.first(op, now)
 
     def _make(
         self, table: OrderedDict[str, _S], key: str, fresh: _S, now: float, old: _S | None

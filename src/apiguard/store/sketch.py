@@ -193,6 +193,19 @@ class Trail:
         else:
             self.union = 1 if self.old_one >= 0 else 0
 
+    def first(self, op: Objects, now: float) -> None:
+        """`observe` for the first `op` of a record just made at `now` (nothing to roll,
+        nothing to compare: its results are those of one object)."""
+        i = hash(op.item) & _MASK
+        self.one = i
+        self.union = 1
+        op.count = _ESTIMATES[1]
+        if op.error:
+            errors = self.errors = Generations(self.window, now)
+            op.errors = errors.add(op.item, 1, now)
+        if op.value is not None:
+            self.last = op.value  # (`touched` is `now` already; length and stride 0)
+
     def observe(self, op: Objects, now: float) -> None:
         """Run `op` on this record: its results are what its `Tally` and `Run` parts
         would get from their own `Generations` and `Stride` entries."""
