@@ -403,7 +403,10 @@ def test_drf_new_account_is_challenged_at_its_first_object_during_a_young_harves
         auth = {"authorization": f"Token {token}"}
         return [call("GET", f"/items/{i}", ip=ip, headers=auth).status for i in ids[:12]]
 
-    assert harvest(1) == [200] * 10 + [403, 403]  # young: held to young_floor (10)
+    # young: held to young_floor (10) distinct objects, counted with a 1,024-slot sketch
+    # (two of 11 ids share a slot in about one run in twenty: then the 11th is read too)
+    first = harvest(1)
+    assert first[:10] == [200] * 10 and first[-1] == 403 and first.count(200) <= 11
     assert harvest(2) == [403] * 12  # the alarm: the next newcomer is asked at once
 
 
