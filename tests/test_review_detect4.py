@@ -278,13 +278,6 @@ def test_person_action_block_makes_the_young_alarm_ban_every_newcomer_everywhere
     assert run(scenario())[0] == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DESIGN: the young alarm is armed by ONE unanswered young account (young_alarm=1) "
-    "and stays armed for young_for (24 h): an attacker who signs up once a day and reads 6 "
-    "objects makes every honest newcomer (on any network) meet a challenge before their "
-    "first object; in an app with no challenge route they cannot read anything for 24 h.",
-)
 def test_one_attacker_account_a_day_challenges_every_honest_newcomer() -> None:
     clock = FakeClock(START)
     guard = Guard(clock=clock)
@@ -303,6 +296,68 @@ def test_one_attacker_account_a_day_challenges_every_honest_newcomer() -> None:
 
     met = run(scenario())
     assert met.count(True) <= 1, met
+
+
+def test_where_people_pass_challenges_the_young_alarm_holds_for_young_for() -> None:
+    """The other side of the test above: an app whose people pass its challenge keeps the
+    alarm `young_for` (24 h), so a harvest that makes one account every two hours gets
+    nothing from the next ones (each is asked at birth, and never answers)."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(57)
+
+    async def scenario() -> list[int]:
+        person = Client(driver, BROWSERS[0], public_ip(rng))  # the app's challenge works
+        assert (await person.send("POST", "/challenge")).status == 200
+        await arm_the_young_alarm(driver, clock, rng)
+        leaked = []
+        for n in range(1, 6):
+            clock.advance(2 * 3600)
+            bot = Client(driver, rng.choice(BROWSERS), public_ip(rng), jar=None)
+            assert (await bot.signup(f"slow{n}")).status == 201
+            got = 0
+            for order in range(2000 + 20 * n, 2012 + 20 * n):
+                clock.advance(rng.uniform(2, 5))
+                got += (await bot.send("GET", f"/orders/{order}")).status == 200
+            leaked.append(got)
+        return leaked
+
+    assert run(scenario()) == [0] * 5
+
+
+def test_where_nobody_passed_a_challenge_the_young_alarm_lasts_an_hour() -> None:
+    """An app where nobody has passed a challenge (maybe it has no challenge flow: the
+    people asked are refused): a flag arms the alarm for `young_alarm_for` (1 h), so a
+    newcomer within the hour is asked at once, one two hours later reads their orders; a
+    slow harvest account there is still held to `young_floor` (10)."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(58)
+
+    async def scenario() -> tuple[bool, list[int], list[int]]:
+        await arm_the_young_alarm(driver, clock, rng)
+        clock.advance(1800)
+        early = Client(driver, BROWSERS[1], public_ip(rng))
+        assert (await early.signup("early")).status == 201
+        asked = is_challenge(await early.send("GET", f"/orders/{orders_of(1)[0]}"))
+        clock.advance(2 * 3600)
+        later = Client(driver, BROWSERS[1], public_ip(rng))
+        assert (await later.signup("later")).status == 201
+        mine = [(await later.send("GET", f"/orders/{o}")).status for o in orders_of(2)[:3]]
+        bot = Client(driver, BROWSERS[2], public_ip(rng), jar=None)
+        assert (await bot.signup("slowbot")).status == 201
+        harvest = []
+        for order in range(3000, 3013):
+            clock.advance(rng.uniform(2, 5))
+            harvest.append((await bot.send("GET", f"/orders/{order}")).status)
+        return asked, mine, harvest
+
+    asked, mine, harvest = run(scenario())
+    assert asked
+    assert mine == [200] * 3
+    assert harvest[:10] == [200] * 10 and 403 in harvest[10:], harvest
 
 
 def test_one_solved_challenge_unlocks_a_whole_batch_of_fresh_accounts() -> None:

@@ -328,6 +328,10 @@ class BolaConfig(_Detector):
     # them) and did not pass the challenge since, each new account gets `person_action`
     # at sign-up: held on object routes until it passes
     young_alarm: int = Field(1, ge=1, le=64)
+    # while nobody has passed a challenge in this process (an app whose challenge flow
+    # is missing or unused refuses the people it asks), a flag arms the alarm this long
+    # only, not `young_for`
+    young_alarm_for: float = Field(3600.0, gt=0, le=YEAR)
     errors_floor: int = Field(15, ge=2)
     error_share: float = Field(0.5, gt=0, le=1)
     query_params: tuple[str, ...] = ()

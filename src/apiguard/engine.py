@@ -222,7 +222,7 @@ class Engine:
         # bearer token key -> the one vouched principal seen presenting it, or _SHARED_TOKEN (LRU,
         # bounded): decides which credentials are banned with a principal
         self._owners: OrderedDict[str, str] = OrderedDict()
-        self._challenges_answered = False  # someone passed a challenge in this process
+        self.challenges_answered = False  # someone passed a challenge in this process
         self._challenge_warned = False
         # bearer tokens that were a vouched request's only credential (`vouched_token`),
         # and how many each principal vouched for
@@ -1240,7 +1240,7 @@ class Engine:
     def challenge_passed(self, ctx: RequestContext) -> None:
         """The person behind this request passed the app's challenge: give the client a
         pass (a signed cookie) and lift the challenges on its address and principal."""
-        self._challenges_answered = True
+        self.challenges_answered = True
         now = self.clock()
         seconds = self.config.detection.challenge_for
         value = pass_value(self.hasher, int(now + seconds))
@@ -1491,7 +1491,7 @@ class Engine:
                 enforced = False  # an untrusted proxy's address: reported, never banned
         self.telemetry.detection(ctx, finding, enforced)
         self._log_detection(finding, enforced, now)
-        if enforced and finding.action == "challenge" and not self._challenges_answered:
+        if enforced and finding.action == "challenge" and not self.challenges_answered:
             self._warn_unanswered_challenge(finding)
         if not enforced or finding.subject == "population":
             return

@@ -74,7 +74,8 @@ class Bola:
 
     def _birth(self, born: tuple[str, ...], outcome: Outcome) -> Judge | None:
         """At a sign-up while young accounts are being flagged (`young_alarm` flagged
-        within `young_for` that did not pass the challenge since, as this process saw
+        within `young_for`, or `young_alarm_for` while nobody has passed a challenge in
+        this process, that did not pass the challenge since, as this process saw
         them): the new account must pass the challenge before it reads any object (a
         harvest over fresh accounts gets nothing more; a person passes). It is asked
         under each key it may be known by later (`born`: as `identify()` names it and as
@@ -84,10 +85,14 @@ class Bola:
         if len(self._young_flags) < cfg.young_alarm or cfg.person_action != "challenge":
             return None  # (an app without a challenge is never refused at sign-up)
         engine = outcome.ctx.engine
+        # an app where nobody passed a challenge yet may have no challenge flow: there
+        # the alarm refuses every newcomer, so a flag arms it for `young_alarm_for` only
+        # (an attacker keeping it on needs a flagged account that often, not once a day)
+        armed_for = cfg.young_for if engine.challenges_answered else cfg.young_alarm_for
         unanswered = [
             at
             for subject, at in self._young_flags.items()
-            if now - at <= cfg.young_for and not engine.passed(subject, now)
+            if now - at <= armed_for and not engine.passed(subject, now)
         ]
         if len(unanswered) < cfg.young_alarm:
             return None
