@@ -123,3 +123,73 @@ def test_control_a_crowd_polling_every_20_s_is_not_challenged() -> None:
 def test_a_crowd_polling_every_60_s_is_not_challenged() -> None:
     shop = polling_crowd(60.0)
     assert sum(v.challenged for v in shop.people) == 0
+
+
+# -- account takeover: the population share diluted by the stuffer's own accounts -------
+
+from detection_support import password, public_ip  # noqa: E402
+
+
+def diluted_stuffing(own: int, per_half: int, halves: int, seed: int = 51) -> tuple[list[int], list[int]]:
+    """Stuffing from a residential proxy pool (a fresh address and browser build on every
+    attempt, so no actor is seen twice), `per_half` guesses every 15 min (the population
+    alarm's half window), beside honest people (one login a minute, 10% failing once
+    before they get it right). With `own` > 0 the stuffer also logs in to `own` accounts
+    of its own (free sign-ups; here the shop's users 0..own-1) in the first minute of
+    every 15 min, each from a fresh proxy address. The stuffer's guess statuses, the people's statuses."""
+    clock = FakeClock(6_000_000.0)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(seed)
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        guesses: list[int] = []
+        people: list[int] = []
+        events: list[tuple[float, str, int]] = []
+        for h in range(halves):
+            base = h * 900.0
+            events += [(base + rng.uniform(0, 60), "own", k) for k in range(own)]
+            events += [(base + rng.uniform(60, 900), "guess", 0) for _ in range(per_half)]
+            events += [(base + rng.uniform(0, 900), "person", 0) for _ in range(15)]
+        victim = 1000
+        for at, kind, k in sorted(events):
+            clock.advance_to(6_000_000.0 + at)
+            c = Client(driver, f"{BROWSERS[rng.randrange(4)]} b/{rng.randrange(99999)}",
+                       public_ip(rng), jar=None)
+            if kind == "own":
+                assert (await c.login(k)).status == 200
+            elif kind == "guess":
+                resp = await c.send(
+                    "POST", "/login", {"username": username(victim), "password": "x"}
+                )
+                victim += 1
+                guesses.append(403 if is_challenge(resp) else resp.status)
+            else:
+                c.jar = {}
+                who = rng.randrange(150, 300)
+                if rng.random() < 0.1:
+                    await c.login(who, "typo")
+                resp, _ = await c.human_login(who)
+                people.append(resp.status)
+        return guesses, people
+
+    result: tuple[list[int], list[int]] = run(scenario())
+    return result
+
+
+def test_control_undiluted_residential_stuffing_raises_the_alarm() -> None:
+    guesses, people = diluted_stuffing(0, 60, 8)
+    assert 403 in guesses and guesses.count(401) <= 60
+    assert set(people) == {200}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding A2 (bypass): a stuffer logging in to 100 accounts of its own every "
+    "15 min from proxy addresses (a success counts once per account per half window) "
+    "keeps the population failure share under 0.4: 480 guesses in 2 h (60 every 15 min, "
+    "5,760 a day) from rotating addresses, none challenged; without them caught at the 20th",
+)
+def test_stuffing_diluted_by_own_accounts_raises_the_alarm() -> None:
+    guesses, _people = diluted_stuffing(100, 60, 8)
+    assert guesses.count(401) <= 120
