@@ -249,3 +249,58 @@ def test_control_a_carrier_nat_address_logs_its_people_in() -> None:
 def test_one_subscriber_cannot_get_a_carrier_nat_address_refused() -> None:
     people = carrier_nat(120.0)
     assert people.count(200) == len(people)
+
+
+# -- account takeover: a campus /24 poisoned once, challenged all day --------------------
+
+
+def campus_day(poison: bool, seed: int = 71) -> list[tuple[float, bool, int]]:
+    """A campus NAT pool (8 addresses of one /24). At 09:00 one student (or a phone of
+    theirs running a proxy SDK) tries 30 made-up usernames in 10 minutes, rotating the
+    pool's addresses; then for 12 hours a person logs in every 4 minutes from the pool
+    on a new device (solving a challenge if asked), one in six first mistyping the
+    password. (hours after the poisoning, challenged, final status) per person."""
+    clock = FakeClock(6_000_000.0)
+    guard = Guard({"detection": {"challenge_path": "/challenge"}}, clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(seed)
+    pool = [f"131.107.3.{10 + k}" for k in range(8)]
+
+    async def scenario() -> list[tuple[float, bool, int]]:
+        if poison:
+            for k in range(30):
+                clock.advance(20.0)
+                bot = Client(driver, BROWSERS[0], pool[k % 8], jar=None)
+                await bot.send("POST", "/login", {"username": f"ghost{k}@x.org", "password": "x"})
+        start = clock()
+        out = []
+        for _ in range(180):
+            clock.advance(rng.uniform(200, 280))
+            c = Client(driver, BROWSERS[rng.randrange(4)], rng.choice(pool))
+            who = rng.randrange(300)
+            met = False
+            if rng.random() < 1 / 6:
+                _, met = await c.human_login(who, "typo")
+            resp, met2 = await c.human_login(who)
+            out.append(((clock() - start) / 3600.0, met or met2, resp.status))
+        return out
+
+    result: list[tuple[float, bool, int]] = run(scenario())
+    return result
+
+
+def test_control_an_unpoisoned_campus_is_not_challenged() -> None:
+    day = campus_day(False)
+    assert not any(met for _, met, _ in day) and {s for *_, s in day} == {200}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding H2 (honest challenged): 30 made-up usernames from a campus pool at "
+    "09:00 keep the /24 flagged until the people's own logins outnumber them over the "
+    "24 h network window: 50 of 180 people challenged, the last 3.5 h later (20, within "
+    "1.5 h, with the 1 h window before this release)",
+)
+def test_a_campus_poisoned_once_is_not_challenged_hours_later() -> None:
+    day = campus_day(True)
+    assert not any(met for h, met, _ in day if h > 2.0)
