@@ -352,3 +352,76 @@ def test_control_a_crawl_at_20_pages_a_second_is_held() -> None:
 def test_a_crawl_at_40_pages_a_second_is_held() -> None:
     _shop, statuses = fast_crawl(40.0, 6)
     assert statuses.count(200) <= 0.05 * len(statuses)
+
+
+# -- an undeclared proxy: one user behind it gets everyone challenged at login ----------
+
+import json  # noqa: E402
+
+from apiguard.simulate.driver import Request  # noqa: E402
+
+
+def behind_proxy(poison: int, seed: int = 91) -> list[bool]:
+    """A company's egress proxy (or a mobile app's backend) that adds X-Forwarded-For and
+    that nobody declared in `client_ip.trusted_proxies`: its people log in through it, one
+    every 3 minutes, each on a new device (a person solves a challenge if asked), so after
+    the first 8 it is taken for an undeclared proxy. After an hour one user behind it tries
+    `poison` made-up usernames in 5 minutes. Whether each later person met a challenge."""
+    clock = FakeClock(6_000_000.0)
+    guard = Guard({"detection": {"challenge_path": "/challenge"}}, clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(seed)
+    proxy = "52.14.77.9"
+
+    async def post(path: str, body: dict | None, inside: str, jar: dict[str, str] | None):
+        headers = [("user-agent", BROWSERS[0]), ("x-forwarded-for", inside)]
+        if body is not None:
+            headers.append(("content-type", "application/json"))
+        if jar:
+            headers.append(("cookie", "; ".join(f"{k}={v}" for k, v in jar.items())))
+        raw = json.dumps(body).encode() if body is not None else b""
+        resp = await driver.send(Request("POST", path, proxy, tuple(headers), raw))
+        if jar is not None:
+            for name, value in resp.headers:
+                if name == b"set-cookie":
+                    k, _, rest = value.decode("latin-1").partition("=")
+                    jar[k] = rest.split(";", 1)[0]
+        return resp
+
+    async def person(k: int) -> bool:
+        jar: dict[str, str] = {}
+        inside = f"10.0.{k // 200}.{k % 200 + 1}"
+        body = {"username": username(k), "password": password(k)}
+        resp = await post("/login", body, inside, jar)
+        if is_challenge(resp):
+            await post("/challenge", None, inside, jar)
+            resp = await post("/login", body, inside, jar)
+            assert resp.status == 200
+            return True
+        assert resp.status == 200
+        return False
+
+    async def scenario() -> list[bool]:
+        for k in range(20):
+            clock.advance(180.0)
+            await person(k)
+        for j in range(poison):
+            clock.advance(300.0 / poison)
+            await post("/login", {"username": f"ghost{j}@x.org", "password": "x"}, "10.9.9.9", None)
+        met = []
+        for k in range(20, 60):
+            clock.advance(180.0)
+            met.append(await person(k))
+        return met
+
+    result: list[bool] = run(scenario())
+    return result
+
+
+def test_control_people_behind_an_undeclared_proxy_are_not_challenged() -> None:
+    assert not any(behind_proxy(0))
+
+
+def test_held_one_user_behind_an_undeclared_proxy_gets_at_most_one_person_challenged() -> None:
+    """Held: the proxy's challenge stands until one person passes it (the next one)."""
+    assert sum(behind_proxy(25)) <= 1
