@@ -453,3 +453,68 @@ def test_control_an_undeclared_load_balancer_without_a_challenge_flow_logs_peopl
 )
 def test_an_undeclared_load_balancer_s_people_are_not_refused_for_one_client() -> None:
     assert not any(behind_proxy(25, challenge=False, every=900.0))
+
+
+# -- account takeover: a busy shared /24 saturates its sketches -------------------------
+
+from fastapi import FastAPI, HTTPException  # noqa: E402
+
+from apiguard.asgi import GuardMiddleware  # noqa: E402
+from detection_support import Credentials  # noqa: E402
+
+
+def open_login_app(guard: Guard) -> FastAPI:
+    """A login whose accounts are every `member<n>` with the password 'ok' (a big site)."""
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+
+    @app.post("/login")
+    @guard.login(username=lambda body: body.username)
+    async def login(body: Credentials) -> dict[str, str]:
+        if not body.username.startswith("member") or body.password != "ok":
+            raise HTTPException(401)
+        return {"token": "t"}
+
+    return app
+
+
+def busy_network(people: int, guesses: int, seed: int = 97) -> list[int]:
+    """A /24 many people share (a big carrier's NAT pool, a privacy relay's egress): for
+    two days `people` distinct members a day log in from its addresses, and on the second
+    day a stuffer there (rotating the pool's 254 addresses, under 8 usernames per address
+    an hour, a fresh browser build each time) tries `guesses` made-up usernames,
+    evenly spread. The stuffer's statuses."""
+    clock = FakeClock(6_000_000.0)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(open_login_app(guard))
+    rng = random.Random(seed)
+    day = 86_400.0
+    events = [(rng.uniform(0, 2 * day), "person", n) for n in range(2 * people)]
+    events += [(day + day * (g + 0.5) / guesses, "guess", g) for g in range(guesses)]
+
+    async def scenario() -> list[int]:
+        out: list[int] = []
+        for at, kind, n in sorted(events):
+            clock.advance_to(6_000_000.0 + at)
+            ip = f"92.40.17.{rng.randrange(1, 255)}"
+            ua = BROWSERS[rng.randrange(4)]
+            c = Client(driver, ua if kind == "person" else f"{ua} b/{n}", ip, jar=None)
+            if kind == "person":
+                body = {"username": f"member{n}", "password": "ok"}
+                await c.send("POST", "/login", body)  # (challenged once the /24 is)
+            else:
+                body = {"username": f"victim{n}@mail.example", "password": "x"}
+                out.append((await c.send("POST", "/login", body)).status)
+        return out
+
+    result: list[int] = run(scenario())
+    return result
+
+
+def test_held_stuffing_in_a_busy_24_is_challenged_after_about_its_people_s_logins() -> None:
+    """Held (as documented: people logging in dilute, one each): beside 2,500 people a day
+    the stuffer is challenged at about its 2,000th guess of the day (beside 500: ~240;
+    4,000: ~3,000); the distinct sketches' saturation (1,024 slots) does not free it."""
+    statuses = busy_network(2500, 6000)
+    assert 403 in statuses and statuses.index(403) <= 2500
+    assert statuses.count(401) <= 2500
