@@ -6,14 +6,36 @@ scenario realistic (or an attack that held)."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
+from fastapi import FastAPI, HTTPException
 
 from apiguard import Guard
+from apiguard.asgi import GuardMiddleware
 from apiguard.simulate.clock import FakeClock
-from apiguard.simulate.driver import AsgiDriver
-from detection_support import BROWSERS, Client, build_app, is_challenge, run, username
+from apiguard.simulate.driver import AsgiDriver, Request
+from detection_support import (
+    BROWSERS,
+    Client,
+    Credentials,
+    build_app,
+    is_challenge,
+    password,
+    public_ip,
+    run,
+    username,
+)
+from test_detect_scraping import (
+    CALM,
+    PRODUCTS,
+    Shop,
+    Visitor,
+    honest_visits,
+    replay,
+    scraper_requests,
+)
 
 # -- account takeover: IPv6 /64s of one /48, a few at a time ----------------------------
 
@@ -80,8 +102,6 @@ def test_stuffing_from_staggered_64s_of_one_48_is_caught() -> None:
 
 # -- scraping: a live page polling once a minute ----------------------------------------
 
-from test_detect_scraping import CALM, PRODUCTS, Shop, honest_visits, replay  # noqa: E402
-
 
 def polling_crowd(interval: float, seed: int = 41) -> Shop:
     """After a calm window (2.5 new visitors a minute, 10% bouncing), a link to a live
@@ -127,16 +147,17 @@ def test_a_crowd_polling_every_60_s_is_not_challenged() -> None:
 
 # -- account takeover: the population share diluted by the stuffer's own accounts -------
 
-from detection_support import password, public_ip  # noqa: E402
 
-
-def diluted_stuffing(own: int, per_half: int, halves: int, seed: int = 51) -> tuple[list[int], list[int]]:
+def diluted_stuffing(
+    own: int, per_half: int, halves: int, seed: int = 51
+) -> tuple[list[int], list[int]]:
     """Stuffing from a residential proxy pool (a fresh address and browser build on every
     attempt, so no actor is seen twice), `per_half` guesses every 15 min (the population
     alarm's half window), beside honest people (one login a minute, 10% failing once
     before they get it right). With `own` > 0 the stuffer also logs in to `own` accounts
     of its own (free sign-ups; here the shop's users 0..own-1) in the first minute of
-    every 15 min, each from a fresh proxy address. The stuffer's guess statuses, the people's statuses."""
+    every 15 min, each from a fresh proxy address. The stuffer's guess statuses, the
+    people's statuses."""
     clock = FakeClock(6_000_000.0)
     guard = Guard(clock=clock)
     driver = AsgiDriver(build_app(guard))
@@ -154,8 +175,12 @@ def diluted_stuffing(own: int, per_half: int, halves: int, seed: int = 51) -> tu
         victim = 1000
         for at, kind, k in sorted(events):
             clock.advance_to(6_000_000.0 + at)
-            c = Client(driver, f"{BROWSERS[rng.randrange(4)]} b/{rng.randrange(99999)}",
-                       public_ip(rng), jar=None)
+            c = Client(
+                driver,
+                f"{BROWSERS[rng.randrange(4)]} b/{rng.randrange(99999)}",
+                public_ip(rng),
+                jar=None,
+            )
             if kind == "own":
                 assert (await c.login(k)).status == 200
             elif kind == "guess":
@@ -213,7 +238,9 @@ def carrier_nat(poison_every: float | None, hours: float = 3.0, seed: int = 61) 
     async def scenario() -> list[int]:
         events = [(t * 180.0 + rng.uniform(0, 170), "person") for t in range(int(hours * 20))]
         if poison_every:
-            events += [(t * poison_every, "poison") for t in range(int(hours * 3600 / poison_every))]
+            events += [
+                (t * poison_every, "poison") for t in range(int(hours * 3600 / poison_every))
+            ]
         people: list[int] = []
         fake = 0
         for at, kind in sorted(events):
@@ -308,13 +335,11 @@ def test_a_campus_poisoned_once_is_not_challenged_hours_later() -> None:
 
 # -- scraping: a crawl fast enough that nothing it does is ever judged ------------------
 
-from test_detect_scraping import Visitor, scraper_requests  # noqa: E402
-
 
 def fast_crawl(per_second: float, minutes: float, seed: int = 81) -> tuple[Shop, list[int]]:
     """A rotating-address scraper (one product page per fresh address and browser) at
-    `per_second` pages a second for `minutes`, beside honest visitors (one every ~30 s, reading a page and the listing).
-    The statuses of its reads in the last half of the run."""
+    `per_second` pages a second for `minutes`, beside honest visitors (one every ~30 s,
+    reading a page and the listing). The statuses of its reads in the last half."""
     shop = Shop(seed=seed)
     rng = random.Random(seed + 1)
     count = int(per_second * 60 * minutes)
@@ -356,10 +381,6 @@ def test_a_crawl_at_40_pages_a_second_is_held() -> None:
 
 # -- an undeclared proxy: one user behind it gets everyone challenged at login ----------
 
-import json  # noqa: E402
-
-from apiguard.simulate.driver import Request  # noqa: E402
-
 
 def behind_proxy(
     poison: int, seed: int = 91, challenge: bool = True, every: float = 0.0
@@ -376,7 +397,6 @@ def behind_proxy(
     config = {"detection": {"challenge_path": "/challenge"}} if challenge else {}
     guard = Guard(config, clock=clock)
     driver = AsgiDriver(build_app(guard))
-    rng = random.Random(seed)
     proxy = "52.14.77.9"
 
     async def post(path: str, body: dict | None, inside: str, jar: dict[str, str] | None):
@@ -415,14 +435,16 @@ def behind_proxy(
             await person(k)
         for j in range(poison):
             clock.advance(300.0 / poison)
-            await post("/login", {"username": f"ghost{j}@x.org", "password": "x"}, "10.9.9.9", None)
+            ghost = {"username": f"ghost{j}@x.org", "password": "x"}
+            await post("/login", ghost, "10.9.9.9", None)
         met = []
         j = poison
         for k in range(20, 60):
             clock.advance(180.0)
             if every and k % max(1, round(every / 180.0)) == 0:
                 j += 1
-                await post("/login", {"username": f"ghost{j}@x.org", "password": "x"}, "10.9.9.9", None)
+                ghost = {"username": f"ghost{j}@x.org", "password": "x"}
+                await post("/login", ghost, "10.9.9.9", None)
             met.append(await person(k))
         return met
 
@@ -456,11 +478,6 @@ def test_an_undeclared_load_balancer_s_people_are_not_refused_for_one_client() -
 
 
 # -- account takeover: a busy shared /24 saturates its sketches -------------------------
-
-from fastapi import FastAPI, HTTPException  # noqa: E402
-
-from apiguard.asgi import GuardMiddleware  # noqa: E402
-from detection_support import Credentials  # noqa: E402
 
 
 def open_login_app(guard: Guard) -> FastAPI:
