@@ -535,3 +535,33 @@ def test_held_stuffing_in_a_busy_24_is_challenged_after_about_its_people_s_login
     statuses = busy_network(2500, 6000)
     assert 403 in statuses and statuses.index(403) <= 2500
     assert statuses.count(401) <= 2500
+
+
+# -- held: an office whose people type their username in another case, with spaces -----
+
+
+def test_held_an_office_typing_usernames_in_another_case_is_not_held_back() -> None:
+    """12 people in an hour behind one office NAT address, each first sending its username
+    capitalised with spaces around (a phone's keyboard, a paste) and a wrong password,
+    a password manager retrying it twice, then logging in: the failures are resolved by
+    the same (stripped, case-folded) username, so nobody is held back."""
+    clock = FakeClock(6_000_000.0)
+    guard = Guard({"detection": {"challenge_path": "/challenge"}}, clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(101)
+
+    async def scenario() -> list[tuple[int, bool]]:
+        out = []
+        for k in range(12):
+            clock.advance(300.0)
+            c = Client(driver, BROWSERS[k % 4], "198.51.100.77")
+            name = f"  {username(k).upper()} "
+            for _ in range(3):
+                clock.advance(rng.uniform(1, 4))
+                r = await c.send("POST", "/login", {"username": name, "password": "old"})
+                assert r.status == 401
+            resp, met = await c.human_login(k)
+            out.append((resp.status, met))
+        return out
+
+    assert run(scenario()) == [(200, False)] * 12
