@@ -133,14 +133,9 @@ def test_control_a_crowd_polling_every_20_s_is_not_challenged() -> None:
     assert sum(v.challenged for v in shop.people) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding S5 (honest challenged): a page polling its live data every 60 s (a "
-    "dashboard's usual refresh) is judged one-shot (3 more reads take 180 s, past the "
-    "120 s settle), so the same live-page crowd starts a surge and its new pollers are "
-    "challenged; before this release a second read made an address returning",
-)
 def test_a_crowd_polling_every_60_s_is_not_challenged() -> None:
+    """Finding S5, fixed: a page polling every 60 s was one-shot (3 more reads took 180 s,
+    past `settle`); a read of the same path again 30 s or more after the first is polling."""
     shop = polling_crowd(60.0)
     assert sum(v.challenged for v in shop.people) == 0
 
@@ -367,14 +362,9 @@ def test_control_a_crawl_at_20_pages_a_second_is_held() -> None:
     assert shop.refused_people() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding S6 (bypass): a rotating-address crawl faster than 4096 new readers per "
-    "`settle` (34 pages/s) is never judged: each route keeps at most 4096 pending new "
-    "addresses and drops the oldest unjudged, so none reaches its 120 s: 14,400 pages in "
-    "6 minutes (40/s), none held, for as long as it goes (20/s is held)",
-)
 def test_a_crawl_at_40_pages_a_second_is_held() -> None:
+    """Finding S6, fixed: a crawl faster than 4096 new readers per `settle` pushed its
+    addresses out of the pending queue unjudged; a full queue now judges its oldest."""
     _shop, statuses = fast_crawl(40.0, 6)
     assert statuses.count(200) <= 0.05 * len(statuses)
 

@@ -72,7 +72,7 @@ _PASSES_MAX = 16_384  # passes remembered with the new addresses they came from
 _EWMA = 0.3  # weight of the newest period in a route's baseline
 _JUDGED_MIN = 5  # judged new addresses that make a calm period's one-shot share count
 _PENDING_MAX = 4096  # new addresses a route keeps to judge (beyond: the oldest unjudged)
-_POLLS = 3  # reads of the same path again that are polling (moving on), the last one
+_POLLS = 1  # reads of the same path again that are polling (moving on), the last one
 _POLL_SPAN = 30.0  # seconds or more after the address was first seen
 SITE = "*"  # the site-wide count's name (in `surging`, the evidence's route)
 Evidence = dict[str, float | int | str]
@@ -372,6 +372,16 @@ class Scraping:
             if known is not None:  # (forgotten: not judged)
                 surge.judged(now, known.requests <= requests)
 
+    def _judge_oldest(self, surge: Surge, now: float) -> None:
+        """Judge the oldest new address waiting, before it settled: a crawl faster than
+        `_PENDING_MAX` new readers per `settle` must not push its addresses out unjudged
+        (one-shot unless the address moved on by now)."""
+        surge.pending_at.popleft()
+        address, requests = surge.pending.popleft(), surge.pending_requests.popleft()
+        known = self._seen.get(address)
+        if known is not None:
+            surge.judged(now, known.requests <= requests)
+
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         ctx = outcome.ctx
         if ctx.vouched:
@@ -425,6 +435,8 @@ class Scraping:
         at = surge.pending_at
         if at and now - at[0] >= self.config.settle:
             self._judge_pending(surge, now)
+        if len(at) >= _PENDING_MAX:  # (full: the oldest is judged now, never dropped)
+            self._judge_oldest(surge, now)
         # (`surge.wait`, inlined: every new reader of a route comes here)
         surge.pending.append(address)
         at.append(now)
@@ -471,6 +483,8 @@ class Scraping:
         if at and now - at[0] >= self.config.settle:
             self._judge_pending(site, now)
         if known is not None:
+            if len(site.pending_at) >= _PENDING_MAX:
+                self._judge_oldest(site, now)
             site.wait(address, now, known.requests)
         found = site.record(now, person)
         if found is None:
