@@ -496,3 +496,40 @@ def test_a_crowd_of_new_visitors_on_top_of_a_learned_level_starts_no_surge() -> 
     replay(shop, rng, events)
     assert shop.refused_people() == []
     assert not any(v.challenged for v in shop.people)
+
+
+def test_an_undeclared_challenge_route_is_learned_where_a_person_passes() -> None:
+    """The app has a challenge route but did not declare `detection.challenge_path`
+    (a real integration's omission, found in the Conduit trial): the surge is reported
+    only while no challenge route is known, and held once somebody passes the app's
+    challenge (the route where `challenge_passed()` runs is taken for it), without
+    refusing the people beside it; the start-up summary says so until then."""
+    shop = Shop(seed=31, detection={"challenge_path": None})
+    assert "surges reported only" in shop.guard.summary()
+    rng = random.Random(32)
+    ids = list(range(1, PRODUCTS + 1))
+    walk = iter(rng.sample(ids, len(ids)) * 4)
+
+    async def crawl(count: int) -> list[int]:
+        statuses: list[int] = []
+        for n, (wait, ip, headers) in enumerate(scraper_requests(rng, 6.0, count)):
+            shop.clock.advance(wait)
+            bot = Visitor(shop.driver, headers, ip, jar=None, solves=False)
+            resp = await bot.get(f"/products/{next(walk)}")
+            statuses.append(403 if is_challenge(resp) else resp.status)
+            if n % 12 == 0:
+                await shop.person_visit("/products/{id}")
+        return statuses
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        before = await crawl(300)
+        person = shop.visitor()
+        assert (await person.send("POST", "/challenge")).status == 200  # a person passes
+        return before, await crawl(300)
+
+    before, after = run(scenario())
+    assert 403 not in before  # no challenge route known: reported only
+    assert shop.guard.engine.challenge_path == "/challenge"
+    assert "surges reported only" not in shop.guard.summary()
+    assert sum(s == 200 for s in after[20:]) <= 0.05 * len(after[20:])
+    assert shop.refused_people() == []

@@ -223,6 +223,8 @@ class Engine:
         # bounded): decides which credentials are banned with a principal
         self._owners: OrderedDict[str, str] = OrderedDict()
         self.challenges_answered = False  # someone passed a challenge in this process
+        # the app's challenge route: declared, or learned where `challenge_passed()` ran
+        self.challenge_path: str | None = config.detection.challenge_path
         self._challenge_warned = False
         # bearer tokens that were a vouched request's only credential (`vouched_token`),
         # and how many each principal vouched for
@@ -300,6 +302,8 @@ class Engine:
         self._forgiven.clear()
         self._detections_logged.clear()
         self._levels.clear()
+        self.challenges_answered = False
+        self.challenge_path = self.config.detection.challenge_path
         self._use(detectors.build(self.config.detection, self.enforce_default))
 
     def _use(self, found: list[Detector]) -> None:
@@ -731,18 +735,20 @@ class Engine:
     def _scraping_gate(self, ctx: RequestContext, scraping: Scraping) -> None:
         """Raise `Refused` (a challenge) when a route under a scraping surge is read by a
         new anonymous address without a pass (`apiguard.detectors.scraping`); only in
-        an app that declared its challenge route (`detection.challenge_path`): without
-        one, nobody new could get through, so the surge is reported only."""
+        an app whose challenge route is known (`detection.challenge_path`, or where
+        `challenge_passed()` was called): without one, nobody new could get through, so
+        the surge is reported only."""
         if not self._enforced(scraping.enforce):
             return
-        if not self.config.detection.challenge_path:
+        if self.challenge_path is None:
             if not self._scraping_unheld_warned:
                 self._scraping_unheld_warned = True
                 log.warning(
                     "apiguard: a scraping surge was found (see the detection log) but is "
                     "reported only: set detection.challenge_path to your app's challenge "
                     "route (where it calls guard.challenge_passed()) to challenge new "
-                    "readers during a surge"
+                    "readers during a surge (it is also taken once somebody passes a "
+                    "challenge there)"
                 )
             return
         if ctx.route is None:  # not routed yet (or no route): the response start asks again
@@ -828,13 +834,31 @@ class Engine:
         seconds = self.config.detection.challenge_for
         self.store.impose(Ban(PASSED + principal, now + seconds, 1, None, "pass"), now)
 
+    def _learn_challenge_route(self, ctx: RequestContext) -> None:
+        """`challenge_passed()` was called on an app that did not declare its challenge
+        route: this request's path is that route from now on (never held by a challenge,
+        and the scraping detector may hold newcomers: people can get through)."""
+        path = ctx.scope.get("path")
+        if not isinstance(path, str):
+            return
+        self.challenge_path = path
+        scraping = self._scraping
+        if scraping is not None and scraping.challenge_path is None:
+            scraping.challenge_path = route_template(ctx.scope) or path
+        log.info(
+            "apiguard: guard.challenge_passed() was called on %s: taken for the app's "
+            "challenge route (declare it as detection.challenge_path to hold scraping "
+            "surges from the start)",
+            path,
+        )
+
     def _not_challenged_here(self, ctx: RequestContext) -> bool:
         """Whether a detector's challenge does not hold this request: it is for the app's
         challenge route (`detection.challenge_path`), or it was routed (a checkpoint
         before routing, e.g. `identify()` in a Django middleware, cannot tell) to a route
         that names no object."""
         scope = ctx.scope
-        if scope.get("path") == self.config.detection.challenge_path:
+        if scope.get("path") == self.challenge_path:
             return True
         if scope.get("route") is None and scope.get("endpoint") is None:
             return False
@@ -1241,6 +1265,8 @@ class Engine:
         """The person behind this request passed the app's challenge: give the client a
         pass (a signed cookie) and lift the challenges on its address and principal."""
         self.challenges_answered = True
+        if self.challenge_path is None:  # (not declared: this is the app's challenge route)
+            self._learn_challenge_route(ctx)
         now = self.clock()
         seconds = self.config.detection.challenge_for
         value = pass_value(self.hasher, int(now + seconds))

@@ -706,6 +706,14 @@ class Guard:
                 or "none"
             )
         )
+        if any(d.name == "scraping" and d.enforce for d in found) and (
+            self.engine.challenge_path is None
+        ):
+            parts.append(
+                "scraping: surges reported only until the app's challenge route is known "
+                "(set detection.challenge_path, or it is taken where challenge_passed() is "
+                "first called)"
+            )
         if found and config.secret is None:
             parts.append(
                 "secret: random per process (set `secret`: device cookies then survive "
