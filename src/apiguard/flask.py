@@ -106,8 +106,18 @@ def init_app(app: Flask, guard: Guard) -> Guard:
     if installed is not None:
         raise RuntimeError("init_app: this Flask app is already protected by another Guard")
 
-    # id(URL rule) -> (the rule, its MatchedRoute): one per rule (rules are unhashable)
-    matched: dict[int, tuple[Any, MatchedRoute]] = {}
+    # id(URL rule) -> (the rule, the scope entries it sets): one per rule (rules are
+    # unhashable)
+    matched: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+    def route_fields(rule: Any) -> dict[str, Any]:
+        """The scope entries for a matched URL rule: the view, the rule, its template
+        (`route_template` of it: a WSGI scope has no mount prefix, its root path being
+        the app's)."""
+        endpoint = rule.endpoint
+        view = app.view_functions.get(endpoint) if endpoint is not None else None
+        route = MatchedRoute(rule.rule, view)
+        return {"endpoint": view, "route": route, TEMPLATE_KEY: route.path_format}
 
     dispatch = app.full_dispatch_request
 
@@ -131,26 +141,18 @@ def init_app(app: Flask, guard: Guard) -> Guard:
         rule = req.url_rule
         if rule is not None:
             known = matched.get(id(rule))
-            if known is not None and known[0] is rule:
-                route = known[1]
-            else:
-                endpoint = rule.endpoint
-                view = app.view_functions.get(endpoint) if endpoint is not None else None
-                route = MatchedRoute(rule.rule, view)
+            if known is None or known[0] is not rule:
+                known = (rule, route_fields(rule))
                 if len(matched) < 65536:
-                    matched[id(rule)] = (rule, route)
+                    matched[id(rule)] = known
+            scope.update(known[1])
             values = req.view_args
-            scope["endpoint"] = route.endpoint
-            scope["route"] = route
-            # (`route_template` of it: a WSGI scope has no mount prefix, its root path
-            # being the app's)
-            scope[TEMPLATE_KEY] = route.path_format
             scope["path_params"] = dict(values) if values else {}
         response = dispatch()
-        if type(response.response) is list:  # (`is_sequence`, the usual list)
-            cls = type(response)
-            if _PLAIN.get(cls) or plain_class(cls):
-                scope[COMPLETE_KEY] = True
+        if type(response.response) is list and (  # (`is_sequence`, the usual list)
+            _PLAIN.get(type(response)) or plain_class(type(response))
+        ):
+            scope[COMPLETE_KEY] = True
         return response
 
     def answer(refused: Refused) -> Response:
