@@ -11,9 +11,10 @@
 `init_app` registers everything at once (Flask 2.2 refuses set-up after the first
 request): the WSGI middleware around `app.wsgi_app` (every request counted, refusals sent
 as complete responses that no error handler of the app can rewrite), a wrapper of the
-app's `preprocess_request` that records the matched rule (`/orders/<int:order_id>`,
+app's `full_dispatch_request` that records the matched rule (`/orders/<int:order_id>`,
 blueprint prefixes included) and the view for the rules before the app's URL value
-preprocessors and `before_request` functions run, and an error handler that answers `Refused` (so a
+preprocessors and `before_request` functions run (and tells the middleware whether the
+response's body runs app code), and an error handler that answers `Refused` (so a
 refusal is never logged as a server error). The first request walks `app.url_map`:
 decorators written above `@app.route` raise `ConfigurationError`, on that request and on
 every later one until the app is fixed. Routes already registered when `init_app` runs are
@@ -32,12 +33,17 @@ from werkzeug.wrappers import Response as BaseResponse
 from apiguard.cors_copy import flask_cors_headers
 from apiguard.engine import Refused
 from apiguard.guard import Guard
-from apiguard.request import _EMPTY_SCOPE, _current
 from apiguard.routes import TEMPLATE_KEY, RouteEntry
 from apiguard.steps import render
 from apiguard.wsgi import COMPLETE_KEY, SCOPE_KEY, GuardMiddleware
 
 EXTENSION = "apiguard"
+
+try:  # the context variable behind `flask.request` (Flask 2.2 to 3.1): one call, not the
+    # proxy's several
+    from flask.globals import _cv_request
+except ImportError:  # pragma: no cover  (a later Flask: the proxy)
+    _cv_request = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,54 +106,53 @@ def init_app(app: Flask, guard: Guard) -> Guard:
     if installed is not None:
         raise RuntimeError("init_app: this Flask app is already protected by another Guard")
 
-    # id(URL rule) -> (the rule, its MatchedRoute): one per rule (rules are unhashable)
-    matched: dict[int, tuple[Any, MatchedRoute]] = {}
+    # id(URL rule) -> (the rule, the scope entries it sets): one per rule (rules are
+    # unhashable)
+    matched: dict[int, tuple[Any, dict[str, Any]]] = {}
 
-    preprocess = app.preprocess_request
+    def route_fields(rule: Any) -> dict[str, Any]:
+        """The scope entries for a matched URL rule: the view, the rule, its template
+        (`route_template` of it: a WSGI scope has no mount prefix, its root path being
+        the app's)."""
+        endpoint = rule.endpoint
+        view = app.view_functions.get(endpoint) if endpoint is not None else None
+        route = MatchedRoute(rule.rule, view)
+        return {"endpoint": view, "route": route, TEMPLATE_KEY: route.path_format}
 
-    def preprocess_request(*args: Any, **kwargs: Any) -> Any:
-        """Flask's `preprocess_request`, after recording the matched rule and view where
-        the engine reads them (no re-matching): before the app's URL value preprocessors
-        and `before_request` functions (where apps call `identify()`)."""
-        req = request._get_current_object()  # type: ignore[attr-defined]
+    dispatch = app.full_dispatch_request
+
+    def full_dispatch_request() -> Any:
+        """Flask's `full_dispatch_request`, after recording the matched rule and view where
+        the engine reads them (no re-matching): before the `request_started` signal, the
+        app's URL value preprocessors and `before_request` functions (where apps call
+        `identify()`); then whether the final response's body is a finished sequence (no
+        view code runs as it is iterated): the middleware then ends the request as the
+        response starts, as for a list body. (One hook for both: a response an error
+        handler makes outside it is not marked, and goes the general way.)"""
+        req = (
+            _cv_request.get().request
+            if _cv_request is not None
+            else request._get_current_object()
+        )
         environ = req.environ
-        rule = req.url_rule
         scope = environ.get(SCOPE_KEY)
-        if rule is not None and scope is not None and environ.get("apiguard.guard") is guard:
+        if type(scope) is not dict or environ.get("apiguard.guard") is not guard:
+            return dispatch()  # not under the middleware
+        rule = req.url_rule
+        if rule is not None:
             known = matched.get(id(rule))
-            if known is not None and known[0] is rule:
-                route = known[1]
-            else:
-                endpoint = rule.endpoint
-                view = app.view_functions.get(endpoint) if endpoint is not None else None
-                route = MatchedRoute(rule.rule, view)
+            if known is None or known[0] is not rule:
+                known = (rule, route_fields(rule))
                 if len(matched) < 65536:
-                    matched[id(rule)] = (rule, route)
+                    matched[id(rule)] = known
+            scope.update(known[1])
             values = req.view_args
-            scope["endpoint"] = route.endpoint
-            scope["route"] = route
-            # (`route_template` of it: a WSGI scope has no mount prefix, its root path
-            # being the app's)
-            scope[TEMPLATE_KEY] = route.path_format
             scope["path_params"] = dict(values) if values else {}
-        return preprocess(*args, **kwargs)
-
-    engine = guard.engine
-    process = app.process_response
-
-    def process_response(response: Any) -> Any:
-        """Flask's `process_response`, then whether the final response's body is a
-        finished sequence (no view code runs as it is iterated): the middleware then
-        ends the request as the response starts, as for a list body."""
-        ctx = _current.get()
-        scope = ctx.scope if ctx is not None and ctx.engine is engine else None
-        if type(scope) is not dict or scope is _EMPTY_SCOPE:  # not under the middleware
-            return process(response)
-        scope[COMPLETE_KEY] = False  # (an earlier response's answer does not hold)
-        response = process(response)
-        if type(response.response) is list:  # (`is_sequence`, the usual list)
-            cls = type(response)
-            scope[COMPLETE_KEY] = _PLAIN.get(cls) or plain_class(cls)
+        response = dispatch()
+        if type(response.response) is list and (  # (`is_sequence`, the usual list)
+            _PLAIN.get(type(response)) or plain_class(type(response))
+        ):
+            scope[COMPLETE_KEY] = True
         return response
 
     def answer(refused: Refused) -> Response:
@@ -162,10 +167,9 @@ def init_app(app: Flask, guard: Guard) -> Guard:
         return response
 
     # the route is known to everything the app runs before its view (the URL value
-    # preprocessors, `before_request`), read once the router matched: a wrapper of this
-    # app's `preprocess_request` costs less than a URL value preprocessor of its own
-    app.preprocess_request = preprocess_request  # type: ignore[method-assign]
-    app.process_response = process_response  # type: ignore[method-assign]
+    # preprocessors, `before_request`), read once the router matched: one wrapper of this
+    # app's `full_dispatch_request` costs less than a hook per stage
+    app.full_dispatch_request = full_dispatch_request  # type: ignore[method-assign]
     app.register_error_handler(Refused, answer)
     app.wsgi_app = GuardMiddleware(  # type: ignore[method-assign]
         app.wsgi_app, guard, routes=FlaskRoutes(app), cors=flask_cors_headers(app)

@@ -10,7 +10,7 @@ hands out no-op objects and the cost is a context-variable read and a no-op coun
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Span
@@ -24,6 +24,25 @@ if TYPE_CHECKING:
 
 
 _get_current_span = trace.get_current_span
+
+
+def _otel_span_lookup() -> tuple[Any, str] | None:
+    """The context variable behind OpenTelemetry's current context and the key of the
+    current span in it (what `trace.get_current_span` reads through four calls), or None
+    when this OpenTelemetry keeps them elsewhere."""
+    try:
+        from opentelemetry.context import _RUNTIME_CONTEXT
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+        from opentelemetry.trace.propagation import _SPAN_KEY
+    except ImportError:  # pragma: no cover
+        return None
+    var = getattr(_RUNTIME_CONTEXT, "_current_context", None)
+    if type(_RUNTIME_CONTEXT) is not ContextVarsRuntimeContext or var is None:
+        return None  # pragma: no cover
+    return var, _SPAN_KEY
+
+
+_SPAN_LOOKUP = _otel_span_lookup()
 _ALLOW_ATTRS = {"apiguard.rule": "none", "apiguard.decision": Action.ALLOW.value}
 
 
@@ -69,7 +88,15 @@ class Telemetry:
             self.decisions.add(1, _ALLOW_ATTRS)
             # request_span(ctx), inlined: this runs for every admitted request
             native = ctx.scope.get("fastapi.telemetry")
-            span = request_span(ctx) if native is not None else _get_current_span()
+            if native is not None:
+                span = request_span(ctx)
+            elif _SPAN_LOOKUP is not None:
+                found = _SPAN_LOOKUP[0].get().get(_SPAN_LOOKUP[1])
+                if found is None:  # no span is current: nothing to annotate
+                    return
+                span = found if isinstance(found, Span) else trace.INVALID_SPAN
+            else:  # pragma: no cover
+                span = _get_current_span()
             if span.is_recording():
                 span.set_attributes(_ALLOW_ATTRS)
                 span.set_attribute("apiguard.principal", ctx.principal or ctx.ip_key)

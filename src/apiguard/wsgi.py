@@ -156,10 +156,37 @@ class EnvironReader:
         # (not walking) forwarding headers that mark the peer as a likely proxy
         others = (n for n in sorted(engine._wanted_headers) if n in _FORWARDING)
         self._forwarding = tuple((k, n) for n in others if (k := _environ_key(n)))
+        # every environ key `begin` looks at beyond the scope's: when none is there (the
+        # usual request: no API key, token, cookie, forwarding header), one set operation
+        # says so and the context is built at once
+        wanted = {k for k, _ in self._keys} | {k for k, _ in self._forwarding}
+        wanted |= {"HTTP_COOKIE", "werkzeug.proxy_fix.orig"}
+        if self._bearer:
+            wanted.add("HTTP_AUTHORIZATION")
+        if self._walks and self._proxy_key is not None:
+            wanted.add(self._proxy_key)
+        self._wanted = frozenset(wanted)
 
     def begin(self, environ: WSGIEnvironment) -> RequestContext:
         """The request context; its scope is `ctx.scope`. (Most of the headers looked for
         are absent: `in` answers that without a method call.)"""
+        if self._wanted.isdisjoint(environ):  # none of them: `_scope`, inlined
+            path = environ.get("PATH_INFO") or "/"
+            if not path.isascii():
+                path = path.encode("latin-1").decode("utf-8", "replace")
+            root = environ.get("SCRIPT_NAME", "")
+            peer = environ.get("REMOTE_ADDR")
+            scope = {
+                "type": "http",
+                "method": environ.get("REQUEST_METHOD", "GET"),
+                "path": path,
+                "root_path": root,
+                "app_root_path": root,
+                "query_string": environ.get("QUERY_STRING", "").encode("latin-1"),
+                "headers": EnvironHeaders(environ),
+                "client": (peer, 0) if peer else None,
+            }
+            return self.engine.context(scope, peer, None, None, None, [], False, None)
         api_key: bytes | None = None
         key_name: bytes | None = None
         for key, name in self._keys:
@@ -400,7 +427,7 @@ class GuardMiddleware:
             self._routes = None
         engine = self.engine
         ctx = self._reader.begin(environ)
-        environ[SCOPE_KEY] = ctx.scope
+        environ[SCOPE_KEY] = scope = ctx.scope
         if engine.may_be_banned():
             early = engine.early_ban(ctx)
             if early is not None:
@@ -441,7 +468,7 @@ class GuardMiddleware:
             _close(body)
             end(engine, ctx, None)
             return self._refuse(start_response, ex.refusal, ex.cors, environ)
-        if ex.status and (type(body) is list or ctx.scope.get(COMPLETE_KEY) is True):
+        if ex.status and (type(body) is list or scope.get(COMPLETE_KEY) is True):
             end(engine, ctx, ex.status)  # answered and complete: no app code runs as it is
             return body  # sent, so the request is over now
         ex._source = body
