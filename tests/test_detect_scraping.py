@@ -498,7 +498,9 @@ def test_a_crowd_of_new_visitors_on_top_of_a_learned_level_starts_no_surge() -> 
     assert not any(v.challenged for v in shop.people)
 
 
-def test_an_undeclared_challenge_route_is_learned_where_a_person_passes() -> None:
+def test_an_undeclared_challenge_route_is_learned_where_a_person_passes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The app has a challenge route but did not declare `detection.challenge_path`
     (a real integration's omission, found in the Conduit trial): the surge is reported
     only while no challenge route is known, and held once somebody passes the app's
@@ -527,8 +529,12 @@ def test_an_undeclared_challenge_route_is_learned_where_a_person_passes() -> Non
         assert (await person.send("POST", "/challenge")).status == 200  # a person passes
         return before, await crawl(300)
 
-    before, after = run(scenario())
+    with caplog.at_level(logging.INFO, logger="apiguard"):
+        before, after = run(scenario())
     assert 403 not in before  # no challenge route known: reported only
+    assert "is reported only" in caplog.text
+    assert "nobody has passed one" not in caplog.text  # (nobody was asked)
+    assert "taken for the app's challenge route" in caplog.text
     assert shop.guard.engine.challenge_path == "/challenge"
     assert "surges reported only" not in shop.guard.summary()
     assert sum(s == 200 for s in after[20:]) <= 0.05 * len(after[20:])

@@ -1517,7 +1517,14 @@ class Engine:
                 enforced = False  # an untrusted proxy's address: reported, never banned
         self.telemetry.detection(ctx, finding, enforced)
         self._log_detection(finding, enforced, now)
-        if enforced and finding.action == "challenge" and not self.challenges_answered:
+        if (
+            enforced
+            and finding.action == "challenge"
+            and not self.challenges_answered
+            # (a scraping surge without a known challenge route asks nobody: said apart)
+            and not (finding.subject == "population" and self.challenge_path is None
+                     and finding.detector.startswith("scraping"))
+        ):
             self._warn_unanswered_challenge(finding)
         if not enforced or finding.subject == "population":
             return
