@@ -539,3 +539,38 @@ def test_an_undeclared_challenge_route_is_learned_where_a_person_passes(
     assert "surges reported only" not in shop.guard.summary()
     assert sum(s == 200 for s in after[20:]) <= 0.05 * len(after[20:])
     assert shop.refused_people() == []
+
+
+def test_a_learned_challenge_route_exempts_nobody_from_other_challenges() -> None:
+    """An app that calls `challenge_passed()` on an object route (a CAPTCHA on its order
+    page) and declared no challenge path: the scraping gate takes that path for its
+    challenge route, but a client under another detector's challenge is still held there
+    (only a declared route is exempt): learning must not open a bypass."""
+    from apiguard.store.base import Ban
+
+    guard = Guard(clock=FakeClock(START))
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+
+    @app.get("/orders/{order_id}")
+    async def order(order_id: int, captcha: str = "") -> dict[str, int]:
+        if captcha == "solved":
+            guard.challenge_passed()
+        return {"id": order_id}
+
+    driver = AsgiDriver(app)
+    bot_ip = "203.0.113.77"
+    scope = {"type": "http", "method": "GET", "path": "/orders/5", "headers": [],
+             "client": (bot_ip, 4000)}
+    bot_key = guard.engine.begin(scope).ip_key
+    guard.store.impose(Ban(bot_key, START + 600, 1, None, "challenge", "test"), START)
+
+    async def scenario() -> tuple[int, bool]:
+        person = await driver.send(Request("GET", "/orders/5?captcha=solved", "198.51.100.9", ()))
+        # (a cookie: the address's ban is checked once routed, where the exemption applies)
+        bot = await driver.send(Request("GET", "/orders/5", bot_ip, (("cookie", "s=1"),)))
+        return person.status, is_challenge(bot)
+
+    person, bot_held = run(scenario())
+    assert person == 200 and guard.engine.challenge_path == "/orders/5"
+    assert bot_held

@@ -223,7 +223,8 @@ class Engine:
         # bounded): decides which credentials are banned with a principal
         self._owners: OrderedDict[str, str] = OrderedDict()
         self.challenges_answered = False  # someone passed a challenge in this process
-        # the app's challenge route: declared, or learned where `challenge_passed()` ran
+        # the app's challenge route for the scraping gate: declared, or learned where
+        # `challenge_passed()` ran (`_learn_challenge_route`)
         self.challenge_path: str | None = config.detection.challenge_path
         self._challenge_warned = False
         # bearer tokens that were a vouched request's only credential (`vouched_token`),
@@ -836,8 +837,11 @@ class Engine:
 
     def _learn_challenge_route(self, ctx: RequestContext) -> None:
         """`challenge_passed()` was called on an app that did not declare its challenge
-        route: this request's path is that route from now on (never held by a challenge,
-        and the scraping detector may hold newcomers: people can get through)."""
+        route: this request's path is taken for it by the scraping gate (people can get
+        through, so a surge may hold newcomers; the detector does not watch that route).
+        Only the declared route is exempt from other detectors' challenges: an app that
+        calls `challenge_passed()` in its login handler must not open its login route to
+        challenged clients."""
         path = ctx.scope.get("path")
         if not isinstance(path, str):
             return
@@ -858,7 +862,7 @@ class Engine:
         before routing, e.g. `identify()` in a Django middleware, cannot tell) to a route
         that names no object."""
         scope = ctx.scope
-        if scope.get("path") == self.challenge_path:
+        if scope.get("path") == self.config.detection.challenge_path:
             return True
         if scope.get("route") is None and scope.get("endpoint") is None:
             return False
