@@ -170,22 +170,9 @@ class EnvironReader:
     def begin(self, environ: WSGIEnvironment) -> RequestContext:
         """The request context; its scope is `ctx.scope`. (Most of the headers looked for
         are absent: `in` answers that without a method call.)"""
-        if self._wanted.isdisjoint(environ):  # none of them: `_scope`, inlined
-            path = environ.get("PATH_INFO") or "/"
-            if not path.isascii():
-                path = path.encode("latin-1").decode("utf-8", "replace")
-            root = environ.get("SCRIPT_NAME", "")
+        if self._wanted.isdisjoint(environ):  # none of them: the context at once
             peer = environ.get("REMOTE_ADDR")
-            scope = {
-                "type": "http",
-                "method": environ.get("REQUEST_METHOD", "GET"),
-                "path": path,
-                "root_path": root,
-                "app_root_path": root,
-                "query_string": environ.get("QUERY_STRING", "").encode("latin-1"),
-                "headers": EnvironHeaders(environ),
-                "client": (peer, 0) if peer else None,
-            }
+            scope = _scope(environ, EnvironHeaders(environ), peer)
             return self.engine.context(scope, peer, None, None, None, [], False, None)
         api_key: bytes | None = None
         key_name: bytes | None = None
