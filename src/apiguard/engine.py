@@ -1526,8 +1526,7 @@ class Engine:
             and finding.action == "challenge"
             and not self.challenges_answered
             # (a scraping surge without a known challenge route asks nobody: said apart)
-            and not (finding.subject == "population" and self.challenge_path is None
-                     and finding.detector.startswith("scraping"))
+            and not (self.challenge_path is None and finding.detector.startswith("scraping"))
         ):
             self._warn_unanswered_challenge(finding)
         if not enforced or finding.subject == "population":

@@ -362,20 +362,15 @@ class Scraping:
     def _judge_pending(self, surge: Surge, now: float) -> None:
         """Judge the new addresses that read the route at least `settle` seconds ago:
         one-shot unless the address moved on after that read (`_Address`)."""
-        addresses, at, counts = surge.pending, surge.pending_at, surge.pending_requests
+        at = surge.pending_at
         settle = self.config.settle
-        seen = self._seen
         while at and now - at[0] >= settle:
-            at.popleft()
-            address, requests = addresses.popleft(), counts.popleft()
-            known = seen.get(address)
-            if known is not None:  # (forgotten: not judged)
-                surge.judged(now, known.requests <= requests)
+            self._judge_oldest(surge, now)
 
     def _judge_oldest(self, surge: Surge, now: float) -> None:
-        """Judge the oldest new address waiting, before it settled: a crawl faster than
-        `_PENDING_MAX` new readers per `settle` must not push its addresses out unjudged
-        (one-shot unless the address moved on by now)."""
+        """Judge the oldest new address waiting (settled, or pushed out early: a crawl
+        faster than `_PENDING_MAX` new readers per `settle` must not drop its addresses
+        unjudged): one-shot unless it moved on by now; a forgotten one is not judged."""
         surge.pending_at.popleft()
         address, requests = surge.pending.popleft(), surge.pending_requests.popleft()
         known = self._seen.get(address)
