@@ -521,10 +521,12 @@ def busy_network(people: int, guesses: int, seed: int = 97) -> list[int]:
 def test_held_stuffing_in_a_busy_24_is_challenged_after_about_its_people_s_logins() -> None:
     """Held (as documented: people logging in dilute, one each): beside 2,500 people a day
     the stuffer is challenged at about its 2,000th guess of the day (beside 500: ~240;
-    4,000: ~3,000); the distinct sketches' saturation (1,024 slots) does not free it."""
+    4,000: ~3,000); the distinct sketches' saturation (1,024 slots) does not free it.
+    The guess at which it is challenged depends on the sketches' per-process salt: 1,442 to
+    3,005 in 36 runs beside 2,500 people (8 of them past 2,500), hence the bound."""
     statuses = busy_network(2500, 6000)
-    assert 403 in statuses and statuses.index(403) <= 2500
-    assert statuses.count(401) <= 2500
+    assert 403 in statuses and statuses.index(403) <= 3500
+    assert statuses.count(401) <= 3500
 
 
 # -- held: an office whose people type their username in another case, with spaces -----
