@@ -27,6 +27,20 @@ _ESTIMATES = tuple(
 
 
 _CLEAR = bytearray(BITS // 8)  # an empty bitmap (never changed: copied)
+# slot numbers as shared objects: a record keeps one of these, never an int of its own
+_SLOTS = tuple(range(BITS))
+# a window's half, one float object per window for every record over it (windows come
+# from the configuration: a handful; cleared past 64 all the same)
+_HALVES: dict[float, float] = {}
+
+
+def _half(window: float) -> float:
+    half = _HALVES.get(window)
+    if half is None:
+        if len(_HALVES) >= 64:
+            _HALVES.clear()
+        half = _HALVES[window] = max(window / 2.0, 1e-6)
+    return half
 
 
 def estimate(ones: int) -> float:
@@ -153,8 +167,7 @@ class Trail:
     )
 
     def __init__(self, window: float, now: float) -> None:
-        half = window / 2.0
-        self.half = half if half > 1e-6 else 1e-6  # (as `Generations`)
+        self.half = _half(window)  # (as `Generations`)
         self.window = window
         self.start = now
         # the current generation's slots: its bitmap, or (while it has none) its one
@@ -197,7 +210,7 @@ class Trail:
         """`observe` for the first `op` of a record just made at `now` (nothing to roll,
         nothing to compare: its results are those of one object)."""
         i = hash(op.item) & _MASK
-        self.one = i
+        self.one = _SLOTS[i]
         self.union = 1
         op.count = _ESTIMATES[1]
         if op.error:
@@ -218,7 +231,7 @@ class Trail:
         if bits is None:
             one = self.one
             if one < 0:
-                self.one = i
+                self.one = _SLOTS[i]
             elif one == i:
                 new = False
             else:  # a second slot: the generation gets its bitmap
