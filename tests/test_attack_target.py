@@ -605,3 +605,75 @@ def test_url_that_does_not_answer_is_one_clear_error(capsys) -> None:
     err = capsys.readouterr().err
     assert f"http://127.0.0.1:{port} does not answer (ConnectError" in err
     assert "is the server running?" in err and "Traceback" not in err
+
+
+def test_the_apps_own_403s_are_not_apiguards_refusals(
+    conduit: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An app that answers 403 to a missing token (FastAPI's `HTTPBearer` does) on a page
+    its anonymous visitors open: before, the self-test took every such 403 for a refusal
+    of apiguard's and reported honest visitors refused (87 on the Conduit trial, exit
+    status 1). Only the refusals the guard sent count; the app's own are reported apart."""
+    spec, config = conduit
+    app_file = Path(spec.rsplit(":", 1)[0])
+    source = app_file.read_text()
+    source = source.replace(
+        "raise HTTPException(401)", 'raise HTTPException(403, "Not authenticated")'
+    )
+    source += """
+
+@app.get("/api/feed")
+async def feed(offset: int = 0, who: Annotated[str, Depends(author)] = "") -> dict[str, Any]:
+    return {"articles": [], "offset": offset, "for": who}
+"""
+    app_file.write_text(source)
+    config.write_text(
+        config.read_text().replace(
+            'paths = ["/api/articles?offset={page}"]',
+            'paths = ["/api/articles?offset={page}", "/api/feed?offset={page}"]',
+        )
+    )
+    argv = ["attack", spec, "--config", str(config), "--scale", "0.25", "--json"]
+    status = main([*argv, "--campaign", "BOLA walk", "--campaign", "credential stuffing"])
+    captured = capsys.readouterr()
+    assert status != 2, captured.err
+    rows = {c["campaign"]: c for c in json.loads(captured.out)["campaigns"]}
+    for row in rows.values():
+        assert row["caught"] is True, row
+        assert row["benign_principals_refused"] == 0, row
+    own = sum(row["app_refusals"] for row in rows.values())
+    assert own > 0, rows  # the anonymous visitors of /api/feed met the app's 403
+    assert status == 0
+    # the text report says what was not counted
+    main([*argv[:-1], "--campaign", "BOLA walk"])
+    assert "were the app's own, not apiguard's" in capsys.readouterr().out
+
+
+def test_over_http_apiguards_default_refusals_are_recognised() -> None:
+    """Over HTTP the guard cannot be asked: its default problem types are recognised, a
+    ban by its detail; the app's own 403 problem (`about:blank`, another detail), a bare
+    403 and a 429 of another limiter are the app's."""
+    from apiguard.decision import Action, Decision
+    from apiguard.responses import block_response
+    from apiguard.simulate.driver import Response
+
+    def as_response(status: int, headers: list[tuple[str, str]], body: bytes) -> Response:
+        raw = tuple((k.encode(), v.encode()) for k, v in headers)
+        return Response(status, raw, body)
+
+    for action, detector in (
+        (Action.CHALLENGE, "bola"),
+        (Action.BLOCK, None),
+        (Action.BLOCK, "account_takeover"),
+        (Action.THROTTLE, "scraping"),
+        (Action.THROTTLE, None),
+    ):
+        decision = Decision(action=action, retry_after=30.0, detector=detector)
+        block = block_response(decision)
+        assert st.is_guard_refusal(as_response(block.status, block.headers, block.body)), action
+    problem = [("content-type", "application/problem+json")]
+    own = json.dumps({"type": "about:blank", "title": "Forbidden", "detail": "no token"})
+    assert not st.is_guard_refusal(as_response(403, problem, own.encode()))
+    assert not st.is_guard_refusal(as_response(403, [], b'{"detail":"Not authenticated"}'))
+    assert not st.is_guard_refusal(as_response(429, [("content-type", "text/plain")], b"slow"))
+    assert not st.is_guard_refusal(as_response(200, problem, b"{}"))

@@ -22,6 +22,8 @@ CHALLENGE_REQUIRED = "https://apiguard.dev/problems/challenge-required"
 # `account_action`, ... = "throttle"); its `detector` member names the finding
 # ("flow_groups.fingerprint", "account_takeover.population"), never a key or a username
 UNUSUAL_ACTIVITY = "https://apiguard.dev/problems/unusual-activity"
+# how a ban's `about:blank` problem begins its detail (the self-test recognises it by this)
+BAN_DETAIL = "This client is temporarily blocked"
 
 
 @dataclass(slots=True)
@@ -109,7 +111,7 @@ def block_response(
             "title": "Forbidden",
             "status": 403,
             "detail": (
-                f"This client is temporarily blocked {why}; retry after {retry} second{plural}."
+                f"{BAN_DETAIL} {why}; retry after {retry} second{plural}."
             ),
         }
         if decision.detector is not None:

@@ -16,7 +16,9 @@ Definitions (every number in the report follows them):
   foreign-object reads, redemptions, scraped pages, exports); the attacker's cover traffic
   (page views, its own orders, its own log-in, sign-ups) is sent and recorded but not
   counted, so that a detector is judged on what it lets through of the attack itself.
-- **refused**: answered 429, or 403 (apiguard's problem+json or a baseline's lockout);
+- **refused**: against an app apiguard protects, a request apiguard refused (its guard
+  counted the refusal: the app's own 403 for a missing token or a foreign object is
+  admitted, not refused); against a baseline, answered 429 or 403 (its lockout).
   apiguard's `challenge-required` answer to a request (whatever its status,
   `detection.challenge_status`) is a refusal of that request.
 - **admitted**: any other answer (the app's own 2xx/4xx).
@@ -67,6 +69,7 @@ from apiguard.simulate.driver import (
     Record,
     Response,
     Step,
+    find_guard,
     lifespan,
     run_agents,
 )
@@ -93,7 +96,7 @@ LAST = ("smith", "garcia", "nguyen", "mueller", "kumar", "rossi", "kowalski", "s
 
 
 def _refused(response: Response) -> bool:
-    return response.status in (403, 429) or response.challenged
+    return response.refused
 
 
 def _backoff(client: Client, response: Response, cap: float = HOUR) -> None:
@@ -623,6 +626,9 @@ class Outcome:
     simulated_seconds: float
     wall_seconds: float
     skipped: str | None = None  # why the campaign could not be tried (see the docstring)
+    # 403 and 429 answers that were the app's own, not apiguard's (when that is known):
+    # admitted, not refused (a missing token, a foreign object, the app's own limiter)
+    app_refusals: int = 0
 
     @property
     def admitted_after_share(self) -> float:
@@ -774,6 +780,7 @@ def judge(
         simulated_seconds=max((r.at for r in records), default=0.0),
         wall_seconds=wall,
         skipped=skipped,
+        app_refusals=sum(r.guard_refused is False and r.status in (403, 429) for r in records),
     )
 
 
@@ -798,7 +805,7 @@ async def arun(
     actors = actors_for(camp, target, seed=seed, scale=scale, size=size, solver=solver)
     async with lifespan(app) as state:
         began = time.perf_counter()
-        driver = AsgiDriver(app, server_errors=True, state=state)
+        driver = AsgiDriver(app, server_errors=True, state=state, guard=find_guard(app))
         records = await run_agents(driver, clock, actors, origin=START)
         wall = time.perf_counter() - began
     return records, wall

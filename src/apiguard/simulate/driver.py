@@ -25,11 +25,14 @@ import heapq
 import json
 from collections.abc import AsyncIterator, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message
 
 from apiguard.simulate.clock import FakeClock
+
+if TYPE_CHECKING:
+    from apiguard.guard import Guard
 
 BLOCKED_STATUSES = frozenset({403, 429})  # apiguard's refusals (the demo shop never sends 403)
 CHALLENGE_TYPE = "https://apiguard.dev/problems/challenge-required"
@@ -54,6 +57,16 @@ class Response:
     status: int
     headers: tuple[tuple[bytes, bytes], ...]
     body: bytes
+    # whether apiguard refused it (None: not known, e.g. over HTTP; see `refused`)
+    guard_refused: bool | None = None
+
+    @property
+    def refused(self) -> bool:
+        """Refused by apiguard: as the guard counted it when that is known (an app's own
+        403 for a missing token is no refusal), else 429, 403 or a challenge."""
+        if self.guard_refused is not None:
+            return self.guard_refused
+        return self.status in BLOCKED_STATUSES or self.challenged
 
     def json(self) -> Any:
         """The body decoded as JSON (None when it is not JSON)."""
@@ -89,7 +102,11 @@ class Response:
     def challenged(self) -> bool:
         """apiguard asks for a challenge the app controls (`challenge-required`, answered
         403 by default, or `detection.challenge_status`)."""
-        return self.status >= 400 and self.problem_type == CHALLENGE_TYPE
+        return (
+            self.guard_refused is not False
+            and self.status >= 400
+            and self.problem_type == CHALLENGE_TYPE
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,22 +148,64 @@ class Record:
     retry_after: float | None = None  # the Retry-After of the answer, in seconds
     target: str | None = None  # the step's target (a username, an object id)
     problem: str | None = None  # the problem+json `type` of the answer, if any
+    guard_refused: bool | None = None  # `Response.guard_refused`
 
     @property
     def blocked(self) -> bool:
-        """Refused: 429 (limit spent), 403 (banned), or a challenge (whatever its status)."""
+        """Refused by apiguard (`Response.refused`): as the guard counted it, when known;
+        else 429 (limit spent), 403 (banned), or a challenge (whatever its status)."""
+        if self.guard_refused is not None:
+            return self.guard_refused
         return self.status in BLOCKED_STATUSES or self.challenged
 
     @property
     def challenged(self) -> bool:
         """Answered with apiguard's `challenge-required` (a person can pass it)."""
-        return self.status >= 400 and self.problem == CHALLENGE_TYPE
+        return (
+            self.guard_refused is not False
+            and self.status >= 400
+            and self.problem == CHALLENGE_TYPE
+        )
+
+
+def find_guard(app: Any) -> Guard | None:
+    """The `Guard` protecting an ASGI or WSGI app: a `GuardMiddleware` in its declared
+    middleware (`add_middleware(GuardMiddleware, guard=...)`) or in its built stack (the
+    `.app`, `.middleware_stack` and `.wsgi_app` chain)."""
+    from apiguard.guard import Guard  # (apiguard.guard imports this package)
+
+    seen: set[int] = set()
+    todo = [app]
+    while todo:
+        obj = todo.pop()
+        if obj is None or id(obj) in seen or len(seen) > 256:
+            continue
+        seen.add(id(obj))
+        guard = getattr(obj, "guard", None)
+        if isinstance(guard, Guard):
+            return guard
+        for entry in getattr(obj, "user_middleware", None) or ():
+            kwargs = getattr(entry, "kwargs", {}) or {}
+            candidate = kwargs.get("guard")
+            if candidate is None:
+                candidate = next(
+                    (a for a in getattr(entry, "args", ()) if isinstance(a, Guard)), None
+                )
+            if isinstance(candidate, Guard):
+                return candidate
+        for name in ("app", "middleware_stack", "wsgi_app"):
+            todo.append(getattr(obj, name, None))
+    return None
 
 
 class AsgiDriver:
     """Sends `Request`s straight into an ASGI app. With `server_errors`, an exception
     the app raises is what a server would make of it: the response already sent, else a
-    500 (the self-test attacks apps it does not know); otherwise it propagates (tests)."""
+    500 (the self-test attacks apps it does not know); otherwise it propagates (tests).
+
+    With `guard` (the app's, `find_guard`), each response says whether apiguard refused
+    it (`Response.guard_refused`: the guard's count of refusals sent moved), so the app's
+    own 403s and 429s are not taken for apiguard's; without, refusals go by status."""
 
     def __init__(
         self,
@@ -155,8 +214,10 @@ class AsgiDriver:
         *,
         server_errors: bool = False,
         state: dict[str, Any] | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.app = app
+        self.guard = guard
         self.host = host
         self.server_errors = server_errors
         self.state = state  # the lifespan's state, copied into each request's scope
@@ -210,6 +271,8 @@ class AsgiDriver:
                 if not message.get("more_body", False):
                     done.set()
 
+        guard = self.guard
+        sent = guard.refusals_sent if guard is not None else 0
         try:
             await self.app(scope, receive, send)
         except Exception as exc:
@@ -217,10 +280,11 @@ class AsgiDriver:
                 raise
             self.last_error = exc
             if not status:  # (Starlette's error middleware sends its 500, then raises)
-                return Response(500, (), b"")
+                return Response(500, (), b"", False if guard is not None else None)
         finally:
             done.set()
-        return Response(status, response_headers, b"".join(chunks))
+        refused = guard.refusals_sent > sent if guard is not None else None
+        return Response(status, response_headers, b"".join(chunks), refused)
 
 
 class LifespanError(Exception):
@@ -350,6 +414,7 @@ async def run_agents(
                 float(retry) if retry is not None and retry.isdigit() else None,
                 step.target,
                 response.problem_type if response.status >= 400 else None,
+                response.guard_refused,
             )
         )
         try:

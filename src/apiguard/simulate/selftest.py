@@ -13,6 +13,11 @@ this machine: `--forwarded-for` sends each simulated client address in X-Forward
 which a server trusting this machine as its proxy uses as the client address. There is
 no unprotected run over HTTP: "curtailed" falls back to the admitted share after the
 first refusal.
+
+A refusal is apiguard's, never the app's own 403 or 429 (a missing token, a foreign
+object): in process, the guard counts the refusals it sends; over HTTP, apiguard's
+default problem+json answers are recognised (an `on_block` hook that replaces them makes
+them the app's own; the report then says how many 403/429 answers were not apiguard's).
 """
 
 from __future__ import annotations
@@ -33,6 +38,12 @@ from urllib.parse import urlsplit
 
 from apiguard.errors import ConfigurationError
 from apiguard.guard import Guard
+from apiguard.responses import (
+    BAN_DETAIL,
+    CHALLENGE_REQUIRED,
+    QUOTA_EXCEEDED,
+    UNUSUAL_ACTIVITY,
+)
 from apiguard.simulate import campaigns as cp
 from apiguard.simulate.clock import FakeClock
 from apiguard.simulate.driver import (
@@ -42,6 +53,7 @@ from apiguard.simulate.driver import (
     Record,
     Request,
     Response,
+    find_guard,
     lifespan,
     store_cookies,
 )
@@ -96,33 +108,6 @@ def load_module(spec: str) -> tuple[ModuleType, str]:
     if not hasattr(module, attr):
         raise SelfTestError(f"{file} has no attribute {attr!r}")
     return module, attr
-
-
-def find_guard(app: Any) -> Guard | None:
-    """The `Guard` protecting an ASGI app: a `GuardMiddleware` in its declared middleware
-    (`add_middleware(GuardMiddleware, guard=...)`) or in its built stack (`.app` chain)."""
-    seen: set[int] = set()
-    todo = [app]
-    while todo:
-        obj = todo.pop()
-        if obj is None or id(obj) in seen or len(seen) > 256:
-            continue
-        seen.add(id(obj))
-        guard = getattr(obj, "guard", None)
-        if isinstance(guard, Guard):
-            return guard
-        for entry in getattr(obj, "user_middleware", None) or ():
-            kwargs = getattr(entry, "kwargs", {}) or {}
-            candidate = kwargs.get("guard")
-            if candidate is None:
-                candidate = next(
-                    (a for a in getattr(entry, "args", ()) if isinstance(a, Guard)), None
-                )
-            if isinstance(candidate, Guard):
-                return candidate
-        for name in ("app", "middleware_stack", "wsgi_app"):
-            todo.append(getattr(obj, name, None))
-    return None
 
 
 def is_wsgi(app: Any) -> bool:
@@ -363,7 +348,26 @@ class HttpDriver:
         raw = tuple(
             (k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.multi_items()
         )
-        return Response(answer.status_code, raw, answer.content)
+        response = Response(answer.status_code, raw, answer.content)
+        return Response(response.status, raw, response.body, is_guard_refusal(response))
+
+
+_GUARD_TYPES = frozenset({CHALLENGE_REQUIRED, QUOTA_EXCEEDED, UNUSUAL_ACTIVITY})
+
+
+def is_guard_refusal(response: Response) -> bool:
+    """Whether an answer over HTTP is one of apiguard's default refusals (its problem
+    types; a ban's `about:blank` problem by its detail), not the app's own 4xx."""
+    if response.status < 400:
+        return False
+    kind = response.problem_type
+    if kind in _GUARD_TYPES:
+        return True
+    if kind != "about:blank" or response.status != 403:
+        return False
+    data = response.json()
+    detail = data.get("detail") if isinstance(data, dict) else None
+    return isinstance(detail, str) and detail.startswith(BAN_DETAIL)
 
 
 async def run_over_http(
@@ -417,6 +421,7 @@ async def run_over_http(
                 None,
                 step.target,
                 response.problem_type if response.status >= 400 else None,
+                response.guard_refused,
             )
         )
         try:
@@ -542,6 +547,13 @@ def report(outcomes: Sequence[cp.Outcome]) -> str:
     skipped = "".join(
         f"\nskipped {o.campaign}: {o.skipped}" for o in outcomes if o.skipped is not None
     )
+    own = sum(o.app_refusals for o in outcomes)
+    if own:
+        skipped += (
+            f"\n{own} answers 403 or 429 were the app's own, not apiguard's (a missing "
+            "token, a foreign object, another limiter, or an on_block hook whose answers "
+            "are not apiguard's problem types): counted as admitted, not refused"
+        )
     text = table([row(o) for o in outcomes])
     return text + (f"\n{skipped}" if skipped else "") + f"\n\n{verdict}."
 
