@@ -218,12 +218,20 @@ def test_stuffing_diluted_by_own_accounts_raises_the_alarm() -> None:
 # -- account takeover: one subscriber behind a carrier's NAT address --------------------
 
 
-def carrier_nat(poison_every: float | None, hours: float = 3.0, seed: int = 61) -> list[int]:
+def carrier_nat(
+    poison_every: float | None,
+    hours: float = 3.0,
+    seed: int = 61,
+    bot: list[int] | None = None,
+    own_accounts: int = 0,
+) -> list[int]:
     """A carrier's NAT address (one public IPv4 many subscribers share): a subscriber
     logs in from it every 3 minutes on a new device (no device cookie yet; a person
     solves a challenge if asked), one in ten first mistyping the password. With
     `poison_every`, one subscriber there (or a residential-proxy SDK on one phone) tries
-    a made-up username every `poison_every` seconds. The people's final statuses."""
+    a made-up username every `poison_every` seconds (first logging in to `own_accounts`
+    accounts of its own there, to look like the address's people); its statuses go to
+    `bot`. The people's final statuses."""
     clock = FakeClock(6_000_000.0)
     guard = Guard({"detection": {"challenge_path": "/challenge"}}, clock=clock)
     driver = AsgiDriver(build_app(guard))
@@ -243,7 +251,14 @@ def carrier_nat(poison_every: float | None, hours: float = 3.0, seed: int = 61) 
             c = Client(driver, BROWSERS[rng.randrange(4)], nat)
             if kind == "poison":
                 c.jar = None
-                await c.send("POST", "/login", {"username": f"nobody{fake}@x.org", "password": "x"})
+                if fake == 0:
+                    for k in range(own_accounts):
+                        await c.human_login(299 - k)
+                resp = await c.send(
+                    "POST", "/login", {"username": f"nobody{fake}@x.org", "password": "x"}
+                )
+                if bot is not None:
+                    bot.append(resp.status)
                 fake += 1
                 continue
             who = rng.randrange(300)
@@ -261,16 +276,32 @@ def test_control_a_carrier_nat_address_logs_its_people_in() -> None:
     assert set(carrier_nat(None)) == {200}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding H1 (honest refused): one subscriber behind a carrier NAT address trying "
-    "a made-up username every 2 minutes gets the address banned at the login route "
-    "(block, no challenge to pass) again and again: the other subscribers logging in "
-    "from a new device are refused",
-)
 def test_one_subscriber_cannot_get_a_carrier_nat_address_refused() -> None:
-    people = carrier_nat(120.0)
+    """Finding H1 (was: the address banned at the login again and again, the other
+    subscribers on a new device refused). An address that people log in from (two
+    accounts or more in the window) is challenged at the login, never banned: the
+    people pass; the one trying made-up usernames is held about as much as the ban
+    held it (23 of its 90 guesses through in 3 h with the ban, 47 of 60 people
+    refused; now 16 to 27 over three seeds, nobody refused). Its guesses go through
+    between gates: each gate lets its evidence age, and people's logins dilute its
+    failed share (an address flagged again within the window is judged at half the
+    share; without that, 40)."""
+    bot: list[int] = []
+    people = carrier_nat(120.0, bot=bot)
     assert people.count(200) == len(people)
+    assert len(bot) == 90 and bot.count(401) <= 30
+    assert bot.index(403) <= 11  # challenged from its 9th guess (a sketch collision: 10th)
+
+
+def test_a_stuffer_logging_in_to_its_own_accounts_is_challenged_not_let_through() -> None:
+    """The other side of H1: a stuffer that first logs in to two accounts of its own from
+    its address (so that the address looks shared) is challenged instead of banned,
+    and gets no more guesses through than the ban let through: a bot does not pass the
+    challenge."""
+    bot: list[int] = []
+    carrier_nat(120.0, bot=bot, own_accounts=2)
+    assert bot.count(401) <= 30 and bot.count(200) == 0
+    assert bot.index(403) <= 11
 
 
 # -- account takeover: a campus /24 poisoned once, challenged all day --------------------
@@ -446,9 +477,15 @@ def test_control_people_behind_an_undeclared_proxy_are_not_challenged() -> None:
     assert not any(behind_proxy(0))
 
 
-def test_held_one_user_behind_an_undeclared_proxy_gets_at_most_one_person_challenged() -> None:
-    """Held: the proxy's challenge stands until one person passes it (the next one)."""
-    assert sum(behind_proxy(25)) <= 1
+def test_one_user_behind_an_undeclared_proxy_gets_people_challenged_for_a_while_only() -> None:
+    """The proxy's login challenge stands while its gate lasts (a quarter of the window),
+    whoever passes it: each person behind it passes once (none refused: `person` asserts
+    the login after the pass), and one person's pass no longer lets the stuffer among
+    them resume. Before, the first pass lifted it for everyone (1 person challenged, and
+    the stuffer's next guess let through); now the 4 or 5 people of its 15 minutes."""
+    met = behind_proxy(25)
+    assert 1 <= sum(met) <= 6
+    assert not any(met[10:])  # over once the gate ends
 
 
 def test_control_an_undeclared_load_balancer_without_a_challenge_flow_logs_people_in() -> None:

@@ -22,7 +22,7 @@ from apiguard import detectors
 from apiguard.admission import Admission
 from apiguard.config import GuardConfig, Mode
 from apiguard.decision import ALLOWED, Action, Decision
-from apiguard.detectors.account_takeover import ACCOUNT, DEVICE_FAILS, AccountTakeover
+from apiguard.detectors.account_takeover import ACCOUNT, DEVICE_FAILS, SHARED_IP, AccountTakeover
 from apiguard.detectors.base import (
     LOGINS,
     PRINCIPALS,
@@ -1277,9 +1277,23 @@ class Engine:
         if ctx.cookies is None:
             ctx.cookies = []
         ctx.cookies.append(pass_cookie(ctx, value, seconds))
+        # the login gate on this client's own address or principal: a challenge is
+        # lifted (a client that drops the pass cookie gets in); a ban is not (a solved
+        # CAPTCHA does not undo stuffing), nor a shared address's challenge (everyone
+        # else behind a NAT or a proxy passes their own: one pass would let the stuffer
+        # among them resume)
+        store = self.store
         for key in (ctx.ip_key, ctx.principal):
-            if key is not None:
-                self.store.lift(GATE + key)
+            if key is None:
+                continue
+            gate = store.active_ban(GATE + key, now)
+            if (
+                gate is not None
+                and gate.action == "challenge"
+                and gate.reason != SHARED_IP
+                and key not in self._proxied
+            ):
+                store.lift(GATE + key)
         # the person: the request's principal, or (on a challenge route that does not
         # call identify()) the user this bearer token was last vouched for
         people = {ctx.principal, ctx.declared, *ctx.credentials}

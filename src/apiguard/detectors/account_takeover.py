@@ -53,6 +53,11 @@ _EWMA = 0.3  # weight of the newest calm period in the failure-share baseline
 _CALM_ATTEMPTS = 10  # attempts a period needs to teach the baseline
 _TRIED = "ato:t:"  # per actor: the distinct usernames it tried (failed or not)
 _LOGGED_IN = "ato:ok:"  # per actor: the distinct usernames it logged in to
+# accounts logged in to from an address in the window that make it a shared one (an
+# office's or a carrier's NAT): flagged, it is challenged at the login, not banned
+_SHARED_LOGINS = 2
+_FLAGGED_MAX = 65_536  # addresses remembered as flagged (`AccountTakeover._flagged`)
+SHARED_IP = "account_takeover.shared_ip"  # that finding's name
 
 
 class LoginClimate:
@@ -207,6 +212,10 @@ class AccountTakeover:
         self.config = config
         self.enforce = enforce
         self.climate = LoginClimate(config)
+        # addresses flagged in this process, and when: flagged again within the window at
+        # half the failed share (people logging in beside a stuffer at a NAT dilute its
+        # share, which would otherwise let it through again each time its gate ends)
+        self._flagged: dict[str, float] = {}
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         login = outcome.login
@@ -261,6 +270,8 @@ class AccountTakeover:
             passed = Tally(f"ato:p:{ctx.pass_key}:{user}", window)
             ops.append(passed)
 
+        flagged = self._flagged
+
         def judge() -> list[Finding]:
             found: list[Finding] = []
             if attack:
@@ -277,14 +288,29 @@ class AccountTakeover:
                 tried = t.count
                 unresolved = max(tried - s.count, 0.0)
                 share = unresolved / tried if tried else 0.0
-                if unresolved >= floor and share >= cfg.failed_share:
-                    # many people share a network or a client shape: what the population
-                    # gets (a challenge, or a throttle in apps without one)
+                bar = cfg.failed_share
+                if kind == "ip":
+                    since = flagged.get(key)
+                    if since is not None and now - since < window:
+                        bar *= 0.5
+                if unresolved >= floor and share >= bar:
+                    # many people share a network or a client shape, and an address that
+                    # people logged in from (a carrier's or an office's NAT): what the
+                    # population gets (a challenge, or a throttle in apps without one),
+                    # never a ban that would shut them out; a person's pass does not
+                    # lift it for the others (`Engine.challenge_passed`)
                     many = kind in ("net", "fp")
+                    name = kind
+                    if kind == "ip":
+                        if len(flagged) >= _FLAGGED_MAX:
+                            flagged.clear()
+                        flagged[key] = now
+                        if s.count >= _SHARED_LOGINS:
+                            many, name = True, "shared_ip"
                     action = cfg.population_action if many else cfg.action
                     found.append(
                         Finding(
-                            f"{self.name}.{kind}",
+                            f"{self.name}.{name}",
                             key,
                             action,
                             self.enforce,
