@@ -261,6 +261,7 @@ class Engine:
         self._proxy_warned = False
         self._scraping_unheld_warned = False  # a surge reported only: said once
         self._wide_keys: dict[str, str] = {}  # client address -> its provider network's key
+        self._site_keys: dict[str, str] = {}  # IPv6 client address -> its /48's key ("": v4)
         self._detections_logged: dict[str, float] = {}
         # key -> (level, until) of its last detector ban: escalation memory (bounded LRU)
         self._levels: OrderedDict[str, tuple[int, float]] = OrderedDict()
@@ -296,6 +297,7 @@ class Engine:
         self._fast_with = {}
         self._net_keys.clear()
         self._wide_keys.clear()
+        self._site_keys.clear()
         self._flights.clear()
         self._forwarding.clear()
         self._proxied.clear()
@@ -1149,6 +1151,18 @@ class Engine:
             key = keys[client] = self.hasher("net", net)
         return key
 
+    def site_key(self, client: str) -> str | None:
+        """Keyed hash of an IPv6 `client`'s /48 (a site's allocation: a tunnel broker's,
+        a cloud's, a customer's), None for IPv4; a bounded cache."""
+        keys = self._site_keys
+        key = keys.get(client)
+        if key is None:
+            if len(keys) >= IP_CACHE_MAX:
+                keys.clear()
+            net = network_of(client, 24, 48)
+            key = keys[client] = self.hasher("net", net) if ":" in net else ""
+        return key or None
+
     def login_started(self, ctx: RequestContext, username: str | None) -> None:
         """A login attempt for `username` is about to be checked by the app: record it,
         and raise `Refused` when the client must first pass a challenge (or wait)."""
@@ -1228,6 +1242,9 @@ class Engine:
                 if ban is not None:
                     return self._gate_decision(ban, now)
             keys = [GATE + ACCOUNT + user, GATE + ctx.ip_key, GATE + ctx.net_key]
+            site = ctx.site_key
+            if site is not None:
+                keys.append(GATE + site)
             if ctx.principal is not None and ctx.principal != ctx.ip_key:
                 keys.append(GATE + ctx.principal)
             keys.append(GATE + ctx.fingerprint)

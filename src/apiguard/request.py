@@ -323,6 +323,12 @@ class RequestContext:
         return net
 
     @property
+    def site_key(self) -> str | None:
+        """Keyed hash of an IPv6 client's /48 (one site's allocation, many /64s), None
+        for IPv4 (its /24 is `net_key`)."""
+        return self.engine.site_key(self.client_ip)
+
+    @property
     def provider_key(self) -> str:
         """Keyed hash of the client's provider-sized network (/16 for IPv4, /32 for
         IPv6): a phone behind a carrier's NAT pool changes address, not provider."""

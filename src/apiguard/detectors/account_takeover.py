@@ -369,6 +369,9 @@ class AccountTakeover:
     def _actors(outcome: Outcome) -> list[tuple[str, str]]:
         ctx = outcome.ctx
         actors = [("ip", ctx.ip_key), ("net", ctx.net_key), ("fp", ctx.fingerprint)]
+        site = ctx.site_key  # an IPv6 client's /48: its /64s are one site's, or one actor's
+        if site is not None:
+            actors.append(("net", site))
         principal = outcome.principal
         if principal != ctx.ip_key and not ctx.vouched:
             actors.append(("principal", principal))

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from apiguard.config import BanConfig
 from apiguard.store.base import Ban, Batch, BatchResult, Objects, Observation, Op, Run, Tally
-from apiguard.store.sketch import Generations, Stride, Trail
+from apiguard.store.sketch import FirstTouch, Generations, Stride, Trail, first_touch
 from apiguard.store.spill import Spill
 from apiguard.window import BucketWindow, WindowSpec, refund, try_hit
 
@@ -99,7 +99,7 @@ class MemoryStore:
         self._tallies: OrderedDict[str, Generations] = OrderedDict()
         self._runs: OrderedDict[str, Stride] = OrderedDict()
         # BOLA's (principal, route) records (`Objects`): sketches and run in one entry
-        self._objects: OrderedDict[str, Trail] = OrderedDict()
+        self._objects: OrderedDict[str, Trail | FirstTouch] = OrderedDict()
         self.local_bans: Mapping[str, Ban] = self._bans
         self._strike_buckets = strike_buckets
         self._lock = threading.Lock()
@@ -478,7 +478,8 @@ class MemoryStore:
     def observe(self, ops: Sequence[Observation], now: float) -> None:
         """Run `Tally`, `Run` and `Objects` operations (see `apiguard.store.base`). Their
         tables are bounded by `max_keys`: a full one drops expired state first, else its least
-        recently used entry (detector state is evidence, not a quota). Runs after every
+        recently used entry (detector state is evidence, not a quota; BOLA's records: the least
+        recently used at once). Runs after every
         observed response: `expired` is inlined, and the lock taken without `with`."""
         tallies = self._tallies
         runs = self._runs
@@ -518,16 +519,25 @@ class MemoryStore:
         """`op` on its `Trail` (made, or most recently used); the lock is held."""
         objects = self._objects
         key = op.key
-        trail = objects.get(key)
-        if trail is not None:
+        record = objects.get(key)
+        if record is not None:
             objects.move_to_end(key)
-            trail.observe(op, now)
+            if type(record) is tuple:  # (its second object: the full record from now on)
+                record = objects[key] = Trail.resumed(record)
+            record.observe(op, now)  # type: ignore[union-attr]
             return
-        if len(objects) < self.max_keys:
-            trail = objects[key] = Trail(op.window, now)
+        if op.error:
+            trail = Trail(op.window, now)
+            trail.first(op, now)
+            fresh: Trail | FirstTouch = trail
         else:
-            trail = self._make(objects, key, Trail(op.window, now), now, None)
-        trail.first(op, now)
+            fresh = first_touch(op, now)
+        if len(objects) >= self.max_keys:
+            # full: the least recently used record goes (its evidence is the oldest; a
+            # scan for an expired one first, as the other tables do, cost twice the
+            # detectors' time per request once the table was full)
+            objects.popitem(last=False)
+        objects[key] = fresh
 
     def _make(
         self, table: OrderedDict[str, _S], key: str, fresh: _S, now: float, old: _S | None

@@ -206,6 +206,16 @@ class Trail:
         else:
             self.union = 1 if self.old_one >= 0 else 0
 
+    @classmethod
+    def resumed(cls, first: FirstTouch) -> Trail:
+        """The record `first` stands for (one object, no error: see `first_touch`)."""
+        start, one, last, window = first
+        trail = cls(window, start)
+        trail.one = one
+        trail.union = 1
+        trail.last = last
+        return trail
+
     def first(self, op: Objects, now: float) -> None:
         """`observe` for the first `op` of a record just made at `now` (nothing to roll,
         nothing to compare: its results are those of one object)."""
@@ -279,3 +289,16 @@ class Trail:
         else:
             self.stride, self.length = stride, 1
         op.length, op.stride = self.length, stride
+
+
+# A (principal, route) record with one object touched, answered without an error: (when,
+# its slot, its integer value or None, the window), kept instead of a `Trail` until the
+# second object (most anonymous addresses read one object on a route: a tuple is a third
+# of a `Trail`'s memory and cost, and not tracked by the garbage collector)
+FirstTouch = tuple[float, int, "int | None", float]
+
+
+def first_touch(op: Objects, now: float) -> FirstTouch:
+    """`Trail(op.window, now).first(op, now)` for an `op` without an error, compact."""
+    op.count = _ESTIMATES[1]
+    return (now, _SLOTS[hash(op.item) & _MASK], op.value, op.window)
