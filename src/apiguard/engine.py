@@ -1250,8 +1250,13 @@ class Engine:
             keys.append(GATE + ctx.fingerprint)
             for key in keys:
                 ban = store.active_ban(key, now)
-                if ban is not None and not (passed and ban.action == "challenge"):
-                    return self._gate_decision(ban, now)
+                if ban is not None:
+                    if not (passed and ban.action == "challenge"):
+                        return self._gate_decision(ban, now)
+                    assert ctx.login is not None
+                    ctx.login.past_gate = True
+        if passed and ctx.login is not None and ato.climate.under_attack(now):
+            ctx.login.past_gate = True
         if not passed and ato.climate.under_attack(now) and self._enforced(ato.enforce):
             reason = "account_takeover.population"
             retry = ato.config.population_window / 2

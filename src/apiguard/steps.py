@@ -15,6 +15,7 @@ calls these at the same moments, sync or async:
 from __future__ import annotations
 
 import contextlib
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from apiguard.decision import ALLOWED, Decision
@@ -24,6 +25,11 @@ from apiguard.responses import BlockResponse, block_response
 
 if TYPE_CHECKING:
     from apiguard.guard import Guard
+
+# where a caller that drives the app in process (the self-test's driver) collects the
+# refusals rendered for its request: a list it sets around the call (tasks the app starts
+# see the same list), appended to on every refusal of any guard
+REFUSALS: ContextVar[list[bool] | None] = ContextVar("apiguard_refusals", default=None)
 
 
 def _refusal(decision: Decision | None) -> Decision | None:
@@ -45,6 +51,9 @@ def render(guard: Guard, decision: Decision) -> BlockResponse:
     """The refusal to send: `on_block`'s, else the default problem+json (429/403, or the
     configured challenge status)."""
     guard.refusals_sent += 1
+    sink = REFUSALS.get()
+    if sink is not None:
+        sink.append(True)
     config = guard.config
     default = block_response(
         decision, config.ratelimit_headers, config.detection.challenge_status

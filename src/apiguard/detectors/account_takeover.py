@@ -56,6 +56,10 @@ _LOGGED_IN = "ato:ok:"  # per actor: the distinct usernames it logged in to
 # accounts logged in to from an address in the window that make it a shared one (an
 # office's or a carrier's NAT): flagged, it is challenged at the login, not banned
 _SHARED_LOGINS = 2
+# failed usernames a challenge pass may carry, never logged in to with it, while it gets
+# its holder past a standing challenge (a person there logs in to their own account; a
+# stuffer's solved CAPTCHA would otherwise be worth `usernames_per_actor` guesses)
+_GATED_PASS_USERNAMES = 2
 _FLAGGED_MAX = 65_536  # addresses remembered as flagged (`AccountTakeover._flagged`)
 SHARED_IP = "account_takeover.shared_ip"  # that finding's name
 
@@ -271,6 +275,7 @@ class AccountTakeover:
             ops.append(passed)
 
         flagged = self._flagged
+        past_gate = login.past_gate
 
         def judge() -> list[Finding]:
             found: list[Finding] = []
@@ -280,7 +285,9 @@ class AccountTakeover:
                 floor = (
                     cfg.usernames_per_network
                     if kind in ("net", "fp")
-                    else (cfg.usernames_per_actor)
+                    else _GATED_PASS_USERNAMES
+                    if kind == "pass" and past_gate
+                    else cfg.usernames_per_actor
                 )
                 # failed and never logged in to from here: a typo or a forgotten password
                 # that its owner then got right is not counted, and an attacker cannot
@@ -299,7 +306,9 @@ class AccountTakeover:
                     # population gets (a challenge, or a throttle in apps without one),
                     # never a ban that would shut them out; a person's pass does not
                     # lift it for the others (`Engine.challenge_passed`)
-                    many = kind in ("net", "fp")
+                    # (a pass that got its holder past a standing challenge is asked to
+                    # be earned again: a person unsure of their e-mail passes twice)
+                    many = kind in ("net", "fp") or (kind == "pass" and past_gate)
                     name = kind
                     if kind == "ip":
                         if len(flagged) >= _FLAGGED_MAX:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import ASGIApp, Message
 
 from apiguard.simulate.clock import FakeClock
+from apiguard.steps import REFUSALS
 
 if TYPE_CHECKING:
     from apiguard.guard import Guard
@@ -203,9 +204,10 @@ class AsgiDriver:
     the app raises is what a server would make of it: the response already sent, else a
     500 (the self-test attacks apps it does not know); otherwise it propagates (tests).
 
-    With `guard` (the app's, `find_guard`), each response says whether apiguard refused
-    it (`Response.guard_refused`: the guard's count of refusals sent moved), so the app's
-    own 403s and 429s are not taken for apiguard's; without, refusals go by status."""
+    With `guard` (the app's, `find_guard`: it says apiguard protects the app), each
+    response says whether apiguard refused it (`Response.guard_refused`: a guard, any of
+    the app's, rendered a refusal for it, `steps.REFUSALS`), so the app's own 403s and
+    429s are not taken for apiguard's; without, refusals go by status."""
 
     def __init__(
         self,
@@ -271,8 +273,10 @@ class AsgiDriver:
                 if not message.get("more_body", False):
                     done.set()
 
-        guard = self.guard
-        sent = guard.refusals_sent if guard is not None else 0
+        # the refusals any guard renders for this request (`steps.REFUSALS`: this task's
+        # own list, so requests in flight at once are told apart)
+        sink: list[bool] | None = [] if self.guard is not None else None
+        token = REFUSALS.set(sink)
         try:
             await self.app(scope, receive, send)
         except Exception as exc:
@@ -280,10 +284,11 @@ class AsgiDriver:
                 raise
             self.last_error = exc
             if not status:  # (Starlette's error middleware sends its 500, then raises)
-                return Response(500, (), b"", False if guard is not None else None)
+                return Response(500, (), b"", bool(sink) if sink is not None else None)
         finally:
+            REFUSALS.reset(token)
             done.set()
-        refused = guard.refusals_sent > sent if guard is not None else None
+        refused = bool(sink) if sink is not None else None
         return Response(status, response_headers, b"".join(chunks), refused)
 
 
