@@ -75,7 +75,15 @@ def measure(
         for camp in campaigns:
             ref = cp.reference_gain(camp, target, unprotected, seed=seed, scale=scale)
             for tool in tools:
-                outcome = cp.run(camp, target, made[tool], reference=ref, seed=seed, scale=scale)
+                outcome = cp.run(
+                    camp,
+                    target,
+                    made[tool],
+                    reference=ref,
+                    seed=seed,
+                    scale=scale,
+                    by_status=tool != "apiguard",  # (a baseline refuses; apiguard watches)
+                )
                 results.append((tool, outcome))
                 print(
                     f"  {camp.name} / {tool}: {'caught' if outcome.caught else 'missed'} "

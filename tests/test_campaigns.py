@@ -726,3 +726,16 @@ def test_a_person_challenged_who_never_passes_is_refused() -> None:
     assert outcome.benign_principals_challenged == 2
     assert outcome.benign_principals_refused == 1
     assert outcome.benign_refused == 1
+
+
+def test_a_baselines_refusals_are_counted_by_status(shop: Any, target: Target) -> None:
+    """The baselines keep the shop's apiguard in monitor mode beside their own limiter: their
+    refusals are theirs, counted by status (`by_status`); taken for the app's own answers
+    (apiguard's count only), the lockout would refuse nothing (the full detection run
+    printed 0 refused for both baselines before this)."""
+    camp = cp.campaign("brute force")
+    factory = baselines.axes_shop(shop)
+    by_status = cp.run(camp, target, factory, reference=0, scale=SCALE, by_status=True)
+    by_guard = cp.run(camp, target, factory, reference=0, scale=SCALE)
+    assert by_status.refused > 0
+    assert by_guard.refused == 0 and by_guard.app_refusals > 0

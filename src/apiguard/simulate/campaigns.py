@@ -797,15 +797,19 @@ async def arun(
     scale: float = 1.0,
     size: float | None = None,
     solver: float = 0.0,
+    by_status: bool = False,
 ) -> tuple[list[Record], float]:
     """One run of `camp` and its population against a fresh app on a fake clock, inside
-    the app's lifespan (start-up before the first request, shut-down after the last)."""
+    the app's lifespan (start-up before the first request, shut-down after the last).
+    A refusal is one apiguard rendered when the app has a guard, else (and with
+    `by_status`: another tool refuses, apiguard only watches) a 429 or a 403."""
     clock = FakeClock(START)
     app = factory(clock)
     actors = actors_for(camp, target, seed=seed, scale=scale, size=size, solver=solver)
     async with lifespan(app) as state:
         began = time.perf_counter()
-        driver = AsgiDriver(app, server_errors=True, state=state, guard=find_guard(app))
+        guard = None if by_status else find_guard(app)
+        driver = AsgiDriver(app, server_errors=True, state=state, guard=guard)
         records = await run_agents(driver, clock, actors, origin=START)
         wall = time.perf_counter() - began
     return records, wall
@@ -821,9 +825,11 @@ def run(
     scale: float = 1.0,
     size: float | None = None,
     solver: float = 0.0,
+    by_status: bool = False,
 ) -> Outcome:
     """Run and judge `camp` against `factory`'s app; `reference` is the unprotected app's
-    factory (run first, for the gain the campaign would have) or its gain, already known."""
+    factory (run first, for the gain the campaign would have) or its gain, already known.
+    `by_status`: the app's refusals are another tool's (a baseline), told by status."""
     ref: int | None
     ref_records: list[Record] | None = None
     if reference is None or isinstance(reference, int):
@@ -834,7 +840,16 @@ def run(
         )
         ref = gain_of(ref_records)[0]
     records, wall = asyncio.run(
-        arun(camp, target, factory, seed=seed, scale=scale, size=size, solver=solver)
+        arun(
+            camp,
+            target,
+            factory,
+            seed=seed,
+            scale=scale,
+            size=size,
+            solver=solver,
+            by_status=by_status,
+        )
     )
     skipped = skip_reason(camp, target, records, ref_records)
     return judge(camp, records, reference_gain=ref, wall=wall, skipped=skipped)
