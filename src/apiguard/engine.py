@@ -22,7 +22,7 @@ from apiguard import detectors
 from apiguard.admission import Admission
 from apiguard.config import GuardConfig, Mode
 from apiguard.decision import ALLOWED, Action, Decision
-from apiguard.detectors.account_takeover import ACCOUNT, DEVICE_FAILS, SHARED_IP, AccountTakeover
+from apiguard.detectors.account_takeover import ACCOUNT, DEVICE_FAILS, AccountTakeover
 from apiguard.detectors.base import (
     LOGINS,
     PRINCIPALS,
@@ -1226,7 +1226,8 @@ class Engine:
         challenged again, except by what its pass did itself. Else: the account, client,
         network or fingerprint a detector flagged, or the population under attack."""
         ato = self.ato
-        assert ato is not None
+        login = ctx.login
+        assert ato is not None and login is not None
         store = self.store
         maybe = self.may_be_banned()
         if ctx.device_ok:
@@ -1253,11 +1254,12 @@ class Engine:
                 if ban is not None:
                     if not (passed and ban.action == "challenge"):
                         return self._gate_decision(ban, now)
-                    assert ctx.login is not None
-                    ctx.login.past_gate = True
-        if passed and ctx.login is not None and ato.climate.under_attack(now):
-            ctx.login.past_gate = True
-        if not passed and ato.climate.under_attack(now) and self._enforced(ato.enforce):
+                    login.past_gate = True  # (a pass let it past a standing challenge)
+        if not ato.climate.under_attack(now):
+            return None
+        if passed:
+            login.past_gate = True
+        elif self._enforced(ato.enforce):
             reason = "account_takeover.population"
             retry = ato.config.population_window / 2
             return self._gate_decision(
@@ -1289,7 +1291,7 @@ class Engine:
 
     def challenge_passed(self, ctx: RequestContext) -> None:
         """The person behind this request passed the app's challenge: give the client a
-        pass (a signed cookie) and lift the challenges on its address and principal."""
+        pass (a signed cookie) and lift the detectors' challenges on the person."""
         self.challenges_answered = True
         if self.challenge_path is None:  # (not declared: this is the app's challenge route)
             self._learn_challenge_route(ctx)
@@ -1299,23 +1301,10 @@ class Engine:
         if ctx.cookies is None:
             ctx.cookies = []
         ctx.cookies.append(pass_cookie(ctx, value, seconds))
-        # the login gate on this client's own address or principal: a challenge is
-        # lifted (a client that drops the pass cookie gets in); a ban is not (a solved
-        # CAPTCHA does not undo stuffing), nor a shared address's challenge (everyone
-        # else behind a NAT or a proxy passes their own: one pass would let the stuffer
-        # among them resume)
-        store = self.store
-        for key in (ctx.ip_key, ctx.principal):
-            if key is None:
-                continue
-            gate = store.active_ban(GATE + key, now)
-            if (
-                gate is not None
-                and gate.action == "challenge"
-                and gate.reason != SHARED_IP
-                and key not in self._proxied
-            ):
-                store.lift(GATE + key)
+        # (no login gate is lifted: the pass itself gets its holder past a challenge
+        # there; a ban stands, since a solved CAPTCHA does not undo stuffing, and so does
+        # a shared address's challenge, which everyone else behind the NAT or proxy
+        # passes for themselves: one pass lifting it would let a stuffer among them go on)
         # the person: the request's principal, or (on a challenge route that does not
         # call identify()) the user this bearer token was last vouched for
         people = {ctx.principal, ctx.declared, *ctx.credentials}

@@ -61,7 +61,6 @@ _SHARED_LOGINS = 2
 # stuffer's solved CAPTCHA would otherwise be worth `usernames_per_actor` guesses)
 _GATED_PASS_USERNAMES = 2
 _FLAGGED_MAX = 65_536  # addresses remembered as flagged (`AccountTakeover._flagged`)
-SHARED_IP = "account_takeover.shared_ip"  # that finding's name
 
 
 class LoginClimate:
