@@ -1,5 +1,5 @@
 """Adversarial review (session 5) of three commits: the self-test counting apiguard's
-refusals only (`Guard.refusals_sent`, `Response.guard_refused`, `is_guard_refusal`), and
+refusals only (`steps.REFUSALS`, `Response.guard_refused`, `is_guard_refusal`), and
 the account-takeover `shared_ip` challenge, its `_flagged` hysteresis and the narrowed
 `Engine.challenge_passed`. A strict xfail is a confirmed finding (its reason gives the
 figures, measured against 14bf735, the commit before); a plain test is a control proving

@@ -247,9 +247,6 @@ class Guard:
         self.hasher = KeyedHasher(self._secret())
         self.on_block = on_block
         self._on_block_failed = False  # reported once
-        # refusals this guard has answered in this process, on every adapter (read by the
-        # self-test to tell apiguard's refusals from the app's own 403s and 429s)
-        self.refusals_sent = 0
         try:
             self.telemetry = Telemetry(meter_provider)
         except Exception as exc:

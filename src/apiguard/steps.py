@@ -50,7 +50,6 @@ def _standing(ctx: RequestContext, decision: Decision | None) -> Decision | None
 def render(guard: Guard, decision: Decision) -> BlockResponse:
     """The refusal to send: `on_block`'s, else the default problem+json (429/403, or the
     configured challenge status)."""
-    guard.refusals_sent += 1
     sink = REFUSALS.get()
     if sink is not None:
         sink.append(True)
