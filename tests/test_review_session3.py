@@ -397,16 +397,15 @@ def test_control_an_unpoisoned_campus_is_not_challenged() -> None:
     assert not any(met for _, met, _ in day) and {s for *_, s in day} == {200}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding H2 (honest challenged): 30 made-up usernames from a campus pool at "
-    "09:00 keep the /24 flagged until the people's own logins outnumber them over the "
-    "24 h network window: 50 of 180 people challenged, the last 3.5 h later (20, within "
-    "1.5 h, with the 1 h window before this release)",
-)
 def test_a_campus_poisoned_once_is_not_challenged_hours_later() -> None:
+    """Finding H2 (was: 30 made-up usernames from a campus pool at 09:00 kept the /24
+    flagged until the people's own logins outnumbered them over the 24 h network window:
+    50 of 180 people challenged, the last 3.5 h later; in an app without a challenge flow,
+    refused). A network is flagged on its day only while it still has unresolved
+    usernames within the last hour: 20 challenged, the last within 1.5 h, all passed."""
     day = campus_day(True)
     assert not any(met for h, met, _ in day if h > 2.0)
+    assert {status for *_, status in day} == {200}
 
 
 # -- scraping: a crawl fast enough that nothing it does is ever judged ------------------

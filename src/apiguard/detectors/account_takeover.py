@@ -60,6 +60,11 @@ _SHARED_LOGINS = 2
 # its holder past a standing challenge (a person there logs in to their own account; a
 # stuffer's solved CAPTCHA would otherwise be worth `usernames_per_actor` guesses)
 _GATED_PASS_USERNAMES = 2
+# a network flagged on its day's unresolved usernames must still have this many within the
+# last `window` (one burst from a campus /24 otherwise kept it challenged for hours)
+_RECENT_NETWORK_USERNAMES = 3
+_RECENT_TRIED = "ato:rt:"  # per network: the distinct usernames tried within `window`
+_RECENT_LOGGED_IN = "ato:rok:"  # and logged in to
 _FLAGGED_MAX = 65_536  # addresses remembered as flagged (`AccountTakeover._flagged`)
 
 
@@ -246,11 +251,16 @@ class AccountTakeover:
         # per actor, two sketches always touched together (so their half-window
         # generations stay aligned): the distinct usernames tried, and those logged in
         # to; the failed usernames never logged in to from the actor are the difference
+        # (a network's over `network_window`, and over `window` too: it is flagged while
+        # it is still at it, not for a day after one burst)
         if not failed:
             for kind, key in actors:
                 span = cfg.network_window if kind == "net" else window
                 ops.append(Tally(_TRIED + key, span, user))
                 ops.append(Tally(_LOGGED_IN + key, span, user))
+                if kind == "net":
+                    ops.append(Tally(_RECENT_TRIED + key, window, user))
+                    ops.append(Tally(_RECENT_LOGGED_IN + key, window, user))
             return (lambda: [self._climate_finding(attack)]) if attack else None
         pairs = []
         for kind, key in actors:
@@ -259,7 +269,14 @@ class AccountTakeover:
             s = Tally(_LOGGED_IN + key, span, amount=0)  # a read
             ops.append(t)
             ops.append(s)
-            pairs.append((kind, key, t, s))
+            recent: tuple[Tally, Tally] | None = None
+            if kind == "net":
+                recent = (
+                    Tally(_RECENT_TRIED + key, window, user),
+                    Tally(_RECENT_LOGGED_IN + key, window, amount=0),
+                )
+                ops.extend(recent)
+            pairs.append((kind, key, t, s, recent))
         account: Tally | None = None
         devices: Tally | None = None
         passed: Tally | None = None
@@ -280,7 +297,7 @@ class AccountTakeover:
             found: list[Finding] = []
             if attack:
                 found.append(self._climate_finding(attack))
-            for kind, key, t, s in pairs:
+            for kind, key, t, s, recent in pairs:
                 floor = (
                     cfg.usernames_per_network
                     if kind in ("net", "fp")
@@ -299,6 +316,10 @@ class AccountTakeover:
                     since = flagged.get(key)
                     if since is not None and now - since < window:
                         bar *= 0.5
+                if recent is not None and unresolved >= floor:
+                    rt, rs = recent
+                    if rt.count - rs.count < _RECENT_NETWORK_USERNAMES:
+                        continue  # (its failures are old: it has stopped)
                 if unresolved >= floor and share >= bar:
                     # many people share a network or a client shape, and an address that
                     # people logged in from (a carrier's or an office's NAT): what the
