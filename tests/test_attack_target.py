@@ -677,3 +677,66 @@ def test_over_http_apiguards_default_refusals_are_recognised() -> None:
     assert not st.is_guard_refusal(as_response(403, [], b'{"detail":"Not authenticated"}'))
     assert not st.is_guard_refusal(as_response(429, [("content-type", "text/plain")], b"slow"))
     assert not st.is_guard_refusal(as_response(200, problem, b"{}"))
+
+
+def _with_tag_pages(spec: str, config: Path, browse: str) -> None:
+    """Give the Conduit-like app public tag pages addressed by slug, and its honest
+    visitors the [browse] section `browse`."""
+    app_file = Path(spec.rsplit(":", 1)[0])
+    app_file.write_text(
+        app_file.read_text()
+        + """
+
+TAGS = {"python", "rust", "go"}
+
+
+@app.get("/api/tags/{slug}")
+async def tag(slug: str) -> dict[str, str]:
+    if slug not in TAGS:
+        raise HTTPException(404)
+    return {"tag": slug}
+"""
+    )
+    text = config.read_text()
+    start = text.index("[browse]")
+    config.write_text(text[:start] + browse)
+
+
+def test_honest_page_views_answered_404_are_reported(
+    conduit: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The Conduit trial declared `[browse] "/api/articles/{product}"` for an app whose
+    articles are addressed by slug: a third of the honest page views were 404, the shared
+    office address was taken for a prober (bola.errors) and the report said "86 benign
+    principals refused" with nothing to say why. The report now says how many honest page
+    views were answered 404; `ids` gives `{product}` the app's own slugs."""
+    spec, config = conduit
+    _with_tag_pages(
+        spec, config, '[browse]\npaths = ["/api/articles?offset={page}", "/api/tags/{product}"]\n'
+    )
+    argv = ["attack", spec, "--config", str(config), "--scale", "0.25", "--campaign", "brute"]
+    main(argv)
+    out = capsys.readouterr().out
+    assert "page views ([browse] paths) were answered 404 (e.g. GET /api/tags/" in out
+
+
+def test_browse_ids_are_the_pages_the_visitors_open(
+    conduit: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec, config = conduit
+    _with_tag_pages(
+        spec,
+        config,
+        '[browse]\npaths = ["/api/tags/{product}"]\nids = ["python", "rust", "go"]\n',
+    )
+    argv = ["attack", spec, "--config", str(config), "--scale", "0.25", "--json"]
+    assert main([*argv, "--campaign", "brute"]) == 0
+    rows = json.loads(capsys.readouterr().out)["campaigns"]
+    assert rows[0]["benign_pages"] > 0 and rows[0]["benign_pages_missing"] == 0
+
+
+def test_browse_ids_must_not_be_empty(tmp_path: Path) -> None:
+    path = tmp_path / "attack.toml"
+    path.write_text("[browse]\nids = []\n")
+    with pytest.raises(DeclarationError, match=r"\[browse\] ids"):
+        Target.from_toml(path)

@@ -629,6 +629,11 @@ class Outcome:
     # 403 and 429 answers that were the app's own, not apiguard's (when that is known):
     # admitted, not refused (a missing token, a foreign object, the app's own limiter)
     app_refusals: int = 0
+    # the honest population's page views ([browse]) and those answered 404: many say the
+    # declared paths are not the app's pages (`missing_page`: one of them)
+    benign_pages: int = 0
+    benign_pages_missing: int = 0
+    missing_page: str | None = None
 
     @property
     def admitted_after_share(self) -> float:
@@ -754,6 +759,8 @@ def judge(
     passed = {r.actor for r in benign if r.kind == "challenge" and 200 <= r.status < 300}
     stuck = challenged - passed
     refused_principals = {r.actor for r in benign if r.blocked and not r.challenged} | stuck
+    pages = [r for r in benign if r.kind == "browse"]
+    missing = [r for r in pages if r.status == 404]
     return Outcome(
         campaign=camp.name,
         gain_kind=camp.gain,
@@ -781,6 +788,9 @@ def judge(
         wall_seconds=wall,
         skipped=skipped,
         app_refusals=sum(r.guard_refused is False and r.status in (403, 429) for r in records),
+        benign_pages=len(pages),
+        benign_pages_missing=len(missing),
+        missing_page=f"{missing[0].method} {missing[0].path}" if missing else None,
     )
 
 

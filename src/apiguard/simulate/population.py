@@ -277,8 +277,10 @@ class Client:
 
     def browse(self, kind: str = "browse") -> Flow:
         """One catalogue page or product page."""
+        ids = self.target.browse_ids
+        product = self.rng.choice(ids) if ids else self.rng.randint(1, max(1, self.target.products))
         path = self.rng.choice(self.target.browse_paths).format(
-            page=self.rng.randint(1, 10), product=self.rng.randint(1, max(1, self.target.products))
+            page=self.rng.randint(1, 10), product=product
         )
         return (yield from self.send("GET", path, kind=kind))
 

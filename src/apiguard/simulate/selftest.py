@@ -547,6 +547,17 @@ def report(outcomes: Sequence[cp.Outcome]) -> str:
     skipped = "".join(
         f"\nskipped {o.campaign}: {o.skipped}" for o in outcomes if o.skipped is not None
     )
+    pages = sum(o.benign_pages for o in outcomes)
+    missing = sum(o.benign_pages_missing for o in outcomes)
+    if missing >= 10 and missing >= 0.2 * pages:
+        example = next(o.missing_page for o in outcomes if o.missing_page)
+        skipped += (
+            f"\n{missing} of the honest visitors' {pages} page views ([browse] paths) were "
+            f"answered 404 (e.g. {example}): declare pages your app has ([browse] paths, and "
+            "ids for pages addressed by slug). A shared address collecting those misses is "
+            "taken for a prober of missing objects (bola.errors), and its people are counted "
+            "among the benign principals refused"
+        )
     own = sum(o.app_refusals for o in outcomes)
     if own:
         skipped += (

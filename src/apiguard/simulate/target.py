@@ -49,7 +49,8 @@ value by default, so `apiguard attack examples/shop.py:app` needs no declaration
 
     [browse]
     paths = ["/products?page={page}", "/products/{product}"]
-    products = 200
+    products = 200                     # {product} is 1..products,
+    # ids = ["a-slug", "another-slug"] # or one of these (pages addressed by slug)
 
 A key or section not listed here is an error (a typo must not silently leave a default in
 place), and so is a value of the wrong type; the message names the section, the key and
@@ -110,6 +111,7 @@ class Target:
     challenge_body: str = '{"answer": "human-ok"}'
     browse_paths: tuple[str, ...] = ("/products?page={page}", "/products/{product}")
     products: int = 200
+    browse_ids: tuple[str, ...] = ()  # what {product} takes instead of 1..products
     common_passwords: tuple[str, ...] = field(
         default=("Summer2024!", "Password1", "Welcome123", "Qwerty123!", "Company2024")
     )
@@ -289,6 +291,10 @@ class Target:
             changes["browse_paths"] = tuple(browse["paths"])
         if "products" in browse:
             changes["products"] = browse["products"]
+        if "ids" in browse:
+            if not browse["ids"]:
+                raise DeclarationError("browse", "ids", "give at least one id, or leave it out")
+            changes["browse_ids"] = tuple(browse["ids"])
         return replace(target, **changes)
 
     @classmethod
@@ -358,7 +364,7 @@ SCHEMA: dict[str, dict[str, str]] = {
     "flow": {"path": "str", "codes": "strs", "signup": "str", "signup_fields": "table"},
     "api": {"path": "str", "header": "str", "keys": "strs", "pages": "int"},
     "challenge": {"path": "str", "body": "str"},
-    "browse": {"paths": "strs", "products": "int"},
+    "browse": {"paths": "strs", "products": "int", "ids": "strs"},
 }
 _KINDS = {
     "str": "a string",
