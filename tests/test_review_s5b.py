@@ -110,27 +110,23 @@ def test_control_a_fast_stuffer_on_nine_24s_is_held_to_a_day_allowance() -> None
     assert admitted <= 9 * 40 and refused > 5 * admitted
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding B1 (attack, medium): a stuffer keeping each network under 3 unresolved "
-    "usernames in the last hour (2 guesses, then a pause of 61-70 min: the window's sketch "
-    "expires) is never held once past the day floor: the allowance of 24 usernames per "
-    "network a day becomes 24 at once and then 2 an hour, about 45 a day. Nine cloud /24s "
-    "(README's known hole, '216 guesses a day'), 72 h: 1,227 of 1,234 guesses admitted "
-    "(dbf749d: 510, 724 refused); without the first burst 1,156 of 1,156 (dbf749d 647). "
-    "The same from IPv6 /64s or /48s (3 of each with 3 /24s: all 1,156 admitted)",
-)
 def test_a_slow_stuffer_gets_no_more_than_the_day_allowance_per_network() -> None:
+    """Finding B1 (was: a network had to have 3 unresolved usernames within the last hour
+    to be flagged on its day's count, so a stuffer guessing 2 at a time with pauses of
+    61-70 min was never held past the day floor: 1,227 of 1,234 admitted in 72 h from nine
+    /24s, dbf749d 510). A network is flagged while its last hour's usernames are mostly
+    unresolved (at least `failed_share`, and one): 513, the same as dbf749d."""
     admitted, _ = slow_stuffer(burst=24, hours=72.0, kinds=V4)
     assert admitted <= 650
 
 
-def test_control_a_slow_stuffer_on_24s_48s_and_64s_is_never_refused() -> None:
-    """Control for B1: the 2-an-hour stuffer on 3 /24s, 3 IPv6 /64s (each in a /48 of its
-    own) and 3 /48s (a fresh /64 each guess) for 24 h: all 385 guesses admitted (dbf749d:
-    305, 80 refused; its /48s were no actor, so their /64s went unheld)."""
+def test_a_slow_stuffer_on_24s_48s_and_64s_is_held() -> None:
+    """B1 from IPv4 /24s, IPv6 /64s (each in a /48 of its own) and /48s (a fresh /64 each
+    guess): the 2-an-hour stuffer for 24 h had all 385 guesses admitted with the
+    last-hour count of 3; now 270 (115 refused; dbf749d: 305, 80 refused, its /48s no
+    actor)."""
     admitted, refused = slow_stuffer()
-    assert refused == 0 and admitted > 370
+    assert refused > 80 and admitted <= 310
 
 
 # -- (c) a CAPTCHA solver: what a solve is worth ------------------------------------------
@@ -436,18 +432,10 @@ def test_a_stuffer_on_fresh_48s_of_one_32_is_held() -> None:
     assert admitted <= 100
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding C1 (attack, medium): the 2-usernames cap on a pass past a standing "
-    "challenge is a share like any actor's: a solver logging in to its own accounts with "
-    "each new pass dilutes it (unresolved >= 2 AND >= half of the usernames tried with the "
-    "pass), so a solve is worth about as many guesses as it has own accounts: on one "
-    "address made shared, 1 h, 15-45 s a guess: 2 own accounts 77 guesses / 35 solves, 12 "
-    "own 103 / 8, 24 own 104-106 / 4-5 (about 25 a solve; README: 'a solve for every 2 "
-    "guesses'). dbf749d banned that address at its 8th guess (8 or 9 in 1 h whatever the "
-    "solver did)",
-)
 def test_a_solver_with_own_accounts_gets_at_most_about_two_guesses_a_solve() -> None:
+    """Finding C1 (was: the 2-usernames cap on a pass past a standing challenge was a share
+    like every actor's, so a solver logging in to its own 24 accounts with each new pass
+    got about 25 guesses a solve: 104 for 4). The cap is a count: 56 for 24 solves."""
     admitted, solves = solver_stuffer(24)
     assert admitted <= 2.5 * solves + 9
 

@@ -60,9 +60,9 @@ _SHARED_LOGINS = 2
 # its holder past a standing challenge (a person there logs in to their own account; a
 # stuffer's solved CAPTCHA would otherwise be worth `usernames_per_actor` guesses)
 _GATED_PASS_USERNAMES = 2
-# a network flagged on its day's unresolved usernames must still have this many within the
-# last `window` (one burst from a campus /24 otherwise kept it challenged for hours)
-_RECENT_NETWORK_USERNAMES = 3
+# a network flagged on its day's unresolved usernames must still have them as at least
+# `failed_share` of its usernames within the last `window` (one burst from a campus /24
+# otherwise kept it challenged for hours)
 _RECENT_TRIED = "ato:rt:"  # per network: the distinct usernames tried within `window`
 _RECENT_LOGGED_IN = "ato:rok:"  # and logged in to
 _FLAGGED_MAX = 65_536  # addresses remembered as flagged (`AccountTakeover._flagged`)
@@ -317,9 +317,15 @@ class AccountTakeover:
                     if since is not None and now - since < window:
                         bar *= 0.5
                 if recent is not None and unresolved >= floor:
+                    # (its day's count flags it while its last hour is still mostly
+                    # unresolved usernames: not once its people's logins are all that
+                    # comes from there, however slowly a stuffer goes on)
                     rt, rs = recent
-                    if rt.count - rs.count < _RECENT_NETWORK_USERNAMES:
-                        continue  # (its failures are old: it has stopped)
+                    fresh = rt.count - rs.count
+                    if fresh < 1 or fresh < cfg.failed_share * rt.count:
+                        continue
+                if kind == "pass" and past_gate:
+                    bar = 0.0  # (a count: logins to its own accounts buy it nothing)
                 if unresolved >= floor and share >= bar:
                     # many people share a network or a client shape, and an address that
                     # people logged in from (a carrier's or an office's NAT): what the

@@ -277,11 +277,11 @@ class Client:
 
     def browse(self, kind: str = "browse") -> Flow:
         """One catalogue page or product page."""
-        ids = self.target.browse_ids
-        product = self.rng.choice(ids) if ids else self.rng.randint(1, max(1, self.target.products))
-        path = self.rng.choice(self.target.browse_paths).format(
-            page=self.rng.randint(1, 10), product=product
-        )
+        rng, ids = self.rng, self.target.browse_ids
+        template = rng.choice(self.target.browse_paths)
+        page = rng.randint(1, 10)
+        product = rng.choice(ids) if ids else rng.randint(1, max(1, self.target.products))
+        path = template.format(page=page, product=product)
         return (yield from self.send("GET", path, kind=kind))
 
     def read_object(
