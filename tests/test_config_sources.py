@@ -69,3 +69,14 @@ def test_from_env_errors_name_the_setting() -> None:
         GuardConfig.from_env(environ={"APIGUARD_CLIENT_IP__TRUSTED_PROXIES": "10.0.0.0/8,nope"})
     with pytest.raises(ConfigurationError, match="nonsense"):
         GuardConfig.from_env(environ={"APIGUARD_NONSENSE": "1"})
+
+
+def test_from_env_takes_the_challenge_status_as_written() -> None:
+    """The environment gives strings: `APIGUARD_DETECTION__CHALLENGE_STATUS=428` (for a
+    front-end that signs out on any 401/403, as the full-stack FastAPI template's does)
+    was refused with "Input should be 401, 403, 428 or 429"; a status not on the list still
+    is, naming the setting."""
+    env = {"APIGUARD_DETECTION__CHALLENGE_STATUS": "428"}
+    assert GuardConfig.from_env(environ=env).detection.challenge_status == 428
+    with pytest.raises(ConfigurationError, match=r"detection\.challenge_status"):
+        GuardConfig.from_env(environ={"APIGUARD_DETECTION__CHALLENGE_STATUS": "500"})

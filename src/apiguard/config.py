@@ -444,6 +444,14 @@ class DetectionConfig(_Model):
     # challenged client always reaches it, even where a checkpoint runs before routing
     challenge_path: str | None = None
 
+    @field_validator("challenge_status", mode="before")
+    @classmethod
+    def _challenge_status(cls, value: object) -> object:
+        # (the environment gives "428": a status written as digits is that status)
+        if isinstance(value, str) and value.strip().isdecimal():
+            return int(value)
+        return value
+
     @field_validator("challenge_path")
     @classmethod
     def _challenge_path(cls, value: str | None) -> str | None:
