@@ -740,3 +740,32 @@ def test_browse_ids_must_not_be_empty(tmp_path: Path) -> None:
     path.write_text("[browse]\nids = []\n")
     with pytest.raises(DeclarationError, match=r"\[browse\] ids"):
         Target.from_toml(path)
+
+
+def test_a_campaign_the_app_answered_with_server_errors_is_skipped_not_missed() -> None:
+    """The full-stack FastAPI template's trial: its database went down during password
+    spraying, the app answered 500 to every login, and the report said MISSED (375
+    attempts, none refused) with nothing to tell why. Half or more of the attack requests
+    answered 5xx skip the campaign, saying so."""
+    from apiguard.simulate.driver import Record
+
+    target = Target(accounts=(), login_path="/api/v1/login/access-token")
+    camp = cp.campaign("password spraying")
+
+    def rec(status: int) -> Record:
+        return Record(
+            0.0,
+            "attack",
+            True,
+            "spray",
+            "POST",
+            "/api/v1/login/access-token",
+            "192.0.2.1",
+            status,
+            target="u1",
+        )
+
+    reason = cp.skip_reason(camp, target, [rec(500)] * 6 + [rec(401)] * 4)
+    assert reason is not None and "6 of the 10 attack requests with a server error" in reason
+    assert "POST /api/v1/login/access-token: 500" in reason
+    assert cp.skip_reason(camp, target, [rec(500)] * 2 + [rec(401)] * 8) is None

@@ -700,6 +700,14 @@ def skip_reason(
             "(declare it, see the TOML format), or the app itself refuses what the attack "
             "is after: nothing for apiguard to catch"
         )
+    failing = [r for r in attack if r.status >= 500]
+    if failing and len(failing) >= 0.5 * len(attack):
+        first = failing[0]
+        return (
+            f"the app answered {len(failing)} of the {len(attack)} attack requests with a "
+            f"server error (e.g. {first.method} {first.path}: {first.status}): it was "
+            "failing (its database? the declared route?), so nothing was measured"
+        )
     if attack:
         return None
     cover = [r for r in records if r.attack]
