@@ -211,3 +211,40 @@ def test_summary_is_available_to_code() -> None:
     assert "routes with rules" not in text  # no app walked
     assert "global rules: per-principal 600/minute" in text
     assert text.endswith("bans: off")
+
+
+def _workers_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "one of several workers" in r.getMessage()]
+
+
+def test_one_of_several_workers_on_the_in_process_store_is_warned(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full-stack FastAPI template runs `fastapi run --workers 4`: on the in-process
+    store each worker counted alone, with no word (19 made-up usernames from one address
+    before its block, against 8 with one worker). Once per process, a warning."""
+    import apiguard.guard as guard_module
+
+    caplog.set_level(logging.INFO, logger="apiguard")
+    monkeypatch.setattr(guard_module, "_workers_warned", False)
+    monkeypatch.setenv("WEB_CONCURRENCY", "4")
+    for _ in range(2):
+        app = Starlette(routes=[Route("/", lambda r: PlainTextResponse("ok"))])
+        app.add_middleware(GuardMiddleware, guard=Guard())
+        TestClient(app).get("/")
+    (warning,) = _workers_warnings(caplog)
+    assert "WEB_CONCURRENCY=4" in warning and 'store="redis://...' in warning
+
+
+def test_a_single_process_is_not_warned_about_workers(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import apiguard.guard as guard_module
+
+    caplog.set_level(logging.INFO, logger="apiguard")
+    monkeypatch.setattr(guard_module, "_workers_warned", False)
+    monkeypatch.setenv("WEB_CONCURRENCY", "1")
+    app = Starlette(routes=[Route("/", lambda r: PlainTextResponse("ok"))])
+    app.add_middleware(GuardMiddleware, guard=Guard())
+    TestClient(app).get("/")
+    assert _workers_warnings(caplog) == []

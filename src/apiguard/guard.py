@@ -49,6 +49,39 @@ log = logging.getLogger("apiguard")
 _SUMMARY_ROUTES = 20  # routes named in the start-up line; the rest are counted
 
 
+_workers_warned = False  # (once per process)
+
+
+def _warn_if_one_of_several_workers(store: Store) -> None:
+    """The in-process store counts for its own process: warn once when this process looks
+    like one of several workers (`WEB_CONCURRENCY` above 1, which uvicorn and gunicorn take
+    for their worker count, or a process started by another Python process, as `uvicorn
+    --workers` and `--reload` start theirs), since every limit is then worth that many
+    times what it says and a ban holds in one worker only."""
+    global _workers_warned
+    if _workers_warned or not isinstance(store, MemoryStore):
+        return
+    import multiprocessing
+
+    concurrency = os.environ.get("WEB_CONCURRENCY", "").strip()
+    several = concurrency.isdecimal() and int(concurrency) > 1
+    if not several and multiprocessing.parent_process() is None:
+        return
+    _workers_warned = True
+    why = (
+        f"WEB_CONCURRENCY={concurrency}"
+        if several
+        else "this process was started by another Python process (uvicorn --workers or "
+        "--reload, a process pool)"
+    )
+    log.warning(
+        "apiguard: %s: if this is one of several workers, the in-process store counts for "
+        "this worker alone (every limit is worth as many times what it says, a ban holds in "
+        "one worker): use Guard(store=\"redis://...\") (see the README, several workers)",
+        why,
+    )
+
+
 def _config_from(config: object) -> GuardConfig:
     if config is None:
         return GuardConfig()
@@ -642,6 +675,7 @@ class Guard:
             if len(self._announced) < 256:
                 self._announced.add(id(app))
         log.info("%s", self.summary(ruled))
+        _warn_if_one_of_several_workers(self.store)
 
     def _check_route_settings(self, templates: set[str], opaque: bool) -> None:
         """Settings naming route templates (`detection.bola.routes`,
