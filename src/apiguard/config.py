@@ -572,7 +572,9 @@ class GuardConfig(_Model):
         """Load settings from variables such as `APIGUARD_MODE=monitor`,
         `APIGUARD_LIMITS__PRINCIPAL=100/minute` (`__` nests) and
         `APIGUARD_CLIENT_IP__TRUSTED_PROXIES=10.0.0.0/8,192.168.0.0/16` (commas list).
-        `none` or an empty value means None."""
+        `none` or an empty value means None. Only the process environment is read, not a
+        `.env` file: load that first (python-dotenv, or pydantic-settings) if the app
+        keeps its settings there."""
         env = os.environ if environ is None else environ
         data: dict[str, Any] = {}
         for name, raw in env.items():

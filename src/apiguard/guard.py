@@ -502,9 +502,10 @@ class Guard:
 
         `username`: a callable whose parameter names pick the endpoint's arguments it
         reads (`lambda form_data: form_data.username`), or a dotted name
-        (`"form_data.username"`). The outcome comes from the status (2xx success, 401/403
-        failure) unless `success(return_value)` says. Before the handler checks the
-        password, a client the detectors hold back gets the refusal (a challenge) instead.
+        (`"form_data.username"`). The outcome comes from the status (2xx success; 400,
+        401, 403 and 404 failure; others neither) unless `success(return_value)` says.
+        Before the handler checks the password, a client the detectors hold back gets the
+        refusal (a challenge) instead.
         Put it directly above the function, below the framework's route decorator.
         """
         if success is not None:
