@@ -561,6 +561,7 @@ def test_a_flask_app_is_attacked_through_the_wsgi_bridge(
     path = tmp_path / "attack.toml"
     path.write_text(
         '[accounts]\ncount = 60\n[objects]\npath = "/api/v1/orders/{id}"\nper_account = 10\n'
+        '[flow]\npath = "/coupons/{code}/redeem"\n'
     )
     spec = f"{ROOT / 'examples' / 'flask_shop.py'}:app"
     argv = ["attack", spec, "--config", str(path), "--scale", "0.1", "--json"]
@@ -769,3 +770,23 @@ def test_a_campaign_the_app_answered_with_server_errors_is_skipped_not_missed() 
     assert reason is not None and "6 of the 10 attack requests with a server error" in reason
     assert "POST /api/v1/login/access-token: 500" in reason
     assert cp.skip_reason(camp, target, [rec(500)] * 2 + [rec(401)] * 8) is None
+
+
+def test_a_campaign_whose_route_the_declaration_leaves_out_is_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The full-stack FastAPI template's trial declared its login, accounts and objects but
+    no flow and no pages: the flow and scraping campaigns attacked the example shop's
+    `/coupons/...` and `/products/...` in its place (the app answered 500 or its front-end's
+    200), and reported the scraping MISSED. A declaration describes the user's app: a
+    campaign whose section it leaves out is skipped, naming the section."""
+    pytest.importorskip("flask")
+    path = tmp_path / "attack.toml"
+    path.write_text('[accounts]\ncount = 60\n[objects]\npath = "/api/v1/orders/{id}"\n')
+    spec = f"{ROOT / 'examples' / 'flask_shop.py'}:app"
+    argv = ["attack", spec, "--config", str(path), "--scale", "0.1", "--json"]
+    main([*argv, "--campaign", "flow abuse, rotating", "--campaign", "scraping"])
+    rows = {c["campaign"]: c for c in json.loads(capsys.readouterr().out)["campaigns"]}
+    assert rows["flow abuse, rotating IPs"]["skipped"].startswith("not declared: [flow] path")
+    assert rows["scraping"]["skipped"].startswith("not declared: [browse] paths")
+    assert rows["scraping"]["attack_requests"] == 0  # (not run at all)

@@ -683,6 +683,25 @@ def _statuses(records: Sequence[Record]) -> str:
     return ", ".join(f"{s} x{n}" if n > 1 else str(s) for s, n in counts)
 
 
+# what a campaign attacks that only a declaration can say for an app of the user's own
+_SECTION_OF_GAIN = {
+    "coupons": ("flow", "[flow] path, the flow to abuse (a coupon, a sign-up bonus)"),
+    "pages scraped": ("browse", "[browse] paths, the pages a scraper would read"),
+}
+
+
+def undeclared(camp: Campaign, target: Target) -> str | None:
+    """Why `camp` is not run against an app described by a declaration that leaves out
+    the section it needs (it would attack the example shop's default route), or None."""
+    need = _SECTION_OF_GAIN.get(camp.gain)
+    if need is None or not target.declared or need[0] in target.declared:
+        return None
+    return (
+        f"not declared: {need[1]} (the declaration describes your app, so the example "
+        "shop's default route is not attacked in its place)"
+    )
+
+
 def skip_reason(
     camp: Campaign,
     target: Target,
@@ -848,6 +867,9 @@ def run(
     """Run and judge `camp` against `factory`'s app; `reference` is the unprotected app's
     factory (run first, for the gain the campaign would have) or its gain, already known.
     `by_status`: the app's refusals are another tool's (a baseline), told by status."""
+    missing = undeclared(camp, target)
+    if missing is not None:
+        return judge(camp, [], reference_gain=None, skipped=missing)
     ref: int | None
     ref_records: list[Record] | None = None
     if reference is None or isinstance(reference, int):

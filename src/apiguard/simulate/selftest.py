@@ -455,6 +455,10 @@ def run_url(
         async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as client:
             driver = HttpDriver(url, client, forwarded_for)
             for camp in campaigns:
+                missing = cp.undeclared(camp, target)
+                if missing is not None:
+                    outcomes.append(cp.judge(camp, [], reference_gain=None, skipped=missing))
+                    continue
                 actors = cp.actors_for(camp, target, seed=seed, scale=scale, solver=solver)
                 speed = max(1.0, camp.duration * scale / max_seconds)
                 began = time.perf_counter()

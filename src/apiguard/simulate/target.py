@@ -112,6 +112,10 @@ class Target:
     browse_paths: tuple[str, ...] = ("/products?page={page}", "/products/{product}")
     products: int = 200
     browse_ids: tuple[str, ...] = ()  # what {product} takes instead of 1..products
+    # the sections a declaration (a TOML file, the command's flags) gave: once any is, an
+    # app of the user's own is described, and a campaign whose section is missing is not
+    # run against the example shop's default route (`campaigns.undeclared`)
+    declared: frozenset[str] = frozenset()
     common_passwords: tuple[str, ...] = field(
         default=("Summer2024!", "Password1", "Welcome123", "Qwerty123!", "Company2024")
     )
@@ -203,7 +207,7 @@ class Target:
         section or key, or a value of the wrong type."""
         target = base if base is not None else cls(accounts=())
         sections = _checked(data)
-        changes: dict[str, Any] = {}
+        changes: dict[str, Any] = {"declared": target.declared | frozenset(sections)}
         login = sections.get("login", {})
         for key, attr in (
             ("path", "login_path"),
@@ -457,10 +461,11 @@ def _owned_ids(
 
 def default_target() -> Target:
     """The example shop's declaration without importing the shop (the TOML defaults)."""
-    return Target.from_mapping(
+    shop = Target.from_mapping(
         {"accounts": {"count": 1000}, "objects": {"per_account": 5}},
         Target(
             accounts=(),
             flow_codes=("WELCOME10", "SPRING25", "FREESHIP", "LOYAL15", "BUNDLE20", "VIP30"),
         ),
     )
+    return replace(shop, declared=frozenset())  # (the defaults: nothing declared)
