@@ -790,3 +790,28 @@ def test_a_campaign_whose_route_the_declaration_leaves_out_is_skipped(
     assert rows["flow abuse, rotating IPs"]["skipped"].startswith("not declared: [flow] path")
     assert rows["scraping"]["skipped"].startswith("not declared: [browse] paths")
     assert rows["scraping"]["attack_requests"] == 0  # (not run at all)
+
+
+def test_a_form_login_beside_a_json_sign_up_is_declared(tmp_path: Path) -> None:
+    """The full-stack FastAPI template logs in with an OAuth2 password form and signs up
+    with JSON: the sign-up body always took the login's format (every sign-up 422, two
+    campaigns skipped). `[flow] signup_format` says the sign-up's own."""
+    path = tmp_path / "attack.toml"
+    path.write_text(
+        '[login]\npath = "/api/v1/login/access-token"\nformat = "form"\n'
+        'username_field = "username"\ntoken_field = "access_token"\n'
+        '[flow]\nsignup = "/api/v1/users/signup"\nsignup_format = "json"\n'
+        '[flow.signup_fields]\nemail = "{name}@example.org"\npassword = "{password}"\n'
+    )
+    target = Target.from_toml(path)
+    body, ctype = target.login_body("a@example.org", "pw")
+    assert (
+        ctype == "application/x-www-form-urlencoded"
+        and body == b"username=a%40example.org&password=pw"
+    )
+    body, ctype = target.signup_body("bob", "s3cret")
+    assert ctype == "application/json"
+    assert json.loads(body) == {"email": "bob@example.org", "password": "s3cret"}
+    path.write_text('[flow]\nsignup_format = "xml"\n')
+    with pytest.raises(DeclarationError, match="signup_format"):
+        Target.from_toml(path)

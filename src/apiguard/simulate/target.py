@@ -32,6 +32,7 @@ value by default, so `apiguard attack examples/shop.py:app` needs no declaration
     path = "/coupons/{code}/redeem"   # POST, authenticated
     codes = ["WELCOME10", "SPRING25"]  # valid codes (the abuser's list contains them)
     signup = "/signup"                 # POST -> a token, as at the login; "" if none
+    # signup_format = "json"           # its body's format (default: the login's)
     # [flow.signup_fields]             # the sign-up body: dotted names nest, values are
     # "user.username" = "{name}"       #   templates of {name} and {password} (default:
     # "user.email" = "{name}@example.org"  # the login's username and password fields)
@@ -103,6 +104,7 @@ class Target:
     flow_codes: tuple[str, ...] = ()
     signup_path: str = "/signup"
     signup_fields: tuple[tuple[str, str], ...] = ()  # (dotted name, template); () = login's
+    signup_format: str | None = None  # "json" or "form"; None: the login's
     api_path: str = "/api/v1/reports?page={page}"
     api_header: str = "x-api-key"
     api_keys: tuple[str, ...] = ()
@@ -132,17 +134,22 @@ class Target:
     def signup_body(self, name: str, password: str) -> tuple[bytes, str]:
         """The sign-up request's body and content type (`signup_fields`, else the login's
         fields)."""
+        form = self.signup_format or self.login_format
         if not self.signup_fields:
-            return self.login_body(name, password)
+            fields = ((self.username_field, name), (self.password_field, password))
+            return self._body(fields, form)
         return self._body(
             tuple(
                 (key, value.replace("{name}", name).replace("{password}", password))
                 for key, value in self.signup_fields
-            )
+            ),
+            form,
         )
 
-    def _body(self, fields: tuple[tuple[str, str], ...]) -> tuple[bytes, str]:
-        if self.login_format == "form":
+    def _body(
+        self, fields: tuple[tuple[str, str], ...], form: str | None = None
+    ) -> tuple[bytes, str]:
+        if (form or self.login_format) == "form":
             from urllib.parse import urlencode
 
             return urlencode(fields).encode(), "application/x-www-form-urlencoded"
@@ -277,6 +284,10 @@ class Target:
             changes["signup_path"] = flow["signup"]
         if "signup_fields" in flow:
             changes["signup_fields"] = tuple(_flat(flow["signup_fields"]))
+        if "signup_format" in flow:
+            if flow["signup_format"] not in ("json", "form"):
+                raise DeclarationError("flow", "signup_format", 'must be "json" or "form"')
+            changes["signup_format"] = flow["signup_format"]
         api = sections.get("api", {})
         for key, attr in (("path", "api_path"), ("header", "api_header")):
             if key in api:
@@ -365,7 +376,13 @@ SCHEMA: dict[str, dict[str, str]] = {
     },
     "accounts": {"username": "str", "password": "str", "count": "int"},
     "objects": {"path": "str", "per_account": "int", "file": "str"},
-    "flow": {"path": "str", "codes": "strs", "signup": "str", "signup_fields": "table"},
+    "flow": {
+        "path": "str",
+        "codes": "strs",
+        "signup": "str",
+        "signup_fields": "table",
+        "signup_format": "str",
+    },
     "api": {"path": "str", "header": "str", "keys": "strs", "pages": "int"},
     "challenge": {"path": "str", "body": "str"},
     "browse": {"paths": "strs", "products": "int", "ids": "strs"},
