@@ -815,3 +815,22 @@ def test_a_form_login_beside_a_json_sign_up_is_declared(tmp_path: Path) -> None:
     path.write_text('[flow]\nsignup_format = "xml"\n')
     with pytest.raises(DeclarationError, match="signup_format"):
         Target.from_toml(path)
+
+
+def test_a_sign_up_that_signs_nobody_in_is_followed_by_a_login(conduit: tuple[str, Path]) -> None:
+    """The FastAPI template's sign-up answers the new user, no token (the README's
+    `account_created()` case): the fresh accounts of "BOLA, many accounts" had no token and
+    the campaign was skipped. `[flow] signup_login` names the username they then log in
+    with; unprotected, they read foreign drafts."""
+    spec, config = conduit
+    app_file = Path(spec.rsplit(":", 1)[0])
+    source = app_file.read_text()
+    answer = 'return {"user": {"username": user.username, "token": f"jwt-{user.username}"}}'
+    assert answer in source
+    app_file.write_text(source.replace(answer, 'return {"user": {"username": user.username}}'))
+    target = st.target_for(spec, str(config), {})
+    reference = st.in_process_factory(spec, monitor=True)
+    camp = cp.campaign("many accounts")
+    assert cp.reference_gain(camp, target, reference, scale=0.1) == 0  # (no token)
+    target = st.target_for(spec, str(config), {"flow": {"signup_login": "{name}@example.org"}})
+    assert cp.reference_gain(camp, target, reference, scale=0.1) > 0

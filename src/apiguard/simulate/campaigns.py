@@ -737,11 +737,12 @@ def skip_reason(
             f"no sign-up succeeded: POST {target.signup_path} answered {_statuses(signups)} "
             '(declare [flow] signup and signup_fields, or signup = "" for none)'
         )
-    if signups:
+    if signups and not (target.signup_login and logins):
         return (
             f"no sign-up gave a token: POST {target.signup_path} answered "
             f"{_statuses(signups)} without one where the declaration says ([login] "
-            "token_field or token_cookie)"
+            "token_field or token_cookie; or [flow] signup_login, the username a new "
+            "account then logs in with)"
         )
     if logins:
         return (

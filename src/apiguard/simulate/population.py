@@ -267,12 +267,17 @@ class Client:
 
     def signup(self, name: str, password: str) -> Flow:
         """POST the sign-up form (`[flow] signup`); keeps the token of a successful one
-        (`client.token` stays None when the answer carries none)."""
+        (`client.token` stays None when the answer carries none, unless `[flow]
+        signup_login` names the new account's username: it then logs in)."""
         body, ctype = self.target.signup_body(name, password)
         response = yield from self.send(
             "POST", self.target.signup_path, body=body, ctype=ctype, kind="signup", auth=False
         )
         self.token = token_of(response, self.target)
+        then = self.target.signup_login
+        if self.token is None and then and 200 <= response.status < 300:
+            username = then.replace("{name}", name)
+            yield from self.login(username, password, kind="own-login")
         return response
 
     def browse(self, kind: str = "browse") -> Flow:

@@ -33,6 +33,7 @@ value by default, so `apiguard attack examples/shop.py:app` needs no declaration
     codes = ["WELCOME10", "SPRING25"]  # valid codes (the abuser's list contains them)
     signup = "/signup"                 # POST -> a token, as at the login; "" if none
     # signup_format = "json"           # its body's format (default: the login's)
+    # signup_login = "{name}@example.org"  # a sign-up answering no token: log in as this
     # [flow.signup_fields]             # the sign-up body: dotted names nest, values are
     # "user.username" = "{name}"       #   templates of {name} and {password} (default:
     # "user.email" = "{name}@example.org"  # the login's username and password fields)
@@ -105,6 +106,9 @@ class Target:
     signup_path: str = "/signup"
     signup_fields: tuple[tuple[str, str], ...] = ()  # (dotted name, template); () = login's
     signup_format: str | None = None  # "json" or "form"; None: the login's
+    # the new account's username (a template of {name}) when the sign-up signs nobody in:
+    # the account then logs in
+    signup_login: str = ""
     api_path: str = "/api/v1/reports?page={page}"
     api_header: str = "x-api-key"
     api_keys: tuple[str, ...] = ()
@@ -284,6 +288,8 @@ class Target:
             changes["signup_path"] = flow["signup"]
         if "signup_fields" in flow:
             changes["signup_fields"] = tuple(_flat(flow["signup_fields"]))
+        if "signup_login" in flow:
+            changes["signup_login"] = flow["signup_login"]
         if "signup_format" in flow:
             if flow["signup_format"] not in ("json", "form"):
                 raise DeclarationError("flow", "signup_format", 'must be "json" or "form"')
@@ -382,6 +388,7 @@ SCHEMA: dict[str, dict[str, str]] = {
         "signup": "str",
         "signup_fields": "table",
         "signup_format": "str",
+        "signup_login": "str",
     },
     "api": {"path": "str", "header": "str", "keys": "strs", "pages": "int"},
     "challenge": {"path": "str", "body": "str"},
