@@ -834,3 +834,24 @@ def test_a_sign_up_that_signs_nobody_in_is_followed_by_a_login(conduit: tuple[st
     assert cp.reference_gain(camp, target, reference, scale=0.1) == 0  # (no token)
     target = st.target_for(spec, str(config), {"flow": {"signup_login": "{name}@example.org"}})
     assert cp.reference_gain(camp, target, reference, scale=0.1) > 0
+
+
+def test_a_bola_campaign_against_an_app_without_the_bug_is_skipped() -> None:
+    """The FastAPI template answers 403 to another user's item: the BOLA walks were
+    reported CAUGHT with "0 foreign objects (0)". An app that refuses every foreign
+    object itself (unprotected) has no bug there to exploit: SKIPPED, saying so."""
+    from apiguard.simulate.driver import Record
+
+    target = Target(accounts=())
+    camp = cp.campaign("BOLA walk")
+
+    def rec(status: int) -> Record:
+        return Record(
+            0.0, "attack", True, "walk", "GET", "/api/v1/items/7", "192.0.2.1", status, target="7"
+        )
+
+    reason = cp.skip_reason(camp, target, [rec(403)] * 5, [rec(403)] * 4 + [rec(404)])
+    assert reason is not None and "no object-level authorization bug" in reason
+    assert cp.skip_reason(camp, target, [rec(403)] * 5, [rec(403)] * 4 + [rec(200)]) is None
+    stuffing = cp.campaign("credential stuffing")
+    assert cp.skip_reason(stuffing, target, [rec(401)] * 5, [rec(401)] * 5) is None

@@ -719,6 +719,16 @@ def skip_reason(
             "(declare it, see the TOML format), or the app itself refuses what the attack "
             "is after: nothing for apiguard to catch"
         )
+    if (
+        tried
+        and camp.gain == "foreign objects"
+        and all(r.status in (401, 403, 404, 405) for r in tried)
+    ):
+        return (
+            f"the unprotected app refused every foreign object itself "
+            f"({_statuses(tried)}, e.g. {tried[0].method} {tried[0].path}): it has no "
+            "object-level authorization bug on this route, nothing for apiguard to catch"
+        )
     failing = [r for r in attack if r.status >= 500]
     if failing and len(failing) >= 0.5 * len(attack):
         first = failing[0]
