@@ -855,3 +855,29 @@ def test_a_bola_campaign_against_an_app_without_the_bug_is_skipped() -> None:
     assert cp.skip_reason(camp, target, [rec(403)] * 5, [rec(403)] * 4 + [rec(200)]) is None
     stuffing = cp.campaign("credential stuffing")
     assert cp.skip_reason(stuffing, target, [rec(401)] * 5, [rec(401)] * 5) is None
+
+
+def test_a_surge_reported_only_for_want_of_a_challenge_route_is_said(
+    conduit: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The Conduit trial's scraping campaign, once its pages were declared right, was
+    MISSED (500 of 500 pages) with no word why: the app's guard had no
+    `detection.challenge_path`, so the surge it found was reported only. The report says
+    so, naming the setting."""
+    spec, config = conduit
+    app_file = Path(spec.rsplit(":", 1)[0])
+    source = app_file.read_text()
+    declared = 'guard = Guard({"detection": {"challenge_path": "/api/challenge"}})'
+    assert declared in source
+    app_file.write_text(source.replace(declared, "guard = Guard()"))
+    ids = ", ".join(f'"t{n}"' for n in range(400))
+    _with_tag_pages(spec, config, f'[browse]\npaths = ["/api/tags/{{product}}"]\nids = [{ids}]\n')
+    source = app_file.read_text().replace(
+        'TAGS = {"python", "rust", "go"}', "TAGS = {f't{n}' for n in range(400)}"
+    )
+    app_file.write_text(source)
+    argv = ["attack", spec, "--config", str(config), "--scale", "0.25", "--json"]
+    main([*argv, "--campaign", "scraping"])
+    (row,) = json.loads(capsys.readouterr().out)["campaigns"]
+    assert row["skipped"] is None
+    assert row["note"] is not None and "set detection.challenge_path" in row["note"]

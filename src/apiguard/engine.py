@@ -260,6 +260,8 @@ class Engine:
         self._forgiven: set[str] = set()  # IP keys whose passed challenge was forgiven
         self._proxy_warned = False
         self._scraping_unheld_warned = False  # a surge reported only: said once
+        # new readers a scraping surge let through for want of a known challenge route
+        self.surge_reads_unheld = 0
         self._wide_keys: dict[str, str] = {}  # client address -> its provider network's key
         self._site_keys: dict[str, str] = {}  # IPv6 client address -> its /48's key ("": v4)
         self._detections_logged: dict[str, float] = {}
@@ -306,6 +308,7 @@ class Engine:
         self._detections_logged.clear()
         self._levels.clear()
         self.challenges_answered = False
+        self.surge_reads_unheld = 0
         self.challenge_path = self.config.detection.challenge_path
         self._use(detectors.build(self.config.detection, self.enforce_default))
 
@@ -744,6 +747,7 @@ class Engine:
         if not self._enforced(scraping.enforce):
             return
         if self.challenge_path is None:
+            self.surge_reads_unheld += 1
             if not self._scraping_unheld_warned:
                 self._scraping_unheld_warned = True
                 log.warning(

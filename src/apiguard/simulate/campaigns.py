@@ -56,7 +56,7 @@ import random
 import string
 import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from starlette.types import ASGIApp
@@ -461,7 +461,8 @@ def _scraper(target: Target, rng: random.Random, plan: Plan) -> Agent:
         target, rng, rotating(rng), lambda: tool_headers(rng.choice(uas))(), solves=plan.solver
     )
     mean = plan.duration / max(1, plan.attempts)
-    products = max(1, target.products)
+    ids = target.browse_ids  # (the declared pages' own ids, else 1..products)
+    products = len(ids) if ids else max(1, target.products)
     for n in range(plan.attempts):
         client.wait(_gap(rng, mean))
         pid = n % products + 1
@@ -472,7 +473,7 @@ def _scraper(target: Target, rng: random.Random, plan: Plan) -> Agent:
         )
         yield from client.send(
             "GET",
-            path.format(product=pid, page=pid),
+            path.format(product=ids[pid - 1] if ids else pid, page=pid),
             kind="scrape",
             target=f"{n // products}:{pid}",
         )
@@ -634,6 +635,7 @@ class Outcome:
     benign_pages: int = 0
     benign_pages_missing: int = 0
     missing_page: str | None = None
+    note: str | None = None  # what the run found about the guard's set-up
 
     @property
     def admitted_after_share(self) -> float:
@@ -846,11 +848,13 @@ async def arun(
     size: float | None = None,
     solver: float = 0.0,
     by_status: bool = False,
+    notes: list[str] | None = None,
 ) -> tuple[list[Record], float]:
     """One run of `camp` and its population against a fresh app on a fake clock, inside
     the app's lifespan (start-up before the first request, shut-down after the last).
     A refusal is one apiguard rendered when the app has a guard, else (and with
-    `by_status`: another tool refuses, apiguard only watches) a 429 or a 403."""
+    `by_status`: another tool refuses, apiguard only watches) a 429 or a 403. What the
+    run found about the guard's set-up goes to `notes`."""
     clock = FakeClock(START)
     app = factory(clock)
     actors = actors_for(camp, target, seed=seed, scale=scale, size=size, solver=solver)
@@ -860,6 +864,13 @@ async def arun(
         driver = AsgiDriver(app, server_errors=True, state=state, guard=guard)
         records = await run_agents(driver, clock, actors, origin=START)
         wall = time.perf_counter() - began
+    if notes is not None and guard is not None and guard.engine.surge_reads_unheld:
+        notes.append(
+            f"a scraping surge was found but reported only ({guard.engine.surge_reads_unheld} "
+            "new readers let through): the guard does not know the app's challenge route; "
+            "set detection.challenge_path to it (it is also learned once somebody passes a "
+            "challenge there)"
+        )
     return records, wall
 
 
@@ -890,6 +901,7 @@ def run(
             arun(camp, target, reference, seed=seed, scale=scale, size=size, solver=solver)
         )
         ref = gain_of(ref_records)[0]
+    notes: list[str] = []
     records, wall = asyncio.run(
         arun(
             camp,
@@ -900,10 +912,12 @@ def run(
             size=size,
             solver=solver,
             by_status=by_status,
+            notes=notes,
         )
     )
     skipped = skip_reason(camp, target, records, ref_records)
-    return judge(camp, records, reference_gain=ref, wall=wall, skipped=skipped)
+    outcome = judge(camp, records, reference_gain=ref, wall=wall, skipped=skipped)
+    return replace(outcome, note="; ".join(notes) or None)
 
 
 def reference_gain(

@@ -551,6 +551,7 @@ def report(outcomes: Sequence[cp.Outcome]) -> str:
     skipped = "".join(
         f"\nskipped {o.campaign}: {o.skipped}" for o in outcomes if o.skipped is not None
     )
+    skipped += "".join(f"\n{o.campaign}: {o.note}" for o in outcomes if o.note)
     pages = sum(o.benign_pages for o in outcomes)
     missing = sum(o.benign_pages_missing for o in outcomes)
     if missing >= 10 and missing >= 0.2 * pages:
