@@ -15,7 +15,8 @@ no unprotected run over HTTP: "curtailed" falls back to the admitted share after
 first refusal.
 
 A refusal is apiguard's, never the app's own 403 or 429 (a missing token, a foreign
-object): in process, the guard counts the refusals it sends; over HTTP, apiguard's
+object): in process, each refusal a guard renders for a request is seen
+(`steps.REFUSALS`); over HTTP, apiguard's
 default problem+json answers are recognised (an `on_block` hook that replaces them makes
 them the app's own; the report then says how many 403/429 answers were not apiguard's).
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
 import importlib.util
 import ipaddress
@@ -349,7 +351,7 @@ class HttpDriver:
             (k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.multi_items()
         )
         response = Response(answer.status_code, raw, answer.content)
-        return Response(response.status, raw, response.body, is_guard_refusal(response))
+        return dataclasses.replace(response, guard_refused=is_guard_refusal(response))
 
 
 _GUARD_TYPES = frozenset({CHALLENGE_REQUIRED, QUOTA_EXCEEDED, UNUSUAL_ACTIVITY})
