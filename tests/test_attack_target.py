@@ -785,9 +785,11 @@ def test_a_campaign_whose_route_the_declaration_leaves_out_is_skipped(
     path.write_text('[accounts]\ncount = 60\n[objects]\npath = "/api/v1/orders/{id}"\n')
     spec = f"{ROOT / 'examples' / 'flask_shop.py'}:app"
     argv = ["attack", spec, "--config", str(path), "--scale", "0.1", "--json"]
-    main([*argv, "--campaign", "flow abuse, rotating", "--campaign", "scraping"])
+    campaigns = ["flow abuse, rotating", "scraping", "BOLA, many"]
+    main([*argv, *(a for c in campaigns for a in ("--campaign", c))])
     rows = {c["campaign"]: c for c in json.loads(capsys.readouterr().out)["campaigns"]}
     assert rows["flow abuse, rotating IPs"]["skipped"].startswith("not declared: [flow] path")
+    assert rows["BOLA, many accounts"]["skipped"].startswith("not declared: [flow] signup")
     assert rows["scraping"]["skipped"].startswith("not declared: [browse] paths")
     assert rows["scraping"]["attack_requests"] == 0  # (not run at all)
 

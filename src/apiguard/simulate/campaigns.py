@@ -692,10 +692,16 @@ _SECTION_OF_GAIN = {
 }
 
 
+# the campaigns whose attacker creates accounts (`[flow] signup`)
+_SIGNS_UP = frozenset({"BOLA, many accounts", "flow abuse, fresh accounts"})
+
+
 def undeclared(camp: Campaign, target: Target) -> str | None:
     """Why `camp` is not run against an app described by a declaration that leaves out
     the section it needs (it would attack the example shop's default route), or None."""
     need = _SECTION_OF_GAIN.get(camp.gain)
+    if camp.name in _SIGNS_UP and need is None:
+        need = ("flow", "[flow] signup, where the attacker creates its accounts")
     if need is None or not target.declared or need[0] in target.declared:
         return None
     return (
