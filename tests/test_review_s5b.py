@@ -457,3 +457,64 @@ def test_control_a_nat_with_one_stuffer_refuses_no_more_people_than_at_dbf749d()
     bot: list[int] = []
     people = nat_without_challenge(120.0, bot=bot)
     assert people.count(200) >= 13 and bot.count(401) <= 26
+
+
+# -- the population alarm's baseline, learned while a stuffing already runs --------------
+
+
+def cold_start(stuffer_per_hour: int, hours: float = 2.0, seed: int = 29) -> tuple[list[int], int]:
+    """The Conduit trial's CAPTCHA-solver campaign, reduced: from the app's first minute,
+    135 honest logins an hour (a new device each, one in five first mistyping the
+    password), and, with `stuffer_per_hour`, a stuffer sending that many guesses an hour,
+    each from a fresh residential address and browser build, never a success. (The
+    stuffer's statuses, 403 for a challenge; the people who met a challenge.)"""
+    clock = FakeClock(T0)
+    guard = Guard({"detection": {"challenge_path": "/challenge"}}, clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(seed)
+    end = hours * 3600
+    events = [(rng.uniform(0, end), "person") for _ in range(int(135 * hours))]
+    events += [(rng.uniform(0, end), "guess") for _ in range(int(stuffer_per_hour * hours))]
+
+    async def go() -> tuple[list[int], int]:
+        out: list[int] = []
+        met = 0
+        victim = 20_000
+        for at, kind in sorted(events):
+            clock.advance_to(T0 + at)
+            c = Client(driver, _ua(rng), public_ip(rng), jar=None if kind == "guess" else {})
+            if kind == "guess":
+                body = {"username": username(victim), "password": "x"}
+                victim += 1
+                r = await c.send("POST", "/login", body)
+                out.append(403 if is_challenge(r) else r.status)
+                continue
+            who = rng.randrange(300)
+            typo = False
+            if rng.random() < 0.2:
+                _, typo = await c.human_login(who, "typo")
+            resp, challenged = await c.human_login(who)
+            assert resp.status == 200
+            met += typo or challenged
+        return out, met
+
+    result: tuple[list[int], int] = _quiet(go())
+    return result
+
+
+def test_a_stuffing_from_the_first_minute_does_not_teach_the_baseline() -> None:
+    """The Conduit trial: a stuffing under the 0.4 floor from the app's first minute (a
+    failure share of 0.31-0.35) taught the population's baseline itself (0.358, against
+    0.185 for the honest logins alone); the bar rose to 0.7 and the alarm never fired (3
+    takeovers of 3, nothing refused). A half window close to the bar (at 0.8 of it or
+    more) teaches nothing. Here, 62 guesses an hour: none challenged before, 46 of 124 now
+    (at 45 an hour, under the floor throughout, neither)."""
+    statuses, _ = cold_start(62)
+    assert statuses.count(403) >= len(statuses) // 4
+
+
+def test_control_honest_logins_alone_from_the_first_minute_raise_no_alarm() -> None:
+    """The other side: the same honest population alone (a failure share near 0.17,
+    which now teaches the baseline at once) meets no challenge in 2 h."""
+    statuses, met = cold_start(0)
+    assert statuses == [] and met == 0

@@ -51,6 +51,7 @@ _SHARE_CEILING = 0.7  # the learned failure-share threshold never exceeds it
 _SUCCEEDED_MAX = 65_536  # accounts remembered as logged in this period (population share)
 _EWMA = 0.3  # weight of the newest calm period in the failure-share baseline
 _CALM_ATTEMPTS = 10  # attempts a period needs to teach the baseline
+_TEACHING_SHARE = 0.8  # a period teaches the baseline only under this part of the bar
 _TRIED = "ato:t:"  # per actor: the distinct usernames it tried (failed or not)
 _LOGGED_IN = "ato:ok:"  # per actor: the distinct usernames it logged in to
 # accounts logged in to from an address in the window that make it a shared one (an
@@ -105,9 +106,15 @@ class LoginClimate:
             finished = self.now
             if self.attack_since is None and finished[0] >= _CALM_ATTEMPTS:
                 share = finished[1] / finished[0]
-                self.baseline = (
-                    share if self.baseline is None else (1 - _EWMA) * self.baseline + _EWMA * share
-                )
+                # (a half window close to the bar teaches nothing: a stuffing that starts
+                # with the app's traffic, under the floor, would teach the baseline itself
+                # and lift the bar out of its own reach)
+                if share < _TEACHING_SHARE * self.threshold():
+                    self.baseline = (
+                        share
+                        if self.baseline is None
+                        else (1 - _EWMA) * self.baseline + _EWMA * share
+                    )
             self.old = finished if elapsed < 2 * self.half else [0, 0, 0]
             self.now = [0, 0, 0]
             self._succeeded.clear()
