@@ -305,11 +305,14 @@ class AccountTakeover:
             if attack:
                 found.append(self._climate_finding(attack))
             for kind, key, t, s, recent in pairs:
+                # (a pass that got its holder past a standing challenge: a count, which
+                # logins to its own accounts cannot dilute, then asked to be earned again)
+                gated_pass = kind == "pass" and past_gate
                 floor = (
                     cfg.usernames_per_network
                     if kind in ("net", "fp")
                     else _GATED_PASS_USERNAMES
-                    if kind == "pass" and past_gate
+                    if gated_pass
                     else cfg.usernames_per_actor
                 )
                 # failed and never logged in to from here: a typo or a forgotten password
@@ -331,17 +334,16 @@ class AccountTakeover:
                     fresh = rt.count - rs.count
                     if fresh < 1 or fresh < cfg.failed_share * rt.count:
                         continue
-                if kind == "pass" and past_gate:
-                    bar = 0.0  # (a count: logins to its own accounts buy it nothing)
+                if gated_pass:
+                    bar = 0.0
                 if unresolved >= floor and share >= bar:
                     # many people share a network or a client shape, and an address that
                     # people logged in from (a carrier's or an office's NAT): what the
                     # population gets (a challenge, or a throttle in apps without one),
                     # never a ban that would shut them out; a person's pass does not
                     # lift it for the others (`Engine.challenge_passed`)
-                    # (a pass that got its holder past a standing challenge is asked to
-                    # be earned again: a person unsure of their e-mail passes twice)
-                    many = kind in ("net", "fp") or (kind == "pass" and past_gate)
+                    # (a person unsure of their e-mail passes a challenge twice)
+                    many = kind in ("net", "fp") or gated_pass
                     name = kind
                     if kind == "ip":
                         if len(flagged) >= _FLAGGED_MAX:
