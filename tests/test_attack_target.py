@@ -608,6 +608,14 @@ def test_url_that_does_not_answer_is_one_clear_error(capsys) -> None:
     assert "is the server running?" in err and "Traceback" not in err
 
 
+def _edit_app(spec: str, old: str, new: str) -> None:
+    """Replace `old` (which must be there) in the app module named by `spec`."""
+    app_file = Path(spec.rsplit(":", 1)[0])
+    source = app_file.read_text()
+    assert old in source
+    app_file.write_text(source.replace(old, new))
+
+
 def test_the_apps_own_403s_are_not_apiguards_refusals(
     conduit: tuple[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -825,11 +833,8 @@ def test_a_sign_up_that_signs_nobody_in_is_followed_by_a_login(conduit: tuple[st
     the campaign was skipped. `[flow] signup_login` names the username they then log in
     with; unprotected, they read foreign drafts."""
     spec, config = conduit
-    app_file = Path(spec.rsplit(":", 1)[0])
-    source = app_file.read_text()
     answer = 'return {"user": {"username": user.username, "token": f"jwt-{user.username}"}}'
-    assert answer in source
-    app_file.write_text(source.replace(answer, 'return {"user": {"username": user.username}}'))
+    _edit_app(spec, answer, 'return {"user": {"username": user.username}}')
     target = st.target_for(spec, str(config), {})
     reference = st.in_process_factory(spec, monitor=True)
     camp = cp.campaign("many accounts")
@@ -867,17 +872,11 @@ def test_a_surge_reported_only_for_want_of_a_challenge_route_is_said(
     `detection.challenge_path`, so the surge it found was reported only. The report says
     so, naming the setting."""
     spec, config = conduit
-    app_file = Path(spec.rsplit(":", 1)[0])
-    source = app_file.read_text()
     declared = 'guard = Guard({"detection": {"challenge_path": "/api/challenge"}})'
-    assert declared in source
-    app_file.write_text(source.replace(declared, "guard = Guard()"))
+    _edit_app(spec, declared, "guard = Guard()")
     ids = ", ".join(f'"t{n}"' for n in range(400))
     _with_tag_pages(spec, config, f'[browse]\npaths = ["/api/tags/{{product}}"]\nids = [{ids}]\n')
-    source = app_file.read_text().replace(
-        'TAGS = {"python", "rust", "go"}', "TAGS = {f't{n}' for n in range(400)}"
-    )
-    app_file.write_text(source)
+    _edit_app(spec, 'TAGS = {"python", "rust", "go"}', "TAGS = {f't{n}' for n in range(400)}")
     argv = ["attack", spec, "--config", str(config), "--scale", "0.25", "--json"]
     main([*argv, "--campaign", "scraping"])
     (row,) = json.loads(capsys.readouterr().out)["campaigns"]
