@@ -95,10 +95,6 @@ FIRST = ("james", "mary", "robert", "linda", "wei", "fatima", "carlos", "anna", 
 LAST = ("smith", "garcia", "nguyen", "mueller", "kumar", "rossi", "kowalski", "silva", "tanaka")
 
 
-def _refused(response: Response) -> bool:
-    return response.refused
-
-
 def _backoff(client: Client, response: Response, cap: float = HOUR) -> None:
     """A logged-in bot waits out the refusal (Retry-After, at most `cap`), with jitter."""
     retry = response.header("retry-after")
@@ -176,7 +172,7 @@ def _stuffer(
         yield from client.browse("visit")
         client.wait(rng.uniform(2.0, 9.0))
         response = yield from client.login(username, password, kind=kind, target=username)
-        if _refused(response) and (username, password) not in retried:
+        if response.refused and (username, password) not in retried:
             retried.add((username, password))
             queue.append((username, password))  # another address will try it later
         elif 200 <= response.status < 300:
@@ -261,7 +257,7 @@ def _brute(
             for oid in victim.objects[:5]:
                 yield from client.read_object(oid, kind="loot")
             return
-        if not _refused(response):
+        if not response.refused:
             i += 1  # a refused guess was not tried: the same word again, from elsewhere
 
 
@@ -332,7 +328,7 @@ def _sybil(target: Target, rng: random.Random, plan: Plan) -> Agent:
         for oid in rng.sample(ids, min(per_account, len(ids))):
             client.wait(_gap(rng, mean))
             response = yield from client.read_object(oid, kind="walk", target=str(oid))
-            if _refused(response):
+            if response.refused:
                 break  # this account is burnt: the next one
 
 
@@ -370,7 +366,7 @@ def _walker(
         response = yield from client.read_object(
             oid, kind="walk" if foreign else "own", target=str(oid) if foreign else None
         )
-        if _refused(response):
+        if response.refused:
             _backoff(client, response)
             continue
         i += 1
@@ -409,7 +405,7 @@ def _redeemer(
         code = queue.pop(0)
         path = target.flow_path.replace("{code}", code)
         response = yield from client.send("POST", path, kind="redeem", target=code)
-        if _refused(response):
+        if response.refused:
             queue.append(code)
             _backoff(client, response)
 
@@ -500,7 +496,7 @@ def _exporter(target: Target, rng: random.Random, plan: Plan, key: str) -> Agent
         response = yield from client.send(
             "GET", target.api_path.format(page=page), kind="export", target=str(page)
         )
-        if not _refused(response):
+        if not response.refused:
             page = page % target.api_pages + 1
 
 

@@ -17,7 +17,7 @@ from apiguard.window import BucketWindow, WindowSpec, refund, try_hit
 
 log = logging.getLogger("apiguard")
 _T = TypeVar("_T")
-_S = TypeVar("_S", Generations, Stride, Trail)
+_S = TypeVar("_S", Generations, Stride)
 
 
 _SPILLS_MAX = 256  # spill sketches, one per distinct rate (rates are code-defined)
