@@ -92,6 +92,11 @@ def fastapi_client(guard: Guard) -> Client:
         identify(request.headers.get("x-user"))
         return "me"
 
+    @app.get("/orders/{order_id}")
+    async def order(order_id: int, request: Request) -> dict[str, int]:
+        identify(request.headers.get("x-user"))
+        return {"order": order_id}  # anyone's: the BOLA bug is real
+
     @app.get("/boom")
     def boom() -> str:
         raise RuntimeError("boom")
@@ -159,6 +164,11 @@ def flask_app(guard: Guard) -> Any:
     def me() -> str:
         identify(request.headers.get("x-user"))
         return "me"
+
+    @app.get("/orders/<int:order_id>")
+    def order(order_id: int) -> dict[str, int]:
+        identify(request.headers.get("x-user"))
+        return {"order": order_id}  # anyone's: the BOLA bug is real
 
     @app.get("/boom")
     def boom() -> str:
@@ -280,6 +290,10 @@ def django_patterns(guard: Guard) -> list[Any]:
         identify(request.headers.get("x-user"))
         return HttpResponse("me")
 
+    def order(request: HttpRequest, order_id: int) -> HttpResponse:
+        identify(request.headers.get("x-user"))
+        return JsonResponse({"order": order_id})  # anyone's: the BOLA bug is real
+
     def boom(request: HttpRequest) -> HttpResponse:
         raise RuntimeError("boom")
 
@@ -305,6 +319,7 @@ def django_patterns(guard: Guard) -> list[Any]:
         path("items/<int:item_id>", item),
         path("coupons/<str:code>/redeem", csrf_exempt(redeem)),
         path("me", me),
+        path("orders/<int:order_id>", order),
         path("boom", boom),
         path("watched", watched),
         path("audited", audited_view),

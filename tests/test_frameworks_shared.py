@@ -214,3 +214,59 @@ def test_scraping_detector_fires(make_guard, client_for):
     first = statuses.index(403)
     assert 15 <= first <= 40
     assert set(statuses[first:]) == {403}
+
+
+def _honest_orders(call: Callable[..., Answer], rng: random.Random, users: list[str]) -> list[int]:
+    """Each honest user reads a few of their own orders (ids 10*k+1 .. 10*k+4) from their
+    own address; the statuses that were not 200."""
+    refused = []
+    for n, user in enumerate(users):
+        ip = f"198.51.100.{10 + n}"
+        for _ in range(rng.randrange(2, 6)):
+            order = 10 * n + rng.randrange(1, 5)
+            r = call("GET", f"/orders/{order}", ip=ip, headers={"x-user": user})
+            if r.status != 200:
+                refused.append(r.status)
+    return refused
+
+
+def test_bola_walk_by_a_signed_in_user_is_caught(make_guard, client_for):
+    """BOLA, not a limit: a signed-in user (identified by the app) reading other users'
+    orders at random, with jittered human timing and rotating addresses, is refused well
+    before the population's floor is far behind, on every framework; the users reading
+    their own orders beside it never are."""
+    rng = random.Random(5)
+    guard = make_guard(bans={"enabled": True})
+    call = client_for(guard)
+    users = [f"user{i}" for i in range(12)]
+    refused = _honest_orders(call, rng, users)
+    statuses = []
+    for _ in range(80):
+        guard.clock.advance(rng.uniform(1.0, 6.0))  # type: ignore[attr-defined]
+        ua = {"x-user": "mallory", "user-agent": f"Mozilla/5.0 Firefox/12{rng.randrange(9)}.0"}
+        order = rng.randrange(1000, 90_000)
+        statuses.append(call("GET", f"/orders/{order}", ip=public_ip(rng), headers=ua).status)
+        refused += _honest_orders(call, rng, users[:3])
+    first = next(i for i, s in enumerate(statuses) if s != 200)
+    assert first <= 45, statuses
+    assert set(statuses[first:]) <= {403, 429}
+    assert refused == []
+
+
+def test_bola_sequential_walk_from_an_anonymous_address_is_caught(make_guard, client_for):
+    """An anonymous address walking order ids one by one is refused after about
+    `sequential_run` steps on every framework; another anonymous address reading a few
+    orders out of order is not."""
+    rng = random.Random(6)
+    guard = make_guard(bans={"enabled": True})
+    call = client_for(guard)
+    statuses = []
+    for order in range(500, 560):
+        guard.clock.advance(rng.uniform(0.5, 3.0))  # type: ignore[attr-defined]
+        statuses.append(call("GET", f"/orders/{order}", ip="192.0.2.66").status)
+        if order % 7 == 0:
+            r = call("GET", f"/orders/{rng.randrange(1, 400)}", ip="198.51.100.77")
+            assert r.status == 200
+    first = next(i for i, s in enumerate(statuses) if s != 200)
+    assert 10 <= first <= 20, statuses
+    assert set(statuses[first:]) <= {403, 429}
