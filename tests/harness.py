@@ -13,6 +13,9 @@ Endpoints (the shared behaviour suite in test_frameworks_shared.py drives them):
 - GET  /audited                   @audited (the app's own decorator) above
                                   @guard.limit("2/minute")
 - POST /login                     JSON {username, password}; guard.login_result(); 401 or 200
+- GET  /orders/<int:order_id>     identify(x-user); any order (a real BOLA bug)
+- POST /lookup                    JSON {order_id}; @guard.objects(ids=...); identify(x-user)
+- POST /batch                     JSON {ids: [...]}; guard.objects_touched(); identify(x-user)
 """
 
 from __future__ import annotations
@@ -26,11 +29,16 @@ from dataclasses import dataclass
 from itertools import count
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import Depends, Request, Response
+from pydantic import BaseModel
 
 from apiguard import Guard, identify
 
 AUDIT: list[str] = []  # what the app's own decorator saw
+
+
+class Lookup(BaseModel):
+    order_id: int
 
 
 def audited(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -42,6 +50,7 @@ def audited(fn: Callable[..., Any]) -> Callable[..., Any]:
         return fn(*args, **kwargs)
 
     return wrapper
+
 
 FRAMEWORKS = ("fastapi", "flask", "django", "django-asgi")
 
@@ -96,6 +105,20 @@ def fastapi_client(guard: Guard) -> Client:
     async def order(order_id: int, request: Request) -> dict[str, int]:
         identify(request.headers.get("x-user"))
         return {"order": order_id}  # anyone's: the BOLA bug is real
+
+    def signed_in(request: Request) -> None:  # the app's auth dependency
+        identify(request.headers.get("x-user"))
+
+    @app.post("/lookup", dependencies=[Depends(signed_in)])
+    @guard.objects(ids="payload.order_id")
+    def lookup(payload: Lookup) -> dict[str, int]:
+        return {"order": payload.order_id}  # anyone's: the BOLA bug is real
+
+    @app.post("/batch")
+    async def batch(request: Request) -> dict[str, int]:
+        identify(request.headers.get("x-user"))
+        guard.objects_touched((await request.json())["ids"], name="order_id")
+        return {"orders": 0}
 
     @app.get("/boom")
     def boom() -> str:
@@ -169,6 +192,26 @@ def flask_app(guard: Guard) -> Any:
     def order(order_id: int) -> dict[str, int]:
         identify(request.headers.get("x-user"))
         return {"order": order_id}  # anyone's: the BOLA bug is real
+
+    def signed_in(view: Callable[..., Any]) -> Callable[..., Any]:  # the app's own
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            identify(request.headers.get("x-user"))
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    @app.post("/lookup")
+    @signed_in
+    @guard.objects(ids=lambda: request.get_json()["order_id"])
+    def lookup() -> dict[str, int]:
+        return {"order": request.get_json()["order_id"]}
+
+    @app.post("/batch")
+    def batch() -> dict[str, int]:
+        identify(request.headers.get("x-user"))
+        guard.objects_touched(request.get_json()["ids"], name="order_id")
+        return {"orders": 0}
 
     @app.get("/boom")
     def boom() -> str:
@@ -294,6 +337,24 @@ def django_patterns(guard: Guard) -> list[Any]:
         identify(request.headers.get("x-user"))
         return JsonResponse({"order": order_id})  # anyone's: the BOLA bug is real
 
+    def signed_in(view: Callable[..., Any]) -> Callable[..., Any]:  # the app's own
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+            identify(request.headers.get("x-user"))
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    @signed_in
+    @guard.objects(ids=lambda request: _json.loads(request.body)["order_id"])
+    def lookup(request: HttpRequest) -> HttpResponse:
+        return JsonResponse({"order": _json.loads(request.body)["order_id"]})
+
+    def batch(request: HttpRequest) -> HttpResponse:
+        identify(request.headers.get("x-user"))
+        guard.objects_touched(_json.loads(request.body)["ids"], name="order_id")
+        return JsonResponse({"orders": 0})
+
     def boom(request: HttpRequest) -> HttpResponse:
         raise RuntimeError("boom")
 
@@ -320,6 +381,8 @@ def django_patterns(guard: Guard) -> list[Any]:
         path("coupons/<str:code>/redeem", csrf_exempt(redeem)),
         path("me", me),
         path("orders/<int:order_id>", order),
+        path("lookup", csrf_exempt(lookup)),
+        path("batch", csrf_exempt(batch)),
         path("boom", boom),
         path("watched", watched),
         path("audited", audited_view),

@@ -270,3 +270,55 @@ def test_bola_sequential_walk_from_an_anonymous_address_is_caught(make_guard, cl
     first = next(i for i, s in enumerate(statuses) if s != 200)
     assert 10 <= first <= 20, statuses
     assert set(statuses[first:]) <= {403, 429}
+
+
+def test_bola_counts_ids_declared_in_the_body(make_guard, client_for):
+    """Object ids in a JSON body (`@guard.objects(ids=...)` on the route) count as path
+    parameters do, on every framework: a signed-in user looking up other users' orders
+    one at a time is refused (and stays refused: the challenge holds the lookup route,
+    which names no object in its path), while the users looking up their own are not,
+    and the walker's own page without objects is not held."""
+    rng = random.Random(7)
+    guard = make_guard(bans={"enabled": True})
+    call = client_for(guard)
+    users = [f"user{i}" for i in range(12)]
+    refused = []
+    for _ in range(3):
+        for n, user in enumerate(users):
+            body = {"order_id": 10 * n + rng.randrange(1, 5)}
+            r = call(
+                "POST", "/lookup", ip=f"198.51.100.{10 + n}", headers={"x-user": user}, json=body
+            )
+            if r.status != 200:
+                refused.append(r.status)
+    statuses = []
+    for _ in range(70):
+        guard.clock.advance(rng.uniform(1.0, 6.0))  # type: ignore[attr-defined]
+        body = {"order_id": rng.randrange(1000, 90_000)}
+        statuses.append(call("POST", "/lookup", headers={"x-user": "mallory"}, json=body).status)
+    first = next(i for i, s in enumerate(statuses) if s != 200)
+    assert first <= 45, statuses
+    assert set(statuses[first:]) <= {403, 429}
+    assert call("GET", "/me", headers={"x-user": "mallory"}).status == 200
+    assert refused == []
+
+
+def test_bola_counts_a_batch_reads_ids(make_guard, client_for):
+    """A batch read (`guard.objects_touched(ids)` in the handler) counts every id: a user
+    pulling 25 foreign orders per request is refused by its third batch, on every
+    framework; a user fetching their own 5 orders in one batch again and again is not."""
+    guard = make_guard(bans={"enabled": True})
+    call = client_for(guard)
+    own = {"ids": [31, 57, 58, 90, 144]}
+    statuses = []
+    for k in range(6):
+        guard.clock.advance(20)  # type: ignore[attr-defined]
+        ids = list(range(5000 + 37 * k, 5000 + 37 * k + 25 * 7, 7))  # 25 ids, stride 7
+        statuses.append(
+            call("POST", "/batch", headers={"x-user": "mallory"}, json={"ids": ids}).status
+        )
+        for n in range(3):
+            r = call("POST", "/batch", ip=f"198.51.100.{n}", headers={"x-user": f"u{n}"}, json=own)
+            assert r.status == 200
+    assert statuses[0] == 200 and 403 in statuses[:3], statuses
+    assert set(statuses[statuses.index(403) :]) <= {403, 429}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -96,6 +96,10 @@ _TOKENS_VOUCHED_EVERY = 3600.0  # ... per this many seconds
 # becomes a proxy, whose account-takeover findings challenge rather than ban)
 PROXY_ACCOUNTS = 8
 
+
+# declared object ids the BOLA detector counts per request (a batch read of more counts
+# this many: far over any route's bar)
+OBJECTS_PER_REQUEST = 1000
 
 # what a ban's action asks of the client (anything else: a block)
 _BAN_ACTIONS = {"throttle": Action.THROTTLE, "challenge": Action.CHALLENGE}
@@ -876,8 +880,35 @@ class Engine:
 
     def _object_route(self, ctx: RequestContext) -> bool:
         """Whether the request names objects the BOLA detector watches (path parameters,
-        or its configured query parameters)."""
-        return names_object(ctx.scope, self._bola_query)
+        its configured query parameters, or ids the app declared)."""
+        return ctx.objects is not None or names_object(ctx.scope, self._bola_query)
+
+    def objects_touched(
+        self, ctx: RequestContext, name: str, ids: Iterable[object], gate: bool = True
+    ) -> None:
+        """The app declared that this request touches the objects `ids` (their parameter
+        `name`): the BOLA detector counts them with the route's path parameters. With
+        `gate`, a detector's challenge standing on the principal, which holds only
+        requests that name objects, refuses this one now (raises `Refused`)."""
+        objects = ctx.objects
+        if objects is None:
+            objects = ctx.objects = []
+        for value in ids:
+            if value is None:
+                continue
+            if len(objects) >= OBJECTS_PER_REQUEST:
+                break
+            objects.append((name, value))
+        if not gate or not objects or ctx.principal is None or not self._local_bans:
+            return
+        decision = ctx.decision
+        if decision is not None and decision.refused:
+            return
+        now = self.clock()
+        for key in self._ban_keys(ctx):
+            ban = self.store.active_ban(key, now)
+            if ban is not None:  # (a challenge held now: the request names objects)
+                self._settle(ctx, ban_decision(ban, now))  # raises Refused
 
     def _ban_keys(self, ctx: RequestContext) -> tuple[str, ...]:
         """Whose bans refuse this request: the principal and every credential presented;

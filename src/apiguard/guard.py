@@ -27,6 +27,8 @@ from apiguard.engine import Engine, PrincipalResolver
 from apiguard.errors import ConfigurationError as ConfigurationError
 from apiguard.errors import check_arity
 from apiguard.login import LoginRule, UsernameSpec
+from apiguard.objects import ObjectsRule, object_ids
+from apiguard.picking import Spec
 from apiguard.request import (
     KeyedHasher,
     RequestContext,
@@ -560,6 +562,46 @@ class Guard:
         engine.accounts_declared = True  # from now on, only declared sign-ups make accounts young
         ctx.born = (engine.hasher("u", text), engine.hasher("c", text))
 
+    def objects(self, *, ids: Spec, name: str = "id") -> Callable[[F], F]:
+        """Declare the objects an endpoint touches that its path does not name, for BOLA
+        detection: a JSON body's `order_id`, a batch read's list of ids.
+
+        `ids`: a callable whose parameter names pick the endpoint's arguments it reads
+        (`lambda payload: payload.order_ids`; on Flask, where a view's body is not an
+        argument, one that takes none: `lambda: request.get_json()["order_id"]`), or a
+        dotted name (`"payload.order_id"`). It returns one id (a str, an int or a
+        uuid.UUID), a list, tuple or set of them, or None. `name` tells them apart from
+        the route's path parameters. Put it directly above the function, below the
+        framework's route decorator; `guard.objects_touched()` does the same from inside
+        the handler."""
+        ObjectsRule(ids, name, "@guard.objects")  # a malformed spec fails here
+
+        def decorate(fn: F) -> F:
+            where = f"@guard.objects on {_qualname(fn)}"
+            rule = ObjectsRule(ids, name, where)
+            rule.check_endpoint(getattr(fn, "__apiguard_original__", fn), where)
+            return self._guard(fn, rule)
+
+        return decorate
+
+    def objects_touched(self, *ids: object, name: str = "id") -> None:
+        """Report, from inside a request, object ids it touches that its path does not
+        name (each argument one id, a str, an int or a uuid.UUID, or a list, tuple or set
+        of them): the BOLA detector counts them as it counts path parameters, up to
+        1,000 per request. Raises `Refused` when a detector's challenge stands on the
+        caller (it holds only requests that name objects): call it before reading them."""
+        ctx = current_request()
+        if ctx is None:
+            raise RuntimeError(
+                "guard.objects_touched() was called outside a request guarded by apiguard"
+            )
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"objects_touched(name={name!r}): not a parameter name")
+        found: list[object] = []
+        for value in ids:
+            found += object_ids(value, "guard.objects_touched()")
+        ctx.engine.objects_touched(ctx, name, found)
+
     def challenge_passed(self) -> None:
         """Call from inside the request in which the person passed the app's challenge
         (CAPTCHA, e-mail code, WebAuthn): the client gets a pass (a signed cookie, good for
@@ -1045,11 +1087,42 @@ def _login_of(rules: tuple[Rule, ...], original: Callable[..., Any]) -> Callable
     return enter
 
 
+def _objects_of(
+    rules: tuple[Rule, ...], original: Callable[..., Any]
+) -> Callable[[tuple[Any, ...], dict[str, Any], bool], None] | None:
+    """For an endpoint declared with `@guard.objects`: what runs on entry (reads the ids
+    from the arguments and reports them; with `gate`, may refuse the request)."""
+    declared = [r for r in rules if isinstance(r, ObjectsRule)]
+    if not declared:
+        return None
+    try:
+        sig: inspect.Signature | None = inspect.signature(original)
+    except (TypeError, ValueError):
+        sig = None
+
+    def enter(args: tuple[Any, ...], kwargs: dict[str, Any], gate: bool) -> None:
+        ctx = current_request()
+        if ctx is None:
+            return
+        engine = ctx.engine
+        for rule in declared:
+            try:
+                arguments = sig.bind_partial(*args, **kwargs).arguments if sig else kwargs
+                ids = object_ids(rule.picker.pick(arguments), "@guard.objects(ids=...)")
+            except Exception as exc:  # a failing ids= callable: report it, count the rest
+                callable_failed(engine, "@guard.objects(ids=...)", exc)
+                continue
+            engine.objects_touched(ctx, rule.id_name, ids, gate)  # may raise Refused
+
+    return enter
+
+
 def _wrap(
     original: Callable[..., Any], rules: tuple[Rule, ...], guard: Guard
 ) -> Callable[..., Any]:
     engine = guard.engine
     login = _login_of(rules, original)
+    declared = _objects_of(rules, original)
 
     if inspect.iscoroutinefunction(original):
 
@@ -1058,6 +1131,8 @@ def _wrap(
             refused = await _enter_async(engine, current_request(), rules, original)
             if refused is not None:
                 raise engine.refusal(refused)
+            if declared is not None:
+                declared(args, kwargs, True)
             if login is not None:
                 finished = login(engine, args, kwargs)
                 result = await original(*args, **kwargs)
@@ -1073,6 +1148,8 @@ def _wrap(
         async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
             if await _enter_async(engine, current_request(), rules, original) is not None:
                 return  # refused when the response started: the body never runs
+            if declared is not None:  # (counted; the response started: nothing to refuse)
+                declared(args, kwargs, False)
             async for item in original(*args, **kwargs):
                 yield item
 
@@ -1083,6 +1160,8 @@ def _wrap(
         def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
             if _enter_sync(engine, current_request(), rules, original) is not None:
                 return  # refused when the response started: the body never runs
+            if declared is not None:  # (counted; the response started: nothing to refuse)
+                declared(args, kwargs, False)
             yield from original(*args, **kwargs)
 
         wrapper = gen_wrapper
@@ -1093,6 +1172,8 @@ def _wrap(
             refused = _enter_sync(engine, current_request(), rules, original)
             if refused is not None:
                 raise engine.refusal(refused)
+            if declared is not None:
+                declared(args, kwargs, True)
             if login is not None:
                 finished = login(engine, args, kwargs)
                 result = original(*args, **kwargs)

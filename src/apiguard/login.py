@@ -13,13 +13,12 @@ the guard's secret:
 from __future__ import annotations
 
 import hmac
-import inspect
 import secrets
 import unicodedata
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from apiguard.errors import ConfigurationError
+from apiguard.picking import Picker, Spec
 from apiguard.rules import Rule
 
 if TYPE_CHECKING:
@@ -31,7 +30,7 @@ _MAC = 20  # hex digits of a cookie MAC (80 bits)
 _NONCE = 12  # hex digits of a pass's nonce: each pass issued is a value of its own
 PASS_COOKIE = "apiguard_pass"
 
-UsernameSpec = str | Callable[..., Any]
+UsernameSpec = Spec
 
 
 class LoginRule(Rule):
@@ -45,66 +44,19 @@ class LoginRule(Rule):
         self.name = "login"
         self.mode = None
         self.success = success
-        if isinstance(username, str):
-            parts = username.split(".")
-            if not all(p.isidentifier() for p in parts):
-                raise ConfigurationError(
-                    f"{where}: username={username!r} is not a parameter name or a dotted "
-                    "path such as 'form_data.username'"
-                )
-            self.params: tuple[str, ...] = (parts[0],)
-            self._path = tuple(parts[1:])
-            self._fn: Callable[..., Any] | None = None
-        elif callable(username):
-            try:
-                sig = inspect.signature(username)
-            except (TypeError, ValueError) as exc:
-                raise ConfigurationError(f"{where}: username= has no signature ({exc})") from None
-            self.params = tuple(sig.parameters)
-            if not self.params:
-                raise ConfigurationError(
-                    f"{where}: username= must take the endpoint argument(s) it reads, named "
-                    "as the endpoint names them (e.g. lambda form_data: form_data.username)"
-                )
-            self._path = ()
-            self._fn = username
-        else:
-            raise ConfigurationError(
-                f"{where}: username= must be a callable or a dotted name, not "
-                f"{type(username).__name__}"
-            )
+        self.picker = Picker(username, where, "username", "form_data.username")
+        self.params = self.picker.params
 
-    def check_endpoint(self, fn: Callable[..., Any], where: str) -> inspect.Signature | None:
+    def check_endpoint(self, fn: Callable[..., Any], where: str) -> None:
         """Refuse a username spec naming arguments the endpoint does not have."""
-        try:
-            sig = inspect.signature(fn)
-        except (TypeError, ValueError):
-            return None
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-        missing = [p for p in self.params if p not in sig.parameters]
-        if missing and not takes_any:
-            raise ConfigurationError(
-                f"{where}: username= reads {', '.join(missing)}, which "
-                f"{getattr(fn, '__qualname__', fn)} does not take (its parameters: "
-                f"{', '.join(sig.parameters) or 'none'})"
-            )
-        return sig
+        self.picker.check_endpoint(fn, where)
 
     def plan(self, ctx: RequestContext, hits: list[Hit], enforce: bool) -> int:
         return 0
 
     def username(self, arguments: Mapping[str, Any]) -> str | None:
         """The username from the endpoint's bound arguments (None: none given)."""
-        if self._fn is not None:
-            value = self._fn(*(arguments.get(p) for p in self.params))
-        else:
-            value = arguments.get(self.params[0])
-            for part in self._path:
-                if value is None:
-                    return None
-                value = (
-                    value.get(part) if isinstance(value, Mapping) else getattr(value, part, None)
-                )
+        value = self.picker.pick(arguments)
         if value is None:
             return None
         if isinstance(value, bytes):

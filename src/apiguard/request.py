@@ -244,6 +244,7 @@ class RequestContext:
         "has_cookie",
         "ip_key",
         "login",
+        "objects",
         "observed",
         "pass_key",
         "prechecked",
@@ -283,6 +284,10 @@ class RequestContext:
         # the account this request created (account_created): its keys as identify() and
         # as a principal resolver would name it
         self.born: tuple[str, ...] = ()
+        # object ids the app declared this request touched (`guard.objects_touched()`,
+        # `@guard.objects`), as (name, id) pairs for the BOLA detector: a list (maybe
+        # empty) once declared, which also makes the request one that names objects
+        self.objects: list[tuple[str, object]] | None = None
         self.principal: str | None = None
         self.global_done = False
         # the endpoint rules tuples a checkpoint of this request ran (a decorated function
@@ -366,6 +371,7 @@ class RequestContext:
         self.charges = None
         self.fast = None
         self.decision = None
+        self.objects = None
 
     # -- the public, read-only view handed to custom `per=` and resolver callables ----
     @property

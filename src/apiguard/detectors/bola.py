@@ -137,11 +137,10 @@ class Bola:
         return route
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
-        status = outcome.status
         ctx = outcome.ctx
         scope = ctx.scope
         params = scope.get("path_params")
-        if params and len(params) == 1 and not self._query:
+        if params and len(params) == 1 and not self._query and ctx.objects is None:
             # (the usual case, without `_object`'s list: one path parameter)
             for name, value in params.items():  # noqa: B007 (the one item)
                 break
@@ -152,6 +151,8 @@ class Bola:
                 text, number = value, int(value)
             else:
                 text, number = _normalised(value, None)
+        elif ctx.objects:
+            return self._declared(outcome, ops, ctx.objects)
         else:
             found = self._object(scope)
             if found is None:
@@ -162,6 +163,33 @@ class Bola:
                 return self._birth(born, outcome)
             text, number = found
             name = ""
+        return self._touch(outcome, ops, text, number, name)
+
+    def _declared(
+        self, outcome: Outcome, ops: list[Observation], declared: list[tuple[str, object]]
+    ) -> Judge | None:
+        """A request whose app declared the object ids it touched (a body's ids, a batch
+        read): each is an object of the route, beside its path and query object if any.
+        The ids of one request make no walk unless it declared one id (a walk is a
+        sequence of requests; a batch of an owner's consecutive ids is not one)."""
+        found = self._object(outcome.ctx.scope)
+        items = [found] if found is not None else []
+        single = len(declared) == 1
+        for name, value in declared:
+            text, number = _normalised(value, None)
+            items.append((f"{name}={text}", number if single else None))
+        judge: Judge | None = None
+        for text, number in items:  # (the last one's results are the request's)
+            judge = self._touch(outcome, ops, text, number, "")
+        return judge
+
+    def _touch(
+        self, outcome: Outcome, ops: list[Observation], text: str, number: int | None, name: str
+    ) -> Judge | None:
+        """Count one object (`text`, its integer `number`, its path parameter's `name`)
+        touched on the request's route; the judge of the principal's results."""
+        status = outcome.status
+        ctx = outcome.ctx
         template = outcome.route
         if template is None:
             return None

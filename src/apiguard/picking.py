@@ -1,0 +1,81 @@
+"""Reading a value from an endpoint's own arguments, as `@guard.login(username=...)` and
+`@guard.objects(ids=...)` declare it: a callable whose parameter names pick the arguments
+it receives (`lambda form_data: form_data.username`), or a dotted name
+(`"form_data.username"`: attributes or mapping keys after the argument)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from apiguard.errors import ConfigurationError
+
+Spec = str | Callable[..., Any]
+
+
+class Picker:
+    """One declared way to read a value from an endpoint's bound arguments.
+
+    `keyword` and `example` name the setting in errors (`username=`,
+    `"form_data.username"`); `bare`: a callable may take no argument (it reads the
+    framework's request global, as a Flask view does)."""
+
+    def __init__(
+        self, spec: Spec, where: str, keyword: str, example: str, *, bare: bool = False
+    ) -> None:
+        self.keyword = keyword
+        if isinstance(spec, str):
+            parts = spec.split(".")
+            if not all(p.isidentifier() for p in parts):
+                raise ConfigurationError(
+                    f"{where}: {keyword}={spec!r} is not a parameter name or a dotted "
+                    f"path such as {example!r}"
+                )
+            self.params: tuple[str, ...] = (parts[0],)
+            self._path = tuple(parts[1:])
+            self._fn: Callable[..., Any] | None = None
+        elif callable(spec):
+            try:
+                sig = inspect.signature(spec)
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(f"{where}: {keyword}= has no signature ({exc})") from None
+            self.params = tuple(sig.parameters)
+            if not self.params and not bare:
+                raise ConfigurationError(
+                    f"{where}: {keyword}= must take the endpoint argument(s) it reads, named "
+                    f"as the endpoint names them (e.g. lambda {example.split('.')[0]}: {example})"
+                )
+            self._path = ()
+            self._fn = spec
+        else:
+            raise ConfigurationError(
+                f"{where}: {keyword}= must be a callable or a dotted name, not "
+                f"{type(spec).__name__}"
+            )
+
+    def check_endpoint(self, fn: Callable[..., Any], where: str) -> None:
+        """Refuse a spec naming arguments the endpoint does not have."""
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+        missing = [p for p in self.params if p not in sig.parameters]
+        if missing and not takes_any:
+            raise ConfigurationError(
+                f"{where}: {self.keyword}= reads {', '.join(missing)}, which "
+                f"{getattr(fn, '__qualname__', fn)} does not take (its parameters: "
+                f"{', '.join(sig.parameters) or 'none'})"
+            )
+
+    def pick(self, arguments: Mapping[str, Any]) -> Any:
+        """The value from the endpoint's bound arguments (None: not there)."""
+        if self._fn is not None:
+            return self._fn(*(arguments.get(p) for p in self.params))
+        value = arguments.get(self.params[0])
+        for part in self._path:
+            if value is None:
+                return None
+            value = value.get(part) if isinstance(value, Mapping) else getattr(value, part, None)
+        return value
