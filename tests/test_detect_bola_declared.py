@@ -230,3 +230,31 @@ def test_declared_ids_per_request_are_bounded() -> None:
     client = TestClient(app)
     assert client.post("/orders/batch", json={"ids": list(range(5000))}).status_code == 200
     assert seen == [1000]
+
+
+def test_an_anonymous_batch_of_consecutive_ids_is_a_walk_a_few_ids_are_not() -> None:
+    """An anonymous address owns nothing and is judged on walks: a batch of 30 ids of
+    one stride (sent shuffled) is one, and the address is refused from its next request;
+    another address's batch of 5 scattered ids, sent again and again, is not."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+
+    @app.post("/orders/batch")
+    @guard.objects(ids=lambda payload: payload.ids)
+    def batch(payload: Batch) -> str:
+        return "ok"
+
+    client = clients(app)
+    few = {"ids": [12, 907, 44, 3031, 5]}
+    for _ in range(6):
+        clock.advance(20)
+        assert client("198.51.100.8").post("/orders/batch", json=few).status_code == 200
+    ids = list(range(4000, 4090, 3))
+    random.Random(4).shuffle(ids)
+    statuses = []
+    for _ in range(3):
+        clock.advance(5)
+        statuses.append(client("192.0.2.66").post("/orders/batch", json={"ids": ids}).status_code)
+    assert statuses == [200, 403, 403]

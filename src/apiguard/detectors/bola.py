@@ -170,14 +170,23 @@ class Bola:
     ) -> Judge | None:
         """A request whose app declared the object ids it touched (a body's ids, a batch
         read): each is an object of the route, beside its path and query object if any.
-        The ids of one request make no walk unless it declared one id (a walk is a
-        sequence of requests; a batch of an owner's consecutive ids is not one)."""
-        found = self._object(outcome.ctx.scope)
+        A batch of ids makes no walk for a principal (a walk is a sequence of requests,
+        and a batch of an owner's consecutive ids is not one: its distinct objects are
+        counted); for an anonymous address, which owns nothing and is judged on walks,
+        the batch's ids in ascending order are one (its order is the client's choice)."""
+        ctx = outcome.ctx
+        found = self._object(ctx.scope)
         items = [found] if found is not None else []
-        single = len(declared) == 1
+        walks = len(declared) == 1 or (
+            not ctx.vouched and not ctx.has_cookie and outcome.principal == ctx.ip_key
+        )
+        batch = []
         for name, value in declared:
             text, number = _normalised(value, None)
-            items.append((f"{name}={text}", number if single else None))
+            batch.append((f"{name}={text}", number if walks else None))
+        if walks and len(batch) > 1:
+            batch.sort(key=lambda item: (item[1] is None, item[1] or 0))
+        items += batch
         judge: Judge | None = None
         for text, number in items:  # (the last one's results are the request's)
             judge = self._touch(outcome, ops, text, number, "")
