@@ -396,13 +396,13 @@ def test_control_a_carriers_48_without_a_stuffer_logs_everyone_in() -> None:
         assert len(people) > 250 and set(people) == {200}
 
 
-def test_control_a_stuffer_in_a_carriers_48_is_let_through_at_dbf749d_rates() -> None:
-    """Control: with a challenge flow the carrier's people are never refused, and the
-    stuffer on mobile proxies there at 30 guesses an hour gets most of its guesses through
-    (272 to 280 of 384 in 12 h; dbf749d: 384): the /48's count is diluted by the people's
-    logins, as README says."""
+def test_a_stuffer_in_a_carriers_48_is_held_where_people_can_pass_a_challenge() -> None:
+    """With a challenge flow the carrier's people are never refused, and the stuffer on
+    mobile proxies there at 30 guesses an hour gets 13 of its 384 guesses through in 12 h
+    since the unresolved-usernames alarm (272 to 280 before it; dbf749d: 384: the /48's
+    own count is diluted by the people's logins)."""
     people, admitted = carrier_48(30, True)
-    assert set(people) == {200} and 250 <= admitted <= 384
+    assert set(people) == {200} and admitted <= 40
 
 
 @pytest.mark.xfail(
@@ -420,16 +420,14 @@ def test_a_stuffer_in_a_carriers_48_gets_no_one_refused_without_a_challenge_flow
     assert len(people) - people.count(200) <= 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding A2 (attack, low, not a regression): the /48 is the widest IPv6 actor; a "
-    "stuffer with a /32 (a host's or a tunnel broker's /48s) guessing from a fresh /48 each "
-    "time under the population alarm's 20 failures a half window gets every guess through: "
-    "384 of 384 in 12 h at 30 an hour (dbf749d: 384)",
-)
 def test_a_stuffer_on_fresh_48s_of_one_32_is_held() -> None:
-    _, admitted = carrier_48(30, True, bot_own_48s=True)
-    assert admitted <= 100
+    """Finding A2 where people can pass a challenge: the /48 is the widest IPv6 actor, and
+    a stuffer guessing from a fresh /48 of its /32 each time stays under the failure
+    share's alarm (384 of 384 through in 12 h at 30 an hour before); the unresolved-
+    usernames alarm holds it (20 through) and every person gets in. In an app without a
+    challenge flow it is still not held (README, known holes)."""
+    people, admitted = carrier_48(30, True, bot_own_48s=True)
+    assert admitted <= 60 and set(people) == {200}
 
 
 def test_a_solver_with_own_accounts_gets_at_most_about_two_guesses_a_solve() -> None:

@@ -272,7 +272,11 @@ class AccountTakeoverConfig(_Detector):
       is many sources: one address adds at most `population_source_failures` failures a
       half window to that count, and there is no alarm before failures came from
       `population_min_sources` distinct networks (/24, /64) — which also holds before any
-      baseline is learned (a fresh deployment), when the floor is all there is.
+      baseline is learned (a fresh deployment), when the floor is all there is. Also
+      when, over a half window, the distinct usernames that failed and were not logged in
+      to in it are at least `unresolved_share_floor` and `population_factor` times their
+      learned baseline share of the distinct usernames tried (people get their typos
+      right; a stuffer's guesses stay failed, however few of the attempts they are).
     """
 
     action: Literal["block", "throttle"] = "block"
@@ -291,6 +295,7 @@ class AccountTakeoverConfig(_Detector):
     population_source_failures: int = Field(3, ge=1)
     population_min_sources: int = Field(10, ge=1)
     failure_share_floor: float = Field(0.4, gt=0, le=1)
+    unresolved_share_floor: float = Field(0.25, gt=0, le=1)
     population_factor: float = Field(2.0, ge=1)
     population_action: DetectorAction = "challenge"
     device_cookie: str = "apiguard_device"

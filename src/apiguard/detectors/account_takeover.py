@@ -19,7 +19,12 @@ detections, each catching on its own (see `AccountTakeoverConfig` for the number
   own learned baseline, counted from many sources: one address adds at most
   `population_source_failures` failures a half window (its own per-address detection
   handles the rest: an office's typos are not a population's), and no alarm before
-  failures came from `population_min_sources` distinct networks (/24, /64). While it is
+  failures came from `population_min_sources` distinct networks (/24, /64). Also, judged
+  at the end of each half window, the share of the distinct usernames tried in it that
+  failed and were not logged in to in it, against its own baseline: people get their
+  typos right, a stuffer's guesses stay failed, so a stuffing kept under the failure
+  share's floor (from the app's first minute, or padded with its own accounts' logins,
+  which add one username each) still shows. While it is
   under attack, every login from a client without a device cookie for the account (or a
   passed challenge) must pass a challenge (or, with `population_action = "throttle"`, is
   refused).
@@ -52,6 +57,12 @@ _SUCCEEDED_MAX = 65_536  # accounts remembered as logged in this period (populat
 _EWMA = 0.3  # weight of the newest calm period in the failure-share baseline
 _CALM_ATTEMPTS = 10  # attempts a period needs to teach the baseline
 _TEACHING_SHARE = 0.8  # a period teaches the baseline only under this part of the bar
+# the unresolved usernames a half window needs to start an attack, as a part of
+# `population_min_failures` (20: 6 a half window, 24 an hour); an attack ends only once a
+# half window's unresolved share is under this part of its bar (people pass and resolve
+# theirs: a stuffer going on keeps it up)
+_UNRESOLVED_MIN = 0.3
+_UNRESOLVED_CALM = 0.5
 _TRIED = "ato:t:"  # per actor: the distinct usernames it tried (failed or not)
 _LOGGED_IN = "ato:ok:"  # per actor: the distinct usernames it logged in to
 # accounts logged in to from an address in the window that make it a shared one (an
@@ -79,6 +90,7 @@ class LoginClimate:
         self.per_source = config.population_source_failures
         self.min_sources = config.population_min_sources
         self.floor = config.failure_share_floor
+        self.unresolved_floor = config.unresolved_share_floor
         self.factor = config.population_factor
         self.start: float | None = None
         # attempts, failures, attempts on missing accounts
@@ -97,12 +109,70 @@ class LoginClimate:
         # accounts that logged in this period: a success counts once per account, so an
         # attacker logging in to its own account again and again cannot pad the share
         self._succeeded: set[str] = set()
+        # this half window's distinct usernames tried and failed (counted as failures are:
+        # not a gated attempt, nor a source past its share), their learned baseline share
+        # of unresolved ones, the last finished half's share, and the evidence of an
+        # attack the last roll started (reported by the next attempt)
+        self._tried: set[str] = set()
+        self._failed: set[str] = set()
+        self.unresolved_baseline: float | None = None
+        self.unresolved_last = 0.0
+        self._armed: dict[str, float | int] | None = None
+        self._answerable = True
+
+    def unresolved_threshold(self) -> float:
+        """The share of unresolved usernames above which the population is under attack."""
+        base = self.unresolved_baseline
+        if base is None:
+            return self.unresolved_floor
+        return min(max(self.unresolved_floor, base * self.factor), _SHARE_CEILING)
+
+    def _judge_unresolved(self, now: float) -> None:
+        """The half window that just finished: its distinct usernames that failed and were
+        not logged in to in it, as a share of those tried; an attack starts (evidence in
+        `_armed`) when enough of them came from enough networks, else a calm half teaches
+        the baseline (a half close to the bar teaches nothing, as for the failure share)."""
+        tried = len(self._tried)
+        unresolved = len(self._failed - self._succeeded)
+        share = unresolved / tried if tried else 0.0
+        self.unresolved_last = share
+        if self.attack_since is not None or tried < _CALM_ATTEMPTS:
+            return
+        if not self._answerable:
+            self.unresolved_last = 0.0  # (nor does it keep an attack on)
+            return
+        bar = self.unresolved_threshold()
+        sources = len(self._old_networks) + self._fresh
+        if (
+            share >= bar
+            and unresolved >= self.min_failures * _UNRESOLVED_MIN
+            and sources >= self.min_sources
+        ):
+            self.attack_since = now
+            self._armed = {
+                "unresolved_usernames": unresolved,
+                "usernames_tried": tried,
+                "unresolved_share": round(share, 3),
+                "threshold": round(bar, 3),
+                "baseline": (
+                    round(self.unresolved_baseline, 3)
+                    if self.unresolved_baseline is not None
+                    else -1
+                ),
+                "failing_networks": sources,
+            }
+        elif share < _TEACHING_SHARE * bar:
+            base = self.unresolved_baseline
+            self.unresolved_baseline = share if base is None else (1 - _EWMA) * base + _EWMA * share
 
     def _roll(self, now: float) -> float:
         if self.start is None:
             self.start = now
         elapsed = now - self.start
         if elapsed >= self.half:
+            self._judge_unresolved(now)
+            self._tried.clear()
+            self._failed.clear()
             finished = self.now
             if self.attack_since is None and finished[0] >= _CALM_ATTEMPTS:
                 share = finished[1] / finished[0]
@@ -149,26 +219,43 @@ class LoginClimate:
         user: str | None = None,
         source: str = "",
         network: str = "",
+        gated: bool = False,
+        answerable: bool = True,
     ) -> dict[str, float | int] | None:
-        """Count one attempt; evidence when this attempt starts an attack period. A
-        success (`user` given) counts once per account and period; a failure counts only
-        while its address (`source`) added fewer than `population_source_failures` this
-        half window (an address over that is one source, left to the per-address
-        detection), and its `network` among the distinct failing ones."""
+        """Count one attempt on username `user` (a keyed hash); evidence when this attempt
+        starts an attack period (or the half window it ended did). A success counts once
+        per account and period; a failure counts only while its address (`source`) added
+        fewer than `population_source_failures` this half window (an address over that is
+        one source, left to the per-address detection), and its `network` among the
+        distinct failing ones. The unresolved share starts an attack only where the
+        people it holds can pass (`answerable`: a challenge route declared, or a challenge
+        passed in this process): it fires on stuffing far slower than the failure share
+        does, and in an app without a challenge flow every person on a new device would
+        be refused while it lasts. There a `gated` attempt (refused before the password
+        was checked: `failed` too) is a username tried and failed (the person passes and
+        logs in, resolving it; a stuffer's stays failed, keeping the attack on);
+        elsewhere it is no username tried."""
+        self._answerable = answerable
         weight = self._roll(now)
+        armed, self._armed = self._armed, None
         if not failed and user is not None:
             if user in self._succeeded:
-                return None
+                return armed
             if len(self._succeeded) < _SUCCEEDED_MAX:
                 self._succeeded.add(user)
+                if len(self._tried) < _SUCCEEDED_MAX:
+                    self._tried.add(user)
         cur = self.now
         if failed:
             by_source = self._by_source
             seen = by_source.get(source, 0)
             if seen >= self.per_source:
-                return None  # one source's failures past its share: not the population's
+                return armed  # one source's failures past its share: not the population's
             if len(by_source) < _SUCCEEDED_MAX:
                 by_source[source] = seen + 1
+            if user is not None and (answerable or not gated) and len(self._tried) < _SUCCEEDED_MAX:
+                self._tried.add(user)
+                self._failed.add(user)
             networks = self._networks
             if network not in networks:
                 if network not in self._old_networks:
@@ -202,10 +289,12 @@ class LoginClimate:
                     "failing_networks": round(sources),
                 }
             return None
-        calm = failures < self.min_failures / 2 or share < limit * 0.7
+        calm = (
+            failures < self.min_failures / 2 or share < limit * 0.7
+        ) and self.unresolved_last < _UNRESOLVED_CALM * self.unresolved_threshold()
         if calm and now - self.attack_since >= 2 * self.half:
             self.attack_since = None
-        return None
+        return armed
 
     def under_attack(self, now: float) -> bool:
         """Whether logins without a device cookie must pass a challenge now."""
@@ -245,9 +334,12 @@ class AccountTakeover:
             now,
             failed or login.gated,
             login.exists is False,
-            None if failed else login.user,
+            login.user,
             ctx.ip_key,
             ctx.net_key,
+            login.gated,
+            self.config.population_action == "challenge"
+            and (ctx.engine.challenges_answered or ctx.engine.challenge_path is not None),
         )
         if login.gated:
             return (lambda: [self._climate_finding(attack)]) if attack else None
