@@ -178,6 +178,8 @@ def _walk(patterns: Any, prefix: str, depth: int) -> Iterator[RouteEntry]:
             template = "/" + _join(prefix, item.pattern)
             view = item.callback
             yield RouteEntry(template, frozenset(), view, "http")
+            for methods, handler in _operations(view):
+                yield RouteEntry(template, methods, handler, "http")
             cls = getattr(view, "view_class", None) or getattr(view, "cls", None)
             if isinstance(cls, type):
                 actions = getattr(view, "actions", None)  # DRF ViewSet: {"get": "list"}
@@ -188,6 +190,24 @@ def _walk(patterns: Any, prefix: str, depth: int) -> Iterator[RouteEntry]:
                     handler = getattr(cls, name, None)
                     if callable(handler):
                         yield RouteEntry(template, frozenset({method.upper()}), handler, "http")
+
+
+def _operations(view: Any) -> Iterator[tuple[frozenset[str], Any]]:
+    """The endpoint functions behind a django-ninja route: its view is a closure over the
+    path's `PathView`, whose `operations` hold the functions `@api.get` registered."""
+    for cell in getattr(view, "__closure__", None) or ():
+        try:
+            owner = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        operations = getattr(owner, "operations", None)
+        if not isinstance(operations, list):
+            continue
+        for operation in operations:
+            handler = getattr(operation, "view_func", None)
+            if callable(handler):
+                methods = getattr(operation, "methods", None) or ()
+                yield frozenset(str(m).upper() for m in methods), handler
 
 
 def _check_drf_order(guard: Guard, routes: DjangoRoutes) -> None:
@@ -378,7 +398,13 @@ class GuardMiddleware:
         template = "/" + match.route
         scope["endpoint"] = view_func
         scope["route"] = MatchedRoute(template, view_func)
-        scope["path_params"] = view_kwargs
+        # a `re_path()` of unnamed groups passes its values positionally: named by their
+        # group number, as objects all the same
+        scope["path_params"] = (
+            view_kwargs
+            if view_kwargs or not view_args
+            else {str(n): value for n, value in enumerate(view_args, 1)}
+        )
         # (`route_template` of it: the scope, read from `request.META`, has no mount
         # prefix, its root path being the app's)
         scope[TEMPLATE_KEY] = template

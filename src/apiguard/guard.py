@@ -386,8 +386,16 @@ class Guard:
         `store.on_failure`, "open").
         """
         _check_failure(on_store_failure, "@guard.limit")
+        # a method decorated anew on every request (Flask-RESTful's and Flask-RESTX's
+        # `method_decorators` wrap the bound method per request): one rule per function,
+        # not a fresh window (and policy name) per request
+        per_method: dict[Callable[..., Any], WindowRule] = {}
 
         def decorate(fn: F) -> F:
+            func = _method_function(fn)
+            known = per_method.get(func) if func is not None else None
+            if known is not None:
+                return self._guard(fn, known)
             where = f"@guard.limit on {_qualname(fn)}"
             if callable(per):
                 check_arity(per, 1, f"{where}: per=", "per(ctx) -> key or None")
@@ -419,6 +427,8 @@ class Guard:
                 label = f"{base}-{n}"  # two handlers with one __name__: limit:get, limit:get-2
             rule.on_store_failure = on_store_failure
             self._claim_names(rule)
+            if func is not None and len(per_method) < 4096:
+                per_method[func] = rule
             return self._guard(fn, rule)
 
         return decorate
@@ -623,12 +633,22 @@ class Guard:
             self._policy_owners[policy.name] = rule
 
     def _guard(self, fn: F, rule: Rule) -> F:
+        if isinstance(fn, type):
+            # a class-based view (a MethodView, a Flask-RESTX/RESTful Resource, an
+            # HTTPEndpoint): wrapping the class in a function would leave the class the
+            # router registered (above a class route decorator) unchecked
+            raise ConfigurationError(
+                f"apiguard decorators apply to functions, not the class {_qualname(fn)}: "
+                "decorate its handler methods (get, post, ...) instead"
+            )
         if not callable(fn):
             raise ConfigurationError(f"apiguard decorators apply to functions, not {fn!r}")
         original = getattr(fn, "__apiguard_original__", fn)
         rules: tuple[Rule, ...] = (*getattr(fn, "__apiguard_rules__", ()), rule)
         wrapper = _wrap(original, rules, self)
-        self._decorated.setdefault(original, []).append(wrapper)
+        if _method_function(original) is None:  # (a bound method, decorated per
+            # request, is never what a router serves: not kept)
+            self._decorated.setdefault(original, []).append(wrapper)
         return wrapper  # type: ignore[return-value]
 
     # -- start-up checks --------------------------------------------------------------
@@ -975,6 +995,18 @@ def _template_hint(unknown: list[str], templates: set[str]) -> str:
         f" (templates are written as this app's router declares them, {syntax}, "
         "prefixes of mounts, blueprints and include()s included)"
     )
+
+
+def _method_function(fn: Any) -> Callable[..., Any] | None:
+    """The function of a bound method being decorated (possibly already wrapped by an
+    apiguard decorator, or in a `functools.partial` as Django's `method_decorator` wraps
+    it on every call), else None."""
+    target = getattr(fn, "__apiguard_original__", fn)
+    for _ in range(8):
+        if not isinstance(target, functools.partial):
+            break
+        target = target.func
+    return target.__func__ if inspect.ismethod(target) else None
 
 
 def _unwrap_chain(endpoint: Any) -> list[Any]:

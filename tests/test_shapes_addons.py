@@ -1,0 +1,416 @@
+"""Routing shapes of popular add-ons (Flask-RESTX, Flask-RESTful, flask-smorest, Django
+REST Framework routers, django-ninja, Django's `method_decorator` and `re_path`): on each,
+a `@guard.limit("2/minute")` refuses the 3rd request, the BOLA detector sees the path
+parameter (an anonymous sequential walk is refused after about `sequential_run` ids), and
+an apiguard decorator written where the framework would route the bare function is a
+`ConfigurationError`, never a silently unprotected route."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from itertools import count
+from typing import Any
+
+import pytest
+
+from apiguard import ConfigurationError, Guard
+from harness import Client, close_django, configure_django, django_client, flask_client
+
+_names = count(1)
+WALKER = "192.0.2.66"
+
+
+@pytest.fixture
+def guard(make_guard: Callable[..., Guard]) -> Guard:
+    return make_guard(bans={"enabled": True})
+
+
+@pytest.fixture(autouse=True)
+def _django_closed() -> Iterator[None]:
+    yield
+    close_django()
+
+
+def refuses_third(call: Client, path: str, method: str = "GET") -> None:
+    statuses = [call(method, path).status for _ in range(3)]
+    assert statuses == [200, 200, 429], statuses
+
+
+def walk_is_refused(guard: Guard, call: Client, fmt: str) -> None:
+    """An anonymous address walking ids one by one is refused after 10 to 20 of them."""
+    rng = random.Random(6)
+    statuses = []
+    for n in range(500, 540):
+        guard.clock.advance(rng.uniform(0.5, 3.0))  # type: ignore[attr-defined]
+        statuses.append(call("GET", fmt.format(n), ip=WALKER).status)
+    first = next((i for i, s in enumerate(statuses) if s != 200), None)
+    assert first is not None and 10 <= first <= 20, statuses
+    assert set(statuses[first:]) <= {403, 429}, statuses
+
+
+# -- Flask add-ons ------------------------------------------------------------------------
+def flask_app() -> Any:
+    from flask import Flask
+
+    return Flask(f"shapes{next(_names)}")
+
+
+def restx(guard: Guard, *, class_decorators: bool = False) -> Client:
+    from flask_restx import Api, Resource
+
+    from apiguard.flask import init_app
+
+    app = flask_app()
+    init_app(app, guard)
+    api = Api(app)
+
+    @api.route("/items/<int:item_id>")
+    class Item(Resource):  # type: ignore[misc]
+        @guard.limit("2/minute")
+        def get(self, item_id: int) -> dict[str, int]:
+            return {"item": item_id}
+
+    @api.route("/orders/<int:order_id>")
+    class Order(Resource):  # type: ignore[misc]
+        def get(self, order_id: int) -> dict[str, int]:
+            return {"order": order_id}
+
+    return flask_client(guard, app)
+
+
+def restx_method_decorators(guard: Guard) -> Client:
+    """`method_decorators` wrap the bound method anew on every request."""
+    from flask_restx import Api, Resource
+
+    from apiguard.flask import init_app
+
+    app = flask_app()
+    init_app(app, guard)
+    api = Api(app)
+
+    @api.route("/items/<int:item_id>")
+    class Item(Resource):  # type: ignore[misc]
+        method_decorators = [guard.limit("2/minute")]
+
+        def get(self, item_id: int) -> dict[str, int]:
+            return {"item": item_id}
+
+    @api.route("/orders/<int:order_id>")
+    class Order(Resource):  # type: ignore[misc]
+        def get(self, order_id: int) -> dict[str, int]:
+            return {"order": order_id}
+
+    return flask_client(guard, app)
+
+
+def restful(guard: Guard, *, per_request: bool = False) -> Client:
+    from flask_restful import Api, Resource
+
+    from apiguard.flask import init_app
+
+    app = flask_app()
+    init_app(app, guard)
+    api = Api(app)
+
+    if per_request:
+
+        class Item(Resource):  # type: ignore[misc]
+            method_decorators = [guard.limit("2/minute")]
+
+            def get(self, item_id: int) -> dict[str, int]:
+                return {"item": item_id}
+
+    else:
+
+        class Item(Resource):  # type: ignore[misc,no-redef]
+            @guard.limit("2/minute")
+            def get(self, item_id: int) -> dict[str, int]:
+                return {"item": item_id}
+
+    class Order(Resource):  # type: ignore[misc]
+        def get(self, order_id: int) -> dict[str, int]:
+            return {"order": order_id}
+
+    api.add_resource(Item, "/items/<int:item_id>")
+    api.add_resource(Order, "/orders/<int:order_id>")
+    return flask_client(guard, app)
+
+
+def smorest(guard: Guard) -> Client:
+    from flask.views import MethodView
+    from flask_smorest import Api, Blueprint
+
+    from apiguard.flask import init_app
+
+    app = flask_app()
+    app.config.update(API_TITLE="shop", API_VERSION="1", OPENAPI_VERSION="3.0.2")
+    init_app(app, guard)
+    api = Api(app)
+    blp = Blueprint(f"shop{next(_names)}", __name__, url_prefix="/api")
+
+    @blp.route("/items/<int:item_id>")
+    class Item(MethodView):
+        @blp.response(200)
+        @guard.limit("2/minute")
+        def get(self, item_id: int) -> dict[str, int]:
+            return {"item": item_id}
+
+    @blp.route("/orders/<int:order_id>")
+    class Order(MethodView):
+        @blp.response(200)
+        def get(self, order_id: int) -> dict[str, int]:
+            return {"order": order_id}
+
+    api.register_blueprint(blp)
+    return flask_client(guard, app)
+
+
+FLASK = {
+    "restx": (restx, ""),
+    "restx-method_decorators": (restx_method_decorators, ""),
+    "restful": (restful, ""),
+    "restful-method_decorators": (lambda g: restful(g, per_request=True), ""),
+    "smorest": (smorest, "/api"),
+}
+
+
+@pytest.mark.parametrize("shape", FLASK)
+def test_flask_addon_limit_refuses_the_third(shape: str, guard: Guard) -> None:
+    build, prefix = FLASK[shape]
+    call = build(guard)
+    refuses_third(call, f"{prefix}/items/1")
+    assert call("GET", f"{prefix}/items/1", ip="198.51.100.9").status == 200
+
+
+@pytest.mark.parametrize("shape", FLASK)
+def test_flask_addon_bola_walk_is_refused(shape: str, guard: Guard) -> None:
+    build, prefix = FLASK[shape]
+    walk_is_refused(guard, build(guard), prefix + "/orders/{}")
+
+
+def test_per_request_method_decorators_make_one_rule(guard: Guard) -> None:
+    """A decorator applied to a fresh bound method on every request keeps one window and
+    one policy name (a fresh rule per request would never refuse, and grow without
+    bound)."""
+    call = restx_method_decorators(guard)
+    for _ in range(50):
+        call("GET", "/items/1", ip=f"198.51.100.{next(_names) % 250}")
+    assert [p for p in guard._policy_owners if p.startswith("limit:")] == ["limit:get"]
+    assert not any("Item" in getattr(k, "__qualname__", "") for k in guard._decorated)
+
+
+def test_apiguard_decorator_on_a_resource_class_is_refused(guard: Guard) -> None:
+    """Above `@api.route` on a Resource class, the class stays routed bare: refused (below
+    it, the class would no longer be a class)."""
+    from flask_restx import Api, Resource
+
+    from apiguard.flask import init_app
+
+    app = flask_app()
+    init_app(app, guard)
+    api = Api(app)
+    with pytest.raises(ConfigurationError, match="not the class"):
+
+        @guard.limit("2/minute")
+        @api.route("/items/<int:item_id>")
+        class Item(Resource):  # type: ignore[misc]
+            def get(self, item_id: int) -> dict[str, int]:
+                return {"item": item_id}
+
+    from flask.views import MethodView
+
+    with pytest.raises(ConfigurationError, match="not the class"):
+
+        @guard.flow("f", "2/minute")
+        class View(MethodView):
+            def get(self) -> str:
+                return "ok"
+
+
+# -- Django add-ons -----------------------------------------------------------------------
+def drf_router(guard: Guard) -> list[Any]:
+    from django.urls import include, path
+    from rest_framework import routers, viewsets
+    from rest_framework.decorators import action
+    from rest_framework.response import Response
+
+    class ItemViewSet(viewsets.ViewSet):  # type: ignore[misc]
+        authentication_classes: list[Any] = []
+        permission_classes: list[Any] = []
+
+        @guard.limit("2/minute")
+        def retrieve(self, request: Any, pk: str) -> Response:
+            return Response({"item": pk})
+
+        @action(detail=True, methods=["get"])
+        @guard.limit("2/minute")
+        def extra(self, request: Any, pk: str) -> Response:
+            return Response({"extra": pk})
+
+        @guard.limit("2/minute")  # above @action: it copies the action's marks, and works
+        @action(detail=True, methods=["get"])
+        def other(self, request: Any, pk: str) -> Response:
+            return Response({"other": pk})
+
+    class OrderViewSet(viewsets.ViewSet):  # type: ignore[misc]
+        authentication_classes: list[Any] = []
+        permission_classes: list[Any] = []
+
+        def retrieve(self, request: Any, pk: str) -> Response:
+            return Response({"order": pk})
+
+        @action(detail=True)
+        def history(self, request: Any, pk: str) -> Response:
+            return Response({"history": pk})
+
+    router = routers.DefaultRouter()
+    router.register("items", ItemViewSet, basename="item")
+    router.register("orders", OrderViewSet, basename="order")
+    return [path("api/", include(router.urls))]
+
+
+def method_decorator_views(guard: Guard) -> list[Any]:
+    """Django's `method_decorator` applies the decorator to a fresh partial of the bound
+    method on every call."""
+    from django.http import JsonResponse
+    from django.urls import path
+    from django.utils.decorators import method_decorator
+    from django.views import View
+
+    @method_decorator(guard.limit("2/minute"), name="get")
+    class Item(View):
+        def get(self, request: Any, pk: int) -> JsonResponse:
+            return JsonResponse({"item": pk})
+
+    class Thing(View):
+        @method_decorator(guard.limit("2/minute"))
+        def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+            return super().dispatch(request, *args, **kwargs)
+
+        def get(self, request: Any, pk: int) -> JsonResponse:
+            return JsonResponse({"thing": pk})
+
+    class Order(View):
+        def get(self, request: Any, pk: int) -> JsonResponse:
+            return JsonResponse({"order": pk})
+
+    return [
+        path("items/<int:pk>", Item.as_view()),
+        path("things/<int:pk>", Thing.as_view()),
+        path("orders/<int:pk>", Order.as_view()),
+    ]
+
+
+def re_paths(guard: Guard) -> list[Any]:
+    """`re_path` with named groups under two namespaced `include()`s, and with unnamed
+    groups (passed positionally)."""
+    from django.http import JsonResponse
+    from django.urls import include, path, re_path
+
+    @guard.limit("2/minute")
+    def item(request: Any, pk: str) -> JsonResponse:
+        return JsonResponse({"item": pk})
+
+    def order(request: Any, pk: str) -> JsonResponse:
+        return JsonResponse({"order": pk})
+
+    @guard.limit("2/minute")
+    def thing(request: Any, pk: str) -> JsonResponse:
+        return JsonResponse({"thing": pk})
+
+    def invoice(request: Any, year: str, pk: str) -> JsonResponse:
+        return JsonResponse({"invoice": pk})
+
+    inner = (
+        [
+            re_path(r"^items/(?P<pk>[0-9]+)/$", item, name="item"),
+            re_path(r"^orders/(?P<pk>[0-9]+)/$", order, name="order"),
+        ],
+        "shop",
+    )
+    return [
+        path("v1/", include(inner, namespace="v1")),
+        path("v2/", include(inner, namespace="v2")),
+        re_path(r"^things/([0-9]+)/$", thing),
+        re_path(r"^invoices/(2026)/([0-9]+)/$", invoice),
+    ]
+
+
+def ninja(guard: Guard) -> list[Any]:
+    from django.urls import path
+    from ninja import NinjaAPI, Router
+
+    api = NinjaAPI(urls_namespace=f"ninja{next(_names)}")
+    router = Router()
+
+    @api.get("/items/{item_id}")
+    @guard.limit("2/minute")
+    def item(request: Any, item_id: int) -> dict[str, int]:
+        return {"item": item_id}
+
+    @api.get("/orders/{order_id}")
+    def order(request: Any, order_id: int) -> dict[str, int]:
+        return {"order": order_id}
+
+    @router.get("/items/{item_id}")
+    @guard.limit("2/minute")
+    async def shop_item(request: Any, item_id: int) -> dict[str, int]:
+        return {"item": item_id}
+
+    @router.get("/orders/{order_id}")
+    async def shop_order(request: Any, order_id: int) -> dict[str, int]:
+        return {"order": order_id}
+
+    api.add_router("/shop", router)
+    return [path("api/", api.urls)]
+
+
+DJANGO = {
+    "drf-router-retrieve": (drf_router, "/api/items/1/", "/api/orders/{}/"),
+    "drf-router-action": (drf_router, "/api/items/1/extra/", "/api/orders/{}/history/"),
+    "drf-router-action-above": (drf_router, "/api/items/1/other/", "/api/orders/{}/"),
+    "method_decorator-get": (method_decorator_views, "/items/1", "/orders/{}"),
+    "method_decorator-dispatch": (method_decorator_views, "/things/1", "/orders/{}"),
+    "re_path-include-namespaces": (re_paths, "/v2/items/1/", "/v2/orders/{}/"),
+    "re_path-unnamed-groups": (re_paths, "/things/1/", "/invoices/2026/{}/"),
+    "ninja": (ninja, "/api/items/1", "/api/orders/{}"),
+    "ninja-router-async": (ninja, "/api/shop/items/1", "/api/shop/orders/{}"),
+}
+ASGI = (False, True)
+
+
+@pytest.mark.parametrize("asgi", ASGI, ids=("wsgi", "asgi"))
+@pytest.mark.parametrize("shape", DJANGO)
+def test_django_shape_limit_refuses_the_third(shape: str, asgi: bool, guard: Guard) -> None:
+    patterns, limited, _ = DJANGO[shape]
+    configure_django()
+    call = django_client(guard, asgi=asgi, patterns=patterns(guard))
+    refuses_third(call, limited)
+    assert call("GET", limited, ip="198.51.100.9").status == 200
+
+
+@pytest.mark.parametrize("asgi", ASGI, ids=("wsgi", "asgi"))
+@pytest.mark.parametrize("shape", DJANGO)
+def test_django_shape_bola_walk_is_refused(shape: str, asgi: bool, guard: Guard) -> None:
+    patterns, _, walk = DJANGO[shape]
+    configure_django()
+    walk_is_refused(guard, django_client(guard, asgi=asgi, patterns=patterns(guard)), walk)
+
+
+def test_ninja_decorator_above_the_route_decorator_is_refused(guard: Guard) -> None:
+    """`@guard.limit` above `@api.get`: ninja registered the bare function."""
+    configure_django()
+    from django.urls import path
+    from ninja import NinjaAPI
+
+    api = NinjaAPI(urls_namespace=f"ninja{next(_names)}")
+
+    @guard.limit("2/minute")
+    @api.get("/items/{item_id}")
+    def item(request: Any, item_id: int) -> dict[str, int]:
+        return {"item": item_id}
+
+    call = django_client(guard, patterns=[path("api/", api.urls)])
+    with pytest.raises(ConfigurationError, match="/api/items/<item_id>"):
+        call("GET", "/api/items/1")
