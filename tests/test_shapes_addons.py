@@ -200,6 +200,38 @@ def test_per_request_method_decorators_make_one_rule(guard: Guard) -> None:
     assert not any("Item" in getattr(k, "__qualname__", "") for k in guard._decorated)
 
 
+def test_stacked_per_request_decorators_keep_their_rules(guard: Guard) -> None:
+    """`method_decorators = [limit, flow, objects]` (each applied to a fresh bound method,
+    or to the wrapper of one, on every request): the same rules every request, so the
+    limit refuses the 3rd and the fast path compiles one plan, not one per request."""
+    from flask import request
+    from flask_restful import Api, Resource
+
+    from apiguard.flask import init_app
+
+    app = flask_app()
+    init_app(app, guard)
+    api = Api(app)
+
+    class Item(Resource):  # type: ignore[misc]
+        method_decorators = [
+            guard.limit("2/minute"),
+            guard.flow("look", "50/minute"),
+            guard.objects(ids=lambda: request.args.get("id")),
+        ]
+
+        def get(self) -> dict[str, str]:
+            return {"item": "x"}
+
+    api.add_resource(Item, "/items")
+    call = flask_client(guard, app)
+    for n in range(30):
+        ip = f"198.51.100.{n}"
+        assert [call("GET", f"/items?id={n}", ip=ip).status for _ in range(3)] == [200, 200, 429]
+    assert len(guard.engine._fast_with) == 1
+    assert [p for p in guard._policy_owners if p.startswith("limit:")] == ["limit:get"]
+
+
 def test_apiguard_decorator_on_a_resource_class_is_refused(guard: Guard) -> None:
     """Above `@api.route` on a Resource class, the class stays routed bare: refused (below
     it, the class would no longer be a class)."""

@@ -386,16 +386,8 @@ class Guard:
         `store.on_failure`, "open").
         """
         _check_failure(on_store_failure, "@guard.limit")
-        # a method decorated anew on every request (Flask-RESTful's and Flask-RESTX's
-        # `method_decorators` wrap the bound method per request): one rule per function,
-        # not a fresh window (and policy name) per request
-        per_method: dict[Callable[..., Any], WindowRule] = {}
 
-        def decorate(fn: F) -> F:
-            func = _method_function(fn)
-            known = per_method.get(func) if func is not None else None
-            if known is not None:
-                return self._guard(fn, known)
+        def make(fn: Any) -> Rule:
             where = f"@guard.limit on {_qualname(fn)}"
             if callable(per):
                 check_arity(per, 1, f"{where}: per=", "per(ctx) -> key or None")
@@ -427,11 +419,9 @@ class Guard:
                 label = f"{base}-{n}"  # two handlers with one __name__: limit:get, limit:get-2
             rule.on_store_failure = on_store_failure
             self._claim_names(rule)
-            if func is not None and len(per_method) < 4096:
-                per_method[func] = rule
-            return self._guard(fn, rule)
+            return rule
 
-        return decorate
+        return self._decorator(make)
 
     def flow(
         self,
@@ -453,7 +443,7 @@ class Guard:
         """
         _check_failure(on_store_failure, f"@guard.flow({name!r})")
 
-        def decorate(fn: F) -> F:
+        def make(fn: Any) -> Rule:
             if callable(per):
                 check_arity(
                     per,
@@ -500,9 +490,9 @@ class Guard:
                     )
                 self._flows[name] = rule
                 self._claim_names(rule)
-            return self._guard(fn, rule)
+            return rule
 
-        return decorate
+        return self._decorator(make)
 
     def login(
         self,
@@ -525,13 +515,13 @@ class Guard:
 
         LoginRule(username, success, "@guard.login")  # a malformed spec fails here
 
-        def decorate(fn: F) -> F:
+        def make(fn: Any) -> Rule:
             where = f"@guard.login on {_qualname(fn)}"
             rule = LoginRule(username, success, where)
             rule.check_endpoint(getattr(fn, "__apiguard_original__", fn), where)
-            return self._guard(fn, rule)
+            return rule
 
-        return decorate
+        return self._decorator(make)
 
     def login_result(
         self, username: str | None, success: bool, *, exists: bool | None = None
@@ -586,13 +576,13 @@ class Guard:
         the handler."""
         ObjectsRule(ids, name, "@guard.objects")  # a malformed spec fails here
 
-        def decorate(fn: F) -> F:
+        def make(fn: Any) -> Rule:
             where = f"@guard.objects on {_qualname(fn)}"
             rule = ObjectsRule(ids, name, where)
             rule.check_endpoint(getattr(fn, "__apiguard_original__", fn), where)
-            return self._guard(fn, rule)
+            return rule
 
-        return decorate
+        return self._decorator(make)
 
     def objects_touched(self, *ids: object, name: str = "id") -> None:
         """Report, from inside a request, object ids it touches that its path does not
@@ -632,15 +622,33 @@ class Guard:
         for policy in rule.policies:
             self._policy_owners[policy.name] = rule
 
+    def _decorator(self, make: Callable[[Any], Rule]) -> Callable[[F], F]:
+        """The decorator applying the rule `make(fn)` builds. A method decorated anew on
+        every call (Django's `method_decorator`, Flask-RESTful's and Flask-RESTX's
+        `method_decorators` wrap the bound method per request) gets one rule per function,
+        not a fresh rule (a fresh window, a fresh policy name) per request."""
+        per_method: dict[Callable[..., Any], Rule] = {}
+
+        def decorate(fn: F) -> F:
+            if isinstance(fn, type):
+                # a class-based view (a MethodView, a Flask-RESTX/RESTful Resource, an
+                # HTTPEndpoint): wrapping the class in a function would leave the class
+                # the router registered (above a class route decorator) unchecked
+                raise ConfigurationError(
+                    f"apiguard decorators apply to functions, not the class "
+                    f"{_qualname(fn)}: decorate its handler methods (get, post, ...) instead"
+                )
+            func = _method_function(fn)
+            rule = per_method.get(func) if func is not None else None
+            if rule is None:
+                rule = make(fn)
+                if func is not None and len(per_method) < 4096:
+                    per_method[func] = rule
+            return self._guard(fn, rule)
+
+        return decorate
+
     def _guard(self, fn: F, rule: Rule) -> F:
-        if isinstance(fn, type):
-            # a class-based view (a MethodView, a Flask-RESTX/RESTful Resource, an
-            # HTTPEndpoint): wrapping the class in a function would leave the class the
-            # router registered (above a class route decorator) unchecked
-            raise ConfigurationError(
-                f"apiguard decorators apply to functions, not the class {_qualname(fn)}: "
-                "decorate its handler methods (get, post, ...) instead"
-            )
         if not callable(fn):
             raise ConfigurationError(f"apiguard decorators apply to functions, not {fn!r}")
         original = getattr(fn, "__apiguard_original__", fn)
