@@ -477,3 +477,36 @@ def test_flask_addon_refusal_is_not_logged_as_a_server_error(
         got_request_exception.disconnect(record)
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
     assert signalled == []
+
+
+@pytest.mark.parametrize("asgi", ASGI, ids=("wsgi", "asgi"))
+def test_objects_through_method_decorator_read_the_request(asgi: bool, guard: Guard) -> None:
+    """`method_decorator(guard.objects(ids=lambda request: ...))`: the partial Django
+    builds claims (through `__wrapped__`) the method's `self, request` signature, but is
+    called without `self`; the ids come from the request all the same, and a walk over
+    them is refused."""
+    import json
+
+    from django.http import JsonResponse
+    from django.urls import path
+    from django.utils.decorators import method_decorator
+    from django.views import View
+    from django.views.decorators.csrf import csrf_exempt
+
+    configure_django()
+    ids = guard.objects(ids=lambda request: json.loads(request.body)["order_id"], name="order_id")
+
+    @method_decorator(csrf_exempt, name="dispatch")
+    @method_decorator(ids, name="post")
+    class Lookup(View):
+        def post(self, request: Any) -> JsonResponse:
+            return JsonResponse({"ok": True})
+
+    call = django_client(guard, asgi=asgi, patterns=[path("lookup", Lookup.as_view())])
+    rng = random.Random(6)
+    statuses = []
+    for n in range(500, 540):
+        guard.clock.advance(rng.uniform(0.5, 3.0))  # type: ignore[attr-defined]
+        statuses.append(call("POST", "/lookup", ip=WALKER, json={"order_id": n}).status)
+    first = next((i for i, s in enumerate(statuses) if s != 200), None)
+    assert first is not None and 10 <= first <= 20, statuses

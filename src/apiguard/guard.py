@@ -1005,6 +1005,15 @@ def _template_hint(unknown: list[str], templates: set[str]) -> str:
     )
 
 
+def _call_signature(fn: Callable[..., Any]) -> inspect.Signature:
+    """The signature `fn` is called with. A `functools.partial` of a bound method that
+    `functools.wraps` marked as wrapping the method's function (Django's
+    `method_decorator`) is called without `self`: its own signature, not the function's."""
+    if isinstance(fn, functools.partial):
+        return inspect.signature(fn, follow_wrapped=False)
+    return inspect.signature(fn)
+
+
 def _method_function(fn: Any) -> Callable[..., Any] | None:
     """The function of a bound method being decorated (possibly already wrapped by an
     apiguard decorator, or in a `functools.partial` as Django's `method_decorator` wraps
@@ -1092,7 +1101,7 @@ def _login_of(rules: tuple[Rule, ...], original: Callable[..., Any]) -> Callable
     if login is None:
         return None
     try:
-        sig: inspect.Signature | None = inspect.signature(original)
+        sig: inspect.Signature | None = _call_signature(original)
     except (TypeError, ValueError):
         sig = None
 
@@ -1136,7 +1145,7 @@ def _objects_of(
     if not declared:
         return None
     try:
-        sig: inspect.Signature | None = inspect.signature(original)
+        sig: inspect.Signature | None = _call_signature(original)
     except (TypeError, ValueError):
         sig = None
 
