@@ -166,7 +166,31 @@ def smorest(guard: Guard) -> Client:
     return flask_client(guard, app)
 
 
+def classful(guard: Guard) -> Client:
+    """Flask-Classful routes a function wrapping a bound method of the view."""
+    from flask_classful import FlaskView
+
+    from apiguard.flask import init_app
+
+    app = flask_app()
+    init_app(app, guard)
+
+    class ItemsView(FlaskView):  # type: ignore[misc]
+        @guard.limit("2/minute")
+        def get(self, id: str) -> dict[str, str]:
+            return {"item": id}
+
+    class OrdersView(FlaskView):  # type: ignore[misc]
+        def get(self, id: str) -> dict[str, str]:
+            return {"order": id}
+
+    ItemsView.register(app, route_base="/items")
+    OrdersView.register(app, route_base="/orders")
+    return flask_client(guard, app)
+
+
 FLASK = {
+    "classful": (classful, ""),
     "restx": (restx, ""),
     "restx-method_decorators": (restx_method_decorators, ""),
     "restful": (restful, ""),
@@ -179,14 +203,16 @@ FLASK = {
 def test_flask_addon_limit_refuses_the_third(shape: str, guard: Guard) -> None:
     build, prefix = FLASK[shape]
     call = build(guard)
-    refuses_third(call, f"{prefix}/items/1")
-    assert call("GET", f"{prefix}/items/1", ip="198.51.100.9").status == 200
+    path = f"{prefix}/items/1" + ("/" if shape == "classful" else "")
+    refuses_third(call, path)
+    assert call("GET", path, ip="198.51.100.9").status == 200
 
 
 @pytest.mark.parametrize("shape", FLASK)
 def test_flask_addon_bola_walk_is_refused(shape: str, guard: Guard) -> None:
     build, prefix = FLASK[shape]
-    walk_is_refused(guard, build(guard), prefix + "/orders/{}")
+    slash = "/" if shape == "classful" else ""
+    walk_is_refused(guard, build(guard), prefix + "/orders/{}" + slash)
 
 
 def test_per_request_method_decorators_make_one_rule(guard: Guard) -> None:

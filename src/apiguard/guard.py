@@ -1027,10 +1027,16 @@ def _method_function(fn: Any) -> Callable[..., Any] | None:
 
 
 def _unwrap_chain(endpoint: Any) -> list[Any]:
-    """The endpoint and what it wraps (`__wrapped__`, `functools.partial.func`), bounded."""
+    """The endpoint and what it wraps (`__wrapped__`, `functools.partial.func`), bounded;
+    a bound method as its function (what decorators wrapped: Flask-Classful routes a
+    function wrapping a bound method of the view)."""
     chain: list[Any] = []
     obj = endpoint
-    while obj is not None and len(chain) < 32 and all(obj is not o for o in chain):
+    while obj is not None and len(chain) < 32:
+        if inspect.ismethod(obj):
+            obj = obj.__func__
+        if any(obj is o for o in chain):
+            break
         chain.append(obj)
         obj = getattr(obj, "__wrapped__", None) or getattr(obj, "func", None)
     return chain
