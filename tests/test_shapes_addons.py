@@ -424,7 +424,39 @@ def ninja(guard: Guard) -> list[Any]:
     return [path("api/", api.urls)]
 
 
+def drf_nested_router(guard: Guard) -> list[Any]:
+    from django.urls import include, path
+    from rest_framework import viewsets
+    from rest_framework.response import Response
+    from rest_framework_nested import routers
+
+    class ShopViewSet(viewsets.ViewSet):  # type: ignore[misc]
+        authentication_classes: list[Any] = []
+        permission_classes: list[Any] = []
+
+        def retrieve(self, request: Any, pk: str) -> Response:
+            return Response({"shop": pk})
+
+    class OrderViewSet(viewsets.ViewSet):  # type: ignore[misc]
+        authentication_classes: list[Any] = []
+        permission_classes: list[Any] = []
+
+        @guard.limit("2/minute")
+        def list(self, request: Any, shop_pk: str) -> Response:
+            return Response([])
+
+        def retrieve(self, request: Any, pk: str, shop_pk: str) -> Response:
+            return Response({"order": pk})
+
+    router = routers.SimpleRouter()
+    router.register("shops", ShopViewSet, basename="shop")
+    nested = routers.NestedSimpleRouter(router, "shops", lookup="shop")
+    nested.register("orders", OrderViewSet, basename="shop-order")
+    return [path("api/", include(router.urls)), path("api/", include(nested.urls))]
+
+
 DJANGO = {
+    "drf-nested-router": (drf_nested_router, "/api/shops/1/orders/", "/api/shops/7/orders/{}/"),
     "drf-router-retrieve": (drf_router, "/api/items/1/", "/api/orders/{}/"),
     "drf-router-action": (drf_router, "/api/items/1/extra/", "/api/orders/{}/history/"),
     "drf-router-action-above": (drf_router, "/api/items/1/other/", "/api/orders/{}/"),
