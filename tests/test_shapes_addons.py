@@ -507,17 +507,13 @@ def test_ninja_decorator_above_the_route_decorator_is_refused(guard: Guard) -> N
 
 
 @pytest.mark.parametrize("shape", ["restx", "restful"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="Flask-RESTX's and Flask-RESTful's Api.handle_error catch the Refused a decorated "
-    "method raises before Flask's error handler that init_app registers: the client gets "
-    "the right 429 (the middleware replaces the Api's 500), but the refusal is logged as "
-    "'ERROR in app: Exception on /items/1 [GET]' with a traceback and sent on "
-    "got_request_exception (error trackers report every refusal)",
-)
 def test_flask_addon_refusal_is_not_logged_as_a_server_error(
     shape: str, guard: Guard, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Flask-RESTX's and Flask-RESTful's `Api.handle_error` see a view's exceptions before
+    Flask's error handlers: a refusal must be answered before (it was logged as 'ERROR in
+    app: Exception on /items/1 [GET]' with a traceback, and sent on
+    `got_request_exception`, so error trackers reported every refusal)."""
     from flask import got_request_exception
 
     build, _ = FLASK[shape]
@@ -568,3 +564,36 @@ def test_objects_through_method_decorator_read_the_request(asgi: bool, guard: Gu
         statuses.append(call("POST", "/lookup", ip=WALKER, json={"order_id": n}).status)
     first = next((i for i, s in enumerate(statuses) if s != 200), None)
     assert first is not None and 10 <= first <= 20, statuses
+
+
+def test_refusal_in_before_request_under_an_api_is_not_logged(
+    make_guard: Callable[..., Guard], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`identify()` in `before_request` refusing on a Flask-RESTful route: the refusal,
+    not logged as a server error."""
+    from flask import request
+    from flask_restful import Api, Resource
+
+    from apiguard import identify
+    from apiguard.flask import init_app
+
+    guard = make_guard({"principal": "2/minute"})
+    app = flask_app()
+    init_app(app, guard)
+    api = Api(app)
+
+    @app.before_request
+    def authenticate() -> None:
+        identify(request.headers.get("x-user"))
+
+    class Me(Resource):  # type: ignore[misc]
+        def get(self) -> dict[str, str]:
+            return {"me": "ok"}
+
+    api.add_resource(Me, "/me")
+    call = flask_client(guard, app)
+    with caplog.at_level("ERROR"):
+        statuses = [call("GET", "/me", headers={"x-user": "alice"}) for _ in range(3)]
+    assert [r.status for r in statuses] == [200, 200, 429]
+    assert statuses[2].headers["content-type"] == "application/problem+json"
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
