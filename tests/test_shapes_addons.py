@@ -349,6 +349,14 @@ def method_decorator_views(guard: Guard) -> list[Any]:
         def get(self, request: Any, pk: int) -> JsonResponse:
             return JsonResponse({"thing": pk})
 
+    class Direct(View):  # on `dispatch` itself (as_view() copies its attributes)
+        @guard.limit("2/minute")
+        def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+            return super().dispatch(request, *args, **kwargs)
+
+        def get(self, request: Any, pk: int) -> JsonResponse:
+            return JsonResponse({"direct": pk})
+
     class Order(View):
         def get(self, request: Any, pk: int) -> JsonResponse:
             return JsonResponse({"order": pk})
@@ -356,6 +364,7 @@ def method_decorator_views(guard: Guard) -> list[Any]:
     return [
         path("items/<int:pk>", Item.as_view()),
         path("things/<int:pk>", Thing.as_view()),
+        path("direct/<int:pk>", Direct.as_view()),
         path("orders/<int:pk>", Order.as_view()),
     ]
 
@@ -462,6 +471,7 @@ DJANGO = {
     "drf-router-action-above": (drf_router, "/api/items/1/other/", "/api/orders/{}/"),
     "method_decorator-get": (method_decorator_views, "/items/1", "/orders/{}"),
     "method_decorator-dispatch": (method_decorator_views, "/things/1", "/orders/{}"),
+    "dispatch-decorated": (method_decorator_views, "/direct/1", "/orders/{}"),
     "re_path-include-namespaces": (re_paths, "/v2/items/1/", "/v2/orders/{}/"),
     "re_path-unnamed-groups": (re_paths, "/things/1/", "/invoices/2026/{}/"),
     "ninja": (ninja, "/api/items/1", "/api/orders/{}"),
@@ -597,3 +607,106 @@ def test_refusal_in_before_request_under_an_api_is_not_logged(
     assert [r.status for r in statuses] == [200, 200, 429]
     assert statuses[2].headers["content-type"] == "application/problem+json"
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+
+
+@pytest.mark.parametrize("asgi", ASGI, ids=("wsgi", "asgi"))
+def test_method_decorator_with_a_policy_name(asgi: bool, guard: Guard) -> None:
+    """`method_decorator(guard.limit(..., name="items"))`: Django tries the decorator on a
+    dummy at class creation; that claimed the name, and every request then failed (500,
+    'the policy name is already used')."""
+    from django.http import JsonResponse
+    from django.urls import path
+    from django.utils.decorators import method_decorator
+    from django.views import View
+
+    configure_django()
+
+    @method_decorator(guard.limit("2/minute", name="items"), name="get")
+    class Items(View):
+        def get(self, request: Any) -> JsonResponse:
+            return JsonResponse({})
+
+    call = django_client(guard, asgi=asgi, patterns=[path("items", Items.as_view())])
+    refuses_third(call, "/items")
+    assert call("GET", "/items").json()["violated-policies"] == ["items"]
+
+
+class _HeaderAuth:
+    """A DRF authentication class: the user named by the x-user header."""
+
+    def authenticate(self, request: Any) -> Any:
+        name = request.META.get("HTTP_X_USER")
+        if not name:
+            return None
+        user = type("User", (), {"is_authenticated": True, "pk": name})()
+        return user, None
+
+    def authenticate_header(self, request: Any) -> str:
+        return "x-user"
+
+
+def test_drf_method_decorator_on_the_handler_keys_on_the_user(guard: Guard) -> None:
+    """`method_decorator(guard.limit(...), name="get")` on an APIView: checked after DRF
+    authenticated, per user (two users behind one address each get their budget)."""
+    from django.urls import path
+    from django.utils.decorators import method_decorator
+    from rest_framework.response import Response
+    from rest_framework.views import APIView
+
+    configure_django()
+
+    @method_decorator(guard.limit("2/minute"), name="get")
+    class Items(APIView):  # type: ignore[misc]
+        authentication_classes = [_HeaderAuth]
+        permission_classes: list[Any] = []
+
+        def get(self, request: Any) -> Response:
+            return Response({"user": request.user.pk})
+
+    call = django_client(guard, patterns=[path("items", Items.as_view())])
+    alice = [call("GET", "/items", headers={"x-user": "alice"}).status for _ in range(3)]
+    bob = [call("GET", "/items", headers={"x-user": "bob"}).status for _ in range(2)]
+    assert (alice, bob) == ([200, 200, 429], [200, 200])
+
+
+@pytest.mark.parametrize("directly", [False, True], ids=("method_decorator", "on-def"))
+def test_drf_dispatch_decorated_is_refused_at_start_up(directly: bool, guard: Guard) -> None:
+    """On a DRF view's `dispatch`, the check runs before DRF authenticates: a user's limit
+    would be keyed on the address (measured: alice's 2 requests refused bob's from the
+    same address). A `ConfigurationError` when the URLconf is walked."""
+    from django.urls import path
+    from django.utils.decorators import method_decorator
+    from rest_framework.response import Response
+    from rest_framework.views import APIView
+
+    import apiguard.django as adapter
+    from harness import DjangoSite
+
+    configure_django()
+
+    class Items(APIView):  # type: ignore[misc]
+        authentication_classes = [_HeaderAuth]
+        permission_classes: list[Any] = []
+
+        def get(self, request: Any) -> Response:
+            return Response({})
+
+    if directly:
+
+        class Guarded(Items):
+            @guard.limit("2/minute")
+            def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+                return super().dispatch(request, *args, **kwargs)
+
+    else:
+
+        @method_decorator(guard.limit("2/minute"), name="dispatch")
+        class Guarded(Items):  # type: ignore[no-redef]
+            pass
+
+    site = DjangoSite(guard, [path("items", Guarded.as_view()), path("open", Items.as_view())])
+    try:
+        with pytest.raises(ConfigurationError, match=r"dispatch\(\).*\(/items\)"):
+            adapter.check()
+    finally:
+        site.close()

@@ -638,6 +638,13 @@ class Guard:
                     f"apiguard decorators apply to functions, not the class "
                     f"{_qualname(fn)}: decorate its handler methods (get, post, ...) instead"
                 )
+            if _django_probe(fn):
+                # Django's `method_decorator` tries the decorator on a dummy at class
+                # creation, for the attributes it adds: no rule (the method gets its own,
+                # named after it, when decorated per call), only a mark of this guard for
+                # the start-up walk
+                fn.__apiguard_method__ = self  # type: ignore[attr-defined]
+                return fn
             func = _method_function(fn)
             rule = per_method.get(func) if func is not None else None
             if rule is None:
@@ -1002,6 +1009,15 @@ def _template_hint(unknown: list[str], templates: set[str]) -> str:
     return (
         f" (templates are written as this app's router declares them, {syntax}, "
         "prefixes of mounts, blueprints and include()s included)"
+    )
+
+
+def _django_probe(fn: Any) -> bool:
+    """Whether `fn` is the dummy function Django's `method_decorator` decorates once at
+    class creation (`_update_method_wrapper`), never called."""
+    return (
+        getattr(fn, "__module__", None) == "django.utils.decorators"
+        and getattr(fn, "__qualname__", "") == "_update_method_wrapper.<locals>.dummy"
     )
 
 
