@@ -178,8 +178,16 @@ def _walk(patterns: Any, prefix: str, depth: int) -> Iterator[RouteEntry]:
             template = "/" + _join(prefix, item.pattern)
             view = item.callback
             yield RouteEntry(template, frozenset(), view, "http")
+            for methods, handler in _operations(view):
+                yield RouteEntry(template, methods, handler, "http")
             cls = getattr(view, "view_class", None) or getattr(view, "cls", None)
             if isinstance(cls, type):
+                # `as_view()` copies the attributes of `dispatch` onto the view (its
+                # `__wrapped__` too, when an apiguard decorator wraps `dispatch`): the
+                # decorated `dispatch` is what the view runs
+                dispatch = getattr(cls, "dispatch", None)
+                if callable(dispatch):
+                    yield RouteEntry(template, frozenset(), dispatch, "http")
                 actions = getattr(view, "actions", None)  # DRF ViewSet: {"get": "list"}
                 names = actions.items() if isinstance(actions, dict) else (
                     (m, m) for m in _HTTP_METHODS
@@ -188,6 +196,24 @@ def _walk(patterns: Any, prefix: str, depth: int) -> Iterator[RouteEntry]:
                     handler = getattr(cls, name, None)
                     if callable(handler):
                         yield RouteEntry(template, frozenset({method.upper()}), handler, "http")
+
+
+def _operations(view: Any) -> Iterator[tuple[frozenset[str], Any]]:
+    """The endpoint functions behind a django-ninja route: its view is a closure over the
+    path's `PathView`, whose `operations` hold the functions `@api.get` registered."""
+    for cell in getattr(view, "__closure__", None) or ():
+        try:
+            owner = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        operations = getattr(owner, "operations", None)
+        if not isinstance(operations, list):
+            continue
+        for operation in operations:
+            handler = getattr(operation, "view_func", None)
+            if callable(handler):
+                methods = getattr(operation, "methods", None) or ()
+                yield frozenset(str(m).upper() for m in methods), handler
 
 
 def _check_drf_order(guard: Guard, routes: DjangoRoutes) -> None:
@@ -206,6 +232,42 @@ def _check_drf_order(guard: Guard, routes: DjangoRoutes) -> None:
             "would check before Django REST Framework authenticates the user. Put "
             "@guard.limit/@guard.flow directly above `def`, below @api_view."
         )
+    on_dispatch = sorted(
+        {
+            entry.template
+            for entry in routes.__apiguard_routes__()
+            if not entry.methods and _drf_dispatch_guarded(guard, entry.endpoint)
+        }
+    )
+    if on_dispatch:
+        raise ConfigurationError(
+            "apiguard decorators on the dispatch() of a Django REST Framework view ("
+            + ", ".join(on_dispatch)
+            + ") would check before DRF authenticates the user (DRF authenticates inside "
+            "dispatch): the user's limits would be keyed on the address. Decorate the "
+            "handler methods (get, post, list, retrieve, ...) instead, or method_decorator("
+            "..., name=\"get\")."
+        )
+
+
+def _drf_dispatch_guarded(guard: Guard, view: Any) -> bool:
+    """Whether `view` is a DRF view (`APIView.as_view()` sets `cls`) whose `dispatch` an
+    apiguard decorator of `guard` wraps (directly, or through Django's
+    `method_decorator`)."""
+    cls = getattr(view, "cls", None)
+    if not isinstance(cls, type) or not callable(getattr(cls, "perform_authentication", None)):
+        return False
+    obj = getattr(cls, "dispatch", None)
+    for _ in range(32):
+        if obj is None:
+            return False
+        if (
+            getattr(obj, "__apiguard_guard__", None) is guard
+            or getattr(obj, "__apiguard_method__", None) is guard
+        ):
+            return True
+        obj = getattr(obj, "__wrapped__", None)
+    return False
 
 
 def check(urlconf: str | None = None) -> None:
@@ -378,7 +440,13 @@ class GuardMiddleware:
         template = "/" + match.route
         scope["endpoint"] = view_func
         scope["route"] = MatchedRoute(template, view_func)
-        scope["path_params"] = view_kwargs
+        # a `re_path()` of unnamed groups passes its values positionally: named by their
+        # group number, as objects all the same
+        scope["path_params"] = (
+            view_kwargs
+            if view_kwargs or not view_args
+            else {str(n): value for n, value in enumerate(view_args, 1)}
+        )
         # (`route_template` of it: the scope, read from `request.META`, has no mount
         # prefix, its root path being the app's)
         scope[TEMPLATE_KEY] = template

@@ -170,6 +170,28 @@ def init_app(app: Flask, guard: Guard) -> Guard:
     # preprocessors, `before_request`), read once the router matched: one wrapper of this
     # app's `full_dispatch_request` costs less than a hook per stage
     app.full_dispatch_request = full_dispatch_request  # type: ignore[method-assign]
+    # a refusal raised by a view or a `before_request` function (a decorated view,
+    # `identify()`) is answered where it is raised, before the app's exception handling:
+    # Flask-RESTful's and Flask-RESTX's `Api` route a view's exceptions to their own
+    # handler ahead of Flask's error handlers, which logged it as a server error and sent
+    # `got_request_exception` (the error handler stays, for a refusal raised elsewhere)
+    preprocess = app.preprocess_request
+    view_dispatch = app.dispatch_request
+
+    def preprocess_request() -> Any:
+        try:
+            return preprocess()
+        except Refused as refused:
+            return answer(refused)
+
+    def dispatch_request() -> Any:
+        try:
+            return view_dispatch()
+        except Refused as refused:
+            return answer(refused)
+
+    app.preprocess_request = preprocess_request  # type: ignore[method-assign]
+    app.dispatch_request = dispatch_request  # type: ignore[method-assign]
     app.register_error_handler(Refused, answer)
     app.wsgi_app = GuardMiddleware(  # type: ignore[method-assign]
         app.wsgi_app, guard, routes=FlaskRoutes(app), cors=flask_cors_headers(app)

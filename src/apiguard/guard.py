@@ -387,7 +387,7 @@ class Guard:
         """
         _check_failure(on_store_failure, "@guard.limit")
 
-        def decorate(fn: F) -> F:
+        def make(fn: Any) -> Rule:
             where = f"@guard.limit on {_qualname(fn)}"
             if callable(per):
                 check_arity(per, 1, f"{where}: per=", "per(ctx) -> key or None")
@@ -419,9 +419,9 @@ class Guard:
                 label = f"{base}-{n}"  # two handlers with one __name__: limit:get, limit:get-2
             rule.on_store_failure = on_store_failure
             self._claim_names(rule)
-            return self._guard(fn, rule)
+            return rule
 
-        return decorate
+        return self._decorator(make)
 
     def flow(
         self,
@@ -443,7 +443,7 @@ class Guard:
         """
         _check_failure(on_store_failure, f"@guard.flow({name!r})")
 
-        def decorate(fn: F) -> F:
+        def make(fn: Any) -> Rule:
             if callable(per):
                 check_arity(
                     per,
@@ -490,9 +490,9 @@ class Guard:
                     )
                 self._flows[name] = rule
                 self._claim_names(rule)
-            return self._guard(fn, rule)
+            return rule
 
-        return decorate
+        return self._decorator(make)
 
     def login(
         self,
@@ -515,13 +515,13 @@ class Guard:
 
         LoginRule(username, success, "@guard.login")  # a malformed spec fails here
 
-        def decorate(fn: F) -> F:
+        def make(fn: Any) -> Rule:
             where = f"@guard.login on {_qualname(fn)}"
             rule = LoginRule(username, success, where)
             rule.check_endpoint(getattr(fn, "__apiguard_original__", fn), where)
-            return self._guard(fn, rule)
+            return rule
 
-        return decorate
+        return self._decorator(make)
 
     def login_result(
         self, username: str | None, success: bool, *, exists: bool | None = None
@@ -576,13 +576,13 @@ class Guard:
         the handler."""
         ObjectsRule(ids, name, "@guard.objects")  # a malformed spec fails here
 
-        def decorate(fn: F) -> F:
+        def make(fn: Any) -> Rule:
             where = f"@guard.objects on {_qualname(fn)}"
             rule = ObjectsRule(ids, name, where)
             rule.check_endpoint(getattr(fn, "__apiguard_original__", fn), where)
-            return self._guard(fn, rule)
+            return rule
 
-        return decorate
+        return self._decorator(make)
 
     def objects_touched(self, *ids: object, name: str = "id") -> None:
         """Report, from inside a request, object ids it touches that its path does not
@@ -622,13 +622,48 @@ class Guard:
         for policy in rule.policies:
             self._policy_owners[policy.name] = rule
 
+    def _decorator(self, make: Callable[[Any], Rule]) -> Callable[[F], F]:
+        """The decorator applying the rule `make(fn)` builds. A method decorated anew on
+        every call (Django's `method_decorator`, Flask-RESTful's and Flask-RESTX's
+        `method_decorators` wrap the bound method per request) gets one rule per function,
+        not a fresh rule (a fresh window, a fresh policy name) per request."""
+        per_method: dict[Callable[..., Any], Rule] = {}
+
+        def decorate(fn: F) -> F:
+            if isinstance(fn, type):
+                # a class-based view (a MethodView, a Flask-RESTX/RESTful Resource, an
+                # HTTPEndpoint): wrapping the class in a function would leave the class
+                # the router registered (above a class route decorator) unchecked
+                raise ConfigurationError(
+                    f"apiguard decorators apply to functions, not the class "
+                    f"{_qualname(fn)}: decorate its handler methods (get, post, ...) instead"
+                )
+            if _django_probe(fn):
+                # Django's `method_decorator` tries the decorator on a dummy at class
+                # creation, for the attributes it adds: no rule (the method gets its own,
+                # named after it, when decorated per call), only a mark of this guard for
+                # the start-up walk
+                fn.__apiguard_method__ = self  # type: ignore[attr-defined]
+                return fn
+            func = _method_function(fn)
+            rule = per_method.get(func) if func is not None else None
+            if rule is None:
+                rule = make(fn)
+                if func is not None and len(per_method) < 4096:
+                    per_method[func] = rule
+            return self._guard(fn, rule)
+
+        return decorate
+
     def _guard(self, fn: F, rule: Rule) -> F:
         if not callable(fn):
             raise ConfigurationError(f"apiguard decorators apply to functions, not {fn!r}")
         original = getattr(fn, "__apiguard_original__", fn)
         rules: tuple[Rule, ...] = (*getattr(fn, "__apiguard_rules__", ()), rule)
         wrapper = _wrap(original, rules, self)
-        self._decorated.setdefault(original, []).append(wrapper)
+        if _method_function(original) is None:  # (a bound method, decorated per
+            # request, is never what a router serves: not kept)
+            self._decorated.setdefault(original, []).append(wrapper)
         return wrapper  # type: ignore[return-value]
 
     # -- start-up checks --------------------------------------------------------------
@@ -977,11 +1012,47 @@ def _template_hint(unknown: list[str], templates: set[str]) -> str:
     )
 
 
+def _django_probe(fn: Any) -> bool:
+    """Whether `fn` is the dummy function Django's `method_decorator` decorates once at
+    class creation (`_update_method_wrapper`), never called."""
+    return (
+        getattr(fn, "__module__", None) == "django.utils.decorators"
+        and getattr(fn, "__qualname__", "") == "_update_method_wrapper.<locals>.dummy"
+    )
+
+
+def _call_signature(fn: Callable[..., Any]) -> inspect.Signature:
+    """The signature `fn` is called with. A `functools.partial` of a bound method that
+    `functools.wraps` marked as wrapping the method's function (Django's
+    `method_decorator`) is called without `self`: its own signature, not the function's."""
+    if isinstance(fn, functools.partial):
+        return inspect.signature(fn, follow_wrapped=False)
+    return inspect.signature(fn)
+
+
+def _method_function(fn: Any) -> Callable[..., Any] | None:
+    """The function of a bound method being decorated (possibly already wrapped by an
+    apiguard decorator, or in a `functools.partial` as Django's `method_decorator` wraps
+    it on every call), else None."""
+    target = getattr(fn, "__apiguard_original__", fn)
+    for _ in range(8):
+        if not isinstance(target, functools.partial):
+            break
+        target = target.func
+    return target.__func__ if inspect.ismethod(target) else None
+
+
 def _unwrap_chain(endpoint: Any) -> list[Any]:
-    """The endpoint and what it wraps (`__wrapped__`, `functools.partial.func`), bounded."""
+    """The endpoint and what it wraps (`__wrapped__`, `functools.partial.func`), bounded;
+    a bound method as its function (what decorators wrapped: Flask-Classful routes a
+    function wrapping a bound method of the view)."""
     chain: list[Any] = []
     obj = endpoint
-    while obj is not None and len(chain) < 32 and all(obj is not o for o in chain):
+    while obj is not None and len(chain) < 32:
+        if inspect.ismethod(obj):
+            obj = obj.__func__
+        if any(obj is o for o in chain):
+            break
         chain.append(obj)
         obj = getattr(obj, "__wrapped__", None) or getattr(obj, "func", None)
     return chain
@@ -1052,7 +1123,7 @@ def _login_of(rules: tuple[Rule, ...], original: Callable[..., Any]) -> Callable
     if login is None:
         return None
     try:
-        sig: inspect.Signature | None = inspect.signature(original)
+        sig: inspect.Signature | None = _call_signature(original)
     except (TypeError, ValueError):
         sig = None
 
@@ -1096,7 +1167,7 @@ def _objects_of(
     if not declared:
         return None
     try:
-        sig: inspect.Signature | None = inspect.signature(original)
+        sig: inspect.Signature | None = _call_signature(original)
     except (TypeError, ValueError):
         sig = None
 
