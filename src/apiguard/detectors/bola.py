@@ -108,20 +108,26 @@ class Bola:
         return judge
 
     def _object(self, scope: Mapping[str, Any]) -> tuple[str, int | None] | None:
-        """The object the request touched (a text naming it) and its integer id, if any.
-        Every value counts, whatever its length or shape (a `{key:path}` value, a padded
-        id): an id written as digits is normalised (`0042` is `42`), and query names are
+        """The object the request touched (a text naming it) and its integer id, if any:
+        with several integer ids (`/tenants/{tenant_id}/orders/{order_id}`), their sum,
+        so a walk over any one of them, the others fixed, is a run of one stride. Every
+        value counts, whatever its length or shape (a `{key:path}` value, a padded id):
+        an id written as digits is normalised (`0042` is `42`), and query names are
         decoded as the framework decodes them."""
         params = scope.get("path_params")
         parts: list[str] = []
         number: int | None = None
         if params:
             for name, value in params.items():
-                text, number = _normalised(value, number)
+                text, found = _normalised(value, None)
+                if found is not None:
+                    number = found if number is None else number + found
                 parts.append(f"{name}={text}")
         if self._query:
             for name, value in _query_ids(scope, self._query):
-                text, number = _normalised(value, number)
+                text, found = _normalised(value, None)
+                if found is not None:
+                    number = found if number is None else number + found
                 parts.append(f"{name}={text}")
         if not parts:
             return None
