@@ -459,3 +459,87 @@ def test_the_same_trickle_without_the_new_alarm_challenges_nobody() -> None:
     assert met == 0
     _, _, _, met = _run_crowd(stuffer_per_hour=8, people_per_hour=20, hours=4, made_up=True, seed=5)
     assert met == 0
+
+
+# -- BOLA: declared ids on Flask, whose body is raw JSON ---------------------------------
+
+
+def _flask_shop(guard: Guard) -> Any:
+    """A Flask lookup declared as the README says (`lambda: request.get_json()[...]`),
+    the user identified in `before_request`; the view takes the id as `int()` does."""
+    from flask import Flask, request
+
+    from apiguard.flask import init_app
+
+    app = Flask("review_s6")
+    init_app(app, guard)
+
+    @app.before_request
+    def who() -> None:
+        identify(request.headers.get("x-user"))
+
+    @app.post("/orders/lookup")
+    @guard.objects(ids=lambda: request.get_json()["order_id"], name="order_id")
+    def lookup() -> dict[str, int]:
+        return {"order": int(request.get_json()["order_id"])}
+
+    return app
+
+
+def _flask_harvest(shape: Any) -> tuple[int, int]:
+    """An anonymous address walking 60 consecutive order ids, then a signed-in user
+    reading 80 random foreign ones from rotating addresses, each id sent as
+    `shape(id)`. Returns how many of each were served."""
+    clock = FakeClock(START)
+    client = _flask_shop(Guard(clock=clock)).test_client()
+    anonymous = 0
+    for i in range(60):
+        clock.advance(2)
+        r = client.post(
+            "/orders/lookup",
+            json={"order_id": shape(5000 + i)},
+            environ_base={"REMOTE_ADDR": "192.0.2.66"},
+        )
+        anonymous += r.status_code == 200
+    rng = random.Random(2)
+    signed = 0
+    for _ in range(80):
+        clock.advance(2)
+        r = client.post(
+            "/orders/lookup",
+            json={"order_id": shape(rng.randrange(1000, 90_000))},
+            headers={"x-user": "eve"},
+            environ_base={"REMOTE_ADDR": public_ip(rng)},
+        )
+        signed += r.status_code == 200
+    return anonymous, signed
+
+
+def test_flask_body_ids_sent_as_ints_are_held() -> None:
+    """What holds: the anonymous walk is refused after 16 reads, the signed-in harvest
+    after about 41 (of 80)."""
+    anonymous, signed = _flask_harvest(int)
+    assert anonymous <= 20 and signed <= 50, (anonymous, signed)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding A5 (bypass), high: on Flask/Django (raw JSON bodies), ids sent as "
+    "floats (5001.0) make the declaration raise TypeError, logged once and the request "
+    "served uncounted: 60 of 60 anonymous walk reads and 80 of 80 signed-in random reads "
+    "served (16 and 41 as ints)",
+)
+def test_flask_body_ids_sent_as_floats_are_held() -> None:
+    anonymous, signed = _flask_harvest(float)
+    assert anonymous <= 20 and signed <= 50, (anonymous, signed)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding A6 (bypass), medium: ids sent as ' 5001' (int() accepts them; the "
+    "detector keeps them as text, with no number) make no walk: an anonymous walk of 60 "
+    "consecutive ids served in full (16 as ints); signed-in still held by its count",
+)
+def test_flask_body_ids_sent_as_padded_text_are_held() -> None:
+    anonymous, signed = _flask_harvest(lambda n: f" {n}")
+    assert anonymous <= 20 and signed <= 50, (anonymous, signed)
