@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import uuid
 from typing import Any
 
 import pytest
@@ -543,3 +544,52 @@ def test_flask_body_ids_sent_as_floats_are_held() -> None:
 def test_flask_body_ids_sent_as_padded_text_are_held() -> None:
     anonymous, signed = _flask_harvest(lambda n: f" {n}")
     assert anonymous <= 20 and signed <= 50, (anonymous, signed)
+
+
+# -- BOLA: declared ids on a DRF view ---------------------------------------------------
+
+
+@pytest.mark.parametrize("asgi", [False, True])
+def test_a_drf_view_declaring_body_ids_holds_a_token_users_harvest(asgi: bool) -> None:
+    """What holds: DRF's TokenAuthentication runs inside the view, before the decorated
+    method: a token user's random reads of foreign orders through `request.data` are
+    held after about 40 (the warm-up floor), a colleague's own reads are served."""
+    from harness import close_django, configure_django, django_client
+
+    configure_django()
+    from django.contrib.auth.models import User
+    from django.urls import path
+    from rest_framework.authtoken.models import Token
+    from rest_framework.response import Response
+    from rest_framework.views import APIView
+
+    clock = FakeClock(START)
+    guard = Guard({"secret": "s" * 32}, clock=clock)
+
+    class Lookup(APIView):
+        @guard.objects(ids=lambda request: request.data["order_id"], name="order_id")
+        def post(self, request: Any) -> Any:
+            return Response({"order": request.data["order_id"]})
+
+    def token() -> str:
+        user = User.objects.create_user(f"s6-{uuid.uuid4().hex[:12]}", password="pw")
+        return str(Token.objects.create(user=user).key)
+
+    try:
+        call = django_client(guard, asgi=asgi, patterns=[path("lookup", Lookup.as_view())])
+        eve, bo = {"authorization": f"Token {token()}"}, {"authorization": f"Token {token()}"}
+        rng = random.Random(9)
+        served = 0
+        for _ in range(70):
+            clock.advance(rng.uniform(1, 4))
+            body = {"order_id": rng.randrange(1000, 90_000)}
+            served += (
+                call("POST", "/lookup", ip=public_ip(rng), headers=eve, json=body).status == 200
+            )
+        assert served <= 45, served
+        assert (
+            call("POST", "/lookup", ip="198.51.100.3", headers=bo, json={"order_id": 5}).status
+            == 200
+        )
+    finally:
+        close_django()
