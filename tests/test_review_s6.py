@@ -313,6 +313,7 @@ def _crowd(
     wrong_name: float = 0.03,
     stuffer_networks: list[str] | None = None,
     floor: float | None = None,
+    schedule: list[int] | None = None,
 ) -> Any:
     """As `test_detect_unresolved_alarm.population`, from the app's first minute, with a
     declared challenge route: people on new devices from their own addresses (`typo`
@@ -320,7 +321,8 @@ def _crowd(
     address they do not have here), a stuffer's guesses each from a fresh address and
     browser build (`made_up`: on usernames that exist nowhere), and `own` accounts of
     the stuffer's logged in to once every half window (solving a challenge if asked).
-    `workers` guards behind a load balancer (on one Redis with `redis_url`).
+    `workers` guards behind a load balancer (on one Redis with `redis_url`);
+    `schedule`: more guesses, so many in each hour.
     Returns (the guesses' statuses, 403 for a challenge; the people's; challenges met)."""
     clock = FakeClock(T0)
     config: dict[str, Any] = {"detection": {"challenge_path": "/challenge"}, "secret": "s" * 32}
@@ -340,6 +342,8 @@ def _crowd(
     end = hours * 3600
     events = [(rng.uniform(0, end), "person") for _ in range(int(people_per_hour * hours))]
     events += [(rng.uniform(0, end), "guess") for _ in range(int(stuffer_per_hour * hours))]
+    for hour, rate in enumerate(schedule or ()):  # guesses an hour, hour by hour
+        events += [(3600 * hour + rng.uniform(0, 3600), "guess") for _ in range(rate)]
     if own:
         halves = int(hours * 4)
         for h in range(halves):
@@ -656,3 +660,27 @@ def test_an_async_generator_endpoint_declaring_ids_counts_them_and_streams() -> 
     clock.advance(5)
     r = client.get("/export", params={"ids": "131,132"})
     assert r.status_code == 403, r.status_code
+
+
+RAMP = [20, 32, 50, 80, 120, 180]  # guesses an hour, hour by hour
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding B4 (bypass: the alarms taught off), high: a stuffer ramping 20 -> 32 "
+    "-> 50 -> 80 -> 120 -> 180 guesses an hour beside 135 honest logins teaches both "
+    "baselines (calm halves under 0.8 of the bar, the bar up to the 0.7 ceiling): 0 of "
+    "482 challenged in 6 h; the same 180/h after five hours at 20/h: 144 of 180",
+)
+def test_a_slowly_ramped_stuffing_is_challenged_in_its_last_hour() -> None:
+    guesses, people, _ = _crowd(0, hours=6, schedule=RAMP, forgot=0, wrong_name=0)
+    last = guesses[-RAMP[-1] :]
+    assert last.count(403) >= RAMP[-1] // 2 and set(people) == {200}, last.count(403)
+
+
+def test_the_same_last_hour_without_the_ramp_is_challenged() -> None:
+    """What holds (and attributes B4): five hours at 20 an hour, then 180: 144 of the
+    last 180 challenged; nobody refused."""
+    schedule = [20] * 5 + [RAMP[-1]]
+    guesses, people, _ = _crowd(0, hours=6, schedule=schedule, forgot=0, wrong_name=0)
+    assert guesses[-RAMP[-1] :].count(403) >= RAMP[-1] // 2 and set(people) == {200}
