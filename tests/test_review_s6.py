@@ -684,3 +684,32 @@ def test_the_same_last_hour_without_the_ramp_is_challenged() -> None:
     schedule = [20] * 5 + [RAMP[-1]]
     guesses, people, _ = _crowd(0, hours=6, schedule=schedule, forgot=0, wrong_name=0)
     assert guesses[-RAMP[-1] :].count(403) >= RAMP[-1] // 2 and set(people) == {200}
+
+
+def test_people_resetting_a_forgotten_password_across_a_half_window_are_not_challenged() -> None:
+    """What holds: 15% of 135 people an hour fail with an old password, reset it and
+    log in 5-15 minutes later (often in the next half window, leaving their username
+    unresolved in the first): nobody is challenged in 3 h, nobody refused."""
+    clock = FakeClock(T0)
+    guard = Guard({"detection": {"challenge_path": "/challenge"}}, clock=clock)
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(3)
+    events: list[tuple[float, int, str, str, str | None]] = []
+    for _ in range(135 * 3):
+        at, who = rng.uniform(0, 3 * 3600), rng.randrange(300)
+        ua, ip = f"{BROWSERS[rng.randrange(4)]} b/{rng.randrange(99999)}", public_ip(rng)
+        if rng.random() < 0.15:
+            events.append((at, who, ua, ip, "old password"))
+            at += rng.uniform(300, 900)
+        events.append((at, who, ua, ip, None))
+
+    async def go() -> tuple[int, int]:
+        met = refused = 0
+        for at, who, ua, ip, pw in sorted(events):
+            clock.advance_to(T0 + at)
+            r, challenged = await Client(driver, ua, ip).human_login(who, pw)
+            met += challenged
+            refused += pw is None and r.status != 200
+        return met, refused
+
+    assert run(go()) == (0, 0)
