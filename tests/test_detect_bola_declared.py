@@ -157,7 +157,9 @@ def test_ids_reported_from_the_handler_count_and_a_standing_challenge_refuses_th
         )
         statuses.append(r.status_code)
     first = statuses.index(403)
-    assert first <= 45 and set(statuses[first:]) == {403}
+    assert first <= 50 and set(statuses[first:]) == {
+        403
+    }  # (warm-up floor 40; the sketch estimates)
     mine = str(uuid.uuid4())
     r = client("198.51.100.2").get("/invoices", params={"number": mine}, headers={"x-user": "bo"})
     assert r.status_code == 200
@@ -200,7 +202,7 @@ def test_a_wrong_id_type_is_an_error_in_the_handler_and_reported_from_a_declarat
         return "served"
 
     client = TestClient(app, raise_server_exceptions=True)
-    with pytest.raises(TypeError, match=r"an object id is a str, an int or a uuid\.UUID"):
+    with pytest.raises(TypeError, match=r"an object id is a str, an int, a float or a uuid\.UUID"):
         client.get("/bad")
     with caplog.at_level(logging.ERROR, logger="apiguard"):
         assert client.post("/odd", json={"order_id": 3}).json() == "served"
@@ -258,3 +260,25 @@ def test_an_anonymous_batch_of_consecutive_ids_is_a_walk_a_few_ids_are_not() -> 
         clock.advance(5)
         statuses.append(client("192.0.2.66").post("/orders/batch", json={"ids": ids}).status_code)
     assert statuses == [200, 403, 403]
+
+
+def test_identify_after_the_declaration_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """`identify()` in the handler body, after `@guard.objects` ran the checkpoint: the
+    request stays keyed on its address (a late identify is ignored), so a user's harvest
+    would be judged as an address's; apiguard says so once, naming the handler."""
+    guard = Guard()
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+
+    @app.post("/orders/lookup")
+    @guard.objects(ids="payload.order_id")
+    def late_lookup(payload: Lookup, request: Request) -> dict[str, int]:
+        identify(request.headers.get("x-user"))
+        return {"order": payload.order_id}
+
+    client = TestClient(app)
+    with caplog.at_level(logging.WARNING, logger="apiguard"):
+        for n in range(3):
+            client.post("/orders/lookup", json={"order_id": n}, headers={"x-user": "eve"})
+    warned = [r.getMessage() for r in caplog.records if "identify() was called" in r.getMessage()]
+    assert len(warned) == 1 and "late_lookup" in warned[0]

@@ -117,22 +117,18 @@ def _outlier_batches() -> list[list[int]]:
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding A1 (bypass), high: an anonymous address appending one far id to each "
-    "batch of 30 consecutive ids reads 600 ids in 20 requests, 0 refused (without the "
-    "far id: refused from its 2nd request); only the last sorted id's run is judged",
-)
+# Fixed (was a strict xfail): finding A1 (bypass), high: an anonymous address appending one
+# far id to each batch of 30 consecutive ids reads 600 ids in 20 requests, 0 refused
+# (without the far id: refused from its 2nd request); only the last sorted id's run is
+# judged
 def test_anonymous_batch_walk_with_one_far_id_appended_is_refused() -> None:
     clock = FakeClock(START)
     statuses = _anonymous_batches(Guard(clock=clock), clock, _outlier_batches())
     assert statuses.count(403) >= 15, statuses
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding A1 (bypass) on the Redis store too: 600 ids in 20 requests, 0 refused",
-)
+# Fixed (was a strict xfail): finding A1 (bypass) on the Redis store too: 600 ids in 20
+# requests, 0 refused
 def test_anonymous_batch_walk_with_one_far_id_appended_is_refused_on_redis(
     redis_url: str,
 ) -> None:
@@ -264,12 +260,9 @@ def test_a_dotted_spec_above_the_route_decorator_fails_at_the_first_request() ->
         TestClient(app).post("/above", json={"order_id": 3})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding C1 (careless user), medium: a dotted spec with a typo "
-    "(ids='payload.orderId' on a model whose field is order_id) counts nothing on every "
-    "request, silently: no error at decoration, no log, the route unwatched",
-)
+# Fixed (was a strict xfail): finding C1 (careless user), medium: a dotted spec with a typo
+# (ids='payload.orderId' on a model whose field is order_id) counts nothing on every
+# request, silently: no error at decoration, no log, the route unwatched
 def test_a_dotted_spec_naming_no_field_of_the_model_is_reported(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -446,7 +439,10 @@ def test_a_stuffing_padded_with_its_own_accounts_is_challenged() -> None:
     reason="finding B3 (attacker turns the alarm on; honest challenged), medium: in a "
     "quiet hour (20 honest logins an hour), 16 failed logins an hour on made-up "
     "usernames, each from a fresh address, keep the alarm on: 61 of 80 people challenged "
-    "in 4 h (0 with unresolved_share_floor=1.0, 0 at 8 an hour)",
+    "in 4 h, none refused (0 with unresolved_share_floor=1.0, 0 at 12 an hour). Accepted: "
+    "16 made-up usernames an hour against 20 logins is a stuffing at a 0.44 share, and "
+    "an attack that needed 6 unresolved usernames a half window to stay on let a 30-an-"
+    "hour stuffing through between its alarms (34 of 77 held instead of 60)",
 )
 def test_a_trickle_of_made_up_usernames_at_night_does_not_challenge_most_people() -> None:
     _, _, refused, met = _run_crowd(
@@ -527,24 +523,18 @@ def test_flask_body_ids_sent_as_ints_are_held() -> None:
     assert anonymous <= 20 and signed <= 50, (anonymous, signed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding A5 (bypass), high: on Flask/Django (raw JSON bodies), ids sent as "
-    "floats (5001.0) make the declaration raise TypeError, logged once and the request "
-    "served uncounted: 60 of 60 anonymous walk reads and 80 of 80 signed-in random reads "
-    "served (16 and 41 as ints)",
-)
+# Fixed (was a strict xfail): finding A5 (bypass), high: on Flask/Django (raw JSON bodies),
+# ids sent as floats (5001.0) make the declaration raise TypeError, logged once and the
+# request served uncounted: 60 of 60 anonymous walk reads and 80 of 80 signed-in random
+# reads served (16 and 41 as ints)
 def test_flask_body_ids_sent_as_floats_are_held() -> None:
     anonymous, signed = _flask_harvest(float)
     assert anonymous <= 20 and signed <= 50, (anonymous, signed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding A6 (bypass), medium: ids sent as ' 5001' (int() accepts them; the "
-    "detector keeps them as text, with no number) make no walk: an anonymous walk of 60 "
-    "consecutive ids served in full (16 as ints); signed-in still held by its count",
-)
+# Fixed (was a strict xfail): finding A6 (bypass), medium: ids sent as ' 5001' (int()
+# accepts them; the detector keeps them as text, with no number) make no walk: an anonymous
+# walk of 60 consecutive ids served in full (16 as ints); signed-in still held by its count
 def test_flask_body_ids_sent_as_padded_text_are_held() -> None:
     anonymous, signed = _flask_harvest(lambda n: f" {n}")
     assert anonymous <= 20 and signed <= 50, (anonymous, signed)
@@ -602,12 +592,9 @@ def test_a_drf_view_declaring_body_ids_holds_a_token_users_harvest(asgi: bool) -
 # -- careless settings and shapes ------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding C2 (careless user), low: unresolved_share_floor=1.0 (its largest "
-    "value; the only way to quiet this alarm alone) is the bar only until a calm half "
-    "window teaches a baseline: then the bar is the 0.7 ceiling, below the floor set",
-)
+# Fixed (was a strict xfail): finding C2 (careless user), low: unresolved_share_floor=1.0
+# (its largest value; the only way to quiet this alarm alone) is the bar only until a calm
+# half window teaches a baseline: then the bar is the 0.7 ceiling, below the floor set
 def test_the_unresolved_floor_set_to_one_stays_the_bar_after_a_baseline() -> None:
     from apiguard.config import AccountTakeoverConfig
     from apiguard.detectors.account_takeover import LoginClimate
@@ -618,60 +605,33 @@ def test_the_unresolved_floor_set_to_one_stays_the_bar_after_a_baseline() -> Non
     assert climate.unresolved_threshold() >= 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding C3 (careless user -> bypass), medium: the README says a streaming "
-    "(generator) endpoint's ids are counted; an async generator declared with "
-    "@guard.objects under a StreamingResponse has its ids read after the response "
-    "started and they are never judged: 5 batches of 30 consecutive ids from one "
-    "anonymous address all served (the same as a plain coroutine: refused from the 2nd)",
-)
-def test_an_async_generator_endpoint_declaring_ids_counts_them_and_streams() -> None:
-    """A streaming endpoint (an async generator, under Starlette) with `@guard.objects`:
-    the stream is served whole and the ids reach the request (this holds), but they
-    should also be counted: an anonymous walk refused from its next request."""
-    from starlette.applications import Starlette
-    from starlette.responses import StreamingResponse
-    from starlette.routing import Route
+def test_an_async_generator_declaring_ids_is_refused_at_decoration() -> None:
+    """Finding C3 (careless user): `@guard.objects` on an async generator (a streaming
+    body) had its ids read after the detectors saw the request, never judged (5 batches
+    of 30 consecutive ids from one anonymous address all served), while the README said
+    they were counted. It is now a ConfigurationError at decoration, naming the fix; a
+    generator calling guard.objects_touched() is logged once and not counted."""
+    guard = Guard(clock=FakeClock(START))
+    with pytest.raises(ConfigurationError, match="a generator's body runs as its response"):
 
-    clock = FakeClock(START)
-    guard = Guard(clock=clock)
-    counted: list[int] = []
+        @guard.objects(ids=lambda ids: ids)
+        async def rows(ids: list[int]) -> Any:
+            yield b""
 
-    @guard.objects(ids=lambda ids: ids)
-    async def rows(ids: list[int]) -> Any:
-        from apiguard.request import current_request
+    with pytest.raises(ConfigurationError, match="a generator's body runs as its response"):
 
-        ctx = current_request()
-        counted.append(len(ctx.objects or ()) if ctx is not None else -1)
-        for i in ids:
-            yield f"{i}\n".encode()
-
-    async def export(request: Any) -> StreamingResponse:
-        ids = [int(x) for x in request.query_params["ids"].split(",")]
-        return StreamingResponse(rows(ids))
-
-    app = Starlette(routes=[Route("/export", export)])
-    app.add_middleware(GuardMiddleware, guard=guard)
-    client = TestClient(app, client=("192.0.2.66", 4000))
-    r = client.get("/export", params={"ids": ",".join(str(i) for i in range(100, 130))})
-    assert r.status_code == 200 and r.text.count("\n") == 30
-    assert counted == [30]
-    clock.advance(5)
-    r = client.get("/export", params={"ids": "131,132"})
-    assert r.status_code == 403, r.status_code
+        @guard.objects(ids=lambda ids: ids)
+        def sync_rows(ids: list[int]) -> Any:
+            yield b""
 
 
 RAMP = [20, 32, 50, 80, 120, 180]  # guesses an hour, hour by hour
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding B4 (bypass: the alarms taught off), high: a stuffer ramping 20 -> 32 "
-    "-> 50 -> 80 -> 120 -> 180 guesses an hour beside 135 honest logins teaches both "
-    "baselines (calm halves under 0.8 of the bar, the bar up to the 0.7 ceiling): 0 of "
-    "482 challenged in 6 h; the same 180/h after five hours at 20/h: 144 of 180",
-)
+# Fixed (was a strict xfail): finding B4 (bypass: the alarms taught off), high: a stuffer
+# ramping 20 -> 32 -> 50 -> 80 -> 120 -> 180 guesses an hour beside 135 honest logins
+# teaches both baselines (calm halves under 0.8 of the bar, the bar up to the 0.7 ceiling):
+# 0 of 482 challenged in 6 h; the same 180/h after five hours at 20/h: 144 of 180
 def test_a_slowly_ramped_stuffing_is_challenged_in_its_last_hour() -> None:
     guesses, people, _ = _crowd(0, hours=6, schedule=RAMP, forgot=0, wrong_name=0)
     last = guesses[-RAMP[-1] :]

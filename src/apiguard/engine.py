@@ -48,6 +48,7 @@ from apiguard.login import (
     pass_value,
     user_key,
 )
+from apiguard.objects import ObjectsRule
 from apiguard.request import (
     IP_CACHE_MAX,
     ClientIPResolver,
@@ -227,6 +228,7 @@ class Engine:
         # bounded): decides which credentials are banned with a principal
         self._owners: OrderedDict[str, str] = OrderedDict()
         self.challenges_answered = False  # someone passed a challenge in this process
+        self._late_objects_warned = False  # objects_touched() after the detectors looked
         # the app's challenge route for the scraping gate: declared, or learned where
         # `challenge_passed()` ran (`_learn_challenge_route`)
         self.challenge_path: str | None = config.detection.challenge_path
@@ -542,8 +544,11 @@ class Engine:
     def _warn_late_identify(self, ctx: RequestContext) -> None:
         # only where it matters: a rule of this endpoint is keyed on the principal (a login
         # view limited per IP that identifies the user after checking the password is fine)
+        # (declared object ids are counted per principal too: BOLA's)
         keyed = [
-            r for r in endpoint_rules(ctx.scope, self) if getattr(r, "per", None) in _BY_PRINCIPAL
+            r
+            for r in endpoint_rules(ctx.scope, self)
+            if getattr(r, "per", None) in _BY_PRINCIPAL or isinstance(r, ObjectsRule)
         ]
         if not keyed:
             return
@@ -883,13 +888,20 @@ class Engine:
         its configured query parameters, or ids the app declared)."""
         return ctx.objects is not None or names_object(ctx.scope, self._bola_query)
 
-    def objects_touched(
-        self, ctx: RequestContext, name: str, ids: Iterable[object], gate: bool = True
-    ) -> None:
+    def objects_touched(self, ctx: RequestContext, name: str, ids: Iterable[object]) -> None:
         """The app declared that this request touches the objects `ids` (their parameter
-        `name`): the BOLA detector counts them with the route's path parameters. With
-        `gate`, a detector's challenge standing on the principal, which holds only
-        requests that name objects, refuses this one now (raises `Refused`)."""
+        `name`): the BOLA detector counts them with the route's path parameters. A
+        detector's challenge standing on the principal, which holds only requests that
+        name objects, refuses this one now (raises `Refused`)."""
+        if ctx.observed:  # (the detectors saw the request: a streaming body's call)
+            if not self._late_objects_warned:
+                self._late_objects_warned = True
+                log.warning(
+                    "apiguard: guard.objects_touched() was called after the response "
+                    "started (in a streaming body?): those ids are not counted; call it "
+                    "before the response starts (reported once)"
+                )
+            return
         objects = ctx.objects
         if objects is None:
             objects = ctx.objects = []
@@ -899,7 +911,7 @@ class Engine:
             if len(objects) >= OBJECTS_PER_REQUEST:
                 break
             objects.append((name, value))
-        if not gate or not objects or ctx.principal is None or not self._local_bans:
+        if not objects or ctx.principal is None or not self._local_bans:
             return
         decision = ctx.decision
         if decision is not None and decision.refused:

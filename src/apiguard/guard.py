@@ -569,8 +569,8 @@ class Guard:
         `ids`: a callable whose parameter names pick the endpoint's arguments it reads
         (`lambda payload: payload.order_ids`; on Flask, where a view's body is not an
         argument, one that takes none: `lambda: request.get_json()["order_id"]`), or a
-        dotted name (`"payload.order_id"`). It returns one id (a str, an int or a
-        uuid.UUID), a list, tuple or set of them, or None. `name` tells them apart from
+        dotted name (`"payload.order_id"`). It returns one id (a str, an int, a float or
+        a uuid.UUID), a list, tuple or set of them, or None. `name` tells them apart from
         the route's path parameters. Put it directly above the function, below the
         framework's route decorator; `guard.objects_touched()` does the same from inside
         the handler."""
@@ -578,16 +578,24 @@ class Guard:
 
         def make(fn: Any) -> Rule:
             where = f"@guard.objects on {_qualname(fn)}"
+            original = getattr(fn, "__apiguard_original__", fn)
+            if inspect.isgeneratorfunction(original) or inspect.isasyncgenfunction(original):
+                raise ConfigurationError(
+                    f"{where}: a generator's body runs as its response streams, after the "
+                    "detectors saw the request: declare the ids on the route's handler "
+                    "(which returns the streaming response), or call "
+                    "guard.objects_touched() there before the response starts"
+                )
             rule = ObjectsRule(ids, name, where)
-            rule.check_endpoint(getattr(fn, "__apiguard_original__", fn), where)
+            rule.check_endpoint(original, where)
             return rule
 
         return self._decorator(make)
 
     def objects_touched(self, *ids: object, name: str = "id") -> None:
         """Report, from inside a request, object ids it touches that its path does not
-        name (each argument one id, a str, an int or a uuid.UUID, or a list, tuple or set
-        of them): the BOLA detector counts them as it counts path parameters, up to
+        name (each argument one id, a str, an int, a float or a uuid.UUID, or a list,
+        tuple or set of them): the BOLA detector counts them as it counts path parameters, up to
         1,000 per request. Raises `Refused` when a detector's challenge stands on the
         caller (it holds only requests that name objects): call it before reading them."""
         ctx = current_request()
@@ -736,7 +744,8 @@ class Guard:
                 "apiguard decorators sit above the route decorator, so these routes serve the "
                 "undecorated function and their limits would never run: "
                 + ", ".join(problems)
-                + ". Put @guard.limit/@guard.flow directly above `def`, below @app.get/@app.post."
+                + ". Put apiguard decorators (@guard.limit, @guard.flow, @guard.login, "
+                "@guard.objects) directly above `def`, below @app.get/@app.post."
             )
         if sockets:
             raise ConfigurationError(
@@ -1160,9 +1169,9 @@ def _login_of(rules: tuple[Rule, ...], original: Callable[..., Any]) -> Callable
 
 def _objects_of(
     rules: tuple[Rule, ...], original: Callable[..., Any]
-) -> Callable[[tuple[Any, ...], dict[str, Any], bool], None] | None:
+) -> Callable[[tuple[Any, ...], dict[str, Any]], None] | None:
     """For an endpoint declared with `@guard.objects`: what runs on entry (reads the ids
-    from the arguments and reports them; with `gate`, may refuse the request)."""
+    from the arguments and reports them; may refuse the request)."""
     declared = [r for r in rules if isinstance(r, ObjectsRule)]
     if not declared:
         return None
@@ -1171,7 +1180,7 @@ def _objects_of(
     except (TypeError, ValueError):
         sig = None
 
-    def enter(args: tuple[Any, ...], kwargs: dict[str, Any], gate: bool) -> None:
+    def enter(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         ctx = current_request()
         if ctx is None:
             return
@@ -1183,7 +1192,7 @@ def _objects_of(
             except Exception as exc:  # a failing ids= callable: report it, count the rest
                 callable_failed(engine, "@guard.objects(ids=...)", exc)
                 continue
-            engine.objects_touched(ctx, rule.id_name, ids, gate)  # may raise Refused
+            engine.objects_touched(ctx, rule.id_name, ids)  # may raise Refused
 
     return enter
 
@@ -1203,7 +1212,7 @@ def _wrap(
             if refused is not None:
                 raise engine.refusal(refused)
             if declared is not None:
-                declared(args, kwargs, True)
+                declared(args, kwargs)
             if login is not None:
                 finished = login(engine, args, kwargs)
                 result = await original(*args, **kwargs)
@@ -1219,8 +1228,6 @@ def _wrap(
         async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
             if await _enter_async(engine, current_request(), rules, original) is not None:
                 return  # refused when the response started: the body never runs
-            if declared is not None:  # (counted; the response started: nothing to refuse)
-                declared(args, kwargs, False)
             async for item in original(*args, **kwargs):
                 yield item
 
@@ -1231,8 +1238,6 @@ def _wrap(
         def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
             if _enter_sync(engine, current_request(), rules, original) is not None:
                 return  # refused when the response started: the body never runs
-            if declared is not None:  # (counted; the response started: nothing to refuse)
-                declared(args, kwargs, False)
             yield from original(*args, **kwargs)
 
         wrapper = gen_wrapper
@@ -1244,7 +1249,7 @@ def _wrap(
             if refused is not None:
                 raise engine.refusal(refused)
             if declared is not None:
-                declared(args, kwargs, True)
+                declared(args, kwargs)
             if login is not None:
                 finished = login(engine, args, kwargs)
                 result = original(*args, **kwargs)

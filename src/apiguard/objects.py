@@ -21,14 +21,15 @@ _COLLECTIONS = (list, tuple, set, frozenset)
 
 def _is_id(value: object) -> bool:
     return isinstance(value, (str, uuid.UUID)) or (
-        isinstance(value, int) and not isinstance(value, bool)
+        isinstance(value, (int, float)) and not isinstance(value, bool)
     )
 
 
 def object_ids(value: object, source: str) -> list[object]:
-    """`value` as a list of object ids: one id (a str, an int or a uuid.UUID), a list,
-    tuple or set of them, or None (no object). Anything else is a `TypeError` naming
-    `source` (an object's default `str()` would make every request a new object)."""
+    """`value` as a list of object ids: one id (a str, an int, a float as a JSON body
+    gives numbers, or a uuid.UUID), a list, tuple or set of them, or None (no object).
+    Anything else is a `TypeError` naming `source` (an object's default `str()` would
+    make every request a new object)."""
     if value is None:
         return []
     if _is_id(value):
@@ -41,8 +42,8 @@ def object_ids(value: object, source: str) -> list[object]:
         value = bad
     kind = type(value)
     raise TypeError(
-        f"{source}: an object id is a str, an int or a uuid.UUID (or a list, tuple or set "
-        f"of them), not {kind.__module__}.{kind.__qualname__}"
+        f"{source}: an object id is a str, an int, a float or a uuid.UUID (or a list, "
+        f"tuple or set of them), not {kind.__module__}.{kind.__qualname__}"
     )
 
 

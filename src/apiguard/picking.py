@@ -6,6 +6,7 @@ it receives (`lambda form_data: form_data.username`), or a dotted name
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -67,6 +68,28 @@ class Picker:
                 f"{where}: {self.keyword}= reads {', '.join(missing)}, which "
                 f"{getattr(fn, '__qualname__', fn)} does not take (its parameters: "
                 f"{', '.join(sig.parameters) or 'none'})"
+            )
+        if self._path and not missing:
+            self._check_model(fn, where)
+
+    def _check_model(self, fn: Callable[..., Any], where: str) -> None:
+        """A dotted name's first field, where the argument is annotated with a pydantic
+        model (FastAPI's body): a name the model does not have would read None on every
+        request, silently."""
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:  # (an annotation that does not resolve: nothing to check)
+            return
+        model = hints.get(self.params[0])
+        fields = getattr(model, "model_fields", None)
+        if not isinstance(model, type) or not isinstance(fields, dict):
+            return
+        field = self._path[0]
+        if field not in fields and not hasattr(model, field):
+            raise ConfigurationError(
+                f"{where}: {self.keyword}={'.'.join((*self.params, *self._path))!r}: "
+                f"{model.__name__} has no field {field!r} (its fields: "
+                f"{', '.join(fields) or 'none'})"
             )
 
     def pick(self, arguments: Mapping[str, Any]) -> Any:

@@ -56,7 +56,7 @@ _SHARE_CEILING = 0.7  # the learned failure-share threshold never exceeds it
 _SUCCEEDED_MAX = 65_536  # accounts remembered as logged in this period (population share)
 _EWMA = 0.3  # weight of the newest calm period in the failure-share baseline
 _CALM_ATTEMPTS = 10  # attempts a period needs to teach the baseline
-_TEACHING_SHARE = 0.8  # a period teaches the baseline only under this part of the bar
+_TEACHING_SHARE = 0.8  # a period teaches the baseline only under this part of the floor
 # the unresolved usernames a half window needs to start an attack, as a part of
 # `population_min_failures` (20: 6 a half window, 24 an hour); an attack ends only once a
 # half window's unresolved share is under this part of its bar (people pass and resolve
@@ -125,7 +125,7 @@ class LoginClimate:
         base = self.unresolved_baseline
         if base is None:
             return self.unresolved_floor
-        return min(max(self.unresolved_floor, base * self.factor), _SHARE_CEILING)
+        return max(self.unresolved_floor, min(base * self.factor, _SHARE_CEILING))
 
     def _judge_unresolved(self, now: float) -> None:
         """The half window that just finished: its distinct usernames that failed and were
@@ -161,7 +161,7 @@ class LoginClimate:
                 ),
                 "failing_networks": sources,
             }
-        elif share < _TEACHING_SHARE * bar:
+        elif share < _TEACHING_SHARE * self.unresolved_floor:
             base = self.unresolved_baseline
             self.unresolved_baseline = share if base is None else (1 - _EWMA) * base + _EWMA * share
 
@@ -176,10 +176,11 @@ class LoginClimate:
             finished = self.now
             if self.attack_since is None and finished[0] >= _CALM_ATTEMPTS:
                 share = finished[1] / finished[0]
-                # (a half window close to the bar teaches nothing: a stuffing that starts
+                # (a half window close to the floor teaches nothing: a stuffing that starts
                 # with the app's traffic, under the floor, would teach the baseline itself
-                # and lift the bar out of its own reach)
-                if share < _TEACHING_SHARE * self.threshold():
+                # and lift the bar out of its own reach; nor can a slow ramp lift it step by
+                # step, each step under the last bar)
+                if share < _TEACHING_SHARE * self.floor:
                     self.baseline = (
                         share
                         if self.baseline is None
@@ -200,8 +201,8 @@ class LoginClimate:
         """The failure share above which the population is under attack."""
         if self.baseline is None:
             return self.floor
-        # capped: a slow ramp of stuffing cannot teach the baseline to accept itself
-        return min(max(self.floor, self.baseline * self.factor), _SHARE_CEILING)
+        # (the learned part capped; a floor set higher stays the bar)
+        return max(self.floor, min(self.baseline * self.factor, _SHARE_CEILING))
 
     def forgive(self, now: float) -> None:
         """A person passed a challenge: the refused attempt that asked for it was not a

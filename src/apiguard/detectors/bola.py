@@ -193,10 +193,26 @@ class Bola:
         if walks and len(batch) > 1:
             batch.sort(key=lambda item: (item[1] is None, item[1] or 0))
         items += batch
-        judge: Judge | None = None
-        for text, number in items:  # (the last one's results are the request's)
+        judges: list[Judge] = []
+        for text, number in items:
             judge = self._touch(outcome, ops, text, number, "")
-        return judge
+            if judge is not None:
+                judges.append(judge)
+        if not judges:
+            return None
+        if not walks or len(judges) == 1:
+            return judges[-1]  # (the last one's results are the request's: its count)
+
+        # an anonymous batch: the longest run it reached anywhere (a far id appended
+        # after a run of consecutive ids breaks the run at the last one)
+        def judge_walks(judges: list[Judge] = judges) -> list[Finding]:
+            for one in judges:
+                found = one()
+                if found:
+                    return found
+            return []
+
+        return judge_walks
 
     def _touch(
         self, outcome: Outcome, ops: list[Observation], text: str, number: int | None, name: str
@@ -464,12 +480,22 @@ def _subject(outcome: Outcome) -> tuple[str, bool, str]:
 
 
 def _normalised(value: object, number: int | None) -> tuple[str, int | None]:
-    """A parameter's text as an object id, and the integer it is (else `number`)."""
+    """A parameter's text as an object id, and the integer it is (else `number`): an int,
+    an integral float (`5001.0`, a JSON body's number), or decimal digits with spaces
+    around or a sign (` 5001`, `+5001`, `-3`: as `int()` reads them)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value), value
-    text = str(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e18:
+        whole = int(value)
+        return str(whole), whole
+    text = str(value).strip()
+    sign = ""
+    if text[:1] in ("+", "-"):
+        sign, text = text[0], text[1:].strip()
     digits = text.lstrip("0") or "0"
     # (decimal digits only: int() refuses other digit characters, such as "²")
     if text.isdecimal() and len(digits) <= 18:
+        if sign == "-" and digits != "0":
+            return "-" + digits, -int(digits)
         return digits, int(digits)
-    return text, number
+    return sign + text, number
