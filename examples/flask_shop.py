@@ -44,6 +44,7 @@ ORDERS: dict[int, dict[str, Any]] = {
     oid: {"id": oid, "user_id": (oid - 1) % 60 + 1, "product_id": oid % 200 + 1}
     for oid in range(1, 601)
 }
+CHALLENGE_ANSWER = "human-ok"  # what a person answers at POST /challenge (a CAPTCHA)
 COUPONS: dict[str, int] = {
     "WELCOME10": 10,
     "SPRING25": 25,
@@ -57,7 +58,11 @@ COUPONS: dict[str, int] = {
 def demo_guard(clock: Callable[[], float]) -> Guard:
     """The demo's policy: 120 requests a minute per account, the rest left at defaults."""
     return Guard(
-        {"limits": {"principal": "120/minute"}, "secret": "apiguard-demo-secret-0123"},
+        {
+            "limits": {"principal": "120/minute"},
+            "secret": "apiguard-demo-secret-0123",
+            "detection": {"challenge_path": "/challenge"},
+        },
         clock=clock,
     )
 
@@ -100,11 +105,24 @@ def create_app(guard: Guard) -> Flask:
     @guard.limit("20/minute", per="ip", name="login")
     def login() -> Any:
         body = request.get_json(silent=True) or {}
-        user = BY_USERNAME.get(str(body.get("username")))
-        if user is None or user.password != body.get("password"):
+        username = str(body.get("username") or "")
+        user = BY_USERNAME.get(username)
+        ok = user is not None and user.password == body.get("password")
+        # the outcome, for account-takeover detection (it may refuse: a challenge first)
+        guard.login_result(username, ok, exists=user is not None)
+        if not ok or user is None:
             abort(401)
         identify(user.id)
         return {"access_token": user.token, "token_type": "bearer"}
+
+    @app.post("/challenge")
+    def challenge() -> Any:
+        """A person solved the challenge the app showed (a CAPTCHA in a real app)."""
+        body = request.get_json(silent=True) or {}
+        if body.get("answer") != CHALLENGE_ANSWER:
+            abort(400)
+        guard.challenge_passed()
+        return {"passed": True}
 
     @app.get("/products")
     def list_products() -> Any:

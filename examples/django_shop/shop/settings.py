@@ -20,4 +20,5 @@ MIDDLEWARE = [
 APIGUARD = {
     "limits": {"principal": "120/minute"},
     "secret": os.environ.get("APIGUARD_SECRET", "apiguard-demo-secret-0123"),
+    "detection": {"challenge_path": "/challenge"},
 }

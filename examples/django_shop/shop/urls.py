@@ -9,6 +9,7 @@ orders = [path("orders/<int:order_id>", views.get_order)]
 urlpatterns = [
     path("health", views.health),
     path("login", views.login),
+    path("challenge", views.challenge),
     path("products", views.list_products),
     path("products/<int:product_id>", views.get_product),
     path("coupons/<str:code>/redeem", views.redeem_coupon),

@@ -31,11 +31,29 @@ def login(request: HttpRequest) -> HttpResponse:
         body: dict[str, Any] = json.loads(request.body or b"{}")
     except ValueError:
         return problem(400, "invalid JSON")
-    user = BY_USERNAME.get(str(body.get("username")))
-    if user is None or user.password != body.get("password"):
+    username = str(body.get("username") or "")
+    user = BY_USERNAME.get(username)
+    ok = user is not None and user.password == body.get("password")
+    # the outcome, for account-takeover detection (it may refuse: a challenge first)
+    guard.login_result(username, ok, exists=user is not None)
+    if not ok or user is None:
         return problem(401, "wrong username or password")
     identify(user.id)
     return JsonResponse({"access_token": user.token, "token_type": "bearer"})
+
+
+@csrf_exempt
+@require_POST
+def challenge(request: HttpRequest) -> HttpResponse:
+    """A person solved the challenge the app showed (a CAPTCHA in a real app)."""
+    try:
+        body: dict[str, Any] = json.loads(request.body or b"{}")
+    except ValueError:
+        return problem(400, "invalid JSON")
+    if body.get("answer") != "human-ok":
+        return problem(400, "challenge failed")
+    guard.challenge_passed()
+    return JsonResponse({"passed": True})
 
 
 @require_GET

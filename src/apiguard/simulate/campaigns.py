@@ -138,10 +138,11 @@ def stuffing(target: Target, rng: random.Random, plan: Plan, pop: Population) ->
     own = {a.username for a in target.accounts[-5:]}
     candidates = [a for a in target.accounts if a.username not in own]
     n = plan.attempts
-    hits = rng.sample(candidates, max(2, n // 50))
+    # (an app with few declared accounts: as many as it has)
+    hits = rng.sample(candidates, min(len(candidates), max(2, n // 50)))
     wrong = [
         (a.username, a.password + rng.choice(("1", "!", "2023")))
-        for a in rng.sample(candidates, int(n * 0.3))
+        for a in rng.sample(candidates, min(len(candidates), int(n * 0.3)))
     ]
     wrong += [(a.username, f"{a.username}!{rng.randint(1, 99)}") for a in pop.returning]
     creds = [(a.username, a.password) for a in hits] + wrong
@@ -187,7 +188,7 @@ def spraying(target: Target, rng: random.Random, plan: Plan, pop: Population) ->
     passwords = list(target.common_passwords)
     per_round = max(10, plan.attempts // max(1, len(passwords)))
     real = rng.sample(
-        list(target.accounts[:-5]), min(len(target.accounts) - 5, int(per_round * 0.8))
+        list(target.accounts[:-5]), max(0, min(len(target.accounts) - 5, int(per_round * 0.8)))
     )
     names = [a.username for a in real]
     names += [_leaked_name(rng) for _ in range(per_round - len(names))]

@@ -32,6 +32,14 @@ class WsgiAsAsgi:
         receive: Callable[[], Any],
         send: Callable[[Message], Any],
     ) -> None:
+        if scope.get("type") == "lifespan":  # (WSGI has none: nothing to start or stop)
+            while True:
+                message = await receive()
+                kind = message.get("type", "")
+                if kind in ("lifespan.startup", "lifespan.shutdown"):
+                    await send({"type": f"{kind}.complete"})
+                if kind != "lifespan.startup":
+                    return
         body = b""
         more = True
         while more:

@@ -190,7 +190,8 @@ class Target:
 
     @classmethod
     def from_shop(cls, shop: ModuleType) -> Target:
-        """The example shop's declaration, read from its tables."""
+        """The example shop's declaration, read from its tables (the Flask shop has no
+        partner keys nor report pages: the stolen-key campaign finds no route)."""
         owned: dict[int, list[int]] = {}
         for oid, order in shop.ORDERS.items():
             owned.setdefault(int(order["user_id"]), []).append(int(oid))
@@ -202,10 +203,12 @@ class Target:
             ),
             object_ids=tuple(sorted(int(o) for o in shop.ORDERS)),
             flow_codes=tuple(str(c) for c in shop.COUPONS),
-            api_keys=tuple(str(k) for k in shop.PARTNER_KEYS),
-            api_pages=int(shop.REPORT_PAGES),
-            products=len(shop.PRODUCTS),
-            common_passwords=tuple(shop.COMMON_PASSWORDS),
+            api_keys=tuple(str(k) for k in getattr(shop, "PARTNER_KEYS", ())),
+            api_pages=int(getattr(shop, "REPORT_PAGES", 0)),
+            products=len(getattr(shop, "PRODUCTS", ())),
+            common_passwords=tuple(
+                getattr(shop, "COMMON_PASSWORDS", None) or cls(accounts=()).common_passwords
+            ),
         )
 
     @classmethod
