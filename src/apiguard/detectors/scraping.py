@@ -104,11 +104,10 @@ class Surge:
         "floor",
         "now",
         "old",
+        "oldest",
         "pace",
         "paced",
         "pending",
-        "pending_at",
-        "pending_requests",
         "settle",
         "share",
         "since",
@@ -138,17 +137,27 @@ class Surge:
         # route's own visitors bring, whatever comes on top of them is judged apart
         self.usual: list[float] | None = None
         self.since: float | None = None
-        # new addresses that read this route, when, and their requests seen by then (in
-        # step: three deques, not a deque of tuples, so nothing kept is garbage-collected)
-        self.pending: deque[str] = deque(maxlen=_PENDING_MAX)
-        self.pending_at: deque[float] = deque(maxlen=_PENDING_MAX)
-        self.pending_requests: deque[int] = deque(maxlen=_PENDING_MAX)
+        # new addresses that read this route: (when, the address, its requests seen by
+        # then), oldest first (one deque, not three in step: a new reader touches one, and
+        # the garbage collector untracks a tuple of a float, a str and an int at its first
+        # collection, so what is kept costs it nothing)
+        self.pending: deque[tuple[float, str, int]] = deque(maxlen=_PENDING_MAX)
+        # when the oldest of them read it (inf: none), kept apart so that a new reader
+        # of a route with none settled touches nothing of the queue but its end
+        self.oldest = math.inf
 
     def wait(self, address: str, now: float, requests: int) -> None:
         """Keep a new reader to judge once it settled."""
-        self.pending.append(address)
-        self.pending_at.append(now)
-        self.pending_requests.append(requests)
+        if not self.pending:
+            self.oldest = now
+        self.pending.append((now, address, requests))
+
+    def waited(self) -> tuple[str, int]:
+        """The oldest new reader waiting, taken out of the queue: (address, requests)."""
+        pending = self.pending
+        _, address, requests = pending.popleft()
+        self.oldest = pending[0][0] if pending else math.inf
+        return address, requests
 
     def _roll(self, now: float) -> float:
         """Move the generations on; the weight of the older one now."""
@@ -304,6 +313,7 @@ class Scraping:
         self.challenge_path = challenge_path
         self._new_for = config.new_for
         self._moves_for = config.new_for + config.settle
+        self._settle = config.settle
         self._seen: OrderedDict[str, _Address] = OrderedDict()  # oldest first, bounded
         self._surges: dict[str, Surge] = {}
         # every watched route's new readers together, each address once (at its first
@@ -362,17 +372,35 @@ class Scraping:
     def _judge_pending(self, surge: Surge, now: float) -> None:
         """Judge the new addresses that read the route at least `settle` seconds ago:
         one-shot unless the address moved on after that read (`_Address`)."""
-        at = surge.pending_at
         settle = self.config.settle
-        while at and now - at[0] >= settle:
+        while now - surge.oldest >= settle:
+            self._judge_oldest(surge, now)
+
+    def _judge_due(self, surge: Surge, now: float) -> None:
+        """`_judge_pending`, then `_judge_oldest` if the route's queue is still full (a
+        new reader is about to wait), inlined: in steady traffic every new reader of a
+        route judges one settled address (`Surge.judged` inlined too, and its `_roll`
+        only when the generation is over)."""
+        pending = surge.pending
+        seen = self._seen
+        settle = self.config.settle
+        while now - surge.oldest >= settle:
+            _, address, requests = pending.popleft()  # (`surge.waited`, inlined)
+            surge.oldest = pending[0][0] if pending else math.inf
+            known = seen.get(address)
+            if known is not None:
+                start = surge.start
+                if start is None or now - start >= surge.span:
+                    surge._roll(now)
+                surge.now[2 if known.requests <= requests else 3] += 1
+        if len(pending) >= _PENDING_MAX:  # (full: the oldest is judged now, never dropped)
             self._judge_oldest(surge, now)
 
     def _judge_oldest(self, surge: Surge, now: float) -> None:
         """Judge the oldest new address waiting (settled, or pushed out early: a crawl
         faster than `_PENDING_MAX` new readers per `settle` must not drop its addresses
         unjudged): one-shot unless it moved on by now; a forgotten one is not judged."""
-        surge.pending_at.popleft()
-        address, requests = surge.pending.popleft(), surge.pending_requests.popleft()
+        address, requests = surge.waited()
         known = self._seen.get(address)
         if known is not None:
             surge.judged(now, known.requests <= requests)
@@ -427,15 +455,13 @@ class Scraping:
         if known.read & surge.bit:
             return None  # this address read this route before: counted then
         known.read |= surge.bit
-        at = surge.pending_at
-        if at and now - at[0] >= self.config.settle:
-            self._judge_pending(surge, now)
-        if len(at) >= _PENDING_MAX:  # (full: the oldest is judged now, never dropped)
-            self._judge_oldest(surge, now)
+        pending = surge.pending
+        if now - surge.oldest >= self._settle or len(pending) >= _PENDING_MAX:
+            self._judge_due(surge, now)
         # (`surge.wait`, inlined: every new reader of a route comes here)
-        surge.pending.append(address)
-        at.append(now)
-        surge.pending_requests.append(known.requests)
+        if not pending:
+            surge.oldest = now
+        pending.append((now, address, known.requests))
         person = ctx.has_cookie and self._person(ctx, now)
         if person:
             if known.person or not self._first_use(ctx):
@@ -474,11 +500,10 @@ class Scraping:
         route's, the site's, or both)."""
         if known is not None:
             known.site = True
-        at = site.pending_at
-        if at and now - at[0] >= self.config.settle:
+        if now - site.oldest >= self.config.settle:
             self._judge_pending(site, now)
         if known is not None:
-            if len(site.pending_at) >= _PENDING_MAX:
+            if len(site.pending) >= _PENDING_MAX:
                 self._judge_oldest(site, now)
             site.wait(address, now, known.requests)
         found = site.record(now, person)
