@@ -54,6 +54,7 @@ every watched route must pass the challenge.
 from __future__ import annotations
 
 import math
+from array import array
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING
 
@@ -76,6 +77,8 @@ _POLLS = 1  # reads of the same path again that are polling (moving on), the las
 _POLL_SPAN = 30.0  # seconds or more after the address was first seen
 SITE = "*"  # the site-wide count's name (in `surging`, the evidence's route)
 Evidence = dict[str, float | int | str]
+_PACE, _PACED = 8, 9  # in `Surge.counts`
+_ZEROS = array("d", bytes(8 * 4))  # a generation's counts, none yet (copied, never changed)
 
 
 def _read(method: object) -> bool:
@@ -100,15 +103,11 @@ class Surge:
     __slots__ = (
         "baseline",
         "bit",
+        "counts",
         "factor",
         "floor",
-        "now",
-        "old",
-        "pace",
-        "paced",
+        "oldest",
         "pending",
-        "pending_at",
-        "pending_requests",
         "settle",
         "share",
         "since",
@@ -126,29 +125,40 @@ class Surge:
         self.factor = factor
         self.share = share
         self.settle = settle
-        # new readers lately: a count decaying with time constant `settle`, and its time
-        self.pace = 0.0
-        self.paced = 0.0
         self.start: float | None = None
-        # new readers without a pass, people, one-shot addresses, returning ones
-        self.now = [0, 0, 0, 0]
-        self.old = [0, 0, 0, 0]
+        # new readers without a pass, people, one-shot addresses, returning ones: in this
+        # generation [0:4], in the older one [4:8]; then `_PACE` and `_PACED`, new readers
+        # lately (a count decaying with time constant `settle`) and its time. All in one
+        # array of doubles (whole numbers are exact in them): a new reader of a route
+        # touches one object for them, not two lists, their ints and two floats (at 200
+        # routes a route's state is out of the CPU's caches at each new reader)
+        self.counts = array("d", bytes(8 * 10))
         self.baseline: float | None = None
         # one-shot and returning new addresses judged per calm window (EWMA): what the
         # route's own visitors bring, whatever comes on top of them is judged apart
         self.usual: list[float] | None = None
         self.since: float | None = None
-        # new addresses that read this route, when, and their requests seen by then (in
-        # step: three deques, not a deque of tuples, so nothing kept is garbage-collected)
-        self.pending: deque[str] = deque(maxlen=_PENDING_MAX)
-        self.pending_at: deque[float] = deque(maxlen=_PENDING_MAX)
-        self.pending_requests: deque[int] = deque(maxlen=_PENDING_MAX)
+        # new addresses that read this route: (when, the address, its requests seen by
+        # then), oldest first (one deque, not three in step: a new reader touches one, and
+        # the garbage collector untracks a tuple of a float, a str and an int at its first
+        # collection, so what is kept costs it nothing)
+        self.pending: deque[tuple[float, str, int]] = deque(maxlen=_PENDING_MAX)
+        # when the oldest of them read it (inf: none), kept apart so that a new reader
+        # of a route with none settled touches nothing of the queue but its end
+        self.oldest = math.inf
 
     def wait(self, address: str, now: float, requests: int) -> None:
         """Keep a new reader to judge once it settled."""
-        self.pending.append(address)
-        self.pending_at.append(now)
-        self.pending_requests.append(requests)
+        if not self.pending:
+            self.oldest = now
+        self.pending.append((now, address, requests))
+
+    def waited(self) -> tuple[str, int]:
+        """The oldest new reader waiting, taken out of the queue: (address, requests)."""
+        pending = self.pending
+        _, address, requests = pending.popleft()
+        self.oldest = pending[0][0] if pending else math.inf
+        return address, requests
 
     def _roll(self, now: float) -> float:
         """Move the generations on; the weight of the older one now."""
@@ -156,7 +166,8 @@ class Surge:
             self.start = now
         elapsed = now - self.start
         if elapsed >= self.span:
-            finished = self.now
+            counts = self.counts
+            finished = counts[0:4]
             # a calm period teaches its new readers; one most of whose new addresses (or
             # most of what came on top of the usual ones) were one-shot, only the share
             # that came back (a scraper under the floor must not teach the route to
@@ -173,13 +184,13 @@ class Surge:
                 removed = round(extra)
             usual = self.usual
             if self.since is not None:
-                level = finished[1]
+                level = int(finished[1])
             elif suspect:  # only its returning share: a bar a CAPTCHA farm raised comes down
                 level = round(finished[0] * (1 - removed / judged))
                 if usual is not None:  # (what came back is still learned)
                     usual[1] = (1 - _EWMA) * usual[1] + _EWMA * returning
             else:
-                level = finished[0]
+                level = int(finished[0])
                 if usual is None:
                     self.usual = [float(one_shot), float(returning)]
                 else:
@@ -189,8 +200,8 @@ class Surge:
                 self.baseline = (
                     level if self.baseline is None else (1 - _EWMA) * self.baseline + _EWMA * level
                 )
-            self.old = finished if elapsed < 2 * self.span else [0, 0, 0, 0]
-            self.now = [0, 0, 0, 0]
+            counts[4:8] = finished if elapsed < 2 * self.span else _ZEROS
+            counts[0:4] = _ZEROS
             self.start = now if elapsed >= 2 * self.span else self.start + self.span
             elapsed = now - self.start
         return 1.0 - elapsed / self.span
@@ -213,7 +224,7 @@ class Surge:
     def judged(self, now: float, one_shot: bool) -> None:
         """Count a new address judged one-shot or returning."""
         self._roll(now)
-        self.now[2 if one_shot else 3] += 1
+        self.counts[2 if one_shot else 3] += 1
 
     def record(self, now: float, person: bool) -> dict[str, float | int | str] | None:
         """Count one new reader (`person`: one with a pass); the evidence when it starts a
@@ -223,22 +234,22 @@ class Surge:
             weight = 1.0 - (now - start) / self.span
         else:
             weight = self._roll(now)
-        cur, old = self.now, self.old
-        cur[person] += 1
-        reads = cur[0] + old[0] * weight
+        c = self.counts
+        c[person] += 1
+        reads = c[0] + c[4] * weight
         limit = float(self.floor) if self.baseline is None else self.threshold()
         if self.since is None:
             if person:
                 return None
             # and they are still coming at the threshold's pace (the evidence of a burst
             # that ended long ago, judged only now, starts nothing)
-            pace = self.pace * math.exp((self.paced - now) / self.settle) + 1.0
-            self.pace, self.paced = pace, now
+            pace = c[_PACE] * math.exp((c[_PACED] - now) / self.settle) + 1.0
+            c[_PACE], c[_PACED] = pace, now
             if reads < limit or pace < limit * self.settle / self.span:
                 return None
             # (of what came on top of the usual one-shot and returning addresses: readers
             # who come back as they always do dilute no scraper's share)
-            one_shot, returning = self._excess(cur[2] + old[2] * weight, cur[3] + old[3] * weight)
+            one_shot, returning = self._excess(c[2] + c[6] * weight, c[3] + c[7] * weight)
             judged = one_shot + returning
             if judged < self.floor / 3 or one_shot < self.share * judged:
                 return None
@@ -250,7 +261,7 @@ class Surge:
                 "one_shot_share": round(one_shot / judged, 3),
             }
         # (the people who passed were each held first: they keep no surge on)
-        if reads - cur[1] - old[1] * weight < 0.7 * limit and now - self.since >= self.span:
+        if reads - c[1] - c[5] * weight < 0.7 * limit and now - self.since >= self.span:
             self.since = None
         return None
 
@@ -261,10 +272,10 @@ class Surge:
         if self.since is None:
             return False
         weight = self._roll(now)
-        cur, old = self.now, self.old
-        if cur[0] + cur[1] + old[0] + old[1] == 0 or (
+        c = self.counts
+        if c[0] + c[1] + c[4] + c[5] == 0 or (
             now - self.since >= self.span
-            and cur[0] - cur[1] + (old[0] - old[1]) * weight < 0.7 * self.threshold()
+            and c[0] - c[1] + (c[4] - c[5]) * weight < 0.7 * self.threshold()
         ):
             self.since = None
         return self.since is not None
@@ -304,6 +315,7 @@ class Scraping:
         self.challenge_path = challenge_path
         self._new_for = config.new_for
         self._moves_for = config.new_for + config.settle
+        self._settle = config.settle
         self._seen: OrderedDict[str, _Address] = OrderedDict()  # oldest first, bounded
         self._surges: dict[str, Surge] = {}
         # every watched route's new readers together, each address once (at its first
@@ -362,17 +374,35 @@ class Scraping:
     def _judge_pending(self, surge: Surge, now: float) -> None:
         """Judge the new addresses that read the route at least `settle` seconds ago:
         one-shot unless the address moved on after that read (`_Address`)."""
-        at = surge.pending_at
         settle = self.config.settle
-        while at and now - at[0] >= settle:
+        while now - surge.oldest >= settle:
+            self._judge_oldest(surge, now)
+
+    def _judge_due(self, surge: Surge, now: float) -> None:
+        """`_judge_pending`, then `_judge_oldest` if the route's queue is still full (a
+        new reader is about to wait), inlined: in steady traffic every new reader of a
+        route judges one settled address (`Surge.judged` inlined too, and its `_roll`
+        only when the generation is over)."""
+        pending = surge.pending
+        seen = self._seen
+        settle = self.config.settle
+        while now - surge.oldest >= settle:
+            _, address, requests = pending.popleft()  # (`surge.waited`, inlined)
+            surge.oldest = pending[0][0] if pending else math.inf
+            known = seen.get(address)
+            if known is not None:
+                start = surge.start
+                if start is None or now - start >= surge.span:
+                    surge._roll(now)
+                surge.counts[2 if known.requests <= requests else 3] += 1
+        if len(pending) >= _PENDING_MAX:  # (full: the oldest is judged now, never dropped)
             self._judge_oldest(surge, now)
 
     def _judge_oldest(self, surge: Surge, now: float) -> None:
         """Judge the oldest new address waiting (settled, or pushed out early: a crawl
         faster than `_PENDING_MAX` new readers per `settle` must not drop its addresses
         unjudged): one-shot unless it moved on by now; a forgotten one is not judged."""
-        surge.pending_at.popleft()
-        address, requests = surge.pending.popleft(), surge.pending_requests.popleft()
+        address, requests = surge.waited()
         known = self._seen.get(address)
         if known is not None:
             surge.judged(now, known.requests <= requests)
@@ -427,15 +457,13 @@ class Scraping:
         if known.read & surge.bit:
             return None  # this address read this route before: counted then
         known.read |= surge.bit
-        at = surge.pending_at
-        if at and now - at[0] >= self.config.settle:
-            self._judge_pending(surge, now)
-        if len(at) >= _PENDING_MAX:  # (full: the oldest is judged now, never dropped)
-            self._judge_oldest(surge, now)
+        pending = surge.pending
+        if now - surge.oldest >= self._settle or len(pending) >= _PENDING_MAX:
+            self._judge_due(surge, now)
         # (`surge.wait`, inlined: every new reader of a route comes here)
-        surge.pending.append(address)
-        at.append(now)
-        surge.pending_requests.append(known.requests)
+        if not pending:
+            surge.oldest = now
+        pending.append((now, address, known.requests))
         person = ctx.has_cookie and self._person(ctx, now)
         if person:
             if known.person or not self._first_use(ctx):
@@ -474,11 +502,10 @@ class Scraping:
         route's, the site's, or both)."""
         if known is not None:
             known.site = True
-        at = site.pending_at
-        if at and now - at[0] >= self.config.settle:
+        if now - site.oldest >= self.config.settle:
             self._judge_pending(site, now)
         if known is not None:
-            if len(site.pending_at) >= _PENDING_MAX:
+            if len(site.pending) >= _PENDING_MAX:
                 self._judge_oldest(site, now)
             site.wait(address, now, known.requests)
         found = site.record(now, person)
