@@ -1373,7 +1373,10 @@ class Engine:
 
     def response_cookies(self, ctx: RequestContext, status: int) -> list[bytes]:
         """Set-Cookie values for the response: a pass, and the device cookie after a
-        successful login."""
+        successful login; none under `override_mode("monitor")` (an app's test suite,
+        whose tests of other features must see the app's own responses)."""
+        if self.mode_override == "monitor":
+            return []
         found = [c.encode("latin-1") for c in ctx.cookies or ()]
         login = ctx.login
         ato = self.ato
