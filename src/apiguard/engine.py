@@ -98,6 +98,8 @@ _TOKENS_VOUCHED_EVERY = 3600.0  # ... per this many seconds
 PROXY_ACCOUNTS = 8
 
 
+_SHARED = "<shared>"  # `Engine._people_at`: an address two vouched principals used
+
 # declared object ids the BOLA detector counts per request (a batch read of more counts
 # this many: far over any route's bar)
 OBJECTS_PER_REQUEST = 1000
@@ -229,6 +231,8 @@ class Engine:
         self._owners: OrderedDict[str, str] = OrderedDict()
         self.challenges_answered = False  # someone passed a challenge in this process
         self._late_objects_warned = False  # objects_touched() after the detectors looked
+        # address -> the principal the app vouched for there, or `_SHARED` (two or more)
+        self._people_at: dict[str, str] = {}
         # the app's challenge route for the scraping gate: declared, or learned where
         # `challenge_passed()` ran (`_learn_challenge_route`)
         self.challenge_path: str | None = config.detection.challenge_path
@@ -298,6 +302,7 @@ class Engine:
         self.ip.forget()
         self._late_identify_warned.clear()
         self._owners.clear()
+        self._people_at.clear()
         self._vouched_tokens.clear()
         self._tokens_per_principal.clear()
         self._monitor_logged.clear()
@@ -662,6 +667,7 @@ class Engine:
         """The principal, and whether the app vouched for it (identify() or the resolver)."""
         if ctx.declared is not None:
             ctx.vouched = True
+            self._person_at(ctx.ip_key, ctx.declared)
             return ctx.declared
         if self.resolver is not None:
             # not an identity (a user object, bytes, a bool): reported once, anonymous
@@ -677,8 +683,27 @@ class Engine:
             )
             if found:
                 ctx.vouched = True
-                return self.hasher("c", found)
+                principal = self.hasher("c", found)
+                self._person_at(ctx.ip_key, principal)
+                return principal
         return ctx.credential_key or ctx.ip_key
+
+    def _person_at(self, ip: str, principal: str) -> None:
+        """Remember that the app vouched for `principal` at address `ip` (the first two
+        per address, in process, bounded)."""
+        people = self._people_at.get(ip)
+        if people is None:
+            if len(self._people_at) >= IP_CACHE_MAX:
+                self._people_at.clear()
+            self._people_at[ip] = principal
+        elif people is not _SHARED and people != principal:
+            self._people_at[ip] = _SHARED
+
+    def shared_address(self, ip: str) -> bool:
+        """Whether the app vouched for two principals or more at address `ip` (an office's
+        or a carrier's NAT, as this process saw it): its people's stale credentials may
+        be refused there, never end in a ban of the address."""
+        return self._people_at.get(ip) is _SHARED
 
     def declare(self, ctx: RequestContext, user_id: str) -> None:
         """`identify()`: record the app's principal and run the checkpoint now."""
@@ -689,6 +714,7 @@ class Engine:
             return
         ctx.principal = ctx.declared
         ctx.vouched = True
+        self._person_at(ctx.ip_key, ctx.declared)
         if self._may_block() and not self.rules_of(ctx.scope):
             self.check_sync(ctx, ())
         # a decorated handler checks every rule, global and its own, when it is entered (a

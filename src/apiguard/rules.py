@@ -281,6 +281,9 @@ class CredentialChurnRule(Rule):
         if not self.applies(ctx):
             return 0
         ip = ctx.ip_key
+        # (an address people log in from, an office's NAT after a restart with everyone's
+        # stale token: refused past the limit, never banned for it)
+        striker = None if ctx.engine.shared_address(ip) else ip
         for prefix, marker, spec, policy in zip(
             self.prefixes, self.marker_prefixes, self.specs, self.policies, strict=True
         ):
@@ -291,7 +294,7 @@ class CredentialChurnRule(Rule):
                     1,
                     True,
                     enforce,
-                    ip,  # refusals strike the IP: a flood of made-up keys ends in its ban
+                    striker,  # refusals strike the IP: a flood of made-up keys ends in its ban
                     self,
                     policy,
                     f"{marker}{ip}|{ctx.credential_key}",
