@@ -882,3 +882,54 @@ def test_a_surge_reported_only_for_want_of_a_challenge_route_is_said(
     (row,) = json.loads(capsys.readouterr().out)["campaigns"]
     assert row["skipped"] is None
     assert row["note"] is not None and "set detection.challenge_path" in row["note"]
+
+
+BASIC_APP = """
+import secrets
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from apiguard import Guard, identify
+from apiguard.asgi import GuardMiddleware
+
+guard = Guard({"detection": {"challenge_path": "/challenge"}})
+app = FastAPI()
+app.add_middleware(GuardMiddleware, guard=guard)
+basic = HTTPBasic(auto_error=False)
+USERS = {f"user{n}": f"password{n}" for n in range(1, 1001)}
+
+
+@app.post("/api/tokens")
+def tokens(creds: HTTPBasicCredentials | None = Depends(basic)):
+    name = creds.username if creds else ""
+    ok = creds is not None and secrets.compare_digest(USERS.get(name, "-"), creds.password)
+    guard.login_result(name, ok, exists=name in USERS)  # where the password is checked
+    if not ok:
+        raise HTTPException(401, "bad credentials")
+    identify(name)
+    return {"access_token": "tok-" + name}
+
+
+@app.post("/challenge")
+def challenge(body: dict):
+    if body.get("answer") != "human-ok":
+        raise HTTPException(400)
+    guard.challenge_passed()
+    return {"passed": True}
+"""
+
+
+def test_an_http_basic_login_is_attacked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trial app's token route took HTTP Basic credentials (APIFairy): the self-test
+    could not log in, and stopped. `[login] format = "basic"` (or `--login-format basic`)
+    sends them in the Authorization header: brute force is caught, nobody refused."""
+    (tmp_path / "basic_app.py").write_text(BASIC_APP)
+    argv = ["attack", f"{tmp_path / 'basic_app.py'}:app", "--login", "/api/tokens"]
+    argv += ["--login-format", "basic", "--campaign", "brute", "--scale", "0.1", "--json"]
+    status = main(argv)
+    captured = capsys.readouterr()
+    assert status == 0, captured.err + captured.out
+    (row,) = json.loads(captured.out)["campaigns"]
+    assert row["caught"] is True and row["benign_principals_refused"] == 0
+    assert row["reference_gain"] > 0  # (the unprotected app's password was found)

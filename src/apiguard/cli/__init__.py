@@ -81,7 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     attack.add_argument("--config", metavar="TOML", help="declaration of routes and accounts")
     attack.add_argument("--login", metavar="PATH", help="the login route (POST)")
-    attack.add_argument("--login-format", choices=("json", "form"), help="login body format")
+    attack.add_argument(
+        "--login-format",
+        choices=("json", "form", "basic"),
+        help="login body format (basic: HTTP Basic, no body)",
+    )
     attack.add_argument(
         "--object",
         metavar="PATH",

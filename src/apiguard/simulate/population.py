@@ -201,9 +201,15 @@ class Client:
         self.t += max(0.0, seconds)
 
     def _request(
-        self, method: str, path: str, body: bytes, ctype: str | None, auth: bool
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        ctype: str | None,
+        auth: bool,
+        extra: tuple[tuple[str, str], ...] = (),
     ) -> Request:
-        headers = self.headers()
+        headers = (*self.headers(), *extra)
         if ctype is not None:
             headers = (*headers, ("content-type", ctype))
         if auth and self.token is not None:
@@ -224,10 +230,12 @@ class Client:
         kind: str = "browse",
         target: str | None = None,
         auth: bool = True,
+        extra: tuple[tuple[str, str], ...] = (),
     ) -> Flow:
         """Send one request (`resp = yield from client.send(...)`), passing a challenge
         the way this client does."""
-        response = yield Step(self.t, self._request(method, path, body, ctype, auth), kind, target)
+        request = self._request(method, path, body, ctype, auth, extra)
+        response = yield Step(self.t, request, kind, target)
         if response.challenged and self.target.challenge_path and self.rng.random() < self.solves:
             self.wait(self.rng.uniform(5.0, 20.0))
             solved = Request(
@@ -242,7 +250,7 @@ class Client:
                 self.challenges_passed += 1
             self.wait(self.rng.uniform(0.5, 2.0))
             response = yield Step(
-                self.t, self._request(method, path, body, ctype, auth), kind, target
+                self.t, self._request(method, path, body, ctype, auth, extra), kind, target
             )
         return response
 
@@ -250,15 +258,15 @@ class Client:
         self, username: str, password: str, *, kind: str = "login", target: str | None = None
     ) -> Flow:
         """POST the login form; keeps the token of a successful login."""
-        body, ctype = self.target.login_body(username, password)
+        body, extra = self.target.login_request(username, password)
         response = yield from self.send(
             "POST",
             self.target.login_path,
             body=body,
-            ctype=ctype,
             kind=kind,
             target=target,
             auth=False,
+            extra=extra,
         )
         token = token_of(response, self.target)
         if token is not None:

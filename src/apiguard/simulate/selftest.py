@@ -276,8 +276,8 @@ def check_accounts(target: Target, factory: Callable[[FakeClock], Any]) -> None:
                 driver = AsgiDriver(app, server_errors=True, state=state)
                 answers = []
                 for which, account in checked:
-                    body, ctype = target.login_body(account.username, account.password)
-                    headers = (("content-type", ctype), ("user-agent", "apiguard-attack/preflight"))
+                    body, extra = target.login_request(account.username, account.password)
+                    headers = (*extra, ("user-agent", "apiguard-attack/preflight"))
                     request = Request("POST", target.login_path, "198.51.100.250", headers, body)
                     answer = await driver.send(request)
                     if answer.status >= 500 and driver.last_error is not None:

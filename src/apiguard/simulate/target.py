@@ -5,8 +5,9 @@ or read from the example shop (`Target.from_shop`). Everything has the example s
 value by default, so `apiguard attack examples/shop.py:app` needs no declaration.
 
     [login]
-    path = "/login"             # POST; JSON body, or form with format = "form"
-    format = "json"
+    path = "/login"             # POST; JSON body, or form with format = "form", or
+    format = "json"             #   HTTP Basic with format = "basic" (no body; e.g. an
+                                #   APIFairy or Flask-HTTPAuth token route)
     username_field = "username"   # a dotted name nests it: "user.email" sends
     password_field = "password"   #   {"user": {"email": ..., "password": ...}} (JSON only)
     token_field = "access_token"  # where the token is in the 2xx JSON answer ("user.token")
@@ -92,7 +93,7 @@ class Target:
 
     accounts: tuple[Account, ...]
     login_path: str = "/login"
-    login_format: Literal["json", "form"] = "json"
+    login_format: Literal["json", "form", "basic"] = "json"
     username_field: str = "username"
     password_field: str = "password"
     token_field: str = "access_token"
@@ -131,14 +132,28 @@ class Target:
         """Every test account's username."""
         return frozenset(a.username for a in self.accounts)
 
+    def login_request(
+        self, username: str, password: str
+    ) -> tuple[bytes, tuple[tuple[str, str], ...]]:
+        """The login request's body and the headers it needs (its content type, or for
+        `format = "basic"` no body and the Authorization header)."""
+        if self.login_format == "basic":
+            import base64
+
+            pair = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+            return b"", (("authorization", f"Basic {pair}"),)
+        body, ctype = self.login_body(username, password)
+        return body, (("content-type", ctype),)
+
     def login_body(self, username: str, password: str) -> tuple[bytes, str]:
-        """The login request's body and content type."""
+        """The login request's body and content type (a JSON or form login)."""
         return self._body(((self.username_field, username), (self.password_field, password)))
 
     def signup_body(self, name: str, password: str) -> tuple[bytes, str]:
         """The sign-up request's body and content type (`signup_fields`, else the login's
         fields)."""
-        form = self.signup_format or self.login_format
+        login = self.login_format if self.login_format != "basic" else None
+        form = self.signup_format or login
         if not self.signup_fields:
             fields = ((self.username_field, name), (self.password_field, password))
             return self._body(fields, form)
@@ -153,7 +168,7 @@ class Target:
     def _body(
         self, fields: tuple[tuple[str, str], ...], form: str | None = None
     ) -> tuple[bytes, str]:
-        if (form or self.login_format) == "form":
+        if form == "form" or (form is None and self.login_format == "form"):
             from urllib.parse import urlencode
 
             return urlencode(fields).encode(), "application/x-www-form-urlencoded"
@@ -235,8 +250,8 @@ class Target:
         ):
             if key in login:
                 changes[attr] = login[key]
-        if changes.get("login_format", "json") not in ("json", "form"):
-            raise DeclarationError("login", "format", 'must be "json" or "form"')
+        if changes.get("login_format", "json") not in ("json", "form", "basic"):
+            raise DeclarationError("login", "format", 'must be "json", "form" or "basic"')
         if "auth_header" in login:
             changes["auth_header"] = login["auth_header"].strip().lower()
             if not changes["auth_header"]:
