@@ -26,9 +26,9 @@ from apiguard.decision import Decision
 from apiguard.engine import Engine, PrincipalResolver
 from apiguard.errors import ConfigurationError as ConfigurationError
 from apiguard.errors import check_arity
-from apiguard.login import LoginRule, UsernameSpec
+from apiguard.login import LoginRule, UsernameSpec, normalise
 from apiguard.objects import ObjectsRule, object_ids
-from apiguard.picking import Spec
+from apiguard.picking import ArgumentKey, Picker, Spec
 from apiguard.request import (
     KeyedHasher,
     RequestContext,
@@ -433,6 +433,7 @@ class Guard:
         completes: bool = True,
         mode: Mode | None = None,
         on_store_failure: Literal["open", "closed"] | None = None,
+        key: Spec | None = None,
     ) -> Callable[[F], F]:
         """Declare a sensitive business flow: `rate` completed flows per principal.
 
@@ -440,11 +441,32 @@ class Guard:
         `completes=False` only need budget left; the completing step charges it.
         `count="success"` charges only responses with a success status.
         `on_store_failure`: as for `limit`.
+        `key`: instead of `per`, what the flow is counted per, read from the endpoint's
+        arguments as `@guard.login(username=...)` reads them (`"payload.email"`: password
+        resets per target e-mail, whatever address or account asks); kept as a keyed hash.
         """
         _check_failure(on_store_failure, f"@guard.flow({name!r})")
+        argument_key: ArgumentKey | None = None
+        if key is not None:
+            if per != "principal":
+                raise ConfigurationError(f"@guard.flow({name!r}): give per= or key=, not both")
+            argument_key = ArgumentKey(
+                Picker(key, f"@guard.flow({name!r})", "key", "payload.email", bare=True), key
+            )
+            per = argument_key
 
         def make(fn: Any) -> Rule:
-            if callable(per):
+            if argument_key is not None:
+                where = f"@guard.flow({name!r}) on {_qualname(fn)}"
+                original = getattr(fn, "__apiguard_original__", fn)
+                if inspect.isgeneratorfunction(original) or inspect.isasyncgenfunction(original):
+                    raise ConfigurationError(
+                        f"{where}: key= reads the arguments of a generator only as its "
+                        "response streams, after the flow is counted: declare it on the "
+                        "route's handler"
+                    )
+                argument_key.picker.check_endpoint(original, where)
+            elif callable(per):
                 check_arity(
                     per,
                     1,
@@ -1167,6 +1189,39 @@ def _login_of(rules: tuple[Rule, ...], original: Callable[..., Any]) -> Callable
     return enter
 
 
+def _keys_of(
+    rules: tuple[Rule, ...], original: Callable[..., Any]
+) -> Callable[[tuple[Any, ...], dict[str, Any]], None] | None:
+    """For an endpoint with `@guard.flow(key=...)`: what runs on entry, before its rules
+    are charged (reads each key from the arguments onto the request)."""
+    keys = [r.per for r in rules if isinstance(r, FlowRule) and isinstance(r.per, ArgumentKey)]
+    if not keys:
+        return None
+    try:
+        sig: inspect.Signature | None = inspect.signature(original)
+    except (TypeError, ValueError):
+        sig = None
+
+    def enter(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ctx = current_request()
+        if ctx is None:
+            return
+        for key in keys:
+            try:
+                arguments = sig.bind_partial(*args, **kwargs).arguments if sig else kwargs
+                value = key.picker.pick(arguments)
+            except Exception as exc:  # a failing key= callable: the address's budget
+                callable_failed(ctx.engine, "@guard.flow(key=...)", exc)
+                continue
+            text = identity_text(value, ctx.engine, "@guard.flow(key=...)")
+            if text:
+                if ctx.picked is None:
+                    ctx.picked = {}
+                ctx.picked[id(key)] = normalise(text)
+
+    return enter
+
+
 def _objects_of(
     rules: tuple[Rule, ...], original: Callable[..., Any]
 ) -> Callable[[tuple[Any, ...], dict[str, Any]], None] | None:
@@ -1203,11 +1258,14 @@ def _wrap(
     engine = guard.engine
     login = _login_of(rules, original)
     declared = _objects_of(rules, original)
+    keyed = _keys_of(rules, original)
 
     if inspect.iscoroutinefunction(original):
 
         @functools.wraps(original)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            if keyed is not None:
+                keyed(args, kwargs)
             refused = await _enter_async(engine, current_request(), rules, original)
             if refused is not None:
                 raise engine.refusal(refused)
@@ -1245,6 +1303,8 @@ def _wrap(
 
         @functools.wraps(original)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            if keyed is not None:
+                keyed(args, kwargs)
             refused = _enter_sync(engine, current_request(), rules, original)
             if refused is not None:
                 raise engine.refusal(refused)

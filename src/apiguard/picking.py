@@ -102,3 +102,26 @@ class Picker:
                 return None
             value = value.get(part) if isinstance(value, Mapping) else getattr(value, part, None)
         return value
+
+
+class ArgumentKey:
+    """A flow's `per=` for `@guard.flow(key=...)`: the value `picker` read from the
+    endpoint's arguments as the decorated function was entered (`RequestContext.picked`),
+    normalised as usernames are (an e-mail in another case is the same key); a request
+    without it is keyed on its address. Equal to another for the same spec (every route
+    of one flow must share its key)."""
+
+    def __init__(self, picker: Picker, spec: Spec) -> None:
+        self.picker = picker
+        self.spec = spec
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ArgumentKey) and other.spec == self.spec
+
+    def __hash__(self) -> int:
+        return hash(self.spec) if isinstance(self.spec, str) else id(self.spec)
+
+    def __call__(self, ctx: Any) -> str:
+        picked: dict[int, str] | None = ctx.picked
+        value = picked.get(id(self)) if picked is not None else None
+        return value if value is not None else "ip:" + str(ctx.ip_key)

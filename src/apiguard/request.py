@@ -247,6 +247,7 @@ class RequestContext:
         "objects",
         "observed",
         "pass_key",
+        "picked",
         "prechecked",
         "principal",
         "ran",
@@ -288,6 +289,8 @@ class RequestContext:
         # `@guard.objects`), as (name, id) pairs for the BOLA detector: a list (maybe
         # empty) once declared, which also makes the request one that names objects
         self.objects: list[tuple[str, object]] | None = None
+        # id(ArgumentKey) -> the flow key `@guard.flow(key=...)` read from the arguments
+        self.picked: dict[int, str] | None = None
         self.principal: str | None = None
         self.global_done = False
         # the endpoint rules tuples a checkpoint of this request ran (a decorated function
@@ -372,6 +375,7 @@ class RequestContext:
         self.fast = None
         self.decision = None
         self.objects = None
+        self.picked = None
 
     # -- the public, read-only view handed to custom `per=` and resolver callables ----
     @property
