@@ -120,3 +120,40 @@ def test_bad_key_declarations_fail_clearly() -> None:
 
         @guard.flow("h", "3/hour", key="body.email")
         def reset2(payload: Reset) -> None: ...
+
+
+def test_flask_login_declared_with_a_callable_reading_the_request() -> None:
+    """On Flask a view gets no body argument: `@guard.login(username=lambda: ...)` reads
+    the request, and a client held back is refused before the view checks the password
+    (a trial's app reported from the view, hashing every refused guess first)."""
+    from flask import Flask, abort, request
+
+    from apiguard.flask import init_app
+
+    clock = FakeClock(9_000_000.0)
+    guard = Guard(clock=clock)
+    app = Flask("flask_login_decl")
+    init_app(app, guard)
+    checked: list[str] = []
+
+    @app.post("/login")
+    @guard.login(username=lambda: (request.get_json(silent=True) or {}).get("username"))
+    def login() -> dict[str, str]:
+        body = request.get_json()
+        checked.append(body["username"])  # (the password hash would run here)
+        if body["password"] != "right":
+            abort(401)
+        return {"token": "t"}
+
+    client = app.test_client()
+    rng = random.Random(4)
+    statuses = []
+    for i in range(14):
+        clock.advance(20)
+        ip = public_ip(rng)
+        body = {"username": "victim@example.org", "password": f"guess{i}"}
+        statuses.append(
+            client.post("/login", json=body, environ_base={"REMOTE_ADDR": ip}).status_code
+        )
+    assert statuses[:8] == [401] * 8 and set(statuses[9:]) == {403}
+    assert len(checked) <= 9  # the held-back guesses never reached the password check

@@ -525,8 +525,9 @@ class Guard:
         """Declare the login endpoint, for account-takeover detection.
 
         `username`: a callable whose parameter names pick the endpoint's arguments it
-        reads (`lambda form_data: form_data.username`), or a dotted name
-        (`"form_data.username"`). The outcome comes from the status (2xx success; 400,
+        reads (`lambda form_data: form_data.username`; on Flask, whose views get no body
+        argument, one that takes none: `lambda: request.get_json()["username"]`), or a
+        dotted name (`"form_data.username"`). The outcome comes from the status (2xx success; 400,
         401, 403 and 404 failure; others neither) unless `success(return_value)` says.
         Before the handler checks the password, a client the detectors hold back gets the
         refusal (a challenge) instead.

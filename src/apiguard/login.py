@@ -44,7 +44,8 @@ class LoginRule(Rule):
         self.name = "login"
         self.mode = None
         self.success = success
-        self.picker = Picker(username, where, "username", "form_data.username")
+        # (a callable may take no argument: a Flask view reads its body from `request`)
+        self.picker = Picker(username, where, "username", "form_data.username", bare=True)
         self.params = self.picker.params
 
     def check_endpoint(self, fn: Callable[..., Any], where: str) -> None:
