@@ -433,10 +433,9 @@ def _scraping_run(old: bool, site_wide: bool, seed: int) -> tuple[list[int], lis
     import importlib.util
     import pathlib
 
-    from conftest import asgi_call
-
     import apiguard.detectors as detectors
     import apiguard.engine as engine
+    from conftest import asgi_call
 
     clock = FakeClock(START)
     saved = detectors.Scraping
