@@ -483,7 +483,10 @@ def test_the_default_login_body_is_unchanged() -> None:
         ("[accounts]\ncount = 5\n\n[logins]\n", r"line 4: \[logins\]: unknown section"),
         ('[accounts]\ncount = "many"\n', r"line 2: \[accounts\] count: expected an integer"),
         ('[flow]\ncodes = "A"\n', r"line 2: \[flow\] codes: expected a list of strings"),
-        ('[login]\nformat = "xml"\n', r'line 2: \[login\] format: must be "json", "form" or "basic"'),
+        (
+            '[login]\nformat = "xml"\n',
+            r'line 2: \[login\] format: must be "json", "form" or "basic"',
+        ),
         ('[login]\nusername_field = "user..email"\n', r"line 2: \[login\] username_field"),
         ('[accounts]\nusername = "u{m}"\n', r"line 2: \[accounts\] username: .* template"),
         ("[login]\npath = /in\n", r"not valid TOML: .*line 2"),

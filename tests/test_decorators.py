@@ -724,9 +724,9 @@ def test_flow_redeclared_differently_is_configuration_error(make_guard):
 
     def two() -> None: ...
 
-    with pytest.raises(ConfigurationError, match="different rates or per="):
+    with pytest.raises(ConfigurationError, match="different rates, per= or key="):
         guard.flow("export", "3/minute")(two)
-    with pytest.raises(ConfigurationError, match="different rates or per="):
+    with pytest.raises(ConfigurationError, match="different rates, per= or key="):
         guard.flow("export", "2/minute", per="ip")(two)
     guard.flow("export")(two)  # inheriting the first declaration is fine
 

@@ -149,12 +149,9 @@ def test_flask_numeric_key_control_holds() -> None:
     assert len(sent) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding F2 (bypass), medium: a numeric key= sent as 4242.0 (a float: logged, "
-    "then counted per address) or '04242', '+4242', '4_242' (texts of their own) from "
-    "rotating addresses: 20 of 20 unlock messages sent for one account (control: 3)",
-)
+# Fixed (was a strict xfail): finding F2 (bypass), medium: a numeric key= sent as 4242.0 (a
+# float: logged, then counted per address) or '04242', '+4242', '4_242' (texts of their own)
+# from rotating addresses: 20 of 20 unlock messages sent for one account (control: 3)
 def test_flask_numeric_key_sent_as_float_or_padded_text_shares_the_budget() -> None:
     clock = FakeClock(START)
     sent: list[int] = []
@@ -168,13 +165,10 @@ def test_flask_numeric_key_sent_as_float_or_padded_text_shares_the_budget() -> N
     assert sent == [4242] * 3, len(sent)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding F3 (bypass, careless user), medium: a Flask key=lambda: "
-    "request.get_json()['email'] that raises on a form-encoded body (415) counts the "
-    "request per address; an app that also reads request.form sends 20 of 20 resets to "
-    "one victim from 20 addresses (JSON: 3)",
-)
+# Fixed (was a strict xfail): finding F3 (bypass, careless user), medium: a Flask
+# key=lambda: request.get_json()['email'] that raises on a form-encoded body (415) counts
+# the request per address; an app that also reads request.form sends 20 of 20 resets to one
+# victim from 20 addresses (JSON: 3)
 def test_flask_failing_key_callable_is_no_fresh_budget_per_address() -> None:
     from flask import Flask, request
 
@@ -220,13 +214,10 @@ def _login_and_reset(guard: Guard) -> FastAPI:
     return app
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding F1 (honest user refused), medium: 3 reset requests an hour for the "
-    "victim's e-mail, from any addresses, refuse the victim's own reset from the device "
-    "it logged in on (its device cookie): 0 of 1 served; a login's device cookie is "
-    "'never held back by attacks on that account', a keyed flow's is",
-)
+# Fixed (was a strict xfail): finding F1 (honest user refused), medium: 3 reset requests an
+# hour for the victim's e-mail, from any addresses, refuse the victim's own reset from the
+# device it logged in on (its device cookie): 0 of 1 served; a login's device cookie is
+# 'never held back by attacks on that account', a keyed flow's is
 def test_victims_own_reset_survives_an_attacker_exhausting_the_key() -> None:
     clock = FakeClock(START)
     guard = _guard(clock)
@@ -376,25 +367,19 @@ def test_bola_walk_control_and_diagonal_are_refused() -> None:
     assert 200 not in diagonal[20:]  # stride 2 of the sum
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding B1 (bypass), high: FastAPI's int path parameter accepts '500.0' and "
-    "'5_00' (pydantic), which _normalised reads as no number: an anonymous walk of 40 "
-    "consecutive orders written /orders/500.0 ... is 40 of 40 served (as /orders/500: "
-    "refused from the 17th)",
-)
+# Fixed (was a strict xfail): finding B1 (bypass), high: FastAPI's int path parameter
+# accepts '500.0' and '5_00' (pydantic), which _normalised reads as no number: an anonymous
+# walk of 40 consecutive orders written /orders/500.0 ... is 40 of 40 served (as
+# /orders/500: refused from the 17th)
 def test_bola_walk_written_as_decimal_or_underscored_text_is_refused() -> None:
     floats = _walk([f"/orders/{n}.0" for n in range(500, 540)])
     underscored = _walk([f"/orders/{str(n)[0]}_{str(n)[1:]}" for n in range(500, 540)])
     assert 200 not in floats[20:] and 200 not in underscored[20:], (floats, underscored)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding B2 (bypass), medium: two ids walked in opposite directions keep their "
-    "sum constant: /tenants/{500+k}/orders/{540-k}, 40 of 40 served (one id walked: "
-    "refused from the 17th)",
-)
+# Fixed (was a strict xfail): finding B2 (bypass), medium: two ids walked in opposite
+# directions keep their sum constant: /tenants/{500+k}/orders/{540-k}, 40 of 40 served (one
+# id walked: refused from the 17th)
 def test_bola_walk_of_two_ids_in_opposite_directions_is_refused() -> None:
     statuses = _walk([f"/tenants/{500 + k}/orders/{540 - k}" for k in range(40)])
     assert 200 not in statuses[20:], statuses
@@ -540,13 +525,10 @@ def test_flow_key_on_redis_is_one_budget_across_two_workers(redis_url: str) -> N
 # -- more of key=, and the self-test -----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding F4 (careless user), low: the README's Flask key=lambda: "
-    "request.get_json()['email'] written on both steps of one flow is a "
-    "ConfigurationError 'declared with different rates or per=' (the rates are the same, "
-    "key= is not named; the two lambdas are equal code)",
-)
+# Fixed (was a strict xfail): finding F4 (careless user), low: the README's Flask
+# key=lambda: request.get_json()['email'] written on both steps of one flow is a
+# ConfigurationError 'declared with different rates or per=' (the rates are the same, key=
+# is not named; the two lambdas are equal code)
 def test_two_steps_with_the_same_key_lambda_are_one_flow_or_told_about_key() -> None:
     from apiguard import ConfigurationError
 
@@ -563,11 +545,9 @@ def test_two_steps_with_the_same_key_lambda_are_one_flow_or_told_about_key() -> 
         assert "key=" in str(exc), str(exc)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding F5 (honest user refused), low: casefold makes straße@x.de and "
-    "strasse@x.de (two mailboxes) one key: 3 resets for one refuse the other's (0 of 1)",
-)
+# Fixed (was a strict xfail): finding F5 (honest user refused), low: casefold makes
+# straße@x.de and strasse@x.de (two mailboxes) one key: 3 resets for one refuse the other's
+# (0 of 1)
 def test_distinct_mailboxes_that_casefold_alike_have_their_own_budget() -> None:
     clock = FakeClock(START)
     client = _fastapi_reset(_guard(clock), is_async=False)
@@ -595,12 +575,9 @@ def test_flow_key_count_success_refunds_failed_resets() -> None:
     assert [call("ok@x.org").status_code for _ in range(3)] == [200, 200, 429]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding P1 (self-test), low: with 10 or fewer declared accounts the benign "
-    "population logs in with the campaigns' own 5 (8 accounts: u3-u7 are both), so the "
-    "attacker's refused account counts as an honest principal refused",
-)
+# Fixed (was a strict xfail): finding P1 (self-test), low: with 10 or fewer declared
+# accounts the benign population logs in with the campaigns' own 5 (8 accounts: u3-u7 are
+# both), so the attacker's refused account counts as an honest principal refused
 def test_benign_population_never_takes_the_campaigns_accounts_of_a_small_app() -> None:
     from apiguard.simulate.population import population
     from apiguard.simulate.target import Account, Target

@@ -26,9 +26,9 @@ from apiguard.decision import Decision
 from apiguard.engine import Engine, PrincipalResolver
 from apiguard.errors import ConfigurationError as ConfigurationError
 from apiguard.errors import check_arity
-from apiguard.login import LoginRule, UsernameSpec, normalise
+from apiguard.login import LoginRule, UsernameSpec, device_entries, device_mac, user_key
 from apiguard.objects import ObjectsRule, object_ids
-from apiguard.picking import ArgumentKey, Picker, Spec
+from apiguard.picking import UNREADABLE, ArgumentKey, Picker, Spec, key_text
 from apiguard.request import (
     KeyedHasher,
     RequestContext,
@@ -499,9 +499,18 @@ class Guard:
             rule.on_store_failure = on_store_failure
             if known is not None:
                 if known.specs != rule.specs or known.per != rule.per:
+                    same_key = isinstance(known.per, ArgumentKey) and isinstance(
+                        rule.per, ArgumentKey
+                    )
+                    hint = (
+                        " (two key= callables are two keys, even written alike: define "
+                        "it once and pass the same function to every step)"
+                        if same_key and known.specs == rule.specs
+                        else ""
+                    )
                     raise ConfigurationError(
-                        f"flow {name!r} is declared with different rates or per= on "
-                        f"{_qualname(fn)}; every route of one flow must share them"
+                        f"flow {name!r} is declared with different rates, per= or key= on "
+                        f"{_qualname(fn)}; every route of one flow must share them{hint}"
                     )
             else:
                 taken = self._taken_names(rule)
@@ -1210,17 +1219,34 @@ def _keys_of(
         for key in keys:
             try:
                 arguments = sig.bind_partial(*args, **kwargs).arguments if sig else kwargs
-                value = key.picker.pick(arguments)
-            except Exception as exc:  # a failing key= callable: the address's budget
+                text = key_text(key.picker.pick(arguments))
+            except Exception as exc:
+                # a failing key= callable (a form body where JSON was read) or a value of
+                # another type: one budget for every such request of the flow, never the
+                # address's (each rotating address would get a fresh one)
                 callable_failed(ctx.engine, "@guard.flow(key=...)", exc)
-                continue
-            text = identity_text(value, ctx.engine, "@guard.flow(key=...)")
-            if text:
-                if ctx.picked is None:
-                    ctx.picked = {}
-                ctx.picked[id(key)] = normalise(text)
+                text = UNREADABLE
+            if text is None:
+                continue  # absent: counted per address
+            if ctx.picked is None:
+                ctx.picked = {}
+            ctx.picked[id(key)] = _device_key(ctx, text)
 
     return enter
+
+
+def _device_key(ctx: RequestContext, text: str) -> str:
+    """A flow key, apart for a client whose device cookie is for the account the key
+    names (its owner, logged in on that device: an attacker spending the key's budget,
+    resets bombed at it, does not lock it out of its own)."""
+    engine = ctx.engine
+    ato = engine.ato
+    if ato is None or not ctx.has_cookie:
+        return text
+    mac = device_mac(engine.hasher, user_key(engine.hasher, text))
+    if mac in device_entries(ctx, ato.config.device_cookie):
+        return text + "\x00device"
+    return text
 
 
 def _objects_of(

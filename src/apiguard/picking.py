@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import inspect
 import typing
+import unicodedata
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -125,3 +127,60 @@ class ArgumentKey:
         picked: dict[int, str] | None = ctx.picked
         value = picked.get(id(self)) if picked is not None else None
         return value if value is not None else "ip:" + str(ctx.ip_key)
+
+
+def read_integer(text: str) -> int | None:
+    """The integer `text` is as `int()` and pydantic read one (spaces around, a sign,
+    leading zeros, digits grouped by underscores `5_001`, a decimal point followed by
+    zeros only `5001.0`), at most 18 digits; None for anything else (a slug, a UUID)."""
+    text = text.strip()
+    sign = ""
+    if text[:1] in ("+", "-"):
+        sign, text = text[0], text[1:].strip()
+    if "_" in text and text[:1] != "_" and text[-1:] != "_" and "__" not in text:
+        grouped = text.replace("_", "")
+        if grouped.isdecimal():
+            text = grouped
+    if "." in text:
+        head, _, tail = text.partition(".")
+        if head.isdecimal() and tail and tail.strip("0") == "":
+            text = head
+    # (decimal digits only: int() refuses other digit characters, such as "²")
+    if not text.isdecimal():
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > 18:
+        return None
+    return -int(digits) if sign == "-" else int(digits)
+
+
+UNREADABLE = "\x00unreadable"  # a flow key whose callable failed: one bucket for all
+
+
+def key_text(value: object) -> str | None:
+    """A flow key (`@guard.flow(key=...)`) as compared: a number however it is written
+    (`4242`, `4242.0`, `"04242"`, `"+4242"`, `"4_242"`), else the text NFKC-normalised,
+    stripped and lower-cased (not case-folded: `straße` and `strasse` are two mailboxes);
+    None when absent or blank. Another type (a dict, a list) is a `TypeError`."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError("a flow key is a str, an int or a uuid.UUID, not a bool")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e18:
+        return str(int(value))
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        kind = type(value)
+        raise TypeError(
+            f"a flow key is a str, an int or a uuid.UUID, not {kind.__module__}.{kind.__qualname__}"
+        )
+    number = read_integer(value)
+    if number is not None:
+        return str(number)
+    text = unicodedata.normalize("NFKC", value).strip().lower()
+    return text or None

@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl
 from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome
 from apiguard.detectors.flow_groups import born_accounts as _born
 from apiguard.detectors.population import Population, Populations
+from apiguard.picking import read_integer
 from apiguard.store.base import Objects, Tally
 
 if TYPE_CHECKING:
@@ -109,8 +110,9 @@ class Bola:
 
     def _object(self, scope: Mapping[str, Any]) -> tuple[str, int | None] | None:
         """The object the request touched (a text naming it) and its integer id, if any:
-        with several integer ids (`/tenants/{tenant_id}/orders/{order_id}`), their sum,
-        so a walk over any one of them, the others fixed, is a run of one stride. Every
+        with several integer ids (`/tenants/{tenant_id}/orders/{order_id}`), one number
+        of them all (`_combined`), so a walk over any of them, or over several at once in
+        any directions, is a run of one stride. Every
         value counts, whatever its length or shape (a `{key:path}` value, a padded id):
         an id written as digits is normalised (`0042` is `42`), and query names are
         decoded as the framework decodes them."""
@@ -121,13 +123,13 @@ class Bola:
             for name, value in params.items():
                 text, found = _normalised(value, None)
                 if found is not None:
-                    number = found if number is None else number + found
+                    number = found if number is None else _combined(number, found)
                 parts.append(f"{name}={text}")
         if self._query:
             for name, value in _query_ids(scope, self._query):
                 text, found = _normalised(value, None)
                 if found is not None:
-                    number = found if number is None else number + found
+                    number = found if number is None else _combined(number, found)
                 parts.append(f"{name}={text}")
         if not parts:
             return None
@@ -479,23 +481,31 @@ def _subject(outcome: Outcome) -> tuple[str, bool, str]:
     return principal, True, principal
 
 
+_SHIFT = 1 << 24  # `_combined`: each further id's place
+_EXACT = 1 << 53  # integers a Lua number (a Redis script's) holds exactly
+
+
+def _combined(number: int, found: int) -> int:
+    """Two integer ids of one request as one number: `number` shifted by 2^24 plus
+    `found`, so a walk over either, or over both in any directions, is a constant stride
+    (ids under 2^24, the usual); past what a Redis script's number holds exactly, their
+    sum (a walk over one of them, the others fixed, is still a run)."""
+    if 0 <= found < _SHIFT and abs(number) < _EXACT // _SHIFT:
+        return number * _SHIFT + found
+    return number + found
+
+
 def _normalised(value: object, number: int | None) -> tuple[str, int | None]:
     """A parameter's text as an object id, and the integer it is (else `number`): an int,
-    an integral float (`5001.0`, a JSON body's number), or decimal digits with spaces
-    around or a sign (` 5001`, `+5001`, `-3`: as `int()` reads them)."""
+    an integral float (`5001.0`, a JSON body's number), or text `int()` would read
+    (`picking.read_integer`: ` 5001`, `+5001`, `5_001`, `5001.0`)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value), value
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e18:
         whole = int(value)
         return str(whole), whole
-    text = str(value).strip()
-    sign = ""
-    if text[:1] in ("+", "-"):
-        sign, text = text[0], text[1:].strip()
-    digits = text.lstrip("0") or "0"
-    # (decimal digits only: int() refuses other digit characters, such as "²")
-    if text.isdecimal() and len(digits) <= 18:
-        if sign == "-" and digits != "0":
-            return "-" + digits, -int(digits)
-        return digits, int(digits)
-    return sign + text, number
+    text = str(value)
+    found = read_integer(text)
+    if found is not None:
+        return str(found), found
+    return text.strip(), number

@@ -474,10 +474,10 @@ def population(
 ) -> Population:
     """The benign population for a run of `duration` seconds (see the module docstring)."""
     counts = (plan or PopulationPlan()).scaled(size)
-    # the last 5 accounts are the campaigns' own (`campaigns.py`): never a benign actor's,
-    # however few accounts the app declared (else the attacker's account, refused, would
-    # count as an honest principal refused)
-    accounts = list(target.accounts[:-5] if len(target.accounts) > 10 else target.accounts)
+    # the last 5 accounts are the campaigns' own (`campaigns.py`): never a benign actor's
+    # (else the attacker's account, refused, would count as an honest principal refused),
+    # unless the app declared no more than those
+    accounts = list(target.accounts[:-5] if len(target.accounts) > 5 else target.accounts)
     taken = 0
 
     def take(n: int) -> list[Account]:
