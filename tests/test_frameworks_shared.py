@@ -322,3 +322,52 @@ def test_bola_counts_a_batch_reads_ids(make_guard, client_for):
             assert r.status == 200
     assert statuses[0] == 200 and 403 in statuses[:3], statuses
     assert set(statuses[statuses.index(403) :]) <= {403, 429}
+
+
+WORDLIST = [
+    "admin",
+    ".env",
+    "api/v2/users",
+    "internal/metrics",
+    "debug",
+    "graphql",
+    "swagger.json",
+    "api/internal/config",
+    "backup.zip",
+    "actuator/health",
+    "v1/admin/users",
+    "wp-login.php",
+    "server-status",
+    "api/private",
+    "console",
+    "config.json",
+    "api/v0/orders",
+    "export",
+    "api/keys",
+    "test",
+    "old/api",
+    "staff",
+    "beta/users",
+    "api/debug/vars",
+    "phpinfo.php",
+]
+
+
+def test_recon_probing_of_paths_no_route_serves_is_caught(make_guard, client_for):
+    """Reconnaissance (OWASP API9): an address asking for many paths no route serves (a
+    wordlist of shadow endpoints) is refused once it reached the floor, on every
+    framework; a person mistyping paths, and another address reading the routes, are not."""
+    rng = random.Random(8)
+    guard = make_guard(bans={"enabled": True}, detection={"recon": {"floor": 12}})
+    call = client_for(guard)
+    for typo in ("/opn", "/mee", "/itemz/3"):
+        assert call("GET", typo, ip="198.51.100.31").status == 404
+    statuses = []
+    for word in WORDLIST:
+        guard.clock.advance(rng.uniform(1.0, 4.0))  # type: ignore[attr-defined]
+        statuses.append(call("GET", f"/{word}", ip="192.0.2.77").status)
+        assert call("GET", "/open", ip="198.51.100.31").status == 200
+    first = next(i for i, s in enumerate(statuses) if s not in (404, 405))
+    assert 11 <= first <= 13, statuses
+    assert set(statuses[first:]) == {403}
+    assert call("GET", "/open", ip="192.0.2.77").status == 403  # its ban holds everywhere

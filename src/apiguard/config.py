@@ -380,6 +380,17 @@ class RotationConfig(_Detector):
     ceiling: int = Field(40, ge=2)  # the learned threshold never exceeds it
 
 
+class ReconConfig(_Detector):
+    """Reconnaissance (OWASP API9): an actor (user, API key, else address) asking for
+    `floor` distinct paths that no route serves (answered 404 or 405) within `window`: a
+    client learning the API by probing (see `apiguard.detectors.recon`)."""
+
+    action: Literal["block", "throttle"] = "block"
+    person_action: DetectorAction = "challenge"
+    window: float = Field(600.0, gt=0, le=YEAR)
+    floor: int = Field(30, ge=2)
+
+
 class FlowGroupsConfig(_Detector):
     """Many principals completing one flow from one client fingerprint or /24 network:
     flagged when at least `floor` did within `window`, and they are at least `min_share`
@@ -438,6 +449,7 @@ class DetectionConfig(_Model):
     rotation: RotationConfig = RotationConfig()
     flow_groups: FlowGroupsConfig = FlowGroupsConfig()
     scraping: ScrapingConfig = ScrapingConfig()
+    recon: ReconConfig = ReconConfig()
     challenge_for: float = Field(3600.0, gt=0, le=YEAR)  # a passed challenge exempts this long
     # a detector's challenge (not the login's) holds until passed, at most this long: a bot
     # that waits out a shorter one would be let in again each time it ends

@@ -1,4 +1,5 @@
-"""Detectors: account takeover, BOLA enumeration, IP rotation and stolen keys, scraping.
+"""Detectors: account takeover, BOLA enumeration, IP rotation and stolen keys, scraping,
+reconnaissance.
 
 Each family is one module; `build` makes those the configuration turns on. See
 `apiguard.detectors.base` for how they plug into the engine.
@@ -11,6 +12,7 @@ from apiguard.detectors.account_takeover import AccountTakeover
 from apiguard.detectors.base import Detector, Finding, LoginAttempt, Outcome
 from apiguard.detectors.bola import Bola
 from apiguard.detectors.flow_groups import FlowGroups
+from apiguard.detectors.recon import Recon
 from apiguard.detectors.rotation import Rotation
 from apiguard.detectors.scraping import Scraping
 
@@ -22,6 +24,7 @@ __all__ = [
     "FlowGroups",
     "LoginAttempt",
     "Outcome",
+    "Recon",
     "Rotation",
     "Scraping",
     "build",
@@ -48,4 +51,6 @@ def build(config: DetectionConfig, enforce_default: bool) -> list[Detector]:
         found.append(
             Scraping(config.scraping, enforce(config.scraping.mode), config.challenge_path)
         )
+    if config.recon.enabled:
+        found.append(Recon(config.recon, enforce(config.recon.mode)))
     return found

@@ -1,0 +1,124 @@
+"""Reconnaissance (OWASP API9), both ways: a client probing paths no route serves is
+refused at `recon.floor` (30) distinct ones, and honest traffic is not: people mistyping
+paths, a single-page app calling a stale path again and again, an office whose people
+log in (held only at four times the floor, and challenged, never banned)."""
+
+from __future__ import annotations
+
+import random
+
+import redis
+from fastapi import FastAPI, Request
+from starlette.testclient import TestClient
+
+from apiguard import Guard, identify
+from apiguard.asgi import GuardMiddleware
+from apiguard.simulate.clock import FakeClock
+from apiguard.store.redis import RedisStore
+
+START = 11_000_000.0
+WORDS = ["admin", "api", "v1", "v2", "internal", "debug", "users", "config", "keys", "export"]
+
+
+def app_for(guard: Guard) -> FastAPI:
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+
+    @app.get("/products/{product_id}")
+    def product(product_id: int, request: Request) -> dict[str, int]:
+        identify(request.headers.get("x-user"))
+        return {"product": product_id}
+
+    @app.post("/login")
+    def login(request: Request) -> dict[str, str]:
+        identify(request.headers.get("x-user"))
+        return {"ok": "yes"}
+
+    return app
+
+
+def probes(rng: random.Random, n: int) -> list[str]:
+    seen: list[str] = []
+    while len(seen) < n:
+        path = "/" + "/".join(rng.choice(WORDS) for _ in range(rng.randrange(1, 4)))
+        if path not in seen and path != "/api":
+            seen.append(path)
+    return seen
+
+
+def scan(
+    guard: Guard, clock: FakeClock, ip: str, headers: dict[str, str] | None = None
+) -> list[int]:
+    client = TestClient(app_for(guard), client=(ip, 40_000))
+    rng = random.Random(9)
+    statuses = []
+    for path in probes(rng, 60):
+        clock.advance(rng.uniform(0.5, 6.0))
+        statuses.append(client.get(path, headers=headers).status_code)
+    return statuses
+
+
+def test_a_wordlist_scan_from_one_address_is_banned_and_people_are_not() -> None:
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    honest = TestClient(app_for(guard), client=("198.51.100.50", 40_000))
+    for path in ("/prodcts/3", "/product/3", "/products", "/login/"):  # typos
+        honest.get(path)
+    statuses = scan(guard, clock, "192.0.2.88")
+    first = statuses.index(403)
+    assert 29 <= first <= 31 and set(statuses[first:]) == {403}, statuses
+    assert honest.get("/products/4").status_code == 200
+
+
+def test_a_client_calling_one_stale_path_again_and_again_is_not_refused() -> None:
+    """A single-page app after a deploy calling a path that moved, 200 times: one
+    distinct path."""
+    clock = FakeClock(START)
+    client = TestClient(app_for(Guard(clock=clock)), client=("198.51.100.60", 40_000))
+    for _ in range(200):
+        clock.advance(2)
+        assert client.get("/api/v1/old-notifications").status_code == 404
+
+
+def test_a_signed_in_user_probing_is_challenged_not_banned() -> None:
+    """A user the app vouched for (here by a principal resolver, which also names the
+    user of a request no route serves; an `identify()` in a handler does not run there)
+    is asked to pass the challenge (a person answers it; refusing it again and again
+    ends in a ban, as anywhere)."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock, principal_resolver=lambda ctx: ctx.header("x-user"))
+    client = TestClient(app_for(guard), client=("203.0.113.14", 40_000))
+    mallory = {"x-user": "mallory"}
+    answers = []
+    for path in probes(random.Random(9), 40):
+        clock.advance(5)
+        answers.append(client.get(path, headers=mallory))
+    first = next(i for i, r in enumerate(answers) if r.status_code == 403)
+    assert 29 <= first <= 31
+    assert "challenge" in answers[first].json()["type"]
+    assert client.get("/products/2", headers={"x-user": "ann"}).status_code == 200
+
+
+def test_an_office_whose_people_log_in_is_held_only_at_four_times_the_floor() -> None:
+    """Colleagues behind one address (two of them logged in) following 40 distinct
+    stale links: not refused; a scanner there is challenged past 120, never banned."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    office = TestClient(app_for(guard), client=("198.51.100.70", 40_000))
+    for user in ("ann", "bob"):
+        assert office.post("/login", headers={"x-user": user}).status_code == 200
+    rng = random.Random(3)
+    stale = probes(rng, 40)
+    for path in stale:
+        clock.advance(5)
+        assert office.get(path).status_code == 404
+    assert office.get("/products/1").status_code == 200
+
+
+def test_a_scan_is_banned_on_redis_too(redis_url: str) -> None:
+    clock = FakeClock(START)
+    store = RedisStore(redis.asyncio.Redis.from_url(redis_url), server_time=False, timeout=5.0)
+    guard = Guard({"secret": "s" * 32}, clock=clock, store=store)
+    statuses = scan(guard, clock, "192.0.2.99")
+    first = statuses.index(403)
+    assert 29 <= first <= 32 and set(statuses[first:]) == {403}, statuses
