@@ -69,6 +69,7 @@ def test_detection_settings_from_the_environment() -> None:
         "bola",
         "flow_groups",
         "scraping",
+        "recon",
     ]
     assert "detectors: account_takeover, bola, flow_groups" in guard.summary()
 

@@ -387,7 +387,8 @@ class ReconConfig(_Detector):
 
     action: Literal["block", "throttle"] = "block"
     person_action: DetectorAction = "challenge"
-    window: float = Field(600.0, gt=0, le=YEAR)
+    # an hour: a scan that waits out its ban is judged again on what it probed before
+    window: float = Field(3600.0, gt=0, le=YEAR)
     floor: int = Field(30, ge=2)
 
 

@@ -8,7 +8,8 @@ calls the routes it was built for. Per actor (the principal: a user the app vouc
 for, an API key, else the client address), within `window`, the distinct paths that no
 route matched (answered 404 or 405; the path only, never its query, as a sketch: no
 path is kept) are counted; an actor at `floor` of them is flagged: an address or an
-unvouched credential gets `action` (a ban), a user the app vouched for `person_action`.
+unvouched credential gets `action` (a ban), a user the app vouched for `person_action`;
+a repeat offender at half the floor.
 An address people log in from (an office's NAT, as this process saw it) is held only at
 four times the floor, and challenged, never banned.
 
@@ -55,6 +56,8 @@ class Recon:
         cfg = self.config
         shared = principal == ctx.ip_key and ctx.engine.shared_address(principal)
         floor = cfg.floor * (_SHARED_FACTOR if shared else 1)
+        if outcome.prior:  # a repeat offender is judged on half the evidence
+            floor = max(2, floor // 2)
         action = (
             cfg.person_action if ctx.vouched else "challenge" if shared else cfg.action
         )

@@ -24,7 +24,8 @@ Definitions (every number in the report follows them):
 - **admitted**: any other answer (the app's own 2xx/4xx).
 - **gain**: what the campaign is after, counted as distinct targets answered 2xx:
   accounts logged into (takeovers), foreign objects read (leaked), coupons redeemed,
-  catalogue pages scraped, report pages exported with a stolen key.
+  catalogue pages scraped, report pages exported with a stolen key, endpoints found by a
+  reconnaissance scan.
 - **caught**: at least one attack request was refused, AND the campaign's objective was
   curtailed: its gain is at most half of what the same campaign (same seed, same
   population) gains against the same app unprotected (apiguard in monitor mode, no
@@ -501,6 +502,38 @@ def _exporter(target: Target, rng: random.Random, plan: Plan, key: str) -> Agent
             page = page % target.api_pages + 1
 
 
+RECON_GAIN = "endpoints found"
+# what a reconnaissance scan asks for: shadow and undocumented endpoints, old versions,
+# tooling left deployed; the app's documented routes and its schema among them
+_RECON_WORDS = (
+    "admin", "users", "orders", "products", "accounts", "internal", "debug", "config",
+    "keys", "tokens", "export", "backup", "metrics", "status", "health", "graphql",
+    "search", "reports", "payments", "invoices", "coupons", "settings", "logs", "jobs",
+    "webhooks", "billing", "staff", "test", "beta", "private", "legacy", "swagger.json",
+    "openapi.json", "docs", "redoc", ".env", "actuator", "server-status", "console",
+)
+_RECON_PREFIXES = ("", "api/", "api/v1/", "api/v2/", "v1/", "v2/", "internal/", "admin/")
+
+
+def recon(target: Target, rng: random.Random, plan: Plan, pop: Population) -> list[Agent]:
+    """Reconnaissance: learning the API by probing it from one cloud address, a wordlist
+    of shadow and undocumented endpoints, old versions and tooling left deployed (the
+    schema among them), with a browser's headers and human-like pauses."""
+    own = random.Random(rng.getrandbits(64))
+    return [_prober(target, own, plan)]
+
+
+def _prober(target: Target, rng: random.Random, plan: Plan) -> Agent:
+    headers = constant(browser(rng))
+    client = Client(target, rng, fixed(public_ipv4(rng)), headers, solves=plan.solver)
+    paths = [f"/{p}{w}" for p in _RECON_PREFIXES for w in _RECON_WORDS]
+    rng.shuffle(paths)
+    mean = plan.duration / max(1, plan.attempts)
+    for path in paths[: plan.attempts]:
+        client.wait(_gap(rng, mean))
+        yield from client.send("GET", path, kind="probe", target=path, auth=False)
+
+
 Builder = Callable[[Target, random.Random, Plan, Population], list[Agent]]
 
 
@@ -545,6 +578,7 @@ CAMPAIGNS: tuple[Campaign, ...] = (
     Campaign("flow abuse, fresh accounts", flow_fresh_accounts, 2 * HOUR, 450, "coupons", False),
     Campaign("scraping", scraping, 3 * HOUR, 2000, "pages scraped", False),
     Campaign("stolen API key", stolen_key, 2 * HOUR, 600, "pages exported", False),
+    Campaign("recon", recon, 1 * HOUR, 300, RECON_GAIN, False),
 )
 
 
@@ -717,7 +751,8 @@ def skip_reason(
     and the unprotected run's (see "skipped" in the module docstring)."""
     attack = [r for r in records if r.attack and r.target is not None]
     tried = [r for r in reference or () if r.attack and r.target is not None]
-    if tried and all(r.status in (404, 405) for r in tried):
+    # (a reconnaissance scan is answered 404 by nature: the probing is the attack)
+    if tried and camp.gain != RECON_GAIN and all(r.status in (404, 405) for r in tried):
         return (
             f"the unprotected app answered all {len(tried)} attack requests {_statuses(tried)} "
             f"(e.g. {tried[0].method} {tried[0].path}): the route it attacks is not there "
