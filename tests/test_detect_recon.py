@@ -122,3 +122,16 @@ def test_a_scan_is_banned_on_redis_too(redis_url: str) -> None:
     statuses = scan(guard, clock, "192.0.2.99")
     first = statuses.index(403)
     assert 29 <= first <= 32 and set(statuses[first:]) == {403}, statuses
+
+
+def test_an_old_client_calling_a_removed_route_for_many_ids_is_one_path() -> None:
+    """A legacy integration still calling a removed `/v1/orders/{id}` (and
+    `/v1/invoices/{uuid}`) for 300 objects: two paths, not 300; it is not refused."""
+    import uuid
+
+    clock = FakeClock(START)
+    client = TestClient(app_for(Guard(clock=clock)), client=("198.51.100.61", 40_000))
+    for n in range(150):
+        clock.advance(3)
+        assert client.get(f"/v1/orders/{1000 + n}").status_code == 404
+        assert client.get(f"/v1/invoices/{uuid.uuid4()}").status_code == 404
