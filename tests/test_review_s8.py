@@ -125,7 +125,7 @@ def at_floor(statuses: list[int], floor: int = 30) -> bool:
     """Refused from the request after the `floor`th distinct path (the sketch's estimate
     may lag by a path or two)."""
     first = refused_at(statuses)
-    return first is not None and floor <= first <= floor + 2
+    return first is not None and floor <= first <= floor + 3
 
 
 # -- what holds -----------------------------------------------------------------------
@@ -142,18 +142,18 @@ def test_baseline_wordlist_scan_from_one_address_is_banned_at_the_floor() -> Non
 def test_path_variants_count_apart_so_varying_them_buys_nothing() -> None:
     """Case, double slashes, encoded characters, `..` and dot segments reach the detector
     as distinct paths (only a trailing slash and id-like segments fold): an attacker
-    cannot make many probes count as one with them; 10 words x 3 spellings is 30."""
+    cannot make many probes count as one with them."""
     clock = FakeClock(START)
     c = client(Guard(clock=clock), "192.0.2.11")
     paths = []
-    for w in WORDS[:10]:
+    for w in WORDS[:12]:
         paths += [f"/{w}", f"/{w.upper()}", f"http://testserver//{w}"]
     statuses = walk(c, clock, [*paths, "/products/1", "/products/2"])
     assert at_floor(statuses), statuses
     clock2 = FakeClock(START)
     app = app_for(Guard(clock=clock2))
     odd = []
-    for w in WORDS[:8]:
+    for w in WORDS[:10]:
         odd += [f"/{w}%2e", f"/x/../{w}", f"/./{w}/", f"/{w};x"]
     statuses = []
     for path in odd:  # sent as they are (a client that does not normalise: curl --path-as-is)
@@ -267,7 +267,6 @@ def test_a_scan_spread_over_two_workers_on_redis_is_banned(redis_url: str) -> No
     for i, path in enumerate(wordlist(50)):
         clock.advance(3)
         statuses.append(clients[i % 2].get(path).status_code)
-    first = refused_at(statuses)
     assert at_floor(statuses), statuses
 
 
@@ -282,3 +281,189 @@ ASSETS = [
     "/.well-known/assetlinks.json", "/.well-known/traffic-advice",
     "/.well-known/openid-configuration", "/.well-known/gpc.json", "/security.txt",
 ]  # fmt: skip
+
+
+def test_probes_under_a_mounted_sub_app_are_counted() -> None:
+    """`app.mount("/v2", FastAPI())`: the sub-app's router answering 404 is unmatched."""
+    clock = FakeClock(START)
+    c = client(Guard(clock=clock), "192.0.2.30")
+    assert at_floor(walk(c, clock, ["/v2" + p for p in wordlist(40)]))
+
+
+def test_a_catch_all_route_and_handler_404s_are_left_to_bola_which_catches_them() -> None:
+    """Careless user: `/{path:path}` raising 404, and `/users/{name}` answering 404 for
+    unknown names, are routed (not recon's); BOLA's error detector refuses at 15."""
+    users = [f"/users/u{i}x" for i in range(40)]
+    for kw, paths in (({"catch_all": True}, wordlist(40)), ({}, users)):
+        clock = FakeClock(START)
+        statuses = walk(client(Guard(clock=clock), "192.0.2.32", **kw), clock, paths)
+        first = refused_at(statuses)
+        assert first is not None and first <= 17, statuses
+
+
+def test_flask_custom_404_handler_still_counts() -> None:
+    from flask import Flask, jsonify
+
+    from apiguard.flask import init_app
+
+    clock = FakeClock(START)
+    app = Flask("rev8")
+    init_app(app, Guard(clock=clock))
+
+    @app.get("/items/<int:item_id>")
+    def item(item_id: int) -> Any:
+        return {"item": item_id}
+
+    @app.errorhandler(404)
+    def not_found(_e: Any) -> Any:
+        return jsonify(error="not here"), 404
+
+    c = app.test_client()
+    statuses = []
+    for path in wordlist(40):
+        clock.advance(3)
+        statuses.append(c.get(path, environ_base={"REMOTE_ADDR": "192.0.2.40"}).status_code)
+    assert at_floor(statuses), statuses
+
+
+# -- findings -------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 1 (bypass), high: an unvouched made-up credential is the principal, "
+    "so a scan splits over junk keys. `Bearer <random>` per probe: 100 probes answered, "
+    "then only new_credentials_per_ip's 429 (no ban); x-api-key rotated every 29 probes: "
+    "120 probes, 0 refused (up to 100 keys x 29 = 2,900 probes/h/address vs floor 30).",
+)
+@pytest.mark.parametrize("header", ["bearer-per-probe", "api-key-per-29"])
+def test_made_up_credentials_do_not_split_a_scan(header: str) -> None:
+    clock = FakeClock(START)
+    c = client(Guard(clock=clock), "192.0.2.50")
+
+    def creds(i: int) -> dict[str, str]:
+        if header == "bearer-per-probe":
+            return {"authorization": f"Bearer {uuid.uuid4().hex}"}
+        return {"x-api-key": f"junk-{i // 29}"}
+
+    statuses = walk(c, clock, wordlist(120), headers=creds)
+    assert refused_at(statuses) is not None and refused_at(statuses) <= 33, statuses
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 2 (bypass), medium: two throwaway accounts logged in once from the "
+    "scanner's address make it 'shared': 115-120 anonymous probes answered per hour "
+    "(4x) instead of 30, then only challenged, never banned (285 more refused "
+    "challenges in the hour did not escalate).",
+)
+def test_two_cheap_logins_do_not_buy_a_scanner_four_times_the_floor() -> None:
+    clock = FakeClock(START)
+    c = client(Guard(clock=clock), "192.0.2.51")
+    for user in ("throwaway1", "throwaway2"):
+        assert c.post("/login", headers={"x-user": user}).status_code == 200
+    statuses = walk(c, clock, wordlist(120))
+    first = refused_at(statuses)
+    assert first is not None and first <= 60, statuses
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 3 (bypass, documented), low-medium: five IPv4 addresses in one /24 "
+    "probing 25 paths each (125 distinct paths in 30 min) are never refused; IPv6 is "
+    "grouped by /64, IPv4 not at all.",
+)
+def test_a_scan_rotating_through_one_ipv4_24_is_caught() -> None:
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    statuses = []
+    for i, path in enumerate(wordlist(125)):
+        clock.advance(15)
+        statuses.append(client(guard, f"203.0.113.{10 + i // 25}").get(path).status_code)
+    assert refused_at(statuses) is not None, statuses
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 4 (honest users banned + cheap DoS), high: a corporate proxy or CDN "
+    "edge many people use without logging in (no trusted_proxies): 60 people, each one "
+    "or two asset/stale paths (26 assets + a few typos, 34 distinct) ban the address for "
+    "all at about the 30th distinct path; an attacker needs 30 GETs through it to lock "
+    "everyone out for the ban's length.",
+)
+def test_an_anonymous_shared_proxy_is_not_banned_by_its_people() -> None:
+    clock = FakeClock(START)
+    c = client(Guard(clock=clock), "198.51.100.80")
+    rng = random.Random(4)
+    typos = ["/prodcts/1", "/product/2", "/login/x", "/docs/old", "/v1/products/3x",
+             "/api/products", "/products/abc/reviews", "/Login"]  # fmt: skip
+    statuses = []
+    for person in range(60):
+        for path in rng.sample(ASSETS, 2) + ([typos[person % 8]] if person % 3 == 0 else []):
+            clock.advance(rng.uniform(5, 40))
+            statuses.append(c.get(path).status_code)
+        clock.advance(5)
+        statuses.append(c.get(f"/products/{person}").status_code)
+    assert refused_at(statuses) is None, statuses
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 5 (honest user banned), medium-high: an old mobile app calling a "
+    "removed `/v1/articles/{slug}` while its user scrolls 40 articles in 20 min: slugs are "
+    "not folded like ids, 40 distinct paths, the address (often a carrier NAT) banned at "
+    "the 30th; same for a crawler revisiting 40 stale public-docs URLs.",
+)
+@pytest.mark.parametrize("who", ["mobile-app", "docs-crawler"])
+def test_removed_routes_called_with_slugs_are_one_path(who: str) -> None:
+    clock = FakeClock(START)
+    c = client(Guard(clock=clock), "100.64.3.7")
+    rng = random.Random(2)
+    words = ["how", "to", "fix", "python", "api", "rate", "limit", "guide", "best", "new"]
+    slugs = ["-".join(rng.sample(words, 4)) + f"-{rng.randrange(10**6)}" for _ in range(40)]
+    base = "/v1/articles/" if who == "mobile-app" else "/docs/guides/"
+    statuses = walk(c, clock, [base + s for s in slugs], gap=30)
+    statuses.append(c.get("/products/1").status_code)
+    assert refused_at(statuses) is None, statuses
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 6 (Redis/multi-worker difference), medium: 'shared' is per process: an "
+    "office where ann logged in on worker A and bob on worker B is one person to each; "
+    "40 stale links across both workers: the office is banned at ~30 on Redis (it is held "
+    "to 120 and never banned in one process).",
+)
+def test_an_office_across_two_workers_on_redis_is_not_banned(redis_url: str) -> None:
+    clock = FakeClock(START)
+    workers = []
+    for _ in range(2):
+        store = RedisStore(
+            redis.asyncio.Redis.from_url(redis_url), server_time=False, timeout=5.0
+        )
+        guard = Guard({"secret": "s" * 32}, clock=clock, store=store)
+        workers.append(client(guard, "198.51.100.90"))
+    for worker, user in zip(workers, ("ann", "bob"), strict=True):
+        assert worker.post("/login", headers={"x-user": user}).status_code == 200
+    statuses = []
+    for i, path in enumerate(wordlist(40, seed=11)):
+        clock.advance(30)
+        statuses.append(workers[i % 2].get(path).status_code)
+    statuses.append(workers[0].get("/products/1").status_code)
+    assert refused_at(statuses) is None, statuses
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 7 (careless user), medium: a SPA served by `app.mount('/', "
+    "StaticFiles(html=True))` takes every unmatched path: the mount's 404 carries a "
+    "template, recon never counts; 60 wordlist probes, 0 refused (BOLA sees no object).",
+)
+def test_a_root_static_mount_does_not_blind_the_detector() -> None:
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    app = app_for(guard)
+    app.mount("/", StaticFiles(directory=STATIC, html=True), name="spa")
+    c = TestClient(app, client=("192.0.2.60", 40_000))
+    statuses = walk(c, clock, wordlist(60))
+    assert refused_at(statuses) is not None, statuses
