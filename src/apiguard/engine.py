@@ -699,6 +699,11 @@ class Engine:
         elif people is not _SHARED and people != principal:
             self._people_at[ip] = _SHARED
 
+    def forwarding_address(self, ip: str) -> bool:
+        """Whether address `ip` sent a forwarding header no setting trusts (a proxy many
+        clients may share, as this process saw it)."""
+        return ip in self._forwarding or ip in self._proxied
+
     def shared_address(self, ip: str) -> bool:
         """Whether the app vouched for two principals or more at address `ip` (an office's
         or a carrier's NAT, as this process saw it): its people's stale credentials may

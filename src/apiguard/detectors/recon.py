@@ -33,17 +33,52 @@ UNROUTED = "recon:"  # detector-table prefix: an actor's distinct unmatched path
 
 
 _HEX = frozenset("0123456789abcdefABCDEF-")
+# the route templates of a catch-all mounted at the root (`app.mount("/", StaticFiles(...))`)
+_ROOT_CATCH_ALL = frozenset({"/{path}", "/{path:path}", "{path}"})
+# what browsers, platforms and crawlers ask every site for: no probe of the API
+_ORDINARY = frozenset(
+    {
+        "/favicon.ico",
+        "/robots.txt",
+        "/sitemap.xml",
+        "/humans.txt",
+        "/ads.txt",
+        "/security.txt",
+        "/browserconfig.xml",
+        "/manifest.json",
+        "/site.webmanifest",
+        "/crossdomain.xml",
+        "/service-worker.js",
+        "/sw.js",
+    }
+)
+
+
+def _ordinary(path: str) -> bool:
+    """Whether `path` is one a browser, a platform or a crawler asks every site for
+    (`/favicon.ico`, `/robots.txt`, `/apple-touch-icon*.png`, `/.well-known/...`)."""
+    lowered = path.lower()
+    return (
+        lowered in _ORDINARY
+        or lowered.startswith(("/.well-known/", "/apple-touch-icon", "/favicon"))
+    )
 
 
 def _shape(path: str) -> str:
     """A path as the detector counts it: an id-like segment (digits, a UUID, 16 hex
-    digits or more) is one `{id}`, so an old client calling a removed
-    `/v1/orders/{id}` for many ids is one path, not one per order; a trailing slash
+    digits or more) is one `{id}`, and a slug-like one (two hyphens or more, or 24
+    characters or more) one `{slug}`, so an old client calling a removed
+    `/v1/orders/{id}` or `/v1/articles/{slug}` for many objects is one path, not one per
+    object (a scanner's words have a hyphen at most: `server-status`); a trailing slash
     aside."""
     parts = path.rstrip("/").split("/")
     for i, part in enumerate(parts):
-        if part and (part.isdecimal() or (len(part) >= 16 and _HEX.issuperset(part))):
+        if not part:
+            continue
+        if part.isdecimal() or (len(part) >= 16 and _HEX.issuperset(part)):
             parts[i] = "{id}"
+        elif part.count("-") >= 2 or len(part) >= 24:
+            parts[i] = "{slug}"
     return "/".join(parts)
 
 
@@ -59,32 +94,54 @@ class Recon:
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         status = outcome.status
-        if (status != 404 and status != 405) or outcome.route is not None:
-            return None  # (a routed request, or an answer of a route: not a probe)
+        if status != 404 and status != 405:
+            return None
+        route = outcome.route
+        # (a routed request is a route's answer, not a probe; but a catch-all mounted at
+        # the root, a single-page app's static files, takes every unknown path: its 404
+        # is the router's)
+        if route is not None and (status != 404 or route not in _ROOT_CATCH_ALL):
+            return None
         ctx = outcome.ctx
         path = ctx.scope.get("path")
-        if not isinstance(path, str) or not path:
+        if not isinstance(path, str) or not path or _ordinary(path):
             return None
-        principal = outcome.principal
-        op = Tally(UNROUTED + principal, self.config.window, _shape(path[:_PATH_MAX]))
-        ops.append(op)
+        shape = _shape(path[:_PATH_MAX])
         cfg = self.config
-        shared = principal == ctx.ip_key and ctx.engine.shared_address(principal)
-        floor = cfg.floor * (_SHARED_FACTOR if shared else 1)
-        if outcome.prior:  # a repeat offender is judged on half the evidence
-            floor = max(2, floor // 2)
-        action = (
-            cfg.person_action if ctx.vouched else "challenge" if shared else cfg.action
-        )
+        engine = ctx.engine
+        address = ctx.ip_key
+        principal = outcome.principal
+        prior = outcome.prior
+        actors = [(principal, ctx.vouched)]
+        if principal != address and not ctx.vouched:
+            # a credential the app never vouched for is the client's own string: a scan
+            # split over made-up keys is still one address's
+            actors.append((address, False))
+        judges = []
+        for actor, vouched in actors:
+            op = Tally(UNROUTED + actor, cfg.window, shape)
+            ops.append(op)
+            # an address people log in from (an office), or one behind a proxy no
+            # setting trusts (its forwarding header says many clients share it)
+            many = actor == address and (
+                engine.shared_address(address) or engine.forwarding_address(address)
+            )
+            floor = cfg.floor * (_SHARED_FACTOR if many else 1)
+            if prior:  # a repeat offender is judged on half the evidence
+                floor = max(2, floor // 2)
+            action = cfg.person_action if vouched else "challenge" if many else cfg.action
+            judges.append((op, actor, floor, action))
         name = self.name
+        enforce = self.enforce
 
-        def judge(op: Tally = op) -> list[Finding]:
-            if op.count < floor:
-                return []
-            evidence: dict[str, float | int | str] = {
-                "unmatched_paths": round(op.count),
-                "threshold": floor,
-            }
-            return [Finding(f"{name}.probing", principal, action, self.enforce, evidence)]
+        def judge() -> list[Finding]:
+            for op, actor, floor, action in judges:
+                if op.count >= floor:
+                    evidence: dict[str, float | int | str] = {
+                        "unmatched_paths": round(op.count),
+                        "threshold": floor,
+                    }
+                    return [Finding(f"{name}.probing", actor, action, enforce, evidence)]
+            return []
 
         return judge
