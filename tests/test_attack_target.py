@@ -936,3 +936,15 @@ def test_an_http_basic_login_is_attacked(
     (row,) = json.loads(captured.out)["campaigns"]
     assert row["caught"] is True and row["benign_principals_refused"] == 0
     assert row["reference_gain"] > 0  # (the unprotected app's password was found)
+
+
+def test_a_flow_section_with_only_a_sign_up_declares_no_flow_to_abuse() -> None:
+    """A Django trial's declaration had `[flow] signup` and no `[flow] path`: the flow
+    campaigns attacked the example shop's coupon route and reported MISSED. They are
+    SKIPPED, naming `[flow] path`."""
+    target = Target.from_mapping({"flow": {"signup": "/api/users"}})
+    for name in ("flow abuse, rotating", "flow abuse, fresh"):
+        reason = cp.undeclared(cp.campaign(name), target)
+        assert reason is not None and "[flow] path" in reason
+    declared = Target.from_mapping({"flow": {"path": "/api/coupons/{code}", "codes": ["A"]}})
+    assert cp.undeclared(cp.campaign("flow abuse, rotating"), declared) is None

@@ -407,6 +407,9 @@ class FlowGroupsConfig(_Detector):
     # `window`) is refused a flow its burst was flagged for: a farm that waits out the
     # window before it redeems is still told by where its accounts were born
     young_for: float = Field(86_400.0, gt=0, le=YEAR)
+    # flows (their `@guard.flow` names) this detector does not watch: a social action
+    # (favorite, follow) that colleagues behind one office address all take is no farm
+    ignore_flows: tuple[str, ...] = ()
 
 
 class ScrapingConfig(_Detector):

@@ -801,6 +801,13 @@ class Guard:
         `detection.scraping.routes`) must name routes of the app: a misspelt template would
         silently not apply."""
         detection = self.config.detection
+        unknown_flows = sorted(set(detection.flow_groups.ignore_flows) - set(self._flows))
+        if unknown_flows:
+            raise ConfigurationError(
+                f"detection.flow_groups.ignore_flows names {', '.join(map(repr, unknown_flows))}, "
+                f"which no @guard.flow declares (its flows: "
+                f"{', '.join(map(repr, sorted(self._flows))) or 'none'})"
+            )
         for name, routes in (
             ("bola", detection.bola.routes),
             ("scraping", detection.scraping.routes),

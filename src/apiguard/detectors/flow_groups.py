@@ -223,6 +223,8 @@ class FlowGroups:
         refused = decision is not None and (decision.banned or "").startswith(GROUP)
         # a completion, or an attempt refused to its group (which still counts for it)
         flows = completed_flows(ctx) if 200 <= outcome.status < 300 or refused else ()
+        if flows and self.config.ignore_flows:
+            flows = tuple(f for f in flows if f not in self.config.ignore_flows)
         now = outcome.now
         if not flows:
             if not self._active.due(principal, now):

@@ -86,7 +86,7 @@ from apiguard.simulate.population import (
     rotating_browser,
     tool_headers,
 )
-from apiguard.simulate.target import Account, ObjectId, Target, id_order
+from apiguard.simulate.target import FLOW_PATH, Account, ObjectId, Target, id_order
 
 START = 10_000.0  # the fake clock's reading when a run begins
 ATTACK = "attack"
@@ -718,7 +718,7 @@ def _statuses(records: Sequence[Record]) -> str:
 
 # what a campaign attacks that only a declaration can say for an app of the user's own
 _SECTION_OF_GAIN = {
-    "coupons": ("flow", "[flow] path, the flow to abuse (a coupon, a sign-up bonus)"),
+    "coupons": (FLOW_PATH, "[flow] path, the flow to abuse (a coupon, a sign-up bonus)"),
     "pages scraped": ("browse", "[browse] paths, the pages a scraper would read"),
 }
 

@@ -78,6 +78,9 @@ def id_order(object_id: ObjectId) -> tuple[bool, int | str]:
     return isinstance(object_id, str), object_id
 
 
+FLOW_PATH = "flow.path"  # in `Target.declared`: a [flow] path was declared
+
+
 @dataclass(frozen=True, slots=True)
 class Account:
     """A test account: what the benign population logs in with, and the objects it owns."""
@@ -236,7 +239,10 @@ class Target:
         section or key, or a value of the wrong type."""
         target = base if base is not None else cls(accounts=())
         sections = _checked(data)
-        changes: dict[str, Any] = {"declared": target.declared | frozenset(sections)}
+        declared = target.declared | frozenset(sections)
+        if "path" in sections.get("flow", {}):
+            declared |= {FLOW_PATH}  # (a [flow] with only a sign-up declares no flow to abuse)
+        changes: dict[str, Any] = {"declared": declared}
         login = sections.get("login", {})
         for key, attr in (
             ("path", "login_path"),
