@@ -1607,6 +1607,16 @@ class Engine:
         if self._challenge_warned:
             return
         self._challenge_warned = True
+        declared = self.config.detection.challenge_path
+        if declared is not None:  # (the app has a challenge route: no advice to drop it)
+            log.warning(
+                "apiguard: detector %s asks clients for a challenge, and nobody has passed "
+                "one at the declared challenge route %s yet: people asked must pass it "
+                "there (where the app calls guard.challenge_passed()) to go on",
+                finding.detector,
+                declared,
+            )
+            return
         log.warning(
             "apiguard: detector %s asks clients for a challenge, and nobody has passed one "
             "here yet: if your app has no challenge flow (a route that calls "
