@@ -157,3 +157,41 @@ def test_flask_login_declared_with_a_callable_reading_the_request() -> None:
         )
     assert statuses[:8] == [401] * 8 and set(statuses[9:]) == {403}
     assert len(checked) <= 9  # the held-back guesses never reached the password check
+
+
+def test_a_keyed_flow_through_djangos_method_decorator() -> None:
+    """Django's `method_decorator` calls the decorated method as a partial without
+    `self`: the key is read from `request` there too (it was bound to the wrong
+    argument, so every request fell back to its address)."""
+    import json
+
+    from django.http import HttpRequest, JsonResponse
+    from django.urls import path
+    from django.utils.decorators import method_decorator
+    from django.views import View
+    from django.views.decorators.csrf import csrf_exempt
+
+    from harness import close_django, django_client
+
+    clock = FakeClock(9_000_000.0)
+    guard = Guard(clock=clock)
+
+    def email(request: HttpRequest) -> str:
+        return str(json.loads(request.body)["email"])
+
+    @method_decorator(csrf_exempt, name="dispatch")
+    @method_decorator(guard.flow("reset", "3/hour", key=email), name="post")
+    class Reset(View):
+        def post(self, request: HttpRequest) -> JsonResponse:
+            return JsonResponse({"sent": True})
+
+    call = django_client(guard, patterns=[path("password-reset", Reset.as_view())])
+    try:
+        rng = random.Random(3)
+        statuses = [
+            call("POST", "/password-reset", ip=public_ip(rng), json={"email": "v@x.org"}).status
+            for _ in range(6)
+        ]
+        assert statuses == [200, 200, 200, 429, 429, 429]
+    finally:
+        close_django()

@@ -1078,6 +1078,21 @@ def _call_signature(fn: Callable[..., Any]) -> inspect.Signature:
     return inspect.signature(fn)
 
 
+def _arguments_of(original: Callable[..., Any]) -> Callable[..., Mapping[str, Any]]:
+    """What reads an endpoint call's arguments by name, as `original` is called (see
+    `_call_signature`), for the declarations that pick them (`@guard.login`,
+    `@guard.objects`, `@guard.flow(key=...)`); without a signature, the keyword ones."""
+    try:
+        sig: inspect.Signature | None = _call_signature(original)
+    except (TypeError, ValueError):
+        sig = None
+
+    def read(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Mapping[str, Any]:
+        return sig.bind_partial(*args, **kwargs).arguments if sig is not None else kwargs
+
+    return read
+
+
 def _method_function(fn: Any) -> Callable[..., Any] | None:
     """The function of a bound method being decorated (possibly already wrapped by an
     apiguard decorator, or in a `functools.partial` as Django's `method_decorator` wraps
@@ -1170,10 +1185,7 @@ def _login_of(rules: tuple[Rule, ...], original: Callable[..., Any]) -> Callable
     login = next((r for r in rules if isinstance(r, LoginRule)), None)
     if login is None:
         return None
-    try:
-        sig: inspect.Signature | None = _call_signature(original)
-    except (TypeError, ValueError):
-        sig = None
+    arguments_of = _arguments_of(original)
 
     def enter(decorating: Engine, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         ctx = current_request()
@@ -1183,7 +1195,7 @@ def _login_of(rules: tuple[Rule, ...], original: Callable[..., Any]) -> Callable
         # even if the decorator came from another Guard object
         engine = ctx.engine
         try:
-            arguments = sig.bind_partial(*args, **kwargs).arguments if sig else kwargs
+            arguments = arguments_of(args, kwargs)
             name = login.username(arguments)
         except Exception as exc:  # a failing username= callable: report it, count the rest
             callable_failed(engine, "@guard.login(username=...)", exc)
@@ -1214,10 +1226,7 @@ def _keys_of(
     keys = [r.per for r in rules if isinstance(r, FlowRule) and isinstance(r.per, ArgumentKey)]
     if not keys:
         return None
-    try:
-        sig: inspect.Signature | None = inspect.signature(original)
-    except (TypeError, ValueError):
-        sig = None
+    arguments_of = _arguments_of(original)
 
     def enter(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         ctx = current_request()
@@ -1225,7 +1234,7 @@ def _keys_of(
             return
         for key in keys:
             try:
-                arguments = sig.bind_partial(*args, **kwargs).arguments if sig else kwargs
+                arguments = arguments_of(args, kwargs)
                 text = key_text(key.picker.pick(arguments))
             except Exception as exc:
                 # a failing key= callable (a form body where JSON was read) or a value of
@@ -1264,10 +1273,7 @@ def _objects_of(
     declared = [r for r in rules if isinstance(r, ObjectsRule)]
     if not declared:
         return None
-    try:
-        sig: inspect.Signature | None = _call_signature(original)
-    except (TypeError, ValueError):
-        sig = None
+    arguments_of = _arguments_of(original)
 
     def enter(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         ctx = current_request()
@@ -1276,7 +1282,7 @@ def _objects_of(
         engine = ctx.engine
         for rule in declared:
             try:
-                arguments = sig.bind_partial(*args, **kwargs).arguments if sig else kwargs
+                arguments = arguments_of(args, kwargs)
                 ids = object_ids(rule.picker.pick(arguments), "@guard.objects(ids=...)")
             except Exception as exc:  # a failing ids= callable: report it, count the rest
                 callable_failed(engine, "@guard.objects(ids=...)", exc)
