@@ -948,3 +948,16 @@ def test_a_flow_section_with_only_a_sign_up_declares_no_flow_to_abuse() -> None:
         assert reason is not None and "[flow] path" in reason
     declared = Target.from_mapping({"flow": {"path": "/api/coupons/{code}", "codes": ["A"]}})
     assert cp.undeclared(cp.campaign("flow abuse, rotating"), declared) is None
+
+
+def test_a_run_without_an_unprotected_reference_says_how_caught_is_judged(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A Django trial: over --url a scraping run that got 414 of 500 pages was reported
+    CAUGHT (no unprotected run: caught is judged on the refusals after the first one),
+    and the report did not say so."""
+    spec = f"{ROOT / 'examples' / 'shop.py'}:app"
+    main(["attack", spec, "--campaign", "brute", "--scale", "0.1", "--no-reference"])
+    assert "no unprotected run to compare with" in capsys.readouterr().out
+    main(["attack", spec, "--campaign", "brute", "--scale", "0.1"])
+    assert "no unprotected run to compare with" not in capsys.readouterr().out

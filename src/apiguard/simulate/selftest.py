@@ -565,6 +565,13 @@ def report(outcomes: Sequence[cp.Outcome]) -> str:
             "taken for a prober of missing objects (bola.errors), and its people are counted "
             "among the benign principals refused"
         )
+    if any(o.reference_gain is None for o in tried):
+        skipped += (
+            "\nno unprotected run to compare with (--url, or --no-reference): a campaign is "
+            "caught when at least half of its requests after the first refusal were refused, "
+            "however much it gained before; its gain is not weighed against the unprotected "
+            "app's"
+        )
     own = sum(o.app_refusals for o in outcomes)
     if own:
         skipped += (
