@@ -406,95 +406,10 @@ def test_monitor_override_sets_no_cookie_and_enforce_does_again() -> None:
     assert "apiguard" in r.headers.get("set-cookie", "")
 
 
-# -- 5. the scraping refactor: same judgements as before it -----------------------------
-
-
-def _scraping_run(old: bool, site_wide: bool, seed: int) -> tuple[list[int], list[Any]]:
-    """One traffic mix through a guard with the scraping detector of today, or of before
-    22aa0cc (one deque of tuples, Surge.counts): a day of readers (one-shot and
-    returning), a one-shot crawl from rotating addresses over 3 routes, a burst of 5000
-    new readers in under the settle time (the queue's bound), a clock going back."""
-    import asyncio
-    import importlib.util
-    import pathlib
-
-    import apiguard.detectors as detectors
-    import apiguard.engine as engine
-    from conftest import asgi_call
-
-    clock = FakeClock(START)
-    saved = detectors.Scraping
-    if old:
-        path = pathlib.Path(__file__).parent / "review_s7_data" / "scraping_before_22aa0cc.py"
-        spec = importlib.util.spec_from_file_location("scraping_before_22aa0cc", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        detectors.Scraping = module.Scraping  # type: ignore[misc]
-        engine.Scraping = module.Scraping  # type: ignore[misc]
-    try:
-        guard = _guard(
-            clock,
-            secret="s" * 32,
-            detection={
-                "challenge_path": "/challenge",
-                "scraping": {"floor": 20, "settle": 20, "site_wide": site_wide},
-            },
-        )
-    finally:
-        detectors.Scraping = engine.Scraping = saved  # type: ignore[misc]
-    app = FastAPI()
-    app.add_middleware(GuardMiddleware, guard=guard)
-    for name in ("a", "b", "c"):
-
-        @app.get(f"/{name}/{{item}}")
-        def page(item: str) -> dict[str, str]:
-            return {"item": item}
-
-    rng = random.Random(seed)
-    statuses: list[int] = []
-
-    async def traffic() -> None:
-        n = 0
-        for minute in range(150):
-            for _ in range(rng.randint(2, 12)):  # readers, most come back
-                n += 1
-                ip = f"10.{n % 250}.{n // 250 % 250}.{rng.randint(1, 250)}"
-                for _ in range(rng.choice([1, 1, 2, 3, 5])):
-                    clock.advance(rng.uniform(0.1, 4.0))
-                    route = rng.choice("abc")
-                    statuses.append(
-                        await asgi_call(app, "GET", f"/{route}/{rng.randint(1, 500)}", ip)
-                    )
-            if 30 <= minute < 70 or minute == 140:  # the crawl, one page per address
-                for _ in range(rng.randint(20, 60)):
-                    clock.advance(rng.uniform(0.01, 0.5))
-                    route = rng.choice("abc")
-                    ip = public_ip(rng)
-                    statuses.append(
-                        await asgi_call(app, "GET", f"/{route}/{rng.randint(1, 10**6)}", ip)
-                    )
-            if minute == 100:  # the queue's bound
-                for k in range(5000):
-                    clock.advance(0.003)
-                    statuses.append(await asgi_call(app, "GET", f"/a/{k}", public_ip(rng)))
-            if minute == 120:
-                clock._now -= 30.0  # a clock going back (a wall clock stepped)
-            clock.advance(rng.uniform(0, 30))
-
-    asyncio.run(traffic())
-    return statuses, guard.engine.detector_findings() if hasattr(
-        guard.engine, "detector_findings"
-    ) else []
-
-
-@pytest.mark.parametrize("site_wide", [False, True], ids=["per-route", "site-wide"])
-def test_scraping_refactor_judges_as_before(site_wide: bool) -> None:
-    before, _ = _scraping_run(True, site_wide, seed=11)
-    after, _ = _scraping_run(False, site_wide, seed=11)
-    assert len(before) == len(after)
-    assert before == after
-    assert sum(s != 200 for s in after) > 100, {s: after.count(s) for s in set(after)}
+# -- 5. the scraping refactor (22aa0cc, 3d478a9) judged the same traffic as the version
+# before it, request for request (per route and site-wide, a crawl, 5,000 new readers in
+# under the settle time, a clock stepped back): checked once against a copy of the old
+# module at the merge; the copy is not kept (it pinned the detector to its old decisions)
 
 
 # -- Redis: a keyed flow is one budget across workers -----------------------------------
