@@ -7,24 +7,23 @@ elsewhere every person on a new device would be refused while it lasts."""
 
 from __future__ import annotations
 
-import logging
 import random
 from typing import Any
 
 from apiguard import Guard
 from apiguard.simulate.clock import FakeClock
 from apiguard.simulate.driver import AsgiDriver
-from detection_support import BROWSERS, Client, build_app, is_challenge, public_ip, run, username
+from detection_support import (
+    BROWSERS,
+    Client,
+    build_app,
+    is_challenge,
+    public_ip,
+    run_quietly,
+    username,
+)
 
 T0 = 8_000_000.0
-
-
-def _quiet(coro: Any) -> Any:
-    logging.disable(logging.WARNING)
-    try:
-        return run(coro)
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 def population(
@@ -99,7 +98,7 @@ def population(
             people.append(resp.status)
         return guesses, people, met
 
-    result: tuple[list[int], list[int], int] = _quiet(go())
+    result: tuple[list[int], list[int], int] = run_quietly(go())
     return result
 
 

@@ -8,26 +8,24 @@ scenario realistic, or an attack that held."""
 
 from __future__ import annotations
 
-import logging
 import random
-from typing import Any
 
 import pytest
 
 from apiguard import Guard
 from apiguard.simulate.clock import FakeClock
 from apiguard.simulate.driver import AsgiDriver
-from detection_support import BROWSERS, Client, build_app, is_challenge, public_ip, run, username
+from detection_support import (
+    BROWSERS,
+    Client,
+    build_app,
+    is_challenge,
+    public_ip,
+    run_quietly,
+    username,
+)
 
 T0 = 6_000_000.0
-
-
-def _quiet(coro: Any) -> Any:
-    logging.disable(logging.WARNING)
-    try:
-        return run(coro)
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 def _ua(rng: random.Random) -> str:
@@ -98,7 +96,7 @@ def slow_stuffer(
                 refused += 1
         return admitted, refused
 
-    result: tuple[int, int] = _quiet(go())
+    result: tuple[int, int] = run_quietly(go())
     return result
 
 
@@ -180,7 +178,7 @@ def solver_stuffer(own: int, hours: float = 1.0, seed: int = 5) -> tuple[int, in
             fresh = True
         return admitted, solves
 
-    result: tuple[int, int] = _quiet(go())
+    result: tuple[int, int] = run_quietly(go())
     return result
 
 
@@ -232,7 +230,7 @@ def nat_without_challenge(
             people.append(r.status)
         return people
 
-    result: list[int] = _quiet(go())
+    result: list[int] = run_quietly(go())
     return result
 
 
@@ -304,7 +302,7 @@ def carrier_48(
             people.append(r.status)
         return people, admitted
 
-    result: tuple[list[int], int] = _quiet(go())
+    result: tuple[list[int], int] = run_quietly(go())
     return result
 
 
@@ -345,7 +343,7 @@ def person_unsure_of_their_email(wrong: int, seed: int = 7) -> list[str]:
                 break
         return out
 
-    result: list[str] = _quiet(go())
+    result: list[str] = run_quietly(go())
     return result
 
 
@@ -382,7 +380,7 @@ def test_ipv4_mapped_and_nat64_forms_of_one_24_are_one_network() -> None:
             admitted += r.status == 401
         return admitted
 
-    assert 24 <= _quiet(go()) <= 30  # (26 or 27 here: the per-process sketch salt)
+    assert 24 <= run_quietly(go()) <= 30  # (26 or 27 here: the per-process sketch salt)
 
 
 # -- the tests of (a), (c), (d) findings and controls -----------------------------------
@@ -496,7 +494,7 @@ def cold_start(stuffer_per_hour: int, hours: float = 2.0, seed: int = 29) -> tup
             met += typo or challenged
         return out, met
 
-    result: tuple[list[int], int] = _quiet(go())
+    result: tuple[list[int], int] = run_quietly(go())
     return result
 
 
