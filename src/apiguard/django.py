@@ -64,6 +64,16 @@ _SETTINGS = ("APIGUARD", "APIGUARD_CLOCK", "APIGUARD_PRINCIPAL_RESOLVER", "APIGU
 _HTTP_METHODS = ("get", "post", "put", "patch", "delete", "head", "options", "trace")
 
 _guard: Guard | None = None
+# the values `settings` has read, as it keeps them until a change drops them (its
+# `__getattr__` fills it, `__setattr__`, `__delattr__` and `override_settings` empty it):
+# read here, not through `LazyObject.__getattribute__` (about 1.4 µs a setting)
+_READ: dict[str, Any] = object.__getattribute__(settings, "__dict__")
+
+
+def _root_urlconf() -> Any:
+    """`settings.ROOT_URLCONF`, from `settings`' own cache when it holds it."""
+    value = _READ.get("ROOT_URLCONF")
+    return value if value is not None else settings.ROOT_URLCONF
 
 
 def get_guard() -> Guard:
@@ -343,7 +353,7 @@ class GuardMiddleware:
         self._verified.add(urlconf)
 
     def _begin(self, request: HttpRequest) -> tuple[RequestContext, Decision | None]:
-        urlconf = getattr(request, "urlconf", None) or settings.ROOT_URLCONF
+        urlconf = getattr(request, "urlconf", None) or _root_urlconf()
         if urlconf not in self._verified:  # a URLconf a middleware chose for this request
             self._verify(urlconf)
         ctx = self._reader.begin(request.META)

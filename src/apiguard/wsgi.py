@@ -72,7 +72,7 @@ class EnvironHeaders:
 
     def __init__(self, environ: WSGIEnvironment) -> None:
         self._environ: WSGIEnvironment | None = environ.copy()
-        self._pairs: list[tuple[bytes, bytes]] = []
+        self._pairs: list[tuple[bytes, bytes]]  # (set when first asked for)
 
     def _list(self) -> list[tuple[bytes, bytes]]:
         environ = self._environ
@@ -171,8 +171,22 @@ class EnvironReader:
         """The request context; its scope is `ctx.scope`. (Most of the headers looked for
         are absent: `in` answers that without a method call.)"""
         if self._wanted.isdisjoint(environ):  # none of them: the context at once
+            # (`_scope`, inlined: every request without a credential comes here)
             peer = environ.get("REMOTE_ADDR")
-            scope = _scope(environ, EnvironHeaders(environ), peer)
+            path = environ.get("PATH_INFO") or "/"
+            if not path.isascii():
+                path = path.encode("latin-1").decode("utf-8", "replace")
+            root = environ.get("SCRIPT_NAME", "")
+            scope = {
+                "type": "http",
+                "method": environ.get("REQUEST_METHOD", "GET"),
+                "path": path,
+                "root_path": root,
+                "app_root_path": root,
+                "query_string": environ.get("QUERY_STRING", "").encode("latin-1"),
+                "headers": EnvironHeaders(environ),
+                "client": (peer, 0) if peer else None,
+            }
             return self.engine.context(scope, peer, None, None, None, [], False, None)
         api_key: bytes | None = None
         key_name: bytes | None = None
