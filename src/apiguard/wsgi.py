@@ -170,7 +170,8 @@ class EnvironReader:
     def begin(self, environ: WSGIEnvironment) -> RequestContext:
         """The request context; its scope is `ctx.scope`. (Most of the headers looked for
         are absent: `in` answers that without a method call.)"""
-        if self._wanted.isdisjoint(environ):  # none of them: the context at once
+        # (the keys view looks up each wanted key, not each of the environ's)
+        if environ.keys().isdisjoint(self._wanted):  # none of them: the context at once
             # (`_scope`, inlined: every request without a credential comes here)
             peer = environ.get("REMOTE_ADDR")
             path = environ.get("PATH_INFO") or "/"
