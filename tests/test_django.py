@@ -449,3 +449,23 @@ def test_drf_identify_in_the_authentication_class_refuses_before_an_undecorated_
         429,
     ]
     assert written == ["plain"] * 2  # refused before the view ran
+
+
+def test_root_urlconf_follows_every_settings_change():
+    from django.conf import settings
+
+    def same() -> None:
+        assert agd._root_urlconf() == settings.ROOT_URLCONF
+
+    same()
+    before = settings.ROOT_URLCONF
+    with override_settings(ROOT_URLCONF="tests.other_urls"):
+        assert agd._root_urlconf() == "tests.other_urls"
+        same()
+    same()
+    try:
+        settings.ROOT_URLCONF = "tests.assigned_urls"
+        assert agd._root_urlconf() == "tests.assigned_urls"
+    finally:
+        settings.ROOT_URLCONF = before
+    same()
