@@ -135,3 +135,60 @@ def test_an_old_client_calling_a_removed_route_for_many_ids_is_one_path() -> Non
         clock.advance(3)
         assert client.get(f"/v1/orders/{1000 + n}").status_code == 404
         assert client.get(f"/v1/invoices/{uuid.uuid4()}").status_code == 404
+
+
+def test_a_scan_dealt_over_one_ipv4_24_is_challenged_and_its_neighbours_are_not() -> None:
+    """Five addresses of one /24 probing 25 distinct paths each, in turn and in random
+    order: once the /24 asked for twice the floor, each of them that probed 5 paths
+    itself is challenged (a scanner cannot pass). Neighbours in the /24 reading products
+    with a typo or two are not refused, before or after."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    rng = random.Random(21)
+    paths = probes(rng, 125)
+    scanners = [
+        TestClient(app_for(guard), client=(f"203.0.113.{10 + i}", 40_000)) for i in range(5)
+    ]
+    neighbours = [
+        TestClient(app_for(guard), client=(f"203.0.113.{100 + i}", 40_000)) for i in range(30)
+    ]
+    answered = 0
+    refused_neighbours = 0
+    for n, path in enumerate(paths):
+        clock.advance(rng.uniform(2, 20))
+        status = rng.choice(scanners).get(path).status_code
+        answered += status == 404
+        if n % 4 == 0:
+            person = rng.choice(neighbours)
+            for typo in rng.sample(["/prodcts/3", "/product/3", "/login/", "/products"], 1):
+                person.get(typo)
+            refused_neighbours += person.get(f"/products/{n}").status_code != 200
+    assert answered <= 75, answered  # twice the floor, and a few per address
+    assert refused_neighbours == 0
+    last = scanners[0].get("/admin/keys")
+    assert last.status_code == 403 and "challenge" in last.json()["type"]
+    clumsy = neighbours[0]  # four stale links of its own while the /24 is held
+    for typo in ("/prodcts/3", "/product/3", "/login/", "/products"):
+        assert clumsy.get(typo).status_code in (404, 405)
+    assert clumsy.get("/products/9").status_code == 200
+
+
+def test_a_busy_ipv4_24_of_people_each_with_a_stale_link_or_two_is_not_refused() -> None:
+    """A university or carrier /24: 120 people, each following one or two stale links
+    (150 distinct unmatched paths in the /24 within the hour), then reading a product:
+    nobody probed 5 paths, nobody is refused."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    rng = random.Random(22)
+    stale = probes(rng, 150)
+    refused = 0
+    k = 0
+    for i in range(120):
+        person = TestClient(app_for(guard), client=(f"198.51.100.{i + 1}", 40_000))
+        for _ in range(1 + (i % 4 == 0)):
+            clock.advance(rng.uniform(1, 20))
+            refused += person.get(stale[k % len(stale)]).status_code != 404
+            k += 1
+        refused += person.get(f"/products/{i}").status_code != 200
+    assert k >= 150
+    assert refused == 0

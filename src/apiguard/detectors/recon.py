@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 _PATH_MAX = 256  # characters of a probed path counted (a longer one is its first 256)
 _SHARED_FACTOR = 4  # times the floor at an address people log in from
+# a /24 whose addresses together probed this many times the floor (the floor of it from
+# others) challenges each of them that probed `_NETWORK_OWN` distinct paths itself
+_NETWORK_FACTOR = 2
+_NETWORK_OWN = 5
 UNROUTED = "recon:"  # detector-table prefix: an actor's distinct unmatched paths
 
 
@@ -131,6 +135,14 @@ class Recon:
                 floor = max(2, floor // 2)
             action = cfg.person_action if vouched else "challenge" if many else cfg.action
             judges.append((op, actor, floor, action))
+        network: Tally | None = None
+        client = ctx.client_ip
+        if not ctx.vouched and "." in client and ":" not in client:
+            # an IPv4 scan dealt over the addresses of one /24 (an IPv6 /64 is one
+            # address here already): the network's distinct paths, with those of each
+            # address of it that probed a few itself
+            network = Tally(UNROUTED + ctx.net_key, cfg.window, shape)
+            ops.append(network)
         name = self.name
         enforce = self.enforce
 
@@ -142,6 +154,22 @@ class Recon:
                         "threshold": floor,
                     }
                     return [Finding(f"{name}.probing", actor, action, enforce, evidence)]
+            if network is not None:
+                bar = cfg.floor * _NETWORK_FACTOR
+                own = judges[-1][0]  # (the address's own count)
+                # (and the floor of it from its other addresses: one address is judged
+                # on its own count, and a shared one at four times the floor)
+                mine = own.count
+                others = network.count - mine
+                if network.count >= bar and others >= cfg.floor and mine >= _NETWORK_OWN:
+                    evidence = {
+                        "network_unmatched_paths": round(network.count),
+                        "threshold": bar,
+                        "unmatched_paths": round(own.count),
+                    }
+                    # a network holds other people: a challenge, which a person passes
+                    finding = Finding(f"{name}.network", address, "challenge", enforce, evidence)
+                    return [finding]
             return []
 
         return judge
