@@ -100,12 +100,12 @@ def test_a_signed_in_user_probing_is_challenged_not_banned() -> None:
 
 
 def test_an_office_whose_people_log_in_is_held_only_at_four_times_the_floor() -> None:
-    """Colleagues behind one address (two of them logged in) following 40 distinct
+    """Colleagues behind one address (eight of them logged in) following 40 distinct
     stale links: not refused; a scanner there is challenged past 120, never banned."""
     clock = FakeClock(START)
     guard = Guard(clock=clock)
     office = TestClient(app_for(guard), client=("198.51.100.70", 40_000))
-    for user in ("ann", "bob"):
+    for user in ("ann", "bob", "cy", "dee", "eve", "fay", "gus", "hal"):
         assert office.post("/login", headers={"x-user": user}).status_code == 200
     rng = random.Random(3)
     stale = probes(rng, 40)
@@ -192,3 +192,20 @@ def test_a_busy_ipv4_24_of_people_each_with_a_stale_link_or_two_is_not_refused()
         refused += person.get(f"/products/{i}").status_code != 200
     assert k >= 150
     assert refused == 0
+
+
+def test_an_address_two_people_log_in_from_is_challenged_at_the_floor_not_banned() -> None:
+    """Two logins (a small office, or a scanner's two throwaway accounts) make an address
+    shared: challenged (a person passes), never banned, but at the floor, not 4x."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    office = TestClient(app_for(guard), client=("198.51.100.71", 40_000))
+    for user in ("ann", "bob"):
+        assert office.post("/login", headers={"x-user": user}).status_code == 200
+    answers = []
+    for path in probes(random.Random(4), 50):
+        clock.advance(5)
+        answers.append(office.get(path))
+    first = next(i for i, r in enumerate(answers) if r.status_code == 403)
+    assert 28 <= first <= 34
+    assert all("challenge" in r.json()["type"] for r in answers[first:])

@@ -98,7 +98,7 @@ _TOKENS_VOUCHED_EVERY = 3600.0  # ... per this many seconds
 PROXY_ACCOUNTS = 8
 
 
-_SHARED = "<shared>"  # `Engine._people_at`: an address two vouched principals used
+_PEOPLE_KEPT = 8  # `Engine._people_at`: principals remembered per address (then: many)
 
 # declared object ids the BOLA detector counts per request (a batch read of more counts
 # this many: far over any route's bar)
@@ -231,8 +231,8 @@ class Engine:
         self._owners: OrderedDict[str, str] = OrderedDict()
         self.challenges_answered = False  # someone passed a challenge in this process
         self._late_objects_warned = False  # objects_touched() after the detectors looked
-        # address -> the principal the app vouched for there, or `_SHARED` (two or more)
-        self._people_at: dict[str, str] = {}
+        # address -> the principal the app vouched for there, or the first few (two or more)
+        self._people_at: dict[str, str | set[str]] = {}
         # the app's challenge route for the scraping gate: declared, or learned where
         # `challenge_passed()` ran (`_learn_challenge_route`)
         self.challenge_path: str | None = config.detection.challenge_path
@@ -689,15 +689,26 @@ class Engine:
         return ctx.credential_key or ctx.ip_key
 
     def _person_at(self, ip: str, principal: str) -> None:
-        """Remember that the app vouched for `principal` at address `ip` (the first two
-        per address, in process, bounded)."""
+        """Remember that the app vouched for `principal` at address `ip` (the first
+        `_PEOPLE_KEPT` per address, in process, bounded)."""
         people = self._people_at.get(ip)
         if people is None:
             if len(self._people_at) >= IP_CACHE_MAX:
                 self._people_at.clear()
             self._people_at[ip] = principal
-        elif people is not _SHARED and people != principal:
-            self._people_at[ip] = _SHARED
+        elif isinstance(people, str):
+            if people != principal:
+                self._people_at[ip] = {people, principal}
+        elif len(people) < _PEOPLE_KEPT:
+            people.add(principal)
+
+    def people_at(self, ip: str) -> int:
+        """How many principals the app vouched for at address `ip` (at most
+        `_PEOPLE_KEPT`), as this process saw it."""
+        people = self._people_at.get(ip)
+        if people is None:
+            return 0
+        return 1 if type(people) is str else len(people)
 
     def forwarding_address(self, ip: str) -> bool:
         """Whether address `ip` sent a forwarding header no setting trusts (a proxy many
@@ -708,7 +719,8 @@ class Engine:
         """Whether the app vouched for two principals or more at address `ip` (an office's
         or a carrier's NAT, as this process saw it): its people's stale credentials may
         be refused there, never end in a ban of the address."""
-        return self._people_at.get(ip) is _SHARED
+        people = self._people_at.get(ip)
+        return people is not None and type(people) is not str
 
     def declare(self, ctx: RequestContext, user_id: str) -> None:
         """`identify()`: record the app's principal and run the checkpoint now."""

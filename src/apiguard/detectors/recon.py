@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from apiguard.store.base import Observation
 
 _PATH_MAX = 256  # characters of a probed path counted (a longer one is its first 256)
-_SHARED_FACTOR = 4  # times the floor at an address people log in from
+# times the floor at an address people log in from: half their number (2 or 3: 1x,
+# 8 or more: 4x; challenged, not banned), or behind a proxy no setting trusts
+_SHARED_FACTOR = 4
 # a /24 whose addresses together probed this many times the floor (the floor of it from
 # others) challenges each of them that probed `_NETWORK_OWN` distinct paths itself
 _NETWORK_FACTOR = 2
@@ -127,10 +129,15 @@ class Recon:
             ops.append(op)
             # an address people log in from (an office), or one behind a proxy no
             # setting trusts (its forwarding header says many clients share it)
-            many = actor == address and (
-                engine.shared_address(address) or engine.forwarding_address(address)
-            )
-            floor = cfg.floor * (_SHARED_FACTOR if many else 1)
+            many, factor = False, 1
+            if actor == address:
+                if engine.forwarding_address(address):
+                    many, factor = True, _SHARED_FACTOR
+                else:  # (two throwaway logins buy a scanner no more than the floor)
+                    people = engine.people_at(address)
+                    if people > 1:
+                        many, factor = True, min(_SHARED_FACTOR, people // 2)
+            floor = cfg.floor * factor
             if prior:  # a repeat offender is judged on half the evidence
                 floor = max(2, floor // 2)
             action = cfg.person_action if vouched else "challenge" if many else cfg.action
