@@ -289,6 +289,8 @@ class RedisStore:
         self._scripts: dict[tuple[int, str], Any] = {}  # (id(client), name) -> Script
         self._ready: set[int] = set()  # ids of asyncio clients initialised
         self._lanes: dict[int, _Lane | Wire] = {}  # id(asyncio client) -> its connections
+        # the running loop's `Wire` and its scripts, once a call found them (`_acall`)
+        self._wired: tuple[asyncio.AbstractEventLoop, Wire, dict[str, Any]] | None = None
         self._sync_lanes: dict[int, _SyncLane | bool] = {}  # the same for sync clients
         self.prefix = prefix
         self._p = "{" + prefix + "}:"  # every key in one Cluster slot
@@ -412,6 +414,10 @@ class RedisStore:
 
     async def _acall(self, name: str, args: list[Any] | Packed) -> Any:
         """Run script `name` without blocking the loop, within `timeout` (raises)."""
+        wired = self._wired
+        if wired is not None and wired[0] is asyncio.get_running_loop():
+            # (the store's own connection on this loop: its lookups made once)
+            return await wired[1].evalsha(wired[2][name], self._seq_key, args, self.timeout)
         client = self._async()
         if client is None:
             return await asyncio.wait_for(
@@ -436,6 +442,8 @@ class RedisStore:
         if isinstance(lane, Wire):
             if lane.loop is not asyncio.get_running_loop():
                 lane = self._lanes[id(client)] = Wire(client)  # (a client on another loop)
+            scripts = {n: self._script(client, n) for n in _SCRIPTS}
+            self._wired = (lane.loop, lane, scripts)
             return await lane.evalsha(script, self._seq_key, args, self.timeout)  # (its own)
         if isinstance(args, Packed):
             args = args.args()
@@ -1360,6 +1368,7 @@ class RedisStore:
         """Write what waits (`drain`), then close the asyncio client's connections."""
         self.release_leases()
         await self.drain()
+        self._wired = None
         for lane in list(self._lanes.values()):
             if isinstance(lane, Wire):
                 await lane.aclose()
