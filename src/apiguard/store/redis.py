@@ -549,7 +549,15 @@ class RedisStore:
         if not self._breaker.allow():
             return self._fallback(batch, None)
         try:
-            reply = await self._acall("checkpoint", self._checkpoint_args(batch, now, bans))
+            args = self._checkpoint_args(batch, now, bans)
+            wired = self._wired
+            if wired is not None and wired[0] is asyncio.get_running_loop():
+                # (`_acall`'s common case, one coroutine less on every request)
+                reply = await wired[1].evalsha(
+                    wired[2]["checkpoint"], self._seq_key, args, self.timeout
+                )
+            else:
+                reply = await self._acall("checkpoint", args)
             result = self._decode(batch, reply, now)
         except Exception as exc:
             return self._fallback(batch, exc)
