@@ -26,7 +26,10 @@ apiguard's count can fall below one per request). The variants run round-robin f
 several rounds; µs/req is the median of the rounds' means, "added" its difference with
 bare. "Redis CPU µs" is the redis-server process's own CPU time (user and system, from
 INFO cpu) per request, what follows responses included (each run is drained before it
-is read): what the requests cost the one Redis every worker shares.
+is read): what the requests cost the one Redis every worker shares. "in scripts µs" is
+the part of it spent running scripts (EVAL/EVALSHA, INFO commandstats; wall time inside
+Redis, so preemption on a loaded machine counts): the rest is Redis reading, parsing and
+answering the calls.
 
 Then Redis memory for N distinct principals hitting once (1 rule, 600/hour, so every
 window is still live at the end): the script runs for
@@ -243,6 +246,15 @@ def server_cpu(client: Any) -> float:
     return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
+def script_time(client: Any) -> float:
+    """Seconds Redis has spent running scripts so far (INFO commandstats: EVAL, EVALSHA)."""
+    stats = client.info("commandstats")
+    return sum(
+        float(stats.get(f"cmdstat_{name}", {}).get("usec", 0))
+        for name in ("eval", "evalsha", "eval_ro", "evalsha_ro")
+    ) / 1e6
+
+
 async def drain(kind: str) -> None:
     store = STORES.get(kind)
     if store is not None and hasattr(store, "drain"):
@@ -251,12 +263,13 @@ async def drain(kind: str) -> None:
 
 async def run(
     app: Any, batch: list[dict[str, Any]], kind: str = "", client: Any = None
-) -> tuple[float, float, int, float]:
+) -> tuple[float, float, int, float, float]:
     """Seconds per request (wall, and this thread's CPU), round trips, and the Redis
-    server's CPU seconds per request for `batch`."""
+    server's CPU seconds per request for `batch`, and of those its time in scripts."""
     STATUS.clear()
     await drain(kind)
     server = server_cpu(client) if client is not None else 0.0
+    scripts = script_time(client) if client is not None else 0.0
     trips = TRIPS[0]
     gc.collect()
     started = time.perf_counter()
@@ -269,10 +282,11 @@ async def run(
     await drain(kind)
     if client is not None:
         server = (server_cpu(client) - server) / len(batch)
+        scripts = (script_time(client) - scripts) / len(batch)
     bad = [s for s in STATUS if s != 200]
     if bad:
         raise RuntimeError(f"refused or failed requests in a benchmark: {bad[:5]}")
-    return elapsed / len(batch), cpu / len(batch), trips, server
+    return elapsed / len(batch), cpu / len(batch), trips, server, scripts
 
 
 async def measure(kinds: list[str], url: str, n: int, rounds: int) -> dict[str, Any]:
@@ -284,15 +298,17 @@ async def measure(kinds: list[str], url: str, n: int, rounds: int) -> dict[str, 
     times: dict[str, list[float]] = {k: [] for k in kinds}
     cpus: dict[str, list[float]] = {k: [] for k in kinds}
     servers: dict[str, list[float]] = {k: [] for k in kinds}
+    scripts: dict[str, list[float]] = {k: [] for k in kinds}
     trips: dict[str, int] = dict.fromkeys(kinds, 0)
     for r in range(rounds):
         order = kinds[:]
         random.Random(r).shuffle(order)
         for kind in order:
-            per, cpu, t, server = await run(apps[kind], batch, kind, client)
+            per, cpu, t, server, script = await run(apps[kind], batch, kind, client)
             times[kind].append(per)
             cpus[kind].append(cpu)
             servers[kind].append(server)
+            scripts[kind].append(script)
             trips[kind] += t
     bare = statistics.median(times["bare"]) if "bare" in times else 0.0
     bare_cpu = statistics.median(cpus["bare"]) if "bare" in cpus else 0.0
@@ -306,6 +322,7 @@ async def measure(kinds: list[str], url: str, n: int, rounds: int) -> dict[str, 
             (cpu - bare_cpu) * 1e6,
             trips[k] / (n * rounds),
             max(statistics.median(servers[k]), 0.0) * 1e6,
+            statistics.median(scripts[k]) * 1e6,
         )
     return out
 
@@ -372,11 +389,12 @@ def report(results: dict[str, Any]) -> None:
     """Print the timing table and the targets."""
     print(
         f"{'variant':<20} {'µs/req':>9} {'added µs':>9} {'added CPU µs':>13} "
-        f"{'round trips/req':>16} {'Redis CPU µs':>13}"
+        f"{'round trips/req':>16} {'Redis CPU µs':>13} {'in scripts µs':>14}"
     )
-    for kind, (us, added, cpu, trips, server) in results.items():
+    for kind, (us, added, cpu, trips, server, script) in results.items():
         print(
-            f"{kind:<20} {us:>9.1f} {added:>9.1f} {cpu:>13.1f} {trips:>16.2f} {server:>13.1f}"
+            f"{kind:<20} {us:>9.1f} {added:>9.1f} {cpu:>13.1f} {trips:>16.2f} {server:>13.1f} "
+            f"{script:>14.1f}"
         )
     for kind, store in STORES.items():
         if getattr(store, "fallbacks", 0):

@@ -289,6 +289,8 @@ class RedisStore:
         self._scripts: dict[tuple[int, str], Any] = {}  # (id(client), name) -> Script
         self._ready: set[int] = set()  # ids of asyncio clients initialised
         self._lanes: dict[int, _Lane | Wire] = {}  # id(asyncio client) -> its connections
+        # the running loop's `Wire` and its scripts, once a call found them (`_acall`)
+        self._wired: tuple[asyncio.AbstractEventLoop, Wire, dict[str, Any]] | None = None
         self._sync_lanes: dict[int, _SyncLane | bool] = {}  # the same for sync clients
         self.prefix = prefix
         self._p = "{" + prefix + "}:"  # every key in one Cluster slot
@@ -312,7 +314,8 @@ class RedisStore:
         self._last_now = 0.0  # the callers' clock at the last batch, and when (monotonic)
         self._last_tick = 0.0
         self._secret: str | None = None  # hex, when the secret is kept in Redis
-        self._specs: dict[WindowSpec, tuple[int, float, int, float]] = {}
+        # id(spec) -> (spec, limit, width, buckets + 1, window)
+        self._specs: dict[int, tuple[WindowSpec, int, float, int, float]] = {}
         # hit count -> (pack the numbers, the fixed arguments (prefix, ban settings, the
         # numbers' format, the reply's), those encoded, the reply's Struct)
         self._shapes: dict[
@@ -411,6 +414,10 @@ class RedisStore:
 
     async def _acall(self, name: str, args: list[Any] | Packed) -> Any:
         """Run script `name` without blocking the loop, within `timeout` (raises)."""
+        wired = self._wired
+        if wired is not None and wired[0] is asyncio.get_running_loop():
+            # (the store's own connection on this loop: its lookups made once)
+            return await wired[1].evalsha(wired[2][name], self._seq_key, args, self.timeout)
         client = self._async()
         if client is None:
             return await asyncio.wait_for(
@@ -435,6 +442,8 @@ class RedisStore:
         if isinstance(lane, Wire):
             if lane.loop is not asyncio.get_running_loop():
                 lane = self._lanes[id(client)] = Wire(client)  # (a client on another loop)
+            scripts = {n: self._script(client, n) for n in _SCRIPTS}
+            self._wired = (lane.loop, lane, scripts)
             return await lane.evalsha(script, self._seq_key, args, self.timeout)  # (its own)
         if isinstance(args, Packed):
             args = args.args()
@@ -540,7 +549,15 @@ class RedisStore:
         if not self._breaker.allow():
             return self._fallback(batch, None)
         try:
-            reply = await self._acall("checkpoint", self._checkpoint_args(batch, now, bans))
+            args = self._checkpoint_args(batch, now, bans)
+            wired = self._wired
+            if wired is not None and wired[0] is asyncio.get_running_loop():
+                # (`_acall`'s common case, one coroutine less on every request)
+                reply = await wired[1].evalsha(
+                    wired[2]["checkpoint"], self._seq_key, args, self.timeout
+                )
+            else:
+                reply = await self._acall("checkpoint", args)
             result = self._decode(batch, reply, now)
         except Exception as exc:
             return self._fallback(batch, exc)
@@ -592,8 +609,6 @@ class RedisStore:
                 struct.Struct(reply),
             )
         p = self._p
-        keys = [p + "b:" + k for k in ban_keys]
-        windows = [p + "w:" + h.key for h in hits]
         nums: list[Any] = [
             _MARGIN,
             self._seen,
@@ -605,18 +620,27 @@ class RedisStore:
         specs = self._specs
         extra: list[str] | None = None
         # per hit, the number of the first hit on the same window key (0: this one)
+        windows = [h.key for h in hits]
         dups = None if len(set(windows)) == nh else windows
         at = 6 + nbk + nh  # ARGV index of the next extra argument
+        lease = self.lease
+        # the subject a batch's hits share (most often its first ban key), and its index
+        last: str | None = ban_keys[0] if ban_keys else None
+        last_si = 6
         for n, hit in enumerate(hits):
             spec = hit.spec
-            numbers = specs.get(spec)
-            if numbers is None:
+            numbers = specs.get(id(spec))
+            if numbers is None or numbers[0] is not spec:  # (keyed by identity: no hash)
                 if len(specs) > 4096:
                     specs.clear()
-                numbers = specs[spec] = (spec.limit, spec.width, spec.buckets + 1, spec.window)
+                numbers = specs[id(spec)] = (
+                    spec, spec.limit, spec.width, spec.buckets + 1, spec.window
+                )
             subject = hit.subject
             if subject is None:
                 si = 0
+            elif subject is last or subject == last:
+                si = last_si
             elif subject in ban_keys:
                 si = 6 + ban_keys.index(subject)
             else:
@@ -634,27 +658,46 @@ class RedisStore:
                 extra.append(p + "m:" + once)
                 oi = at
                 at += 1
-            seen = dups.index(dups[n]) + 1 if dups is not None else 0
-            nums += numbers
+            if dups is None:
+                seen = 0
+            else:
+                seen = dups.index(dups[n]) + 1
+                if seen > n:
+                    seen = 0
             nums += (
+                numbers[1],
+                numbers[2],
+                numbers[3],
+                numbers[4],
                 hit.cost,
                 (1 if hit.consume else 0) | (2 if hit.enforce else 0),
                 si,
                 oi,
-                seen if seen <= n else 0,
+                seen,
             )
-            if self.lease:
+            if lease:
                 nums.append(self._ask(hit, now) if dups is None else 0)
-        keys += windows
-        if extra is not None:
-            keys += extra
         # text that can come back in a reply's \x1f-separated fields: refused with it
         if _SEP in "".join(ban_keys) or (extra is not None and _SEP in "".join(extra)):
             raise ValueError("a store key contains the field separator \\x1f")
         blob = shape[0](*nums)
         fixed = shape[1]
-        data = b"%b$%d\r\n%b\r\n%b" % (shape[2], len(blob), blob, bulk(keys))
-        return Packed(5 + len(keys), data, lambda: [*fixed, blob, *keys])
+        # the keys as RESP bulk strings, each in one f-string (ASCII: characters are bytes)
+        lp = len(p) + 2
+        text = "".join([f"${lp + len(k)}\r\n{p}b:{k}\r\n" for k in ban_keys]) + "".join(
+            [f"${lp + len(k)}\r\n{p}w:{k}\r\n" for k in windows]
+        )
+        if extra is not None:
+            text += "".join([f"${len(k)}\r\n{k}\r\n" for k in extra])
+        count = 5 + nbk + nh + (len(extra) if extra is not None else 0)
+
+        def args() -> list[Any]:
+            keys = [p + "b:" + k for k in ban_keys] + [p + "w:" + k for k in windows]
+            return [*fixed, blob, *keys, *(extra or ())]
+
+        encoded = text.encode() if text.isascii() else bulk(args()[5:])
+        data = b"%b$%d\r\n%b\r\n%b" % (shape[2], len(blob), blob, encoded)
+        return Packed(count, data, args)
 
     def _decode(self, batch: Batch, raw: bytes, now: float) -> BatchResult:
         hits = batch.hits
@@ -1333,6 +1376,7 @@ class RedisStore:
         """Write what waits (`drain`), then close the asyncio client's connections."""
         self.release_leases()
         await self.drain()
+        self._wired = None
         for lane in list(self._lanes.values()):
             if isinstance(lane, Wire):
                 await lane.aclose()

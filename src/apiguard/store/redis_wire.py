@@ -232,6 +232,7 @@ class Wire:
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
         self._heads: dict[tuple[str, str], bytes] = {}  # (sha, key) -> encoded command head
+        self._errors = redis_module().exceptions
         self.loop = asyncio.get_running_loop()
 
     @staticmethod
@@ -335,9 +336,20 @@ class Wire:
         """EVALSHA of a redis-py `Script` within `timeout` seconds; NOSCRIPT loads it
         again (`script.sha`)."""
         deadline = self.loop.time() + timeout
+        errors = self._errors
+        proto = self._proto
         try:
+            if proto is not None and not proto.closed:  # (the common case: one await)
+                try:
+                    reply = await self._send(proto, self._evalsha(script.sha, key, args), deadline)
+                except errors.ConnectionError:
+                    reply = _INCOMPLETE  # (a kept connection found closed: `call` reopens it)
+                if isinstance(reply, _Error):
+                    raise reply.exception()
+                if reply is not _INCOMPLETE:
+                    return reply
             return await self.call(self._evalsha(script.sha, key, args), deadline)
-        except redis_module().exceptions.NoScriptError:
+        except errors.NoScriptError:
             loaded = await self.call(pack("SCRIPT", "LOAD", script.script), deadline)
             script.sha = loaded.decode()
             return await self.call(self._evalsha(script.sha, key, args), deadline)
