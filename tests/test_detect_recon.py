@@ -209,3 +209,31 @@ def test_an_address_two_people_log_in_from_is_challenged_at_the_floor_not_banned
     first = next(i for i, r in enumerate(answers) if r.status_code == 403)
     assert 28 <= first <= 34
     assert all("challenge" in r.json()["type"] for r in answers[first:])
+
+
+def test_a_signed_in_users_token_probing_unknown_paths_is_challenged_not_banned() -> None:
+    """`identify()` in a route's dependency never runs on a path no route serves: the
+    bearer token the app vouched for on earlier requests names its user there, who is
+    challenged (a person answers it), not blocked as a made-up credential would be."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    client = TestClient(app_for(guard), client=("203.0.113.15", 40_000))
+    ann = {"authorization": "Bearer tok-ann-1234567890"}
+    assert client.get("/products/1", headers={**ann, "x-user": "ann"}).status_code == 200
+    answers = []
+    for path in probes(random.Random(11), 40):
+        clock.advance(5)
+        answers.append(client.get(path, headers=ann))
+    first = next(i for i, r in enumerate(answers) if r.status_code == 403)
+    assert 28 <= first <= 34
+    assert "challenge" in answers[first].json()["type"]
+    assert client.get("/products/2", headers={**ann, "x-user": "ann"}).status_code == 403
+    # a made-up token from another address is blocked as before
+    other = TestClient(app_for(guard), client=("203.0.113.16", 40_000))
+    made_up = {"authorization": "Bearer tok-nobody-0000000"}
+    statuses = []
+    for path in probes(random.Random(12), 40):
+        clock.advance(5)
+        statuses.append(other.get(path, headers=made_up))
+    first = next(i for i, r in enumerate(statuses) if r.status_code == 403)
+    assert "challenge" not in statuses[first].json()["type"]

@@ -247,6 +247,8 @@ def test_routed_requests_add_no_store_work() -> None:
         ip_key = "ip"
         client_ip = "192.0.2.1"
         net_key = "net"
+        token_key = None
+        has_cookie = False
         vouched = False
         engine = guard.engine
 

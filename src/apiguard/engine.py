@@ -627,6 +627,16 @@ class Engine:
             if owner != principal:
                 owners[token] = _SHARED_TOKEN
 
+    def token_owner(self, ctx: RequestContext) -> str | None:
+        """The one principal the app vouched for on earlier requests carrying this
+        request's bearer token (None: none, or several), as this process saw it: the
+        user behind a token sent where no `identify()` runs (a path no route serves)."""
+        token = ctx.token_key
+        if token is None or ctx.has_cookie:
+            return None
+        owner = self._owners.get(token)
+        return None if owner is None or owner is _SHARED_TOKEN else owner
+
     def vouched_token(self, key: str) -> bool:
         """Whether the app vouched for a principal on a request whose only credential was
         bearer token `key` (as this process saw it, bounded; at most `_TOKENS_VOUCHED`

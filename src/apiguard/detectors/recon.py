@@ -118,13 +118,22 @@ class Recon:
         address = ctx.ip_key
         principal = outcome.principal
         prior = outcome.prior
-        actors = [(principal, ctx.vouched)]
-        if principal != address and not ctx.vouched:
+        vouched = ctx.vouched
+        token: str | None = None  # (a token taken for the user it was vouched for)
+        if not vouched:
+            # a signed-in user's token on a path no route serves (no `identify()` ran
+            # there): the user it was vouched for, who is challenged, not banned, and
+            # the token too (its probes are held until the person passes)
+            owner = engine.token_owner(ctx)
+            if owner is not None:
+                token, principal, vouched = principal, owner, True
+        actors = [(principal, vouched)]
+        if principal != address and not vouched:
             # a credential the app never vouched for is the client's own string: a scan
             # split over made-up keys is still one address's
             actors.append((address, False))
         judges = []
-        for actor, vouched in actors:
+        for actor, person in actors:
             op = Tally(UNROUTED + actor, cfg.window, shape)
             ops.append(op)
             # an address people log in from (an office), or one behind a proxy no
@@ -140,11 +149,11 @@ class Recon:
             floor = cfg.floor * factor
             if prior:  # a repeat offender is judged on half the evidence
                 floor = max(2, floor // 2)
-            action = cfg.person_action if vouched else "challenge" if many else cfg.action
+            action = cfg.person_action if person else "challenge" if many else cfg.action
             judges.append((op, actor, floor, action))
         network: Tally | None = None
         client = ctx.client_ip
-        if not ctx.vouched and "." in client and ":" not in client:
+        if not vouched and "." in client and ":" not in client:
             # an IPv4 scan dealt over the addresses of one /24 (an IPv6 /64 is one
             # address here already): the network's distinct paths, with those of each
             # address of it that probed a few itself
@@ -160,7 +169,10 @@ class Recon:
                         "unmatched_paths": round(op.count),
                         "threshold": floor,
                     }
-                    return [Finding(f"{name}.probing", actor, action, enforce, evidence)]
+                    found = [Finding(f"{name}.probing", actor, action, enforce, evidence)]
+                    if token is not None and actor != token:
+                        found.append(Finding(f"{name}.probing", token, action, enforce, evidence))
+                    return found
             if network is not None:
                 bar = cfg.floor * _NETWORK_FACTOR
                 own = judges[-1][0]  # (the address's own count)
