@@ -396,7 +396,8 @@ class FlowGroupsConfig(_Detector):
     """Many principals completing one flow from one client fingerprint or /24 network:
     flagged when at least `floor` did within `window`, and they are at least `min_share`
     of the group's active principals and `factor` times the population's share (see
-    `apiguard.detectors.flow_groups`). The group is refused that flow."""
+    `apiguard.detectors.flow_groups`). The group is refused that flow. A surge of new
+    accounts completing a flow (`surge_floor`) is challenged."""
 
     action: Literal["block", "throttle"] = "throttle"
     window: float = Field(3600.0, gt=0, le=YEAR)
@@ -410,6 +411,13 @@ class FlowGroupsConfig(_Detector):
     # flows (their `@guard.flow` names) this detector does not watch: a social action
     # (favorite, follow) that colleagues behind one office address all take is no farm
     ignore_flows: tuple[str, ...] = ()
+    # a surge of new accounts completing a flow (a farm from rotating addresses and
+    # client shapes): distinct accounts younger than `young_for` (a sign-up's newborn
+    # too) completing it within `window`, at `surge_floor` on top of the flow's learned
+    # level and `surge_factor` times it; while it lasts, new accounts and anonymous
+    # clients must pass the app's challenge to complete it (0: off)
+    surge_floor: int = Field(20, ge=0)
+    surge_factor: float = Field(3.0, ge=1)
 
 
 class ScrapingConfig(_Detector):

@@ -34,7 +34,7 @@ from apiguard.detectors.base import (
     Outcome,
 )
 from apiguard.detectors.bola import Bola, names_object
-from apiguard.detectors.flow_groups import BORN, GROUP, FlowGroups, group_keys
+from apiguard.detectors.flow_groups import BORN, GROUP, SURGE, FlowGroups, group_keys
 from apiguard.detectors.rotation import Rotation, home_key, shaped_key
 from apiguard.detectors.scraping import Scraping
 from apiguard.login import (
@@ -159,20 +159,21 @@ def _watchers(ctx: RequestContext, principal: str) -> int:
     """The request's index in `Engine._watching` (see `_watches`)."""
     address = principal == ctx.ip_key
     index = (ctx.login is not None) * 2 + address
-    if address and (ctx.declared is not None or ctx.born):
+    # (a refused request observed is a gated one: a sign-up held in its flow's surge)
+    if address and (ctx.declared is not None or ctx.born or ctx.refused_sent):
         index += 4
     return index
 
 
 def _gated(ctx: RequestContext) -> bool:
     """Whether the request was refused by a detector that still counts it: a login the
-    login gate held back, or a flow step refused to its group (an attack refused must
-    not look like an attack that stopped)."""
+    login gate held back, or a flow step refused to its group or in its flow's surge (an
+    attack refused must not look like an attack that stopped)."""
     if ctx.login is not None and ctx.login.gated:
         return True
     decision = ctx.decision
     banned = decision.banned if decision is not None else None
-    return banned is not None and banned.startswith(GROUP)
+    return banned is not None and banned.startswith((GROUP, SURGE))
 
 
 def _collect(combined: list[Objects]) -> None:
@@ -1476,7 +1477,7 @@ class Engine:
         # (`_watchers`, inlined)
         address = principal == ctx.ip_key
         index = (login is not None) * 2 + address
-        if address and (ctx.declared is not None or ctx.born):
+        if address and (ctx.declared is not None or ctx.born or ctx.refused_sent):
             index += 4
         watching = self._watching[index]
         if not watching:
@@ -1687,7 +1688,9 @@ class Engine:
             seconds = min(cfg.account_protect_for * 2 ** min(level - 1, 16), 86_400.0 * 7)
         else:
             seconds = self._detector_ban(finding.detector, level)
-        challenge = finding.action == "challenge" and not key.startswith(GATE)
+        # (a person's challenge stands until passed; a flow's surge is nobody's to pass:
+        # it lasts its ban, renewed while new accounts keep coming at its pace)
+        challenge = finding.action == "challenge" and not key.startswith((GATE, SURGE))
         if challenge:
             seconds = max(seconds, self.config.detection.challenge_hold)  # until passed
         ban = Ban(key, now + seconds, level, finding.owner, finding.action, finding.detector)
@@ -1733,6 +1736,23 @@ class Engine:
         share = 1.0 if family == "rotation" else 0.25
         seconds = float(window) * share * 2 ** min(level - 1, 30)
         return float(min(max(self.bans.duration(level), seconds), self.bans.max))
+
+    def pass_for(self, ctx: RequestContext, principal: str, now: float) -> bool:
+        """Whether the request carries a valid pass that answers for `principal`: one
+        pass answers one principal (the first that presents it; kept in the shared ban
+        table), so a solved CAPTCHA's cookie replayed on a farm's accounts lets one by."""
+        if not ctx.has_cookie:
+            return False
+        value = cookie(ctx, PASS_COOKIE)
+        if value is None or not pass_valid(self.hasher, value, now):
+            return False
+        mark = PASS_USED + self.hasher("pk", value)
+        used = self.store.active_ban(mark, now)
+        if used is None:
+            until = float(value.partition(".")[0])
+            self.store.impose(Ban(mark, until, 1, principal, "pass"), now)
+            return True
+        return used.owner == principal
 
     def passed(self, principal: str, now: float) -> bool:
         """Whether this person passed a detector's challenge recently."""

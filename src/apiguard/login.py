@@ -82,6 +82,18 @@ def device_mac(hasher: KeyedHasher, user: str) -> str:
     return hasher("dv", user)[-_MAC:]
 
 
+def only_pass_cookie(ctx: RequestContext) -> bool:
+    """Whether every cookie the request carries is apiguard's pass (a person who passed
+    a challenge before signing up carries nothing of the app's)."""
+    for key, value in ctx.scope.get("headers") or ():
+        if key == b"cookie":
+            for part in bytes(value).decode("latin-1").split(";"):
+                name = part.strip().partition("=")[0]
+                if name and name != PASS_COOKIE:
+                    return False
+    return True
+
+
 def cookie(ctx: RequestContext, name: str) -> str | None:
     """The value of cookie `name` in the request (parsed only when asked)."""
     for key, value in ctx.scope.get("headers") or ():

@@ -44,6 +44,7 @@ from collections import Counter, OrderedDict, deque
 from typing import TYPE_CHECKING, TypeVar
 
 from apiguard.detectors.base import SIGNUPS, Finding, Judge, Outcome, RecentlySent
+from apiguard.login import only_pass_cookie
 from apiguard.store.base import Tally
 
 if TYPE_CHECKING:
@@ -54,6 +55,10 @@ if TYPE_CHECKING:
 GROUP = "fg:"  # ban-table prefix of a (flow, group) refused that flow
 YOUNG = GROUP + "~"  # ... refused that flow only to the accounts born in the group
 BORN = "fgm:"  # ban-table prefix of an account born in a burst ("pass": refuses nothing)
+SURGE = "fgs:"  # detector- and ban-table prefix of a flow's surge of new accounts
+_LEARN_BELOW = 0.8  # a window teaches a flow's level only under this share of its bar
+_EWMA = 0.3  # weight of a calm window's count in a flow's learned level
+_LEVELS_MAX = 1024  # flows whose level is learned (flow names are code-defined)
 BIRTHS_KEPT = 131_072  # accounts `BirthPlaces` remembers (the latest)
 BURSTS_KEPT = 16_384  # networks whose latest births it remembers
 _V = TypeVar("_V")
@@ -68,6 +73,42 @@ def young_key(flow: str, network: str) -> str:
     """Ban-table key of the accounts born in `network` refused `flow` (the network was
     flagged by its births, see the module docstring)."""
     return f"{YOUNG}{flow}:{network}"
+
+
+def surge_key(flow: str) -> str:
+    """Ban-table key of a surge of new accounts completing `flow` (a challenge to new
+    accounts and anonymous clients there while it lasts)."""
+    return f"{SURGE}{flow}"
+
+
+class _Level:
+    """A flow's usual number of new accounts completing it per window: an EWMA of the
+    counts seen once a window (in process), learned only from windows under
+    `_LEARN_BELOW` of the bar, so a farm under the bar cannot teach it to accept more."""
+
+    __slots__ = ("baseline", "sampled")
+
+    def __init__(self, now: float) -> None:
+        self.baseline: float | None = None
+        self.sampled = now
+
+    def bar(self, floor: int, factor: float) -> float:
+        """The count of new accounts within a window that is a surge."""
+        if self.baseline is None:
+            return float(floor)
+        return max(floor + self.baseline, self.baseline * factor)
+
+    def sample(self, count: float, people: float, bar: float, window: float, now: float) -> None:
+        """Learn from the window's `count`, once a window; from a window at the bar, only
+        its `people` (new accounts that completed with a pass: a popular app's organic
+        sign-ups, once they pass, teach the flow that they are its usual level)."""
+        if now - self.sampled < window:
+            return
+        self.sampled = now
+        level = count if count < _LEARN_BELOW * bar else people
+        if level or count < _LEARN_BELOW * bar:
+            base = self.baseline
+            self.baseline = level if base is None else (1 - _EWMA) * base + _EWMA * level
 
 
 class BirthPlaces:
@@ -155,6 +196,7 @@ class FlowGroups:
         # accounts born in a burst, for the engine to publish to other workers (a
         # shared store only: see `birth_of`)
         self.born_in_bursts: list[tuple[str, str, float]] = []
+        self._levels: dict[str, _Level] = {}  # flow -> its usual count of new accounts
 
     def young_held(
         self, flow: str, principal: str, ctx: RequestContext, now: float
@@ -162,7 +204,66 @@ class FlowGroups:
         """The ban key that may refuse `principal` `flow` for where it was born: the
         young-account key of its birth network, if it was born there in a burst."""
         birth = self.birth_of(principal, ctx, now)
-        return () if birth is None or not birth[2] else (young_key(flow, birth[0]),)
+        keys = () if birth is None or not birth[2] else (young_key(flow, birth[0]),)
+        cfg = self.config
+        if (
+            cfg.surge_floor
+            and (birth is not None or principal == ctx.ip_key)
+            and flow not in cfg.ignore_flows
+        ):
+            # a new account, or an anonymous client (a sign-up): held while the flow's
+            # surge lasts, unless it carries a pass that answers for it (looked at, and
+            # taken for this client, only then)
+            key = surge_key(flow)
+            engine = ctx.engine
+            if engine.store.active_ban(key, now) is not None and not engine.pass_for(
+                ctx, principal, now
+            ):
+                keys = (*keys, key)
+        return keys
+
+    def _surge(
+        self, flow: str, account: str, person: bool, ops: list[Observation]
+    ) -> tuple[Tally, Tally]:
+        """Count `account`, a new account, among those completing `flow` lately, and
+        among the people who did (`person`: with a pass that answers for it)."""
+        window = self.config.window
+        found = (
+            Tally(surge_key(flow), window, account),
+            # (a read of the people's count, unless this is one of them)
+            Tally(surge_key(flow) + ":p", window, account if person else None, int(person)),
+        )
+        ops.extend(found)
+        return found
+
+    def _surge_found(
+        self, flow: str, ops: tuple[Tally, Tally], ctx: RequestContext, now: float
+    ) -> Finding | None:
+        """The surge finding when the new accounts completing `flow` reach its bar."""
+        cfg = self.config
+        level = self._levels.get(flow)
+        if level is None:
+            if len(self._levels) >= _LEVELS_MAX:
+                self._levels.clear()
+            level = self._levels[flow] = _Level(now)
+        bar = level.bar(cfg.surge_floor, cfg.surge_factor)
+        count, people = ops[0].count, ops[1].count
+        level.sample(count, people, bar, cfg.window, now)
+        # (the people who passed were each held first: they keep no surge on)
+        if count - people < bar:
+            return None
+        engine = ctx.engine
+        # only where people can pass a challenge: elsewhere every new account and
+        # sign-up would be refused while it lasts (reported, not enforced)
+        answerable = engine.challenges_answered or engine.challenge_path is not None
+        evidence: dict[str, float | int | str] = {
+            "flow": flow,
+            "new_accounts": round(count),
+            "threshold": round(bar, 1),
+            "baseline": round(level.baseline, 1) if level.baseline is not None else -1,
+        }
+        enforce = self.enforce and answerable
+        return Finding(f"{self.name}.surge", surge_key(flow), "challenge", enforce, evidence)
 
     def birth_of(
         self, principal: str, ctx: RequestContext, now: float
@@ -198,6 +299,48 @@ class FlowGroups:
 
         return judge
 
+    def _surges_of(
+        self,
+        flows: tuple[str, ...],
+        account: str,
+        ctx: RequestContext,
+        now: float,
+        ops: list[Observation],
+        born: bool = False,
+    ) -> list[tuple[str, tuple[Tally, Tally]]]:
+        """Count new `account` among those completing each of `flows` (watched ones);
+        `born`: in this request (a sign-up, held at its checkpoint as its address)."""
+        cfg = self.config
+        flows = tuple(f for f in flows if f not in cfg.ignore_flows) if cfg.surge_floor else ()
+        if not flows:
+            return []
+        # a person: one that passed the challenge of a surge on one of them
+        engine = ctx.engine
+        gated_as = ctx.ip_key if born else ctx.principal or ctx.ip_key
+        person = any(
+            engine.store.active_ban(surge_key(flow), now) is not None for flow in flows
+        ) and engine.pass_for(ctx, gated_as, now)
+        return [(flow, self._surge(flow, account, person, ops)) for flow in flows]
+
+    def _surge_judge(
+        self,
+        surges: list[tuple[str, tuple[Tally, Tally]]],
+        ctx: RequestContext,
+        now: float,
+        then: Judge | None,
+    ) -> Judge:
+        """The judge of `surges` (and of `then`, another judge of the request's)."""
+
+        def judge() -> list[Finding]:
+            found = then() if then is not None else []
+            for flow, op in surges:
+                finding = self._surge_found(flow, op, ctx, now)
+                if finding is not None:
+                    found.append(finding)
+            return found
+
+        return judge
+
     def _activity(
         self, ctx: RequestContext, principal: str, ops: list[Observation]
     ) -> tuple[Tally, Tally, Tally]:
@@ -210,15 +353,51 @@ class FlowGroups:
         ops.extend(found)
         return found
 
+    def _held(self, flow: str, principal: str, ops: list[Observation]) -> Judge:
+        """A new account or anonymous client refused `flow` in its surge: the surge is
+        renewed while such attempts keep coming at its pace (a farm refused must not
+        look like a farm that stopped; a person now and then, asked before passing,
+        does not keep it on)."""
+        cfg = self.config
+        pace = cfg.window / 4
+        op = Tally(surge_key(flow) + ":r", pace, principal)
+        ops.append(op)
+
+        def judge() -> list[Finding]:
+            level = self._levels.get(flow)
+            floor, factor = cfg.surge_floor, cfg.surge_factor
+            bar = floor if level is None else level.bar(floor, factor)
+            if op.count < bar / 4:
+                return []
+            evidence: dict[str, float | int | str] = {
+                "flow": flow,
+                "refused_lately": round(op.count),
+                "threshold": round(bar / 4, 1),
+            }
+            key = surge_key(flow)
+            return [Finding(f"{self.name}.surge", key, "challenge", self.enforce, evidence)]
+
+        return judge
+
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         ctx = outcome.ctx
         principal = outcome.principal
+        decision = ctx.decision
+        if decision is not None and (decision.banned or "").startswith(SURGE):
+            return self._held(decision.banned[len(SURGE) :], principal, ops)  # type: ignore[index]
         if principal == ctx.ip_key:
             # an anonymous request: only a sign-up (an account born here) is recorded
             if (ctx.declared is None and not ctx.born) or not 200 <= outcome.status < 300:
                 return None
-            born = born_accounts(outcome)
-            return self._birth(born, ctx, outcome.now, ops) if born else None
+            newborn = born_accounts(outcome)
+            if not newborn:
+                return None
+            births = self._birth(newborn, ctx, outcome.now, ops)
+            flows = completed_flows(ctx)
+            signups = self._surges_of(flows, newborn[0], ctx, outcome.now, ops, born=True)
+            if not signups:
+                return births
+            return self._surge_judge(signups, ctx, outcome.now, births)
         decision = ctx.decision
         refused = decision is not None and (decision.banned or "").startswith(GROUP)
         # a completion, or an attempt refused to its group (which still counts for it)
@@ -252,9 +431,18 @@ class FlowGroups:
                 native = Tally(f"fgbf:{flow}:{birthplace}", cfg.young_for, principal)
                 ops.append(native)
             checks.append((flow, fp, net, everyone, native))
+        # a new account completing them (born here, or within `young_for`)
+        young = born[0] if born else principal if birth is not None else None
+        surges = (
+            [] if young is None else self._surges_of(flows, young, ctx, now, ops, bool(born))
+        )
 
         def judge() -> list[Finding]:
             found: list[Finding] = at_birth() if at_birth is not None else []
+            for flow, op in surges:
+                finding = self._surge_found(flow, op, ctx, now)
+                if finding is not None:
+                    found.append(finding)
             for flow, fp, net, everyone, native in checks:
                 if (
                     native is not None
@@ -337,9 +525,9 @@ def completed_flows(ctx: RequestContext) -> tuple[str, ...]:
 def born_accounts(outcome: Outcome) -> tuple[str, ...]:
     """The keys of the account this request created, answered 2xx: the one
     `guard.account_created()` named, else the one the app identified in a request that
-    carried neither a credential nor a cookie on a route completing a flow (a sign-up that
-    signs the user in), unless this process has seen that account answered before (a
-    password reset, a magic link: not a new account)."""
+    carried neither a credential nor a cookie (but apiguard's pass) on a route completing
+    a flow (a sign-up that signs the user in), unless this process has seen that account
+    answered before (a password reset, a magic link: not a new account)."""
     ctx = outcome.ctx
     if not 200 <= outcome.status < 300:
         return ()
@@ -351,7 +539,7 @@ def born_accounts(outcome: Outcome) -> tuple[str, ...]:
         or ctx.engine.accounts_declared
         or ctx.login is not None
         or ctx.credentials
-        or ctx.has_cookie
+        or (ctx.has_cookie and not only_pass_cookie(ctx))
         or not completed_flows(ctx)
         or ctx.engine.known_principal(declared)
     ):
