@@ -446,8 +446,9 @@ class Guard:
         `completes=False` only need budget left; the completing step charges it.
         `count="success"` charges only responses with a success status.
         `on_store_failure`: as for `limit`.
-        `key`: instead of `per`, what the flow is counted per, read from the endpoint's
-        arguments as `@guard.login(username=...)` reads them (`"payload.email"`: password
+        `key`: instead of `per`, what the flow is counted per, read from the decorated
+        function's arguments (an endpoint's, or a helper method's own) as
+        `@guard.login(username=...)` reads them (`"payload.email"`: password
         resets per target e-mail, whatever address or account asks); kept as a keyed hash.
         """
         _check_failure(on_store_failure, f"@guard.flow({name!r})")
