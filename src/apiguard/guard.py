@@ -681,6 +681,7 @@ class Guard:
         cannot = (
             f"so its rules ({described}) cannot be counted" if described else "so it cannot run"
         )
+        lifted = "to run it without its rules" if described else "where it does nothing"
         text = (
             f"apiguard: {what} was called outside a request apiguard is handling (from a "
             "script, a background task or worker, a thread started without the request's "
@@ -690,9 +691,9 @@ class Guard:
         if self._installed:
             text += (
                 "This guard's middleware is installed (it checked the app's routes in this "
-                "process), so the call came from outside the requests it handles. To run "
-                "it without its rules on purpose (a create-user script, a task), call it "
-                "inside `with guard.unguarded():`; from a handler, start threads with the "
+                "process), so the call came from outside the requests it handles. On "
+                "purpose (a create-user script, a task)? Call it inside `with "
+                f"guard.unguarded():`, {lifted}. From a handler, start threads with the "
                 "request's context (asyncio.to_thread, contextvars.copy_context().run)."
             )
         else:
@@ -701,8 +702,7 @@ class Guard:
                 "of handling a request, install it (FastAPI/Starlette: "
                 "app.add_middleware(GuardMiddleware, guard=guard); Flask: init_app(app, "
                 "guard); Django: apiguard's middleware in MIDDLEWARE). If it is a script, "
-                "a task or a test, call it inside `with guard.unguarded():` to run it "
-                "without its rules."
+                f"a task or a test, call it inside `with guard.unguarded():`, {lifted}."
             )
         raise RuntimeError(text)
 
