@@ -129,6 +129,7 @@ def test_defaults_say_none_and_off(caplog: pytest.LogCaptureFixture) -> None:
     assert line.startswith("apiguard: mode=monitor;")
     assert "global rules: per-ip 100/minute enforce;" in line
     assert "routes with rules (0): none" in line
+    assert "functions with rules not seen on a route: none" in line
     assert "store: MemoryStore (max_keys=5000)" in line
     assert "trusted proxies: none" in line
     assert line.endswith("bans: off")

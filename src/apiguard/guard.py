@@ -17,6 +17,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any, Literal, TypeVar
 
 from opentelemetry import metrics
@@ -49,6 +50,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("apiguard")
 
 _SUMMARY_ROUTES = 20  # routes named in the start-up line; the rest are counted
+
+# the guards whose `unguarded()` block the current code runs in (scripts, tasks)
+_unguarded: ContextVar[tuple[Guard, ...]] = ContextVar("apiguard_unguarded", default=())
 
 
 _workers_warned = False  # (once per process)
@@ -300,6 +304,7 @@ class Guard:
         self._decorated: dict[Callable[..., Any], list[Callable[..., Any]]] = {}
         self._verified: weakref.WeakSet[Any] = weakref.WeakSet()
         self._announced: set[int] = set()  # ids of apps verified but not weak-referenceable
+        self._installed = False  # a middleware (or check()) walked an app's routes here
         global_rules = self._global_rules()
         for rule in global_rules:
             self._claim_names(rule)
@@ -441,8 +446,9 @@ class Guard:
         `completes=False` only need budget left; the completing step charges it.
         `count="success"` charges only responses with a success status.
         `on_store_failure`: as for `limit`.
-        `key`: instead of `per`, what the flow is counted per, read from the endpoint's
-        arguments as `@guard.login(username=...)` reads them (`"payload.email"`: password
+        `key`: instead of `per`, what the flow is counted per, read from the decorated
+        function's arguments (an endpoint's, or a helper method's own) as
+        `@guard.login(username=...)` reads them (`"payload.email"`: password
         resets per target e-mail, whatever address or account asks); kept as a keyed hash.
         """
         _check_failure(on_store_failure, f"@guard.flow({name!r})")
@@ -566,9 +572,8 @@ class Guard:
         right)."""
         ctx = current_request()
         if ctx is None:
-            raise RuntimeError(
-                "guard.login_result() was called outside a request guarded by apiguard"
-            )
+            self._outside("guard.login_result()")
+            return
         engine = ctx.engine  # the middleware's guard keeps the detection state
         if ctx.login is None:
             name = None if username is None else str(username).strip() or None
@@ -584,9 +589,8 @@ class Guard:
         until the first call of this method: from then on only it makes accounts young."""
         ctx = current_request()
         if ctx is None:
-            raise RuntimeError(
-                "guard.account_created() was called outside a request guarded by apiguard"
-            )
+            self._outside("guard.account_created()")
+            return
         text = identity_text(user_id, ctx.engine, "account_created()")
         if not text:
             raise ValueError("account_created() needs the new account's non-empty user id")
@@ -632,9 +636,8 @@ class Guard:
         caller (it holds only requests that name objects): call it before reading them."""
         ctx = current_request()
         if ctx is None:
-            raise RuntimeError(
-                "guard.objects_touched() was called outside a request guarded by apiguard"
-            )
+            self._outside("guard.objects_touched()")
+            return
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"objects_touched(name={name!r}): not a parameter name")
         found: list[object] = []
@@ -648,10 +651,60 @@ class Guard:
         `detection.challenge_for` seconds) and is not challenged again until it expires."""
         ctx = current_request()
         if ctx is None:
-            raise RuntimeError(
-                "guard.challenge_passed() was called outside a request guarded by apiguard"
-            )
+            self._outside("guard.challenge_passed()")
+            return
         ctx.engine.challenge_passed(ctx)
+
+    @contextlib.contextmanager
+    def unguarded(self) -> Iterator[None]:
+        """`with guard.unguarded():` runs the block's calls of this guard's decorated
+        functions without their rules when no request is being handled (a create-user
+        script, a background task, a CLI, a unit test calling a helper directly);
+        `login_result()`, `account_created()`, `objects_touched()` and
+        `challenge_passed()` do nothing there. Outside such a block those calls raise
+        `RuntimeError`: a protection silently not applied is never the default. Inside a
+        request apiguard is handling, the rules run as always. The block holds for the
+        current thread or asyncio task (and the tasks it starts), not for concurrent
+        requests."""
+        token = _unguarded.set((*_unguarded.get(), self))
+        try:
+            yield
+        finally:
+            _unguarded.reset(token)
+
+    def _outside(self, what: str, rules: tuple[Rule, ...] = ()) -> None:
+        """A call needing a request, made outside one: nothing inside `unguarded()`,
+        else a `RuntimeError` saying what happened and what to do."""
+        if self in _unguarded.get():
+            return
+        described = ", ".join(_describe(r, self.config.mode) for r in rules)
+        cannot = (
+            f"so its rules ({described}) cannot be counted" if described else "so it cannot run"
+        )
+        lifted = "to run it without its rules" if described else "where it does nothing"
+        text = (
+            f"apiguard: {what} was called outside a request apiguard is handling (from a "
+            "script, a background task or worker, a thread started without the request's "
+            f"context, or a test calling it directly), {cannot}: there is no request and "
+            "no client to count. "
+        )
+        if self._installed:
+            text += (
+                "This guard's middleware is installed (it checked the app's routes in this "
+                "process), so the call came from outside the requests it handles. On "
+                "purpose (a create-user script, a task)? Call it inside `with "
+                f"guard.unguarded():`, {lifted}. From a handler, start threads with the "
+                "request's context (asyncio.to_thread, contextvars.copy_context().run)."
+            )
+        else:
+            text += (
+                "No middleware of this guard has run in this process. If the call is part "
+                "of handling a request, install it (FastAPI/Starlette: "
+                "app.add_middleware(GuardMiddleware, guard=guard); Flask: init_app(app, "
+                "guard); Django: apiguard's middleware in MIDDLEWARE). If it is a script, "
+                f"a task or a test, call it inside `with guard.unguarded():`, {lifted}."
+            )
+        raise RuntimeError(text)
 
     def _taken_names(self, rule: Rule) -> list[str]:
         """`rule`'s policy names that another rule of this guard already advertises."""
@@ -730,6 +783,7 @@ class Guard:
         the bare function and the limit would never run. `complete=False`: routes may
         still be added (decorator order only; nothing remembered, nothing logged).
         """
+        self._installed = True
         if app in self._verified:
             return
         problems: list[str] = []
@@ -769,8 +823,16 @@ class Guard:
                     # apiguard decorator written above the route decorator
                     problems.append(f"{template} -> {_qualname(original)}")
                     break
+        # functions with rules no route of this app serves (helpers, dependencies,
+        # library methods): counted when a request calls them, listed apart
+        helpers: list[tuple[str, tuple[Rule, ...]]] = []
         if complete:
             self._check_route_settings(templates, opaque)
+            for original, wrappers in self._decorated.items():
+                if id(original) in served or any(id(w) in routed for w in wrappers):
+                    continue
+                rules = max((getattr(w, "__apiguard_rules__", ()) for w in wrappers), key=len)
+                helpers.append((_qualname(original), rules))
         if problems:
             raise ConfigurationError(
                 "apiguard decorators sit above the route decorator, so these routes serve the "
@@ -793,7 +855,7 @@ class Guard:
                 return
             if len(self._announced) < 256:
                 self._announced.add(id(app))
-        log.info("%s", self.summary(ruled))
+        log.info("%s", self.summary(ruled, helpers))
         _warn_if_one_of_several_workers(self.store)
 
     def _check_route_settings(self, templates: set[str], opaque: bool) -> None:
@@ -824,9 +886,14 @@ class Guard:
                 continue
             raise ConfigurationError(text)
 
-    def summary(self, routes: list[tuple[RouteEntry, tuple[Rule, ...]]] | None = None) -> str:
+    def summary(
+        self,
+        routes: list[tuple[RouteEntry, tuple[Rule, ...]]] | None = None,
+        helpers: list[tuple[str, tuple[Rule, ...]]] | None = None,
+    ) -> str:
         """What is on, in one line (logged once per app at start-up): mode, global rules,
-        `routes` with their rules, store, trusted proxies, bans. No secret is included."""
+        `routes` with their rules, `helpers` (decorated functions not seen on a route, by
+        name, with their rules), store, trusted proxies, bans. No secret is included."""
         config = self.config
         override = self.engine.mode_override
         mode = f"mode={config.mode}" + (f" (overridden: {override})" if override else "")
@@ -843,6 +910,28 @@ class Guard:
                 + ("; ".join(shown) if shown else "none")
                 + (f"; ... and {more} more" if more > 0 else "")
             )
+            helpers = helpers or []
+            named = [
+                f"{name} [{', '.join(_describe(r, config.mode) for r in rs)}]"
+                for name, rs in helpers[:_SUMMARY_ROUTES]
+            ]
+            more = len(helpers) - len(named)
+            parts.append(
+                f"functions with rules not seen on a route ({len(helpers)}; helpers, "
+                "dependencies, library methods: counted when a request calls them): "
+                + "; ".join(named)
+                + (f"; ... and {more} more" if more > 0 else "")
+                if named
+                else "functions with rules not seen on a route: none"
+            )
+            declared = [r for _, rs in (*routes, *helpers) for r in rs]
+            if self.engine.ato is not None and not any(
+                isinstance(r, LoginRule) for r in declared
+            ):
+                parts.append(
+                    "logins: no @guard.login (guard.login_result() reports are counted "
+                    "when made, not listed here)"
+                )
         max_keys = getattr(self.store, "max_keys", None)
         parts.append(
             f"store: {type(self.store).__name__}"
@@ -980,14 +1069,14 @@ def _describe(rule: Rule, default_mode: str, with_per: bool = True) -> str:
     text = ";".join(str(getattr(r, "text", r)) for r in rates)
     per = getattr(rule, "per", "principal")
     name = f"flow {rule.name}" if isinstance(rule, FlowRule) else rule.name
+    if isinstance(per, ArgumentKey):
+        per_text = f"key={per.spec}" if isinstance(per.spec, str) else "key=(callable)"
+    else:
+        per_text = per if isinstance(per, str) else "custom"
     return (
         name
         + (f" {text}" if text else "")
-        + (
-            f" per {per if isinstance(per, str) else 'custom'}"
-            if with_per and per != "principal"
-            else ""
-        )
+        + (f" per {per_text}" if with_per and per != "principal" else "")
         + (f" {rule.mode}" if rule.mode is not None and rule.mode != default_mode else "")
     )
 
@@ -1133,49 +1222,44 @@ def _qualname(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
-def _missing_context(fn: Callable[..., Any]) -> RuntimeError:
-    return RuntimeError(
-        f"apiguard: {_qualname(fn)} was called outside a request guarded by apiguard, so its "
-        "limits cannot run. Install the middleware: "
-        "app.add_middleware(GuardMiddleware, guard=guard)."
-    )
-
-
 def _already_refused(ctx: RequestContext) -> Decision | None:
     decision = ctx.decision
     return decision if decision is not None and decision.refused else None
 
 
 def _enter_sync(
-    engine: Engine, ctx: RequestContext | None, rules: tuple[Rule, ...], fn: Any
+    guard: Guard, ctx: RequestContext | None, rules: tuple[Rule, ...], fn: Any
 ) -> Decision | None:
     """A call of a decorated function: charge its rules (and the global rules, once per
-    request), raising `Refused`; or return the refusal of an earlier checkpoint."""
+    request), raising `Refused`; or return the refusal of an earlier checkpoint. Outside
+    a request: nothing inside `guard.unguarded()`, else a `RuntimeError`."""
     if ctx is None:
-        raise _missing_context(fn)
+        guard._outside(_qualname(fn), rules)
+        return None
     refused = _already_refused(ctx)
     if refused is not None:
         return refused
     if ctx.prechecked is rules:  # a streaming endpoint, charged at the response start
         ctx.prechecked = None
         return None
-    engine.check_sync(ctx, rules)
+    guard.engine.check_sync(ctx, rules)
     return None
 
 
 async def _enter_async(
-    engine: Engine, ctx: RequestContext | None, rules: tuple[Rule, ...], fn: Any
+    guard: Guard, ctx: RequestContext | None, rules: tuple[Rule, ...], fn: Any
 ) -> Decision | None:
     """`_enter_sync` for async functions."""
     if ctx is None:
-        raise _missing_context(fn)
+        guard._outside(_qualname(fn), rules)
+        return None
     refused = _already_refused(ctx)
     if refused is not None:
         return refused
     if ctx.prechecked is rules:
         ctx.prechecked = None
         return None
-    await engine.check_async(ctx, rules)
+    await guard.engine.check_async(ctx, rules)
     return None
 
 
@@ -1306,7 +1390,7 @@ def _wrap(
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             if keyed is not None:
                 keyed(args, kwargs)
-            refused = await _enter_async(engine, current_request(), rules, original)
+            refused = await _enter_async(guard, current_request(), rules, original)
             if refused is not None:
                 raise engine.refusal(refused)
             if declared is not None:
@@ -1324,7 +1408,7 @@ def _wrap(
 
         @functools.wraps(original)
         async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
-            if await _enter_async(engine, current_request(), rules, original) is not None:
+            if await _enter_async(guard, current_request(), rules, original) is not None:
                 return  # refused when the response started: the body never runs
             async for item in original(*args, **kwargs):
                 yield item
@@ -1334,7 +1418,7 @@ def _wrap(
 
         @functools.wraps(original)
         def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-            if _enter_sync(engine, current_request(), rules, original) is not None:
+            if _enter_sync(guard, current_request(), rules, original) is not None:
                 return  # refused when the response started: the body never runs
             yield from original(*args, **kwargs)
 
@@ -1345,7 +1429,7 @@ def _wrap(
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
             if keyed is not None:
                 keyed(args, kwargs)
-            refused = _enter_sync(engine, current_request(), rules, original)
+            refused = _enter_sync(guard, current_request(), rules, original)
             if refused is not None:
                 raise engine.refusal(refused)
             if declared is not None:
