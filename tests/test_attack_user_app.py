@@ -266,3 +266,23 @@ def test_the_config_is_read_before_the_app_changes_the_working_directory(
     (row,) = json.loads(captured.out)["campaigns"]
     assert row["skipped"] is None and row["caught"], row
     assert os.getcwd() == str(elsewhere)  # (the module did change it)
+
+
+def test_a_declaration_without_a_challenge_takes_the_guards_route(
+    fa_app: tuple[str, Path],
+) -> None:
+    """No `[challenge]`: a person asked for one answers it at the app's guard's
+    `detection.challenge_path`, not at the example shop's `/challenge`; flags that
+    declare the object route keep the accounts the file declared (they were replaced by
+    the default `user{n}`/`password{n}`)."""
+    spec, config = fa_app
+    target = st.target_for(spec, str(config), {"objects": {"path": "/items/{id}"}})
+    assert target.challenge_path == "/auth/challenge"
+    assert target.confined().challenge_path == "/auth/challenge"
+    assert target.accounts[0].username == "user1@example.org"
+    assert target.accounts[0].password == "Pw!user1x"
+    assert target.accounts[0].objects and target.object_path == "/items/{id}"
+    bare = Target.from_mapping({"login": {"path": "/auth/jwt/login"}})
+    assert bare.confined().challenge_path == ""
+    assert bare.confined().browse_paths == () and bare.confined().object_ids == ()
+    assert not any(a.objects for a in bare.confined().accounts)
