@@ -114,6 +114,9 @@ def _attack(args: argparse.Namespace) -> int:
         if not 0.0 <= args.solver <= 1.0:
             raise st.SelfTestError("--solver is a rate between 0 and 1")
         chosen = [cp.campaign(n) for n in args.campaign] if args.campaign else list(cp.CAMPAIGNS)
+        # (before the app's module, which may change the working directory, is imported;
+        # the --config file is read before it too: `target_for`)
+        app: str | None = None if args.app is None else st.absolute_spec(args.app)
         overrides: dict[str, dict[str, object]] = {}
         if args.login:
             overrides.setdefault("login", {})["path"] = args.login
@@ -123,7 +126,7 @@ def _attack(args: argparse.Namespace) -> int:
             overrides["objects"] = {"path": args.object}
         if args.flow:
             overrides["flow"] = {"path": args.flow}
-        target = st.target_for(args.app, args.config, overrides)
+        target = st.target_for(app, args.config, overrides)
         if args.url is not None:
             base = st.check_url(args.url, args.allow_remote)
             outcomes = st.run_url(
@@ -138,8 +141,9 @@ def _attack(args: argparse.Namespace) -> int:
                 solver=args.solver,
             )
         else:
+            assert app is not None
             outcomes = st.run_in_process(
-                args.app,
+                app,
                 target,
                 chosen,
                 seed=args.seed,

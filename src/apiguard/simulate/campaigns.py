@@ -129,6 +129,25 @@ class Plan:
     duration: float
     attempts: int
     solver: float = 0.0  # the bots' CAPTCHA-solving rate
+    # this run's own tag, in the names of the accounts it signs up: an app whose database
+    # outlives a run (a module the self-test does not import afresh, a file) never sees
+    # one run's sign-up again in the next (the unprotected run's, then the protected one's)
+    run: str = ""
+
+
+def run_tag() -> str:
+    """A new run's tag: 4 lowercase letters and digits, not from the campaign's seed."""
+    return "".join(_SYSTEM.choices(string.ascii_lowercase + string.digits, k=4))
+
+
+_SYSTEM = random.SystemRandom()
+
+
+def new_password(rng: random.Random) -> str:
+    """A fresh account's password that common policies accept: 16 characters, upper and
+    lower case letters, digits and a symbol."""
+    letters = "".join(rng.choices(string.ascii_letters, k=12))
+    return f"{letters[:6]}-{letters[6:]}7aA"
 
 
 def stuffing(target: Target, rng: random.Random, plan: Plan, pop: Population) -> list[Agent]:
@@ -320,7 +339,7 @@ def _sybil(target: Target, rng: random.Random, plan: Plan) -> Agent:
         client.token = None
         if target.signup_path:
             name = "".join(rng.choices(string.ascii_lowercase, k=7)) + str(rng.randint(10, 99))
-            yield from client.signup(name, "".join(rng.choices(string.ascii_letters, k=12)))
+            yield from client.signup(name + plan.run, new_password(rng))
             if client.token is None:
                 continue
         else:
@@ -435,8 +454,9 @@ def _farmer(target: Target, rng: random.Random, plan: Plan) -> Agent:
         client.ip = fixed(public_ipv4(rng))
         client.token = None
         name = "".join(rng.choices(string.ascii_lowercase, k=8)) + str(rng.randint(10, 999))
+        name += plan.run
         if target.signup_path:
-            yield from client.signup(name, "".join(rng.choices(string.ascii_letters, k=12)))
+            yield from client.signup(name, new_password(rng))
             if client.token is None:
                 continue
         for code in codes:
@@ -615,8 +635,12 @@ def actors_for(
 ) -> list[Actor]:
     """The attack and the benign population of one run, deterministic for a seed."""
     plan = Plan(
-        camp.duration * scale, max(10, round(camp.attempts * scale)), max(solver, camp.solver)
+        camp.duration * scale,
+        max(10, round(camp.attempts * scale)),
+        max(solver, camp.solver),
+        run_tag(),
     )
+    target = target.confined()  # (nothing of a section an app's declaration leaves out)
     rng = random.Random(f"{seed}:{camp.name}")
     pop = population(
         target,
@@ -720,7 +744,9 @@ def _statuses(records: Sequence[Record]) -> str:
 _SECTION_OF_GAIN = {
     "coupons": (FLOW_PATH, "[flow] path, the flow to abuse (a coupon, a sign-up bonus)"),
     "pages scraped": ("browse", "[browse] paths, the pages a scraper would read"),
+    "foreign objects": ("objects", "[objects] path, the route of objects its users own"),
 }
+_SIGNUP = ("flow", "[flow] signup, where the attacker creates its accounts")
 
 
 # the campaigns whose attacker creates accounts (`[flow] signup`)
@@ -729,15 +755,18 @@ _SIGNS_UP = frozenset({"BOLA, many accounts", "flow abuse, fresh accounts"})
 
 def undeclared(camp: Campaign, target: Target) -> str | None:
     """Why `camp` is not run against an app described by a declaration that leaves out
-    the section it needs (it would attack the example shop's default route), or None."""
-    need = _SECTION_OF_GAIN.get(camp.gain)
-    if camp.name in _SIGNS_UP and need is None:
-        need = ("flow", "[flow] signup, where the attacker creates its accounts")
-    if need is None or not target.declared or need[0] in target.declared:
+    a section it needs (it would attack the example shop's default route), or None."""
+    if not target.declared:
+        return None
+    needs = [_SECTION_OF_GAIN[camp.gain]] if camp.gain in _SECTION_OF_GAIN else []
+    if camp.name in _SIGNS_UP:
+        needs.append(_SIGNUP)
+    missing = [what for section, what in needs if section not in target.declared]
+    if not missing:
         return None
     return (
-        f"not declared: {need[1]} (the declaration describes your app, so the example "
-        "shop's default route is not attacked in its place)"
+        f"not declared: {'; '.join(missing)} (the declaration describes your app, so the "
+        "example shop's default route is not attacked in its place)"
     )
 
 
@@ -783,9 +812,14 @@ def skip_reason(
     logins = [r for r in cover if r.kind == "own-login"]
     signups = [r for r in cover if r.kind == "signup"]
     if signups and not any(200 <= r.status < 300 for r in signups):
+        said = next((r.answer for r in signups if r.answer), None)
         return (
-            f"no sign-up succeeded: POST {target.signup_path} answered {_statuses(signups)} "
-            '(declare [flow] signup and signup_fields, or signup = "" for none)'
+            f"no sign-up succeeded: POST {target.signup_path} answered {_statuses(signups)}"
+            + (f" ({said})" if said else "")
+            + ": the account may already exist (each sign-up sends a new {name}: do the "
+            "signup_fields use it?), or the password breaks the app's policy ([flow] "
+            "signup_password shapes it), or the route or its body is not the app's ([flow] "
+            "signup, signup_fields, signup_format)"
         )
     if signups and not (target.signup_login and logins):
         return (

@@ -110,6 +110,14 @@ class Response:
         )
 
 
+def answer_text(response: Response, limit: int = 160) -> str | None:
+    """A 4xx/5xx answer's body as one short line (what the app said), else None."""
+    if response.status < 400 or not response.body:
+        return None
+    text = " ".join(response.body[: limit * 4].decode("utf-8", errors="replace").split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     """An agent's next request: sent at simulated time `at` (seconds from the start)."""
@@ -118,6 +126,7 @@ class Step:
     request: Request
     kind: str = "browse"  # free-form label for reports ("redeem", "login", "typo", ...)
     target: str | None = None  # what the request is after (a username, an object), for reports
+    keep_answer: bool = False  # record the body of a 4xx/5xx answer (`Record.answer`)
 
 
 Agent = Generator[Step, Response, None]
@@ -150,6 +159,7 @@ class Record:
     target: str | None = None  # the step's target (a username, an object id)
     problem: str | None = None  # the problem+json `type` of the answer, if any
     guard_refused: bool | None = None  # `Response.guard_refused`
+    answer: str | None = None  # the 4xx/5xx answer's body, when the step kept it (a sign-up)
 
     @property
     def blocked(self) -> bool:
@@ -420,6 +430,7 @@ async def run_agents(
                 step.target,
                 response.problem_type if response.status >= 400 else None,
                 response.guard_refused,
+                answer_text(response) if step.keep_answer else None,
             )
         )
         try:

@@ -231,11 +231,12 @@ class Client:
         target: str | None = None,
         auth: bool = True,
         extra: tuple[tuple[str, str], ...] = (),
+        keep_answer: bool = False,
     ) -> Flow:
         """Send one request (`resp = yield from client.send(...)`), passing a challenge
-        the way this client does."""
+        the way this client does (`keep_answer`: a 4xx/5xx answer's body is recorded)."""
         request = self._request(method, path, body, ctype, auth, extra)
-        response = yield Step(self.t, request, kind, target)
+        response = yield Step(self.t, request, kind, target, keep_answer)
         if response.challenged and self.target.challenge_path and self.rng.random() < self.solves:
             self.wait(self.rng.uniform(5.0, 20.0))
             solved = Request(
@@ -250,7 +251,11 @@ class Client:
                 self.challenges_passed += 1
             self.wait(self.rng.uniform(0.5, 2.0))
             response = yield Step(
-                self.t, self._request(method, path, body, ctype, auth, extra), kind, target
+                self.t,
+                self._request(method, path, body, ctype, auth, extra),
+                kind,
+                target,
+                keep_answer,
             )
         return response
 
@@ -276,10 +281,18 @@ class Client:
     def signup(self, name: str, password: str) -> Flow:
         """POST the sign-up form (`[flow] signup`); keeps the token of a successful one
         (`client.token` stays None when the answer carries none, unless `[flow]
-        signup_login` names the new account's username: it then logs in)."""
+        signup_login` names the new account's username: it then logs in, with the
+        password the sign-up sent: `password` made by `[flow] signup_password`)."""
+        password = self.target.account_password(password)
         body, ctype = self.target.signup_body(name, password)
         response = yield from self.send(
-            "POST", self.target.signup_path, body=body, ctype=ctype, kind="signup", auth=False
+            "POST",
+            self.target.signup_path,
+            body=body,
+            ctype=ctype,
+            kind="signup",
+            auth=False,
+            keep_answer=True,
         )
         self.token = token_of(response, self.target)
         then = self.target.signup_login
@@ -288,8 +301,11 @@ class Client:
             yield from self.login(username, password, kind="own-login")
         return response
 
-    def browse(self, kind: str = "browse") -> Flow:
-        """One catalogue page or product page."""
+    def browse(self, kind: str = "browse") -> Generator[Step, Response, Response | None]:
+        """One catalogue page or product page (None, and nothing sent, when the app has no
+        pages declared: see `Target.confined`)."""
+        if not self.target.browse_paths:
+            return None
         rng, ids = self.rng, self.target.browse_ids
         template = rng.choice(self.target.browse_paths)
         page = rng.randint(1, 10)
@@ -409,7 +425,7 @@ def business_buyer(client: Client, account: Account, duration: float) -> Agent:
     rng = client.rng
     client.t = rng.uniform(0.0, duration * 0.6)
     response = yield from client.login(account.username, account.password)
-    if not 200 <= response.status < 300:
+    if not 200 <= response.status < 300 or not account.objects:
         return
     for oid in sorted(account.objects, key=id_order):
         client.wait(rng.uniform(0.8, 4.0))

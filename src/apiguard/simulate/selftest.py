@@ -55,12 +55,13 @@ from apiguard.simulate.driver import (
     Record,
     Request,
     Response,
+    answer_text,
     find_guard,
     lifespan,
     store_cookies,
 )
 from apiguard.simulate.population import token_of
-from apiguard.simulate.target import Account, Target, default_target
+from apiguard.simulate.target import Account, Target, default_target, read_toml
 
 _counter = itertools.count()
 
@@ -208,17 +209,38 @@ def in_process_factory(spec: str, *, monitor: bool = False) -> Callable[[FakeClo
     return factory
 
 
+def absolute_spec(spec: str) -> str:
+    """`path.py:app` with its path made absolute (an app's module may change the working
+    directory when it is imported, and it is imported again for every run)."""
+    location, sep, attr = spec.rpartition(":")
+    if sep and location and (location.endswith(".py") or Path(location).is_file()):
+        return f"{Path(location).absolute()}:{attr}"
+    return spec
+
+
 def target_for(spec: str | None, config: str | None, overrides: dict[str, Any]) -> Target:
     """The declaration: the shop's tables when the module has them, else the defaults;
-    then the TOML file; then the flags."""
-    target = default_target()
-    if spec is not None:
-        module, _ = load_module(spec)
-        if all(hasattr(module, n) for n in ("BY_USERNAME", "ORDERS", "COUPONS")):
-            target = Target.from_shop(module)  # (the example shops: FastAPI, Flask)
+    then the TOML file; then the flags. The file is read before the app's module is
+    imported (a module may change the working directory). An app's declaration without
+    `[challenge]` takes the guard's `detection.challenge_path`, if it has one."""
+    document = None
     if config is not None:
         try:
-            target = Target.from_toml(config, target)
+            document = read_toml(config)
+        except (OSError, ValueError) as exc:
+            raise SelfTestError(f"{config}: {exc}") from exc
+    target = default_target()
+    challenge_path: str | None = None
+    if spec is not None:
+        module, attr = load_module(absolute_spec(spec))
+        if all(hasattr(module, n) for n in ("BY_USERNAME", "ORDERS", "COUPONS")):
+            target = Target.from_shop(module)  # (the example shops: FastAPI, Flask)
+        guard = find_guard(getattr(module, attr))
+        if guard is not None:
+            challenge_path = guard.config.detection.challenge_path
+    if document is not None:
+        try:
+            target = Target.from_document(document, target)
         except (OSError, ValueError) as exc:
             raise SelfTestError(f"{config}: {exc}") from exc
     if overrides:
@@ -226,6 +248,10 @@ def target_for(spec: str | None, config: str | None, overrides: dict[str, Any]) 
             target = Target.from_mapping(overrides, target)
         except ValueError as exc:
             raise SelfTestError(str(exc)) from exc
+    if target.declared and "challenge" not in target.declared and challenge_path:
+        # (the app's own challenge route, from its guard: not the example shop's)
+        declared = target.declared | {"challenge"}
+        target = dataclasses.replace(target, challenge_path=challenge_path, declared=declared)
     return target
 
 
@@ -240,6 +266,7 @@ def run_in_process(
     reference: bool = True,
 ) -> list[cp.Outcome]:
     """Every campaign against fresh copies of the app (and its unprotected twin)."""
+    spec = absolute_spec(spec)
     factory = in_process_factory(spec)
     unprotected = in_process_factory(spec, monitor=True) if reference else None
     check_accounts(target, unprotected or factory)
@@ -424,6 +451,7 @@ async def run_over_http(
                 step.target,
                 response.problem_type if response.status >= 400 else None,
                 response.guard_refused,
+                answer_text(response) if step.keep_answer else None,
             )
         )
         try:

@@ -39,6 +39,10 @@ value by default, so `apiguard attack examples/shop.py:app` needs no declaration
     # "user.username" = "{name}"       #   templates of {name} and {password} (default:
     # "user.email" = "{name}@example.org"  # the login's username and password fields)
     # "user.password" = "{password}"
+    # signup_password = "Pw!{password}X"  # the new account's password, a template of
+    #                                     #   {password} (a generated one: upper and lower
+    #                                     #   case, digits, a symbol, 16 characters); the
+    #                                     #   sign-up and the later log-in both send it
 
     [api]
     path = "/api/v1/reports?page={page}"
@@ -58,6 +62,15 @@ value by default, so `apiguard attack examples/shop.py:app` needs no declaration
 A key or section not listed here is an error (a typo must not silently leave a default in
 place), and so is a value of the wrong type; the message names the section, the key and
 the line.
+
+Once anything is declared, the declaration describes the user's app: what a section it
+leaves out would have given (the example shop's `/orders/{id}`, `/products/...`,
+`/challenge`) is never requested (`Target.confined`); the campaigns that need it are
+skipped (`campaigns.undeclared`), and the honest visitors neither browse nor read objects.
+
+A template around `{password}` in `[flow.signup_fields]` (`"Pw!{password}X"`) is read as
+`signup_password`: the password is made once from it, and the log-in after the sign-up
+sends the same.
 """
 
 from __future__ import annotations
@@ -113,6 +126,9 @@ class Target:
     # the new account's username (a template of {name}) when the sign-up signs nobody in:
     # the account then logs in
     signup_login: str = ""
+    # the new account's password, a template of {password} (the generated one): what the
+    # sign-up's {password} and the log-in after it both send
+    signup_password: str = "{password}"
     api_path: str = "/api/v1/reports?page={page}"
     api_header: str = "x-api-key"
     api_keys: tuple[str, ...] = ()
@@ -152,9 +168,34 @@ class Target:
         """The login request's body and content type (a JSON or form login)."""
         return self._body(((self.username_field, username), (self.password_field, password)))
 
+    def account_password(self, generated: str) -> str:
+        """The password a fresh account gets (`signup_password` made from `generated`):
+        the sign-up sends it and the account logs in with it."""
+        return self.signup_password.replace("{password}", generated)
+
+    def confined(self) -> Target:
+        """What the campaigns and the honest visitors may request: once anything is
+        declared (an app of the user's own), nothing of a section left out (the example
+        shop's routes in its place): no page to browse without `[browse]`, no object to
+        read without `[objects]`, no challenge route without `[challenge]` (a person asked
+        for a challenge then cannot pass one)."""
+        if not self.declared:
+            return self
+        changes: dict[str, Any] = {}
+        if "browse" not in self.declared and self.browse_paths:
+            changes.update(browse_paths=(), browse_ids=())
+        if "objects" not in self.declared and (
+            self.object_ids or any(a.objects for a in self.accounts)
+        ):
+            changes["object_ids"] = ()
+            changes["accounts"] = tuple(replace(a, objects=()) for a in self.accounts)
+        if "challenge" not in self.declared and self.challenge_path:
+            changes["challenge_path"] = ""
+        return replace(self, **changes) if changes else self
+
     def signup_body(self, name: str, password: str) -> tuple[bytes, str]:
         """The sign-up request's body and content type (`signup_fields`, else the login's
-        fields)."""
+        fields); `password`: the account's (`account_password`)."""
         login = self.login_format if self.login_format != "basic" else None
         form = self.signup_format or login
         if not self.signup_fields:
@@ -285,13 +326,13 @@ class Target:
                     raise DeclarationError(
                         "accounts", key, f"{template!r} is no template of {{n}}: {exc}"
                     ) from None
+            if accounts or not target.accounts:
+                pairs = [(user.format(n=n), password.format(n=n)) for n in range(1, count + 1)]
+            else:  # (objects declared over accounts already declared, e.g. --object)
+                pairs = [(a.username, a.password) for a in target.accounts]
             changes["accounts"] = tuple(
-                Account(
-                    user.format(n=n),
-                    password.format(n=n),
-                    tuple(n + k * count for k in range(per)),
-                )
-                for n in range(1, count + 1)
+                Account(name, secret, tuple(n + k * count for k in range(per)))
+                for n, (name, secret) in enumerate(pairs, start=1)
             )
             changes["object_ids"] = tuple(range(1, count * per + 1))
         if "file" in objects:
@@ -310,8 +351,36 @@ class Target:
             changes["flow_codes"] = tuple(flow["codes"])
         if "signup" in flow:
             changes["signup_path"] = flow["signup"]
+        if "signup_password" in flow:
+            if "{password}" not in flow["signup_password"]:
+                raise DeclarationError(
+                    "flow", "signup_password", "must contain {password} (a template of it)"
+                )
+            changes["signup_password"] = flow["signup_password"]
         if "signup_fields" in flow:
-            changes["signup_fields"] = tuple(_flat(flow["signup_fields"]))
+            fields = tuple(_flat(flow["signup_fields"]))
+            # a template around {password} ("Pw!{password}X") is the account's password:
+            # made once, sent by the sign-up and by the log-in after it
+            shaped = {v for _, v in fields if "{password}" in v and v != "{password}"}
+            if len(shaped) > 1:
+                raise DeclarationError(
+                    "flow",
+                    "signup_fields",
+                    f"{{password}} in different templates ({', '.join(sorted(shaped))}): "
+                    "give the password's in signup_password and {password} in the fields",
+                )
+            if shaped:
+                (template,) = shaped
+                if "signup_password" in flow and flow["signup_password"] != "{password}":
+                    raise DeclarationError(
+                        "flow",
+                        "signup_fields",
+                        f"{template!r} shapes the password and so does signup_password: "
+                        "give one of them",
+                    )
+                changes["signup_password"] = template
+                fields = tuple((k, "{password}" if v == template else v) for k, v in fields)
+            changes["signup_fields"] = fields
         if "signup_login" in flow:
             changes["signup_login"] = flow["signup_login"]
         if "signup_format" in flow:
@@ -345,21 +414,39 @@ class Target:
     @classmethod
     def from_toml(cls, path: str | Path, base: Target | None = None) -> Target:
         """A declaration from a TOML file."""
-        toml = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
-        with open(path, "rb") as handle:
-            raw = handle.read()
-        text = raw.decode("utf-8", errors="replace")
+        return cls.from_document(read_toml(path), base)
+
+    @classmethod
+    def from_document(cls, document: TomlDocument, base: Target | None = None) -> Target:
+        """A declaration from a TOML file already read (`read_toml`)."""
+        data, text, root = document
         try:
-            data: Any = toml.loads(text)  # (its errors name the line and column)
-        except ValueError as exc:
-            raise ValueError(f"not valid TOML: {exc}") from None
-        try:
-            return cls.from_mapping(data, base, Path(path).parent)
+            return cls.from_mapping(data, base, root)
         except DeclarationError as exc:
             line = exc.line_in(text)
             if line is None:
                 raise
             raise DeclarationError(exc.section, exc.key, exc.problem, line) from None
+
+
+# a TOML file read: its parsed document, its text, the directory its file names are under
+TomlDocument = tuple[Mapping[str, Any], str, Path]
+
+
+def read_toml(path: str | Path) -> TomlDocument:
+    """Read and parse a declaration's file (not yet checked: `Target.from_document`); the
+    directory its files are relative to is made absolute now, before anything (an app's
+    module that changes the working directory) is imported."""
+    toml = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    path = Path(path).absolute()
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        data: Any = toml.loads(text)  # (its errors name the line and column)
+    except ValueError as exc:
+        raise ValueError(f"not valid TOML: {exc}") from None
+    return data, text, path.parent
 
 
 class DeclarationError(ValueError):
@@ -413,6 +500,7 @@ SCHEMA: dict[str, dict[str, str]] = {
         "signup_fields": "table",
         "signup_format": "str",
         "signup_login": "str",
+        "signup_password": "str",
     },
     "api": {"path": "str", "header": "str", "keys": "strs", "pages": "int"},
     "challenge": {"path": "str", "body": "str"},
