@@ -269,6 +269,7 @@ def test_axes_like_locks_by_username_and_by_address(shop: Any) -> None:
 # a reconnaissance scan at 0.1 is 30 probes: the floor itself
 TEST_SCALE = {
     "flow abuse, fresh accounts": 0.25,
+    "flow abuse, fresh shapes": 0.5,
     "BOLA random": 0.25,
     "stuffing, CAPTCHA solver": 0.25,
     "recon": 0.25,
@@ -305,6 +306,7 @@ CATCH = [
     pytest.param("BOLA, many accounts"),
     pytest.param("flow abuse, rotating IPs"),
     pytest.param("flow abuse, fresh accounts"),
+    pytest.param("flow abuse, fresh shapes"),
     pytest.param("scraping"),
     pytest.param("stolen API key"),
     pytest.param("recon"),

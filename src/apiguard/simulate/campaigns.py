@@ -441,11 +441,22 @@ def flow_fresh_accounts(
     return [_farmer(target, own, plan)]
 
 
-def _farmer(target: Target, rng: random.Random, plan: Plan) -> Agent:
-    headers = tool_headers(
+def flow_fresh_shapes(
+    target: Target, rng: random.Random, plan: Plan, pop: Population
+) -> list[Agent]:
+    """The same farm, each account with its own realistic browser profile (header
+    order, User-Agent, languages) from its own address: nothing but their number and
+    their youth ties the accounts together."""
+    own = random.Random(rng.getrandbits(64))
+    return [_farmer(target, own, plan, shapes=True)]
+
+
+def _farmer(target: Target, rng: random.Random, plan: Plan, shapes: bool = False) -> Agent:
+    script = tool_headers(
         "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36"
     )
-    client = Client(target, rng, fixed(""), headers, solves=plan.solver)
+    shape = [script()]
+    client = Client(target, rng, fixed(""), lambda: shape[0], solves=plan.solver)
     codes = list(target.flow_codes[:2]) or ["WELCOME10"]
     accounts = max(1, plan.attempts // (1 + len(codes)))
     mean = plan.duration * 0.9 / accounts
@@ -453,6 +464,8 @@ def _farmer(target: Target, rng: random.Random, plan: Plan) -> Agent:
         client.wait(_gap(rng, mean))
         client.ip = fixed(public_ipv4(rng))
         client.token = None
+        if shapes:
+            shape[0] = browser(rng)
         name = "".join(rng.choices(string.ascii_lowercase, k=8)) + str(rng.randint(10, 999))
         name += plan.run
         if target.signup_path:
@@ -596,6 +609,7 @@ CAMPAIGNS: tuple[Campaign, ...] = (
     Campaign("BOLA, many accounts", bola_sybil, 2 * HOUR, 600, "foreign objects", True),
     Campaign("flow abuse, rotating IPs", flow_rotating, 1 * HOUR, 300, "coupons", False),
     Campaign("flow abuse, fresh accounts", flow_fresh_accounts, 2 * HOUR, 450, "coupons", False),
+    Campaign("flow abuse, fresh shapes", flow_fresh_shapes, 2 * HOUR, 450, "coupons", False),
     Campaign("scraping", scraping, 3 * HOUR, 2000, "pages scraped", False),
     Campaign("stolen API key", stolen_key, 2 * HOUR, 600, "pages exported", False),
     Campaign("recon", recon, 1 * HOUR, 300, RECON_GAIN, False),
@@ -750,7 +764,9 @@ _SIGNUP = ("flow", "[flow] signup, where the attacker creates its accounts")
 
 
 # the campaigns whose attacker creates accounts (`[flow] signup`)
-_SIGNS_UP = frozenset({"BOLA, many accounts", "flow abuse, fresh accounts"})
+_SIGNS_UP = frozenset(
+    {"BOLA, many accounts", "flow abuse, fresh accounts", "flow abuse, fresh shapes"}
+)
 
 
 def undeclared(camp: Campaign, target: Target) -> str | None:
