@@ -943,7 +943,7 @@ def test_a_flow_section_with_only_a_sign_up_declares_no_flow_to_abuse() -> None:
     campaigns attacked the example shop's coupon route and reported MISSED. They are
     SKIPPED, naming `[flow] path`."""
     target = Target.from_mapping({"flow": {"signup": "/api/users"}})
-    for name in ("flow abuse, rotating", "flow abuse, fresh"):
+    for name in ("flow abuse, rotating", "flow abuse, fresh accounts", "flow abuse, fresh shapes"):
         reason = cp.undeclared(cp.campaign(name), target)
         assert reason is not None and "[flow] path" in reason
     declared = Target.from_mapping({"flow": {"path": "/api/coupons/{code}", "codes": ["A"]}})

@@ -130,7 +130,7 @@ def test_benign_population_is_awkward(shop: Any, target: Target) -> None:
 def test_campaign_lookup() -> None:
     assert cp.campaign("bola walk").name == "BOLA walk"
     assert cp.campaign("stolen").name == "stolen API key"
-    assert cp.campaign("flow-abuse-fresh").name == "flow abuse, fresh accounts"
+    assert cp.campaign("flow-abuse-fresh-acc").name == "flow abuse, fresh accounts"
     assert cp.campaign("bola many").name == "BOLA, many accounts"
     with pytest.raises(KeyError):
         cp.campaign("bola")  # ambiguous

@@ -630,13 +630,22 @@ class Engine:
 
     def token_owner(self, ctx: RequestContext) -> str | None:
         """The one principal the app vouched for on earlier requests carrying this
-        request's bearer token (None: none, or several), as this process saw it: the
-        user behind a token sent where no `identify()` runs (a path no route serves)."""
+        request's bearer token (None: none, or several), at this request's address, as
+        this process saw it: the user behind a token sent where no `identify()` runs (a
+        path no route serves)."""
         token = ctx.token_key
         if token is None or ctx.has_cookie:
             return None
         owner = self._owners.get(token)
-        return None if owner is None or owner is _SHARED_TOKEN else owner
+        if owner is None or owner is _SHARED_TOKEN:
+            return None
+        # and only from an address the app vouched for that user at: an old token
+        # replayed from elsewhere is a made-up credential there (it must not get its
+        # user challenged everywhere)
+        people = self._people_at.get(ctx.ip_key)
+        if people is None or (owner != people if isinstance(people, str) else owner not in people):
+            return None
+        return owner
 
     def vouched_token(self, key: str) -> bool:
         """Whether the app vouched for a principal on a request whose only credential was

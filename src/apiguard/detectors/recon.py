@@ -10,8 +10,8 @@ route matched (answered 404 or 405; the path only, never its query, an id-like s
 as one `{id}`, as a sketch: no path is kept) are counted; an actor at `floor` of them is
 flagged: an address or an unvouched credential gets `action` (a ban), a user the app
 vouched for `person_action`; a repeat offender at half the floor. An address people log
-in from (an office's NAT, as this process saw it) is held only at four times the floor,
-and challenged, never banned.
+in from (an office's NAT, as this process saw it) is held at half as many times the floor
+as people logged in there (at most four times), and challenged, never banned.
 
 Only unmatched requests are looked at: the requests routes serve cost nothing here.
 """
@@ -128,9 +128,10 @@ class Recon:
             if owner is not None:
                 token, principal, vouched = principal, owner, True
         actors = [(principal, vouched)]
-        if principal != address and not vouched:
+        if principal != address and (not vouched or token is not None):
             # a credential the app never vouched for is the client's own string: a scan
-            # split over made-up keys is still one address's
+            # split over made-up keys (or throwaway accounts' tokens) is still one
+            # address's
             actors.append((address, False))
         judges = []
         for actor, person in actors:
@@ -149,6 +150,9 @@ class Recon:
             floor = cfg.floor * factor
             if prior:  # a repeat offender is judged on half the evidence
                 floor = max(2, floor // 2)
+            # (an address whose user probed with their token: challenged, so that they can
+            # log in again there once they pass)
+            many = many or (token is not None and actor == address)
             action = cfg.person_action if person else "challenge" if many else cfg.action
             judges.append((op, actor, floor, action))
         network: Tally | None = None
@@ -163,16 +167,18 @@ class Recon:
         enforce = self.enforce
 
         def judge() -> list[Finding]:
-            for op, actor, floor, action in judges:
+            found: list[Finding] = []
+            for op, actor, floor, action in judges:  # (each actor past its floor)
                 if op.count >= floor:
                     evidence: dict[str, float | int | str] = {
                         "unmatched_paths": round(op.count),
                         "threshold": floor,
                     }
-                    found = [Finding(f"{name}.probing", actor, action, enforce, evidence)]
-                    if token is not None and actor != token:
+                    found.append(Finding(f"{name}.probing", actor, action, enforce, evidence))
+                    if token is not None and actor == principal:
                         found.append(Finding(f"{name}.probing", token, action, enforce, evidence))
-                    return found
+            if found:
+                return found
             if network is not None:
                 bar = cfg.floor * _NETWORK_FACTOR
                 own = judges[-1][0]  # (the address's own count)
