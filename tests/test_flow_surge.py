@@ -142,7 +142,7 @@ def test_a_farm_from_rotating_addresses_and_client_shapes_is_held_and_people_get
     before = day({"detection": {"flow_groups": {"surge_floor": 0}}}, farm=60)
     assert before["coupons"] == 60  # nothing else holds it (one per address, per shape)
     after = day({}, farm=60)
-    assert after["coupons"] <= 25, after
+    assert after["coupons"] <= 30, after  # half of what the farm gets unprotected
     assert after["refused"] == 0, after  # every person got the coupon
     assert after["challenged"] <= 12, after  # those who came during the surge, once
 

@@ -418,6 +418,19 @@ class FlowGroupsConfig(_Detector):
     # clients must pass the app's challenge to complete it (0: off)
     surge_floor: int = Field(20, ge=0)
     surge_factor: float = Field(3.0, ge=1)
+    # the surge's own window (counted over, learned once per): an hour, whatever
+    # `window` the groups are judged over
+    surge_window: float = Field(3600.0, gt=0, le=86_400.0)
+
+    @field_validator("surge_floor")
+    @classmethod
+    def _surge_floor(cls, value: int) -> int:
+        if 0 < value < 5:
+            raise ValueError(
+                "surge_floor must be 0 (off) or at least 5: a handful of new accounts "
+                "an hour is any app's ordinary traffic"
+            )
+        return value
 
 
 class ScrapingConfig(_Detector):

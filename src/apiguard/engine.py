@@ -1746,10 +1746,13 @@ class Engine:
         seconds = float(window) * share * 2 ** min(level - 1, 30)
         return float(min(max(self.bans.duration(level), seconds), self.bans.max))
 
-    def pass_for(self, ctx: RequestContext, principal: str, now: float) -> bool:
+    def pass_for(
+        self, ctx: RequestContext, principal: str, now: float, rebind: bool = False
+    ) -> bool:
         """Whether the request carries a valid pass that answers for `principal`: one
         pass answers one principal (the first that presents it; kept in the shared ban
-        table), so a solved CAPTCHA's cookie replayed on a farm's accounts lets one by."""
+        table), so a solved CAPTCHA's cookie replayed on a farm's accounts lets one by;
+        `rebind`: it answers for `principal` from now on (the account a sign-up made)."""
         if not ctx.has_cookie:
             return False
         value = cookie(ctx, PASS_COOKIE)
@@ -1757,7 +1760,9 @@ class Engine:
             return False
         mark = PASS_USED + self.hasher("pk", value)
         used = self.store.active_ban(mark, now)
-        if used is None:
+        if used is None or rebind:
+            if used is not None:
+                self.store.lift(mark)  # (a ban table keeps the first owner otherwise)
             until = float(value.partition(".")[0])
             self.store.impose(Ban(mark, until, 1, principal, "pass"), now)
             return True

@@ -84,7 +84,8 @@ def surge_key(flow: str) -> str:
 class _Level:
     """A flow's usual number of new accounts completing it per window: an EWMA of the
     counts seen once a window (in process), learned only from windows under
-    `_LEARN_BELOW` of the bar, so a farm under the bar cannot teach it to accept more."""
+    `_LEARN_BELOW` of the floor, and from the people who passed a surge's challenge, so a
+    farm under the bar cannot teach it to accept more."""
 
     __slots__ = ("baseline", "sampled")
 
@@ -98,15 +99,20 @@ class _Level:
             return float(floor)
         return max(floor + self.baseline, self.baseline * factor)
 
-    def sample(self, count: float, people: float, bar: float, window: float, now: float) -> None:
+    def sample(
+        self, count: float, people: float, floor: int, window: float, now: float
+    ) -> None:
         """Learn from the window's `count`, once a window; from a window at the bar, only
         its `people` (new accounts that completed with a pass: a popular app's organic
         sign-ups, once they pass, teach the flow that they are its usual level)."""
         if now - self.sampled < window:
             return
         self.sampled = now
-        level = count if count < _LEARN_BELOW * bar else people
-        if level or count < _LEARN_BELOW * bar:
+        # (under 0.8 of the floor, not of the bar: a farm pacing itself under the bar
+        # window after window must not raise it; only people raise it past the floor)
+        calm = count < _LEARN_BELOW * floor
+        level = count if calm else people
+        if level or calm:
             base = self.baseline
             self.baseline = level if base is None else (1 - _EWMA) * base + _EWMA * level
 
@@ -208,10 +214,11 @@ class FlowGroups:
         cfg = self.config
         if (
             cfg.surge_floor
-            and (birth is not None or principal == ctx.ip_key)
+            and (birth is not None or not ctx.vouched)
             and flow not in cfg.ignore_flows
         ):
-            # a new account, or an anonymous client (a sign-up): held while the flow's
+            # a new account, or a client the app vouched for no one on (a sign-up; a
+            # made-up credential is no exemption): held while the flow's
             # surge lasts, unless it carries a pass that answers for it (looked at, and
             # taken for this client, only then)
             key = surge_key(flow)
@@ -227,7 +234,7 @@ class FlowGroups:
     ) -> tuple[Tally, Tally]:
         """Count `account`, a new account, among those completing `flow` lately, and
         among the people who did (`person`: with a pass that answers for it)."""
-        window = self.config.window
+        window = self.config.surge_window
         found = (
             Tally(surge_key(flow), window, account),
             # (a read of the people's count, unless this is one of them)
@@ -248,7 +255,7 @@ class FlowGroups:
             level = self._levels[flow] = _Level(now)
         bar = level.bar(cfg.surge_floor, cfg.surge_factor)
         count, people = ops[0].count, ops[1].count
-        level.sample(count, people, bar, cfg.window, now)
+        level.sample(count, people, cfg.surge_floor, cfg.surge_window, now)
         # (the people who passed were each held first: they keep no surge on)
         if count - people < bar:
             return None
@@ -320,6 +327,10 @@ class FlowGroups:
         person = any(
             engine.store.active_ban(surge_key(flow), now) is not None for flow in flows
         ) and engine.pass_for(ctx, gated_as, now)
+        if person and born:
+            # the pass let one sign-up by: it answers for the newborn from now on, not
+            # for its address (one solved challenge is one account)
+            engine.pass_for(ctx, account, now, rebind=True)
         return [(flow, self._surge(flow, account, person, ops)) for flow in flows]
 
     def _surge_judge(
@@ -355,24 +366,25 @@ class FlowGroups:
 
     def _held(self, flow: str, principal: str, ops: list[Observation]) -> Judge:
         """A new account or anonymous client refused `flow` in its surge: the surge is
-        renewed while such attempts keep coming at its pace (a farm refused must not
-        look like a farm that stopped; a person now and then, asked before passing,
-        does not keep it on)."""
+        renewed while as many distinct clients as its bar are refused within the window
+        (a farm refused must not look like a farm that stopped; a person now and then,
+        asked before passing, or a few accounts retrying, do not keep it on)."""
         cfg = self.config
-        pace = cfg.window / 4
-        op = Tally(surge_key(flow) + ":r", pace, principal)
+        op = Tally(surge_key(flow) + ":r", cfg.surge_window, principal)
         ops.append(op)
 
         def judge() -> list[Finding]:
             level = self._levels.get(flow)
             floor, factor = cfg.surge_floor, cfg.surge_factor
             bar = floor if level is None else level.bar(floor, factor)
-            if op.count < bar / 4:
+            # (distinct clients refused within the window: a handful retrying does not
+            # keep it on, a farm bringing new accounts does)
+            if op.count < bar:
                 return []
             evidence: dict[str, float | int | str] = {
                 "flow": flow,
                 "refused_lately": round(op.count),
-                "threshold": round(bar / 4, 1),
+                "threshold": round(bar, 1),
             }
             key = surge_key(flow)
             return [Finding(f"{self.name}.surge", key, "challenge", self.enforce, evidence)]
