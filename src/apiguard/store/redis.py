@@ -589,7 +589,7 @@ class RedisStore:
         if not self._breaker.allow():
             return self._fallback(Batch(hits(), ban_keys), None)
         try:
-            args = self._args(ops, subjects, True, ban_keys, now, bans, None)
+            args = self._args(ops, subjects, ban_keys, now, bans)
             wired = self._wired
             if wired is not None and wired[0] is asyncio.get_running_loop():
                 reply = await wired[1].evalsha(
@@ -625,34 +625,23 @@ class RedisStore:
 
     def _checkpoint_args(self, batch: Batch, now: float, bans: BanConfig) -> Packed:
         """The `CHECKPOINT` script's arguments for `batch` (see `_args`)."""
-        hits = batch.hits
-        rows = [(h.key, h.spec, h.cost, h.once, h.enforce, h.consume) for h in hits]
-        asks = None
-        if self.lease:
-            # (a window charged twice in one batch asks for no lease)
-            dups = len({h.key for h in hits}) != len(hits)
-            asks = [0 if dups else self._ask(h, now) for h in hits]
-        return self._args(rows, [h.subject for h in hits], False, batch.ban_keys, now, bans, asks)
+        return self._args(batch.hits, None, batch.ban_keys, now, bans)
 
     def _args(
         self,
-        rows: Sequence[tuple[str, WindowSpec, int, str | None, bool, Any]],
-        subjects: Sequence[str | None],
-        ops: bool,
+        rows: Sequence[Any],  # `Hit`s, or `Op`s
+        subjects: Sequence[str | None] | None,
         ban_keys: tuple[str, ...],
         now: float,
         bans: BanConfig,
-        asks: list[int] | None,
     ) -> Packed:
         """The `CHECKPOINT` script's arguments (layout in `apiguard.store.redis_lua`),
         already encoded for the store's own connection (`Packed.args()`: as a list for
         redis-py): the numbers packed in one binary argument, every key its own argument,
         built whole here (the script neither parses text nor concatenates keys).
 
-        `rows`: per hit (window key, spec, cost, `once` marker, enforced, consume), and
-        `subjects` its strike subject; with `ops`, the rows are the fast path's `Op`s
-        (every one consumes; the last field is the caller's tag). `asks`: per hit, the
-        lease it asks for (`lease=True`)."""
+        `rows`: the batch's hits (`subjects` None), or the fast path's ops (every one
+        consumes) and `subjects`, each one's strike subject."""
         if bans is not self._bans_cfg:
             self._bans_cfg = bans
             self._bans_arg = " ".join(
@@ -702,13 +691,26 @@ class RedisStore:
         specs = self._specs
         extra: list[str] | None = None
         # per hit, the number of the first hit on the same window key (0: this one)
-        windows = [row[0] for row in rows]
+        row: Any
+        hits = subjects is None
+        windows = [row.key for row in rows] if hits else [row[0] for row in rows]
         dups = None if len(set(windows)) == nh else windows
         at = 6 + nbk + nh  # ARGV index of the next extra argument
+        lease = self.lease
         # the subject a batch's hits share (most often its first ban key), and its index
         last: str | None = ban_keys[0] if ban_keys else None
         last_si = 6
-        for n, (_, spec, cost, once, enforce, consume) in enumerate(rows):
+        for n, row in enumerate(rows):
+            if subjects is None:  # a `Hit`
+                spec = row.spec
+                cost = row.cost
+                once = row.once
+                subject = row.subject
+                flags = (1 if row.consume else 0) | (2 if row.enforce else 0)
+            else:  # an `Op`
+                _, spec, cost, once, enforce, _ = row
+                subject = subjects[n]
+                flags = 3 if enforce else 1
             numbers = specs.get(id(spec))
             if numbers is None or numbers[0] is not spec:  # (keyed by identity: no hash)
                 if len(specs) > 4096:
@@ -716,7 +718,6 @@ class RedisStore:
                 numbers = specs[id(spec)] = (
                     spec, spec.limit, spec.width, spec.buckets + 1, spec.window
                 )
-            subject = subjects[n]
             if subject is None:
                 si = 0
             elif subject is last or subject == last:
@@ -749,13 +750,13 @@ class RedisStore:
                 numbers[3],
                 numbers[4],
                 cost,
-                (1 if ops or consume else 0) | (2 if enforce else 0),
+                flags,
                 si,
                 oi,
                 seen,
             )
-            if asks is not None:
-                nums.append(asks[n])
+            if lease:  # (`aadmit` leaves leases to `aexecute`: its ops ask for none)
+                nums.append(self._ask(row, now) if dups is None and hits else 0)
         # text that can come back in a reply's \x1f-separated fields: refused with it
         if _SEP in "".join(ban_keys) or (extra is not None and _SEP in "".join(extra)):
             raise ValueError("a store key contains the field separator \\x1f")
