@@ -124,3 +124,57 @@ def test_scripted_schedule_on_redis_exercises_both_paths(redis_url: str) -> None
     # its own call (a ban known in process is refused before any)
     assert fast.admitted >= 15 and fast.declined >= 3
     assert ref.admitted == ref.declined == 0
+
+
+def test_a_dead_redis_falls_back_alike_on_both_paths() -> None:
+    """Fail-open and fail-closed rules, the breaker and its counters: the fast path hands
+    the fallback to the general path's conclusion (same responses, same fallbacks)."""
+    from fastapi import FastAPI
+
+    from apiguard import Guard
+    from apiguard.asgi import GuardMiddleware
+    from redisproc import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nobody listens there
+    config = {
+        "secret": fp.SECRET,
+        "limits": {"principal": "5/minute", "ip": None},
+        "store": {"timeout": 0.2, "breaker": 60},
+    }
+
+    def build(fast: bool) -> tuple[Any, Any]:
+        store = CountingRedisStore(url, "dead")
+        guard = Guard(config, store=store)
+        if not fast:
+            guard.engine._fast = None
+        app = FastAPI()
+        app.add_middleware(GuardMiddleware, guard=guard)
+
+        @app.get("/open")
+        async def open_() -> dict[str, bool]:
+            return {"ok": True}
+
+        @app.post("/pay")
+        @guard.limit("3/minute", on_store_failure="closed")
+        async def pay() -> dict[str, bool]:
+            return {"paid": True}
+
+        return app, store
+
+    async def run(app: Any) -> list[Any]:
+        transport = fp.httpx.ASGITransport(app=app, client=("203.0.113.7", 5000))
+        async with fp.httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            out = []
+            for method, path in [("GET", "/open"), ("POST", "/pay")] * 3:
+                out.append(fp._observed(await client.request(method, path)))
+            return out
+
+    (fast_app, fast), (ref_app, ref) = build(True), build(False)
+    seen_fast = asyncio.run(run(fast_app))
+    seen_ref = asyncio.run(run(ref_app))
+    assert seen_fast == seen_ref
+    # fail-open: admitted with the full quota advertised; fail-closed: refused, no strike
+    assert [s[0] for s in seen_fast] == [200, 429] * 3
+    assert seen_fast[0][4] == '"per-principal";r=5;t=0'
+    assert fast.fallbacks == ref.fallbacks == 6
+    assert fast.declined == 6 and fast.admitted == 0 and ref.declined == 0
