@@ -139,13 +139,17 @@ class EarlyIdentify:
         await self.app(scope, receive, send)
 
 
-def build(config: dict[str, Any], fast: bool) -> tuple[FastAPI, Guard, CountingStore, FakeClock]:
-    """One guarded app; `fast=False` turns the fast path off (the reference)."""
+def build(
+    config: dict[str, Any], fast: bool, store: Any = None
+) -> tuple[FastAPI, Guard, Any, FakeClock]:
+    """One guarded app; `fast=False` turns the fast path off (the reference). `store`:
+    another store than a `CountingStore` (with `aliases`, `admitted` and `declined`)."""
     clock = FakeClock(START)
     config = dict(config)
     max_keys = config.pop("_max_keys", 200_000)  # below the config's floor of 100
     buckets = config.get("store", {}).get("window_buckets", 10)
-    store = CountingStore(max_keys, buckets)
+    if store is None:
+        store = CountingStore(max_keys, buckets)
     guard = Guard(config, clock=clock, store=store)
     assert guard.store is store
     if fast:
@@ -268,10 +272,14 @@ def _state(store: CountingStore) -> dict[str, Any]:
 
 
 async def _drive(
-    config: dict[str, Any], schedule: Sequence[tuple[Any, ...]]
-) -> tuple[CountingStore, CountingStore, list[Any]]:
-    """Run `schedule` against the fast app and the reference app, request by request."""
-    sides = [build(config, fast=True), build(config, fast=False)]
+    config: dict[str, Any],
+    schedule: Sequence[tuple[Any, ...]],
+    stores: tuple[Any, Any] = (None, None),
+    state: Any = None,
+) -> tuple[Any, Any, list[Any]]:
+    """Run `schedule` against the fast app and the reference app, request by request
+    (on `stores`, compared by `state` at the end, when given)."""
+    sides = [build(config, True, stores[0]), build(config, False, stores[1])]
     clients = [
         [
             httpx.AsyncClient(
@@ -289,10 +297,12 @@ async def _drive(
             headers = _headers(key, user, early)
             url = f"{path}?{query}" if query else path
             out = []
-            for (_, _, _, clock), side_clients in zip(sides, clients, strict=True):
+            for (_, _, store, clock), side_clients in zip(sides, clients, strict=True):
                 clock.advance(dt)
                 resp = await side_clients[ip].request(method, url, headers=headers)
                 out.append(_observed(resp))
+                if hasattr(store, "drain"):  # (Redis: the writes after the response)
+                    await store.drain()
             fast, general = out
             assert fast == general, (
                 f"request #{step} {method} {url} from {IPS[ip]} {headers}: "
@@ -301,7 +311,10 @@ async def _drive(
             seen.append(fast)
         (_, _, fast_store, fast_clock), (_, _, ref_store, ref_clock) = sides
         assert fast_clock() == ref_clock()
-        assert _state(fast_store) == _state(ref_store)
+        if state is None:
+            assert _state(fast_store) == _state(ref_store)
+        else:
+            assert await state(fast_store) == await state(ref_store)
     finally:
         for side_clients in clients:
             for client in side_clients:

@@ -1078,7 +1078,7 @@ class Engine:
         # (`_admission`, `_with_groups` and `note_ran` are called only for an endpoint with
         # rules of its own: every request comes here, most to an endpoint without)
         fast = self._admission(rules) if rules else self._fast
-        if fast is None:
+        if fast is None or fast.call is not None:  # (a remote store: `_acheck_fast`)
             return False
         principal = ctx.principal
         if principal is None:
@@ -1113,7 +1113,14 @@ class Engine:
 
     async def check_async(self, ctx: RequestContext, rules: tuple[Rule, ...] = ()) -> Decision:
         """Run the checkpoint from async code; raise `Refused` when refused."""
-        if self._admit_fast(ctx, rules):
+        fast = self._fast
+        if fast is not None and fast.call is not None:  # a remote store
+            if not ctx.global_done:
+                if rules:
+                    fast = self._admission(rules)
+                if fast is not None:
+                    return await self._acheck_fast(ctx, rules, fast)
+        elif self._admit_fast(ctx, rules):
             return ALLOWED
         batch = self._plan(ctx, rules)
         if batch is None:
@@ -1124,6 +1131,33 @@ class Engine:
         else:
             result = await self.store.aexecute(batch, now, self.bans)
         return self._conclude(ctx, batch, result, now)
+
+    async def _acheck_fast(
+        self, ctx: RequestContext, rules: tuple[Rule, ...], fast: Admission
+    ) -> Decision:
+        """The checkpoint on a remote store's fast path (`Admission.acheck`): the store's
+        one call made from the compiled rules; an admitted request where every rule fits
+        ends as on `_admit_fast`, any other through `_conclude`, as on the general path."""
+        principal = ctx.principal
+        if principal is None:
+            principal = ctx.principal = self._principal(ctx)
+        scraping = self._scraping
+        if scraping is not None and scraping.surging:
+            self._scraping_gate(ctx, scraping)
+        keys = self._ban_keys(ctx)
+        if rules:
+            keys = self._with_groups(keys, ctx, rules)
+        ctx.global_done = True
+        if rules:
+            ctx.note_ran(rules)
+        now = self.clock()
+        done = await fast.acheck(ctx, principal, keys, now, self.bans)
+        if done is not None:
+            return self._conclude(ctx, *done, now)
+        if ctx.decision is None:
+            ctx.decision = ALLOWED
+        self.telemetry.record(ctx, ALLOWED)
+        return ALLOWED
 
     def _conclude(
         self, ctx: RequestContext, batch: Batch, result: BatchResult, now: float

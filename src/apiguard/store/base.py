@@ -32,7 +32,7 @@ checkpoints already check: a detection never adds a store call to the request pa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -273,4 +273,27 @@ class AdmittingStore(Store, Protocol):
         the advertised op with the smallest remaining share of its limit (-1: none); or
         change nothing and return None when a ban applies or an op does not fit (then
         call `execute`)."""
+        ...
+
+
+@runtime_checkable
+class CallingStore(Store, Protocol):
+    """A remote store with a fast path for async callers: the checkpoint's one call made
+    straight from the fast path's ops. `aadmit` must do exactly what `aexecute` would for
+    the hits the ops stand for (every op consumes; `subjects`: each one's strike subject):
+    it decides, charges, refuses and strikes alike (it has waited on the store: there is
+    no second call)."""
+
+    async def aadmit(
+        self,
+        ops: Sequence[Op],
+        subjects: Sequence[str | None],
+        ban_keys: tuple[str, ...],
+        now: float,
+        bans: BanConfig,
+        hits: Callable[[], list[Hit]],
+    ) -> tuple[list[tuple[int, float, int]], int] | BatchResult:
+        """Admitted with every op fitting: what `AdmittingStore.admit` returns. Otherwise
+        `aexecute`'s result for `Batch(hits(), ban_keys)` (`hits` makes the general
+        path's hits for the ops, in order; called only then)."""
         ...

@@ -564,11 +564,84 @@ class RedisStore:
         self._breaker.success()
         return result
 
+    async def aadmit(
+        self,
+        ops: Sequence[Op],
+        subjects: Sequence[str | None],
+        ban_keys: tuple[str, ...],
+        now: float,
+        bans: BanConfig,
+        hits: Callable[[], list[Hit]],
+    ) -> tuple[list[tuple[int, float, int]], int] | BatchResult:
+        """The fast path (`apiguard.admission`) of `aexecute`: the same one script call for
+        the hits `ops` stand for (`subjects`: their strike subjects; every op consumes),
+        without making them. Admitted with every op fitting: what `admit` returns.
+        Otherwise (refused, banned, a monitor-mode op that does not fit, a fallback):
+        `aexecute`'s result for `Batch(hits(), ban_keys)`, the general path's hits, made
+        only then and filled from the same reply."""
+        self._last_now = now  # (as `aexecute`)
+        self._last_tick = time.monotonic()
+        known = self._known_ban(ban_keys, now)
+        if known is not None:
+            return BatchResult(False, [], known)
+        if self.lease:  # (leases: `admit`, then `aexecute`, which takes them)
+            return await self.aexecute(Batch(hits(), ban_keys), now, bans)
+        if not self._breaker.allow():
+            return self._fallback(Batch(hits(), ban_keys), None)
+        try:
+            args = self._args(ops, subjects, ban_keys, now, bans)
+            wired = self._wired
+            if wired is not None and wired[0] is asyncio.get_running_loop():
+                reply = await wired[1].evalsha(
+                    wired[2]["checkpoint"], self._seq_key, args, self.timeout
+                )
+            else:
+                reply = await self._acall("checkpoint", args)
+            values, text, i, offset = self._reply(len(ops), reply, now)
+            if values[1] == 0:  # admitted: as `admit`, unless an op did not fit (monitor)
+                out: list[tuple[int, float, int]] = []
+                best = -1
+                best_share = 2.0
+                v = 5
+                for n, op in enumerate(ops):
+                    if values[v] != 1:
+                        break
+                    remaining = int(values[v + 1])
+                    if op[4]:  # (advertised)
+                        share = remaining / op[1].limit
+                        if share < best_share:
+                            best = n
+                            best_share = share
+                    out.append((remaining, values[v + 2], int(values[v + 4])))
+                    v += 5
+                else:
+                    self._breaker.success()
+                    return out, best
+            result = self._result(Batch(hits(), ban_keys), values, text, i, offset, now)
+        except Exception as exc:
+            return self._fallback(Batch(hits(), ban_keys), exc)
+        self._breaker.success()
+        return result
+
     def _checkpoint_args(self, batch: Batch, now: float, bans: BanConfig) -> Packed:
+        """The `CHECKPOINT` script's arguments for `batch` (see `_args`)."""
+        return self._args(batch.hits, None, batch.ban_keys, now, bans)
+
+    def _args(
+        self,
+        rows: Sequence[Any],  # `Hit`s, or `Op`s
+        subjects: Sequence[str | None] | None,
+        ban_keys: tuple[str, ...],
+        now: float,
+        bans: BanConfig,
+    ) -> Packed:
         """The `CHECKPOINT` script's arguments (layout in `apiguard.store.redis_lua`),
         already encoded for the store's own connection (`Packed.args()`: as a list for
         redis-py): the numbers packed in one binary argument, every key its own argument,
-        built whole here (the script neither parses text nor concatenates keys)."""
+        built whole here (the script neither parses text nor concatenates keys).
+
+        `rows`: the batch's hits (`subjects` None), or the fast path's ops (every one
+        consumes) and `subjects`, each one's strike subject."""
         if bans is not self._bans_cfg:
             self._bans_cfg = bans
             self._bans_arg = " ".join(
@@ -591,10 +664,8 @@ class RedisStore:
             if tick - self._secret_refreshed > 60.0:  # the secret's TTL, once a minute
                 self._secret_refreshed = tick
                 refresh = int(SECRET_TTL * 1000)
-        ban_keys = batch.ban_keys
-        hits = batch.hits
         nbk = len(ban_keys)
-        nh = len(hits)
+        nh = len(rows)
         shape = self._shapes.get(nh)
         if shape is None:
             if len(self._shapes) > 64:
@@ -620,15 +691,26 @@ class RedisStore:
         specs = self._specs
         extra: list[str] | None = None
         # per hit, the number of the first hit on the same window key (0: this one)
-        windows = [h.key for h in hits]
+        row: Any
+        hits = subjects is None
+        windows = [row.key for row in rows] if hits else [row[0] for row in rows]
         dups = None if len(set(windows)) == nh else windows
         at = 6 + nbk + nh  # ARGV index of the next extra argument
         lease = self.lease
         # the subject a batch's hits share (most often its first ban key), and its index
         last: str | None = ban_keys[0] if ban_keys else None
         last_si = 6
-        for n, hit in enumerate(hits):
-            spec = hit.spec
+        for n, row in enumerate(rows):
+            if subjects is None:  # a `Hit`
+                spec = row.spec
+                cost = row.cost
+                once = row.once
+                subject = row.subject
+                flags = (1 if row.consume else 0) | (2 if row.enforce else 0)
+            else:  # an `Op`
+                _, spec, cost, once, enforce, _ = row
+                subject = subjects[n]
+                flags = 3 if enforce else 1
             numbers = specs.get(id(spec))
             if numbers is None or numbers[0] is not spec:  # (keyed by identity: no hash)
                 if len(specs) > 4096:
@@ -636,7 +718,6 @@ class RedisStore:
                 numbers = specs[id(spec)] = (
                     spec, spec.limit, spec.width, spec.buckets + 1, spec.window
                 )
-            subject = hit.subject
             if subject is None:
                 si = 0
             elif subject is last or subject == last:
@@ -649,7 +730,6 @@ class RedisStore:
                 extra.append(subject)
                 si = at
                 at += 1
-            once = hit.once
             if once is None:
                 oi = 0
             else:
@@ -669,14 +749,14 @@ class RedisStore:
                 numbers[2],
                 numbers[3],
                 numbers[4],
-                hit.cost,
-                (1 if hit.consume else 0) | (2 if hit.enforce else 0),
+                cost,
+                flags,
                 si,
                 oi,
                 seen,
             )
-            if lease:
-                nums.append(self._ask(hit, now) if dups is None else 0)
+            if lease:  # (`aadmit` leaves leases to `aexecute`: its ops ask for none)
+                nums.append(self._ask(row, now) if dups is None and hits else 0)
         # text that can come back in a reply's \x1f-separated fields: refused with it
         if _SEP in "".join(ban_keys) or (extra is not None and _SEP in "".join(extra)):
             raise ValueError("a store key contains the field separator \\x1f")
@@ -700,12 +780,18 @@ class RedisStore:
         return Packed(count, data, args)
 
     def _decode(self, batch: Batch, raw: bytes, now: float) -> BatchResult:
-        hits = batch.hits
-        unpack = self._shapes[len(hits)][3]
+        return self._result(batch, *self._reply(len(batch.hits), raw, now), now)
+
+    def _reply(
+        self, nh: int, raw: bytes, now: float
+    ) -> tuple[tuple[Any, ...], list[bytes], int, float]:
+        """A checkpoint's reply for `nh` hits: its numbers, its text fields, the index of
+        the first text field after the ban news (learnt here), and the store's clock
+        minus the caller's."""
+        unpack = self._shapes[nh][3]
         values = unpack.unpack_from(raw)
         text = raw[unpack.size + 1 :].split(b"\x1f") if len(raw) > unpack.size else []
         offset = values[0] - now  # store clock - caller clock
-        status = values[1]
         self._seen = values[2]
         self._news_at = self._last_tick
         if values[3] and self._secret is not None:
@@ -714,6 +800,20 @@ class RedisStore:
         for _ in range(values[4]):
             self._learn(text[i : i + 6], offset, now)
             i += 6
+        return values, text, i, offset
+
+    def _result(
+        self,
+        batch: Batch,
+        values: tuple[Any, ...],
+        text: list[bytes],
+        i: int,
+        offset: float,
+        now: float,
+    ) -> BatchResult:
+        """`batch`'s result from its checkpoint's reply (`_reply`)."""
+        hits = batch.hits
+        status = values[1]
         if status == 1:
             ban = self._learn(text[i : i + 6], offset, now)
             return BatchResult(False, [], ban)
