@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import redis
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.testclient import TestClient
 
 from apiguard import Guard, identify
@@ -64,6 +64,46 @@ def shop(guard: Guard, *, challenge: bool = True) -> FastAPI:
     return app
 
 
+def nested_shop(guard: Guard, *, challenge: bool = True) -> FastAPI:
+    """The same shop with async handlers on routers nested two deep (same paths)."""
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+
+    async def user(request: Request) -> None:
+        identify(request.headers.get("x-user"))
+
+    accounts = APIRouter(prefix="/signup")
+    shop_api = APIRouter()
+
+    @accounts.post("/{name}")
+    @guard.flow("signup", "5/hour", per="ip", count="success")
+    async def signup(name: str) -> dict[str, str]:
+        identify(name)
+        return {"user": name}
+
+    @shop_api.post("/coupons/{code}", dependencies=[Depends(user)])
+    @guard.flow("coupon", "2/day", count="success")
+    async def coupon(code: str) -> dict[str, str]:
+        return {"coupon": code}
+
+    @shop_api.get("/products/{pid}", dependencies=[Depends(user)])
+    async def product(pid: int) -> dict[str, int]:
+        return {"product": pid}
+
+    if challenge:
+
+        @shop_api.post("/challenge")
+        async def solved() -> dict[str, bool]:
+            guard.challenge_passed()
+            return {"passed": True}
+
+    outer = APIRouter()
+    outer.include_router(accounts)
+    outer.include_router(shop_api)
+    app.include_router(outer)
+    return app
+
+
 def headers(rng: random.Random) -> dict[str, str]:
     return {
         "user-agent": rng.choice(AGENTS),
@@ -102,7 +142,9 @@ class Newcomer:
         return self._post("/coupons/WELCOME", headers={"x-user": self.name}) == 200
 
 
-def day(config: dict[str, Any], *, farm: int, challenge: bool = True) -> dict[str, int]:
+def day(
+    config: dict[str, Any], *, farm: int, challenge: bool = True, make: Any = shop
+) -> dict[str, int]:
     """Six hours: people sign up at about 6 an hour throughout; from the third hour a
     farm of `farm` accounts signs up and redeems over an hour."""
     clock = FakeClock(START)
@@ -110,7 +152,7 @@ def day(config: dict[str, Any], *, farm: int, challenge: bool = True) -> dict[st
         {"detection": {"challenge_path": "/challenge"}} | config if challenge else config,
         clock=clock,
     )
-    app = shop(guard, challenge=challenge)
+    app = make(guard, challenge=challenge)
     rng = random.Random(8)
     people = coupons = challenged = people_refused = 0
     events: list[tuple[float, bool, int]] = []
@@ -145,6 +187,12 @@ def test_a_farm_from_rotating_addresses_and_client_shapes_is_held_and_people_get
     assert after["coupons"] <= 30, after  # half of what the farm gets unprotected
     assert after["refused"] == 0, after  # every person got the coupon
     assert after["challenged"] <= 12, after  # those who came during the surge, once
+
+
+def test_the_surge_holds_on_async_handlers_in_nested_routers() -> None:
+    after = day({}, farm=60, make=nested_shop)
+    assert after["coupons"] <= 30, after
+    assert after["refused"] == 0, after
 
 
 def test_people_signing_up_at_their_usual_pace_are_never_challenged() -> None:
