@@ -233,14 +233,11 @@ def test_a_farm_sending_a_junk_cookie_on_sign_up_is_still_counted() -> None:
     assert farm_with(cookie=True) <= 25
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 3b (bypass), high: during a sign-up surge, a sign-up carrying a "
-    "made-up 'Authorization: Bearer' header is not held (its principal is the credential, "
-    "not the address, so young_held takes it for neither a new account nor an anonymous "
-    "client) and is not counted: 40 of 40 sign-ups went through while the same sign-ups "
-    "with a junk cookie were all held (0 of 40)",
-)
+# Fixed (was a strict xfail): finding 3b (bypass), high: during a sign-up surge, a sign-up
+# carrying a made-up 'Authorization: Bearer' header is not held (its principal is the
+# credential, not the address, so young_held takes it for neither a new account nor an
+# anonymous client) and is not counted: 40 of 40 sign-ups went through while the same
+# sign-ups with a junk cookie were all held (0 of 40)",
 def test_a_made_up_bearer_token_does_not_walk_through_a_signup_surge() -> None:
     clock = FakeClock(START)
     guard = Guard(CHALLENGE, clock=clock)

@@ -40,6 +40,8 @@ the detector adds no store operation to most requests.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import Counter, OrderedDict, deque
 from typing import TYPE_CHECKING, TypeVar
 
@@ -59,6 +61,7 @@ SURGE = "fgs:"  # detector- and ban-table prefix of a flow's surge of new accoun
 _LEARN_BELOW = 0.8  # a window teaches a flow's level only under this share of its bar
 _EWMA = 0.3  # weight of a calm window's count in a flow's learned level
 _LEVELS_MAX = 1024  # flows whose level is learned (flow names are code-defined)
+_REFUSED_KEPT = 4096  # clients refused in a flow's surge, or people, remembered (latest)
 BIRTHS_KEPT = 131_072  # accounts `BirthPlaces` remembers (the latest)
 BURSTS_KEPT = 16_384  # networks whose latest births it remembers
 _V = TypeVar("_V")
@@ -203,6 +206,10 @@ class FlowGroups:
         # shared store only: see `birth_of`)
         self.born_in_bursts: list[tuple[str, str, float]] = []
         self._levels: dict[str, _Level] = {}  # flow -> its usual count of new accounts
+        # flow -> clients refused in its surge, and people who passed its challenge and
+        # completed it -> when first (oldest first, bounded)
+        self._refused: dict[str, OrderedDict[str, float]] = {}
+        self._people: dict[str, OrderedDict[str, float]] = {}
 
     def young_held(
         self, flow: str, principal: str, ctx: RequestContext, now: float
@@ -230,31 +237,51 @@ class FlowGroups:
         return keys
 
     def _surge(
-        self, flow: str, account: str, person: bool, ops: list[Observation]
-    ) -> tuple[Tally, Tally]:
-        """Count `account`, a new account, among those completing `flow` lately, and
-        among the people who did (`person`: with a pass that answers for it)."""
+        self, flow: str, account: str, person: bool, now: float, ops: list[Observation]
+    ) -> tuple[Tally, int]:
+        """Count `account`, a new account, among those completing `flow` lately (in the
+        store), and among the people who did (`person`: with a pass that answers for
+        it; in process): the count's operation, and the people within `surge_window`."""
         window = self.config.surge_window
-        found = (
-            Tally(surge_key(flow), window, account),
-            # (a read of the people's count, unless this is one of them)
-            Tally(surge_key(flow) + ":p", window, account if person else None, int(person)),
-        )
-        ops.extend(found)
-        return found
+        op = Tally(surge_key(flow), window, account)
+        ops.append(op)
+        return op, self._recent(self._people, flow, account if person else None, now)
 
-    def _surge_found(
-        self, flow: str, ops: tuple[Tally, Tally], ctx: RequestContext, now: float
-    ) -> Finding | None:
-        """The surge finding when the new accounts completing `flow` reach its bar."""
-        cfg = self.config
+    def _recent(
+        self, table: dict[str, OrderedDict[str, float]], flow: str, who: str | None, now: float
+    ) -> int:
+        """Note `who` (unless None or noted before) in `flow`'s table of clients within
+        `surge_window` (when first, oldest first, bounded); how many it holds."""
+        firsts = table.get(flow)
+        if firsts is None:
+            if len(table) >= _LEVELS_MAX:
+                table.clear()
+            firsts = table[flow] = OrderedDict()
+        window = self.config.surge_window
+        while firsts and now - next(iter(firsts.values())) >= window:
+            firsts.popitem(last=False)
+        if who is not None and who not in firsts:
+            if len(firsts) >= _REFUSED_KEPT:
+                firsts.popitem(last=False)
+            firsts[who] = now
+        return len(firsts)
+
+    def _level(self, flow: str, now: float) -> _Level:
         level = self._levels.get(flow)
         if level is None:
             if len(self._levels) >= _LEVELS_MAX:
                 self._levels.clear()
             level = self._levels[flow] = _Level(now)
+        return level
+
+    def _surge_found(
+        self, flow: str, ops: tuple[Tally, int], ctx: RequestContext, now: float
+    ) -> Finding | None:
+        """The surge finding when the new accounts completing `flow` reach its bar."""
+        cfg = self.config
+        level = self._level(flow, now)
         bar = level.bar(cfg.surge_floor, cfg.surge_factor)
-        count, people = ops[0].count, ops[1].count
+        count, people = ops[0].count, ops[1]
         level.sample(count, people, cfg.surge_floor, cfg.surge_window, now)
         # (the people who passed were each held first: they keep no surge on)
         if count - people < bar:
@@ -314,7 +341,7 @@ class FlowGroups:
         now: float,
         ops: list[Observation],
         born: bool = False,
-    ) -> list[tuple[str, tuple[Tally, Tally]]]:
+    ) -> list[tuple[str, tuple[Tally, int]]]:
         """Count new `account` among those completing each of `flows` (watched ones);
         `born`: in this request (a sign-up, held at its checkpoint as its address)."""
         cfg = self.config
@@ -331,11 +358,11 @@ class FlowGroups:
             # the pass let one sign-up by: it answers for the newborn from now on, not
             # for its address (one solved challenge is one account)
             engine.pass_for(ctx, account, now, rebind=True)
-        return [(flow, self._surge(flow, account, person, ops)) for flow in flows]
+        return [(flow, self._surge(flow, account, person, now, ops)) for flow in flows]
 
     def _surge_judge(
         self,
-        surges: list[tuple[str, tuple[Tally, Tally]]],
+        surges: list[tuple[str, tuple[Tally, int]]],
         ctx: RequestContext,
         now: float,
         then: Judge | None,
@@ -364,39 +391,43 @@ class FlowGroups:
         ops.extend(found)
         return found
 
-    def _held(self, flow: str, principal: str, ops: list[Observation]) -> Judge:
+    def _held(self, flow: str, principal: str, now: float) -> Judge | None:
         """A new account or anonymous client refused `flow` in its surge: the surge is
-        renewed while as many distinct clients as its bar are refused within the window
-        (a farm refused must not look like a farm that stopped; a person now and then,
-        asked before passing, or a few accounts retrying, do not keep it on)."""
+        renewed while clients refused for the first time (within `surge_window`) keep
+        coming at the bar's pace, a quarter of it within a quarter window (a farm
+        refused must not look like a farm that stopped; a person now and then, asked
+        before passing, or a few accounts retrying, do not keep it on). In process."""
         cfg = self.config
-        op = Tally(surge_key(flow) + ":r", cfg.surge_window, principal)
-        ops.append(op)
-
-        def judge() -> list[Finding]:
-            level = self._levels.get(flow)
-            floor, factor = cfg.surge_floor, cfg.surge_factor
-            bar = floor if level is None else level.bar(floor, factor)
-            # (distinct clients refused within the window: a handful retrying does not
-            # keep it on, a farm bringing new accounts does)
-            if op.count < bar:
-                return []
-            evidence: dict[str, float | int | str] = {
-                "flow": flow,
-                "refused_lately": round(op.count),
-                "threshold": round(bar, 1),
-            }
-            key = surge_key(flow)
-            return [Finding(f"{self.name}.surge", key, "challenge", self.enforce, evidence)]
-
-        return judge
+        firsts = self._refused.get(flow)
+        first = firsts.get(principal) if firsts is not None else None
+        if first is not None and now - first < cfg.surge_window:
+            return None  # (refused before: a retry renews nothing)
+        self._recent(self._refused, flow, principal, now)
+        firsts = self._refused[flow]
+        level = self._level(flow, now)
+        need = math.ceil(level.bar(cfg.surge_floor, cfg.surge_factor) / 4)
+        if len(firsts) < need:
+            return None
+        # the `need`-th newest first refusal, within a quarter window
+        oldest = next(itertools.islice(reversed(firsts.values()), need - 1, None))
+        if now - oldest >= cfg.window / 4:
+            return None
+        evidence: dict[str, float | int | str] = {
+            "flow": flow,
+            "refused_first_time": need,
+            "within": round(cfg.window / 4),
+        }
+        key = surge_key(flow)
+        finding = Finding(f"{self.name}.surge", key, "challenge", self.enforce, evidence)
+        return lambda: [finding]
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         ctx = outcome.ctx
         principal = outcome.principal
         decision = ctx.decision
         if decision is not None and (decision.banned or "").startswith(SURGE):
-            return self._held(decision.banned[len(SURGE) :], principal, ops)  # type: ignore[index]
+            flow = decision.banned[len(SURGE) :]  # type: ignore[index]
+            return self._held(flow, principal, outcome.now)
         if principal == ctx.ip_key:
             # an anonymous request: only a sign-up (an account born here) is recorded
             if (ctx.declared is None and not ctx.born) or not 200 <= outcome.status < 300:
