@@ -15,7 +15,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from apiguard.picking import Picker, Spec
@@ -82,28 +82,26 @@ def device_mac(hasher: KeyedHasher, user: str) -> str:
     return hasher("dv", user)[-_MAC:]
 
 
-def only_pass_cookie(ctx: RequestContext) -> bool:
-    """Whether every cookie the request carries is apiguard's pass (a person who passed
-    a challenge before signing up carries nothing of the app's)."""
+def _cookies(ctx: RequestContext) -> Iterator[tuple[str, str]]:
+    """The request's cookies as (name, raw value), in order (parsed only when asked)."""
     for key, value in ctx.scope.get("headers") or ():
         if key == b"cookie":
             for part in bytes(value).decode("latin-1").split(";"):
-                name = part.strip().partition("=")[0]
-                if name and name != PASS_COOKIE:
-                    return False
-    return True
+                name, _, raw = part.strip().partition("=")
+                yield name, raw
+
+
+def only_pass_cookie(ctx: RequestContext) -> bool:
+    """Whether every cookie the request carries is apiguard's pass (a person who passed
+    a challenge before signing up carries nothing of the app's)."""
+    return all(not name or name == PASS_COOKIE for name, _ in _cookies(ctx))
 
 
 def cookie(ctx: RequestContext, name: str) -> str | None:
     """The value of cookie `name` in the request (parsed only when asked)."""
-    for key, value in ctx.scope.get("headers") or ():
-        if key != b"cookie":
-            continue
-        text: str = bytes(value).decode("latin-1")
-        for part in text.split(";"):
-            k, _, v = part.strip().partition("=")
-            if k == name:
-                return v.strip().strip('"')
+    for k, v in _cookies(ctx):
+        if k == name:
+            return v.strip().strip('"')
     return None
 
 

@@ -58,7 +58,7 @@ GROUP = "fg:"  # ban-table prefix of a (flow, group) refused that flow
 YOUNG = GROUP + "~"  # ... refused that flow only to the accounts born in the group
 BORN = "fgm:"  # ban-table prefix of an account born in a burst ("pass": refuses nothing)
 SURGE = "fgs:"  # detector- and ban-table prefix of a flow's surge of new accounts
-_LEARN_BELOW = 0.8  # a window teaches a flow's level only under this share of its bar
+_LEARN_BELOW = 0.8  # a window teaches a flow's level only under this share of its floor
 _EWMA = 0.3  # weight of a calm window's count in a flow's learned level
 _LEVELS_MAX = 1024  # flows whose level is learned (flow names are code-defined)
 _REFUSED_KEPT = 4096  # clients refused in a flow's surge, or people, remembered (latest)
@@ -245,13 +245,14 @@ class FlowGroups:
         window = self.config.surge_window
         op = Tally(surge_key(flow), window, account)
         ops.append(op)
-        return op, self._recent(self._people, flow, account if person else None, now)
+        people, _ = self._recent(self._people, flow, account if person else None, now)
+        return op, len(people)
 
     def _recent(
         self, table: dict[str, OrderedDict[str, float]], flow: str, who: str | None, now: float
-    ) -> int:
-        """Note `who` (unless None or noted before) in `flow`'s table of clients within
-        `surge_window` (when first, oldest first, bounded); how many it holds."""
+    ) -> tuple[OrderedDict[str, float], bool]:
+        """Note `who` (unless None) in `flow`'s table of clients within `surge_window`
+        (when first, oldest first, bounded): the table, and whether `who` is new to it."""
         firsts = table.get(flow)
         if firsts is None:
             if len(table) >= _LEVELS_MAX:
@@ -260,11 +261,12 @@ class FlowGroups:
         window = self.config.surge_window
         while firsts and now - next(iter(firsts.values())) >= window:
             firsts.popitem(last=False)
-        if who is not None and who not in firsts:
-            if len(firsts) >= _REFUSED_KEPT:
-                firsts.popitem(last=False)
-            firsts[who] = now
-        return len(firsts)
+        if who is None or who in firsts:
+            return firsts, False
+        if len(firsts) >= _REFUSED_KEPT:
+            firsts.popitem(last=False)
+        firsts[who] = now
+        return firsts, True
 
     def _level(self, flow: str, now: float) -> _Level:
         level = self._levels.get(flow)
@@ -371,13 +373,16 @@ class FlowGroups:
 
         def judge() -> list[Finding]:
             found = then() if then is not None else []
-            for flow, op in surges:
-                finding = self._surge_found(flow, op, ctx, now)
-                if finding is not None:
-                    found.append(finding)
-            return found
+            return found + self._surge_findings(surges, ctx, now)
 
         return judge
+
+    def _surge_findings(
+        self, surges: list[tuple[str, tuple[Tally, int]]], ctx: RequestContext, now: float
+    ) -> list[Finding]:
+        """The surge findings of `surges` (`_surge_found` of each)."""
+        found = (self._surge_found(flow, op, ctx, now) for flow, op in surges)
+        return [f for f in found if f is not None]
 
     def _activity(
         self, ctx: RequestContext, principal: str, ops: list[Observation]
@@ -398,12 +403,9 @@ class FlowGroups:
         refused must not look like a farm that stopped; a person now and then, asked
         before passing, or a few accounts retrying, do not keep it on). In process."""
         cfg = self.config
-        firsts = self._refused.get(flow)
-        first = firsts.get(principal) if firsts is not None else None
-        if first is not None and now - first < cfg.surge_window:
+        firsts, new = self._recent(self._refused, flow, principal, now)
+        if not new:
             return None  # (refused before: a retry renews nothing)
-        self._recent(self._refused, flow, principal, now)
-        firsts = self._refused[flow]
         level = self._level(flow, now)
         need = math.ceil(level.bar(cfg.surge_floor, cfg.surge_factor) / 4)
         if len(firsts) < need:
@@ -482,10 +484,7 @@ class FlowGroups:
 
         def judge() -> list[Finding]:
             found: list[Finding] = at_birth() if at_birth is not None else []
-            for flow, op in surges:
-                finding = self._surge_found(flow, op, ctx, now)
-                if finding is not None:
-                    found.append(finding)
+            found += self._surge_findings(surges, ctx, now)
             for flow, fp, net, everyone, native in checks:
                 if (
                     native is not None

@@ -141,6 +141,9 @@ class Recon:
             # setting trusts (its forwarding header says many clients share it)
             many, factor = False, 1
             if actor == address:
+                # (an address whose user probed with their token: challenged, so that
+                # they can log in again there once they pass)
+                many = token is not None
                 if engine.forwarding_address(address):
                     many, factor = True, _SHARED_FACTOR
                 else:  # (two throwaway logins buy a scanner no more than the floor)
@@ -150,9 +153,6 @@ class Recon:
             floor = cfg.floor * factor
             if prior:  # a repeat offender is judged on half the evidence
                 floor = max(2, floor // 2)
-            # (an address whose user probed with their token: challenged, so that they can
-            # log in again there once they pass)
-            many = many or (token is not None and actor == address)
             action = cfg.person_action if person else "challenge" if many else cfg.action
             judges.append((op, actor, floor, action))
         network: Tally | None = None
@@ -182,8 +182,8 @@ class Recon:
             if network is not None:
                 bar = cfg.floor * _NETWORK_FACTOR
                 own = judges[-1][0]  # (the address's own count)
-                # (and the floor of it from its other addresses: one address is judged
-                # on its own count, and a shared one at four times the floor)
+                # (and the floor of it from its other addresses: one address alone is
+                # judged on its own count, at its own bar)
                 mine = own.count
                 others = network.count - mine
                 if network.count >= bar and others >= cfg.floor and mine >= _NETWORK_OWN:
