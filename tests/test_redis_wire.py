@@ -5,8 +5,10 @@ redis-py for the clients it does not serve."""
 from __future__ import annotations
 
 import asyncio
+from builtins import id as builtins_id
 from typing import Any
 
+import pytest
 import redis
 import redis.asyncio
 
@@ -160,10 +162,26 @@ def test_tls_uses_the_clients_own_context(redis_url: str, tmp_path: Any) -> None
         pytest.skip("openssl is not installed (the certificate is made with it)")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     upstream = redis.Redis.from_url(redis_url).connection_pool.connection_kwargs["port"]
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -177,14 +195,14 @@ def test_tls_uses_the_clients_own_context(redis_url: str, tmp_path: Any) -> None
 
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream)
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer),
-                             return_exceptions=True)
+        await asyncio.gather(
+            pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True
+        )
 
     async def scenario() -> tuple[bool, int]:
         proxy = await asyncio.start_server(relay, "127.0.0.1", 0, ssl=server_ctx)
         port = proxy.sockets[0].getsockname()[1]
-        client = redis.asyncio.Redis(host="localhost", port=port, ssl=True,
-                                     ssl_ca_certs=str(cert))
+        client = redis.asyncio.Redis(host="localhost", port=port, ssl=True, ssl_ca_certs=str(cert))
         store = RedisStore(client, timeout=5.0)
         result = await store.aexecute(Batch([Hit("w.tls|x", SPEC)]), 0.0, BanConfig())
         lane = _lane(store)
@@ -195,3 +213,29 @@ def test_tls_uses_the_clients_own_context(redis_url: str, tmp_path: Any) -> None
     uses_wire, fallbacks = asyncio.run(scenario())
     assert uses_wire and fallbacks == 0
     assert redis.Redis.from_url(redis_url).exists("{apiguard}:w:w.tls|x")
+
+
+@pytest.mark.parametrize("query", ["", "?protocol=3"], ids=["wire", "redis-py-lane"])
+def test_a_client_made_on_each_new_event_loop_is_never_taken_for_an_earlier_one(
+    redis_url: str, monkeypatch: Any, query: str
+) -> None:
+    """A store made from a URL makes an asyncio client per event loop (tests, a server
+    restarted in one process). The tables it keeps per client were keyed on `id(client)`
+    alone: a new client made where a dead one was got its entries (no warm-up; on
+    redis-py's path, the dead one's connections, bound to a closed loop: every call
+    failed open). Here every client has the same id, as a reused address gives."""
+    import apiguard.store.redis as module
+
+    monkeypatch.setattr(module, "id", lambda obj: 7, raising=False)
+    store = RedisStore.from_url(redis_url + query, timeout=5.0)
+    clients = []
+
+    async def one() -> int:
+        clients.append(store._async())
+        result = await store.aexecute(Batch([Hit("w.loops|x", SPEC)]), 0.0, BanConfig())
+        return result.hits[0].remaining
+
+    remaining = [asyncio.run(one()) for _ in range(6)]
+    assert len({*map(builtins_id, clients)}) == 6  # six clients, one per loop
+    assert remaining == [1000 - k for k in range(1, 7)]
+    assert store.fallbacks == 0

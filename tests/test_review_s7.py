@@ -419,7 +419,13 @@ def test_flow_key_on_redis_is_one_budget_across_two_workers(redis_url: str) -> N
     clock = FakeClock(START)
     workers = [
         Guard(
-            {"secret": "s" * 32, "limits": {"principal": None, "ip": None}},
+            # a client (a new event loop) per request: its first call, cold, may take
+            # longer than the default 50 ms on a loaded machine and fail open (CI, once)
+            {
+                "secret": "s" * 32,
+                "limits": {"principal": None, "ip": None},
+                "store": {"timeout": 2},
+            },
             store=redis_url,
             clock=clock,
         )
@@ -435,6 +441,7 @@ def test_flow_key_on_redis_is_one_budget_across_two_workers(redis_url: str) -> N
             clients[i % 2](public_ip(rng)).post("/reset", json={"email": email}).status_code
         )
     assert statuses.count(200) == 3, statuses
+    assert [g.store.fallbacks for g in workers] == [0, 0]  # type: ignore[attr-defined]
 
 
 # -- more of key=, and the self-test -----------------------------------------------------

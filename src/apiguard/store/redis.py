@@ -39,7 +39,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from opentelemetry import metrics, trace
 
@@ -185,6 +185,7 @@ class _SyncLane:
         return conn.read_response(disable_decoding=True)
 
 
+_T = TypeVar("_T")
 _LEASE_FIRST = 2  # the lease a key asks for when this worker has no history of it
 _LEASE_MAX = 128  # the most a key asks for (the script grants at most 1/4 of the headroom)
 _LEASE_TABLE = 20_000  # leases held at most (full: no more are asked for)
@@ -213,6 +214,36 @@ class _Lease:
         self.remaining = remaining
         self.reset_at = reset_at
         self.used = 0
+
+
+class _PerClient(Generic[_T]):
+    """What the store keeps for each Redis client, at most `most` (full: forgotten).
+    Keyed on the client itself, by identity (a client need not be hashable); an entry
+    holds its client, so a new client is never taken for a dead one whose `id()` it
+    got (a client is made per event loop, often where the one before it was)."""
+
+    __slots__ = ("_items", "_most")
+
+    def __init__(self, most: int) -> None:
+        self._items: dict[int, tuple[Any, _T]] = {}
+        self._most = most
+
+    def holds(self, client: Any) -> bool:
+        held = self._items.get(id(client))
+        return held is not None and held[0] is client
+
+    def get(self, client: Any) -> _T | None:
+        held = self._items.get(id(client))
+        return held[1] if held is not None and held[0] is client else None
+
+    def put(self, client: Any, value: _T) -> _T:
+        if len(self._items) >= self._most:
+            self._items.clear()
+        self._items[id(client)] = (client, value)
+        return value
+
+    def values(self) -> list[_T]:
+        return [value for _, value in self._items.values()]
 
 
 class RedisStore:
@@ -286,12 +317,12 @@ class RedisStore:
         self._make_sync: Callable[[], Any] | None = None
         self._make_async: Callable[[], Any] | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None  # the loop of a made client
-        self._scripts: dict[tuple[int, str], Any] = {}  # (id(client), name) -> Script
-        self._ready: set[int] = set()  # ids of asyncio clients initialised
-        self._lanes: dict[int, _Lane | Wire] = {}  # id(asyncio client) -> its connections
+        self._scripts: _PerClient[dict[str, Any]] = _PerClient(64)  # name -> Script
+        # asyncio clients initialised -> their connections (None: redis-py's own)
+        self._lanes: _PerClient[_Lane | Wire | None] = _PerClient(8)
         # the running loop's `Wire` and its scripts, once a call found them (`_acall`)
         self._wired: tuple[asyncio.AbstractEventLoop, Wire, dict[str, Any]] | None = None
-        self._sync_lanes: dict[int, _SyncLane | bool] = {}  # the same for sync clients
+        self._sync_lanes: _PerClient[_SyncLane | bool] = _PerClient(8)  # sync clients
         self.prefix = prefix
         self._p = "{" + prefix + "}:"  # every key in one Cluster slot
         self._seq_key = self._p + "seq"
@@ -383,11 +414,12 @@ class RedisStore:
         return self._aclient
 
     def _script(self, client: Any, name: str) -> Any:
-        script = self._scripts.get((id(client), name))
+        scripts = self._scripts.get(client)
+        if scripts is None:
+            scripts = self._scripts.put(client, {})
+        script = scripts.get(name)
         if script is None:
-            if len(self._scripts) > 64:
-                self._scripts.clear()
-            script = self._scripts[(id(client), name)] = client.register_script(_SCRIPTS[name])
+            script = scripts[name] = client.register_script(_SCRIPTS[name])
         return script
 
     def _call(self, name: str, args: list[Any] | Packed) -> Any:
@@ -398,12 +430,9 @@ class RedisStore:
         if client is None:
             raise ConnectionError("RedisStore has no sync client (pass client= or a URL)")
         script = self._script(client, name)
-        lane = self._sync_lanes.get(id(client))
+        lane = self._sync_lanes.get(client)
         if lane is None:
-            if len(self._sync_lanes) > 8:
-                self._sync_lanes.clear()
-            fits = _Lane.fits(client)
-            lane = self._sync_lanes[id(client)] = _SyncLane(client) if fits else False
+            lane = self._sync_lanes.put(client, _SyncLane(client) if _Lane.fits(client) else False)
         if isinstance(lane, _SyncLane):
             return lane.evalsha(script, self._seq_key, args)
         try:
@@ -423,7 +452,7 @@ class RedisStore:
             return await asyncio.wait_for(
                 asyncio.to_thread(self._call, name, args), self.timeout + 0.05
             )
-        if id(client) not in self._ready:
+        if not self._lanes.holds(client):
             # first use: a cluster client discovers its slots, connections are opened;
             # outside the per-call timeout (once per client, bounded all the same)
             lane: _Lane | Wire | None = None
@@ -432,16 +461,13 @@ class RedisStore:
             elif _Lane.fits(client):
                 lane = _Lane(client)
             await asyncio.wait_for(self._warm_up(client, lane), max(self.timeout, 1.0))
-            self._ready.add(id(client))
-            if lane is not None:
-                if len(self._lanes) > 8:
-                    self._lanes.clear()
-                self._lanes[id(client)] = lane
+            self._lanes.put(client, lane)
         script = self._script(client, name)
-        lane = self._lanes.get(id(client))
+        lane = self._lanes.get(client)
         if isinstance(lane, Wire):
             if lane.loop is not asyncio.get_running_loop():
-                lane = self._lanes[id(client)] = Wire(client)  # (a client on another loop)
+                lane = Wire(client)  # (a client on another loop)
+                self._lanes.put(client, lane)
             scripts = {n: self._script(client, n) for n in _SCRIPTS}
             self._wired = (lane.loop, lane, scripts)
             return await lane.evalsha(script, self._seq_key, args, self.timeout)  # (its own)
@@ -1477,7 +1503,7 @@ class RedisStore:
         self.release_leases()
         await self.drain()
         self._wired = None
-        for lane in list(self._lanes.values()):
+        for lane in self._lanes.values():
             if isinstance(lane, Wire):
                 await lane.aclose()
         if self._aclient is not None:
