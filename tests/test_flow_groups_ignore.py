@@ -15,7 +15,6 @@ from apiguard.asgi import GuardMiddleware
 from apiguard.simulate.clock import FakeClock
 from detection_support import public_ip
 
-
 # colleagues behind the office's address: above the detector's floor (8) by more than a
 # distinct-count sketch's error (at exactly 8, a collision read 7 and nothing was refused,
 # about one run in twenty)
