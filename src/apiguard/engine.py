@@ -49,6 +49,7 @@ from apiguard.login import (
     user_key,
 )
 from apiguard.objects import ObjectsRule
+from apiguard.picking import UNREADABLE
 from apiguard.request import (
     IP_CACHE_MAX,
     ClientIPResolver,
@@ -208,6 +209,9 @@ class Engine:
         self.store = store
         self.clock = clock
         self.hasher = hasher
+        # the account every login whose username could not be read counts for (it gets
+        # no device cookie: a login to it would exempt its device from its failures)
+        self._unreadable_user = user_key(hasher, UNREADABLE)
         self.telemetry = telemetry
         self.global_rules: tuple[Rule, ...] = tuple(global_rules)
         self.enforce_default = config.mode == "enforce"
@@ -1485,6 +1489,7 @@ class Engine:
             and not login.gated
             and login.success is not False
             and 200 <= status < 300
+            and login.user != self._unreadable_user
         ):
             cfg = ato.config
             mac = device_mac(self.hasher, login.user)

@@ -1281,9 +1281,12 @@ def _login_of(rules: tuple[Rule, ...], original: Callable[..., Any]) -> Callable
         try:
             arguments = arguments_of(args, kwargs)
             name = login.username(arguments)
-        except Exception as exc:  # a failing username= callable: report it, count the rest
+        except Exception as exc:
+            # a failing username= callable (a form body where JSON was read): reported,
+            # and the attempt still counts, for one account every such attempt shares
+            # (uncounted, a stuffer had only to change its body's encoding)
             callable_failed(engine, "@guard.login(username=...)", exc)
-            return None
+            name = UNREADABLE
         engine.login_started(ctx, name)  # raises Refused for a held-back client
         success = login.success
         if success is None or ctx.login is None:

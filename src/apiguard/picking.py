@@ -154,7 +154,8 @@ def read_integer(text: str) -> int | None:
     return -int(digits) if sign == "-" else int(digits)
 
 
-UNREADABLE = "\x00unreadable"  # a flow key whose callable failed: one bucket for all
+# a flow key (or a login's username) whose callable failed: one bucket for all
+UNREADABLE = "\x00unreadable"
 
 
 def key_text(value: object) -> str | None:
