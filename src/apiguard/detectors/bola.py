@@ -276,6 +276,30 @@ class Bola:
 
             return judge
         subject, _, banned = _subject(outcome)
+        touch = (outcome, ops, template, route, item, number, error)
+        found = self._principal_touch(*touch, subject, banned)
+        if subject != principal and principal != ctx.ip_key and not ctx.vouched:
+            # a credential the app did not vouch for, beside a cookie: counted for the
+            # address and cookie (made-up keys rotated beside one session) and for the
+            # credential too (one token's walk rotated over addresses, or over the
+            # cookies a client sends: apiguard's own device cookie is one)
+            also = self._principal_touch(*touch, principal, principal)
+            return lambda: found() + also()
+        return found
+
+    def _principal_touch(
+        self,
+        outcome: Outcome,
+        ops: list[Observation],
+        template: str,
+        route: _Route,
+        item: str,
+        number: int | None,
+        error: bool,
+        subject: str,
+        banned: str,
+    ) -> Judge:
+        """Count one object for `subject` on `route`; the judge of its results."""
         op = Objects(f"bola:{subject}{route.key}", self.config.window, item, number, error)
         run_now = self.run_now
         if run_now is not None:
