@@ -961,3 +961,18 @@ def test_a_run_without_an_unprotected_reference_says_how_caught_is_judged(
     assert "no unprotected run to compare with" in capsys.readouterr().out
     main(["attack", spec, "--campaign", "brute", "--scale", "0.1"])
     assert "no unprotected run to compare with" not in capsys.readouterr().out
+
+
+def test_a_url_scraping_run_too_short_to_judge_says_so(capsys) -> None:
+    """`--url --max-seconds 60` ran the scraping campaign and reported MISSED: the
+    detector judges a reader only after its settle time (120 s by default), so no run
+    that short could show a catch (a trial of a Django + DRF app)."""
+    import socket
+
+    with socket.socket() as sock:  # nothing is sent: the run is skipped before it starts
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = ["attack", "--url", f"http://127.0.0.1:{port}", "--campaign", "scraping"]
+    main([*argv, "--max-seconds", "60"])
+    out = capsys.readouterr().out
+    assert "MISSED" not in out and "--max-seconds 60 is under" in out, out

@@ -604,6 +604,8 @@ class Engine:
             or (not creds and not ctx.has_cookie and ctx.header("authorization") is None)
         ):  # any Authorization scheme (DRF's `Token`, Basic) may be vouched for too
             ban = store.active_ban(ctx.ip_key, now)
+            if ban is not None and ban.action == "challenge" and self._not_challenged_here(ctx):
+                ban = None  # (the app's challenge route: the people there must pass it)
         if ban is None:
             return None
         decision = ban_decision(ban, now)

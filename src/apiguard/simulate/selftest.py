@@ -462,6 +462,11 @@ async def run_over_http(
     return records
 
 
+# seconds a scraping run over --url needs at least: the detector judges a reader that did
+# not come back within `detection.scraping.settle` (120 s by default), and a surge on top
+_SCRAPING_RUN = 300.0
+
+
 def run_url(
     url: str,
     target: Target,
@@ -486,6 +491,12 @@ def run_url(
             driver = HttpDriver(url, client, forwarded_for)
             for camp in campaigns:
                 missing = cp.undeclared(camp, target)
+                if missing is None and camp.name == "scraping" and max_seconds < _SCRAPING_RUN:
+                    missing = (
+                        f"--max-seconds {max_seconds:g} is under what the scraping detector "
+                        f"needs to judge a reader (its settle time, 120 s by default): run "
+                        f"it with --max-seconds {_SCRAPING_RUN:g} or more"
+                    )
                 if missing is not None:
                     outcomes.append(cp.judge(camp, [], reference_gain=None, skipped=missing))
                     continue
