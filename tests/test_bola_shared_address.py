@@ -1,10 +1,15 @@
-"""An anonymous walk from an address the app vouched for somebody at (an office's NAT) is
-challenged, not blocked (a trial of a Django + DRF app: one anonymous walker got the
-office address blocked, and a colleague not yet signed in could not log in there: 403
-until the block ended). A lone walker's address is still blocked."""
+"""An address challenge must leave the app's challenge route open, or nobody there can
+ever pass it: every detector's challenge on an address (recon's at an office, here) was
+applied before routing to every request the address sent unvouched, the challenge route
+included (found in a trial of a Django + DRF app). And BOLA's answer to an anonymous walk
+at an office address: still a block (a challenge there was tried and reverted: with no
+challenge route it held the office's signed-out people for a day, and an untrusted
+forwarding header or one login of its own bought a walker with a CAPTCHA solver an
+endless walk: tests/test_review_s10.py)."""
 
 from __future__ import annotations
 
+import pytest
 from fastapi import FastAPI, Request
 from starlette.testclient import TestClient
 
@@ -14,6 +19,56 @@ from apiguard.responses import CHALLENGE_REQUIRED
 from apiguard.simulate.clock import FakeClock
 
 OFFICE = "203.0.113.10"
+# 47 paths: well past recon's floor (30) and a distinct sketch's error
+WORDS = (
+    "admin",
+    "backup",
+    "config",
+    "debug",
+    "dump",
+    "env",
+    "git",
+    "hidden",
+    "internal",
+    "logs",
+    "manage",
+    "metrics",
+    "old",
+    "panel",
+    "phpinfo",
+    "private",
+    "secret",
+    "server",
+    "setup",
+    "shell",
+    "staging",
+    "status",
+    "swagger",
+    "temp",
+    "test",
+    "upload",
+    "users",
+    "vendor",
+    "wp",
+    "xmlrpc",
+    "zabbix",
+    "actuator",
+    "console",
+    "cron",
+    "druid",
+    "graphql",
+    "jenkins",
+    "jolokia",
+    "kibana",
+    "mail",
+    "monitor",
+    "owa",
+    "portal",
+    "robots",
+    "solr",
+    "trace",
+    "webdav",
+)
 
 
 def _app() -> tuple[FastAPI, FakeClock]:
@@ -39,6 +94,23 @@ def _app() -> tuple[FastAPI, FakeClock]:
     return app, clock
 
 
+def test_a_challenged_office_can_reach_the_challenge_route_and_pass_it() -> None:
+    app, clock = _app()
+    for who in ("alice", "bob"):  # two people log in there: an office
+        TestClient(app, client=(OFFICE, 40_000)).post("/login", headers={"x-user": who})
+    scanner = TestClient(app, client=(OFFICE, 40_001))
+    answers = []
+    for word in WORDS:
+        clock.advance(20)
+        answers.append(scanner.get(f"/{word}").json())
+    assert any(a.get("type") == CHALLENGE_REQUIRED for a in answers)  # recon's challenge
+    carol = TestClient(app, client=(OFFICE, 40_002))
+    clock.advance(5)
+    assert carol.get("/items/7").json().get("type") == CHALLENGE_REQUIRED
+    assert carol.post("/challenge").status_code == 200  # was 403: nobody could pass
+    assert carol.get("/items/7").status_code == 200
+
+
 def _walk(app: FastAPI, clock: FakeClock, address: str) -> tuple[int | None, dict[str, object]]:
     walker = TestClient(app, client=(address, 40_001))
     for n, item_id in enumerate(range(1, 41)):
@@ -49,37 +121,23 @@ def _walk(app: FastAPI, clock: FakeClock, address: str) -> tuple[int | None, dic
     return None, {}
 
 
-def test_a_walk_at_an_office_is_challenged_and_a_colleague_can_still_log_in() -> None:
-    app, clock = _app()
-    TestClient(app, client=(OFFICE, 40_000)).post("/login", headers={"x-user": "alice"})
-    first, body = _walk(app, clock, OFFICE)
-    assert first is not None and first <= 20
-    assert body.get("type") == CHALLENGE_REQUIRED
-    clock.advance(5)
-    walker = TestClient(app, client=(OFFICE, 40_001))
-    assert walker.get("/items/41").json().get("type") == CHALLENGE_REQUIRED  # still held
-    # a colleague signed out is asked to pass the challenge, and can: the challenge route
-    # answers (it was refused too, so nobody there could ever pass); an undecorated
-    # handler is refused before it runs, as under a block
-    deleted: list[int] = []
-
-    @app.post("/items/{item_id}/delete")
-    async def delete(item_id: int) -> dict[str, int]:
-        deleted.append(item_id)
-        return {"deleted": item_id}
-
-    bob = TestClient(app, client=(OFFICE, 40_002))
-    assert bob.post("/items/9/delete").json().get("type") == CHALLENGE_REQUIRED
-    assert deleted == []
-    asked = bob.post("/login", headers={"x-user": "bob"})
-    assert asked.json().get("type") == CHALLENGE_REQUIRED  # asked, not shut out
-    assert bob.post("/challenge").status_code == 200
-    assert bob.post("/login", headers={"x-user": "bob"}).status_code == 200
-    assert bob.get("/items/7").status_code == 200  # he passed
-
-
-def test_a_lone_walkers_address_is_still_blocked() -> None:
+def test_a_lone_walkers_address_is_blocked() -> None:
     app, clock = _app()
     first, body = _walk(app, clock, "198.51.100.77")
     assert first is not None and first <= 20
     assert body.get("type") != CHALLENGE_REQUIRED and body.get("status") == 403
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known trade-off (README): an anonymous walk at an office address blocks it, and "
+    "a colleague signed out there cannot log in until the block ends (up to 10 minutes)",
+)
+def test_a_colleague_signed_out_logs_in_at_an_office_an_anonymous_walker_used() -> None:
+    app, clock = _app()
+    TestClient(app, client=(OFFICE, 40_000)).post("/login", headers={"x-user": "alice"})
+    first, _ = _walk(app, clock, OFFICE)
+    assert first is not None
+    clock.advance(5)
+    bob = TestClient(app, client=(OFFICE, 40_002))
+    assert bob.post("/login", headers={"x-user": "bob"}).status_code == 200

@@ -311,20 +311,12 @@ class Bola:
     def _address_found(self, op: Objects, outcome: Outcome, public: bool) -> list[Finding]:
         """An anonymous address's finding on `op`'s results: a walk or a 403/404 share. On
         a public route (`_Route.public`) a walk must be `PUBLIC_WALK` times as long: a
-        reader pressing "next" through a catalogue walks its ids too. At an address the
-        app vouched for somebody at, or one sending a forwarding header no setting trusts
-        (an office's NAT, a proxy), the answer is a challenge, not a ban: the people
-        there, signed out, must still be able to log in."""
+        reader pressing "next" through a catalogue walks its ids too."""
         scale = 0.5 if outcome.prior else 1.0
         if public and not op.error:
             scale *= PUBLIC_WALK
         template = outcome.route or ""
-        address = outcome.principal
-        engine = outcome.ctx.engine
-        action: str = self.config.action
-        if engine.people_at(address) or engine.forwarding_address(address):
-            action = "challenge"
-        return self._found(op, template, address, action, scale, math.inf)
+        return self._found(op, template, outcome.principal, self.config.action, scale, math.inf)
 
     def _principal_judge(
         self,
