@@ -946,7 +946,14 @@ class Engine:
         before routing, e.g. `identify()` in a Django middleware, cannot tell) to a route
         that names no object."""
         scope = ctx.scope
-        if scope.get("path") == self.config.detection.challenge_path:
+        declared = self.config.detection.challenge_path
+        path = scope.get("path")
+        # (a trailing slash either side: `/challenge` declared for `/challenge/`)
+        if (
+            declared is not None
+            and isinstance(path, str)
+            and path.rstrip("/") == declared.rstrip("/")
+        ):
             return True
         if scope.get("route") is None and scope.get("endpoint") is None:
             return False
