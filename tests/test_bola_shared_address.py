@@ -71,9 +71,12 @@ WORDS = (
 )
 
 
-def _app() -> tuple[FastAPI, FakeClock]:
+def _app(store: str | None = None) -> tuple[FastAPI, FakeClock]:
     clock = FakeClock(8_000_000.0)
-    guard = Guard({"secret": "o" * 32, "detection": {"challenge_path": "/challenge"}}, clock=clock)
+    config = {"secret": "o" * 32, "detection": {"challenge_path": "/challenge"}}
+    if store is not None:
+        config["store"] = {"timeout": 2}
+    guard = Guard(config, clock=clock, store=store)
     app = FastAPI()
     app.add_middleware(GuardMiddleware, guard=guard)
 
@@ -95,7 +98,18 @@ def _app() -> tuple[FastAPI, FakeClock]:
 
 
 def test_a_challenged_office_can_reach_the_challenge_route_and_pass_it() -> None:
-    app, clock = _app()
+    _challenged_office(_app(), settle=0)
+
+
+def test_a_challenged_office_can_pass_on_redis(redis_url: str) -> None:
+    """On Redis the first request after the pass may still be refused (the lift is
+    written after the response, and that request's admission learned the ban back: it
+    was then never lifted again, and the person stayed refused for a day)."""
+    _challenged_office(_app(redis_url), settle=1)
+
+
+def _challenged_office(built: tuple[FastAPI, FakeClock], settle: int) -> None:
+    app, clock = built
     for who in ("alice", "bob"):  # two people log in there: an office
         TestClient(app, client=(OFFICE, 40_000)).post("/login", headers={"x-user": who})
     scanner = TestClient(app, client=(OFFICE, 40_001))
@@ -108,7 +122,11 @@ def test_a_challenged_office_can_reach_the_challenge_route_and_pass_it() -> None
     clock.advance(5)
     assert carol.get("/items/7").json().get("type") == CHALLENGE_REQUIRED
     assert carol.post("/challenge").status_code == 200  # was 403: nobody could pass
-    assert carol.get("/items/7").status_code == 200
+    statuses = []
+    for n in range(6):
+        clock.advance(3)
+        statuses.append(carol.get(f"/items/{7 + n}").status_code)
+    assert statuses == [403] * settle + [200] * (6 - settle), statuses
 
 
 def _walk(app: FastAPI, clock: FakeClock, address: str) -> tuple[int | None, dict[str, object]]:

@@ -910,10 +910,14 @@ class Engine:
 
     def _lift_challenge(self, principal: str, now: float) -> None:
         ban = self.store.active_ban(principal, now)
-        self._challenged_at.pop(principal, None)
         if ban is None or ban.action != "challenge":
+            self._challenged_at.pop(principal, None)
             return
         self.store.lift(principal)
+        if self.store.local:
+            self._challenged_at.pop(principal, None)
+        # (a shared store writes the lift after the response, and a request before that
+        # may learn the ban back from it: the next request with the pass lifts it again)
         # remembered in the ban table (shared by workers): the detector that asked gives
         # this person four times the bar before it blocks
         seconds = self.config.detection.challenge_for
