@@ -9,6 +9,8 @@ endless walk: tests/test_review_s10.py)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from fastapi import FastAPI, Request
 from starlette.testclient import TestClient
@@ -71,12 +73,17 @@ WORDS = (
 )
 
 
-def _app(store: str | None = None) -> tuple[FastAPI, FakeClock]:
+CHALLENGE: dict[str, Any] = {"detection": {"challenge_path": "/challenge"}}
+
+
+def office_app(
+    config: dict[str, Any], store: Any = None, route: str = "/challenge"
+) -> tuple[FastAPI, FakeClock]:
+    """The app these tests and tests/test_review_s10.py share (`config` beside a fixed
+    secret): a login that identifies its user, a public object route (no identify()),
+    and the app's challenge route at `route`."""
     clock = FakeClock(8_000_000.0)
-    config = {"secret": "o" * 32, "detection": {"challenge_path": "/challenge"}}
-    if store is not None:
-        config["store"] = {"timeout": 2}
-    guard = Guard(config, clock=clock, store=store)
+    guard = Guard({"secret": "o" * 32, **config}, clock=clock, store=store)
     app = FastAPI()
     app.add_middleware(GuardMiddleware, guard=guard)
 
@@ -89,7 +96,7 @@ def _app(store: str | None = None) -> tuple[FastAPI, FakeClock]:
     async def item(item_id: int) -> dict[str, int]:  # public, no identify()
         return {"id": item_id}
 
-    @app.post("/challenge")
+    @app.post(route)
     async def challenge() -> dict[str, bool]:
         guard.challenge_passed()  # the person solved the app's CAPTCHA
         return {"passed": True}
@@ -98,14 +105,14 @@ def _app(store: str | None = None) -> tuple[FastAPI, FakeClock]:
 
 
 def test_a_challenged_office_can_reach_the_challenge_route_and_pass_it() -> None:
-    _challenged_office(_app(), settle=0)
+    _challenged_office(office_app(CHALLENGE), settle=0)
 
 
 def test_a_challenged_office_can_pass_on_redis(redis_url: str) -> None:
     """On Redis the first request after the pass may still be refused (the lift is
     written after the response, and that request's admission learned the ban back: it
     was then never lifted again, and the person stayed refused for a day)."""
-    _challenged_office(_app(redis_url), settle=1)
+    _challenged_office(office_app({**CHALLENGE, "store": {"timeout": 2}}, redis_url), settle=1)
 
 
 def _challenged_office(built: tuple[FastAPI, FakeClock], settle: int) -> None:
@@ -140,7 +147,7 @@ def _walk(app: FastAPI, clock: FakeClock, address: str) -> tuple[int | None, dic
 
 
 def test_a_lone_walkers_address_is_blocked() -> None:
-    app, clock = _app()
+    app, clock = office_app(CHALLENGE)
     first, body = _walk(app, clock, "198.51.100.77")
     assert first is not None and first <= 20
     assert body.get("type") != CHALLENGE_REQUIRED and body.get("status") == 403
@@ -152,7 +159,7 @@ def test_a_lone_walkers_address_is_blocked() -> None:
     "a colleague signed out there cannot log in until the block ends (up to 10 minutes)",
 )
 def test_a_colleague_signed_out_logs_in_at_an_office_an_anonymous_walker_used() -> None:
-    app, clock = _app()
+    app, clock = office_app(CHALLENGE)
     TestClient(app, client=(OFFICE, 40_000)).post("/login", headers={"x-user": "alice"})
     first, _ = _walk(app, clock, OFFICE)
     assert first is not None

@@ -16,41 +16,16 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from starlette.testclient import TestClient
 
-from apiguard import Guard, identify
-from apiguard.asgi import GuardMiddleware
 from apiguard.responses import CHALLENGE_REQUIRED
 from apiguard.simulate.clock import FakeClock
 from apiguard.store.redis import RedisStore
+from test_bola_shared_address import CHALLENGE, office_app
 
 WALKER = "198.51.100.77"
 XFF = {"x-forwarded-for": "10.0.0.1"}  # (no trusted_proxies: ignored, but remembered)
-
-
-def _app(store: Any = None) -> tuple[FastAPI, FakeClock]:
-    clock = FakeClock(8_000_000.0)
-    config = {"secret": "o" * 32, "detection": {"challenge_path": "/challenge"}}
-    guard = Guard(config, clock=clock, store=store)
-    app = FastAPI()
-    app.add_middleware(GuardMiddleware, guard=guard)
-
-    @app.post("/login")
-    async def login(request: Request) -> dict[str, bool]:
-        identify(request.headers["x-user"])
-        return {"ok": True}
-
-    @app.get("/items/{item_id}")
-    async def item(item_id: int) -> dict[str, int]:  # (no identify(): anonymous reads)
-        return {"id": item_id}
-
-    @app.post("/challenge")
-    async def challenge() -> dict[str, bool]:
-        guard.challenge_passed()  # (a CAPTCHA solver answers it)
-        return {"passed": True}
-
-    return app, clock
 
 
 def _walk(
@@ -85,14 +60,14 @@ def _walk(
 
 
 def test_control_a_lone_walker_without_headers_is_blocked() -> None:
-    app, clock = _app()
+    app, clock = office_app(CHALLENGE)
     read, solved, ended = _walk(app, clock, {}, solve=True)
     assert read <= 20 and solved == 0 and ended != CHALLENGE_REQUIRED, (read, ended)
 
 
 # Fixed (was a strict xfail): BOLA's office challenge reverted
 def test_a_forwarding_header_does_not_downgrade_a_lone_walkers_block() -> None:
-    app, clock = _app()
+    app, clock = office_app(CHALLENGE)
     read, _, ended = _walk(app, clock, XFF, solve=False)
     assert read <= 20
     assert ended != CHALLENGE_REQUIRED, (read, ended)
@@ -100,14 +75,14 @@ def test_a_forwarding_header_does_not_downgrade_a_lone_walkers_block() -> None:
 
 # Fixed (was a strict xfail): BOLA's office challenge reverted
 def test_a_walker_with_a_forwarding_header_and_a_solver_is_stopped() -> None:
-    app, clock = _app()
+    app, clock = office_app(CHALLENGE)
     read, solved, _ = _walk(app, clock, XFF, solve=True)
     assert read <= 80, (read, solved)
 
 
 # Fixed (was a strict xfail): BOLA's office challenge reverted
 def test_a_login_to_its_own_account_does_not_buy_an_endless_walk() -> None:
-    app, clock = _app()
+    app, clock = office_app(CHALLENGE)
     me = TestClient(app, client=(WALKER, 40_000))
     assert me.post("/login", headers={"x-user": "mallory"}).status_code == 200
     read, solved, _ = _walk(app, clock, {}, solve=True)
@@ -117,7 +92,7 @@ def test_a_login_to_its_own_account_does_not_buy_an_endless_walk() -> None:
 # Fixed (was a strict xfail): BOLA's office challenge reverted
 def test_the_forwarding_header_walk_on_redis(redis_url: str) -> None:
     store = RedisStore(redis.asyncio.Redis.from_url(redis_url), server_time=False, timeout=5.0)
-    app, clock = _app(store)
+    app, clock = office_app(CHALLENGE, store)
     read, solved, _ = _walk(app, clock, XFF, solve=True)
     assert read <= 80, (read, solved)
 
@@ -126,7 +101,7 @@ def _colleague_after_a_walk(store: Any) -> list[int]:
     """An anonymous walk at an office where alice is signed in (challenged, as this
     session intends); then bob, signed out there, is asked, passes the challenge and
     reads on. His statuses: the read that asked, the challenge route, four reads."""
-    app, clock = _app(store)
+    app, clock = office_app(CHALLENGE, store)
     office = "203.0.113.10"
     TestClient(app, client=(office, 40_000)).post("/login", headers={"x-user": "alice"})
     walker = TestClient(app, client=(office, 40_001))
@@ -147,25 +122,7 @@ def _colleague_locked_out_for(config: dict[str, Any], alice: bool, route: str) -
     """Seconds a signed-out colleague at the walker's address cannot log in after one
     anonymous walk (he tries the app's challenge route `route`, then logs in, every
     10 minutes); `alice`: somebody is signed in at the address (people_at = 1)."""
-    clock = FakeClock(8_000_000.0)
-    guard = Guard({"secret": "o" * 32, **config}, clock=clock)
-    app = FastAPI()
-    app.add_middleware(GuardMiddleware, guard=guard)
-
-    @app.post("/login")
-    async def login(request: Request) -> dict[str, bool]:
-        identify(request.headers["x-user"])
-        return {"ok": True}
-
-    @app.get("/items/{item_id}")
-    async def item(item_id: int) -> dict[str, int]:
-        return {"id": item_id}
-
-    @app.post(route)
-    async def challenge() -> dict[str, bool]:
-        guard.challenge_passed()
-        return {"passed": True}
-
+    app, clock = office_app(config, route=route)
     office = ("203.0.113.10", 40_000)
     if alice:
         TestClient(app, client=office).post("/login", headers={"x-user": "alice"})
