@@ -334,9 +334,13 @@ class Engine:
         whether such an anonymous request named an account, a possible sign-up)."""
         self.detectors = found
         run_now = getattr(self.store, "run_objects", None) if self._runs_objects else None
+        walk_now = getattr(self.store, "run_walk", None) if run_now is not None else None
+        walk_results = getattr(self.store, "walk_results", None)
         for detector in found:
             if isinstance(detector, Bola):
                 detector.run_now = run_now
+                if walk_now is not None and walk_results is not None:
+                    detector.walk_now, detector.walk_results = walk_now, walk_results
         self.ato = next((d for d in found if isinstance(d, AccountTakeover)), None)
         self._rotation = next((d for d in found if isinstance(d, Rotation)), None)
         self._scraping = next((d for d in found if isinstance(d, Scraping)), None)

@@ -65,6 +65,9 @@ class Bola:
         # an in-process store's `run_objects`, bound by the engine: an object is counted
         # at once, in `plan` (no batch, and no judge unless there is a finding)
         self.run_now: Callable[[Objects, float], None] | None = None
+        # and its `run_walk` and `walk_results` (an anonymous address's integer ids)
+        self.walk_now: Callable[[str, float, str, int, float], int] | None = None
+        self.walk_results: Callable[[str], tuple[float, int]] = _no_results
 
     def _young_found(self, subject: str, now: float) -> None:
         flags = self._young_flags
@@ -250,7 +253,20 @@ class Bola:
             # an anonymous address: counted, and flagged only for a walk or its errors
             if not route.public and 200 <= status < 300 and ctx.method.upper() == "GET":
                 route.answered_anonymously(principal, item)
-            op = Objects(f"bola:{principal}{route.key}", self._window, item, number, error)
+            key = f"bola:{principal}{route.key}"
+            walk_now = self.walk_now
+            if walk_now is not None and number is not None and not error:
+                # (an in-process store, an integer id, no error: the run's length is all
+                # that can flag it, and no `Objects` is made unless it does)
+                length = walk_now(key, self._window, item, number, outcome.now)
+                if length < self._no_walk:
+                    return None
+                op = Objects(key, self._window, item, number, error)
+                op.length = length
+                op.count, op.stride = self.walk_results(key)
+                findings = self._address_found(op, outcome, route.public)
+                return (lambda: findings) if findings else None
+            op = Objects(key, self._window, item, number, error)
             run_now = self.run_now
             if run_now is not None:
                 run_now(op, outcome.now)
@@ -451,6 +467,10 @@ class _Route:
         if len(addresses) >= PUBLIC_AFTER and len(items) >= PUBLIC_AFTER:
             self.public = True
             self._seen = (set(), set())
+
+
+def _no_results(key: str) -> tuple[float, int]:
+    return 0.0, 0
 
 
 _ROUTES_MAX = 1024  # route templates remembered (they are code-defined)

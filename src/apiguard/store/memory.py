@@ -11,7 +11,15 @@ from typing import TypeVar
 
 from apiguard.config import BanConfig
 from apiguard.store.base import Ban, Batch, BatchResult, Objects, Observation, Op, Run, Tally
-from apiguard.store.sketch import FirstTouch, Generations, Stride, Trail, first_touch
+from apiguard.store.sketch import (
+    FirstTouch,
+    Generations,
+    Stride,
+    Trail,
+    estimate,
+    first_touch,
+    first_walk,
+)
 from apiguard.store.spill import Spill
 from apiguard.window import BucketWindow, WindowSpec, refund, try_hit
 
@@ -514,6 +522,35 @@ class MemoryStore:
             self._trail(op, now)
         finally:
             self._lock.release()
+
+    def run_walk(self, key: str, window: float, item: str, value: int, now: float) -> int:
+        """`run_objects` for an object answered without an error, named by integer id
+        `value`, with no `Objects` made: the length of the run it is in (BOLA's hot path
+        for an anonymous address; `walk_results` reads the rest when it is long)."""
+        objects = self._objects
+        self._lock.acquire()
+        try:
+            record = objects.get(key)
+            if record is None:
+                if len(objects) >= self.max_keys:
+                    objects.popitem(last=False)  # (as `_trail`: the least recently used)
+                objects[key] = first_walk(item, value, window, now)
+                return 0
+            objects.move_to_end(key)
+            if type(record) is tuple:  # (its second object: the full record from now on)
+                record = objects[key] = Trail.resumed(record)
+            return record.step(item, value, now)  # type: ignore[union-attr]
+        finally:
+            self._lock.release()
+
+    def walk_results(self, key: str) -> tuple[float, int]:
+        """The distinct objects and the run's stride of `key`'s record (after `run_walk`
+        found a run: the record is a `Trail`)."""
+        with self._lock:
+            record = self._objects.get(key)
+            if not isinstance(record, Trail):
+                return estimate(1) if record is not None else 0.0, 0
+            return estimate(record.union), record.stride
 
     def _trail(self, op: Objects, now: float) -> None:
         """`op` on its `Trail` (made, or most recently used); the lock is held."""

@@ -156,6 +156,7 @@ class Trail:
         "half",
         "last",
         "length",
+        "moved",
         "old_bits",
         "old_one",
         "one",
@@ -182,6 +183,7 @@ class Trail:
         self.last: int | None = None
         self.stride = 0
         self.length = 0
+        self.moved = 0  # the last step's stride (0: a first id, or a repeat)
 
     def expired(self, now: float) -> bool:
         """Whether every part has left the window (the entry holds nothing that counts)."""
@@ -232,9 +234,23 @@ class Trail:
     def observe(self, op: Objects, now: float) -> None:
         """Run `op` on this record: its results are what its `Tally` and `Run` parts
         would get from their own `Generations` and `Stride` entries."""
+        value = op.value
+        length = self.step(op.item, value, now)
+        op.count = _ESTIMATES[self.union]
+        if op.error:
+            errors = self.errors
+            if errors is None:
+                errors = self.errors = Generations(self.window, now)
+            op.errors = errors.add(op.item, 1, now)
+        if value is not None:
+            op.length, op.stride = length, self.moved
+
+    def step(self, item: str, value: int | None, now: float) -> int:
+        """Count `item` (an object touched at `now`, its integer id `value` or None) in
+        the distinct sketch and the run; the run's length (0: no id, or none before it).
+        `moved` is then the stride of this step (0: a first id, or a repeat)."""
         if now - self.start >= self.half:
             self._roll(now)
-        item = op.item
         i = hash(item) & _MASK  # (the slot `Generations.add` sets)
         bits = self.bits
         new = True
@@ -262,15 +278,8 @@ class Trail:
                     self.union += 1
             elif not old[i >> 3] & 1 << (i & 7):
                 self.union += 1
-        op.count = _ESTIMATES[self.union]
-        if op.error:
-            errors = self.errors
-            if errors is None:
-                errors = self.errors = Generations(self.window, now)
-            op.errors = errors.add(item, 1, now)
-        value = op.value
         if value is None:
-            return
+            return 0
         last = self.last
         if last is not None and now - self.touched >= self.window:
             last = None  # (forgotten: a fresh run)
@@ -278,17 +287,18 @@ class Trail:
         self.touched = now
         self.last = value
         if last is None:
-            op.length = op.stride = 0
-            return
+            self.moved = 0
+            return 0
         stride = value - last
         if stride == 0:  # a repeat neither extends nor breaks a walk
-            op.length, op.stride = self.length, 0
-            return
+            self.moved = 0
+            return self.length
         if stride == self.stride:
             self.length += 1
         else:
             self.stride, self.length = stride, 1
-        op.length, op.stride = self.length, stride
+        self.moved = stride
+        return self.length
 
 
 # A (principal, route) record with one object touched, answered without an error: (when,
@@ -302,3 +312,8 @@ def first_touch(op: Objects, now: float) -> FirstTouch:
     """`Trail(op.window, now).first(op, now)` for an `op` without an error, compact."""
     op.count = _ESTIMATES[1]
     return (now, _SLOTS[hash(op.item) & _MASK], op.value, op.window)
+
+
+def first_walk(item: str, value: int, window: float, now: float) -> FirstTouch:
+    """`first_touch` of an object named by integer id `value`, with no `Objects` made."""
+    return (now, _SLOTS[hash(item) & _MASK], value, window)
