@@ -90,3 +90,31 @@ def test_the_store_runs_objects_or_hands_over_their_parts() -> None:
         )
     assert op.length == 19 and op.stride == 1  # (20 ids: 19 steps of 1)
     assert len(store._objects) == 1  # one entry for the (principal, route)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_walk_counted_without_objects_is_the_same_record(seed: int) -> None:
+    """BOLA's hot path (`run_walk`: an integer id answered without an error, no `Objects`
+    made) leaves the record as `run_objects` would, and reports the same run length;
+    `walk_results` then reads the same distinct count and stride."""
+    rng = random.Random(seed)
+    window = rng.choice([1.0, 10.0, 600.0])
+    fast, slow = MemoryStore(max_keys=3), MemoryStore(max_keys=3)
+    now, value = 1000.0, rng.randrange(100)
+    for _ in range(rng.choice([20, 300, 2000])):
+        now += rng.choice([0.0, 0.001, window / 7, window / 2, window * 1.5]) * rng.random()
+        key = f"bola:p{rng.randrange(4)}:/r/{{id}}"  # (4 keys in 3 slots: evictions too)
+        value += rng.choice([1, 1, 1, 2, -1, 0, 50])
+        text = f"/r/{{id}}\nid={value}"
+        error = rng.random() < 0.15
+        twin = Objects(key, window, text, value, error)
+        slow.run_objects(twin, now)
+        if error:  # (an error answer always takes the general path)
+            op = Objects(key, window, text, value, error)
+            fast.run_objects(op, now)
+            continue
+        length = fast.run_walk(key, window, text, value, now)
+        assert length == twin.length
+        if length:
+            assert fast.walk_results(key) == (twin.count, twin.stride)
+    assert list(fast._objects) == list(slow._objects)

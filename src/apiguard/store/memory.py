@@ -544,13 +544,13 @@ class MemoryStore:
             self._lock.release()
 
     def walk_results(self, key: str) -> tuple[float, int]:
-        """The distinct objects and the run's stride of `key`'s record (after `run_walk`
-        found a run: the record is a `Trail`)."""
+        """The distinct objects of `key`'s record and the stride of its last step, as an
+        `Objects` operation would have them (read after `run_walk` found a run)."""
         with self._lock:
             record = self._objects.get(key)
             if not isinstance(record, Trail):
                 return estimate(1) if record is not None else 0.0, 0
-            return estimate(record.union), record.stride
+            return estimate(record.union), record.moved
 
     def _trail(self, op: Objects, now: float) -> None:
         """`op` on its `Trail` (made, or most recently used); the lock is held."""
