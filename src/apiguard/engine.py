@@ -279,6 +279,8 @@ class Engine:
         self.surge_reads_unheld = 0
         self._wide_keys: dict[str, str] = {}  # client address -> its provider network's key
         self._site_keys: dict[str, str] = {}  # IPv6 client address -> its /48's key ("": v4)
+        # a client shape's built-in hash -> its fingerprint (`apiguard.detectors.fingerprint`)
+        self.fingerprints: dict[int, str] = {}
         self._detections_logged: dict[str, float] = {}
         # key -> (level, until) of its last detector ban: escalation memory (bounded LRU)
         self._levels: OrderedDict[str, tuple[int, float]] = OrderedDict()
@@ -316,6 +318,7 @@ class Engine:
         self._net_keys.clear()
         self._wide_keys.clear()
         self._site_keys.clear()
+        self.fingerprints.clear()
         self._flights.clear()
         self._forwarding.clear()
         self._proxied.clear()
@@ -335,12 +338,12 @@ class Engine:
         self.detectors = found
         run_now = getattr(self.store, "run_objects", None) if self._runs_objects else None
         walk_now = getattr(self.store, "run_walk", None) if run_now is not None else None
-        walk_results = getattr(self.store, "walk_results", None)
+        walk_stride = getattr(self.store, "walk_stride", None)
         for detector in found:
             if isinstance(detector, Bola):
                 detector.run_now = run_now
-                if walk_now is not None and walk_results is not None:
-                    detector.walk_now, detector.walk_results = walk_now, walk_results
+                if walk_now is not None and walk_stride is not None:
+                    detector.walk_now, detector.walk_stride = walk_now, walk_stride
         self.ato = next((d for d in found if isinstance(d, AccountTakeover)), None)
         self._rotation = next((d for d in found if isinstance(d, Rotation)), None)
         self._scraping = next((d for d in found if isinstance(d, Scraping)), None)

@@ -347,7 +347,10 @@ class RequestContext:
         """Keyed hash of the client's header shape (`apiguard.detectors.fingerprint`)."""
         fp = self._fp
         if fp is None:
-            fp = self._fp = fingerprint(self.scope.get("headers") or (), self.engine.hasher)
+            engine = self.engine
+            fp = self._fp = fingerprint(
+                self.scope.get("headers") or (), engine.hasher, engine.fingerprints
+            )
         return fp
 
     def checked(self, rules: tuple[Rule, ...]) -> bool:

@@ -66,8 +66,8 @@ class Bola:
         # at once, in `plan` (no batch, and no judge unless there is a finding)
         self.run_now: Callable[[Objects, float], None] | None = None
         # and its `run_walk` and `walk_results` (an anonymous address's integer ids)
-        self.walk_now: Callable[[str, float, str, int, float], int] | None = None
-        self.walk_results: Callable[[str], tuple[float, int]] = _no_results
+        self.walk_now: Callable[[str, float, str, int, float], tuple[float, int]] | None = None
+        self.walk_stride: Callable[[str], int] = _no_stride
 
     def _young_found(self, subject: str, now: float) -> None:
         flags = self._young_flags
@@ -258,12 +258,10 @@ class Bola:
             if walk_now is not None and number is not None and not error:
                 # (an in-process store, an integer id, no error: the run's length is all
                 # that can flag it, and no `Objects` is made unless it does)
-                length = walk_now(key, self._window, item, number, outcome.now)
+                count, length = walk_now(key, self._window, item, number, outcome.now)
                 if length < self._no_walk:
                     return None
-                op = Objects(key, self._window, item, number, error)
-                op.length = length
-                op.count, op.stride = self.walk_results(key)
+                op = self._walked(key, self._window, item, number, count, length)
                 findings = self._address_found(op, outcome, route.public)
                 return (lambda: findings) if findings else None
             op = Objects(key, self._window, item, number, error)
@@ -300,8 +298,18 @@ class Bola:
             # credential too (one token's walk rotated over addresses, or over the
             # cookies a client sends: apiguard's own device cookie is one)
             also = self._principal_touch(*touch, principal, principal)
+            if found is None or also is None:
+                return found or also
             return lambda: found() + also()
         return found
+
+    def _walked(
+        self, key: str, window: float, item: str, number: int, count: float, length: int
+    ) -> Objects:
+        """The `Objects` operation `walk_now` ran, with its results (a finding's input)."""
+        op = Objects(key, window, item, number, False)
+        op.count, op.length, op.stride = count, length, self.walk_stride(key)
+        return op
 
     def _principal_touch(
         self,
@@ -314,9 +322,33 @@ class Bola:
         error: bool,
         subject: str,
         banned: str,
-    ) -> Judge:
+    ) -> Judge | None:
         """Count one object for `subject` on `route`; the judge of its results."""
-        op = Objects(f"bola:{subject}{route.key}", self.config.window, item, number, error)
+        key = f"bola:{subject}{route.key}"
+        cfg = self.config
+        walk_now = self.walk_now
+        if walk_now is not None and number is not None and not error:
+            # (an in-process store, an integer id, no error: judged at once, and no
+            # `Objects` made unless the results may make a finding)
+            count, length = walk_now(key, cfg.window, item, number, outcome.now)
+            learned = self.populations.get(template).update(subject, count)
+            if route.floor is not None and learned < route.floor:
+                learned = route.floor
+            # below every bar a finding may use (half of each, for a repeat offender),
+            # unless a young account's floor applies (`_principal_judge`)
+            if (
+                count < learned * 0.5
+                and length < self._no_walk
+                and not (
+                    route.floor is None and outcome.ctx.vouched and cfg.person_action == "challenge"
+                )
+            ):
+                return None
+            op = self._walked(key, cfg.window, item, number, count, length)
+            return self._principal_judge(
+                op, outcome, template, route, subject, banned, ops, learned
+            )
+        op = Objects(key, cfg.window, item, number, error)
         run_now = self.run_now
         if run_now is not None:
             run_now(op, outcome.now)  # (its results read by the judge)
@@ -343,9 +375,11 @@ class Bola:
         subject: str,
         banned: str,
         ops: list[Observation],
+        learned_now: float | None = None,
     ) -> Judge:
         """The judge of a principal's object: more objects than the route's population
-        does (or than a young account may), a walk, or a 403/404 share."""
+        does (or than a young account may), a walk, or a 403/404 share (`learned_now`:
+        the population's bar, already updated with this object's count)."""
         cfg = self.config
         ctx = outcome.ctx
         population = self.populations.get(template)
@@ -359,12 +393,13 @@ class Bola:
         action = cfg.person_action if person else cfg.action
 
         def judge() -> list[Finding]:
-            count = op.count
             # the route's population is its principals: an office browsing a catalogue
             # (an anonymous address) must not raise it
-            learned = population.update(subject, count)
-            if own_floor is not None:
-                learned = max(learned, own_floor)
+            learned = learned_now
+            if learned is None:
+                learned = population.update(subject, op.count)
+                if own_floor is not None:
+                    learned = max(learned, own_floor)
             # a principal banned for enumeration before is judged on half the evidence
             # (the objects it walked before the ban still count, and its walk restarts
             # elsewhere); a person who passed the challenge a finding asked for is judged
@@ -469,8 +504,8 @@ class _Route:
             self._seen = (set(), set())
 
 
-def _no_results(key: str) -> tuple[float, int]:
-    return 0.0, 0
+def _no_stride(key: str) -> int:
+    return 0
 
 
 _ROUTES_MAX = 1024  # route templates remembered (they are code-defined)

@@ -24,13 +24,37 @@ _SHAPE = (
     b"sec-ch-ua-platform",
     b"sec-ch-ua-mobile",
 )
-_WANTED = frozenset(_SHAPE)
+_INDEX = {name: i for i, name in enumerate(_SHAPE)}  # header name -> its place
 
 
-def fingerprint(headers: Iterable[tuple[bytes, bytes]], hasher: KeyedHasher) -> str:
-    """The keyed hash of a request's client shape (see the module docstring)."""
-    found: dict[bytes, bytes] = {}
+_CACHED = 4096  # shapes remembered per cache (then it starts again)
+
+
+def fingerprint(
+    headers: Iterable[tuple[bytes, bytes]],
+    hasher: KeyedHasher,
+    cache: dict[int, str] | None = None,
+) -> str:
+    """The keyed hash of a request's client shape (see the module docstring): each
+    header's first value, at most 256 bytes of it, in `_SHAPE`'s order. With `cache`, a
+    shape seen before is answered from it, keyed by the shape's salted built-in hash (no
+    raw value kept there either; two shapes sharing a 64-bit hash share a fingerprint,
+    which an attacker who cannot read the process's hash seed cannot arrange, and which
+    gives nothing that copying the headers would not)."""
+    found = [b"", b"", b"", b"", b"", b""]
+    seen = 0  # (a bit per place: the first value of a repeated header counts)
     for name, value in headers:
-        if name in _WANTED and name not in found:
-            found[name] = bytes(value[:256])
-    return hasher("fp", b"\n".join(found.get(n, b"") for n in _SHAPE))
+        i = _INDEX.get(name)
+        if i is not None and not seen >> i & 1:
+            seen |= 1 << i
+            found[i] = value[:256]
+    shape = b"\n".join(found)
+    if cache is None:
+        return hasher("fp", shape)
+    key = hash(shape)
+    fp = cache.get(key)
+    if fp is None:
+        if len(cache) >= _CACHED:
+            cache.clear()
+        fp = cache[key] = hasher("fp", shape)
+    return fp

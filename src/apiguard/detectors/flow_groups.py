@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from apiguard.detectors.base import SIGNUPS, Finding, Judge, Outcome, RecentlySent
 from apiguard.login import only_pass_cookie
+from apiguard.rules import FlowRule
 from apiguard.store.base import Tally
 
 if TYPE_CHECKING:
@@ -551,8 +552,6 @@ class FlowGroups:
 
 def completed_flows(ctx: RequestContext) -> tuple[str, ...]:
     """Names of the flows this request completed (a charged, completing flow step)."""
-    from apiguard.rules import FlowRule
-
     ran = ctx.ran
     if not ran:
         return ()

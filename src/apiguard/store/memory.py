@@ -12,17 +12,18 @@ from typing import TypeVar
 from apiguard.config import BanConfig
 from apiguard.store.base import Ban, Batch, BatchResult, Objects, Observation, Op, Run, Tally
 from apiguard.store.sketch import (
+    ESTIMATES,
     FirstTouch,
     Generations,
     Stride,
     Trail,
-    estimate,
     first_touch,
     first_walk,
 )
 from apiguard.store.spill import Spill
 from apiguard.window import BucketWindow, WindowSpec, refund, try_hit
 
+ONE = ESTIMATES[1]  # the distinct count of a record with one object
 log = logging.getLogger("apiguard")
 _T = TypeVar("_T")
 _S = TypeVar("_S", Generations, Stride)
@@ -523,10 +524,13 @@ class MemoryStore:
         finally:
             self._lock.release()
 
-    def run_walk(self, key: str, window: float, item: str, value: int, now: float) -> int:
+    def run_walk(
+        self, key: str, window: float, item: str, value: int, now: float
+    ) -> tuple[float, int]:
         """`run_objects` for an object answered without an error, named by integer id
-        `value`, with no `Objects` made: the length of the run it is in (BOLA's hot path
-        for an anonymous address; `walk_results` reads the rest when it is long)."""
+        `value`, with no `Objects` made: the distinct objects of the record and the
+        length of the run the object is in (BOLA's hot path; `walk_stride` reads the
+        last step's stride when the results make a finding)."""
         objects = self._objects
         self._lock.acquire()
         try:
@@ -535,22 +539,21 @@ class MemoryStore:
                 if len(objects) >= self.max_keys:
                     objects.popitem(last=False)  # (as `_trail`: the least recently used)
                 objects[key] = first_walk(item, value, window, now)
-                return 0
+                return ONE, 0
             objects.move_to_end(key)
             if type(record) is tuple:  # (its second object: the full record from now on)
                 record = objects[key] = Trail.resumed(record)
-            return record.step(item, value, now)  # type: ignore[union-attr]
+            length = record.step(item, value, now)  # type: ignore[union-attr]
+            return ESTIMATES[record.union], length  # type: ignore[union-attr]
         finally:
             self._lock.release()
 
-    def walk_results(self, key: str) -> tuple[float, int]:
-        """The distinct objects of `key`'s record and the stride of its last step, as an
-        `Objects` operation would have them (read after `run_walk` found a run)."""
+    def walk_stride(self, key: str) -> int:
+        """The stride of the last step of `key`'s record (0: a first id or a repeat), as
+        an `Objects` operation would have it (read after `run_walk`)."""
         with self._lock:
             record = self._objects.get(key)
-            if not isinstance(record, Trail):
-                return estimate(1) if record is not None else 0.0, 0
-            return estimate(record.union), record.moved
+            return record.moved if isinstance(record, Trail) else 0
 
     def _trail(self, op: Objects, now: float) -> None:
         """`op` on its `Trail` (made, or most recently used); the lock is held."""

@@ -24,6 +24,7 @@ _ESTIMATES = tuple(
     -BITS * math.log((BITS - ones) / BITS) if ones < BITS else _SATURATED
     for ones in range(BITS + 1)
 )
+ESTIMATES = _ESTIMATES  # (public: a store reading a record's count inline)
 
 
 _CLEAR = bytearray(BITS // 8)  # an empty bitmap (never changed: copied)
