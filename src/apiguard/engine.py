@@ -337,13 +337,14 @@ class Engine:
         whether such an anonymous request named an account, a possible sign-up)."""
         self.detectors = found
         run_now = getattr(self.store, "run_objects", None) if self._runs_objects else None
-        walk_now = getattr(self.store, "run_walk", None) if run_now is not None else None
-        walk_stride = getattr(self.store, "walk_stride", None)
+        # (and its `run_walk`, unless a subclass's `run_objects` overrides the class's
+        # that wrote it: each object then goes through the override)
+        kind = type(self.store)
+        own = _defined_in(kind, "run_walk") is _defined_in(kind, "run_objects")
+        walk_now = getattr(self.store, "run_walk", None) if run_now is not None and own else None
         for detector in found:
             if isinstance(detector, Bola):
-                detector.run_now = run_now
-                if walk_now is not None and walk_stride is not None:
-                    detector.walk_now, detector.walk_stride = walk_now, walk_stride
+                detector.run_now, detector.walk_now = run_now, walk_now
         self.ato = next((d for d in found if isinstance(d, AccountTakeover)), None)
         self._rotation = next((d for d in found if isinstance(d, Rotation)), None)
         self._scraping = next((d for d in found if isinstance(d, Scraping)), None)
@@ -1871,3 +1872,8 @@ class Engine:
             " (logged at most once a minute per detector; every one is in the "
             "apiguard.detections metric)",
         )
+
+
+def _defined_in(kind: type, name: str) -> type | None:
+    """The class of `kind`'s method resolution order that defines `name`."""
+    return next((k for k in kind.__mro__ if name in vars(k)), None)

@@ -65,9 +65,10 @@ class Bola:
         # an in-process store's `run_objects`, bound by the engine: an object is counted
         # at once, in `plan` (no batch, and no judge unless there is a finding)
         self.run_now: Callable[[Objects, float], None] | None = None
-        # and its `run_walk` and `walk_results` (an anonymous address's integer ids)
-        self.walk_now: Callable[[str, float, str, int, float], tuple[float, int]] | None = None
-        self.walk_stride: Callable[[str], int] = _no_stride
+        # and its `run_walk` (an integer id answered without an error: no `Objects`)
+        self.walk_now: Callable[[str, float, str, int, float], tuple[float, int, int]] | None = (
+            None
+        )
 
     def _young_found(self, subject: str, now: float) -> None:
         flags = self._young_flags
@@ -258,10 +259,10 @@ class Bola:
             if walk_now is not None and number is not None and not error:
                 # (an in-process store, an integer id, no error: the run's length is all
                 # that can flag it, and no `Objects` is made unless it does)
-                count, length = walk_now(key, self._window, item, number, outcome.now)
+                count, length, stride = walk_now(key, self._window, item, number, outcome.now)
                 if length < self._no_walk:
                     return None
-                op = self._walked(key, self._window, item, number, count, length)
+                op = _walked(key, self._window, item, number, count, length, stride)
                 findings = self._address_found(op, outcome, route.public)
                 return (lambda: findings) if findings else None
             op = Objects(key, self._window, item, number, error)
@@ -303,14 +304,6 @@ class Bola:
             return lambda: found() + also()
         return found
 
-    def _walked(
-        self, key: str, window: float, item: str, number: int, count: float, length: int
-    ) -> Objects:
-        """The `Objects` operation `walk_now` ran, with its results (a finding's input)."""
-        op = Objects(key, window, item, number, False)
-        op.count, op.length, op.stride = count, length, self.walk_stride(key)
-        return op
-
     def _principal_touch(
         self,
         outcome: Outcome,
@@ -330,7 +323,7 @@ class Bola:
         if walk_now is not None and number is not None and not error:
             # (an in-process store, an integer id, no error: judged at once, and no
             # `Objects` made unless the results may make a finding)
-            count, length = walk_now(key, cfg.window, item, number, outcome.now)
+            count, length, stride = walk_now(key, cfg.window, item, number, outcome.now)
             learned = self.populations.get(template).update(subject, count)
             if route.floor is not None and learned < route.floor:
                 learned = route.floor
@@ -344,7 +337,7 @@ class Bola:
                 )
             ):
                 return None
-            op = self._walked(key, cfg.window, item, number, count, length)
+            op = _walked(key, cfg.window, item, number, count, length, stride)
             return self._principal_judge(
                 op, outcome, template, route, subject, banned, ops, learned
             )
@@ -504,8 +497,13 @@ class _Route:
             self._seen = (set(), set())
 
 
-def _no_stride(key: str) -> int:
-    return 0
+def _walked(
+    key: str, window: float, item: str, number: int, count: float, length: int, stride: int
+) -> Objects:
+    """The `Objects` operation `Bola.walk_now` ran, with its results (a finding's input)."""
+    op = Objects(key, window, item, number, False)
+    op.count, op.length, op.stride = count, length, stride
+    return op
 
 
 _ROUTES_MAX = 1024  # route templates remembered (they are code-defined)

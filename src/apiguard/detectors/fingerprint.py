@@ -10,6 +10,7 @@ with shares and floors meant for many people (like a network), never as an ident
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,9 @@ _INDEX = {name: i for i, name in enumerate(_SHAPE)}  # header name -> its place
 
 
 _CACHED = 4096  # shapes remembered per cache (then it starts again)
+# a shape's built-in hash keys the cache only where it is 64 bits wide (a 32-bit build's
+# collides among tens of thousands of shapes: there every shape is hashed anew)
+CACHE_BY_HASH = sys.hash_info.width >= 64
 
 
 def fingerprint(
@@ -38,9 +42,9 @@ def fingerprint(
     """The keyed hash of a request's client shape (see the module docstring): each
     header's first value, at most 256 bytes of it, in `_SHAPE`'s order. With `cache`, a
     shape seen before is answered from it, keyed by the shape's salted built-in hash (no
-    raw value kept there either; two shapes sharing a 64-bit hash share a fingerprint,
-    which an attacker who cannot read the process's hash seed cannot arrange, and which
-    gives nothing that copying the headers would not)."""
+    raw value kept there either; two shapes sharing a 64-bit hash share a fingerprint:
+    about 2^64 tries even for an attacker who knows the process's hash seed, and it
+    gives nothing that copying the headers would not; a 32-bit build keeps no cache)."""
     found = [b"", b"", b"", b"", b"", b""]
     seen = 0  # (a bit per place: the first value of a repeated header counts)
     for name, value in headers:
@@ -49,7 +53,7 @@ def fingerprint(
             seen |= 1 << i
             found[i] = value[:256]
     shape = b"\n".join(found)
-    if cache is None:
+    if cache is None or not CACHE_BY_HASH:
         return hasher("fp", shape)
     key = hash(shape)
     fp = cache.get(key)

@@ -526,11 +526,10 @@ class MemoryStore:
 
     def run_walk(
         self, key: str, window: float, item: str, value: int, now: float
-    ) -> tuple[float, int]:
+    ) -> tuple[float, int, int]:
         """`run_objects` for an object answered without an error, named by integer id
-        `value`, with no `Objects` made: the distinct objects of the record and the
-        length of the run the object is in (BOLA's hot path; `walk_stride` reads the
-        last step's stride when the results make a finding)."""
+        `value`, with no `Objects` made (BOLA's hot path): what that operation's `count`,
+        `length` and `stride` would be."""
         objects = self._objects
         self._lock.acquire()
         try:
@@ -539,21 +538,14 @@ class MemoryStore:
                 if len(objects) >= self.max_keys:
                     objects.popitem(last=False)  # (as `_trail`: the least recently used)
                 objects[key] = first_walk(item, value, window, now)
-                return ONE, 0
+                return ONE, 0, 0
             objects.move_to_end(key)
             if type(record) is tuple:  # (its second object: the full record from now on)
                 record = objects[key] = Trail.resumed(record)
             length = record.step(item, value, now)  # type: ignore[union-attr]
-            return ESTIMATES[record.union], length  # type: ignore[union-attr]
+            return ESTIMATES[record.union], length, record.moved  # type: ignore[union-attr]
         finally:
             self._lock.release()
-
-    def walk_stride(self, key: str) -> int:
-        """The stride of the last step of `key`'s record (0: a first id or a repeat), as
-        an `Objects` operation would have it (read after `run_walk`)."""
-        with self._lock:
-            record = self._objects.get(key)
-            return record.moved if isinstance(record, Trail) else 0
 
     def _trail(self, op: Objects, now: float) -> None:
         """`op` on its `Trail` (made, or most recently used); the lock is held."""
