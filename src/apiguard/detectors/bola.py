@@ -291,14 +291,17 @@ class Bola:
 
             return judge
         subject, _, banned = _subject(outcome)
-        touch = (outcome, ops, template, route, item, number, error)
-        found = self._principal_touch(*touch, subject, banned)
+        found = self._principal_touch(
+            outcome, ops, template, route, item, number, error, subject, banned
+        )
         if subject != principal and principal != ctx.ip_key and not ctx.vouched:
             # a credential the app did not vouch for, beside a cookie: counted for the
             # address and cookie (made-up keys rotated beside one session) and for the
             # credential too (one token's walk rotated over addresses, or over the
             # cookies a client sends: apiguard's own device cookie is one)
-            also = self._principal_touch(*touch, principal, principal)
+            also = self._principal_touch(
+                outcome, ops, template, route, item, number, error, principal, principal
+            )
             if found is None or also is None:
                 return found or also
             return lambda: found() + also()
