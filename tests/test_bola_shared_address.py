@@ -111,7 +111,8 @@ def test_a_challenged_office_can_reach_the_challenge_route_and_pass_it() -> None
 def test_a_challenged_office_can_pass_on_redis(redis_url: str) -> None:
     """On Redis the first request after the pass may still be refused (the lift is
     written after the response, and that request's admission learned the ban back: it
-    was then never lifted again, and the person stayed refused for a day)."""
+    was then never lifted again, and the person stayed refused for a day); whether it is
+    depends on when the write lands (CI saw 0 of 6 refused)."""
     _challenged_office(office_app({**CHALLENGE, "store": {"timeout": 2}}, redis_url), settle=1)
 
 
@@ -133,7 +134,10 @@ def _challenged_office(built: tuple[FastAPI, FakeClock], settle: int) -> None:
     for n in range(6):
         clock.advance(3)
         statuses.append(carol.get(f"/items/{7 + n}").status_code)
-    assert statuses == [403] * settle + [200] * (6 - settle), statuses
+    # at most `settle` refused, all before the first request through, none after it
+    refused = statuses.index(200) if 200 in statuses else len(statuses)
+    assert refused <= settle, statuses
+    assert statuses == [403] * refused + [200] * (6 - refused), statuses
 
 
 def _walk(app: FastAPI, clock: FakeClock, address: str) -> tuple[int | None, dict[str, object]]:
