@@ -25,6 +25,7 @@ from apiguard.decision import ALLOWED, Action, Decision
 from apiguard.detectors.account_takeover import ACCOUNT, DEVICE_FAILS, AccountTakeover
 from apiguard.detectors.base import (
     LOGINS,
+    MISSES,
     PRINCIPALS,
     SIGNUPS,
     Detector,
@@ -145,8 +146,10 @@ def _observed_status(ctx: RequestContext, status: int | None) -> int:
     return 403 if _gated(ctx) else 500
 
 
-def _watches(kind: str, login: bool, address: bool, signup: bool) -> bool:
+def _watches(kind: str, login: bool, address: bool, signup: bool, miss: bool) -> bool:
     """Whether a detector that `watches` requests of `kind` plans this kind of request."""
+    if kind == MISSES:
+        return miss
     if kind == LOGINS:
         return login
     if kind == PRINCIPALS:
@@ -156,13 +159,15 @@ def _watches(kind: str, login: bool, address: bool, signup: bool) -> bool:
     return True
 
 
-def _watchers(ctx: RequestContext, principal: str) -> int:
+def _watchers(ctx: RequestContext, principal: str, status: int) -> int:
     """The request's index in `Engine._watching` (see `_watches`)."""
     address = principal == ctx.ip_key
     index = (ctx.login is not None) * 2 + address
     # (a refused request observed is a gated one: a sign-up held in its flow's surge)
     if address and (ctx.declared is not None or ctx.born or ctx.refused_sent):
         index += 4
+    if status == 404 or status == 405:
+        index += 8
     return index
 
 
@@ -257,8 +262,10 @@ class Engine:
         self._fast = Admission.compile(self._global_plan, store, advertise=config.ratelimit_headers)
         # endpoint rules -> the global rules and them, compiled (None: general path only)
         self._fast_with: dict[tuple[Rule, ...], Admission | None] = {}
+        # a flow was declared (`Guard.flow`, or a completing flow step checked): only then
+        # does the flow-group detector record which principals are active
+        self.flows_declared = False
         self._use(detectors.build(config.detection, self.enforce_default))
-        self._flow_groups = next((d for d in self.detectors if isinstance(d, FlowGroups)), None)
         self._bola_query = frozenset(config.detection.bola.query_params)
         # the app called guard.account_created(): only declared sign-ups make accounts young
         self.accounts_declared = False
@@ -346,16 +353,28 @@ class Engine:
             if isinstance(detector, Bola):
                 detector.run_now, detector.walk_now = run_now, walk_now
         self.ato = next((d for d in found if isinstance(d, AccountTakeover)), None)
+        self._flow_groups = next((d for d in found if isinstance(d, FlowGroups)), None)
+        if self._flow_groups is not None:
+            self._flow_groups.activity = self.flows_declared
         self._rotation = next((d for d in found if isinstance(d, Rotation)), None)
         self._scraping = next((d for d in found if isinstance(d, Scraping)), None)
-        # indexed by `_watchers`: 4 * (an anonymous request named an account) + 2 * (a
-        # login was reported) + (the principal is the address)
+        # indexed by `_watchers`: 8 * (answered 404 or 405) + 4 * (an anonymous request
+        # named an account) + 2 * (a login was reported) + (the principal is the address)
         self._watching = [
-            tuple(d for d in found if _watches(d.watches, login, address, signup))
+            tuple(d for d in found if _watches(d.watches, login, address, signup, miss))
+            for miss in (False, True)
             for signup in (False, True)
             for login in (False, True)
             for address in (False, True)
         ]
+
+    def declare_flow(self) -> None:
+        """A sensitive flow is declared: the flow-group detector records from now on
+        which principals are active (its shares' baseline; an app without flows has no
+        use for it)."""
+        self.flows_declared = True
+        if self._flow_groups is not None:
+            self._flow_groups.activity = True
 
     def may_be_banned(self) -> bool:
         """Whether `early_ban` can find anything (False while no ban is known)."""
@@ -881,6 +900,8 @@ class Engine:
         groups = self._flow_groups
         if not rules or groups is None:
             return keys
+        if not groups.activity and any(isinstance(rule, FlowRule) for rule in rules):
+            self.declare_flow()  # (a flow rule not made by `Guard.flow`)
         principal = ctx.principal or ctx.ip_key
         extra = [
             k
@@ -1548,6 +1569,8 @@ class Engine:
         index = (login is not None) * 2 + address
         if address and (ctx.declared is not None or ctx.born or ctx.refused_sent):
             index += 4
+        if status == 404 or status == 405:
+            index += 8
         watching = self._watching[index]
         if not watching:
             return
@@ -1647,7 +1670,7 @@ class Engine:
         if ctx.refused_sent and not _gated(ctx):
             return None  # a refused request touched nothing (a gated login still counts)
         principal = ctx.principal or ctx.ip_key
-        watching = self._watching[_watchers(ctx, principal)]
+        watching = self._watching[_watchers(ctx, principal, status)]
         if not watching:
             return None
         now = self.clock()

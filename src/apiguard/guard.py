@@ -527,6 +527,7 @@ class Guard:
                     )
                 self._flows[name] = rule
                 self._claim_names(rule)
+            self.engine.declare_flow()
             return rule
 
         return self._decorator(make)

@@ -103,6 +103,7 @@ LOGINS = "logins"  # requests that reported a login (`Outcome.login` set)
 # PRINCIPALS, and anonymous requests that named an account (`identify()` after the
 # checkpoint, or `account_created()`): a possible sign-up
 SIGNUPS = "signups"
+MISSES = "misses"  # requests answered 404 or 405 (a path or method no route serves)
 
 
 class Detector(Protocol):
@@ -110,7 +111,8 @@ class Detector(Protocol):
 
     name: str
     enforce: bool
-    watches: str  # EVERY_REQUEST, PRINCIPALS, SIGNUPS or LOGINS: `plan` returns None for the rest
+    # EVERY_REQUEST, PRINCIPALS, SIGNUPS, LOGINS or MISSES: `plan` returns None for the rest
+    watches: str
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         """Add this request's operations to `ops`; return what judges their results

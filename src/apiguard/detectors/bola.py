@@ -62,6 +62,8 @@ class Bola:
         # a run shorter than this is no walk, whatever the scale (at least half the bar)
         self._no_walk = config.sequential_run * 0.5
         self._window = config.window
+        # young accounts are watched only where a person can answer (`_principal_judge`)
+        self._young_watch = config.person_action == "challenge"
         # an in-process store's `run_objects`, bound by the engine: an object is counted
         # at once, in `plan` (no batch, and no judge unless there is a finding)
         self.run_now: Callable[[Objects, float], None] | None = None
@@ -145,7 +147,7 @@ class Bola:
         if len(routes) >= _ROUTES_MAX:
             routes.clear()
         own = self.config.routes.get(template) if self.config.routes else None
-        route = routes[template] = _Route(template, own)
+        route = routes[template] = _Route(template, own, self.populations.get(template))
         return route
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
@@ -290,6 +292,12 @@ class Bola:
                 return bola._address_found(op, outcome, public)
 
             return judge
+        if ctx.vouched or not ctx.has_cookie:
+            # (the usual principal, without `_subject`: a user the app vouched for, or a
+            # credential without a cookie, is counted under itself, and only there)
+            return self._principal_touch(
+                outcome, ops, template, route, item, number, error, principal, principal
+            )
         subject, _, banned = _subject(outcome)
         found = self._principal_touch(
             outcome, ops, template, route, item, number, error, subject, banned
@@ -320,31 +328,29 @@ class Bola:
         banned: str,
     ) -> Judge | None:
         """Count one object for `subject` on `route`; the judge of its results."""
-        key = f"bola:{subject}{route.key}"
-        cfg = self.config
+        key = "bola:" + subject + route.key
         walk_now = self.walk_now
         if walk_now is not None and number is not None and not error:
             # (an in-process store, an integer id, no error: judged at once, and no
             # `Objects` made unless the results may make a finding)
-            count, length, stride = walk_now(key, cfg.window, item, number, outcome.now)
-            learned = self.populations.get(template).update(subject, count)
-            if route.floor is not None and learned < route.floor:
-                learned = route.floor
-            # below every bar a finding may use (half of each, for a repeat offender),
-            # unless a young account's floor applies (`_principal_judge`)
-            if (
-                count < learned * 0.5
-                and length < self._no_walk
-                and not (
-                    route.floor is None and outcome.ctx.vouched and cfg.person_action == "challenge"
-                )
-            ):
+            window = self._window
+            count, length, stride = walk_now(key, window, item, number, outcome.now)
+            learned = route.population.update(subject, count)
+            floor = route.floor
+            if floor is not None:
+                if learned < floor:
+                    learned = floor
+                young = False
+            else:  # (a young account's floor may apply: `_principal_judge`)
+                young = self._young_watch and outcome.ctx.vouched
+            # below every bar a finding may use (half of each, for a repeat offender)
+            if count < learned * 0.5 and length < self._no_walk and not young:
                 return None
-            op = _walked(key, cfg.window, item, number, count, length, stride)
+            op = _walked(key, window, item, number, count, length, stride)
             return self._principal_judge(
                 op, outcome, template, route, subject, banned, ops, learned
             )
-        op = Objects(key, cfg.window, item, number, error)
+        op = Objects(key, self._window, item, number, error)
         run_now = self.run_now
         if run_now is not None:
             run_now(op, outcome.now)  # (its results read by the judge)
@@ -378,11 +384,11 @@ class Bola:
         the population's bar, already updated with this object's count)."""
         cfg = self.config
         ctx = outcome.ctx
-        population = self.populations.get(template)
+        population = route.population
         own_floor = route.floor
         young: Tally | None = None
         # young accounts only where a person can answer (person_action "challenge")
-        if own_floor is None and ctx.vouched and cfg.person_action == "challenge":
+        if own_floor is None and ctx.vouched and self._young_watch:
             young = Tally(YOUNG + subject, cfg.young_for, amount=0)  # (a read)
             ops.append(young)
         person = ctx.vouched
@@ -474,10 +480,11 @@ class _Route:
     of its items (and with its parameter's name, when it has one), and its own floor
     (None: the population's; 0: not watched)."""
 
-    __slots__ = ("_seen", "floor", "item", "key", "name", "named", "public")
+    __slots__ = ("_seen", "floor", "item", "key", "name", "named", "population", "public")
 
-    def __init__(self, template: str, floor: int | None) -> None:
+    def __init__(self, template: str, floor: int | None, population: Population) -> None:
         self.key = ":" + template
+        self.population = population  # (its principals' objects: the learned bar)
         self.item = template + "\n"
         self.name = ""  # the route's one path parameter, once seen
         self.named = self.item

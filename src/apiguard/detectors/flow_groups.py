@@ -202,6 +202,9 @@ class FlowGroups:
         self.config = config
         self.enforce = enforce
         self._active: RecentlySent[str] = RecentlySent(config.window / 4)
+        # whether a flow is declared (`Engine.declare_flow`): until then no principal's
+        # activity is recorded (nothing would ever be judged against it)
+        self.activity = False
         self.births = BirthPlaces(config.window, config.young_for, config.floor)
         # accounts born in a burst, for the engine to publish to other workers (a
         # shared store only: see `birth_of`)
@@ -428,9 +431,9 @@ class FlowGroups:
         ctx = outcome.ctx
         principal = outcome.principal
         decision = ctx.decision
-        if decision is not None and (decision.banned or "").startswith(SURGE):
-            flow = decision.banned[len(SURGE) :]  # type: ignore[index]
-            return self._held(flow, principal, outcome.now)
+        banned = decision.banned if decision is not None else None
+        if banned and banned.startswith(SURGE):
+            return self._held(banned[len(SURGE) :], principal, outcome.now)
         if principal == ctx.ip_key:
             # an anonymous request: only a sign-up (an account born here) is recorded
             if (ctx.declared is None and not ctx.born) or not 200 <= outcome.status < 300:
@@ -444,15 +447,14 @@ class FlowGroups:
             if not signups:
                 return births
             return self._surge_judge(signups, ctx, outcome.now, births)
-        decision = ctx.decision
-        refused = decision is not None and (decision.banned or "").startswith(GROUP)
+        refused = banned is not None and banned.startswith(GROUP)
         # a completion, or an attempt refused to its group (which still counts for it)
         flows = completed_flows(ctx) if 200 <= outcome.status < 300 or refused else ()
         if flows and self.config.ignore_flows:
             flows = tuple(f for f in flows if f not in self.config.ignore_flows)
         now = outcome.now
         if not flows:
-            if not self._active.due(principal, now):
+            if not self.activity or not self._active.due(principal, now):
                 return None
             self._activity(ctx, principal, ops)
             return None

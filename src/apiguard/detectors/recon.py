@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome
+from apiguard.detectors.base import MISSES, Finding, Judge, Outcome
 from apiguard.store.base import Tally
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class Recon:
     """The reconnaissance detector (see the module docstring)."""
 
     name = "recon"
-    watches = EVERY_REQUEST
+    watches = MISSES  # (answered 404 or 405)
 
     def __init__(self, config: ReconConfig, enforce: bool) -> None:
         self.config = config

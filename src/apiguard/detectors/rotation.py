@@ -26,6 +26,7 @@ store operation.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -62,6 +63,19 @@ def home_key(principal: str, network: str, fingerprint: str) -> str:
     return f"{HOME}{network}:{fingerprint}:{principal}"
 
 
+class PlaceSeen:
+    """One of a principal's first places: its network and client fingerprint, when it
+    was first answered there, and when it was last sent to the store."""
+
+    __slots__ = ("fingerprint", "first", "network", "sent")
+
+    def __init__(self, network: str, fingerprint: str, first: float) -> None:
+        self.network = network
+        self.fingerprint = fingerprint
+        self.first = first
+        self.sent = -math.inf
+
+
 class Homes:
     """Each principal's first `per_principal` places answered below 400 (network, client
     fingerprint, first seen), in a bounded LRU of principals: a place is home once it was
@@ -72,26 +86,30 @@ class Homes:
         self.fresh = fresh
         self.per_principal = per_principal
         self.size = size
-        self._places: OrderedDict[str, list[tuple[str, str, float]]] = OrderedDict()
+        self._places: OrderedDict[str, list[PlaceSeen]] = OrderedDict()
 
-    def note(self, principal: str, network: str, fingerprint: str, now: float) -> bool:
-        """Record an answered request's place; whether it is (already) home."""
+    def note(self, principal: str, network: str, fingerprint: str, now: float) -> PlaceSeen | None:
+        """Record an answered request's place; the place, if it is one of the
+        principal's first few (home once `now - first >= fresh`)."""
         places = self._places
         found = places.get(principal)
         if found is None:
             if self.per_principal <= 0:
-                return False
+                return None
             if len(places) >= self.size:
                 places.popitem(last=False)
-            places[principal] = [(network, fingerprint, now)]
-            return False
+            place = PlaceSeen(network, fingerprint, now)
+            places[principal] = [place]
+            return place
         places.move_to_end(principal)
-        first = _first_seen(found, network, fingerprint)
-        if first is not None:
-            return now - first >= self.fresh
+        for place in found:  # (`_first_seen`, inlined: every answered request comes here)
+            if place.network == network and place.fingerprint == fingerprint:
+                return place
         if len(found) < self.per_principal:
-            found.append((network, fingerprint, now))
-        return False
+            place = PlaceSeen(network, fingerprint, now)
+            found.append(place)
+            return place
+        return None
 
     def knows(self, principal: str) -> bool:
         """Whether `principal` was answered below 400 lately (changes nothing)."""
@@ -105,16 +123,14 @@ class Homes:
     def of(self, principal: str, now: float) -> list[tuple[str, str]]:
         """`principal`'s homes: (network, fingerprint) pairs."""
         found = self._places.get(principal, ())
-        return [(net, fp) for net, fp, first in found if now - first >= self.fresh]
+        return [(p.network, p.fingerprint) for p in found if now - p.first >= self.fresh]
 
 
-def _first_seen(
-    places: Iterable[tuple[str, str, float]], network: str, fingerprint: str
-) -> float | None:
+def _first_seen(places: Iterable[PlaceSeen], network: str, fingerprint: str) -> float | None:
     """When the place (network, fingerprint) among `places` was first seen, if it is one."""
-    for net, fp, first in places:
-        if net == network and fp == fingerprint:
-            return first
+    for place in places:
+        if place.network == network and place.fingerprint == fingerprint:
+            return place.first
     return None
 
 
@@ -136,7 +152,8 @@ class Rotation:
             config.ceiling,
         )
         self.homes = Homes(config.window / 4, config.homes)
-        self._sent: RecentlySent[Place] = RecentlySent(config.window / 4)
+        self._fresh = config.window / 4  # (a place is sent at most once per)
+        self._sent: RecentlySent[Place] = RecentlySent(self._fresh)
 
     def excuses(self, ctx: RequestContext, ban: Ban, now: float) -> bool:
         """Whether `ban` (a rotation ban on one of the request's keys) does not hold this
@@ -158,9 +175,17 @@ class Rotation:
             return None
         now = outcome.now
         place, fingerprint = ctx.net_key, ctx.fingerprint
-        home = outcome.status < 400 and self.homes.note(principal, place, fingerprint, now)
-        if not self._sent.due((principal, place, fingerprint), now):
+        seen = self.homes.note(principal, place, fingerprint, now) if outcome.status < 400 else None
+        if seen is not None:
+            # one of its first places: sent at most once per quarter window, as below
+            if now - seen.sent < self._fresh:
+                return None
+            seen.sent = now
+            home = now - seen.first >= self.homes.fresh
+        elif not self._sent.due((principal, place, fingerprint), now):
             return None
+        else:
+            home = False
         window = self.config.window
         network = ctx.provider_key
         tally = Tally(f"rot:{principal}", window, network)
