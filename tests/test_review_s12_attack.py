@@ -1,11 +1,12 @@
 """Review s12 (adversarial): the detectors' cheaper key path, attacked.
 
 - flow groups: a flow declared per request (Flask-RESTful's `method_decorators`, as
-  Django's `method_decorator` and Flask-RESTX's are) calls `Engine.declare_flow()` only
-  at the first request to it, so principals' activity before that is never recorded: an
-  office whose people were active, then a few of them redeem a coupon, is judged on a
-  share of its redeemers among only those active since, and is refused (the old code,
-  recording activity always, refused no one);
+  Django's `method_decorator` and Flask-RESTX's are) called `Engine.declare_flow()` only
+  at the first request to it, so principals' activity before that was never recorded: an
+  office whose people were active, then a few of them redeem a coupon, was judged on a
+  share of its redeemers among only those active since, and refused (the code before,
+  recording activity always, refused no one). Fixed: `guard.flow(...)` declares the flow
+  when it is called, before any framework applies the decorator;
 - pinned (passing before and after): the reconnaissance detector, planned only for 404
   and 405 answers, still bans a probe sweep answered by a root catch-all's 404 and by
   Flask's router; the rotation detector, keeping its first places' last sends apart,

@@ -460,6 +460,11 @@ class Guard:
                 Picker(key, f"@guard.flow({name!r})", "key", "payload.email", bare=True), key
             )
             per = argument_key
+        # declared now, not when the decorator is applied: a decorator a framework applies
+        # per request (Flask-RESTful's `method_decorators`, Django's `method_decorator`)
+        # makes its rule at the first request, and the flow-group detector's baseline,
+        # the principals active, is recorded from the declaration on
+        self.engine.declare_flow()
 
         def make(fn: Any) -> Rule:
             if argument_key is not None:
@@ -527,7 +532,6 @@ class Guard:
                     )
                 self._flows[name] = rule
                 self._claim_names(rule)
-            self.engine.declare_flow()
             return rule
 
         return self._decorator(make)

@@ -36,7 +36,8 @@ once do not double it; a group flagged again after its ban ended is banned longe
 Activity is fed from every request whose principal is not an address, at most once per
 quarter window per principal (a bounded in-process table remembers which were sent), so
 the detector adds no store operation to most requests; and only once the app declared a
-flow (an app without one has nothing to judge against it).
+flow (`guard.flow(...)` called, at import for decorators; an app without a flow has
+nothing to judge against it).
 """
 
 from __future__ import annotations
