@@ -209,3 +209,18 @@ def run_quietly(coro: Any) -> Any:
         return run(coro)
     finally:
         logging.disable(logging.NOTSET)
+
+
+def keys_sent(guard: Guard, prefix: str) -> list[str]:
+    """The keys starting with `prefix` of the detectors' operations as they reach
+    `guard`'s store, from now on (a spy on `store.observe`)."""
+    sent: list[str] = []
+    store = guard.engine.store
+    original = store.observe
+
+    def observe(ops: Any, now: float) -> Any:
+        sent.extend(op.key for op in ops if op.key.startswith(prefix))
+        return original(ops, now)
+
+    store.observe = observe  # type: ignore[method-assign]
+    return sent

@@ -22,7 +22,7 @@ from apiguard.asgi import GuardMiddleware
 from apiguard.detectors.flow_groups import FlowGroups
 from apiguard.simulate.clock import FakeClock
 from apiguard.simulate.driver import AsgiDriver, Request
-from detection_support import run
+from detection_support import keys_sent, run
 
 START = 5_000_000.0
 
@@ -113,25 +113,11 @@ def test_recon_still_bans_a_probe_sweep_and_not_the_reader_beside_it() -> None:
     assert set(reader) == {200}
 
 
-def _rotation_sends(guard: Guard) -> list[str]:
-    """The rotation detector's operations as they reach the store (their keys)."""
-    sent: list[str] = []
-    store = guard.engine.store
-    original = store.observe
-
-    def observe(ops: Any, now: float) -> Any:
-        sent.extend(op.key for op in ops if op.key.startswith("rot:"))
-        return original(ops, now)
-
-    store.observe = observe  # type: ignore[method-assign]
-    return sent
-
-
 def test_a_key_at_its_home_is_sent_once_per_quarter_window_and_a_refusal_there_too() -> None:
     clock = FakeClock(START)
     guard = Guard(clock=clock)
     driver = AsgiDriver(_app(guard))
-    sent = _rotation_sends(guard)
+    sent = keys_sent(guard, "rot:")
     quarter = guard.config.detection.rotation.window / 4
 
     async def call(key: str, ip: str) -> int:
@@ -167,7 +153,7 @@ def test_places_past_the_first_few_are_still_sent_once_each_per_quarter_window()
     clock = FakeClock(START)
     guard = Guard(clock=clock)
     driver = AsgiDriver(_app(guard))
-    sent = _rotation_sends(guard)
+    sent = keys_sent(guard, "rot:")
     homes = guard.config.detection.rotation.homes
 
     async def scenario() -> None:
@@ -193,14 +179,7 @@ def test_flow_activity_is_recorded_only_once_a_flow_is_declared() -> None:
         driver = AsgiDriver(_app(guard, flow=flow))
         groups = guard.engine._flow_groups
         assert groups is not None and groups.activity is flow
-        seen: list[str] = []
-        original = guard.engine.store.observe
-
-        def observe(ops: Any, now: float, seen: list[str] = seen, original: Any = original) -> Any:
-            seen.extend(op.key for op in ops if op.key.startswith("fga:"))
-            return original(ops, now)
-
-        guard.engine.store.observe = observe  # type: ignore[method-assign]
+        seen = keys_sent(guard, "fga:")
 
         async def scenario(driver: AsgiDriver = driver, clock: FakeClock = clock) -> None:
             for n in range(5):

@@ -20,6 +20,7 @@ from typing import Any
 
 from apiguard import Guard
 from apiguard.simulate.clock import FakeClock
+from detection_support import keys_sent
 from harness import flask_client
 
 START = 5_000_000.0
@@ -61,15 +62,7 @@ def _restful_shop(guard: Guard) -> Any:
 def test_a_flow_declared_per_request_still_records_activity_before_its_first_request() -> None:
     guard = Guard(clock=FakeClock(START))
     call = _restful_shop(guard)
-    seen: list[str] = []
-    store = guard.engine.store
-    original = store.observe
-
-    def observe(ops: Any, now: float) -> Any:
-        seen.extend(op.key for op in ops if op.key.startswith("fga:"))
-        return original(ops, now)
-
-    store.observe = observe  # type: ignore[method-assign]
+    seen = keys_sent(guard, "fga:")
     for n in range(5):
         headers = {"x-api-key": f"key-{n}", "user-agent": OFFICE_UA}
         assert call("GET", "/me", ip="203.0.113.50", headers=headers).status == 200
