@@ -368,6 +368,8 @@ def test_recon_probing_of_paths_no_route_serves_is_caught(make_guard, client_for
         statuses.append(call("GET", f"/{word}", ip="192.0.2.77").status)
         assert call("GET", "/open", ip="198.51.100.31").status == 200
     first = next(i for i, s in enumerate(statuses) if s not in (404, 405))
-    assert 11 <= first <= 13, statuses
+    # (the floor, 12; a sketch's collisions, which the process's hash seed decides: one
+    # or two more)
+    assert 11 <= first <= 15, statuses
     assert set(statuses[first:]) == {403}
     assert call("GET", "/open", ip="192.0.2.77").status == 403  # its ban holds everywhere

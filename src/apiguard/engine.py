@@ -358,10 +358,23 @@ class Engine:
             self._flow_groups.activity = self.flows_declared
         self._rotation = next((d for d in found if isinstance(d, Rotation)), None)
         self._scraping = next((d for d in found if isinstance(d, Scraping)), None)
-        # indexed by `_watchers`: 8 * (answered 404 or 405) + 4 * (an anonymous request
-        # named an account) + 2 * (a login was reported) + (the principal is the address)
+        self._index_watchers()
+
+    def _index_watchers(self) -> None:
+        """`_watching`, indexed by `_watchers`: 8 * (answered 404 or 405) + 4 * (an
+        anonymous request named an account) + 2 * (a login was reported) + (the
+        principal is the address). While no flow is declared, the flow-group detector
+        watches anonymous requests only (sign-ups: births); a principal's request has
+        nothing for it then (no flow to complete, no activity to record)."""
+        found = self.detectors
+        groups = None if self.flows_declared else self._flow_groups
         self._watching = [
-            tuple(d for d in found if _watches(d.watches, login, address, signup, miss))
+            tuple(
+                d
+                for d in found
+                if _watches(d.watches, login, address, signup, miss)
+                and (address or d is not groups)
+            )
             for miss in (False, True)
             for signup in (False, True)
             for login in (False, True)
@@ -372,9 +385,12 @@ class Engine:
         """A sensitive flow is declared: the flow-group detector records from now on
         which principals are active (its shares' baseline; an app without flows has no
         use for it)."""
+        if self.flows_declared:
+            return
         self.flows_declared = True
         if self._flow_groups is not None:
             self._flow_groups.activity = True
+            self._index_watchers()
 
     def may_be_banned(self) -> bool:
         """Whether `early_ban` can find anything (False while no ban is known)."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from apiguard.cors_copy import CorsSource, kept, with_cors
 from apiguard.decision import Decision
+from apiguard.detectors.fingerprint import SHAPE, first_values
 from apiguard.engine import Engine, Refused
 from apiguard.guard import Guard
 from apiguard.request import RequestContext, _current
@@ -39,6 +40,8 @@ COMPLETE_KEY = "apiguard.complete"
 # not headers; bounded, since header names are client-chosen
 _NAMES: dict[str, bytes] = {"CONTENT_TYPE": b"content-type", "CONTENT_LENGTH": b"content-length"}
 _NAMES_MAX = 1024
+# the environ keys of the client-shape headers (`apiguard.detectors.fingerprint`)
+_SHAPE_KEYS = tuple("HTTP_" + name.decode().upper().replace("-", "_") for name in SHAPE)
 
 
 def _header_name(key: str) -> bytes:
@@ -83,6 +86,18 @@ class EnvironHeaders:
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         return iter(self._list())
+
+    def shape(self) -> tuple[bytes, ...]:
+        """The client-shape headers' values (`apiguard.detectors.fingerprint`), read
+        straight from the environ's keys while the pairs are not built."""
+        environ = self._environ
+        if environ is None:
+            return first_values(self._pairs)
+        get = environ.get
+        return tuple(
+            value.encode("latin-1") if isinstance(value := get(key, ""), str) else b""
+            for key in _SHAPE_KEYS
+        )
 
     def __len__(self) -> int:
         return len(self._list())

@@ -253,45 +253,20 @@ class Bola:
         error = 403 <= status <= 404
         principal = outcome.principal
         if not ctx.vouched and not ctx.has_cookie and principal == ctx.ip_key:
-            # an anonymous address: counted, and flagged only for a walk or its errors
-            if not route.public and 200 <= status < 300 and ctx.method.upper() == "GET":
-                route.answered_anonymously(principal, item)
-            key = f"bola:{principal}{route.key}"
-            walk_now = self.walk_now
-            if walk_now is not None and number is not None and not error:
-                # (an in-process store, an integer id, no error: the run's length is all
-                # that can flag it, and no `Objects` is made unless it does)
-                count, length, stride = walk_now(key, self._window, item, number, outcome.now)
-                if length < self._no_walk:
-                    return None
-                op = _walked(key, self._window, item, number, count, length, stride)
-                findings = self._address_found(op, outcome, route.public)
-                return (lambda: findings) if findings else None
-            op = Objects(key, self._window, item, number, error)
-            run_now = self.run_now
-            if run_now is not None:
-                run_now(op, outcome.now)
-                if not error and (number is None or op.length < self._no_walk):
-                    return None
-                findings = self._address_found(op, outcome, route.public)
-                return (lambda: findings) if findings else None
-            ops.append(op)
-            if number is None and not error:
-                return None  # nothing an address can be flagged for was seen
-            public = route.public
-
-            # (bound as defaults, not closed over: no cell objects per request)
-            def judge(
-                op: Objects = op,
-                outcome: Outcome = outcome,
-                bola: Bola = self,
-                public: bool = public,
-            ) -> list[Finding]:
-                if not op.error and op.length < bola._no_walk:
-                    return []
-                return bola._address_found(op, outcome, public)
-
-            return judge
+            # an anonymous address: counted, and flagged for a walk or its errors, or for
+            # the objects the app let it change (`_anonymous_write`)
+            if 200 <= status < 400:
+                method = ctx.method.upper()
+                if method == "GET":
+                    if status < 300 and not route.public:
+                        route.answered_anonymously(principal, item)
+                elif method in WRITES:
+                    wrote = self._anonymous_write(outcome, ops, route, item)
+                    found = self._address_touch(outcome, ops, route, item, number, error)
+                    if wrote is None or found is None:
+                        return wrote or found
+                    return _either(found, wrote)
+            return self._address_touch(outcome, ops, route, item, number, error)
         if ctx.vouched or not ctx.has_cookie:
             # (the usual principal, without `_subject`: a user the app vouched for, or a
             # credential without a cookie, is counted under itself, and only there)
@@ -302,6 +277,19 @@ class Bola:
         found = self._principal_touch(
             outcome, ops, template, route, item, number, error, subject, banned
         )
+        if (
+            principal == ctx.ip_key
+            and 200 <= status < 400
+            and not route.publicly_written
+            and ctx.method.upper() in WRITES
+        ):
+            # a cookie and no credential: a session, counted as one above, and its
+            # address's writes as an anonymous address's (a cookie made up per request,
+            # such as Django's CSRF cookie, which any client may set, makes a session
+            # per request)
+            wrote = self._anonymous_write(outcome, ops, route, item)
+            if wrote is not None:
+                found = wrote if found is None else _either(found, wrote)
         if subject != principal and principal != ctx.ip_key and not ctx.vouched:
             # a credential the app did not vouch for, beside a cookie: counted for the
             # address and cookie (made-up keys rotated beside one session) and for the
@@ -314,6 +302,102 @@ class Bola:
                 return found or also
             return lambda: found() + also()
         return found
+
+    def _address_touch(
+        self,
+        outcome: Outcome,
+        ops: list[Observation],
+        route: _Route,
+        item: str,
+        number: int | None,
+        error: bool,
+    ) -> Judge | None:
+        """Count one object for an anonymous address; the judge of a walk or its errors."""
+        principal = outcome.principal
+        key = f"bola:{principal}{route.key}"
+        walk_now = self.walk_now
+        if walk_now is not None and number is not None and not error:
+            # (an in-process store, an integer id, no error: the run's length is all
+            # that can flag it, and no `Objects` is made unless it does)
+            count, length, stride = walk_now(key, self._window, item, number, outcome.now)
+            if length < self._no_walk:
+                return None
+            op = _walked(key, self._window, item, number, count, length, stride)
+            findings = self._address_found(op, outcome, route.public)
+            return (lambda: findings) if findings else None
+        op = Objects(key, self._window, item, number, error)
+        run_now = self.run_now
+        if run_now is not None:
+            run_now(op, outcome.now)
+            if not error and (number is None or op.length < self._no_walk):
+                return None
+            findings = self._address_found(op, outcome, route.public)
+            return (lambda: findings) if findings else None
+        ops.append(op)
+        if number is None and not error:
+            return None  # nothing an address can be flagged for was seen
+        public = route.public
+
+        # (bound as defaults, not closed over: no cell objects per request)
+        def judge(
+            op: Objects = op,
+            outcome: Outcome = outcome,
+            bola: Bola = self,
+            public: bool = public,
+        ) -> list[Finding]:
+            if not op.error and op.length < bola._no_walk:
+                return []
+            return bola._address_found(op, outcome, public)
+
+        return judge
+
+    def _anonymous_write(
+        self, outcome: Outcome, ops: list[Observation], route: _Route, item: str
+    ) -> Judge | None:
+        """An unvouched address's write the app accepted (answered 2xx or 3xx: a form's
+        redirect) on an object route, without a credential: the distinct objects it
+        changed are counted apart from its reads, and flagged past the route's own floor
+        (`routes`), else `floor`, in any order. Not judged on a publicly written route
+        (`_Route.wrote_many`: a view counter, a public vote); an address people log in
+        from (an office's NAT) gets a bar scaled by them and is challenged, not blocked."""
+        if route.publicly_written:
+            return None
+        address = outcome.principal
+        ctx = outcome.ctx
+        op = Objects(WRITES_KEY + address + route.key, self._window, item, None, False)
+        network = ctx.site_key or ctx.net_key  # (where it wrote from: a /24, an IPv6 /48)
+        cfg = self.config
+        bar: float = cfg.floor if route.floor is None else route.floor
+        action: str = cfg.action
+        people = ctx.engine.people_at(address)
+        if people > 1:  # (two throwaway logins buy a bot no more than the floor)
+            bar *= min(_SHARED_FACTOR, people // 2)
+            action = "challenge"
+        if outcome.prior:
+            bar *= 0.5
+        run_now = self.run_now
+        if run_now is not None:
+            run_now(op, outcome.now)
+            if op.count >= PUBLIC_WRITES and route.wrote_many(network):
+                return None
+            if op.count < bar:
+                return None
+        else:
+            ops.append(op)
+        template = outcome.route or ""
+
+        def judge() -> list[Finding]:
+            if op.count >= PUBLIC_WRITES and route.wrote_many(network):
+                return []
+            if op.count < bar:
+                return []
+            found = self._found(op, template, address, action, 1.0, bar, route.population)
+            for finding in found:
+                finding.evidence["anonymous_writes"] = 1
+                finding.evidence["people"] = people
+            return found
+
+        return judge
 
     def _principal_touch(
         self,
@@ -480,7 +564,18 @@ class _Route:
     of its items (and with its parameter's name, when it has one), and its own floor
     (None: the population's; 0: not watched)."""
 
-    __slots__ = ("_seen", "floor", "item", "key", "name", "named", "population", "public")
+    __slots__ = (
+        "_seen",
+        "_writers",
+        "floor",
+        "item",
+        "key",
+        "name",
+        "named",
+        "population",
+        "public",
+        "publicly_written",
+    )
 
     def __init__(self, template: str, floor: int | None, population: Population) -> None:
         self.key = ":" + template
@@ -494,6 +589,11 @@ class _Route:
         # is no sign of a harvest of what others own
         self.public = False
         self._seen: tuple[set[str], set[str]] = (set(), set())
+        # anonymous writes from `PUBLIC_WRITERS` networks of `PUBLIC_WRITES` objects each
+        # (a view counter, a public vote): objects anyone may change, so changing many is
+        # no sign of a harvest
+        self.publicly_written = False
+        self._writers: set[str] = set()
 
     def answered_anonymously(self, address: str, item: str) -> None:
         """An anonymous GET for object `item` from `address` was answered 2xx."""
@@ -505,6 +605,25 @@ class _Route:
         if len(addresses) >= PUBLIC_AFTER and len(items) >= PUBLIC_AFTER:
             self.public = True
             self._seen = (set(), set())
+
+    def wrote_many(self, network: str) -> bool:
+        """Addresses of `network` changed `PUBLIC_WRITES` objects or more here without a
+        credential; whether the route is publicly written now (`PUBLIC_WRITERS` networks
+        did: readers of many articles each pinging a view counter; guests changing their
+        own cart each do not, nor does a harvest from a few addresses)."""
+        if self.publicly_written:
+            return True
+        writers = self._writers
+        writers.add(network)
+        if len(writers) >= PUBLIC_WRITERS:
+            self.publicly_written = True
+            self._writers = set()
+        return self.publicly_written
+
+
+def _either(first: Judge, second: Judge) -> Judge:
+    """A judge of `first`'s findings, else `second`'s (one finding per object at most)."""
+    return lambda: first() or second()
 
 
 def _walked(
@@ -521,6 +640,11 @@ PUBLIC_WALK = 4.0  # times the walk an anonymous address may take on a public ro
 PUBLIC_AFTER = 3  # distinct anonymous addresses and objects answered that make a route public
 PUBLIC_YOUNG = 4  # times the young floor on a public route
 _DISTINCT = "bola.distinct"
+_SHARED_FACTOR = 4  # at most this many times the bar for an address people log in from
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})  # methods that change an object
+WRITES_KEY = "bolaw:"  # detector-table prefix of an anonymous address's writes
+PUBLIC_WRITERS = 10  # networks writing `PUBLIC_WRITES` objects each that make a route public
+PUBLIC_WRITES = 3
 
 
 def names_object(scope: Mapping[str, Any], query_names: frozenset[str]) -> bool:
