@@ -256,7 +256,9 @@ class Bola:
             # an anonymous address: counted, and flagged for a walk or its errors, or for
             # the objects the app let it change (`_anonymous_write`)
             if 200 <= status < 400:
-                method = ctx.method.upper()
+                method = ctx.scope.get("method")
+                if method != "GET" and isinstance(method, str):
+                    method = method.upper()  # (a WSGI server may pass it as written)
                 if method == "GET":
                     if status < 300 and not route.public:
                         route.answered_anonymously(principal, item)
@@ -266,6 +268,16 @@ class Bola:
                     if wrote is None or found is None:
                         return wrote or found
                     return _either(found, wrote)
+            walk_now = self.walk_now
+            if walk_now is not None and number is not None and not error:
+                # (`_address_touch`'s first case, inlined: most anonymous reads come here)
+                key = f"bola:{principal}{route.key}"
+                count, length, stride = walk_now(key, self._window, item, number, outcome.now)
+                if length < self._no_walk:
+                    return None
+                op = _walked(key, self._window, item, number, count, length, stride)
+                findings = self._address_found(op, outcome, route.public)
+                return (lambda: findings) if findings else None
             return self._address_touch(outcome, ops, route, item, number, error)
         if ctx.vouched or not ctx.has_cookie:
             # (the usual principal, without `_subject`: a user the app vouched for, or a
