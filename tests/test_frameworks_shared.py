@@ -373,3 +373,30 @@ def test_recon_probing_of_paths_no_route_serves_is_caught(make_guard, client_for
     assert 11 <= first <= 15, statuses
     assert set(statuses[first:]) == {403}
     assert call("GET", "/open", ip="192.0.2.77").status == 403  # its ban holds everywhere
+
+
+def test_an_anonymous_lookup_harvest_is_counted_as_writes(make_guard, client_for):
+    """An address with no user and no cookie looking up random orders by POST (body ids
+    declared with `@guard.objects`, answered 200: the bug is real) is refused past the
+    floor (30 distinct objects), on every framework, in random order (no walk); signed-in
+    users looking up their own orders beside it are not refused."""
+    rng = random.Random(13)
+    guard = make_guard(bans={"enabled": True})
+    call = client_for(guard)
+    honest = []
+    statuses = []
+    for step in range(60):
+        guard.clock.advance(rng.uniform(1.0, 5.0))  # type: ignore[attr-defined]
+        body = {"order_id": rng.randrange(1000, 90_000)}
+        statuses.append(call("POST", "/lookup", ip="192.0.2.99", json=body).status)
+        n = step % 6
+        own = {"order_id": 10 * n + rng.randrange(1, 5)}
+        r = call(
+            "POST", "/lookup", ip=f"198.51.100.{40 + n}", headers={"x-user": f"u{n}"}, json=own
+        )
+        honest.append(r.status)
+    first = next(i for i, s in enumerate(statuses) if s != 200)
+    assert 26 <= first <= 35, statuses
+    after = statuses[first:]
+    assert after.count(200) <= 0.1 * len(after), statuses
+    assert set(honest) == {200}
