@@ -255,6 +255,7 @@ class Bola:
         if not ctx.vouched and not ctx.has_cookie and principal == ctx.ip_key:
             # an anonymous address: counted, and flagged for a walk or its errors, or for
             # the objects the app let it change (`_anonymous_write`)
+            wrote = None
             if 200 <= status < 400:
                 method = ctx.scope.get("method")
                 if method != "GET" and isinstance(method, str):
@@ -264,21 +265,24 @@ class Bola:
                         route.answered_anonymously(principal, item)
                 elif method in WRITES:
                     wrote = self._anonymous_write(outcome, ops, route, item)
-                    found = self._address_touch(outcome, ops, route, item, number, error)
-                    if wrote is None or found is None:
-                        return wrote or found
-                    return _either(found, wrote)
             walk_now = self.walk_now
+            found: Judge | None
             if walk_now is not None and number is not None and not error:
-                # (`_address_touch`'s first case, inlined: most anonymous reads come here)
+                # (an in-process store, an integer id, no error: the run's length is all
+                # that can flag it, and no `Objects` is made unless it does)
                 key = f"bola:{principal}{route.key}"
                 count, length, stride = walk_now(key, self._window, item, number, outcome.now)
                 if length < self._no_walk:
-                    return None
-                op = _walked(key, self._window, item, number, count, length, stride)
-                findings = self._address_found(op, outcome, route.public)
-                return (lambda: findings) if findings else None
-            return self._address_touch(outcome, ops, route, item, number, error)
+                    found = None
+                else:
+                    op = _walked(key, self._window, item, number, count, length, stride)
+                    findings = self._address_found(op, outcome, route.public)
+                    found = (lambda: findings) if findings else None
+            else:
+                found = self._address_objects(outcome, ops, route, item, number, error)
+            if wrote is None or found is None:
+                return wrote or found
+            return _either(found, wrote)
         if ctx.vouched or not ctx.has_cookie:
             # (the usual principal, without `_subject`: a user the app vouched for, or a
             # credential without a cookie, is counted under itself, and only there)
@@ -315,7 +319,7 @@ class Bola:
             return lambda: found() + also()
         return found
 
-    def _address_touch(
+    def _address_objects(
         self,
         outcome: Outcome,
         ops: list[Observation],
@@ -324,19 +328,10 @@ class Bola:
         number: int | None,
         error: bool,
     ) -> Judge | None:
-        """Count one object for an anonymous address; the judge of a walk or its errors."""
-        principal = outcome.principal
-        key = f"bola:{principal}{route.key}"
-        walk_now = self.walk_now
-        if walk_now is not None and number is not None and not error:
-            # (an in-process store, an integer id, no error: the run's length is all
-            # that can flag it, and no `Objects` is made unless it does)
-            count, length, stride = walk_now(key, self._window, item, number, outcome.now)
-            if length < self._no_walk:
-                return None
-            op = _walked(key, self._window, item, number, count, length, stride)
-            findings = self._address_found(op, outcome, route.public)
-            return (lambda: findings) if findings else None
+        """Count one object for an anonymous address, with an `Objects` operation (an
+        error answer, an id that is no integer, or a store that is not in process); the
+        judge of a walk or its errors."""
+        key = f"bola:{outcome.principal}{route.key}"
         op = Objects(key, self._window, item, number, error)
         run_now = self.run_now
         if run_now is not None:
