@@ -258,13 +258,15 @@ class Bola:
             wrote = None
             if 200 <= status < 400:
                 method = ctx.scope.get("method")
-                if method != "GET" and isinstance(method, str):
-                    method = method.upper()  # (a WSGI server may pass it as written)
                 if method == "GET":
-                    if status < 300 and not route.public:
+                    if not route.public and status < 300:
                         route.answered_anonymously(principal, item)
-                elif method in WRITES:
-                    wrote = self._anonymous_write(outcome, ops, route, item)
+                elif isinstance(method, str):
+                    method = method.upper()  # (a WSGI server may pass it as written)
+                    if method in WRITES:
+                        wrote = self._anonymous_write(outcome, ops, route, item)
+                    elif method == "GET" and not route.public and status < 300:
+                        route.answered_anonymously(principal, item)
             walk_now = self.walk_now
             found: Judge | None
             if walk_now is not None and number is not None and not error:
@@ -273,11 +275,10 @@ class Bola:
                 key = f"bola:{principal}{route.key}"
                 count, length, stride = walk_now(key, self._window, item, number, outcome.now)
                 if length < self._no_walk:
-                    found = None
-                else:
-                    op = _walked(key, self._window, item, number, count, length, stride)
-                    findings = self._address_found(op, outcome, route.public)
-                    found = (lambda: findings) if findings else None
+                    return wrote  # (no walk: the write's judge, if any)
+                op = _walked(key, self._window, item, number, count, length, stride)
+                findings = self._address_found(op, outcome, route.public)
+                found = (lambda: findings) if findings else None
             else:
                 found = self._address_objects(outcome, ops, route, item, number, error)
             if wrote is None or found is None:
