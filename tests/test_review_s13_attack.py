@@ -181,36 +181,48 @@ def test_a_made_up_cookie_or_credential_dodges_the_write_count(how: str) -> None
 # -- 3. a write the app accepted with a redirect (Post/Redirect/Get) is not counted ---------
 
 
-def test_a_flask_form_write_answered_with_a_redirect_is_counted() -> None:
-    """BYPASS. A server-rendered Flask (or Django) form answers a successful POST with
-    303/302 (Post/Redirect/Get), never 2xx; `_anonymous_write` only counts 2xx, so an
-    anonymous address changing 120 random notes through such a form is never refused.
-    Expected: a 3xx answer to a write is the app accepting it; refused by ~40."""
-    from flask import Flask, redirect
+def _flask_harvest(view: Any, verb: str, seed: int, n: int, **request: Any) -> list[int]:
+    """An anonymous address changing `n` random notes through a Flask app guarded with
+    `init_app` (`view` at `/notes/<int:note_id>` for `verb`), 1-3 s apart, with a new
+    browser header set each time; the statuses."""
+    from flask import Flask
 
     from apiguard.flask import init_app
 
     clock = FakeClock(START)
     guard = Guard({"secret": "s" * 32}, clock=clock)
-    app = Flask("prg")
+    app = Flask(f"notes{seed}")
     init_app(app, guard)
+    app.add_url_rule("/notes/<int:note_id>", view_func=view, methods=[verb])
+    client = app.test_client()
+    rng = random.Random(seed)
+    statuses = []
+    for target in rng.sample(range(1, 5000), n):
+        r = client.open(f"/notes/{target}", headers={"User-Agent": rng.choice(BROWSERS)}, **request)
+        statuses.append(r.status_code)
+        clock.advance(rng.uniform(1, 3))
+    return statuses
 
-    @app.post("/notes/<int:note_id>/edit")
+
+def test_a_flask_form_write_answered_with_a_redirect_is_counted() -> None:
+    """BYPASS. A server-rendered Flask (or Django) form answers a successful POST with
+    303/302 (Post/Redirect/Get), never 2xx; `_anonymous_write` only counts 2xx, so an
+    anonymous address changing 120 random notes through such a form is never refused.
+    Expected: a 3xx answer to a write is the app accepting it; refused by ~40."""
+    from flask import redirect
+
     def edit(note_id: int) -> Any:
         return redirect(f"/notes/{note_id}", code=303)  # BOLA: anyone edits any note
 
-    client = app.test_client()
-    rng = random.Random(4)
-    statuses = []
-    for target in rng.sample(range(1, 5000), 120):
-        r = client.post(
-            f"/notes/{target}/edit",
-            data={"text": "pwned"},
-            headers={"User-Agent": rng.choice(BROWSERS)},
-            environ_base={"REMOTE_ADDR": "192.0.2.99"},
-        )
-        statuses.append(r.status_code)
-        clock.advance(rng.uniform(1, 3))
+    statuses = _flask_harvest(
+        edit,
+        "POST",
+        4,
+        120,
+        method="POST",
+        data={"text": "pwned"},
+        environ_base={"REMOTE_ADDR": "192.0.2.99"},
+    )
     assert set(statuses[:5]) == {303}
     refused = [i for i, s in enumerate(statuses) if s not in (302, 303)]
     assert refused and refused[0] <= 40, (
@@ -220,32 +232,19 @@ def test_a_flask_form_write_answered_with_a_redirect_is_counted() -> None:
 
 def test_the_same_harvest_answered_200_is_refused_in_flask() -> None:
     """Control for the test above (holds): the same app answering 200 is refused."""
-    from flask import Flask
 
-    from apiguard.flask import init_app
-
-    clock = FakeClock(START)
-    guard = Guard({"secret": "s" * 32}, clock=clock)
-    app = Flask("prg200")
-    init_app(app, guard)
-
-    @app.post("/notes/<int:note_id>/edit")
     def edit(note_id: int) -> Any:
         return {"note": note_id}
 
-    client = app.test_client()
-    rng = random.Random(4)
-    statuses = []
-    for target in rng.sample(range(1, 5000), 120):
-        r = client.open(
-            f"/notes/{target}/edit",
-            method="post",  # (lowercase, as a careless client sends it)
-            data={"text": "pwned"},
-            headers={"User-Agent": rng.choice(BROWSERS)},
-            environ_base={"REMOTE_ADDR": "192.0.2.99"},
-        )
-        statuses.append(r.status_code)
-        clock.advance(rng.uniform(1, 3))
+    statuses = _flask_harvest(
+        edit,
+        "POST",
+        4,
+        120,
+        method="post",  # (lowercase, as a careless client sends it)
+        data={"text": "pwned"},
+        environ_base={"REMOTE_ADDR": "192.0.2.99"},
+    )
     first = _first_refusal(statuses)
     assert first is not None and first <= 40, statuses
 
@@ -651,31 +650,18 @@ def test_a_route_floor_of_zero_turns_the_write_count_off() -> None:
 def test_a_lowercase_method_through_wsgi_is_still_a_write() -> None:
     """HOLDS. A WSGI server passes the method as the client wrote it (`put`); Flask
     routes it, and the write count upper-cases it: refused by ~40."""
-    from flask import Flask
 
-    from apiguard.flask import init_app
-
-    clock = FakeClock(START)
-    guard = Guard({"secret": "s" * 32}, clock=clock)
-    app = Flask("lower")
-    init_app(app, guard)
-
-    @app.put("/notes/<int:note_id>")
     def edit(note_id: int) -> Any:
         return {"note": note_id}
 
-    client = app.test_client()
-    rng = random.Random(12)
-    statuses = []
-    for target in rng.sample(range(1, 5000), 100):
-        r = client.open(
-            f"/notes/{target}",
-            method="PUT",
-            headers={"User-Agent": rng.choice(BROWSERS)},
-            environ_overrides={"REQUEST_METHOD": "put", "REMOTE_ADDR": "192.0.2.98"},
-        )
-        statuses.append(r.status_code)
-        clock.advance(rng.uniform(1, 3))
+    statuses = _flask_harvest(
+        edit,
+        "PUT",
+        12,
+        100,
+        method="PUT",
+        environ_overrides={"REQUEST_METHOD": "put", "REMOTE_ADDR": "192.0.2.98"},
+    )
     assert statuses[0] == 200, statuses[:3]
     first = _first_refusal(statuses)
     assert first is not None and first <= 40, statuses
