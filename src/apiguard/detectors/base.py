@@ -105,6 +105,15 @@ LOGINS = "logins"  # requests that reported a login (`Outcome.login` set)
 SIGNUPS = "signups"
 MISSES = "misses"  # requests answered 404 or 405 (a path or method no route serves)
 
+# times the floor at an address people log in from (an office's NAT): half their number,
+# at most this (2 or 3 people: 1x, 8 or more: 4x; two throwaway logins buy nothing)
+SHARED_FACTOR = 4
+
+
+def shared_factor(people: int) -> int:
+    """The factor of a floor at an address where the app vouched for `people` users."""
+    return min(SHARED_FACTOR, people // 2) if people > 1 else 1
+
 
 class Detector(Protocol):
     """A detector family (one module of `apiguard.detectors`)."""

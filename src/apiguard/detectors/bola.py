@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome
+from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome, shared_factor
 from apiguard.detectors.flow_groups import born_accounts as _born
 from apiguard.detectors.population import Population, Populations
 from apiguard.picking import read_integer
@@ -258,15 +258,13 @@ class Bola:
             wrote = None
             if 200 <= status < 400:
                 method = ctx.scope.get("method")
+                if method != "GET":
+                    method = _upper(method)
                 if method == "GET":
                     if not route.public and status < 300:
                         route.answered_anonymously(principal, item)
-                elif isinstance(method, str):
-                    method = method.upper()  # (a WSGI server may pass it as written)
-                    if method in WRITES:
-                        wrote = self._anonymous_write(outcome, ops, route, item)
-                    elif method == "GET" and not route.public and status < 300:
-                        route.answered_anonymously(principal, item)
+                elif method in WRITES:
+                    wrote = self._anonymous_write(outcome, ops, route, item)
             walk_now = self.walk_now
             found: Judge | None
             if walk_now is not None and number is not None and not error:
@@ -294,12 +292,7 @@ class Bola:
         found = self._principal_touch(
             outcome, ops, template, route, item, number, error, subject, banned
         )
-        if (
-            principal == ctx.ip_key
-            and 200 <= status < 400
-            and not route.publicly_written
-            and ctx.method.upper() in WRITES
-        ):
+        if principal == ctx.ip_key and 200 <= status < 400 and _upper(ctx.method) in WRITES:
             # a cookie and no credential: a session, counted as one above, and its
             # address's writes as an anonymous address's (a cookie made up per request,
             # such as Django's CSRF cookie, which any client may set, makes a session
@@ -378,8 +371,8 @@ class Bola:
         bar: float = cfg.floor if route.floor is None else route.floor
         action: str = cfg.action
         people = ctx.engine.people_at(address)
-        if people > 1:  # (two throwaway logins buy a bot no more than the floor)
-            bar *= min(_SHARED_FACTOR, people // 2)
+        if people > 1:  # (challenged, not banned: `shared_factor` times the floor)
+            bar *= shared_factor(people)
             action = "challenge"
         if outcome.prior:
             bar *= 0.5
@@ -629,6 +622,11 @@ class _Route:
         return self.publicly_written
 
 
+def _upper(method: object) -> object:
+    """A request method upper-cased (a WSGI server may pass it as the client wrote it)."""
+    return method.upper() if isinstance(method, str) else method
+
+
 def _either(first: Judge, second: Judge) -> Judge:
     """A judge of `first`'s findings, else `second`'s (one finding per object at most)."""
     return lambda: first() or second()
@@ -648,7 +646,6 @@ PUBLIC_WALK = 4.0  # times the walk an anonymous address may take on a public ro
 PUBLIC_AFTER = 3  # distinct anonymous addresses and objects answered that make a route public
 PUBLIC_YOUNG = 4  # times the young floor on a public route
 _DISTINCT = "bola.distinct"
-_SHARED_FACTOR = 4  # at most this many times the bar for an address people log in from
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})  # methods that change an object
 WRITES_KEY = "bolaw:"  # detector-table prefix of an anonymous address's writes
 PUBLIC_WRITERS = 10  # networks writing `PUBLIC_WRITES` objects each that make a route public

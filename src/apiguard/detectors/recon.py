@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from apiguard.detectors.base import MISSES, Finding, Judge, Outcome
+from apiguard.detectors.base import MISSES, SHARED_FACTOR, Finding, Judge, Outcome, shared_factor
 from apiguard.store.base import Tally
 
 if TYPE_CHECKING:
@@ -28,9 +28,6 @@ if TYPE_CHECKING:
     from apiguard.store.base import Observation
 
 _PATH_MAX = 256  # characters of a probed path counted (a longer one is its first 256)
-# times the floor at an address people log in from: half their number (2 or 3: 1x,
-# 8 or more: 4x; challenged, not banned), or behind a proxy no setting trusts
-_SHARED_FACTOR = 4
 # a /24 whose addresses together probed this many times the floor (the floor of it from
 # others) challenges each of them that probed `_NETWORK_OWN` distinct paths itself
 _NETWORK_FACTOR = 2
@@ -145,11 +142,11 @@ class Recon:
                 # they can log in again there once they pass)
                 many = token is not None
                 if engine.forwarding_address(address):
-                    many, factor = True, _SHARED_FACTOR
+                    many, factor = True, SHARED_FACTOR
                 else:  # (two throwaway logins buy a scanner no more than the floor)
                     people = engine.people_at(address)
                     if people > 1:
-                        many, factor = True, min(_SHARED_FACTOR, people // 2)
+                        many, factor = True, shared_factor(people)
             floor = cfg.floor * factor
             if prior:  # a repeat offender is judged on half the evidence
                 floor = max(2, floor // 2)
