@@ -38,6 +38,24 @@ def write_shop(guard: Guard) -> Any:
     return app
 
 
+async def harvest(
+    driver: AsgiDriver,
+    clock: FakeClock,
+    rng: random.Random,
+    ip: str,
+    n: int,
+    pace: tuple[float, float] = (1, 3),
+) -> list[int]:
+    """An address with no cookie and no credential changing `n` random profiles, with a
+    new browser header set each time, `pace` seconds apart; the statuses."""
+    statuses = []
+    for target in rng.sample(range(1, PROFILES + 1), n):
+        bot = Client(driver, rng.choice(BROWSERS), ip, jar=None)
+        statuses.append((await bot.send("PUT", f"/profiles/{target}", {"x": 1})).status)
+        clock.advance(rng.uniform(*pace))
+    return statuses
+
+
 def ids(order: str, rng: random.Random) -> list[int]:
     """Profile ids an attacker changes: a stride of 7 over the first 60 ids modulo 60
     (runs of 8 or 9 steps broken at each wrap: no walk, 60 objects), or a random
@@ -125,16 +143,12 @@ def test_a_route_anyone_writes_anonymously_is_public_and_a_busy_address_is_not_r
             phone = Client(driver, rng.choice(BROWSERS), carrier, jar=None)
             views.append((await phone.send("POST", f"/articles/{article}/view")).status)
             clock.advance(rng.uniform(0.2, 2))
-        harvest = []
-        for target in rng.sample(range(1, PROFILES + 1), 60):
-            bot = Client(driver, rng.choice(BROWSERS), carrier, jar=None)
-            harvest.append((await bot.send("PUT", f"/profiles/{target}", {"x": 1})).status)
-            clock.advance(rng.uniform(1, 3))
-        return views, harvest
+        harvested = await harvest(driver, clock, rng, carrier, 60)
+        return views, harvested
 
-    views, harvest = run(scenario())
+    views, harvested = run(scenario())
     assert set(views) == {200}
-    assert 403 in harvest and harvest.index(403) <= 35
+    assert 403 in harvested and harvested.index(403) <= 35
 
 
 def test_an_office_whose_people_sign_in_gets_a_higher_bar_and_a_challenge() -> None:
@@ -152,11 +166,7 @@ def test_an_office_whose_people_sign_in_gets_a_higher_bar_and_a_challenge() -> N
             colleague = Client(driver, rng.choice(BROWSERS), office)
             assert (await colleague.login(user)).status == 200
             assert (await colleague.send("GET", "/me")).status == 200
-        statuses = []
-        for target in rng.sample(range(1, PROFILES + 1), 160):
-            someone = Client(driver, rng.choice(BROWSERS), office, jar=None)
-            statuses.append((await someone.send("PUT", f"/profiles/{target}", {"x": 1})).status)
-            clock.advance(rng.uniform(0.5, 3))
+        statuses = await harvest(driver, clock, rng, office, 160, pace=(0.5, 3))
         return statuses
 
     statuses = run(scenario())
@@ -176,11 +186,7 @@ def test_an_anonymous_write_harvest_is_caught_on_redis(redis_url: str) -> None:
     rng = random.Random(13)
 
     async def scenario() -> list[int]:
-        statuses = []
-        for target in rng.sample(range(1, PROFILES + 1), 60):
-            bot = Client(driver, rng.choice(BROWSERS), "192.0.2.52", jar=None)
-            statuses.append((await bot.send("PUT", f"/profiles/{target}", {"x": 1})).status)
-            clock.advance(rng.uniform(1, 3))
+        statuses = await harvest(driver, clock, rng, "192.0.2.52", 60)
         return statuses
 
     statuses = run(scenario())

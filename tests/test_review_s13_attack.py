@@ -21,7 +21,7 @@ from apiguard import Guard
 from apiguard.simulate.clock import FakeClock
 from apiguard.simulate.driver import AsgiDriver, Request
 from detection_support import BROWSERS, Client, build_app, current_user, public_ip, run
-from test_detect_bola_writes import PROFILES, write_shop
+from test_detect_bola_writes import PROFILES, harvest, write_shop
 
 START = 5_000_000.0
 
@@ -60,11 +60,7 @@ def test_three_throwaway_addresses_make_a_harvested_write_route_public(primed: s
                 await bot.send("PUT", f"/profiles/{rng.randrange(1, 600)}", {"x": 1})
             ).status == 200
             clock.advance(2)
-        statuses = []
-        for target in rng.sample(range(1, PROFILES + 1), 120):
-            bot = Client(driver, rng.choice(BROWSERS), harvester, jar=None)
-            statuses.append((await bot.send("PUT", f"/profiles/{target}", {"x": 1})).status)
-            clock.advance(rng.uniform(1, 3))
+        statuses = await harvest(driver, clock, rng, harvester, 120)
         return statuses
 
     statuses = run(scenario())
@@ -288,11 +284,7 @@ def test_signed_in_readers_of_a_template_raise_the_anonymous_write_bar() -> None
             for c, targets in members:
                 reads.append((await c.send("GET", f"/profiles/{targets[step]}")).status)
                 clock.advance(0.4)
-        attack = []
-        for target in rng.sample(range(1, PROFILES + 1), 130):
-            bot = Client(driver, rng.choice(BROWSERS), "192.0.2.66", jar=None)
-            attack.append((await bot.send("PUT", f"/profiles/{target}", {"x": 1})).status)
-            clock.advance(rng.uniform(1, 2))
+        attack = await harvest(driver, clock, rng, "192.0.2.66", 130, pace=(1, 2))
         return reads, attack
 
     reads, attack = run(scenario())
@@ -331,11 +323,7 @@ def test_eight_sign_ups_from_the_bots_address_buy_it_four_times_the_bar() -> Non
             assert (await c.signup(f"bot{n}@example.net")).status == 201
             assert (await c.send("GET", "/me")).status == 200  # (identify(): one of the people)
             clock.advance(rng.uniform(20, 40))
-        statuses = []
-        for target in rng.sample(range(1, PROFILES + 1), 130):
-            bot = Client(driver, rng.choice(BROWSERS), bot_ip, jar=None)
-            statuses.append((await bot.send("PUT", f"/profiles/{target}", {"x": 1})).status)
-            clock.advance(rng.uniform(1, 2))
+        statuses = await harvest(driver, clock, rng, bot_ip, 130, pace=(1, 2))
         return statuses
 
     statuses = run(scenario())
