@@ -248,10 +248,19 @@ class Surge:
             if reads < limit or pace < limit * self.settle / self.span:
                 return None
             # (of what came on top of the usual one-shot and returning addresses: readers
-            # who come back as they always do dilute no scraper's share)
-            one_shot, returning = self._excess(c[2] + c[6] * weight, c[3] + c[7] * weight)
+            # who come back as they always do dilute no scraper's share; `_excess` inlined,
+            # and nothing to compute while fewer than a third of the floor were judged)
+            one_shot = c[2] + c[6] * weight
+            returning = c[3] + c[7] * weight
+            third = self.floor / 3
+            if one_shot + returning < third:
+                return None
+            usual = self.usual
+            if usual is not None:
+                one_shot = one_shot - usual[0] if one_shot > usual[0] else 0.0
+                returning = returning - usual[1] if returning > usual[1] else 0.0
             judged = one_shot + returning
-            if judged < self.floor / 3 or one_shot < self.share * judged:
+            if judged < third or one_shot < self.share * judged:
                 return None
             self.since = now
             return {
