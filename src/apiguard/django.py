@@ -59,6 +59,9 @@ from apiguard.wsgi import EnvironReader
 
 REQUEST_KEY = "django.request"  # scope key: the Django request
 USER_KEY = "django.user"  # scope key: the user resolved ahead (async requests)
+# scope key: `request.user` as Django's middleware left it, before the view (DRF sets its
+# own over it: `AnonymousUser` in a view without authentication classes)
+SESSION_USER_KEY = "django.session_user"
 MARK = "_apiguard_guard"  # request attribute: the guard already checking this request
 _SETTINGS = ("APIGUARD", "APIGUARD_CLOCK", "APIGUARD_PRINCIPAL_RESOLVER", "APIGUARD_ON_BLOCK")
 _HTTP_METHODS = ("get", "post", "put", "patch", "delete", "head", "options", "trace")
@@ -139,12 +142,20 @@ def django_user(ctx: RequestContext) -> str | int | uuid.UUID | None:
     if request is None:
         return None
     user = request.__dict__.get("user")
-    if user is None:
-        return None
-    if getattr(user, "_wrapped", None) is empty and USER_KEY in scope:
+    if user is not None and getattr(user, "_wrapped", None) is empty and USER_KEY in scope:
         user = scope[USER_KEY]  # async: resolved ahead, never from the event loop
     if not getattr(user, "is_authenticated", False):
-        return None
+        # a DRF view without authentication classes wrote `AnonymousUser` (or None,
+        # DRF's UNAUTHENTICATED_USER) over the user Django's session middleware verified:
+        # that user still sent the request
+        own = scope.get(SESSION_USER_KEY)
+        if own is None or own is user:
+            return None
+        if getattr(own, "_wrapped", None) is empty and USER_KEY in scope:
+            own = scope[USER_KEY]
+        if not getattr(own, "is_authenticated", False):
+            return None
+        user = own
     pk = user.pk
     return pk if isinstance(pk, str | int | uuid.UUID) else str(pk)
 
@@ -430,7 +441,18 @@ class GuardMiddleware:
             return
         user = request.__dict__.get("user")
         auser: Callable[[], Awaitable[Any]] | None = getattr(request, "auser", None)
-        if auser is not None and getattr(user, "_wrapped", None) is empty:
+        if auser is None:
+            return
+        if getattr(user, "_wrapped", None) is empty:
+            scope[USER_KEY] = await auser()
+            return
+        own = scope.get(SESSION_USER_KEY)  # (DRF wrote its anonymous user over it)
+        if (
+            own is not None
+            and own is not user
+            and getattr(own, "_wrapped", None) is empty
+            and not getattr(user, "is_authenticated", False)
+        ):
             scope[USER_KEY] = await auser()
 
     def process_view(
@@ -447,6 +469,9 @@ class GuardMiddleware:
         match = request.resolver_match
         if not isinstance(scope, dict) or match is None:
             return
+        user = request.__dict__.get("user")  # (not evaluated here: no session read)
+        if user is not None:
+            scope[SESSION_USER_KEY] = user
         template = "/" + match.route
         scope["endpoint"] = view_func
         scope["route"] = MatchedRoute(template, view_func)
