@@ -123,8 +123,9 @@ class Newcomer:
         self.challenged = 0
 
     def _post(self, path: str, **kw: Any) -> int:
-        status = self.client.post(path, **kw).status_code
-        if status == 403 and self.person:
+        response = self.client.post(path, **kw)
+        status = response.status_code
+        if status == 403 and self.person and "challenge" in response.json().get("type", ""):
             self.challenged += 1
             assert self.client.post("/challenge").status_code == 200
             status = self.client.post(path, **kw).status_code
@@ -208,7 +209,24 @@ def test_without_a_challenge_route_the_surge_is_reported_not_enforced(
     with caplog.at_level(logging.WARNING, logger="apiguard"):
         result = day({}, farm=60, challenge=False)
     assert result["refused"] == 0 and result["coupons"] == 60
-    assert any("flow_groups.surge" in r.getMessage() for r in caplog.records)
+    lines = [r.getMessage() for r in caplog.records if "flow_groups.surge" in r.getMessage()]
+    assert lines
+    # the guard enforces: the log says why this is reported only, and what to set
+    assert not any("monitor mode" in line for line in lines), lines
+    assert all("no challenge route" in line and "surge_action" in line for line in lines)
+
+
+@pytest.mark.parametrize("action", ["throttle", "block"])
+def test_without_a_challenge_route_surge_action_refuses_the_farm(action: str) -> None:
+    """An app with no challenge flow that chose to refuse new accounts during a surge
+    (`surge_action`): the farm is stopped; the people who sign up while it lasts are
+    refused with it (the trade-off the setting names), the others are not."""
+    config = {"detection": {"flow_groups": {"surge_action": action}}}
+    result = day(config, farm=60, challenge=False)
+    assert result["coupons"] <= 30, result  # as with a challenge route
+    assert result["refused"] <= 12, result  # only people arriving during the surge
+    calm = day(config, farm=0, challenge=False)
+    assert calm["refused"] == 0 and calm["people"] == 36, calm
 
 
 @pytest.mark.parametrize(

@@ -397,7 +397,7 @@ class FlowGroupsConfig(_Detector):
     flagged when at least `floor` did within `window`, and they are at least `min_share`
     of the group's active principals and `factor` times the population's share (see
     `apiguard.detectors.flow_groups`). The group is refused that flow. A surge of new
-    accounts completing a flow (`surge_floor`) is challenged."""
+    accounts completing a flow (`surge_floor`) gets `surge_action` (a challenge)."""
 
     action: Literal["block", "throttle"] = "throttle"
     window: float = Field(3600.0, gt=0, le=YEAR)
@@ -418,6 +418,11 @@ class FlowGroupsConfig(_Detector):
     # clients must pass the app's challenge to complete it (0: off)
     surge_floor: int = Field(20, ge=0)
     surge_factor: float = Field(3.0, ge=1)
+    # what the held clients get: "challenge" (only where people can pass one: the app
+    # declared `challenge_path` or somebody passed; elsewhere the surge is reported
+    # only), or "throttle" / "block" (a 429 / 403 until the surge ends, challenge route
+    # or not: an app with no challenge flow stops a farm, and every newcomer with it)
+    surge_action: DetectorAction = "challenge"
     # the surge's own window (counted over, learned once per): an hour, whatever
     # `window` the groups are judged over
     surge_window: float = Field(3600.0, gt=0, le=86_400.0)

@@ -1907,7 +1907,9 @@ class Engine:
             name,
             finding.subject,
             evidence,
-            finding.action if enforced else f"monitor mode, would {finding.action}",
+            finding.action
+            if enforced
+            else (finding.unenforced or f"monitor mode, would {finding.action}"),
             " (logged at most once a minute per detector; every one is in the "
             "apiguard.detections metric)",
         )

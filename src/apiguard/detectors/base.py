@@ -66,6 +66,9 @@ class Finding:
     enforce: bool
     evidence: dict[str, float | int | str] = field(default_factory=dict)
     owner: str | None = None  # the principal a subject that is not one belongs to
+    # why a finding of an enforced detector is reported only (the detection log says so
+    # instead of "monitor mode")
+    unenforced: str = ""
 
 
 Judge = Callable[[], "list[Finding]"]

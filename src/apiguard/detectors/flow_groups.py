@@ -295,17 +295,35 @@ class FlowGroups:
         if count - people < bar:
             return None
         engine = ctx.engine
-        # only where people can pass a challenge: elsewhere every new account and
-        # sign-up would be refused while it lasts (reported, not enforced)
-        answerable = engine.challenges_answered or engine.challenge_path is not None
         evidence: dict[str, float | int | str] = {
             "flow": flow,
             "new_accounts": round(count),
             "threshold": round(bar, 1),
             "baseline": round(level.baseline, 1) if level.baseline is not None else -1,
         }
-        enforce = self.enforce and answerable
-        return Finding(f"{self.name}.surge", surge_key(flow), "challenge", enforce, evidence)
+        action = cfg.surge_action
+        # a challenge only where people can pass one: elsewhere every new account and
+        # sign-up would be refused while it lasts (reported, not enforced, unless the
+        # app chose to throttle or block them)
+        if (
+            action == "challenge"
+            and self.enforce
+            and not engine.challenges_answered
+            and engine.challenge_path is None
+        ):
+            return Finding(
+                f"{self.name}.surge",
+                surge_key(flow),
+                action,
+                False,
+                evidence,
+                unenforced=(
+                    "reported only: the app has no challenge route (set "
+                    "detection.challenge_path, or detection.flow_groups.surge_action to "
+                    "'throttle' or 'block' to refuse new accounts during a surge)"
+                ),
+            )
+        return Finding(f"{self.name}.surge", surge_key(flow), action, self.enforce, evidence)
 
     def birth_of(
         self, principal: str, ctx: RequestContext, now: float
@@ -426,7 +444,7 @@ class FlowGroups:
             "within": round(cfg.window / 4),
         }
         key = surge_key(flow)
-        finding = Finding(f"{self.name}.surge", key, "challenge", self.enforce, evidence)
+        finding = Finding(f"{self.name}.surge", key, cfg.surge_action, self.enforce, evidence)
         return lambda: [finding]
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
