@@ -1554,6 +1554,13 @@ class Engine:
             found.append(
                 device_cookie(ctx, cfg.device_cookie, mac, cfg.device_days).encode("latin-1")
             )
+        elif ctx.device_for is not None and ato is not None and 200 <= status < 300:
+            # a sign-up (`account_created(..., username=)`): its creator's device
+            cfg = ato.config
+            mac = device_mac(self.hasher, ctx.device_for)
+            found.append(
+                device_cookie(ctx, cfg.device_cookie, mac, cfg.device_days).encode("latin-1")
+            )
         return found
 
     # -- after the response ---------------------------------------------------------

@@ -585,13 +585,20 @@ class Guard:
             engine.login_started(ctx, name)
         engine.login_finished(ctx, bool(success), exists)
 
-    def account_created(self, user_id: str | int | uuid.UUID) -> None:
+    def account_created(
+        self, user_id: str | int | uuid.UUID, *, username: str | None = None
+    ) -> None:
         """Call from the request that created the account `user_id` (the id `identify()`
         gets for it later) when it answers 2xx: the account is young for
         `detection.bola.young_for` (see *Young accounts* in the README). Needed where the
         sign-up does not sign the user in, or sets a cookie first; a sign-up flow that
         calls `identify()` on a request with neither credential nor cookie is seen alone,
-        until the first call of this method: from then on only it makes accounts young."""
+        until the first call of this method: from then on only it makes accounts young.
+
+        `username`: the name the account logs in with (what `@guard.login` reads). The
+        client that created it gets the account's device cookie with the 2xx answer, as
+        after a successful login, so its first login is not held back by a login alarm
+        (a stuffing elsewhere) as a new device's would be."""
         ctx = current_request()
         if ctx is None:
             self._outside("guard.account_created()")
@@ -599,9 +606,13 @@ class Guard:
         text = identity_text(user_id, ctx.engine, "account_created()")
         if not text:
             raise ValueError("account_created() needs the new account's non-empty user id")
+        if username is not None and (not isinstance(username, str) or not username.strip()):
+            raise ValueError("account_created(username=...) must be the account's login name")
         engine = ctx.engine
         engine.accounts_declared = True  # from now on, only declared sign-ups make accounts young
         ctx.born = (engine.hasher("u", text), engine.hasher("c", text))
+        if username is not None:
+            ctx.device_for = user_key(engine.hasher, username)
 
     def objects(self, *, ids: Spec, name: str = "id") -> Callable[[F], F]:
         """Declare the objects an endpoint touches that its path does not name, for BOLA

@@ -237,6 +237,7 @@ class RequestContext:
         "credentials",
         "decision",
         "declared",
+        "device_for",
         "device_ok",
         "engine",
         "fast",
@@ -285,6 +286,9 @@ class RequestContext:
         # the account this request created (account_created): its keys as identify() and
         # as a principal resolver would name it
         self.born: tuple[str, ...] = ()
+        # the username key of the account this request created (`account_created(...,
+        # username=)`): its device cookie is set if the response is a 2xx
+        self.device_for: str | None = None
         # object ids the app declared this request touched (`guard.objects_touched()`,
         # `@guard.objects`), as (name, id) pairs for the BOLA detector: a list (maybe
         # empty) once declared, which also makes the request one that names objects

@@ -151,7 +151,7 @@ def started(engine: Engine, ctx: RequestContext, status: int) -> list[bytes]:
     Set-Cookie values the response must carry (a challenge pass, a login's device cookie)."""
     if engine.detectors and engine.store.local:
         engine.observe(ctx, status)
-    if ctx.login is not None or ctx.cookies is not None:
+    if ctx.login is not None or ctx.cookies is not None or ctx.device_for is not None:
         return engine.response_cookies(ctx, status)
     return []
 
