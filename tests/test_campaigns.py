@@ -707,6 +707,10 @@ def test_an_objects_file_that_names_no_declared_account_is_a_clear_error(tmp_pat
     (tmp_path / "attack.toml").write_text('[accounts]\ncount = 5\n[objects]\nfile = "orders.csv"\n')
     with pytest.raises(ValueError, match=r"orders.csv:2: 'nobody' is no declared account"):
         Target.from_toml(tmp_path / "attack.toml")
+    # the numbering the error names (a trial wrote 0 for the first account)
+    (tmp_path / "orders.csv").write_text("0,a\n")
+    with pytest.raises(ValueError, match=r"number, 1 to 5 \(1 is 'user1'\)"):
+        Target.from_toml(tmp_path / "attack.toml")
     (tmp_path / "attack.toml").write_text('[objects]\nfile = "missing.csv"\n')
     with pytest.raises(ValueError, match="cannot read"):
         Target.from_toml(tmp_path / "attack.toml")

@@ -25,8 +25,8 @@ value by default, so `apiguard attack examples/shop.py:app` needs no declaration
     [objects]                   # an object route (a path parameter {id}) and who owns what
     path = "/orders/{id}"
     per_account = 5             # account n owns ids n, n + count, n + 2*count, ...
-    # or any ids (UUIDs, slugs): a CSV file of `account,id` rows (the account's number n
-    # or its username), relative to this file; every id listed exists
+    # or any ids (UUIDs, slugs): a CSV file of `account,id` rows (the account's number n,
+    # counted from 1, or its username), relative to this file; every id listed exists
     # file = "objects.csv"
 
     [flow]
@@ -588,7 +588,12 @@ def _owned_ids(
         if name is None and who.isdigit() and 1 <= int(who) <= len(accounts):
             name = accounts[int(who) - 1].username
         if name is None:
-            raise ValueError(f"{path}:{line}: {who!r} is no declared account")
+            first = accounts[0].username if accounts else "none"
+            raise ValueError(
+                f"{path}:{line}: {who!r} is no declared account: write an account's "
+                f"number, 1 to {len(accounts)} (1 is {first!r}), or its username as "
+                "[accounts] username makes it"
+            )
         owned.setdefault(name, []).append(oid)
     if not owned:
         raise ValueError(f"[objects] file {str(path)!r} lists no object")
