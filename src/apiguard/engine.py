@@ -163,8 +163,11 @@ def _watchers(ctx: RequestContext, principal: str, status: int) -> int:
     """The request's index in `Engine._watching` (see `_watches`)."""
     address = principal == ctx.ip_key
     index = (ctx.login is not None) * 2 + address
-    # (a refused request observed is a gated one: a sign-up held in its flow's surge)
-    if address and (ctx.declared is not None or ctx.born or ctx.refused_sent):
+    # (a refused request observed is a gated one: a sign-up held in its flow's surge;
+    # rules that ran: maybe a flow an anonymous client completed)
+    if address and (
+        ctx.declared is not None or ctx.born or ctx.refused_sent or ctx.ran is not None
+    ):
         index += 4
     if status == 404 or status == 405:
         index += 8
@@ -362,7 +365,8 @@ class Engine:
 
     def _index_watchers(self) -> None:
         """`_watching`, indexed by `_watchers`: 8 * (answered 404 or 405) + 4 * (an
-        anonymous request named an account) + 2 * (a login was reported) + (the
+        anonymous request named an account, or ran decorated rules: a sign-up, a flow
+        completed anonymously) + 2 * (a login was reported) + (the
         principal is the address). While no flow is declared, the flow-group detector
         watches anonymous requests only (sign-ups: births); a principal's request has
         nothing for it then (no flow to complete, no activity to record)."""
@@ -1590,7 +1594,9 @@ class Engine:
         # (`_watchers`, inlined)
         address = principal == ctx.ip_key
         index = (login is not None) * 2 + address
-        if address and (ctx.declared is not None or ctx.born or ctx.refused_sent):
+        if address and (
+            ctx.declared is not None or ctx.born or ctx.refused_sent or ctx.ran is not None
+        ):
             index += 4
         if status == 404 or status == 405:
             index += 8

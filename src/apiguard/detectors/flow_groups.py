@@ -386,6 +386,21 @@ class FlowGroups:
             engine.pass_for(ctx, account, now, rebind=True)
         return [(flow, self._surge(flow, account, person, now, ops)) for flow in flows]
 
+    def _anonymous_completion(
+        self, ctx: RequestContext, now: float, ops: list[Observation]
+    ) -> Judge | None:
+        """An anonymous client (no account, no credential) completed flows: its address
+        counts among each flow's new clients, as a new account does (a password-reset
+        sweep or a code-sending flood from rotating addresses is a surge of them; the
+        people of one office address count once)."""
+        flows = completed_flows(ctx)
+        if not flows:
+            return None
+        surges = self._surges_of(flows, ctx.ip_key, ctx, now, ops)
+        if not surges:
+            return None
+        return self._surge_judge(surges, ctx, now, None)
+
     def _surge_judge(
         self,
         surges: list[tuple[str, tuple[Tally, int]]],
@@ -455,12 +470,14 @@ class FlowGroups:
         if banned and banned.startswith(SURGE):
             return self._held(banned[len(SURGE) :], principal, outcome.now)
         if principal == ctx.ip_key:
-            # an anonymous request: only a sign-up (an account born here) is recorded
-            if (ctx.declared is None and not ctx.born) or not 200 <= outcome.status < 300:
+            # an anonymous request: a sign-up (an account born here) is recorded, and a
+            # flow completed anonymously (a password reset, a one-time code sent) counts
+            # its address among the flow's new clients
+            if not 200 <= outcome.status < 300:
                 return None
-            newborn = born_accounts(outcome)
+            newborn = born_accounts(outcome) if ctx.declared is not None or ctx.born else ()
             if not newborn:
-                return None
+                return self._anonymous_completion(ctx, outcome.now, ops)
             births = self._birth(newborn, ctx, outcome.now, ops)
             flows = completed_flows(ctx)
             signups = self._surges_of(flows, newborn[0], ctx, outcome.now, ops, born=True)
