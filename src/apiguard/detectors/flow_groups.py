@@ -440,8 +440,14 @@ class FlowGroups:
         renewed while clients refused for the first time (within `surge_window`) keep
         coming at the bar's pace, a quarter of it within a quarter window (a farm
         refused must not look like a farm that stopped; a person now and then, asked
-        before passing, or a few accounts retrying, do not keep it on). In process."""
+        before passing, or a few accounts retrying, do not keep it on). In process.
+        Only a challenge is renewed so: where the surge throttles or blocks, nobody can
+        pass, and the people refused would keep it on with the farm's probes (a few
+        sign-up attempts an hour held every newcomer out for as long as they came); it
+        lasts its ban, and new accounts completing the flow find it again."""
         cfg = self.config
+        if cfg.surge_action != "challenge":
+            return None
         firsts, new = self._recent(self._refused, flow, principal, now)
         if not new:
             return None  # (refused before: a retry renews nothing)
