@@ -106,8 +106,16 @@ def run(with_username: bool) -> dict[str, Any]:
             creds = {"username": name, "password": f"new-{n}"}
             assert (await call(app, ip, "/signup", creds, jar)).status_code == 201
             clock.advance(rng.uniform(5, 60))
-            login = {"username": name.lower(), "password": f"new-{n}"}  # (normalised)
+            login = {"username": name, "password": f"new-{n}"}  # (as signed up)
             first_logins.append((await call(app, ip, "/login", login, jar)).status_code)
+        # the mark is of the name as sent: the same account typed in lower case (this
+        # app tells no case apart) is a new device's login (a look-alike account on an app
+        # that does tell case apart must not mark its victim's device)
+        ip, jar = public_ip(rng), httpx.Cookies()
+        creds = {"username": "Casey@Example.org", "password": "pw-casey"}
+        assert (await call(app, ip, "/signup", creds, jar)).status_code == 201
+        lowered = {"username": "casey@example.org", "password": "pw-casey"}
+        other_case = (await call(app, ip, "/login", lowered, jar)).status_code
         # an attacker "signs up" a victim's username (refused 409), then guesses at it
         ip, jar = public_ip(rng), httpx.Cookies()
         taken = {"username": "user7@example.org", "password": "guess"}
@@ -120,6 +128,7 @@ def run(with_username: bool) -> dict[str, Any]:
         ]
         more = await stuffing(app, clock, rng, 40)
         return {
+            "other_case": other_case,
             "attack": attack + more,
             "first_logins": first_logins,
             "refused_signup": refused_signup,
@@ -138,6 +147,7 @@ def test_a_new_account_s_first_login_during_a_login_alarm(with_username: bool) -
     assert attack[-40:].count(401) <= 4, attack[-40:]  # and is refused after it
     assert result["refused_signup"] == 409
     assert result["guesses"] == [429, 429, 429]  # a refused sign-up marks no device
+    assert result["other_case"] == 429
     if with_username:
         assert result["first_logins"] == [200] * 10
     else:  # the control: a new device, held back while the alarm lasts (documented)

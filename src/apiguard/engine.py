@@ -43,6 +43,7 @@ from apiguard.login import (
     cookie,
     device_cookie,
     device_entries,
+    device_key,
     device_mac,
     pass_cookie,
     pass_valid,
@@ -1379,10 +1380,11 @@ class Engine:
         if self.ato is None or username is None or ctx.login is not None:
             return
         user = user_key(self.hasher, username)
-        ctx.login = LoginAttempt(user)
+        device = device_key(self.hasher, username)
+        ctx.login = LoginAttempt(user, device=device)
         cfg = self.ato.config
         now = self.clock()
-        ctx.device_ok = device_mac(self.hasher, user) in device_entries(ctx, cfg.device_cookie)
+        ctx.device_ok = device_mac(self.hasher, device) in device_entries(ctx, cfg.device_cookie)
         passed = ctx.has_cookie and pass_valid(self.hasher, cookie(ctx, PASS_COOKIE), now)
         if passed:
             ctx.pass_key = self.hasher("pk", cookie(ctx, PASS_COOKIE) or "")
@@ -1554,7 +1556,7 @@ class Engine:
             and login.user != self._unreadable_user
         ):
             cfg = ato.config
-            mac = device_mac(self.hasher, login.user)
+            mac = device_mac(self.hasher, login.device)
             found.append(
                 device_cookie(ctx, cfg.device_cookie, mac, cfg.device_days).encode("latin-1")
             )

@@ -27,7 +27,13 @@ from apiguard.decision import Decision
 from apiguard.engine import Engine, PrincipalResolver
 from apiguard.errors import ConfigurationError as ConfigurationError
 from apiguard.errors import check_arity
-from apiguard.login import LoginRule, UsernameSpec, device_entries, device_mac, user_key
+from apiguard.login import (
+    LoginRule,
+    UsernameSpec,
+    device_entries,
+    device_key,
+    device_mac,
+)
 from apiguard.objects import ObjectsRule, object_ids
 from apiguard.picking import UNREADABLE, ArgumentKey, Picker, Spec, key_text
 from apiguard.request import (
@@ -612,7 +618,7 @@ class Guard:
         engine.accounts_declared = True  # from now on, only declared sign-ups make accounts young
         ctx.born = (engine.hasher("u", text), engine.hasher("c", text))
         if username is not None:
-            ctx.device_for = user_key(engine.hasher, username)
+            ctx.device_for = device_key(engine.hasher, username)
 
     def objects(self, *, ids: Spec, name: str = "id") -> Callable[[F], F]:
         """Declare the objects an endpoint touches that its path does not name, for BOLA
@@ -1362,7 +1368,7 @@ def _device_key(ctx: RequestContext, text: str) -> str:
     ato = engine.ato
     if ato is None or not ctx.has_cookie:
         return text
-    mac = device_mac(engine.hasher, user_key(engine.hasher, text))
+    mac = device_mac(engine.hasher, device_key(engine.hasher, text))
     if mac in device_entries(ctx, ato.config.device_cookie):
         return text + "\x00device"
     return text

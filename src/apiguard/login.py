@@ -62,8 +62,8 @@ class LoginRule(Rule):
             return None
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
-        text = normalise(str(value))
-        return text or None
+        text = str(value)  # (as sent: `user_key` normalises it, `device_key` does not)
+        return text if normalise(text) else None
 
 
 def normalise(username: str) -> str:
@@ -77,8 +77,17 @@ def user_key(hasher: KeyedHasher, username: str) -> str:
     return hasher("un", normalise(username))
 
 
+def device_key(hasher: KeyedHasher, username: str) -> str:
+    """The keyed hash of a login name as the client sent it, unnormalised: a device
+    cookie marks the account its client logged in to (or created), never the look-alike
+    names `normalise` folds to it (`USER7@…` signed up on an app that tells case apart
+    must not mark `user7@…`'s device)."""
+    return hasher("ud", username)
+
+
 def device_mac(hasher: KeyedHasher, user: str) -> str:
-    """The device-cookie entry for the account whose key is `user`."""
+    """The device-cookie entry for the account whose device key (`device_key`) is
+    `user`."""
     return hasher("dv", user)[-_MAC:]
 
 

@@ -286,8 +286,8 @@ class RequestContext:
         # the account this request created (account_created): its keys as identify() and
         # as a principal resolver would name it
         self.born: tuple[str, ...] = ()
-        # the username key of the account this request created (`account_created(...,
-        # username=)`): its device cookie is set if the response is a 2xx
+        # the device key (`login.device_key`) of the account this request created
+        # (`account_created(..., username=)`): its device cookie is set on a 2xx
         self.device_for: str | None = None
         # object ids the app declared this request touched (`guard.objects_touched()`,
         # `@guard.objects`), as (name, id) pairs for the BOLA detector: a list (maybe

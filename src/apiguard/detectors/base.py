@@ -33,6 +33,7 @@ class LoginAttempt:
     # address's, a network's, a fingerprint's, the population alarm's)
     past_gate: bool = False
     in_flight: bool = False  # counted among its address's unanswered attempts
+    device: str = ""  # `login.device_key` of the name as sent (its device cookie's entry)
 
 
 @dataclass(slots=True)
