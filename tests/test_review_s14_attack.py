@@ -250,12 +250,9 @@ def test_asgi_drf_and_async_views_never_load_the_user_on_the_event_loop(
     assert not [r for r in caplog.records if "SynchronousOnly" in r.getMessage()]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pre-existing (not today's diff), false positive: a @guard.limit async Django view "
-    "under ASGI with apiguard first (the README's order) evaluates the lazy session user on "
-    "the event loop: SynchronousOnlyOperation, principal = the address (seen: [])",
-)
+# Fixed (was a strict xfail): pre-existing, false positive: a @guard.limit async Django view
+# under ASGI with apiguard first (the README's order) evaluated the lazy session user on the
+# event loop: SynchronousOnlyOperation, principal = the address (seen: []).
 def test_decorated_async_view_keys_on_the_session_user_under_asgi(
     make_guard: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

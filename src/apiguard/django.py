@@ -25,6 +25,7 @@ before the view's handler and any decorated method run).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
@@ -56,6 +57,8 @@ from apiguard.steps import (
     started,
 )
 from apiguard.wsgi import EnvironReader
+
+log = logging.getLogger("apiguard")
 
 REQUEST_KEY = "django.request"  # scope key: the Django request
 USER_KEY = "django.user"  # scope key: the user resolved ahead (async requests)
@@ -472,6 +475,16 @@ class GuardMiddleware:
         user = request.__dict__.get("user")  # (not evaluated here: no session read)
         if user is not None:
             scope[SESSION_USER_KEY] = user
+            if self._async and USER_KEY not in scope and getattr(user, "_wrapped", 1) is empty:
+                # an async request whose session user is not loaded yet (apiguard before
+                # Django's auth middleware): loaded here, where Django runs this hook in a
+                # thread, for a decorated view's checkpoint (on the event loop, reading it
+                # would raise SynchronousOnlyOperation) and the response start
+                try:
+                    user._setup()
+                    scope[USER_KEY] = user._wrapped
+                except Exception:
+                    log.exception("apiguard: the session user could not be loaded")
         template = "/" + match.route
         scope["endpoint"] = view_func
         scope["route"] = MatchedRoute(template, view_func)
