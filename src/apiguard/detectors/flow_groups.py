@@ -392,7 +392,13 @@ class FlowGroups:
         """An anonymous client (no account, no credential) completed flows: its address
         counts among each flow's new clients, as a new account does (a password-reset
         sweep or a code-sending flood from rotating addresses is a surge of them; the
-        people of one office address count once)."""
+        people of one office address count once). Only where the surge asks for a
+        challenge (`surge_action`): a busy anonymous flow's people (forty resets an hour)
+        are a surge by these counts until the ones who pass teach the flow its level, and
+        where the surge throttles or blocks nobody passes (a trial: 20 of 40 honest
+        resets in an hour refused, and so on every hour)."""
+        if self.config.surge_action != "challenge":
+            return None
         flows = completed_flows(ctx)
         if not flows:
             return None
