@@ -220,7 +220,11 @@ def test_brute_force_on_one_account_from_rotating_ips_never_locks_out_its_owner(
     tally = run(scenario())
     assert tally.takeovers == 0
     assert tally.before_first_refusal <= 10
-    assert tally.after_first_refusal == 0
+    # one account's failures past a few a half window are the per-account protection's,
+    # whose growing delays let a guess through now and then (6 of 300 here); they no
+    # longer raise the site-wide alarm that held every new device (a trial: 61 of 73
+    # people refused with population_action "throttle"); before, 0 after the first refusal
+    assert tally.after_first_refusal <= 0.05 * tally.attack, tally
 
 
 def test_one_address_trying_many_accounts_is_banned_but_an_office_nat_is_not() -> None:

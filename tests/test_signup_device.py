@@ -152,3 +152,36 @@ def test_a_new_account_s_first_login_during_a_login_alarm(with_username: bool) -
         assert result["first_logins"] == [200] * 10
     else:  # the control: a new device, held back while the alarm lasts (documented)
         assert result["first_logins"].count(429) >= 8, result["first_logins"]
+
+
+def test_a_brute_force_on_one_account_raises_no_site_wide_alarm() -> None:
+    """300 guesses at one account, each from a fresh address (a Flask trial: the site-wide
+    login alarm fired, and with `population_action = "throttle"` 61 of 73 people were
+    refused): the account is protected by its own detection, and people logging in on
+    new devices elsewhere meanwhile are not refused. Beside it, a stuffing over many
+    accounts still raises the alarm (the control)."""
+    import asyncio
+
+    rng = random.Random(8)
+    clock = FakeClock(START)
+    guard = Guard(
+        {"detection": {"account_takeover": {"population_action": "throttle"}}}, clock=clock
+    )
+    app = accounts_app(guard, with_username=True)
+
+    async def scenario() -> tuple[list[int], list[int], list[int]]:
+        guesses, people = [], []
+        for n in range(300):
+            clock.advance(rng.uniform(2, 8))
+            body = {"username": "user7@example.org", "password": f"guess{n}"}
+            guesses.append((await call(app, public_ip(rng), "/login", body)).status_code)
+            if n % 10 == 0:  # someone else logs in on a new device
+                u = 20 + n // 10
+                mine = {"username": f"user{u}@example.org", "password": f"pw-{u}"}
+                people.append((await call(app, public_ip(rng), "/login", mine)).status_code)
+        return guesses, people, await stuffing(app, clock, rng, 120)
+
+    guesses, people, stuffed = asyncio.run(scenario())
+    assert guesses.count(401) <= 30, guesses  # the account's own protection holds it
+    assert people == [200] * 30, people
+    assert stuffed.count(429) >= 60, stuffed  # a stuffing still raises the alarm
