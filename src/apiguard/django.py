@@ -444,18 +444,7 @@ class GuardMiddleware:
             return
         user = request.__dict__.get("user")
         auser: Callable[[], Awaitable[Any]] | None = getattr(request, "auser", None)
-        if auser is None:
-            return
-        if getattr(user, "_wrapped", None) is empty:
-            scope[USER_KEY] = await auser()
-            return
-        own = scope.get(SESSION_USER_KEY)  # (DRF wrote its anonymous user over it)
-        if (
-            own is not None
-            and own is not user
-            and getattr(own, "_wrapped", None) is empty
-            and not getattr(user, "is_authenticated", False)
-        ):
+        if auser is not None and getattr(user, "_wrapped", None) is empty:
             scope[USER_KEY] = await auser()
 
     def process_view(
@@ -472,7 +461,7 @@ class GuardMiddleware:
         match = request.resolver_match
         if not isinstance(scope, dict) or match is None:
             return
-        user = request.__dict__.get("user")  # (not evaluated here: no session read)
+        user = request.__dict__.get("user")  # (a sync request's: not evaluated here)
         if user is not None:
             scope[SESSION_USER_KEY] = user
             if self._async and USER_KEY not in scope and getattr(user, "_wrapped", 1) is empty:
