@@ -185,3 +185,26 @@ def test_a_brute_force_on_one_account_raises_no_site_wide_alarm() -> None:
     assert guesses.count(401) <= 30, guesses  # the account's own protection holds it
     assert people == [200] * 30, people
     assert stuffed.count(429) >= 60, stuffed  # a stuffing still raises the alarm
+
+
+def test_an_owner_who_logged_in_with_capitals_keeps_their_reset_budget() -> None:
+    """A keyed reset flow's owner exemption (the device cookie of the account the key
+    names) looks the key up as sent: the owner logged in as `Vic@X.org`, an attacker
+    spends the key's budget as `vic@x.org` (one budget: keys compare lower-cased), and the
+    owner's own reset, typed as at the login, still goes through."""
+    from starlette.testclient import TestClient
+
+    from test_review_s7 import _guard, _login_and_reset
+
+    clock = FakeClock(START)
+    app = _login_and_reset(_guard(clock))
+    victim = TestClient(app, client=("198.51.100.40", 1))
+    assert victim.post("/login", json={"email": "Vic@X.org", "password": "p"}).status_code == 200
+    rng = random.Random(6)
+    for _ in range(3):
+        clock.advance(60)
+        TestClient(app, client=(public_ip(rng), 1)).post("/reset", json={"email": "vic@x.org"})
+    clock.advance(60)
+    stranger = TestClient(app, client=(public_ip(rng), 1))
+    assert stranger.post("/reset", json={"email": "VIC@x.org"}).status_code == 429
+    assert victim.post("/reset", json={"email": "Vic@X.org"}).status_code == 200

@@ -1545,25 +1545,22 @@ class Engine:
         found = [c.encode("latin-1") for c in ctx.cookies or ()]
         login = ctx.login
         ato = self.ato
+        if ato is None or not 200 <= status < 300:
+            return found
         # only on a 2xx, and never against the app's own verdict (an inactive user's 400
-        # after a correct password gets no device cookie)
+        # after a correct password gets no device cookie); or a sign-up's
+        # (`account_created(..., username=)`: its creator's device)
+        device = ctx.device_for
         if (
             login is not None
-            and ato is not None
             and not login.gated
             and login.success is not False
-            and 200 <= status < 300
             and login.user != self._unreadable_user
         ):
+            device = login.device
+        if device is not None:
             cfg = ato.config
-            mac = device_mac(self.hasher, login.device)
-            found.append(
-                device_cookie(ctx, cfg.device_cookie, mac, cfg.device_days).encode("latin-1")
-            )
-        elif ctx.device_for is not None and ato is not None and 200 <= status < 300:
-            # a sign-up (`account_created(..., username=)`): its creator's device
-            cfg = ato.config
-            mac = device_mac(self.hasher, ctx.device_for)
+            mac = device_mac(self.hasher, device)
             found.append(
                 device_cookie(ctx, cfg.device_cookie, mac, cfg.device_days).encode("latin-1")
             )

@@ -1342,9 +1342,11 @@ def _keys_of(
         if ctx is None:
             return
         for key in keys:
+            raw: object = None
             try:
                 arguments = arguments_of(args, kwargs)
-                text = key_text(key.picker.pick(arguments))
+                raw = key.picker.pick(arguments)
+                text = key_text(raw)
             except Exception as exc:
                 # a failing key= callable (a form body where JSON was read) or a value of
                 # another type: one budget for every such request of the flow, never the
@@ -1355,20 +1357,22 @@ def _keys_of(
                 continue  # absent: counted per address
             if ctx.picked is None:
                 ctx.picked = {}
-            ctx.picked[id(key)] = _device_key(ctx, text)
+            ctx.picked[id(key)] = _device_key(ctx, text, raw)
 
     return enter
 
 
-def _device_key(ctx: RequestContext, text: str) -> str:
-    """A flow key, apart for a client whose device cookie is for the account the key
-    names (its owner, logged in on that device: an attacker spending the key's budget,
-    resets bombed at it, does not lock it out of its own)."""
+def _device_key(ctx: RequestContext, text: str, raw: object) -> str:
+    """A flow key (`text`, as compared; `raw`, as sent), apart for a client whose device
+    cookie is for the account the key names (its owner, logged in on that device: an
+    attacker spending the key's budget, resets bombed at it, does not lock it out of its
+    own). The cookie marks a login name as sent, so the key as sent is looked up."""
     engine = ctx.engine
     ato = engine.ato
     if ato is None or not ctx.has_cookie:
         return text
-    mac = device_mac(engine.hasher, device_key(engine.hasher, text))
+    sent = raw if isinstance(raw, str) else text
+    mac = device_mac(engine.hasher, device_key(engine.hasher, sent))
     if mac in device_entries(ctx, ato.config.device_cookie):
         return text + "\x00device"
     return text
