@@ -144,9 +144,7 @@ def django_user(ctx: RequestContext) -> str | int | uuid.UUID | None:
     request = scope.get(REQUEST_KEY)
     if request is None:
         return None
-    user = request.__dict__.get("user")
-    if user is not None and getattr(user, "_wrapped", None) is empty and USER_KEY in scope:
-        user = scope[USER_KEY]  # async: resolved ahead, never from the event loop
+    user = _loaded(request.__dict__.get("user"), scope)
     if not getattr(user, "is_authenticated", False):
         # a DRF view without authentication classes wrote `AnonymousUser` (or None,
         # DRF's UNAUTHENTICATED_USER) over the user Django's session middleware verified:
@@ -154,13 +152,20 @@ def django_user(ctx: RequestContext) -> str | int | uuid.UUID | None:
         own = scope.get(SESSION_USER_KEY)
         if own is None or own is user:
             return None
-        if getattr(own, "_wrapped", None) is empty and USER_KEY in scope:
-            own = scope[USER_KEY]
+        own = _loaded(own, scope)
         if not getattr(own, "is_authenticated", False):
             return None
         user = own
     pk = user.pk
     return pk if isinstance(pk, str | int | uuid.UUID) else str(pk)
+
+
+def _loaded(user: Any, scope: Mapping[str, Any]) -> Any:
+    """`user`, or the user resolved ahead for it when it is a session user not loaded
+    yet (async: resolved ahead, never read from the event loop)."""
+    if getattr(user, "_wrapped", None) is empty and USER_KEY in scope:
+        return scope[USER_KEY]
+    return user
 
 
 class MatchedRoute:

@@ -60,6 +60,12 @@ if TYPE_CHECKING:
 GROUP = "fg:"  # ban-table prefix of a (flow, group) refused that flow
 YOUNG = GROUP + "~"  # ... refused that flow only to the accounts born in the group
 BORN = "fgm:"  # ban-table prefix of an account born in a burst ("pass": refuses nothing)
+# why a surge asking for a challenge is reported only (the detection log's words)
+_NO_CHALLENGE_ROUTE = (
+    "reported only: the app has no challenge route (set detection.challenge_path, or "
+    "detection.flow_groups.surge_action to 'throttle' or 'block' to refuse new accounts "
+    "during a surge)"
+)
 SURGE = "fgs:"  # detector- and ban-table prefix of a flow's surge of new accounts
 _LEARN_BELOW = 0.8  # a window teaches a flow's level only under this share of its floor
 _EWMA = 0.3  # weight of a calm window's count in a flow's learned level
@@ -305,25 +311,20 @@ class FlowGroups:
         # a challenge only where people can pass one: elsewhere every new account and
         # sign-up would be refused while it lasts (reported, not enforced, unless the
         # app chose to throttle or block them)
-        if (
-            action == "challenge"
-            and self.enforce
+        unanswerable = (
+            self.enforce
+            and action == "challenge"
             and not engine.challenges_answered
             and engine.challenge_path is None
-        ):
-            return Finding(
-                f"{self.name}.surge",
-                surge_key(flow),
-                action,
-                False,
-                evidence,
-                unenforced=(
-                    "reported only: the app has no challenge route (set "
-                    "detection.challenge_path, or detection.flow_groups.surge_action to "
-                    "'throttle' or 'block' to refuse new accounts during a surge)"
-                ),
-            )
-        return Finding(f"{self.name}.surge", surge_key(flow), action, self.enforce, evidence)
+        )
+        return Finding(
+            f"{self.name}.surge",
+            surge_key(flow),
+            action,
+            self.enforce and not unanswerable,
+            evidence,
+            unenforced=_NO_CHALLENGE_ROUTE if unanswerable else "",
+        )
 
     def birth_of(
         self, principal: str, ctx: RequestContext, now: float
@@ -487,7 +488,7 @@ class FlowGroups:
             # its address among the flow's new clients
             if not 200 <= outcome.status < 300:
                 return None
-            newborn = born_accounts(outcome) if ctx.declared is not None or ctx.born else ()
+            newborn = born_accounts(outcome)
             if not newborn:
                 return self._anonymous_completion(ctx, outcome.now, ops)
             births = self._birth(newborn, ctx, outcome.now, ops)
