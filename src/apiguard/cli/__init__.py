@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from apiguard import __version__
 
@@ -94,7 +95,97 @@ def _parser() -> argparse.ArgumentParser:
     )
     attack.add_argument("--flow", metavar="PATH", help="a flow route, e.g. /coupons/{code}/redeem")
     attack.add_argument("--json", action="store_true", help="print machine-readable results")
+    audit = commands.add_parser(
+        "audit",
+        help="list your app's routes: the rules and detectors on each, and what looks left out",
+        description=(
+            "Read APP's route tree (module:app or path/to/file.py:app: FastAPI, Starlette, "
+            "Flask; or a Django project with --django) and its apiguard decorators: every "
+            "route with its own rules and the detectors watching it, routes that look like "
+            "a login or a sensitive flow without protection of their own, and app-wide "
+            "settings worth a look. Nothing is sent to the app. Exit status 1 when the "
+            "start-up check fails (or, with --strict, when anything is noted); 2 on usage "
+            "errors."
+        ),
+    )
+    audit.add_argument("app", nargs="?", help="the app: module:app or path/to/file.py:app")
+    audit.add_argument(
+        "--django",
+        metavar="SETTINGS",
+        help="audit a Django project: its settings module (e.g. mysite.settings), run from "
+        "the project's root",
+    )
+    audit.add_argument("--urlconf", help="with --django: the URLconf (default ROOT_URLCONF)")
+    audit.add_argument("--json", action="store_true", help="print machine-readable results")
+    audit.add_argument(
+        "--strict", action="store_true", help="exit status 1 when any route or setting is noted"
+    )
     return parser
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from apiguard.audit import audit_app, audit_django, format_audit
+    from apiguard.errors import ConfigurationError
+    from apiguard.simulate import selftest as st
+    from apiguard.simulate.driver import find_guard
+
+    logging.getLogger("apiguard").setLevel(logging.ERROR)  # (the start-up summary line)
+    try:
+        if (args.app is None) == (args.django is None):
+            raise st.SelfTestError("give the app (module:app) or --django SETTINGS, one of them")
+        if args.django is not None:
+            audit = _django_audit(args.django, args.urlconf, audit_django)
+        else:
+            module, attr = st.load_module(st.absolute_spec(args.app))
+            app = getattr(module, attr)
+            guard = find_guard(app)
+            if guard is None:
+                raise st.SelfTestError(
+                    f"{args.app}: no apiguard Guard found in the app's middleware "
+                    "(app.add_middleware(GuardMiddleware, guard=guard), or "
+                    "apiguard.flask.init_app(app, guard)); for Django use --django SETTINGS"
+                )
+            audit = audit_app(app, guard, args.app)
+    except (st.SelfTestError, ConfigurationError) as exc:
+        print(f"apiguard audit: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(audit.as_dict(), indent=2))
+    else:
+        print(format_audit(audit))
+    if audit.problems:
+        return 1
+    return 1 if args.strict and (audit.noted or audit.warnings) else 0
+
+
+def _django_audit(settings: str, urlconf: str | None, audit_django: Any) -> Any:
+    """Set Django up from `settings` (the current directory importable) and audit it."""
+    import os
+    from pathlib import Path
+
+    from apiguard.simulate.selftest import SelfTestError
+
+    try:
+        import django
+    except ImportError as exc:
+        raise SelfTestError("--django needs Django installed") from exc
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    os.environ["DJANGO_SETTINGS_MODULE"] = settings
+    try:
+        django.setup()
+    except Exception as exc:  # an import error, a bad setting: the user's to fix
+        raise SelfTestError(
+            f"setting Django up from {settings!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    from django.conf import settings as django_settings
+
+    if "apiguard.django.GuardMiddleware" not in [str(m) for m in django_settings.MIDDLEWARE]:
+        raise SelfTestError(
+            f"{settings}: 'apiguard.django.GuardMiddleware' is not in MIDDLEWARE, so "
+            "apiguard protects nothing"
+        )
+    return audit_django(urlconf, settings)
 
 
 def _attack(args: argparse.Namespace) -> int:
@@ -207,4 +298,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(args)
     if args.command == "attack":
         return _attack(args)
+    if args.command == "audit":
+        return _audit(args)
     return 2  # pragma: no cover - argparse rejects unknown commands

@@ -1,0 +1,354 @@
+"""`apiguard audit`: which routes of an app apiguard protects, and how.
+
+Read from the same facts the start-up check reads (the framework's route tree and the
+decorators on each handler), never from traffic: every route with the rules declared on
+it, the detectors that watch it, and what looks left out (a sign-up, reset or checkout
+route with no flow or limit of its own; a login route that reports no outcome; a
+mounted app apiguard cannot list). It cannot see what the app does at run time:
+`guard.login_result()`, `guard.objects_touched()` and `identify()` calls are counted when
+made, not listed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from apiguard.errors import ConfigurationError
+from apiguard.guard import Guard, _describe, _unwrap_chain
+from apiguard.login import LoginRule
+from apiguard.objects import ObjectsRule
+from apiguard.routes import RouteEntry, walk_routes
+from apiguard.rules import FlowRule, Rule
+
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# a path parameter: Starlette `{id}`, Flask and Django `<int:id>`, a Django regex group
+_PARAMETER = re.compile(r"\{[^}]+\}|<[^>]+>|\(\?P<")
+# route words that name a login, and sensitive business flows (OWASP API6), as whole
+# path segments or words inside one (`/auth/token`, `/password-reset`, `/sign_up`)
+_LOGIN = re.compile(r"(?:^|[/_.-])(?:log[-_]?in|sign[-_]?in|signon|token|authenticate)(?:$|[/_.-])")
+_FLOW = re.compile(  # verbs: a flow whatever the methods
+    r"(?:^|[/_.-])(?:sign[-_]?up|register|registration|password|reset|forgot|recover"
+    r"|otp|verify|verification|mfa|2fa|redeem|checkout|pay|withdraw|refund|purchase"
+    r"|subscribe|invite|transfer)(?:$|[/_.-])",
+)
+# nouns: a flow where the app creates one (a POST to the collection, its last segment)
+_CREATES = re.compile(
+    r"(?:^|[/_.-])(?:orders?|coupons?|vouchers?|promos?|gifts?|payments?|transfers?"
+    r"|comments?|reviews?|votes?|bookings?|reservations?|messages?|contact|invites?"
+    r"|users?|accounts?)/?$",
+)
+# settings whose default action is a challenge: without a challenge route they report
+CHALLENGE_SETTINGS = (
+    ("account_takeover", "account_action"),
+    ("account_takeover", "population_action"),
+    ("bola", "person_action"),
+    ("recon", "person_action"),
+    ("flow_groups", "surge_action"),
+)
+
+
+@dataclass
+class RouteAudit:
+    """One route: its methods and template, its own rules, the detectors watching it, and
+    what looks left out."""
+
+    methods: tuple[str, ...]
+    template: str
+    kind: str  # "http", "websocket" or "mount"
+    rules: list[str] = field(default_factory=list)
+    detectors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "methods": list(self.methods),
+            "template": self.template,
+            "kind": self.kind,
+            "rules": self.rules,
+            "detectors": self.detectors,
+            "notes": self.notes,
+        }
+
+
+@dataclass
+class Audit:
+    """An app's protection as declared: the guard's settings and every route."""
+
+    app: str
+    mode: str
+    store: str
+    global_rules: list[str]
+    detectors: list[str]
+    routes: list[RouteAudit]
+    problems: list[str]  # what the start-up check refuses (decorator order, settings)
+    warnings: list[str]  # app-wide
+
+    @property
+    def noted(self) -> list[RouteAudit]:
+        """The routes with a note."""
+        return [r for r in self.routes if r.notes]
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "app": self.app,
+            "mode": self.mode,
+            "store": self.store,
+            "global_rules": self.global_rules,
+            "detectors": self.detectors,
+            "routes": [r.as_dict() for r in self.routes],
+            "problems": self.problems,
+            "warnings": self.warnings,
+        }
+
+
+def _rules_of(guard: Guard, endpoint: Any) -> tuple[Rule, ...]:
+    """The rules apiguard's outermost wrapper of `endpoint` carries (none: undecorated)."""
+    for obj in _unwrap_chain(endpoint):
+        if getattr(obj, "__apiguard_guard__", None) is guard:
+            return tuple(getattr(obj, "__apiguard_rules__", ()))
+    return ()
+
+
+def _merged(entries: Iterable[RouteEntry], guard: Guard) -> list[tuple[RouteEntry, list[Rule]]]:
+    """One row per (template, kind) with the union of its methods and rules (Django lists
+    a class-based view once per method handler, Flask a rule per endpoint)."""
+    rows: dict[tuple[str, str], tuple[set[str], list[Rule], RouteEntry]] = {}
+    for entry in entries:
+        key = (entry.template, entry.kind)
+        methods, rules, first = rows.setdefault(key, (set(), [], entry))
+        methods.update(entry.methods)
+        for rule in _rules_of(guard, entry.endpoint):
+            if not any(rule is r for r in rules):
+                rules.append(rule)
+    merged = []
+    for (template, kind), (methods, rules, first) in rows.items():
+        merged.append((RouteEntry(template, frozenset(methods), first.endpoint, kind), rules))
+    return merged
+
+
+def _reports(endpoint: Any) -> bool:
+    """Whether the handler's source calls `login_result` (an app reporting its logins'
+    outcomes itself: nothing to add)."""
+    import inspect
+
+    for obj in _unwrap_chain(endpoint):
+        try:
+            if "login_result(" in inspect.getsource(obj):
+                return True
+        except (OSError, TypeError):
+            continue
+    return False
+
+
+def _methods(methods: frozenset[str]) -> tuple[str, ...]:
+    shown = set(methods)
+    if "GET" in shown:
+        shown.discard("HEAD")  # routed with every GET
+    if len(shown) > 1:
+        shown.discard("OPTIONS")  # (Flask adds it to every rule)
+    return tuple(sorted(shown)) or ("*",)
+
+
+def audit_routes(
+    guard: Guard, entries: list[RouteEntry], app: str, verify: Callable[[], None]
+) -> Audit:
+    """The audit of a route list (`walk_routes(app)`, `DjangoRoutes()`) under `guard`;
+    `verify` runs the start-up check (its `ConfigurationError` is a problem listed)."""
+    config = guard.config
+    detection = config.detection
+    on = {d.name for d in guard.engine.detectors}
+    mode = config.mode + (
+        f" (overridden: {guard.engine.mode_override})" if guard.engine.mode_override else ""
+    )
+    routes: list[RouteAudit] = []
+    logins = 0
+    for entry, rules in sorted(_merged(entries, guard), key=lambda er: er[0].template):
+        row = RouteAudit(_methods(entry.methods), entry.template, entry.kind)
+        routes.append(row)
+        if entry.kind == "websocket":
+            row.notes.append("websocket: apiguard checks HTTP requests only")
+            continue
+        if entry.kind == "mount":
+            row.notes.append(
+                "a mounted app apiguard cannot list: its requests get the global limits "
+                "and the detectors, no per-route rules"
+            )
+            continue
+        row.rules = [_describe(r, config.mode) for r in rules if not isinstance(r, LoginRule)]
+        login = any(isinstance(r, LoginRule) for r in rules)
+        logins += login
+        if login:
+            row.rules.insert(0, "@guard.login")
+        flows = [r for r in rules if isinstance(r, FlowRule)]
+        methods = set(entry.methods) or {"GET", "POST"}  # (not known: any method)
+        reads = bool(methods & {"GET", "HEAD"})
+        lowered = entry.template.lower()
+        if login and "account_takeover" in on:
+            row.detectors.append("account_takeover")
+        named = bool(_PARAMETER.search(entry.template)) or bool(detection.bola.query_params)
+        declared = any(isinstance(r, ObjectsRule) for r in rules)
+        if "bola" in on and (named or declared):
+            if detection.bola.routes.get(entry.template) == 0:
+                row.notes.append("BOLA detection turned off here (detection.bola.routes)")
+            else:
+                row.detectors.append("bola")
+        if "scraping" in on and reads and entry.template != detection.challenge_path:
+            if detection.scraping.routes.get(entry.template) == 0:
+                row.notes.append("scraping detection turned off here (detection.scraping.routes)")
+            else:
+                row.detectors.append("scraping")
+        if "flow_groups" in on and any(
+            r.name not in detection.flow_groups.ignore_flows for r in flows
+        ):
+            row.detectors.append("flow_groups")
+        writes = bool(methods & WRITES)
+        own_limit = bool(flows) or any(
+            getattr(r, "rates", None) and not isinstance(r, FlowRule) for r in rules
+        )
+        if writes and not login and _LOGIN.search(lowered) and not _reports(entry.endpoint):
+            row.notes.append(
+                "looks like a login: add @guard.login(username=...) below the route "
+                "decorator (or report outcomes with guard.login_result()) so account "
+                "takeover detection sees it"
+            )
+        elif (
+            writes
+            and not own_limit
+            and not login
+            and (_FLOW.search(lowered) or ("POST" in entry.methods and _CREATES.search(lowered)))
+        ):
+            row.notes.append(
+                "looks like a sensitive flow with no @guard.flow or @guard.limit of its "
+                "own: only the global per-principal and per-IP limits apply"
+            )
+        if any(getattr(r, "mode", None) == "monitor" for r in rules) and config.mode != "monitor":
+            row.notes.append("a rule here is in monitor mode: reported, never refused")
+    problems: list[str] = []
+    try:
+        verify()
+    except ConfigurationError as exc:
+        problems.append(str(exc))
+    warnings = _app_warnings(guard, on, logins)
+    store = type(guard.store).__name__
+    return Audit(
+        app,
+        mode,
+        store,
+        [_describe(r, config.mode, False) for r in guard.engine.global_rules],
+        sorted(on),
+        routes,
+        problems,
+        warnings,
+    )
+
+
+def _app_warnings(guard: Guard, on: set[str], logins: int) -> list[str]:
+    config = guard.config
+    detection = config.detection
+    warnings: list[str] = []
+    if config.mode == "monitor" or guard.engine.mode_override == "monitor":
+        warnings.append("mode is monitor: everything is reported, nothing is refused")
+    if detection.challenge_path is None:
+        asked = [
+            f"detection.{section}.{name}"
+            for section, name in CHALLENGE_SETTINGS
+            if section in on and getattr(getattr(detection, section), name) == "challenge"
+        ]
+        if asked:
+            warnings.append(
+                "no challenge route (detection.challenge_path): what these settings answer "
+                "with a challenge is reported only until somebody passes one: "
+                + ", ".join(asked)
+                + " (set the route, or set them to 'throttle' or 'block')"
+            )
+    if "account_takeover" in on and not logins:
+        warnings.append(
+            "no route has @guard.login: account takeover detection sees only the outcomes "
+            "the app reports with guard.login_result()"
+        )
+    off = sorted(
+        name
+        for name in ("account_takeover", "bola", "rotation", "flow_groups", "scraping", "recon")
+        if name not in on
+    )
+    if off:
+        warnings.append("detectors turned off: " + ", ".join(off))
+    if not config.client_ip.trusted_proxies:
+        warnings.append(
+            "no trusted proxies: X-Forwarded-For is ignored, so behind a load balancer or "
+            "reverse proxy every client would share the proxy's address "
+            "(set client_ip.trusted_proxies to its network)"
+        )
+    if type(guard.store).__name__ == "MemoryStore":
+        warnings.append(
+            "in-process store: each worker process counts alone (run one worker, or "
+            "Guard(store='redis://...'))"
+        )
+    return warnings
+
+
+def audit_app(app: Any, guard: Guard, name: str = "app") -> Audit:
+    """The audit of a Starlette/FastAPI or Flask `app` protected by `guard`."""
+    import sys
+
+    flask = sys.modules.get("flask")
+    target: Any = app
+    if flask is not None and isinstance(app, flask.Flask):
+        from apiguard.flask import FlaskRoutes
+
+        target = FlaskRoutes(app)
+    return audit_routes(guard, list(walk_routes(target)), name, lambda: guard.verify(target))
+
+
+def audit_django(urlconf: str | None = None, name: str = "django") -> Audit:
+    """The audit of the configured Django project's URLconf under `apiguard.django.guard`."""
+    from apiguard.django import DjangoRoutes, check, get_guard
+
+    entries = list(DjangoRoutes(urlconf).__apiguard_routes__())
+    return audit_routes(get_guard(), entries, name, lambda: check(urlconf))
+
+
+def _cell(items: list[str]) -> str:
+    return ", ".join(items) if items else "-"
+
+
+def format_audit(audit: Audit) -> str:
+    """The audit as text: a header, one table row per route, then the notes."""
+    lines = [
+        f"apiguard audit of {audit.app}: mode={audit.mode}, store {audit.store}",
+        f"global rules (every request): {_cell(audit.global_rules)}",
+        f"detectors on: {_cell(audit.detectors)}"
+        + (" (recon and rotation watch every route)" if audit.detectors else ""),
+        "",
+        "| route | own rules | detectors watching | notes |",
+        "|---|---|---|---|",
+    ]
+    for row in audit.routes:
+        label = f"{','.join(row.methods)} {row.template}"
+        notes = "see below" if row.notes else ""
+        lines.append(f"| {label} | {_cell(row.rules)} | {_cell(row.detectors)} | {notes} |")
+    ruled = sum(1 for r in audit.routes if r.rules)
+    watched = sum(1 for r in audit.routes if r.detectors)
+    lines += [
+        "",
+        f"{len(audit.routes)} routes: {ruled} with rules of their own, {watched} watched by "
+        f"a route detector, {len(audit.noted)} with notes.",
+    ]
+    if audit.problems:
+        lines += ["", "Problems (the app refuses to start with these):"]
+        lines += [f"- {p}" for p in audit.problems]
+    noted = audit.noted
+    if noted:
+        lines += ["", "Routes:"]
+        for row in noted:
+            label = f"{','.join(row.methods)} {row.template}"
+            lines += [f"- {label}: {note}" for note in row.notes]
+    if audit.warnings:
+        lines += ["", "App:"]
+        lines += [f"- {w}" for w in audit.warnings]
+    return "\n".join(lines)
