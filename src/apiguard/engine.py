@@ -529,6 +529,10 @@ class Engine:
             self._rules_by_endpoint[endpoint] = rules
         return rules
 
+    def succeeded(self, status: int) -> bool:
+        """Whether `status` is a success (`success_statuses`, 200-399 by default)."""
+        return self._ok_low <= status <= self._ok_high
+
     def rules_at_response(self, scope: Mapping[str, Any], status: int) -> tuple[Rule, ...]:
         """The endpoint rules the response-start checkpoint runs. A decorated handler runs
         its rules when it is entered, so at the response start they are still unchecked
@@ -1443,7 +1447,8 @@ class Engine:
         store = self.store
         maybe = self.may_be_banned()
         if ctx.device_ok:
-            if not maybe or store.active_ban(GATE + DEVICE_FAILS + user, now) is None:
+            marked = login.device or user  # (as the detector counts them)
+            if not maybe or store.active_ban(GATE + DEVICE_FAILS + marked, now) is None:
                 return None
             ctx.device_ok = False
         if maybe:
@@ -1545,14 +1550,16 @@ class Engine:
         found = [c.encode("latin-1") for c in ctx.cookies or ()]
         login = ctx.login
         ato = self.ato
-        if ato is None or not 200 <= status < 300:
+        if ato is None or not self._ok_low <= status <= self._ok_high:
             return found
-        # only on a 2xx, and never against the app's own verdict (an inactive user's 400
-        # after a correct password gets no device cookie); or a sign-up's
-        # (`account_created(..., username=)`: its creator's device)
+        # a login's only on a 2xx, and never against the app's own verdict (an inactive
+        # user's 400 after a correct password gets no device cookie); or a sign-up's
+        # (`account_created(..., username=)`: its creator's device), on any success
+        # status (`success_statuses`: a form's sign-up redirects, post/redirect/get)
         device = ctx.device_for
         if (
             login is not None
+            and 200 <= status < 300
             and not login.gated
             and login.success is not False
             and login.user != self._unreadable_user

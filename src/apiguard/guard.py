@@ -595,14 +595,15 @@ class Guard:
         self, user_id: str | int | uuid.UUID, *, username: str | None = None
     ) -> None:
         """Call from the request that created the account `user_id` (the id `identify()`
-        gets for it later) when it answers 2xx: the account is young for
+        gets for it later) when it answers with a success status (`success_statuses`:
+        2xx, or a form's redirect after post): the account is young for
         `detection.bola.young_for` (see *Young accounts* in the README). Needed where the
         sign-up does not sign the user in, or sets a cookie first; a sign-up flow that
         calls `identify()` on a request with neither credential nor cookie is seen alone,
         until the first call of this method: from then on only it makes accounts young.
 
         `username`: the name the account logs in with (what `@guard.login` reads). The
-        client that created it gets the account's device cookie with the 2xx answer, as
+        client that created it gets the account's device cookie with that answer, as
         after a successful login, so its first login is not held back by a login alarm
         (a stuffing elsewhere) as a new device's would be."""
         ctx = current_request()

@@ -393,8 +393,12 @@ class AccountTakeover:
         account: Tally | None = None
         devices: Tally | None = None
         passed: Tally | None = None
+        # (the device's account as its cookie marks it: the name as sent, so failures at a
+        # look-alike account, `Alice@` beside `alice@` on an app that tells them apart,
+        # never end the real owner's device exemption)
+        marked = login.device or user
         if ctx.device_ok:  # a failure from a device with the account's cookie
-            devices = Tally(DEVICE_FAILS + user, window)
+            devices = Tally(DEVICE_FAILS + marked, window)
             ops.append(devices)
         else:
             account = Tally(ACCOUNT + user, window)
@@ -486,7 +490,7 @@ class AccountTakeover:
                 found.append(
                     Finding(
                         f"{self.name}.devices",
-                        DEVICE_FAILS + user,
+                        DEVICE_FAILS + marked,
                         "challenge",
                         self.enforce,
                         {"failures": round(devices.count), "threshold": _DEVICE_FAILURES},

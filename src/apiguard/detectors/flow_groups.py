@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from apiguard.detectors.base import SIGNUPS, Finding, Judge, Outcome, RecentlySent
 from apiguard.login import only_pass_cookie
+from apiguard.picking import ArgumentKey
 from apiguard.rules import FlowRule
 from apiguard.store.base import Tally
 
@@ -71,6 +72,12 @@ _LEARN_BELOW = 0.8  # a window teaches a flow's level only under this share of i
 _EWMA = 0.3  # weight of a calm window's count in a flow's learned level
 _LEVELS_MAX = 1024  # flows whose level is learned (flow names are code-defined)
 _REFUSED_KEPT = 4096  # clients refused in a flow's surge, or people, remembered (latest)
+# an address completing a keyed flow anonymously (a reset per e-mail) counts as one more
+# of the flow's new clients per this many distinct keys (one address sweeping e-mails is
+# many clients; one person retrying theirs, or a few people at one office address, few)
+_KEYS_PER_CLIENT = 2
+_SWEEPS_KEPT = 16_384  # (flow, address) pairs whose distinct keys are counted (latest)
+_SWEEP_KEYS_MAX = 512  # distinct keys counted per pair (beyond: no more clients)
 BIRTHS_KEPT = 131_072  # accounts `BirthPlaces` remembers (the latest)
 BURSTS_KEPT = 16_384  # networks whose latest births it remembers
 _V = TypeVar("_V")
@@ -221,6 +228,8 @@ class FlowGroups:
         # flow -> clients refused in its surge, and people who passed its challenge and
         # completed it -> when first (oldest first, bounded)
         self._refused: dict[str, OrderedDict[str, float]] = {}
+        # (flow, address) -> (since, the keys' hashes it completed the flow for)
+        self._sweeps: OrderedDict[tuple[str, str], tuple[float, set[int]]] = OrderedDict()
         self._people: dict[str, OrderedDict[str, float]] = {}
 
     def young_held(
@@ -390,23 +399,52 @@ class FlowGroups:
     def _anonymous_completion(
         self, ctx: RequestContext, now: float, ops: list[Observation]
     ) -> Judge | None:
-        """An anonymous client (no account, no credential) completed flows: its address
-        counts among each flow's new clients, as a new account does (a password-reset
-        sweep or a code-sending flood from rotating addresses is a surge of them; the
-        people of one office address count once). Only where the surge asks for a
-        challenge (`surge_action`): a busy anonymous flow's people (forty resets an hour)
-        are a surge by these counts until the ones who pass teach the flow its level, and
-        where the surge throttles or blocks nobody passes (a trial: 20 of 40 honest
-        resets in an hour refused, and so on every hour)."""
-        if self.config.surge_action != "challenge":
+        """An anonymous client (no account, no credential the app vouched for) completed
+        flows: its address counts among each flow's new clients, as a new account does
+        (a password-reset sweep or a code-sending flood from rotating addresses is a
+        surge of them; the people of one office address count once, and an address
+        completing a keyed flow for many keys, one per `_KEYS_PER_CLIENT` of them). Only
+        where the surge asks for a challenge (`surge_action`): a busy anonymous flow's
+        people (forty resets an hour) are a surge by these counts until the ones who pass
+        teach the flow its level, and where the surge throttles or blocks nobody passes
+        (a trial: 20 of 40 honest resets in an hour refused, and so on every hour)."""
+        if self.config.surge_action != "challenge" or not ctx.ran:
             return None
-        flows = completed_flows(ctx)
-        if not flows:
-            return None
-        surges = self._surges_of(flows, ctx.ip_key, ctx, now, ops)
+        surges: list[tuple[str, tuple[Tally, int]]] = []
+        for rules in ctx.ran:
+            for rule in rules:
+                if isinstance(rule, FlowRule) and rule.completes:
+                    client = self._sweeper(rule, ctx, now)
+                    surges += self._surges_of((rule.name,), client, ctx, now, ops)
         if not surges:
             return None
         return self._surge_judge(surges, ctx, now, None)
+
+    def _sweeper(self, rule: FlowRule, ctx: RequestContext, now: float) -> str:
+        """The client an anonymous completion of `rule`'s flow counts as: its address,
+        and one more per `_KEYS_PER_CLIENT` distinct keys (`key=`) it completed the flow
+        for within `surge_window`."""
+        address = ctx.ip_key
+        per = rule.per
+        picked = ctx.picked
+        if not isinstance(per, ArgumentKey) or picked is None:
+            return address
+        value = picked.get(id(per))
+        if value is None:
+            return address
+        sweeps = self._sweeps
+        pair = (rule.name, address)
+        found = sweeps.get(pair)
+        if found is None or now - found[0] >= self.config.surge_window:
+            if found is None and len(sweeps) >= _SWEEPS_KEPT:
+                sweeps.popitem(last=False)
+            found = sweeps[pair] = (now, set())
+        sweeps.move_to_end(pair)
+        keys = found[1]
+        if len(keys) < _SWEEP_KEYS_MAX:
+            keys.add(hash(value))  # (in process only; never the key's text)
+        extra = (len(keys) - 1) // _KEYS_PER_CLIENT
+        return address if not extra else f"{address}#{extra}"
 
     def _surge_judge(
         self,
@@ -486,7 +524,7 @@ class FlowGroups:
             # an anonymous request: a sign-up (an account born here) is recorded, and a
             # flow completed anonymously (a password reset, a one-time code sent) counts
             # its address among the flow's new clients
-            if not 200 <= outcome.status < 300:
+            if not ctx.engine.succeeded(outcome.status):
                 return None
             newborn = born_accounts(outcome)
             if not newborn:
@@ -499,7 +537,8 @@ class FlowGroups:
             return self._surge_judge(signups, ctx, outcome.now, births)
         refused = banned is not None and banned.startswith(GROUP)
         # a completion, or an attempt refused to its group (which still counts for it)
-        flows = completed_flows(ctx) if 200 <= outcome.status < 300 or refused else ()
+        succeeded = ctx.engine.succeeded(outcome.status)
+        flows = completed_flows(ctx) if succeeded or refused else ()
         if flows and self.config.ignore_flows:
             flows = tuple(f for f in flows if f not in self.config.ignore_flows)
         now = outcome.now
@@ -531,9 +570,17 @@ class FlowGroups:
             checks.append((flow, fp, net, everyone, native))
         # a new account completing them (born here, or within `young_for`)
         young = born[0] if born else principal if birth is not None else None
-        surges = (
-            [] if young is None else self._surges_of(flows, young, ctx, now, ops, bool(born))
-        )
+        if young is not None:
+            surges = self._surges_of(flows, young, ctx, now, ops, bool(born))
+        elif not ctx.vouched and succeeded:
+            # a credential the app vouched for no one on (a made-up bearer token or API
+            # key) is no account: counted as an anonymous completion, at its address
+            judged = self._anonymous_completion(ctx, now, ops)
+            surges = []
+            if judged is not None:
+                at_birth = judged if at_birth is None else _both(at_birth, judged)
+        else:
+            surges = []
 
         def judge() -> list[Finding]:
             found: list[Finding] = at_birth() if at_birth is not None else []
@@ -602,6 +649,11 @@ class FlowGroups:
         return judge
 
 
+def _both(first: Judge, second: Judge) -> Judge:
+    """A judge of both judges' findings."""
+    return lambda: first() + second()
+
+
 def completed_flows(ctx: RequestContext) -> tuple[str, ...]:
     """Names of the flows this request completed (a charged, completing flow step)."""
     ran = ctx.ran
@@ -616,13 +668,14 @@ def completed_flows(ctx: RequestContext) -> tuple[str, ...]:
 
 
 def born_accounts(outcome: Outcome) -> tuple[str, ...]:
-    """The keys of the account this request created, answered 2xx: the one
+    """The keys of the account this request created, answered with a success status
+    (`success_statuses`: 2xx, or a form's redirect): the one
     `guard.account_created()` named, else the one the app identified in a request that
     carried neither a credential nor a cookie (but apiguard's pass) on a route completing
     a flow (a sign-up that signs the user in), unless this process has seen that account
     answered before (a password reset, a magic link: not a new account)."""
     ctx = outcome.ctx
-    if not 200 <= outcome.status < 300:
+    if not ctx.engine.succeeded(outcome.status):
         return ()
     if ctx.born:  # guard.account_created()
         return ctx.born
