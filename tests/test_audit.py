@@ -1,0 +1,257 @@
+"""`apiguard audit`: every route of a FastAPI, Flask or Django app with its own rules, the
+detectors watching it, and what looks left out, read from the route tree."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from apiguard.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FASTAPI_APP = """
+from fastapi import APIRouter, FastAPI, WebSocket
+from pydantic import BaseModel
+from starlette.routing import Mount
+
+from apiguard import Guard
+from apiguard.asgi import GuardMiddleware
+
+guard = Guard({GUARD_CONFIG})
+app = FastAPI()
+app.add_middleware(GuardMiddleware, guard=guard)
+
+
+class Creds(BaseModel):
+    username: str
+    password: str
+
+
+@app.post("/login")
+@guard.login(username=lambda creds: creds.username)
+async def login(creds: Creds) -> dict[str, str]:
+    return {{}}
+
+
+@app.post("/auth/token")
+async def token(creds: Creds) -> dict[str, str]:
+    return {{}}
+
+
+@app.post("/signup")
+async def signup() -> dict[str, str]:
+    return {{}}
+
+
+inner = APIRouter(prefix="/shop")
+
+
+@inner.post("/coupons/{{code}}/redeem")
+@guard.flow("redeem", "3/hour")
+def redeem(code: str) -> dict[str, str]:
+    return {{}}
+
+
+@inner.get("/orders/{{order_id}}")
+async def order(order_id: int) -> dict[str, int]:
+    return {{"id": order_id}}
+
+
+outer = APIRouter(prefix="/api/v1")
+outer.include_router(inner)
+app.include_router(outer)
+
+sub = FastAPI()
+
+
+@sub.post("/password/reset")
+@guard.flow("reset", "3/hour", key="email")
+async def reset(email: str) -> dict[str, str]:
+    return {{}}
+
+
+app.mount("/accounts", sub)
+
+
+@app.websocket("/live")
+async def live(socket: WebSocket) -> None:
+    await socket.accept()
+"""
+
+MISORDERED = """
+from fastapi import FastAPI
+
+from apiguard import Guard
+from apiguard.asgi import GuardMiddleware
+
+guard = Guard()
+app = FastAPI()
+app.add_middleware(GuardMiddleware, guard=guard)
+
+
+@guard.flow("signup", "3/hour")
+@app.post("/signup")
+async def signup() -> dict[str, str]:
+    return {}
+"""
+
+FLASK_APP = """
+from flask import Blueprint, Flask
+
+from apiguard import Guard
+from apiguard.flask import init_app
+
+guard = Guard()
+app = Flask(__name__)
+outer = Blueprint("outer", __name__, url_prefix="/api")
+inner = Blueprint("inner", __name__, url_prefix="/v1")
+
+
+@inner.post("/checkout")
+@guard.flow("checkout", "5/hour")
+def checkout():
+    return {}
+
+
+@inner.get("/orders/<int:order_id>")
+def order(order_id):
+    return {"id": order_id}
+
+
+@inner.post("/register")
+def register():
+    return {}
+
+
+outer.register_blueprint(inner)
+app.register_blueprint(outer)
+init_app(app, guard)
+"""
+
+
+def _app(tmp_path: Path, source: str, name: str = "audited_app") -> str:
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(source))
+    return f"{path}:app"
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    status = main(["audit", *args])
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def _routes(report: dict[str, object]) -> dict[str, dict[str, object]]:
+    rows = report["routes"]
+    assert isinstance(rows, list)
+    return {row["template"]: row for row in rows}
+
+
+def test_fastapi_routes_nested_mounted_with_rules_detectors_and_notes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = _app(tmp_path, FASTAPI_APP.format(GUARD_CONFIG=""))
+    status, out, _ = _run([spec, "--json"], capsys)
+    assert status == 0
+    report = json.loads(out)
+    routes = _routes(report)
+    login = routes["/login"]
+    assert login["rules"] == ["@guard.login"]
+    assert login["detectors"] == ["account_takeover"]
+    assert login["notes"] == []
+    # two routers deep: its flow and the detectors of an object route
+    redeem = routes["/api/v1/shop/coupons/{code}/redeem"]
+    assert redeem["rules"] == ["flow redeem 3/hour"]
+    assert redeem["detectors"] == ["bola", "flow_groups"]
+    assert routes["/api/v1/shop/orders/{order_id}"]["detectors"] == ["bola", "scraping"]
+    # a mounted FastAPI app's route, with its keyed flow
+    reset = routes["/accounts/password/reset"]
+    assert reset["rules"] == ["flow reset 3/hour per key=email"]
+    assert reset["notes"] == []
+    # what looks left out
+    assert "looks like a login" in routes["/auth/token"]["notes"][0]
+    assert "sensitive flow" in routes["/signup"]["notes"][0]
+    assert "websocket" in routes["/live"]["notes"][0]
+    assert report["problems"] == []
+    assert any("no trusted proxies" in w for w in report["warnings"])
+    assert any("detection.flow_groups.surge_action" in w for w in report["warnings"])
+    # --strict fails on the notes; the table names every route
+    status, text, _ = _run([spec, "--strict"], capsys)
+    assert status == 1
+    assert "| POST /api/v1/shop/coupons/{code}/redeem | flow redeem 3/hour |" in text
+    assert "- POST /signup: looks like a sensitive flow" in text
+
+
+def test_settings_that_turn_a_route_off_are_shown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = (
+        '{"detection": {"bola": {"routes": {"/api/v1/shop/orders/{order_id}": 0}}, '
+        '"challenge_path": "/challenge"}, "client_ip": {"trusted_proxies": ["10.0.0.0/8"]}}'
+    )
+    spec = _app(tmp_path, FASTAPI_APP.format(GUARD_CONFIG=config), "audited_off")
+    status, out, _ = _run([spec, "--json"], capsys)
+    assert status == 0
+    report = json.loads(out)
+    order = _routes(report)["/api/v1/shop/orders/{order_id}"]
+    assert order["detectors"] == ["scraping"]
+    assert order["notes"] == ["BOLA detection turned off here (detection.bola.routes)"]
+    assert not any("no trusted proxies" in w for w in report["warnings"])
+    assert not any("challenge route" in w for w in report["warnings"])
+
+
+def test_a_decorator_above_the_route_is_a_problem_and_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = _app(tmp_path, MISORDERED, "audited_misordered")
+    status, out, _ = _run([spec], capsys)
+    assert status == 1
+    assert "Problems (the app refuses to start with these):" in out
+    assert "/signup" in out.split("Problems")[1]
+
+
+def test_flask_nested_blueprints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = _app(tmp_path, FLASK_APP, "audited_flask")
+    status, out, _ = _run([spec, "--json"], capsys)
+    assert status == 0
+    routes = _routes(json.loads(out))
+    checkout = routes["/api/v1/checkout"]
+    assert checkout["methods"] == ["POST"]
+    assert checkout["rules"] == ["flow checkout 5/hour"]
+    assert routes["/api/v1/orders/<int:order_id>"]["detectors"] == ["bola", "scraping"]
+    assert "sensitive flow" in routes["/api/v1/register"]["notes"][0]
+
+
+def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bare = tmp_path / "bare_app.py"
+    bare.write_text("from fastapi import FastAPI\napp = FastAPI()\n")
+    status, _, err = _run([f"{bare}:app"], capsys)
+    assert status == 2
+    assert "no apiguard Guard found" in err
+    status, _, err = _run([], capsys)
+    assert status == 2
+    assert "one of them" in err
+    status, _, err = _run([f"{tmp_path / 'missing.py'}:app"], capsys)
+    assert status == 2
+
+
+def test_django_project_from_its_settings() -> None:
+    # (a process of its own: Django is set up once per process)
+    done = subprocess.run(
+        [sys.executable, "-m", "apiguard", "audit", "--django", "shop.settings", "--json"],
+        cwd=ROOT / "examples" / "django_shop",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    routes = _routes(json.loads(done.stdout))
+    assert routes["/coupons/<str:code>/redeem"]["rules"] == ["flow redeem-coupon 3/hour"]
+    assert "bola" in routes["/api/v1/orders/<int:order_id>"]["detectors"]
