@@ -16,7 +16,7 @@ from apiguard.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 
 FASTAPI_APP = """
-from fastapi import APIRouter, FastAPI, WebSocket
+from fastapi import APIRouter, Depends, FastAPI, WebSocket
 from pydantic import BaseModel
 from starlette.routing import Mount
 
@@ -77,6 +77,22 @@ async def reset(email: str) -> dict[str, str]:
 
 
 app.mount("/accounts", sub)
+
+
+@guard.flow("invite", "5/hour")
+async def invite_flow() -> None:
+    pass
+
+
+@app.post("/team/invites", dependencies=[Depends(invite_flow)])
+async def invite() -> dict[str, str]:
+    return {{}}
+
+
+class Mailer:
+    @guard.flow("newsletter", "1/day")
+    async def send(self) -> None:
+        pass
 
 
 @app.websocket("/live")
@@ -178,6 +194,11 @@ def test_fastapi_routes_nested_mounted_with_rules_detectors_and_notes(
     assert "looks like a login" in routes["/auth/token"]["notes"][0]
     assert "sensitive flow" in routes["/signup"]["notes"][0]
     assert "websocket" in routes["/live"]["notes"][0]
+    # a flow on a dependency protects the route it runs for; a method no route serves is
+    # listed apart
+    assert routes["/team/invites"]["rules"] == ["flow invite 5/hour"]
+    assert routes["/team/invites"]["notes"] == []
+    assert report["helpers"] == [{"function": "Mailer.send", "rules": ["flow newsletter 1/day"]}]
     assert report["problems"] == []
     assert any("no trusted proxies" in w for w in report["warnings"])
     assert any("detection.flow_groups.surge_action" in w for w in report["warnings"])
@@ -186,6 +207,12 @@ def test_fastapi_routes_nested_mounted_with_rules_detectors_and_notes(
     assert status == 1
     assert "| POST /api/v1/shop/coupons/{code}/redeem | flow redeem 3/hour |" in text
     assert "- POST /signup: looks like a sensitive flow" in text
+    assert "- Mailer.send [flow newsletter 1/day]" in text
+    # --exclude leaves a subtree out
+    status, out, _ = _run([spec, "--json", "--exclude", "/api/", "--exclude", "/accounts"], capsys)
+    templates = set(_routes(json.loads(out)))
+    assert "/login" in templates
+    assert not any(t.startswith(("/api/", "/accounts")) for t in templates)
 
 
 def test_settings_that_turn_a_route_off_are_shown(

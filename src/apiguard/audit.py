@@ -28,7 +28,10 @@ WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _PARAMETER = re.compile(r"\{[^}]+\}|<[^>]+>|\(\?P<")
 # route words that name a login, and sensitive business flows (OWASP API6), as whole
 # path segments or words inside one (`/auth/token`, `/password-reset`, `/sign_up`)
-_LOGIN = re.compile(r"(?:^|[/_.-])(?:log[-_]?in|sign[-_]?in|signon|token|authenticate)(?:$|[/_.-])")
+_LOGIN = re.compile(r"(?:^|[/_.-])(?:log[-_]?in|sign[-_]?in|signon|authenticate)(?:$|[/_.-])")
+# a token endpoint: the last literal segment (`/token`, `/api/token/`, `/oauth/token`,
+# `/access-token`; not `/token/refresh` nor `/test-token`)
+_TOKEN = re.compile(r"^(?:(?:access|auth|api|oauth2?|jwt)[-_]?)?tokens?$")
 _FLOW = re.compile(  # verbs: a flow whatever the methods
     r"(?:^|[/_.-])(?:sign[-_]?up|register|registration|password|reset|forgot|recover"
     r"|otp|verify|verification|mfa|2fa|redeem|checkout|pay|withdraw|refund|purchase"
@@ -86,6 +89,9 @@ class Audit:
     routes: list[RouteAudit]
     problems: list[str]  # what the start-up check refuses (decorator order, settings)
     warnings: list[str]  # app-wide
+    # decorated functions no route serves (helpers, dependencies, library methods): their
+    # rules count when a request calls them
+    helpers: list[tuple[str, list[str]]] = field(default_factory=list)
 
     @property
     def noted(self) -> list[RouteAudit]:
@@ -103,6 +109,7 @@ class Audit:
             "routes": [r.as_dict() for r in self.routes],
             "problems": self.problems,
             "warnings": self.warnings,
+            "helpers": [{"function": name, "rules": rules} for name, rules in self.helpers],
         }
 
 
@@ -114,6 +121,21 @@ def _rules_of(guard: Guard, endpoint: Any) -> tuple[Rule, ...]:
     return ()
 
 
+def _dependencies(route: Any) -> list[Any]:
+    """The callables of a FastAPI route's dependencies, its routers' and their own
+    dependencies included (a decorated dependency protects the route it runs for)."""
+    found: list[Any] = []
+    todo = [getattr(route, "dependant", None)]
+    while todo and len(found) < 256:
+        dependant = todo.pop()
+        for sub in getattr(dependant, "dependencies", None) or ():
+            call = getattr(sub, "call", None)
+            if call is not None:
+                found.append(call)
+            todo.append(sub)
+    return found
+
+
 def _merged(entries: Iterable[RouteEntry], guard: Guard) -> list[tuple[RouteEntry, list[Rule]]]:
     """One row per (template, kind) with the union of its methods and rules (Django lists
     a class-based view once per method handler, Flask a rule per endpoint)."""
@@ -122,13 +144,22 @@ def _merged(entries: Iterable[RouteEntry], guard: Guard) -> list[tuple[RouteEntr
         key = (entry.template, entry.kind)
         methods, rules, first = rows.setdefault(key, (set(), [], entry))
         methods.update(entry.methods)
-        for rule in _rules_of(guard, entry.endpoint):
+        calls = [entry.endpoint, *_dependencies(entry.route)]
+        for rule in (r for call in calls for r in _rules_of(guard, call)):
             if not any(rule is r for r in rules):
                 rules.append(rule)
     merged = []
     for (template, kind), (methods, rules, first) in rows.items():
         merged.append((RouteEntry(template, frozenset(methods), first.endpoint, kind), rules))
     return merged
+
+
+def _looks_like_login(template: str) -> bool:
+    """Whether a (lower-cased) route template names a login or a token endpoint."""
+    if _LOGIN.search(template):
+        return True
+    literal = [p for p in template.strip("/^$").split("/") if p and not _PARAMETER.search(p)]
+    return bool(literal) and bool(_TOKEN.match(literal[-1]))
 
 
 def _reports(endpoint: Any) -> bool:
@@ -154,11 +185,40 @@ def _methods(methods: frozenset[str]) -> tuple[str, ...]:
     return tuple(sorted(shown)) or ("*",)
 
 
+def _label(rule: Rule, mode: str) -> str:
+    if isinstance(rule, LoginRule):
+        return "@guard.login"
+    if isinstance(rule, ObjectsRule):
+        return "@guard.objects"
+    return _describe(rule, mode)
+
+
+def _helpers(guard: Guard, entries: list[RouteEntry]) -> list[tuple[str, list[str]]]:
+    """Functions with rules of `guard` that no route of `entries` serves."""
+    routed: set[int] = set()
+    for entry in entries:
+        for call in (entry.endpoint, *_dependencies(entry.route)):
+            routed.update(id(obj) for obj in _unwrap_chain(call))
+    found = []
+    for original, wrappers in guard._decorated.items():
+        if id(original) in routed or any(id(w) in routed for w in wrappers):
+            continue
+        rules = max((getattr(w, "__apiguard_rules__", ()) for w in wrappers), key=len)
+        name = getattr(original, "__qualname__", None) or repr(original)
+        found.append((name, [_label(r, guard.config.mode) for r in rules]))
+    return sorted(found)
+
+
 def audit_routes(
-    guard: Guard, entries: list[RouteEntry], app: str, verify: Callable[[], None]
+    guard: Guard,
+    entries: list[RouteEntry],
+    app: str,
+    verify: Callable[[], None],
+    exclude: tuple[str, ...] = (),
 ) -> Audit:
     """The audit of a route list (`walk_routes(app)`, `DjangoRoutes()`) under `guard`;
-    `verify` runs the start-up check (its `ConfigurationError` is a problem listed)."""
+    `verify` runs the start-up check (its `ConfigurationError` is a problem listed);
+    routes whose template starts with one of `exclude` are left out of the list."""
     config = guard.config
     detection = config.detection
     on = {d.name for d in guard.engine.detectors}
@@ -168,6 +228,10 @@ def audit_routes(
     routes: list[RouteAudit] = []
     logins = 0
     for entry, rules in sorted(_merged(entries, guard), key=lambda er: er[0].template):
+        if exclude and entry.template.lstrip("/^").startswith(
+            tuple(e.lstrip("/^") for e in exclude)
+        ):
+            continue
         row = RouteAudit(_methods(entry.methods), entry.template, entry.kind)
         routes.append(row)
         if entry.kind == "websocket":
@@ -179,11 +243,10 @@ def audit_routes(
                 "and the detectors, no per-route rules"
             )
             continue
-        row.rules = [_describe(r, config.mode) for r in rules if not isinstance(r, LoginRule)]
+        rules.sort(key=lambda r: not isinstance(r, LoginRule))
+        row.rules = [_label(r, config.mode) for r in rules]
         login = any(isinstance(r, LoginRule) for r in rules)
         logins += login
-        if login:
-            row.rules.insert(0, "@guard.login")
         flows = [r for r in rules if isinstance(r, FlowRule)]
         methods = set(entry.methods) or {"GET", "POST"}  # (not known: any method)
         reads = bool(methods & {"GET", "HEAD"})
@@ -210,7 +273,7 @@ def audit_routes(
         own_limit = bool(flows) or any(
             getattr(r, "rates", None) and not isinstance(r, FlowRule) for r in rules
         )
-        if writes and not login and _LOGIN.search(lowered) and not _reports(entry.endpoint):
+        if writes and not login and _looks_like_login(lowered) and not _reports(entry.endpoint):
             row.notes.append(
                 "looks like a login: add @guard.login(username=...) below the route "
                 "decorator (or report outcomes with guard.login_result()) so account "
@@ -233,6 +296,8 @@ def audit_routes(
         verify()
     except ConfigurationError as exc:
         problems.append(str(exc))
+    helpers = _helpers(guard, entries)
+    logins += sum("@guard.login" in rules for _, rules in helpers)
     warnings = _app_warnings(guard, on, logins)
     store = type(guard.store).__name__
     return Audit(
@@ -244,6 +309,7 @@ def audit_routes(
         routes,
         problems,
         warnings,
+        helpers,
     )
 
 
@@ -292,7 +358,7 @@ def _app_warnings(guard: Guard, on: set[str], logins: int) -> list[str]:
     return warnings
 
 
-def audit_app(app: Any, guard: Guard, name: str = "app") -> Audit:
+def audit_app(app: Any, guard: Guard, name: str = "app", exclude: tuple[str, ...] = ()) -> Audit:
     """The audit of a Starlette/FastAPI or Flask `app` protected by `guard`."""
     import sys
 
@@ -302,15 +368,18 @@ def audit_app(app: Any, guard: Guard, name: str = "app") -> Audit:
         from apiguard.flask import FlaskRoutes
 
         target = FlaskRoutes(app)
-    return audit_routes(guard, list(walk_routes(target)), name, lambda: guard.verify(target))
+    entries = list(walk_routes(target))
+    return audit_routes(guard, entries, name, lambda: guard.verify(target), exclude)
 
 
-def audit_django(urlconf: str | None = None, name: str = "django") -> Audit:
+def audit_django(
+    urlconf: str | None = None, name: str = "django", exclude: tuple[str, ...] = ()
+) -> Audit:
     """The audit of the configured Django project's URLconf under `apiguard.django.guard`."""
     from apiguard.django import DjangoRoutes, check, get_guard
 
     entries = list(DjangoRoutes(urlconf).__apiguard_routes__())
-    return audit_routes(get_guard(), entries, name, lambda: check(urlconf))
+    return audit_routes(get_guard(), entries, name, lambda: check(urlconf), exclude)
 
 
 def _cell(items: list[str]) -> str:
@@ -348,6 +417,9 @@ def format_audit(audit: Audit) -> str:
         for row in noted:
             label = f"{','.join(row.methods)} {row.template}"
             lines += [f"- {label}: {note}" for note in row.notes]
+    if audit.helpers:
+        lines += ["", "Functions with rules no route serves (counted when a request calls them):"]
+        lines += [f"- {name} [{_cell(rules)}]" for name, rules in audit.helpers]
     if audit.warnings:
         lines += ["", "App:"]
         lines += [f"- {w}" for w in audit.warnings]

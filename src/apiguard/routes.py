@@ -189,6 +189,7 @@ class RouteEntry:
     endpoint: Any
     kind: str  # "http", "websocket" or "mount" (an opaque mounted ASGI app)
     prefix: str = ""  # the mount prefixes inside the walked app, before the route's own path
+    route: Any = None  # the framework's route object, where there is one (`audit`)
 
 
 def _expand(routes: Sequence[Any]) -> Iterator[Any]:
@@ -233,4 +234,6 @@ def walk_routes(app: Any, prefix: str = "", _depth: int = 0) -> Iterator[RouteEn
             else "http"
         )
         methods = frozenset(getattr(item, "methods", None) or ())
-        yield RouteEntry(prefix + fmt, methods, getattr(item, "endpoint", None), kind, prefix)
+        yield RouteEntry(
+            prefix + fmt, methods, getattr(item, "endpoint", None), kind, prefix, original
+        )

@@ -116,6 +116,13 @@ def _parser() -> argparse.ArgumentParser:
         "the project's root",
     )
     audit.add_argument("--urlconf", help="with --django: the URLconf (default ROOT_URLCONF)")
+    audit.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="leave out routes whose template starts with PREFIX (repeatable; e.g. /admin/)",
+    )
     audit.add_argument("--json", action="store_true", help="print machine-readable results")
     audit.add_argument(
         "--strict", action="store_true", help="exit status 1 when any route or setting is noted"
@@ -134,7 +141,7 @@ def _audit(args: argparse.Namespace) -> int:
         if (args.app is None) == (args.django is None):
             raise st.SelfTestError("give the app (module:app) or --django SETTINGS, one of them")
         if args.django is not None:
-            audit = _django_audit(args.django, args.urlconf, audit_django)
+            audit = _django_audit(args.django, args.urlconf, audit_django, tuple(args.exclude))
         else:
             module, attr = st.load_module(st.absolute_spec(args.app))
             app = getattr(module, attr)
@@ -145,7 +152,7 @@ def _audit(args: argparse.Namespace) -> int:
                     "(app.add_middleware(GuardMiddleware, guard=guard), or "
                     "apiguard.flask.init_app(app, guard)); for Django use --django SETTINGS"
                 )
-            audit = audit_app(app, guard, args.app)
+            audit = audit_app(app, guard, args.app, tuple(args.exclude))
     except (st.SelfTestError, ConfigurationError) as exc:
         print(f"apiguard audit: {exc}", file=sys.stderr)
         return 2
@@ -158,7 +165,9 @@ def _audit(args: argparse.Namespace) -> int:
     return 1 if args.strict and (audit.noted or audit.warnings) else 0
 
 
-def _django_audit(settings: str, urlconf: str | None, audit_django: Any) -> Any:
+def _django_audit(
+    settings: str, urlconf: str | None, audit_django: Any, exclude: tuple[str, ...]
+) -> Any:
     """Set Django up from `settings` (the current directory importable) and audit it."""
     import os
     from pathlib import Path
@@ -185,7 +194,7 @@ def _django_audit(settings: str, urlconf: str | None, audit_django: Any) -> Any:
             f"{settings}: 'apiguard.django.GuardMiddleware' is not in MIDDLEWARE, so "
             "apiguard protects nothing"
         )
-    return audit_django(urlconf, settings)
+    return audit_django(urlconf, settings, exclude)
 
 
 def _attack(args: argparse.Namespace) -> int:
