@@ -282,3 +282,30 @@ def test_django_project_from_its_settings() -> None:
     routes = _routes(json.loads(done.stdout))
     assert routes["/coupons/<str:code>/redeem"]["rules"] == ["flow redeem-coupon 3/hour"]
     assert "bola" in routes["/api/v1/orders/<int:order_id>"]["detectors"]
+
+
+def test_an_app_whose_routes_cannot_be_listed_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain = tmp_path / "plain_wsgi.py"
+    plain.write_text(
+        textwrap.dedent(
+            """
+            from apiguard import Guard
+            from apiguard.wsgi import GuardMiddleware
+
+            guard = Guard()
+
+            def inner(environ, start_response):
+                start_response("200 OK", [("content-type", "text/plain")])
+                return [b"ok"]
+
+            app = GuardMiddleware(inner, guard=guard)
+            """
+        )
+    )
+    status, out, _ = _run([f"{plain}:app", "--json"], capsys)
+    report = json.loads(out)
+    assert status == 0
+    assert report["routes"] == []
+    assert report["warnings"][0].startswith("no route could be listed")

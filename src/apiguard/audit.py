@@ -299,6 +299,12 @@ def audit_routes(
     helpers = _helpers(guard, entries)
     logins += sum("@guard.login" in rules for _, rules in helpers)
     warnings = _app_warnings(guard, on, logins)
+    if not entries:
+        warnings.insert(
+            0,
+            "no route could be listed (not a Starlette/FastAPI, Flask or Django app, or no "
+            "route yet): only the global rules and the detectors are known",
+        )
     store = type(guard.store).__name__
     return Audit(
         app,
@@ -368,6 +374,11 @@ def audit_app(app: Any, guard: Guard, name: str = "app", exclude: tuple[str, ...
         from apiguard.flask import FlaskRoutes
 
         target = FlaskRoutes(app)
+    else:
+        from apiguard.wsgi import GuardMiddleware
+
+        if isinstance(app, GuardMiddleware) and app._routes is not None:
+            target = app._routes  # (any WSGI app: the routes it was given)
     entries = list(walk_routes(target))
     return audit_routes(guard, entries, name, lambda: guard.verify(target), exclude)
 
