@@ -563,6 +563,10 @@ def test_rule_fires_and_benign_traffic_passes(shape_name, kind, make_guard, serv
     targets = shape.targets
     if kind.name == "route":  # per (principal, method, template): stay on one method
         targets = [t for t in targets if t[0] == targets[0][0]]
+    elif kind.name == "flow" and any(t[0] == "POST" for t in targets):
+        # a GET of a route that also takes a write spends no flow (a form's page):
+        # the flow is charged by its writes
+        targets = [t for t in targets if t[0] != "GET"]
     targets = targets * (BUDGET + 1)
 
     for i in range(BUDGET):

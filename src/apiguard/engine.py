@@ -84,6 +84,8 @@ PrincipalResolver = Callable[[RequestContext], "Identity | None"]
 
 _BY_PRINCIPAL = ("principal", "principal_route")
 _ENDPOINTS_MAX = 4096
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # the owner recorded for a bearer token two vouched principals presented: it is banned
 # with neither of them
 _SHARED_TOKEN = "*shared*"
@@ -245,6 +247,8 @@ class Engine:
         self._owners: OrderedDict[str, str] = OrderedDict()
         self.challenges_answered = False  # someone passed a challenge in this process
         self._late_objects_warned = False  # objects_touched() after the detectors looked
+        # id(rules) -> (rules, the same without flows): a read on a route that also writes
+        self._read_rules: dict[int, tuple[tuple[Rule, ...], tuple[Rule, ...]]] = {}
         # address -> the principal the app vouched for there, or the first few (two or more)
         self._people_at: dict[str, str | set[str]] = {}
         # the app's challenge route for the scraping gate: declared, or learned where
@@ -587,7 +591,9 @@ class Engine:
         if login is not None:
             if login.gated:
                 return
-            ok = login.success if login.success is not None else 200 <= status < 300
+            ok = login.success if login.success is not None else (
+                200 <= status < 300 and login.status_decides()
+            )
             if not ok:
                 return
             found, account = seen[0], login.user
@@ -1170,10 +1176,29 @@ class Engine:
         self.telemetry.record(ctx, ALLOWED)
         return True
 
+    def _for_read(self, ctx: RequestContext, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+        """`rules` for a GET, HEAD or OPTIONS request: without its flows when its route
+        also takes a write (a form view's page is no sign-up, no reset: rendering it must
+        not spend the flow; a flow on a route that only reads, an e-mail link or an
+        export, still counts). Routes whose methods are not known (a Django function
+        view) keep them."""
+        methods = getattr(ctx.scope.get("route"), "methods", None)
+        if not methods or _WRITE_METHODS.isdisjoint(methods):
+            return rules
+        found = self._read_rules.get(id(rules))
+        if found is None or found[0] is not rules:
+            kept = tuple(r for r in rules if not isinstance(r, FlowRule))
+            found = (rules, kept if len(kept) < len(rules) else rules)
+            if len(self._read_rules) < 4096:
+                self._read_rules[id(rules)] = found
+        return found[1]
+
     def check_sync(self, ctx: RequestContext, rules: tuple[Rule, ...] = ()) -> Decision:
         """Run the checkpoint from synchronous code: the global rules if they have not run
         for this request, and `rules` (a decorated function's, charged on every call);
         raise `Refused` when refused."""
+        if rules and ctx.scope.get("method") in _SAFE_METHODS:
+            rules = self._for_read(ctx, rules)
         if self._admit_fast(ctx, rules):
             return ALLOWED
         batch = self._plan(ctx, rules)
@@ -1184,6 +1209,8 @@ class Engine:
 
     async def check_async(self, ctx: RequestContext, rules: tuple[Rule, ...] = ()) -> Decision:
         """Run the checkpoint from async code; raise `Refused` when refused."""
+        if rules and ctx.scope.get("method") in _SAFE_METHODS:
+            rules = self._for_read(ctx, rules)
         fast = self._fast
         if fast is not None and fast.call is not None:  # a remote store
             if not ctx.global_done:
@@ -1552,14 +1579,15 @@ class Engine:
         ato = self.ato
         if ato is None or not self._ok_low <= status <= self._ok_high:
             return found
-        # a login's only on a 2xx, and never against the app's own verdict (an inactive
-        # user's 400 after a correct password gets no device cookie); or a sign-up's
-        # (`account_created(..., username=)`: its creator's device), on any success
-        # status (`success_statuses`: a form's sign-up redirects, post/redirect/get)
+        # a login's on a 2xx, or on any success status (`success_statuses`: a form's
+        # login redirects, post/redirect/get) where the app said it succeeded
+        # (`login_result(..., True)`, `success=`); never against the app's own verdict (an
+        # inactive user's 400 after a correct password gets no device cookie); or a
+        # sign-up's (`account_created(..., username=)`: its creator's device)
         device = ctx.device_for
         if (
             login is not None
-            and 200 <= status < 300
+            and (login.success is True or (200 <= status < 300 and login.status_decides()))
             and not login.gated
             and login.success is not False
             and login.user != self._unreadable_user

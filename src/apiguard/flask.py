@@ -33,7 +33,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from apiguard.cors_copy import flask_cors_headers
 from apiguard.engine import Refused
 from apiguard.guard import Guard
-from apiguard.routes import TEMPLATE_KEY, RouteEntry
+from apiguard.routes import STATIC_KEY, TEMPLATE_KEY, RouteEntry
 from apiguard.steps import render
 from apiguard.wsgi import COMPLETE_KEY, SCOPE_KEY, GuardMiddleware
 
@@ -48,10 +48,12 @@ except ImportError:  # pragma: no cover  (a later Flask: the proxy)
 
 @dataclass(frozen=True, slots=True)
 class MatchedRoute:
-    """What a router recorded, in the shape `apiguard.routes.route_template` reads."""
+    """What a router recorded, in the shape `apiguard.routes.route_template` reads (and
+    the methods the URL rule takes, as a Starlette route's)."""
 
     path_format: str
     endpoint: Any
+    methods: Any = None
 
 
 class FlaskRoutes:
@@ -116,8 +118,11 @@ def init_app(app: Flask, guard: Guard) -> Guard:
         the app's)."""
         endpoint = rule.endpoint
         view = app.view_functions.get(endpoint) if endpoint is not None else None
-        route = MatchedRoute(rule.rule, view)
-        return {"endpoint": view, "route": route, TEMPLATE_KEY: route.path_format}
+        route = MatchedRoute(rule.rule, view, rule.methods)
+        fields: dict[str, Any] = {"endpoint": view, "route": route, TEMPLATE_KEY: route.path_format}
+        if endpoint == "static" or str(endpoint).endswith(".static"):
+            fields[STATIC_KEY] = True  # (the app's or a blueprint's static files)
+        return fields
 
     dispatch = app.full_dispatch_request
 

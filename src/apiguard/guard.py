@@ -590,6 +590,8 @@ class Guard:
             name = None if username is None else str(username).strip() or None
             engine.login_started(ctx, name)
         engine.login_finished(ctx, bool(success), exists)
+        if ctx.login is not None and ctx.login.rule is not None:
+            ctx.login.rule.reported = True  # (its route reports: the status decides none)
 
     def account_created(
         self, user_id: str | int | uuid.UUID, *, username: str | None = None
@@ -1311,6 +1313,8 @@ def _login_of(rules: tuple[Rule, ...], original: Callable[..., Any]) -> Callable
             callable_failed(engine, "@guard.login(username=...)", exc)
             name = UNREADABLE
         engine.login_started(ctx, name)  # raises Refused for a held-back client
+        if ctx.login is not None and ctx.login.rule is None:
+            ctx.login.rule = login
         success = login.success
         if success is None or ctx.login is None:
             return None

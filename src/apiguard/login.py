@@ -44,6 +44,9 @@ class LoginRule(Rule):
         self.name = "login"
         self.mode = None
         self.success = success
+        # the app reported an outcome with `login_result()` on this route: from then on
+        # the status decides none (a form's login answers 200 or 302 either way)
+        self.reported = False
         # (a callable may take no argument: a Flask view reads its body from `request`)
         self.picker = Picker(username, where, "username", "form_data.username", bare=True)
         self.params = self.picker.params

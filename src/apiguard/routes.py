@@ -22,6 +22,35 @@ def _mount_prefix(scope: Mapping[str, Any]) -> str:
     return root[len(app_root) :] if root.startswith(app_root) else root
 
 
+# scope key: the route serves static files (set by an adapter that knows it: Flask's
+# `static` endpoints)
+STATIC_KEY = "apiguard.static"
+
+
+def serves_files(scope: Mapping[str, Any]) -> bool:
+    """Whether the route serving `scope` serves static files (Flask's `static` endpoints,
+    an app's or a blueprint's; Starlette's `StaticFiles`; Django's `static.serve`): its
+    path is a file name, no object of anyone's, and every page's visitor reads it (stale
+    asset links after a deploy answer 404 in bursts)."""
+    if scope.get(STATIC_KEY):
+        return True
+    endpoint = scope.get("endpoint")
+    if endpoint is None:
+        return False
+    name = getattr(endpoint, "__name__", None)
+    if name == "send_static_file":
+        return True
+    if name == "serve" and getattr(endpoint, "__module__", None) in (
+        "django.views.static",
+        "django.contrib.staticfiles.views",
+    ):
+        return True
+    kind = type(endpoint)
+    return kind.__name__ == "StaticFiles" and kind.__module__.startswith(
+        ("starlette.", "fastapi.")
+    )
+
+
 # scope key: the template an adapter read from its router as it recorded the route (mount
 # prefixes included), answered as it is
 TEMPLATE_KEY = "apiguard.template"

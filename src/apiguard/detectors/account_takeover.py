@@ -540,6 +540,8 @@ def _failed(login: LoginAttempt, status: int) -> bool | None:
         return True
     if login.success is not None:
         return not login.success
+    if not login.status_decides():
+        return None  # (a route whose app reports outcomes, and reported none here)
     if 200 <= status < 300:
         return False
     if status in _FAILED:

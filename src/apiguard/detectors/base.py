@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from apiguard.request import RequestContext
@@ -34,6 +34,15 @@ class LoginAttempt:
     past_gate: bool = False
     in_flight: bool = False  # counted among its address's unanswered attempts
     device: str = ""  # `login.device_key` of the name as sent (its device cookie's entry)
+    # the `@guard.login` rule that recorded it (None: `login_result()` alone); once its
+    # app has reported an outcome with `login_result()`, the status no longer decides
+    # one it did not report (a form re-rendered 200 for a missing CSRF token is no login)
+    rule: Any = None
+
+    def status_decides(self) -> bool:
+        """Whether the response status is this attempt's outcome (the app reported
+        none, and its login route does not report them)."""
+        return self.success is None and not getattr(self.rule, "reported", False)
 
 
 @dataclass(slots=True)

@@ -31,6 +31,7 @@ from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome, shar
 from apiguard.detectors.flow_groups import born_accounts as _born
 from apiguard.detectors.population import Population, Populations
 from apiguard.picking import read_integer
+from apiguard.routes import serves_files
 from apiguard.store.base import Objects, Tally
 
 if TYPE_CHECKING:
@@ -141,12 +142,16 @@ class Bola:
             return None
         return "&".join(parts), number
 
-    def _route(self, template: str) -> _Route:
-        """What the detector needs of `template`, worked out once (bounded)."""
+    def _route(self, template: str, scope: Mapping[str, Any]) -> _Route:
+        """What the detector needs of `template` (served in `scope`), worked out once
+        (bounded). A route serving static files is not watched (a file name is no
+        object of anyone's)."""
         routes = self._routes
         if len(routes) >= _ROUTES_MAX:
             routes.clear()
         own = self.config.routes.get(template) if self.config.routes else None
+        if own is None and serves_files(scope):
+            own = 0
         route = routes[template] = _Route(template, own, self.populations.get(template))
         return route
 
@@ -234,7 +239,7 @@ class Bola:
             return None
         route = self._routes.get(template)
         if route is None:
-            route = self._route(template)
+            route = self._route(template, ctx.scope)
         if route.floor == 0:
             return None
         # the item names its route and parameter (only its sketch slot is kept, never

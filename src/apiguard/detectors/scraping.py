@@ -56,10 +56,12 @@ from __future__ import annotations
 import math
 from array import array
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from apiguard.detectors.base import EVERY_REQUEST, RECENT_MAX, Finding, Judge, Outcome
 from apiguard.login import PASS_COOKIE, cookie, pass_valid
+from apiguard.routes import serves_files
 
 if TYPE_CHECKING:
     from apiguard.config import ScrapingConfig
@@ -341,13 +343,21 @@ class Scraping:
         # (route, address) refused under a surge -> when last counted (bounded, oldest out)
         self._held: OrderedDict[tuple[str, str], float] = OrderedDict()
 
-    def _surge(self, template: str) -> Surge | None:
+    def _surge(self, template: str, scope: Mapping[str, Any]) -> Surge | None:
+        """The count of `template` (served in `scope`): made at its first read; None
+        for a route not watched (its floor 0, the challenge route, static files: every
+        visitor's page reads them)."""
         surge = self._surges.get(template)
         if surge is not None:
             return surge
         cfg = self.config
         floor = cfg.routes.get(template, cfg.floor) if cfg.routes else cfg.floor
-        if floor == 0 or len(self._surges) >= _ROUTES_MAX or template == self.challenge_path:
+        if (
+            floor == 0
+            or len(self._surges) >= _ROUTES_MAX
+            or template == self.challenge_path
+            or (template not in cfg.routes and serves_files(scope))
+        ):
             return None
         surge = Surge(cfg.window, floor, cfg.factor, cfg.one_shot_share, cfg.settle)
         surge.bit = 1 << len(self._surges)  # (routes are never dropped: bits stay theirs)
@@ -460,7 +470,7 @@ class Scraping:
         template = outcome.route
         if template is None:
             return None
-        surge = self._surges.get(template) or self._surge(template)
+        surge = self._surges.get(template) or self._surge(template, ctx.scope)
         if surge is None:
             return None
         if known.read & surge.bit:
@@ -541,7 +551,11 @@ class Scraping:
                 continue
             if not surge.on(now):
                 del surging[key]
-            elif key == template or self._surges.get(template) or self._surge(template):
+            elif (
+                key == template
+                or self._surges.get(template)
+                or self._surge(template, ctx.scope)
+            ):
                 held.append((key, surge))  # (SITE: only on a watched route)
         if not held:
             return False

@@ -884,7 +884,8 @@ def judge(
     challenged = {r.actor for r in benign if r.challenged}
     # a person asked for a challenge who never passed one could not (the app has no
     # challenge route the self-test knows, or it refused the answer): refused
-    passed = {r.actor for r in benign if r.kind == "challenge" and 200 <= r.status < 300}
+    # (a challenge route answers its pass with a 2xx, or a form's redirect)
+    passed = {r.actor for r in benign if r.kind == "challenge" and 200 <= r.status < 400}
     stuck = challenged - passed
     refused_principals = {r.actor for r in benign if r.blocked and not r.challenged} | stuck
     pages = [r for r in benign if r.kind == "browse"]
@@ -910,7 +911,7 @@ def judge(
         benign_principals=len(principals),
         benign_principals_refused=len(refused_principals),
         benign_principals_challenged=len(challenged),
-        challenges_passed=sum(r.kind == "challenge" and 200 <= r.status < 300 for r in benign),
+        challenges_passed=sum(r.kind == "challenge" and 200 <= r.status < 400 for r in benign),
         bot_challenges=sum(r.challenged for r in attack),
         simulated_seconds=max((r.at for r in records), default=0.0),
         wall_seconds=wall,
