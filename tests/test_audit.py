@@ -89,6 +89,17 @@ async def invite() -> dict[str, str]:
     return {{}}
 
 
+@app.get("/newsletter")
+async def newsletter_page() -> dict[str, str]:
+    return {{}}
+
+
+@app.post("/newsletter")
+@guard.flow("newsletter-signup", "5/hour")
+async def newsletter_join() -> dict[str, str]:
+    return {{}}
+
+
 class Mailer:
     @guard.flow("newsletter", "1/day")
     async def send(self) -> None:
@@ -198,6 +209,9 @@ def test_fastapi_routes_nested_mounted_with_rules_detectors_and_notes(
     # listed apart
     assert routes["/team/invites"]["rules"] == ["flow invite 5/hour"]
     assert routes["/team/invites"]["notes"] == []
+    # one path, two views: the rule is the POST view's only
+    assert routes["/newsletter"]["methods"] == ["GET", "POST"]
+    assert routes["/newsletter"]["rules"] == ["flow newsletter-signup 5/hour (POST only)"]
     assert report["helpers"] == [{"function": "Mailer.send", "rules": ["flow newsletter 1/day"]}]
     assert report["problems"] == []
     assert any("no trusted proxies" in w for w in report["warnings"])

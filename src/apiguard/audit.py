@@ -136,22 +136,27 @@ def _dependencies(route: Any) -> list[Any]:
     return found
 
 
-def _merged(entries: Iterable[RouteEntry], guard: Guard) -> list[tuple[RouteEntry, list[Rule]]]:
+def _merged(
+    entries: Iterable[RouteEntry], guard: Guard
+) -> list[tuple[RouteEntry, list[Rule], dict[int, set[str]]]]:
     """One row per (template, kind) with the union of its methods and rules (Django lists
-    a class-based view once per method handler, Flask a rule per endpoint)."""
-    rows: dict[tuple[str, str], tuple[set[str], list[Rule], RouteEntry]] = {}
+    a class-based view once per method handler, Flask a rule per endpoint), and the
+    methods each rule came with (by id; empty: every method)."""
+    rows: dict[tuple[str, str], tuple[set[str], list[Rule], RouteEntry, dict[int, set[str]]]] = {}
     for entry in entries:
         key = (entry.template, entry.kind)
-        methods, rules, first = rows.setdefault(key, (set(), [], entry))
+        methods, rules, _, by_rule = rows.setdefault(key, (set(), [], entry, {}))
         methods.update(entry.methods)
         calls = [entry.endpoint, *_dependencies(entry.route)]
         for rule in (r for call in calls for r in _rules_of(guard, call)):
             if not any(rule is r for r in rules):
                 rules.append(rule)
-    merged = []
-    for (template, kind), (methods, rules, first) in rows.items():
-        merged.append((RouteEntry(template, frozenset(methods), first.endpoint, kind), rules))
-    return merged
+            seen = by_rule.setdefault(id(rule), set())
+            seen.update(entry.methods or {"*"})
+    return [
+        (RouteEntry(template, frozenset(methods), first.endpoint, kind), rules, by_rule)
+        for (template, kind), (methods, rules, first, by_rule) in rows.items()
+    ]
 
 
 def _looks_like_login(template: str) -> bool:
@@ -227,7 +232,7 @@ def audit_routes(
     )
     routes: list[RouteAudit] = []
     logins = 0
-    for entry, rules in sorted(_merged(entries, guard), key=lambda er: er[0].template):
+    for entry, rules, by_rule in sorted(_merged(entries, guard), key=lambda er: er[0].template):
         if exclude and entry.template.lstrip("/^").startswith(
             tuple(e.lstrip("/^") for e in exclude)
         ):
@@ -244,7 +249,14 @@ def audit_routes(
             )
             continue
         rules.sort(key=lambda r: not isinstance(r, LoginRule))
-        row.rules = [_label(r, config.mode) for r in rules]
+        shown = set(_methods(entry.methods))
+        row.rules = []
+        for rule in rules:
+            label = _label(rule, config.mode)
+            only = set(_methods(frozenset(by_rule.get(id(rule), ())) - {"*"}))
+            if "*" not in by_rule.get(id(rule), ()) and only and only != shown:
+                label += f" ({','.join(sorted(only))} only)"  # (one of the route's views)
+            row.rules.append(label)
         login = any(isinstance(r, LoginRule) for r in rules)
         logins += login
         flows = [r for r in rules if isinstance(r, FlowRule)]
