@@ -55,6 +55,14 @@ def forms_app(guard: Guard, static: Path | None = None) -> Flask:
         guard.login_result(request.form["username"], ok)
         return redirect("/index" if ok else "/login")
 
+    @app.post("/login-ok-only")  # reports its successes only; a failure is its 401
+    @guard.login(username=lambda: request.form.get("username"))
+    def login_ok_only() -> Any:
+        if request.form.get("password") != "right":
+            return "no", 401
+        guard.login_result(request.form["username"], True)
+        return redirect("/index")
+
     @app.post("/login-success")
     @guard.login(username=lambda: request.form.get("username"), success=lambda rv: True)
     def login_success() -> Any:
@@ -139,3 +147,22 @@ def test_stale_static_assets_are_no_bola_walk(tmp_path: Path) -> None:
     assert statuses == [404] * 60
     assert client.get("/static/app.js", headers=me, environ_base=IP).status_code == 200
     assert client.get("/user/ann", headers=me, environ_base=IP).status_code == 200
+
+
+def test_an_app_reporting_only_successes_keeps_its_failures_counted() -> None:
+    client = forms_app(Guard()).test_client()
+    ok = client.post(
+        "/login-ok-only", data={"username": "ann", "password": "right"}, environ_base=IP
+    )
+    assert ok.status_code == 302 and _device(ok)
+    # a brute force on one account from rotating addresses: its 401s are failures
+    answered = [
+        client.post(
+            "/login-ok-only",
+            data={"username": "bob", "password": f"guess{n}"},
+            environ_base={"REMOTE_ADDR": f"203.0.113.{n + 1}"},
+        ).status_code
+        for n in range(30)
+    ]
+    assert answered[0] == 401
+    assert answered[-10:].count(401) == 0, answered  # held back (growing delays)

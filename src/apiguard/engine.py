@@ -592,7 +592,7 @@ class Engine:
             if login.gated:
                 return
             ok = login.success if login.success is not None else (
-                200 <= status < 300 and login.status_decides()
+                200 <= status < 300 and login.status_succeeds()
             )
             if not ok:
                 return
@@ -1587,7 +1587,7 @@ class Engine:
         device = ctx.device_for
         if (
             login is not None
-            and (login.success is True or (200 <= status < 300 and login.status_decides()))
+            and (login.success is True or (200 <= status < 300 and login.status_succeeds()))
             and not login.gated
             and login.success is not False
             and login.user != self._unreadable_user

@@ -540,10 +540,9 @@ def _failed(login: LoginAttempt, status: int) -> bool | None:
         return True
     if login.success is not None:
         return not login.success
-    if not login.status_decides():
-        return None  # (a route whose app reports outcomes, and reported none here)
     if 200 <= status < 300:
-        return False
+        # (none where the route's app reports its outcomes and reported none here)
+        return False if login.status_succeeds() else None
     if status in _FAILED:
         return True
     return None

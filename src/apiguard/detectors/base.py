@@ -35,13 +35,14 @@ class LoginAttempt:
     in_flight: bool = False  # counted among its address's unanswered attempts
     device: str = ""  # `login.device_key` of the name as sent (its device cookie's entry)
     # the `@guard.login` rule that recorded it (None: `login_result()` alone); once its
-    # app has reported an outcome with `login_result()`, the status no longer decides
-    # one it did not report (a form re-rendered 200 for a missing CSRF token is no login)
+    # app has reported an outcome with `login_result()`, a 2xx it did not report is no
+    # success (a form re-rendered 200 for a missing CSRF token is no login); a failure
+    # status still counts (an app reporting only its successes keeps its failures)
     rule: Any = None
 
-    def status_decides(self) -> bool:
-        """Whether the response status is this attempt's outcome (the app reported
-        none, and its login route does not report them)."""
+    def status_succeeds(self) -> bool:
+        """Whether a 2xx answer is this attempt's success (the app reported no outcome,
+        and its login route does not report them)."""
         return self.success is None and not getattr(self.rule, "reported", False)
 
 
