@@ -82,6 +82,11 @@ def forms_app(guard: Guard, static: Path | None = None) -> Flask:
             return "<form>"
         return redirect("/login")
 
+    @app.route("/confirm/<token>", methods=["GET", "POST"])  # its GET confirms too
+    @guard.flow("confirm", "2/hour", per="ip", count_reads=True)
+    def confirm(token: str) -> str:
+        return "confirmed"
+
     @app.get("/user/<username>")
     def user(username: str) -> str:
         return username
@@ -134,6 +139,12 @@ def test_the_page_of_a_form_view_spends_no_flow() -> None:
         for _ in range(4)
     ]
     assert sent == [302, 302, 302, 429]
+
+
+def test_a_flow_declared_count_reads_counts_its_gets() -> None:
+    client = forms_app(Guard()).test_client()
+    answered = [client.get(f"/confirm/t{n}", environ_base=IP).status_code for n in range(3)]
+    assert answered == [200, 200, 429]
 
 
 def test_stale_static_assets_are_no_bola_walk(tmp_path: Path) -> None:

@@ -1180,14 +1180,14 @@ class Engine:
         """`rules` for a GET, HEAD or OPTIONS request: without its flows when its route
         also takes a write (a form view's page is no sign-up, no reset: rendering it must
         not spend the flow; a flow on a route that only reads, an e-mail link or an
-        export, still counts). Routes whose methods are not known (a Django function
-        view) keep them."""
+        export, still counts, as does one declared `count_reads=True`). Routes whose
+        methods are not known (a Django function view) keep them."""
         methods = getattr(ctx.scope.get("route"), "methods", None)
         if not methods or _WRITE_METHODS.isdisjoint(methods):
             return rules
         found = self._read_rules.get(id(rules))
         if found is None or found[0] is not rules:
-            kept = tuple(r for r in rules if not isinstance(r, FlowRule))
+            kept = tuple(r for r in rules if not isinstance(r, FlowRule) or r.count_reads)
             found = (rules, kept if len(kept) < len(rules) else rules)
             if len(self._read_rules) < 4096:
                 self._read_rules[id(rules)] = found

@@ -445,6 +445,7 @@ class Guard:
         mode: Mode | None = None,
         on_store_failure: Literal["open", "closed"] | None = None,
         key: Spec | None = None,
+        count_reads: bool = False,
     ) -> Callable[[F], F]:
         """Declare a sensitive business flow: `rate` completed flows per principal.
 
@@ -456,8 +457,13 @@ class Guard:
         function's arguments (an endpoint's, or a helper method's own) as
         `@guard.login(username=...)` reads them (`"payload.email"`: password
         resets per target e-mail, whatever address or account asks); kept as a keyed hash.
+        `count_reads`: a GET, HEAD or OPTIONS request of a route that also takes a write
+        counts too (by default it does not: a form view's page is no completed flow; set
+        it where a GET of such a route completes the flow, an e-mail link confirming it).
         """
         _check_failure(on_store_failure, f"@guard.flow({name!r})")
+        if not isinstance(count_reads, bool):
+            raise ConfigurationError(f"@guard.flow({name!r}): count_reads must be True or False")
         argument_key: ArgumentKey | None = None
         if key is not None:
             if per != "principal":
@@ -514,6 +520,7 @@ class Guard:
                     f"@guard.flow({name!r}) on {_qualname(fn)}: {exc}"
                 ) from None
             rule.on_store_failure = on_store_failure
+            rule.count_reads = count_reads
             if known is not None:
                 if known.specs != rule.specs or known.per != rule.per:
                     same_key = isinstance(known.per, ArgumentKey) and isinstance(

@@ -235,6 +235,9 @@ class FlowRule(WindowRule):
         self.count = count
         self.completes = completes
         self.observes = count == "success" and completes
+        # a read (GET, HEAD, OPTIONS) of a route that also takes a write counts too
+        # (`@guard.flow(count_reads=True)`); else such a read spends none (a form's page)
+        self.count_reads = False
 
     def observe(self, hit: Hit, success: bool, ctx: RequestContext) -> None:
         """Refund the reservation of a flow that did not succeed."""
