@@ -84,7 +84,7 @@ PrincipalResolver = Callable[[RequestContext], "Identity | None"]
 
 _BY_PRINCIPAL = ("principal", "principal_route")
 _ENDPOINTS_MAX = 4096
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_SAFE_METHODS = frozenset({"GET", "OPTIONS"})  # (not HEAD: a view runs its body for it)
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # the owner recorded for a bearer token two vouched principals presented: it is banned
 # with neither of them
@@ -1177,11 +1177,11 @@ class Engine:
         return True
 
     def _for_read(self, ctx: RequestContext, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
-        """`rules` for a GET, HEAD or OPTIONS request: without its flows when its route
-        also takes a write (a form view's page is no sign-up, no reset: rendering it must
-        not spend the flow; a flow on a route that only reads, an e-mail link or an
-        export, still counts, as does one declared `count_reads=True`). Routes whose
-        methods are not known (a Django function view) keep them."""
+        """`rules` for a GET or OPTIONS request (a HEAD runs the view: counted), without
+        its flows when its route also takes a write (a form's page is no sign-up: it must
+        not spend the flow). A read-only route's flow, or one declared
+        `count_reads=True`, still counts; routes whose methods are not known (a Django
+        function view) keep them."""
         methods = getattr(ctx.scope.get("route"), "methods", None)
         if not methods or _WRITE_METHODS.isdisjoint(methods):
             return rules

@@ -151,6 +151,7 @@ def init_app(app: Flask, guard: Guard) -> Guard:
                 if len(matched) < 65536:
                     matched[id(rule)] = known
             scope.update(known[1])
+            scope["method"] = req.method  # (as dispatched: a method-override middleware)
             values = req.view_args
             scope["path_params"] = dict(values) if values else {}
         response = dispatch()

@@ -598,7 +598,7 @@ class Guard:
             engine.login_started(ctx, name)
         engine.login_finished(ctx, bool(success), exists)
         if ctx.login is not None and ctx.login.rule is not None:
-            ctx.login.rule.reported = True  # (its route reports: the status decides none)
+            ctx.login.rule.reported = True  # (its route reports: an unreported 2xx is none)
 
     def account_created(
         self, user_id: str | int | uuid.UUID, *, username: str | None = None
