@@ -129,7 +129,7 @@ async def signup() -> dict[str, str]:
 """
 
 FLASK_APP = """
-from flask import Blueprint, Flask
+from flask import Blueprint, Flask, request
 
 from apiguard import Guard
 from apiguard.flask import init_app
@@ -154,6 +154,20 @@ def order(order_id):
 @inner.post("/register")
 def register():
     return {}
+
+
+@inner.route("/login", methods=["GET", "POST"])
+@guard.login(username=lambda: request.form.get("username"))
+def login():
+    guard.login_result(request.form.get("username"), False)
+    return "<form>"
+
+
+@inner.route("/signin", methods=["GET", "POST"])
+@guard.login(username=lambda: request.form.get("username"), reports=True)
+def signin():
+    guard.login_result(request.form.get("username"), False)
+    return "<form>"
 
 
 outer.register_blueprint(inner)
@@ -267,6 +281,10 @@ def test_flask_nested_blueprints(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert checkout["rules"] == ["flow checkout 5/hour"]
     assert routes["/api/v1/orders/<int:order_id>"]["detectors"] == ["bola", "scraping"]
     assert "sensitive flow" in routes["/api/v1/register"]["notes"][0]
+    # a login view reporting its outcomes without saying how: named (a fresh process
+    # would count its unreported 2xx as successes until the first report)
+    assert "reports=True" in " ".join(routes["/api/v1/login"]["notes"])
+    assert routes["/api/v1/signin"]["notes"] == []
 
 
 def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -714,11 +714,6 @@ def test_a_bytearray_header_value_gets_a_fingerprint_with_the_cache(
 # -- 11. a method override inside apiguard turns writes into "reads" -----------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known hole: a method-override middleware inside apiguard makes a PUT reach the "
-    "detector as the GET the client sent (install it outside apiguard)",
-)
 def test_a_method_override_inside_apiguard_makes_writes_look_like_reads() -> None:
     """BYPASS (config-dependent, low/medium). Flask's documented method-override
     middleware (`X-HTTP-Method-Override`, "Adding HTTP Method Overrides" in the Flask

@@ -285,6 +285,14 @@ def audit_routes(
         own_limit = bool(flows) or any(
             getattr(r, "rates", None) and not isinstance(r, FlowRule) for r in rules
         )
+        undeclared = [r for r in rules if isinstance(r, LoginRule) and r.reports is None]
+        if undeclared and _reports(entry.endpoint):
+            row.notes.append(
+                "@guard.login on a view that calls guard.login_result(): say "
+                "@guard.login(..., reports=True) if it reports every outcome (a form login), "
+                "or reports=False if its status tells them; until its first report in a "
+                "process, a 2xx it did not report counts as a success"
+            )
         if writes and not login and _looks_like_login(lowered) and not _reports(entry.endpoint):
             row.notes.append(
                 "looks like a login: add @guard.login(username=...) below the route "

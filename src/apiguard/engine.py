@@ -1609,7 +1609,10 @@ class Engine:
             self._rules_observe(ctx, status)
         if self.detectors and not ctx.observed:
             self.observe(ctx, _observed_status(ctx, status))
-        if ctx.login is not None:
+        login = ctx.login
+        if login is not None:
+            if login.rule is not None and login.success is not None and status is not None:
+                login.rule.learn(login.success, status)  # (whether its status tells)
             self._landed(ctx)
 
     def observe(self, ctx: RequestContext, status: int) -> None:

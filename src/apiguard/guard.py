@@ -554,6 +554,7 @@ class Guard:
         *,
         username: UsernameSpec,
         success: Callable[[Any], bool] | None = None,
+        reports: bool | None = None,
     ) -> Callable[[F], F]:
         """Declare the login endpoint, for account-takeover detection.
 
@@ -562,18 +563,28 @@ class Guard:
         argument, one that takes none: `lambda: request.get_json()["username"]`), or a
         dotted name (`"form_data.username"`). The outcome comes from the status (2xx success; 400,
         401, 403 and 404 failure; others neither) unless `success(return_value)` says.
+        `reports=True`: the view reports every outcome with `login_result()` (a form login
+        answering 200 or 302 either way), so a 2xx it did not report is no login (a form
+        rejected before the password check, such as a missing CSRF token). `reports=False`:
+        the status decides even where the view calls `login_result()` (to report only its
+        failures, or `exists=`). Not given: learned from the route's first report that says
+        the status cannot tell (a success reported, or a failure answered 2xx/3xx).
         Before the handler checks the password, a client the detectors hold back gets the
         refusal (a challenge) instead.
         Put it directly above the function, below the framework's route decorator.
         """
         if success is not None:
             check_arity(success, 1, "@guard.login(success=...)", "success(return_value) -> bool")
+        if reports is not None and not isinstance(reports, bool):
+            raise ConfigurationError(
+                f"@guard.login(reports=...) must be True, False or None, got {reports!r}"
+            )
 
         LoginRule(username, success, "@guard.login")  # a malformed spec fails here
 
         def make(fn: Any) -> Rule:
             where = f"@guard.login on {_qualname(fn)}"
-            rule = LoginRule(username, success, where)
+            rule = LoginRule(username, success, where, reports)
             rule.check_endpoint(getattr(fn, "__apiguard_original__", fn), where)
             return rule
 
@@ -597,8 +608,6 @@ class Guard:
             name = None if username is None else str(username).strip() or None
             engine.login_started(ctx, name)
         engine.login_finished(ctx, bool(success), exists)
-        if ctx.login is not None and ctx.login.rule is not None:
-            ctx.login.rule.reported = True  # (its route reports: an unreported 2xx is none)
 
     def account_created(
         self, user_id: str | int | uuid.UUID, *, username: str | None = None

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from apiguard.request import KeyedHasher, RequestContext
     from apiguard.store.base import Hit
 
+FAILURE_STATUSES = frozenset({400, 401, 403, 404})  # a login answered so failed
 _DEVICES_KEPT = 5  # accounts one device cookie remembers
 _MAC = 20  # hex digits of a cookie MAC (80 bits)
 _NONCE = 12  # hex digits of a pass's nonce: each pass issued is a value of its own
@@ -39,17 +40,30 @@ class LoginRule(Rule):
     plans_hits = False
 
     def __init__(
-        self, username: UsernameSpec, success: Callable[[Any], bool] | None, where: str
+        self,
+        username: UsernameSpec,
+        success: Callable[[Any], bool] | None,
+        where: str,
+        reports: bool | None = None,
     ) -> None:
         self.name = "login"
         self.mode = None
         self.success = success
-        # the app reported an outcome with `login_result()` on this route: from then on
-        # the status decides none (a form's login answers 200 or 302 either way)
-        self.reported = False
+        # `reports=` as declared (None: learned from the reports the route makes)
+        self.reports = reports
+        # the route's app reports its outcomes with `login_result()`, so a 2xx it did
+        # not report is no success (a form's login answers 200 or 302 either way)
+        self.reported = reports is True
         # (a callable may take no argument: a Flask view reads its body from `request`)
         self.picker = Picker(username, where, "username", "form_data.username", bare=True)
         self.params = self.picker.params
+
+    def learn(self, success: bool, status: int) -> None:
+        """Learn from one outcome the app reported on this route (answered `status`)
+        whether its status tells the outcome: it does not once the app reports a success,
+        or a failure answered with a status that is no failure (a form's 200 or 302)."""
+        if self.reports is None and (success or status not in FAILURE_STATUSES):
+            self.reported = True
 
     def check_endpoint(self, fn: Callable[..., Any], where: str) -> None:
         """Refuse a username spec naming arguments the endpoint does not have."""
