@@ -285,6 +285,8 @@ def test_flask_nested_blueprints(tmp_path: Path, capsys: pytest.CaptureFixture[s
     # would count its unreported 2xx as successes until the first report)
     assert "reports=True" in " ".join(routes["/api/v1/login"]["notes"])
     assert routes["/api/v1/signin"]["notes"] == []
+    # static files are no object of anyone's: neither detector watches them (as at run time)
+    assert routes["/static/<path:filename>"]["detectors"] == []
 
 
 def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,7 +20,7 @@ from apiguard.errors import ConfigurationError
 from apiguard.guard import Guard, _describe, _unwrap_chain
 from apiguard.login import LoginRule
 from apiguard.objects import ObjectsRule
-from apiguard.routes import RouteEntry, walk_routes
+from apiguard.routes import RouteEntry, serves_files, walk_routes
 from apiguard.rules import FlowRule, Rule
 
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -154,7 +154,11 @@ def _merged(
             seen = by_rule.setdefault(id(rule), set())
             seen.update(entry.methods or {"*"})
     return [
-        (RouteEntry(template, frozenset(methods), first.endpoint, kind), rules, by_rule)
+        (
+            RouteEntry(template, frozenset(methods), first.endpoint, kind, route=first.route),
+            rules,
+            by_rule,
+        )
         for (template, kind), (methods, rules, first, by_rule) in rows.items()
     ]
 
@@ -179,6 +183,15 @@ def _reports(endpoint: Any) -> bool:
         except (OSError, TypeError):
             continue
     return False
+
+
+def _serves_files(entry: RouteEntry) -> bool:
+    """Whether the route serves static files (as `serves_files` tells at run time; a Flask
+    rule by its endpoint's name, as the Flask adapter marks it)."""
+    name = getattr(entry.route, "endpoint", None)
+    if isinstance(name, str) and (name == "static" or name.endswith(".static")):
+        return True
+    return serves_files({"endpoint": entry.endpoint})
 
 
 def _methods(methods: frozenset[str]) -> tuple[str, ...]:
@@ -267,12 +280,18 @@ def audit_routes(
             row.detectors.append("account_takeover")
         named = bool(_PARAMETER.search(entry.template)) or bool(detection.bola.query_params)
         declared = any(isinstance(r, ObjectsRule) for r in rules)
-        if "bola" in on and (named or declared):
+        files = _serves_files(entry)  # (not watched at run time: file names)
+        if "bola" in on and (named or declared) and not files:
             if detection.bola.routes.get(entry.template) == 0:
                 row.notes.append("BOLA detection turned off here (detection.bola.routes)")
             else:
                 row.detectors.append("bola")
-        if "scraping" in on and reads and entry.template != detection.challenge_path:
+        if (
+            "scraping" in on
+            and reads
+            and not files
+            and entry.template != detection.challenge_path
+        ):
             if detection.scraping.routes.get(entry.template) == 0:
                 row.notes.append("scraping detection turned off here (detection.scraping.routes)")
             else:

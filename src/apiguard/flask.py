@@ -69,7 +69,7 @@ class FlaskRoutes:
             if view is None:
                 continue
             methods = frozenset(rule.methods or ())
-            yield RouteEntry(rule.rule, methods, view, "http")
+            yield RouteEntry(rule.rule, methods, view, "http", route=rule)
             cls = getattr(view, "view_class", None)
             if cls is not None:
                 yield from class_entries(rule.rule, cls, methods)
