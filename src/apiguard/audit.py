@@ -18,7 +18,7 @@ from typing import Any
 
 from apiguard.errors import ConfigurationError
 from apiguard.guard import Guard, _describe, _unwrap_chain
-from apiguard.login import LoginRule
+from apiguard.login import LoginRule, calls_login_result
 from apiguard.objects import ObjectsRule
 from apiguard.routes import RouteEntry, serves_files, walk_routes
 from apiguard.rules import FlowRule, Rule
@@ -171,20 +171,6 @@ def _looks_like_login(template: str) -> bool:
     return bool(literal) and bool(_TOKEN.match(literal[-1]))
 
 
-def _reports(endpoint: Any) -> bool:
-    """Whether the handler's source calls `login_result` (an app reporting its logins'
-    outcomes itself: nothing to add)."""
-    import inspect
-
-    for obj in _unwrap_chain(endpoint):
-        try:
-            if "login_result(" in inspect.getsource(obj):
-                return True
-        except (OSError, TypeError):
-            continue
-    return False
-
-
 def _serves_files(entry: RouteEntry) -> bool:
     """Whether the route serves static files (as `serves_files` tells at run time; a Flask
     rule by its endpoint's name, as the Flask adapter marks it)."""
@@ -304,15 +290,16 @@ def audit_routes(
         own_limit = bool(flows) or any(
             getattr(r, "rates", None) and not isinstance(r, FlowRule) for r in rules
         )
+        reports = calls_login_result(entry.endpoint)
         undeclared = [r for r in rules if isinstance(r, LoginRule) and r.reports is None]
-        if undeclared and _reports(entry.endpoint):
+        if undeclared and reports:
             row.notes.append(
-                "@guard.login on a view that calls guard.login_result(): say "
-                "@guard.login(..., reports=True) if it reports every outcome (a form login), "
-                "or reports=False if its status tells them; until its first report in a "
-                "process, a 2xx it did not report counts as a success"
+                "@guard.login on a view that calls guard.login_result(): taken to report "
+                "every outcome (a 2xx it did not report is no success) until a reported "
+                "failure is answered 400-404; say reports=True (a form login) or "
+                "reports=False (its status tells)"
             )
-        if writes and not login and _looks_like_login(lowered) and not _reports(entry.endpoint):
+        if writes and not login and _looks_like_login(lowered) and not reports:
             row.notes.append(
                 "looks like a login: add @guard.login(username=...) below the route "
                 "decorator (or report outcomes with guard.login_result()) so account "

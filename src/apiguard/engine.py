@@ -140,6 +140,17 @@ class Refused(Exception):
         self.decision = decision
 
 
+def _has_body(scope: Mapping[str, Any]) -> bool:
+    """Whether the request declares a body (a Content-Length other than 0, or a
+    Transfer-Encoding): a browser's GET never does."""
+    for name, value in scope.get("headers") or ():
+        if name == b"transfer-encoding" or (
+            name == b"content-length" and bytes(value).strip() not in (b"0", b"")
+        ):
+            return True
+    return False
+
+
 def _observed_status(ctx: RequestContext, status: int | None) -> int:
     """The status detectors see: the response's, or for a handler that raised (no
     response through the middleware; the server answers 500) 500, or 403 for a login the
@@ -1179,12 +1190,14 @@ class Engine:
     def _for_read(self, ctx: RequestContext, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
         """`rules` for a GET or OPTIONS request (a HEAD runs the view: counted), without
         its flows when its route also takes a write (a form's page is no sign-up: it must
-        not spend the flow). A read-only route's flow, or one declared
-        `count_reads=True`, still counts; routes whose methods are not known (a Django
-        function view) keep them."""
-        methods = getattr(ctx.scope.get("route"), "methods", None)
-        if not methods or _WRITE_METHODS.isdisjoint(methods):
-            return rules
+        not spend the flow). A read-only route's flow, one declared `count_reads=True`,
+        and a read that carries a body (a GET+POST FastAPI route parses a GET's JSON body)
+        still count; routes whose methods are not known (a Django function view, a
+        class-based view's handler) keep them."""
+        scope = ctx.scope
+        methods = getattr(scope.get("route"), "methods", None)
+        if not methods or _WRITE_METHODS.isdisjoint(methods) or _has_body(scope):
+            return rules  # (a read with a body may reach the write: FastAPI parses it)
         found = self._read_rules.get(id(rules))
         if found is None or found[0] is not rules:
             kept = tuple(r for r in rules if not isinstance(r, FlowRule) or r.count_reads)
@@ -1425,6 +1438,30 @@ class Engine:
         if decision is None:
             return
         ctx.login.gated = True
+        self._settle(ctx, decision)  # raises Refused
+
+    def login_renamed(self, ctx: RequestContext, username: str) -> None:
+        """`login_result()` named another account than the one `@guard.login` read (a
+        "username or e-mail" form whose other field the app checked): the verdict is on
+        the account reported, so the attempt becomes its (its failures, its device
+        cookie on success: never the name the decorator read), and its gate applies."""
+        login = ctx.login
+        if self.ato is None or login is None:
+            return
+        user = user_key(self.hasher, username)
+        if user == login.user:
+            return  # (the same account, spelt as the client sent it)
+        login.user, login.device = user, device_key(self.hasher, username)
+        if login.gated:
+            return
+        cfg = self.ato.config
+        ctx.device_ok = device_mac(self.hasher, login.device) in device_entries(
+            ctx, cfg.device_cookie
+        )
+        decision = self._login_gate(ctx, user, ctx.pass_key is not None, self.clock())
+        if decision is None:
+            return
+        login.gated = True
         self._settle(ctx, decision)  # raises Refused
 
     def _in_flight(self, ctx: RequestContext, now: float) -> Decision | None:

@@ -118,7 +118,10 @@ def init_app(app: Flask, guard: Guard) -> Guard:
         the app's)."""
         endpoint = rule.endpoint
         view = app.view_functions.get(endpoint) if endpoint is not None else None
-        route = MatchedRoute(rule.rule, view, rule.methods)
+        # (a class-based view's rules are its method handlers': a flow on its get() is
+        # that GET's own, so its methods are not told: a read keeps its flows)
+        methods = None if getattr(view, "view_class", None) is not None else rule.methods
+        route = MatchedRoute(rule.rule, view, methods)
         fields: dict[str, Any] = {"endpoint": view, "route": route, TEMPLATE_KEY: route.path_format}
         if endpoint == "static" or str(endpoint).endswith(".static"):
             fields[STATIC_KEY] = True  # (the app's or a blueprint's static files)

@@ -585,7 +585,9 @@ class Guard:
         def make(fn: Any) -> Rule:
             where = f"@guard.login on {_qualname(fn)}"
             rule = LoginRule(username, success, where, reports)
-            rule.check_endpoint(getattr(fn, "__apiguard_original__", fn), where)
+            original = getattr(fn, "__apiguard_original__", fn)
+            rule.check_endpoint(original, where)
+            rule.make_reporting(original)
             return rule
 
         return self._decorator(make)
@@ -604,9 +606,11 @@ class Guard:
             self._outside("guard.login_result()")
             return
         engine = ctx.engine  # the middleware's guard keeps the detection state
+        name = None if username is None else str(username).strip() or None
         if ctx.login is None:
-            name = None if username is None else str(username).strip() or None
             engine.login_started(ctx, name)
+        elif name is not None:
+            engine.login_renamed(ctx, name)  # ("username or e-mail": the one it checked)
         engine.login_finished(ctx, bool(success), exists)
 
     def account_created(

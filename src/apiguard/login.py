@@ -52,18 +52,33 @@ class LoginRule(Rule):
         # `reports=` as declared (None: learned from the reports the route makes)
         self.reports = reports
         # the route's app reports its outcomes with `login_result()`, so a 2xx it did
-        # not report is no success (a form's login answers 200 or 302 either way)
+        # not report is no success (a form's login answers 200 or 302 either way); an
+        # undeclared view whose source calls it starts so (`make_reporting`)
         self.reported = reports is True
+        self._settled = reports is not None  # (learned for good: see `learn`)
         # (a callable may take no argument: a Flask view reads its body from `request`)
         self.picker = Picker(username, where, "username", "form_data.username", bare=True)
         self.params = self.picker.params
 
+    def make_reporting(self, fn: Callable[..., Any]) -> None:
+        """Undeclared `reports=`: start as a reporting route when the view's own source
+        calls `login_result(` (a fresh process must not take a form rejected before the
+        report, answered 200, for a success)."""
+        if self.reports is None and calls_login_result(fn):
+            self.reported = True
+
     def learn(self, success: bool, status: int) -> None:
         """Learn from one outcome the app reported on this route (answered `status`)
-        whether its status tells the outcome: it does not once the app reports a success,
-        or a failure answered with a status that is no failure (a form's 200 or 302)."""
-        if self.reports is None and (success or status not in FAILURE_STATUSES):
-            self.reported = True
+        whether its status tells the outcome. It does not, for good, once the app reports
+        a success, or a failure answered 2xx or 3xx (a form's 200 or 302); it does while
+        the reported failures are answered 400, 401, 403 or 404 (a JSON login reporting
+        only its failures). Other statuses (a lockout's 423 or 429, a 5xx) teach nothing."""
+        if self._settled:
+            return
+        if success or 200 <= status < 400:
+            self.reported = self._settled = True
+        elif status in FAILURE_STATUSES:
+            self.reported = False
 
     def check_endpoint(self, fn: Callable[..., Any], where: str) -> None:
         """Refuse a username spec naming arguments the endpoint does not have."""
@@ -81,6 +96,22 @@ class LoginRule(Rule):
             value = value.decode("utf-8", "replace")
         text = str(value)  # (as sent: `user_key` normalises it, `device_key` does not)
         return text if normalise(text) else None
+
+
+def calls_login_result(endpoint: Any) -> bool:
+    """Whether the view's source (or what it wraps) calls `login_result(`: a view that
+    reports its logins' outcomes itself."""
+    import inspect
+
+    from apiguard.guard import _unwrap_chain
+
+    for obj in _unwrap_chain(endpoint):
+        try:
+            if "login_result(" in inspect.getsource(obj):
+                return True
+        except (OSError, TypeError):
+            continue
+    return False
 
 
 def normalise(username: str) -> str:
