@@ -49,16 +49,19 @@ def _flask(guard: Guard) -> Flask:
 # -- 1. logins: reports= and the route learning it -----------------------------------------
 
 
-def json_login_app(guard: Guard, refusal: int) -> Flask:
+def json_login_app(guard: Guard, refusal: int, reports: bool | None = False) -> Flask:
     """A JSON login whose status tells its outcome (200 / 401), reporting only its
-    failures (with `exists=`), undeclared `reports=`; after 3 failures for an account it
-    answers `refusal` (a lockout: 423 Locked, 429 Too Many Requests, 503) and reports it
-    as the failure it is."""
+    failures (with `exists=`), declared `reports=False` as the README asks (since review
+    s16b, an undeclared view calling login_result() reports for good); after 3 failures
+    for an account it answers `refusal` (a lockout: 423 Locked, 429 Too Many Requests,
+    503) and reports it as the failure it is."""
     app = _flask(guard)
     fails: dict[str, int] = {}
 
     @app.post("/api/login")
-    @guard.login(username=lambda: (request.get_json(silent=True) or {}).get("username"))
+    @guard.login(
+        username=lambda: (request.get_json(silent=True) or {}).get("username"), reports=reports
+    )
     def api_login() -> Any:
         body = request.get_json(silent=True) or {}
         name = str(body.get("username", ""))
@@ -98,6 +101,21 @@ def test_an_attacker_lockout_does_not_strip_everyones_device_cookie(refusal: int
     )
     assert honest.status_code == 200
     assert _device(honest)
+
+
+def test_an_undeclared_reporting_route_withholds_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same route undeclared: its view calls login_result(), so it reports for good
+    (nothing an attacker answers can change that): an unreported 200 is no login and
+    sets no device cookie, and the log says once how to declare it."""
+    client = json_login_app(Guard(), 401, reports=None).test_client()
+    with caplog.at_level("WARNING", logger="apiguard"):
+        for name in ("alice", "bob"):
+            honest = client.post("/api/login", json={"username": name, "password": "right"})
+            assert honest.status_code == 200 and not _device(honest)
+    said = [r for r in caplog.records if "reports=False" in r.getMessage()]
+    assert len(said) == 1
 
 
 def test_a_401_reported_failure_does_not_strip_device_cookies() -> None:

@@ -45,6 +45,7 @@ from apiguard.login import (
     device_entries,
     device_key,
     device_mac,
+    form_page,
     pass_cookie,
     pass_valid,
     pass_value,
@@ -138,6 +139,23 @@ class Refused(Exception):
         self.detail = f"apiguard refused the request ({decision.rule})"
         super().__init__(self.status_code, self.detail)
         self.decision = decision
+
+
+def _unreported(login: LoginAttempt) -> None:
+    """Say once per route that an unreported 2xx on a login route taken to report its
+    outcomes (its view calls `login_result()`) is no login: if its status tells, the
+    app must say `reports=False`."""
+    rule = login.rule
+    if rule is None or rule.reports is not None or not rule.reported or rule.warned:
+        return
+    rule.warned = True
+    log.warning(
+        "apiguard: %s answered 2xx without login_result(): no login is counted and no "
+        "device cookie is set (the view calls login_result(), so it is taken to report "
+        "every outcome); if its status tells success, declare @guard.login(..., "
+        "reports=False); to silence this, reports=True",
+        rule.where,
+    )
 
 
 def _has_body(scope: Mapping[str, Any]) -> bool:
@@ -1195,9 +1213,17 @@ class Engine:
         still count; routes whose methods are not known (a Django function view, a
         class-based view's handler) keep them."""
         scope = ctx.scope
-        methods = getattr(scope.get("route"), "methods", None)
-        if not methods or _WRITE_METHODS.isdisjoint(methods) or _has_body(scope):
-            return rules  # (a read with a body may reach the write: FastAPI parses it)
+        route = scope.get("route")
+        methods = getattr(route, "methods", None)
+        if (
+            not methods
+            or _WRITE_METHODS.isdisjoint(methods)
+            or getattr(route, "body_field", None) is not None
+            or _has_body(scope)
+        ):
+            # (a read with a body may reach the write: a FastAPI route taking a body
+            # parses a GET's, which HTTP/2 sends with no Content-Length)
+            return rules
         found = self._read_rules.get(id(rules))
         if found is None or found[0] is not rules:
             kept = tuple(r for r in rules if not isinstance(r, FlowRule) or r.count_reads)
@@ -1425,7 +1451,7 @@ class Engine:
             return
         user = user_key(self.hasher, username)
         device = device_key(self.hasher, username)
-        ctx.login = LoginAttempt(user, device=device)
+        ctx.login = LoginAttempt(user, device=device, form=form_page(ctx.scope))
         cfg = self.ato.config
         now = self.clock()
         ctx.device_ok = device_mac(self.hasher, device) in device_entries(ctx, cfg.device_cookie)
@@ -1449,13 +1475,19 @@ class Engine:
         if self.ato is None or login is None:
             return
         user = user_key(self.hasher, username)
-        if user == login.user:
-            return  # (the same account, spelt as the client sent it)
-        login.user, login.device = user, device_key(self.hasher, username)
-        if login.gated:
+        device = device_key(self.hasher, username)
+        if device == login.device:
             return
         cfg = self.ato.config
-        ctx.device_ok = device_mac(self.hasher, login.device) in device_entries(
+        # its device cookie marks the name reported, never the one read (a look-alike
+        # account, `VICTIM` on an app that tells case apart, is another account)
+        login.device = device
+        if user == login.user:
+            return  # (the same account by `normalise`: its gate has run)
+        login.user = user
+        if login.gated:
+            return
+        ctx.device_ok = device_mac(self.hasher, device) in device_entries(
             ctx, cfg.device_cookie
         )
         decision = self._login_gate(ctx, user, ctx.pass_key is not None, self.clock())
@@ -1622,6 +1654,8 @@ class Engine:
         # inactive user's 400 after a correct password gets no device cookie); or a
         # sign-up's (`account_created(..., username=)`: its creator's device)
         device = ctx.device_for
+        if login is not None and login.success is None and status < 300:
+            _unreported(login)
         if (
             login is not None
             and (login.success is True or (200 <= status < 300 and login.status_succeeds()))

@@ -48,6 +48,7 @@ class LoginRule(Rule):
     ) -> None:
         self.name = "login"
         self.mode = None
+        self.where = where
         self.success = success
         # `reports=` as declared (None: learned from the reports the route makes)
         self.reports = reports
@@ -55,30 +56,26 @@ class LoginRule(Rule):
         # not report is no success (a form's login answers 200 or 302 either way); an
         # undeclared view whose source calls it starts so (`make_reporting`)
         self.reported = reports is True
-        self._settled = reports is not None  # (learned for good: see `learn`)
+        self.warned = False  # (an unreported 2xx here was said to be no login: once)
         # (a callable may take no argument: a Flask view reads its body from `request`)
         self.picker = Picker(username, where, "username", "form_data.username", bare=True)
         self.params = self.picker.params
 
     def make_reporting(self, fn: Callable[..., Any]) -> None:
-        """Undeclared `reports=`: start as a reporting route when the view's own source
-        calls `login_result(` (a fresh process must not take a form rejected before the
-        report, answered 200, for a success)."""
+        """Undeclared `reports=`: a reporting route for good when the view's own code
+        calls `login_result()` (a fresh process must not take a form rejected before the
+        report, answered 200, for a success; nor may any answer teach it otherwise)."""
         if self.reports is None and calls_login_result(fn):
             self.reported = True
 
     def learn(self, success: bool, status: int) -> None:
         """Learn from one outcome the app reported on this route (answered `status`)
-        whether its status tells the outcome. It does not, for good, once the app reports
-        a success, or a failure answered 2xx or 3xx (a form's 200 or 302); it does while
-        the reported failures are answered 400, 401, 403 or 404 (a JSON login reporting
-        only its failures). Other statuses (a lockout's 423 or 429, a 5xx) teach nothing."""
-        if self._settled:
-            return
-        if success or 200 <= status < 400:
-            self.reported = self._settled = True
-        elif status in FAILURE_STATUSES:
-            self.reported = False
+        that its status cannot tell the outcome, for good: a reported success, or a
+        failure answered 2xx or 3xx (a form's 200 or 302). Nothing teaches the opposite
+        (an attacker's own failure answered 403 must not turn a form login into one
+        whose 200 is a success)."""
+        if self.reports is None and (success or 200 <= status < 400):
+            self.reported = True
 
     def check_endpoint(self, fn: Callable[..., Any], where: str) -> None:
         """Refuse a username spec naming arguments the endpoint does not have."""
@@ -99,18 +96,48 @@ class LoginRule(Rule):
 
 
 def calls_login_result(endpoint: Any) -> bool:
-    """Whether the view's source (or what it wraps) calls `login_result(`: a view that
-    reports its logins' outcomes itself."""
+    """Whether the view's code (or what it wraps) calls `login_result()`: a view that
+    reports its logins' outcomes itself (a call, not a comment or a docstring naming it;
+    source that does not parse alone, a lambda's line, is searched as text)."""
+    import ast
     import inspect
+    import textwrap
 
     from apiguard.guard import _unwrap_chain
 
     for obj in _unwrap_chain(endpoint):
         try:
-            if "login_result(" in inspect.getsource(obj):
-                return True
+            source = inspect.getsource(obj)
         except (OSError, TypeError):
             continue
+        if "login_result" not in source:
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(source))
+        except SyntaxError:
+            if "login_result(" in source:
+                return True
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+                if name == "login_result":
+                    return True
+    return False
+
+
+def form_page(scope: Mapping[str, Any]) -> bool:
+    """Whether a login request is an HTML form posted to its own page (form-encoded, on
+    a route that also serves GET, or whose methods are not known): such a view answers
+    a failed login by showing the form again, 200, so its 2xx tells no success."""
+    methods = getattr(scope.get("route"), "methods", None)
+    if methods and "GET" not in methods:
+        return False  # (an OAuth2 token endpoint: form-encoded, answered 200 on success)
+    for name, value in scope.get("headers") or ():
+        if name == b"content-type":
+            kind = bytes(value).split(b";", 1)[0].strip().lower()
+            return kind in (b"application/x-www-form-urlencoded", b"multipart/form-data")
     return False
 
 

@@ -34,6 +34,7 @@ class LoginAttempt:
     past_gate: bool = False
     in_flight: bool = False  # counted among its address's unanswered attempts
     device: str = ""  # `login.device_key` of the name as sent (its device cookie's entry)
+    form: bool = False  # an HTML form posted to its own page (`login.form_page`)
     # the `@guard.login` rule that recorded it (None: `login_result()` alone); once its
     # app has reported an outcome with `login_result()`, a 2xx it did not report is no
     # success (a form re-rendered 200 for a missing CSRF token is no login); a failure
@@ -41,9 +42,17 @@ class LoginAttempt:
     rule: Any = None
 
     def status_succeeds(self) -> bool:
-        """Whether a 2xx answer is this attempt's success (the app reported no outcome,
-        and its login route does not report them)."""
-        return self.success is None and not getattr(self.rule, "reported", False)
+        """Whether a 2xx answer is this attempt's success: the app reported no outcome,
+        its login route does not report them, and (unless declared `reports=False`) it
+        is no HTML form posted to its own page, whose failures answer 2xx."""
+        if self.success is not None:
+            return False
+        rule = self.rule
+        if rule is None:
+            return not self.form
+        if rule.reported:
+            return False
+        return not (self.form and rule.reports is None)
 
 
 @dataclass(slots=True)
