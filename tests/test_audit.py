@@ -170,6 +170,12 @@ def signin():
     return "<form>"
 
 
+@inner.route("/enter", methods=["GET", "POST"])
+@guard.login(username=lambda: request.form.get("username"))
+def enter():
+    return "<form>"
+
+
 outer.register_blueprint(inner)
 app.register_blueprint(outer)
 init_app(app, guard)
@@ -285,6 +291,7 @@ def test_flask_nested_blueprints(tmp_path: Path, capsys: pytest.CaptureFixture[s
     # would count its unreported 2xx as successes until the first report)
     assert "reports=True" in " ".join(routes["/api/v1/login"]["notes"])
     assert routes["/api/v1/signin"]["notes"] == []
+    assert "login_result()" in " ".join(routes["/api/v1/enter"]["notes"])  # a blind form
     # static files are no object of anyone's: neither detector watches them (as at run time)
     assert routes["/static/<path:filename>"]["detectors"] == []
 

@@ -299,6 +299,13 @@ def audit_routes(
                 "failure is answered 400-404; say reports=True (a form login) or "
                 "reports=False (its status tells)"
             )
+        blind = [r for r in rules if isinstance(r, LoginRule) and r.success is None]
+        if blind and not reports and "GET" in methods and "POST" in methods:
+            row.notes.append(
+                "@guard.login on a view that also serves its page: if it is an HTML form, "
+                "report outcomes with guard.login_result() (a form's 200 and 302 tell "
+                "nothing: its logins are not counted by status)"
+            )
         if writes and not login and _looks_like_login(lowered) and not reports:
             row.notes.append(
                 "looks like a login: add @guard.login(username=...) below the route "
