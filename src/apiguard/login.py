@@ -132,8 +132,14 @@ def form_page(scope: Mapping[str, Any]) -> bool:
     a route that also serves GET, or whose methods are not known): such a view answers
     a failed login by showing the form again, 200, so its 2xx tells no success."""
     methods = getattr(scope.get("route"), "methods", None)
-    if methods and "GET" not in methods:
-        return False  # (an OAuth2 token endpoint: form-encoded, answered 200 on success)
+    if methods:
+        if "GET" not in methods:
+            return False  # (an OAuth2 token endpoint: form-encoded, answered 200 on success)
+    else:  # (Django: a class-based view serves GET only with a get() handler; DRF's
+        # token views, which parse forms too, have none)
+        cls = getattr(scope.get("endpoint"), "view_class", None)
+        if cls is not None and not callable(getattr(cls, "get", None)):
+            return False
     for name, value in scope.get("headers") or ():
         if name == b"content-type":
             kind = bytes(value).split(b";", 1)[0].strip().lower()
