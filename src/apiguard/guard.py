@@ -567,8 +567,11 @@ class Guard:
         answering 200 or 302 either way), so a 2xx it did not report is no login (a form
         rejected before the password check, such as a missing CSRF token). `reports=False`:
         the status decides even where the view calls `login_result()` (to report only its
-        failures, or `exists=`). Not given: learned from the route's first report that says
-        the status cannot tell (a success reported, or a failure answered 2xx/3xx).
+        failures, or `exists=`). Not given: True where the view's own code calls
+        `login_result()`; else learned, for good, from a report that says the status cannot
+        tell (a success reported, or a failure answered 2xx/3xx). Short of `reports=False`,
+        a form-encoded login to a route that also serves its page by GET is no success by
+        its 2xx alone (a form's failed login shows the form again, 200).
         Before the handler checks the password, a client the detectors hold back gets the
         refusal (a challenge) instead.
         Put it directly above the function, below the framework's route decorator.

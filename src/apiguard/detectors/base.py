@@ -35,10 +35,9 @@ class LoginAttempt:
     in_flight: bool = False  # counted among its address's unanswered attempts
     device: str = ""  # `login.device_key` of the name as sent (its device cookie's entry)
     form: bool = False  # an HTML form posted to its own page (`login.form_page`)
-    # the `@guard.login` rule that recorded it (None: `login_result()` alone); once its
-    # app has reported an outcome with `login_result()`, a 2xx it did not report is no
-    # success (a form re-rendered 200 for a missing CSRF token is no login); a failure
-    # status still counts (an app reporting only its successes keeps its failures)
+    # the `@guard.login` rule that recorded it (None: `login_result()` alone): whether
+    # its route reports its outcomes (`LoginRule.reported`), so that a 2xx it did not
+    # report is no success (a form re-rendered 200 for a missing CSRF token is no login)
     rule: Any = None
 
     def status_succeeds(self) -> bool:
