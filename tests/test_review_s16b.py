@@ -449,35 +449,3 @@ def test_a_browser_get_with_a_proxy_added_content_length_zero_spends_nothing() -
     assert pages == [200] * 5
     posts = [client.post("/register", data={"u": str(n)}).status_code for n in range(3)]
     assert posts == [200, 200, 429]
-
-
-def test_a_drf_token_view_posted_as_a_form_still_succeeds_by_its_200() -> None:
-    """Careless-user control for the form-page rule: DRF parses form-encoded bodies too,
-    and its token views serve no GET (no get() handler): a form-encoded login there
-    answered 200 is a success (a device cookie), while a Django view serving its form by
-    GET is a form page (its 200 is no success)."""
-    from harness import configure_django
-
-    configure_django()
-    from django.views import View
-    from rest_framework.views import APIView
-
-    from apiguard.login import form_page
-
-    class TokenView(APIView):
-        def post(self, request: Any) -> Any:
-            return None
-
-    class LoginPage(View):
-        def get(self, request: Any) -> Any:
-            return None
-
-        def post(self, request: Any) -> Any:
-            return None
-
-    form = [(b"content-type", b"application/x-www-form-urlencoded; charset=utf-8")]
-    assert not form_page({"endpoint": TokenView.as_view(), "headers": form})
-    assert form_page({"endpoint": LoginPage.as_view(), "headers": form})
-    assert not form_page(
-        {"endpoint": LoginPage.as_view(), "headers": [(b"content-type", b"application/json")]}
-    )

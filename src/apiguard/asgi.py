@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from apiguard.cors import SUGGESTED, CorsLayout, find_cors, send_through_cors
 from apiguard.decision import Decision
-from apiguard.engine import Refused
+from apiguard.engine import BODY_KEY, Refused
 from apiguard.guard import Guard
 from apiguard.request import _current
 from apiguard.responses import BlockResponse
@@ -43,6 +43,24 @@ class HTTPRefused(Refused, HTTPException):
     def __init__(self, decision: Decision) -> None:
         Refused.__init__(self, decision)
         HTTPException.__init__(self, self.status_code, self.detail)
+
+
+_HTTP1 = frozenset({"1.1", "1.0", None})
+_READS = frozenset({"GET", "OPTIONS"})
+
+
+def _body_marker(scope: Scope, receive: Receive) -> Receive:
+    """`receive`, marking the scope (`BODY_KEY`) once a body byte arrives: over HTTP/2 a
+    GET may carry a body with no Content-Length, and a read that reaches a write with it
+    (a FastAPI dependency reading the JSON body) must spend the route's flows."""
+
+    async def marked() -> Message:
+        message = await receive()
+        if message.get("body"):
+            scope[BODY_KEY] = True
+        return message
+
+    return marked
 
 
 class GuardMiddleware:
@@ -114,7 +132,7 @@ class GuardMiddleware:
                     await self._refuse(scope, receive, send, refusal, replacing=True)
                     return
                 status = message["status"]
-                cookies = started(engine, ctx, status)
+                cookies = started(engine, ctx, status, message.get("headers") or ())
                 if cookies:
                     message["headers"] = [
                         *message.get("headers", ()),
@@ -132,6 +150,8 @@ class GuardMiddleware:
                 return  # the app's own response to a refused request is dropped
             await send(message)
 
+        if scope.get("http_version") not in _HTTP1 and scope.get("method") in _READS:
+            receive = _body_marker(scope, receive)  # (an HTTP/2 GET's body: no length)
         try:
             await self.app(scope, receive, guarded_send)
         except Refused as refused:

@@ -518,7 +518,7 @@ class GuardMiddleware:
             return block, None
         engine = self.engine
         status = response.status_code
-        for cookie in started(engine, ctx, status):
+        for cookie in started(engine, ctx, status, response.items()):
             response.cookies.load(cookie.decode("latin-1"))
         if self._headers:
             values = engine.ratelimit_values(ctx)

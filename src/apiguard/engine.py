@@ -45,7 +45,6 @@ from apiguard.login import (
     device_entries,
     device_key,
     device_mac,
-    form_page,
     pass_cookie,
     pass_valid,
     pass_value,
@@ -146,16 +145,31 @@ def _unreported(login: LoginAttempt) -> None:
     outcomes (its view calls `login_result()`) is no login: if its status tells, the
     app must say `reports=False`."""
     rule = login.rule
-    if rule is None or rule.reports is not None or not rule.reported or rule.warned:
+    if rule is None or rule.reports is not None or rule.warned:
         return
-    rule.warned = True
-    log.warning(
-        "apiguard: %s answered 2xx without login_result(): no login is counted and no "
-        "device cookie is set (the view calls login_result(), so it is taken to report "
-        "every outcome); if its status tells success, declare @guard.login(..., "
-        "reports=False); to silence this, reports=True",
-        rule.where,
-    )
+    if rule.reported:
+        rule.warned = True
+        log.warning(
+            "apiguard: %s answered 2xx without login_result(): no login is counted and no "
+            "device cookie is set (the view calls login_result(), so it is taken to report "
+            "every outcome); if its status tells success, declare @guard.login(..., "
+            "reports=False); to silence this, reports=True",
+            rule.where,
+        )
+    elif login.html:
+        rule.warned = True
+        log.warning(
+            "apiguard: %s answered an HTML page 2xx and reports no outcome: it is counted "
+            "as a failed login (a form shown again) and never as a success; report each "
+            "outcome with guard.login_result(username, ok) in the view and declare "
+            "@guard.login(..., reports=True), or reports=False if its 2xx is a success",
+            rule.where,
+        )
+
+
+# scope key: a body byte of this request has arrived (set by the ASGI adapter for reads
+# over HTTP/2 and later, whose bodies need no Content-Length)
+BODY_KEY = "apiguard.body"
 
 
 def _has_body(scope: Mapping[str, Any]) -> bool:
@@ -1219,6 +1233,7 @@ class Engine:
             not methods
             or _WRITE_METHODS.isdisjoint(methods)
             or getattr(route, "body_field", None) is not None
+            or scope.get(BODY_KEY)
             or _has_body(scope)
         ):
             # (a read with a body may reach the write: a FastAPI route taking a body
@@ -1451,7 +1466,7 @@ class Engine:
             return
         user = user_key(self.hasher, username)
         device = device_key(self.hasher, username)
-        ctx.login = LoginAttempt(user, device=device, form=form_page(ctx.scope))
+        ctx.login = LoginAttempt(user, device=device)
         cfg = self.ato.config
         now = self.clock()
         ctx.device_ok = device_mac(self.hasher, device) in device_entries(ctx, cfg.device_cookie)

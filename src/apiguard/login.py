@@ -15,7 +15,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from apiguard.picking import Picker, Spec
@@ -119,31 +119,29 @@ def calls_login_result(endpoint: Any) -> bool:
                 return True
             continue
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call):
-                func = node.func
-                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-                if name == "login_result":
-                    return True
+            # a reference is a report (`report = guard.login_result`, a partial of it,
+            # `getattr(guard, "login_result")`); a docstring naming it is not
+            if (
+                (isinstance(node, ast.Attribute) and node.attr == "login_result")
+                or (isinstance(node, ast.Name) and node.id == "login_result")
+                or (isinstance(node, ast.Constant) and node.value == "login_result")
+            ):
+                return True
     return False
 
 
-def form_page(scope: Mapping[str, Any]) -> bool:
-    """Whether a login request is an HTML form posted to its own page (form-encoded, on
-    a route that also serves GET, or whose methods are not known): such a view answers
-    a failed login by showing the form again, 200, so its 2xx tells no success."""
-    methods = getattr(scope.get("route"), "methods", None)
-    if methods:
-        if "GET" not in methods:
-            return False  # (an OAuth2 token endpoint: form-encoded, answered 200 on success)
-    else:  # (Django: a class-based view serves GET only with a get() handler; DRF's
-        # token views, which parse forms too, have none)
-        cls = getattr(scope.get("endpoint"), "view_class", None)
-        if cls is not None and not callable(getattr(cls, "get", None)):
-            return False
-    for name, value in scope.get("headers") or ():
-        if name == b"content-type":
-            kind = bytes(value).split(b";", 1)[0].strip().lower()
-            return kind in (b"application/x-www-form-urlencoded", b"multipart/form-data")
+def html_answer(headers: Iterable[tuple[Any, Any]]) -> bool:
+    """Whether a response's headers (bytes or str pairs) say it is an HTML page: a login
+    answered so shows a page (a form shown again after a failed login, or a rejected
+    one), where an API's login answers data; its 2xx tells no success."""
+    for name, value in headers:
+        if isinstance(name, bytes):
+            name = name.decode("latin-1")
+        if name.lower() == "content-type":
+            if isinstance(value, bytes):
+                value = value.decode("latin-1")
+            kind = str(value).split(";", 1)[0].strip().lower()
+            return kind in ("text/html", "application/xhtml+xml")
     return False
 
 

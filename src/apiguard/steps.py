@@ -15,11 +15,13 @@ calls these at the same moments, sync or async:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from apiguard.decision import ALLOWED, Decision
 from apiguard.engine import Engine, Refused
+from apiguard.login import html_answer
 from apiguard.request import RequestContext
 from apiguard.responses import BlockResponse, block_response
 
@@ -145,13 +147,19 @@ def at_cancelled(engine: Engine, ctx: RequestContext, answered: bool) -> None:
             engine.check_sync(ctx, ())
 
 
-def started(engine: Engine, ctx: RequestContext, status: int) -> list[bytes]:
-    """The app's response starts with `status` (admitted): the detectors observe it now
-    with an in-process store (the server span is still open for their findings), and the
-    Set-Cookie values the response must carry (a challenge pass, a login's device cookie)."""
+def started(
+    engine: Engine, ctx: RequestContext, status: int, headers: Iterable[tuple[Any, Any]] = ()
+) -> list[bytes]:
+    """The app's response starts with `status` and `headers` (admitted): the detectors
+    observe it now with an in-process store (the server span is still open for their
+    findings), and the Set-Cookie values the response must carry (a challenge pass, a
+    login's device cookie)."""
+    login = ctx.login
+    if login is not None:
+        login.html = html_answer(headers)  # (a login answered with a page: a form's)
     if engine.detectors and engine.store.local:
         engine.observe(ctx, status)
-    if ctx.login is not None or ctx.cookies is not None or ctx.device_for is not None:
+    if login is not None or ctx.cookies is not None or ctx.device_for is not None:
         return engine.response_cookies(ctx, status)
     return []
 

@@ -323,7 +323,7 @@ class _Exchange:
                 self.cors = kept(headers)  # the app's CORS answer, kept on the refusal
                 return _discard
             self.status = code
-            cookies = started(engine, ctx, code)
+            cookies = started(engine, ctx, code, headers)
             # a status went out: it is the outcome (`finish` where it has work to do)
             if ctx.charges or ctx.login is not None or (engine.detectors and not ctx.observed):
                 engine.finish(ctx, code)

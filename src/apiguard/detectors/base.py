@@ -34,7 +34,7 @@ class LoginAttempt:
     past_gate: bool = False
     in_flight: bool = False  # counted among its address's unanswered attempts
     device: str = ""  # `login.device_key` of the name as sent (its device cookie's entry)
-    form: bool = False  # an HTML form posted to its own page (`login.form_page`)
+    html: bool = False  # answered with an HTML page (`login.html_answer`)
     # the `@guard.login` rule that recorded it (None: `login_result()` alone): whether
     # its route reports its outcomes (`LoginRule.reported`), so that a 2xx it did not
     # report is no success (a form re-rendered 200 for a missing CSRF token is no login)
@@ -42,16 +42,29 @@ class LoginAttempt:
 
     def status_succeeds(self) -> bool:
         """Whether a 2xx answer is this attempt's success: the app reported no outcome,
-        its login route does not report them, and (unless declared `reports=False`) it
-        is no HTML form posted to its own page, whose failures answer 2xx."""
+        its login route does not report them, and (unless declared `reports=False`) the
+        answer is no HTML page (a form's failed login shows the form again, 200)."""
         if self.success is not None:
             return False
         rule = self.rule
         if rule is None:
-            return not self.form
+            return not self.html
         if rule.reported:
             return False
-        return not (self.form and rule.reports is None)
+        return not (self.html and rule.reports is None)
+
+    def page_failed(self) -> bool:
+        """Whether a 2xx answer is this attempt's failure: an HTML page, on a login route
+        that reports nothing and whose status was not declared to decide (a form login
+        that never calls `login_result()` shows the form again after a wrong password)."""
+        rule = self.rule
+        return (
+            self.success is None
+            and self.html
+            and rule is not None
+            and not rule.reported
+            and rule.reports is None
+        )
 
 
 @dataclass(slots=True)
