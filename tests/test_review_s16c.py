@@ -188,6 +188,12 @@ def test_odd_form_encodings_on_a_form_page_give_no_victim_cookie() -> None:
 # -- 2. a careless form login: failures counted? ------------------------------------------
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="a form login reporting nothing is blind: its pages count neither way, since "
+    "counting them as failures blocked offices whose login shows a 200 dashboard and let "
+    "page views naming an account hold it, review s16d",
+)
 def test_a_careless_form_login_brute_force_is_counted() -> None:
     """Attack: a careless Flask form login: `@guard.login(username=...)` on a GET+POST
     view that never calls `login_result()` and re-renders a wrong password with 200 (a

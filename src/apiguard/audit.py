@@ -303,9 +303,9 @@ def audit_routes(
         if blind and not reports and "GET" in methods and "POST" in methods:
             row.notes.append(
                 "@guard.login on a view that also serves its page: if it is an HTML form, "
-                "report outcomes with guard.login_result() (its pages answered 2xx are "
-                "counted as failed logins, none as a success: a form's 200 and 302 tell "
-                "nothing)"
+                "report outcomes with guard.login_result() (a page answered 2xx counts "
+                "neither as a success nor as a failure: a form login reporting nothing is "
+                "blind to brute force)"
             )
         if writes and not login and _looks_like_login(lowered) and not reports:
             row.notes.append(

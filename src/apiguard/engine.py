@@ -159,10 +159,12 @@ def _unreported(login: LoginAttempt) -> None:
     elif login.html:
         rule.warned = True
         log.warning(
-            "apiguard: %s answered an HTML page 2xx and reports no outcome: it is counted "
-            "as a failed login (a form shown again) and never as a success; report each "
-            "outcome with guard.login_result(username, ok) in the view and declare "
-            "@guard.login(..., reports=True), or reports=False if its 2xx is a success",
+            "apiguard: %s answered a page (HTML, 2xx) and reports no outcome: such an "
+            "answer is counted neither as a success nor as a failure (a form shown again, "
+            "or a page after a good password), so this login is blind to brute force; "
+            "report each outcome with guard.login_result(username, ok) in the view and "
+            "declare @guard.login(..., reports=True), or reports=False if its 2xx is a "
+            "success",
             rule.where,
         )
 

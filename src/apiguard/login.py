@@ -119,21 +119,34 @@ def calls_login_result(endpoint: Any) -> bool:
                 return True
             continue
         for node in ast.walk(tree):
-            # a reference is a report (`report = guard.login_result`, a partial of it,
-            # `getattr(guard, "login_result")`); a docstring naming it is not
+            # a reference read is a report (`report = guard.login_result`, a partial of
+            # it, `getattr(guard, "login_result")`); a docstring, a dict key or an
+            # attribute of that name being set is not
             if (
-                (isinstance(node, ast.Attribute) and node.attr == "login_result")
-                or (isinstance(node, ast.Name) and node.id == "login_result")
-                or (isinstance(node, ast.Constant) and node.value == "login_result")
+                (
+                    isinstance(node, (ast.Attribute, ast.Name))
+                    and isinstance(node.ctx, ast.Load)
+                    and (node.attr if isinstance(node, ast.Attribute) else node.id)
+                    == "login_result"
+                )
+                or (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Name)
+                    and node.func.id == "getattr"
+                    and len(node.args) >= 2
+                    and isinstance(node.args[1], ast.Constant)
+                    and node.args[1].value == "login_result"
+                )
             ):
                 return True
     return False
 
 
 def html_answer(headers: Iterable[tuple[Any, Any]]) -> bool:
-    """Whether a response's headers (bytes or str pairs) say it is an HTML page: a login
-    answered so shows a page (a form shown again after a failed login, or a rejected
-    one), where an API's login answers data; its 2xx tells no success."""
+    """Whether a response's headers (bytes or str pairs) say it may be an HTML page: an
+    HTML type, or none at all (a Starlette `Response(html)`). A login answered so shows a
+    page (a form shown again after a failed login, or a rejected one), where an API's
+    login answers data; its 2xx tells no success."""
     for name, value in headers:
         if isinstance(name, bytes):
             name = name.decode("latin-1")
@@ -141,8 +154,8 @@ def html_answer(headers: Iterable[tuple[Any, Any]]) -> bool:
             if isinstance(value, bytes):
                 value = value.decode("latin-1")
             kind = str(value).split(";", 1)[0].strip().lower()
-            return kind in ("text/html", "application/xhtml+xml")
-    return False
+            return kind in ("text/html", "application/xhtml+xml", "")
+    return True
 
 
 def normalise(username: str) -> str:

@@ -156,7 +156,8 @@ def started(
     login's device cookie)."""
     login = ctx.login
     if login is not None:
-        login.html = html_answer(headers)  # (a login answered with a page: a form's)
+        # (a login answered with a page, a form's; 204 No Content is none)
+        login.html = status != 204 and html_answer(headers)
     if engine.detectors and engine.store.local:
         engine.observe(ctx, status)
     if login is not None or ctx.cookies is not None or ctx.device_for is not None:

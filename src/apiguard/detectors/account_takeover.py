@@ -542,11 +542,9 @@ def _failed(login: LoginAttempt, status: int) -> bool | None:
     if login.success is not None:
         return not login.success
     if 200 <= status < 300:
-        # (none where the route's app reports its outcomes and reported none here; a
-        # failure where a form login that reports nothing showed its page again)
-        if login.status_succeeds():
-            return False
-        return True if login.page_failed() else None
+        # (none where the route's app reports its outcomes and reported none here, nor
+        # for a page: a form shown again, or a dashboard shown after a good password)
+        return False if login.status_succeeds() else None
     if status in _FAILED:
         return True
     return None

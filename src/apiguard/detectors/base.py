@@ -53,19 +53,6 @@ class LoginAttempt:
             return False
         return not (self.html and rule.reports is None)
 
-    def page_failed(self) -> bool:
-        """Whether a 2xx answer is this attempt's failure: an HTML page, on a login route
-        that reports nothing and whose status was not declared to decide (a form login
-        that never calls `login_result()` shows the form again after a wrong password)."""
-        rule = self.rule
-        return (
-            self.success is None
-            and self.html
-            and rule is not None
-            and not rule.reported
-            and rule.reports is None
-        )
-
 
 @dataclass(slots=True)
 class Outcome:
