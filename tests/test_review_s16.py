@@ -22,28 +22,14 @@ from starlette.testclient import TestClient
 
 from apiguard import Guard
 from apiguard.asgi import GuardMiddleware
-from apiguard.flask import init_app
+from login_review_helpers import flask_app as _flask
+from login_review_helpers import has_device as _device
 
 IP = {"REMOTE_ADDR": "192.0.2.10"}
 
 
 class Signup(BaseModel):
     email: str
-
-
-def _device(response: Any) -> bool:
-    headers = response.headers
-    values = headers.getlist("Set-Cookie") if hasattr(headers, "getlist") else None
-    if values is None:
-        values = headers.get_list("set-cookie")
-    return any(h.startswith("apiguard_device=") for h in values)
-
-
-def _flask(guard: Guard) -> Flask:
-    app = Flask(__name__)
-    app.config["TESTING"] = True
-    init_app(app, guard)
-    return app
 
 
 # -- 1. logins: reports= and the route learning it -----------------------------------------

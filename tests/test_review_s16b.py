@@ -24,40 +24,16 @@ from starlette.testclient import TestClient
 
 from apiguard import Guard
 from apiguard.asgi import GuardMiddleware
-from apiguard.flask import init_app
-from apiguard.login import device_key, device_mac
+from login_review_helpers import flask_app as _flask
+from login_review_helpers import h2_get as _h2_get
+from login_review_helpers import has_device as _device
+from login_review_helpers import marks as _marks
 
 IP = {"REMOTE_ADDR": "192.0.2.10"}
 
 
 class Signup(BaseModel):
     email: str
-
-
-def _cookies(response: Any) -> list[str]:
-    headers = response.headers
-    values = headers.getlist("Set-Cookie") if hasattr(headers, "getlist") else None
-    if values is None:
-        values = headers.get_list("set-cookie")
-    return [h for h in values if h.startswith("apiguard_device=")]
-
-
-def _device(response: Any) -> bool:
-    return bool(_cookies(response))
-
-
-def _marks(guard: Guard, response: Any, name: str) -> bool:
-    """Whether the response's device cookie marks the account `name` (as sent)."""
-    hasher = guard.engine.hasher
-    mac = device_mac(hasher, device_key(hasher, name))
-    return any(mac in c for c in _cookies(response))
-
-
-def _flask(guard: Guard) -> Flask:
-    app = Flask(__name__)
-    app.config["TESTING"] = True
-    init_app(app, guard)
-    return app
 
 
 # -- 1. login_result() naming another account: login_renamed -------------------------------
@@ -335,45 +311,6 @@ def _signup_app() -> tuple[Any, list[str]]:
         return {"created": body.email}
 
     return app, created
-
-
-async def _h2_get(app: Any, body: bytes, n: int) -> int:
-    """One HTTP/2 GET as an h2 ASGI server (Hypercorn, Granian, Daphne) hands it over:
-    the body arrives in DATA frames, with neither Content-Length (optional in HTTP/2)
-    nor Transfer-Encoding (forbidden in HTTP/2)."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "2",
-        "method": "GET",
-        "scheme": "https",
-        "path": "/signup",
-        "raw_path": b"/signup",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"api.example"), (b"content-type", b"application/json")],
-        "client": ("203.0.113.5", 40000 + n),
-        "server": ("api.example", 443),
-        "extensions": {"http.response.trailers": {}},
-    }
-    sent = False
-    status = 0
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await asyncio.sleep(3600)
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-
-    await app(scope, receive, send)
-    return status
 
 
 def test_an_http2_get_with_a_body_spends_the_signup_flow() -> None:

@@ -14,38 +14,19 @@ import json
 from typing import Any
 
 import pytest
-from flask import Flask, redirect, request
+from flask import redirect, request
 from flask.views import MethodView
 from starlette.requests import Request
 
 from apiguard import Guard
 from apiguard.asgi import GuardMiddleware
-from apiguard.flask import init_app
 from apiguard.login import calls_login_result, device_key, device_mac
+from login_review_helpers import device_cookies as _cookies
+from login_review_helpers import flask_app as _flask
+from login_review_helpers import h2_get as _h2_get
+from login_review_helpers import marks as _marks
 
 IP = {"REMOTE_ADDR": "192.0.2.10"}
-
-
-def _cookies(response: Any) -> list[str]:
-    headers = response.headers
-    values = headers.getlist("Set-Cookie") if hasattr(headers, "getlist") else None
-    if values is None:
-        values = headers.get_list("set-cookie")
-    return [h for h in values if h.startswith("apiguard_device=")]
-
-
-def _marks(guard: Guard, response: Any, name: str) -> bool:
-    """Whether the response's device cookie marks the account `name` (as sent)."""
-    hasher = guard.engine.hasher
-    mac = device_mac(hasher, device_key(hasher, name))
-    return any(mac in c for c in _cookies(response))
-
-
-def _flask(guard: Guard) -> Flask:
-    app = Flask(__name__)
-    app.config["TESTING"] = True
-    init_app(app, guard)
-    return app
 
 
 def _helper(guard: Guard, form: Any) -> Any:
@@ -347,44 +328,6 @@ def test_login_result_after_an_unreadable_or_missing_name_marks_only_the_reporte
 # -- 5. _for_read: FastAPI body_field -------------------------------------------------------
 
 
-async def _h2_get(app: Any, body: bytes, n: int, kind: bytes) -> int:
-    """One HTTP/2 GET as an h2 ASGI server hands it over: the body in DATA frames, with
-    neither Content-Length (optional in HTTP/2) nor Transfer-Encoding (forbidden)."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "2",
-        "method": "GET",
-        "scheme": "https",
-        "path": "/signup",
-        "raw_path": b"/signup",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"api.example"), (b"content-type", kind)],
-        "client": ("203.0.113.5", 40000 + n),
-        "server": ("api.example", 443),
-        "extensions": {},
-    }
-    sent = False
-    status = 0
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await asyncio.sleep(3600)
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-
-    await app(scope, receive, send)
-    return status
-
-
 def test_an_http2_get_whose_body_a_dependency_reads_spends_the_flow() -> None:
     """Attack: the s16b HTTP/2 sign-up, on a FastAPI `api_route(methods=["GET",
     "POST"])` whose JSON body is read by a dependency (`Depends(payload)` doing `await
@@ -417,7 +360,10 @@ def test_an_http2_get_whose_body_a_dependency_reads_spends_the_flow() -> None:
     async def run() -> list[int]:
         return [
             await _h2_get(
-                app, json.dumps({"email": f"bot{n}@x.example"}).encode(), n, b"application/json"
+                app,
+                json.dumps({"email": f"bot{n}@x.example"}).encode(),
+                n,
+                kind=b"application/json",
             )
             for n in range(20)
         ]
@@ -446,7 +392,10 @@ def test_an_http2_get_to_a_form_params_route_spends_the_flow() -> None:
     async def run() -> list[int]:
         return [
             await _h2_get(
-                app, f"email=bot{n}%40x.example".encode(), n, b"application/x-www-form-urlencoded"
+                app,
+                f"email=bot{n}%40x.example".encode(),
+                n,
+                kind=b"application/x-www-form-urlencoded",
             )
             for n in range(12)
         ]

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 import pytest
-from flask import Flask, redirect, request
+from flask import redirect, request
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -23,32 +23,11 @@ from starlette.testclient import TestClient
 
 from apiguard import Guard
 from apiguard.asgi import GuardMiddleware
-from apiguard.flask import init_app
-from apiguard.login import device_key, device_mac
+from login_review_helpers import flask_app as _flask
+from login_review_helpers import h2_get as _h2_get
+from login_review_helpers import marks as _marks
 
 IP = {"REMOTE_ADDR": "192.0.2.10"}
-
-
-def _cookies(response: Any) -> list[str]:
-    headers = response.headers
-    values = headers.getlist("Set-Cookie") if hasattr(headers, "getlist") else None
-    if values is None:
-        values = headers.get_list("set-cookie")
-    return [h for h in values if h.startswith("apiguard_device=")]
-
-
-def _marks(guard: Guard, response: Any, name: str) -> bool:
-    """Whether the response's device cookie marks the account `name` (as sent)."""
-    hasher = guard.engine.hasher
-    mac = device_mac(hasher, device_key(hasher, name))
-    return any(mac in c for c in _cookies(response))
-
-
-def _flask(guard: Guard) -> Flask:
-    app = Flask(__name__)
-    app.config["TESTING"] = True
-    init_app(app, guard)
-    return app
 
 
 # -- 1. page_failed: denial of service on honest users --------------------------------------
@@ -235,47 +214,6 @@ def test_a_form_page_answered_without_content_type_gives_no_victim_cookie() -> N
 
 
 # -- 2. _body_marker: HTTP/2 GET bodies ------------------------------------------------------
-
-
-async def _h2_get(app: Any, body: bytes, n: int, frames: int = 1) -> int:
-    """One HTTP/2 GET as an h2 ASGI server hands it over: the body in DATA frames, with
-    neither Content-Length nor Transfer-Encoding."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "2",
-        "method": "GET",
-        "scheme": "https",
-        "path": "/signup",
-        "raw_path": b"/signup",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"api.example"), (b"content-type", b"application/json")],
-        "client": ("203.0.113.5", 40000 + n),
-        "server": ("api.example", 443),
-        "extensions": {},
-    }
-    queue = [
-        {"type": "http.request", "body": body, "more_body": False}
-        if i == frames - 1
-        else {"type": "http.request", "body": b"", "more_body": True}
-        for i in range(frames)
-    ]
-    status = 0
-
-    async def receive() -> dict[str, Any]:
-        if queue:
-            return queue.pop(0)
-        await asyncio.sleep(3600)
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-
-    await app(scope, receive, send)
-    return status
 
 
 @pytest.mark.xfail(strict=True, reason="a body the view reads after the check spends nothing")
