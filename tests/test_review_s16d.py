@@ -216,7 +216,6 @@ def test_a_form_page_answered_without_content_type_gives_no_victim_cookie() -> N
 # -- 2. _body_marker: HTTP/2 GET bodies ------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="a body the view reads after the check spends nothing")
 def test_an_http2_get_whose_body_the_view_reads_spends_the_flow() -> None:
     """Attack: the s16c HTTP/2 sign-up, on a FastAPI `api_route(methods=["GET",
     "POST"])` whose view takes `request: Request` and reads `await request.json()`

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from apiguard.cors import SUGGESTED, CorsLayout, find_cors, send_through_cors
 from apiguard.decision import Decision
-from apiguard.engine import BODY_KEY, Refused
+from apiguard.engine import BODY_KEY, DROPPED_KEY, WATCH_KEY, Engine, Refused
 from apiguard.guard import Guard
 from apiguard.request import _current
 from apiguard.responses import BlockResponse
@@ -49,15 +49,21 @@ _HTTP1 = frozenset({"1.1", "1.0", None})
 _READS = frozenset({"GET", "OPTIONS"})
 
 
-def _body_marker(scope: Scope, receive: Receive) -> Receive:
+def _body_marker(scope: Scope, receive: Receive, engine: Engine, ctx: Any) -> Receive:
     """`receive`, marking the scope (`BODY_KEY`) once a body byte arrives: over HTTP/2 a
     GET may carry a body with no Content-Length, and a read that reaches a write with it
-    (a FastAPI dependency reading the JSON body) must spend the route's flows."""
+    (a FastAPI dependency, or the view, reading the JSON body) must spend the route's
+    flows: those its checkpoint skipped as a read's are charged then (`Refused` past
+    their budget, raised to whoever reads the body)."""
+    scope[WATCH_KEY] = True
 
     async def marked() -> Message:
         message = await receive()
-        if message.get("body"):
+        if message.get("body") and not scope.get(BODY_KEY):
             scope[BODY_KEY] = True
+            dropped = scope.pop(DROPPED_KEY, None)
+            if dropped:
+                await engine.check_async(ctx, dropped)
         return message
 
     return marked
@@ -151,7 +157,7 @@ class GuardMiddleware:
             await send(message)
 
         if scope.get("http_version") not in _HTTP1 and scope.get("method") in _READS:
-            receive = _body_marker(scope, receive)  # (an HTTP/2 GET's body: no length)
+            receive = _body_marker(scope, receive, engine, ctx)  # (HTTP/2: no length)
         try:
             await self.app(scope, receive, guarded_send)
         except Refused as refused:

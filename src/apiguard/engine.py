@@ -172,6 +172,10 @@ def _unreported(login: LoginAttempt) -> None:
 # scope key: a body byte of this request has arrived (set by the ASGI adapter for reads
 # over HTTP/2 and later, whose bodies need no Content-Length)
 BODY_KEY = "apiguard.body"
+# scope keys: the ASGI adapter watches this read's body (HTTP/2 and later), and the flows
+# its checkpoint skipped as a read's, charged once a body byte arrives
+WATCH_KEY = "apiguard.watch_body"
+DROPPED_KEY = "apiguard.dropped"
 
 
 def _has_body(scope: Mapping[str, Any]) -> bool:
@@ -293,7 +297,10 @@ class Engine:
         self.challenges_answered = False  # someone passed a challenge in this process
         self._late_objects_warned = False  # objects_touched() after the detectors looked
         # id(rules) -> (rules, the same without flows): a read on a route that also writes
-        self._read_rules: dict[int, tuple[tuple[Rule, ...], tuple[Rule, ...]]] = {}
+        # id(rules) -> (rules, those a read is charged, the flows it skips)
+        self._read_rules: dict[
+            int, tuple[tuple[Rule, ...], tuple[Rule, ...], tuple[Rule, ...]]
+        ] = {}
         # address -> the principal the app vouched for there, or the first few (two or more)
         self._people_at: dict[str, str | set[str]] = {}
         # the app's challenge route for the scraping gate: declared, or learned where
@@ -1244,9 +1251,13 @@ class Engine:
         found = self._read_rules.get(id(rules))
         if found is None or found[0] is not rules:
             kept = tuple(r for r in rules if not isinstance(r, FlowRule) or r.count_reads)
-            found = (rules, kept if len(kept) < len(rules) else rules)
+            dropped = tuple(r for r in rules if r not in kept)
+            found = (rules, kept if len(kept) < len(rules) else rules, dropped)
             if len(self._read_rules) < 4096:
                 self._read_rules[id(rules)] = found
+        if found[2] and WATCH_KEY in scope:
+            # (an HTTP/2 read: the flows it skips are charged if its body bytes arrive)
+            scope[DROPPED_KEY] = found[2]  # type: ignore[index]
         return found[1]
 
     def check_sync(self, ctx: RequestContext, rules: tuple[Rule, ...] = ()) -> Decision:
