@@ -20,7 +20,7 @@ from apiguard.errors import ConfigurationError
 from apiguard.guard import Guard, _describe, _unwrap_chain
 from apiguard.login import LoginRule, calls_login_result
 from apiguard.objects import ObjectsRule
-from apiguard.routes import RouteEntry, serves_files, walk_routes
+from apiguard.routes import RouteEntry, serves_files, static_endpoint, walk_routes
 from apiguard.rules import FlowRule, Rule
 
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -175,7 +175,7 @@ def _serves_files(entry: RouteEntry) -> bool:
     """Whether the route serves static files (as `serves_files` tells at run time; a Flask
     rule by its endpoint's name, as the Flask adapter marks it)."""
     name = getattr(entry.route, "endpoint", None)
-    if isinstance(name, str) and (name == "static" or name.endswith(".static")):
+    if isinstance(name, str) and static_endpoint(name):
         return True
     return serves_files({"endpoint": entry.endpoint})
 

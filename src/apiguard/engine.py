@@ -296,8 +296,8 @@ class Engine:
         self._owners: OrderedDict[str, str] = OrderedDict()
         self.challenges_answered = False  # someone passed a challenge in this process
         self._late_objects_warned = False  # objects_touched() after the detectors looked
-        # id(rules) -> (rules, the same without flows): a read on a route that also writes
-        # id(rules) -> (rules, those a read is charged, the flows it skips)
+        # id(rules) -> (rules, those a read of a route that also writes is charged, the
+        # flows it skips)
         self._read_rules: dict[
             int, tuple[tuple[Rule, ...], tuple[Rule, ...], tuple[Rule, ...]]
         ] = {}
@@ -1251,7 +1251,7 @@ class Engine:
         found = self._read_rules.get(id(rules))
         if found is None or found[0] is not rules:
             kept = tuple(r for r in rules if not isinstance(r, FlowRule) or r.count_reads)
-            dropped = tuple(r for r in rules if r not in kept)
+            dropped = tuple(r for r in rules if isinstance(r, FlowRule) and not r.count_reads)
             found = (rules, kept if len(kept) < len(rules) else rules, dropped)
             if len(self._read_rules) < 4096:
                 self._read_rules[id(rules)] = found
@@ -1506,7 +1506,6 @@ class Engine:
         device = device_key(self.hasher, username)
         if device == login.device:
             return
-        cfg = self.ato.config
         # its device cookie marks the name reported, never the one read (a look-alike
         # account, `VICTIM` on an app that tells case apart, is another account)
         login.device = device
@@ -1516,7 +1515,7 @@ class Engine:
         if login.gated:
             return
         ctx.device_ok = device_mac(self.hasher, device) in device_entries(
-            ctx, cfg.device_cookie
+            ctx, self.ato.config.device_cookie
         )
         decision = self._login_gate(ctx, user, ctx.pass_key is not None, self.clock())
         if decision is None:

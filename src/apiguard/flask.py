@@ -33,7 +33,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from apiguard.cors_copy import flask_cors_headers
 from apiguard.engine import Refused
 from apiguard.guard import Guard
-from apiguard.routes import STATIC_KEY, TEMPLATE_KEY, RouteEntry
+from apiguard.routes import STATIC_KEY, TEMPLATE_KEY, RouteEntry, static_endpoint
 from apiguard.steps import render
 from apiguard.wsgi import COMPLETE_KEY, SCOPE_KEY, GuardMiddleware
 
@@ -123,7 +123,7 @@ def init_app(app: Flask, guard: Guard) -> Guard:
         methods = None if getattr(view, "view_class", None) is not None else rule.methods
         route = MatchedRoute(rule.rule, view, methods)
         fields: dict[str, Any] = {"endpoint": view, "route": route, TEMPLATE_KEY: route.path_format}
-        if endpoint == "static" or str(endpoint).endswith(".static"):
+        if static_endpoint(endpoint):
             fields[STATIC_KEY] = True  # (the app's or a blueprint's static files)
         return fields
 

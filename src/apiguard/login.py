@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from apiguard.request import KeyedHasher, RequestContext
     from apiguard.store.base import Hit
 
-FAILURE_STATUSES = frozenset({400, 401, 403, 404})  # a login answered so failed
 _DEVICES_KEPT = 5  # accounts one device cookie remembers
 _MAC = 20  # hex digits of a cookie MAC (80 bits)
 _NONCE = 12  # hex digits of a pass's nonce: each pass issued is a value of its own

@@ -27,6 +27,12 @@ def _mount_prefix(scope: Mapping[str, Any]) -> str:
 STATIC_KEY = "apiguard.static"
 
 
+def static_endpoint(name: object) -> bool:
+    """Whether a Flask endpoint name is a static-files one (the app's `static`, or a
+    blueprint's `<name>.static`)."""
+    return name == "static" or str(name).endswith(".static")
+
+
 def serves_files(scope: Mapping[str, Any]) -> bool:
     """Whether the route serving `scope` serves static files (Flask's `static` endpoints,
     an app's or a blueprint's; Starlette's `StaticFiles`; Django's `static.serve`): its

@@ -38,7 +38,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from apiguard.detectors.base import LOGINS, Finding, Judge, LoginAttempt, Outcome
-from apiguard.login import FAILURE_STATUSES
 from apiguard.store.base import Tally
 
 if TYPE_CHECKING:
@@ -49,7 +48,7 @@ ACCOUNT = "acct:"
 # statuses a login answers a wrong password with: 401 and 403, and 400 (FastAPI's own
 # OAuth2 tutorial, and the apps built from it, answer "Incorrect username or password"
 # with 400) and 404 (no such user); 422 (a malformed request), 429 and 5xx are not attempts
-_FAILED = FAILURE_STATUSES
+_FAILED = frozenset({400, 401, 403, 404})
 DEVICE_FAILS = "devfail:"  # an account whose own devices failed too often (a copied cookie)
 _DEVICE_FAILURES = 10  # failures from devices with the account's cookie before that
 _PASS_FAILURES = 6  # failures on one account with one challenge pass before it stops helping
