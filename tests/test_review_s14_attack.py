@@ -320,13 +320,14 @@ def surge_then_people(
 
 @pytest.mark.parametrize("action", ["throttle", "block"])
 def test_a_throttled_surge_ends_once_the_farm_stops(action: str) -> None:
-    """Sound: without new sign-ups from the attacker, 3 of the first 4 people (40 min)
+    """Sound: without new sign-ups from the attacker, 3 of the first 6 people (an hour)
     are refused, every later one admitted; an old account redeems during the surge."""
     statuses, _, veteran = surge_then_people(action, keep_on=False)
     refused = 429 if action == "throttle" else 403
-    # (the farm's 20 accounts are counted by a sketch seeded per process: the surge's
-    # start and end move by a person or so)
-    assert 2 <= statuses[:4].count(refused) <= 4, statuses
+    # (the farm's 20 accounts are counted by a sketch keyed by the process's secret and
+    # hash seed, near the threshold of 20: which of the first 6 people are refused
+    # moves from run to run; 40 secrets times 3 hash seeds all refused 3 of them)
+    assert 2 <= statuses[:6].count(refused) <= 4, statuses
     assert statuses[6:] == [200] * 30, statuses
     assert veteran == 200
 
