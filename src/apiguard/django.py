@@ -42,6 +42,7 @@ from django.utils.module_loading import import_string
 from apiguard.config import GuardConfig
 from apiguard.cors_copy import EXPOSED, kept
 from apiguard.decision import Decision
+from apiguard.django_auth import LoginGate, check_backends, connect
 from apiguard.engine import Refused
 from apiguard.errors import ConfigurationError
 from apiguard.guard import Guard
@@ -59,6 +60,8 @@ from apiguard.steps import (
 from apiguard.wsgi import EnvironReader
 
 log = logging.getLogger("apiguard")
+__all__ = ["GuardMiddleware", "LoginGate", "check", "get_guard"]
+connect()  # Django's login signals: outcomes of every authenticate() and login()
 
 REQUEST_KEY = "django.request"  # scope key: the Django request
 USER_KEY = "django.user"  # scope key: the user resolved ahead (async requests)
@@ -364,6 +367,7 @@ class GuardMiddleware:
         if self._async:
             markcoroutinefunction(self)
         self._verify(settings.ROOT_URLCONF)  # start-up: decorators above @api_view fail here
+        check_backends()  # `LoginGate` anywhere but first fails here
 
     def _verify(self, urlconf: Any) -> None:
         routes = DjangoRoutes(urlconf)

@@ -1494,11 +1494,12 @@ class Engine:
         ctx.login.gated = True
         self._settle(ctx, decision)  # raises Refused
 
-    def login_renamed(self, ctx: RequestContext, username: str) -> None:
+    def login_renamed(self, ctx: RequestContext, username: str, gate: bool = True) -> None:
         """`login_result()` named another account than the one `@guard.login` read (a
         "username or e-mail" form whose other field the app checked): the verdict is on
         the account reported, so the attempt becomes its (its failures, its device
-        cookie on success: never the name the decorator read), and its gate applies."""
+        cookie on success: never the name the decorator read), and its gate applies
+        (unless `gate` is false: the password was checked already)."""
         login = ctx.login
         if self.ato is None or login is None:
             return
@@ -1517,6 +1518,8 @@ class Engine:
         ctx.device_ok = device_mac(self.hasher, device) in device_entries(
             ctx, self.ato.config.device_cookie
         )
+        if not gate:
+            return
         decision = self._login_gate(ctx, user, ctx.pass_key is not None, self.clock())
         if decision is None:
             return
@@ -1616,6 +1619,27 @@ class Engine:
             max(ban.until - now, 1.0),
             detector=reason,
         )
+
+    def login_observed(self, ctx: RequestContext, username: str, success: bool) -> None:
+        """An outcome the framework's own authentication reported for `username` (Django's
+        `user_login_failed` / `user_logged_in` signals): recorded as `login_result()`
+        records one, never gated here: the password was checked already, so a challenge
+        now would only tell a bot which guess was right (`apiguard.django.LoginGate`
+        gates before the check)."""
+        if self.ato is None:
+            return
+        login = ctx.login
+        if login is None:
+            device = device_key(self.hasher, username)
+            ctx.login = login = LoginAttempt(user_key(self.hasher, username), device=device)
+            entries = device_entries(ctx, self.ato.config.device_cookie)
+            ctx.device_ok = device_mac(self.hasher, device) in entries
+            if ctx.has_cookie and pass_valid(self.hasher, cookie(ctx, PASS_COOKIE), self.clock()):
+                ctx.pass_key = self.hasher("pk", cookie(ctx, PASS_COOKIE) or "")
+        else:
+            self.login_renamed(ctx, username, gate=False)
+        login.checking = False
+        login.success = success
 
     def login_finished(
         self, ctx: RequestContext, success: bool | None, exists: bool | None = None

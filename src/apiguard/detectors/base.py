@@ -35,6 +35,10 @@ class LoginAttempt:
     in_flight: bool = False  # counted among its address's unanswered attempts
     device: str = ""  # `login.device_key` of the name as sent (its device cookie's entry)
     html: bool = False  # answered with an HTML page (`login.html_answer`)
+    # checked by the framework's authentication, which reports failures only (Django's
+    # `authenticate()` through `apiguard.django.LoginGate`): answered under 500 with no
+    # failure reported, it succeeded
+    checking: bool = False
     # the `@guard.login` rule that recorded it (None: `login_result()` alone): whether
     # its route reports its outcomes (`LoginRule.reported`), so that a 2xx it did not
     # report is no success (a form re-rendered 200 for a missing CSRF token is no login)

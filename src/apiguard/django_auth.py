@@ -1,0 +1,164 @@
+"""Django's own authentication as login outcomes for account-takeover detection.
+
+Every login that goes through `django.contrib.auth.authenticate()` (the admin's,
+`LoginView`, Django REST Framework's token and basic authentication, SimpleJWT,
+django-allauth) is seen without `@guard.login`:
+
+- `user_login_failed` (sent by `authenticate()` when no backend accepted the
+  credentials) is a failure for the name the client sent;
+- `user_logged_in` (sent by `login()`) is a success for the account that logged in,
+  which gets its device cookie.
+
+These are recorded only, never refused: the password was checked already, so a
+challenge then would only tell a bot which guess was right. To hold a login back before
+the password is checked (an account under attack, a flagged client, the population
+alarm), list `LoginGate` first in `AUTHENTICATION_BACKENDS`: it runs the login gate on
+every `authenticate()` call and authenticates nobody itself; a call no backend fails is
+then a success even without `login()` (a token view).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.signals import user_logged_in, user_login_failed
+
+from apiguard.errors import ConfigurationError
+from apiguard.request import RequestContext, _current
+
+log = logging.getLogger("apiguard")
+GATE_PATH = "apiguard.django.LoginGate"
+# the credential names a login's account is sent under, in order (`authenticate()`'s
+# keyword arguments: Django's forms send `username` whatever the user model's field)
+_NAMES = ("username", "email", "login")
+
+
+def _context() -> RequestContext | None:
+    """The request apiguard's middleware is checking (None: none, e.g. a management
+    command, or a test client's `force_login()`)."""
+    ctx = _current.get()
+    if ctx is None or ctx.engine.ato is None:
+        return None
+    return ctx
+
+
+def _name(credentials: Mapping[str, Any]) -> str | None:
+    """The account name among `authenticate()`'s credentials (None: none; Django masks
+    only secret-looking ones, never the name)."""
+    field = _username_field()
+    for key in (field, *_NAMES) if field else _NAMES:
+        value = credentials.get(key)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def _username_field() -> str | None:
+    """The user model's `USERNAME_FIELD` (None: no user model can be loaded)."""
+    try:
+        from django.contrib.auth import get_user_model
+
+        field = get_user_model().USERNAME_FIELD
+    except Exception:  # (an app without django.contrib.auth's models)
+        return None
+    return field if isinstance(field, str) else None
+
+
+def _failed(sender: Any, credentials: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    ctx = _context()
+    if ctx is None or not isinstance(credentials, Mapping):
+        return
+    name = _name(credentials)
+    if name is None:
+        return
+    ctx.engine.login_observed(ctx, name, False)
+    login = ctx.login
+    if not _told and login is not None and login.rule is None and not _gated():
+        _tell_ungated()
+
+
+_told = False  # (said once per process that failures are counted, not held back)
+
+
+def _gated() -> bool:
+    backends = getattr(settings, "AUTHENTICATION_BACKENDS", None) or ()
+    return GATE_PATH in [str(b) for b in backends]
+
+
+def _tell_ungated() -> None:
+    global _told
+    _told = True
+    log.warning(
+        "apiguard: a failed Django login (authenticate()) was counted, but nothing holds "
+        "logins back before the password check: list %r first in "
+        "settings.AUTHENTICATION_BACKENDS (or declare the view with @guard.login) so "
+        "that account-takeover findings are enforced",
+        GATE_PATH,
+    )
+
+
+def _logged_in(sender: Any, user: Any = None, **kwargs: Any) -> None:
+    ctx = _context()
+    if ctx is None or user is None:
+        return
+    get_username = getattr(user, "get_username", None)
+    name = get_username() if callable(get_username) else None
+    if isinstance(name, str) and name.strip():
+        ctx.engine.login_observed(ctx, name.strip(), True)
+
+
+def connect() -> None:
+    """Listen to Django's login signals (once, however often it is called)."""
+    user_login_failed.connect(_failed, dispatch_uid="apiguard.login_failed", weak=False)
+    user_logged_in.connect(_logged_in, dispatch_uid="apiguard.logged_in", weak=False)
+
+
+class LoginGate:
+    """An authentication backend that authenticates nobody: listed first in
+    `AUTHENTICATION_BACKENDS`, it runs apiguard's login gate on the account a login
+    names before any backend checks its password (raising the refusal the middleware
+    answers: a challenge, a wait), and marks the attempt so that a check no backend
+    failed counts as a success."""
+
+    def authenticate(self, request: Any, **credentials: Any) -> None:
+        ctx = _context()
+        if ctx is None:
+            return None
+        name = _name(credentials)
+        if name is None:
+            return None
+        engine = ctx.engine
+        login = ctx.login
+        if login is None:
+            engine.login_started(ctx, name)  # raises Refused for a held-back client
+            login = ctx.login
+        else:  # (a second check in one request: a "username or e-mail" view's other try)
+            engine.login_renamed(ctx, name)
+        if login is not None:
+            login.success = None
+            login.checking = True
+        return None
+
+    async def aauthenticate(self, request: Any, **credentials: Any) -> None:
+        return self.authenticate(request, **credentials)
+
+    def get_user(self, user_id: Any) -> None:
+        return None
+
+
+def check_backends() -> None:
+    """`LoginGate` anywhere but first in `AUTHENTICATION_BACKENDS` is a
+    `ConfigurationError`: a backend before it would accept a good password unheld, and
+    the gate would then hold only the wrong guesses (telling a bot which was right)."""
+    backends = [str(b) for b in getattr(settings, "AUTHENTICATION_BACKENDS", None) or ()]
+    if GATE_PATH in backends and backends[0] != GATE_PATH:
+        raise ConfigurationError(
+            f"settings.AUTHENTICATION_BACKENDS: {GATE_PATH!r} must be listed first (it is "
+            f"at position {backends.index(GATE_PATH) + 1}): a backend before it accepts a "
+            "good password before the login gate runs"
+        )
