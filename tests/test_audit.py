@@ -323,6 +323,9 @@ def test_django_project_from_its_settings() -> None:
     routes = _routes(json.loads(done.stdout))
     assert routes["/coupons/<str:code>/redeem"]["rules"] == ["flow redeem-coupon 3/hour"]
     assert "bola" in routes["/api/v1/orders/<int:order_id>"]["detectors"]
+    # (no django.contrib.auth: its logins are the app's, reported with login_result())
+    warnings = json.loads(done.stdout)["warnings"]
+    assert not any("django.contrib.auth" in w for w in warnings), warnings
 
 
 def test_an_app_whose_routes_cannot_be_listed_says_so(

@@ -265,3 +265,18 @@ def test_the_gate_and_the_signals_under_asgi() -> None:
     assert first.status_code == 302 and "apiguard_device" in first.cookies
     assert statuses[-1] == 302  # (the owner's browser, during the attack)
     assert statuses[:-1].count(200) <= 10 and 403 in statuses, statuses
+
+
+@pytest.mark.parametrize("gate", [False, True])
+def test_the_audit_says_logins_are_seen_and_whether_they_are_held(gate: bool) -> None:
+    """A project with django.contrib.auth: no "add @guard.login" note or warning (its
+    signals report every login), and whether `LoginGate` holds them back."""
+    from apiguard.audit import audit_django
+
+    site(Guard(), gate=gate)
+    audit = audit_django()
+    assert not any("no route has @guard.login" in w for w in audit.warnings)
+    assert not any("looks like a login" in n for r in audit.routes for n in r.notes)
+    said = [w for w in audit.warnings if "django.contrib.auth are seen" in w]
+    assert len(said) == 1
+    assert ("never held back" in said[0]) is not gate

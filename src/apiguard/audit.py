@@ -219,10 +219,13 @@ def audit_routes(
     app: str,
     verify: Callable[[], None],
     exclude: tuple[str, ...] = (),
+    auth_seen: str | None = None,
 ) -> Audit:
     """The audit of a route list (`walk_routes(app)`, `DjangoRoutes()`) under `guard`;
     `verify` runs the start-up check (its `ConfigurationError` is a problem listed);
-    routes whose template starts with one of `exclude` are left out of the list."""
+    routes whose template starts with one of `exclude` are left out of the list.
+    `auth_seen`: the framework's own authentication reports logins (Django's signals),
+    and what to say of it (no route then needs `@guard.login` to be seen)."""
     config = guard.config
     detection = config.detection
     on = {d.name for d in guard.engine.detectors}
@@ -307,7 +310,7 @@ def audit_routes(
                 "neither as a success nor as a failure: a form login reporting nothing is "
                 "blind to brute force)"
             )
-        if writes and not login and _looks_like_login(lowered) and not reports:
+        if writes and not login and _looks_like_login(lowered) and not reports and not auth_seen:
             row.notes.append(
                 "looks like a login: add @guard.login(username=...) below the route "
                 "decorator (or report outcomes with guard.login_result()) so account "
@@ -332,7 +335,9 @@ def audit_routes(
         problems.append(str(exc))
     helpers = _helpers(guard, entries)
     logins += sum("@guard.login" in rules for _, rules in helpers)
-    warnings = _app_warnings(guard, on, logins)
+    warnings = _app_warnings(guard, on, logins or auth_seen is not None)
+    if auth_seen and "account_takeover" in on:
+        warnings.append(auth_seen)
     if not entries:
         warnings.insert(
             0,
@@ -353,7 +358,7 @@ def audit_routes(
     )
 
 
-def _app_warnings(guard: Guard, on: set[str], logins: int) -> list[str]:
+def _app_warnings(guard: Guard, on: set[str], logins: int | bool) -> list[str]:
     config = guard.config
     detection = config.detection
     warnings: list[str] = []
@@ -421,10 +426,20 @@ def audit_django(
     urlconf: str | None = None, name: str = "django", exclude: tuple[str, ...] = ()
 ) -> Audit:
     """The audit of the configured Django project's URLconf under `apiguard.django.guard`."""
+    from django.conf import settings
+
     from apiguard.django import DjangoRoutes, check, get_guard
+    from apiguard.django_auth import GATE_PATH, _gated
 
     entries = list(DjangoRoutes(urlconf).__apiguard_routes__())
-    return audit_routes(get_guard(), entries, name, lambda: check(urlconf), exclude)
+    seen = None
+    if "django.contrib.auth" in settings.INSTALLED_APPS:
+        seen = "logins through django.contrib.auth are seen without @guard.login (its signals), "
+        if _gated():
+            seen += f"and held back before the password check ({GATE_PATH} is listed first)"
+        else:
+            seen += f"but never held back: list {GATE_PATH!r} first in AUTHENTICATION_BACKENDS"
+    return audit_routes(get_guard(), entries, name, lambda: check(urlconf), exclude, seen)
 
 
 def _cell(items: list[str]) -> str:

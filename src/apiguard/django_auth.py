@@ -86,6 +86,7 @@ _told = False  # (said once per process that failures are counted, not held back
 
 
 def _gated() -> bool:
+    """Whether `LoginGate` is among `AUTHENTICATION_BACKENDS`."""
     backends = getattr(settings, "AUTHENTICATION_BACKENDS", None) or ()
     return GATE_PATH in [str(b) for b in backends]
 
