@@ -22,6 +22,7 @@ from detection_support import (
     password,
     public_ip,
     run,
+    run_quietly,
     username,
 )
 
@@ -637,3 +638,66 @@ def test_a_stuffer_behind_an_undeclared_proxy_is_challenged_and_its_people_not_r
     assert -1 in stuffer and stuffer.index(-1) <= 16, stuffer  # 12 people's logins dilute it
     assert stuffer[17:].count(401) == 0
     assert met  # a newcomer without a device cookie meets the challenge, and passes it
+
+
+@pytest.mark.parametrize("attacker", [False, True])
+def test_people_who_mistype_then_log_in_raise_no_population_alarm_beside_a_brute_force(
+    attacker: bool,
+) -> None:
+    """A trial (a RealWorld app without a challenge route, `population_action =
+    "throttle"`): ten people at home each failing two or three times and then logging in,
+    an office whose people mistype, and a brute force on one account from a new address
+    per guess made 20 failures from 11 networks, the site-wide alarm, and 15 of 46 people
+    refused. A person's typos resolved by their login from the same address are no failing
+    network; the brute force is the per-account protection's alone."""
+    clock = FakeClock(START)
+    guard = Guard(
+        {"detection": {"account_takeover": {"population_action": "throttle"}}}, clock=clock
+    )
+    driver = AsgiDriver(build_app(guard))
+    rng = random.Random(11)
+    victim = 70
+    refused: list[str] = []
+    attack = Tally()
+    events: list[Event] = []
+
+    def person(user: int, ip: str, typos: int, at: float) -> None:
+        client = Client(driver, rng.choice(BROWSERS), ip)
+
+        async def typo(k: int = 0) -> None:
+            resp = await client.login(user, "wrong-password")
+            if resp.status in (403, 429):
+                refused.append(f"{user} typo {k}: {resp.status}")
+
+        async def right() -> None:
+            resp, _ = await client.human_login(user)
+            if resp.status != 200:
+                refused.append(f"{user}: {resp.status}")
+
+        for k in range(typos):
+            events.append((at + 15 * k, user, lambda k=k: typo(k)))
+        events.append((at + 15 * typos + 10, user, right))
+
+    for n, user in enumerate(range(40, 50)):  # at home, each on a network of its own
+        person(user, f"81.{20 + n}.{n}.9", rng.choice([2, 3]), rng.uniform(0, 1800))
+    for user in range(1, 26):  # the office
+        person(user, OFFICE, rng.choice([0, 0, 1, 2, 3]), rng.uniform(0, 1800))
+    if attacker:
+        t = 0.0
+        for i in range(150):
+            t += rng.uniform(4, 15)
+
+            async def guess(i: int = i) -> None:
+                bot = Client(driver, rng.choice(BROWSERS), public_ip(rng), jar=None)
+                attack.attack_result(
+                    await bot.send(
+                        "POST", "/login", {"username": username(victim), "password": f"g{i}"}
+                    )
+                )
+
+            events.append((t, 1000 + i, guess))
+    run_quietly(play(clock, events))
+    assert refused == []
+    assert not guard.engine.ato.climate.attack_since
+    if attacker:
+        assert attack.takeovers == 0 and attack.before_first_refusal <= 10, attack

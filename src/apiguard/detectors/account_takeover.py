@@ -104,6 +104,12 @@ class LoginClimate:
         # trial: a brute force on one account from 300 addresses raised the site-wide
         # alarm, and with `population_action = "throttle"` refused 61 of 73 people)
         self._by_user: dict[str, int] = {}
+        # of those, the failures whose password was checked (not gated), per account and
+        # address (their network, how many): a person's typos once the account logs in
+        # from that address in the same half (`record`; a stuffer's failure on a real
+        # account is not its owner's typo), whose network is then no failing source
+        self._typos: dict[tuple[str, str], tuple[str, int]] = {}
+        self._net_failures: dict[str, int] = {}  # this half's failures per failing network
         self._networks: set[str] = set()
         # the failing networks of the previous half, and this half's not among them: the
         # distinct failing networks are counted over both halves, each network once
@@ -196,12 +202,27 @@ class LoginClimate:
             self._succeeded.clear()
             self._by_source.clear()
             self._by_user.clear()
+            self._typos.clear()
+            self._net_failures.clear()
             self._old_networks = self._networks if elapsed < 2 * self.half else set()
             self._networks = set()
             self._fresh = 0
             self.start = now if elapsed >= 2 * self.half else self.start + self.half
             elapsed = now - self.start
         return 1.0 - elapsed / self.half
+
+    def _resolved(self, network: str, typos: int) -> None:
+        """`typos` failures from `network` were a person's, who then logged in: that
+        network is no failing source for them (it still is for its other failures)."""
+        left = self._net_failures.get(network, 0) - typos
+        if left > 0:
+            self._net_failures[network] = left
+            return
+        self._net_failures.pop(network, None)
+        if network in self._networks:
+            self._networks.discard(network)
+            if network not in self._old_networks:
+                self._fresh -= 1
 
     def threshold(self) -> float:
         """The failure share above which the population is under attack."""
@@ -245,14 +266,23 @@ class LoginClimate:
         self._answerable = answerable
         weight = self._roll(now)
         armed, self._armed = self._armed, None
+        cur = self.now
         if not failed and user is not None:
+            # its passwords checked and failed from this address this half were a
+            # person's typos: still failures, but their network is no failing source (a
+            # trial: ten people at home failing two or three times each, then logging in,
+            # made ten of the alarm's eleven networks beside a brute force on one account,
+            # and refused 15 of 46 people); refused attempts (gated) are no typos: a bot
+            # that got past a challenge and then in did not type a password wrong
+            typos = self._typos.pop((user, source), None)
+            if typos is not None:
+                self._resolved(*typos)
             if user in self._succeeded:
                 return armed
             if len(self._succeeded) < _SUCCEEDED_MAX:
                 self._succeeded.add(user)
                 if len(self._tried) < _SUCCEEDED_MAX:
                     self._tried.add(user)
-        cur = self.now
         if failed:
             by_source = self._by_source
             seen = by_source.get(source, 0)
@@ -265,6 +295,10 @@ class LoginClimate:
                     return armed  # one account's: the per-account detection's
                 if len(by_user) < _SUCCEEDED_MAX:
                     by_user[user] = on_user + 1
+                    if not gated:  # (from this address: its owner's stays the stuffer's)
+                        key = (user, source)
+                        typos = self._typos.get(key)
+                        self._typos[key] = (network, typos[1] + 1 if typos else 1)
             if len(by_source) < _SUCCEEDED_MAX:
                 by_source[source] = seen + 1
             if user is not None and (answerable or not gated) and len(self._tried) < _SUCCEEDED_MAX:
@@ -276,6 +310,8 @@ class LoginClimate:
                     self._fresh += 1
                 if len(networks) < _SUCCEEDED_MAX:
                     networks.add(network)
+            if network in networks:
+                self._net_failures[network] = self._net_failures.get(network, 0) + 1
         cur[0] += 1
         cur[1] += failed
         cur[2] += missing
