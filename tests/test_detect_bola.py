@@ -27,6 +27,7 @@ from detection_support import (
     owner_of,
     public_ip,
     run,
+    run_quietly,
 )
 
 START = 2_000_000.0
@@ -657,3 +658,40 @@ def test_a_challenge_nobody_has_passed_is_warned_about_once(
         run(walk(102, 2000, solve=False))
     warned = [r for r in caplog.records if "nobody has passed one" in r.getMessage()]
     assert len(warned) == 1 and "challenge_passed()" in warned[0].getMessage()
+
+
+@pytest.mark.parametrize("floor", [None, 5000])
+def test_a_route_floor_lets_an_integration_read_its_objects_in_id_order(
+    floor: int | None,
+) -> None:
+    """An ERP client reading its invoices in id order (consecutive ids: a bulk import) on a
+    route given its own floor (`detection.bola.routes`, as the README advises for such a
+    client) is judged at that floor for its walk too (a held-out trial: challenged at its
+    16th read, by the sequential run, with the floor set); without the floor it is a walk.
+    An anonymous address walking the same route is still caught at the usual run."""
+    rng = random.Random(4)
+    clock = FakeClock(START)
+    config = {"detection": {"bola": {"routes": {"/orders/{order_id}": floor}}}} if floor else {}
+    guard = Guard(config, clock=clock)
+    driver = AsgiDriver(build_app(guard))
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        erp = Client(driver, "python-requests/2.31", "52.14.1.9")
+        await erp.login(5)
+        statuses = []
+        for order in range(1, 601):
+            clock.advance(rng.uniform(1.0, 3.0))
+            statuses.append((await erp.send("GET", f"/orders/{order}")).status)
+        bot = Client(driver, BROWSERS[1], "192.0.2.77", jar=None)
+        walked = []
+        for order in range(2000, 2060):
+            clock.advance(rng.uniform(2.0, 6.0))
+            walked.append((await bot.send("GET", f"/orders/{order}")).status)
+        return statuses, walked
+
+    statuses, walked = run_quietly(scenario())
+    if floor:
+        assert set(statuses) == {200}, statuses
+    else:
+        assert statuses.count(200) < 60, statuses
+    assert walked.count(200) < 30, walked

@@ -536,10 +536,18 @@ class Bola:
         cfg = self.config
         count = op.count
         bar = learned * scale
+        walk = cfg.sequential_run
+        if learned != math.inf:
+            # a principal on a route given its own floor (`routes`): an integration reading
+            # its thousands of objects there reads them in id order too, so its walk is
+            # judged at that floor (an anonymous address, which owns nothing, is not)
+            route = self._routes.get(template)
+            if route is not None and route.floor is not None and route.floor > walk:
+                walk = route.floor
         if count >= bar:
             kind, threshold = _DISTINCT, bar
-        elif op.value is not None and op.length >= cfg.sequential_run * scale:
-            kind, threshold = f"{self.name}.sequential", cfg.sequential_run * scale
+        elif op.value is not None and op.length >= walk * scale:
+            kind, threshold = f"{self.name}.sequential", walk * scale
         elif (
             op.error
             and op.errors >= cfg.errors_floor * scale
