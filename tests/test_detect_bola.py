@@ -695,3 +695,49 @@ def test_a_route_floor_lets_an_integration_read_its_objects_in_id_order(
     else:
         assert statuses.count(200) < 60, statuses
     assert walked.count(200) < 30, walked
+
+
+def test_a_slow_walk_under_every_window_is_caught_over_hours_and_readers_are_not() -> None:
+    """A signed-in user reading about 20 foreign orders every 10 minutes at random (under
+    the bar of every `window`), a third of its reads its own, for three hours: caught by
+    the sustained count (a held-out trial: 600 of 600 foreign objects leaked in 7.5
+    hours), while honest users reading their own orders all along are not refused."""
+    rng = random.Random(21)
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    driver = AsgiDriver(build_app(guard))
+
+    async def scenario() -> tuple[list[int], int, bool]:
+        readers = []
+        for user in range(0, 40):
+            c = Client(driver, rng.choice(BROWSERS), public_ip(rng))
+            await c.login(user)
+            readers.append((user, c))
+        attacker_id = 90
+        bot = Client(driver, BROWSERS[2], "192.0.2.140")
+        await bot.login(attacker_id)
+        mine = orders_of(attacker_id)
+        refused: list[int] = []
+        leaked = 0
+        caught = False
+        end = clock() + 3 * 3600
+        while clock() < end:
+            clock.advance(rng.uniform(10, 30))
+            user, c = rng.choice(readers)
+            resp = await c.send("GET", f"/orders/{rng.choice(orders_of(user))}")
+            if resp.status != 200:
+                refused.append(resp.status)
+            if caught or rng.random() < 0.5:
+                continue
+            own = rng.random() < 0.33
+            order = rng.choice(mine) if own else rng.randrange(1, USERS * ORDERS_PER_USER)
+            resp = await bot.send("GET", f"/orders/{order}")
+            if resp.status == 200 and not own and owner_of(order) != attacker_id:
+                leaked += 1
+            elif resp.status in (403, 429):
+                caught = True
+        return refused, leaked, caught
+
+    refused, leaked, caught = run_quietly(scenario())
+    assert refused == []
+    assert caught and leaked < 150, leaked

@@ -152,14 +152,16 @@ def test_the_gate_holds_a_brute_force_from_rotating_addresses_and_never_its_owne
 
 def test_a_token_view_with_the_gate_counts_its_successes_and_holds_a_stuffer() -> None:
     """DRF's `obtain_auth_token` never calls `login()`: with `LoginGate`, a check no
-    backend failed is a success (device cookie), a failure answered 400 a failure, and
-    one address trying many accounts is held back at its next try."""
+    backend failed is counted as a success (no device cookie: a backend error the view
+    swallowed would look the same), a failure answered 400 a failure, and one address
+    trying many accounts is held back at its next try."""
     clock = FakeClock(1_000_000.0)
     guard = Guard(clock=clock)
     _, names = site(guard, gate=True)
     ok = post(Client(), "/token/", names[0], "pw", "198.51.100.20")
     assert ok.status_code == 200 and "token" in ok.json()
-    assert "apiguard_device" in ok.cookies
+    assert "apiguard_device" not in ok.cookies
+    assert guard.engine.ato.climate._succeeded  # (counted)
     statuses = []
     for name in names[5:35]:
         clock.advance(15)

@@ -309,8 +309,10 @@ class BolaConfig(_Detector):
         on that route: flagged above `percentile` times `factor` once `min_principals` have
         been seen, never below `floor` nor above `ceiling` (a per-route floor in `routes` wins);
     before that, above `warmup_floor`. Also flagged: a
-        sequential walk (`sequential_run` steps of one constant stride), and at least
-        `errors_floor` distinct objects of which `error_share` were answered 403/404."""
+        sequential walk (`sequential_run` steps of one constant stride), at least
+        `errors_floor` distinct objects of which `error_share` were answered 403/404, and a
+        principal's walk sustained under the bar: `sustained_factor` times it within
+        `sustained_window`."""
 
     action: Literal["block", "throttle"] = "block"
     # for a user the app vouched for (`identify()`): a person asked to pass the app's
@@ -339,6 +341,11 @@ class BolaConfig(_Detector):
     young_alarm_for: float = Field(3600.0, gt=0, le=YEAR)
     errors_floor: int = Field(15, ge=2)
     error_share: float = Field(0.5, gt=0, le=1)
+    # a slow walk, under the bar in every `window`, sustained: a principal's distinct
+    # objects on a route within `sustained_window`, flagged past `sustained_factor` times
+    # the route's bar (counted from when its `window` holds a quarter of the bar)
+    sustained_window: float = Field(10_800.0, gt=0, le=YEAR)
+    sustained_factor: float = Field(3.0, ge=1)
     query_params: tuple[str, ...] = ()
     # route template -> its own floor (an integration that reads every one of its own
     # invoices legitimately); 0 turns the detector off for that route

@@ -14,7 +14,8 @@ challenge then would only tell a bot which guess was right. To hold a login back
 the password is checked (an account under attack, a flagged client, the population
 alarm), list `LoginGate` first in `AUTHENTICATION_BACKENDS`: it runs the login gate on
 every `authenticate()` call and authenticates nobody itself; a call no backend fails is
-then a success even without `login()` (a token view).
+then counted as a success even without `login()` (a token view), with no device cookie (a
+backend error the view swallowed reports no failure either).
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from apiguard.request import RequestContext, _current
 
 log = logging.getLogger("apiguard")
 GATE_PATH = "apiguard.django.LoginGate"
-# the credential names a login's account is sent under, in order (`authenticate()`'s
-# keyword arguments: Django's forms send `username` whatever the user model's field)
-_NAMES = ("username", "email", "login")
+# the credential names a login's account is sent under, after `username` and the user
+# model's `USERNAME_FIELD` (the order of Django's `ModelBackend`, which reads `username`
+# first: the name gated must be the one whose password is checked)
+_NAMES = ("email", "login")
 
 
 def _context() -> RequestContext | None:
@@ -46,15 +48,22 @@ def _context() -> RequestContext | None:
 
 
 def _name(credentials: Mapping[str, Any]) -> str | None:
-    """The account name among `authenticate()`'s credentials (None: none; Django masks
-    only secret-looking ones, never the name)."""
+    """The account name among `authenticate()`'s credentials, as sent (None: none; Django
+    masks only secret-looking ones, never the name). Not stripped: `"victim "` is another
+    account than `"victim"` to Django, and the device cookie marks the name as sent. A
+    number (a JSON body's `{"username": 5551234567}`) is the text the database compares."""
     field = _username_field()
-    for key in (field, *_NAMES) if field else _NAMES:
-        value = credentials.get(key)
+    for key in ("username", field, *_NAMES) if field else ("username", *_NAMES):
+        value = credentials.get(key) if key else None
+        if value is None:
+            continue
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)
         if isinstance(value, str) and value.strip():
-            return value.strip()
+            return value
+        return None  # (the key the backend reads first holds no name: nothing to gate)
     return None
 
 
@@ -70,25 +79,47 @@ def _username_field() -> str | None:
 
 
 def _failed(sender: Any, credentials: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-    ctx = _context()
-    if ctx is None or not isinstance(credentials, Mapping):
-        return
-    name = _name(credentials)
-    if name is None:
-        return
-    ctx.engine.login_observed(ctx, name, False)
-    login = ctx.login
-    if not _told and login is not None and login.rule is None and not _gated():
-        _tell_ungated()
+    try:
+        ctx = _context()
+        if ctx is None or not isinstance(credentials, Mapping):
+            return
+        name = _name(credentials)
+        if name is None:
+            return
+        ctx.engine.login_observed(ctx, name, False)
+        login = ctx.login
+        if not _told and login is not None and login.rule is None and not _gated():
+            _tell_ungated()
+    except Exception:  # (never the app's login: a signal does not shield it)
+        log.exception("apiguard: a failed Django login could not be recorded")
 
 
 _told = False  # (said once per process that failures are counted, not held back)
 
 
+def _gates(backends: list[str]) -> list[bool]:
+    """Whether each backend path is a `LoginGate` (by any path it is imported under, a
+    subclass too; a path that does not import is not)."""
+    from django.utils.module_loading import import_string
+
+    found = []
+    for path in backends:
+        try:
+            backend = import_string(path.strip())
+        except ImportError:
+            found.append(False)
+            continue
+        found.append(isinstance(backend, type) and issubclass(backend, LoginGate))
+    return found
+
+
+def _backends() -> list[str]:
+    return [str(b) for b in getattr(settings, "AUTHENTICATION_BACKENDS", None) or ()]
+
+
 def _gated() -> bool:
-    """Whether `LoginGate` is among `AUTHENTICATION_BACKENDS`."""
-    backends = getattr(settings, "AUTHENTICATION_BACKENDS", None) or ()
-    return GATE_PATH in [str(b) for b in backends]
+    """Whether a `LoginGate` is among `AUTHENTICATION_BACKENDS`."""
+    return any(_gates(_backends()))
 
 
 def _tell_ungated() -> None:
@@ -104,13 +135,18 @@ def _tell_ungated() -> None:
 
 
 def _logged_in(sender: Any, user: Any = None, **kwargs: Any) -> None:
-    ctx = _context()
-    if ctx is None or user is None:
-        return
-    get_username = getattr(user, "get_username", None)
-    name = get_username() if callable(get_username) else None
-    if isinstance(name, str) and name.strip():
-        ctx.engine.login_observed(ctx, name.strip(), True)
+    try:
+        ctx = _context()
+        if ctx is None or user is None:
+            return
+        get_username = getattr(user, "get_username", None)
+        name = get_username() if callable(get_username) else None
+        if isinstance(name, int | float) and not isinstance(name, bool):
+            name = str(name)
+        if isinstance(name, str) and name.strip():
+            ctx.engine.login_observed(ctx, name, True)  # (as the account is named)
+    except Exception:  # (never the app's login: a signal does not shield it)
+        log.exception("apiguard: a Django login could not be recorded")
 
 
 def connect() -> None:
@@ -124,7 +160,7 @@ class LoginGate:
     `AUTHENTICATION_BACKENDS`, it runs apiguard's login gate on the account a login
     names before any backend checks its password (raising the refusal the middleware
     answers: a challenge, a wait), and marks the attempt so that a check no backend
-    failed counts as a success."""
+    failed counts as a success (without a device cookie: only `login()` gives one)."""
 
     def authenticate(self, request: Any, **credentials: Any) -> None:
         ctx = _context()
@@ -156,10 +192,10 @@ def check_backends() -> None:
     """`LoginGate` anywhere but first in `AUTHENTICATION_BACKENDS` is a
     `ConfigurationError`: a backend before it would accept a good password unheld, and
     the gate would then hold only the wrong guesses (telling a bot which was right)."""
-    backends = [str(b) for b in getattr(settings, "AUTHENTICATION_BACKENDS", None) or ()]
-    if GATE_PATH in backends and backends[0] != GATE_PATH:
+    gates = _gates(_backends())
+    if any(gates) and not gates[0]:
         raise ConfigurationError(
             f"settings.AUTHENTICATION_BACKENDS: {GATE_PATH!r} must be listed first (it is "
-            f"at position {backends.index(GATE_PATH) + 1}): a backend before it accepts a "
-            "good password before the login gate runs"
+            f"at position {gates.index(True) + 1}): a backend before it accepts a good "
+            "password before the login gate runs"
         )

@@ -1712,6 +1712,7 @@ class Engine:
             and (login.success is True or (200 <= status < 300 and login.status_succeeds()))
             and not login.gated
             and login.success is not False
+            and not login.inferred
             and login.user != self._unreadable_user
         ):
             device = login.device

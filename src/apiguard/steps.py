@@ -158,8 +158,8 @@ def started(
     if login is not None:
         # (a login answered with a page, a form's; 204 No Content is none)
         login.html = status != 204 and html_answer(headers)
-        if login.checking and login.success is None and status < 500:
-            login.success = True  # (checked, and no failure reported)
+        if login.checking and login.success is None and status < 500 and login.rule is None:
+            login.success = login.inferred = True  # (checked, and no failure reported)
     if engine.detectors and engine.store.local:
         engine.observe(ctx, status)
     if login is not None or ctx.cookies is not None or ctx.device_for is not None:

@@ -39,6 +39,9 @@ class LoginAttempt:
     # `authenticate()` through `apiguard.django.LoginGate`): answered under 500 with no
     # failure reported, it succeeded
     checking: bool = False
+    # its success was so inferred, not reported: counted, but no device cookie (a backend
+    # error the view swallowed, answered 200, reports no failure either)
+    inferred: bool = False
     # the `@guard.login` rule that recorded it (None: `login_result()` alone): whether
     # its route reports its outcomes (`LoginRule.reported`), so that a 2xx it did not
     # report is no success (a form re-rendered 200 for a missing CSRF token is no login)

@@ -63,6 +63,7 @@ class Bola:
         # a run shorter than this is no walk, whatever the scale (at least half the bar)
         self._no_walk = config.sequential_run * 0.5
         self._window = config.window
+        self._sustained_for = config.sustained_window
         # young accounts are watched only where a person can answer (`_principal_judge`)
         self._young_watch = config.person_action == "challenge"
         # an in-process store's `run_objects`, bound by the engine: an object is counted
@@ -433,20 +434,47 @@ class Bola:
                 young = False
             else:  # (a young account's floor may apply: `_principal_judge`)
                 young = self._young_watch and outcome.ctx.vouched
+            # a slow walk's objects over `sustained_window`, counted once this window
+            # holds a quarter of the bar (a person reading a few objects costs nothing)
+            long = None
+            watch = young
+            if count >= learned * _SUSTAINED_FROM:
+                long = self._sustained(subject, route, item, outcome.now, ops)
+                watch = watch or long.count >= learned * self.config.sustained_factor * 0.5
             # below every bar a finding may use (half of each, for a repeat offender)
-            if count < learned * 0.5 and length < self._no_walk and not young:
+            if count < learned * 0.5 and length < self._no_walk and not watch:
                 return None
             op = _walked(key, window, item, number, count, length, stride)
             return self._principal_judge(
-                op, outcome, template, route, subject, banned, ops, learned
+                op, outcome, template, route, subject, banned, ops, learned, long
             )
         op = Objects(key, self._window, item, number, error)
         run_now = self.run_now
+        long = None
         if run_now is not None:
             run_now(op, outcome.now)  # (its results read by the judge)
+            bar = route.floor if route.floor is not None else self.config.floor
+            if op.count >= bar * _SUSTAINED_FROM:
+                long = self._sustained(subject, route, item, outcome.now, ops)
+        else:  # (a shared store: in the request's one batch)
+            ops.append(op)
+            long = self._sustained(subject, route, item, outcome.now, ops)
+        return self._principal_judge(
+            op, outcome, template, route, subject, banned, ops, None, long
+        )
+
+    def _sustained(
+        self, subject: str, route: _Route, item: str, now: float, ops: list[Observation]
+    ) -> Objects:
+        """Count `item` among `subject`'s distinct objects on `route` over
+        `sustained_window` (a slow walk: see `BolaConfig`)."""
+        op = Objects(SUSTAINED + subject + route.key, self._sustained_for, item, None, False)
+        run_now = self.run_now
+        if run_now is not None:
+            run_now(op, now)
         else:
             ops.append(op)
-        return self._principal_judge(op, outcome, template, route, subject, banned, ops)
+        return op
 
     def _address_found(self, op: Objects, outcome: Outcome, public: bool) -> list[Finding]:
         """An anonymous address's finding on `op`'s results: a walk or a 403/404 share. On
@@ -468,10 +496,13 @@ class Bola:
         banned: str,
         ops: list[Observation],
         learned_now: float | None = None,
+        long: Objects | None = None,
     ) -> Judge:
         """The judge of a principal's object: more objects than the route's population
-        does (or than a young account may), a walk, or a 403/404 share (`learned_now`:
-        the population's bar, already updated with this object's count)."""
+        does (or than a young account may), a walk, a 403/404 share, or more objects
+        over `sustained_window` than `sustained_factor` times the bar (`long`, if
+        counted) (`learned_now`: the population's bar, already updated with this
+        object's count)."""
         cfg = self.config
         ctx = outcome.ctx
         population = route.population
@@ -516,6 +547,17 @@ class Bola:
             if is_young and findings and findings[0].detector == _DISTINCT:
                 findings[0].evidence["young"] = 1
                 self._young_found(subject, outcome.now)
+            if not findings and long is not None:
+                bar = learned * cfg.sustained_factor * scale
+                if long.count >= bar:
+                    evidence: dict[str, float | int | str] = {
+                        "route": template,
+                        "objects": round(long.count),
+                        "threshold": round(bar, 1),
+                        "window": cfg.sustained_window,
+                    }
+                    fire = "block" if scale > 1 else action
+                    findings = [Finding(_SUSTAINED, banned, fire, self.enforce, evidence)]
             return findings
 
         return judge
@@ -659,6 +701,9 @@ PUBLIC_WALK = 4.0  # times the walk an anonymous address may take on a public ro
 PUBLIC_AFTER = 3  # distinct anonymous addresses and objects answered that make a route public
 PUBLIC_YOUNG = 4  # times the young floor on a public route
 _DISTINCT = "bola.distinct"
+_SUSTAINED = "bola.sustained"
+SUSTAINED = "bolas:"  # detector-table prefix of a principal's objects over `sustained_window`
+_SUSTAINED_FROM = 0.25  # of the bar in `window`: from there on, objects count for it too
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})  # methods that change an object
 WRITES_KEY = "bolaw:"  # detector-table prefix of an anonymous address's writes
 PUBLIC_WRITERS = 10  # networks writing `PUBLIC_WRITES` objects each that make a route public
