@@ -2051,6 +2051,12 @@ class Engine:
             return 0
         return last[0]
 
+    def held_before(self, subject: str, now: float) -> bool:
+        """Whether a login-gate ban on `subject` (an account) ran within `bans.memory`
+        (as this process saw it)."""
+        last = self._levels.get(GATE + subject)
+        return last is not None and now - last[1] <= self.bans.memory
+
     def _escalate(self, key: str, now: float) -> int:
         """The level of the next detector ban on `key`: one more than its last one if
         that ended less than `bans.memory` ago (or is still running), else 1. Kept in

@@ -55,6 +55,7 @@ _PASS_FAILURES = 6  # failures on one account with one challenge pass before it 
 _SHARE_CEILING = 0.7  # the learned failure-share threshold never exceeds it
 _SUCCEEDED_MAX = 65_536  # accounts remembered as logged in this period (population share)
 _EWMA = 0.3  # weight of the newest calm period in the failure-share baseline
+_AGAIN_AT = 2  # failures that hold an account held before again (at the least)
 _CALM_ATTEMPTS = 10  # attempts a period needs to teach the baseline
 _TEACHING_SHARE = 0.8  # a period teaches the baseline only under this part of the floor
 # the unresolved usernames a half window needs to start an attack, as a part of
@@ -512,14 +513,25 @@ class AccountTakeover:
                             },
                         )
                     )
-            if account is not None and account.count >= cfg.account_failures:
+            # an account held before (within `bans.memory`) is held again at a quarter of
+            # the failures: its count forgets during a long hold, and a brute force resumed
+            # after it got 8 more guesses checked each time (25 of 175 after the first hold
+            # in a held-out trial)
+            hold_at = cfg.account_failures
+            if (
+                account is not None
+                and _AGAIN_AT < hold_at > account.count
+                and ctx.engine.held_before(ACCOUNT + user, now)
+            ):
+                hold_at = max(_AGAIN_AT, hold_at // 4)
+            if account is not None and account.count >= hold_at:
                 found.append(
                     Finding(
                         f"{self.name}.account",
                         ACCOUNT + user,
                         cfg.account_action,
                         self.enforce,
-                        {"failures": round(account.count), "threshold": cfg.account_failures},
+                        {"failures": round(account.count), "threshold": hold_at},
                     )
                 )
             if devices is not None and devices.count >= _DEVICE_FAILURES:
