@@ -106,7 +106,7 @@ def _gates(backends: list[str]) -> list[bool]:
     for path in backends:
         try:
             backend = import_string(path.strip())
-        except ImportError:
+        except Exception:  # (not importable here: e.g. django.contrib.auth not installed)
             found.append(False)
             continue
         found.append(isinstance(backend, type) and issubclass(backend, LoginGate))
@@ -192,6 +192,8 @@ def check_backends() -> None:
     """`LoginGate` anywhere but first in `AUTHENTICATION_BACKENDS` is a
     `ConfigurationError`: a backend before it would accept a good password unheld, and
     the gate would then hold only the wrong guesses (telling a bot which was right)."""
+    if "django.contrib.auth" not in getattr(settings, "INSTALLED_APPS", ()):
+        return  # (no authenticate(): nothing to gate)
     gates = _gates(_backends())
     if any(gates) and not gates[0]:
         raise ConfigurationError(

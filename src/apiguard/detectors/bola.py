@@ -438,7 +438,7 @@ class Bola:
             # holds a quarter of the bar (a person reading a few objects costs nothing)
             long = None
             watch = young
-            if count >= learned * _SUSTAINED_FROM:
+            if count >= self._sustained_from(route):
                 long = self._sustained(subject, route, item, outcome.now, ops)
                 watch = watch or long.count >= learned * self.config.sustained_factor * 0.5
             # below every bar a finding may use (half of each, for a repeat offender)
@@ -453,8 +453,7 @@ class Bola:
         long = None
         if run_now is not None:
             run_now(op, outcome.now)  # (its results read by the judge)
-            bar = route.floor if route.floor is not None else self.config.floor
-            if op.count >= bar * _SUSTAINED_FROM:
+            if op.count >= self._sustained_from(route):
                 long = self._sustained(subject, route, item, outcome.now, ops)
         else:  # (a shared store: in the request's one batch)
             ops.append(op)
@@ -462,6 +461,13 @@ class Bola:
         return self._principal_judge(
             op, outcome, template, route, subject, banned, ops, None, long
         )
+
+    def _sustained_from(self, route: _Route) -> float:
+        """The objects in `window` from which a principal's objects on `route` count for
+        its sustained walk: a quarter of the route's own floor, else of `floor` (a fixed
+        bar, so that every path to the store makes the same operations)."""
+        floor = route.floor if route.floor is not None else self.config.floor
+        return floor * _SUSTAINED_FROM
 
     def _sustained(
         self, subject: str, route: _Route, item: str, now: float, ops: list[Observation]
