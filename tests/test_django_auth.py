@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator
 from itertools import count
 from typing import Any
 
 import pytest
 
-from harness import DjangoSite, close_django, configure_django
+from harness import DjangoSite, configure_django
 
 configure_django()
 
-from django.contrib.auth import authenticate, login  # noqa: E402
+from django.contrib.auth import authenticate  # noqa: E402
 from django.contrib.auth.models import User  # noqa: E402
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect  # noqa: E402
 from django.test import Client  # noqa: E402
@@ -25,39 +24,19 @@ from rest_framework.authtoken.views import obtain_auth_token  # noqa: E402
 
 from apiguard import ConfigurationError, Guard, django_auth  # noqa: E402
 from apiguard.simulate.clock import FakeClock  # noqa: E402
+from django_auth_helpers import (  # noqa: E402
+    FAST,
+    GATE,
+    MIDDLEWARE,
+    MODEL,
+    SITES,
+    close_sites,  # noqa: F401 (autouse)
+    form_login,
+    post,
+    rotating_ip,
+)
 
-GATE = "apiguard.django.LoginGate"
-MODEL = "django.contrib.auth.backends.ModelBackend"
-FAST = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # (a test's password checks)
-MIDDLEWARE = [  # (the README's order)
-    "apiguard.django.GuardMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-]
 _runs = count(1)
-_sites: list[DjangoSite] = []
-
-
-@pytest.fixture(autouse=True)
-def _close() -> Iterator[None]:
-    yield
-    while _sites:
-        _sites.pop().close()
-    close_django()
-
-
-def form_login(request: HttpRequest) -> HttpResponse:
-    """Django's `LoginView` in short: the form again (200, a page) on a bad password, a
-    redirect after `login()`."""
-    if request.method == "POST":
-        user = authenticate(
-            request, username=request.POST.get("username"), password=request.POST.get("password")
-        )
-        if user is not None:
-            login(request, user)
-            return HttpResponseRedirect("/home")
-        return HttpResponse("<form>Please enter a correct username and password.</form>")
-    return HttpResponse("<form></form>")
 
 
 def site(guard: Guard, *, gate: bool) -> tuple[str, list[str]]:
@@ -71,16 +50,12 @@ def site(guard: Guard, *, gate: bool) -> tuple[str, list[str]]:
         PASSWORD_HASHERS=FAST,
         MIDDLEWARE=MIDDLEWARE,
     )
-    _sites.append(s)
+    SITES.append(s)
     run = next(_runs)
     names = [f"da{run}-user{i}" for i in range(40)]
     for name in names:
         User.objects.create_user(name, password="pw")
     return f"da{run}", names
-
-
-def post(client: Client, url: str, username: str, password: str, ip: str) -> Any:
-    return client.post(url, {"username": username, "password": password}, REMOTE_ADDR=ip)
 
 
 def detected(caplog: pytest.LogCaptureFixture) -> set[str]:
@@ -117,11 +92,6 @@ def test_a_form_login_with_no_declaration_is_seen_through_django_signals(
     assert len(told) <= 1 and (told or django_auth._told)
     bad = post(Client(), "/login/", names[1], "guess", "198.51.100.8")
     assert "apiguard_device" not in bad.cookies
-
-
-def rotating_ip(rng: random.Random) -> str:
-    first = rng.choice([23, 45, 81, 104, 151, 185])
-    return f"{first}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
 
 
 def test_the_gate_holds_a_brute_force_from_rotating_addresses_and_never_its_owner() -> None:
@@ -191,7 +161,7 @@ def test_the_gate_anywhere_but_first_fails_at_start_up() -> None:
         AUTHENTICATION_BACKENDS=[MODEL, GATE],
         MIDDLEWARE=MIDDLEWARE,
     )
-    _sites.append(s)
+    SITES.append(s)
     with pytest.raises(ConfigurationError, match="AUTHENTICATION_BACKENDS"):
         Client().get("/login/", REMOTE_ADDR="198.51.100.1")
 
@@ -244,7 +214,7 @@ def test_the_gate_and_the_signals_under_asgi() -> None:
         PASSWORD_HASHERS=FAST,
         MIDDLEWARE=MIDDLEWARE,
     )
-    _sites.append(s)
+    SITES.append(s)
     name = f"da{next(_runs)}-async"
     User.objects.create_user(name, password="pw")
     rng = random.Random(8)

@@ -8,13 +8,12 @@ import base64
 import json
 import logging
 import random
-from collections.abc import Iterator
 from itertools import count
 from typing import Any
 
 import pytest
 
-from harness import DjangoSite, close_django, configure_django
+from harness import DjangoSite, configure_django
 
 configure_django()
 
@@ -30,41 +29,23 @@ from rest_framework.views import APIView  # noqa: E402
 
 from apiguard import ConfigurationError, Guard  # noqa: E402
 from apiguard.simulate.clock import FakeClock  # noqa: E402
+from django_auth_helpers import (  # noqa: E402
+    FAST,
+    GATE,
+    MIDDLEWARE,
+    MODEL,
+    SITES,
+    close_sites,  # noqa: F401 (autouse)
+    form_login,
+    post,
+    rotating_ip,
+)
 
-GATE = "apiguard.django.LoginGate"
-MODEL = "django.contrib.auth.backends.ModelBackend"
-FAST = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-MIDDLEWARE = [
-    "apiguard.django.GuardMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-]
 HELD = (403, 429)
 _runs = count(1)
-_sites: list[DjangoSite] = []
-
-
-@pytest.fixture(autouse=True)
-def _close() -> Iterator[None]:
-    yield
-    while _sites:
-        _sites.pop().close()
-    close_django()
 
 
 # -- views ------------------------------------------------------------------------------
-def form_login(request: HttpRequest) -> HttpResponse:
-    if request.method == "POST":
-        user = authenticate(
-            request, username=request.POST.get("username"), password=request.POST.get("password")
-        )
-        if user is not None:
-            login(request, user)
-            return HttpResponseRedirect("/home")
-        return HttpResponse("<form>Please enter a correct username and password.</form>")
-    return HttpResponse("<form></form>")
-
-
 def json_login(request: HttpRequest) -> HttpResponse:
     """A JSON login of one's own: the body's fields as they came."""
     data = json.loads(request.body)
@@ -144,21 +125,12 @@ def make_site(guard: Guard, backends: list[str], **extra: Any) -> str:
         MIDDLEWARE=extra.pop("MIDDLEWARE", MIDDLEWARE),
         **extra,
     )
-    _sites.append(s)
+    SITES.append(s)
     return f"r17s{next(_runs)}"
-
-
-def post(client: Client, url: str, username: str, password: str, ip: str) -> Any:
-    return client.post(url, {"username": username, "password": password}, REMOTE_ADDR=ip)
 
 
 def post_json(client: Client, url: str, body: dict[str, Any], ip: str) -> Any:
     return client.post(url, json.dumps(body), content_type="application/json", REMOTE_ADDR=ip)
-
-
-def rotating_ip(rng: random.Random) -> str:
-    first = rng.choice([23, 45, 81, 104, 151, 185])
-    return f"{first}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
 
 
 def hold(clock: FakeClock, victim: str, rng: random.Random, url: str = "/login/") -> None:
@@ -334,7 +306,7 @@ def test_a_user_whose_get_username_raises_still_logs_in() -> None:
         PASSWORD_HASHERS=FAST,
         MIDDLEWARE=MIDDLEWARE,
     )
-    _sites.append(s)
+    SITES.append(s)
     User.objects.create_user(f"{run}-u", password="pw")
     client = Client(raise_request_exception=False)
     assert post(client, "/login/", f"{run}-u", "pw", "198.51.100.9").status_code == 302
@@ -385,7 +357,7 @@ def test_authenticate_with_request_none_inside_a_view_is_still_gated() -> None:
         PASSWORD_HASHERS=FAST,
         MIDDLEWARE=MIDDLEWARE,
     )
-    _sites.append(s)
+    SITES.append(s)
     victim = f"{run}-victim"
     User.objects.create_user(victim, password="secret-pw")
     hold(clock, victim, random.Random(12))
