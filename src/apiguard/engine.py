@@ -1477,21 +1477,14 @@ class Engine:
         and raise `Refused` when the client must first pass a challenge (or wait)."""
         if self.ato is None or username is None or ctx.login is not None:
             return
-        user = user_key(self.hasher, username)
-        device = device_key(self.hasher, username)
-        ctx.login = LoginAttempt(user, device=device)
-        cfg = self.ato.config
         now = self.clock()
-        ctx.device_ok = device_mac(self.hasher, device) in device_entries(ctx, cfg.device_cookie)
-        passed = ctx.has_cookie and pass_valid(self.hasher, cookie(ctx, PASS_COOKIE), now)
-        if passed:
-            ctx.pass_key = self.hasher("pk", cookie(ctx, PASS_COOKIE) or "")
-        decision = self._login_gate(ctx, user, passed, now)
+        login, passed = self._attempt(ctx, username, now)
+        decision = self._login_gate(ctx, login.user, passed, now)
         if decision is None:
             decision = self._in_flight(ctx, now)
         if decision is None:
             return
-        ctx.login.gated = True
+        login.gated = True
         self._settle(ctx, decision)  # raises Refused
 
     def login_renamed(self, ctx: RequestContext, username: str, gate: bool = True) -> None:
@@ -1630,16 +1623,27 @@ class Engine:
             return
         login = ctx.login
         if login is None:
-            device = device_key(self.hasher, username)
-            ctx.login = login = LoginAttempt(user_key(self.hasher, username), device=device)
-            entries = device_entries(ctx, self.ato.config.device_cookie)
-            ctx.device_ok = device_mac(self.hasher, device) in entries
-            if ctx.has_cookie and pass_valid(self.hasher, cookie(ctx, PASS_COOKIE), self.clock()):
-                ctx.pass_key = self.hasher("pk", cookie(ctx, PASS_COOKIE) or "")
+            login, _ = self._attempt(ctx, username, self.clock())
         else:
             self.login_renamed(ctx, username, gate=False)
         login.checking = False
         login.success = success
+
+    def _attempt(
+        self, ctx: RequestContext, username: str, now: float
+    ) -> tuple[LoginAttempt, bool]:
+        """Record a login attempt for `username` on `ctx` (whether the client presents the
+        account's device cookie, and its challenge pass): the attempt, and whether that
+        pass is valid."""
+        assert self.ato is not None
+        device = device_key(self.hasher, username)
+        ctx.login = login = LoginAttempt(user_key(self.hasher, username), device=device)
+        entries = device_entries(ctx, self.ato.config.device_cookie)
+        ctx.device_ok = device_mac(self.hasher, device) in entries
+        passed = ctx.has_cookie and pass_valid(self.hasher, cookie(ctx, PASS_COOKIE), now)
+        if passed:
+            ctx.pass_key = self.hasher("pk", cookie(ctx, PASS_COOKIE) or "")
+        return login, passed
 
     def login_finished(
         self, ctx: RequestContext, success: bool | None, exists: bool | None = None
