@@ -36,6 +36,8 @@ Key layout under the prefix P (every key expires):
 
 from __future__ import annotations
 
+from apiguard.store.sketch import RUN_GAPS, RUN_SKIP
+
 _COMMON = r"""
 local P, now, margin
 local NEG = -math.huge
@@ -550,6 +552,7 @@ return reply()
 
 AFTER = (
     _COMMON
+    + f"local RUN_GAPS, RUN_SKIP = {RUN_GAPS}, {RUN_SKIP}\n"
     + r"""
 -- What follows responses, for any number of requests, in one call. ARGV: 1 prefix,
 -- 2 now or '', 3 margin, then operations, each a code and its values:
@@ -669,13 +672,16 @@ local function tally(key, window, item, amount)
   out[#out + 1] = result
 end
 
--- A run's record (a string): MessagePack time of the last value, the value, the stride
--- and the run's length; forgotten `window` seconds after its last use.
+-- A run's record (a string): MessagePack time of the last value, the value, the stride,
+-- the run's length, the run's own last value, the values off it since then and the step
+-- to the last of them; forgotten `window` seconds after its last use. `Stride.step` in
+-- Lua: a step of up to RUN_SKIP strides extends the run; up to RUN_GAPS values off it
+-- are outlasted, unless two equal steps among them start a run of their own.
 local function run(key, window, value)
   local raw = redis.pcall('GET', key)
-  local t, last, stride, length
+  local t, last, stride, length, anchor, misses, off
   if type(raw) == 'string' then
-    t, last, stride, length = cmsgpack.unpack(raw)
+    t, last, stride, length, anchor, misses, off = cmsgpack.unpack(raw)
   elseif type(raw) == 'table' then  -- a run of an earlier version (a hash)
     local r = redis.call('HMGET', key, 't', 'v', 's', 'n')
     if r[1] then
@@ -684,19 +690,32 @@ local function run(key, window, value)
     end
   end
   if t == nil or not (now - t < window) then
-    last, stride, length = nil, 0, 0
+    last, stride, length, anchor = nil, 0, 0, nil
   end
+  if anchor == nil then anchor, misses, off = last, 0, 0 end
   local res_len, res_stride = 0, 0
-  if last ~= nil then
-    local step = value - last
-    if step == 0 then
-      res_len, res_stride = length, 0
-    else
-      if step == stride then length = length + 1 else stride, length = step, 1 end
-      res_len, res_stride = length, step
-    end
+  local step = last and value - last
+  local ahead = value - (anchor or value)
+  if last == nil then
+    anchor = value
+  elseif value == last or value == anchor then
+    res_len = length  -- a repeat neither extends nor breaks a walk
+  elseif stride ~= 0 and ahead % stride == 0 and ahead / stride > 0
+      and ahead / stride <= RUN_SKIP then
+    length, anchor, misses, off = length + 1, value, 0, 0
+    res_len, res_stride = length, stride
+  elseif stride ~= 0 and misses > 0 and step == off then
+    stride, length, anchor, misses, off = step, 2, value, 0, 0
+    res_len, res_stride = 2, step
+  elseif stride ~= 0 and misses < RUN_GAPS then
+    misses, off = misses + 1, step
+    res_len = length
+  else
+    stride, length, anchor, misses, off = step, 1, value, 0, 0
+    res_len, res_stride = 1, step
   end
-  redis.call('SET', key, cmsgpack.pack(now, value, stride, length), 'PX', ttl_ms(window))
+  redis.call('SET', key, cmsgpack.pack(now, value, stride, length, anchor, misses, off),
+    'PX', ttl_ms(window))
   out[#out + 1] = res_len
   out[#out + 1] = res_stride
 end

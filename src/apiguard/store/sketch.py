@@ -108,36 +108,62 @@ class Generations:
         return _ESTIMATES[self.union]
 
 
-class Stride:
-    """The run of equal steps between successive values, forgotten after `window`."""
+RUN_GAPS = 8  # off-run ids a run outlasts between two of its steps (a walker's own reads)
+RUN_SKIP = 3  # a step of up to this many strides extends a run (ids skipped: its own)
 
-    __slots__ = ("last", "length", "stride", "touched", "window")
+
+class Stride:
+    """The run of equal steps between successive values, forgotten after `window`.
+
+    A step of two or up to `RUN_SKIP` strides extends the run by one (a walker skipping
+    ids: its own, or every third to dodge this count). Values off the run between two of
+    its steps neither extend nor break it (a walker mixing in reads of its own objects):
+    the run goes on from its own last value (`anchor`), until `RUN_GAPS` values off it
+    in a row, or two equal steps among them (a walk of their own), start a new run."""
+
+    __slots__ = ("anchor", "last", "length", "misses", "off", "stride", "touched", "window")
 
     def __init__(self, window: float, now: float) -> None:
         self.window = window
         self.touched = now
         self.last: int | None = None
+        self.anchor = 0
         self.stride = 0
         self.length = 0
+        self.misses = 0  # values off the run since its last step
+        self.off = 0  # the step to the last of them
 
     def expired(self, now: float) -> bool:
         """Whether the run was last extended more than `window` ago."""
         return now - self.touched >= self.window
 
     def step(self, value: int, now: float) -> tuple[int, int]:
-        """Record `value`: (run length, stride)."""
+        """Record `value`: (run length, the run's stride if this step extended or began
+        it, else 0)."""
         self.touched = now
         last, self.last = self.last, value
         if last is None:
+            self.anchor = value
             return 0, 0
-        stride = value - last
-        if stride == 0:
+        if value == last or value == self.anchor:
             return self.length, 0  # a repeat neither extends nor breaks a walk
-        if stride == self.stride:
-            self.length += 1
-        else:
-            self.stride, self.length = stride, 1
-        return self.length, stride
+        stride = self.stride
+        step = value - last
+        if stride:
+            ahead = value - self.anchor
+            if ahead % stride == 0 and 0 < ahead // stride <= RUN_SKIP:
+                self.length += 1
+                self.anchor, self.misses, self.off = value, 0, 0
+                return self.length, stride
+            if self.misses and step == self.off:  # two equal steps off the run
+                self.stride, self.length, self.anchor, self.misses, self.off = step, 2, value, 0, 0
+                return 2, step
+            if self.misses < RUN_GAPS:
+                self.misses += 1  # off the run: outlasted
+                self.off = step
+                return self.length, 0
+        self.stride, self.length, self.anchor, self.misses, self.off = step, 1, value, 0, 0
+        return 1, step
 
 
 class Trail:
@@ -152,12 +178,15 @@ class Trail:
     touch one or a few objects on a route)."""
 
     __slots__ = (
+        "anchor",
         "bits",
         "errors",
         "half",
         "last",
         "length",
+        "misses",
         "moved",
+        "off",
         "old_bits",
         "old_one",
         "one",
@@ -182,9 +211,12 @@ class Trail:
         self.errors: Generations | None = None
         self.touched = now
         self.last: int | None = None
+        self.anchor = 0
         self.stride = 0
         self.length = 0
-        self.moved = 0  # the last step's stride (0: a first id, or a repeat)
+        self.misses = 0
+        self.off = 0
+        self.moved = 0  # the last step's stride (0: a first id, a repeat, off the run)
 
     def expired(self, now: float) -> bool:
         """Whether every part has left the window (the entry holds nothing that counts)."""
@@ -217,6 +249,8 @@ class Trail:
         trail.one = one
         trail.union = 1
         trail.last = last
+        if last is not None:
+            trail.anchor = last
         return trail
 
     def first(self, op: Objects, now: float) -> None:
@@ -230,7 +264,7 @@ class Trail:
             errors = self.errors = Generations(self.window, now)
             op.errors = errors.add(op.item, 1, now)
         if op.value is not None:
-            self.last = op.value  # (`touched` is `now` already; length and stride 0)
+            self.last = self.anchor = op.value  # (`touched` is `now`; length, stride 0)
 
     def observe(self, op: Objects, now: float) -> None:
         """Run `op` on this record: its results are what its `Tally` and `Run` parts
@@ -287,19 +321,35 @@ class Trail:
             self.stride = self.length = 0
         self.touched = now
         self.last = value
+        # (`Stride.step`, inlined: every object named by an integer id comes here)
         if last is None:
+            self.anchor, self.misses, self.off = value, 0, 0
             self.moved = 0
             return 0
-        stride = value - last
-        if stride == 0:  # a repeat neither extends nor breaks a walk
+        if value == last or value == self.anchor:  # a repeat neither extends nor breaks
             self.moved = 0
             return self.length
-        if stride == self.stride:
-            self.length += 1
-        else:
-            self.stride, self.length = stride, 1
-        self.moved = stride
-        return self.length
+        stride = self.stride
+        step = value - last
+        if stride:
+            ahead = value - self.anchor
+            if ahead % stride == 0 and 0 < ahead // stride <= RUN_SKIP:
+                self.length += 1
+                self.anchor, self.misses, self.off = value, 0, 0
+                self.moved = stride
+                return self.length
+            if self.misses and step == self.off:  # two equal steps off the run
+                self.stride, self.length, self.anchor, self.misses, self.off = step, 2, value, 0, 0
+                self.moved = step
+                return 2
+            if self.misses < RUN_GAPS:
+                self.misses += 1  # off the run: outlasted
+                self.off = step
+                self.moved = 0
+                return self.length
+        self.stride, self.length, self.anchor, self.misses, self.off = step, 1, value, 0, 0
+        self.moved = step
+        return 1
 
 
 # A (principal, route) record with one object touched, answered without an error: (when,
