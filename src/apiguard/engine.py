@@ -237,6 +237,10 @@ def _gated(ctx: RequestContext) -> bool:
     return banned is not None and banned.startswith((GROUP, SURGE))
 
 
+def _evidence_only() -> None:
+    """What follows refused evidence written to a shared store: nothing is judged."""
+
+
 def _collect(combined: list[Objects]) -> None:
     for op in combined:
         op.collect()
@@ -1431,7 +1435,13 @@ class Engine:
         through its ban is banned again (one level up) as soon as the ban ends, not after
         a new run."""
         rotation = self._rotation
-        if rotation is None or decision.detector != rotation.name or not self.store.local:
+        if rotation is None or decision.detector != rotation.name:
+            return
+        store = self.store
+        # a shared store: queued with the writes that follow responses (on an event
+        # loop), never a call of its own
+        later = None if store.local else getattr(store, "observe_later", None)
+        if not store.local and later is None:
             return
         principal = principal or ctx.principal
         if principal is None or principal == ctx.ip_key:
@@ -1442,8 +1452,12 @@ class Engine:
             # evidence only: judged when the ban has ended (a ban that grew on every
             # refused request would be a day long within minutes)
             rotation.plan(Outcome(ctx, 403, principal, now, None, route_template(ctx.scope)), ops)
-            if ops:
-                self.store.observe(ops, now)
+            if not ops:
+                return
+            if later is None:
+                store.observe(ops, now)
+            else:
+                later(ops, now, _evidence_only, judged=False)
         except Exception:
             log.exception("apiguard: the rotation detector failed on a refused request")
 

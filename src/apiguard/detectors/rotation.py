@@ -51,6 +51,10 @@ if TYPE_CHECKING:
 Place = tuple[str, str, str]  # (principal, /24 network key, client fingerprint)
 SHAPED = "rs:"  # ban-table prefix of a principal as one client shape uses it
 HOME = "rh:"  # ban-table prefix of a banned principal's home, published with its ban
+REGION = "r/"  # a home's region, where it stands for a network in a home's key
+
+
+_TOKEN_SHARE = 4  # networks per token past which a user's rotation is a token's
 
 
 def shaped_key(principal: str, fingerprint: str) -> str:
@@ -65,15 +69,17 @@ def home_key(principal: str, network: str, fingerprint: str) -> str:
 
 class PlaceSeen:
     """One of a principal's first places: its network and client fingerprint, when it
-    was first answered there, and when it was last sent to the store."""
+    was first answered there, when it was last sent to the store, and its region (the
+    /8 or /20 key, once sent)."""
 
-    __slots__ = ("fingerprint", "first", "network", "sent")
+    __slots__ = ("fingerprint", "first", "network", "region", "sent")
 
     def __init__(self, network: str, fingerprint: str, first: float) -> None:
         self.network = network
         self.fingerprint = fingerprint
         self.first = first
         self.sent = -math.inf
+        self.region = ""
 
 
 class Homes:
@@ -120,10 +126,29 @@ class Homes:
         first = _first_seen(self._places.get(principal, ()), network, fingerprint)
         return first is not None and now - first >= self.fresh
 
+    def in_region(self, principal: str, region: str, fingerprint: str, now: float) -> bool:
+        """Whether `fingerprint` is that of one of `principal`'s homes in `region`."""
+        return any(
+            p.fingerprint == fingerprint and p.region == region and now - p.first >= self.fresh
+            for p in self._places.get(principal, ())
+        )
+
     def of(self, principal: str, now: float) -> list[tuple[str, str]]:
-        """`principal`'s homes: (network, fingerprint) pairs."""
+        """`principal`'s homes: (network, fingerprint) pairs, and (region, fingerprint)
+        pairs under `REGION` (see `Rotation.excuses`)."""
         found = self._places.get(principal, ())
-        return [(p.network, p.fingerprint) for p in found if now - p.first >= self.fresh]
+        homes = [(p.network, p.fingerprint) for p in found if now - p.first >= self.fresh]
+        homes += [
+            (REGION + p.region, p.fingerprint)
+            for p in found
+            if p.region and now - p.first >= self.fresh
+        ]
+        return homes
+
+
+def _region(ctx: RequestContext) -> str:
+    """Keyed hash of the request's region: its /8 (IPv4) or /20 (IPv6)."""
+    return ctx.engine.hasher("net", network_of(ctx.client_ip, 8, 20))
 
 
 def _first_seen(places: Iterable[PlaceSeen], network: str, fingerprint: str) -> float | None:
@@ -160,13 +185,25 @@ class Rotation:
         request: it comes from the banned principal's home (as this process knows it, or
         as the ban's worker published it), also under a ban on one client shape (a thief
         that copied the owner's headers shares the owner's shape; homes are only the
-        principal's first places, so a thief's proxies are none)."""
+        principal's first places, so a thief's proxies are none). Under a ban on the
+        whole principal or its token (a thief whose headers change on every request), a
+        home's client shape anywhere in that home's region is at home too: a phone moving
+        through its carrier's address pools keeps its shape and region, while a thief's
+        random shapes from everywhere seldom match both."""
         principal = ban.owner or ban.key
         net, fp = ctx.net_key, ctx.fingerprint
-        if self.homes.is_home(principal, net, fp, now):
+        homes = self.homes
+        if homes.is_home(principal, net, fp, now):
             return True
         store = ctx.engine.store
-        return store.active_ban(home_key(principal, net, fp), now) is not None
+        if store.active_ban(home_key(principal, net, fp), now) is not None:
+            return True
+        if ban.key.startswith(SHAPED):
+            return False
+        region = _region(ctx)
+        if homes.in_region(principal, region, fp, now):
+            return True
+        return store.active_ban(home_key(principal, REGION + region, fp), now) is not None
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         ctx = outcome.ctx
@@ -191,9 +228,19 @@ class Rotation:
         tally = Tally(f"rot:{principal}", window, network)
         shapes = Tally(f"rot:f:{principal}", window, fingerprint)
         mine = Tally(f"rot:s:{fingerprint}:{principal}", window, network)
-        region = ctx.engine.hasher("net", network_of(ctx.client_ip, 8, 20))
+        region = _region(ctx)
+        if seen is not None and not seen.region:
+            seen.region = region
         spread = Tally(f"rot:w:{principal}", window, region)
         ops.extend((tally, shapes, mine, spread))
+        # a user's bearer token: its own networks, and the user's tokens (a stolen token
+        # is banned, not its user)
+        token = ctx.token_key
+        used = tokens = None
+        if token is not None and token != principal:
+            used = Tally(f"rot:k:{token}", window, network)
+            tokens = Tally(f"rot:t:{principal}", window, token)
+            ops.extend((used, tokens))
         if home:
             return None  # its owner's place: counted, never what a finding is made of
         population = self.population
@@ -211,10 +258,21 @@ class Rotation:
             # /16s; a thief on one ISP's residential /8 does, in time
             if spread.count < cfg.spread and judged < max(2 * bar, 2 * cfg.ceiling):
                 return []
+            if scoped:
+                subject, scope = shaped_key(principal, fingerprint), "client shape"
+            elif used is not None and tokens is not None and tokens.count * _TOKEN_SHARE <= judged:
+                # far more networks than tokens: a token was stolen, not a password (a
+                # login from every network makes a token on each); the one that went
+                # everywhere is banned, the user's other sessions and new logins go on
+                if token is None or used.count < bar:
+                    return []  # (another session of the user)
+                subject, scope = token, "token"
+            else:
+                subject, scope = principal, "principal"
             return [
                 Finding(
                     self.name,
-                    shaped_key(principal, fingerprint) if scoped else principal,
+                    subject,
                     cfg.action,
                     self.enforce,
                     {
@@ -226,7 +284,7 @@ class Rotation:
                         "baseline": round(population.learned, 1)
                         if population.learned is not None
                         else -1,
-                        "scope": "client shape" if scoped else "principal",
+                        "scope": scope,
                     },
                     owner=principal,
                 )

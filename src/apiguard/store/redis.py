@@ -1398,14 +1398,20 @@ class RedisStore:
         if reply is not None:
             fill(ops, _doubles(reply)[0], 1)
 
-    def observe_later(self, ops: Sequence[Observation], now: float, then: Then) -> bool:
+    def observe_later(
+        self, ops: Sequence[Observation], now: float, then: Then, judged: bool = True
+    ) -> bool:
         """Queue `ops` to be written with other requests' (a few ms later, one script
         call for all) and call `then` once their results are in (or Redis failed: left
         at zero). On a guard's injected clock this declines (False: call `aobserve`),
-        so a simulated campaign is judged before its next request."""
-        if not ops or self.server_time is False:
+        so a simulated campaign is judged before its next request, unless nothing is
+        `judged` on the results (evidence only). Off an event loop: False."""
+        if not ops or (judged and self.server_time is False):
             return False
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
         self._flusher_for(loop).add(observe_args(ops, self._p), len(ops), ops, then)
         return True
 
