@@ -183,7 +183,7 @@ def test_memory_per_principal_is_bounded() -> None:
     run(scenario())
     store = guard.store
     keys = [*store._tallies, *store._runs, *store._objects]  # type: ignore[attr-defined]
-    assert 0 < len(keys) < 20  # a record per (principal, route), not an entry per id
+    assert 0 < len(keys) < 30  # a record per (principal, route), not an entry per id
     assert "/orders/1" not in " ".join(keys)
 
 
@@ -740,4 +740,4 @@ def test_a_slow_walk_under_every_window_is_caught_over_hours_and_readers_are_not
 
     refused, leaked, caught = run_quietly(scenario())
     assert refused == []
-    assert caught and leaked < 150, leaked
+    assert caught and leaked < 50, leaked

@@ -55,7 +55,12 @@ def guard_on(request: pytest.FixtureRequest) -> tuple[Guard, FakeClock]:
     return Guard({"secret": "s" * 32}, clock=clock, store=store), clock
 
 
-def test_a_stolen_token_is_banned_and_its_user_goes_on(guard_on: tuple[Guard, FakeClock]) -> None:
+@pytest.mark.parametrize("phone_first", [False, True])
+def test_a_stolen_token_is_banned_and_its_user_goes_on(
+    guard_on: tuple[Guard, FakeClock], phone_first: bool
+) -> None:
+    """(`phone_first`: the owner's first requests come from its carrier's pool, a new
+    /24 each, before its home Wi-Fi.)"""
     guard, clock = guard_on
     driver = AsgiDriver(token_app(guard))
     rng = random.Random(7)
@@ -71,7 +76,7 @@ def test_a_stolen_token_is_banned_and_its_user_goes_on(guard_on: tuple[Guard, Fa
         return (await driver.send(Request("GET", "/me", ip, headers))).status
 
     def phone_or_home(minute: int) -> str:
-        if (minute // 30) % 2 == 0:
+        if (minute // 30) % 2 == phone_first:
             return "81.2.69.142"  # home Wi-Fi
         # the carrier's pool: a new address, /24 and often /16 on every connection
         return f"100.{rng.randrange(64, 128)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"

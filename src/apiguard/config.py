@@ -343,9 +343,10 @@ class BolaConfig(_Detector):
     error_share: float = Field(0.5, gt=0, le=1)
     # a slow walk, under the bar in every `window`, sustained: a principal's distinct
     # objects on a route within `sustained_window`, flagged past `sustained_factor` times
-    # the route's bar (counted from when its `window` holds a quarter of the bar)
+    # the route's bar (counted from when its `window` holds a quarter of the bar; four
+    # times that on a route whose objects anyone reads anonymously)
     sustained_window: float = Field(10_800.0, gt=0, le=YEAR)
-    sustained_factor: float = Field(3.0, ge=1)
+    sustained_factor: float = Field(1.2, ge=1)
     query_params: tuple[str, ...] = ()
     # route template -> its own floor (an integration that reads every one of its own
     # invoices legitimately); 0 turns the detector off for that route

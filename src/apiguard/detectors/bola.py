@@ -554,7 +554,10 @@ class Bola:
                 findings[0].evidence["young"] = 1
                 self._young_found(subject, outcome.now)
             if not findings and long is not None:
+                # (objects anyone may read anonymously: a shopper's afternoon, no walk)
                 bar = learned * cfg.sustained_factor * scale
+                if route.public:
+                    bar *= PUBLIC_YOUNG
                 if long.count >= bar:
                     evidence: dict[str, float | int | str] = {
                         "route": template,

@@ -70,16 +70,16 @@ def home_key(principal: str, network: str, fingerprint: str) -> str:
 class PlaceSeen:
     """One of a principal's first places: its network and client fingerprint, when it
     was first answered there, when it was last sent to the store, and its region (the
-    /8 or /20 key, once sent)."""
+    /8 or /20 key)."""
 
     __slots__ = ("fingerprint", "first", "network", "region", "sent")
 
-    def __init__(self, network: str, fingerprint: str, first: float) -> None:
+    def __init__(self, network: str, fingerprint: str, first: float, region: str) -> None:
         self.network = network
         self.fingerprint = fingerprint
         self.first = first
         self.sent = -math.inf
-        self.region = ""
+        self.region = region
 
 
 class Homes:
@@ -94,9 +94,13 @@ class Homes:
         self.size = size
         self._places: OrderedDict[str, list[PlaceSeen]] = OrderedDict()
 
-    def note(self, principal: str, network: str, fingerprint: str, now: float) -> PlaceSeen | None:
+    def note(
+        self, principal: str, network: str, fingerprint: str, now: float, ctx: RequestContext
+    ) -> PlaceSeen | None:
         """Record an answered request's place; the place, if it is one of the
-        principal's first few (home once `now - first >= fresh`)."""
+        principal's first few (home once `now - first >= fresh`). The same client shape
+        in the region of one of them is no new place (a phone's next address in its
+        carrier's pools would otherwise use up the few before its owner's home Wi-Fi)."""
         places = self._places
         found = places.get(principal)
         if found is None:
@@ -104,7 +108,7 @@ class Homes:
                 return None
             if len(places) >= self.size:
                 places.popitem(last=False)
-            place = PlaceSeen(network, fingerprint, now)
+            place = PlaceSeen(network, fingerprint, now, _region(ctx))
             places[principal] = [place]
             return place
         places.move_to_end(principal)
@@ -112,7 +116,11 @@ class Homes:
             if place.network == network and place.fingerprint == fingerprint:
                 return place
         if len(found) < self.per_principal:
-            place = PlaceSeen(network, fingerprint, now)
+            region = _region(ctx)
+            for place in found:
+                if place.fingerprint == fingerprint and place.region == region:
+                    return None
+            place = PlaceSeen(network, fingerprint, now, region)
             found.append(place)
             return place
         return None
@@ -138,11 +146,7 @@ class Homes:
         pairs under `REGION` (see `Rotation.excuses`)."""
         found = self._places.get(principal, ())
         homes = [(p.network, p.fingerprint) for p in found if now - p.first >= self.fresh]
-        homes += [
-            (REGION + p.region, p.fingerprint)
-            for p in found
-            if p.region and now - p.first >= self.fresh
-        ]
+        homes += [(REGION + p.region, p.fingerprint) for p in found if now - p.first >= self.fresh]
         return homes
 
 
@@ -212,7 +216,11 @@ class Rotation:
             return None
         now = outcome.now
         place, fingerprint = ctx.net_key, ctx.fingerprint
-        seen = self.homes.note(principal, place, fingerprint, now) if outcome.status < 400 else None
+        seen = (
+            self.homes.note(principal, place, fingerprint, now, ctx)
+            if outcome.status < 400
+            else None
+        )
         if seen is not None:
             # one of its first places: sent at most once per quarter window, as below
             if now - seen.sent < self._fresh:
@@ -228,9 +236,7 @@ class Rotation:
         tally = Tally(f"rot:{principal}", window, network)
         shapes = Tally(f"rot:f:{principal}", window, fingerprint)
         mine = Tally(f"rot:s:{fingerprint}:{principal}", window, network)
-        region = _region(ctx)
-        if seen is not None and not seen.region:
-            seen.region = region
+        region = seen.region if seen is not None else _region(ctx)
         spread = Tally(f"rot:w:{principal}", window, region)
         ops.extend((tally, shapes, mine, spread))
         # a user's bearer token: its own networks, and the user's tokens (a stolen token
