@@ -463,6 +463,10 @@ class ScrapingConfig(_Detector):
     # did not come back within `settle` seconds (people browse on, log in, page further)
     one_shot_share: float = Field(0.8, gt=0, le=1)
     settle: float = Field(120.0, gt=0, le=86_400.0)
+    # or, once a calm window taught the route its level, at `volume` times the threshold
+    # whatever those addresses did next (a scraper reading a few pages from each address
+    # browses on as people do); 0: only with the one-shot share
+    volume: float = Field(1.5, ge=0)
     # distinct new addresses one pass may answer the surge's challenge from (a person's
     # phone changes a few; a solved CAPTCHA replayed by a botnet is everywhere)
     pass_addresses: int = Field(8, ge=1)
@@ -477,6 +481,13 @@ class ScrapingConfig(_Detector):
     @classmethod
     def _route_floors(cls, value: dict[str, int]) -> dict[str, int]:
         return route_floors(value)
+
+    @field_validator("volume")
+    @classmethod
+    def _volume(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError("volume is 0 (off) or a multiple of the threshold, at least 1")
+        return value
 
 
 class DetectionConfig(_Model):

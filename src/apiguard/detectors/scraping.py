@@ -116,12 +116,20 @@ class Surge:
         "span",
         "start",
         "usual",
+        "volume",
     )
 
     def __init__(
-        self, window: float, floor: int, factor: float, share: float, settle: float
+        self,
+        window: float,
+        floor: int,
+        factor: float,
+        share: float,
+        settle: float,
+        volume: float = 0.0,
     ) -> None:
         self.span = window
+        self.volume = volume
         self.bit = 0  # the route's bit in an address's `_Address.read` (set by `Scraping`)
         self.floor = floor
         self.factor = factor
@@ -249,6 +257,18 @@ class Surge:
             c[_PACE], c[_PACED] = pace, now
             if reads < limit or pace < limit * self.settle / self.span:
                 return None
+            # far above the threshold, whatever the addresses did next (a scraper reading
+            # a few pages from each address browses on as people do), once a calm window
+            # taught the route its usual level
+            volume = self.volume
+            if volume and self.usual is not None and reads >= limit * volume:
+                self.since = now
+                return {
+                    "new_readers": round(reads),
+                    "threshold": round(limit * volume, 1),
+                    "baseline": round(self.baseline, 1) if self.baseline is not None else -1,
+                    "one_shot_share": -1,
+                }
             # (of what came on top of the usual one-shot and returning addresses: readers
             # who come back as they always do dilute no scraper's share; `_excess` inlined,
             # and nothing to compute while fewer than a third of the floor were judged)
@@ -333,7 +353,14 @@ class Scraping:
         # watched read): a scraper dealing its reads across a listing, its pages and their
         # authors' profiles is one surge, however it splits them between templates
         self._site = (
-            Surge(config.window, config.floor, config.factor, config.one_shot_share, config.settle)
+            Surge(
+                config.window,
+                config.floor,
+                config.factor,
+                config.one_shot_share,
+                config.settle,
+                config.volume,
+            )
             if config.site_wide
             else None
         )
@@ -359,7 +386,7 @@ class Scraping:
             or (template not in cfg.routes and serves_files(scope))
         ):
             return None
-        surge = Surge(cfg.window, floor, cfg.factor, cfg.one_shot_share, cfg.settle)
+        surge = Surge(cfg.window, floor, cfg.factor, cfg.one_shot_share, cfg.settle, cfg.volume)
         surge.bit = 1 << len(self._surges)  # (routes are never dropped: bits stay theirs)
         self._surges[template] = surge
         return surge
