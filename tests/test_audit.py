@@ -353,3 +353,42 @@ def test_an_app_whose_routes_cannot_be_listed_says_so(
     assert status == 0
     assert report["routes"] == []
     assert report["warnings"][0].startswith("no route could be listed")
+
+
+QUERY_ID_APP = """
+from fastapi import Depends, FastAPI, Query
+from apiguard import Guard
+from apiguard.asgi import GuardMiddleware
+
+guard = Guard({GUARD_CONFIG})
+app = FastAPI()
+app.add_middleware(GuardMiddleware, guard=guard)
+
+def tenant(tenantId: int = 0) -> int:
+    return tenantId
+
+@app.get("/receipt")
+def receipt(invoice_id: int, page: int = 1, t: int = Depends(tenant)) -> dict[str, int]:
+    return {{}}
+
+@app.get("/search")
+def search(q: str = "", grid: str = "", paid: bool = False,
+           doc: str = Query("", alias="doc_uuid")) -> dict[str, int]:
+    return {{}}
+"""
+
+
+def test_object_ids_in_the_query_string_that_bola_does_not_count_are_noted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = _app(tmp_path, QUERY_ID_APP.format(GUARD_CONFIG=""), "query_ids_app")
+    routes = _routes(json.loads(_run([spec, "--json"], capsys)[1]))
+    (note,) = routes["/receipt"]["notes"]
+    assert "(invoice_id, tenantId)" in note and "detection.bola.query_params" in note
+    (note,) = routes["/search"]["notes"]  # an alias, as the client sends it; not grid, paid
+    assert "(doc_uuid)" in note
+    watched = '{"detection": {"bola": {"query_params": ["invoice_id", "tenantId", "doc_uuid"]}}}'
+    spec = _app(tmp_path, QUERY_ID_APP.format(GUARD_CONFIG=watched), "query_ids_watched")
+    routes = _routes(json.loads(_run([spec, "--json"], capsys)[1]))
+    assert routes["/receipt"]["notes"] == [] and routes["/search"]["notes"] == []
+    assert routes["/receipt"]["detectors"] == ["bola", "scraping"]

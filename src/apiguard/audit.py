@@ -171,6 +171,26 @@ def _looks_like_login(template: str) -> bool:
     return bool(literal) and bool(_TOKEN.match(literal[-1]))
 
 
+_ID_NAME = re.compile(r"(?:^|_|-)(?:id|uuid|pk)$|[a-z](?:Id|Uuid|ID)$")
+
+
+def _query_id_names(route: Any) -> list[str]:
+    """The query parameters of a FastAPI route whose names say they name an object
+    (`id`, `order_id`, `orderId`, `doc_uuid`, `pk`), as the client sends them (aliases);
+    none for other frameworks (their views do not declare query parameters)."""
+    dependant = getattr(route, "dependant", None)
+    names: list[str] = []
+    stack = [dependant] if dependant is not None else []
+    while stack:  # (the route's own parameters and its dependencies')
+        found = stack.pop()
+        for param in getattr(found, "query_params", ()) or ():
+            name = getattr(param, "alias", None) or getattr(param, "name", None)
+            if isinstance(name, str) and _ID_NAME.search(name) and name not in names:
+                names.append(name)
+        stack.extend(getattr(found, "dependencies", ()) or ())
+    return names
+
+
 def _serves_files(entry: RouteEntry) -> bool:
     """Whether the route serves static files (as `serves_files` tells at run time; a Flask
     rule by its endpoint's name, as the Flask adapter marks it)."""
@@ -269,6 +289,14 @@ def audit_routes(
             row.detectors.append("account_takeover")
         named = bool(_PARAMETER.search(entry.template)) or bool(detection.bola.query_params)
         declared = any(isinstance(r, ObjectsRule) for r in rules)
+        unwatched = [
+            n for n in _query_id_names(entry.route) if n not in detection.bola.query_params
+        ]
+        if unwatched and not declared and "bola" in on:
+            row.notes.append(
+                f"takes object ids in the query string ({', '.join(unwatched)}): BOLA counts "
+                "them only when detection.bola.query_params names them"
+            )
         files = _serves_files(entry)  # (not watched at run time: file names)
         if "bola" in on and (named or declared) and not files:
             if detection.bola.routes.get(entry.template) == 0:
