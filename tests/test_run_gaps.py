@@ -53,11 +53,12 @@ def test_a_walk_of_their_own_or_too_many_values_off_the_run_start_a_new_one() ->
     assert _lengths([10, 11, 907, 11, 12])[-1] == (2, 1)
 
 
-def test_ids_skipped_by_the_walker_extend_the_run() -> None:
-    # every third id skipped (a dodge of a constant stride), and a skip of its own id
+def test_a_step_of_several_strides_is_off_the_run() -> None:
+    # a person's own ids a few apart, read in order, are no walk (review s18: an
+    # accountant opening her invoices, ids one to three apart, was refused at the 17th
+    # while a step of up to three strides extended a run)
     got = _lengths([1, 2, 3, 5, 6, 7, 9, 10, 11, 14])
-    assert [length for length, _ in got] == list(range(10))
-    assert _lengths([10, 14])[-1] == (1, 4)
+    assert max(length for length, _ in got) < 5, got
     assert _lengths([10, 11, 15])[-1] == (1, 0)  # four strides ahead: off the run
     assert _lengths([10, 11, 9])[-1] == (1, 0)  # backwards: off the run
 

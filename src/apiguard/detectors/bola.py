@@ -464,10 +464,11 @@ class Bola:
 
     def _sustained_from(self, route: _Route) -> float:
         """The objects in `window` from which a principal's objects on `route` count for
-        its sustained walk: a quarter of the route's own floor, else of `floor` (a fixed
-        bar, so that every path to the store makes the same operations)."""
+        its sustained walk: a quarter of the route's own floor, else of `floor`, and at
+        most `_SUSTAINED_MIN` (a walk of 7 objects every 10 minutes is 1,000 a day) (a
+        fixed bar, so that every path to the store makes the same operations)."""
         floor = route.floor if route.floor is not None else self.config.floor
-        return floor * _SUSTAINED_FROM
+        return min(floor * _SUSTAINED_FROM, _SUSTAINED_MIN)
 
     def _sustained(
         self, subject: str, route: _Route, item: str, now: float, ops: list[Observation]
@@ -554,10 +555,7 @@ class Bola:
                 findings[0].evidence["young"] = 1
                 self._young_found(subject, outcome.now)
             if not findings and long is not None:
-                # (objects anyone may read anonymously: a shopper's afternoon, no walk)
                 bar = learned * cfg.sustained_factor * scale
-                if route.public:
-                    bar *= PUBLIC_YOUNG
                 if long.count >= bar:
                     evidence: dict[str, float | int | str] = {
                         "route": template,
@@ -713,6 +711,7 @@ _DISTINCT = "bola.distinct"
 _SUSTAINED = "bola.sustained"
 SUSTAINED = "bolas:"  # detector-table prefix of a principal's objects over `sustained_window`
 _SUSTAINED_FROM = 0.25  # of the bar in `window`: from there on, objects count for it too
+_SUSTAINED_MIN = 4.0  # (and from this many at most)
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})  # methods that change an object
 WRITES_KEY = "bolaw:"  # detector-table prefix of an anonymous address's writes
 PUBLIC_WRITERS = 10  # networks writing `PUBLIC_WRITES` objects each that make a route public

@@ -55,6 +55,7 @@ REGION = "r/"  # a home's region, where it stands for a network in a home's key
 
 
 _TOKEN_SHARE = 4  # networks per token past which a user's rotation is a token's
+_TOKENS_APART = 3  # at most this many tokens in the window for a token to be banned apart
 
 
 def shaped_key(principal: str, fingerprint: str) -> str:
@@ -266,10 +267,16 @@ class Rotation:
                 return []
             if scoped:
                 subject, scope = shaped_key(principal, fingerprint), "client shape"
-            elif used is not None and tokens is not None and tokens.count * _TOKEN_SHARE <= judged:
-                # far more networks than tokens: a token was stolen, not a password (a
-                # login from every network makes a token on each); the one that went
-                # everywhere is banned, the user's other sessions and new logins go on
+            elif (
+                used is not None
+                and tokens is not None
+                and round(tokens.count) <= _TOKENS_APART
+                and tokens.count * _TOKEN_SHARE <= judged
+            ):
+                # few tokens, far more networks: a token was stolen, not a password (a
+                # login from every network, or again after each ban, makes more tokens:
+                # then the user is banned); the one that went everywhere is banned, the
+                # user's other sessions and new logins go on
                 if token is None or used.count < bar:
                     return []  # (another session of the user)
                 subject, scope = token, "token"

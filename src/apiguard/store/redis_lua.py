@@ -36,7 +36,7 @@ Key layout under the prefix P (every key expires):
 
 from __future__ import annotations
 
-from apiguard.store.sketch import RUN_GAPS, RUN_SKIP
+from apiguard.store.sketch import RUN_GAPS
 
 _COMMON = r"""
 local P, now, margin
@@ -552,7 +552,7 @@ return reply()
 
 AFTER = (
     _COMMON
-    + f"local RUN_GAPS, RUN_SKIP = {RUN_GAPS}, {RUN_SKIP}\n"
+    + f"local RUN_GAPS = {RUN_GAPS}\n"
     + r"""
 -- What follows responses, for any number of requests, in one call. ARGV: 1 prefix,
 -- 2 now or '', 3 margin, then operations, each a code and its values:
@@ -675,8 +675,8 @@ end
 -- A run's record (a string): MessagePack time of the last value, the value, the stride,
 -- the run's length, the run's own last value, the values off it since then and the step
 -- to the last of them; forgotten `window` seconds after its last use. `Stride.step` in
--- Lua: a step of up to RUN_SKIP strides extends the run; up to RUN_GAPS values off it
--- are outlasted, unless two equal steps among them start a run of their own.
+-- Lua: up to RUN_GAPS values off the run are outlasted, unless two equal steps among
+-- them start a run of their own.
 local function run(key, window, value)
   local raw = redis.pcall('GET', key)
   local t, last, stride, length, anchor, misses, off
@@ -695,13 +695,11 @@ local function run(key, window, value)
   if anchor == nil then anchor, misses, off = last, 0, 0 end
   local res_len, res_stride = 0, 0
   local step = last and value - last
-  local ahead = value - (anchor or value)
   if last == nil then
     anchor = value
   elseif value == last or value == anchor then
     res_len = length  -- a repeat neither extends nor breaks a walk
-  elseif stride ~= 0 and ahead % stride == 0 and ahead / stride > 0
-      and ahead / stride <= RUN_SKIP then
+  elseif stride ~= 0 and value - anchor == stride then
     length, anchor, misses, off = length + 1, value, 0, 0
     res_len, res_stride = length, stride
   elseif stride ~= 0 and misses > 0 and step == off then

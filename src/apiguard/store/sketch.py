@@ -109,17 +109,16 @@ class Generations:
 
 
 RUN_GAPS = 8  # off-run ids a run outlasts between two of its steps (a walker's own reads)
-RUN_SKIP = 3  # a step of up to this many strides extends a run (ids skipped: its own)
 
 
 class Stride:
     """The run of equal steps between successive values, forgotten after `window`.
 
-    A step of two or up to `RUN_SKIP` strides extends the run by one (a walker skipping
-    ids: its own, or every third to dodge this count). Values off the run between two of
-    its steps neither extend nor break it (a walker mixing in reads of its own objects):
-    the run goes on from its own last value (`anchor`), until `RUN_GAPS` values off it
-    in a row, or two equal steps among them (a walk of their own), start a new run."""
+    Values off the run between two of its steps neither extend nor break it (a walker
+    mixing in reads of its own objects): the run goes on from its own last value
+    (`anchor`), until `RUN_GAPS` values off it in a row, or two equal steps among them
+    (a walk of their own), start a new run. (A step of several strides is off the run:
+    a person's own ids a few apart, read in order, are no walk.)"""
 
     __slots__ = ("anchor", "last", "length", "misses", "off", "stride", "touched", "window")
 
@@ -150,8 +149,7 @@ class Stride:
         stride = self.stride
         step = value - last
         if stride:
-            ahead = value - self.anchor
-            if ahead % stride == 0 and 0 < ahead // stride <= RUN_SKIP:
+            if value - self.anchor == stride:
                 self.length += 1
                 self.anchor, self.misses, self.off = value, 0, 0
                 return self.length, stride
@@ -332,8 +330,7 @@ class Trail:
         stride = self.stride
         step = value - last
         if stride:
-            ahead = value - self.anchor
-            if ahead % stride == 0 and 0 < ahead // stride <= RUN_SKIP:
+            if value - self.anchor == stride:
                 self.length += 1
                 self.anchor, self.misses, self.off = value, 0, 0
                 self.moved = stride
