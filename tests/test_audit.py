@@ -392,3 +392,18 @@ def test_object_ids_in_the_query_string_that_bola_does_not_count_are_noted(
     routes = _routes(json.loads(_run([spec, "--json"], capsys)[1]))
     assert routes["/receipt"]["notes"] == [] and routes["/search"]["notes"] == []
     assert routes["/receipt"]["detectors"] == ["bola", "scraping"]
+
+
+def test_without_a_challenge_route_the_audit_says_who_is_refused_and_what_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real-app trial: the audit said the account, BOLA and recon challenges were
+    reported only without a challenge route, while they refused (403) everyone asked."""
+    spec = _app(tmp_path, QUERY_ID_APP.format(GUARD_CONFIG=""), "no_challenge_app")
+    warnings = json.loads(_run([spec, "--json"], capsys)[1])["warnings"]
+    (held,) = [w for w in warnings if "is refused" in w]
+    assert "detection.bola.person_action" in held
+    assert "detection.account_takeover.account_action" in held
+    assert "reported only" not in held
+    (surges,) = [w for w in warnings if "surges are reported only" in w]
+    assert "detection.flow_groups.surge_action" in surges and "detection.scraping" in surges

@@ -43,14 +43,15 @@ _CREATES = re.compile(
     r"|comments?|reviews?|votes?|bookings?|reservations?|messages?|contact|invites?"
     r"|users?|accounts?)/?$",
 )
-# settings whose default action is a challenge: without a challenge route they report
+# settings whose default action is a challenge: without a challenge route, the ones
+# that hold a person refuse (nobody can pass), a surge is reported only
 CHALLENGE_SETTINGS = (
     ("account_takeover", "account_action"),
     ("account_takeover", "population_action"),
     ("bola", "person_action"),
     ("recon", "person_action"),
-    ("flow_groups", "surge_action"),
 )
+SURGE_SETTINGS = (("flow_groups", "surge_action"),)
 
 
 @dataclass
@@ -393,17 +394,29 @@ def _app_warnings(guard: Guard, on: set[str], logins: int | bool) -> list[str]:
     if config.mode == "monitor" or guard.engine.mode_override == "monitor":
         warnings.append("mode is monitor: everything is reported, nothing is refused")
     if detection.challenge_path is None:
-        asked = [
-            f"detection.{section}.{name}"
-            for section, name in CHALLENGE_SETTINGS
-            if section in on and getattr(getattr(detection, section), name) == "challenge"
-        ]
-        if asked:
+
+        def asked(settings: tuple[tuple[str, str], ...]) -> list[str]:
+            return [
+                f"detection.{section}.{name}"
+                for section, name in settings
+                if section in on and getattr(getattr(detection, section), name) == "challenge"
+            ]
+
+        held = asked(CHALLENGE_SETTINGS)
+        if held:
             warnings.append(
                 "no challenge route (detection.challenge_path): what these settings answer "
-                "with a challenge is reported only until somebody passes one: "
-                + ", ".join(asked)
-                + " (set the route, or set them to 'throttle' or 'block')"
+                "with a challenge is refused (403, challenge required), and nobody can pass "
+                "it until the app calls guard.challenge_passed() somewhere: "
+                + ", ".join(held)
+                + " (add a challenge route and declare it, or set them to 'throttle' or "
+                "'block')"
+            )
+        surges = asked(SURGE_SETTINGS) + (["detection.scraping"] if "scraping" in on else [])
+        if surges:
+            warnings.append(
+                "no challenge route (detection.challenge_path): surges are reported only, "
+                "nobody is held, until somebody passes a challenge: " + ", ".join(surges)
             )
     if "account_takeover" in on and not logins:
         warnings.append(
