@@ -751,3 +751,38 @@ def test_a_baselines_refusals_are_counted_by_status(shop: Any, target: Target) -
     by_guard = cp.run(camp, target, factory, reference=0, scale=SCALE)
     assert by_status.refused > 0
     assert by_guard.refused == 0 and by_guard.app_refusals > 0
+
+
+def test_over_http_each_client_sends_only_its_own_cookies() -> None:
+    """A real-app trial: one httpx client's cookie jar carried every simulated client's
+    cookies to the others (a walker's requests carried other accounts' device cookies,
+    not its own session). Over HTTP, each actor sends only what its own jar holds."""
+    import httpx
+
+    from apiguard.simulate.driver import Actor, Request, Step
+
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("cookie", ""))
+        who = request.url.path.strip("/")
+        return httpx.Response(200, headers={"set-cookie": f"session={who}; Path=/"})
+
+    def agent(name: str) -> Iterator[Step]:
+        for k in range(3):
+            yield Step(float(k), Request("GET", f"/{name}", "127.0.0.1", ()), "read")
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            driver = st.HttpDriver("http://testserver", client, forwarded_for=False)
+            actors = [
+                Actor("a", False, agent("alice"), cookies=True),
+                Actor("b", False, agent("bob"), cookies=True),
+                Actor("c", False, agent("carol"), cookies=False),
+            ]
+            await st.run_over_http(driver, actors, speed=1e9, max_requests=9, max_seconds=5.0)
+
+    asyncio.run(go())
+    assert sorted(seen) == sorted(
+        ["", "", "", "session=alice", "session=alice", "session=bob", "session=bob", "", ""]
+    )

@@ -374,6 +374,10 @@ class HttpDriver:
         answer = await self.client.request(
             request.method, self.base + request.path, headers=headers, content=request.body or None
         )
+        # each simulated client keeps its own cookies (`run_over_http`): the one HTTP
+        # client's jar must carry none from one to another (a real-app trial: a walker's
+        # requests carried other clients' cookies, not its own session)
+        self.client.cookies.clear()
         raw = tuple(
             (k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.multi_items()
         )
