@@ -786,3 +786,26 @@ def test_over_http_each_client_sends_only_its_own_cookies() -> None:
     assert sorted(seen) == sorted(
         ["", "", "", "session=alice", "session=alice", "session=bob", "session=bob", "", ""]
     )
+
+
+def test_a_module_named_by_its_import_path_is_loaded_beside_its_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real-app trial: `apiguard attack config.wsgi:application` put `config/` first on
+    the import path, and the project's `config/django/` settings package hid Django. A
+    module named by its import path keeps the import path as it is (its own folder last)
+    and its relative imports."""
+    (tmp_path / "config" / "starlette").mkdir(parents=True)
+    (tmp_path / "config" / "__init__.py").write_text("")
+    (tmp_path / "config" / "starlette" / "__init__.py").write_text("raise ImportError('shadow')\n")
+    (tmp_path / "config" / "settings.py").write_text("NAME = 'shop'\n")
+    (tmp_path / "config" / "asgi.py").write_text(
+        "from starlette.applications import Starlette\n"
+        "from .settings import NAME\n"
+        "app = Starlette()\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module, attr = st.load_module("config.asgi:app")
+    assert attr == "app" and module.NAME == "shop"
+    assert str(tmp_path / "config") not in sys.path[:2]

@@ -76,7 +76,8 @@ def load_module(spec: str) -> tuple[ModuleType, str]:
     if not sep or not location or not attr:
         raise SelfTestError(f"expected MODULE:APP or PATH.py:APP, got {spec!r}")
     path = Path(location)
-    if location.endswith(".py") or path.is_file():
+    by_name = not (location.endswith(".py") or path.is_file())
+    if not by_name:
         file = path
     else:
         if str(Path.cwd()) not in sys.path:
@@ -95,11 +96,18 @@ def load_module(spec: str) -> tuple[ModuleType, str]:
     if module_spec is None or module_spec.loader is None:
         raise SelfTestError(f"cannot load {file}")
     module = importlib.util.module_from_spec(module_spec)
+    if by_name and "." in location:  # (its relative imports resolve in its package)
+        module.__package__ = location.rpartition(".")[0]
     sys.modules[name] = module  # pydantic and dataclasses resolve annotations through it
     folder = str(file.resolve().parent)
     added = folder not in sys.path
     if added:
-        sys.path.insert(0, folder)
+        # a module named by its import path was found on sys.path: its own folder comes
+        # last (a project's `config/django/` settings package must not hide Django)
+        if by_name:
+            sys.path.append(folder)
+        else:
+            sys.path.insert(0, folder)
     try:
         module_spec.loader.exec_module(module)
     except Exception as exc:
