@@ -319,11 +319,6 @@ def batch(order_ids: Annotated[list[int], Query()]) -> dict[str, int]:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the audit reads a FastAPI route's query parameters one by one: ids in a query "
-    "model or a list of ids are not noted",
-)
 def test_object_ids_in_a_query_model_or_a_list_are_noted(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -172,22 +172,32 @@ def _looks_like_login(template: str) -> bool:
     return bool(literal) and bool(_TOKEN.match(literal[-1]))
 
 
-_ID_NAME = re.compile(r"(?:^|_|-)(?:id|uuid|pk)$|[a-z](?:Id|Uuid|ID)$")
+_ID_NAME = re.compile(r"(?:^|_|-)(?:id|ids|uuid|uuids|pk|pks)$|[a-z](?:Id|Ids|Uuid|ID|IDs)$|^ID$")
 
 
 def _query_id_names(route: Any) -> list[str]:
-    """The query parameters of a FastAPI route whose names say they name an object
-    (`id`, `order_id`, `orderId`, `doc_uuid`, `pk`), as the client sends them (aliases);
-    none for other frameworks (their views do not declare query parameters)."""
+    """The query parameters of a FastAPI route whose names say they name objects (`id`,
+    `order_id`, `orderId`, `order_ids`, `doc_uuid`, `pk`), as the client sends them
+    (aliases), its dependencies' and a query model's fields too (`Annotated[Filters,
+    Query()]`); none for other frameworks (their views do not declare query parameters)."""
     dependant = getattr(route, "dependant", None)
     names: list[str] = []
+
+    def add(name: object) -> None:
+        if isinstance(name, str) and _ID_NAME.search(name) and name not in names:
+            names.append(name)
+
     stack = [dependant] if dependant is not None else []
     while stack:  # (the route's own parameters and its dependencies')
         found = stack.pop()
         for param in getattr(found, "query_params", ()) or ():
-            name = getattr(param, "alias", None) or getattr(param, "name", None)
-            if isinstance(name, str) and _ID_NAME.search(name) and name not in names:
-                names.append(name)
+            kind = getattr(getattr(param, "field_info", None), "annotation", None)
+            fields = getattr(kind, "model_fields", None)
+            if isinstance(fields, dict):  # a query model: its fields are the parameters
+                for field_name, info in fields.items():
+                    add(getattr(info, "alias", None) or field_name)
+                continue
+            add(getattr(param, "alias", None) or getattr(param, "name", None))
         stack.extend(getattr(found, "dependencies", ()) or ())
     return names
 
