@@ -912,3 +912,19 @@ def test_identify_with_a_blank_id_is_an_error(blank: str) -> None:
 
     with pytest.raises(ValueError, match="non-empty"):
         TestClient(app).get("/me")
+
+
+def test_a_challenge_names_the_detector_family_that_asked() -> None:
+    """A held-out evaluation: a challenge said nothing of who asked, while bans and
+    throttles name their detector. It names the family, never the finding (at the login,
+    whether one account is held is no bot's to learn)."""
+    import json
+
+    from apiguard.decision import Action, Decision
+    from apiguard.responses import block_response
+
+    asked = block_response(Decision(Action.CHALLENGE, detector="account_takeover.account"))
+    body = json.loads(asked.body)
+    assert asked.status == 403 and body["detector"] == "account_takeover"
+    plain = json.loads(block_response(Decision(Action.CHALLENGE)).body)
+    assert "detector" not in plain

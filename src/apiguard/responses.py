@@ -99,6 +99,11 @@ def block_response(
                 "Unusual activity was seen for this request; complete the challenge, then retry."
             ),
         }
+        if decision.detector is not None:
+            # the detector family that asked (a login alarm, BOLA...), never which of a
+            # family's findings: at the login, whether one account is held or the whole
+            # site is under attack is no bot's to learn
+            problem["detector"] = decision.detector.split(".", 1)[0]
         status = challenge_status
     elif decision.action is Action.BLOCK:
         why = (
