@@ -237,6 +237,11 @@ def _gated(ctx: RequestContext) -> bool:
     return banned is not None and banned.startswith((GROUP, SURGE))
 
 
+# the holds of one account (its failures, its devices'): an attempt they gate is the
+# account's own protection at work, no sign of the population's climate
+_ACCOUNT_HOLDS = frozenset({"account_takeover.account", "account_takeover.devices"})
+
+
 def _evidence_only() -> None:
     """What follows refused evidence written to a shared store: nothing is judged."""
 
@@ -1499,6 +1504,7 @@ class Engine:
         if decision is None:
             return
         login.gated = True
+        login.held = decision.detector in _ACCOUNT_HOLDS
         self._settle(ctx, decision)  # raises Refused
 
     def login_renamed(self, ctx: RequestContext, username: str, gate: bool = True) -> None:
@@ -1531,6 +1537,7 @@ class Engine:
         if decision is None:
             return
         login.gated = True
+        login.held = decision.detector in _ACCOUNT_HOLDS
         self._settle(ctx, decision)  # raises Refused
 
     def _in_flight(self, ctx: RequestContext, now: float) -> Decision | None:

@@ -250,6 +250,7 @@ class LoginClimate:
         network: str = "",
         gated: bool = False,
         answerable: bool = True,
+        held: bool = False,
     ) -> dict[str, float | int] | None:
         """Count one attempt on username `user` (a keyed hash); evidence when this attempt
         starts an attack period (or the half window it ended did). A success counts once
@@ -263,10 +264,16 @@ class LoginClimate:
         be refused while it lasts. There a `gated` attempt (refused before the password
         was checked: `failed` too) is a username tried and failed (the person passes and
         logs in, resolving it; a stuffer's stays failed, keeping the attack on);
-        elsewhere it is no username tried."""
+        elsewhere it is no username tried. An attempt `held` by its account's own hold is
+        not counted at all."""
         self._answerable = answerable
         weight = self._roll(now)
         armed, self._armed = self._armed, None
+        if held:
+            # gated by its account's own hold: that account's protection at work (a
+            # brute force on one account, its 3 failures a half window on top of honest
+            # typos, raised the site-wide alarm in a held-out evaluation)
+            return armed
         cur = self.now
         if not failed and user is not None:
             # its passwords checked and failed from this address this half were a
@@ -391,6 +398,7 @@ class AccountTakeover:
             login.gated,
             self.config.population_action == "challenge"
             and (ctx.engine.challenges_answered or ctx.engine.challenge_path is not None),
+            login.held,
         )
         if login.gated:
             return (lambda: [self._climate_finding(attack)]) if attack else None

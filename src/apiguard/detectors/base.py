@@ -29,6 +29,7 @@ class LoginAttempt:
     success: bool | None = None
     exists: bool | None = None
     gated: bool = False  # refused before the handler by the login gate (a challenge)
+    held: bool = False  # gated by its account's own hold (not the population's alarm)
     # let through by a challenge pass past a challenge that stood at the login (a shared
     # address's, a network's, a fingerprint's, the population alarm's)
     past_gate: bool = False
