@@ -730,3 +730,20 @@ def test_a_slow_brute_force_resumed_after_each_hold_is_held_again_at_once() -> N
     assert tally.takeovers == 0
     assert tally.before_first_refusal <= 10, tally
     assert tally.after_first_refusal <= 0.1 * tally.attack, tally
+
+
+def test_attempts_held_by_their_account_s_own_hold_are_not_the_population_s() -> None:
+    """A held-out evaluation: a brute force on one account, its 3 failures a half window
+    counted on top of honest typos near the bar, raised the site-wide alarm and refused
+    12 people whose app keeps no cookies. An attempt gated by its account's own hold is
+    that account's protection at work: the population does not count it; an attempt the
+    population's alarm gated still counts."""
+    from apiguard.config import AccountTakeoverConfig
+    from apiguard.detectors.account_takeover import LoginClimate
+
+    climate = LoginClimate(AccountTakeoverConfig())
+    for k in range(40):
+        climate.record(1_000.0 + k, True, False, "victim", f"ip{k}", f"net{k}", True, True, True)
+    assert climate.now == [0, 0, 0] and climate.attack_since is None
+    climate.record(1_050.0, True, False, "victim", "ip-a", "net-a", True, True, False)
+    assert climate.now[:2] == [1, 1]
