@@ -343,8 +343,8 @@ class BolaConfig(_Detector):
     error_share: float = Field(0.5, gt=0, le=1)
     # a slow walk, under the bar in every `window`, sustained: a principal's distinct
     # objects on a route within `sustained_window`, flagged past `sustained_factor` times
-    # the route's bar (counted from when its `window` holds a quarter of the bar; four
-    # times that on a route whose objects anyone reads anonymously)
+    # the route's bar (counted from when its `window` holds a quarter of the bar, or 4
+    # objects if that is fewer)
     sustained_window: float = Field(10_800.0, gt=0, le=YEAR)
     sustained_factor: float = Field(1.2, ge=1)
     query_params: tuple[str, ...] = ()
