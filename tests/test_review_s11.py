@@ -278,7 +278,9 @@ def test_a_repeat_offender_key_is_judged_at_half_the_bar_and_a_fresh_key_is_not(
 
     again, fresh = run_quietly(scenario())
     refused = again.index(403) + 1
-    assert 19 <= refused <= 25, again  # (half of 40; a sketch's collisions: a few more)
+    # half of 40 (a sketch's collisions: a few more), or sooner: the sustained count (3 h)
+    # still holds the objects of the walk it was banned for
+    assert 10 <= refused <= 25, again
     assert set(fresh) == {200}
 
 

@@ -73,7 +73,6 @@ READS = frozenset({"GET", "HEAD"})
 _ROUTES_MAX = 1024  # routes watched (beyond: new templates are not)
 _PASSES_MAX = 16_384  # passes remembered with the new addresses they came from
 _EWMA = 0.3  # weight of the newest period in a route's baseline
-_PEAK_GROWTH = 1.2  # most a route's calm peak grows in a window
 _JUDGED_MIN = 5  # judged new addresses that make a calm period's one-shot share count
 _PENDING_MAX = 4096  # new addresses a route keeps to judge (beyond: the oldest unjudged)
 _POLLS = 1  # reads of the same path again that are polling (moving on), the last one
@@ -110,7 +109,6 @@ class Surge:
         "factor",
         "floor",
         "oldest",
-        "peak",
         "pending",
         "settle",
         "share",
@@ -146,9 +144,6 @@ class Surge:
         # routes a route's state is out of the CPU's caches at each new reader)
         self.counts = array("d", bytes(8 * 10))
         self.baseline: float | None = None
-        # the highest level a calm window taught, grown at most `_PEAK_GROWTH` times a
-        # window (a scraper ramping up teaches the baseline, not the peak, its level)
-        self.peak = 0.0
         # one-shot and returning new addresses judged per calm window (EWMA): what the
         # route's own visitors bring, whatever comes on top of them is judged apart
         self.usual: list[float] | None = None
@@ -212,13 +207,9 @@ class Surge:
                     usual[0] = (1 - _EWMA) * usual[0] + _EWMA * one_shot
                     usual[1] = (1 - _EWMA) * usual[1] + _EWMA * returning
             if self.since is None or level:
-                first = self.baseline is None
                 self.baseline = (
                     level if self.baseline is None else (1 - _EWMA) * self.baseline + _EWMA * level
                 )
-                if level > self.peak:
-                    grown = max(self.peak, 1.0) * _PEAK_GROWTH
-                    self.peak = float(level) if first else min(float(level), grown)
             counts[4:8] = finished if elapsed < 2 * self.span else _ZEROS
             counts[0:4] = _ZEROS
             self.start = now if elapsed >= 2 * self.span else self.start + self.span
@@ -264,27 +255,20 @@ class Surge:
             # that ended long ago, judged only now, starts nothing)
             pace = c[_PACE] * math.exp((c[_PACED] - now) / self.settle) + 1.0
             c[_PACE], c[_PACED] = pace, now
-            peak = self.peak  # (the threshold on it: `threshold` with the peak)
-            calm = max(self.floor + peak, self.factor * peak)
-            if pace < min(limit, calm) * self.settle / self.span:
-                return None
-            # far above the threshold or the route's calm peak, whatever the addresses
-            # did next (a scraper reading a few pages from each address browses on as
-            # people do), once a calm window taught the route its usual level
-            volume = self.volume
-            if volume and self.usual is not None:
-                bar = volume * min(limit, calm)
-                if reads >= bar:
-                    self.since = now
-                    return {
-                        "new_readers": round(reads),
-                        "threshold": round(bar, 1),
-                        "baseline": round(self.baseline, 1) if self.baseline is not None else -1,
-                        "peak": round(peak, 1),
-                        "one_shot_share": -1,
-                    }
             if reads < limit or pace < limit * self.settle / self.span:
                 return None
+            # far above the threshold, whatever the addresses did next (a scraper reading
+            # a few pages from each address browses on as people do), once a calm window
+            # taught the route its usual level
+            volume = self.volume
+            if volume and self.usual is not None and reads >= limit * volume:
+                self.since = now
+                return {
+                    "new_readers": round(reads),
+                    "threshold": round(limit * volume, 1),
+                    "baseline": round(self.baseline, 1) if self.baseline is not None else -1,
+                    "one_shot_share": -1,
+                }
             # (of what came on top of the usual one-shot and returning addresses: readers
             # who come back as they always do dilute no scraper's share; `_excess` inlined,
             # and nothing to compute while fewer than a third of the floor were judged)
