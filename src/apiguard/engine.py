@@ -1503,9 +1503,7 @@ class Engine:
             decision = self._in_flight(ctx, now)
         if decision is None:
             return
-        login.gated = True
-        login.held = decision.detector in _ACCOUNT_HOLDS
-        self._settle(ctx, decision)  # raises Refused
+        self._hold_login(ctx, login, decision)  # raises Refused
 
     def login_renamed(self, ctx: RequestContext, username: str, gate: bool = True) -> None:
         """`login_result()` named another account than the one `@guard.login` read (a
@@ -1536,6 +1534,11 @@ class Engine:
         decision = self._login_gate(ctx, user, ctx.pass_key is not None, self.clock())
         if decision is None:
             return
+        self._hold_login(ctx, login, decision)  # raises Refused
+
+    def _hold_login(self, ctx: RequestContext, login: LoginAttempt, decision: Decision) -> None:
+        """Refuse a login at the gate, before its password is checked: marked gated, and
+        held when its account's own hold decided it (`_ACCOUNT_HOLDS`)."""
         login.gated = True
         login.held = decision.detector in _ACCOUNT_HOLDS
         self._settle(ctx, decision)  # raises Refused

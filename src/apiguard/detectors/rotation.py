@@ -145,9 +145,10 @@ class Homes:
     def of(self, principal: str, now: float) -> list[tuple[str, str]]:
         """`principal`'s homes: (network, fingerprint) pairs, and (region, fingerprint)
         pairs under `REGION` (see `Rotation.excuses`)."""
-        found = self._places.get(principal, ())
-        homes = [(p.network, p.fingerprint) for p in found if now - p.first >= self.fresh]
-        homes += [(REGION + p.region, p.fingerprint) for p in found if now - p.first >= self.fresh]
+        homes: list[tuple[str, str]] = []
+        for p in self._places.get(principal, ()):
+            if now - p.first >= self.fresh:
+                homes += ((p.network, p.fingerprint), (REGION + p.region, p.fingerprint))
         return homes
 
 
