@@ -280,7 +280,7 @@ class Engine:
         self.hasher = hasher
         # the account every login whose username could not be read counts for (it gets
         # no device cookie: a login to it would exempt its device from its failures)
-        self._unreadable_user = user_key(hasher, UNREADABLE)
+        self.unreadable_user = user_key(hasher, UNREADABLE)
         self.telemetry = telemetry
         self.global_rules: tuple[Rule, ...] = tuple(global_rules)
         self.enforce_default = config.mode == "enforce"
@@ -349,6 +349,10 @@ class Engine:
         # after that answers it
         self._challenged_at: dict[str, float] = {}
         self._forgiven: set[str] = set()  # IP keys whose passed challenge was forgiven
+        # (address key, client shape) -> until: challenges passed by clients that keep no
+        # cookie (a phone app), so that their next login is past the alarm as a pass
+        # cookie's would be (`_attempt`)
+        self._address_passes: dict[tuple[str, str], int] = {}
         self._proxy_warned = False
         self._scraping_unheld_warned = False  # a surge reported only: said once
         # new readers a scraping surge let through for want of a known challenge route
@@ -400,6 +404,7 @@ class Engine:
         self._proxied.clear()
         self._challenged_at.clear()
         self._forgiven.clear()
+        self._address_passes.clear()
         self._detections_logged.clear()
         self._levels.clear()
         self.challenges_answered = False
@@ -1619,6 +1624,10 @@ class Engine:
             return None
         if passed:
             login.past_gate = True
+        elif ato.known.knows(login.device or user, ctx, now):
+            return None  # (a client that logged in to it from here before, cookie or not)
+        elif self._address_pass(ctx, now):
+            login.past_gate = True
         elif self._enforced(ato.enforce):
             reason = "account_takeover.population"
             retry = ato.config.population_window / 2
@@ -1626,6 +1635,25 @@ class Engine:
                 Ban("", now + retry, 1, None, ato.config.population_action, reason), now
             )
         return None
+
+    def _address_pass(self, ctx: RequestContext, now: float) -> bool:
+        """Whether a client without a pass cookie passed a challenge from this address
+        with this client shape lately (a phone app that keeps no cookie), and that pass
+        was not flagged since: then it is the request's pass (`ctx.pass_key`, one per
+        address and shape, so a stuffer sharing both rides the people's passes on one
+        count of failures). The population alarm's gate only: a flagged address, network
+        or shape (a stuffer's own) is not lifted so."""
+        if ctx.has_cookie and cookie(ctx, PASS_COOKIE) is not None:
+            return False  # (a client that keeps cookies shows its own pass)
+        place = (ctx.ip_key, ctx.fingerprint)
+        until = self._address_passes.get(place)
+        if until is None or until < now:
+            return False
+        key = self.hasher("pk", f"address:{place[0]}:{place[1]}")
+        if self.may_be_banned() and self.store.active_ban(GATE + key, now) is not None:
+            return False
+        ctx.pass_key = key
+        return True
 
     @staticmethod
     def _gate_decision(ban: Ban, now: float) -> Decision:
@@ -1693,6 +1721,11 @@ class Engine:
         if ctx.cookies is None:
             ctx.cookies = []
         ctx.cookies.append(pass_cookie(ctx, value, seconds))
+        if self.ato is not None:  # (and for a client that will not keep the cookie)
+            places = self._address_passes
+            if len(places) >= IP_CACHE_MAX:
+                places.clear()
+            places[(ctx.ip_key, ctx.fingerprint)] = int(now + seconds)
         # (no login gate is lifted: the pass itself gets its holder past a challenge
         # there; a ban stands, since a solved CAPTCHA does not undo stuffing, and so does
         # a shared address's challenge, which everyone else behind the NAT or proxy
@@ -1741,7 +1774,7 @@ class Engine:
             and not login.gated
             and login.success is not False
             and not login.inferred
-            and login.user != self._unreadable_user
+            and login.user != self.unreadable_user
         ):
             device = login.device
         if device is not None:

@@ -38,6 +38,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from apiguard.detectors.base import LOGINS, Finding, Judge, LoginAttempt, Outcome
+from apiguard.detectors.known_clients import KnownClients
 from apiguard.store.base import Tally
 
 if TYPE_CHECKING:
@@ -374,6 +375,9 @@ class AccountTakeover:
         self.config = config
         self.enforce = enforce
         self.climate = LoginClimate(config)
+        # clients that logged in to an account, remembered without a cookie: the
+        # population alarm does not hold them (`known_clients`)
+        self.known = KnownClients(config.device_days * 86400.0)
         # addresses flagged in this process, and when: flagged again within the window at
         # half the failed share (people logging in beside a stuffer at a NAT dilute its
         # share, which would otherwise let it through again each time its gate ends)
@@ -412,6 +416,8 @@ class AccountTakeover:
         # (a network's over `network_window`, and over `window` too: it is flagged while
         # it is still at it, not for a day after one burst)
         if not failed:
+            if not login.inferred and user != ctx.engine.unreadable_user:
+                self.known.logged_in(login.device or user, ctx, now)
             for kind, key in actors:
                 span = cfg.network_window if kind == "net" else window
                 ops.append(Tally(_TRIED + key, span, user))
