@@ -46,9 +46,10 @@ def phones(
     for user in users:
         for _ in range(rng.randint(2, 4)):
             at = START + rng.uniform(0, 4 * 3600)
+            seed = rng.random()
 
-            async def visit(user: int = user, r: random.Random = random.Random(rng.random())) -> None:
-                ip = carrier_ip(r)
+            async def visit(user: int = user, seed: float = seed) -> None:
+                ip = carrier_ip(random.Random(seed))
                 phone = Client(driver, APP_UA, ip, jar=None)
                 resp, asked = await phone.human_login(user)
                 met.append((user, asked))
