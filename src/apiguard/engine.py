@@ -36,6 +36,7 @@ from apiguard.detectors.base import (
 )
 from apiguard.detectors.bola import Bola, names_object
 from apiguard.detectors.flow_groups import BORN, GROUP, SURGE, FlowGroups, group_keys
+from apiguard.detectors.known_clients import CookielessPasses
 from apiguard.detectors.rotation import Rotation, home_key, shaped_key
 from apiguard.detectors.scraping import Scraping
 from apiguard.login import (
@@ -349,10 +350,9 @@ class Engine:
         # after that answers it
         self._challenged_at: dict[str, float] = {}
         self._forgiven: set[str] = set()  # IP keys whose passed challenge was forgiven
-        # (address key, client shape) -> until: challenges passed by clients that keep no
-        # cookie (a phone app), so that their next login is past the alarm as a pass
-        # cookie's would be (`_attempt`)
-        self._address_passes: dict[tuple[str, str], int] = {}
+        # challenges passed by clients that may keep no cookie (a phone app): one login
+        # each past the login alarm, from the same client shape and region
+        self._cookieless_passes = CookielessPasses()
         self._proxy_warned = False
         self._scraping_unheld_warned = False  # a surge reported only: said once
         # new readers a scraping surge let through for want of a known challenge route
@@ -404,7 +404,7 @@ class Engine:
         self._proxied.clear()
         self._challenged_at.clear()
         self._forgiven.clear()
-        self._address_passes.clear()
+        self._cookieless_passes.clear()
         self._detections_logged.clear()
         self._levels.clear()
         self.challenges_answered = False
@@ -1626,7 +1626,7 @@ class Engine:
             login.past_gate = True
         elif ato.known.knows(login.device or user, ctx, now):
             return None  # (a client that logged in to it from here before, cookie or not)
-        elif self._address_pass(ctx, now):
+        elif self._cookieless_pass(ctx, now):
             login.past_gate = True
         elif self._enforced(ato.enforce):
             reason = "account_takeover.population"
@@ -1636,23 +1636,18 @@ class Engine:
             )
         return None
 
-    def _address_pass(self, ctx: RequestContext, now: float) -> bool:
-        """Whether a client without a pass cookie passed a challenge from this address
-        with this client shape lately (a phone app that keeps no cookie), and that pass
-        was not flagged since: then it is the request's pass (`ctx.pass_key`, one per
-        address and shape, so a stuffer sharing both rides the people's passes on one
-        count of failures). The population alarm's gate only: a flagged address, network
-        or shape (a stuffer's own) is not lifted so."""
+    def _cookieless_pass(self, ctx: RequestContext, now: float) -> bool:
+        """Whether a client without a pass cookie takes a pass a person solved a
+        challenge for lately with its client shape in its region (a phone app that keeps
+        no cookie: `CookielessPasses`); then it is the request's pass (`ctx.pass_key`).
+        The population alarm's gate only: a flagged address, network or shape (a
+        stuffer's own) is not lifted so."""
         if ctx.has_cookie and cookie(ctx, PASS_COOKIE) is not None:
             return False  # (a client that keeps cookies shows its own pass)
-        place = (ctx.ip_key, ctx.fingerprint)
-        until = self._address_passes.get(place)
-        if until is None or until < now:
+        until = self._cookieless_passes.take(ctx, now)
+        if until is None:
             return False
-        key = self.hasher("pk", f"address:{place[0]}:{place[1]}")
-        if self.may_be_banned() and self.store.active_ban(GATE + key, now) is not None:
-            return False
-        ctx.pass_key = key
+        ctx.pass_key = self.hasher("pk", f"cookieless:{until!r}:{ctx.ip_key}")
         return True
 
     @staticmethod
@@ -1722,10 +1717,7 @@ class Engine:
             ctx.cookies = []
         ctx.cookies.append(pass_cookie(ctx, value, seconds))
         if self.ato is not None:  # (and for a client that will not keep the cookie)
-            places = self._address_passes
-            if len(places) >= IP_CACHE_MAX:
-                places.clear()
-            places[(ctx.ip_key, ctx.fingerprint)] = int(now + seconds)
+            self._cookieless_passes.passed(ctx, now)
         # (no login gate is lifted: the pass itself gets its holder past a challenge
         # there; a ban stands, since a solved CAPTCHA does not undo stuffing, and so does
         # a shared address's challenge, which everyone else behind the NAT or proxy

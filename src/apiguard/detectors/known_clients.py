@@ -65,3 +65,56 @@ class KnownClients:
 
     def __len__(self) -> int:
         return len(self._seen)
+
+
+PASS_SECONDS = 120.0  # how long a challenge passed without a cookie waits for its login
+_PASSES_PER_PLACE = 8  # such passes waiting at once per (region, shape)
+
+
+def region_key(ctx: RequestContext) -> str:
+    """Keyed hash of the request's region (its /8 or /20): where a phone's next request
+    may come from on its carrier's pools."""
+    return ctx.engine.hasher("kr", network_of(ctx.client_ip, 8, 20))
+
+
+class CookielessPasses:
+    """Challenges passed by clients that may keep no cookie, each good for one login
+    from the same client shape in the same region within `PASS_SECONDS`: a phone app
+    asked to pass a challenge during the login alarm drops the pass cookie, and its
+    retry may come from another address of its carrier. One pass, one login: a stuffer
+    sharing the region and the app's headers gets at most one attempt per challenge a
+    person there solved, and never the person's own (it is taken by whoever comes
+    first)."""
+
+    __slots__ = ("_waiting", "size")
+
+    def __init__(self, size: int = KNOWN_MAX) -> None:
+        self.size = size
+        self._waiting: dict[tuple[str, str], list[float]] = {}
+
+    def passed(self, ctx: RequestContext, now: float) -> None:
+        """The person behind `ctx` passed a challenge."""
+        waiting = self._waiting
+        key = (region_key(ctx), ctx.fingerprint)
+        found = waiting.get(key)
+        if found is None:
+            if len(waiting) >= self.size:
+                waiting.clear()
+            found = waiting[key] = []
+        found[:] = [t for t in found if t >= now][-(_PASSES_PER_PLACE - 1) :]
+        found.append(now + PASS_SECONDS)
+
+    def take(self, ctx: RequestContext, now: float) -> float | None:
+        """Use up a pass waiting for `ctx`'s shape and region: when it expired (its
+        identity), or None."""
+        key = (region_key(ctx), ctx.fingerprint)
+        found = self._waiting.get(key)
+        while found:
+            until = found.pop(0)
+            if until >= now:
+                return until
+        self._waiting.pop(key, None)
+        return None
+
+    def clear(self) -> None:
+        self._waiting.clear()
