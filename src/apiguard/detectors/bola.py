@@ -453,11 +453,13 @@ class Bola:
         long = None
         if run_now is not None:
             run_now(op, outcome.now)  # (its results read by the judge)
-            if op.count >= self._sustained_from(route):
-                long = self._sustained(subject, route, item, outcome.now, ops)
+            # (an error answer always: a slow guesser of codes tries one every few
+            # minutes, under any count a window needs)
+            if error or op.count >= self._sustained_from(route):
+                long = self._sustained(subject, route, item, outcome.now, ops, error)
         else:  # (a shared store: in the request's one batch)
             ops.append(op)
-            long = self._sustained(subject, route, item, outcome.now, ops)
+            long = self._sustained(subject, route, item, outcome.now, ops, error)
         return self._principal_judge(
             op, outcome, template, route, subject, banned, ops, None, long
         )
@@ -471,11 +473,18 @@ class Bola:
         return min(floor * _SUSTAINED_FROM, _SUSTAINED_MIN)
 
     def _sustained(
-        self, subject: str, route: _Route, item: str, now: float, ops: list[Observation]
+        self,
+        subject: str,
+        route: _Route,
+        item: str,
+        now: float,
+        ops: list[Observation],
+        error: bool = False,
     ) -> Objects:
         """Count `item` among `subject`'s distinct objects on `route` over
-        `sustained_window` (a slow walk: see `BolaConfig`)."""
-        op = Objects(SUSTAINED + subject + route.key, self._sustained_for, item, None, False)
+        `sustained_window` (a slow walk: see `BolaConfig`), and among those answered
+        403/404 when `error` (a slow guesser of codes)."""
+        op = Objects(SUSTAINED + subject + route.key, self._sustained_for, item, None, error)
         run_now = self.run_now
         if run_now is not None:
             run_now(op, now)
@@ -565,6 +574,21 @@ class Bola:
                     }
                     fire = "block" if scale > 1 else action
                     findings = [Finding(_SUSTAINED, banned, fire, self.enforce, evidence)]
+                elif long.error:
+                    # a slow guesser (gift codes, invitation or reset tokens): mostly
+                    # 403/404 over the long window, under the errors bar of each window
+                    errors = long.errors
+                    bar = cfg.errors_floor * cfg.sustained_factor * scale
+                    if errors >= bar and errors / max(long.count, errors) >= cfg.error_share:
+                        evidence = {
+                            "route": template,
+                            "objects": round(long.count),
+                            "errors": round(errors),
+                            "threshold": round(bar, 1),
+                            "window": cfg.sustained_window,
+                        }
+                        fire = "block" if scale > 1 else action
+                        findings = [Finding(_SUSTAINED, banned, fire, self.enforce, evidence)]
             return findings
 
         return judge
