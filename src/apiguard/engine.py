@@ -1625,7 +1625,8 @@ class Engine:
         if passed:
             login.past_gate = True
         elif ato.known.knows(login.device or user, ctx, now):
-            return None  # (a client that logged in to it from here before, cookie or not)
+            login.known = True  # (a client that logged in to it from here before)
+            return None
         elif self._cookieless_pass(ctx, now):
             login.past_gate = True
         elif self._enforced(ato.enforce):
@@ -1687,9 +1688,11 @@ class Engine:
         ctx.login = login = LoginAttempt(user_key(self.hasher, username), device=device)
         entries = device_entries(ctx, self.ato.config.device_cookie)
         ctx.device_ok = device_mac(self.hasher, device) in entries
-        passed = ctx.has_cookie and pass_valid(self.hasher, cookie(ctx, PASS_COOKIE), now)
+        value = cookie(ctx, PASS_COOKIE) if ctx.has_cookie else None
+        passed = value is not None and pass_valid(self.hasher, value, now)
         if passed:
-            ctx.pass_key = self.hasher("pk", cookie(ctx, PASS_COOKIE) or "")
+            ctx.pass_key = key = self.hasher("pk", value or "")
+            self._cookieless_passes.withdraw(ctx, key)  # (it keeps cookies)
         return login, passed
 
     def login_finished(
@@ -1717,7 +1720,7 @@ class Engine:
             ctx.cookies = []
         ctx.cookies.append(pass_cookie(ctx, value, seconds))
         if self.ato is not None:  # (and for a client that will not keep the cookie)
-            self._cookieless_passes.passed(ctx, now)
+            self._cookieless_passes.passed(ctx, now, self.hasher("pk", value))
         # (no login gate is lifted: the pass itself gets its holder past a challenge
         # there; a ban stands, since a solved CAPTCHA does not undo stuffing, and so does
         # a shared address's challenge, which everyone else behind the NAT or proxy

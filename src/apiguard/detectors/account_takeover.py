@@ -426,6 +426,8 @@ class AccountTakeover:
                     ops.append(Tally(_RECENT_TRIED + key, window, user))
                     ops.append(Tally(_RECENT_LOGGED_IN + key, window, user))
             return (lambda: [self._climate_finding(attack)]) if attack else None
+        if login.known:
+            self.known.failed(ctx, now)
         pairs = []
         for kind, key in actors:
             span = cfg.network_window if kind == "net" else window

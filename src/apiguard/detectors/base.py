@@ -33,6 +33,9 @@ class LoginAttempt:
     # let through by a challenge pass past a challenge that stood at the login (a shared
     # address's, a network's, a fingerprint's, the population alarm's)
     past_gate: bool = False
+    # let past the population alarm as a known client (`known_clients`): its failure
+    # counts against its client shape and place
+    known: bool = False
     in_flight: bool = False  # counted among its address's unanswered attempts
     device: str = ""  # `login.device_key` of the name as sent (its device cookie's entry)
     html: bool = False  # answered with an HTML page (`login.html_answer`)

@@ -579,7 +579,14 @@ class Bola:
                     # 403/404 over the long window, under the errors bar of each window
                     errors = long.errors
                     bar = cfg.errors_floor * cfg.sustained_factor * scale
-                    if errors >= bar and errors / max(long.count, errors) >= cfg.error_share:
+                    # (and in this window too: in process an object answered 200
+                    # counts for the long window only past a few in one window, so a
+                    # reader's share there is of its errors alone)
+                    if (
+                        errors >= bar
+                        and errors / max(long.count, errors) >= cfg.error_share
+                        and op.errors / max(op.count, op.errors) >= cfg.error_share
+                    ):
                         evidence = {
                             "route": template,
                             "objects": round(long.count),

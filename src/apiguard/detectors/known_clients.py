@@ -22,6 +22,11 @@ from collections import OrderedDict
 from apiguard.request import RequestContext, network_of
 
 KNOWN_MAX = 65_536  # (account, shape, place) triples remembered
+# failed logins let through as known from one (shape, place) before no client of that
+# shape there is known any longer, for `FAILED_FOR` seconds (a stuffer copying the app's
+# headers from a carrier's /16 where many owners logged in)
+KNOWN_FAILURES = 3
+FAILED_FOR = 3600.0
 PLACE_V4 = 16  # the place of a known client: its IPv4 /16 ...
 PLACE_V6 = 40  # ... or its IPv6 /40
 
@@ -35,12 +40,14 @@ class KnownClients:
     """(account, client shape, place) triples seen logging in, each until `ttl` seconds
     after its last success, at most `size` of them."""
 
-    __slots__ = ("_seen", "size", "ttl")
+    __slots__ = ("_failed", "_seen", "size", "ttl")
 
     def __init__(self, ttl: float, size: int = KNOWN_MAX) -> None:
         self.ttl = ttl
         self.size = size
         self._seen: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        # (shape, place) -> (failures of logins let through as known, since)
+        self._failed: dict[tuple[str, str], tuple[int, float]] = {}
 
     def logged_in(self, account: str, ctx: RequestContext, now: float) -> None:
         """Remember a successful login to `account` (its device key) from `ctx`'s client."""
@@ -52,10 +59,30 @@ class KnownClients:
             seen.popitem(last=False)
         seen[key] = now + self.ttl
 
+    def failed(self, ctx: RequestContext, now: float) -> None:
+        """A login let through as known from `ctx`'s client failed."""
+        failed = self._failed
+        key = (ctx.fingerprint, place_key(ctx))
+        count, since = failed.get(key, (0, now))
+        if now - since > FAILED_FOR:
+            count, since = 0, now
+        if len(failed) >= self.size and key not in failed:
+            failed.clear()
+        failed[key] = (count + 1, since)
+
     def knows(self, account: str, ctx: RequestContext, now: float) -> bool:
-        """Whether `ctx`'s client logged in to `account` from its place before."""
-        key = (account, ctx.fingerprint, place_key(ctx))
+        """Whether `ctx`'s client logged in to `account` from its place before (and
+        logins let through so from its shape and place have not been failing)."""
+        place = place_key(ctx)
+        key = (account, ctx.fingerprint, place)
         until = self._seen.get(key)
+        if until is None:
+            return False
+        failed = self._failed.get((ctx.fingerprint, place))
+        if failed is not None and failed[0] >= KNOWN_FAILURES:
+            if now - failed[1] <= FAILED_FOR:
+                return False
+            del self._failed[(ctx.fingerprint, place)]
         if until is None:
             return False
         if until < now:
@@ -83,17 +110,19 @@ class CookielessPasses:
     asked to pass a challenge during the login alarm drops the pass cookie, and its
     retry may come from another address of its carrier. One pass, one login: a stuffer
     sharing the region and the app's headers gets at most one attempt per challenge a
-    person there solved, and never the person's own (it is taken by whoever comes
-    first)."""
+    person there solved (taken by whoever comes first). A client that keeps cookies
+    withdraws the one its solve left when it logs in with the pass cookie it got."""
 
     __slots__ = ("_waiting", "size")
 
     def __init__(self, size: int = KNOWN_MAX) -> None:
         self.size = size
-        self._waiting: dict[tuple[str, str], list[float]] = {}
+        # (region, shape) -> [(until, tag of the pass cookie issued with it)]
+        self._waiting: dict[tuple[str, str], list[tuple[float, str]]] = {}
 
-    def passed(self, ctx: RequestContext, now: float) -> None:
-        """The person behind `ctx` passed a challenge."""
+    def passed(self, ctx: RequestContext, now: float, tag: str) -> None:
+        """The person behind `ctx` passed a challenge and was given the pass cookie
+        whose tag is `tag`."""
         waiting = self._waiting
         key = (region_key(ctx), ctx.fingerprint)
         found = waiting.get(key)
@@ -101,8 +130,15 @@ class CookielessPasses:
             if len(waiting) >= self.size:
                 waiting.clear()
             found = waiting[key] = []
-        found[:] = [t for t in found if t >= now][-(_PASSES_PER_PLACE - 1) :]
-        found.append(now + PASS_SECONDS)
+        found[:] = [p for p in found if p[0] >= now][-(_PASSES_PER_PLACE - 1) :]
+        found.append((now + PASS_SECONDS, tag))
+
+    def withdraw(self, ctx: RequestContext, tag: str) -> None:
+        """A login showed the pass cookie whose tag is `tag`: its client keeps cookies,
+        so the pass its solve left for a cookieless retry is no one's."""
+        found = self._waiting.get((region_key(ctx), ctx.fingerprint))
+        if found:
+            found[:] = [p for p in found if p[1] != tag]
 
     def take(self, ctx: RequestContext, now: float) -> float | None:
         """Use up a pass waiting for `ctx`'s shape and region: when it expired (its
@@ -110,7 +146,7 @@ class CookielessPasses:
         key = (region_key(ctx), ctx.fingerprint)
         found = self._waiting.get(key)
         while found:
-            until = found.pop(0)
+            until, _ = found.pop(0)
             if until >= now:
                 return until
         self._waiting.pop(key, None)
