@@ -237,3 +237,61 @@ def test_a_signed_in_users_token_probing_unknown_paths_is_challenged_not_banned(
         statuses.append(other.get(path, headers=made_up))
     first = next(i for i, r in enumerate(statuses) if r.status_code == 403)
     assert "challenge" not in statuses[first].json()["type"]
+
+
+def _spread_scan(scan_too: bool, seed: int = 31) -> tuple[list[int], int, int, Guard]:
+    """Two hours of people across the internet, each following a stale link or two now
+    and then (about 30 distinct unmatched paths an hour site-wide); with `scan_too`, from
+    the second hour a wordlist of 300 paths dealt over 15 addresses of 15 different /8s
+    with a random browser shape on every request (20 paths each, under the floor, no
+    /24 shared). The scanner's statuses, people's refusals, and its 404s."""
+    clock = FakeClock(START)
+    guard = Guard(clock=clock)
+    rng = random.Random(seed)
+    app = app_for(guard)
+    stale = probes(rng, 400)
+    wordlist = [f"/internal/{w}/{n}" for n, w in enumerate(stale[:300])]
+    scanners = [
+        TestClient(app, client=(f"{20 + 11 * i}.{rng.randrange(256)}.7.{i + 1}", 40_000))
+        for i in range(15)
+    ]
+    statuses: list[int] = []
+    refused = 0
+    events: list[tuple[float, str, int]] = []
+    for n in range(240):  # a person every 30 s
+        events.append((n * 30.0 + rng.uniform(0, 30), "person", n))
+    if scan_too:
+        for n in range(300):
+            events.append((3600.0 + n * 10.0 + rng.uniform(0, 10), "scan", n))
+    for at, kind, n in sorted(events):
+        clock.advance_to(START + at)
+        if kind == "person":
+            ip = f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.9"
+            person = TestClient(app, client=(ip, 40_000))
+            for _ in range(rng.choice((0, 0, 1, 1, 2, 4))):
+                person.get(stale[300 + rng.randrange(100)])
+            refused += person.get(f"/products/{n}").status_code != 200
+            continue
+        ua = f"Mozilla/5.0 (X11; Linux x86_64) Chrome/{rng.randrange(90, 130)}.0"
+        resp = scanners[n % 15].get(wordlist[n], headers={"user-agent": ua})
+        statuses.append(resp.status_code)
+    return statuses, refused, statuses.count(404), guard
+
+
+def test_a_scan_spread_over_many_networks_is_challenged_and_people_are_not() -> None:
+    """A held-out evaluation: 300 paths from 15 addresses in 15 /8s, 20 each, were never
+    refused. The site's distinct unmatched paths, four times the floor and three times
+    their usual level, challenge each address that probed 5 itself."""
+    statuses, refused, answered, _ = _spread_scan(scan_too=True)
+    assert refused == 0
+    assert 403 in statuses, statuses
+    assert answered <= 160, answered
+    first = statuses.index(403)
+    assert statuses[first:].count(404) <= 0.1 * len(statuses[first:]) + 15, statuses
+
+
+def test_control_people_with_stale_links_alone_raise_nothing_site_wide() -> None:
+    statuses, refused, _, guard = _spread_scan(scan_too=False)
+    assert statuses == [] and refused == 0
+    recon = next(d for d in guard.engine.detectors if d.name == "recon")
+    assert recon.site_level is not None  # (it learned the usual level)

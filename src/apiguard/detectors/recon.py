@@ -32,6 +32,15 @@ _PATH_MAX = 256  # characters of a probed path counted (a longer one is its firs
 # others) challenges each of them that probed `_NETWORK_OWN` distinct paths itself
 _NETWORK_FACTOR = 2
 _NETWORK_OWN = 5
+# the whole site: a scan dealt over addresses of many networks (each under the floor,
+# no /24 shared) shows as distinct unmatched paths site-wide far above their usual
+# level: at least this many times the floor, and `_SITE_OVER_LEVEL` times the level
+# learned from calm windows; then an address not vouched for that probed
+# `_NETWORK_OWN` distinct paths itself is challenged
+_SITE_FACTOR = 4
+_SITE_OVER_LEVEL = 3.0
+_SITE_EWMA = 0.3  # weight of the newest calm window in the site's usual level
+SITE = "recon:site"  # detector-table key: the site's distinct unmatched paths
 UNROUTED = "recon:"  # detector-table prefix: an actor's distinct unmatched paths
 
 
@@ -94,6 +103,32 @@ class Recon:
     def __init__(self, config: ReconConfig, enforce: bool) -> None:
         self.config = config
         self.enforce = enforce
+        # the site's usual distinct unmatched paths per window (learned in process from
+        # windows under the bar), and when it was last sampled
+        self.site_level: float | None = None
+        self._sampled_at: float | None = None
+
+    def site_bar(self) -> float:
+        """The site-wide distinct unmatched paths in `window` from which an address
+        that probed a few itself is challenged."""
+        bar = float(self.config.floor * _SITE_FACTOR)
+        if self.site_level is not None:
+            bar = max(bar, self.site_level * _SITE_OVER_LEVEL)
+        return bar
+
+    def _learn(self, count: float, now: float) -> None:
+        """Sample the site's count once a window, when it is under the bar."""
+        at = self._sampled_at
+        if at is None:
+            self._sampled_at = now
+            return
+        if now - at < self.config.window:
+            return
+        self._sampled_at = now
+        if count >= self.site_bar():
+            return  # (a scan teaches nothing)
+        level = self.site_level
+        self.site_level = count if level is None else level + _SITE_EWMA * (count - level)
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         status = outcome.status
@@ -160,8 +195,13 @@ class Recon:
             # address of it that probed a few itself
             network = Tally(UNROUTED + ctx.net_key, cfg.window, shape)
             ops.append(network)
+        site: Tally | None = None
+        if not vouched:
+            site = Tally(SITE, cfg.window, shape)
+            ops.append(site)
         name = self.name
         enforce = self.enforce
+        now = outcome.now
 
         def judge() -> list[Finding]:
             found: list[Finding] = []
@@ -192,6 +232,21 @@ class Recon:
                     # a network holds other people: a challenge, which a person passes
                     finding = Finding(f"{name}.network", address, "challenge", enforce, evidence)
                     return [finding]
+            if site is not None:
+                self._learn(site.count, now)
+                site_bar = self.site_bar()
+                own = judges[-1][0]
+                if site.count >= site_bar and own.count >= _NETWORK_OWN:
+                    evidence = {
+                        "site_unmatched_paths": round(site.count),
+                        "threshold": round(site_bar, 1),
+                        "baseline": round(self.site_level, 1)
+                        if self.site_level is not None
+                        else -1,
+                        "unmatched_paths": round(own.count),
+                    }
+                    # (evidence of the whole site: a challenge, which a person passes)
+                    return [Finding(f"{name}.site", address, "challenge", enforce, evidence)]
             return []
 
         return judge
