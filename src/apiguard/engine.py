@@ -36,7 +36,7 @@ from apiguard.detectors.base import (
 )
 from apiguard.detectors.bola import Bola, names_object
 from apiguard.detectors.flow_groups import BORN, GROUP, SURGE, FlowGroups, group_keys
-from apiguard.detectors.known_clients import CookielessPasses
+from apiguard.detectors.known_clients import COOKIELESS, CookielessPasses
 from apiguard.detectors.rotation import Rotation, home_key, shaped_key
 from apiguard.detectors.scraping import Scraping
 from apiguard.login import (
@@ -1640,15 +1640,19 @@ class Engine:
     def _cookieless_pass(self, ctx: RequestContext, now: float) -> bool:
         """Whether a client without a pass cookie takes a pass a person solved a
         challenge for lately with its client shape in its region (a phone app that keeps
-        no cookie: `CookielessPasses`); then it is the request's pass (`ctx.pass_key`).
-        The population alarm's gate only: a flagged address, network or shape (a
-        stuffer's own) is not lifted so."""
+        no cookie: `CookielessPasses`); then it is the request's pass (`ctx.pass_key`),
+        for this request only. At the login, the population alarm's gate only (a flagged
+        address, network or shape, a stuffer's own, is not lifted so); and the surge of
+        new accounts' (`pass_for`)."""
         if ctx.has_cookie and cookie(ctx, PASS_COOKIE) is not None:
             return False  # (a client that keeps cookies shows its own pass)
+        key = ctx.pass_key
+        if key is not None:  # (asked again for this request: the pass it took)
+            return key.startswith(COOKIELESS)
         until = self._cookieless_passes.take(ctx, now)
         if until is None:
             return False
-        ctx.pass_key = self.hasher("pk", f"cookieless:{until!r}:{ctx.ip_key}")
+        ctx.pass_key = COOKIELESS + self.hasher("pk", f"{until!r}:{ctx.ip_key}")
         return True
 
     @staticmethod
@@ -1719,8 +1723,8 @@ class Engine:
         if ctx.cookies is None:
             ctx.cookies = []
         ctx.cookies.append(pass_cookie(ctx, value, seconds))
-        if self.ato is not None:  # (and for a client that will not keep the cookie)
-            self._cookieless_passes.passed(ctx, now, self.hasher("pk", value))
+        # (and for a client that will not keep the cookie)
+        self._cookieless_passes.passed(ctx, now, self.hasher("pk", value))
         # (no login gate is lifted: the pass itself gets its holder past a challenge
         # there; a ban stands, since a solved CAPTCHA does not undo stuffing, and so does
         # a shared address's challenge, which everyone else behind the NAT or proxy
@@ -2081,10 +2085,10 @@ class Engine:
         pass answers one principal (the first that presents it; kept in the shared ban
         table), so a solved CAPTCHA's cookie replayed on a farm's accounts lets one by;
         `rebind`: it answers for `principal` from now on (the account a sign-up made)."""
-        if not ctx.has_cookie:
-            return False
-        value = cookie(ctx, PASS_COOKIE)
-        if value is None or not pass_valid(self.hasher, value, now):
+        value = cookie(ctx, PASS_COOKIE) if ctx.has_cookie else None
+        if value is None:
+            return self._cookieless_pass(ctx, now)  # (one that keeps no cookie)
+        if not pass_valid(self.hasher, value, now):
             return False
         mark = PASS_USED + self.hasher("pk", value)
         used = self.store.active_ban(mark, now)

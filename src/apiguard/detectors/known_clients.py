@@ -94,6 +94,7 @@ class KnownClients:
         return len(self._seen)
 
 
+COOKIELESS = "cl:"  # prefix of the pass key of a request that took a cookieless pass
 PASS_SECONDS = 120.0  # how long a challenge passed without a cookie waits for its login
 _PASSES_PER_PLACE = 8  # such passes waiting at once per (region, shape)
 
