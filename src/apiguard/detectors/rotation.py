@@ -191,11 +191,11 @@ class Rotation:
         request: it comes from the banned principal's home (as this process knows it, or
         as the ban's worker published it), also under a ban on one client shape (a thief
         that copied the owner's headers shares the owner's shape; homes are only the
-        principal's first places, so a thief's proxies are none). A home's client shape
-        anywhere in that home's region is at home too: a phone moving through its
-        carrier's address pools keeps its shape and region, while a thief's random
-        shapes from everywhere seldom match both, and one with the owner's headers is
-        excused only in the owner's /8 (a known hole: a thief on proxies there)."""
+        principal's first places, so a thief's proxies are none). Under a ban on the
+        whole principal or its token (a thief whose headers change on every request), a
+        home's client shape anywhere in that home's region is at home too: a phone moving
+        through its carrier's address pools keeps its shape and region, while a thief's
+        random shapes from everywhere seldom match both."""
         principal = ban.owner or ban.key
         net, fp = ctx.net_key, ctx.fingerprint
         homes = self.homes
@@ -204,6 +204,8 @@ class Rotation:
         store = ctx.engine.store
         if store.active_ban(home_key(principal, net, fp), now) is not None:
             return True
+        if ban.key.startswith(SHAPED):
+            return False
         region = _region(ctx)
         if homes.in_region(principal, region, fp, now):
             return True
