@@ -564,38 +564,33 @@ class Bola:
                 findings[0].evidence["young"] = 1
                 self._young_found(subject, outcome.now)
             if not findings and long is not None:
+                evidence: dict[str, float | int | str] = {
+                    "route": template,
+                    "objects": round(long.count),
+                    "window": cfg.sustained_window,
+                }
                 bar = learned * cfg.sustained_factor * scale
-                if long.count >= bar:
-                    evidence: dict[str, float | int | str] = {
-                        "route": template,
-                        "objects": round(long.count),
-                        "threshold": round(bar, 1),
-                        "window": cfg.sustained_window,
-                    }
+                if long.count < bar:
+                    bar = 0.0
+                    if long.error:
+                        # a slow guesser (gift codes, invitation or reset tokens): mostly
+                        # 403/404 over the long window, under the errors bar of each
+                        # window (and in this window too: in process an object answered
+                        # 200 counts for the long window only past a few in one window,
+                        # so a reader's share there is of its errors alone)
+                        errors = long.errors
+                        guessed = cfg.errors_floor * cfg.sustained_factor * scale
+                        if (
+                            errors >= guessed
+                            and errors / max(long.count, errors) >= cfg.error_share
+                            and op.errors / max(op.count, op.errors) >= cfg.error_share
+                        ):
+                            bar = guessed
+                            evidence["errors"] = round(errors)
+                if bar:
+                    evidence["threshold"] = round(bar, 1)
                     fire = "block" if scale > 1 else action
                     findings = [Finding(_SUSTAINED, banned, fire, self.enforce, evidence)]
-                elif long.error:
-                    # a slow guesser (gift codes, invitation or reset tokens): mostly
-                    # 403/404 over the long window, under the errors bar of each window
-                    errors = long.errors
-                    bar = cfg.errors_floor * cfg.sustained_factor * scale
-                    # (and in this window too: in process an object answered 200
-                    # counts for the long window only past a few in one window, so a
-                    # reader's share there is of its errors alone)
-                    if (
-                        errors >= bar
-                        and errors / max(long.count, errors) >= cfg.error_share
-                        and op.errors / max(op.count, op.errors) >= cfg.error_share
-                    ):
-                        evidence = {
-                            "route": template,
-                            "objects": round(long.count),
-                            "errors": round(errors),
-                            "threshold": round(bar, 1),
-                            "window": cfg.sustained_window,
-                        }
-                        fire = "block" if scale > 1 else action
-                        findings = [Finding(_SUSTAINED, banned, fire, self.enforce, evidence)]
             return findings
 
         return judge

@@ -83,8 +83,6 @@ class KnownClients:
             if now - failed[1] <= FAILED_FOR:
                 return False
             del self._failed[(ctx.fingerprint, place)]
-        if until is None:
-            return False
         if until < now:
             del self._seen[key]
             return False
