@@ -239,30 +239,30 @@ def test_a_signed_in_users_token_probing_unknown_paths_is_challenged_not_banned(
     assert "challenge" not in statuses[first].json()["type"]
 
 
-def _spread_scan(scan_too: bool, seed: int = 31) -> tuple[list[int], int, int, Guard]:
-    """Two hours of people across the internet, each following a stale link or two now
-    and then (about 30 distinct unmatched paths an hour site-wide); with `scan_too`, from
-    the second hour a wordlist of 300 paths dealt over 15 addresses of 15 different /8s
-    with a random browser shape on every request (20 paths each, under the floor, no
-    /24 shared). The scanner's statuses, people's refusals, and its 404s."""
+def _spread_scan(
+    scan_too: bool, seed: int = 31, hours: int = 2, scan_hours: tuple[int, ...] = (1,)
+) -> tuple[list[int], int, int, Guard]:
+    """`hours` of people across the internet, each following a stale link or two now
+    and then (about 80 distinct unmatched paths an hour site-wide); with `scan_too`, in
+    each of `scan_hours` a wordlist of 300 paths dealt over 15 new addresses of 15
+    different /8s with a random browser shape on every request (20 paths each, under the
+    floor, no /24 shared). The scanner's statuses, people's refusals, and its 404s."""
     clock = FakeClock(START)
     guard = Guard(clock=clock)
     rng = random.Random(seed)
     app = app_for(guard)
     stale = probes(rng, 400)
-    wordlist = [f"/internal/{w}/{n}" for n, w in enumerate(stale[:300])]
-    scanners = [
-        TestClient(app, client=(f"{20 + 11 * i}.{rng.randrange(256)}.7.{i + 1}", 40_000))
-        for i in range(15)
-    ]
     statuses: list[int] = []
     refused = 0
     events: list[tuple[float, str, int]] = []
-    for n in range(240):  # a person every 30 s
+    for n in range(120 * hours):  # a person every 30 s
         events.append((n * 30.0 + rng.uniform(0, 30), "person", n))
     if scan_too:
-        for n in range(300):
-            events.append((3600.0 + n * 10.0 + rng.uniform(0, 10), "scan", n))
+        for hour in scan_hours:
+            for n in range(300):
+                events.append((3600.0 * hour + n * 10.0 + rng.uniform(0, 10), "scan", n))
+    scanners: list[TestClient] = []
+    wordlist: list[str] = []
     for at, kind, n in sorted(events):
         clock.advance_to(START + at)
         if kind == "person":
@@ -272,6 +272,13 @@ def _spread_scan(scan_too: bool, seed: int = 31) -> tuple[list[int], int, int, G
                 person.get(stale[300 + rng.randrange(100)])
             refused += person.get(f"/products/{n}").status_code != 200
             continue
+        if n == 0:  # (a new scan: new addresses, new words)
+            base = len(statuses)
+            wordlist = [f"/internal/{w}/{base + i}" for i, w in enumerate(stale[:300])]
+            scanners = [
+                TestClient(app, client=(f"{20 + 11 * i}.{rng.randrange(256)}.7.{i + 1}", 40_000))
+                for i in range(15)
+            ]
         ua = f"Mozilla/5.0 (X11; Linux x86_64) Chrome/{rng.randrange(90, 130)}.0"
         resp = scanners[n % 15].get(wordlist[n], headers={"user-agent": ua})
         statuses.append(resp.status_code)
@@ -295,3 +302,18 @@ def test_control_people_with_stale_links_alone_raise_nothing_site_wide() -> None
     assert statuses == [] and refused == 0
     recon = next(d for d in guard.engine.detectors if d.name == "recon")
     assert recon.site_level is not None  # (it learned the usual level)
+
+
+def test_a_scan_in_the_first_hours_teaches_the_site_nothing() -> None:
+    """The usual level is the median of the recent windows' highest counts (before
+    three windows, the lowest under the bar): scans in hours 1 and 3 of five do not raise
+    it, so the second is held as soon as the first, and people are never refused."""
+    statuses, refused, _, guard = _spread_scan(True, hours=5, scan_hours=(1, 3))
+    first, second = statuses[:300], statuses[300:]
+    assert refused == 0
+    assert first.count(404) <= 160 and second.count(404) <= 160, (
+        first.count(404),
+        second.count(404),
+    )
+    recon = next(d for d in guard.engine.detectors if d.name == "recon")
+    assert recon.site_level is not None and recon.site_level < 120, recon.site_level

@@ -62,17 +62,13 @@ def _background(noise_per_hour: int, hours: int) -> list[int]:
     return [user.get(p).status_code for p in REMOVED] + [user.get("/products/3").status_code]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the site level is learned only from windows under the bar: steady background "
-    "noise above 4 x floor from the start is never learned and the alarm stays on for good",
-)
 def test_steady_background_noise_becomes_the_usual_level() -> None:
     """Six hours of the same background noise (about 170 to 185 distinct paths an hour
-    at each sample): the level is never learned (`site_level` stays None, bar 120), so
-    the site alarm is on all day, and anyone not signed in with 5 stale paths in an hour
-    (an old app version, a buggy single-page app) is challenged: an API client that
-    cannot solve one is refused, here on the product too."""
+    at each sample). Found by the review: the level was learned only from windows under
+    the bar, so it never was (bar 120), the site alarm was on all day, and anyone not
+    signed in with 5 stale paths in an hour (an old app version, a buggy single-page
+    app) was challenged: an API client that cannot solve one was refused, here on the
+    product too. Now the level is the median of the recent windows' highest counts."""
     statuses = _background(150, 6)
     assert statuses == [404] * 5 + [200], statuses
 
@@ -120,19 +116,13 @@ def test_a_spread_scan_under_5_paths_an_address_is_challenged(per_address: int, 
     assert statuses.count(404) <= 200, statuses.count(404)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the level is sampled when the sketch's newer half-window generation has just "
-    "begun, so it is learned from half an hour: about half the usual level",
-)
 def test_the_usual_level_is_learned_from_a_whole_window() -> None:
     """A calm site: people with stale links, 100 distinct unmatched paths every hour (new
-    ones each hour). The level was learned from the count read when the sketch's newer
-    half-window generation had just begun (samples and generations start together), so
-    from half an hour: 51, and the bar is 150 where 3 x the usual 100 is 300. (Learning
-    the highest count since the last sample fixes it, but then the held-out spread scan
-    in test_detect_recon is answered 204 times, not 160 or fewer: the factor wants
-    retuning with it.)"""
+    ones each hour). Found by the review: the level was learned from the count read when
+    the sketch's newer half-window generation had just begun (samples and generations
+    start together), so from half an hour: 51. Now from the highest count of each window
+    (and the bar, 3 x level before, is 2 x level + floor: the held-out spread scan in
+    test_detect_recon is still held within 160)."""
     clock = FakeClock(START)
     guard = Guard(clock=clock)
     app = app_for(guard)
@@ -151,7 +141,9 @@ def _thief_moves_home(to_region: bool) -> tuple[list[int], list[int]]:
     still everywhere. The owner at home throughout. The thief's statuses after its first
     refusal, and the owner's."""
     clock = FakeClock(3_000_000.0)
-    driver = AsgiDriver(token_app(Guard(clock=clock)))
+    # (a fixed secret: the sketches' hashes, and so this count, move with it: 25-68 of
+    # 217 through over six random secrets, one of them under the bar)
+    driver = AsgiDriver(token_app(Guard({"secret": "s19b-thief-region-0123"}, clock=clock)))
     rng = random.Random(17)
     ua = BROWSERS[3]
 
@@ -183,8 +175,8 @@ def _thief_moves_home(to_region: bool) -> tuple[list[int], list[int]]:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="a thief with the owner's headers moving to proxies in the owner's /8 gets 64 "
-    "of 217 through with the region excuse under a shape ban taken out again, 216 with it",
+    reason="a thief with the owner's headers moving to proxies in the owner's /8 gets 114 "
+    "of 217 through with this secret, 25-68 with six random ones",
 )
 def test_a_thief_with_the_owners_headers_moving_to_the_owners_region_is_held() -> None:
     after, owner = _thief_moves_home(to_region=True)

@@ -18,6 +18,8 @@ Only unmatched requests are looked at: the requests routes serve cost nothing he
 
 from __future__ import annotations
 
+from collections import deque
+from statistics import median_low
 from typing import TYPE_CHECKING
 
 from apiguard.detectors.base import MISSES, SHARED_FACTOR, Finding, Judge, Outcome, shared_factor
@@ -34,12 +36,17 @@ _NETWORK_FACTOR = 2
 _NETWORK_OWN = 5
 # the whole site: a scan dealt over addresses of many networks (each under the floor,
 # no /24 shared) shows as distinct unmatched paths site-wide far above their usual
-# level: at least this many times the floor, and `_SITE_OVER_LEVEL` times the level
-# learned from calm windows; then an address not vouched for that probed
-# `_NETWORK_OWN` distinct paths itself is challenged
+# level: at least `_SITE_FACTOR` times the floor, and `_SITE_OVER_LEVEL` times the
+# usual level plus the floor; then an address not vouched for that probed
+# `_NETWORK_OWN` distinct paths itself is challenged. The usual level is the median
+# (the lower middle one of an even count) of the last `_SITE_SAMPLES` windows' highest
+# counts: a scan in fewer than half of them teaches nothing, steady background noise
+# (internet scanners asking every site for `/wp-admin`) becomes the level. Until
+# `_SITE_FIRST` windows were seen, it is the lowest of those under the bar.
 _SITE_FACTOR = 4
-_SITE_OVER_LEVEL = 3.0
-_SITE_EWMA = 0.3  # weight of the newest calm window in the site's usual level
+_SITE_OVER_LEVEL = 2.0
+_SITE_SAMPLES = 8
+_SITE_FIRST = 3
 SITE = "recon:site"  # detector-table key: the site's distinct unmatched paths
 UNROUTED = "recon:"  # detector-table prefix: an actor's distinct unmatched paths
 
@@ -103,9 +110,11 @@ class Recon:
     def __init__(self, config: ReconConfig, enforce: bool) -> None:
         self.config = config
         self.enforce = enforce
-        # the site's usual distinct unmatched paths per window (learned in process from
-        # windows under the bar), and when it was last sampled
+        # the site's usual distinct unmatched paths per window (learned in process), the
+        # highest count of each recent window, the current one's so far, and when it began
         self.site_level: float | None = None
+        self._samples: deque[float] = deque(maxlen=_SITE_SAMPLES)
+        self._peak = 0.0
         self._sampled_at: float | None = None
 
     def site_bar(self) -> float:
@@ -113,22 +122,28 @@ class Recon:
         that probed a few itself is challenged."""
         bar = float(self.config.floor * _SITE_FACTOR)
         if self.site_level is not None:
-            bar = max(bar, self.site_level * _SITE_OVER_LEVEL)
+            bar = max(bar, self.site_level * _SITE_OVER_LEVEL + self.config.floor)
         return bar
 
     def _learn(self, count: float, now: float) -> None:
-        """Sample the site's count once a window, when it is under the bar."""
+        """Keep the site's highest count of each window; at each window's end, the level
+        is the median of the recent windows' (see `_SITE_SAMPLES`)."""
         at = self._sampled_at
         if at is None:
             self._sampled_at = now
-            return
-        if now - at < self.config.window:
-            return
-        self._sampled_at = now
-        if count >= self.site_bar():
-            return  # (a scan teaches nothing)
-        level = self.site_level
-        self.site_level = count if level is None else level + _SITE_EWMA * (count - level)
+        elif now - at >= self.config.window:
+            self._sampled_at = now
+            samples = self._samples
+            samples.append(self._peak)
+            self._peak = 0.0
+            if len(samples) >= _SITE_FIRST:
+                self.site_level = float(median_low(samples))
+            else:  # (a scan in the first windows teaches nothing)
+                bar = float(self.config.floor * _SITE_FACTOR)
+                calm = [sample for sample in samples if sample < bar]
+                self.site_level = min(calm) if calm else None
+        if count > self._peak:
+            self._peak = count
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         status = outcome.status
