@@ -1627,7 +1627,7 @@ class Engine:
         elif ato.known.knows(login.device or user, ctx, now):
             login.known = True  # (a client that logged in to it from here before)
             return None
-        elif self._cookieless_pass(ctx, now):
+        elif self.cookieless_pass(ctx, now):
             login.past_gate = True
         elif self._enforced(ato.enforce):
             reason = "account_takeover.population"
@@ -1637,13 +1637,13 @@ class Engine:
             )
         return None
 
-    def _cookieless_pass(self, ctx: RequestContext, now: float) -> bool:
+    def cookieless_pass(self, ctx: RequestContext, now: float) -> bool:
         """Whether a client without a pass cookie takes a pass a person solved a
         challenge for lately with its client shape in its region (a phone app that keeps
         no cookie: `CookielessPasses`); then it is the request's pass (`ctx.pass_key`),
         for this request only. At the login, the population alarm's gate only (a flagged
-        address, network or shape, a stuffer's own, is not lifted so); and the surge of
-        new accounts' (`pass_for`)."""
+        address, network or shape, a stuffer's own, is not lifted so); the surge of new
+        accounts' (`pass_for`); a scraping surge's hold on new readers."""
         if ctx.has_cookie and cookie(ctx, PASS_COOKIE) is not None:
             return False  # (a client that keeps cookies shows its own pass)
         key = ctx.pass_key
@@ -2087,7 +2087,7 @@ class Engine:
         `rebind`: it answers for `principal` from now on (the account a sign-up made)."""
         value = cookie(ctx, PASS_COOKIE) if ctx.has_cookie else None
         if value is None:
-            return self._cookieless_pass(ctx, now)  # (one that keeps no cookie)
+            return self.cookieless_pass(ctx, now)  # (one that keeps no cookie)
         if not pass_valid(self.hasher, value, now):
             return False
         mark = PASS_USED + self.hasher("pk", value)

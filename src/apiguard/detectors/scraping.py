@@ -19,6 +19,13 @@ older one weighted by the share of it still inside the window):
   request from each, and reading its page again (under another query) or a miss is no
   browsing on.
 
+A process that has just started meets every visitor for the first time: its first
+windows (those begun within `new_for` of the first watched read) count the site's
+regulars as new readers, so the baseline they teach is provisional: less each of their
+new readers seen again once no longer new (a regular, not a newcomer), and once those
+are a fifth of it, the volume path starts a surge at the threshold itself; the first
+window after them teaches from that corrected level.
+
 The route's baseline is learned from its own calm periods (an EWMA of the new readers
 per window; not from a period most of whose judged addresses were one-shot: a scraper
 under the threshold must not teach the route to accept it) and, while it is under a
@@ -80,6 +87,9 @@ _POLL_SPAN = 30.0  # seconds or more after the address was first seen
 SITE = "*"  # the site-wide count's name (in `surging`, the evidence's route)
 Evidence = dict[str, float | int | str]
 _PACE, _PACED = 8, 9  # in `Surge.counts`
+# the share of a cold window's new readers seen back once no longer new that shows it
+# overstated the route's level (see `Surge.provisional`)
+_OVERSTATED = 0.2
 _ZEROS = array("d", bytes(8 * 4))  # a generation's counts, none yet (copied, never changed)
 
 
@@ -105,11 +115,14 @@ class Surge:
     __slots__ = (
         "baseline",
         "bit",
+        "cold_until",
         "counts",
         "factor",
         "floor",
         "oldest",
         "pending",
+        "provisional",
+        "returned",
         "settle",
         "share",
         "since",
@@ -144,6 +157,13 @@ class Surge:
         # routes a route's state is out of the CPU's caches at each new reader)
         self.counts = array("d", bytes(8 * 10))
         self.baseline: float | None = None
+        # a generation that began before this counted every returning visitor as new (the
+        # process had just started: `Scraping` sets it); while the baseline was taught by
+        # such generations only, it is `provisional`, less the `returned`: the new readers
+        # of those generations seen again once no longer new (a regular, not a newcomer)
+        self.cold_until = -math.inf
+        self.provisional = False
+        self.returned = 0.0
         # one-shot and returning new addresses judged per calm window (EWMA): what the
         # route's own visitors bring, whatever comes on top of them is judged apart
         self.usual: list[float] | None = None
@@ -207,9 +227,17 @@ class Surge:
                     usual[0] = (1 - _EWMA) * usual[0] + _EWMA * one_shot
                     usual[1] = (1 - _EWMA) * usual[1] + _EWMA * returning
             if self.since is None or level:
-                self.baseline = (
-                    level if self.baseline is None else (1 - _EWMA) * self.baseline + _EWMA * level
-                )
+                cold = self.start < self.cold_until
+                baseline = self.baseline
+                if baseline is None:
+                    self.baseline, self.provisional = level, cold
+                else:
+                    if self.provisional and not cold:
+                        # (the first window after the cold ones: their level less the
+                        # returning visitors they counted as new, then as usual)
+                        baseline = max(0.0, baseline - self.returned)
+                        self.provisional = False
+                    self.baseline = (1 - _EWMA) * baseline + _EWMA * level
             counts[4:8] = finished if elapsed < 2 * self.span else _ZEROS
             counts[0:4] = _ZEROS
             self.start = now if elapsed >= 2 * self.span else self.start + self.span
@@ -227,9 +255,12 @@ class Surge:
 
     def threshold(self) -> float:
         """The new readers per window at which the route is under a surge."""
-        if self.baseline is None:
+        baseline = self.baseline
+        if baseline is None:
             return float(self.floor)
-        return max(self.floor + self.baseline, self.baseline * self.factor)
+        if self.provisional:  # (less the returning visitors a cold window counted)
+            baseline = max(0.0, baseline - self.returned)
+        return max(self.floor + baseline, baseline * self.factor)
 
     def judged(self, now: float, one_shot: bool) -> None:
         """Count a new address judged one-shot or returning."""
@@ -261,6 +292,10 @@ class Surge:
             # a few pages from each address browses on as people do), once a calm window
             # taught the route its usual level
             volume = self.volume
+            if self.provisional and self.returned >= _OVERSTATED * (self.baseline or 0.0):
+                # (a cold window shown to have counted returning visitors as new: its
+                # threshold, less those seen so far, still holds more than the margin)
+                volume = min(volume, 1.0)
             if volume and self.usual is not None and reads >= limit * volume:
                 self.since = now
                 return {
@@ -364,13 +399,16 @@ class Scraping:
             if config.site_wide
             else None
         )
+        self._began: float | None = None  # when the first watched route was read
+        self._cold_until = -math.inf  # (from then, a `new_for`: see `Surge.cold_until`)
+        self._routes: list[Surge] = []  # the watched routes' counts, by their bits
         # routes under a surge, and SITE when the site is (what the gate checks)
         self.surging: dict[str, Surge] = {}
         self._passes: OrderedDict[str, set[str]] = OrderedDict()
         # (route, address) refused under a surge -> when last counted (bounded, oldest out)
         self._held: OrderedDict[tuple[str, str], float] = OrderedDict()
 
-    def _surge(self, template: str, scope: Mapping[str, Any]) -> Surge | None:
+    def _surge(self, template: str, scope: Mapping[str, Any], now: float) -> Surge | None:
         """The count of `template` (served in `scope`): made at its first read; None
         for a route not watched (its floor 0, the challenge route, static files: every
         visitor's page reads them)."""
@@ -387,9 +425,30 @@ class Scraping:
         ):
             return None
         surge = Surge(cfg.window, floor, cfg.factor, cfg.one_shot_share, cfg.settle, cfg.volume)
+        began = self._began
+        if began is None:  # (the first watched read: the process has just started)
+            began = self._began = now
+            if self._site is not None:
+                self._site.cold_until = now + self._new_for
+        surge.cold_until = self._cold_until = began + self._new_for
         surge.bit = 1 << len(self._surges)  # (routes are never dropped: bits stay theirs)
         self._surges[template] = surge
+        self._routes.append(surge)
         return surge
+
+    def _came_back(self, known: _Address) -> None:
+        """An address first seen while the process was new, seen again once no longer
+        new: each count it was a new reader for then (while their baseline is still
+        `provisional`) takes it for a returning visitor, not a newcomer. Once."""
+        bits, routes = known.read, self._routes
+        while bits:
+            low = bits & -bits
+            routes[low.bit_length() - 1].returned += 1
+            bits ^= low
+        if known.site and self._site is not None:
+            self._site.returned += 1
+        known.read = 0  # (an address no longer new: neither is read again)
+        known.site = False
 
     def _person(self, ctx: RequestContext, now: float) -> bool:
         """Whether the request carries a valid pass that has not answered from more than
@@ -484,6 +543,8 @@ class Scraping:
                             known.requests += 1
                             known.again = 0
             if age >= self._new_for:
+                if known.first < self._cold_until and known.read:
+                    self._came_back(known)
                 return None  # not new
         else:  # first seen here (an address answered only errors is remembered too: it
             # counts once per route, not as a new reader at each miss)
@@ -497,7 +558,7 @@ class Scraping:
         template = outcome.route
         if template is None:
             return None
-        surge = self._surges.get(template) or self._surge(template, ctx.scope)
+        surge = self._surges.get(template) or self._surge(template, ctx.scope, now)
         if surge is None:
             return None
         if known.read & surge.bit:
@@ -581,7 +642,7 @@ class Scraping:
             elif (
                 key == template
                 or self._surges.get(template)
-                or self._surge(template, ctx.scope)
+                or self._surge(template, ctx.scope, now)
             ):
                 held.append((key, surge))  # (SITE: only on a watched route)
         if not held:
@@ -589,8 +650,8 @@ class Scraping:
         known = self._seen.get(ctx.ip_key)
         if known is not None and now - known.first >= self.config.new_for:
             return False
-        if self._person(ctx, now):
-            return False
+        if self._person(ctx, now) or ctx.engine.cookieless_pass(ctx, now):
+            return False  # (a person's pass, or one a phone app that keeps no cookie took)
         # a refused address counts as a new reader once per window on this route and once
         # site-wide (a rotating scraper's are all new; one client retrying must not keep a
         # surge on)
