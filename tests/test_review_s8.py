@@ -257,7 +257,7 @@ def test_routed_requests_add_no_store_work() -> None:
         assert recon.plan(Outcome(Ctx(), status, "ip", START, None, "/p/{id}"), ops) is None
     assert ops == []
     assert recon.plan(Outcome(Ctx(), 404, "ip", START, None, None), ops) is not None
-    assert len(ops) == 3  # the address's count, its /24's and the site's
+    assert len(ops) == 4  # the address's count, its /24's, the site's and this window's
 
 
 def test_a_scan_spread_over_two_workers_on_redis_is_banned(redis_url: str) -> None:

@@ -46,6 +46,7 @@ _NETWORK_OWN = 5
 _SITE_FACTOR = 4
 _SITE_OVER_LEVEL = 2.0
 _SITE_SAMPLES = 8
+_SITE_RECENT = 4  # (or of the last 4, when higher: a morning's rise is followed)
 _SITE_FIRST = 3
 SITE = "recon:site"  # detector-table key: the site's distinct unmatched paths
 UNROUTED = "recon:"  # detector-table prefix: an actor's distinct unmatched paths
@@ -110,12 +111,15 @@ class Recon:
     def __init__(self, config: ReconConfig, enforce: bool) -> None:
         self.config = config
         self.enforce = enforce
-        # the site's usual distinct unmatched paths per window (learned in process), the
-        # highest count of each recent window, the current one's so far, and when it began
+        # the site's usual distinct unmatched paths per window (learned in process): the
+        # count of each recent whole window of the clock (its own paths only: a burst
+        # late in one is not counted again in the next), the current one's so far, and
+        # which window that is (None: none yet; the process's first is a part of one)
         self.site_level: float | None = None
         self._samples: deque[float] = deque(maxlen=_SITE_SAMPLES)
         self._peak = 0.0
-        self._sampled_at: float | None = None
+        self._bucket: int | None = None
+        self._whole = False  # (whether the current window was seen from its start)
 
     def site_bar(self) -> float:
         """The site-wide distinct unmatched paths in `window` from which an address
@@ -125,19 +129,25 @@ class Recon:
             bar = max(bar, self.site_level * _SITE_OVER_LEVEL + self.config.floor)
         return bar
 
-    def _learn(self, count: float, now: float) -> None:
-        """Keep the site's highest count of each window; at each window's end, the level
-        is the median of the recent windows' (see `_SITE_SAMPLES`)."""
-        at = self._sampled_at
-        if at is None:
-            self._sampled_at = now
-        elif now - at >= self.config.window:
-            self._sampled_at = now
+    def _learn(self, count: float, bucket: int) -> None:
+        """Keep the count of the clock's window `bucket` so far; once a later one begins,
+        the level is the median of the recent windows' (see `_SITE_SAMPLES`)."""
+        current = self._bucket
+        if current is None:
+            self._bucket = bucket
+        elif bucket != current:
+            self._bucket = bucket
+            whole, self._whole = self._whole, True
+            peak, self._peak = self._peak, 0.0
+            if not whole:
+                return  # (the process began within it: a part of a window)
             samples = self._samples
-            samples.append(self._peak)
-            self._peak = 0.0
+            # (capped at the bar in force: a burst above it raises the level to the bar
+            # at most, and only once it fills most of the recent windows)
+            samples.append(min(peak, self.site_bar()))
             if len(samples) >= _SITE_FIRST:
-                self.site_level = float(median_low(samples))
+                recent = list(samples)[-_SITE_RECENT:]
+                self.site_level = float(max(median_low(samples), median_low(recent)))
             else:  # (a scan in the first windows teaches nothing)
                 bar = float(self.config.floor * _SITE_FACTOR)
                 calm = [sample for sample in samples if sample < bar]
@@ -211,12 +221,17 @@ class Recon:
             network = Tally(UNROUTED + ctx.net_key, cfg.window, shape)
             ops.append(network)
         site: Tally | None = None
+        clock_window: Tally | None = None
+        bucket = 0
         if not vouched:
             site = Tally(SITE, cfg.window, shape)
+            # (and in this window of the clock alone: what the usual level is learned from)
+            bucket = int(outcome.now // cfg.window)
+            clock_window = Tally(f"{SITE}:{bucket}", cfg.window, shape)
             ops.append(site)
+            ops.append(clock_window)
         name = self.name
         enforce = self.enforce
-        now = outcome.now
 
         def judge() -> list[Finding]:
             found: list[Finding] = []
@@ -247,8 +262,8 @@ class Recon:
                     # a network holds other people: a challenge, which a person passes
                     finding = Finding(f"{name}.network", address, "challenge", enforce, evidence)
                     return [finding]
-            if site is not None:
-                self._learn(site.count, now)
+            if site is not None and clock_window is not None:
+                self._learn(clock_window.count, bucket)
                 site_bar = self.site_bar()
                 own = judges[-1][0]
                 if site.count >= site_bar and own.count >= _NETWORK_OWN:
