@@ -38,15 +38,17 @@ _NETWORK_OWN = 5
 # no /24 shared) shows as distinct unmatched paths site-wide far above their usual
 # level: at least `_SITE_FACTOR` times the floor, and `_SITE_OVER_LEVEL` times the
 # usual level plus the floor; then an address not vouched for that probed
-# `_NETWORK_OWN` distinct paths itself is challenged. The usual level is the median
-# (the lower middle one of an even count) of the last `_SITE_SAMPLES` windows' highest
-# counts: a scan in fewer than half of them teaches nothing, steady background noise
-# (internet scanners asking every site for `/wp-admin`) becomes the level. Until
-# `_SITE_FIRST` windows were seen, it is the lowest of those under the bar.
+# `_NETWORK_OWN` distinct paths itself is challenged. The usual level is learned from
+# the count of each whole window of the clock (its own paths only, capped at the bar in
+# force when it ends): the higher of the lower medians of the last `_SITE_SAMPLES` and
+# of the last `_SITE_RECENT` windows. A scan or a burst in fewer than half of them
+# teaches nothing (one above the bar, the bar at most), while steady background noise
+# (internet scanners asking every site for `/wp-admin`) and a morning's rise become the
+# level. Until `_SITE_FIRST` windows were seen, it is the lowest of those under the bar.
 _SITE_FACTOR = 4
 _SITE_OVER_LEVEL = 2.0
 _SITE_SAMPLES = 8
-_SITE_RECENT = 4  # (or of the last 4, when higher: a morning's rise is followed)
+_SITE_RECENT = 4
 _SITE_FIRST = 3
 SITE = "recon:site"  # detector-table key: the site's distinct unmatched paths
 UNROUTED = "recon:"  # detector-table prefix: an actor's distinct unmatched paths
@@ -131,7 +133,7 @@ class Recon:
 
     def _learn(self, count: float, bucket: int) -> None:
         """Keep the count of the clock's window `bucket` so far; once a later one begins,
-        the level is the median of the recent windows' (see `_SITE_SAMPLES`)."""
+        learn the level from the recent windows' (see `_SITE_SAMPLES`)."""
         current = self._bucket
         if current is None:
             self._bucket = bucket

@@ -399,8 +399,8 @@ class Scraping:
             if config.site_wide
             else None
         )
-        self._began: float | None = None  # when the first watched route was read
-        self._cold_until = -math.inf  # (from then, a `new_for`: see `Surge.cold_until`)
+        # a `new_for` after the first watched read (see `Surge.cold_until`; -inf: none yet)
+        self._cold_until = -math.inf
         self._routes: list[Surge] = []  # the watched routes' counts, by their bits
         # routes under a surge, and SITE when the site is (what the gate checks)
         self.surging: dict[str, Surge] = {}
@@ -425,12 +425,11 @@ class Scraping:
         ):
             return None
         surge = Surge(cfg.window, floor, cfg.factor, cfg.one_shot_share, cfg.settle, cfg.volume)
-        began = self._began
-        if began is None:  # (the first watched read: the process has just started)
-            began = self._began = now
+        if self._cold_until == -math.inf:  # (the first watched read: the process has
+            self._cold_until = now + self._new_for  # just started)
             if self._site is not None:
-                self._site.cold_until = now + self._new_for
-        surge.cold_until = self._cold_until = began + self._new_for
+                self._site.cold_until = self._cold_until
+        surge.cold_until = self._cold_until
         surge.bit = 1 << len(self._surges)  # (routes are never dropped: bits stay theirs)
         self._surges[template] = surge
         self._routes.append(surge)
