@@ -6,6 +6,7 @@ report of a campaign that could not be tried."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Iterator
@@ -524,9 +525,16 @@ def test_a_campaign_that_cannot_be_tried_is_skipped_not_missed(
     path.write_text('[api]\nkeys = []\n[flow]\npath = "/no-such-route/{code}"\n')
     argv = ["attack", SHOP_SPEC, "--config", str(path), "--scale", "0.1"]
     status = main([*argv, "--campaign", "stolen", "--campaign", "flow abuse, rotating"])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     lines = {line.split("|")[0].strip(): line for line in out.splitlines() if "|" in line}
     assert "SKIPPED" in lines["stolen API key"] and "MISSED" not in lines["stolen API key"]
+    # each campaign's end is said on stderr as it comes (an in-process run takes minutes)
+    progress = [line for line in err.splitlines() if line.startswith("apiguard attack: [")]
+    assert [line.rpartition(" (")[0] for line in progress] == [
+        "apiguard attack: [1/2] stolen API key: skipped",
+        "apiguard attack: [2/2] flow abuse, rotating IPs: skipped",
+    ], err
+    assert all(line.endswith(" s)") for line in progress), err
     assert "SKIPPED" in lines["flow abuse, rotating IPs"]
     assert "skipped stolen API key: no API key declared ([api] keys)" in out
     assert "skipped flow abuse, rotating IPs: the unprotected app answered all" in out
@@ -552,6 +560,14 @@ def test_skip_reasons_from_the_records() -> None:
     reason = cp.skip_reason(cp.campaign("many accounts"), target, signups)
     assert reason is not None and "POST /api/users answered 422 x2, 409" in reason
     assert cp.skip_reason(camp, target, [rec("walk", 200, "7")]) is None
+    # what the app said (a trial: fastapi-users answers an unverified account's login 400
+    # with LOGIN_USER_NOT_VERIFIED; "400 x12" alone said nothing)
+    said = dataclasses.replace(failed[0], status=400, answer='{"detail":"LOGIN_USER_NOT_VERIFIED"}')
+    reason = cp.skip_reason(camp, target, [said] * 12)
+    assert reason == (
+        "the attacker's own account could not log in: POST /api/users/login answered 400 x12 "
+        '({"detail":"LOGIN_USER_NOT_VERIFIED"})'
+    )
 
 
 def test_a_flask_app_is_attacked_through_the_wsgi_bridge(

@@ -407,3 +407,97 @@ def test_without_a_challenge_route_the_audit_says_who_is_refused_and_what_is_rep
     assert "reported only" not in held
     (surges,) = [w for w in warnings if "surges are reported only" in w]
     assert "detection.flow_groups.surge_action" in surges and "detection.scraping" in surges
+
+
+LIBRARY_ROUTER_APP = """
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, FastAPI
+from pydantic import BaseModel
+
+from apiguard import Guard
+from apiguard.asgi import GuardMiddleware
+
+guard = Guard()
+app = FastAPI()
+app.add_middleware(GuardMiddleware, guard=guard)
+
+
+@guard.flow("password-reset", "3/hour", key="email")
+async def reset_flow(email: Annotated[str, Body(embed=True)]) -> None:
+    pass
+
+
+def library_router() -> APIRouter:  # (a library's router: its routes are not the app's)
+    lib = APIRouter()
+
+    @lib.post("/forgot-password")
+    async def forgot(email: str = Body(..., embed=True)) -> None:
+        return None
+
+    return lib
+
+
+app.include_router(library_router(), prefix="/a", dependencies=[Depends(reset_flow)])
+outer = APIRouter(prefix="/c")
+outer.include_router(library_router(), dependencies=[Depends(reset_flow)])
+app.include_router(outer)
+both = APIRouter(prefix="/d", dependencies=[Depends(reset_flow)])
+both.include_router(library_router())
+app.include_router(both)
+
+
+class Creds(BaseModel):
+    username: str
+    password: str
+
+
+class Manager:
+    @guard.login(username="credentials.username")
+    async def authenticate(self, credentials: Creds) -> None: ...
+
+    @guard.flow("signup", "50/hour", per="ip", count="success")
+    async def create(self, user: Creds) -> None: ...
+
+
+def manager() -> Manager:
+    return Manager()
+
+
+users = APIRouter()
+
+
+@users.post("/login")
+async def login(m: Manager = Depends(manager)) -> None:
+    return None
+
+
+@users.post("/register")
+async def register(m: Manager = Depends(manager)) -> None:
+    return None
+
+
+app.include_router(users, prefix="/users")
+"""
+
+
+def test_rules_on_router_dependencies_and_on_functions_a_library_route_calls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real-app trial (fastapi-users): a flow on `include_router(...,
+    dependencies=[...])`, the README's shape, was shown on no route (FastAPI 0.165's
+    included routes carry their routers' dependencies on the effective route only), and
+    the login and sign-up that call the app's decorated `UserManager` methods were
+    noted as unprotected with no word of those methods."""
+    spec = _app(tmp_path, LIBRARY_ROUTER_APP, "library_router_app")
+    report = json.loads(_run([spec, "--json"], capsys)[1])
+    routes = _routes(report)
+    for prefix in ("/a", "/c", "/d"):
+        row = routes[prefix + "/forgot-password"]
+        assert row["rules"] == ["flow password-reset 3/hour per key=email"], prefix
+        assert row["notes"] == [], prefix
+    assert [h["function"] for h in report["helpers"]] == ["Manager.authenticate", "Manager.create"]
+    (note,) = routes["/users/login"]["notes"]
+    assert "looks like a login" in note and "unless it calls Manager.authenticate" in note
+    (note,) = routes["/users/register"]["notes"]
+    assert "unless it calls Manager.create" in note and "authenticate" not in note

@@ -244,6 +244,17 @@ def _helpers(guard: Guard, entries: list[RouteEntry]) -> list[tuple[str, list[st
     return sorted(found)
 
 
+def _unless_it_calls(names: list[str], what: str) -> str:
+    """The end of a note on a route whose protection may be in a function it calls."""
+    if not names:
+        return ""
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (
+        f"; unless it calls {shown} ({what}, no route of its own: a library's route "
+        "calling the app's code, which audit cannot see; each counts when called)"
+    )
+
+
 def audit_routes(
     guard: Guard,
     entries: list[RouteEntry],
@@ -265,6 +276,13 @@ def audit_routes(
     )
     routes: list[RouteAudit] = []
     logins = 0
+    helpers = _helpers(guard, entries)
+    # (a library's route calling a decorated function of the app's, fastapi-users'
+    # `UserManager.authenticate`: audit cannot see the call, so its notes name them)
+    login_helpers = [n for n, labels in helpers if any("@guard.login" in x for x in labels)]
+    flow_helpers = [
+        n for n, labels in helpers if any(not x.startswith("@guard.") for x in labels)
+    ]
     for entry, rules, by_rule in sorted(_merged(entries, guard), key=lambda er: er[0].template):
         if exclude and entry.template.lstrip("/^").startswith(
             tuple(e.lstrip("/^") for e in exclude)
@@ -353,7 +371,7 @@ def audit_routes(
             row.notes.append(
                 "looks like a login: add @guard.login(username=...) below the route "
                 "decorator (or report outcomes with guard.login_result()) so account "
-                "takeover detection sees it"
+                "takeover detection sees it" + _unless_it_calls(login_helpers, "@guard.login")
             )
         elif (
             writes
@@ -364,6 +382,7 @@ def audit_routes(
             row.notes.append(
                 "looks like a sensitive flow with no @guard.flow or @guard.limit of its "
                 "own: only the global per-principal and per-IP limits apply"
+                + _unless_it_calls(flow_helpers, "a flow or limit")
             )
         if any(getattr(r, "mode", None) == "monitor" for r in rules) and config.mode != "monitor":
             row.notes.append("a rule here is in monitor mode: reported, never refused")
@@ -372,7 +391,6 @@ def audit_routes(
         verify()
     except ConfigurationError as exc:
         problems.append(str(exc))
-    helpers = _helpers(guard, entries)
     logins += sum("@guard.login" in rules for _, rules in helpers)
     warnings = _app_warnings(guard, on, logins or auth_seen is not None)
     if auth_seen and "account_takeover" in on:

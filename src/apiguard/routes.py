@@ -282,6 +282,9 @@ def walk_routes(app: Any, prefix: str = "", _depth: int = 0) -> Iterator[RouteEn
             else "http"
         )
         methods = frozenset(getattr(item, "methods", None) or ())
+        # (FastAPI's effective route of an included router carries the dependencies its
+        # routers added, `include_router(..., dependencies=...)`; the original has its own)
+        route = effective if getattr(effective, "dependant", None) is not None else original
         yield RouteEntry(
-            prefix + fmt, methods, getattr(item, "endpoint", None), kind, prefix, original
+            prefix + fmt, methods, getattr(item, "endpoint", None), kind, prefix, route
         )

@@ -197,6 +197,12 @@ def _django_audit(
     return audit_django(urlconf, settings, exclude)
 
 
+def _progress(line: str) -> None:
+    """A campaign ended: said on stderr (a run can take minutes; the report and --json
+    go to stdout)."""
+    print(f"apiguard attack: {line}", file=sys.stderr, flush=True)
+
+
 def _attack(args: argparse.Namespace) -> int:
     from apiguard.simulate import campaigns as cp
     from apiguard.simulate import selftest as st
@@ -239,6 +245,7 @@ def _attack(args: argparse.Namespace) -> int:
                 max_seconds=max(1.0, args.max_seconds),
                 forwarded_for=args.forwarded_for,
                 solver=args.solver,
+                progress=_progress,
             )
         else:
             assert app is not None
@@ -250,6 +257,7 @@ def _attack(args: argparse.Namespace) -> int:
                 scale=args.scale,
                 solver=args.solver,
                 reference=not args.no_reference,
+                progress=_progress,
             )
     except (st.SelfTestError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

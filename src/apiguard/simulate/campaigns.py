@@ -845,9 +845,10 @@ def skip_reason(
             "account then logs in with)"
         )
     if logins:
+        said = next((r.answer for r in logins if r.answer), None)
         return (
             f"the attacker's own account could not log in: POST {target.login_path} "
-            f"answered {_statuses(logins)}"
+            f"answered {_statuses(logins)}" + (f" ({said})" if said else "")
         )
     if camp.build is stolen_key and not target.api_keys:
         return "no API key declared ([api] keys)"

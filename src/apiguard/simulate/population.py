@@ -272,6 +272,7 @@ class Client:
             target=target,
             auth=False,
             extra=extra,
+            keep_answer=kind == "own-login",  # (why the attacker's own login fails)
         )
         token = token_of(response, self.target)
         if token is not None:

@@ -272,8 +272,10 @@ def run_in_process(
     scale: float,
     solver: float = 0.0,
     reference: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> list[cp.Outcome]:
-    """Every campaign against fresh copies of the app (and its unprotected twin)."""
+    """Every campaign against fresh copies of the app (and its unprotected twin);
+    `progress` is told each campaign's result as it ends (`progress_line`)."""
     spec = absolute_spec(spec)
     factory = in_process_factory(spec)
     unprotected = in_process_factory(spec, monitor=True) if reference else None
@@ -287,7 +289,15 @@ def run_in_process(
         except LifespanError as exc:
             raise SelfTestError(f"{camp.name}: {exc}") from exc
         outcomes.append(outcome)
+        if progress is not None:
+            progress(progress_line(outcome, len(outcomes), len(campaigns)))
     return outcomes
+
+
+def progress_line(outcome: cp.Outcome, done: int, total: int) -> str:
+    """One campaign's result as it ends: `[3/12] BOLA walk: CAUGHT (41 s)`."""
+    verdict = "skipped" if outcome.skipped else "CAUGHT" if outcome.caught else "not caught"
+    return f"[{done}/{total}] {outcome.campaign}: {verdict} ({outcome.wall_seconds:.0f} s)"
 
 
 def check_accounts(target: Target, factory: Callable[[FakeClock], Any]) -> None:
@@ -490,15 +500,23 @@ def run_url(
     max_seconds: float,
     forwarded_for: bool,
     solver: float = 0.0,
+    progress: Callable[[str], None] | None = None,
 ) -> list[cp.Outcome]:
-    """Every campaign against the server at `url`, each within the bounds."""
+    """Every campaign against the server at `url`, each within the bounds (`progress`:
+    as `run_in_process`)."""
     try:
         import httpx
     except ImportError as exc:  # pragma: no cover - httpx comes with the demo extra
         raise SelfTestError("--url needs httpx: pip install 'apiguard-shield[demo]'") from exc
 
     async def go() -> list[cp.Outcome]:
-        outcomes = []
+        outcomes: list[cp.Outcome] = []
+
+        def ended(outcome: cp.Outcome) -> None:
+            outcomes.append(outcome)
+            if progress is not None:
+                progress(progress_line(outcome, len(outcomes), len(campaigns)))
+
         async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as client:
             driver = HttpDriver(url, client, forwarded_for)
             for camp in campaigns:
@@ -510,7 +528,7 @@ def run_url(
                         f"it with --max-seconds {_SCRAPING_RUN:g} or more"
                     )
                 if missing is not None:
-                    outcomes.append(cp.judge(camp, [], reference_gain=None, skipped=missing))
+                    ended(cp.judge(camp, [], reference_gain=None, skipped=missing))
                     continue
                 actors = cp.actors_for(camp, target, seed=seed, scale=scale, solver=solver)
                 speed = max(1.0, camp.duration * scale / max_seconds)
@@ -521,7 +539,7 @@ def run_url(
                 # no unprotected run over HTTP: a run that refused nothing stands for it
                 unrefused = not any(r.blocked for r in records if r.attack)
                 skipped = cp.skip_reason(camp, target, records, records if unrefused else None)
-                outcomes.append(
+                ended(
                     cp.judge(
                         camp,
                         records,
