@@ -1034,6 +1034,19 @@ class Engine:
         for key in (principal, *ctx.credentials):  # (its token carries the challenge too)
             self._lift_challenge(key, now)
 
+    def _answered_cookieless(self, ctx: RequestContext, principal: str) -> None:
+        """A challenged person whose client keeps no cookie (a phone app; its challenge
+        request named nobody) retries: a challenge passed since this one began by its
+        client shape in its region answers it (`CookielessPasses`: one pass, one
+        answer, within `PASS_SECONDS`), as `_answered_with_pass` would."""
+        now = self.clock()
+        until = self._cookieless_passes.take(ctx, now, since=self._challenged_at[principal] - 1)
+        if until is None:
+            return
+        ctx.pass_key = COOKIELESS + self.hasher("pk", f"{until!r}:{ctx.ip_key}")
+        for key in (principal, *ctx.credentials):
+            self._lift_challenge(key, now)
+
     def _lift_challenge(self, principal: str, now: float) -> None:
         ban = self.store.active_ban(principal, now)
         if ban is None or ban.action != "challenge":
@@ -1135,8 +1148,11 @@ class Engine:
         principal = ctx.principal or ctx.ip_key
         creds = ctx.credentials
         keys = self._principal_ban_keys(ctx, principal, creds)
-        if self._challenged_at and ctx.has_cookie and principal in self._challenged_at:
-            self._answered_with_pass(ctx, principal)
+        if self._challenged_at and principal in self._challenged_at:
+            if ctx.has_cookie and cookie(ctx, PASS_COOKIE) is not None:
+                self._answered_with_pass(ctx, principal)
+            else:
+                self._answered_cookieless(ctx, principal)
         if self._local_bans:
             now = self.clock()
             if self._rotation is not None and principal != ctx.ip_key:

@@ -139,16 +139,24 @@ class CookielessPasses:
         if found:
             found[:] = [p for p in found if p[1] != tag]
 
-    def take(self, ctx: RequestContext, now: float) -> float | None:
-        """Use up a pass waiting for `ctx`'s shape and region: when it expired (its
+    def take(
+        self, ctx: RequestContext, now: float, since: float | None = None
+    ) -> float | None:
+        """Use up a pass waiting for `ctx`'s shape and region (`since`: one passed at
+        or after that time; older ones are left waiting): when it expires (its
         identity), or None."""
         key = (region_key(ctx), ctx.fingerprint)
         found = self._waiting.get(key)
-        while found:
-            until, _ = found.pop(0)
-            if until >= now:
+        if not found:
+            self._waiting.pop(key, None)
+            return None
+        found[:] = [p for p in found if p[0] >= now]
+        for i, (until, _) in enumerate(found):
+            if since is None or until - PASS_SECONDS >= since:
+                del found[i]
                 return until
-        self._waiting.pop(key, None)
+        if not found:
+            self._waiting.pop(key, None)
         return None
 
     def clear(self) -> None:
