@@ -15,6 +15,11 @@ millions use hides no farm and flags no one: its share is the population's. A fa
 accounts exist only to complete the flow has a share near 1. A flagged group is refused
 that flow (429, or the configured action) for a ban's duration; nothing else.
 
+A group's own usual share (`_OwnShares`: learned while at least `floor` of its
+principals are active and it is not flagged) raises its bar to `factor` times it, at most
+`_OWN_REACH_MAX`: the official app of a ride-hailing service books most rides, every hour,
+at several times the browsers' share; a farm's share stays near 1.
+
 When `factor` times the population's share is 1 or more (a small or young app where
 nearly everyone active completes the flow), no group can stand out by its share, and the
 share alone flags no one. What still tells a farm then is where its accounts were born:
@@ -78,6 +83,11 @@ _REFUSED_KEPT = 4096  # clients refused in a flow's surge, or people, remembered
 _KEYS_PER_CLIENT = 2
 _SWEEPS_KEPT = 16_384  # (flow, address) pairs whose distinct keys are counted (latest)
 _SWEEP_KEYS_MAX = 512  # distinct keys counted per pair (beyond: no more clients)
+# a group's own usual share of the flow (`_OwnShares`) raises the share it must reach up
+# to this at most (a farm's accounts exist to complete the flow: its share stays near 1,
+# whatever a shape or a network it borrows taught)
+_OWN_REACH_MAX = 0.9
+_OWN_KEPT = 16_384  # (flow, group) pairs whose own share is learned (the latest)
 BIRTHS_KEPT = 131_072  # accounts `BirthPlaces` remembers (the latest)
 BURSTS_KEPT = 16_384  # networks whose latest births it remembers
 _V = TypeVar("_V")
@@ -134,6 +144,31 @@ class _Level:
         if level or calm:
             base = self.baseline
             self.baseline = level if base is None else (1 - _EWMA) * base + _EWMA * level
+
+
+class _OwnShares:
+    """Each (flow, group)'s own usual share of its active principals completing the
+    flow: an EWMA over quarter windows in which the group had at least `floor` principals
+    active and was not flagged (in process, bounded LRU). The official app
+    of a ride-hailing service books most rides: its shape's share of the booking flow
+    is several times the browsers', every hour, and its people are no farm."""
+
+    __slots__ = ("_shares", "every")
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self._shares: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def get(self, key: str) -> float:
+        found = self._shares.get(key)
+        return 0.0 if found is None else found[0]
+
+    def learn(self, key: str, share: float, now: float) -> None:
+        found = self._shares.get(key)
+        if found is not None and now - found[1] < self.every:
+            return
+        level = share if found is None else (1 - _EWMA) * found[0] + _EWMA * share
+        _remember(self._shares, key, (level, now), _OWN_KEPT)
 
 
 class BirthPlaces:
@@ -231,6 +266,7 @@ class FlowGroups:
         # (flow, address) -> (since, the keys' hashes it completed the flow for)
         self._sweeps: OrderedDict[tuple[str, str], tuple[float, set[int]]] = OrderedDict()
         self._people: dict[str, OrderedDict[str, float]] = {}
+        self._own = _OwnShares(config.window / 4)
 
     def young_held(
         self, flow: str, principal: str, ctx: RequestContext, now: float
@@ -612,7 +648,14 @@ class FlowGroups:
                     ("network", net, net_active, keys[1]),
                 ):
                     share = done.count / max(active.count, 1.0)
-                    if done.count < cfg.floor or share < cfg.min_share:
+                    own = self._own.get(key)
+                    reach_own = min(own * cfg.factor, _OWN_REACH_MAX)
+                    # (a group not flagged teaches its own share: with many principals
+                    # active, and under what flags any group whatever it taught)
+                    teaches = active.count >= cfg.floor and share < _OWN_REACH_MAX
+                    if done.count < cfg.floor or share < max(cfg.min_share, reach_own):
+                        if teaches:
+                            self._own.learn(key, share, now)
                         continue
                     # the population's share without this group (a farm's own accounts
                     # must not raise the bar it is judged against); with fewer than
@@ -625,8 +668,10 @@ class FlowGroups:
                     reach = base * cfg.factor
                     # at 1 or more, the share cannot single a group out (births can: above)
                     if reach >= 1.0 or share < reach:
+                        if teaches:
+                            self._own.learn(key, share, now)
                         continue
-                    bar = max(cfg.min_share, reach)
+                    bar = max(cfg.min_share, reach, reach_own)
                     found.append(
                         Finding(
                             f"{self.name}.{kind}",
@@ -640,6 +685,7 @@ class FlowGroups:
                                 "share": round(share, 3),
                                 "threshold": round(bar, 3),
                                 "baseline": round(base, 3),
+                                "own_share": round(own, 3),
                                 "basis": "share",
                             },
                         )
