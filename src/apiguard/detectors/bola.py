@@ -59,6 +59,11 @@ class Bola:
         self._query = frozenset(config.query_params)
         # young accounts flagged lately -> when (in process, the latest `_YOUNG_KEPT`)
         self._young_flags: OrderedDict[str, float] = OrderedDict()
+        # accounts a judge found young -> until when (in process, the latest
+        # `_YOUNG_SEEN_KEPT`): their objects count over `sustained_window` from the first
+        # (a harvest over fresh accounts at one read a minute or two stays under the young
+        # floor in every window)
+        self._young_seen: OrderedDict[str, float] = OrderedDict()
         self._routes: dict[str, _Route] = {}  # route template -> its keys and floor
         # a run shorter than this is no walk, whatever the scale (at least half the bar)
         self._no_walk = config.sequential_run * 0.5
@@ -435,10 +440,13 @@ class Bola:
             else:  # (a young account's floor may apply: `_principal_judge`)
                 young = self._young_watch and outcome.ctx.vouched
             # a slow walk's objects over `sustained_window`, counted once this window
-            # holds a quarter of the bar (a person reading a few objects costs nothing)
+            # holds a quarter of the bar (a person reading a few objects costs nothing),
+            # and from the first for an account known young
             long = None
             watch = young
-            if count >= self._sustained_from(route):
+            if count >= self._sustained_from(route) or (
+                young and self._known_young(subject, outcome.now)
+            ):
                 long = self._sustained(subject, route, item, outcome.now, ops)
                 watch = watch or long.count >= learned * self.config.sustained_factor * 0.5
             # below every bar a finding may use (half of each, for a repeat offender)
@@ -454,8 +462,12 @@ class Bola:
         if run_now is not None:
             run_now(op, outcome.now)  # (its results read by the judge)
             # (an error answer always: a slow guesser of codes tries one every few
-            # minutes, under any count a window needs)
-            if error or op.count >= self._sustained_from(route):
+            # minutes, under any count a window needs; an account known young too)
+            if (
+                error
+                or op.count >= self._sustained_from(route)
+                or (route.floor is None and self._known_young(subject, outcome.now))
+            ):
                 long = self._sustained(subject, route, item, outcome.now, ops, error)
         else:  # (a shared store: in the request's one batch)
             ops.append(op)
@@ -463,6 +475,24 @@ class Bola:
         return self._principal_judge(
             op, outcome, template, route, subject, banned, ops, None, long
         )
+
+    def _known_young(self, subject: str, now: float) -> bool:
+        """Whether a judge found `subject` young (and it still is)."""
+        until = self._young_seen.get(subject)
+        if until is None:
+            return False
+        if until < now:
+            del self._young_seen[subject]
+            return False
+        return True
+
+    def _seen_young(self, subject: str, now: float) -> None:
+        seen = self._young_seen
+        if subject in seen:
+            return
+        if len(seen) >= _YOUNG_SEEN_KEPT:
+            seen.popitem(last=False)
+        seen[subject] = now + self.config.young_for
 
     def _sustained_from(self, route: _Route) -> float:
         """The objects in `window` from which a principal's objects on `route` count for
@@ -559,6 +589,7 @@ class Bola:
             )
             if is_young:
                 learned = young_floor
+                self._seen_young(subject, outcome.now)
             findings = self._found(op, template, banned, action, scale, learned, population)
             if is_young and findings and findings[0].detector == _DISTINCT:
                 findings[0].evidence["young"] = 1
@@ -569,7 +600,8 @@ class Bola:
                     "objects": round(long.count),
                     "window": cfg.sustained_window,
                 }
-                bar = learned * cfg.sustained_factor * scale
+                # (a young account: its floor over the long window, as over a short one)
+                bar = learned * (1.0 if is_young else cfg.sustained_factor) * scale
                 if long.count < bar:
                     bar = 0.0
                     if long.error:
@@ -591,6 +623,9 @@ class Bola:
                     evidence["threshold"] = round(bar, 1)
                     fire = "block" if scale > 1 else action
                     findings = [Finding(_SUSTAINED, banned, fire, self.enforce, evidence)]
+                    if is_young:  # (a slow harvest over fresh accounts arms the alarm)
+                        evidence["young"] = 1
+                        self._young_found(subject, outcome.now)
             return findings
 
         return judge
@@ -761,6 +796,7 @@ def _query_ids(scope: Mapping[str, Any], names: frozenset[str]) -> Iterator[tupl
 
 YOUNG = "young:"  # detector-table prefix of an account born in a sign-up
 _YOUNG_KEPT = 64  # flagged young accounts remembered for the alarm
+_YOUNG_SEEN_KEPT = 65_536  # accounts remembered as young (`Bola._young_seen`, the latest)
 
 
 def _subject(outcome: Outcome) -> tuple[str, bool, str]:
