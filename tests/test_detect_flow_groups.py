@@ -13,7 +13,7 @@ from apiguard import Guard, identify
 from apiguard.asgi import GuardMiddleware
 from apiguard.simulate.clock import FakeClock
 from apiguard.simulate.driver import AsgiDriver, Request
-from detection_support import BROWSERS, current_user, public_ip, run
+from detection_support import BROWSERS, current_user, is_challenge, public_ip, run
 
 START = 5_000_000.0
 APP_UA = "ShopApp/4.2.1 (Android 14; Pixel 8)"
@@ -289,3 +289,74 @@ def test_the_official_app_that_books_most_rides_is_no_farm_a_scripted_shape_is()
     assert [s for s in honest if s != 200] == []
     assert 429 in farm and farm.index(429) <= 12, farm
     assert farm.count(200) <= 15, farm
+
+
+def test_a_farm_hiding_in_the_official_apps_shape_is_held_and_its_people_pass() -> None:
+    """A flagged group is a challenge where people can pass one (`person_action`): a
+    farm that copies the official app's headers has the app's shape flagged with it.
+    Before, every app user was then refused the flow (429) until the ban ended; now
+    each passes the challenge once and completes it (one pass, one account), and the
+    farm's scripts, which cannot, are held."""
+    clock = FakeClock(START)
+    guard = Guard(
+        {"secret": "flow-groups-person-action", "detection": {"challenge_path": "/challenge"}},
+        clock=clock,
+    )
+    app = shop(guard)
+
+    @app.post("/challenge")
+    async def challenge() -> dict[str, bool]:
+        guard.challenge_passed()
+        return {"passed": True}
+
+    driver = AsgiDriver(app)
+    rng = random.Random(21)
+    jars: dict[int, str] = {}
+
+    async def call(method: str, path: str, user: int, ip: str, ua: str) -> tuple[int, bool]:
+        headers = [("user-agent", ua), ("authorization", f"Bearer tok-{user}")]
+        if user in jars:
+            headers.append(("cookie", jars[user]))
+        resp = await driver.send(Request(method, path, ip, tuple(headers)))
+        for name, value in resp.headers:
+            if name == b"set-cookie":
+                jars[user] = value.decode("latin-1").split(";", 1)[0]
+        return resp.status, is_challenge(resp)
+
+    async def scenario() -> tuple[list[int], list[str]]:
+        honest: list[str] = []
+        farm: list[int] = []
+        homes = {u: public_ip(rng) for u in range(600)}
+        last: dict[int, int] = {}
+        for minute in range(240):
+            clock.advance(60)
+            for u in rng.sample(range(600), 6):
+                app_user = u % 3 == 0
+                ua = APP_UA if app_user else BROWSERS[u % len(BROWSERS)]
+                await call("GET", "/me", u, homes[u], ua)
+                if minute - last.get(u, -99) < 25 or rng.random() >= (0.15 if app_user else 0.08):
+                    continue
+                last[u] = minute
+                path = f"/coupons/RIDE{rng.randrange(10**6)}/redeem"
+                status, asked = await call("POST", path, u, homes[u], ua)
+                if asked:  # a person: passes the app's challenge, retries
+                    await call("POST", "/challenge", u, homes[u], ua)
+                    status, asked = await call("POST", path, u, homes[u], ua)
+                    honest.append(f"challenge,{status}")
+                else:
+                    honest.append(str(status))
+            if minute >= 60:  # the farm: three new accounts a minute, the app's headers
+                for k in range(3):
+                    bot = 10_000 + minute * 3 + k
+                    ip = public_ip(rng)
+                    await call("GET", "/me", bot, ip, APP_UA)
+                    status, _ = await call("POST", "/coupons/SPRING/redeem", bot, ip, APP_UA)
+                    farm.append(status)
+        return farm, honest
+
+    farm, honest = run(scenario())
+    refused = [h for h in honest if h not in ("200", "challenge,200")]
+    assert honest and not refused, refused
+    assert "challenge,200" in honest  # (the app's shape was flagged: its people passed)
+    assert farm.count(200) <= 80, farm.count(200)  # (62: held after 58 of 540)
+    assert farm[-100:].count(200) == 0

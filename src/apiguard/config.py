@@ -408,6 +408,11 @@ class FlowGroupsConfig(_Detector):
     accounts completing a flow (`surge_floor`) gets `surge_action` (a challenge)."""
 
     action: Literal["block", "throttle"] = "throttle"
+    # what a flagged group's members get where people can pass a challenge (the app
+    # declared `challenge_path`, or somebody passed one): "challenge", a member with a
+    # pass that answers for it completes the flow (one pass, one account: a farm's
+    # solved CAPTCHA lets one by); elsewhere, and with "throttle" / "block", `action`
+    person_action: DetectorAction = "challenge"
     window: float = Field(3600.0, gt=0, le=YEAR)
     floor: int = Field(8, ge=2)
     min_share: float = Field(0.5, gt=0, le=1)

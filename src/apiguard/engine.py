@@ -35,7 +35,7 @@ from apiguard.detectors.base import (
     Outcome,
 )
 from apiguard.detectors.bola import Bola, names_object
-from apiguard.detectors.flow_groups import BORN, GROUP, SURGE, FlowGroups, group_keys
+from apiguard.detectors.flow_groups import BORN, GROUP, SURGE, FlowGroups
 from apiguard.detectors.known_clients import COOKIELESS, CookielessPasses
 from apiguard.detectors.rotation import Rotation, home_key, shaped_key
 from apiguard.detectors.scraping import Scraping
@@ -1005,7 +1005,7 @@ class Engine:
             for rule in rules
             if isinstance(rule, FlowRule) and rule.completes
             for k in (
-                *group_keys(rule.name, ctx),
+                *groups.group_held(rule.name, principal, ctx, self.clock()),
                 *groups.young_held(rule.name, principal, ctx, self.clock()),
             )
         ]
@@ -1025,7 +1025,9 @@ class Engine:
             return  # a pass from before (e.g. a login challenge): not an answer to this one
         # one pass answers one person's challenge: a solved CAPTCHA's cookie replayed on a
         # batch of accounts lifts the first one only (kept in the shared ban table)
-        mark = PASS_USED + self.hasher("pk", value)
+        tag = self.hasher("pk", value)
+        self._cookieless_passes.withdraw(ctx, tag)  # (it keeps cookies: no twin for others)
+        mark = PASS_USED + tag
         used = self.store.active_ban(mark, now)
         if used is not None and used.owner != principal:
             return
@@ -2047,7 +2049,7 @@ class Engine:
             seconds = self._detector_ban(finding.detector, level)
         # (a person's challenge stands until passed; a flow's surge is nobody's to pass:
         # it lasts its ban, renewed while new accounts keep coming at its pace)
-        challenge = finding.action == "challenge" and not key.startswith((GATE, SURGE))
+        challenge = finding.action == "challenge" and not key.startswith((GATE, SURGE, GROUP))
         if challenge:
             seconds = max(seconds, self.config.detection.challenge_hold)  # until passed
         ban = Ban(key, now + seconds, level, finding.owner, finding.action, finding.detector)
@@ -2106,7 +2108,9 @@ class Engine:
             return self.cookieless_pass(ctx, now)  # (one that keeps no cookie)
         if not pass_valid(self.hasher, value, now):
             return False
-        mark = PASS_USED + self.hasher("pk", value)
+        tag = self.hasher("pk", value)
+        self._cookieless_passes.withdraw(ctx, tag)  # (it keeps cookies: no twin for others)
+        mark = PASS_USED + tag
         used = self.store.active_ban(mark, now)
         if used is None or rebind:
             if used is not None:

@@ -15,10 +15,13 @@ millions use hides no farm and flags no one: its share is the population's. A fa
 accounts exist only to complete the flow has a share near 1. A flagged group is refused
 that flow (429, or the configured action) for a ban's duration; nothing else.
 
-A group's own usual share (`_OwnShares`: learned while at least `floor` of its
-principals are active and it is not flagged) raises its bar to `factor` times it, at most
-`_OWN_REACH_MAX`: the official app of a ride-hailing service books most rides, every hour,
-at several times the browsers' share; a farm's share stays near 1.
+The official app of a ride-hailing service books most rides, every hour, at several
+times the browsers' share: a group's usual share may be high for honest reasons. Where
+people can pass a challenge, a flagged group gets `person_action` (a challenge: each
+member with a pass that answers for its account completes the flow, `group_held`); where
+they cannot, the group's own usual share (`_OwnShares`: learned while at least `floor` of
+its principals are active and it is not flagged) raises its bar to `factor` times it, at
+most `_OWN_REACH_MAX` (a farm's share stays near 1).
 
 When `factor` times the population's share is 1 or more (a small or young app where
 nearly everyone active completes the flow), no group can stand out by its share, and the
@@ -267,6 +270,28 @@ class FlowGroups:
         self._sweeps: OrderedDict[tuple[str, str], tuple[float, set[int]]] = OrderedDict()
         self._people: dict[str, OrderedDict[str, float]] = {}
         self._own = _OwnShares(config.window / 4)
+
+    @staticmethod
+    def group_held(
+        flow: str, principal: str, ctx: RequestContext, now: float
+    ) -> tuple[str, ...]:
+        """The ban keys of the request's groups for `flow` (checked in the batch),
+        but a group's challenge known here where the request carries a pass that answers
+        for `principal` (looked at, and taken for it, only then)."""
+        keys = group_keys(flow, ctx)
+        engine = ctx.engine
+        store = engine.store
+        held = []
+        for key in keys:
+            ban = store.active_ban(key, now)
+            if (
+                ban is not None
+                and ban.action == "challenge"
+                and engine.pass_for(ctx, principal, now)
+            ):
+                continue
+            held.append(key)
+        return tuple(held)
 
     def young_held(
         self, flow: str, principal: str, ctx: RequestContext, now: float
@@ -618,6 +643,16 @@ class FlowGroups:
         else:
             surges = []
 
+        # (a group's members are people where they can pass a challenge: each passes
+        # for its own account, `group_held`; a farm's scripts cannot)
+        engine = ctx.engine
+        answerable = engine.challenges_answered or engine.challenge_path is not None
+        action = cfg.person_action if answerable else cfg.action
+        # a group's own usual share raises its bar only where its people cannot pass (a
+        # flag refuses them all): where they can, a farm copying the official app's
+        # headers is asked at the population's bar, and the app's people pass once
+        own_counts = action != "challenge"
+
         def judge() -> list[Finding]:
             found: list[Finding] = at_birth() if at_birth is not None else []
             found += self._surge_findings(surges, ctx, now)
@@ -649,7 +684,7 @@ class FlowGroups:
                 ):
                     share = done.count / max(active.count, 1.0)
                     own = self._own.get(key)
-                    reach_own = min(own * cfg.factor, _OWN_REACH_MAX)
+                    reach_own = min(own * cfg.factor, _OWN_REACH_MAX) if own_counts else 0.0
                     # (a group not flagged teaches its own share: with many principals
                     # active, and under what flags any group whatever it taught)
                     teaches = active.count >= cfg.floor and share < _OWN_REACH_MAX
@@ -676,7 +711,7 @@ class FlowGroups:
                         Finding(
                             f"{self.name}.{kind}",
                             key,
-                            cfg.action,
+                            action,
                             self.enforce,
                             {
                                 "flow": flow,
