@@ -447,6 +447,19 @@ both.include_router(library_router())
 app.include_router(both)
 
 
+@guard.flow("verify-request", "3/hour", key="email")
+async def verify_flow(email: str) -> None:
+    pass
+
+
+async def maybe_verify(email: Annotated[str | None, Body(embed=True)] = None) -> None:
+    if email is not None:  # (the README's shape: the router's other route has no e-mail)
+        await verify_flow(email)
+
+
+app.include_router(library_router(), prefix="/e", dependencies=[Depends(maybe_verify)])
+
+
 class Creds(BaseModel):
     username: str
     password: str
@@ -496,6 +509,10 @@ def test_rules_on_router_dependencies_and_on_functions_a_library_route_calls(
         row = routes[prefix + "/forgot-password"]
         assert row["rules"] == ["flow password-reset 3/hour per key=email"], prefix
         assert row["notes"] == [], prefix
+    # a dependency that calls a decorated helper by name: its rules, said so
+    row = routes["/e/forgot-password"]
+    assert row["rules"] == ["flow verify-request 3/hour per key=email (when it calls verify_flow)"]
+    assert row["notes"] == []
     assert [h["function"] for h in report["helpers"]] == ["Manager.authenticate", "Manager.create"]
     (note,) = routes["/users/login"]["notes"]
     assert "looks like a login" in note and "unless it calls Manager.authenticate" in note

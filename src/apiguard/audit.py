@@ -11,7 +11,9 @@ made, not listed.
 
 from __future__ import annotations
 
+import inspect
 import re
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,23 +139,56 @@ def _dependencies(route: Any) -> list[Any]:
     return found
 
 
+def _calls(guard: Guard, entry: RouteEntry) -> list[Any]:
+    """What a route runs that may carry rules: its endpoint, its dependencies, and the
+    functions with rules of `guard` those call by name (a global or closure variable
+    of theirs, one level: a dependency that calls a decorated helper only when the body
+    has an e-mail; `inspect.getclosurevars`, which reads names, not calls made)."""
+    return [call for call, _ in _calls_via(guard, entry)]
+
+
+def _calls_via(guard: Guard, entry: RouteEntry) -> list[tuple[Any, str | None]]:
+    """`_calls`, each with the name it is called by when found by name (else None)."""
+    calls = [entry.endpoint, *_dependencies(entry.route)]
+    found: list[tuple[Any, str | None]] = [(call, None) for call in calls]
+    for call in calls:
+        inner = _unwrap_chain(call)[-1] if call is not None else None
+        if not inspect.isfunction(inner):
+            continue
+        try:
+            names = inspect.getclosurevars(inner)
+        except (TypeError, ValueError):
+            continue
+        for name, value in (*names.nonlocals.items(), *names.globals.items()):
+            # (a plain function only: a global may be a proxy that raises on any look,
+            # Flask's `request` outside a request)
+            if type(value) is types.FunctionType and _rules_of(guard, value):
+                found.append((value, name))
+    return found
+
+
 def _merged(
     entries: Iterable[RouteEntry], guard: Guard
 ) -> list[tuple[RouteEntry, list[Rule], dict[int, set[str]]]]:
     """One row per (template, kind) with the union of its methods and rules (Django lists
     a class-based view once per method handler, Flask a rule per endpoint), and the
-    methods each rule came with (by id; empty: every method)."""
+    methods each rule came with (by id; empty: every method; by minus its id: the name
+    of the function the route's code calls it by, for a rule found only so)."""
     rows: dict[tuple[str, str], tuple[set[str], list[Rule], RouteEntry, dict[int, set[str]]]] = {}
     for entry in entries:
         key = (entry.template, entry.kind)
         methods, rules, _, by_rule = rows.setdefault(key, (set(), [], entry, {}))
         methods.update(entry.methods)
-        calls = [entry.endpoint, *_dependencies(entry.route)]
-        for rule in (r for call in calls for r in _rules_of(guard, call)):
-            if not any(rule is r for r in rules):
-                rules.append(rule)
-            seen = by_rule.setdefault(id(rule), set())
-            seen.update(entry.methods or {"*"})
+        for call, via in _calls_via(guard, entry):
+            for rule in _rules_of(guard, call):
+                if not any(rule is r for r in rules):
+                    rules.append(rule)
+                    if via is not None:  # (counted only if the route's code calls it)
+                        by_rule.setdefault(-id(rule), {via})
+                elif via is None:
+                    by_rule.pop(-id(rule), None)  # (the route runs it itself too)
+                seen = by_rule.setdefault(id(rule), set())
+                seen.update(entry.methods or {"*"})
     return [
         (
             RouteEntry(template, frozenset(methods), first.endpoint, kind, route=first.route),
@@ -232,7 +267,7 @@ def _helpers(guard: Guard, entries: list[RouteEntry]) -> list[tuple[str, list[st
     """Functions with rules of `guard` that no route of `entries` serves."""
     routed: set[int] = set()
     for entry in entries:
-        for call in (entry.endpoint, *_dependencies(entry.route)):
+        for call in _calls(guard, entry):
             routed.update(id(obj) for obj in _unwrap_chain(call))
     found = []
     for original, wrappers in guard._decorated.items():
@@ -307,6 +342,9 @@ def audit_routes(
             only = set(_methods(frozenset(by_rule.get(id(rule), ())) - {"*"}))
             if "*" not in by_rule.get(id(rule), ()) and only and only != shown:
                 label += f" ({','.join(sorted(only))} only)"  # (one of the route's views)
+            via = by_rule.get(-id(rule))  # (see `_merged`)
+            if via:
+                label += f" (when it calls {min(via)})"
             row.rules.append(label)
         login = any(isinstance(r, LoginRule) for r in rules)
         logins += login
