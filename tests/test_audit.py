@@ -518,3 +518,49 @@ def test_rules_on_router_dependencies_and_on_functions_a_library_route_calls(
     assert "looks like a login" in note and "unless it calls Manager.authenticate" in note
     (note,) = routes["/users/register"]["notes"]
     assert "unless it calls Manager.create" in note and "authenticate" not in note
+
+
+CLEAN_APP = """
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from apiguard import Guard
+from apiguard.asgi import GuardMiddleware
+
+guard = Guard({
+    "client_ip": {"trusted_proxies": ["10.0.0.0/8"]},
+    "detection": {"challenge_path": "/challenge"},
+})
+app = FastAPI()
+app.add_middleware(GuardMiddleware, guard=guard)
+
+
+class Creds(BaseModel):
+    username: str
+    password: str
+
+
+@app.post("/login")
+@guard.login(username="creds.username")
+async def login(creds: Creds) -> dict[str, str]:
+    return {}
+
+
+@app.post("/challenge")
+async def challenge() -> dict[str, bool]:
+    guard.challenge_passed()
+    return {"passed": True}
+"""
+
+
+def test_strict_passes_a_clean_app_on_the_in_process_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trial: `--strict` failed every app on the default store, whose line (each worker
+    counts alone) is right for one worker; it is shown, and fails nothing."""
+    spec = _app(tmp_path, CLEAN_APP, "clean_app")
+    status, out, _ = _run([spec, "--strict"], capsys)
+    assert "in-process store: each worker process counts alone" in out
+    assert status == 0, out
+    report = json.loads(_run([spec, "--json"], capsys)[1])
+    assert report["warnings"] == [] and len(report["info"]) == 1

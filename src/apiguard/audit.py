@@ -95,6 +95,9 @@ class Audit:
     # decorated functions no route serves (helpers, dependencies, library methods): their
     # rules count when a request calls them
     helpers: list[tuple[str, list[str]]] = field(default_factory=list)
+    # app-wide facts worth knowing that no setting changes for the better by itself
+    # (the in-process store: right for one worker): shown, never failing `--strict`
+    info: list[str] = field(default_factory=list)
 
     @property
     def noted(self) -> list[RouteAudit]:
@@ -113,6 +116,7 @@ class Audit:
             "problems": self.problems,
             "warnings": self.warnings,
             "helpers": [{"function": name, "rules": rules} for name, rules in self.helpers],
+            "info": self.info,
         }
 
 
@@ -440,6 +444,12 @@ def audit_routes(
             "route yet): only the global rules and the detectors are known",
         )
     store = type(guard.store).__name__
+    info = []
+    if store == "MemoryStore":
+        info.append(
+            "in-process store: each worker process counts alone (run one worker, or "
+            "Guard(store='redis://...'))"
+        )
     return Audit(
         app,
         mode,
@@ -450,6 +460,7 @@ def audit_routes(
         problems,
         warnings,
         helpers,
+        info,
     )
 
 
@@ -501,11 +512,6 @@ def _app_warnings(guard: Guard, on: set[str], logins: int | bool) -> list[str]:
             "no trusted proxies: X-Forwarded-For is ignored, so behind a load balancer or "
             "reverse proxy every client would share the proxy's address "
             "(set client_ip.trusted_proxies to its network)"
-        )
-    if type(guard.store).__name__ == "MemoryStore":
-        warnings.append(
-            "in-process store: each worker process counts alone (run one worker, or "
-            "Guard(store='redis://...'))"
         )
     return warnings
 
@@ -587,7 +593,7 @@ def format_audit(audit: Audit) -> str:
     if audit.helpers:
         lines += ["", "Functions with rules no route serves (counted when a request calls them):"]
         lines += [f"- {name} [{_cell(rules)}]" for name, rules in audit.helpers]
-    if audit.warnings:
+    if audit.warnings or audit.info:
         lines += ["", "App:"]
-        lines += [f"- {w}" for w in audit.warnings]
+        lines += [f"- {w}" for w in (*audit.warnings, *audit.info)]
     return "\n".join(lines)

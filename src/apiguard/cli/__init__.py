@@ -125,7 +125,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--json", action="store_true", help="print machine-readable results")
     audit.add_argument(
-        "--strict", action="store_true", help="exit status 1 when any route or setting is noted"
+        "--strict",
+        action="store_true",
+        help="exit status 1 when any route or setting is noted (the in-process store's "
+        "line aside: right for one worker)",
     )
     return parser
 
