@@ -195,7 +195,7 @@ def nat_without_challenge(
     seconds (its statuses to `bot`). The people's final statuses (a refused person tries
     once more a minute later, then gives up)."""
     clock = FakeClock(T0)
-    guard = Guard(clock=clock)
+    guard = Guard({"secret": "nat-without-challenge-s5b"}, clock=clock)  # (sketches: fixed)
     driver = AsgiDriver(build_app(guard))
     rng = random.Random(seed)
     nat = "37.120.5.9"

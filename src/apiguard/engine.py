@@ -1041,6 +1041,8 @@ class Engine:
         request named nobody) retries: a challenge passed since this one began by its
         client shape in its region answers it (`CookielessPasses`: one pass, one
         answer, within `PASS_SECONDS`), as `_answered_with_pass` would."""
+        if any(c.startswith(PASS_COOKIE + "=") for c in ctx.cookies or ()):
+            return  # (this request passed the challenge: its pass is for its retry)
         now = self.clock()
         until = self._cookieless_passes.take(ctx, now, since=self._challenged_at[principal] - 1)
         if until is None:
