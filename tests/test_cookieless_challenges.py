@@ -5,9 +5,11 @@ BOLA harvest over fresh accounts (7-12 requests of 4-5 newcomers per run), becau
 only the pass cookie they drop could answer the challenge.
 
 Now the challenge their client shape solved in their region since the challenge began
-answers it, once (`CookielessPasses`). Both sides: the harvest is held as before, a
-script in another shape gets nothing from the person's solve, and a pass solved before
-the challenge began answers nothing."""
+answers it, once, when it retries from the address it solved from
+(`CookielessPasses.take_here`: a script of the app's shape polling from the carrier's
+range took the people's solves otherwise, `tests/test_review_s21.py`). Both sides: the
+harvest is held as before, a script in another shape gets nothing from the person's
+solve, and a pass solved before the challenge began answers nothing."""
 
 from __future__ import annotations
 
@@ -65,10 +67,11 @@ def test_a_cookieless_newcomer_answers_a_harvest_challenge_a_script_does_not() -
         resp = await phone.send("GET", "/orders/5", ip=carrier_ip(rng))
         met.append("challenge" if is_challenge(resp) else str(resp.status))
         clock.advance(8.0)
+        phone.ip = carrier_ip(rng)  # (the address it solves from, and retries from)
         assert await anonymous_solve(phone) == 200
         clock.advance(2.0)
         for _ in range(3):
-            resp = await phone.send("GET", "/orders/5", ip=carrier_ip(rng))
+            resp = await phone.send("GET", "/orders/5")
             met.append("challenge" if is_challenge(resp) else str(resp.status))
             clock.advance(5.0)
         # a script in the phones' region but another shape, right after a solve: nothing
@@ -101,7 +104,9 @@ def test_a_pass_solved_before_a_challenge_began_is_no_answer_to_it() -> None:
 
     guard = Guard({"secret": "cookieless-take-0123456789"})
     # (what a pass's place is made of: the region of the address, the client shape)
-    ctx: Any = SimpleNamespace(engine=guard.engine, client_ip="37.140.3.4", fingerprint="f")
+    ctx: Any = SimpleNamespace(
+        engine=guard.engine, client_ip="37.140.3.4", ip_key="ip:a", fingerprint="f"
+    )
     passes = CookielessPasses()
     passes.passed(ctx, 1_000.0, "a")
     assert passes.take(ctx, 1_010.0, since=1_005.0) is None  # solved before: no answer

@@ -749,9 +749,9 @@ def test_a_slow_harvest_over_fresh_accounts_is_held_and_newcomers_pass() -> None
     own, and a new account after five refusals, leaked 144 foreign rides: under the
     young floor (10) in every 10-minute window, each account was banned by rotation
     after 12-13 reads, and no young account was ever flagged, so the young-account alarm
-    never armed. An account known young now counts its objects over `sustained_window`
-    from the first, against the young floor, and that flag arms the alarm. Both sides:
-    newcomers signing up meanwhile, reading a few orders slowly, pass."""
+    never armed. A young account's sustained finding, and a rotation ban on an account
+    known young, now arm it (85 -> 14 foreign orders here). Both sides: newcomers
+    signing up meanwhile, reading a few orders slowly, pass (once asked)."""
     clock = FakeClock(START)
     guard = Guard({"secret": "slow-harvest-fresh-accounts"}, clock=clock)
     driver = AsgiDriver(build_app(guard))

@@ -11,8 +11,10 @@ made, not listed.
 
 from __future__ import annotations
 
+import dis
 import inspect
 import re
+import sys
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -163,11 +165,42 @@ def _calls_via(guard: Guard, entry: RouteEntry) -> list[tuple[Any, str | None]]:
             names = inspect.getclosurevars(inner)
         except (TypeError, ValueError):
             continue
+        called = _called_names(inner)
         for name, value in (*names.nonlocals.items(), *names.globals.items()):
             # (a plain function only: a global may be a proxy that raises on any look,
             # Flask's `request` outside a request)
-            if type(value) is types.FunctionType and _rules_of(guard, value):
+            if (
+                name in called
+                and type(value) is types.FunctionType
+                and _rules_of(guard, value)
+            ):
                 found.append((value, name))
+    return found
+
+
+def _called_names(function: types.FunctionType) -> set[str]:
+    """The global and closure names `function`'s own code calls (`name(...)`): not an
+    attribute of the same name (`mailer.reset_password(...)`), nor a name only looked
+    at (`reset_password.__name__`), nor one passed on. Python 3.11 and later mark the
+    load of a name about to be called (a NULL pushed with it); before, a load that no
+    attribute access follows."""
+    found: set[str] = set()
+    previous = None
+    instructions = list(dis.get_instructions(function))
+    for i, ins in enumerate(instructions):
+        following = instructions[i + 1].opname if i + 1 < len(instructions) else ""
+        if ins.opname in ("LOAD_GLOBAL", "LOAD_DEREF", "LOAD_NAME") and isinstance(
+            ins.argval, str
+        ):
+            if sys.version_info >= (3, 11):
+                marked = "NULL" in ins.argrepr or (
+                    previous is not None and previous.opname == "PUSH_NULL"
+                )
+            else:  # pragma: no cover - 3.10
+                marked = following not in ("LOAD_ATTR", "LOAD_METHOD", "STORE_ATTR")
+            if marked:
+                found.add(ins.argval)
+        previous = ins
     return found
 
 

@@ -432,6 +432,7 @@ class Engine:
             self._flow_groups.activity = self.flows_declared
         self._rotation = next((d for d in found if isinstance(d, Rotation)), None)
         self._scraping = next((d for d in found if isinstance(d, Scraping)), None)
+        self._bola = next((d for d in found if isinstance(d, Bola)), None)
         self._index_watchers()
 
     def _index_watchers(self) -> None:
@@ -1038,16 +1039,26 @@ class Engine:
 
     def _answered_cookieless(self, ctx: RequestContext, principal: str) -> None:
         """A challenged person whose client keeps no cookie (a phone app; its challenge
-        request named nobody) retries: a challenge passed since this one began by its
-        client shape in its region answers it (`CookielessPasses`: one pass, one
-        answer, within `PASS_SECONDS`), as `_answered_with_pass` would."""
+        request named nobody) retries from the address it solved from: a challenge
+        passed there by its client shape since this one began answers it
+        (`CookielessPasses.take_here`, within `PASS_SECONDS`), as `_answered_with_pass`
+        would, for this principal only (the pass cookie it was issued with then answers
+        no other)."""
         if any(c.startswith(PASS_COOKIE + "=") for c in ctx.cookies or ()):
             return  # (this request passed the challenge: its pass is for its retry)
         now = self.clock()
-        until = self._cookieless_passes.take(ctx, now, since=self._challenged_at[principal] - 1)
-        if until is None:
+        since = self._challenged_at[principal] - 1
+        tag = self._cookieless_passes.take_here(ctx, now, since)
+        if tag is None:
             return
-        ctx.pass_key = COOKIELESS + self.hasher("pk", f"{until!r}:{ctx.ip_key}")
+        mark = PASS_USED + tag  # (one solve, one account: its cookie and its twin alike)
+        used = self.store.active_ban(mark, now)
+        if used is not None and used.owner != principal:
+            return
+        if used is None:
+            until = now + self.config.detection.challenge_for  # (its cookie's, at most)
+            self.store.impose(Ban(mark, until, 1, principal, "pass"), now)
+        ctx.pass_key = COOKIELESS + tag
         for key in (principal, *ctx.credentials):
             self._lift_challenge(key, now)
 
@@ -2063,6 +2074,9 @@ class Engine:
             starts[key] = now
         self.store.impose(ban, now)
         rotation = self._rotation
+        bola = self._bola
+        if rotation is not None and finding.detector == rotation.name and bola is not None:
+            bola.young_flagged(finding.owner or key, now)  # (a throwaway account)
         if rotation is not None and finding.detector == rotation.name and finding.owner:
             # its home, as this worker knows it, for every worker while the ban lasts
             owner = finding.owner
@@ -2099,15 +2113,21 @@ class Engine:
         return float(min(max(self.bans.duration(level), seconds), self.bans.max))
 
     def pass_for(
-        self, ctx: RequestContext, principal: str, now: float, rebind: bool = False
+        self,
+        ctx: RequestContext,
+        principal: str,
+        now: float,
+        rebind: bool = False,
+        cookieless: bool = True,
     ) -> bool:
         """Whether the request carries a valid pass that answers for `principal`: one
         pass answers one principal (the first that presents it; kept in the shared ban
         table), so a solved CAPTCHA's cookie replayed on a farm's accounts lets one by;
-        `rebind`: it answers for `principal` from now on (the account a sign-up made)."""
+        `rebind`: it answers for `principal` from now on (the account a sign-up made);
+        `cookieless`: a client without a pass cookie may take a cookieless pass."""
         value = cookie(ctx, PASS_COOKIE) if ctx.has_cookie else None
         if value is None:
-            return self.cookieless_pass(ctx, now)  # (one that keeps no cookie)
+            return cookieless and self.cookieless_pass(ctx, now)  # (one keeping no cookie)
         if not pass_valid(self.hasher, value, now):
             return False
         tag = self.hasher("pk", value)

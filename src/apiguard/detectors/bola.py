@@ -60,9 +60,8 @@ class Bola:
         # young accounts flagged lately -> when (in process, the latest `_YOUNG_KEPT`)
         self._young_flags: OrderedDict[str, float] = OrderedDict()
         # accounts a judge found young -> until when (in process, the latest
-        # `_YOUNG_SEEN_KEPT`): their objects count over `sustained_window` from the first
-        # (a harvest over fresh accounts at one read a minute or two stays under the young
-        # floor in every window)
+        # `_YOUNG_SEEN_KEPT`): a young account another detector flags (rotation: one
+        # account from a dozen networks) arms the alarm too (`young_flagged`)
         self._young_seen: OrderedDict[str, float] = OrderedDict()
         self._routes: dict[str, _Route] = {}  # route template -> its keys and floor
         # a run shorter than this is no walk, whatever the scale (at least half the bar)
@@ -440,13 +439,10 @@ class Bola:
             else:  # (a young account's floor may apply: `_principal_judge`)
                 young = self._young_watch and outcome.ctx.vouched
             # a slow walk's objects over `sustained_window`, counted once this window
-            # holds a quarter of the bar (a person reading a few objects costs nothing),
-            # and from the first for an account known young
+            # holds a quarter of the bar (a person reading a few objects costs nothing)
             long = None
             watch = young
-            if count >= self._sustained_from(route) or (
-                young and self._known_young(subject, outcome.now)
-            ):
+            if count >= self._sustained_from(route):
                 long = self._sustained(subject, route, item, outcome.now, ops)
                 watch = watch or long.count >= learned * self.config.sustained_factor * 0.5
             # below every bar a finding may use (half of each, for a repeat offender)
@@ -462,12 +458,8 @@ class Bola:
         if run_now is not None:
             run_now(op, outcome.now)  # (its results read by the judge)
             # (an error answer always: a slow guesser of codes tries one every few
-            # minutes, under any count a window needs; an account known young too)
-            if (
-                error
-                or op.count >= self._sustained_from(route)
-                or (route.floor is None and self._known_young(subject, outcome.now))
-            ):
+            # minutes, under any count a window needs)
+            if error or op.count >= self._sustained_from(route):
                 long = self._sustained(subject, route, item, outcome.now, ops, error)
         else:  # (a shared store: in the request's one batch)
             ops.append(op)
@@ -485,6 +477,14 @@ class Bola:
             del self._young_seen[subject]
             return False
         return True
+
+    def young_flagged(self, subject: str, now: float) -> None:
+        """Another detector flagged `subject` (a rotation ban): if a judge found it young,
+        it counts as a flagged young account for the alarm (a harvest over throwaway
+        accounts at one read a minute or two, from a new address each, stays under the
+        young floor in every window, and each account is banned by rotation first)."""
+        if self._known_young(subject, now):
+            self._young_found(subject, now)
 
     def _seen_young(self, subject: str, now: float) -> None:
         seen = self._young_seen
@@ -600,8 +600,7 @@ class Bola:
                     "objects": round(long.count),
                     "window": cfg.sustained_window,
                 }
-                # (a young account: its floor over the long window, as over a short one)
-                bar = learned * (1.0 if is_young else cfg.sustained_factor) * scale
+                bar = learned * cfg.sustained_factor * scale
                 if long.count < bar:
                     bar = 0.0
                     if long.error:

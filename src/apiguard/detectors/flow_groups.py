@@ -16,12 +16,12 @@ accounts exist only to complete the flow has a share near 1. A flagged group is 
 that flow (429, or the configured action) for a ban's duration; nothing else.
 
 The official app of a ride-hailing service books most rides, every hour, at several
-times the browsers' share: a group's usual share may be high for honest reasons. Where
-people can pass a challenge, a flagged group gets `person_action` (a challenge: each
-member with a pass that answers for its account completes the flow, `group_held`); where
-they cannot, the group's own usual share (`_OwnShares`: learned while at least `floor` of
-its principals are active and it is not flagged) raises its bar to `factor` times it, at
-most `_OWN_REACH_MAX` (a farm's share stays near 1).
+times the browsers' share: a group's share may be high for honest reasons. Where people
+can pass a challenge, a flagged group gets `person_action` (a challenge: each member with
+a pass cookie that answers for its account completes the flow, `group_held`); where they
+cannot, the group is refused (`action`). (A group's own learned share raised its bar in
+one version: a farm taught its own shape the share it farmed at, 0 -> 195 of 195
+redemptions through, `tests/test_review_s21.py`.)
 
 When `factor` times the population's share is 1 or more (a small or young app where
 nearly everyone active completes the flow), no group can stand out by its share, and the
@@ -86,11 +86,6 @@ _REFUSED_KEPT = 4096  # clients refused in a flow's surge, or people, remembered
 _KEYS_PER_CLIENT = 2
 _SWEEPS_KEPT = 16_384  # (flow, address) pairs whose distinct keys are counted (latest)
 _SWEEP_KEYS_MAX = 512  # distinct keys counted per pair (beyond: no more clients)
-# a group's own usual share of the flow (`_OwnShares`) raises the share it must reach up
-# to this at most (a farm's accounts exist to complete the flow: its share stays near 1,
-# whatever a shape or a network it borrows taught)
-_OWN_REACH_MAX = 0.9
-_OWN_KEPT = 16_384  # (flow, group) pairs whose own share is learned (the latest)
 BIRTHS_KEPT = 131_072  # accounts `BirthPlaces` remembers (the latest)
 BURSTS_KEPT = 16_384  # networks whose latest births it remembers
 _V = TypeVar("_V")
@@ -147,31 +142,6 @@ class _Level:
         if level or calm:
             base = self.baseline
             self.baseline = level if base is None else (1 - _EWMA) * base + _EWMA * level
-
-
-class _OwnShares:
-    """Each (flow, group)'s own usual share of its active principals completing the
-    flow: an EWMA over quarter windows in which the group had at least `floor` principals
-    active and was not flagged (in process, bounded LRU). The official app
-    of a ride-hailing service books most rides: its shape's share of the booking flow
-    is several times the browsers', every hour, and its people are no farm."""
-
-    __slots__ = ("_shares", "every")
-
-    def __init__(self, every: float) -> None:
-        self.every = every
-        self._shares: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def get(self, key: str) -> float:
-        found = self._shares.get(key)
-        return 0.0 if found is None else found[0]
-
-    def learn(self, key: str, share: float, now: float) -> None:
-        found = self._shares.get(key)
-        if found is not None and now - found[1] < self.every:
-            return
-        level = share if found is None else (1 - _EWMA) * found[0] + _EWMA * share
-        _remember(self._shares, key, (level, now), _OWN_KEPT)
 
 
 class BirthPlaces:
@@ -269,15 +239,15 @@ class FlowGroups:
         # (flow, address) -> (since, the keys' hashes it completed the flow for)
         self._sweeps: OrderedDict[tuple[str, str], tuple[float, set[int]]] = OrderedDict()
         self._people: dict[str, OrderedDict[str, float]] = {}
-        self._own = _OwnShares(config.window / 4)
 
     @staticmethod
     def group_held(
         flow: str, principal: str, ctx: RequestContext, now: float
     ) -> tuple[str, ...]:
         """The ban keys of the request's groups for `flow` (checked in the batch),
-        but a group's challenge known here where the request carries a pass that answers
-        for `principal` (looked at, and taken for it, only then)."""
+        but a group's challenge known here where the request carries a pass cookie that
+        answers for `principal` (looked at, and taken for it, only then; not a cookieless
+        pass: a farm of the app's shape would take the ones people's solves leave)."""
         keys = group_keys(flow, ctx)
         engine = ctx.engine
         store = engine.store
@@ -287,7 +257,7 @@ class FlowGroups:
             if (
                 ban is not None
                 and ban.action == "challenge"
-                and engine.pass_for(ctx, principal, now)
+                and engine.pass_for(ctx, principal, now, cookieless=False)
             ):
                 continue
             held.append(key)
@@ -648,10 +618,6 @@ class FlowGroups:
         engine = ctx.engine
         answerable = engine.challenges_answered or engine.challenge_path is not None
         action = cfg.person_action if answerable else cfg.action
-        # a group's own usual share raises its bar only where its people cannot pass (a
-        # flag refuses them all): where they can, a farm copying the official app's
-        # headers is asked at the population's bar, and the app's people pass once
-        own_counts = action != "challenge"
 
         def judge() -> list[Finding]:
             found: list[Finding] = at_birth() if at_birth is not None else []
@@ -683,14 +649,7 @@ class FlowGroups:
                     ("network", net, net_active, keys[1]),
                 ):
                     share = done.count / max(active.count, 1.0)
-                    own = self._own.get(key)
-                    reach_own = min(own * cfg.factor, _OWN_REACH_MAX) if own_counts else 0.0
-                    # (a group not flagged teaches its own share: with many principals
-                    # active, and under what flags any group whatever it taught)
-                    teaches = active.count >= cfg.floor and share < _OWN_REACH_MAX
-                    if done.count < cfg.floor or share < max(cfg.min_share, reach_own):
-                        if teaches:
-                            self._own.learn(key, share, now)
+                    if done.count < cfg.floor or share < cfg.min_share:
                         continue
                     # the population's share without this group (a farm's own accounts
                     # must not raise the bar it is judged against); with fewer than
@@ -703,10 +662,8 @@ class FlowGroups:
                     reach = base * cfg.factor
                     # at 1 or more, the share cannot single a group out (births can: above)
                     if reach >= 1.0 or share < reach:
-                        if teaches:
-                            self._own.learn(key, share, now)
                         continue
-                    bar = max(cfg.min_share, reach, reach_own)
+                    bar = max(cfg.min_share, reach)
                     found.append(
                         Finding(
                             f"{self.name}.{kind}",
@@ -720,7 +677,6 @@ class FlowGroups:
                                 "share": round(share, 3),
                                 "threshold": round(bar, 3),
                                 "baseline": round(base, 3),
-                                "own_share": round(own, 3),
                                 "basis": "share",
                             },
                         )

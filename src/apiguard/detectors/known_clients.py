@@ -116,8 +116,9 @@ class CookielessPasses:
 
     def __init__(self, size: int = KNOWN_MAX) -> None:
         self.size = size
-        # (region, shape) -> [(until, tag of the pass cookie issued with it)]
-        self._waiting: dict[tuple[str, str], list[tuple[float, str]]] = {}
+        # (region, shape) -> [(until, tag of the pass cookie issued with it, the address
+        # it was solved from)]
+        self._waiting: dict[tuple[str, str], list[tuple[float, str, str]]] = {}
 
     def passed(self, ctx: RequestContext, now: float, tag: str) -> None:
         """The person behind `ctx` passed a challenge and was given the pass cookie
@@ -130,7 +131,7 @@ class CookielessPasses:
                 waiting.clear()
             found = waiting[key] = []
         found[:] = [p for p in found if p[0] >= now][-(_PASSES_PER_PLACE - 1) :]
-        found.append((now + PASS_SECONDS, tag))
+        found.append((now + PASS_SECONDS, tag, ctx.ip_key))
 
     def withdraw(self, ctx: RequestContext, tag: str) -> None:
         """A login showed the pass cookie whose tag is `tag`: its client keeps cookies,
@@ -151,12 +152,27 @@ class CookielessPasses:
             self._waiting.pop(key, None)
             return None
         found[:] = [p for p in found if p[0] >= now]
-        for i, (until, _) in enumerate(found):
+        for i, (until, _, _) in enumerate(found):
             if since is None or until - PASS_SECONDS >= since:
                 del found[i]
                 return until
         if not found:
             self._waiting.pop(key, None)
+        return None
+
+    def take_here(self, ctx: RequestContext, now: float, since: float) -> str | None:
+        """Use up a pass solved from `ctx`'s own address, by its shape, at or after
+        `since`: its tag (the pass cookie's), or None. (The answer to a challenge on an
+        account: a script of the app's shape polling from the carrier's range must not
+        take the solves of the people there.)"""
+        key = (region_key(ctx), ctx.fingerprint)
+        found = self._waiting.get(key)
+        if not found:
+            return None
+        for i, (until, tag, address) in enumerate(found):
+            if until >= now and address == ctx.ip_key and until - PASS_SECONDS >= since:
+                del found[i]
+                return tag
         return None
 
     def clear(self) -> None:
