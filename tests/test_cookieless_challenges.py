@@ -94,9 +94,10 @@ def test_a_cookieless_newcomer_answers_a_harvest_challenge_a_script_does_not() -
     assert script_met == ["challenge", "challenge"], script_met
 
 
-def test_a_pass_solved_before_a_challenge_began_is_no_answer_to_it() -> None:
-    """`CookielessPasses.take(since=...)`: a pass solved before is left waiting (for a
-    login, which any pass of the place may get past the alarm), a later one is taken."""
+def test_a_pass_answers_a_challenge_only_if_solved_since_and_from_the_same_address() -> None:
+    """`CookielessPasses.take_here`: a pass solved before the challenge began, or from
+    another address of the region, is left waiting (for a login, which any pass of the
+    place may get past the alarm); one solved since, from the address, is taken once."""
     from types import SimpleNamespace
     from typing import Any
 
@@ -104,13 +105,20 @@ def test_a_pass_solved_before_a_challenge_began_is_no_answer_to_it() -> None:
 
     guard = Guard({"secret": "cookieless-take-0123456789"})
     # (what a pass's place is made of: the region of the address, the client shape)
-    ctx: Any = SimpleNamespace(
+    here: Any = SimpleNamespace(
         engine=guard.engine, client_ip="37.140.3.4", ip_key="ip:a", fingerprint="f"
     )
+    there: Any = SimpleNamespace(
+        engine=guard.engine, client_ip="37.140.9.9", ip_key="ip:b", fingerprint="f"
+    )
     passes = CookielessPasses()
-    passes.passed(ctx, 1_000.0, "a")
-    assert passes.take(ctx, 1_010.0, since=1_005.0) is None  # solved before: no answer
-    passes.passed(ctx, 1_020.0, "b")
-    assert passes.take(ctx, 1_030.0, since=1_005.0) == 1_020.0 + PASS_SECONDS
-    assert passes.take(ctx, 1_031.0) == 1_000.0 + PASS_SECONDS  # still there for a login
-    assert passes.take(ctx, 1_032.0) is None  # one pass, one use
+    passes.passed(here, 1_000.0, "early")
+    assert passes.take_here(here, 1_010.0, since=1_005.0) is None  # solved before
+    passes.passed(there, 1_020.0, "elsewhere")
+    assert passes.take_here(here, 1_025.0, since=1_005.0) is None  # another address
+    passes.passed(here, 1_030.0, "mine")
+    assert passes.take_here(here, 1_035.0, since=1_005.0) == "mine"
+    assert passes.take_here(here, 1_036.0, since=1_005.0) is None  # one pass, one use
+    assert passes.take(here, 1_037.0) == 1_000.0 + PASS_SECONDS  # still there for a login
+    assert passes.take(there, 1_038.0) == 1_020.0 + PASS_SECONDS
+    assert passes.take(here, 1_039.0) is None

@@ -140,24 +140,16 @@ class CookielessPasses:
         if found:
             found[:] = [p for p in found if p[1] != tag]
 
-    def take(
-        self, ctx: RequestContext, now: float, since: float | None = None
-    ) -> float | None:
-        """Use up a pass waiting for `ctx`'s shape and region (`since`: one passed at
-        or after that time; older ones are left waiting): when it expires (its
+    def take(self, ctx: RequestContext, now: float) -> float | None:
+        """Use up a pass waiting for `ctx`'s shape and region: when it expired (its
         identity), or None."""
         key = (region_key(ctx), ctx.fingerprint)
         found = self._waiting.get(key)
-        if not found:
-            self._waiting.pop(key, None)
-            return None
-        found[:] = [p for p in found if p[0] >= now]
-        for i, (until, _, _) in enumerate(found):
-            if since is None or until - PASS_SECONDS >= since:
-                del found[i]
+        while found:
+            until, _, _ = found.pop(0)
+            if until >= now:
                 return until
-        if not found:
-            self._waiting.pop(key, None)
+        self._waiting.pop(key, None)
         return None
 
     def take_here(self, ctx: RequestContext, now: float, since: float) -> str | None:
