@@ -582,12 +582,6 @@ def test_control_a_throttle_group_ban_holds_farm_accounts_that_each_solved_a_cha
     assert [s for s in honest if s != 200] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a farm redeeming with every account plus one 404 per account with its token "
-    "counts two active principals per account, halving its share: 43 of 240 redemptions "
-    "pass with the own share undone, 240 with it, 61 at 4c0fed0",
-)
 def test_a_farm_padding_its_shape_with_one_404_per_account_is_refused() -> None:
     farm, honest = farm_at_a_share(1.0, pad=True)
     assert farm.count(200) <= 15, (farm.count(200), len(farm))

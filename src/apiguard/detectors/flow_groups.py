@@ -574,6 +574,11 @@ class FlowGroups:
             flows = tuple(f for f in flows if f not in self.config.ignore_flows)
         now = outcome.now
         if not flows:
+            # (a path no route serves names no one: the app never vouched for its
+            # principal, a bare token's key beside the account it belongs to, and a farm
+            # asking one per account would count each account twice among the active)
+            if ctx.route is None and outcome.status in (404, 405):
+                return None
             if not self.activity or not self._active.due(principal, now):
                 return None
             self._activity(ctx, principal, ops)
