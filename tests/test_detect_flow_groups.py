@@ -80,6 +80,18 @@ def test_a_farm_of_fresh_accounts_on_one_client_shape_is_refused_the_flow() -> N
     assert farm.count(200) <= 15
 
 
+def shop_with_challenge(guard: Guard) -> FastAPI:
+    """The shop with the app's challenge route (the simulated person solves it)."""
+    app = shop(guard)
+
+    @app.post("/challenge")
+    async def challenge() -> dict[str, bool]:
+        guard.challenge_passed()
+        return {"passed": True}
+
+    return app
+
+
 def young_shop(guard: Guard, made: list[int] | None = None) -> FastAPI:
     """A shop just deployed: a sign-up that signs the user in (the account is born there),
     and a flow every active user completes. `made`: the accounts made (shared by several
@@ -252,14 +264,7 @@ def test_a_farm_hiding_in_the_official_apps_shape_is_held_and_its_people_pass() 
         {"secret": "flow-groups-person-action", "detection": {"challenge_path": "/challenge"}},
         clock=clock,
     )
-    app = shop(guard)
-
-    @app.post("/challenge")
-    async def challenge() -> dict[str, bool]:
-        guard.challenge_passed()
-        return {"passed": True}
-
-    driver = AsgiDriver(app)
+    driver = AsgiDriver(shop_with_challenge(guard))
     rng = random.Random(21)
     jars: dict[int, str] = {}
 

@@ -28,7 +28,7 @@ from detection_support import (
 )
 from detection_support import run_quietly as run
 from test_detect_flow_groups import APP_UA as SHOP_UA
-from test_detect_flow_groups import shop
+from test_detect_flow_groups import shop, shop_with_challenge
 
 START = 2_000_000.0
 APP_UA = "RideShare/5.2.0 (Android 14; Pixel 7) okhttp/4.12.0"
@@ -237,7 +237,6 @@ def farm_at_a_share(share: float, pad: bool = False) -> tuple[list[int], list[in
     asks for a path that does not exist, with its token (a 404 that names no one)."""
     from apiguard.simulate.driver import Request
     from test_detect_flow_groups import APP_UA as SHOP_UA
-    from test_detect_flow_groups import shop
 
     clock = FakeClock(START)
     guard = Guard({"secret": "review-s21-teach-secret"}, clock=clock)
@@ -405,21 +404,13 @@ def farm_in_the_apps_shape(farm_rides: bool) -> tuple[int, int, list[str]]:
     farm's rides that passed, how many it tried, and the honest outcomes."""
     from apiguard.simulate.driver import Request
     from test_detect_flow_groups import APP_UA as SHOP_UA
-    from test_detect_flow_groups import shop
 
     clock = FakeClock(START)
     guard = Guard(
         {"secret": "flow-groups-person-action", "detection": {"challenge_path": "/challenge"}},
         clock=clock,
     )
-    app = shop(guard)
-
-    @app.post("/challenge")
-    async def challenge() -> dict[str, bool]:
-        guard.challenge_passed()
-        return {"passed": True}
-
-    driver = AsgiDriver(app)
+    driver = AsgiDriver(shop_with_challenge(guard))
     rng = random.Random(21)
     jars: dict[int, str] = {}
     rides: list[int] = []
@@ -532,14 +523,7 @@ def test_control_a_throttle_group_ban_holds_farm_accounts_that_each_solved_a_cha
         },
         clock=clock,
     )
-    app = shop(guard)
-
-    @app.post("/challenge")
-    async def challenge() -> dict[str, bool]:
-        guard.challenge_passed()
-        return {"passed": True}
-
-    driver = AsgiDriver(app)
+    driver = AsgiDriver(shop_with_challenge(guard))
     rng = random.Random(4)
 
     async def call(method: str, path: str, user: int, ip: str, ua: str, jar: dict[str, str]) -> int:
