@@ -44,7 +44,8 @@ def build(config: DetectionConfig, enforce_default: bool) -> list[Detector]:
     if config.bola.enabled:
         found.append(Bola(config.bola, enforce(config.bola.mode)))
     if config.rotation.enabled:
-        found.append(Rotation(config.rotation, enforce(config.rotation.mode)))
+        device_cookie = ato.device_cookie if ato.enabled else None
+        found.append(Rotation(config.rotation, enforce(config.rotation.mode), device_cookie))
     if config.flow_groups.enabled:
         found.append(FlowGroups(config.flow_groups, enforce(config.flow_groups.mode)))
     if config.scraping.enabled:
