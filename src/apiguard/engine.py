@@ -39,6 +39,7 @@ from apiguard.detectors.flow_groups import BORN, GROUP, SURGE, FlowGroups
 from apiguard.detectors.known_clients import COOKIELESS, CookielessPasses
 from apiguard.detectors.rotation import Rotation, home_key, shaped_key
 from apiguard.detectors.scraping import Scraping
+from apiguard.detectors.unfinished import Unfinished, unfinished_key
 from apiguard.login import (
     PASS_COOKIE,
     cookie,
@@ -335,6 +336,8 @@ class Engine:
         # a flow was declared (`Guard.flow`, or a completing flow step checked): only then
         # does the flow-group detector record which principals are active
         self.flows_declared = False
+        # flows declared with `finished_by=` (None: none yet, so nothing watches for them)
+        self._unfinished: Unfinished | None = None
         self._use(detectors.build(config.detection, self.enforce_default))
         self._bola_query = frozenset(config.detection.bola.query_params)
         # the app called guard.account_created(): only declared sign-ups make accounts young
@@ -416,6 +419,8 @@ class Engine:
         """Run `found`; which of them watch which requests, worked out once (keyed by
         whether the request reported a login, whether its principal is an address, and
         whether such an anonymous request named an account, a possible sign-up)."""
+        if self._unfinished is not None:
+            found.append(self._unfinished)  # (declared by the app's code: kept)
         self.detectors = found
         run_now = getattr(self.store, "run_objects", None) if self._runs_objects else None
         # (and its `run_walk`, unless a subclass's `run_objects` overrides the class's
@@ -467,6 +472,16 @@ class Engine:
         if self._flow_groups is not None:
             self._flow_groups.activity = True
             self._index_watchers()
+
+    def declare_unfinished(
+        self, flow: str, finished_by: tuple[str, ...], bar: int, window: float
+    ) -> None:
+        """`flow` is finished by the flows `finished_by`: at most `bar` of it left
+        unfinished per principal within `window` (`apiguard.detectors.unfinished`)."""
+        if self._unfinished is None:
+            self._unfinished = Unfinished(self.enforce_default)
+            self._use(list(self.detectors))
+        self._unfinished.declare(flow, finished_by, bar, window)
 
     def may_be_banned(self) -> bool:
         """Whether `early_ban` can find anything (False while no ban is known)."""
@@ -996,11 +1011,20 @@ class Engine:
         and network on that flow, and of the network the principal was born in
         (`apiguard.detectors.flow_groups`)."""
         groups = self._flow_groups
-        if not rules or groups is None:
+        if not rules:
+            return keys
+        principal = ctx.principal or ctx.ip_key
+        unfinished = [
+            unfinished_key(rule.name, principal)
+            for rule in rules
+            if isinstance(rule, FlowRule) and rule.completes and rule.finished_by
+        ]
+        if unfinished:
+            keys = (*keys, *unfinished)
+        if groups is None:
             return keys
         if not groups.activity and any(isinstance(rule, FlowRule) for rule in rules):
             self.declare_flow()  # (a flow rule not made by `Guard.flow`)
-        principal = ctx.principal or ctx.ip_key
         extra = [
             k
             for rule in rules
@@ -2058,6 +2082,9 @@ class Engine:
         if finding.detector in ("account_takeover.account", "account_takeover.devices"):
             cfg = self.config.detection.account_takeover
             seconds = min(cfg.account_protect_for * 2 ** min(level - 1, 16), 86_400.0 * 7)
+        elif finding.detector == "unfinished":  # (a quarter of the flow's window)
+            quarter = float(finding.evidence["window"]) / 4 * 2 ** min(level - 1, 30)
+            seconds = min(max(self.bans.duration(level), quarter), self.bans.max)
         else:
             seconds = self._detector_ban(finding.detector, level)
         # (a person's challenge stands until passed; a flow's surge is nobody's to pass:

@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, Literal, TypeVar
 
@@ -446,6 +446,8 @@ class Guard:
         on_store_failure: Literal["open", "closed"] | None = None,
         key: Spec | None = None,
         count_reads: bool = False,
+        finished_by: str | Sequence[str] | None = None,
+        unfinished: int = 3,
     ) -> Callable[[F], F]:
         """Declare a sensitive business flow: `rate` completed flows per principal.
 
@@ -460,8 +462,13 @@ class Guard:
         `count_reads`: a GET, HEAD or OPTIONS request of a route that also takes a write
         counts too (by default it does not: a form view's page is no completed flow; set
         it where a GET of such a route completes the flow, an e-mail link confirming it).
+        `finished_by`: the flow (or flows) whose completion finishes this one (a hold
+        finished by a checkout); a principal that leaves `unfinished` of this flow
+        unfinished within its longest window is refused it until it finishes one or a
+        quarter of the window has passed (`apiguard.detectors.unfinished`).
         """
         _check_failure(on_store_failure, f"@guard.flow({name!r})")
+        finishers = _finishers(name, finished_by, unfinished)
         if not isinstance(count_reads, bool):
             raise ConfigurationError(f"@guard.flow({name!r}): count_reads must be True or False")
         argument_key: ArgumentKey | None = None
@@ -521,6 +528,12 @@ class Guard:
                 ) from None
             rule.on_store_failure = on_store_failure
             rule.count_reads = count_reads
+            if not finishers and known is not None and known.finished_by:
+                rule.finished_by, rule.unfinished = known.finished_by, known.unfinished
+            elif finishers:
+                rule.finished_by, rule.unfinished = finishers, unfinished
+                window = max(spec.window for spec in rule.specs)
+                self.engine.declare_unfinished(name, finishers, unfinished, window)
             if known is not None:
                 if known.specs != rule.specs or known.per != rule.per:
                     same_key = isinstance(known.per, ArgumentKey) and isinstance(
@@ -911,6 +924,16 @@ class Guard:
         `detection.scraping.routes`) must name routes of the app: a misspelt template would
         silently not apply."""
         detection = self.config.detection
+        for flow, rule in sorted(self._flows.items()):
+            missing = [n for n in rule.finished_by if n not in self._flows]
+            if missing:
+                raise ConfigurationError(
+                    f"@guard.flow({flow!r}, finished_by=...) names "
+                    f"{', '.join(map(repr, missing))}, which no @guard.flow declares: "
+                    f"{flow!r} would never be finished, and everyone who completes it "
+                    f"{rule.unfinished} times would be refused it (its flows: "
+                    f"{', '.join(map(repr, sorted(self._flows)))})"
+                )
         unknown_flows = sorted(set(detection.flow_groups.ignore_flows) - set(self._flows))
         if unknown_flows:
             raise ConfigurationError(
@@ -1103,6 +1126,28 @@ class Guard:
     def hash(self, kind: str, value: str) -> str:
         """The keyed hash apiguard would store for `value` (never store the raw value)."""
         return self.hasher(kind, value)
+
+
+def _finishers(
+    name: str, finished_by: str | Sequence[str] | None, unfinished: object
+) -> tuple[str, ...]:
+    """`finished_by` as a tuple of flow names, checked (`@guard.flow`)."""
+    where = f"@guard.flow({name!r})"
+    if isinstance(unfinished, bool) or not isinstance(unfinished, int) or unfinished < 1:
+        raise ConfigurationError(f"{where}: unfinished must be a whole number of at least 1")
+    if finished_by is None:
+        if unfinished != 3:
+            raise ConfigurationError(f"{where}: unfinished= needs finished_by= (the flow "
+                                     "that finishes this one)")
+        return ()
+    names = (finished_by,) if isinstance(finished_by, str) else tuple(finished_by)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ConfigurationError(
+            f"{where}: finished_by must be a flow name or a list of flow names"
+        )
+    if name in names:
+        raise ConfigurationError(f"{where}: a flow cannot finish itself (finished_by)")
+    return names
 
 
 def _check_failure(value: object, where: str) -> None:

@@ -238,6 +238,10 @@ class FlowRule(WindowRule):
         # a read (GET, HEAD, OPTIONS) of a route that also takes a write counts too
         # (`@guard.flow(count_reads=True)`); else such a read spends none (a form's page)
         self.count_reads = False
+        # the flows whose completion finishes this one, and how many may be left
+        # unfinished (`@guard.flow(finished_by=..., unfinished=...)`, `detectors.unfinished`)
+        self.finished_by: tuple[str, ...] = ()
+        self.unfinished = 0
 
     def observe(self, hit: Hit, success: bool, ctx: RequestContext) -> None:
         """Refund the reservation of a flow that did not succeed."""
