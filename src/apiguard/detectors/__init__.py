@@ -44,8 +44,7 @@ def build(config: DetectionConfig, enforce_default: bool) -> list[Detector]:
     if config.bola.enabled:
         found.append(Bola(config.bola, enforce(config.bola.mode)))
     if config.rotation.enabled:
-        device_cookie = ato.device_cookie if ato.enabled else None
-        found.append(Rotation(config.rotation, enforce(config.rotation.mode), device_cookie))
+        found.append(Rotation(config.rotation, enforce(config.rotation.mode)))
     if config.flow_groups.enabled:
         found.append(FlowGroups(config.flow_groups, enforce(config.flow_groups.mode)))
     if config.scraping.enabled:

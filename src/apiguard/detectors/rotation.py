@@ -17,12 +17,7 @@ randomised per request), the whole principal is banned, except at its home: a pl
 (principal, /24 or /64 network, client fingerprint) it was used from at least a quarter
 window apart. A thief on residential proxies never comes back to one /24 with one client
 shape; one who does is held to that place, where limits and the other detectors still
-count it. Under either ban, a client that carries a device cookie entry (set by a login
-through `@guard.login`) which the principal's first answered request carried is its
-owner's device wherever it goes: a thief uses a token after its owner, and one who copied
-the owner's headers and token but not its cookie (a MAC it cannot guess) is not. (Each
-worker learns this from the first request it answers for the principal; when the
-principal leaves the bounded table, from the next one.)
+count it.
 
 Places live in one bounded in-process table (per worker): each (principal, place) is sent
 to the store at most once per quarter window, so a principal staying where it was costs no
@@ -45,7 +40,6 @@ from apiguard.detectors.base import (
     RecentlySent,
 )
 from apiguard.detectors.population import Population
-from apiguard.login import device_entries
 from apiguard.request import network_of
 from apiguard.store.base import Tally
 
@@ -58,8 +52,6 @@ Place = tuple[str, str, str]  # (principal, /24 network key, client fingerprint)
 SHAPED = "rs:"  # ban-table prefix of a principal as one client shape uses it
 HOME = "rh:"  # ban-table prefix of a banned principal's home, published with its ban
 REGION = "r/"  # a home's region, where it stands for a network in a home's key
-DEVICE = "d/"  # a home device's cookie entry, where it stands for a network in a home's key
-DEVICES = 5  # device cookie entries kept per principal
 
 
 _TOKEN_SHARE = 4  # networks per token past which a user's rotation is a token's
@@ -102,7 +94,6 @@ class Homes:
         self.per_principal = per_principal
         self.size = size
         self._places: OrderedDict[str, list[PlaceSeen]] = OrderedDict()
-        self._devices: OrderedDict[str, list[str]] = OrderedDict()
 
     def note(
         self, principal: str, network: str, fingerprint: str, now: float, ctx: RequestContext
@@ -135,27 +126,6 @@ class Homes:
             return place
         return None
 
-    def note_devices(self, principal: str, entries: list[str]) -> None:
-        """Record the device cookie entries `principal`'s first answered request carried
-        (the first `DEVICES`): its owner's device, since a thief uses a token after it."""
-        if not entries:
-            return
-        devices = self._devices
-        if len(devices) >= self.size:
-            devices.popitem(last=False)
-        devices[principal] = entries[:DEVICES]
-
-    def device_home(self, principal: str, entries: list[str]) -> bool:
-        """Whether one of `entries` was on `principal`'s first answered request (changes
-        nothing)."""
-        known = self._devices.get(principal, ())
-        return any(entry in known for entry in entries)
-
-    def is_first(self, principal: str, place: PlaceSeen) -> bool:
-        """Whether `place` is `principal`'s first place (changes nothing)."""
-        places = self._places.get(principal)
-        return places is not None and len(places) > 0 and places[0] is place
-
     def knows(self, principal: str) -> bool:
         """Whether `principal` was answered below 400 lately (changes nothing)."""
         return principal in self._places
@@ -179,7 +149,6 @@ class Homes:
         for p in self._places.get(principal, ()):
             if now - p.first >= self.fresh:
                 homes += ((p.network, p.fingerprint), (REGION + p.region, p.fingerprint))
-        homes += ((DEVICE + entry, "") for entry in self._devices.get(principal, ()))
         return homes
 
 
@@ -202,12 +171,9 @@ class Rotation:
     name = "rotation"
     watches = PRINCIPALS
 
-    def __init__(
-        self, config: RotationConfig, enforce: bool, device_cookie: str | None = None
-    ) -> None:
+    def __init__(self, config: RotationConfig, enforce: bool) -> None:
         self.config = config
         self.enforce = enforce
-        self.device_cookie = device_cookie  # (account takeover's, when it is on)
         self.population = Population(
             config.floor,
             config.floor,
@@ -229,8 +195,7 @@ class Rotation:
         whole principal or its token (a thief whose headers change on every request), a
         home's client shape anywhere in that home's region is at home too: a phone moving
         through its carrier's address pools keeps its shape and region, while a thief's
-        random shapes from everywhere seldom match both. Under any of them, a device
-        cookie entry its first places carried is its owner's device anywhere."""
+        random shapes from everywhere seldom match both."""
         principal = ban.owner or ban.key
         net, fp = ctx.net_key, ctx.fingerprint
         homes = self.homes
@@ -239,16 +204,6 @@ class Rotation:
         store = ctx.engine.store
         if store.active_ban(home_key(principal, net, fp), now) is not None:
             return True
-        if self.device_cookie is not None:
-            entries = device_entries(ctx, self.device_cookie)
-            if entries and (
-                homes.device_home(principal, entries)
-                or any(
-                    store.active_ban(home_key(principal, DEVICE + e, ""), now) is not None
-                    for e in entries
-                )
-            ):
-                return True
         if ban.key.startswith(SHAPED):
             return False
         region = _region(ctx)
@@ -272,12 +227,6 @@ class Rotation:
             # one of its first places: sent at most once per quarter window, as below
             if now - seen.sent < self._fresh:
                 return None
-            if (
-                self.device_cookie is not None
-                and seen.sent == -math.inf
-                and self.homes.is_first(principal, seen)
-            ):  # (the principal's first answered request: its owner's)
-                self.homes.note_devices(principal, device_entries(ctx, self.device_cookie))
             seen.sent = now
             home = now - seen.first >= self.homes.fresh
         elif not self._sent.due((principal, place, fingerprint), now):
