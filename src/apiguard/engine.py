@@ -2173,10 +2173,11 @@ class Engine:
         """Whether this person passed a detector's challenge recently."""
         return self.store.active_ban(PASSED + principal, now) is not None
 
-    def prior(self, key: str, now: float) -> int:
-        """The level of `key`'s last detector ban if it ended within `bans.memory`."""
+    def prior(self, key: str, now: float, within: float | None = None) -> int:
+        """The level of `key`'s last detector ban if it ended within `within` seconds
+        (default `bans.memory`)."""
         last = self._levels.get(key)
-        if last is None or now - last[1] > self.bans.memory:
+        if last is None or now - last[1] > (self.bans.memory if within is None else within):
             return 0
         return last[0]
 

@@ -300,6 +300,7 @@ class Guard:
                 f"({type(exc).__name__}: {exc}); pass an OpenTelemetry MeterProvider"
             ) from exc
         self._flows: dict[str, FlowRule] = {}
+        self._flow_steps: dict[str, list[FlowRule]] = {}  # every step of each flow
         # advertised policy name -> the rule it belongs to: names in RateLimit-Policy and
         # violated-policies must say which limit they are
         self._policy_owners: dict[str, Rule] = {}
@@ -528,12 +529,7 @@ class Guard:
                 ) from None
             rule.on_store_failure = on_store_failure
             rule.count_reads = count_reads
-            if not finishers and known is not None and known.finished_by:
-                rule.finished_by, rule.unfinished = known.finished_by, known.unfinished
-            elif finishers:
-                rule.finished_by, rule.unfinished = finishers, unfinished
-                window = max(spec.window for spec in rule.specs)
-                self.engine.declare_unfinished(name, finishers, unfinished, window)
+            self._finish_steps(name, rule, finishers, unfinished, _qualname(fn))
             if known is not None:
                 if known.specs != rule.specs or known.per != rule.per:
                     same_key = isinstance(known.per, ArgumentKey) and isinstance(
@@ -561,6 +557,28 @@ class Guard:
             return rule
 
         return self._decorator(make)
+
+    def _finish_steps(
+        self, name: str, rule: FlowRule, finishers: tuple[str, ...], bar: int, where: str
+    ) -> None:
+        """Give every step of flow `name` its `finished_by` (whichever step declared it:
+        the first route of a flow must not be left unwatched), and declare it once."""
+        steps = self._flow_steps.setdefault(name, [])
+        declared = next(((r.finished_by, r.unfinished) for r in steps if r.finished_by), None)
+        if finishers and declared is not None and declared != (finishers, bar):
+            raise ConfigurationError(
+                f"@guard.flow({name!r}) on {where}: finished_by= and unfinished= differ "
+                "from another step of the flow; declare them alike (or on one step only)"
+            )
+        if len(steps) < 256:  # (a framework that decorates per request makes one each time)
+            steps.append(rule)
+        if finishers and declared is None:
+            for step in steps:
+                step.finished_by, step.unfinished = finishers, bar
+            window = max(spec.window for spec in rule.specs)
+            self.engine.declare_unfinished(name, finishers, bar, window)
+        elif declared is not None:
+            rule.finished_by, rule.unfinished = declared
 
     def login(
         self,
@@ -926,6 +944,18 @@ class Guard:
         detection = self.config.detection
         for flow, rule in sorted(self._flows.items()):
             missing = [n for n in rule.finished_by if n not in self._flows]
+            idle = [
+                n
+                for n in rule.finished_by
+                if n in self._flows and not any(s.completes for s in self._flow_steps[n])
+            ]
+            if idle:
+                raise ConfigurationError(
+                    f"@guard.flow({flow!r}, finished_by=...) names "
+                    f"{', '.join(map(repr, idle))}, declared only on steps with "
+                    "completes=False, which never complete it: declare it on the step "
+                    f"that completes it (else every {flow!r} stays unfinished)"
+                )
             if missing:
                 raise ConfigurationError(
                     f"@guard.flow({flow!r}, finished_by=...) names "
@@ -1166,11 +1196,18 @@ def _describe(rule: Rule, default_mode: str, with_per: bool = True) -> str:
         per_text = f"key={per.spec}" if isinstance(per.spec, str) else "key=(callable)"
     else:
         per_text = per if isinstance(per, str) else "custom"
+    finished = ""
+    if isinstance(rule, FlowRule) and rule.finished_by:
+        finished = (
+            f" finished by {' or '.join(rule.finished_by)} (at most {rule.unfinished} "
+            "unfinished)"
+        )
     return (
         name
         + (f" {text}" if text else "")
         + (f" per {per_text}" if with_per and per != "principal" else "")
         + (f" {rule.mode}" if rule.mode is not None and rule.mode != default_mode else "")
+        + finished
     )
 
 

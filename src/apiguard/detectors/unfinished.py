@@ -1,18 +1,28 @@
 """Flows started and never finished: holds that are never paid for (inventory hoarding,
 OAT-021: seats, vehicles or stock held by bots that never check out).
 
-A flow declared `@guard.flow("hold", "6/hour", finished_by="checkout", unfinished=3)` is
-counted twice per principal (its own `per`: the account, or the address of an anonymous
-client) over the flow's longest window: the holds it completed, and the completions of
-the flows named in `finished_by` (`checkout`, itself a declared flow). When a hold leaves
-`unfinished` or more of them not finished, the principal is refused that flow (429, with
-`Retry-After`: a quarter of the window, doubling for a repeat offender, at least
-`bans.base`) and nothing else; a finish that brings it back under the bar lifts the
-refusal at once. A principal refused it within `bans.memory` (a day) is refused again at
-its next unfinished one, for twice as long: the count decays with its window, and would
-otherwise give a hoarder `unfinished` more every window. Counts are the detectors'
-sliding counts (two generations), so a finish made later than its start may leave the
-count below the truth for part of a window: lenient, never stricter than declared.
+A flow declared `@guard.flow("hold", "6/hour", finished_by="checkout", unfinished=3)` (on
+any of its steps: every step of the flow gets it) is counted twice per principal that
+is an account or an API key (an anonymous client's address is everyone's behind it, and
+is not counted), over the flow's longest window: the holds it completed, and the
+completions of the flows named in `finished_by` (`checkout`, itself a declared flow with
+a completing step). When a hold leaves `unfinished` or more of them not finished, the
+principal is refused that flow (429, with `Retry-After`: a quarter of the window,
+doubling for a repeat offender, at least `bans.base`) and nothing else; a finish that
+brings it back under the bar lifts the refusal at once. A principal refused it within
+the last window is refused again at its next unfinished one: the count decays with its
+window, and would otherwise give a hoarder `unfinished` more every window. A finish
+made while none was open (as this process last judged the principal) finishes nothing:
+finishes cannot be banked for holds to come. Counts are the detectors' sliding counts
+(two generations), so a finish made later than its start may leave the count below the
+truth for part of a window: lenient, never stricter than declared.
+
+What this does not do: it judges after the response, so on a remote store (Redis,
+observations flushed every few ms) a burst of concurrent holds passes it up to the
+flow's own rate; it takes any success of a finisher as a finish, so a finisher must
+answer 2xx only for a real, open hold of the caller (an idempotent cancel answering 204
+for any id would finish every hold); and a lift made on one worker reaches another that
+cached the refusal with its next ban news (or the refusal's end).
 
 Nothing is learned: the bar is the declaration's. This is a detector only in where it
 runs (after the response, off the request's critical path, in the checkpoint's store
@@ -21,9 +31,10 @@ batch), which is what lets the same counts work on every store.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome
+from apiguard.detectors.base import EVERY_REQUEST, RECENT_MAX, Finding, Judge, Outcome
 from apiguard.rules import FlowRule
 from apiguard.store.base import Tally
 
@@ -49,6 +60,17 @@ class Unfinished:
         self.enforce = enforce
         # a finishing flow -> the flows it finishes, with their unfinished bar and window
         self.finishes: dict[str, list[tuple[str, int, float]]] = {}
+        # (flow, principal) -> its holds left unfinished when last judged here (bounded):
+        # a finish while none is open finishes nothing (no banking finishes for later)
+        self._open: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def _note_open(self, flow: str, principal: str, left: float) -> None:
+        table = self._open
+        key = (flow, principal)
+        table[key] = left
+        table.move_to_end(key)
+        if len(table) > RECENT_MAX:
+            table.popitem(last=False)
 
     def declare(self, flow: str, finished_by: tuple[str, ...], bar: int, window: float) -> None:
         """Record that `flow` is finished by each flow of `finished_by`."""
@@ -64,6 +86,10 @@ class Unfinished:
         if not ran or not ctx.engine.succeeded(outcome.status):
             return None
         principal = outcome.principal
+        if principal == ctx.ip_key:
+            # an anonymous client's address is everyone's behind it (an office's NAT):
+            # counted per account or API key only
+            return None
         judges: list[Judge] = []
         for rules in ran:
             for rule in rules:
@@ -92,10 +118,12 @@ class Unfinished:
 
         def judge() -> list[Finding]:
             left = round(started.count - finished.count)
+            self._note_open(flow, principal, left)
             key = unfinished_key(flow, principal)
-            # a principal refused it within `bans.memory` is held at its next unfinished
-            # one (else its count, decaying with the window, gives it `bar` more each time)
-            if left < (1 if engine.prior(key, engine.clock()) else bar):
+            # a principal refused it within the last window is held at its next
+            # unfinished one (else its count, decaying with the window, would give a
+            # hoarder `bar` more each window); a person refused in the morning is not
+            if left < (1 if engine.prior(key, engine.clock(), window) else bar):
                 return []
             evidence: dict[str, float | int | str] = {
                 "flow": flow,
@@ -119,13 +147,19 @@ class Unfinished:
         ctx: RequestContext,
         ops: list[Observation],
     ) -> Judge:
+        # (none open when last judged here: this finish finishes nothing, and is not
+        # kept for the holds to come; not known here, another worker's: counted)
+        known = self._open.get((flow, principal))
+        counted = known is None or known >= 1
         started = Tally(f"fu:s:{flow}:{principal}", window, amount=0)
-        finished = Tally(f"fu:d:{flow}:{principal}", window)
+        finished = Tally(f"fu:d:{flow}:{principal}", window, amount=int(counted))
         ops.extend((started, finished))
         engine = ctx.engine
 
         def judge() -> list[Finding]:
-            if started.count - finished.count < bar:
+            left = started.count - finished.count
+            self._note_open(flow, principal, left)
+            if counted and left < bar:
                 engine.store.lift(unfinished_key(flow, principal))
             return []
 

@@ -35,6 +35,13 @@ _SLOTS = tuple(range(BITS))
 _HALVES: dict[float, float] = {}
 
 
+def generation_start(now: float, half: float) -> float:
+    """The start of the generation (`half` seconds long) that contains `now`: a multiple
+    of `half` on the clock, so every count over one window rolls at the same moments (two
+    counts compared as a share cover the same span; the Redis script computes it alike)."""
+    return math.floor(now / half) * half
+
+
 def _half(window: float) -> float:
     half = _HALVES.get(window)
     if half is None:
@@ -62,7 +69,7 @@ class Generations:
 
     def __init__(self, window: float, now: float) -> None:
         self.half = max(window / 2.0, 1e-6)
-        self.start = now
+        self.start = generation_start(now, self.half)
         self.count = 0
         self.old_count = 0
         self.bits: bytearray | None = None
@@ -78,7 +85,7 @@ class Generations:
         elapsed = now - self.start
         if elapsed >= 2 * self.half:
             self.old_count, self.old_bits = 0, None
-            self.start = now
+            self.start = generation_start(now, self.half)
         else:
             self.old_count, self.old_bits = self.count, self.bits
             self.start += self.half
@@ -198,7 +205,7 @@ class Trail:
     def __init__(self, window: float, now: float) -> None:
         self.half = _half(window)  # (as `Generations`)
         self.window = window
-        self.start = now
+        self.start = generation_start(now, self.half)
         # the current generation's slots: its bitmap, or (while it has none) its one
         # slot set (-1: none); the same for the previous generation
         self.bits: bytearray | None = None
@@ -228,7 +235,7 @@ class Trail:
         """Move to the generation containing `now` (`Generations._roll`)."""
         if now - self.start >= 2 * self.half:
             self.old_bits, self.old_one = None, -1
-            self.start = now
+            self.start = generation_start(now, self.half)
         else:
             self.old_bits, self.old_one = self.bits, self.one
             self.start += self.half
