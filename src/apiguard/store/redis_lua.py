@@ -611,8 +611,7 @@ local function tally(key, window, item, amount)
   end
   if start == nil or not ((now - start) < 2 * half) then
     half = math.max(window / 2.0, 1e-6)
-    -- (generations start at multiples of half on the clock: `generation_start`)
-    start, count, old_count, flags = math.floor(now / half) * half, 0, 0, 0
+    start, count, old_count, flags = now, 0, 0, 0
     redis.call('DEL', cur, key .. ':o')
     renew = true
   end
@@ -621,7 +620,7 @@ local function tally(key, window, item, amount)
   if elapsed >= half then
     if elapsed >= 2 * half then
       old_count = 0
-      start = math.floor(now / half) * half
+      start = now
       redis.call('DEL', cur, key .. ':o')
       flags = 0
     else

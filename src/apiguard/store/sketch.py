@@ -35,13 +35,6 @@ _SLOTS = tuple(range(BITS))
 _HALVES: dict[float, float] = {}
 
 
-def generation_start(now: float, half: float) -> float:
-    """The start of the generation (`half` seconds long) that contains `now`: a multiple
-    of `half` on the clock, so every count over one window rolls at the same moments (two
-    counts compared as a share cover the same span; the Redis script computes it alike)."""
-    return math.floor(now / half) * half
-
-
 def _half(window: float) -> float:
     half = _HALVES.get(window)
     if half is None:
@@ -69,7 +62,7 @@ class Generations:
 
     def __init__(self, window: float, now: float) -> None:
         self.half = max(window / 2.0, 1e-6)
-        self.start = generation_start(now, self.half)
+        self.start = now
         self.count = 0
         self.old_count = 0
         self.bits: bytearray | None = None
@@ -85,7 +78,7 @@ class Generations:
         elapsed = now - self.start
         if elapsed >= 2 * self.half:
             self.old_count, self.old_bits = 0, None
-            self.start = generation_start(now, self.half)
+            self.start = now
         else:
             self.old_count, self.old_bits = self.count, self.bits
             self.start += self.half
@@ -205,7 +198,7 @@ class Trail:
     def __init__(self, window: float, now: float) -> None:
         self.half = _half(window)  # (as `Generations`)
         self.window = window
-        self.start = generation_start(now, self.half)
+        self.start = now
         # the current generation's slots: its bitmap, or (while it has none) its one
         # slot set (-1: none); the same for the previous generation
         self.bits: bytearray | None = None
@@ -235,7 +228,7 @@ class Trail:
         """Move to the generation containing `now` (`Generations._roll`)."""
         if now - self.start >= 2 * self.half:
             self.old_bits, self.old_one = None, -1
-            self.start = generation_start(now, self.half)
+            self.start = now
         else:
             self.old_bits, self.old_one = self.bits, self.one
             self.start += self.half
