@@ -239,16 +239,13 @@ def test_control_a_later_route_of_the_flow_inherits_finished_by() -> None:
 def test_finished_by_on_a_later_step_only_leaves_the_first_route_open() -> None:
     """Fixed: 5 of 5 holds went through the first route; every step now gets it."""
     app, guard, clock = _two_route_app({}, {"finished_by": "checkout"})
-    try:
-        guard.check(app)
-    except ConfigurationError:
-        return  # refused at start-up: fixed
+    guard.check(app)  # (every step of the flow got it)
     assert _through("/holds", app, clock) == [201, 201, 201, 429, 429]
 
 
 def test_a_finisher_without_a_completing_step_refuses_honest_payers() -> None:
     """Fixed: an honest payer was refused 2 of 5; now refused at start-up."""
-    guard, clock = _fresh()
+    guard, _clock = _fresh()
     app = FastAPI()
     app.add_middleware(GuardMiddleware, guard=guard)
 
@@ -266,22 +263,8 @@ def test_a_finisher_without_a_completing_step_refuses_honest_payers() -> None:
     async def pay(user: Annotated[int, Depends(current_user)]) -> dict[str, bool]:
         return {"ok": True}
 
-    try:
+    with pytest.raises(ConfigurationError, match="completes=False"):
         guard.check(app)
-    except ConfigurationError:
-        return  # refused at start-up: fixed
-    me = Client(AsgiDriver(app), BROWSERS[0], "198.51.100.8", token="tok-2")
-
-    async def go() -> list[int]:
-        out = []
-        for v in range(5):
-            out.append((await me.send("POST", "/holds", {"vehicle_id": v})).status)
-            assert (await me.send("POST", "/checkout/start")).status == 200
-            assert (await me.send("POST", "/checkout/pay")).status == 200
-            clock.advance(300)
-        return out
-
-    assert run(go()) == [201] * 5
 
 
 def test_control_a_misspelt_finisher_fails_at_the_first_request_without_check() -> None:
