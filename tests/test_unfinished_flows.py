@@ -39,9 +39,7 @@ def hold_app(guard: Guard, clock: FakeClock, unfinished: int = 3) -> FastAPI:
     holds: dict[int, tuple[int, int]] = {}  # hold id -> (user, vehicle)
 
     @app.post("/holds", status_code=201)
-    @guard.flow(
-        "hold", "6/hour", count="success", finished_by="checkout", unfinished=unfinished
-    )
+    @guard.flow("hold", "6/hour", count="success", finished_by="checkout", unfinished=unfinished)
     async def hold(body: HoldBody, user: Annotated[int, Depends(current_user)]) -> dict[str, int]:
         now = clock()
         taken = held.get(body.vehicle_id)
@@ -230,9 +228,7 @@ def test_monitor_mode_reports_and_refuses_nothing() -> None:
     me = Client(driver, BROWSERS[2], "198.51.100.10", token="tok-5")
 
     async def go() -> list[int]:
-        return [
-            (await me.send("POST", "/holds", {"vehicle_id": v})).status for v in range(1, 7)
-        ]
+        return [(await me.send("POST", "/holds", {"vehicle_id": v})).status for v in range(1, 7)]
 
     assert run(go()) == [201] * 6
 
@@ -270,3 +266,55 @@ def test_bad_declarations_are_refused(kwargs: dict[str, Any], match: str) -> Non
     guard = Guard({"secret": "u" * 32})
     with pytest.raises(ConfigurationError, match=match):
         guard.flow("hold", "6/hour", **kwargs)
+
+
+def _shapes_app(guard: Guard, clock: FakeClock, shape: str) -> tuple[Any, str]:
+    """The hold flow on a nested router (sync handler, path parameter) or in a mounted
+    sub-app; the checkout beside it. Returns the app and the holds' path prefix."""
+    from fastapi import APIRouter
+    from starlette.applications import Starlette
+
+    inner = APIRouter(prefix="/fleet/{city}")
+
+    @inner.post("/holds", status_code=201)
+    @guard.flow("hold", "6/hour", count="success", finished_by="checkout")
+    def hold(
+        city: str, body: HoldBody, user: Annotated[int, Depends(current_user)]
+    ) -> dict[str, int]:
+        return {"hold_id": body.vehicle_id}
+
+    @inner.post("/holds/{hold_id}/checkout")
+    @guard.flow("checkout", "30/hour", count="success")
+    async def checkout(
+        city: str, hold_id: int, user: Annotated[int, Depends(current_user)]
+    ) -> dict[str, bool]:
+        return {"booked": True}
+
+    outer = APIRouter(prefix="/api")
+    outer.include_router(inner)
+    api = FastAPI()
+    api.include_router(outer)
+    if shape == "nested":
+        api.add_middleware(GuardMiddleware, guard=guard)
+        return api, "/api/fleet/berlin"
+    root = Starlette()
+    root.mount("/v2", api)
+    return GuardMiddleware(root, guard=guard), "/v2/api/fleet/berlin"
+
+
+@pytest.mark.parametrize("shape", ["nested", "mounted"])
+def test_the_rule_fires_on_nested_routers_and_mounted_apps(shape: str) -> None:
+    guard, clock = _guard()
+    app, prefix = _shapes_app(guard, clock, shape)
+    me = Client(AsgiDriver(app), BROWSERS[0], "198.51.100.30", token="tok-6")
+
+    async def go() -> list[int]:
+        out = []
+        for vehicle in (1, 2, 3, 4):
+            out.append((await me.send("POST", f"{prefix}/holds", {"vehicle_id": vehicle})).status)
+            clock.advance(60)
+        out.append((await me.send("POST", f"{prefix}/holds/3/checkout")).status)
+        out.append((await me.send("POST", f"{prefix}/holds", {"vehicle_id": 5})).status)
+        return out
+
+    assert run(go()) == [201, 201, 201, 429, 200, 201]
