@@ -71,11 +71,10 @@ def hold_app(guard: Guard, clock: FakeClock, unfinished: int = 3) -> FastAPI:
 
 
 def _guard(store: Any = None) -> tuple[Guard, FakeClock]:
-    """The default policy without `flow_groups` (this file judges the unfinished rule
-    alone: in one process hash seed of twelve, flow_groups refused 6 of 240 checkouts of
-    the office's riders, README *Known holes*)."""
+    """The default policy, every detector on (`flow_groups` once refused 6 of 240 of the
+    office's checkouts here, in one hash seed of twelve: `tests/test_flow_groups_windows.py`)."""
     clock = FakeClock(START)
-    config = {"secret": "u" * 32, "detection": {"flow_groups": {"enabled": False}}}
+    config = {"secret": "u" * 32}
     if store is None:
         return Guard(config, clock=clock), clock
     return Guard(config, clock=clock, store=store), clock

@@ -504,9 +504,9 @@ class FlowGroups:
     ) -> tuple[Tally, Tally, Tally]:
         window = self.config.window
         found = (
-            Tally("fga:" + ctx.fingerprint, window, principal),
-            Tally("fga:" + ctx.net_key, window, principal),
-            Tally("fga:*", window, principal),
+            Tally("fga:" + ctx.fingerprint, window, principal, aligned=True),
+            Tally("fga:" + ctx.net_key, window, principal, aligned=True),
+            Tally("fga:*", window, principal, aligned=True),
         )
         ops.extend(found)
         return found
@@ -593,9 +593,10 @@ class FlowGroups:
         cfg = self.config
         checks = []
         for flow in flows:
-            fp = Tally(f"fgf:{flow}:{ctx.fingerprint}", window, principal)
-            net = Tally(f"fgf:{flow}:{ctx.net_key}", window, principal)
-            everyone = Tally(f"fgf:{flow}:*", window, principal)
+            # (aligned with the activity counts: a share of two counts over one span)
+            fp = Tally(f"fgf:{flow}:{ctx.fingerprint}", window, principal, aligned=True)
+            net = Tally(f"fgf:{flow}:{ctx.net_key}", window, principal, aligned=True)
+            everyone = Tally(f"fgf:{flow}:*", window, principal, aligned=True)
             ops.extend((fp, net, everyone))
             # the accounts born in the principal's birth network that completed the flow
             # (within `young_for`: a farm may wait before it redeems)

@@ -112,12 +112,17 @@ class Tally:
     sketch's bits or registers, never an item: items are keyed hashes (usernames,
     networks, fingerprints) or non-secret object ids (BOLA's route and path parameters).
     `amount=0` without an item reads the key's current value (count or distinct estimate)
-    without changing it."""
+    without changing it. `aligned`: the key's two half-window generations start on the
+    clock's multiples of half the window, not at its first use, so that counts compared
+    as a share (a group's completions among its active principals) cover the same span;
+    a count judged alone keeps its first use's start (its first burst is then remembered
+    for a whole window)."""
 
     key: str
     window: float
     item: str | None = None
     amount: int = 1
+    aligned: bool = False
     count: float = field(init=False, default=0.0)
 
 

@@ -501,7 +501,9 @@ class MemoryStore:
                 elif isinstance(op, Tally):
                     t = tallies.get(key)
                     if t is None or now - t.start >= 2 * t.half:  # (t.expired(now))
-                        t = self._make(tallies, key, Generations(op.window, now), now, t)
+                        t = self._make(
+                            tallies, key, Generations(op.window, now, op.aligned), now, t
+                        )
                     else:
                         tallies.move_to_end(key)
                     op.count = t.add(op.item, op.amount, now)

@@ -51,7 +51,8 @@ def observe_args(ops: Sequence[Observation], prefix: str) -> list[Any]:
     args: list[Any] = []
     for op in ops:
         if isinstance(op, Tally):
-            args += ("T", prefix + "t:" + op.key, op.window, op.item or "", op.amount)
+            kind = "A" if op.aligned else "T"
+            args += (kind, prefix + "t:" + op.key, op.window, op.item or "", op.amount)
         elif isinstance(op, Run):
             args += ("R", prefix + "r:" + op.key, op.window, op.value)
     return args

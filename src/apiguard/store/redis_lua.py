@@ -557,7 +557,7 @@ AFTER = (
 -- What follows responses, for any number of requests, in one call. ARGV: 1 prefix,
 -- 2 now or '', 3 margin, then operations, each a code and its values:
 --   'N', now                                  (the callers' clock from here on)
---   'T', P t:<key>, window, item or '', amount    (a detector tally)
+--   'T', P t:<key>, window, item or '', amount    (a detector tally; 'A': aligned)
 --   'R', P r:<key>, window, value                 (a detector stride run)
 --   'F', window key, bucket, cost, buckets    (a refund)
 --   'C', window key, bucket, cost, buckets, width   (a charge into a given bucket)
@@ -589,7 +589,7 @@ end
 -- afresh), so they expire then: the record and key:c when the generation starts (key:c
 -- when first written), key:o keeps key:c's expiry when renamed. Within a generation an
 -- item costs one PFADD and one PFCOUNT, a count one SET.
-local function tally(key, window, item, amount)
+local function tally(key, window, item, amount, aligned)
   local cur = key .. ':c'  -- (and key .. ':o', made where needed)
   local raw = redis.pcall('GET', key)
   local start, count, old_count, half, flags
@@ -612,6 +612,7 @@ local function tally(key, window, item, amount)
   if start == nil or not ((now - start) < 2 * half) then
     half = math.max(window / 2.0, 1e-6)
     start, count, old_count, flags = now, 0, 0, 0
+    if aligned then start = math.floor(now / half) * half end  -- (`generation_start`)
     redis.call('DEL', cur, key .. ':o')
     renew = true
   end
@@ -621,6 +622,7 @@ local function tally(key, window, item, amount)
     if elapsed >= 2 * half then
       old_count = 0
       start = now
+      if aligned then start = math.floor(now / half) * half end
       redis.call('DEL', cur, key .. ':o')
       flags = 0
     else
@@ -796,8 +798,9 @@ end
 local pos = 4
 while ARGV[pos] do
   local op = ARGV[pos]
-  if op == 'T' then
-    tally(ARGV[pos + 1], tonumber(ARGV[pos + 2]), ARGV[pos + 3], tonumber(ARGV[pos + 4]))
+  if op == 'T' or op == 'A' then
+    tally(ARGV[pos + 1], tonumber(ARGV[pos + 2]), ARGV[pos + 3], tonumber(ARGV[pos + 4]),
+      op == 'A')
     pos = pos + 5
   elseif op == 'R' then
     run(ARGV[pos + 1], tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]))

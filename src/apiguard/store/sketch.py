@@ -35,6 +35,12 @@ _SLOTS = tuple(range(BITS))
 _HALVES: dict[float, float] = {}
 
 
+def generation_start(now: float, half: float) -> float:
+    """The start of the generation (`half` seconds long) that contains `now`, on the
+    clock's multiples of `half` (an aligned `Tally`; the Redis script computes it alike)."""
+    return math.floor(now / half) * half
+
+
 def _half(window: float) -> float:
     half = _HALVES.get(window)
     if half is None:
@@ -58,11 +64,12 @@ class Generations:
     cannot pick items that share slots.
     """
 
-    __slots__ = ("bits", "count", "half", "old_bits", "old_count", "start", "union")
+    __slots__ = ("aligned", "bits", "count", "half", "old_bits", "old_count", "start", "union")
 
-    def __init__(self, window: float, now: float) -> None:
+    def __init__(self, window: float, now: float, aligned: bool = False) -> None:
         self.half = max(window / 2.0, 1e-6)
-        self.start = now
+        self.aligned = aligned  # (generations start on the clock: `Tally.aligned`)
+        self.start = generation_start(now, self.half) if aligned else now
         self.count = 0
         self.old_count = 0
         self.bits: bytearray | None = None
@@ -78,7 +85,7 @@ class Generations:
         elapsed = now - self.start
         if elapsed >= 2 * self.half:
             self.old_count, self.old_bits = 0, None
-            self.start = now
+            self.start = generation_start(now, self.half) if self.aligned else now
         else:
             self.old_count, self.old_bits = self.count, self.bits
             self.start += self.half
