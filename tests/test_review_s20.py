@@ -7,11 +7,27 @@ from __future__ import annotations
 
 import random
 
-from starlette.testclient import TestClient
-
 from apiguard import Guard
 from apiguard.simulate.clock import FakeClock
+from apiguard.simulate.driver import AsgiDriver, Request
+from detection_support import run
 from test_detect_recon import START, app_for, probes
+
+# what Starlette's TestClient sends (these tests drove it; the in-process driver is the
+# same ASGI app, minus a thread and an event loop per request)
+_CLIENT = (
+    ("accept", "*/*"),
+    ("accept-encoding", "gzip, deflate"),
+    ("connection", "keep-alive"),
+    ("user-agent", "testclient"),
+)
+
+
+def _get(driver: AsgiDriver, ip: str, path: str, headers: tuple[tuple[str, str], ...] = ()) -> int:
+    """One GET from `ip`, as TestClient sent it; the status."""
+    sent = {**dict(_CLIENT), **dict(headers)}
+    return int(run(driver.send(Request("GET", path, ip, tuple(sent.items())))).status)
+
 
 SECRET = {"secret": "review-s20-site-level-0123456789"}
 
@@ -36,7 +52,7 @@ def _poison_then_scan(
     scan). The scan's 404s, the poisoning's refusals, people's refusals."""
     clock = FakeClock(START)
     guard = Guard(dict(SECRET), clock=clock)
-    app = app_for(guard)
+    driver = AsgiDriver(app_for(guard), host="testserver")
     rng = random.Random(41)
     stale = probes(rng, 400)
     events: list[tuple[float, str, int]] = []
@@ -49,30 +65,26 @@ def _poison_then_scan(
             )
     for n in range(300):
         events.append((scan_hour * 3600.0 + n * 10.0 + rng.uniform(0, 10), "scan", n))
-    scanners = [
-        TestClient(app, client=(f"{20 + 11 * i}.{rng.randrange(256)}.7.{i + 1}", 40_000))
-        for i in range(15)
-    ]
-    poisoners: dict[int, TestClient] = {}
+    scanners = [f"{20 + 11 * i}.{rng.randrange(256)}.7.{i + 1}" for i in range(15)]
+    poisoners: dict[int, str] = {}
     answered = burst_refused = refused = 0
     for at, kind, n in sorted(events):
         clock.advance_to(START + at)
         if kind == "person":
             ip = f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.9"
-            person = TestClient(app, client=(ip, 40_000))
             for _ in range(rng.choice((0, 0, 1, 1, 2, 4))):
-                person.get(stale[300 + rng.randrange(100)])
-            refused += person.get(f"/products/{n}").status_code != 200
+                _get(driver, ip, stale[300 + rng.randrange(100)])
+            refused += _get(driver, ip, f"/products/{n}") != 200
         elif kind == "burst":
             k = n // 4
             if k not in poisoners:
                 ip = f"{1 + k % 200}.{rng.randrange(256)}.{rng.randrange(256)}.{1 + k % 250}"
-                poisoners[k] = TestClient(app, client=(ip, 40_000))
-            burst_refused += poisoners[k].get(f"/x{n}/junk").status_code != 404
+                poisoners[k] = ip
+            burst_refused += _get(driver, poisoners[k], f"/x{n}/junk") != 404
         else:
             ua = f"Mozilla/5.0 (X11; Linux x86_64) Chrome/{rng.randrange(90, 130)}.0"
             path = f"/internal/{stale[n]}/{n}"
-            answered += scanners[n % 15].get(path, headers={"user-agent": ua}).status_code == 404
+            answered += _get(driver, scanners[n % 15], path, (("user-agent", ua),)) == 404
     return answered, burst_refused, refused, guard
 
 
@@ -121,7 +133,7 @@ def _morning(rates: list[int]) -> tuple[list[int], int]:
     product. The hours in which that user was refused anything, and people's refusals."""
     clock = FakeClock(START)
     guard = Guard(dict(SECRET), clock=clock)
-    app = app_for(guard)
+    driver = AsgiDriver(app_for(guard), host="testserver")
     rng = random.Random(8)
     events: list[tuple[float, str, int]] = []
     k = 0
@@ -141,12 +153,11 @@ def _morning(rates: list[int]) -> tuple[list[int], int]:
             rng.randrange(1, 255),
         )
         ip = f"{a}.{b}.{c}.{d}"
-        client = TestClient(app, client=(ip, 40_000))
         if kind == "person":
-            refused += client.get(f"/old/p{n}").status_code != 404
+            refused += _get(driver, ip, f"/old/p{n}") != 404
             continue
-        statuses = [client.get(p).status_code for p in REMOVED]
-        statuses.append(client.get("/products/3").status_code)
+        statuses = [_get(driver, ip, p) for p in REMOVED]
+        statuses.append(_get(driver, ip, "/products/3"))
         if statuses != [404] * 5 + [200]:
             refused_hours.append(n)
     return refused_hours, refused
