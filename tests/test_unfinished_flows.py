@@ -210,6 +210,7 @@ def test_the_refusal_says_when_to_retry_and_ends() -> None:
         for vehicle in (1, 2, 3):
             assert (await me.send("POST", "/holds", {"vehicle_id": vehicle})).status == 201
         refused = await me.send("POST", "/holds", {"vehicle_id": 4})
+        assert "finish one to go on" in refused.json()["detail"]
         retry = next(float(v) for k, v in refused.headers if k == b"retry-after")
         clock.advance(retry + 1)
         later = await me.send("POST", "/holds", {"vehicle_id": 4})

@@ -124,7 +124,18 @@ def block_response(
         status = 403
     else:
         violated = decision.violated
-        if not violated and decision.detector is not None:  # a detector's throttle
+        if not violated and decision.detector == "unfinished":  # (holds left unfinished)
+            problem = {
+                "type": UNUSUAL_ACTIVITY,
+                "title": "Too many requests after unusual activity",
+                "status": 429,
+                "detail": (
+                    "Too many started and not finished (unfinished); finish one to go "
+                    f"on, or retry after {retry} second{plural}."
+                ),
+                "detector": decision.detector,
+            }
+        elif not violated and decision.detector is not None:  # a detector's throttle
             problem = {
                 "type": UNUSUAL_ACTIVITY,
                 "title": "Too many requests after unusual activity",
