@@ -224,3 +224,22 @@ def keys_sent(guard: Guard, prefix: str) -> list[str]:
 
     store.observe = observe  # type: ignore[method-assign]
     return sent
+
+
+# what Starlette's TestClient sends (tests that drove one client per request now use the
+# in-process driver: the same ASGI app, without a thread and an event loop per request)
+TESTCLIENT_HEADERS = (
+    ("accept", "*/*"),
+    ("accept-encoding", "gzip, deflate"),
+    ("connection", "keep-alive"),
+    ("user-agent", "testclient"),
+)
+
+
+def get_like_testclient(
+    driver: AsgiDriver, ip: str, path: str, headers: tuple[tuple[str, str], ...] = ()
+) -> int:
+    """One GET from `ip` with TestClient's headers (`headers` replace theirs); the status.
+    Give the driver `host="testserver"`, as TestClient's."""
+    sent = {**dict(TESTCLIENT_HEADERS), **dict(headers)}
+    return int(run(driver.send(Request("GET", path, ip, tuple(sent.items())))).status)

@@ -6,13 +6,12 @@ from __future__ import annotations
 import random
 
 import pytest
-from starlette.testclient import TestClient
 
 from apiguard import Guard
 from apiguard.detectors.recon import Recon
 from apiguard.simulate.clock import FakeClock
 from apiguard.simulate.driver import AsgiDriver, Request
-from detection_support import BROWSERS, public_ip, run
+from detection_support import BROWSERS, get_like_testclient, public_ip, run
 from test_detect_recon import START, app_for
 from test_rotation_token import token_app
 
@@ -49,17 +48,17 @@ def _background(noise_per_hour: int, hours: int) -> list[int]:
     version, not signed in, calling the 5 endpoints a deploy removed and a product."""
     clock = FakeClock(START)
     guard = Guard(clock=clock)
-    app = app_for(guard)
+    driver = AsgiDriver(app_for(guard), host="testserver")
     rng = random.Random(3)
     for h in range(hours):
         for n in range(noise_per_hour):
             clock.advance_to(START + h * 3600 + n * 3600 / noise_per_hour)
-            scanner = TestClient(app, client=(_any_ip(rng), 40_000))
+            scanner = _any_ip(rng)
             for path in rng.sample(NOISE, 3):
-                scanner.get(path)
+                get_like_testclient(driver, scanner, path)
     clock.advance(60)
-    user = TestClient(app, client=("198.51.100.77", 40_000))
-    return [user.get(p).status_code for p in REMOVED] + [user.get("/products/3").status_code]
+    user = "198.51.100.77"
+    return [get_like_testclient(driver, user, p) for p in [*REMOVED, "/products/3"]]
 
 
 def test_steady_background_noise_becomes_the_usual_level() -> None:
@@ -82,7 +81,7 @@ def _spread(per_address: int, v6: bool = False, seed: int = 5) -> list[int]:
     `per_address` each, over one hour. The scanner's statuses."""
     clock = FakeClock(START)
     guard = Guard(clock=clock)
-    app = app_for(guard)
+    driver = AsgiDriver(app_for(guard), host="testserver")
     rng = random.Random(seed)
     wordlist = [f"/internal/{w}-{n}" for n, w in enumerate(NOISE * 2)][:300]
     statuses: list[int] = []
@@ -94,9 +93,9 @@ def _spread(per_address: int, v6: bool = False, seed: int = 5) -> list[int]:
                 ip = f"2001:db8:{rng.randrange(65536):x}:{rng.randrange(65536):x}::1"
             else:
                 ip = f"{1 + (n // per_address) % 200}.{rng.randrange(256)}.{rng.randrange(256)}.7"
-            client = TestClient(app, client=(ip, 40_000))
+            client = ip
         assert client is not None
-        statuses.append(client.get(path).status_code)
+        statuses.append(get_like_testclient(driver, client, path))
     return statuses
 
 
@@ -125,11 +124,11 @@ def test_the_usual_level_is_learned_from_a_whole_window() -> None:
     test_detect_recon is still held within 160)."""
     clock = FakeClock(START)
     guard = Guard(clock=clock)
-    app = app_for(guard)
+    driver = AsgiDriver(app_for(guard), host="testserver")
     rng = random.Random(4)
     for n in range(400):
         clock.advance_to(START + n * 36.0 + rng.uniform(0, 30))
-        TestClient(app, client=(_any_ip(rng), 40_000)).get(f"/old/page-{n}")
+        get_like_testclient(driver, _any_ip(rng), f"/old/page-{n}")
     level = _recon(guard).site_level
     assert level is not None and 80 <= level <= 120, level
 

@@ -9,25 +9,9 @@ import random
 
 from apiguard import Guard
 from apiguard.simulate.clock import FakeClock
-from apiguard.simulate.driver import AsgiDriver, Request
-from detection_support import run
+from apiguard.simulate.driver import AsgiDriver
+from detection_support import get_like_testclient as _get
 from test_detect_recon import START, app_for, probes
-
-# what Starlette's TestClient sends (these tests drove it; the in-process driver is the
-# same ASGI app, minus a thread and an event loop per request)
-_CLIENT = (
-    ("accept", "*/*"),
-    ("accept-encoding", "gzip, deflate"),
-    ("connection", "keep-alive"),
-    ("user-agent", "testclient"),
-)
-
-
-def _get(driver: AsgiDriver, ip: str, path: str, headers: tuple[tuple[str, str], ...] = ()) -> int:
-    """One GET from `ip`, as TestClient sent it; the status."""
-    sent = {**dict(_CLIENT), **dict(headers)}
-    return int(run(driver.send(Request("GET", path, ip, tuple(sent.items())))).status)
-
 
 SECRET = {"secret": "review-s20-site-level-0123456789"}
 
