@@ -14,7 +14,9 @@ from starlette.testclient import TestClient
 from apiguard import Guard, identify
 from apiguard.asgi import GuardMiddleware
 from apiguard.simulate.clock import FakeClock
+from apiguard.simulate.driver import AsgiDriver
 from apiguard.store.redis import RedisStore
+from detection_support import get_like_testclient
 
 START = 11_000_000.0
 WORDS = ["admin", "api", "v1", "v2", "internal", "debug", "users", "config", "keys", "export"]
@@ -261,27 +263,24 @@ def _spread_scan(
         for hour in scan_hours:
             for n in range(300):
                 events.append((3600.0 * hour + n * 10.0 + rng.uniform(0, 10), "scan", n))
-    scanners: list[TestClient] = []
+    driver = AsgiDriver(app, host="testserver")
+    scanners: list[str] = []
     wordlist: list[str] = []
     for at, kind, n in sorted(events):
         clock.advance_to(START + at)
         if kind == "person":
             ip = f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.9"
-            person = TestClient(app, client=(ip, 40_000))
             for _ in range(rng.choice((0, 0, 1, 1, 2, 4))):
-                person.get(stale[300 + rng.randrange(100)])
-            refused += person.get(f"/products/{n}").status_code != 200
+                get_like_testclient(driver, ip, stale[300 + rng.randrange(100)])
+            refused += get_like_testclient(driver, ip, f"/products/{n}") != 200
             continue
         if n == 0:  # (a new scan: new addresses, new words)
             base = len(statuses)
             wordlist = [f"/internal/{w}/{base + i}" for i, w in enumerate(stale[:300])]
-            scanners = [
-                TestClient(app, client=(f"{20 + 11 * i}.{rng.randrange(256)}.7.{i + 1}", 40_000))
-                for i in range(15)
-            ]
+            scanners = [f"{20 + 11 * i}.{rng.randrange(256)}.7.{i + 1}" for i in range(15)]
         ua = f"Mozilla/5.0 (X11; Linux x86_64) Chrome/{rng.randrange(90, 130)}.0"
-        resp = scanners[n % 15].get(wordlist[n], headers={"user-agent": ua})
-        statuses.append(resp.status_code)
+        status = get_like_testclient(driver, scanners[n % 15], wordlist[n], (("user-agent", ua),))
+        statuses.append(status)
     return statuses, refused, statuses.count(404), guard
 
 
