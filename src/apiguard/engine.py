@@ -1018,7 +1018,7 @@ class Engine:
             unfinished_key(rule.name, principal)
             for rule in rules
             if isinstance(rule, FlowRule) and rule.completes and rule.finished_by
-        ]
+        ] if principal != ctx.ip_key else ()  # (an address is not counted: `Unfinished`)
         if unfinished:
             keys = (*keys, *unfinished)
         if groups is None:

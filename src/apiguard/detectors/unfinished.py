@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from apiguard.detectors.base import EVERY_REQUEST, RECENT_MAX, Finding, Judge, Outcome
+from apiguard.detectors.base import PRINCIPALS, RECENT_MAX, Finding, Judge, Outcome
 from apiguard.rules import FlowRule
 from apiguard.store.base import Tally
 
@@ -54,7 +54,7 @@ class Unfinished:
     """The unfinished-flow rule of `@guard.flow(finished_by=...)` (module docstring)."""
 
     name = "unfinished"
-    watches = EVERY_REQUEST
+    watches = PRINCIPALS  # (an address is everyone's behind it: not counted)
 
     def __init__(self, enforce: bool) -> None:
         self.enforce = enforce
@@ -86,10 +86,6 @@ class Unfinished:
         if not ran or not ctx.engine.succeeded(outcome.status):
             return None
         principal = outcome.principal
-        if principal == ctx.ip_key:
-            # an anonymous client's address is everyone's behind it (an office's NAT):
-            # counted per account or API key only
-            return None
         judges: list[Judge] = []
         for rules in ran:
             for rule in rules:
