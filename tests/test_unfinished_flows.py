@@ -258,6 +258,7 @@ def test_a_misspelt_finisher_fails_at_start_up() -> None:
         ({"finished_by": "checkout", "unfinished": 0}, "at least 1"),
         ({"finished_by": "checkout", "unfinished": True}, "at least 1"),
         ({"unfinished": 2}, "needs finished_by"),
+        ({"unfinished": 3}, "needs finished_by"),
         ({"finished_by": ""}, "flow name"),
         ({"finished_by": ["checkout", 3]}, "flow name"),
     ],

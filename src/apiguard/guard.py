@@ -448,7 +448,7 @@ class Guard:
         key: Spec | None = None,
         count_reads: bool = False,
         finished_by: str | Sequence[str] | None = None,
-        unfinished: int = 3,
+        unfinished: int | None = None,
     ) -> Callable[[F], F]:
         """Declare a sensitive business flow: `rate` completed flows per principal.
 
@@ -464,12 +464,12 @@ class Guard:
         counts too (by default it does not: a form view's page is no completed flow; set
         it where a GET of such a route completes the flow, an e-mail link confirming it).
         `finished_by`: the flow (or flows) whose completion finishes this one (a hold
-        finished by a checkout); a principal that leaves `unfinished` of this flow
-        unfinished within its longest window is refused it until it finishes one or a
-        quarter of the window has passed (`apiguard.detectors.unfinished`).
+        finished by a checkout); an account that leaves `unfinished` (default 3) of this
+        flow unfinished within its longest window is refused it until it finishes one or
+        a quarter of the window has passed (`apiguard.detectors.unfinished`).
         """
         _check_failure(on_store_failure, f"@guard.flow({name!r})")
-        finishers = _finishers(name, finished_by, unfinished)
+        finishers, bar = _finishers(name, finished_by, unfinished)
         if not isinstance(count_reads, bool):
             raise ConfigurationError(f"@guard.flow({name!r}): count_reads must be True or False")
         argument_key: ArgumentKey | None = None
@@ -529,7 +529,7 @@ class Guard:
                 ) from None
             rule.on_store_failure = on_store_failure
             rule.count_reads = count_reads
-            self._finish_steps(name, rule, finishers, unfinished, _qualname(fn))
+            self._finish_steps(name, rule, finishers, bar, _qualname(fn))
             if known is not None:
                 if known.specs != rule.specs or known.per != rule.per:
                     same_key = isinstance(known.per, ArgumentKey) and isinstance(
@@ -1160,16 +1160,18 @@ class Guard:
 
 def _finishers(
     name: str, finished_by: str | Sequence[str] | None, unfinished: object
-) -> tuple[str, ...]:
-    """`finished_by` as a tuple of flow names, checked (`@guard.flow`)."""
+) -> tuple[tuple[str, ...], int]:
+    """`finished_by` as a tuple of flow names, and the `unfinished` bar, checked."""
     where = f"@guard.flow({name!r})"
-    if isinstance(unfinished, bool) or not isinstance(unfinished, int) or unfinished < 1:
-        raise ConfigurationError(f"{where}: unfinished must be a whole number of at least 1")
     if finished_by is None:
-        if unfinished != 3:
-            raise ConfigurationError(f"{where}: unfinished= needs finished_by= (the flow "
-                                     "that finishes this one)")
-        return ()
+        if unfinished is not None:
+            raise ConfigurationError(
+                f"{where}: unfinished= needs finished_by= (the flow that finishes this one)"
+            )
+        return (), 0
+    bar = 3 if unfinished is None else unfinished
+    if isinstance(bar, bool) or not isinstance(bar, int) or bar < 1:
+        raise ConfigurationError(f"{where}: unfinished must be a whole number of at least 1")
     names = (finished_by,) if isinstance(finished_by, str) else tuple(finished_by)
     if not names or not all(isinstance(n, str) and n for n in names):
         raise ConfigurationError(
@@ -1177,7 +1179,7 @@ def _finishers(
         )
     if name in names:
         raise ConfigurationError(f"{where}: a flow cannot finish itself (finished_by)")
-    return names
+    return names, bar
 
 
 def _check_failure(value: object, where: str) -> None:
