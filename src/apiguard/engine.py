@@ -413,6 +413,8 @@ class Engine:
         self.challenges_answered = False
         self.surge_reads_unheld = 0
         self.challenge_path = self.config.detection.challenge_path
+        if self._unfinished is not None:
+            self._unfinished.clear()  # (its declarations are the app's code: kept)
         self._use(detectors.build(self.config.detection, self.enforce_default))
 
     def _use(self, found: list[Detector]) -> None:
@@ -1014,13 +1016,8 @@ class Engine:
         if not rules:
             return keys
         principal = ctx.principal or ctx.ip_key
-        unfinished = [
-            unfinished_key(rule.name, principal)
-            for rule in rules
-            if isinstance(rule, FlowRule) and rule.completes and rule.finished_by
-        ] if principal != ctx.ip_key else ()  # (an address is not counted: `Unfinished`)
-        if unfinished:
-            keys = (*keys, *unfinished)
+        if self._unfinished is not None and principal != ctx.ip_key:  # (not an address)
+            keys = self._unfinished_held(keys, ctx, rules, principal)
         if groups is None:
             return keys
         if not groups.activity and any(isinstance(rule, FlowRule) for rule in rules):
@@ -1034,6 +1031,41 @@ class Engine:
                 *groups.young_held(rule.name, principal, ctx, self.clock()),
             )
         ]
+        return (*keys, *extra) if extra else keys
+
+    def _unfinished_held(
+        self, keys: tuple[str, ...], ctx: RequestContext, rules: tuple[Rule, ...], principal: str
+    ) -> tuple[str, ...]:
+        """`keys` and the unfinished-flow ban of each `finished_by` flow the request
+        starts; a start past the bar (counting those admitted and not yet judged) is
+        refused by a ban imposed now (`apiguard.detectors.unfinished`)."""
+        unfinished = self._unfinished
+        assert unfinished is not None
+        now = self.clock()
+        extra = []
+        for rule in rules:
+            if not isinstance(rule, FlowRule) or not rule.completes or not rule.finished_by:
+                continue
+            key = unfinished_key(rule.name, principal)
+            extra.append(key)
+            holding = ctx.holding
+            if (holding is not None and (rule.name, principal) in holding) or (
+                self.store.active_ban(key, now) is not None
+            ):
+                continue  # (counted by an earlier path of this request; or refused)
+            if unfinished.admit(rule, principal, now):
+                if holding is None:
+                    holding = ctx.holding = []
+                holding.append((rule.name, principal))
+            else:
+                evidence: dict[str, float | int | str] = {
+                    "flow": rule.name,
+                    "threshold": rule.unfinished,
+                    "window": max(spec.window for spec in rule.specs),
+                    "basis": "admitted",
+                }
+                enforce = unfinished.enforce if rule.mode is None else rule.mode == "enforce"
+                self._apply(ctx, Finding(unfinished.name, key, "throttle", enforce, evidence), now)
         return (*keys, *extra) if extra else keys
 
     def _answered_with_pass(self, ctx: RequestContext, principal: str) -> None:
@@ -1845,6 +1877,13 @@ class Engine:
         detectors, unless `observe` already ran for this request."""
         if ctx.charges:
             self._rules_observe(ctx, status)
+        holding = ctx.holding
+        if holding is not None and (status is None or not self.succeeded(status)):
+            unfinished = self._unfinished  # (a start that came to nothing: no judgement)
+            if unfinished is not None:
+                for flow, principal in holding:
+                    unfinished.settle(flow, principal)
+            ctx.holding = None
         if self.detectors and not ctx.observed:
             self.observe(ctx, _observed_status(ctx, status))
         login = ctx.login

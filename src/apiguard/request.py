@@ -243,6 +243,7 @@ class RequestContext:
         "fast",
         "global_done",
         "has_cookie",
+        "holding",
         "ip_key",
         "login",
         "objects",
@@ -301,6 +302,9 @@ class RequestContext:
         # charges its rules on every call), and those the response start ran for a
         # streaming endpoint, which its body's entry then does not charge again
         self.ran: list[tuple[Rule, ...]] | None = None
+        # (flow, principal) of each `finished_by` flow this request was admitted to and
+        # not yet judged (`apiguard.detectors.unfinished`: a burst counts at admission)
+        self.holding: list[tuple[str, str]] | None = None
         self.prechecked: tuple[Rule, ...] | None = None
         self.decision: Decision | None = None
         self.verdicts: list[Hit] | None = None  # every evaluated hit, in order

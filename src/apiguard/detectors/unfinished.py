@@ -17,9 +17,11 @@ finishes cannot be banked for holds to come. Counts are the detectors' sliding c
 (two generations), so a finish made later than its start may leave the count below the
 truth for part of a window: lenient, never stricter than declared.
 
-What this does not do: it judges after the response, so on a remote store (Redis,
-observations flushed every few ms) a burst of concurrent holds passes it up to the
-flow's own rate; it takes any success of a finisher as a finish, so a finisher must
+Starts are also counted as they are admitted, until judged: on a remote store (Redis,
+observations flushed every few ms) a burst of concurrent holds is held at the bar by the
+worker it reaches (a burst spread over N workers: N times the bar at most, once).
+
+What this does not do: it takes any success of a finisher as a finish, so a finisher must
 answer 2xx only for a real, open hold of the caller (an idempotent cancel answering 204
 for any id would finish every hold); and a lift made on one worker reaches another that
 cached the refusal with its next ban news (or the refusal's end).
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from apiguard.store.base import Observation
 
 UNFINISHED = "fu:"  # ban-table prefix of a principal refused a flow it leaves unfinished
+_IN_FLIGHT = 30.0  # seconds an admitted start counts before its judgement (a lost flush)
 
 
 def unfinished_key(flow: str, principal: str) -> str:
@@ -62,12 +65,54 @@ class Unfinished:
         self.finishes: dict[str, list[tuple[str, int, float]]] = {}
         # (flow, principal) -> its holds left unfinished when last judged here (bounded):
         # a finish while none is open finishes nothing (no banking finishes for later)
-        self._open: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._open: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
+        # (flow, principal) -> when each start admitted since was admitted (not judged)
+        self._inflight: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
 
-    def _note_open(self, flow: str, principal: str, left: float) -> None:
+    def clear(self) -> None:
+        """Forget every count kept in process (`Guard.reset`)."""
+        self._open.clear()
+        self._inflight.clear()
+
+    def admit(self, rule: FlowRule, principal: str, now: float) -> bool:
+        """Whether `principal` may start `rule`'s flow now: the holds it left open when
+        last judged, and those admitted since and not yet judged (a burst of concurrent
+        holds, whose outcomes a remote store judges after its flush), under the bar (the
+        declared one: a repeat offender is held by the judgement of its next start, and a
+        checkout that lifted its refusal lets it start one). Admitted, it is counted in
+        flight until judged (`settle`), or for `_IN_FLIGHT` seconds at most."""
+        key = (rule.name, principal)
+        times = self._inflight.get(key)
+        if times is not None:
+            while times and now - times[0] > _IN_FLIGHT:
+                times.pop(0)
+        pending = len(times) if times else 0
+        # (the holds left open as judged just now: a burst's first judgements; an older
+        # judgement is the judge's own business, its counts having slid since)
+        judged, when = self._open.get(key, (0.0, -_IN_FLIGHT))
+        left = (max(judged, 0.0) if now - when <= _IN_FLIGHT else 0.0) + pending
+        if left >= rule.unfinished:
+            return False
+        if times is None:
+            table = self._inflight
+            if len(table) >= RECENT_MAX:
+                table.popitem(last=False)
+            times = table[key] = []
+        times.append(now)
+        return True
+
+    def settle(self, flow: str, principal: str) -> None:
+        """One admitted start of `flow` by `principal` is judged (or came to nothing)."""
+        times = self._inflight.get((flow, principal))
+        if times:
+            times.pop(0)
+            if not times:
+                del self._inflight[(flow, principal)]
+
+    def _note_open(self, flow: str, principal: str, left: float, now: float) -> None:
         table = self._open
         key = (flow, principal)
-        table[key] = left
+        table[key] = (left, now)
         table.move_to_end(key)
         if len(table) > RECENT_MAX:
             table.popitem(last=False)
@@ -114,7 +159,8 @@ class Unfinished:
 
         def judge() -> list[Finding]:
             left = round(started.count - finished.count)
-            self._note_open(flow, principal, left)
+            self._note_open(flow, principal, left, engine.clock())
+            self.settle(flow, principal)
             key = unfinished_key(flow, principal)
             # a principal refused it within the last window is held at its next
             # unfinished one (else its count, decaying with the window, would give a
@@ -146,7 +192,7 @@ class Unfinished:
         # (none open when last judged here: this finish finishes nothing, and is not
         # kept for the holds to come; not known here, another worker's: counted)
         known = self._open.get((flow, principal))
-        counted = known is None or known >= 1
+        counted = known is None or known[0] >= 1
         started = Tally(f"fu:s:{flow}:{principal}", window, amount=0)
         finished = Tally(f"fu:d:{flow}:{principal}", window, amount=int(counted))
         ops.extend((started, finished))
@@ -154,7 +200,7 @@ class Unfinished:
 
         def judge() -> list[Finding]:
             left = started.count - finished.count
-            self._note_open(flow, principal, left)
+            self._note_open(flow, principal, left, engine.clock())
             if counted and left < bar:
                 engine.store.lift(unfinished_key(flow, principal))
             return []
