@@ -1053,15 +1053,17 @@ class Engine:
                 self.store.active_ban(key, now) is not None
             ):
                 continue  # (counted by an earlier path of this request; or refused)
-            if unfinished.admit(rule, principal, now):
-                if holding is None:
-                    holding = ctx.holding = []
-                holding.append((rule.name, principal))
-            else:
+            window = max(spec.window for spec in rule.specs)
+            bar = 1 if self.prior(key, now, window) else rule.unfinished
+            admitted = unfinished.admit(rule, principal, now, bar, window)
+            if holding is None:
+                holding = ctx.holding = []
+            holding.append((rule.name, principal))
+            if not admitted:
                 evidence: dict[str, float | int | str] = {
                     "flow": rule.name,
                     "threshold": rule.unfinished,
-                    "window": max(spec.window for spec in rule.specs),
+                    "window": window,
                     "basis": "admitted",
                 }
                 enforce = unfinished.enforce if rule.mode is None else rule.mode == "enforce"
@@ -1872,18 +1874,25 @@ class Engine:
         return found
 
     # -- after the response ---------------------------------------------------------
+    def _settle_holding(self, ctx: RequestContext, status: int | None) -> None:
+        """Starts of `finished_by` flows this request was admitted to that came to
+        nothing (refused, failed, raised): no judgement will settle them."""
+        holding = ctx.holding
+        if holding is None or (status is not None and self.succeeded(status)):
+            return
+        ctx.holding = None
+        unfinished = self._unfinished
+        if unfinished is not None:
+            for flow, principal in holding:
+                unfinished.settle(flow, principal)
+
     def finish(self, ctx: RequestContext, status: int | None) -> None:
         """Let rules observe the outcome (status None: the handler raised), and the
         detectors, unless `observe` already ran for this request."""
         if ctx.charges:
             self._rules_observe(ctx, status)
-        holding = ctx.holding
-        if holding is not None and (status is None or not self.succeeded(status)):
-            unfinished = self._unfinished  # (a start that came to nothing: no judgement)
-            if unfinished is not None:
-                for flow, principal in holding:
-                    unfinished.settle(flow, principal)
-            ctx.holding = None
+        if ctx.holding is not None:
+            self._settle_holding(ctx, status)
         if self.detectors and not ctx.observed:
             self.observe(ctx, _observed_status(ctx, status))
         login = ctx.login
@@ -1898,6 +1907,8 @@ class Engine:
         starts (the server span is still open for the findings' events; the work is the
         same dict work it would be later); `finish` calls it otherwise."""
         ctx.observed = True
+        if ctx.holding is not None:  # (a response observed at its start may end no other way)
+            self._settle_holding(ctx, status)
         if self._forwarding:
             self._forwarded_evidence(ctx, status)
         # (`_plan_observation`, inlined: this runs after every response)
@@ -1958,6 +1969,8 @@ class Engine:
 
     async def afinish(self, ctx: RequestContext, status: int | None) -> None:
         """`finish` for async adapters: a remote store's observations are awaited."""
+        if ctx.holding is not None:
+            self._settle_holding(ctx, status)
         if (
             self.store.local
             or not self.detectors

@@ -74,32 +74,29 @@ class Unfinished:
         self._open.clear()
         self._inflight.clear()
 
-    def admit(self, rule: FlowRule, principal: str, now: float) -> bool:
-        """Whether `principal` may start `rule`'s flow now: the holds it left open when
-        last judged, and those admitted since and not yet judged (a burst of concurrent
-        holds, whose outcomes a remote store judges after its flush), under the bar (the
-        declared one: a repeat offender is held by the judgement of its next start, and a
-        checkout that lifted its refusal lets it start one). Admitted, it is counted in
-        flight until judged (`settle`), or for `_IN_FLIGHT` seconds at most."""
+    def admit(self, rule: FlowRule, principal: str, now: float, bar: int, window: float) -> bool:
+        """Whether `principal` may start `rule`'s flow now (no refusal of it stands): the
+        holds it left open as last judged here within `window`, at most `bar - 1` (no
+        refusal stands, so it was lifted by a finish or ended: one more start is its
+        due), and those admitted since and not yet judged (a burst of concurrent holds,
+        whose outcomes a remote store judges after its flush), under `bar` (1 for a
+        repeat offender). Either way it is counted in flight until judged or ended
+        (`settle`), or for `_IN_FLIGHT` seconds at most."""
         key = (rule.name, principal)
         times = self._inflight.get(key)
         if times is not None:
             while times and now - times[0] > _IN_FLIGHT:
                 times.pop(0)
         pending = len(times) if times else 0
-        # (the holds left open as judged just now: a burst's first judgements; an older
-        # judgement is the judge's own business, its counts having slid since)
-        judged, when = self._open.get(key, (0.0, -_IN_FLIGHT))
-        left = (max(judged, 0.0) if now - when <= _IN_FLIGHT else 0.0) + pending
-        if left >= rule.unfinished:
-            return False
+        judged, when = self._open.get(key, (0.0, -window))
+        left = (min(max(judged, 0.0), bar - 1) if now - when <= window else 0.0) + pending
         if times is None:
             table = self._inflight
             if len(table) >= RECENT_MAX:
                 table.popitem(last=False)
             times = table[key] = []
-        times.append(now)
-        return True
+        times.append(now)  # (refused too: its end settles it, as a monitored one's judgement)
+        return left < bar
 
     def settle(self, flow: str, principal: str) -> None:
         """One admitted start of `flow` by `principal` is judged (or came to nothing)."""
