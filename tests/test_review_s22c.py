@@ -6,11 +6,8 @@ is in its reason); verified strengths are plain controls."""
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Iterator
 from typing import Annotated, Any
 
-import pytest
 import redis
 from fastapi import Depends, FastAPI, HTTPException
 
@@ -19,23 +16,8 @@ from apiguard.asgi import GuardMiddleware
 from apiguard.simulate.clock import FakeClock
 from apiguard.simulate.driver import AsgiDriver
 from detection_support import BROWSERS, Client, current_user, run
+from test_review_s22b import CONFIG, _fresh, _quiet  # noqa: F401 (_quiet: an autouse fixture)
 from test_unfinished_flows import START, HoldBody, _redis_store
-
-SECRET = "s" * 32
-CONFIG: dict[str, Any] = {"secret": SECRET, "detection": {"flow_groups": {"enabled": False}}}
-
-
-@pytest.fixture(autouse=True)
-def _quiet() -> Iterator[None]:
-    logging.disable(logging.WARNING)
-    yield
-    logging.disable(logging.NOTSET)
-
-
-def _fresh(store: Any = None) -> tuple[Guard, FakeClock]:
-    clock = FakeClock(START)
-    extra = {} if store is None else {"store": store}
-    return Guard(CONFIG, clock=clock, **extra), clock
 
 
 def ride(
