@@ -1053,9 +1053,7 @@ class Engine:
                 self.store.active_ban(key, now) is not None
             ):
                 continue  # (counted by an earlier path of this request; or refused)
-            window = max(spec.window for spec in rule.specs)
-            bar = 1 if self.prior(key, now, window) else rule.unfinished
-            admitted = unfinished.admit(rule, principal, now, bar, window)
+            admitted = unfinished.admit(rule, principal, now, unfinished.bar(rule, key, self, now))
             if holding is None:
                 holding = ctx.holding = []
             holding.append((rule.name, principal))
@@ -1063,10 +1061,10 @@ class Engine:
                 evidence: dict[str, float | int | str] = {
                     "flow": rule.name,
                     "threshold": rule.unfinished,
-                    "window": window,
+                    "window": rule.longest,
                     "basis": "admitted",
                 }
-                enforce = unfinished.enforce if rule.mode is None else rule.mode == "enforce"
+                enforce = unfinished.enforces(rule)
                 self._apply(ctx, Finding(unfinished.name, key, "throttle", enforce, evidence), now)
         return (*keys, *extra) if extra else keys
 

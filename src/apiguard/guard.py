@@ -575,8 +575,7 @@ class Guard:
         if finishers and declared is None:
             for step in steps:
                 step.finished_by, step.unfinished = finishers, bar
-            window = max(spec.window for spec in rule.specs)
-            self.engine.declare_unfinished(name, finishers, bar, window)
+            self.engine.declare_unfinished(name, finishers, bar, rule.longest)
         elif declared is not None:
             rule.finished_by, rule.unfinished = declared
 

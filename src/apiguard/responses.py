@@ -124,26 +124,17 @@ def block_response(
         status = 403
     else:
         violated = decision.violated
-        if not violated and decision.detector == "unfinished":  # (holds left unfinished)
+        if not violated and decision.detector is not None:  # a detector's throttle
+            detail = (
+                "Too many started and not finished (unfinished); finish one to go on, or "
+                if decision.detector == "unfinished"  # (holds left unfinished)
+                else f"Unusual activity was seen ({decision.detector}); "
+            )
             problem = {
                 "type": UNUSUAL_ACTIVITY,
                 "title": "Too many requests after unusual activity",
                 "status": 429,
-                "detail": (
-                    "Too many started and not finished (unfinished); finish one to go "
-                    f"on, or retry after {retry} second{plural}."
-                ),
-                "detector": decision.detector,
-            }
-        elif not violated and decision.detector is not None:  # a detector's throttle
-            problem = {
-                "type": UNUSUAL_ACTIVITY,
-                "title": "Too many requests after unusual activity",
-                "status": 429,
-                "detail": (
-                    f"Unusual activity was seen ({decision.detector}); retry after "
-                    f"{retry} second{plural}."
-                ),
+                "detail": f"{detail}retry after {retry} second{plural}.",
                 "detector": decision.detector,
             }
         else:

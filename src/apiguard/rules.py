@@ -242,6 +242,7 @@ class FlowRule(WindowRule):
         # unfinished (`@guard.flow(finished_by=..., unfinished=...)`, `detectors.unfinished`)
         self.finished_by: tuple[str, ...] = ()
         self.unfinished = 0
+        self.longest = max(spec.window for spec in self.specs)  # (its longest window)
 
     def observe(self, hit: Hit, success: bool, ctx: RequestContext) -> None:
         """Refund the reservation of a flow that did not succeed."""

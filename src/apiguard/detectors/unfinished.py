@@ -41,6 +41,7 @@ from apiguard.rules import FlowRule
 from apiguard.store.base import Tally
 
 if TYPE_CHECKING:
+    from apiguard.engine import Engine
     from apiguard.request import RequestContext
     from apiguard.store.base import Observation
 
@@ -74,13 +75,25 @@ class Unfinished:
         self._open.clear()
         self._inflight.clear()
 
-    def admit(self, rule: FlowRule, principal: str, now: float, bar: int, window: float) -> bool:
+    @staticmethod
+    def bar(rule: FlowRule, key: str, engine: Engine, now: float) -> int:
+        """The unfinished starts at which `rule`'s flow is refused to the principal of
+        ban `key`: its declared bar, or 1 for one refused it within the flow's longest
+        window (a hoarder's count, decaying with the window, would otherwise give it the
+        bar again each window; a person refused in the morning is no repeat offender)."""
+        return 1 if engine.prior(key, now, rule.longest) else rule.unfinished
+
+    def enforces(self, rule: FlowRule) -> bool:
+        """Whether `rule`'s refusals are enforced (its own mode, else the guard's)."""
+        return self.enforce if rule.mode is None else rule.mode == "enforce"
+
+    def admit(self, rule: FlowRule, principal: str, now: float, bar: int) -> bool:
         """Whether `principal` may start `rule`'s flow now (no refusal of it stands): the
-        holds it left open as last judged here within `window`, at most `bar - 1` (no
+        holds it left open as last judged here within its window, at most `bar - 1` (no
         refusal stands, so it was lifted by a finish or ended: one more start is its
         due), and those admitted since and not yet judged (a burst of concurrent holds,
         whose outcomes a remote store judges after its flush), under `bar` (1 for a
-        repeat offender). Either way it is counted in flight until judged or ended
+        repeat offender: `bar`). Either way it is counted in flight until judged or ended
         (`settle`), or for `_IN_FLIGHT` seconds at most."""
         key = (rule.name, principal)
         times = self._inflight.get(key)
@@ -88,6 +101,7 @@ class Unfinished:
             while times and now - times[0] > _IN_FLIGHT:
                 times.pop(0)
         pending = len(times) if times else 0
+        window = rule.longest
         judged, when = self._open.get(key, (0.0, -window))
         left = (min(max(judged, 0.0), bar - 1) if now - when <= window else 0.0) + pending
         if times is None:
@@ -146,34 +160,29 @@ class Unfinished:
     def _started(
         self, rule: FlowRule, principal: str, ctx: RequestContext, ops: list[Observation]
     ) -> Judge:
-        flow, window = rule.name, max(spec.window for spec in rule.specs)
+        flow, window = rule.name, rule.longest
         started = Tally(f"fu:s:{flow}:{principal}", window)
         finished = Tally(f"fu:d:{flow}:{principal}", window, amount=0)
         ops.extend((started, finished))
-        bar = rule.unfinished
-        enforce = self.enforce if rule.mode is None else rule.mode == "enforce"
+        enforce = self.enforces(rule)
         engine = ctx.engine
 
         def judge() -> list[Finding]:
             left = round(started.count - finished.count)
-            self._note_open(flow, principal, left, engine.clock())
+            now = engine.clock()
+            self._note_open(flow, principal, left, now)
             self.settle(flow, principal)
             key = unfinished_key(flow, principal)
-            # a principal refused it within the last window is held at its next
-            # unfinished one (else its count, decaying with the window, would give a
-            # hoarder `bar` more each window); a person refused in the morning is not
-            if left < (1 if engine.prior(key, engine.clock(), window) else bar):
+            if left < self.bar(rule, key, engine, now):
                 return []
             evidence: dict[str, float | int | str] = {
                 "flow": flow,
                 "started": round(started.count),
                 "finished": round(finished.count),
-                "threshold": bar,
+                "threshold": rule.unfinished,
                 "window": window,
             }
-            return [
-                Finding(self.name, key, "throttle", enforce, evidence)
-            ]
+            return [Finding(self.name, key, "throttle", enforce, evidence)]
 
         return judge
 
