@@ -133,7 +133,9 @@ def test_the_usual_level_is_learned_from_a_whole_window() -> None:
     assert level is not None and 80 <= level <= 120, level
 
 
-def _thief_moves_home(to_region: bool) -> tuple[list[int], list[int]]:
+def _thief_moves_home(
+    to_region: bool, secret: str = "s19b-thief-region-0123"
+) -> tuple[list[int], list[int]]:
     """A thief with the owner's headers (one client shape: the ban is on the token as
     that shape uses it) from residential proxies everywhere until refused, then from
     proxies in the owner's /8 (`to_region`: a proxy seller's ISP or city targeting) or
@@ -142,7 +144,7 @@ def _thief_moves_home(to_region: bool) -> tuple[list[int], list[int]]:
     clock = FakeClock(3_000_000.0)
     # (a fixed secret: the sketches' hashes, and so this count, move with it: 25-68 of
     # 217 through over six random secrets, one of them under the bar)
-    driver = AsgiDriver(token_app(Guard({"secret": "s19b-thief-region-0123"}, clock=clock)))
+    driver = AsgiDriver(token_app(Guard({"secret": secret}, clock=clock)))
     rng = random.Random(17)
     ua = BROWSERS[3]
 
@@ -174,13 +176,17 @@ def _thief_moves_home(to_region: bool) -> tuple[list[int], list[int]]:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="a thief with the owner's headers moving to proxies in the owner's /8 gets 114 "
-    "of 217 through with this secret, 25-68 with six random ones",
+    reason="a thief with the owner's headers moving to proxies in the owner's /8 gets "
+    "25-70 of 217 through, by the secret and the process's hash salt",
 )
 def test_a_thief_with_the_owners_headers_moving_to_the_owners_region_is_held() -> None:
-    after, owner = _thief_moves_home(to_region=True)
-    assert set(owner) == {200}, owner
-    assert after and after.count(200) <= 0.1 * len(after), (after.count(200), len(after))
+    """Held only if held under each of three secrets: the count moves with the sketches'
+    slots (the secret and the process's hash salt), and under one of them it once fell
+    under the bar (a strict xfail passing by chance fails the build)."""
+    for secret in ("s19b-thief-region-0123", "s19b-thief-region-4567", "s19b-thief-89ab-cdef"):
+        after, owner = _thief_moves_home(to_region=True, secret=secret)
+        assert set(owner) == {200}, owner
+        assert after and after.count(200) <= 0.1 * len(after), (after.count(200), len(after))
 
 
 def test_control_a_thief_with_the_owners_headers_staying_everywhere_is_held() -> None:
