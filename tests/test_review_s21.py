@@ -382,12 +382,9 @@ def test_control_a_harvest_at_the_young_floor_is_held() -> None:
     assert leaked <= 60 and held >= 140, (leaked, held)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fresh accounts reading 9 foreign orders each, one under the young floor, "
-    "leak 1350 orders over 150 accounts in 75 minutes, none held",
-)
 def test_a_harvest_one_under_the_young_floor_per_account_is_held() -> None:
+    """(Was a strict xfail: 1,350 orders over 150 accounts in 75 minutes, none held; the
+    crowd of young accounts each reading many objects holds it: 125.)"""
     leaked, _ = harvest_under_the_young_floor(9)
     assert leaked <= 200, leaked
 

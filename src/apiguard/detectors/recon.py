@@ -18,11 +18,10 @@ Only unmatched requests are looked at: the requests routes serve cost nothing he
 
 from __future__ import annotations
 
-from collections import deque
-from statistics import median_low
 from typing import TYPE_CHECKING
 
 from apiguard.detectors.base import MISSES, SHARED_FACTOR, Finding, Judge, Outcome, shared_factor
+from apiguard.detectors.levels import UsualLevel
 from apiguard.store.base import Tally
 
 if TYPE_CHECKING:
@@ -40,16 +39,13 @@ _NETWORK_OWN = 5
 # usual level plus the floor; then an address not vouched for that probed
 # `_NETWORK_OWN` distinct paths itself is challenged. The usual level is learned from
 # the count of each whole window of the clock (its own paths only, capped at the bar in
-# force when it ends): the higher of the lower medians of the last `_SITE_SAMPLES` and
-# of the last `_SITE_RECENT` windows. A scan or a burst in fewer than half of them
+# force when it ends): the higher of the lower medians of the last 8 and of the last 4
+# windows (`apiguard.detectors.levels`). A scan or a burst in fewer than half of them
 # teaches nothing (one above the bar, the bar at most), while steady background noise
 # (internet scanners asking every site for `/wp-admin`) and a morning's rise become the
-# level. Until `_SITE_FIRST` windows were seen, it is the lowest of those under the bar.
+# level. Until three windows were seen, it is the lowest of those under the bar.
 _SITE_FACTOR = 4
 _SITE_OVER_LEVEL = 2.0
-_SITE_SAMPLES = 8
-_SITE_RECENT = 4
-_SITE_FIRST = 3
 SITE = "recon:site"  # detector-table key: the site's distinct unmatched paths
 UNROUTED = "recon:"  # detector-table prefix: an actor's distinct unmatched paths
 
@@ -113,49 +109,16 @@ class Recon:
     def __init__(self, config: ReconConfig, enforce: bool) -> None:
         self.config = config
         self.enforce = enforce
-        # the site's usual distinct unmatched paths per window (learned in process): the
-        # count of each recent whole window of the clock (its own paths only: a burst
-        # late in one is not counted again in the next), the current one's so far, and
-        # which window that is (None: none yet; the process's first is a part of one)
-        self.site_level: float | None = None
-        self._samples: deque[float] = deque(maxlen=_SITE_SAMPLES)
-        self._peak = 0.0
-        self._bucket: int | None = None
-        self._whole = False  # (whether the current window was seen from its start)
+        # the site's usual distinct unmatched paths per window of the clock (learned in
+        # process; see `apiguard.detectors.levels`)
+        self.site = UsualLevel(
+            float(config.floor * _SITE_FACTOR), _SITE_OVER_LEVEL, float(config.floor)
+        )
 
-    def site_bar(self) -> float:
-        """The site-wide distinct unmatched paths in `window` from which an address
-        that probed a few itself is challenged."""
-        bar = float(self.config.floor * _SITE_FACTOR)
-        if self.site_level is not None:
-            bar = max(bar, self.site_level * _SITE_OVER_LEVEL + self.config.floor)
-        return bar
-
-    def _learn(self, count: float, bucket: int) -> None:
-        """Keep the count of the clock's window `bucket` so far; once a later one begins,
-        learn the level from the recent windows' (see `_SITE_SAMPLES`)."""
-        current = self._bucket
-        if current is None:
-            self._bucket = bucket
-        elif bucket != current:
-            self._bucket = bucket
-            whole, self._whole = self._whole, True
-            peak, self._peak = self._peak, 0.0
-            if not whole:
-                return  # (the process began within it: a part of a window)
-            samples = self._samples
-            # (capped at the bar in force: a burst above it raises the level to the bar
-            # at most, and only once it fills most of the recent windows)
-            samples.append(min(peak, self.site_bar()))
-            if len(samples) >= _SITE_FIRST:
-                recent = list(samples)[-_SITE_RECENT:]
-                self.site_level = float(max(median_low(samples), median_low(recent)))
-            else:  # (a scan in the first windows teaches nothing)
-                bar = float(self.config.floor * _SITE_FACTOR)
-                calm = [sample for sample in samples if sample < bar]
-                self.site_level = min(calm) if calm else None
-        if count > self._peak:
-            self._peak = count
+    @property
+    def site_level(self) -> float | None:
+        """The site's usual distinct unmatched paths per window (None: not learned)."""
+        return self.site.level
 
     def plan(self, outcome: Outcome, ops: list[Observation]) -> Judge | None:
         status = outcome.status
@@ -265,8 +228,8 @@ class Recon:
                     finding = Finding(f"{name}.network", address, "challenge", enforce, evidence)
                     return [finding]
             if site is not None and clock_window is not None:
-                self._learn(clock_window.count, bucket)
-                site_bar = self.site_bar()
+                self.site.learn(clock_window.count, bucket)
+                site_bar = self.site.bar()
                 own = judges[-1][0]
                 if site.count >= site_bar and own.count >= _NETWORK_OWN:
                     evidence = {

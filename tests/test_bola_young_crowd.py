@@ -1,0 +1,305 @@
+"""BOLA: a harvest spread over fresh accounts, each under the young floor, is held by the
+crowd of young accounts reading many objects (`bola.young_crowd`), while newcomers
+reading back what they just wrote, beside it or alone, are not.
+
+A notes app with the BOLA bug (any signed-in user reads any note by id): 300 old users
+own 10 notes each; newcomers sign up (a flow), write notes and read them back; a
+harvester makes a fresh account every 20-40 s, from a residential address in a browser's
+shape, each reading a few random notes of other people (some write a note of their own
+first, as a person would)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import pytest
+import redis.asyncio
+from fastapi import Depends, FastAPI, Header, HTTPException
+from pydantic import BaseModel
+
+from apiguard import Guard, identify
+from apiguard.asgi import GuardMiddleware
+from apiguard.simulate.clock import FakeClock
+from apiguard.simulate.driver import AsgiDriver
+from apiguard.store.redis import RedisStore
+from detection_support import BROWSERS, Client, is_challenge, public_ip
+from detection_support import run_quietly as run
+
+START = 3_000_000.0
+OLD_USERS = 300
+NOTES_EACH = 10
+
+
+class SignUp(BaseModel):
+    username: str
+    password: str
+
+
+def current_user(authorization: Annotated[str | None, Header()] = None) -> int:
+    if not authorization or not authorization.startswith("Bearer tok-"):
+        raise HTTPException(401)
+    user = int(authorization.removeprefix("Bearer tok-"))
+    identify(user)
+    return user
+
+
+def notes_app(guard: Guard, signup_flow: bool) -> FastAPI:
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+    owners = {n: 1 + (n - 1) // NOTES_EACH for n in range(1, OLD_USERS * NOTES_EACH + 1)}
+    users: list[int] = []
+
+    async def signup(body: SignUp) -> dict[str, str]:
+        user = 10_000 + len(users)
+        users.append(user)
+        if signup_flow:
+            identify(user)
+        else:
+            guard.account_created(user)
+        return {"token": f"tok-{user}"}
+
+    if signup_flow:  # (a flow: its surges and farms are watched too)
+        signup = guard.flow("signup", "20/hour", per="ip")(signup)
+    app.post("/signup", status_code=201)(signup)
+
+    @app.post("/notes", status_code=201)
+    async def write(user: Annotated[int, Depends(current_user)]) -> dict[str, int]:
+        note = len(owners) + 1
+        owners[note] = user
+        return {"id": note}
+
+    @app.get("/notes/{note_id}")
+    async def read(note_id: int, user: Annotated[int, Depends(current_user)]) -> dict[str, Any]:
+        if note_id not in owners:
+            raise HTTPException(404)
+        return {"id": note_id, "owner": owners[note_id]}  # BOLA: no ownership check
+
+    @app.post("/challenge")
+    async def challenge() -> dict[str, bool]:
+        guard.challenge_passed()  # the (simulated) person solved the app's CAPTCHA
+        return {"passed": True}
+
+    return app
+
+
+@dataclass
+class Tally:
+    leaked: int = 0
+    harvest_accounts: int = 0
+    honest_refused: list[str] = field(default_factory=list)
+    honest_challenged: int = 0
+    honest_reads: int = 0
+    harvest_refused: list[str] = field(default_factory=list)
+    honest_asked: list[str] = field(default_factory=list)
+
+
+async def _newcomer(client: Client, rng: random.Random, heavy: bool, tally: Tally) -> Any:
+    """A person signing up, writing notes and reading them back (a heavy one writes
+    4-7 in ten minutes; others 1-3 over half an hour); asked to pass a challenge, they
+    do, and retry. Yields the seconds to wait before each next step."""
+    name = f"p{rng.random()}"
+    resp = await client.signup(name)
+    if is_challenge(resp):  # (a flow group's, during a farm's sign-ups: a person passes)
+        tally.honest_challenged += 1
+        tally.honest_asked.append("signup " + str(resp.json().get("detector")))
+        await client.send("POST", "/challenge")
+        resp = await client.signup(name)
+    if resp.status != 201:
+        tally.honest_refused.append(f"signup {resp.status} {resp.json().get('detector')}")
+        return
+    mine: list[int] = []
+    for _ in range(rng.randint(4, 7) if heavy else rng.randint(1, 3)):
+        yield rng.uniform(30, 120) if heavy else rng.uniform(120, 900)
+        resp = await client.send("POST", "/notes")
+        if resp.status != 201:
+            tally.honest_refused.append(f"write {resp.status}")
+            return
+        mine.append(resp.json()["id"])
+        for _ in range(rng.choice((1, 1, 2))):
+            yield rng.uniform(5, 60)
+            note = rng.choice(mine)
+            resp = await client.send("GET", f"/notes/{note}")
+            if is_challenge(resp):
+                tally.honest_challenged += 1
+                tally.honest_asked.append(str(resp.json().get("detector")))
+                await client.send("POST", "/challenge")
+                resp = await client.send("GET", f"/notes/{note}")
+            if resp.status != 200:
+                tally.honest_refused.append(f"read {resp.status}")
+                return
+            tally.honest_reads += 1
+
+
+async def _harvester(client: Client, rng: random.Random, reads: int, tally: Tally) -> Any:
+    """One throwaway account: reads `reads` random notes of old users, stops when
+    refused (a script does not pass a challenge)."""
+    resp = await client.signup(f"h{rng.random()}")
+    if resp.status != 201:
+        tally.harvest_refused.append(str(resp.json().get("detector")))
+        return
+    tally.harvest_accounts += 1
+    if rng.random() < 0.3:  # (some write a note of their own first)
+        yield rng.uniform(10, 40)
+        await client.send("POST", "/notes")
+    for _ in range(reads):
+        yield rng.uniform(4, 15)
+        resp = await client.send("GET", f"/notes/{rng.randrange(1, OLD_USERS * NOTES_EACH)}")
+        if resp.status != 200:
+            return
+        tally.leaked += 1
+
+
+def _random_browser(rng: random.Random) -> str:
+    """A browser's user agent, made up per account (a farm avoiding one fingerprint)."""
+    system = rng.choice(
+        ("Windows NT 10.0; Win64; x64", "Macintosh; Intel Mac OS X 10_15_7", "X11; Linux x86_64")
+    )
+    version = f"{rng.randint(110, 131)}.0.{rng.randint(1000, 6999)}.{rng.randint(10, 200)}"
+    return (
+        f"Mozilla/5.0 ({system}) AppleWebKit/537.36 (KHTML, like Gecko) "
+        f"Chrome/{version} Safari/537.36"
+    )
+
+
+def _scenario(
+    guard: Guard,
+    clock: FakeClock,
+    seed: int,
+    *,
+    hours: float,
+    newcomers_per_hour: float,
+    heavy_share: float,
+    harvest: tuple[float, float, int] | None,
+    signup_flow: bool = False,
+) -> Tally:
+    """Newcomers arriving over `hours` beside a harvest (start, end in hours from the
+    start, reads per account), all steps interleaved in time order."""
+    driver = AsgiDriver(notes_app(guard, signup_flow))
+    rng = random.Random(seed)
+    tally = Tally()
+    actors: list[tuple[float, int, Any]] = []
+    t = START
+    while t < START + hours * 3600:
+        t += rng.expovariate(newcomers_per_hour / 3600)
+        ua = rng.choice(BROWSERS)
+        client = Client(driver, ua, public_ip(rng), jar={})
+        steps = _newcomer(client, random.Random(rng.random()), rng.random() < heavy_share, tally)
+        actors.append((t, len(actors), steps))
+    if harvest is not None:
+        begin, end, reads = harvest
+        t = START + begin * 3600
+        while t < START + end * 3600:
+            t += rng.uniform(20, 40)
+            client = Client(driver, _random_browser(rng), public_ip(rng), jar=None)
+            steps = _harvester(client, random.Random(rng.random()), reads, tally)
+            actors.append((t, len(actors), steps))
+
+    async def drive() -> None:
+        queue = sorted(actors, key=lambda item: item[:2])
+        while queue:
+            at, n, steps = queue.pop(0)
+            if at > clock():
+                clock.advance(at - clock())
+            try:
+                wait = await steps.__anext__()
+            except StopAsyncIteration:
+                continue
+            queue.append((at + wait, n, steps))
+            queue.sort(key=lambda item: item[:2])
+
+    run(drive())
+    return tally
+
+
+def _guard(store: Any = None) -> tuple[Guard, FakeClock]:
+    clock = FakeClock(START)
+    config = {"secret": "young-crowd-test-secret"}
+    if store is None:
+        return Guard(config, clock=clock), clock
+    return Guard(config, clock=clock, store=store), clock
+
+
+@pytest.mark.parametrize("reads", [9, 5])
+def test_a_harvest_under_the_young_floor_is_held_and_newcomers_beside_it_are_served(
+    reads: int,
+) -> None:
+    guard, clock = _guard()
+    tally = _scenario(
+        guard,
+        clock,
+        7,
+        hours=3,
+        newcomers_per_hour=30,
+        heavy_share=0.1,
+        harvest=(0.5, 2.0, reads),
+    )
+    # 135-225 throwaway accounts over 90 minutes: without the crowd, every read is a leak
+    assert tally.harvest_accounts >= 100, tally
+    assert tally.leaked <= 15 * reads, tally
+    # newcomers beside it: asked at most once each, and then served
+    assert tally.honest_refused == [], tally.honest_refused
+    assert tally.honest_reads >= 150, tally
+
+
+def test_a_harvest_under_the_young_floor_is_held_on_redis(redis_url: str) -> None:
+    store = RedisStore(redis.asyncio.Redis.from_url(redis_url), server_time=False, timeout=5.0)
+    guard, clock = _guard(store)
+    tally = _scenario(
+        guard,
+        clock,
+        8,
+        hours=2,
+        newcomers_per_hour=30,
+        heavy_share=0.1,
+        harvest=(0.25, 1.5, 9),
+    )
+    assert tally.harvest_accounts >= 100, tally
+    assert tally.leaked <= 15 * 9, tally
+    assert tally.honest_refused == [], tally.honest_refused
+
+
+def test_control_newcomers_alone_are_never_asked() -> None:
+    """Thirty newcomers an hour for four hours, a tenth of them writing and reading back
+    4-7 notes in ten minutes: no crowd, no challenge."""
+    guard, clock = _guard()
+    tally = _scenario(
+        guard, clock, 9, hours=4, newcomers_per_hour=30, heavy_share=0.1, harvest=None
+    )
+    assert tally.honest_challenged == 0 and tally.honest_refused == [], tally
+    assert tally.honest_reads >= 200, tally
+
+
+def test_control_a_site_where_many_newcomers_read_much_learns_it() -> None:
+    """A site where 5-7 newcomers an hour read back many notes at once learns that as its
+    usual crowd: after four such hours, an hour with half as many again asks nobody."""
+    guard, clock = _guard()
+    tally = _scenario(
+        guard, clock, 10, hours=4, newcomers_per_hour=30, heavy_share=0.28, harvest=None
+    )
+    assert tally.honest_challenged == 0, tally
+    busier = _scenario(
+        guard, clock, 11, hours=1, newcomers_per_hour=45, heavy_share=0.28, harvest=None
+    )
+    bola = next(d for d in guard.engine.detectors if d.name == "bola")
+    assert bola.crowd.level is not None and bola.crowd.level >= 5, bola.crowd.level
+    assert busier.honest_challenged == 0 and busier.honest_refused == [], busier
+
+
+def test_the_crowd_can_be_turned_off() -> None:
+    clock = FakeClock(START)
+    guard = Guard(
+        {"secret": "young-crowd-test-secret", "detection": {"bola": {"young_crowd": 0}}},
+        clock=clock,
+    )
+    tally = _scenario(
+        guard,
+        clock,
+        7,
+        hours=1.5,
+        newcomers_per_hour=10,
+        heavy_share=0.0,
+        harvest=(0.0, 1.0, 9),
+    )
+    assert tally.leaked >= 0.9 * 9 * tally.harvest_accounts, tally
