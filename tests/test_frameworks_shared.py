@@ -72,6 +72,22 @@ def test_flow_counts_successes_only(make_guard, client_for):
     assert call("POST", "/coupons/GOOD3/redeem", ip="198.51.100.9").status == 200
 
 
+def test_a_failed_success_counted_flow_advertises_its_unit_given_back(make_guard, client_for):
+    """A `count="success"` flow answered without success gives its unit back: its
+    response's RateLimit says so (it said one fewer before: a real-app trial)."""
+    call = client_for(make_guard())
+    failed = call("POST", "/coupons/BAD/redeem")
+    assert failed.status == 400
+    assert failed.headers["ratelimit"].startswith('"redeem";r=2;'), failed.headers
+    ok = call("POST", "/coupons/GOOD1/redeem")
+    assert ok.headers["ratelimit"].startswith('"redeem";r=1;'), ok.headers
+    failed = call("POST", "/coupons/BAD/redeem")
+    assert failed.headers["ratelimit"].startswith('"redeem";r=1;'), failed.headers
+    assert call("POST", "/coupons/GOOD2/redeem").headers["ratelimit"].startswith(
+        '"redeem";r=0;'
+    )
+
+
 def test_identify_keys_on_the_user_across_ips(make_guard, client_for):
     call = client_for(make_guard({"principal": "3/minute"}))
     ips = [f"192.0.2.{i}" for i in range(1, 5)]

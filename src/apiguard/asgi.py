@@ -145,7 +145,7 @@ class GuardMiddleware:
                         *((b"set-cookie", c) for c in cookies),
                     ]
                 if self._headers:
-                    values = engine.ratelimit_values(ctx)
+                    values = engine.ratelimit_values(ctx, status)
                     if values is not None:
                         message["headers"] = [
                             *message.get("headers", ()),

@@ -525,7 +525,7 @@ class GuardMiddleware:
         for cookie in started(engine, ctx, status, response.items()):
             response.cookies.load(cookie.decode("latin-1"))
         if self._headers:
-            values = engine.ratelimit_values(ctx)
+            values = engine.ratelimit_values(ctx, status)
             if values is not None:
                 policy = values[0].decode("latin-1")
                 state = values[1].decode("latin-1")

@@ -1276,9 +1276,18 @@ class Engine:
             keys.append(ip)
         return tuple(keys)
 
-    def ratelimit_values(self, ctx: RequestContext) -> tuple[bytes, bytes] | None:
+    def ratelimit_values(
+        self, ctx: RequestContext, status: int | None = None
+    ) -> tuple[bytes, bytes] | None:
         """Encoded `RateLimit-Policy` and `RateLimit` for an admitted response: the enforced
-        policy closest to its limit (smallest remaining share of its quota)."""
+        policy closest to its limit (smallest remaining share of its quota). With the
+        response's `status`: a `count="success"` flow's charge that a failure gives back
+        counts as remaining (the client did not spend it)."""
+        charges = ctx.charges
+        if charges and status is not None and not self._ok_low <= status <= self._ok_high:
+            fast = ctx.fast
+            verdicts = ctx.verdicts or (fast[0].verdicts(ctx) if fast is not None else ())
+            return tightest_ratelimit(verdicts, charges)
         if ctx.verdicts:
             return tightest_ratelimit(ctx.verdicts)
         return ctx.fast[3] if ctx.fast is not None else None

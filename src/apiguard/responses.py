@@ -68,19 +68,29 @@ def ratelimit_state(policy: Policy, remaining: int, t: float) -> bytes:
     return policy.state_prefix_bytes + b"%d;t=%d" % (remaining if remaining > 0 else 0, seconds)
 
 
-def tightest_ratelimit(verdicts: Sequence[Verdict]) -> tuple[bytes, bytes] | None:
+def tightest_ratelimit(
+    verdicts: Sequence[Verdict], refunded: Sequence[Verdict] = ()
+) -> tuple[bytes, bytes] | None:
     """Encoded (`RateLimit-Policy`, `RateLimit`) for the enforced policy closest to its
-    limit (smallest remaining share of its quota): what an admitted response carries."""
+    limit (smallest remaining share of its quota): what an admitted response carries.
+    `refunded`: charges this response gives back (a `count="success"` flow answered
+    without success), counted as remaining."""
+    back = {(v.key, v.policy): v.cost for v in refunded} if refunded else None
     best: Verdict | None = None
     best_share = 2.0
+    best_remaining = 0
     for v in verdicts:
         if v.enforced:
-            share = v.remaining / v.policy.quota
+            remaining = v.remaining
+            if back:
+                remaining = min(v.policy.quota, remaining + back.get((v.key, v.policy), 0))
+            share = remaining / v.policy.quota
             if share < best_share:
-                best, best_share = v, share
+                best, best_share, best_remaining = v, share, remaining
     if best is None:
         return None
-    return best.policy.item_bytes, _state(best).encode("latin-1")
+    t = best.reset if best.fits else best.retry_after
+    return best.policy.item_bytes, ratelimit_state(best.policy, best_remaining, t)
 
 
 def block_response(

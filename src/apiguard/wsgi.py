@@ -324,19 +324,19 @@ class _Exchange:
                 return _discard
             self.status = code
             cookies = started(engine, ctx, code, headers)
+            # (before `finish` gives back what a failed `count="success"` flow charged)
+            values = engine.ratelimit_values(ctx, code) if middleware._headers else None
             # a status went out: it is the outcome (`finish` where it has work to do)
             if ctx.charges or ctx.login is not None or (engine.detectors and not ctx.observed):
                 engine.finish(ctx, code)
             if cookies:
                 headers = [*headers, *(("Set-Cookie", c.decode("latin-1")) for c in cookies)]
-            if middleware._headers:
-                values = engine.ratelimit_values(ctx)
-                if values is not None:
-                    headers = [
-                        *headers,
-                        ("RateLimit-Policy", values[0].decode("latin-1")),
-                        ("RateLimit", values[1].decode("latin-1")),
-                    ]
+            if values is not None:
+                headers = [
+                    *headers,
+                    ("RateLimit-Policy", values[0].decode("latin-1")),
+                    ("RateLimit", values[1].decode("latin-1")),
+                ]
         elif self.status == 0:
             return _discard
         return self.start_response(status, headers, exc_info)
