@@ -132,6 +132,28 @@ async def _newcomer(client: Client, rng: random.Random, heavy: bool, tally: Tall
             tally.honest_reads += 1
 
 
+async def _joiner(client: Client, rng: random.Random, tally: Tally) -> Any:
+    """A person joining a team: signs up and reads 4-6 of the team's notes (an old user's,
+    shared with it) over half an hour; passes a challenge when asked."""
+    if (await client.signup(f"j{rng.random()}")).status != 201:
+        tally.honest_refused.append("signup")
+        return
+    team = rng.randrange(OLD_USERS)
+    for note in rng.sample(range(1, NOTES_EACH + 1), rng.randint(4, 6)):
+        yield rng.uniform(60, 400)
+        path = f"/notes/{team * NOTES_EACH + note}"
+        resp = await client.send("GET", path)
+        if is_challenge(resp):
+            tally.honest_challenged += 1
+            tally.honest_asked.append(str(resp.json().get("detector")))
+            await client.send("POST", "/challenge")
+            resp = await client.send("GET", path)
+        if resp.status != 200:
+            tally.honest_refused.append(f"read {resp.status}")
+            return
+        tally.honest_reads += 1
+
+
 async def _harvester(client: Client, rng: random.Random, reads: int, tally: Tally) -> Any:
     """One throwaway account: reads `reads` random notes of old users, stops when
     refused (a script does not pass a challenge)."""
@@ -173,9 +195,11 @@ def _scenario(
     heavy_share: float,
     harvest: tuple[float, float, int] | None,
     signup_flow: bool = False,
+    joiners_per_hour: float = 0.0,
 ) -> Tally:
     """Newcomers arriving over `hours` beside a harvest (start, end in hours from the
-    start, reads per account), all steps interleaved in time order."""
+    start, reads per account), and people joining a team (reading 4-6 of its shared
+    notes, written by others), all steps interleaved in time order."""
     driver = AsgiDriver(notes_app(guard, signup_flow))
     rng = random.Random(seed)
     tally = Tally()
@@ -186,6 +210,12 @@ def _scenario(
         ua = rng.choice(BROWSERS)
         client = Client(driver, ua, public_ip(rng), jar={})
         steps = _newcomer(client, random.Random(rng.random()), rng.random() < heavy_share, tally)
+        actors.append((t, len(actors), steps))
+    t = START
+    while joiners_per_hour and t < START + hours * 3600:
+        t += rng.expovariate(joiners_per_hour / 3600)
+        client = Client(driver, rng.choice(BROWSERS), public_ip(rng), jar={})
+        steps = _joiner(client, random.Random(rng.random()), tally)
         actors.append((t, len(actors), steps))
     if harvest is not None:
         begin, end, reads = harvest
@@ -271,19 +301,35 @@ def test_control_newcomers_alone_are_never_asked() -> None:
     assert tally.honest_reads >= 200, tally
 
 
-def test_control_a_site_where_many_newcomers_read_much_learns_it() -> None:
-    """A site where 5-7 newcomers an hour read back many notes at once learns that as its
-    usual crowd: after four such hours, an hour with half as many again asks nobody."""
+def test_control_a_site_where_newcomers_read_others_objects_learns_it() -> None:
+    """A site where 6 people an hour join a team and read 4-6 of its notes (others'
+    objects: a crowd of about 30 an hour) learns that as its usual crowd: after ten such
+    hours, an hour with half as many again joining asks nobody."""
     guard, clock = _guard()
-    tally = _scenario(
-        guard, clock, 10, hours=4, newcomers_per_hour=30, heavy_share=0.28, harvest=None
+    usual = _scenario(
+        guard,
+        clock,
+        10,
+        hours=10,
+        newcomers_per_hour=20,
+        heavy_share=0.1,
+        harvest=None,
+        joiners_per_hour=6,
     )
-    assert tally.honest_challenged == 0, tally
-    busier = _scenario(
-        guard, clock, 11, hours=1, newcomers_per_hour=45, heavy_share=0.28, harvest=None
-    )
+    assert usual.honest_challenged == 0 and usual.honest_refused == [], usual
     bola = next(d for d in guard.engine.detectors if d.name == "bola")
-    assert bola.crowd.level is not None and bola.crowd.level >= 5, bola.crowd.level
+    level = bola.crowd.level.level
+    assert level is not None and level >= 15, level
+    busier = _scenario(
+        guard,
+        clock,
+        11,
+        hours=1,
+        newcomers_per_hour=20,
+        heavy_share=0.1,
+        harvest=None,
+        joiners_per_hour=9,
+    )
     assert busier.honest_challenged == 0 and busier.honest_refused == [], busier
 
 

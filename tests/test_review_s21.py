@@ -384,7 +384,7 @@ def test_control_a_harvest_at_the_young_floor_is_held() -> None:
 
 def test_a_harvest_one_under_the_young_floor_per_account_is_held() -> None:
     """(Was a strict xfail: 1,350 orders over 150 accounts in 75 minutes, none held; the
-    crowd of young accounts each reading many objects holds it: 125.)"""
+    crowd of young accounts holds it: 100.)"""
     leaked, _ = harvest_under_the_young_floor(9)
     assert leaked <= 200, leaked
 

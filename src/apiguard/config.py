@@ -339,11 +339,11 @@ class BolaConfig(_Detector):
     # is missing or unused refuses the people it asks), a flag arms the alarm this long
     # only, not `young_for`
     young_alarm_for: float = Field(3600.0, gt=0, le=YEAR)
-    # a harvest over fresh accounts each under the young floor: once this many young
-    # accounts each read 40% of `young_floor` objects on a route within `window` in an
-    # hour (and twice their usual number plus half this), each one that does is flagged
-    # and the alarm above armed (0: off)
-    young_crowd: int = Field(10, ge=0)
+    # a harvest over fresh accounts each under the young floor: once the young accounts
+    # that read 30% of `young_floor` more objects than they wrote read this many distinct
+    # objects within an hour (and twice their usual number plus half this), each one
+    # that reads is flagged and the alarm above armed (0: off)
+    young_crowd: int = Field(50, ge=0)
     errors_floor: int = Field(15, ge=2)
     error_share: float = Field(0.5, gt=0, le=1)
     # a slow walk, under the bar in every `window`, sustained: a principal's distinct

@@ -29,8 +29,8 @@ from urllib.parse import parse_qsl
 
 from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome, shared_factor
 from apiguard.detectors.flow_groups import born_accounts as _born
-from apiguard.detectors.levels import UsualLevel
 from apiguard.detectors.population import Population, Populations
+from apiguard.detectors.young_crowd import YoungCrowd
 from apiguard.picking import read_integer
 from apiguard.routes import serves_files
 from apiguard.store.base import Objects, Tally
@@ -64,17 +64,11 @@ class Bola:
         # `_YOUNG_SEEN_KEPT`): a young account another detector flags (rotation: one
         # account from a dozen networks) arms the alarm too (`young_flagged`)
         self._young_seen: OrderedDict[str, float] = OrderedDict()
-        # young accounts that read `_crowd_own` objects on a route within `window`,
-        # lately -> when they first did (in process, `_CROWD_WINDOW`; `_young_crowd`),
-        # how many joined in the clock's current window of that length, and their usual
-        # number per window
-        self._crowd: OrderedDict[str, float] = OrderedDict()
-        self._crowd_bucket = -1
-        self._crowd_joined = 0
-        self._crowd_fired = -math.inf  # (when it last flagged an account)
-        self._crowd_own = max(2, math.ceil(config.young_floor * _CROWD_OWN))
-        self.crowd = UsualLevel(
-            float(config.young_crowd), _CROWD_OVER_LEVEL, config.young_crowd * _CROWD_PLUS
+        # a harvest over fresh accounts each under the young floor (`young_crowd`)
+        self.crowd = YoungCrowd(
+            config.young_crowd,
+            max(2, math.ceil(config.young_floor * _CROWD_OWN)),
+            config.young_for,
         )
         self._routes: dict[str, _Route] = {}  # route template -> its keys and floor
         # a run shorter than this is no walk, whatever the scale (at least half the bar)
@@ -195,7 +189,15 @@ class Bola:
             if found is None:
                 born = _born(outcome)
                 if not born:
+                    if (
+                        ctx.vouched
+                        and 200 <= outcome.status < 300
+                        and _upper(ctx.scope.get("method")) in WRITES
+                    ):
+                        self.crowd.wrote(outcome.principal)  # (a newcomer's own)
                     return None
+                for key in born:
+                    self.crowd.born(key, outcome.now)
                 ops.extend(Tally(YOUNG + key, self.config.young_for) for key in born)
                 return self._birth(born, outcome)
             text, number = found
@@ -638,57 +640,24 @@ class Bola:
                     if is_young:  # (a slow harvest over fresh accounts arms the alarm)
                         evidence["young"] = 1
                         self._young_found(subject, outcome.now)
-            if is_young and not findings and op.count >= self._crowd_own:
-                findings = self._young_crowd(op, template, subject, banned, action, outcome.now)
+            if is_young and not findings and not route.public:
+                at_bar = self.crowd.read(subject, op.item, outcome.now)
+                if at_bar is not None:  # (a member of a crowd at its bar)
+                    objects, crowd_bar = at_bar
+                    level = self.crowd.level.level
+                    evidence = {
+                        "route": template,
+                        "objects": round(op.count),
+                        "young_objects": objects,
+                        "threshold": round(crowd_bar, 1),
+                        "baseline": round(level, 1) if level is not None else -1,
+                        "young": 1,
+                    }
+                    self._young_found(subject, outcome.now)
+                    findings = [Finding(_CROWD, banned, action, self.enforce, evidence)]
             return findings
 
         return judge
-
-    def _young_crowd(
-        self, op: Objects, template: str, subject: str, banned: str, action: str, now: float
-    ) -> list[Finding]:
-        """A young account read `_crowd_own` objects on a route in `window`: it joins the
-        crowd of such accounts (for `_CROWD_WINDOW`), flagged (and the young-account
-        alarm armed) while that crowd is at its bar: `young_crowd`, or twice its usual
-        size plus half that. A harvest spread over fresh accounts, each under the young
-        floor, reads far more per account than a newcomer reading back what it just
-        made; together they are many."""
-        crowd = self._crowd
-        joined = crowd.get(subject)
-        if joined is None or now - joined > _CROWD_WINDOW:
-            if joined is not None:
-                del crowd[subject]
-            elif len(crowd) >= _CROWD_KEPT:
-                crowd.popitem(last=False)
-            crowd[subject] = now
-            bucket = int(now // _CROWD_WINDOW)
-            if bucket != self._crowd_bucket:
-                self._crowd_bucket, self._crowd_joined = bucket, 0
-            self._crowd_joined += 1
-        while crowd:  # (the oldest first: drop who left the window)
-            first, at = next(iter(crowd.items()))
-            if now - at <= _CROWD_WINDOW:
-                break
-            del crowd[first]
-        level = self.crowd
-        level.learn(self._crowd_joined, self._crowd_bucket)
-        bar = level.bar()
-        if now - self._crowd_fired <= self.config.young_for:
-            bar = max(2.0, bar * 0.5)  # (a harvest again, after the alarm it armed ended)
-        if not self.config.young_crowd or len(crowd) < bar:
-            return []
-        self._crowd_fired = now
-        level.spoil()  # (a harvest's hour teaches nothing of the usual crowd)
-        evidence: dict[str, float | int | str] = {
-            "route": template,
-            "objects": round(op.count),
-            "young_accounts": len(crowd),
-            "threshold": round(bar, 1),
-            "baseline": round(level.level, 1) if level.level is not None else -1,
-            "young": 1,
-        }
-        self._young_found(subject, now)
-        return [Finding(f"{self.name}.young_crowd", banned, action, self.enforce, evidence)]
 
     def _found(
         self,
@@ -857,13 +826,10 @@ def _query_ids(scope: Mapping[str, Any], names: frozenset[str]) -> Iterator[tupl
 YOUNG = "young:"  # detector-table prefix of an account born in a sign-up
 _YOUNG_KEPT = 64  # flagged young accounts remembered for the alarm
 _YOUNG_SEEN_KEPT = 65_536  # accounts remembered as young (`Bola._young_seen`, the latest)
-# the crowd of young accounts that each read this share of the young floor's objects on
-# a route within `window` (at least 2) over the last `_CROWD_WINDOW` (`Bola._young_crowd`)
-_CROWD_OWN = 0.4
-_CROWD_WINDOW = 3600.0
-_CROWD_KEPT = 65_536
-_CROWD_OVER_LEVEL = 2.0  # its bar: this many times its usual size, plus `_CROWD_PLUS`
-_CROWD_PLUS = 0.5  # (of `young_crowd`)
+# a young account reading this share of `young_floor` more objects than it wrote (at
+# least 2) is a member of the crowd (`apiguard.detectors.young_crowd`)
+_CROWD_OWN = 0.3
+_CROWD = "bola.young_crowd"
 
 
 def _subject(outcome: Outcome) -> tuple[str, bool, str]:

@@ -24,12 +24,40 @@ FIRST = 3
 class UsualLevel:
     """The usual level of a count per whole window of the clock, and the bar over it."""
 
-    __slots__ = ("_bucket", "_peak", "_samples", "_whole", "base", "level", "over", "plus")
+    __slots__ = (
+        "_bucket",
+        "_peak",
+        "_samples",
+        "_whole",
+        "base",
+        "cap",
+        "gaps",
+        "level",
+        "over",
+        "plus",
+        "share",
+    )
 
-    def __init__(self, base: float, over: float, plus: float) -> None:
+    def __init__(
+        self,
+        base: float,
+        over: float,
+        plus: float,
+        cap: float | None = None,
+        gaps: bool = False,
+        share: float = 1.0,
+    ) -> None:
         self.base = base
         self.over = over
         self.plus = plus
+        self.cap = cap  # (the level never above it)
+        # whether whole windows with no call to `learn` were quiet (count 0): a count
+        # learned where every event is seen; not where it is seen only when it happens
+        self.gaps = gaps
+        # a window's sample is at most this share of the bar in force when it ends: with
+        # 1, a count held just under the bar for half the recent windows lifts the bar to
+        # `over` times itself; with 0.5, by half of `plus` at most
+        self.share = share
         self.level: float | None = None  # (None: not learned yet)
         self._samples: deque[float] = deque(maxlen=SAMPLES)
         self._peak = 0.0
@@ -59,15 +87,24 @@ class UsualLevel:
             self._bucket = bucket
             whole, self._whole = self._whole, True
             peak, self._peak = self._peak, 0.0
-            if not whole:
-                return  # (the process began within it: a part of a window)
-            samples = self._samples
-            samples.append(min(peak, self.bar()))
-            if len(samples) >= FIRST:
-                recent = list(samples)[-RECENT:]
-                self.level = float(max(median_low(samples), median_low(recent)))
-            else:  # (a burst in the first windows teaches nothing)
-                calm = [sample for sample in samples if sample < self.base]
-                self.level = min(calm) if calm else None
+            if whole:  # (else the process began within it, or it was spoilt)
+                self._teach(min(peak, self.bar() * self.share))
+            if self.gaps and bucket > current:  # (quiet windows in between)
+                for _ in range(min(bucket - current - 1, SAMPLES)):
+                    self._teach(0.0)
         if count > self._peak:
             self._peak = count
+
+    def _teach(self, sample: float) -> None:
+        samples = self._samples
+        samples.append(sample)
+        if len(samples) >= FIRST:
+            recent = list(samples)[-RECENT:]
+            level: float | None = float(max(median_low(samples), median_low(recent)))
+        else:  # (a burst in the first windows teaches nothing)
+            calm = [sample for sample in samples if sample < self.base]
+            level = min(calm) if calm else None
+        cap = self.cap
+        if cap is not None and level is not None and level > cap:
+            level = cap
+        self.level = level
