@@ -243,6 +243,10 @@ def _scenario(
     return tally
 
 
+def _bola_of(guard: Guard) -> Any:
+    return next(d for d in guard.engine.detectors if d.name == "bola")
+
+
 def _guard(store: Any = None) -> tuple[Guard, FakeClock]:
     clock = FakeClock(START)
     config = {"secret": "young-crowd-test-secret"}
@@ -266,11 +270,84 @@ def test_a_harvest_under_the_young_floor_is_held_and_newcomers_beside_it_are_ser
         harvest=(0.5, 2.0, reads),
     )
     # 135-225 throwaway accounts over 90 minutes: without the crowd, every read is a leak
+    # (a third of them create a note first: one foreign note each under the alarm)
     assert tally.harvest_accounts >= 100, tally
-    assert tally.leaked <= 15 * reads, tally
-    # newcomers beside it: asked at most once each, and then served
+    assert tally.leaked <= 130, tally
+    # newcomers beside it, reading back what they wrote: not asked under the alarm
     assert tally.honest_refused == [], tally.honest_refused
+    assert tally.honest_challenged <= 3, tally
     assert tally.honest_reads >= 150, tally
+
+
+def test_under_the_alarm_cookieless_newcomers_reading_what_they_made_are_served() -> None:
+    """Phones that keep no cookie, a new carrier address on every request, cannot keep a
+    pass: under the young-account alarm, a newcomer reading back the notes it created is
+    not asked (a request for an object it read before, or while it read fewer than it
+    created)."""
+    guard, clock = _guard()
+    driver = AsgiDriver(notes_app(guard, False))
+    rng = random.Random(3)
+    tally = Tally()
+
+    async def scenario() -> list[int]:
+        for n in range(12):  # (a harvest arms the alarm)
+            clock.advance(30)
+            bot = Client(driver, _random_browser(rng), public_ip(rng), jar=None)
+            if (await bot.signup(f"h{n}")).status != 201:
+                continue
+            for _ in range(9):
+                clock.advance(rng.uniform(4, 12))
+                if (await bot.send("GET", f"/notes/{rng.randrange(1, 3000)}")).status != 200:
+                    break
+                tally.leaked += 1
+        statuses = []
+        for n in range(20):
+            clock.advance(60)
+            phone = Client(driver, BROWSERS[n % 4], f"37.140.{n}.{rng.randrange(9, 250)}", None)
+            assert (await phone.signup(f"p{n}")).status == 201
+            mine = []
+            for _ in range(rng.randint(1, 3)):
+                clock.advance(rng.uniform(20, 90))
+                resp = await phone.send("POST", "/notes", ip=f"37.140.{rng.randrange(40)}.9")
+                mine.append(resp.json()["id"])
+                for note in (mine[-1], rng.choice(mine)):
+                    clock.advance(rng.uniform(5, 30))
+                    ip = f"37.140.{rng.randrange(40)}.{rng.randrange(9, 250)}"
+                    statuses.append((await phone.send("GET", f"/notes/{note}", ip=ip)).status)
+        return statuses
+
+    statuses = run(scenario())
+    assert guard.engine.detectors and _bola_of(guard).crowd.fired, tally
+    assert tally.leaked <= 60, tally
+    assert statuses and set(statuses) == {200}, statuses
+
+
+def test_a_harvest_creating_a_note_per_read_gets_one_foreign_note_per_note() -> None:
+    """Under the alarm, a throwaway account that creates notes to pass for a newcomer
+    reads one foreign note per note it created, no more."""
+    guard, clock = _guard()
+    driver = AsgiDriver(notes_app(guard, False))
+    rng = random.Random(4)
+
+    async def scenario() -> tuple[int, int]:
+        leaked = created = 0
+        for n in range(40):
+            clock.advance(30)
+            bot = Client(driver, _random_browser(rng), public_ip(rng), jar=None)
+            if (await bot.signup(f"h{n}")).status != 201:
+                continue
+            for _ in range(9):
+                clock.advance(rng.uniform(4, 12))
+                if n >= 12:  # (once the alarm is armed: a note made per foreign read)
+                    created += (await bot.send("POST", "/notes")).status == 201
+                    clock.advance(rng.uniform(4, 12))
+                if (await bot.send("GET", f"/notes/{rng.randrange(1, 3000)}")).status != 200:
+                    break
+                leaked += 1 if n >= 12 else 0
+        return leaked, created
+
+    leaked, created = run(scenario())
+    assert created >= 20 and leaked <= created, (leaked, created)
 
 
 def test_a_harvest_under_the_young_floor_is_held_on_redis(redis_url: str) -> None:
@@ -286,7 +363,7 @@ def test_a_harvest_under_the_young_floor_is_held_on_redis(redis_url: str) -> Non
         harvest=(0.25, 1.5, 9),
     )
     assert tally.harvest_accounts >= 100, tally
-    assert tally.leaked <= 15 * 9, tally
+    assert tally.leaked <= 180, tally  # (of 1,300-1,400 without the crowd)
     assert tally.honest_refused == [], tally.honest_refused
 
 

@@ -34,12 +34,13 @@ from apiguard.detectors.base import (
     LoginAttempt,
     Outcome,
 )
-from apiguard.detectors.bola import Bola, names_object
+from apiguard.detectors.bola import YOUNG_ALARM, Bola, names_object
 from apiguard.detectors.flow_groups import BORN, GROUP, SURGE, FlowGroups
 from apiguard.detectors.known_clients import COOKIELESS, CookielessPasses
 from apiguard.detectors.rotation import Rotation, home_key, shaped_key
 from apiguard.detectors.scraping import Scraping
 from apiguard.detectors.unfinished import Unfinished, unfinished_key
+from apiguard.detectors.young_crowd import object_key
 from apiguard.login import (
     PASS_COOKIE,
     cookie,
@@ -1249,7 +1250,16 @@ class Engine:
         if ban is None:
             return False
         if ban.action == "challenge":
-            return unheld
+            if unheld:
+                return True
+            bola = self._bola
+            # (the young-account alarm's challenge of a newcomer reading back what it made)
+            if ban.reason != YOUNG_ALARM or bola is None:
+                return False
+            scope = ctx.scope
+            return bola.crowd.reads_its_own(
+                key, object_key(route_template(scope), scope.get("path_params"))
+            )
         return self._excused(ctx, ban, now)
 
     def _excused(self, ctx: RequestContext, ban: Ban, now: float) -> bool:

@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl
 from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome, shared_factor
 from apiguard.detectors.flow_groups import born_accounts as _born
 from apiguard.detectors.population import Population, Populations
-from apiguard.detectors.young_crowd import YoungCrowd
+from apiguard.detectors.young_crowd import YoungCrowd, object_key
 from apiguard.picking import read_integer
 from apiguard.routes import serves_files
 from apiguard.store.base import Objects, Tally
@@ -122,8 +122,10 @@ class Bola:
         }
 
         def judge() -> list[Finding]:
-            name = f"{self.name}.young"
-            return [Finding(name, key, cfg.person_action, self.enforce, evidence) for key in born]
+            return [
+                Finding(YOUNG_ALARM, key, cfg.person_action, self.enforce, evidence)
+                for key in born
+            ]
 
         return judge
 
@@ -189,12 +191,8 @@ class Bola:
             if found is None:
                 born = _born(outcome)
                 if not born:
-                    if (
-                        ctx.vouched
-                        and 200 <= outcome.status < 300
-                        and _upper(ctx.scope.get("method")) in WRITES
-                    ):
-                        self.crowd.wrote(outcome.principal)  # (a newcomer's own)
+                    if outcome.status == 201 and ctx.vouched and ctx.login is None:
+                        self.crowd.wrote(outcome.principal)  # (a newcomer made its own)
                     return None
                 for key in born:
                     self.crowd.born(key, outcome.now)
@@ -641,7 +639,8 @@ class Bola:
                         evidence["young"] = 1
                         self._young_found(subject, outcome.now)
             if is_young and not findings and not route.public:
-                at_bar = self.crowd.read(subject, op.item, outcome.now)
+                key = object_key(template, ctx.scope.get("path_params"))
+                at_bar = self.crowd.read(subject, op.item, key, outcome.now)
                 if at_bar is not None:  # (a member of a crowd at its bar)
                     objects, crowd_bar = at_bar
                     level = self.crowd.level.level
@@ -830,6 +829,7 @@ _YOUNG_SEEN_KEPT = 65_536  # accounts remembered as young (`Bola._young_seen`, t
 # least 2) is a member of the crowd (`apiguard.detectors.young_crowd`)
 _CROWD_OWN = 0.3
 _CROWD = "bola.young_crowd"
+YOUNG_ALARM = "bola.young"  # a newcomer's finding at sign-up while the alarm is armed
 
 
 def _subject(outcome: Outcome) -> tuple[str, bool, str]:
