@@ -16,33 +16,19 @@ from typing import Annotated, Any
 
 import pytest
 import redis.asyncio
-from fastapi import Depends, FastAPI, Header, HTTPException
-from pydantic import BaseModel
+from fastapi import Depends, FastAPI, HTTPException
 
 from apiguard import Guard, identify
 from apiguard.asgi import GuardMiddleware
 from apiguard.simulate.clock import FakeClock
 from apiguard.simulate.driver import AsgiDriver
 from apiguard.store.redis import RedisStore
-from detection_support import BROWSERS, Client, is_challenge, public_ip
+from detection_support import BROWSERS, Client, Credentials, current_user, is_challenge, public_ip
 from detection_support import run_quietly as run
 
 START = 3_000_000.0
 OLD_USERS = 300
 NOTES_EACH = 10
-
-
-class SignUp(BaseModel):
-    username: str
-    password: str
-
-
-def current_user(authorization: Annotated[str | None, Header()] = None) -> int:
-    if not authorization or not authorization.startswith("Bearer tok-"):
-        raise HTTPException(401)
-    user = int(authorization.removeprefix("Bearer tok-"))
-    identify(user)
-    return user
 
 
 def notes_app(guard: Guard, signup_flow: bool) -> FastAPI:
@@ -51,7 +37,7 @@ def notes_app(guard: Guard, signup_flow: bool) -> FastAPI:
     owners = {n: 1 + (n - 1) // NOTES_EACH for n in range(1, OLD_USERS * NOTES_EACH + 1)}
     users: list[int] = []
 
-    async def signup(body: SignUp) -> dict[str, str]:
+    async def signup(body: Credentials) -> dict[str, str]:
         user = 10_000 + len(users)
         users.append(user)
         if signup_flow:
@@ -226,7 +212,15 @@ def _scenario(
             steps = _harvester(client, random.Random(rng.random()), reads, tally)
             actors.append((t, len(actors), steps))
 
-    async def drive() -> None:
+    drive(clock, actors)
+    return tally
+
+
+def drive(clock: FakeClock, actors: list[tuple[float, int, Any]]) -> None:
+    """Each actor's steps (an async generator yielding the seconds to its next step),
+    started at its time and interleaved in time order."""
+
+    async def steps_in_order() -> None:
         queue = sorted(actors, key=lambda item: item[:2])
         while queue:
             at, n, steps = queue.pop(0)
@@ -239,8 +233,7 @@ def _scenario(
             queue.append((at + wait, n, steps))
             queue.sort(key=lambda item: item[:2])
 
-    run(drive())
-    return tally
+    run(steps_in_order())
 
 
 def _bola_of(guard: Guard) -> Any:

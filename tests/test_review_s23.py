@@ -26,6 +26,7 @@ from test_bola_young_crowd import (
     _random_browser,
     _scenario,
     current_user,
+    drive,
     notes_app,
 )
 
@@ -61,26 +62,6 @@ class Tally:
     people_refused: int = 0
     reads: int = 0
     detectors: list[str] = field(default_factory=list)
-
-
-def _drive(clock: FakeClock, actors: list[tuple[float, int, Any]]) -> None:
-    """Each actor's steps, interleaved in time order (an actor yields the seconds to its
-    next step)."""
-
-    async def drive() -> None:
-        queue = sorted(actors, key=lambda item: item[:2])
-        while queue:
-            at, n, steps = queue.pop(0)
-            if at > clock():
-                clock.advance(at - clock())
-            try:
-                wait = await steps.__anext__()
-            except StopAsyncIteration:
-                continue
-            queue.append((at + wait, n, steps))
-            queue.sort(key=lambda item: item[:2])
-
-    run(drive())
 
 
 async def _harvester(
@@ -187,7 +168,7 @@ def _run_harvest(
     tally = Tally()
     actors: list[tuple[float, int, Any]] = []
     _harvest(driver, rng, tally, actors, 0, minutes * 60, every, paths, **kw)
-    _drive(clock, actors)
+    drive(clock, actors)
     return tally, guard
 
 
@@ -283,7 +264,7 @@ def _ramp(schedule: list[int], reads: int = 9) -> tuple[Tally, Guard]:
             client = Client(driver, _random_browser(rng), public_ip(rng), jar=None)
             steps = _harvester(client, random.Random(rng.random()), tally, _notes(rng, reads))
             actors.append((t, len(actors), steps))
-    _drive(clock, actors)
+    drive(clock, actors)
     return tally, guard
 
 
@@ -382,7 +363,7 @@ def test_newcomers_browsing_a_public_catalogue_are_not_asked() -> None:
         paths = [f"/products/{rng.randrange(1, 500)}" for _ in range(rng.randint(5, 12))]
         steps = _person(client, random.Random(rng.random()), tally, paths, gaps=(10.0, 40.0))
         actors.append((t, len(actors), steps))
-    _drive(clock, actors)
+    drive(clock, actors)
     assert _bola(guard)._routes["/products/{product_id}"].public
     assert tally.people >= 25 and tally.reads >= 200, tally
     assert tally.people_asked == 0, tally
@@ -408,13 +389,13 @@ def _class(
         clients.append(client)
         steps = _person(client, random.Random(rng.random()), tally, shared, passes=passes)
         actors.append((START + rng.uniform(0, 1200), len(actors), steps))
-    _drive(clock, actors)
+    drive(clock, actors)
     actors = []
     for i in range(later):
         client = Client(driver, rng.choice(BROWSERS), public_ip(rng), jar={})
         steps = _person(client, random.Random(rng.random()), late, shared[:1], passes=passes)
         actors.append((START + 1800 + 60 * i, len(actors), steps))
-    _drive(clock, actors)
+    drive(clock, actors)
     return tally, late, clients, driver
 
 
@@ -502,7 +483,7 @@ def _team_after(harvest: bool) -> tuple[Guard, Tally, Tally]:
         client = Client(driver, rng.choice(BROWSERS), public_ip(rng), jar={})
         steps = _person(client, random.Random(rng.random()), later, shared[:1], passes=False)
         actors.append((START + 6 * 3600 + 1800 + 180 * i, len(actors), steps))
-    _drive(clock, actors)
+    drive(clock, actors)
     return guard, team, later
 
 
@@ -537,7 +518,7 @@ def test_a_clock_stepped_back_does_not_keep_crowd_members_past_an_hour() -> None
     tally = Tally()
     actors: list[tuple[float, int, Any]] = []
     _harvest(driver, rng, tally, actors, 0, 545, (55.0, 65.0), lambda r: _notes(r, 5))
-    _drive(clock, actors)
+    drive(clock, actors)
     bola = _bola(guard)
     assert len(bola.crowd._objects) >= 40 and not bola.crowd.fired, len(bola.crowd._objects)
     clock._now -= 7200  # (FakeClock never goes back: the system clock may)
@@ -553,7 +534,7 @@ def test_a_clock_stepped_back_does_not_keep_crowd_members_past_an_hour() -> None
         (10.0, 20.0),
         lambda r: _notes(r, 5),
     )
-    _drive(clock, actors)
+    drive(clock, actors)
     crowd = bola.crowd._objects
     assert len(crowd) <= 15 and not bola.crowd.fired, len(crowd)
 
@@ -568,7 +549,7 @@ def test_control_young_crowd_zero_is_really_off() -> None:
     tally = Tally()
     actors: list[tuple[float, int, Any]] = []
     _harvest(driver, rng, tally, actors, 0, 4500, (20.0, 40.0), lambda r: _notes(r, 9))
-    _drive(clock, actors)
+    drive(clock, actors)
     assert tally.leaked == 9 * tally.accounts and tally.accounts >= 140, tally
     assert len(_bola(guard)._young_flags) == 0
 
@@ -582,7 +563,7 @@ def test_young_crowd_zero_keeps_no_crowd() -> None:
     rng = random.Random(5)
     actors: list[tuple[float, int, Any]] = []
     _harvest(driver, rng, Tally(), actors, 0, 4500, (20.0, 40.0), lambda r: _notes(r, 9))
-    _drive(clock, actors)
+    drive(clock, actors)
     crowd = _bola(guard).crowd
     assert len(crowd._readers) == 0 and len(crowd._objects) == 0, len(crowd._readers)
 
