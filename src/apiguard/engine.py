@@ -40,7 +40,6 @@ from apiguard.detectors.known_clients import COOKIELESS, CookielessPasses
 from apiguard.detectors.rotation import Rotation, home_key, shaped_key
 from apiguard.detectors.scraping import Scraping
 from apiguard.detectors.unfinished import Unfinished, unfinished_key
-from apiguard.detectors.young_crowd import object_key
 from apiguard.login import (
     PASS_COOKIE,
     cookie,
@@ -1250,16 +1249,7 @@ class Engine:
         if ban is None:
             return False
         if ban.action == "challenge":
-            if unheld:
-                return True
-            bola = self._bola
-            # (the young-account alarm's challenge of a newcomer reading back what it made)
-            if ban.reason != YOUNG_ALARM or bola is None:
-                return False
-            scope = ctx.scope
-            return bola.crowd.reads_its_own(
-                key, object_key(route_template(scope), scope.get("path_params"))
-            )
+            return unheld
         return self._excused(ctx, ban, now)
 
     def _excused(self, ctx: RequestContext, ban: Ban, now: float) -> bool:
@@ -2162,7 +2152,8 @@ class Engine:
         if challenge:
             seconds = max(seconds, self.config.detection.challenge_hold)  # until passed
         ban = Ban(key, now + seconds, level, finding.owner, finding.action, finding.detector)
-        self._levels[key] = (level, ban.until)
+        if finding.detector != YOUNG_ALARM:  # (a newcomer asked during a harvest: no offence)
+            self._levels[key] = (level, ban.until)
         if challenge:
             starts = self._challenged_at
             if len(starts) >= IP_CACHE_MAX:

@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl
 from apiguard.detectors.base import EVERY_REQUEST, Finding, Judge, Outcome, shared_factor
 from apiguard.detectors.flow_groups import born_accounts as _born
 from apiguard.detectors.population import Population, Populations
-from apiguard.detectors.young_crowd import YoungCrowd, object_key
+from apiguard.detectors.young_crowd import YoungCrowd
 from apiguard.picking import read_integer
 from apiguard.routes import serves_files
 from apiguard.store.base import Objects, Tally
@@ -191,7 +191,12 @@ class Bola:
             if found is None:
                 born = _born(outcome)
                 if not born:
-                    if outcome.status == 201 and ctx.vouched and ctx.login is None:
+                    if (
+                        200 <= outcome.status < 300
+                        and ctx.vouched
+                        and ctx.login is None
+                        and _upper(ctx.scope.get("method")) in CREATES
+                    ):
                         self.crowd.wrote(outcome.principal)  # (a newcomer made its own)
                     return None
                 for key in born:
@@ -639,8 +644,7 @@ class Bola:
                         evidence["young"] = 1
                         self._young_found(subject, outcome.now)
             if is_young and not findings and not route.public:
-                key = object_key(template, ctx.scope.get("path_params"))
-                at_bar = self.crowd.read(subject, op.item, key, outcome.now)
+                at_bar = self.crowd.read(subject, op.item, outcome.now)
                 if at_bar is not None:  # (a member of a crowd at its bar)
                     objects, crowd_bar = at_bar
                     level = self.crowd.level.level
@@ -802,6 +806,7 @@ SUSTAINED = "bolas:"  # detector-table prefix of a principal's objects over `sus
 _SUSTAINED_FROM = 0.25  # of the bar in `window`: from there on, objects count for it too
 _SUSTAINED_MIN = 4.0  # (and from this many at most)
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})  # methods that change an object
+CREATES = frozenset({"POST", "PUT", "PATCH"})  # (and those that may make one)
 WRITES_KEY = "bolaw:"  # detector-table prefix of an anonymous address's writes
 PUBLIC_WRITERS = 10  # networks writing `PUBLIC_WRITES` objects each that make a route public
 PUBLIC_WRITES = 3

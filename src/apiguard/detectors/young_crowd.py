@@ -6,8 +6,10 @@ others own. Per young account (in process, from its birth as this worker saw it,
 first object read as a young account), the distinct objects it read on watched routes
 (not a public catalogue, not a route with its own floor) and the writes the app answered
 it with a success: once it read `own` more objects than it wrote, it is a *member*, and
-every object a member reads joins the crowd's objects for `WINDOW`. Writes are
-responses 201 Created (a sign-up and a login aside). While those are at the
+every object a member reads joins the crowd's objects for `WINDOW`. Writes are POST,
+PUT and PATCH requests naming no object answered 2xx (a sign-up and a login aside): a
+creation answers 201 or 200 as the app chose. (A harvest that writes as much as it
+reads is no member: a known limit.) While those are at the
 bar (`base` distinct objects, or twice their usual number plus half `base`; the usual
 number learned per whole window of the clock, quiet windows included, at most `CAP`
 times `base`, see `apiguard.detectors.levels`), each member that reads is flagged. A
@@ -28,20 +30,11 @@ _OBJECTS_KEPT = 16  # a young account's distinct objects remembered (then it cou
 _CROWD_KEPT = 16_384  # the crowd's objects remembered (the latest)
 
 
-def object_key(template: str | None, params: object) -> int:
-    """What names a request's object at the checkpoint and after it alike: its route
-    template and path parameters."""
-    if isinstance(params, dict) and params:
-        return hash((template, *sorted((str(k), str(v)) for k, v in params.items())))
-    return hash((template,))
-
-
 class _Reader:
-    __slots__ = ("member", "objects", "seen", "until", "writes")
+    __slots__ = ("member", "objects", "until", "writes")
 
     def __init__(self, until: float) -> None:
         self.objects: set[int] = set()
-        self.seen: set[int] = set()  # (`object_key`s of what it read)
         self.writes = 0
         self.until = until  # (young until then)
         self.member = False
@@ -82,26 +75,15 @@ class YoungCrowd:
             self._reader(subject, now)
 
     def wrote(self, subject: str) -> None:
-        """The app answered `subject` 201 Created (if it is followed): it made an object
-        of its own (a search or a setting answered 200 is no creation)."""
+        """The app answered a write of `subject` that names no object with a success (if
+        it is followed): it made something of its own."""
         reader = self._readers.get(subject)
         if reader is not None:
             reader.writes += 1
 
-    def reads_its_own(self, subject: str, key: int) -> bool:
-        """Whether `subject` made objects and reads again one it read (`key`, its
-        `object_key`), or reads fewer distinct objects than it made (a newcomer reading
-        back what it created): the young-account alarm does not hold that request. A
-        harvest gets one foreign object per object it creates."""
-        reader = self._readers.get(subject)
-        if reader is None or not reader.writes:
-            return False
-        return key in reader.seen or len(reader.objects) < reader.writes
-
-    def read(self, subject: str, item: str, key: int, now: float) -> tuple[int, float] | None:
-        """Young account `subject` read object `item` (`key`: its `object_key`): (the
-        crowd's objects, the bar) when it is a member and the crowd is at the bar (flag
-        it), else None."""
+    def read(self, subject: str, item: str, now: float) -> tuple[int, float] | None:
+        """Young account `subject` read object `item`: (the crowd's objects, the bar)
+        when it is a member and the crowd is at the bar (flag it), else None."""
         if not self.base:
             return None
         reader = self._reader(subject, now)
@@ -109,7 +91,6 @@ class YoungCrowd:
         obj = hash(item)
         if len(objects) < _OBJECTS_KEPT:
             objects.add(obj)
-            reader.seen.add(key)
         if len(objects) - reader.writes < self.own:
             return None
         crowd = self._objects
