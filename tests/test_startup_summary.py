@@ -249,3 +249,23 @@ def test_a_single_process_is_not_warned_about_workers(
     app.add_middleware(GuardMiddleware, guard=Guard())
     TestClient(app).get("/")
     assert _workers_warnings(caplog) == []
+
+
+def test_the_summary_says_whether_people_asked_to_pass_a_challenge_can() -> None:
+    """A real-app trial: the young-account rules ask people to pass a challenge, and the
+    start-up line did not say whether the app has a route where they can."""
+    bare = Guard({"secret": "summary-challenge-secret"}).summary()
+    assert "challenge route: none declared (people the detectors bola" in bare, bare
+    declared = Guard(
+        {"secret": "summary-challenge-secret", "detection": {"challenge_path": "/challenge"}}
+    ).summary()
+    assert "challenge route: /challenge" in declared, declared
+    blocking = Guard(
+        {
+            "secret": "summary-challenge-secret",
+            "detection": {
+                name: {"person_action": "block"} for name in ("bola", "recon", "flow_groups")
+            },
+        }
+    ).summary()
+    assert "challenge route: none" not in blocking, blocking

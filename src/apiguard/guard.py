@@ -1055,6 +1055,18 @@ class Guard:
                 or "none"
             )
         )
+        asks = [d.name for d in found if d.enforce and _asks_people(d)]
+        if asks:
+            path = self.engine.challenge_path
+            parts.append(
+                f"challenge route: {path}"
+                if path is not None
+                else "challenge route: none declared (people the detectors "
+                + ", ".join(asks)
+                + " ask to pass a challenge are refused until it ends: declare "
+                "detection.challenge_path and call guard.challenge_passed() there, or set "
+                "their person_action to 'throttle' or 'block')"
+            )
         if any(d.name == "scraping" and d.enforce for d in found) and (
             self.engine.challenge_path is None
         ):
@@ -1210,6 +1222,12 @@ def _describe(rule: Rule, default_mode: str, with_per: bool = True) -> str:
         + (f" {rule.mode}" if rule.mode is not None and rule.mode != default_mode else "")
         + finished
     )
+
+
+def _asks_people(detector: object) -> bool:
+    """Whether `detector` challenges people (its `person_action`, where it has one)."""
+    config = getattr(detector, "config", None)
+    return getattr(config, "person_action", None) == "challenge"
 
 
 def _route_label(entry: RouteEntry) -> str:
