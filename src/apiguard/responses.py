@@ -49,15 +49,15 @@ def ratelimit_fields(verdicts: Sequence[Verdict]) -> list[tuple[str, str]]:
     for v in verdicts:
         if v.enforced:
             policies.append(v.policy.item)
-            states.append(_state(v))
+            states.append(_state(v, v.remaining).decode("latin-1"))
     if not policies:
         return []
     return [("ratelimit-policy", ", ".join(policies)), ("ratelimit", ", ".join(states))]
 
 
-def _state(v: Verdict) -> str:
-    t = v.reset if v.fits else v.retry_after
-    return ratelimit_state(v.policy, v.remaining, t).decode("latin-1")
+def _state(v: Verdict, remaining: int) -> bytes:
+    """`v`'s encoded `RateLimit` item with `remaining` units left."""
+    return ratelimit_state(v.policy, remaining, v.reset if v.fits else v.retry_after)
 
 
 def ratelimit_state(policy: Policy, remaining: int, t: float) -> bytes:
@@ -89,8 +89,7 @@ def tightest_ratelimit(
                 best, best_share, best_remaining = v, share, remaining
     if best is None:
         return None
-    t = best.reset if best.fits else best.retry_after
-    return best.policy.item_bytes, ratelimit_state(best.policy, best_remaining, t)
+    return best.policy.item_bytes, _state(best, best_remaining)
 
 
 def block_response(
