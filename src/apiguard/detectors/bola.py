@@ -279,6 +279,14 @@ class Bola:
         # the app answers 500 is still a walk, and a retry of one object during an outage
         # adds no distinct object
         error = 403 <= status <= 404
+        if (
+            number is not None
+            and number > route.highest
+            and 200 <= status < 300
+            and _upper(ctx.method) == "GET"
+        ):  # (the young crowd's marks of what existed)
+            route.highest = number
+            self.crowd.highest(template, number, outcome.now)
         principal = outcome.principal
         if not ctx.vouched and not ctx.has_cookie and principal == ctx.ip_key:
             # an anonymous address: counted, and flagged for a walk or its errors, or for
@@ -644,7 +652,7 @@ class Bola:
                         evidence["young"] = 1
                         self._young_found(subject, outcome.now)
             if is_young and not findings and not route.public:
-                at_bar = self.crowd.read(subject, op.item, outcome.now)
+                at_bar = self.crowd.read(subject, op.item, outcome.now, template, op.value)
                 if at_bar is not None:  # (a member of a crowd at its bar)
                     objects, crowd_bar = at_bar
                     level = self.crowd.level.level
@@ -724,6 +732,7 @@ class _Route:
         "_seen",
         "_writers",
         "floor",
+        "highest",
         "item",
         "key",
         "name",
@@ -740,6 +749,7 @@ class _Route:
         self.name = ""  # the route's one path parameter, once seen
         self.named = self.item
         self.floor = floor
+        self.highest = -1  # the highest integer id a GET was answered 2xx for
         # it answered anonymous GETs for `PUBLIC_AFTER` distinct objects from as many
         # distinct addresses 2xx: its objects are public (a catalogue), so reading many
         # is no sign of a harvest of what others own
