@@ -92,3 +92,56 @@ def test_a_campus_nat_at_a_deadline_minute_is_served() -> None:
 def test_control_half_the_campus_in_that_minute_is_served() -> None:
     served, refused = _deadline(150, 10, 60)
     assert refused == 0, (served, refused)
+
+
+# --- 2. Throwaway accounts whose sign-up carries a junk cookie are never young ----------
+
+
+def _harvest_with_cookie(cookie: dict[str, str] | None, accounts: int, reads: int) -> int:
+    """An app that identifies the new user in its sign-up flow (as `build_app`, without
+    `account_created()`, as the README's young-account rules allow), 20 old users reading
+    their orders, then `accounts` throwaway accounts (one every 20-40 s, each its own
+    residential address and browser) signing up with `cookie` and reading `reads`
+    random foreign orders 2-6 s apart, stopping when refused. Returns orders read."""
+    from test_bola_young_crowd import _random_browser
+
+    guard, clock, driver = _shop({"detection": {"challenge_path": "/challenge"}})
+    rng = random.Random(3)
+    leaked = 0
+
+    async def main() -> None:
+        nonlocal leaked
+        for u in range(20):
+            c = Client(driver, BROWSERS[u % 4], public_ip(rng), jar={})
+            await c.login(u)
+            for o in orders_of(u)[: rng.randint(2, 8)]:
+                clock.advance(1)
+                await c.send("GET", f"/orders/{o}")
+        for a in range(accounts):
+            clock.advance(rng.uniform(20, 40))
+            c = Client(driver, _random_browser(rng), public_ip(rng), jar=dict(cookie or {}))
+            resp = await c.send("POST", "/signup", {"username": f"h{a}", "password": "pw"})
+            if resp.status != 201:
+                continue
+            c.token = resp.json()["token"]
+            for _ in range(reads):
+                clock.advance(rng.uniform(2, 6))
+                if (await c.send("GET", f"/orders/{rng.randrange(1, 3600)}")).status != 200:
+                    break
+                leaked += 1
+
+    run(main())
+    return leaked
+
+
+def test_control_fresh_accounts_without_a_cookie_are_held_at_the_young_floor() -> None:
+    assert _harvest_with_cookie(None, 18, 29) <= 20
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="18 throwaway accounts, each sign-up sending Cookie: consent=yes: 522 of 522 "
+    "foreign orders read (10 without the cookie): a sign-up with any cookie is no birth",
+)
+def test_fresh_accounts_whose_sign_up_sends_a_junk_cookie_are_young() -> None:
+    assert _harvest_with_cookie({"consent": "yes"}, 18, 29) <= 60
