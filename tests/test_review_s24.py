@@ -12,7 +12,7 @@ import random
 from typing import Any
 
 import pytest
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, Header, HTTPException
 
 from apiguard import Guard
 from apiguard.asgi import GuardMiddleware
@@ -203,3 +203,83 @@ def test_control_ten_students_at_once_are_served() -> None:
 def test_a_lecture_hall_logging_in_at_once_behind_a_known_nat_is_served() -> None:
     answers = _hall(20, 40)
     assert [a for a in answers if a[0] != 200] == []
+
+
+# --- 4. A signed-in user's token sent to a catalogue route that does not identify -------
+
+
+def _catalogue_app(guard: Guard, clock: FakeClock) -> FastAPI:
+    """A shop whose SPA sends the user's bearer token on every call (an axios
+    interceptor): `/me` and `/refresh` identify the user (`jwt-<user>-<n>`), the public
+    catalogue `/products/{product_id}` needs no sign-in and identifies nobody."""
+    from apiguard import identify
+
+    app = FastAPI()
+    app.add_middleware(GuardMiddleware, guard=guard)
+
+    def user_of(authorization: str | None) -> int:
+        if not authorization or not authorization.startswith("Bearer jwt-"):
+            raise HTTPException(401)
+        user = int(authorization.split("-")[1])
+        identify(user)
+        return user
+
+    @app.post("/refresh")
+    async def refresh(authorization: str | None = Header(None)) -> dict[str, str]:
+        return {"token": f"jwt-{user_of(authorization)}-{clock()}"}
+
+    @app.get("/me")
+    async def me(authorization: str | None = Header(None)) -> dict[str, int]:
+        return {"user": user_of(authorization)}
+
+    @app.get("/products/{product_id}")
+    async def product(product_id: int) -> dict[str, int]:
+        return {"id": product_id}
+
+    return app
+
+
+def _browse_signed_in(send_token: bool) -> tuple[int, int]:
+    """A signed-in person (its token vouched at `/me`) browsing the public catalogue,
+    one product every 1-2.5 min for 2.5 hours, their SPA sending the token or not.
+    Returns (products read, refused)."""
+    clock = FakeClock(START)
+    guard = Guard({"secret": SECRET, "detection": {"challenge_path": "/challenge"}}, clock=clock)
+    driver = AsgiDriver(_catalogue_app(guard, clock))
+    rng = random.Random(5)
+
+    async def main() -> tuple[int, int]:
+        for k in range(3):  # (outside anonymous readers: the catalogue is public)
+            await Client(driver, BROWSERS[0], f"81.2.{k}.9", jar=None).send(
+                "GET", f"/products/{k + 1}"
+            )
+        person = Client(driver, BROWSERS[1], "81.9.9.9", jar={}, token="jwt-7-0")
+        assert (await person.send("GET", "/me")).status == 200
+        if not send_token:
+            person.token = None
+        read = refused = 0
+        for _ in range(90):
+            clock.advance(rng.uniform(60, 150))
+            resp = await person.send("GET", f"/products/{rng.randrange(1, 500)}")
+            if resp.status == 200:
+                read += 1
+            else:
+                refused += 1
+        return read, refused
+
+    return run(main())
+
+
+def test_control_a_person_browsing_the_catalogue_without_the_token_is_served() -> None:
+    assert _browse_signed_in(False)[1] == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a signed-in person whose SPA sends its (vouched) token to a catalogue route "
+    "that does not identify: 21 of 90 reads refused 403 bola.sustained (first at the "
+    "54th, 96 min; the token is refused on /me too): bola._subject takes it for an API key",
+)
+def test_a_signed_in_person_browsing_the_catalogue_with_the_token_is_served() -> None:
+    read, refused = _browse_signed_in(True)
+    assert refused == 0, (read, refused)
