@@ -283,3 +283,59 @@ def test_control_a_person_browsing_the_catalogue_without_the_token_is_served() -
 def test_a_signed_in_person_browsing_the_catalogue_with_the_token_is_served() -> None:
     read, refused = _browse_signed_in(True)
     assert refused == 0, (read, refused)
+
+
+def _office_refreshing(people: int, minutes: int, ttl: float) -> tuple[int, int, int]:
+    """`people` colleagues behind one NAT, each with an access token of `ttl` s (refreshed
+    at `/refresh`, which identifies them), reading the catalogue (which does not
+    identify) with it, one read every 1-5 s among them. Returns (reads served, refused,
+    people refused)."""
+    clock = FakeClock(START)
+    # (BOLA off on the catalogue: this is about the credential count, not finding 4)
+    detection = {"challenge_path": "/challenge", "bola": {"routes": {"/products/{product_id}": 0}}}
+    guard = Guard({"secret": SECRET, "detection": detection}, clock=clock)
+    driver = AsgiDriver(_catalogue_app(guard, clock))
+    rng = random.Random(5)
+    clients = [Client(driver, BROWSERS[i % 4], NAT, jar={}) for i in range(people)]
+    due = [rng.uniform(0, ttl) for _ in range(people)]
+    for i, c in enumerate(clients):
+        c.token = f"jwt-{i}-0"
+
+    async def main() -> tuple[int, int, int]:
+        served = refused = 0
+        who: set[int] = set()
+        for i, c in enumerate(clients):  # (each signed in: its first token vouched)
+            assert (await c.send("GET", "/me")).status == 200
+        t = 0.0
+        while t < minutes * 60:
+            t += rng.uniform(1, 5)
+            clock.advance(START + t - clock())
+            i = rng.randrange(people)
+            c = clients[i]
+            if t >= due[i]:
+                c.token = (await c.send("POST", "/refresh")).json()["token"]
+                due[i] = t + ttl
+            resp = await c.send("GET", f"/products/{rng.randrange(1, 500)}")
+            if resp.status == 200:
+                served += 1
+            else:
+                refused += 1
+                who.add(i)
+        return served, refused, len(who)
+
+    return run(main())
+
+
+def test_control_an_office_with_hour_long_tokens_is_served() -> None:
+    assert _office_refreshing(20, 60, 3600)[1] == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="20 colleagues behind one NAT with 5-minute access tokens sent to a catalogue "
+    "route that does not identify: 544 of 1,193 reads refused 429 new-credentials-per-ip, "
+    "all 20 people (only 4 tokens per user an hour are vouched, engine._TOKENS_VOUCHED)",
+)
+def test_an_office_with_five_minute_access_tokens_is_served() -> None:
+    served, refused, people = _office_refreshing(20, 60, 300)
+    assert refused == 0, (served, refused, people)
