@@ -109,7 +109,7 @@ def _harvest_with_cookie(cookie: dict[str, str] | None, accounts: int, reads: in
     random foreign orders 2-6 s apart, stopping when refused. Returns orders read."""
     from test_bola_young_crowd import _random_browser
 
-    guard, clock, driver = _shop({"detection": {"challenge_path": "/challenge"}})
+    _, clock, driver = _shop({"detection": {"challenge_path": "/challenge"}})
     rng = random.Random(3)
     leaked = 0
 
@@ -304,7 +304,7 @@ def _office_refreshing(people: int, minutes: int, ttl: float) -> tuple[int, int,
     async def main() -> tuple[int, int, int]:
         served = refused = 0
         who: set[int] = set()
-        for i, c in enumerate(clients):  # (each signed in: its first token vouched)
+        for c in clients:  # (each signed in: its first token vouched)
             assert (await c.send("GET", "/me")).status == 200
         t = 0.0
         while t < minutes * 60:
@@ -428,8 +428,10 @@ def _consent_browsing(cookie: dict[str, str] | None) -> tuple[int, int]:
         mine = theirs = 0
         for _ in range(90):
             clock.advance(rng.uniform(10, 30))
-            mine += (await visitor.send("GET", f"/products/{rng.randrange(1, 500)}")).status != 200
-            theirs += (await colleague.send("GET", f"/products/{rng.randrange(1, 500)}")).status != 200
+            path = f"/products/{rng.randrange(1, 500)}"
+            mine += (await visitor.send("GET", path)).status != 200
+            path = f"/products/{rng.randrange(1, 500)}"
+            theirs += (await colleague.send("GET", path)).status != 200
         return mine, theirs
 
     return run(main())
