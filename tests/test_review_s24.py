@@ -267,7 +267,8 @@ def _browse_signed_in(send_token: bool) -> tuple[int, int]:
                 refused += 1
         return read, refused
 
-    return run(main())
+    found: tuple[int, int] = run(main())
+    return found
 
 
 def test_control_a_person_browsing_the_catalogue_without_the_token_is_served() -> None:
@@ -323,7 +324,8 @@ def _office_refreshing(people: int, minutes: int, ttl: float) -> tuple[int, int,
                 who.add(i)
         return served, refused, len(who)
 
-    return run(main())
+    found: tuple[int, int, int] = run(main())
+    return found
 
 
 def test_control_an_office_with_hour_long_tokens_is_served() -> None:
@@ -434,7 +436,8 @@ def _consent_browsing(cookie: dict[str, str] | None) -> tuple[int, int]:
             theirs += (await colleague.send("GET", path)).status != 200
         return mine, theirs
 
-    return run(main())
+    found: tuple[int, int] = run(main())
+    return found
 
 
 def test_control_an_anonymous_visitor_without_cookies_browses_the_catalogue() -> None:
@@ -503,7 +506,8 @@ def _family(per_carrier: int, seed: int) -> dict[str, int]:
                 refused[name] += 1
         return refused
 
-    return run(main())
+    found: dict[str, int] = run(main())
+    return found
 
 
 def test_control_a_family_on_carriers_of_four_16s_is_served() -> None:
@@ -576,7 +580,8 @@ def _link_shared_harvest(public_first: bool, accounts: int, reads: int) -> int:
                 leaked += 1
         return leaked
 
-    return run(main())
+    found: int = run(main())
+    return found
 
 
 def test_control_a_harvest_on_a_private_route_is_held() -> None:
