@@ -93,9 +93,14 @@ class RedisServer:
                 break  # it exited (port taken)
             try:
                 with socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    # (its own directory: not another test process's server that took
+                    # the port first, while this one is about to exit)
+                    s.sendall(b"CONFIG GET dir\r\n")
+                    answer = s.recv(4096)
+                    if os.path.realpath(self.dir).encode() in answer:
                         return self
+                    if answer.startswith(b"*"):
+                        break  # (someone else's)
             except OSError:
                 time.sleep(0.02)
         raise RuntimeError(f"redis-server did not start on port {self.port}")

@@ -288,9 +288,11 @@ class Bola:
             route.highest = number
             self.crowd.highest(template, number, outcome.now)
         principal = outcome.principal
-        if not ctx.vouched and not ctx.has_cookie and principal == ctx.ip_key:
+        if not ctx.vouched and principal == ctx.ip_key and (not ctx.has_cookie or route.public):
             # an anonymous address: counted, and flagged for a walk or its errors, or for
-            # the objects the app let it change (`_anonymous_write`)
+            # the objects the app let it change (`_anonymous_write`); on a public
+            # catalogue, one with a cookie but no credential too (a consent banner's
+            # cookie makes no session the app knows)
             wrote = None
             if 200 <= status < 400:
                 method = ctx.scope.get("method")
@@ -301,20 +303,7 @@ class Bola:
                         route.answered_anonymously(principal, item)
                 elif method in WRITES:
                     wrote = self._anonymous_write(outcome, ops, route, item)
-            walk_now = self.walk_now
-            found: Judge | None
-            if walk_now is not None and number is not None and not error:
-                # (an in-process store, an integer id, no error: the run's length is all
-                # that can flag it, and no `Objects` is made unless it does)
-                key = f"bola:{principal}{route.key}"
-                count, length, stride = walk_now(key, self._window, item, number, outcome.now)
-                if length < self._no_walk:
-                    return wrote  # (no walk: the write's judge, if any)
-                op = _walked(key, self._window, item, number, count, length, stride)
-                findings = self._address_found(op, outcome, route.public)
-                found = (lambda: findings) if findings else None
-            else:
-                found = self._address_objects(outcome, ops, route, item, number, error)
+            found = self._address_read(outcome, ops, route, item, number, error)
             if wrote is None or found is None:
                 return wrote or found
             return _either(found, wrote)
@@ -328,14 +317,17 @@ class Bola:
         found = self._principal_touch(
             outcome, ops, template, route, item, number, error, subject, banned
         )
-        if principal == ctx.ip_key and 200 <= status < 400 and _upper(ctx.method) in WRITES:
+        if principal == ctx.ip_key:
             # a cookie and no credential: a session, counted as one above, and its
-            # address's writes as an anonymous address's (a cookie made up per request,
-            # such as Django's CSRF cookie, which any client may set, makes a session
-            # per request)
-            wrote = self._anonymous_write(outcome, ops, route, item)
-            if wrote is not None:
-                found = wrote if found is None else _either(found, wrote)
+            # address's reads and writes as an anonymous address's (a cookie made up per
+            # request, such as Django's CSRF cookie or a junk one, which any client may
+            # set, makes a session per request)
+            if 200 <= status < 400 and _upper(ctx.method) in WRITES:
+                also = self._anonymous_write(outcome, ops, route, item)
+            else:
+                also = self._address_read(outcome, ops, route, item, number, error)
+            if also is not None:
+                found = also if found is None else _either(found, also)
         if subject != principal and principal != ctx.ip_key and not ctx.vouched:
             # a credential the app did not vouch for, beside a cookie: counted for the
             # address and cookie (made-up keys rotated beside one session) and for the
@@ -348,6 +340,30 @@ class Bola:
                 return found or also
             return lambda: found() + also()
         return found
+
+    def _address_read(
+        self,
+        outcome: Outcome,
+        ops: list[Observation],
+        route: _Route,
+        item: str,
+        number: int | None,
+        error: bool,
+    ) -> Judge | None:
+        """Count one object an anonymous address touched; the judge of a walk or its
+        errors."""
+        walk_now = self.walk_now
+        if walk_now is not None and number is not None and not error:
+            # (an in-process store, an integer id, no error: the run's length is all
+            # that can flag it, and no `Objects` is made unless it does)
+            key = f"bola:{outcome.principal}{route.key}"
+            count, length, stride = walk_now(key, self._window, item, number, outcome.now)
+            if length < self._no_walk:
+                return None
+            op = _walked(key, self._window, item, number, count, length, stride)
+            findings = self._address_found(op, outcome, route.public)
+            return (lambda: findings) if findings else None
+        return self._address_objects(outcome, ops, route, item, number, error)
 
     def _address_objects(
         self,
