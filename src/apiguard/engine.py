@@ -352,6 +352,9 @@ class Engine:
         # principal -> when a detector's challenge on it began (in process): a pass issued
         # after that answers it
         self._challenged_at: dict[str, float] = {}
+        # people who passed a detector's challenge -> when (in process, the latest
+        # `IP_CACHE_MAX`): what they did before it is not held against them for long
+        self._passed_at: OrderedDict[str, float] = OrderedDict()
         self._forgiven: set[str] = set()  # IP keys whose passed challenge was forgiven
         # challenges passed by clients that may keep no cookie (a phone app): one login
         # each past the login alarm, from the same client shape and region
@@ -1124,6 +1127,16 @@ class Engine:
             self._challenged_at.pop(principal, None)
             return
         self.store.lift(principal)
+        # a challenge a person passed is no offence: not a repeat offender for it (judged
+        # on half the evidence for a day after, a real-app trial's power user was asked
+        # again two hours later reading her own objects); an earlier level is kept, as
+        # ended now
+        last = self._levels.get(principal)
+        if last is not None and last[0] == ban.level:
+            if ban.level > 1:
+                self._levels[principal] = (ban.level - 1, now)
+            else:
+                del self._levels[principal]
         if self.store.local:
             self._challenged_at.pop(principal, None)
         # (a shared store writes the lift after the response, and a request before that
@@ -1132,6 +1145,11 @@ class Engine:
         # this person four times the bar before it blocks
         seconds = self.config.detection.challenge_for
         self.store.impose(Ban(PASSED + principal, now + seconds, 1, None, "pass"), now)
+        passed_at = self._passed_at
+        passed_at.pop(principal, None)
+        if len(passed_at) >= IP_CACHE_MAX:
+            passed_at.popitem(last=False)
+        passed_at[principal] = now
 
     def _learn_challenge_route(self, ctx: RequestContext) -> None:
         """`challenge_passed()` was called on an app that did not declare its challenge
@@ -2232,6 +2250,12 @@ class Engine:
     def passed(self, principal: str, now: float) -> bool:
         """Whether this person passed a detector's challenge recently."""
         return self.store.active_ban(PASSED + principal, now) is not None
+
+    def passed_within(self, principal: str, now: float, seconds: float) -> bool:
+        """Whether this person passed a detector's challenge in the last `seconds` (as
+        this process saw it)."""
+        at = self._passed_at.get(principal)
+        return at is not None and 0 <= now - at <= seconds
 
     def prior(self, key: str, now: float, within: float | None = None) -> int:
         """The level of `key`'s last detector ban if it ended within `within` seconds

@@ -642,7 +642,16 @@ class Bola:
                     "objects": round(long.count),
                     "window": cfg.sustained_window,
                 }
-                bar = learned * cfg.sustained_factor * scale
+                long_scale = scale
+                if (
+                    scale < 4.0
+                    and person
+                    and ctx.engine.passed_within(subject, outcome.now, cfg.sustained_window)
+                ):
+                    # (a person who passed a challenge within the long window: the
+                    # objects that asked it are in the count, and were answered)
+                    long_scale = 4.0
+                bar = learned * cfg.sustained_factor * long_scale
                 if long.count < bar:
                     bar = 0.0
                     if long.error:
@@ -662,7 +671,7 @@ class Bola:
                             evidence["errors"] = round(errors)
                 if bar:
                     evidence["threshold"] = round(bar, 1)
-                    fire = "block" if scale > 1 else action
+                    fire = "block" if long_scale > 1 else action
                     findings = [Finding(_SUSTAINED, banned, fire, self.enforce, evidence)]
                     if is_young:  # (a slow harvest over fresh accounts arms the alarm)
                         evidence["young"] = 1
