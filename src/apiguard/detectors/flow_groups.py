@@ -714,9 +714,11 @@ def born_accounts(outcome: Outcome) -> tuple[str, ...]:
     """The keys of the account this request created, answered with a success status
     (`success_statuses`: 2xx, or a form's redirect): the one
     `guard.account_created()` named, else the one the app identified in a request that
-    carried neither a credential nor a cookie (but apiguard's pass) on a route completing
-    a flow (a sign-up that signs the user in), unless this process has seen that account
-    answered before (a password reset, a magic link: not a new account)."""
+    carried no credential on a route completing a flow (a sign-up that signs the user
+    in), unless this process has seen that account answered before (a password reset, a
+    magic link: not a new account), or the request carried a cookie (but apiguard's pass)
+    in an app that vouched for accounts by their cookie alone (`cookie_sessions`: there
+    it may be an old user's session; in a token app any client may send a cookie)."""
     ctx = outcome.ctx
     if not ctx.engine.succeeded(outcome.status):
         return ()
@@ -728,7 +730,7 @@ def born_accounts(outcome: Outcome) -> tuple[str, ...]:
         or ctx.engine.accounts_declared
         or ctx.login is not None
         or ctx.credentials
-        or (ctx.has_cookie and not only_pass_cookie(ctx))
+        or (ctx.has_cookie and ctx.engine.cookie_sessions and not only_pass_cookie(ctx))
         or not completed_flows(ctx)
         or ctx.engine.known_principal(declared)
     ):
