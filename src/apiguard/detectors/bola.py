@@ -307,6 +307,11 @@ class Bola:
             if wrote is None or found is None:
                 return wrote or found
             return _either(found, wrote)
+        if route.public and not ctx.vouched and ctx.engine.token_owner(ctx) is not None:
+            # a signed-in person's token sent to a public catalogue that identifies nobody
+            # (a single-page app's interceptor sends it everywhere): judged as an
+            # anonymous reader is there (a walk, its errors), under the token
+            return self._address_read(outcome, ops, route, item, number, error)
         if ctx.vouched or not ctx.has_cookie:
             # (the usual principal, without `_subject`: a user the app vouched for, or a
             # credential without a cookie, is counted under itself, and only there)
