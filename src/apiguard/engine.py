@@ -96,6 +96,7 @@ GATE = "gate:"  # ban-table prefix of what holds logins back (at the login route
 PASSED = "passed:"  # ban-table prefix of a person who passed a detector's challenge
 PASS_USED = "pu:"  # ban-table prefix of a pass that answered one person's challenge
 _IN_FLIGHT_MAX = 10  # unanswered login attempts one address may have at once
+_IN_FLIGHT_SHARED = 100  # and at most, where many people signed in (`_in_flight`)
 _PROXIED_MAX = 4096  # addresses remembered as untrusted proxies
 _TOKENS_VOUCHED = 4  # bearer tokens one principal may vouch for (`vouched_token`)...
 _TOKENS_VOUCHED_EVERY = 3600.0  # ... per this many seconds
@@ -349,6 +350,8 @@ class Engine:
         self.cookie_sessions = False
         self._net_keys: dict[str, str] = {}  # client address -> its network's key (bounded)
         self._flights: dict[str, int] = {}  # IP key -> its unanswered login attempts
+        # IP key -> accounts that logged in there (in process, the latest addresses)
+        self._signed_in_at: OrderedDict[str, set[str]] = OrderedDict()
         # IP keys that sent untrusted forwarding headers -> the distinct accounts logged
         # in from them and the distinct users the app identified there (bounded LRU)
         self._forwarding: OrderedDict[str, tuple[set[str], set[str]]] = OrderedDict()
@@ -411,6 +414,7 @@ class Engine:
         self._site_keys.clear()
         self.fingerprints.clear()
         self._flights.clear()
+        self._signed_in_at.clear()
         self._forwarding.clear()
         self._proxied.clear()
         self._challenged_at.clear()
@@ -1678,11 +1682,16 @@ class Engine:
     def _in_flight(self, ctx: RequestContext, now: float) -> Decision | None:
         """Count this attempt among its address's unanswered ones (in process): attempts
         are judged when answered, so a burst of parallel guesses would all reach the
-        password check before the first is judged. Past `_IN_FLIGHT_MAX` at once, the
-        next waits (429)."""
+        password check before the first is judged. Past `_IN_FLIGHT_MAX` at once (and
+        two more for each account that logged in at the address lately, up to
+        `_IN_FLIGHT_SHARED`: a lecture hall pressing "log in" at once), the next waits
+        (429)."""
         flights = self._flights
         n = flights.get(ctx.ip_key, 0)
-        if n >= _IN_FLIGHT_MAX:
+        if n >= _IN_FLIGHT_MAX and n >= min(
+            _IN_FLIGHT_MAX + 2 * len(self._signed_in_at.get(ctx.ip_key, ())),
+            _IN_FLIGHT_SHARED,
+        ):
             return Decision(
                 Action.THROTTLE,
                 "account_takeover.parallel",
@@ -1696,12 +1705,25 @@ class Engine:
         ctx.login.in_flight = True
         return None
 
-    def _landed(self, ctx: RequestContext) -> None:
-        """The attempt `_in_flight` counted has been answered."""
+    def _landed(self, ctx: RequestContext, status: int | None) -> None:
+        """The attempt `_in_flight` counted has been answered (`status`)."""
         login = ctx.login
         if login is None or not login.in_flight:
             return
         login.in_flight = False
+        success = login.success
+        if success is None and status is not None:
+            success = self.succeeded(status)
+        if success:  # (the accounts signed in at this address: `_in_flight`'s allowance)
+            table = self._signed_in_at
+            accounts = table.pop(ctx.ip_key, None)
+            if accounts is None:
+                if len(table) >= IP_CACHE_MAX:
+                    table.popitem(last=False)
+                accounts = set()
+            if len(accounts) < _IN_FLIGHT_SHARED:
+                accounts.add(login.user)
+            table[ctx.ip_key] = accounts
         n = self._flights.get(ctx.ip_key, 0) - 1
         if n > 0:
             self._flights[ctx.ip_key] = n
@@ -1937,7 +1959,7 @@ class Engine:
         if login is not None:
             if login.rule is not None and login.success is not None and status is not None:
                 login.rule.learn(login.success, status)  # (whether its status tells)
-            self._landed(ctx)
+            self._landed(ctx, status)
 
     def observe(self, ctx: RequestContext, status: int) -> None:
         """The detectors' look at a finished request: their operations in one store call,
@@ -2019,7 +2041,7 @@ class Engine:
         if ctx.charges:
             self._rules_observe(ctx, status)
         if ctx.login is not None:
-            self._landed(ctx)
+            self._landed(ctx, status)
         ctx.observed = True
         planned = self._plan_observation(ctx, _observed_status(ctx, status))
         if planned is None:
