@@ -992,3 +992,33 @@ def test_a_url_scraping_run_too_short_to_judge_says_so(capsys) -> None:
     main([*argv, "--max-seconds", "60"])
     out = capsys.readouterr().out
     assert "MISSED" not in out and "--max-seconds 60 is under" in out, out
+
+
+def test_over_http_a_walk_the_app_answers_404_itself_until_the_first_refusal_is_skipped() -> None:
+    """A trial (a DRF to-do API over `--url`): both BOLA campaigns were CAUGHT on 16
+    requests with one refusal, though the app answered every foreign id 404 itself; in
+    process the same run is SKIPPED. Over HTTP the requests apiguard let through stand
+    for the unprotected run."""
+    from apiguard.simulate.driver import Record
+
+    target = Target(accounts=(), login_path="/login")
+    camp = cp.campaign("BOLA walk")
+
+    def rec(status: int, blocked: bool = False) -> Record:
+        at = (0.0, "attack", True, "walk", "GET", "/todo/7/", "192.0.2.1", status)
+        return Record(*at, target="7", guard_refused=blocked)
+
+    records = [rec(404)] * 15 + [rec(403, blocked=True)]
+    reference = st.url_reference(records)
+    assert reference is not None and len(reference) == 15
+    reason = cp.skip_reason(camp, target, records, reference, let_through=True)
+    assert reason is not None and reason.startswith(
+        "the app (on what apiguard let through) answered all 15 attack requests 404 x15"
+    )
+    # a vulnerable app: what it let through was answered 200, a catch
+    leaky = [rec(200)] * 15 + [rec(403, blocked=True)]
+    assert cp.skip_reason(camp, target, leaky, st.url_reference(leaky), let_through=True) is None
+    # too few let through to tell: judged as before
+    assert st.url_reference([rec(404)] * 3 + [rec(403, blocked=True)]) is None
+    # nothing refused: the run stands for the unprotected one, as before
+    assert st.url_reference(leaky[:15]) == leaky[:15]

@@ -791,15 +791,18 @@ def skip_reason(
     target: Target,
     records: Sequence[Record],
     reference: Sequence[Record] | None = None,
+    let_through: bool = False,
 ) -> str | None:
     """Why a run did not try the campaign at all (None when it did), from its records
-    and the unprotected run's (see "skipped" in the module docstring)."""
+    and the unprotected run's (see "skipped" in the module docstring; `let_through`: the
+    reference is the requests apiguard let through, over HTTP)."""
     attack = [r for r in records if r.attack and r.target is not None]
     tried = [r for r in reference or () if r.attack and r.target is not None]
+    app = "the app (on what apiguard let through)" if let_through else "the unprotected app"
     # (a reconnaissance scan is answered 404 by nature: the probing is the attack)
     if tried and camp.gain != RECON_GAIN and all(r.status in (404, 405) for r in tried):
         return (
-            f"the unprotected app answered all {len(tried)} attack requests {_statuses(tried)} "
+            f"{app} answered all {len(tried)} attack requests {_statuses(tried)} "
             f"(e.g. {tried[0].method} {tried[0].path}): the route it attacks is not there "
             "(declare it, see the TOML format), or the app itself refuses what the attack "
             "is after: nothing for apiguard to catch"
@@ -810,7 +813,7 @@ def skip_reason(
         and all(r.status in (401, 403, 404, 405) for r in tried)
     ):
         return (
-            f"the unprotected app refused every foreign object itself "
+            f"{app} refused every foreign object itself "
             f"({_statuses(tried)}, e.g. {tried[0].method} {tried[0].path}): it has no "
             "object-level authorization bug on this route, nothing for apiguard to catch"
         )

@@ -489,6 +489,23 @@ async def run_over_http(
 _SCRAPING_RUN = 300.0
 
 
+_THROUGH_ENOUGH = 10  # attack requests let through that tell what the app answers itself
+
+
+def url_reference(records: Sequence[Record]) -> Sequence[Record] | None:
+    """What stands for the unprotected run over HTTP (there is none): a run that refused
+    nothing, else the requests apiguard let through when there were `_THROUGH_ENOUGH`
+    attack requests among them (what the app answers them tells whether it has the bug:
+    a walk of foreign ids the app itself answers 404 until apiguard's first refusal is
+    nothing caught), else None."""
+    if not any(r.blocked for r in records if r.attack):
+        return records
+    through = [r for r in records if not (r.attack and r.blocked)]
+    if sum(1 for r in through if r.attack and r.target is not None) < _THROUGH_ENOUGH:
+        return None
+    return through
+
+
 def run_url(
     url: str,
     target: Target,
@@ -536,9 +553,14 @@ def run_url(
                 records = await run_over_http(
                     driver, actors, speed=speed, max_requests=max_requests, max_seconds=max_seconds
                 )
-                # no unprotected run over HTTP: a run that refused nothing stands for it
-                unrefused = not any(r.blocked for r in records if r.attack)
-                skipped = cp.skip_reason(camp, target, records, records if unrefused else None)
+                reference = url_reference(records)
+                skipped = cp.skip_reason(
+                    camp,
+                    target,
+                    records,
+                    reference,
+                    let_through=reference is not None and reference is not records,
+                )
                 ended(
                     cp.judge(
                         camp,
