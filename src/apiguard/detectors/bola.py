@@ -287,6 +287,10 @@ class Bola:
         ):  # (the young crowd's marks of what existed)
             route.highest = number
             self.crowd.highest(template, number, outcome.now)
+        if number is not None and not error and status < 300 and ctx.method in CHANGES:
+            # a change answered 2xx extends no walk ("clear completed", "mark all as
+            # read": a person's own objects changed in id order); still an object counted
+            number = None
         principal = outcome.principal
         if not ctx.vouched and principal == ctx.ip_key and (not ctx.has_cookie or route.public):
             # an anonymous address: counted, and flagged for a walk or its errors, or for
@@ -847,6 +851,7 @@ _SUSTAINED_FROM = 0.25  # of the bar in `window`: from there on, objects count f
 _SUSTAINED_MIN = 4.0  # (and from this many at most)
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})  # methods that change an object
 CREATES = frozenset({"POST", "PUT", "PATCH"})  # (and those that may make one)
+CHANGES = frozenset({"PUT", "PATCH", "DELETE"})  # (methods that change an object named)
 WRITES_KEY = "bolaw:"  # detector-table prefix of an anonymous address's writes
 PUBLIC_WRITERS = 10  # networks writing `PUBLIC_WRITES` objects each that make a route public
 PUBLIC_WRITES = 3
