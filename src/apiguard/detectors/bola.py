@@ -361,32 +361,19 @@ class Bola:
     ) -> Judge | None:
         """Count one object an anonymous address touched; the judge of a walk or its
         errors."""
+        key = f"bola:{outcome.principal}{route.key}"
         walk_now = self.walk_now
         if walk_now is not None and number is not None and not error:
             # (an in-process store, an integer id, no error: the run's length is all
             # that can flag it, and no `Objects` is made unless it does)
-            key = f"bola:{outcome.principal}{route.key}"
             count, length, stride = walk_now(key, self._window, item, number, outcome.now)
             if length < self._no_walk:
                 return None
             op = _walked(key, self._window, item, number, count, length, stride)
             findings = self._address_found(op, outcome, route.public)
             return (lambda: findings) if findings else None
-        return self._address_objects(outcome, ops, route, item, number, error)
-
-    def _address_objects(
-        self,
-        outcome: Outcome,
-        ops: list[Observation],
-        route: _Route,
-        item: str,
-        number: int | None,
-        error: bool,
-    ) -> Judge | None:
-        """Count one object for an anonymous address, with an `Objects` operation (an
-        error answer, an id that is no integer, or a store that is not in process); the
-        judge of a walk or its errors."""
-        key = f"bola:{outcome.principal}{route.key}"
+        # (an `Objects` operation: an error answer, an id that is no integer, or a store
+        # that is not in process)
         op = Objects(key, self._window, item, number, error)
         run_now = self.run_now
         if run_now is not None:
