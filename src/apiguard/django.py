@@ -25,7 +25,9 @@ before the view's handler and any decorated method run).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
@@ -47,7 +49,7 @@ from apiguard.engine import Refused
 from apiguard.errors import ConfigurationError
 from apiguard.guard import Guard
 from apiguard.request import RequestContext, _current
-from apiguard.routes import TEMPLATE_KEY, RouteEntry
+from apiguard.routes import TEMPLATE_KEY, RouteEntry, format_twins
 from apiguard.steps import (
     at_cancelled,
     at_response,
@@ -181,15 +183,39 @@ class MatchedRoute:
         self.endpoint = endpoint
 
 
+def format_kwarg() -> str:
+    """DRF's FORMAT_SUFFIX_KWARG (`format`), the keyword of its format-suffix routes."""
+    drf = sys.modules.get("rest_framework.settings")
+    try:
+        value = drf.api_settings.FORMAT_SUFFIX_KWARG if drf is not None else None
+    except Exception:  # (DRF's settings unreadable: its default)
+        value = None
+    return value if isinstance(value, str) and value else "format"
+
+
 class DjangoRoutes:
     """The URLconf's leaves for `Guard.verify` (class-based and DRF views method by
-    method, ViewSet actions included), templates as `resolver_match.route` gives them."""
+    method, ViewSet actions included), templates as `resolver_match.route` gives them,
+    but for a DRF format-suffix route (`/^todo/(?P<pk>[^/.]+)\\.(?P<format>[a-z0-9]+)/?$`,
+    `DefaultRouter`'s `/todo/7.json`): the template of the route it doubles
+    (`/^todo/(?P<pk>[^/.]+)/$`), as requests carry it (`twins`)."""
 
     def __init__(self, urlconf: str | None = None) -> None:
         self.urlconf = urlconf
 
+    def _leaves(self) -> list[RouteEntry]:
+        return list(_walk(get_resolver(self.urlconf).url_patterns, "", 0))
+
+    def twins(self) -> dict[str, str]:
+        """format-suffix template -> the template it counts as (`format_twins`)."""
+        return format_twins((e.template for e in self._leaves()), format_kwarg())
+
     def __apiguard_routes__(self) -> Iterator[RouteEntry]:
-        yield from _walk(get_resolver(self.urlconf).url_patterns, "", 0)
+        leaves = self._leaves()
+        twins = format_twins((e.template for e in leaves), format_kwarg())
+        for entry in leaves:
+            twin = twins.get(entry.template)
+            yield entry if twin is None else dataclasses.replace(entry, template=twin)
 
 
 def _join(prefix: str, pattern: Any) -> str:
@@ -361,6 +387,10 @@ class GuardMiddleware:
         if self.engine.resolver is None:  # the authenticated user, unless the app's own
             self.engine.resolver = django_user
         self._verified: set[Any] = set()
+        # DRF format-suffix route -> the template it counts as (`DjangoRoutes`), of
+        # every URLconf verified; and the suffix's keyword, no object's name
+        self._twins: dict[str, str] = {}
+        self._format = format_kwarg()
         self._cors = _inner_cors()
         self._cors_outer = _cors_index() < _own_index()  # it sees the refusal after us
         self._async = iscoroutinefunction(get_response)
@@ -373,6 +403,7 @@ class GuardMiddleware:
         routes = DjangoRoutes(urlconf)
         self.guard.verify(routes)
         _check_drf_order(self.guard, routes)
+        self._twins.update(routes.twins())
         self._verified.add(urlconf)
 
     def _begin(self, request: HttpRequest) -> tuple[RequestContext, Decision | None]:
@@ -484,15 +515,23 @@ class GuardMiddleware:
                 except Exception:
                     log.exception("apiguard: the session user could not be loaded")
         template = "/" + match.route
-        scope["endpoint"] = view_func
-        scope["route"] = MatchedRoute(template, view_func)
-        # a `re_path()` of unnamed groups passes its values positionally: named by their
+        # a re_path() of unnamed groups passes its values positionally: named by their
         # group number, as objects all the same
-        scope["path_params"] = (
+        params = (
             view_kwargs
             if view_kwargs or not view_args
             else {str(n): value for n, value in enumerate(view_args, 1)}
         )
+        twin = self._twins.get(template) if self._twins else None
+        if twin is not None:
+            # DRF's `/todo/7.json`: `/todo/7/`'s route, object `pk=7` (a walker's two
+            # spellings are one walk; `format` is a renderer's name)
+            template = twin
+            if self._format in params:
+                params = {k: v for k, v in params.items() if k != self._format}
+        scope["endpoint"] = view_func
+        scope["route"] = MatchedRoute(template, view_func)
+        scope["path_params"] = params
         # (`route_template` of it: the scope, read from `request.META`, has no mount
         # prefix, its root path being the app's)
         scope[TEMPLATE_KEY] = template

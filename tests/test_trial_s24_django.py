@@ -1,0 +1,136 @@
+"""A real-app trial (s24: MyPlansAPI, Django + DRF, a `DefaultRouter` ViewSet with its own
+`authentication_classes`, `obtain_auth_token`, Django's admin) found these; each test runs
+on Django and DRF themselves, with its control beside it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import count
+from typing import Any
+
+import pytest
+
+from harness import DjangoSite, close_django, configure_django
+
+configure_django()
+
+from django.contrib.auth.models import User  # noqa: E402
+from django.test import Client  # noqa: E402
+from django.urls import include, path  # noqa: E402
+from rest_framework.authtoken.models import Token  # noqa: E402
+from rest_framework.response import Response  # noqa: E402
+from rest_framework.routers import DefaultRouter  # noqa: E402
+from rest_framework.viewsets import ViewSet  # noqa: E402
+
+from apiguard import Guard, current_request  # noqa: E402
+from apiguard.simulate.clock import FakeClock  # noqa: E402
+
+_users = count(1)
+
+
+@pytest.fixture(autouse=True)
+def _close_sites() -> Iterator[None]:
+    yield
+    close_django()
+
+
+def make_user() -> tuple[User, str]:
+    user = User.objects.create_user(f"s24c{next(_users)}-{id(object())}", password="pw")
+    return user, Token.objects.create(user=user).key
+
+
+class Things(ViewSet):  # type: ignore[misc]
+    """A to-do API with a BOLA bug: `retrieve` reads anyone's thing by id."""
+
+    def list(self, request: Any, format: str | None = None) -> Response:
+        return Response([])
+
+    def retrieve(self, request: Any, pk: str, format: str | None = None) -> Response:
+        ctx = current_request()
+        assert ctx is not None
+        return Response({"id": pk, "route": ctx.route, "params": ctx.path_params})
+
+
+def router_patterns(regex: bool = True) -> list[Any]:
+    # serves /things/{pk}/ and /things/{pk}.json: `re_path()` routes by default,
+    # `path()` routes with DRF's `<drf_format_suffix:format>` converter else
+    router = DefaultRouter(use_regex_path=regex)
+    router.register("things", Things, basename="thing")
+    return [path("", include(router.urls))]
+
+
+PLAIN = {True: "/^things/(?P<pk>[^/.]+)/$", False: "/things/<str:pk>/"}
+
+
+def walk(
+    guard: Guard, clock: FakeClock, spellings: list[str], regex: bool = True, count_: int = 80
+) -> int:
+    """A walker reads things 1, 2, ... (none of them its own), one every 10 s, from one
+    address, in the URL spellings given in turn; returns how many it read before its
+    first refusal."""
+    DjangoSite(guard, router_patterns(regex))
+    _, token = make_user()
+    client = Client(HTTP_AUTHORIZATION=f"Token {token}")
+    for n in range(1, count_ + 1):
+        clock.advance(10)
+        url = spellings[n % len(spellings)].format(n)
+        r = client.get(url, REMOTE_ADDR="203.0.113.50")
+        if r.status_code != 200:
+            return n - 1
+    return count_
+
+
+@pytest.mark.parametrize("regex", [True, False])
+def test_format_suffix_route_is_the_plain_route(make_guard: Any, regex: bool) -> None:
+    """F1: `/things/7.json` is `/things/7/`'s route, its object `pk=7` (no `format`),
+    for `re_path()` and `path()` routers alike."""
+    guard = make_guard()
+    DjangoSite(guard, router_patterns(regex))
+    _, token = make_user()
+    client = Client(HTTP_AUTHORIZATION=f"Token {token}")
+    plain = client.get("/things/7/").json()
+    suffixed = client.get("/things/7.json").json()
+    assert suffixed["route"] == plain["route"] == PLAIN[regex]
+    assert suffixed["params"] == plain["params"] == {"pk": "7"}
+    assert client.get("/things.json").json() == []  # (the list: no object)
+
+
+def test_format_suffix_patterns_of_allowed_formats_and_no_twin(make_guard: Any) -> None:
+    """F1: `format_suffix_patterns(..., allowed=[...])` on the app's own `path()` and
+    `re_path()` routes; a suffix-only route (`suffix_required=True`) keeps its template,
+    its `format` no object all the same."""
+    from django.urls import re_path
+    from rest_framework.decorators import api_view
+    from rest_framework.urlpatterns import format_suffix_patterns
+
+    @api_view(["GET"])
+    def item(request: Any, pk: str, format: str | None = None) -> Response:
+        ctx = current_request()
+        assert ctx is not None
+        return Response({"route": ctx.route, "params": ctx.path_params})
+
+    patterns = format_suffix_patterns(
+        [path("items/<int:pk>", item), re_path(r"^docs/(?P<pk>[0-9]+)/$", item)],
+        allowed=["json", "api"],
+    ) + format_suffix_patterns([path("only/<int:pk>", item)], suffix_required=True)
+    DjangoSite(make_guard(), patterns)
+    client = Client()
+    assert client.get("/items/3.json").json() == {
+        "route": "/items/<int:pk>", "params": {"pk": 3}
+    }
+    assert client.get("/docs/3.json").json()["route"] == "/^docs/(?P<pk>[0-9]+)/$"
+    only = client.get("/only/3.json").json()
+    assert only == {"route": "/only/<int:pk><drf_format_suffix:format>", "params": {"pk": 3}}
+
+
+@pytest.mark.parametrize("regex", [True, False])
+def test_walker_alternating_format_suffix_is_held_as_fast(
+    make_guard: Any, clock: FakeClock, regex: bool
+) -> None:
+    """F1: a walker alternating `/things/{id}/` and `/things/{id}.json` read 31 things
+    before its first refusal, one using one spelling 16: the same now."""
+    one = walk(make_guard(), clock, ["/things/{}/"], regex)
+    close_django()
+    both = walk(make_guard(), clock, ["/things/{}/", "/things/{}.json"], regex)
+    assert one <= 20
+    assert both == one
