@@ -134,3 +134,52 @@ def test_walker_alternating_format_suffix_is_held_as_fast(
     both = walk(make_guard(), clock, ["/things/{}/", "/things/{}.json"], regex)
     assert one <= 20
     assert both == one
+
+
+def test_audit_drf_format_suffix_and_admin_done_page(make_guard: Any) -> None:
+    """F4: `apiguard audit` listed DRF's format-suffix routes as BOLA-watched routes of
+    their own (`format` taken for an object) and noted Django admin's
+    `password_change/done/` as a sensitive flow; a format-suffix route is its plain
+    route's row now, and a confirmation page or a GET-only view is no flow. Controls: the
+    object route is watched, a password-change form still noted."""
+    from django.contrib.admin.sites import AdminSite
+    from django.http import HttpRequest, HttpResponse
+    from django.views.decorators.http import require_GET
+    from rest_framework.decorators import api_view
+    from rest_framework.urlpatterns import format_suffix_patterns
+
+    from apiguard.audit import audit_django
+
+    @require_GET
+    def reset_sent(request: HttpRequest) -> HttpResponse:
+        return HttpResponse("check your mail")
+
+    def reset(request: HttpRequest) -> HttpResponse:
+        return HttpResponse("reset")
+
+    @api_view(["GET"])
+    def export(request: Any, format: str | None = None) -> Response:
+        return Response([])
+
+    DjangoSite(
+        make_guard(),
+        [
+            path("admin/", AdminSite().urls),
+            path("password/reset-sent", reset_sent),
+            path("password/reset", reset),
+            *format_suffix_patterns([path("export", export)], suffix_required=True),
+            *router_patterns(),
+        ],
+    )
+    rows = {r.template: r for r in audit_django().routes}
+    # one row per route, whatever the suffix (but a route served only with one)
+    assert [t for t in rows if "format" in t] == ["/export<drf_format_suffix:format>"]
+    assert rows["/^things/(?P<pk>[^/.]+)/$"].detectors == ["bola", "scraping"]
+    assert "bola" not in rows["/^things/$"].detectors
+    assert "bola" not in rows["/"].detectors
+    assert rows["/admin/password_change/done/"].notes == []
+    assert rows["/password/reset-sent"].notes == []
+    assert rows["/password/reset"].notes  # (controls: flows)
+    assert rows["/admin/password_change/"].notes
+    exported = rows["/export<drf_format_suffix:format>"]  # (a suffix-only route)
+    assert "bola" not in exported.detectors

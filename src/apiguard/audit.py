@@ -24,7 +24,13 @@ from apiguard.errors import ConfigurationError
 from apiguard.guard import Guard, _describe, _unwrap_chain
 from apiguard.login import LoginRule, calls_login_result
 from apiguard.objects import ObjectsRule
-from apiguard.routes import RouteEntry, serves_files, static_endpoint, walk_routes
+from apiguard.routes import (
+    RouteEntry,
+    format_suffix,
+    serves_files,
+    static_endpoint,
+    walk_routes,
+)
 from apiguard.rules import FlowRule, Rule
 
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -41,6 +47,9 @@ _FLOW = re.compile(  # verbs: a flow whatever the methods
     r"|otp|verify|verification|mfa|2fa|redeem|checkout|pay|withdraw|refund|purchase"
     r"|subscribe|invite|transfer)(?:$|[/_.-])",
 )
+# a confirmation page that follows a flow ("your password was changed": Django's
+# `password_change/done/`, `password_reset/done/`, `reset/done/`, its admin's too): no flow
+_DONE = re.compile(r"(?:^|/)done/?\$?$")
 # nouns: a flow where the app creates one (a POST to the collection, its last segment)
 _CREATES = re.compile(
     r"(?:^|[/_.-])(?:orders?|coupons?|vouchers?|promos?|gifts?|payments?|transfers?"
@@ -391,7 +400,9 @@ def audit_routes(
         lowered = entry.template.lower()
         if login and "account_takeover" in on:
             row.detectors.append("account_takeover")
-        named = bool(_PARAMETER.search(entry.template)) or bool(detection.bola.query_params)
+        # (a DRF format suffix, `.json`, names a renderer, no object: a suffix-only route)
+        bare = format_suffix(entry.template) or entry.template
+        named = bool(_PARAMETER.search(bare)) or bool(detection.bola.query_params)
         declared = any(isinstance(r, ObjectsRule) for r in rules)
         unwatched = [
             n for n in _query_id_names(entry.route) if n not in detection.bola.query_params
@@ -452,6 +463,7 @@ def audit_routes(
             writes
             and not own_limit
             and not login
+            and not _DONE.search(lowered)
             and (_FLOW.search(lowered) or ("POST" in entry.methods and _CREATES.search(lowered)))
         ):
             row.notes.append(

@@ -236,6 +236,9 @@ def _walk(patterns: Any, prefix: str, depth: int) -> Iterator[RouteEntry]:
             template = "/" + _join(prefix, item.pattern)
             view = item.callback
             yield RouteEntry(template, frozenset(), view, "http")
+            allowed = _required_methods(view)
+            if allowed:  # `@require_GET`, `@require_http_methods([...])`: these only
+                yield RouteEntry(template, allowed, view, "http")
             for methods, handler in _operations(view):
                 yield RouteEntry(template, methods, handler, "http")
             cls = getattr(view, "view_class", None) or getattr(view, "cls", None)
@@ -254,6 +257,27 @@ def _walk(patterns: Any, prefix: str, depth: int) -> Iterator[RouteEntry]:
                     handler = getattr(cls, name, None)
                     if callable(handler):
                         yield RouteEntry(template, frozenset({method.upper()}), handler, "http")
+
+
+def _required_methods(view: Any) -> frozenset[str]:
+    """The methods a function view's Django `require_http_methods` decorator
+    (`require_GET`, `require_POST`, `require_safe`) lets through, else none (any)."""
+    obj = view
+    for _ in range(32):
+        code = getattr(obj, "__code__", None)
+        closure = getattr(obj, "__closure__", None)
+        if code is not None and closure and "request_method_list" in code.co_freevars:
+            try:
+                listed = closure[code.co_freevars.index("request_method_list")].cell_contents
+            except (ValueError, IndexError):
+                return frozenset()
+            if isinstance(listed, list | tuple | set | frozenset):
+                return frozenset(str(m).upper() for m in listed)
+            return frozenset()
+        obj = getattr(obj, "__wrapped__", None)
+        if obj is None:
+            break
+    return frozenset()
 
 
 def _operations(view: Any) -> Iterator[tuple[frozenset[str], Any]]:
