@@ -183,3 +183,67 @@ def test_audit_drf_format_suffix_and_admin_done_page(make_guard: Any) -> None:
     assert rows["/admin/password_change/"].notes
     exported = rows["/export<drf_format_suffix:format>"]  # (a suffix-only route)
     assert "bola" not in exported.detectors
+
+
+def test_startup_summary_logged_once_per_guard(
+    make_guard: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """F6: the start-up line was logged once per test `Client()` (49 times in one
+    process: Django's test client loads the middleware chain per client); once per
+    guard now. Control: a new guard (a settings change) logs its own."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="apiguard")
+
+    def lines() -> int:
+        return sum(1 for r in caplog.records if r.getMessage().startswith("apiguard: mode="))
+
+    DjangoSite(make_guard(), router_patterns())
+    for _ in range(5):
+        assert Client().get("/things/").status_code in (200, 401, 403)
+    assert lines() == 1
+    close_django()
+    DjangoSite(make_guard(), router_patterns())
+    Client().get("/things/")
+    assert lines() == 2
+
+
+GATED = ["apiguard.django.LoginGate", "django.contrib.auth.backends.ModelBackend"]
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_startup_line_and_audit_tell_django_logins(
+    make_guard: Any, caplog: pytest.LogCaptureFixture, gated: bool
+) -> None:
+    """F3: with `LoginGate` first in AUTHENTICATION_BACKENDS the start-up line said
+    "logins: no @guard.login", and the audit listed DRF's `obtain_auth_token` route
+    (`POST /auth/`) and the admin's login with no account-takeover detector; the line
+    says how Django's logins are seen (and whether held back), and the audit marks the
+    login routes watched. Control: a route that is no login is not."""
+    import logging
+
+    from django.contrib.admin.sites import AdminSite
+    from rest_framework.authtoken.views import obtain_auth_token
+
+    from apiguard.audit import audit_django
+
+    caplog.set_level(logging.INFO, logger="apiguard")
+    backends = GATED if gated else GATED[1:]
+    DjangoSite(
+        make_guard(),
+        [path("admin/", AdminSite().urls), path("auth/", obtain_auth_token), *router_patterns()],
+        AUTHENTICATION_BACKENDS=backends,
+    )
+    Client().get("/things/")
+    messages = [r.getMessage() for r in caplog.records]
+    (line,) = [m for m in messages if m.startswith("apiguard: mode=")]
+    assert "no @guard.login" not in line
+    assert "logins: django.contrib.auth's authenticate() and login()" in line
+    assert ("held back before the password check by apiguard.django.LoginGate" in line) is gated
+    assert ("never held back" in line) is not gated
+    rows = {r.template: r for r in audit_django().routes}
+    assert "account_takeover" in rows["/auth/"].detectors
+    assert "account_takeover" in rows["/admin/login/"].detectors
+    assert "account_takeover" not in rows["/admin/logout/"].detectors
+    assert "account_takeover" not in rows["/^things/$"].detectors
+

@@ -343,12 +343,14 @@ def audit_routes(
     verify: Callable[[], None],
     exclude: tuple[str, ...] = (),
     auth_seen: str | None = None,
+    auth_login: Callable[[RouteEntry], bool] | None = None,
 ) -> Audit:
     """The audit of a route list (`walk_routes(app)`, `DjangoRoutes()`) under `guard`;
     `verify` runs the start-up check (its `ConfigurationError` is a problem listed);
     routes whose template starts with one of `exclude` are left out of the list.
     `auth_seen`: the framework's own authentication reports logins (Django's signals),
-    and what to say of it (no route then needs `@guard.login` to be seen)."""
+    and what to say of it (no route then needs `@guard.login` to be seen); `auth_login`
+    tells the routes whose logins go through it (watched by account takeover then)."""
     config = guard.config
     detection = config.detection
     on = {d.name for d in guard.engine.detectors}
@@ -398,7 +400,10 @@ def audit_routes(
         methods = set(entry.methods) or {"GET", "POST"}  # (not known: any method)
         reads = bool(methods & {"GET", "HEAD"})
         lowered = entry.template.lower()
-        if login and "account_takeover" in on:
+        framework_login = (
+            auth_seen is not None and auth_login is not None and auth_login(entry)
+        )
+        if (login or framework_login) and "account_takeover" in on:
             row.detectors.append("account_takeover")
         # (a DRF format suffix, `.json`, names a renderer, no object: a suffix-only route)
         bare = format_suffix(entry.template) or entry.template
@@ -453,7 +458,14 @@ def audit_routes(
                 "neither as a success nor as a failure: a form login reporting nothing is "
                 "blind to brute force)"
             )
-        if writes and not login and _looks_like_login(lowered) and not reports and not auth_seen:
+        if (
+            writes
+            and not login
+            and not framework_login
+            and _looks_like_login(lowered)
+            and not reports
+            and not auth_seen
+        ):
             row.notes.append(
                 "looks like a login: add @guard.login(username=...) below the route "
                 "decorator (or report outcomes with guard.login_result()) so account "
@@ -597,7 +609,28 @@ def audit_django(
             seen += f"and held back before the password check ({GATE_PATH} is listed first)"
         else:
             seen += f"but never held back: list {GATE_PATH!r} first in AUTHENTICATION_BACKENDS"
-    return audit_routes(get_guard(), entries, name, lambda: check(urlconf), exclude, seen)
+    return audit_routes(
+        get_guard(), entries, name, lambda: check(urlconf), exclude, seen, _django_login
+    )
+
+
+# a login view's class (Django's `LoginView`, DRF's `ObtainAuthToken`, SimpleJWT's
+# `TokenObtainPairView`, dj-rest-auth's and knox's `LoginView`) or function (`login`,
+# the admin site's `login`): not `LoginRequiredMixin`, `LogoutView`
+_LOGIN_VIEW = re.compile(
+    r"LoginView$|^Login$|ObtainAuthToken|TokenObtain|ObtainJSONWebToken|(?:^|_)log_?in(?:_view)?$",
+    re.IGNORECASE,
+)
+
+
+def _django_login(entry: RouteEntry) -> bool:
+    """Whether a Django route's view is a login, whose `authenticate()` Django's signals
+    report (its view class or function named so, or its template)."""
+    view = entry.endpoint
+    cls = getattr(view, "view_class", None) or getattr(view, "cls", None)
+    names = [c.__name__ for c in cls.__mro__] if isinstance(cls, type) else []
+    names.append(str(getattr(view, "__name__", "")))
+    return any(_LOGIN_VIEW.search(n) for n in names) or _looks_like_login(entry.template.lower())
 
 
 def _cell(items: list[str]) -> str:

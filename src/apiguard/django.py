@@ -29,6 +29,7 @@ import dataclasses
 import logging
 import sys
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
@@ -44,7 +45,7 @@ from django.utils.module_loading import import_string
 from apiguard.config import GuardConfig
 from apiguard.cors_copy import EXPOSED, kept
 from apiguard.decision import Decision
-from apiguard.django_auth import LoginGate, check_backends, connect
+from apiguard.django_auth import GATE_PATH, LoginGate, _gated, check_backends, connect
 from apiguard.engine import Refused
 from apiguard.errors import ConfigurationError
 from apiguard.guard import Guard
@@ -137,6 +138,8 @@ def _settings_changed(*, setting: str, **kwargs: Any) -> None:
     global _guard
     if setting in _SETTINGS:
         _guard = None
+    elif setting == "ROOT_URLCONF":
+        _routes.clear()
 
 
 setting_changed.connect(_settings_changed)
@@ -183,6 +186,23 @@ class MatchedRoute:
         self.endpoint = endpoint
 
 
+def logins_seen() -> str | None:
+    """What the start-up line says of logins through django.contrib.auth (None: not
+    installed)."""
+    if "django.contrib.auth" not in getattr(settings, "INSTALLED_APPS", ()):
+        return None
+    seen = (
+        "django.contrib.auth's authenticate() and login() (its signals; @guard.login "
+        "adds to them)"
+    )
+    if _gated():
+        return (
+            f"{seen}, held back before the password check by {GATE_PATH} (first in "
+            "AUTHENTICATION_BACKENDS)"
+        )
+    return f"{seen}, never held back: list {GATE_PATH!r} first in AUTHENTICATION_BACKENDS"
+
+
 def format_kwarg() -> str:
     """DRF's FORMAT_SUFFIX_KWARG (`format`), the keyword of its format-suffix routes."""
     drf = sys.modules.get("rest_framework.settings")
@@ -202,13 +222,23 @@ class DjangoRoutes:
 
     def __init__(self, urlconf: str | None = None) -> None:
         self.urlconf = urlconf
+        self._twins: dict[str, str] | None = None
+        self._drf_checked: weakref.WeakSet[Guard] = weakref.WeakSet()
 
     def _leaves(self) -> list[RouteEntry]:
         return list(_walk(get_resolver(self.urlconf).url_patterns, "", 0))
 
     def twins(self) -> dict[str, str]:
         """format-suffix template -> the template it counts as (`format_twins`)."""
-        return format_twins((e.template for e in self._leaves()), format_kwarg())
+        if self._twins is None:
+            self._twins = format_twins((e.template for e in self._leaves()), format_kwarg())
+        return self._twins
+
+    def __apiguard_logins__(self) -> str | None:
+        """How logins are seen without `@guard.login` (for the start-up line): Django's
+        login signals, and whether `LoginGate` holds them back (None: no
+        django.contrib.auth)."""
+        return logins_seen()
 
     def __apiguard_routes__(self) -> Iterator[RouteEntry]:
         leaves = self._leaves()
@@ -216,6 +246,25 @@ class DjangoRoutes:
         for entry in leaves:
             twin = twins.get(entry.template)
             yield entry if twin is None else dataclasses.replace(entry, template=twin)
+
+
+# urlconf -> its `DjangoRoutes`, one object per URLconf (emptied when ROOT_URLCONF
+# changes): a guard verifies it, and logs its start-up summary, once, however many
+# middleware chains load (the test client builds one per `Client()`)
+_routes: dict[Any, DjangoRoutes] = {}
+
+
+def routes_of(urlconf: Any) -> DjangoRoutes:
+    """The `DjangoRoutes` of `urlconf`, the same object for the same URLconf."""
+    try:
+        found = _routes.get(urlconf)
+    except TypeError:  # (an unhashable URLconf: a new one)
+        return DjangoRoutes(urlconf)
+    if found is None:
+        if len(_routes) >= 256:
+            _routes.clear()
+        found = _routes[urlconf] = DjangoRoutes(urlconf)
+    return found
 
 
 def _join(prefix: str, pattern: Any) -> str:
@@ -360,7 +409,7 @@ def check(urlconf: str | None = None) -> None:
     and every request while it fails); call it from `AppConfig.ready()` or a test to fail
     earlier."""
     guard = get_guard()
-    routes = DjangoRoutes(urlconf or settings.ROOT_URLCONF)
+    routes = routes_of(urlconf or settings.ROOT_URLCONF)
     guard.verify(routes)
     _check_drf_order(guard, routes)
 
@@ -424,9 +473,11 @@ class GuardMiddleware:
         check_backends()  # `LoginGate` anywhere but first fails here
 
     def _verify(self, urlconf: Any) -> None:
-        routes = DjangoRoutes(urlconf)
+        routes = routes_of(urlconf)  # (verified once per guard: logged once)
         self.guard.verify(routes)
-        _check_drf_order(self.guard, routes)
+        if self.guard not in routes._drf_checked:
+            _check_drf_order(self.guard, routes)
+            routes._drf_checked.add(self.guard)
         self._twins.update(routes.twins())
         self._verified.add(urlconf)
 
