@@ -609,9 +609,58 @@ def audit_django(
             seen += f"and held back before the password check ({GATE_PATH} is listed first)"
         else:
             seen += f"but never held back: list {GATE_PATH!r} first in AUTHENTICATION_BACKENDS"
-    return audit_routes(
-        get_guard(), entries, name, lambda: check(urlconf), exclude, seen, _django_login
-    )
+    guard = get_guard()
+    found = audit_routes(guard, entries, name, lambda: check(urlconf), exclude, seen, _django_login)
+    unidentified = _drf_unidentified(guard, entries)
+    if unidentified:
+        shown = ", ".join(unidentified[:5]) + (
+            f" and {len(unidentified) - 5} more" if len(unidentified) > 5 else ""
+        )
+        found.warnings.append(
+            "Django REST Framework views that write, whose authentication classes never "
+            "call identify() and whose write handlers carry no apiguard rule: a user's "
+            "limit or ban is checked only after such a view ran, so their writes cannot "
+            "be refused (put an identify()-calling authentication class in each view's "
+            f"own authentication_classes: a view's list replaces the default): {shown}"
+        )
+    return found
+
+
+def _identifies(auth: Any) -> bool:
+    """Whether a DRF authentication class (or one of its own bases, DRF's left out)
+    calls `identify()`."""
+    for klass in getattr(auth, "__mro__", ()):
+        if str(getattr(klass, "__module__", "")).startswith("rest_framework"):
+            continue
+        for value in vars(klass).values():
+            inner = _unwrap_chain(value)[-1] if callable(value) else None
+            if inspect.isfunction(inner) and "identify" in _called_names(inner):
+                return True
+    return False
+
+
+def _drf_unidentified(guard: Guard, entries: list[RouteEntry]) -> list[str]:
+    """The templates of DRF views with write handlers no apiguard rule checks, whose
+    authentication classes (some) never call `identify()`."""
+    found: list[str] = []
+    for entry in entries:
+        view = entry.endpoint
+        cls = getattr(view, "cls", None)
+        if entry.methods or not isinstance(cls, type) or entry.template in found:
+            continue
+        if not callable(getattr(cls, "perform_authentication", None)):
+            continue  # (not a DRF view)
+        classes = getattr(cls, "authentication_classes", None) or ()
+        if not classes or any(_identifies(a) for a in classes):
+            continue
+        actions = getattr(view, "actions", None)
+        for method in sorted(WRITES):
+            name = actions.get(method.lower()) if isinstance(actions, dict) else method.lower()
+            handler = getattr(cls, name, None) if isinstance(name, str) else None
+            if callable(handler) and not _rules_of(guard, handler):
+                found.append(entry.template)
+                break
+    return found
 
 
 # a login view's class (Django's `LoginView`, DRF's `ObtainAuthToken`, SimpleJWT's
