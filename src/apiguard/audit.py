@@ -24,7 +24,13 @@ from apiguard.errors import ConfigurationError
 from apiguard.guard import Guard, _describe, _unwrap_chain
 from apiguard.login import LoginRule, calls_login_result
 from apiguard.objects import ObjectsRule
-from apiguard.routes import RouteEntry, serves_files, static_endpoint, walk_routes
+from apiguard.routes import (
+    RouteEntry,
+    format_suffix,
+    serves_files,
+    static_endpoint,
+    walk_routes,
+)
 from apiguard.rules import FlowRule, Rule
 
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -41,6 +47,9 @@ _FLOW = re.compile(  # verbs: a flow whatever the methods
     r"|otp|verify|verification|mfa|2fa|redeem|checkout|pay|withdraw|refund|purchase"
     r"|subscribe|invite|transfer)(?:$|[/_.-])",
 )
+# a confirmation page that follows a flow ("your password was changed": Django's
+# `password_change/done/`, `password_reset/done/`, `reset/done/`, its admin's too): no flow
+_DONE = re.compile(r"(?:^|/)done/?\$?$")
 # nouns: a flow where the app creates one (a POST to the collection, its last segment)
 _CREATES = re.compile(
     r"(?:^|[/_.-])(?:orders?|coupons?|vouchers?|promos?|gifts?|payments?|transfers?"
@@ -334,12 +343,14 @@ def audit_routes(
     verify: Callable[[], None],
     exclude: tuple[str, ...] = (),
     auth_seen: str | None = None,
+    auth_login: Callable[[RouteEntry], bool] | None = None,
 ) -> Audit:
     """The audit of a route list (`walk_routes(app)`, `DjangoRoutes()`) under `guard`;
     `verify` runs the start-up check (its `ConfigurationError` is a problem listed);
     routes whose template starts with one of `exclude` are left out of the list.
     `auth_seen`: the framework's own authentication reports logins (Django's signals),
-    and what to say of it (no route then needs `@guard.login` to be seen)."""
+    and what to say of it (no route then needs `@guard.login` to be seen); `auth_login`
+    tells the routes whose logins go through it (watched by account takeover then)."""
     config = guard.config
     detection = config.detection
     on = {d.name for d in guard.engine.detectors}
@@ -389,9 +400,14 @@ def audit_routes(
         methods = set(entry.methods) or {"GET", "POST"}  # (not known: any method)
         reads = bool(methods & {"GET", "HEAD"})
         lowered = entry.template.lower()
-        if login and "account_takeover" in on:
+        framework_login = (
+            auth_seen is not None and auth_login is not None and auth_login(entry)
+        )
+        if (login or framework_login) and "account_takeover" in on:
             row.detectors.append("account_takeover")
-        named = bool(_PARAMETER.search(entry.template)) or bool(detection.bola.query_params)
+        # (a DRF format suffix, `.json`, names a renderer, no object: a suffix-only route)
+        bare = format_suffix(entry.template) or entry.template
+        named = bool(_PARAMETER.search(bare)) or bool(detection.bola.query_params)
         declared = any(isinstance(r, ObjectsRule) for r in rules)
         unwatched = [
             n for n in _query_id_names(entry.route) if n not in detection.bola.query_params
@@ -442,7 +458,14 @@ def audit_routes(
                 "neither as a success nor as a failure: a form login reporting nothing is "
                 "blind to brute force)"
             )
-        if writes and not login and _looks_like_login(lowered) and not reports and not auth_seen:
+        if (
+            writes
+            and not login
+            and not framework_login
+            and _looks_like_login(lowered)
+            and not reports
+            and not auth_seen
+        ):
             row.notes.append(
                 "looks like a login: add @guard.login(username=...) below the route "
                 "decorator (or report outcomes with guard.login_result()) so account "
@@ -452,6 +475,7 @@ def audit_routes(
             writes
             and not own_limit
             and not login
+            and not _DONE.search(lowered)
             and (_FLOW.search(lowered) or ("POST" in entry.methods and _CREATES.search(lowered)))
         ):
             row.notes.append(
@@ -585,7 +609,77 @@ def audit_django(
             seen += f"and held back before the password check ({GATE_PATH} is listed first)"
         else:
             seen += f"but never held back: list {GATE_PATH!r} first in AUTHENTICATION_BACKENDS"
-    return audit_routes(get_guard(), entries, name, lambda: check(urlconf), exclude, seen)
+    guard = get_guard()
+    found = audit_routes(guard, entries, name, lambda: check(urlconf), exclude, seen, _django_login)
+    unidentified = _drf_unidentified(guard, entries)
+    if unidentified:
+        shown = ", ".join(unidentified[:5]) + (
+            f" and {len(unidentified) - 5} more" if len(unidentified) > 5 else ""
+        )
+        found.warnings.append(
+            "Django REST Framework views that write, whose authentication classes never "
+            "call identify() and whose write handlers carry no apiguard rule: a user's "
+            "limit or ban is checked only after such a view ran, so their writes cannot "
+            "be refused (put an identify()-calling authentication class in each view's "
+            f"own authentication_classes: a view's list replaces the default): {shown}"
+        )
+    return found
+
+
+def _identifies(auth: Any) -> bool:
+    """Whether a DRF authentication class (or one of its own bases, DRF's left out)
+    calls `identify()`."""
+    for klass in getattr(auth, "__mro__", ()):
+        if str(getattr(klass, "__module__", "")).startswith("rest_framework"):
+            continue
+        for value in vars(klass).values():
+            inner = _unwrap_chain(value)[-1] if callable(value) else None
+            if inspect.isfunction(inner) and "identify" in _called_names(inner):
+                return True
+    return False
+
+
+def _drf_unidentified(guard: Guard, entries: list[RouteEntry]) -> list[str]:
+    """The templates of DRF views with write handlers no apiguard rule checks, whose
+    authentication classes (some) never call `identify()`."""
+    found: list[str] = []
+    for entry in entries:
+        view = entry.endpoint
+        cls = getattr(view, "cls", None)
+        if entry.methods or not isinstance(cls, type) or entry.template in found:
+            continue
+        if not callable(getattr(cls, "perform_authentication", None)):
+            continue  # (not a DRF view)
+        classes = getattr(cls, "authentication_classes", None) or ()
+        if not classes or any(_identifies(a) for a in classes):
+            continue
+        actions = getattr(view, "actions", None)
+        for method in sorted(WRITES):
+            name = actions.get(method.lower()) if isinstance(actions, dict) else method.lower()
+            handler = getattr(cls, name, None) if isinstance(name, str) else None
+            if callable(handler) and not _rules_of(guard, handler):
+                found.append(entry.template)
+                break
+    return found
+
+
+# a login view's class (Django's `LoginView`, DRF's `ObtainAuthToken`, SimpleJWT's
+# `TokenObtainPairView`, dj-rest-auth's and knox's `LoginView`) or function (`login`,
+# the admin site's `login`): not `LoginRequiredMixin`, `LogoutView`
+_LOGIN_VIEW = re.compile(
+    r"LoginView$|^Login$|ObtainAuthToken|TokenObtain|ObtainJSONWebToken|(?:^|_)log_?in(?:_view)?$",
+    re.IGNORECASE,
+)
+
+
+def _django_login(entry: RouteEntry) -> bool:
+    """Whether a Django route's view is a login, whose `authenticate()` Django's signals
+    report (its view class or function named so, or its template)."""
+    view = entry.endpoint
+    cls = getattr(view, "view_class", None) or getattr(view, "cls", None)
+    names = [c.__name__ for c in cls.__mro__] if isinstance(cls, type) else []
+    names.append(str(getattr(view, "__name__", "")))
+    return any(_LOGIN_VIEW.search(n) for n in names) or _looks_like_login(entry.template.lower())
 
 
 def _cell(items: list[str]) -> str:

@@ -25,8 +25,11 @@ before the view's handler and any decorated method run).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import sys
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
@@ -42,12 +45,12 @@ from django.utils.module_loading import import_string
 from apiguard.config import GuardConfig
 from apiguard.cors_copy import EXPOSED, kept
 from apiguard.decision import Decision
-from apiguard.django_auth import LoginGate, check_backends, connect
+from apiguard.django_auth import GATE_PATH, LoginGate, _gated, check_backends, connect
 from apiguard.engine import Refused
 from apiguard.errors import ConfigurationError
 from apiguard.guard import Guard
 from apiguard.request import RequestContext, _current
-from apiguard.routes import TEMPLATE_KEY, RouteEntry
+from apiguard.routes import TEMPLATE_KEY, RouteEntry, format_twins
 from apiguard.steps import (
     at_cancelled,
     at_response,
@@ -135,6 +138,8 @@ def _settings_changed(*, setting: str, **kwargs: Any) -> None:
     global _guard
     if setting in _SETTINGS:
         _guard = None
+    elif setting == "ROOT_URLCONF":
+        _routes.clear()
 
 
 setting_changed.connect(_settings_changed)
@@ -181,15 +186,85 @@ class MatchedRoute:
         self.endpoint = endpoint
 
 
+def logins_seen() -> str | None:
+    """What the start-up line says of logins through django.contrib.auth (None: not
+    installed)."""
+    if "django.contrib.auth" not in getattr(settings, "INSTALLED_APPS", ()):
+        return None
+    seen = (
+        "django.contrib.auth's authenticate() and login() (its signals; @guard.login "
+        "adds to them)"
+    )
+    if _gated():
+        return (
+            f"{seen}, held back before the password check by {GATE_PATH} (first in "
+            "AUTHENTICATION_BACKENDS)"
+        )
+    return f"{seen}, never held back: list {GATE_PATH!r} first in AUTHENTICATION_BACKENDS"
+
+
+def format_kwarg() -> str:
+    """DRF's FORMAT_SUFFIX_KWARG (`format`), the keyword of its format-suffix routes."""
+    drf = sys.modules.get("rest_framework.settings")
+    try:
+        value = drf.api_settings.FORMAT_SUFFIX_KWARG if drf is not None else None
+    except Exception:  # (DRF's settings unreadable: its default)
+        value = None
+    return value if isinstance(value, str) and value else "format"
+
+
 class DjangoRoutes:
     """The URLconf's leaves for `Guard.verify` (class-based and DRF views method by
-    method, ViewSet actions included), templates as `resolver_match.route` gives them."""
+    method, ViewSet actions included), templates as `resolver_match.route` gives them,
+    but for a DRF format-suffix route (`/^todo/(?P<pk>[^/.]+)\\.(?P<format>[a-z0-9]+)/?$`,
+    `DefaultRouter`'s `/todo/7.json`): the template of the route it doubles
+    (`/^todo/(?P<pk>[^/.]+)/$`), as requests carry it (`twins`)."""
 
     def __init__(self, urlconf: str | None = None) -> None:
         self.urlconf = urlconf
+        self._twins: dict[str, str] | None = None
+        self._drf_checked: weakref.WeakSet[Guard] = weakref.WeakSet()
+
+    def _leaves(self) -> list[RouteEntry]:
+        return list(_walk(get_resolver(self.urlconf).url_patterns, "", 0))
+
+    def twins(self) -> dict[str, str]:
+        """format-suffix template -> the template it counts as (`format_twins`)."""
+        if self._twins is None:
+            self._twins = format_twins((e.template for e in self._leaves()), format_kwarg())
+        return self._twins
+
+    def __apiguard_logins__(self) -> str | None:
+        """How logins are seen without `@guard.login` (for the start-up line): Django's
+        login signals, and whether `LoginGate` holds them back (None: no
+        django.contrib.auth)."""
+        return logins_seen()
 
     def __apiguard_routes__(self) -> Iterator[RouteEntry]:
-        yield from _walk(get_resolver(self.urlconf).url_patterns, "", 0)
+        leaves = self._leaves()
+        twins = format_twins((e.template for e in leaves), format_kwarg())
+        for entry in leaves:
+            twin = twins.get(entry.template)
+            yield entry if twin is None else dataclasses.replace(entry, template=twin)
+
+
+# urlconf -> its `DjangoRoutes`, one object per URLconf (emptied when ROOT_URLCONF
+# changes): a guard verifies it, and logs its start-up summary, once, however many
+# middleware chains load (the test client builds one per `Client()`)
+_routes: dict[Any, DjangoRoutes] = {}
+
+
+def routes_of(urlconf: Any) -> DjangoRoutes:
+    """The `DjangoRoutes` of `urlconf`, the same object for the same URLconf."""
+    try:
+        found = _routes.get(urlconf)
+    except TypeError:  # (an unhashable URLconf: a new one)
+        return DjangoRoutes(urlconf)
+    if found is None:
+        if len(_routes) >= 256:
+            _routes.clear()
+        found = _routes[urlconf] = DjangoRoutes(urlconf)
+    return found
 
 
 def _join(prefix: str, pattern: Any) -> str:
@@ -210,6 +285,9 @@ def _walk(patterns: Any, prefix: str, depth: int) -> Iterator[RouteEntry]:
             template = "/" + _join(prefix, item.pattern)
             view = item.callback
             yield RouteEntry(template, frozenset(), view, "http")
+            allowed = _required_methods(view)
+            if allowed:  # `@require_GET`, `@require_http_methods([...])`: these only
+                yield RouteEntry(template, allowed, view, "http")
             for methods, handler in _operations(view):
                 yield RouteEntry(template, methods, handler, "http")
             cls = getattr(view, "view_class", None) or getattr(view, "cls", None)
@@ -228,6 +306,27 @@ def _walk(patterns: Any, prefix: str, depth: int) -> Iterator[RouteEntry]:
                     handler = getattr(cls, name, None)
                     if callable(handler):
                         yield RouteEntry(template, frozenset({method.upper()}), handler, "http")
+
+
+def _required_methods(view: Any) -> frozenset[str]:
+    """The methods a function view's Django `require_http_methods` decorator
+    (`require_GET`, `require_POST`, `require_safe`) lets through, else none (any)."""
+    obj = view
+    for _ in range(32):
+        code = getattr(obj, "__code__", None)
+        closure = getattr(obj, "__closure__", None)
+        if code is not None and closure and "request_method_list" in code.co_freevars:
+            try:
+                listed = closure[code.co_freevars.index("request_method_list")].cell_contents
+            except (ValueError, IndexError):
+                return frozenset()
+            if isinstance(listed, list | tuple | set | frozenset):
+                return frozenset(str(m).upper() for m in listed)
+            return frozenset()
+        obj = getattr(obj, "__wrapped__", None)
+        if obj is None:
+            break
+    return frozenset()
 
 
 def _operations(view: Any) -> Iterator[tuple[frozenset[str], Any]]:
@@ -310,7 +409,7 @@ def check(urlconf: str | None = None) -> None:
     and every request while it fails); call it from `AppConfig.ready()` or a test to fail
     earlier."""
     guard = get_guard()
-    routes = DjangoRoutes(urlconf or settings.ROOT_URLCONF)
+    routes = routes_of(urlconf or settings.ROOT_URLCONF)
     guard.verify(routes)
     _check_drf_order(guard, routes)
 
@@ -361,6 +460,10 @@ class GuardMiddleware:
         if self.engine.resolver is None:  # the authenticated user, unless the app's own
             self.engine.resolver = django_user
         self._verified: set[Any] = set()
+        # DRF format-suffix route -> the template it counts as (`DjangoRoutes`), of
+        # every URLconf verified; and the suffix's keyword, no object's name
+        self._twins: dict[str, str] = {}
+        self._format = format_kwarg()
         self._cors = _inner_cors()
         self._cors_outer = _cors_index() < _own_index()  # it sees the refusal after us
         self._async = iscoroutinefunction(get_response)
@@ -370,9 +473,12 @@ class GuardMiddleware:
         check_backends()  # `LoginGate` anywhere but first fails here
 
     def _verify(self, urlconf: Any) -> None:
-        routes = DjangoRoutes(urlconf)
+        routes = routes_of(urlconf)  # (verified once per guard: logged once)
         self.guard.verify(routes)
-        _check_drf_order(self.guard, routes)
+        if self.guard not in routes._drf_checked:
+            _check_drf_order(self.guard, routes)
+            routes._drf_checked.add(self.guard)
+        self._twins.update(routes.twins())
         self._verified.add(urlconf)
 
     def _begin(self, request: HttpRequest) -> tuple[RequestContext, Decision | None]:
@@ -484,15 +590,23 @@ class GuardMiddleware:
                 except Exception:
                     log.exception("apiguard: the session user could not be loaded")
         template = "/" + match.route
-        scope["endpoint"] = view_func
-        scope["route"] = MatchedRoute(template, view_func)
-        # a `re_path()` of unnamed groups passes its values positionally: named by their
+        # a re_path() of unnamed groups passes its values positionally: named by their
         # group number, as objects all the same
-        scope["path_params"] = (
+        params = (
             view_kwargs
             if view_kwargs or not view_args
             else {str(n): value for n, value in enumerate(view_args, 1)}
         )
+        twin = self._twins.get(template) if self._twins else None
+        if twin is not None:
+            # DRF's `/todo/7.json`: `/todo/7/`'s route, object `pk=7` (a walker's two
+            # spellings are one walk; `format` is a renderer's name)
+            template = twin
+            if self._format in params:
+                params = {k: v for k, v in params.items() if k != self._format}
+        scope["endpoint"] = view_func
+        scope["route"] = MatchedRoute(template, view_func)
+        scope["path_params"] = params
         # (`route_template` of it: the scope, read from `request.META`, has no mount
         # prefix, its root path being the app's)
         scope[TEMPLATE_KEY] = template

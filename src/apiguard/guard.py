@@ -933,7 +933,10 @@ class Guard:
                 return
             if len(self._announced) < 256:
                 self._announced.add(id(app))
-        log.info("%s", self.summary(ruled, helpers))
+        # (an app whose framework reports logins itself says how: Django's signals)
+        told = getattr(app, "__apiguard_logins__", None)
+        logins = told() if callable(told) else None
+        log.info("%s", self.summary(ruled, helpers, logins if isinstance(logins, str) else None))
         _warn_if_one_of_several_workers(self.store)
 
     def _check_route_settings(self, templates: set[str], opaque: bool) -> None:
@@ -990,10 +993,13 @@ class Guard:
         self,
         routes: list[tuple[RouteEntry, tuple[Rule, ...]]] | None = None,
         helpers: list[tuple[str, tuple[Rule, ...]]] | None = None,
+        logins: str | None = None,
     ) -> str:
         """What is on, in one line (logged once per app at start-up): mode, global rules,
         `routes` with their rules, `helpers` (decorated functions not seen on a route, by
-        name, with their rules), store, trusted proxies, bans. No secret is included."""
+        name, with their rules), how logins are seen without `@guard.login` (`logins`:
+        the framework's own authentication reports them, Django's signals), store,
+        trusted proxies, bans. No secret is included."""
         config = self.config
         override = self.engine.mode_override
         mode = f"mode={config.mode}" + (f" (overridden: {override})" if override else "")
@@ -1025,7 +1031,9 @@ class Guard:
                 else "functions with rules not seen on a route: none"
             )
             declared = [r for _, rs in (*routes, *helpers) for r in rs]
-            if self.engine.ato is not None and not any(
+            if self.engine.ato is not None and logins is not None:
+                parts.append(f"logins: {logins}")
+            elif self.engine.ato is not None and not any(
                 isinstance(r, LoginRule) for r in declared
             ):
                 parts.append(

@@ -7,8 +7,9 @@ The walk is used once at start-up (decorator-order checks) and by `audit`.
 
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,6 +227,47 @@ def _strip_depth(prefix: str, depth: int) -> str:
 def _is_mount(route: object) -> bool:
     routing = sys.modules.get("starlette.routing")  # not imported: no Starlette route
     return routing is not None and isinstance(route, routing.Mount)
+
+
+# Django REST Framework's `format_suffix_patterns` (every `DefaultRouter`, and any URLconf
+# passed through it) serves each route again with a format suffix (`/todo/7.json`): a
+# `re_path()` route's regex gets `\.(?P<format>[a-z0-9]+)/?$` (or `\.(?P<format>(json|api))/?$`
+# for allowed formats), a `path()` route the converter `<drf_format_suffix:format>`
+# (`<drf_format_suffix_json_api:format>`); the keyword is DRF's FORMAT_SUFFIX_KWARG
+_FORMAT_SUFFIX = re.compile(
+    r"(?:\\\.\(\?P<(?P<group>\w+)>.+\)/\?\$|<drf_format_suffix(?:_[^:>]*)?:(?P<conv>\w+)>)$"
+)
+
+
+def format_suffix(template: str, kwarg: str = "format") -> str | None:
+    """The template without its DRF format suffix, for a route DRF's
+    `format_suffix_patterns` made with the keyword `kwarg`, else None."""
+    found = _FORMAT_SUFFIX.search(template)
+    if found is None or (found.group("group") or found.group("conv")) != kwarg:
+        return None
+    return template[: found.start()]
+
+
+def _stem(template: str) -> str:
+    return template.rstrip("$").rstrip("/")  # (as DRF cuts a route to add its suffix)
+
+
+def format_twins(templates: Iterable[str], kwarg: str = "format") -> dict[str, str]:
+    """For each DRF format-suffix route among `templates` (`kwarg`: DRF's
+    FORMAT_SUFFIX_KWARG), the template it is a twin of: the route without the suffix
+    when `templates` has it (`/^todo/(?P<pk>[^/.]+)\\.(?P<format>[a-z0-9]+)/?$` ->
+    `/^todo/(?P<pk>[^/.]+)/$`), else itself (`suffix_required=True`). One object
+    route is one route whatever its spelling, and the keyword (a renderer's name)
+    names no object."""
+    plain: dict[str, str] = {}
+    suffixed: dict[str, str] = {}
+    for template in templates:
+        stem = format_suffix(template, kwarg)
+        if stem is None:
+            plain.setdefault(_stem(template), template)
+        else:
+            suffixed[template] = stem
+    return {t: plain.get(_stem(stem), t) for t, stem in suffixed.items()}
 
 
 @dataclass(frozen=True, slots=True)
