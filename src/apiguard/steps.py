@@ -15,8 +15,6 @@ calls these at the same moments, sync or async:
 from __future__ import annotations
 
 import contextlib
-import logging
-import time
 from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -34,49 +32,6 @@ if TYPE_CHECKING:
 # refusals rendered for its request: a list it sets around the call (tasks the app starts
 # see the same list), appended to on every refusal of any guard
 REFUSALS: ContextVar[list[bool] | None] = ContextVar("apiguard_refusals", default=None)
-
-
-log = logging.getLogger("apiguard")
-_SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-_told = [0.0]  # when the last write let through was logged (once a minute)
-
-
-def _landed(ctx: RequestContext, status: int, earlier: Decision | None) -> bool:
-    """Whether a refusal found at the response start would come after the write it
-    refuses: the app already answered a write (POST, PUT, PATCH, DELETE, ...) with a
-    success or a redirect, its handler having run unchecked (an undecorated view whose
-    principal is known only once it ran: a DRF view whose authentication class never
-    calls `identify()`). Replacing that answer with a 403/429 would tell the client no
-    while the object was written (it may write it again): the app's answer goes out.
-    The refusal (the ban, the spent limit) stands for what apiguard can refuse: a read's
-    answer is replaced, a view it checks before it runs is refused; a write through
-    such a view cannot be refused at all (a warning, once a minute, says how to fix
-    it). Not a refusal the request met earlier (the app swallowed it), nor a generator
-    handler's, whose body runs only now."""
-    if status >= 400 or (earlier is not None and earlier.refused):
-        return False
-    scope = ctx.scope
-    method = scope.get("method")
-    if not isinstance(method, str) or method.upper() in _SAFE:
-        return False
-    if getattr(scope.get("endpoint"), "__apiguard_streams__", False):
-        return False
-    now = time.monotonic()
-    if now - _told[0] >= 60.0:
-        _told[0] = now
-        log.warning(
-            "apiguard: a refused client's %s %s was answered %d by the app before "
-            "apiguard could check it (the view ran unchecked: its principal was known "
-            "only after it ran): the write happened, so the app's answer is let through "
-            "rather than a refusal; such a view's writes cannot be refused. To refuse "
-            "before the view runs, call identify() in the authentication class (with "
-            "Django REST Framework, in every view's own authentication_classes too) or "
-            "decorate the view (logged at most once a minute)",
-            method.upper(),
-            scope.get("path", ""),
-            status,
-        )
-    return True
 
 
 def _refusal(decision: Decision | None) -> Decision | None:
@@ -111,7 +66,7 @@ def at_response(engine: Engine, ctx: RequestContext, status: int) -> Decision | 
     """The response-start checkpoint from sync code: the refusal that replaces the app's
     response (refused now, or at a checkpoint whose exception the app swallowed), or None."""
     rules = engine.rules_at_response(ctx.scope, status)
-    decision = earlier = ctx.decision
+    decision = ctx.decision
     if not ctx.global_done or not ctx.checked(rules):
         if rules:  # a streaming endpoint: its body's entry is charged now
             ctx.prechecked = rules
@@ -126,8 +81,6 @@ def at_response(engine: Engine, ctx: RequestContext, status: int) -> Decision | 
         return None
     refusal = _refusal(decision)
     if refusal is not None:
-        if _landed(ctx, status, earlier):
-            return None
         ctx.refused_sent = True
     return refusal
 
@@ -135,7 +88,7 @@ def at_response(engine: Engine, ctx: RequestContext, status: int) -> Decision | 
 async def at_response_async(engine: Engine, ctx: RequestContext, status: int) -> Decision | None:
     """`at_response` from async code (a remote store is awaited)."""
     rules = engine.rules_at_response(ctx.scope, status)
-    decision = earlier = ctx.decision
+    decision = ctx.decision
     if not ctx.checked(rules):
         if rules:
             ctx.prechecked = rules
@@ -151,8 +104,6 @@ async def at_response_async(engine: Engine, ctx: RequestContext, status: int) ->
         decision = engine.late_gate(ctx) or decision
     refusal = _refusal(decision)
     if refusal is not None:
-        if _landed(ctx, status, earlier):
-            return None
         ctx.refused_sent = True
     return refusal
 
