@@ -132,12 +132,6 @@ def _trial(kind: str, url: str | None, seed: int) -> tuple[int, list[int], list[
     return run_quietly(scenario())  # type: ignore[no-any-return]
 
 
-XFAIL = pytest.mark.xfail(
-    strict=True, reason="s24 F10: the run restarts at the walker's own reads (57-62 read)"
-)
-
-
-@XFAIL
 @pytest.mark.parametrize("seed", range(2))
 def test_a_walk_with_runs_of_own_reads_is_one_walk_in_memory(seed: int) -> None:
     leaked, honest, control = _trial("memory", None, seed)
@@ -145,7 +139,6 @@ def test_a_walk_with_runs_of_own_reads_is_one_walk_in_memory(seed: int) -> None:
     assert leaked <= 20, leaked  # 16 for a plain walk (the sequential bar, 15 steps)
 
 
-@XFAIL
 @pytest.mark.parametrize("seed", range(2))
 def test_a_walk_with_runs_of_own_reads_is_one_walk_on_redis(redis_url: str, seed: int) -> None:
     leaked, honest, control = _trial("redis", redis_url, seed)

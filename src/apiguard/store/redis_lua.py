@@ -676,14 +676,16 @@ end
 
 -- A run's record (a string): MessagePack time of the last value, the value, the stride,
 -- the run's length, the run's own last value, the values off it since then and the step
--- to the last of them; forgotten `window` seconds after its last use. `Stride.step` in
+-- to the last of them, and the held run's last value, stride and length (none in a record
+-- of an earlier version); forgotten `window` seconds after its last use. `Stride.step` in
 -- Lua: up to RUN_GAPS values off the run are outlasted, unless two equal steps among
--- them start a run of their own.
+-- them start a run of their own; the longest run replaced is held, and goes on (the two
+-- swapping) at a value that continues it.
 local function run(key, window, value)
   local raw = redis.pcall('GET', key)
-  local t, last, stride, length, anchor, misses, off
+  local t, last, stride, length, anchor, misses, off, ha, hs, hn
   if type(raw) == 'string' then
-    t, last, stride, length, anchor, misses, off = cmsgpack.unpack(raw)
+    t, last, stride, length, anchor, misses, off, ha, hs, hn = cmsgpack.unpack(raw)
   elseif type(raw) == 'table' then  -- a run of an earlier version (a hash)
     local r = redis.call('HMGET', key, 't', 'v', 's', 'n')
     if r[1] then
@@ -692,9 +694,10 @@ local function run(key, window, value)
     end
   end
   if t == nil or not (now - t < window) then
-    last, stride, length, anchor = nil, 0, 0, nil
+    last, stride, length, anchor, hn = nil, 0, 0, nil, 0
   end
   if anchor == nil then anchor, misses, off = last, 0, 0 end
+  if hn == nil then ha, hs, hn = 0, 0, 0 end
   local res_len, res_stride = 0, 0
   local step = last and value - last
   if last == nil then
@@ -704,17 +707,24 @@ local function run(key, window, value)
   elseif stride ~= 0 and value - anchor == stride then
     length, anchor, misses, off = length + 1, value, 0, 0
     res_len, res_stride = length, stride
+  elseif stride ~= 0 and hn > 0 and value - ha == hs then  -- the held run goes on
+    ha, hs, hn, anchor, stride, length = anchor, stride, length, value, hs, hn + 1
+    misses, off = 0, 0
+    res_len, res_stride = length, stride
   elseif stride ~= 0 and misses > 0 and step == off then
+    if length > hn then ha, hs, hn = anchor, stride, length end
     stride, length, anchor, misses, off = step, 2, value, 0, 0
     res_len, res_stride = 2, step
   elseif stride ~= 0 and misses < RUN_GAPS then
     misses, off = misses + 1, step
     res_len = length
   else
+    if stride ~= 0 and length > hn then ha, hs, hn = anchor, stride, length end
     stride, length, anchor, misses, off = step, 1, value, 0, 0
     res_len, res_stride = 1, step
   end
-  redis.call('SET', key, cmsgpack.pack(now, value, stride, length, anchor, misses, off),
+  redis.call('SET', key,
+    cmsgpack.pack(now, value, stride, length, anchor, misses, off, ha, hs, hn),
     'PX', ttl_ms(window))
   out[#out + 1] = res_len
   out[#out + 1] = res_stride
