@@ -67,9 +67,16 @@ def test_a_run_replaced_by_one_of_the_walkers_own_is_held_and_goes_on() -> None:
     # more values off the run than RUN_GAPS, a step of their own: held all the same
     scattered = [907, 431, 66, 2048, 5, 777, 3001, 12_345, 99_999, 4242]
     assert _lengths([10, 11, 12, *scattered, 13])[-1] == (3, 1)
-    # the longest run replaced is held: a short run between does not push the walk out
+    # a short run replaced after it does not push the walk out (nor do a few of them)
     got = _lengths([10, 11, 12, 13, 500, 501, 502, 700, 705, 710, 14])
     assert got[-1] == (4, 1)
+    walk = list(range(100, 112))
+    own = [500, 501, 502, 700, 705, 710, 800, 798, 796]  # three runs of its own
+    assert _lengths([*walk, *own, 112])[-1] == (12, 1)
+    # nor does a long run the walker left hold the place: a skipped id, then the walk
+    # with its own reads every 12 steps is one run again from its second stretch
+    values = [*range(10, 24), 500, 501, 502, *range(25, 37), 500, 501, 502, *range(37, 45)]
+    assert _lengths(values)[-1] == (19, 1)
 
 
 def test_a_held_run_goes_on_only_where_it_left_off() -> None:
