@@ -53,6 +53,41 @@ def test_a_walk_of_their_own_or_too_many_values_off_the_run_start_a_new_one() ->
     assert _lengths([10, 11, 907, 11, 12])[-1] == (2, 1)
 
 
+def test_a_run_replaced_by_one_of_the_walkers_own_is_held_and_goes_on() -> None:
+    # s24 F10: 10..13, then its own 500, 501, 502 (two equal steps: a run of their own),
+    # then 14: the walk goes on from 13 (length 4), and the own run is held in turn
+    got = _lengths([10, 11, 12, 13, 500, 501, 502, 14, 15, 500, 501, 502, 16])
+    assert [length for length, _ in got] == [0, 1, 2, 3, 3, 3, 2, 4, 5, 5, 5, 2, 6]
+    assert got[7] == (4, 1) and got[-1] == (6, 1)
+    # new own objects each time (its own run goes on in turn): the walk is one run
+    walk, own, values = iter(range(100, 200)), iter(range(900, 1000)), []
+    for _ in range(5):
+        values += [next(walk) for _ in range(4)] + [next(own) for _ in range(3)]
+    assert _lengths(values)[-4] == (19, 1)  # its 20th id: 19 steps
+    # more values off the run than RUN_GAPS, a step of their own: held all the same
+    scattered = [907, 431, 66, 2048, 5, 777, 3001, 12_345, 99_999, 4242]
+    assert _lengths([10, 11, 12, *scattered, 13])[-1] == (3, 1)
+    # a short run replaced after it does not push the walk out (nor do a few of them)
+    got = _lengths([10, 11, 12, 13, 500, 501, 502, 700, 705, 710, 14])
+    assert got[-1] == (4, 1)
+    walk = list(range(100, 112))
+    own = [500, 501, 502, 700, 705, 710, 800, 798, 796]  # three runs of its own
+    assert _lengths([*walk, *own, 112])[-1] == (12, 1)
+    # nor does a long run the walker left hold the place: a skipped id, then the walk
+    # with its own reads every 12 steps is one run again from its second stretch
+    values = [*range(10, 24), 500, 501, 502, *range(25, 37), 500, 501, 502, *range(37, 45)]
+    assert _lengths(values)[-1] == (19, 1)
+
+
+def test_a_held_run_goes_on_only_where_it_left_off() -> None:
+    # a person's own ids in short ascending blocks, in any order, are no walk
+    got = _lengths([70, 71, 72, 73, 30, 31, 32, 33, 50, 51, 52, 53, 71, 72, 10, 11, 12])
+    assert max(length for length, _ in got) <= 3, got
+    # the held run's own stride, from its own last value: nothing else continues it
+    assert _lengths([10, 11, 12, 500, 501, 502, 14])[-1][0] < 3  # a skip: off it
+    assert _lengths([10, 12, 14, 500, 501, 502, 15])[-1][0] < 3  # another stride
+
+
 def test_a_step_of_several_strides_is_off_the_run() -> None:
     # a person's own ids a few apart, read in order, are no walk (review s18: an
     # accountant opening her invoices, ids one to three apart, was refused at the 17th
@@ -83,13 +118,32 @@ def _schedule(seed: int) -> list[tuple[float, int]]:
     return out
 
 
+def _interleaved(seed: int) -> list[tuple[float, int]]:
+    """A walk with runs of the walker's own ids, single reads and repeats in between
+    (held runs, swapped and replaced)."""
+    rng = random.Random(seed)
+    now, walk, out = 1_000.0, 100, []
+    for _ in range(60):
+        now += rng.uniform(0, 3)
+        walk += rng.choice([1, 1, 1, 2])
+        out.append((now, walk))
+        if rng.random() < 0.4:
+            start = rng.choice([500, 600, 700, rng.randrange(1_000)])
+            for k in range(rng.randrange(1, 12)):
+                now += rng.uniform(0, 3)
+                out.append((now, start + k * rng.choice([1, 1, 5])))
+        if rng.random() < 0.05:
+            now += 25.0  # (forgotten: a fresh run)
+    return out
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_the_redis_script_runs_the_same_run(redis_url: str, seed: int) -> None:
     import redis
 
     rstore = RedisStore(redis.Redis.from_url(redis_url), server_time=False)
     mstore = MemoryStore()
-    for now, value in _schedule(seed):
+    for now, value in _schedule(seed) + [(t + 10_000, v) for t, v in _interleaved(seed)]:
         sides = []
         for store in (mstore, rstore):
             op = Run("walk", 20.0, value)

@@ -70,6 +70,33 @@ def test_a_trail_is_its_three_entries(seed: int) -> None:
     assert got == _reference(ops, window)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_a_trail_holds_and_resumes_runs_as_its_stride_does(seed: int) -> None:
+    """A walk with runs of the walker's own ids between its steps (s24 F10): the held
+    run, swapped and replaced, is the same in the record as in its `Stride`."""
+    rng = random.Random(seed)
+    window = rng.choice([10.0, 600.0])
+    now, walk = 1000.0, 100
+    ops: list[tuple[float, str, int | None, bool]] = []
+    for _ in range(300):
+        now += rng.choice([0.0, 0.5, 2.0, window * 1.5 if rng.random() < 0.02 else 1.0])
+        walk += 1 if rng.random() < 0.95 else 2
+        ops.append((now, f"/r/{{id}}\nid={walk}x", walk, rng.random() < 0.1))
+        if rng.random() < 0.4:
+            start = rng.choice([500, 600, rng.randrange(1_000)])
+            for k in range(rng.randrange(1, 12)):
+                value = start + k * rng.choice([1, 1, 5])
+                ops.append((now, f"/r/{{id}}\nid={value}x", value, False))
+    trail = Trail(window, ops[0][0])
+    got = []
+    for now, text, item, error in ops:
+        op = Objects("k", window, text, item, error)
+        trail.observe(op, now)
+        got.append((op.count, op.errors, op.length, op.stride))
+    assert got == _reference(ops, window)
+    assert max(length for _, _, length, _ in got) > 15  # (the walk, held between)
+
+
 def test_the_store_runs_objects_or_hands_over_their_parts() -> None:
     store = MemoryStore()
     assert store.runs_objects

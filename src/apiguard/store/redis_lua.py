@@ -36,7 +36,7 @@ Key layout under the prefix P (every key expires):
 
 from __future__ import annotations
 
-from apiguard.store.sketch import RUN_GAPS
+from apiguard.store.sketch import RUN_AGES, RUN_GAPS
 
 _COMMON = r"""
 local P, now, margin
@@ -553,6 +553,7 @@ return reply()
 AFTER = (
     _COMMON
     + f"local RUN_GAPS = {RUN_GAPS}\n"
+    + f"local RUN_AGES = {RUN_AGES}\n"
     + r"""
 -- What follows responses, for any number of requests, in one call. ARGV: 1 prefix,
 -- 2 now or '', 3 margin, then operations, each a code and its values:
@@ -676,14 +677,24 @@ end
 
 -- A run's record (a string): MessagePack time of the last value, the value, the stride,
 -- the run's length, the run's own last value, the values off it since then and the step
--- to the last of them; forgotten `window` seconds after its last use. `Stride.step` in
--- Lua: up to RUN_GAPS values off the run are outlasted, unless two equal steps among
--- them start a run of their own.
+-- to the last of them, and the held run's last value, stride, length and age (none in a
+-- record of an earlier version); forgotten `window` seconds after its last use.
+-- `Stride.step` in Lua: up to RUN_GAPS values off the run are outlasted, unless two equal
+-- steps among them start a run of their own; the run replaced is held unless shorter than
+-- the held one's length halved per age, and goes on (the two swapping) at a value that
+-- continues it.
+-- The held run after the current one (`anchor`, `stride`, `length`) is replaced.
+local function hold(anchor, stride, length, ha, hs, hn, hg)
+  if length >= math.floor(hn / 2 ^ hg) then return anchor, stride, length, 0 end
+  if hg < RUN_AGES then hg = hg + 1 end
+  return ha, hs, hn, hg
+end
+
 local function run(key, window, value)
   local raw = redis.pcall('GET', key)
-  local t, last, stride, length, anchor, misses, off
+  local t, last, stride, length, anchor, misses, off, ha, hs, hn, hg
   if type(raw) == 'string' then
-    t, last, stride, length, anchor, misses, off = cmsgpack.unpack(raw)
+    t, last, stride, length, anchor, misses, off, ha, hs, hn, hg = cmsgpack.unpack(raw)
   elseif type(raw) == 'table' then  -- a run of an earlier version (a hash)
     local r = redis.call('HMGET', key, 't', 'v', 's', 'n')
     if r[1] then
@@ -692,9 +703,11 @@ local function run(key, window, value)
     end
   end
   if t == nil or not (now - t < window) then
-    last, stride, length, anchor = nil, 0, 0, nil
+    last, stride, length, anchor, hn = nil, 0, 0, nil, 0
   end
   if anchor == nil then anchor, misses, off = last, 0, 0 end
+  if hn == nil then ha, hs, hn = 0, 0, 0 end
+  if hg == nil then hg = 0 end
   local res_len, res_stride = 0, 0
   local step = last and value - last
   if last == nil then
@@ -704,17 +717,24 @@ local function run(key, window, value)
   elseif stride ~= 0 and value - anchor == stride then
     length, anchor, misses, off = length + 1, value, 0, 0
     res_len, res_stride = length, stride
+  elseif stride ~= 0 and hn > 0 and value - ha == hs then  -- the held run goes on
+    ha, hs, hn, anchor, stride, length = anchor, stride, length, value, hs, hn + 1
+    misses, off, hg = 0, 0, 0
+    res_len, res_stride = length, stride
   elseif stride ~= 0 and misses > 0 and step == off then
+    ha, hs, hn, hg = hold(anchor, stride, length, ha, hs, hn, hg)
     stride, length, anchor, misses, off = step, 2, value, 0, 0
     res_len, res_stride = 2, step
   elseif stride ~= 0 and misses < RUN_GAPS then
     misses, off = misses + 1, step
     res_len = length
   else
+    if stride ~= 0 then ha, hs, hn, hg = hold(anchor, stride, length, ha, hs, hn, hg) end
     stride, length, anchor, misses, off = step, 1, value, 0, 0
     res_len, res_stride = 1, step
   end
-  redis.call('SET', key, cmsgpack.pack(now, value, stride, length, anchor, misses, off),
+  redis.call('SET', key,
+    cmsgpack.pack(now, value, stride, length, anchor, misses, off, ha, hs, hn, hg),
     'PX', ttl_ms(window))
   out[#out + 1] = res_len
   out[#out + 1] = res_stride
