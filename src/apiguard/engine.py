@@ -97,6 +97,7 @@ PASSED = "passed:"  # ban-table prefix of a person who passed a detector's chall
 PASS_USED = "pu:"  # ban-table prefix of a pass that answered one person's challenge
 _IN_FLIGHT_MAX = 10  # unanswered login attempts one address may have at once
 _IN_FLIGHT_SHARED = 100  # and at most, where many people signed in (`_in_flight`)
+_SIGNED_IN_KEPT = 16_384  # addresses whose signed-in accounts are kept for it (the latest)
 _PROXIED_MAX = 4096  # addresses remembered as untrusted proxies
 _TOKENS_VOUCHED = 4  # bearer tokens one principal may vouch for (`vouched_token`)...
 _TOKENS_VOUCHED_EVERY = 3600.0  # ... per this many seconds
@@ -350,7 +351,8 @@ class Engine:
         self.cookie_sessions = False
         self._net_keys: dict[str, str] = {}  # client address -> its network's key (bounded)
         self._flights: dict[str, int] = {}  # IP key -> its unanswered login attempts
-        # IP key -> accounts that logged in there (in process, the latest addresses)
+        # IP key -> accounts that logged in there (in process, the latest
+        # `_SIGNED_IN_KEPT` addresses, 45 accounts each: `_in_flight`'s allowance)
         self._signed_in_at: OrderedDict[str, set[str]] = OrderedDict()
         # IP keys that sent untrusted forwarding headers -> the distinct accounts logged
         # in from them and the distinct users the app identified there (bounded LRU)
@@ -1718,10 +1720,10 @@ class Engine:
             table = self._signed_in_at
             accounts = table.pop(ctx.ip_key, None)
             if accounts is None:
-                if len(table) >= IP_CACHE_MAX:
+                if len(table) >= _SIGNED_IN_KEPT:
                     table.popitem(last=False)
                 accounts = set()
-            if len(accounts) < _IN_FLIGHT_SHARED:
+            if len(accounts) < (_IN_FLIGHT_SHARED - _IN_FLIGHT_MAX) // 2:  # (all it needs)
                 accounts.add(login.user)
             table[ctx.ip_key] = accounts
         n = self._flights.get(ctx.ip_key, 0) - 1
