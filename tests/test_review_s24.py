@@ -149,51 +149,6 @@ def test_fresh_accounts_whose_sign_up_sends_a_junk_cookie_are_young() -> None:
     assert _harvest_with_cookie({"consent": "yes"}, 18, 29) <= 60
 
 
-def _cookie_session_app(guard: Guard) -> FastAPI:
-    """A cookie-session app: `/login` sets `sid`, every other route knows the user by
-    it alone, and `/signup` (a flow) signs the new user in."""
-    from apiguard import identify
-
-    app = FastAPI()
-    app.add_middleware(GuardMiddleware, guard=guard)
-
-    @app.post("/signup", status_code=201)
-    @guard.flow("signup", "10/hour", per="ip")
-    async def signup(body: dict[str, str]) -> dict[str, str]:
-        identify(body["username"])
-        return {"ok": "yes"}
-
-    @app.get("/me")
-    async def me(sid: str | None = Cookie(None)) -> dict[str, str]:
-        if not sid:
-            raise HTTPException(401)
-        identify(sid)
-        return {"user": sid}
-
-    return app
-
-
-def test_a_cookie_session_app_is_told_from_a_token_app_by_what_the_app_vouched_for() -> None:
-    """A cookie changes a birth only where the app vouched for a known account by its
-    cookie alone; a farm's own sign-ups with a junk cookie never make an app one."""
-    guard, clock, _ = _shop()
-    driver = AsgiDriver(_cookie_session_app(guard))
-
-    async def main() -> tuple[bool, bool]:
-        farm = Client(driver, BROWSERS[0], "81.2.3.4", jar={"consent": "yes"})
-        for k in range(5):
-            clock.advance(30)
-            await farm.send("POST", "/signup", {"username": f"f{k}"})
-        after_farm = guard.engine.cookie_sessions
-        person = Client(driver, BROWSERS[1], "81.2.3.5", jar={"sid": "alice"})
-        for _ in range(2):
-            clock.advance(5)
-            assert (await person.send("GET", "/me")).status == 200
-        return after_farm, guard.engine.cookie_sessions
-
-    assert run(main()) == (False, True)
-
-
 # --- 3. A lecture hall logging in at once behind one NAT: the parallel-login cap --------
 
 

@@ -47,7 +47,6 @@ from apiguard.login import (
     device_entries,
     device_key,
     device_mac,
-    only_pass_cookie,
     pass_cookie,
     pass_valid,
     pass_value,
@@ -345,10 +344,6 @@ class Engine:
         self._bola_query = frozenset(config.detection.bola.query_params)
         # the app called guard.account_created(): only declared sign-ups make accounts young
         self.accounts_declared = False
-        # the app vouched for an account it knew from a cookie alone (a cookie-session
-        # app): a sign-up carrying a cookie may be an old user's session there, and is
-        # no birth; elsewhere a cookie any client may send changes nothing of a birth
-        self.cookie_sessions = False
         self._net_keys: dict[str, str] = {}  # client address -> its network's key (bounded)
         self._flights: dict[str, int] = {}  # IP key -> its unanswered login attempts
         # IP key -> accounts that logged in there (in process, the latest
@@ -907,14 +902,6 @@ class Engine:
     def declare(self, ctx: RequestContext, user_id: str) -> None:
         """`identify()`: record the app's principal and run the checkpoint now."""
         ctx.declared = self.hasher("u", user_id)
-        if (
-            not self.cookie_sessions
-            and ctx.has_cookie
-            and not ctx.credentials
-            and self.known_principal(ctx.declared)
-            and not only_pass_cookie(ctx)
-        ):
-            self.cookie_sessions = True
         if ctx.global_done:
             if ctx.principal != ctx.declared:
                 self._warn_late_identify(ctx)

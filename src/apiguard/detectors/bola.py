@@ -284,6 +284,9 @@ class Bola:
             and number > route.highest
             and 200 <= status < 300
             and _upper(ctx.method) == "GET"
+            # (a leap past twice the highest plus `_LEAP` is no new object: an app that
+            # answers 200 for any id must not let one read raise every newcomer's mark)
+            and (route.highest < 0 or number <= 2 * route.highest + _LEAP)
         ):  # (the young crowd's marks of what existed)
             route.highest = number
             self.crowd.highest(template, number, outcome.now)
@@ -866,6 +869,7 @@ _YOUNG_SEEN_KEPT = 65_536  # accounts remembered as young (`Bola._young_seen`, t
 # least 2) is a member of the crowd (`apiguard.detectors.young_crowd`)
 _CROWD_OWN = 0.3
 _CROWD = "bola.young_crowd"
+_LEAP = 100_000  # a route's highest id read rises at most to twice itself plus this
 YOUNG_ALARM = "bola.young"  # a newcomer's finding at sign-up while the alarm is armed
 
 

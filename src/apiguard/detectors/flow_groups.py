@@ -56,7 +56,6 @@ from collections import Counter, OrderedDict, deque
 from typing import TYPE_CHECKING, TypeVar
 
 from apiguard.detectors.base import SIGNUPS, Finding, Judge, Outcome, RecentlySent
-from apiguard.login import only_pass_cookie
 from apiguard.picking import ArgumentKey
 from apiguard.rules import FlowRule
 from apiguard.store.base import Tally
@@ -716,9 +715,8 @@ def born_accounts(outcome: Outcome) -> tuple[str, ...]:
     `guard.account_created()` named, else the one the app identified in a request that
     carried no credential on a route completing a flow (a sign-up that signs the user
     in), unless this process has seen that account answered before (a password reset, a
-    magic link: not a new account), or the request carried a cookie (but apiguard's pass)
-    in an app that vouched for accounts by their cookie alone (`cookie_sessions`: there
-    it may be an old user's session; in a token app any client may send a cookie)."""
+    magic link, an old user's session: not a new account). A cookie changes nothing: any
+    client may send one (a farm's junk cookie kept its accounts from being young)."""
     ctx = outcome.ctx
     if not ctx.engine.succeeded(outcome.status):
         return ()
@@ -730,7 +728,6 @@ def born_accounts(outcome: Outcome) -> tuple[str, ...]:
         or ctx.engine.accounts_declared
         or ctx.login is not None
         or ctx.credentials
-        or (ctx.has_cookie and ctx.engine.cookie_sessions and not only_pass_cookie(ctx))
         or not completed_flows(ctx)
         or ctx.engine.known_principal(declared)
     ):
