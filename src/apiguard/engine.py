@@ -95,6 +95,7 @@ GATE = "gate:"  # ban-table prefix of what holds logins back (at the login route
 PASSED = "passed:"  # ban-table prefix of a person who passed a detector's challenge
 PASS_USED = "pu:"  # ban-table prefix of a pass that answered one person's challenge
 _IN_FLIGHT_MAX = 10  # unanswered login attempts one address may have at once
+_USER = "u:"  # the prefix of a user's key (`hasher("u", ...)`)
 _IN_FLIGHT_SHARED = 100  # and at most, where many people signed in (`_in_flight`)
 _SIGNED_IN_KEPT = 16_384  # addresses whose signed-in accounts are kept for it (the latest)
 _PROXIED_MAX = 4096  # addresses remembered as untrusted proxies
@@ -1133,11 +1134,12 @@ class Engine:
             self._challenged_at.pop(principal, None)
             return
         self.store.lift(principal)
-        # a challenge a person passed is no offence: not a repeat offender for it (judged
-        # on half the evidence for a day after, a real-app trial's power user was asked
-        # again two hours later reading her own objects); an earlier level is kept, as
-        # ended now
-        last = self._levels.get(principal)
+        # a challenge a person (a user the app vouched for) passed is no offence: not a
+        # repeat offender for it (judged on half the evidence for a day after, a real-app
+        # trial's power user was asked again two hours later reading her own objects);
+        # an earlier level is kept, as ended now. Not an address's: one person's pass
+        # there forgives no stuffer behind the same NAT
+        last = self._levels.get(principal) if principal.startswith(_USER) else None
         if last is not None and last[0] == ban.level:
             if ban.level > 1:
                 self._levels[principal] = (ban.level - 1, now)
