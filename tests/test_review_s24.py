@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from fastapi import Cookie, FastAPI, Header, HTTPException
 
-from apiguard import Guard
+from apiguard import Guard, identify
 from apiguard.asgi import GuardMiddleware
 from apiguard.simulate.clock import FakeClock
 from apiguard.simulate.driver import AsgiDriver
@@ -101,15 +101,30 @@ def test_control_half_the_campus_in_that_minute_is_served() -> None:
 # --- 2. Throwaway accounts whose sign-up carries a junk cookie are never young ----------
 
 
-def _harvest_with_cookie(cookie: dict[str, str] | None, accounts: int, reads: int) -> int:
+def _harvest_with_cookie(
+    cookie: dict[str, str] | None, accounts: int, reads: int, cookie_login: bool = False
+) -> int:
     """An app that identifies the new user in its sign-up flow (as `build_app`, without
-    `account_created()`, as the README's young-account rules allow), 20 old users reading
-    their orders, then `accounts` throwaway accounts (one every 20-40 s, each its own
-    residential address and browser) signing up with `cookie` and reading `reads`
+    `account_created()`, as the README's young-account rules allow), with one web route
+    `/web/me` that knows the user by a `sid` cookie alone; 20 old users reading their
+    orders; if `cookie_login`, the attacker's own account read once by its token and
+    once by `sid` alone; then `accounts` throwaway accounts (one every 20-40 s, each its
+    own residential address and browser) signing up with `cookie` and reading `reads`
     random foreign orders 2-6 s apart, stopping when refused. Returns orders read."""
     from test_bola_young_crowd import _random_browser
 
-    _, clock, driver = _shop({"detection": {"challenge_path": "/challenge"}})
+    clock = FakeClock(START)
+    guard = Guard({"secret": SECRET, "detection": {"challenge_path": "/challenge"}}, clock=clock)
+    app = build_app(guard)
+
+    @app.get("/web/me")
+    async def web_me(sid: str | None = Cookie(None)) -> dict[str, str]:
+        if not sid:
+            raise HTTPException(401)
+        identify(int(sid))
+        return {"user": sid}
+
+    driver = AsgiDriver(app)
     rng = random.Random(3)
     leaked = 0
 
@@ -121,6 +136,15 @@ def _harvest_with_cookie(cookie: dict[str, str] | None, accounts: int, reads: in
             for o in orders_of(u)[: rng.randint(2, 8)]:
                 clock.advance(1)
                 await c.send("GET", f"/orders/{o}")
+        if cookie_login:
+            attacker = Client(driver, BROWSERS[0], public_ip(rng), jar={})
+            assert (await attacker.login(25)).status == 200
+            clock.advance(2)
+            assert (await attacker.send("GET", "/me")).status == 200
+            attacker.token = None
+            attacker.jar = {"sid": "25"}
+            clock.advance(5)
+            assert (await attacker.send("GET", "/web/me")).status == 200
         for a in range(accounts):
             clock.advance(rng.uniform(20, 40))
             c = Client(driver, _random_browser(rng), public_ip(rng), jar=dict(cookie or {}))
@@ -143,9 +167,8 @@ def test_control_fresh_accounts_without_a_cookie_are_held_at_the_young_floor() -
 
 
 def test_fresh_accounts_whose_sign_up_sends_a_junk_cookie_are_young() -> None:
-    """Was 522 of 522 foreign orders read (a sign-up with any cookie was no birth); in an
-    app that never vouched for an account by its cookie alone a cookie changes nothing
-    of a birth: 10."""
+    """Was 522 of 522 foreign orders read (a sign-up with any cookie was no birth); a
+    cookie now changes nothing of a birth: 10."""
     assert _harvest_with_cookie({"consent": "yes"}, 18, 29) <= 60
 
 

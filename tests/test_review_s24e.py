@@ -9,22 +9,19 @@ from __future__ import annotations
 import random
 from typing import Annotated, Any
 
-from fastapi import Cookie, Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI
 
-from apiguard import Guard, identify
+from apiguard import Guard
 from apiguard.asgi import GuardMiddleware
-from apiguard.simulate.clock import FakeClock
 from apiguard.simulate.driver import AsgiDriver
 from detection_support import (
     BROWSERS,
     Client,
     Credentials,
-    build_app,
     current_user,
-    orders_of,
     public_ip,
 )
-from detection_support import run_quietly as run
+from test_review_s24 import _harvest_with_cookie
 
 START = 3_000_000.0
 SECRET = "review-s24e-secret-0123456789"
@@ -32,74 +29,16 @@ OLD_USERS = 300  # (the notes app of `test_bola_young_crowd`)
 NOTES_EACH = 10
 
 
-# --- 1. A token app with a web session beside it: one cookie login flips every birth ---
-
-
-def _mixed_harvest(flip: bool, cookie: dict[str, str] | None) -> int:
-    """The shop (bearer tokens) with one web route that knows the user by a `sid` cookie
-    (a web client beside the mobile one, or Django's default SessionAuthentication beside
-    TokenAuthentication); 20 old users read their orders; if `flip`, the attacker logs in
-    to its own account, reads `/me` with the token, then `/web/me` with `sid` alone (the
-    app vouches for it by the cookie: `engine.cookie_sessions`); then 18 throwaway
-    accounts, each signing up with `cookie` and reading 29 random foreign orders 2-6 s
-    apart, stopping when refused. Returns orders read."""
-    from test_bola_young_crowd import _random_browser
-
-    clock = FakeClock(START)
-    guard = Guard({"secret": SECRET, "detection": {"challenge_path": "/challenge"}}, clock=clock)
-    app = build_app(guard)
-
-    @app.get("/web/me")
-    async def web_me(sid: str | None = Cookie(None)) -> dict[str, str]:
-        if not sid:
-            raise HTTPException(401)
-        identify(int(sid))
-        return {"user": sid}
-
-    driver = AsgiDriver(app)
-    rng = random.Random(3)
-    leaked = 0
-
-    async def main() -> None:
-        nonlocal leaked
-        for u in range(20):
-            c = Client(driver, BROWSERS[u % 4], public_ip(rng), jar={})
-            await c.login(u)
-            for o in orders_of(u)[: rng.randint(2, 8)]:
-                clock.advance(1)
-                await c.send("GET", f"/orders/{o}")
-        if flip:
-            attacker = Client(driver, BROWSERS[0], public_ip(rng), jar={})
-            assert (await attacker.login(25)).status == 200
-            clock.advance(2)
-            assert (await attacker.send("GET", "/me")).status == 200
-            attacker.token = None
-            attacker.jar = {"sid": "25"}
-            clock.advance(5)
-            assert (await attacker.send("GET", "/web/me")).status == 200
-        for a in range(18):
-            clock.advance(rng.uniform(20, 40))
-            c = Client(driver, _random_browser(rng), public_ip(rng), jar=dict(cookie or {}))
-            resp = await c.send("POST", "/signup", {"username": f"h{a}", "password": "pw"})
-            if resp.status != 201:
-                continue
-            c.token = resp.json()["token"]
-            for _ in range(29):
-                clock.advance(rng.uniform(2, 6))
-                if (await c.send("GET", f"/orders/{rng.randrange(1, 3600)}")).status != 200:
-                    break
-                leaked += 1
-
-    run(main())
-    return leaked
+# --- 1. A token app with a web session beside it: one cookie login flipped every birth -
+# (the harvest is review s24's, `test_review_s24._harvest_with_cookie`)
 
 
 def test_control_junk_cookie_sign_ups_in_a_mixed_app_before_any_cookie_login_are_young() -> None:
-    assert _mixed_harvest(False, {"sid": "junk"}) <= 20
+    assert _harvest_with_cookie({"sid": "junk"}, 18, 29) <= 20
 
 
 def test_control_cookieless_sign_ups_after_a_cookie_login_are_young() -> None:
-    assert _mixed_harvest(True, None) <= 20
+    assert _harvest_with_cookie(None, 18, 29, cookie_login=True) <= 20
 
 
 def test_one_cookie_login_does_not_make_junk_cookie_sign_ups_old() -> None:
@@ -107,11 +46,7 @@ def test_one_cookie_login_does_not_make_junk_cookie_sign_ups_old() -> None:
     attacker's own account by cookie set a one-bit `cookie_sessions` for good, and from
     then any sign-up carrying a junk cookie was no birth. A cookie now changes nothing
     of a birth (an old user's session is told by the account having been seen)."""
-    """`cookie_sessions` is one flag for the app: any client of an app that knows anyone
-    by a cookie anywhere sets it with its own account, and then a farm's sign-ups with
-    `sid=junk` are never young. A sign-up is an old user's session only if its cookie is
-    one the app vouched for (not any cookie)."""
-    assert _mixed_harvest(True, {"sid": "junk"}) <= 60
+    assert _harvest_with_cookie({"sid": "junk"}, 18, 29, cookie_login=True) <= 60
 
 
 # --- 2. One request for a huge id raises the young crowd's mark for every newcomer -----

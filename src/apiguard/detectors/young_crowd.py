@@ -160,7 +160,7 @@ class YoungCrowd:
             reader.writes += 1
 
     def read(
-        self, subject: str, item: str, now: float, route: str = "", value: int | None = None
+        self, subject: str, item: str, now: float, route: str, value: int | None
     ) -> tuple[int, float] | None:
         """Young account `subject` read object `item` (on `route`, its integer id
         `value`): (the crowd's objects, the bar) when it is a member and the crowd is at
